@@ -1,0 +1,1 @@
+"""dnnq dnnq package."""

@@ -1,0 +1,1 @@
+"""dnnq models package."""
