@@ -1,0 +1,136 @@
+"""ONNX graph of a trained L-layer network (Gemm + activation nodes).
+
+The graph takes examples as rows, the layout ONNX runtimes expect, while the
+engine keeps features x examples. For one layer the engine computes
+
+    Z = W @ A_prev + b            # (n_l, m), W (n_l, n_prev), b (n_l, 1)
+
+and the row-major graph computes the transpose of it with one Gemm:
+
+    Z.T = A_prev.T @ W.T + b.T    # (m, n_l): Gemm(A, W, b_flat, transB=1)
+
+so W is stored as trained (no copy transposed by hand) and b flattened to
+(n_l,), which Gemm broadcasts over the rows.
+
+    X (N, n_x) --[Mul scale]--> Gemm -> act -> ... -> Gemm -> output act --> probabilities (N, n_out)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["onnx_bytes", "OPSET"]
+
+# Opset 13+ gives Softmax the per-axis meaning (axis=1: over each row's classes).
+# 17 is read by every maintained runtime (onnxruntime >= 1.12).
+OPSET = 17
+# IR version 8 pairs with opset 17; newer onnx releases would default to a newer
+# IR that older runtimes refuse to load.
+IR_VERSION = 8
+
+_HIDDEN = ("relu", "leaky_relu", "tanh", "sigmoid")
+_OUTPUTS = ("sigmoid", "softmax", "linear")
+LEAKY_RELU_ALPHA = 0.01  # the slope models/activations.py uses for leaky_relu
+
+
+def _activation_node(name: str, inp: str, out: str) -> onnx.NodeProto | None:
+    """The node for activation `name`, or None for the identity ("linear")."""
+    if name == "relu":
+        return helper.make_node("Relu", [inp], [out], name=out)
+    if name == "leaky_relu":
+        return helper.make_node("LeakyRelu", [inp], [out], name=out, alpha=LEAKY_RELU_ALPHA)
+    if name == "tanh":
+        return helper.make_node("Tanh", [inp], [out], name=out)
+    if name == "sigmoid":
+        return helper.make_node("Sigmoid", [inp], [out], name=out)
+    if name == "softmax":
+        return helper.make_node("Softmax", [inp], [out], name=out, axis=1)
+    if name == "linear":
+        return None
+    raise ValueError(f"Unknown activation {name!r}.")
+
+
+def _layer_count(parameters: dict[str, np.ndarray]) -> int:
+    L = 0
+    while f"W{L + 1}" in parameters:
+        L += 1
+    if L == 0:
+        raise ValueError("The 'parameters' argument must hold W1, b1, ... WL, bL. Got no 'W1'.")
+    for l in range(1, L + 1):
+        if f"b{l}" not in parameters:
+            raise ValueError(f"The 'parameters' argument has W{l} but no b{l}.")
+    return L
+
+
+def onnx_bytes(
+    parameters: dict[str, np.ndarray],
+    hidden_activation: str,
+    output: str,
+    scale: float | None = None,
+) -> bytes:
+    """Serialise the network `parameters` (W1, b1, ... WL, bL) as an ONNX model.
+
+    Input "X" float32 (N, n_x), raw inputs (multiplied by `scale` first when
+    set); output "probabilities" float32 (N, n_out): what
+    `models.predict(..., proba=True)` returns, transposed.
+    """
+    if hidden_activation not in _HIDDEN:
+        raise ValueError(
+            f"The 'hidden_activation' parameter must be one of {', '.join(_HIDDEN)}. "
+            f"Got {hidden_activation!r} instead."
+        )
+    if output not in _OUTPUTS:
+        raise ValueError(
+            f"The 'output' parameter must be one of {', '.join(_OUTPUTS)}. Got {output!r} instead."
+        )
+    L = _layer_count(parameters)
+
+    initializers: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    n_x = int(np.asarray(parameters["W1"]).shape[1])
+
+    A_prev = "X"  # (N, n_x)
+    if scale is not None:
+        initializers.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"))
+        nodes.append(helper.make_node("Mul", ["X", "scale"], ["A0"], name="scale_inputs"))
+        A_prev = "A0"
+
+    n_l = n_x
+    for l in range(1, L + 1):
+        W = np.asarray(parameters[f"W{l}"], dtype=np.float32)  # (n_l, n_prev)
+        b = np.asarray(parameters[f"b{l}"], dtype=np.float32).reshape(-1)  # (n_l,)
+        if W.ndim != 2 or W.shape[1] != n_l or b.shape[0] != W.shape[0]:
+            raise ValueError(
+                f"Layer {l}: W{l} has shape {W.shape} and b{l} {b.size} values; "
+                f"expected W{l} ({W.shape[0] if W.ndim == 2 else '?'}, {n_l}) and b{l} with one value per row of W{l}."
+            )
+        n_l = W.shape[0]
+        initializers.append(numpy_helper.from_array(W, f"W{l}"))
+        initializers.append(numpy_helper.from_array(b, f"b{l}"))
+        Z = f"Z{l}"  # (N, n_l)
+        nodes.append(helper.make_node("Gemm", [A_prev, f"W{l}", f"b{l}"], [Z], name=f"gemm{l}", transB=1))
+        activation = hidden_activation if l < L else output
+        A = "probabilities" if l == L else f"A{l}"
+        node = _activation_node(activation, Z, A)
+        if node is None:  # linear output: name the last Gemm's result "probabilities" via Identity
+            node = helper.make_node("Identity", [Z], [A], name=A)
+        nodes.append(node)
+        A_prev = A
+
+    graph = helper.make_graph(
+        nodes,
+        "dnnq_network",
+        inputs=[helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_x])],
+        outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_l])],
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph,
+        producer_name="dnnq",
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
