@@ -1,0 +1,140 @@
+"""create_app(): the FastAPI application of the dnnq API process."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry, Histogram
+
+from service.deps import load_api_keys, make_redis
+from service.errors import Problem, install_error_handlers, problem_response
+from service.settings import ApiSettings, get_api_settings
+
+__all__ = ["create_app"]
+
+API_VERSION = "0.1.0"
+log = logging.getLogger("dnnq.api")
+
+# Multipart framing around an uploaded file (boundaries, part headers, small form fields).
+_MULTIPART_SLACK = 64 * 1024
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit, counted while they stream in (before any parsing).
+
+    Uploads (multipart) may be up to max_upload_bytes; every other body up to max_json_body_bytes.
+    """
+
+    def __init__(self, app, settings: ApiSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def _limit(self, scope) -> tuple[int, str]:
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
+        if ctype.startswith(b"multipart/"):
+            return self.settings.max_upload_bytes + _MULTIPART_SLACK, "DNNQ_MAX_UPLOAD_BYTES"
+        return self.settings.max_json_body_bytes, "DNNQ_MAX_JSON_BODY_BYTES"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        limit, setting = self._limit(scope)
+        detail = (f"Request body is larger than the limit of {limit} bytes ({setting}); "
+                  "send a smaller file or ask the operator to raise the limit.")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = problem_response(413, detail, title="Content Too Large")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise Problem(413, detail, title="Content Too Large")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class RequestMetricsMiddleware:
+    """dnnq_http_request_duration_seconds by route template, method and status."""
+
+    def __init__(self, app, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.histogram.labels(template, scope["method"], str(status["code"])).observe(
+                time.perf_counter() - start
+            )
+
+
+def _make_store(settings: ApiSettings):
+    from workers.store import LocalArtifactStore
+
+    return LocalArtifactStore(Path(settings.data_dir))
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the app; tests pass their own ApiSettings (default: read DNNQ_* once)."""
+    settings = settings or get_api_settings()
+    app = FastAPI(
+        title="dnnq",
+        version=API_VERSION,
+        description="Train L-layer neural networks over HTTP: upload a dataset, submit a job, "
+        "watch it train, download the weights.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.api_keys = load_api_keys(settings)
+    app.state.redis = make_redis(settings)
+    app.state.store = _make_store(settings)
+    app.state.registry = CollectorRegistry(auto_describe=True)
+
+    install_error_handlers(app)
+
+    from service.routes import datasets, health, jobs, metrics
+
+    app.include_router(health.router)
+    app.include_router(datasets.router)
+    app.include_router(jobs.router)
+    app.include_router(metrics.router)
+    if importlib.util.find_spec("service.routes.dashboard") is not None:
+        dashboard = importlib.import_module("service.routes.dashboard")
+        app.include_router(dashboard.router)
+
+    histogram = metrics.install(app)
+    # Order: the outermost middleware is added last. Metrics see every response, 413s included.
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(RequestMetricsMiddleware, histogram=histogram)
+    return app

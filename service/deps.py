@@ -1,0 +1,107 @@
+"""FastAPI dependencies: settings, Redis, artifact store, and the caller's tenant.
+
+With API keys configured every route but /healthz requires `Authorization: Bearer <key>`.
+Keys are "tenant:key" (the tenant is named) or a bare "key" (its tenant is "k" + the first 12 hex
+digits of sha256(key), so bare keys never share data and the key never appears in Redis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from pathlib import Path
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+
+from service.errors import Problem
+from service.settings import ApiSettings
+
+__all__ = [
+    "PUBLIC_TENANT", "Rds", "Settings", "Store", "Tenant", "load_api_keys", "make_redis", "require_tenant",
+]
+
+PUBLIC_TENANT = "public"
+_TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
+    """(key bytes, tenant) pairs from DNNQ_API_KEYS and DNNQ_API_KEYS_FILE; [] = auth off."""
+    entries: list[str] = []
+    if settings.api_keys:
+        entries += settings.api_keys.split(",")
+    if settings.api_keys_file:
+        text = Path(settings.api_keys_file).read_text(encoding="utf-8")
+        entries += [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    keys: list[tuple[bytes, str]] = []
+    for raw in entries:
+        raw = raw.strip()
+        if not raw:
+            continue
+        tenant, sep, key = raw.partition(":")
+        if not sep:
+            key, tenant = raw, "k" + hashlib.sha256(raw.encode()).hexdigest()[:12]
+        if not key or not _TENANT_RE.match(tenant):
+            raise ValueError(
+                "DNNQ_API_KEYS entries must be 'key' or 'tenant:key' with a tenant of letters, digits, "
+                "'_', '.', '-' (at most 64); one entry is malformed (not shown: it holds a key)."
+            )
+        keys.append((key.encode(), tenant))
+    return keys
+
+
+def make_redis(settings: ApiSettings) -> redis.Redis:
+    """A shared client: decoded strings, short timeouts so a dead Redis is a quick 503."""
+    from workers.settings import DEFAULT_REDIS_URL
+
+    return redis.Redis.from_url(
+        settings.redis_url or DEFAULT_REDIS_URL,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=min(2.0, settings.redis_socket_timeout),
+        health_check_interval=30,
+    )
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> redis.Redis:
+    return request.app.state.redis
+
+
+def get_store(request: Request):
+    return request.app.state.store
+
+
+def require_tenant(request: Request) -> str:
+    """The caller's tenant; 401 with WWW-Authenticate when keys are set and none matches."""
+    keys: list[tuple[bytes, str]] = request.app.state.api_keys
+    if not keys:
+        return PUBLIC_TENANT
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given_b = given.strip().encode()
+    tenant = None
+    # Compare against every key in constant time; no early exit, so timing reveals nothing.
+    for key, key_tenant in keys:
+        if hmac.compare_digest(given_b, key) and scheme.lower() == "bearer":
+            tenant = key_tenant
+    if tenant is None:
+        reason = "missing" if not given_b else "invalid"
+        raise Problem(
+            401,
+            f"API key {reason}: send 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": f'Bearer realm="dnnq", error="invalid_token"'
+                     if given_b else 'Bearer realm="dnnq"'},
+        )
+    request.state.tenant = tenant
+    return tenant
+
+
+Settings = Annotated[ApiSettings, Depends(get_settings)]
+Rds = Annotated[redis.Redis, Depends(get_redis)]
+Store = Annotated[object, Depends(get_store)]
+Tenant = Annotated[str, Depends(require_tenant)]

@@ -1,0 +1,125 @@
+"""Every error becomes application/problem+json (RFC 9457) here, and only here.
+
+Routes raise `Problem` (or let library errors propagate); the handlers below turn each kind into
+{"type", "title", "status", "detail"} (+ "errors" for validation failures).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = ["PROBLEM_JSON", "Problem", "install_error_handlers", "problem_response", "field_error"]
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("dnnq.api")
+
+
+class Problem(Exception):
+    """An HTTP error with a human-readable detail; `errors` lists field-level problems."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or HTTPStatus(status).phrase
+        self.errors = errors
+        self.headers = headers
+
+
+def field_error(field: str, message: str, status: int = 422) -> Problem:
+    """A 422 about one request field, e.g. field_error("training.learning_rate", "must be > 0")."""
+    return Problem(status, f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    title = title or HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": f"https://dnnq.dev/problems/{title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _field_path(loc: tuple | list) -> str:
+    """('body', 'training', 'learning_rate') -> 'training.learning_rate'; ('query', 'limit') -> 'limit'."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "form", "cookie"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "body"
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        item: dict[str, Any] = {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "")}
+        value = err.get("input")
+        if isinstance(value, (int, float, str, bool)):
+            item["input"] = value
+        out.append(item)
+    return out
+
+
+async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+    return problem_response(exc.status, exc.detail, title=exc.title, errors=exc.errors, headers=exc.headers)
+
+
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = _validation_errors(exc)
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
+    return problem_response(422, detail, title="Unprocessable Content", errors=errors)
+
+
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"No route {request.url.path}; see /docs for the API."
+    return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unreachable: %s", type(exc).__name__)
+    return problem_response(
+        503, "Redis is unreachable; retry shortly.", title="Service Unavailable",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(500, "Internal error; it has been logged.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(redis.ConnectionError, _on_redis_down)
+    app.add_exception_handler(redis.TimeoutError, _on_redis_down)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,35 @@
+"""The dashboard: one HTML page, one script, one stylesheet, served from service/static.
+
+The page is public (it holds no data; every call it makes goes to /v1 with the
+user's API key), so it has no tenant dependency. Everything is vendored: no CDN.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+__all__ = ["router", "STATIC_DIR"]
+
+STATIC_DIR = (Path(__file__).resolve().parent.parent / "static").resolve()
+
+# The files change with each release and are tiny: revalidate rather than cache stale code.
+_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_HEADERS)
+
+
+@router.get("/static/{path:path}")
+def static_file(path: str) -> FileResponse:
+    target = (STATIC_DIR / path).resolve()
+    # resolve() folds "..": anything that lands outside static/ is simply not there.
+    if not target.is_relative_to(STATIC_DIR) or not target.is_file():
+        raise HTTPException(status_code=404, detail=f"No static file {path!r}.")
+    return FileResponse(target, headers=_HEADERS)

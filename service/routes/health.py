@@ -1,0 +1,33 @@
+"""/healthz (the process is up) and /readyz (Redis answers and a worker is alive)."""
+
+from __future__ import annotations
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.deps import Rds
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """Always 200 while the process serves requests; needs no API key."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(r: Rds) -> JSONResponse:
+    """200 when Redis answers PING and at least one worker heartbeat exists, else 503 naming what is missing."""
+    missing = []
+    workers = 0
+    try:
+        r.ping()
+        workers = sum(1 for _ in r.scan_iter(match="dnnq:worker:*", count=100))
+        if workers == 0:
+            missing.append("worker: no dnnq:worker:* heartbeat; start one with `dnnq worker`")
+    except (redis.ConnectionError, redis.TimeoutError):
+        missing.append("redis: PING failed; is Redis running at DNNQ_REDIS_URL?")
+    body = {"status": "ready" if not missing else "not ready", "workers": workers, "missing": missing}
+    return JSONResponse(body, status_code=200 if not missing else 503)

@@ -1,0 +1,87 @@
+"""/metrics: Prometheus text from a per-app registry.
+
+Job, queue and worker gauges are read from Redis at scrape time by a custom collector, so every
+API replica reports the same numbers; the request histogram is this process's own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from service.deps import Tenant
+
+router = APIRouter(tags=["metrics"])
+log = logging.getLogger("dnnq.api")
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+QUEUES = ("default", "gpu")
+_JOB_KEY_PARTS = 3  # dnnq:job:{id}; longer keys are :history / :lease
+
+
+class RedisCollector:
+    """Reads job counts, queue depths, stats counters and worker heartbeats from Redis."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+
+    def _job_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        ids = [k for k in self.r.scan_iter(match="dnnq:job:*", count=500) if k.count(":") == 2]
+        for start in range(0, len(ids), 500):
+            pipe = self.r.pipeline(transaction=False)
+            for key in ids[start:start + 500]:
+                pipe.hget(key, "status")
+            for status in pipe.execute():
+                if status in counts:
+                    counts[status] += 1
+        return counts
+
+    def collect(self):
+        try:
+            counts = self._job_counts()
+            depths = {q: self.r.llen(q) for q in QUEUES}
+            stats = self.r.hgetall("dnnq:stats")
+            workers = [self.r.hgetall(k) for k in self.r.scan_iter(match="dnnq:worker:*", count=100)]
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("metrics: redis unreachable; Redis-derived metrics omitted")
+            return
+        jobs = GaugeMetricFamily("dnnq_jobs", "Jobs by status.", labels=["status"])
+        for status, n in counts.items():
+            jobs.add_metric([status], n)
+        yield jobs
+        depth = GaugeMetricFamily("dnnq_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"])
+        for queue, n in depths.items():
+            depth.add_metric([queue], n)
+        yield depth
+        yield CounterMetricFamily("dnnq_epochs", "Epochs trained by all workers.",
+                                  value=float(stats.get("epochs_total", 0) or 0))
+        yield CounterMetricFamily("dnnq_training_seconds", "Seconds spent training by all workers.",
+                                  value=float(stats.get("training_seconds_total", 0) or 0))
+        yield GaugeMetricFamily("dnnq_workers", "Live workers (heartbeat present).",
+                                value=sum(1 for w in workers if w))
+        gpu = GaugeMetricFamily("dnnq_worker_gpu_memory_bytes", "GPU memory used per worker.",
+                                labels=["worker"])
+        for w in workers:
+            if w and w.get("gpu_memory_used") not in (None, ""):
+                gpu.add_metric([w.get("name", "?")], float(w["gpu_memory_used"]))
+        yield gpu
+
+
+def install(app: FastAPI) -> Histogram:
+    """Register the collector and the request histogram on the app's own registry."""
+    registry = app.state.registry
+    registry.register(RedisCollector(app.state.redis))
+    return Histogram(
+        "dnnq_http_request_duration_seconds", "HTTP request latency by route template.",
+        ["route", "method", "status"], registry=registry,
+    )
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request, tenant: Tenant) -> Response:
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

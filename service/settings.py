@@ -1,0 +1,67 @@
+"""ApiSettings: the one settings class of the API process (env prefix DNNQ_).
+
+It extends WorkerSettings, so the API and the workers read the same limits, Redis URL and data
+directory from the same variables; the fields below are the API's own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from workers.settings import WorkerSettings
+
+__all__ = ["ApiSettings", "get_api_settings"]
+
+
+class ApiSettings(WorkerSettings):
+    """Settings read once per API process; tests pass their own instance to create_app()."""
+
+    model_config = SettingsConfigDict(env_prefix="DNNQ_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address `dnnq api` binds to.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins allowed by CORS; empty = CORS off."
+    )
+
+    # Authentication: "key1,key2" or "tenant:key,..." (or a file with one entry per line).
+    api_keys: str | None = Field(default=None, repr=False)
+    api_keys_file: str | None = Field(default=None)
+
+    # Request limits that only the API sees.
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest JSON body.")
+    max_decompressed_bytes: int | None = Field(
+        default=None, ge=1,
+        description="Largest declared size of an upload's arrays (default 4 x max_upload_bytes).",
+    )
+    max_predict_examples: int = Field(default=10_000, ge=1)
+    max_synthetic_samples: int = Field(default=1_000_000, ge=1)
+
+    # Job views and streams.
+    history_full_max: int = Field(
+        default=1000, ge=2, description="Histories up to this many epochs are returned whole."
+    )
+    sse_poll_seconds: float = Field(default=0.2, gt=0, description="How often /events polls Redis.")
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+
+    redis_socket_timeout: float = Field(
+        default=5.0, gt=0, description="Redis socket timeout: a dead Redis gives a 503, not a hang."
+    )
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+
+    @property
+    def decompressed_limit(self) -> int:
+        return self.max_decompressed_bytes or 4 * self.max_upload_bytes
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_api_settings() -> ApiSettings:
+    """The process's settings, read once (create_app() without arguments uses them)."""
+    return ApiSettings()
