@@ -1,0 +1,90 @@
+"""``python -m bench``: argument parsing and the run order (one process, same data for all sides).
+
+Per case and repeat the implementations run one after another in blocks (ours, then PyTorch, then
+scikit-learn), never interleaved step by step, so one library's spinning thread pool does not
+steal the cores of the next.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from bench import envinfo, ours, report, sklearn_ref, torch_ref, workloads
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=["A", "B", "wide", "all"], default="all",
+                   help="A: 60000x784 MLP (SGD, Adam); B: the course's deep model; wide: 4096-wide MLP "
+                        "(in 'all' only with --device gpu)")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="fewer epochs/iterations (still a median of >= 3)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per implementation (default 1)")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON, e.g. bench/results/latest.json")
+    p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn reference")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1. Got {args.repeats} instead.")
+    return args
+
+
+def require_gpu() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("--device gpu needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here; "
+                f"torch {torch.__version__}) and CuPy for models.fit. Run it on a GPU machine, "
+                "or use --device cpu.")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import numpy as np  # noqa: F401 - loaded before torch/sklearn so its BLAS shows first
+
+    if args.device == "gpu" and (why := require_gpu()):
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    env = envinfo.collect()
+    gemm = {"numpy sgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float32"),
+            "numpy dgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float64", repeats=3)}
+    if args.device == "gpu":
+        gemm["torch cuda sgemm 8192^3"] = torch_ref.gemm_gflops("gpu", 8192, "float32")
+        gemm["torch cuda dgemm 4096^3"] = torch_ref.gemm_gflops("gpu", 4096, "float64")
+    envinfo.print_header(env, gemm)
+    missing = ours.available()
+    if missing:
+        print(f"\nnote: {missing}; timing the references only.")
+
+    figs = []
+    for case in workloads.build(args.workload, args.quick, args.device):
+        runs_ours, runs_torch, runs_sk = [], [], []
+        for _ in range(args.repeats):
+            if not missing:
+                runs_ours.append(ours.train(case, args.device))
+            runs_torch.append(torch_ref.train(case, args.device))
+            if case.sklearn and args.device == "cpu" and not args.no_sklearn:
+                runs_sk.append(sklearn_ref.train(case))
+        rate = _gemm_rate_for(case, args.device, gemm)
+        fig = report.summarise(case, args.device, runs_ours, runs_torch, runs_sk, rate)
+        report.print_case(fig)
+        figs.append(fig)
+    report.print_summary(figs)
+    if args.json:
+        report.write_json(args.json, env, gemm, figs, ["python", "-m", "bench", *(argv or sys.argv[1:])])
+    missed = [f["case"] for f in figs for g in f["goals"].values() if not g["met"]]
+    if missing:
+        print("\nno verdict: models.fit is missing")
+    else:
+        print("\nall goals met" if not missed else f"\ngoals missed in: {', '.join(missed)}")
+    print(f"command: {shlex.join(['python', '-m', 'bench', *(argv if argv is not None else sys.argv[1:])])}")
+    return 0
+
+
+def _gemm_rate_for(case, device: str, gemm: dict) -> float | None:
+    prec = "sgemm" if case.dtype == "float32" else "dgemm"
+    for key, value in gemm.items():
+        if prec in key and (("cuda" in key) == (device == "gpu")):
+            return value
+    return None

@@ -1,0 +1,111 @@
+"""PyTorch reference: the same network, data, init, batch size, optimizer and shuffling work.
+
+Data go to the device as tensors once, up front, examples-first. The input tensor does not require
+a gradient, so autograd skips dA0 exactly as ``models.fit`` does. Each epoch draws a permutation and
+gathers the rows (one copy of X per epoch, as our shuffled fit does). The loss is accumulated on the
+device and read back once per epoch (``.item()`` syncs), as fit does.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from bench.workloads import Case, initial_parameters
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_model(case: Case, device):
+    import torch
+    from torch import nn
+
+    dtype = getattr(torch, case.dtype)
+    layers: list[nn.Module] = []
+    dims = case.layer_dims
+    for l in range(1, len(dims)):
+        layers.append(nn.Linear(dims[l - 1], dims[l]))
+        if l < len(dims) - 1:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers).to(device=device, dtype=dtype)
+    params = initial_parameters(case)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for l, lin in enumerate(linears, start=1):
+            lin.weight.copy_(torch.from_numpy(params[f"W{l}"]))      # (n_l, n_{l-1}): same layout as ours
+            lin.bias.copy_(torch.from_numpy(params[f"b{l}"].ravel()))
+    return model
+
+
+def train(case: Case, device_name: str = "cpu") -> dict:
+    """Train ``case`` once; return per-epoch seconds, the last epoch's mean loss and the final parameters."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    dtype = getattr(torch, case.dtype)
+    model = build_model(case, device)
+    X = torch.from_numpy(np.ascontiguousarray(case.X)).to(device=device, dtype=dtype)   # (m, n_x)
+    if case.output == "softmax":
+        y = torch.from_numpy(case.y).to(device)                                         # (m,) int64
+        loss_fn = nn.CrossEntropyLoss()
+    else:
+        y = torch.from_numpy(case.y).to(device=device, dtype=dtype).reshape(-1, 1)      # (m, 1)
+        loss_fn = nn.BCEWithLogitsLoss()   # sigmoid + BCE fused, as ours fuses dZ = AL - Y
+    if case.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=case.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=case.learning_rate, momentum=0.0)
+    m = X.shape[0]
+    bs = case.batch_size or m
+    gen = torch.Generator(device=device).manual_seed(case.seed)
+    epoch_s: list[float] = []
+    last_loss = float("nan")
+    _sync(device)
+    for _ in range(case.epochs):
+        t0 = time.perf_counter()
+        if case.batch_size is not None:
+            perm = torch.randperm(m, generator=gen, device=device)
+            Xs, ys = X.index_select(0, perm), y.index_select(0, perm)
+        else:
+            Xs, ys = X, y      # full batch: the textbook loop does not shuffle
+        total = torch.zeros((), device=device, dtype=dtype)
+        for start in range(0, m, bs):
+            xb, yb = Xs[start:start + bs], ys[start:start + bs]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * xb.shape[0]
+        last_loss = total.item() / m        # .item() syncs the device: once per epoch
+        epoch_s.append(time.perf_counter() - t0)
+    linears = [mod for mod in model if isinstance(mod, nn.Linear)]
+    params = {}
+    for l, lin in enumerate(linears, start=1):
+        params[f"W{l}"] = lin.weight.detach().cpu().numpy()
+        params[f"b{l}"] = lin.bias.detach().cpu().numpy().reshape(-1, 1)
+    return {"epoch_s": epoch_s, "loss": last_loss, "parameters": params}
+
+
+def gemm_gflops(device_name: str, n: int, dtype: str, repeats: int = 5) -> float:
+    """Median GFLOP/s of an n x n x n matmul with PyTorch (used for the GPU's rate)."""
+    import torch
+
+    device = torch.device("cuda" if device_name == "gpu" else "cpu")
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / float(np.median(times[1:])) / 1e9
