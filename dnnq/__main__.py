@@ -1,0 +1,7 @@
+"""`python -m dnnq` = the `dnnq` console script."""
+
+import sys
+
+from dnnq.cli import main
+
+sys.exit(main())

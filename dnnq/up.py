@@ -1,0 +1,276 @@
+"""`dnnq up`: Redis (embedded unless DNNQ_REDIS_URL), N workers and the API, supervised.
+
+Each child runs in its own session (process group), so a Ctrl-C reaches only this supervisor,
+which then stops the API and the workers first (SIGTERM to the whole group, SIGKILL after a
+grace period: Celery's prefork children go too) and Redis last. A worker that dies is
+restarted (at most MAX_RESTARTS a minute); if Redis or the API dies, everything stops and
+`dnnq up` exits non-zero with a message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from dnnq.client import CliError
+
+__all__ = ["Child", "api_keys_configured", "check_bind_allowed", "is_loopback", "run_up"]
+
+MAX_RESTARTS = 5          # per worker per RESTART_WINDOW_S; beyond that it is a crash loop
+RESTART_WINDOW_S = 60.0
+READY_TIMEOUT_S = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_keys_configured(env=None) -> bool:
+    env = os.environ if env is None else env
+    return bool(env.get("DNNQ_API_KEYS", "").strip() or env.get("DNNQ_API_KEYS_FILE", "").strip())
+
+
+def check_bind_allowed(host: str, allow_remote_without_keys: bool, env=None) -> str | None:
+    """Refuse a non-loopback address without API keys; returns a note to print, or None."""
+    if api_keys_configured(env):
+        return None
+    if is_loopback(host):
+        return f"no API keys set (DNNQ_API_KEYS / DNNQ_API_KEYS_FILE): listening on {host} only"
+    if not allow_remote_without_keys:
+        raise CliError(
+            f"refusing to listen on {host} without API keys: anyone who can reach it could use it. "
+            "Set DNNQ_API_KEYS (e.g. 'alice:SECRET') or DNNQ_API_KEYS_FILE, or pass "
+            "--allow-remote-without-keys", exit_code=2,
+        )
+    return f"WARNING: listening on {host} WITHOUT API keys (--allow-remote-without-keys)"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): pass --port N or stop what uses it") from None
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if `dnnq up` itself is killed (-9), so nothing is orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Child:
+    """One supervised process, alone in its process group."""
+
+    name: str
+    argv: list[str]
+    env: dict
+    proc: subprocess.Popen | None = None
+    restarts: deque = field(default_factory=deque)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def signal_group(self, sig: int) -> bool:
+        """Signal every process of the group; False when the group is empty."""
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def group_alive(self) -> bool:
+        if self.proc is None:
+            return False
+        self.proc.poll()  # reap the leader so that it does not linger as a zombie
+        return self.signal_group(0)
+
+
+def stop_children(children: list[Child], grace_s: float) -> None:
+    """SIGTERM every group, wait up to grace_s for all of them, then SIGKILL what is left."""
+    for child in children:
+        child.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(c.group_alive() for c in children):
+        time.sleep(0.1)
+    for child in children:
+        if child.group_alive():
+            print(f"dnnq: {child.name} did not stop within {grace_s:g}s; killing it", file=sys.stderr)
+            child.signal_group(signal.SIGKILL)
+    for child in children:
+        if child.proc is not None:
+            child.proc.wait()
+
+
+class _RedisWatch:
+    """Is the embedded Redis alive? Its process if the handle exposes one, else PING."""
+
+    def __init__(self, handle, url: str):
+        self.handle = handle
+        self.url = url
+        self.failures = 0
+
+    def alive(self) -> bool:
+        for attr in ("process", "proc", "_proc", "popen"):
+            proc = getattr(self.handle, attr, None)
+            if proc is not None and hasattr(proc, "poll"):
+                return proc.poll() is None
+        import redis
+
+        try:
+            redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1).ping()
+            self.failures = 0
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self.failures += 1
+        return self.failures < 3
+
+
+def _wait_ready(base_url: str, api: Child, stop: threading.Event) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        if api.exit_code() is not None:
+            return False
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        stop.wait(0.2)
+    return False
+
+
+def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
+           allow_remote_without_keys: bool, grace_s: float = 10.0) -> int:
+    note = check_bind_allowed(host, allow_remote_without_keys)
+    if workers < 1:
+        raise CliError("--workers must be at least 1", exit_code=2)
+    _check_port_free(host, port)
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    redis_handle = None
+    redis_url = os.environ.get("DNNQ_REDIS_URL", "").strip()
+    if redis_url:
+        redis_line = f"Redis at {redis_url} (DNNQ_REDIS_URL)"
+    else:
+        from workers.redis_server import start_redis
+
+        redis_handle = start_redis(data_dir / "redis", None)
+        redis_url = redis_handle.url
+        redis_line = f"Redis embedded at {redis_url} (AOF in {data_dir / 'redis'})"
+    print(f"dnnq: {redis_line}", flush=True)
+
+    env = dict(os.environ, DNNQ_REDIS_URL=redis_url, DNNQ_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    children: list[Child] = []
+    exit_code = 0
+    try:
+        host_name = socket.gethostname()
+        worker_children = [
+            Child(f"worker {i + 1}", [sys.executable, "-m", "workers"],
+                  dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"))
+            for i in range(workers)
+        ]
+        api = Child("api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+                            "--host", host, "--port", str(port)], env)
+        children = [api, *worker_children]
+        for child in children:
+            child.start()
+        plural = "s" if workers > 1 else ""
+        print(f"dnnq: {workers} worker{plural} (queues {queues}), artifacts in {data_dir}", flush=True)
+        if note:
+            print(f"dnnq: {note}", flush=True)
+
+        url_host = f"[{host}]" if ":" in host else host
+        base_url = f"http://{url_host}:{port}"
+        if not _wait_ready("http://127.0.0.1:%d" % port if host in ("0.0.0.0", "::") else base_url, api, stop):
+            if not stop.is_set():
+                code = api.exit_code()
+                why = f"exited with code {code}" if code is not None else f"did not answer within {READY_TIMEOUT_S:g}s"
+                print(f"dnnq: error: the API {why}; see its messages above", file=sys.stderr)
+                exit_code = 1
+        else:
+            print(f"dnnq is up: {base_url} (dashboard), API docs {base_url}/docs; {redis_line}; "
+                  f"{workers} worker{plural}. Ctrl-C stops everything.", flush=True)
+            exit_code = _supervise(api, worker_children, _RedisWatch(redis_handle, redis_url)
+                                   if redis_handle else None, stop)
+    finally:
+        stop_children(children, grace_s)
+        if redis_handle is not None:
+            redis_handle.stop()
+        if received:
+            print(f"dnnq: stopped ({signal.Signals(received[0]).name})", file=sys.stderr, flush=True)
+    return exit_code
+
+
+def _supervise(api: Child, workers: list[Child], redis_watch: _RedisWatch | None,
+               stop: threading.Event) -> int:
+    """Watch the children until a signal (0) or an unrecoverable death (1)."""
+    while not stop.wait(0.5):
+        if redis_watch is not None and not redis_watch.alive():
+            if stop.wait(0.3):  # a Ctrl-C that reached Redis first is a normal stop
+                break
+            print("dnnq: error: the embedded Redis server died; stopping everything "
+                  "(job records are in its AOF file: run `dnnq up` again)", file=sys.stderr, flush=True)
+            return 1
+        code = api.exit_code()
+        if code is not None:
+            print(f"dnnq: error: the API process exited with code {code}; stopping everything",
+                  file=sys.stderr, flush=True)
+            return 1
+        for worker in workers:
+            code = worker.exit_code()
+            if code is None or stop.is_set():
+                continue
+            now = time.monotonic()
+            while worker.restarts and now - worker.restarts[0] > RESTART_WINDOW_S:
+                worker.restarts.popleft()
+            if len(worker.restarts) >= MAX_RESTARTS:
+                print(f"dnnq: error: {worker.name} keeps dying (exit code {code}, {MAX_RESTARTS} restarts "
+                      f"in {RESTART_WINDOW_S:g}s); stopping everything", file=sys.stderr, flush=True)
+                return 1
+            worker.restarts.append(now)
+            worker.signal_group(signal.SIGKILL)  # leftovers of the dead worker's process group
+            print(f"dnnq: {worker.name} exited with code {code}; restarting it", file=sys.stderr, flush=True)
+            worker.start()
+    return 0
