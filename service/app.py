@@ -114,7 +114,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.api_keys = load_api_keys(settings)
     app.state.redis = make_redis(settings)
     app.state.store = _make_store(settings)
-    app.state.registry = CollectorRegistry(auto_describe=True)
+    app.state.registry = CollectorRegistry()
 
     install_error_handlers(app)
 

@@ -1,3 +1,150 @@
-"""placeholder"""
-from fastapi import APIRouter
-router = APIRouter()
+"""/v1/datasets: upload (.npz/.csv/.h5), synthetic generators, read and list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from service.deps import Rds, Settings, Store, Tenant
+from service.errors import Problem
+from service.idempotency import reserve
+from service.schemas import SyntheticRequest, dataset_view
+from service.synthetic import generate
+from service.uploads import UploadError, UploadLimits, parse_upload
+from workers import datasets
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _limits(settings) -> UploadLimits:
+    return UploadLimits(settings.max_examples, settings.max_features, settings.decompressed_limit)
+
+
+def _save(r, store, settings, *, tenant, name, source, parsed_or_arrays, idem_key, body_sha, request: Request):
+    """Store through workers.datasets; 201 for a new dataset, 200 when identical content already exists."""
+    X, Y, classes, kind = parsed_or_arrays
+    reservation, replay_id = reserve(r, tenant=tenant, route="datasets", key=idem_key,
+                                     body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds)
+    if replay_id is not None:
+        rec = datasets.get_dataset(r, replay_id, tenant)
+        if rec is not None:
+            return _created(rec, 201)
+    started = _now_iso()
+    try:
+        rec = datasets.save_dataset(r, store, tenant=tenant, name=name, source=source, X=X, Y=Y,
+                                    classes=classes, label_kind=kind)
+    except datasets.DatasetError as exc:
+        if reservation:
+            reservation.release()
+        raise Problem(422, str(exc)) from None
+    except BaseException:
+        if reservation:
+            reservation.release()
+        raise
+    if reservation:
+        reservation.complete(rec["id"])
+    return _created(rec, 201 if rec["created_at"] >= started else 200)
+
+
+def _created(rec: dict, status: int) -> JSONResponse:
+    return JSONResponse(dataset_view(rec), status_code=status, headers={"Location": f"/v1/datasets/{rec['id']}"})
+
+
+@router.post("", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)")
+def upload_dataset(
+    request: Request,
+    r: Rds,
+    store: Store,
+    settings: Settings,
+    tenant: Tenant,
+    file: Annotated[UploadFile, File(description=".npz (X, Y), .csv with header, or .h5")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    target: Annotated[str | None, Form(description="CSV: label column (default: last)")] = None,
+    x_key: Annotated[str, Form(max_length=200)] = "X",
+    y_key: Annotated[str, Form(max_length=200)] = "Y",
+    layout: Annotated[str, Form(description="examples_first (m, ...) or features_first (n_x, m)")] = "examples_first",
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Examples are rows. Returns 201 for a new dataset; an identical upload returns 200 with the same id."""
+    data = file.file.read()
+    try:
+        parsed = parse_upload(file.filename or "", data, _limits(settings), target=target,
+                              x_key=x_key, y_key=y_key, layout=layout)
+    except UploadError as exc:
+        raise Problem(exc.status, exc.detail) from None
+    form = json.dumps([file.filename, name, target, x_key, y_key, layout])
+    body_sha = hashlib.sha256(hashlib.sha256(data).digest() + form.encode()).hexdigest()
+    return _save(r, store, settings, tenant=tenant, name=name or file.filename or "upload",
+                 source=f"upload:{file.filename}", idem_key=idempotency_key, body_sha=body_sha, request=request,
+                 parsed_or_arrays=(parsed.X, parsed.Y, parsed.classes, parsed.label_kind))
+
+
+@router.post("/synthetic", status_code=201, summary="Generate moons, circles, spiral or blobs")
+def synthetic_dataset(
+    request: Request,
+    body: SyntheticRequest,
+    r: Rds,
+    store: Store,
+    settings: Settings,
+    tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    limit = min(settings.max_synthetic_samples, settings.max_examples)
+    if body.n_samples > limit:
+        raise Problem(422, f"n_samples: {body.n_samples} is over the limit of {limit}.",
+                      errors=[{"field": "n_samples", "message": f"must be <= {limit}"}])
+    if body.n_features > settings.max_features:
+        raise Problem(422, f"n_features: {body.n_features} is over the limit of {settings.max_features}.",
+                      errors=[{"field": "n_features", "message": f"must be <= {settings.max_features}"}])
+    k = 2 if body.name in ("moons", "circles") else body.n_classes
+    X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
+    params = body.model_dump(include={"n_samples", "noise", "seed"} | (
+        {"n_classes"} if k > 2 or body.name in ("spiral", "blobs") else set()) | (
+        {"n_features"} if body.name == "blobs" else set()))
+    label = f"{body.name}(" + ", ".join(f"{a}={v}" for a, v in params.items()) + ")"
+    body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    return _save(r, store, settings, tenant=tenant, name=label, source=f"synthetic:{body.name}",
+                 idem_key=idempotency_key, body_sha=body_sha, request=request,
+                 parsed_or_arrays=(X, y, list(range(k)), "binary" if k == 2 else "integer"))
+
+
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: str, r: Rds, store: Store, tenant: Tenant) -> dict:
+    """The dataset record plus a preview: its first 5 examples, truncated to 20 features."""
+    rec = datasets.get_dataset(r, dataset_id, tenant)
+    if rec is None:
+        raise Problem(404, f"No dataset with id '{dataset_id}'.")
+    view = dataset_view(rec)
+    try:
+        X, Y = datasets.load_arrays(store, dataset_id)
+    except LookupError as exc:
+        view["preview"] = None
+        view["preview_error"] = str(exc)
+        return view
+    view["preview"] = {
+        "X": X[:PREVIEW_ROWS, :PREVIEW_FEATURES].tolist(),
+        "Y": Y[:PREVIEW_ROWS].tolist(),
+        "features_truncated": X.shape[1] > PREVIEW_FEATURES,
+    }
+    return view
+
+
+@router.get("")
+def list_datasets(
+    r: Rds, tenant: Tenant,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict:
+    """This tenant's datasets, newest first."""
+    items, total = datasets.list_datasets(r, tenant, offset, limit)
+    return {"items": [dataset_view(d) for d in items], "total": total, "offset": offset, "limit": limit}

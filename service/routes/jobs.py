@@ -1,3 +1,301 @@
-"""placeholder"""
-from fastapi import APIRouter
-router = APIRouter()
+"""/v1/jobs: submit, read, list, cancel, stream events, download weights, predict."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from service.deps import Rds, Settings, Store, Tenant
+from service.errors import Problem, field_error
+from service.idempotency import reserve
+from service.schemas import PredictRequest, job_view, thin_history
+from workers import datasets, jobs
+from workers.spec import JobSpec, SpecError, queue_for, to_train_config
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("dnnq.api")
+
+WEIGHT_FORMATS = {"npz": "weights.npz", "safetensors": "weights.safetensors", "onnx": "weights.onnx"}
+_ACTIVE = ("queued", "running", "cancelling")
+
+
+def _job_or_404(r, job_id: str, tenant: str) -> dict:
+    job = jobs.get_job(r, job_id, tenant)
+    if job is None:
+        raise Problem(404, f"No job with id '{job_id}'.")
+    return job
+
+
+def _history(r, job: dict, mode: str, keep: int) -> list[dict] | None:
+    if mode == "none":
+        return None
+    history = jobs.get_history(r, job["id"])
+    return history if mode == "full" else thin_history(history, keep)
+
+
+def estimate_training_bytes(layer_dims: list[int], m: int, batch_size: int | None, itemsize: int) -> int:
+    """Rough peak memory of one fit(): parameters x4 (weights, gradients, two Adam moments), the
+    forward cache and its gradients for one batch (Z, A, dA per layer), and the data itself."""
+    params = sum(layer_dims[i] * (layer_dims[i - 1] + 1) for i in range(1, len(layer_dims)))
+    batch = min(batch_size or m, m)
+    activations = 3 * batch * sum(layer_dims)
+    data = m * (layer_dims[0] + layer_dims[-1])
+    return itemsize * (4 * params + activations + data)
+
+
+def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> None:
+    if spec.training.epochs > settings.max_epochs:
+        raise field_error("training.epochs", f"{spec.training.epochs} epochs is over the limit of "
+                          f"{settings.max_epochs} (DNNQ_MAX_EPOCHS); train fewer epochs.")
+    n_params = cfg.parameter_count()
+    if n_params > settings.max_parameters:
+        raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
+                          f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
+    if settings.worker_memory_bytes:
+        need = estimate_training_bytes(list(cfg.layer_dims), int(meta["n_examples"]),
+                                       spec.training.batch_size, 4 if spec.training.dtype == "float32" else 8)
+        if need > settings.worker_memory_bytes:
+            raise field_error(
+                "training.batch_size",
+                f"training needs about {need} bytes, more than a worker's {settings.worker_memory_bytes} "
+                "(DNNQ_WORKER_MEMORY_BYTES). Set a smaller training.batch_size, use float32, or shrink the network.")
+    active = sum(jobs.list_jobs(r, tenant, status=s, offset=0, limit=0)[1] for s in _ACTIVE)
+    if active >= settings.max_queued_jobs_per_tenant:
+        raise Problem(429, f"This tenant already has {active} queued or running jobs, the limit "
+                      f"(DNNQ_MAX_QUEUED_JOBS_PER_TENANT = {settings.max_queued_jobs_per_tenant}); "
+                      "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
+
+
+def _send(r, job: dict, queue: str) -> None:
+    """Enqueue by task name; if the broker refuses, the job is failed through the state machine."""
+    from workers.celery_app import app as celery_app
+
+    try:
+        celery_app.send_task("dnnq.train", args=[job["id"]], queue=queue)
+    except Exception as exc:  # kombu/redis errors vary by transport
+        log.error("enqueue failed for job %s: %s", job["id"], type(exc).__name__)
+        token = f"api:{uuid.uuid4().hex}"
+        if jobs.claim(r, job["id"], token, 10_000):
+            jobs.finish(r, job["id"], token, "failed", error="Could not enqueue the job: the broker is unreachable.")
+        raise Problem(503, "The job could not be queued: the message broker is unreachable; retry shortly.",
+                      headers={"Retry-After": "5"}) from None
+
+
+@router.post("", status_code=202, summary="Submit a training job")
+def submit_job(
+    spec: JobSpec, r: Rds, settings: Settings, tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    meta = datasets.get_dataset(r, spec.dataset_id, tenant)
+    if meta is None:
+        raise field_error("dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets.")
+    val_meta = None
+    if spec.validation_dataset_id is not None:
+        val_meta = datasets.get_dataset(r, spec.validation_dataset_id, tenant)
+        if val_meta is None:
+            raise field_error("validation_dataset_id", f"no dataset with id '{spec.validation_dataset_id}'.")
+    try:
+        cfg = to_train_config(spec, meta, val_meta)
+    except SpecError as exc:
+        raise field_error(exc.field, exc.message) from None
+    _check_limits(r, settings, tenant, spec, cfg, meta)
+    body = spec.model_dump(mode="json")
+    body_sha = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    reservation, replay_id = reserve(r, tenant=tenant, route="jobs", key=idempotency_key,
+                                     body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds)
+    if replay_id is not None and (job := jobs.get_job(r, replay_id, tenant)) is not None:
+        return JSONResponse(job_view(job, None), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+    queue = queue_for(spec)
+    try:
+        job = jobs.create_job(r, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
+                              validation_dataset_id=spec.validation_dataset_id)
+    except BaseException:
+        if reservation:
+            reservation.release()
+        raise
+    if reservation:
+        reservation.complete(job["id"])
+    _send(r, job, queue)
+    return JSONResponse(job_view(job, []), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+
+
+@router.get("")
+def list_jobs(
+    r: Rds, tenant: Tenant,
+    status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"] | None,
+                      Query()] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict:
+    """This tenant's jobs, newest first, without histories."""
+    items, total = jobs.list_jobs(r, tenant, status=status, offset=offset, limit=limit)
+    return {"items": [job_view(j, None) for j in items], "total": total, "offset": offset, "limit": limit}
+
+
+@router.get("/{job_id}")
+def get_job(
+    job_id: str, r: Rds, settings: Settings, tenant: Tenant,
+    history: Annotated[Literal["thin", "full", "none"], Query(
+        description="thin (default): whole up to 1,000 epochs, then evenly thinned; full; none")] = "thin",
+) -> dict:
+    job = _job_or_404(r, job_id, tenant)
+    return job_view(job, _history(r, job, history, settings.history_full_max))
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> JSONResponse:
+    """queued -> cancelled at once; running -> cancelling (stops at the next epoch). 409 if finished."""
+    _job_or_404(r, job_id, tenant)
+    try:
+        jobs.request_cancel(r, job_id)
+    except jobs.JobNotFound:
+        raise Problem(404, f"No job with id '{job_id}'.") from None
+    except jobs.JobConflict as exc:
+        raise Problem(409, str(exc)) from None
+    return JSONResponse(job_view(_job_or_404(r, job_id, tenant), None), status_code=202)
+
+
+def _sse(event: str, data: dict, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(
+    job_id: str, request: Request, r: Rds, settings: Settings, tenant: Tenant,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `epoch` (id = epoch) per completed epoch, `status` on changes, `end` last."""
+    await run_in_threadpool(_job_or_404, r, job_id, tenant)
+    next_index = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+    async def stream():
+        nonlocal next_index
+        status, last_sent = None, time.monotonic()
+        yield ": stream open\n\n"
+        while True:
+            job = await run_in_threadpool(jobs.get_job, r, job_id, tenant)
+            if job is None:
+                return
+            for entry in await run_in_threadpool(jobs.get_history, r, job_id, next_index, -1):
+                next_index += 1
+                yield _sse("epoch", entry, entry.get("epoch", next_index))
+                last_sent = time.monotonic()
+            if job["status"] != status:
+                status = job["status"]
+                yield _sse("status", {"status": status, "progress": job.get("progress")})
+                last_sent = time.monotonic()
+            if status in {s.value for s in jobs.TERMINAL}:
+                yield _sse("end", job_view(job, None))
+                return
+            if time.monotonic() - last_sent >= settings.sse_keepalive_seconds:
+                yield ": keepalive\n\n"
+                last_sent = time.monotonic()
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(settings.sse_poll_seconds)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _succeeded_or_409(job: dict) -> None:
+    if job["status"] != "succeeded":
+        raise Problem(409, f"Job '{job['id']}' is {job['status']}; its model exists once it has succeeded.")
+
+
+@router.get("/{job_id}/weights", responses={200: {"content": {"application/octet-stream": {}}}})
+def download_weights(
+    job_id: str, r: Rds, store: Store, tenant: Tenant,
+    format: Annotated[str, Query(description="npz | safetensors | onnx")] = "npz",
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    if format not in WEIGHT_FORMATS:
+        raise field_error("format", f"unknown format {format!r}; use one of {', '.join(WEIGHT_FORMATS)}.")
+    job = _job_or_404(r, job_id, tenant)
+    _succeeded_or_409(job)
+    sha = (job.get("artifacts") or {}).get(format)
+    key = f"jobs/{job_id}/{WEIGHT_FORMATS[format]}"
+    if not sha or not store.exists(key):
+        raise Problem(404, f"Job '{job_id}' has no {format} weights (this worker did not export them).")
+    etag = f'"{sha}"'
+    headers = {
+        "ETag": etag,
+        "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(sha)).decode(),
+        "X-Checksum-SHA256": sha,
+        "Cache-Control": "private, max-age=0, must-revalidate",
+    }
+    if if_none_match and (if_none_match.strip() == "*" or etag in
+                          [t.strip().removeprefix("W/") for t in if_none_match.split(",")]):
+        return Response(status_code=304, headers=headers)
+    filename = f"dnnq-{job_id}.{format}"
+    path = store.local_path(key)
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", filename=filename, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return Response(store.get(key), media_type="application/octet-stream", headers=headers)
+
+
+@router.get("/{job_id}/model")
+def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> JSONResponse:
+    """The trained model's description (layer sizes, activations, preprocessing, classes, metrics)."""
+    job = _job_or_404(r, job_id, tenant)
+    _succeeded_or_409(job)
+    try:
+        return JSONResponse(json.loads(store.get(f"jobs/{job_id}/model.json")))
+    except KeyError:
+        raise Problem(404, f"Job '{job_id}' has no model.json in the artifact store.") from None
+
+
+@router.post("/{job_id}/predict")
+def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: Settings, tenant: Tenant) -> dict:
+    """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
+    from models import predict as model_predict
+
+    job = _job_or_404(r, job_id, tenant)
+    _succeeded_or_409(job)
+    if len(body.inputs) > settings.max_predict_examples:
+        raise field_error("inputs", f"{len(body.inputs)} examples is over the limit of {settings.max_predict_examples}.")
+    meta = datasets.get_dataset(r, job["dataset_id"]) or {}
+    n_x = int(meta.get("n_features") or 0)
+    widths = {len(row) for row in body.inputs}
+    if widths != {n_x}:
+        raise field_error("inputs", f"each example needs {n_x} features (the training set's); got rows of "
+                          f"{sorted(widths)}.")
+    X = np.asarray(body.inputs, dtype=np.float64)
+    if not np.isfinite(X).all():
+        raise field_error("inputs", "contains NaN or infinite values.")
+    spec = job["spec"]
+    if (spec.get("preprocess") or {}).get("scale"):
+        X = X / spec["preprocess"]["scale"]
+    try:
+        raw = store.get(f"jobs/{job_id}/weights.npz")
+    except KeyError:
+        raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
+    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+        params = {k: npz[k].astype(np.float64) for k in npz.files}
+    hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
+    labels = model_predict(params, X.T, hidden_activation=hidden, output=output)
+    classes = meta.get("classes")
+    out: dict = {"predictions": np.asarray(labels).tolist(), "probabilities": None}
+    if output != "linear":
+        AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))
+        out["probabilities"] = (AL[0] if output == "sigmoid" else AL.T).tolist()
+        if classes and any(isinstance(c, str) for c in classes):
+            out["labels"] = [classes[int(k)] for k in out["predictions"]]
+    else:
+        out["predictions"] = np.asarray(labels).T.tolist()
+    return out

@@ -41,6 +41,9 @@ class RedisCollector:
                     counts[status] += 1
         return counts
 
+    def describe(self):
+        return []  # nothing to describe up front: registering must not touch Redis
+
     def collect(self):
         try:
             counts = self._job_counts()
