@@ -1,1 +1,21 @@
-"""dnnq workers package."""
+"""dnnq workers: the job state machine, artifact store, Celery tasks and the worker process.
+
+Importing this package is cheap and never touches CUDA: the API imports workers.jobs,
+workers.datasets, workers.spec and workers.celery_app to enqueue work by task name.
+"""
+
+__all__ = ["main", "run_worker"]
+
+
+def main(argv=None) -> int:
+    """`python -m workers` / `dnnq worker`: start a Celery worker for the configured queues."""
+    from workers.__main__ import main as _main
+
+    return _main(argv)
+
+
+def run_worker(settings=None) -> int:
+    """Run a worker process with these WorkerSettings (default: from the environment)."""
+    from workers.__main__ import run_worker as _run_worker
+
+    return _run_worker(settings)

@@ -1,0 +1,166 @@
+"""Shared fixtures: a real redis-server, a flushed client per test, an artifact store on tmp_path,
+a Celery client for sending tasks, and a factory that starts real `python -m workers` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from workers.redis_server import start_redis
+from workers.store import LocalArtifactStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the whole session (AOF in a tmp dir), stopped at the end."""
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """decode_responses client on a database flushed before each test."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """DNNQ_DATA_DIR for this test; workers started by `worker` share it."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def store(data_dir) -> LocalArtifactStore:
+    """The artifact store a worker with DNNQ_DATA_DIR=data_dir uses (data_dir/artifacts)."""
+    return LocalArtifactStore(data_dir / "artifacts")
+
+
+@pytest.fixture
+def celery_client(redis_client, redis_url):
+    """A Celery app configured like the API's, pointing at the test Redis: .send_task("dnnq.train", ...)."""
+    from celery import Celery
+
+    from workers.celery_app import configure
+    from workers.settings import WorkerSettings
+
+    app = Celery("dnnq-test")
+    configure(app, WorkerSettings(redis_url=redis_url))
+    yield app
+    app.close()
+
+
+class WorkerProcess:
+    """A real `python -m workers` process in its own process group."""
+
+    def __init__(self, proc: subprocess.Popen, name: str, log_path: Path):
+        self.proc = proc
+        self.name = name
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (main process and its pool children): a crash, nothing cleaned up."""
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL the group if it lingers."""
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._signal_group(signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait(10)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the group we created with start_new_session
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture
+def worker(redis_client, redis_url, data_dir, tmp_path):
+    """Factory: worker(env={...}, queues="default", name=None, wait=30.0) -> WorkerProcess.
+
+    Starts `python -m workers` against the test Redis and data_dir with a short lease (3 s) and
+    heartbeat (0.5 s), waits until its dnnq:worker:{name} key appears, stops it at teardown.
+    `env` overrides or adds environment variables (e.g. {"DNNQ_CHECKPOINT_EVERY": "1"}).
+    """
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str] | None = None, queues: str = "default", name: str | None = None,
+              wait: float = 30.0) -> WorkerProcess:
+        name = name or f"test-{uuid.uuid4().hex[:8]}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
+        full_env.update(
+            {
+                "DNNQ_REDIS_URL": redis_url,
+                "DNNQ_DATA_DIR": str(data_dir),
+                "DNNQ_LEASE_SECONDS": "3",
+                "DNNQ_HEARTBEAT_SECONDS": "0.5",
+                "DNNQ_WORKER_NAME": name,
+                "DNNQ_QUEUES": queues,
+                "PYTHONUNBUFFERED": "1",
+                # One BLAS thread: the test machine has few cores and a worker must not starve the others.
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+            }
+        )
+        full_env.update(env or {})
+        log_path = tmp_path / f"worker-{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "workers"],
+                cwd=ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        w = WorkerProcess(proc, name, log_path)
+        started.append(w)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"worker {name} exited with {proc.returncode}:\n{w.log()[-4000:]}")
+            if redis_client.exists(f"dnnq:worker:{name}"):
+                return w
+            time.sleep(0.1)
+        w.stop()
+        pytest.fail(f"worker {name} did not register dnnq:worker:{name} within {wait} s:\n{w.log()[-4000:]}")
+
+    yield start
+    for w in started:
+        w.stop()

@@ -1,0 +1,274 @@
+"""The job state machine against a real Redis: every allowed and every refused transition."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from workers import jobs
+from workers.jobs import JobConflict, JobNotFound, Status
+
+DATASET = "ab" * 12
+LEASE_MS = 5_000
+
+
+def new_job(r, tenant="public"):
+    return jobs.create_job(r, tenant=tenant, spec={"dataset_id": DATASET}, queue="default", dataset_id=DATASET)
+
+
+def status(r, job_id):
+    return jobs.get_job(r, job_id)["status"]
+
+
+def running(r, token="w1"):
+    job = new_job(r)
+    assert jobs.claim(r, job["id"], token, LEASE_MS) is True
+    return job["id"]
+
+
+def test_create_and_get(redis_client):
+    job = new_job(redis_client, tenant="acme")
+    assert len(job["id"]) == 32
+    got = jobs.get_job(redis_client, job["id"])
+    assert got["status"] == "queued"
+    assert got["tenant"] == "acme"
+    assert got["spec"] == {"dataset_id": DATASET}
+    assert got["attempts"] == 0
+    assert got["started_at"] is None and got["finished_at"] is None
+    assert got["created_at"].endswith("Z")
+
+
+def test_get_job_hides_other_tenants_and_bad_ids(redis_client):
+    job = new_job(redis_client, tenant="acme")
+    assert jobs.get_job(redis_client, job["id"], tenant="other") is None
+    assert jobs.get_job(redis_client, job["id"], tenant="acme")["id"] == job["id"]
+    assert jobs.get_job(redis_client, "../../etc") is None
+    assert jobs.get_job(redis_client, "f" * 32) is None
+
+
+def test_invalid_id_never_builds_a_key(redis_client):
+    with pytest.raises(jobs.InvalidId, match="24 to 32 lowercase hex"):
+        jobs.claim(redis_client, "x*", "t", LEASE_MS)
+    with pytest.raises(JobNotFound):
+        jobs.request_cancel(redis_client, "nope")
+    with pytest.raises(jobs.InvalidId):
+        jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id="NOT-AN-ID")
+
+
+def test_list_jobs_newest_first_with_filter(redis_client):
+    ids = []
+    for _ in range(3):
+        ids.append(new_job(redis_client, tenant="acme")["id"])
+        time.sleep(0.002)
+    new_job(redis_client, tenant="other")
+    jobs.claim(redis_client, ids[1], "w", LEASE_MS)
+    page, total = jobs.list_jobs(redis_client, "acme")
+    assert total == 3
+    assert [j["id"] for j in page] == ids[::-1]
+    page, total = jobs.list_jobs(redis_client, "acme", status="queued", offset=1, limit=1)
+    assert total == 2
+    assert [j["id"] for j in page] == [ids[0]]
+    page, total = jobs.list_jobs(redis_client, "acme", status="running")
+    assert [j["id"] for j in page] == [ids[1]] and total == 1
+
+
+def test_claim_sets_running_lease_attempts_and_active(redis_client):
+    job_id = new_job(redis_client)["id"]
+    assert jobs.claim(redis_client, job_id, "w1", LEASE_MS) is True
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "running"
+    assert job["attempts"] == 1
+    assert job["started_at"] is not None
+    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "w1"
+    assert 0 < redis_client.pttl(f"dnnq:job:{job_id}:lease") <= LEASE_MS
+    assert redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+
+
+def test_claim_twice_second_refused(redis_client):
+    job_id = new_job(redis_client)["id"]
+    assert jobs.claim(redis_client, job_id, "w1", LEASE_MS) is True
+    assert jobs.claim(redis_client, job_id, "w2", LEASE_MS) is False
+    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "w1"
+    assert jobs.get_job(redis_client, job_id)["attempts"] == 1
+
+
+def test_claim_refused_on_missing_and_terminal(redis_client):
+    assert jobs.claim(redis_client, "a" * 32, "w", LEASE_MS) is False
+    job_id = running(redis_client)
+    assert jobs.finish(redis_client, job_id, "w1", "succeeded")
+    assert jobs.claim(redis_client, job_id, "w2", LEASE_MS) is False
+    assert status(redis_client, job_id) == "succeeded"
+
+
+def test_renew_lease_only_with_token(redis_client):
+    job_id = running(redis_client)
+    assert jobs.renew_lease(redis_client, job_id, "w1", 60_000) is True
+    assert redis_client.pttl(f"dnnq:job:{job_id}:lease") > LEASE_MS
+    assert jobs.renew_lease(redis_client, job_id, "stale", 60_000) is False
+    redis_client.delete(f"dnnq:job:{job_id}:lease")  # expired
+    assert jobs.renew_lease(redis_client, job_id, "w1", 60_000) is False
+
+
+def test_record_epoch_appends_and_returns_status(redis_client):
+    job_id = running(redis_client)
+    entry = {"epoch": 1, "loss": 0.5, "accuracy": 0.7, "val_loss": None, "val_accuracy": None}
+    assert jobs.record_epoch(redis_client, job_id, "w1", entry, {"epoch": 1, "epochs": 3, "loss": 0.5}) == "running"
+    assert jobs.get_history(redis_client, job_id) == [entry]
+    assert jobs.get_job(redis_client, job_id)["progress"] == {"epoch": 1, "epochs": 3, "loss": 0.5}
+    assert redis_client.hget(jobs.STATS_KEY, "epochs_total") == "1"
+    jobs.request_cancel(redis_client, job_id)
+    assert jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 2}, {"epoch": 2}) == "cancelling"
+
+
+def test_record_epoch_with_stale_token_writes_nothing(redis_client):
+    job_id = running(redis_client)
+    assert jobs.record_epoch(redis_client, job_id, "stale", {"epoch": 1}, {"epoch": 1}) == jobs.LEASE_LOST
+    assert jobs.get_history(redis_client, job_id) == []
+    assert jobs.get_job(redis_client, job_id)["progress"] is None
+
+
+@pytest.mark.parametrize("final", ["succeeded", "failed"])
+def test_finish_from_running(redis_client, final):
+    job_id = running(redis_client)
+    ok = jobs.finish(
+        redis_client, job_id, "w1", final, error="boom" if final == "failed" else None,
+        metrics={"final_loss": 0.1}, artifacts={"npz": "aa"}, device="cpu", timings={"fit": 1.0},
+    )
+    assert ok is True
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == final
+    assert job["finished_at"] is not None
+    assert job["metrics"] == {"final_loss": 0.1} and job["artifacts"] == {"npz": "aa"}
+    assert job["device"] == "cpu" and job["timings"] == {"fit": 1.0}
+    assert job["error"] == ("boom" if final == "failed" else None)
+    assert not redis_client.exists(f"dnnq:job:{job_id}:lease")
+    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+    assert redis_client.hget(jobs.STATS_KEY, f"jobs_{final}_total") == "1"
+
+
+def test_finish_running_to_cancelled_refused(redis_client):
+    job_id = running(redis_client)
+    assert jobs.finish(redis_client, job_id, "w1", "cancelled") is False
+    assert status(redis_client, job_id) == "running"
+
+
+def test_finish_with_stale_token_refused(redis_client):
+    job_id = running(redis_client)
+    assert jobs.finish(redis_client, job_id, "stale", "succeeded", metrics={"final_loss": 1.0}) is False
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "running" and job["metrics"] is None
+    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "w1"
+
+
+def test_finish_non_terminal_status_is_a_programming_error(redis_client):
+    job_id = running(redis_client)
+    with pytest.raises(ValueError, match="terminal status"):
+        jobs.finish(redis_client, job_id, "w1", "queued")
+
+
+@pytest.mark.parametrize("final", ["cancelled", "succeeded", "failed"])
+def test_finish_from_cancelling(redis_client, final):
+    job_id = running(redis_client)
+    assert jobs.request_cancel(redis_client, job_id) == "cancelling"
+    assert jobs.finish(redis_client, job_id, "w1", final) is True
+    assert status(redis_client, job_id) == final
+
+
+def test_finish_twice_refused(redis_client):
+    job_id = running(redis_client)
+    assert jobs.finish(redis_client, job_id, "w1", "succeeded") is True
+    assert jobs.finish(redis_client, job_id, "w1", "failed") is False
+    assert status(redis_client, job_id) == "succeeded"
+    assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") is None
+
+
+def test_cancel_queued(redis_client):
+    job_id = new_job(redis_client)["id"]
+    assert jobs.request_cancel(redis_client, job_id) == "cancelled"
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "cancelled" and job["finished_at"] is not None
+    assert jobs.claim(redis_client, job_id, "w", LEASE_MS) is False
+
+
+def test_cancel_running_then_again(redis_client):
+    job_id = running(redis_client)
+    assert jobs.request_cancel(redis_client, job_id) == "cancelling"
+    assert jobs.request_cancel(redis_client, job_id) == "cancelling"
+    assert status(redis_client, job_id) == "cancelling"
+
+
+@pytest.mark.parametrize("final", ["succeeded", "failed", "cancelled"])
+def test_cancel_terminal_conflicts(redis_client, final):
+    job_id = running(redis_client)
+    if final == "cancelled":
+        jobs.request_cancel(redis_client, job_id)
+    jobs.finish(redis_client, job_id, "w1", final)
+    with pytest.raises(JobConflict, match=f"already {final}") as info:
+        jobs.request_cancel(redis_client, job_id)
+    assert info.value.status == final
+    assert status(redis_client, job_id) == final
+
+
+def test_cancel_missing_job(redis_client):
+    with pytest.raises(JobNotFound, match="No job with id"):
+        jobs.request_cancel(redis_client, "c" * 32)
+
+
+def test_requeue_expired(redis_client):
+    alive = running(redis_client, "alive")
+    dead = running(redis_client, "dead")
+    dead_cancelling = running(redis_client, "dead2")
+    jobs.request_cancel(redis_client, dead_cancelling)
+    done = running(redis_client, "done")
+    jobs.finish(redis_client, done, "done", "succeeded")
+    for job_id in (dead, dead_cancelling):
+        redis_client.delete(f"dnnq:job:{job_id}:lease")  # the worker died; its lease expired
+    assert jobs.requeue_expired(redis_client) == [dead]
+    assert status(redis_client, dead) == "queued"
+    assert status(redis_client, dead_cancelling) == "cancelled"
+    assert status(redis_client, alive) == "running"
+    assert redis_client.smembers(jobs.ACTIVE_KEY) == {alive}
+    assert jobs.requeue_expired(redis_client) == []
+    # the requeued job can be claimed again; attempts counts both starts, started_at is kept
+    first_start = jobs.get_job(redis_client, dead)["started_at"]
+    assert jobs.claim(redis_client, dead, "new", LEASE_MS) is True
+    job = jobs.get_job(redis_client, dead)
+    assert job["attempts"] == 2 and job["started_at"] == first_start
+
+
+def test_requeue_expired_by_real_ttl(redis_client):
+    job_id = new_job(redis_client)["id"]
+    jobs.claim(redis_client, job_id, "w", 50)
+    time.sleep(0.15)
+    assert jobs.requeue_expired(redis_client) == [job_id]
+
+
+def test_the_dead_worker_cannot_write_after_requeue(redis_client):
+    job_id = running(redis_client, "old")
+    redis_client.delete(f"dnnq:job:{job_id}:lease")
+    jobs.requeue_expired(redis_client)
+    assert jobs.claim(redis_client, job_id, "new", LEASE_MS)
+    assert jobs.record_epoch(redis_client, job_id, "old", {"epoch": 9}, {}) == jobs.LEASE_LOST
+    assert jobs.finish(redis_client, job_id, "old", "failed", error="late") is False
+    assert jobs.get_job(redis_client, job_id)["status"] == "running"
+
+
+def test_record_resume_and_reset_history(redis_client):
+    job_id = running(redis_client)
+    for epoch in range(1, 6):
+        jobs.record_epoch(redis_client, job_id, "w1", {"epoch": epoch}, {"epoch": epoch})
+    assert jobs.record_resume(redis_client, job_id, "stale", 3) is False
+    assert len(jobs.get_history(redis_client, job_id)) == 5
+    assert jobs.record_resume(redis_client, job_id, "w1", 3) is True
+    assert [e["epoch"] for e in jobs.get_history(redis_client, job_id)] == [1, 2, 3]
+    assert jobs.get_job(redis_client, job_id)["resumed_from_epoch"] == 3
+    jobs.reset_history(redis_client, job_id, 1)
+    assert [e["epoch"] for e in jobs.get_history(redis_client, job_id)] == [1]
+    jobs.reset_history(redis_client, job_id, 0)
+    assert jobs.get_history(redis_client, job_id) == []
+
+
+def test_status_enum_and_terminal():
+    assert Status("cancelling") is Status.CANCELLING
+    assert {s.value for s in jobs.TERMINAL} == {"succeeded", "failed", "cancelled"}

@@ -1,0 +1,57 @@
+"""The Celery app. Imports without CuPy and never touches CUDA (the API imports it to send tasks).
+
+Each setting carries its reason. Our job record in Redis is the truth; Celery only delivers ids.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
+
+__all__ = ["app", "configure"]
+
+app = Celery("dnnq")
+
+
+def configure(celery: Celery, settings: WorkerSettings) -> None:
+    broker = settings.redis_url or DEFAULT_REDIS_URL
+    celery.conf.update(
+        broker_url=broker,
+        # No result backend: results are ignored; the job record (workers/jobs.py) is the truth.
+        result_backend=None,
+        task_ignore_result=True,
+        # Acknowledge after the task returns, so a worker that dies mid-job leaves the message to be
+        # redelivered; the job itself is resumed by the lease sweeper either way.
+        task_acks_late=True,
+        # A worker child killed by a signal (OOM, kill -9) rejects (requeues) its message instead of acking it.
+        task_reject_on_worker_lost=True,
+        # Take one message at a time: a long training job must not hold others hostage in a prefetch buffer.
+        worker_prefetch_multiplier=1,
+        # The Redis transport redelivers unacked messages after the visibility timeout; it must be longer
+        # than the longest allowed job, or a running job would be delivered again (claim makes that harmless).
+        broker_transport_options={"visibility_timeout": settings.max_job_seconds + 3600},
+        # Hard limit kills the child; the soft limit raises inside the task first so it can finish 'failed'.
+        task_time_limit=settings.max_job_seconds + 60,
+        task_soft_time_limit=settings.max_job_seconds,
+        # Everything goes to 'default' unless sent to 'gpu' explicitly (send_task(..., queue=queue_for(spec))).
+        task_default_queue="default",
+        # Wait for Redis at start instead of crashing when the worker starts first (docker-compose).
+        broker_connection_retry_on_startup=True,
+        # JSON only: a message never carries pickled (executable) data.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        # One training process per worker child; restart children that leak memory between jobs.
+        worker_max_tasks_per_child=50,
+        # Celery must not hijack the root logger: our runner writes JSON lines.
+        worker_hijack_root_logger=False,
+        # Keep the events/gossip chatter off: /readyz reads dnnq:worker:* instead.
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+
+
+configure(app, get_settings())
+# Register dnnq.train when a worker loads the app (tasks.py imports runner -> models lazily).
+app.conf.imports = ("workers.tasks",)

@@ -1,0 +1,405 @@
+"""THE job state machine: the only writer of dnnq:job:* records.
+
+Every transition is one Lua script, so it is atomic: a refused transition writes nothing.
+
+    queued -> running            claim (sets lease; attempts += 1)
+    queued -> cancelled          cancel before start
+    running -> succeeded | failed
+    running -> cancelling        cancel request; the worker stops at the next epoch boundary
+    cancelling -> cancelled | succeeded | failed
+    running -> queued            sweeper: lease expired (worker died)
+    cancelling -> cancelled      sweeper: lease expired while cancelling
+
+Writes made on behalf of a worker (progress, history, finish) carry the worker's lease token and
+are refused when the token no longer matches (fencing: a worker that lost its lease writes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "ID_RE",
+    "LEASE_LOST",
+    "TERMINAL",
+    "InvalidId",
+    "JobConflict",
+    "JobNotFound",
+    "Status",
+    "claim",
+    "create_job",
+    "finish",
+    "get_history",
+    "get_job",
+    "list_jobs",
+    "record_epoch",
+    "record_resume",
+    "renew_lease",
+    "request_cancel",
+    "requeue_expired",
+    "reset_history",
+    "validate_id",
+]
+
+PREFIX = "dnnq:"
+ID_RE = re.compile(r"^[0-9a-f]{24,32}$")
+ACTIVE_KEY = "dnnq:jobs:active"
+STATS_KEY = "dnnq:stats"
+# record_epoch's answer when the caller's lease token no longer matches: stop, write nothing.
+LEASE_LOST = "lease_lost"
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+class InvalidId(ValueError):
+    """An id that does not match ID_RE; no Redis key is ever built from it."""
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str):
+        super().__init__(f"No job with id '{job_id}'.")
+        self.job_id = job_id
+
+
+class JobConflict(Exception):
+    """A transition the current status does not allow (e.g. cancelling a finished job)."""
+
+    def __init__(self, job_id: str, status: str, message: str):
+        super().__init__(message)
+        self.job_id = job_id
+        self.status = status
+
+
+def validate_id(value: str, what: str = "job") -> str:
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise InvalidId(f"The {what} id must be 24 to 32 lowercase hex characters. Got {value!r} instead.")
+    return value
+
+
+def now_iso() -> str:
+    """Current UTC time as 2026-11-27T21:57:40.123Z."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}job:{validate_id(job_id)}"
+
+
+def _keys(job_id: str) -> tuple[str, str, str]:
+    base = job_key(job_id)
+    return base, f"{base}:history", f"{base}:lease"
+
+
+# ---------------------------------------------------------------------------------------------
+# Lua scripts. KEYS and ARGV are documented at the top of each.
+
+# KEYS: job, lease, active ; ARGV: token, lease_ms, now, job_id
+_CLAIM = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running')
+local started = redis.call('HGET', KEYS[1], 'started_at')
+if (not started) or started == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[4])
+return 1
+"""
+
+# KEYS: lease ; ARGV: token, lease_ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: job, lease, history, stats ; ARGV: token, entry_json, progress_json, lost
+_RECORD_EPOCH = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return ARGV[4] end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'running' and st ~= 'cancelling' then return st end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'progress', ARGV[3])
+redis.call('HINCRBY', KEYS[4], 'epochs_total', 1)
+return st
+"""
+
+# KEYS: job, lease, history ; ARGV: token, keep_epochs
+_RESUME = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local keep = tonumber(ARGV[2])
+if keep <= 0 then redis.call('DEL', KEYS[3]) else redis.call('LTRIM', KEYS[3], 0, keep - 1) end
+redis.call('HSET', KEYS[1], 'resumed_from_epoch', ARGV[2])
+return 1
+"""
+
+# KEYS: job, lease, active, stats ; ARGV: token, new_status, now, job_id, then field/value pairs
+_FINISH = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local st = redis.call('HGET', KEYS[1], 'status')
+local new = ARGV[2]
+local ok = false
+if st == 'running' then ok = (new == 'succeeded' or new == 'failed')
+elseif st == 'cancelling' then ok = (new == 'cancelled' or new == 'succeeded' or new == 'failed') end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[2])
+redis.call('HINCRBY', KEYS[4], 'jobs_' .. new .. '_total', 1)
+return 1
+"""
+
+# KEYS: job, stats ; ARGV: now
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing', ''} end
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
+  return {'ok', 'cancelled'}
+end
+if st == 'running' or st == 'cancelling' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelling')
+  return {'ok', 'cancelling'}
+end
+return {'conflict', st}
+"""
+
+# KEYS: active, stats ; ARGV: prefix, now
+_REQUEUE = """
+local requeued = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local job = ARGV[1] .. 'job:' .. id
+  if redis.call('EXISTS', job .. ':lease') == 0 then
+    local st = redis.call('HGET', job, 'status')
+    if st == 'running' then
+      redis.call('HSET', job, 'status', 'queued')
+      table.insert(requeued, id)
+    elseif st == 'cancelling' then
+      redis.call('HSET', job, 'status', 'cancelled', 'finished_at', ARGV[2])
+      redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
+    end
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return requeued
+"""
+
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _run(r, source: str, keys: list, args: list):
+    """Run a Lua script by SHA (redis-py loads it on NOSCRIPT), on whichever client is given."""
+    script = _SCRIPTS.get(source)
+    if script is None:
+        script = _SCRIPTS[source] = r.register_script(source)
+    return script(keys=keys, args=args, client=r)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+_JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "timings")
+_INT_FIELDS = ("attempts", "resumed_from_epoch")
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    """Hash strings -> Python values: "" -> None, JSON fields parsed, counters as int."""
+    job: dict[str, Any] = {}
+    for k, v in raw.items():
+        if v == "":
+            job[k] = None
+        elif k in _JSON_FIELDS:
+            job[k] = json.loads(v)
+        elif k in _INT_FIELDS:
+            job[k] = int(v)
+        else:
+            job[k] = v
+    return job
+
+
+def create_job(
+    r, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None
+) -> dict:
+    """Write a new queued job; returns the decoded record. The caller sends the Celery task."""
+    validate_id(dataset_id, "dataset")
+    if validation_dataset_id is not None:
+        validate_id(validation_dataset_id, "dataset")
+    job_id = uuid.uuid4().hex
+    now = now_iso()
+    record = {
+        "id": job_id,
+        "tenant": tenant,
+        "status": Status.QUEUED.value,
+        "queue": queue,
+        "spec": json.dumps(spec, sort_keys=True),
+        "dataset_id": dataset_id,
+        "validation_dataset_id": validation_dataset_id or "",
+        "created_at": now,
+        "started_at": "",
+        "finished_at": "",
+        "device": "",
+        "error": "",
+        "progress": "",
+        "metrics": "",
+        "attempts": "0",
+        "resumed_from_epoch": "",
+        "artifacts": "",
+        "timings": "",
+    }
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(job_key(job_id), mapping=record)
+    pipe.zadd(f"{PREFIX}jobs:{tenant}", {job_id: time.time()})
+    pipe.execute()
+    return _decode(record)
+
+
+def get_job(r, job_id: str, tenant: str | None = None) -> dict | None:
+    """The decoded record, or None when absent, the id is malformed, or it belongs to another tenant."""
+    if not isinstance(job_id, str) or not ID_RE.match(job_id):
+        return None
+    raw = r.hgetall(job_key(job_id))
+    if not raw or (tenant is not None and raw.get("tenant") != tenant):
+        return None
+    return _decode(raw)
+
+
+def list_jobs(r, tenant: str, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
+    """A tenant's jobs, newest first, optionally filtered by status; returns (page, total)."""
+    ids = r.zrevrange(f"{PREFIX}jobs:{tenant}", 0, -1)
+    if status is None:
+        total = len(ids)
+        page_ids = ids[offset : offset + limit]
+        pipe = r.pipeline(transaction=False)
+        for job_id in page_ids:
+            pipe.hgetall(job_key(job_id))
+        return [_decode(raw) for raw in pipe.execute() if raw], total
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(job_key(job_id), "status")
+    matching = [job_id for job_id, st in zip(ids, pipe.execute()) if st == status]
+    pipe = r.pipeline(transaction=False)
+    for job_id in matching[offset : offset + limit]:
+        pipe.hgetall(job_key(job_id))
+    return [_decode(raw) for raw in pipe.execute() if raw], len(matching)
+
+
+def get_history(r, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
+    """Completed epochs (list indices, inclusive end, as LRANGE)."""
+    _, history, _ = _keys(job_id)
+    return [json.loads(item) for item in r.lrange(history, start, end)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Transitions made by workers (fenced by the lease token)
+
+
+def claim(r, job_id: str, token: str, lease_ms: int) -> bool:
+    """queued -> running; False when the job is not queued (someone else has it, or it is done)."""
+    job, _, lease = _keys(job_id)
+    return bool(_run(r, _CLAIM, keys=[job, lease, ACTIVE_KEY], args=[token, int(lease_ms), now_iso(), job_id]))
+
+
+def renew_lease(r, job_id: str, token: str, lease_ms: int) -> bool:
+    """Extend the lease; False = lease lost (expired or taken): stop and write nothing."""
+    _, _, lease = _keys(job_id)
+    return bool(_run(r, _RENEW, keys=[lease], args=[token, int(lease_ms)]))
+
+
+def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict) -> str:
+    """Append one history entry and set progress in one round trip.
+
+    Returns the current status ("cancelling" => stop), or LEASE_LOST when the token no longer
+    holds the lease (nothing written).
+    """
+    job, history, lease = _keys(job_id)
+    return _run(
+        r, _RECORD_EPOCH, keys=[job, lease, history, STATS_KEY],
+        args=[token, json.dumps(entry), json.dumps(progress), LEASE_LOST],
+    )
+
+
+def reset_history(r, job_id: str, keep_epochs: int) -> None:
+    """Trim the history to its first keep_epochs entries (a resumed job restarts from its checkpoint)."""
+    _, history, _ = _keys(job_id)
+    if keep_epochs <= 0:
+        r.delete(history)
+    else:
+        r.ltrim(history, 0, keep_epochs - 1)
+
+
+def record_resume(r, job_id: str, token: str, epoch: int) -> bool:
+    """On a retry: trim history to `epoch` entries and set resumed_from_epoch, if the token holds the lease."""
+    job, history, lease = _keys(job_id)
+    return bool(_run(r, _RESUME, keys=[job, lease, history], args=[token, int(epoch)]))
+
+
+def finish(
+    r,
+    job_id: str,
+    token: str,
+    status: str,
+    *,
+    error: str | None = None,
+    metrics: dict | None = None,
+    artifacts: dict | None = None,
+    device: str | None = None,
+    timings: dict | None = None,
+) -> bool:
+    """running|cancelling -> a terminal status. False (nothing written) when the token lost the lease
+    or the transition is not allowed (running -> cancelled is not: cancel goes through cancelling)."""
+    status = Status(status).value
+    if Status(status) not in TERMINAL:
+        raise ValueError(f"finish() needs a terminal status ({', '.join(sorted(TERMINAL))}). Got {status!r} instead.")
+    job, _, lease = _keys(job_id)
+    fields: list[str] = []
+    for name, value in (("error", error), ("device", device)):
+        if value is not None:
+            fields += [name, value]
+    for name, value in (("metrics", metrics), ("artifacts", artifacts), ("timings", timings)):
+        if value is not None:
+            fields += [name, json.dumps(value, sort_keys=True)]
+    return bool(
+        _run(r, _FINISH, keys=[job, lease, ACTIVE_KEY, STATS_KEY], args=[token, status, now_iso(), job_id, *fields])
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Transitions made by the API and the sweeper
+
+
+def request_cancel(r, job_id: str) -> str:
+    """queued -> cancelled, running|cancelling -> cancelling. Returns the new status.
+
+    Raises JobNotFound (absent or malformed id) or JobConflict (already terminal)."""
+    if not isinstance(job_id, str) or not ID_RE.match(job_id):
+        raise JobNotFound(str(job_id))
+    outcome, status = _run(r, _CANCEL, keys=[job_key(job_id), STATS_KEY], args=[now_iso()])
+    if outcome == "missing":
+        raise JobNotFound(job_id)
+    if outcome == "conflict":
+        raise JobConflict(job_id, status, f"Job '{job_id}' is already {status}; only queued or running jobs can be cancelled.")
+    return status
+
+
+def requeue_expired(r) -> list[str]:
+    """Jobs in dnnq:jobs:active whose lease is gone: running -> queued (returned: the caller re-sends
+    them), cancelling -> cancelled. Ids of finished jobs are dropped from the set."""
+    return list(_run(r, _REQUEUE, keys=[ACTIVE_KEY, STATS_KEY], args=[PREFIX, now_iso()]))

@@ -1,0 +1,89 @@
+"""WorkerSettings: the one settings class of a worker process (env prefix DNNQ_)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_REDIS_URL", "WorkerSettings", "get_settings", "redis_client", "reset_settings"]
+
+
+class WorkerSettings(BaseSettings):
+    """Settings read once per process from DNNQ_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DNNQ_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset means the embedded server started by `dnnq up`."
+    )
+    data_dir: Path = Field(default=Path("./dnnq-data"), description="Artifact store root.")
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a dead worker's job waits.")
+    heartbeat_seconds: float | None = Field(default=None, gt=0, description="Lease renewal period (default lease/4).")
+    checkpoint_every: int = Field(default=10, ge=1, description="Default checkpoint period in epochs.")
+    max_job_seconds: int = Field(default=6 * 3600, ge=1, description="Hard time limit of one job.")
+
+    # Limits (the API enforces them at submit time; workers read them too).
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    max_examples: int = Field(default=10_000_000, ge=1)
+    max_features: int = Field(default=1_000_000, ge=1)
+    max_parameters: int = Field(default=500_000_000, ge=1)
+    max_epochs: int = Field(default=100_000, ge=1)
+    max_queued_jobs_per_tenant: int = Field(default=100, ge=1)
+    worker_memory_bytes: int | None = Field(default=None, ge=1)
+
+    # Worker process.
+    queues: str = Field(default="default", description="Comma-separated queues; a GPU worker uses 'gpu'.")
+    concurrency: int = Field(default=1, ge=1, description="Training processes per worker (one per GPU).")
+    worker_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Name in dnnq:worker:{name}; unique per worker process.",
+    )
+    cuda_visible_devices: str | None = Field(
+        default=None, description="Set CUDA_VISIBLE_DEVICES for a gpu worker before anything forks."
+    )
+    log_level: str = Field(default="INFO")
+
+    @model_validator(mode="after")
+    def _default_heartbeat(self) -> "WorkerSettings":
+        if self.heartbeat_seconds is None:
+            self.heartbeat_seconds = self.lease_seconds / 4
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"The 'heartbeat_seconds' parameter must be < lease_seconds ({self.lease_seconds}). "
+                f"Got {self.heartbeat_seconds} instead."
+            )
+        return self
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q.strip() for q in self.queues.split(",") if q.strip()]
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> WorkerSettings:
+    """The process's settings, read once. Tests call reset_settings() after changing the env."""
+    return WorkerSettings()
+
+
+def reset_settings() -> None:
+    get_settings.cache_clear()
+
+
+def redis_client(settings: WorkerSettings | None = None):
+    """A decode_responses Redis client for settings.redis_url (redis://127.0.0.1:6379/0 if unset)."""
+    import redis
+
+    settings = settings or get_settings()
+    return redis.Redis.from_url(settings.redis_url or DEFAULT_REDIS_URL, decode_responses=True)
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -1,0 +1,176 @@
+"""JobSpec: the body of POST /v1/jobs and the `spec` of a job record.
+
+`to_train_config()` is the one place a spec and its dataset become a models.TrainConfig: the API
+calls it at submit time (a 422 before anything is queued) and the worker calls it again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["JobSpec", "ModelSpec", "PreprocessSpec", "SpecError", "TrainingSpec", "queue_for", "to_train_config"]
+
+_ID = Field(pattern=r"^[0-9a-f]{24,32}$", description="A dataset id from POST /v1/datasets.")
+
+
+class SpecError(ValueError):
+    """A spec that does not fit its dataset; `field` is a dotted path like 'model.output'."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    hidden_layers: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [20, 7, 5], max_length=64, description="Units per hidden layer (0 to 64 layers)."
+    )
+    hidden_activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"] = "relu"
+    output: Literal["sigmoid", "softmax", "linear"] = "sigmoid"
+
+
+class TrainingSpec(_Strict):
+    optimizer: Literal["gd", "momentum", "rmsprop", "adam"] = "adam"
+    learning_rate: float = Field(default=0.01, gt=0, le=10)
+    beta: float = Field(default=0.9, ge=0, lt=1)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    epsilon: float = Field(default=1e-8, gt=0, le=1)
+    lr_decay: Literal["inverse_time", "exponential", "step"] | None = None
+    decay_rate: float = Field(default=0.0, ge=0)
+    decay_every: int = Field(default=1, ge=1)
+    epochs: int = Field(default=100, ge=1, le=1_000_000)
+    batch_size: int | None = Field(default=None, ge=1, description="None = full batch.")
+    init: Literal["small", "xavier", "he"] = "he"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    dtype: Literal["float32", "float64"] = "float32"
+    l2: float = Field(default=0.0, ge=0)
+    dropout_keep_prob: float = Field(default=1.0, gt=0, le=1)
+    shuffle: bool = True
+    checkpoint_every: int | None = Field(default=None, ge=1, description="Epochs; None = the worker's default.")
+
+
+class PreprocessSpec(_Strict):
+    scale: float | None = Field(default=None, gt=0, description="Divide X by this (e.g. 255 for pixels).")
+
+
+class JobSpec(_Strict):
+    dataset_id: str = _ID
+    validation_dataset_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{24,32}$")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+    @model_validator(mode="after")
+    def _decay_needs_rate(self) -> "JobSpec":
+        if self.training.lr_decay is not None and self.training.decay_rate <= 0:
+            raise ValueError(
+                f"training.lr_decay '{self.training.lr_decay}' needs training.decay_rate > 0. "
+                f"Got {self.training.decay_rate} instead."
+            )
+        return self
+
+
+def queue_for(spec: JobSpec) -> str:
+    """The Celery queue a job goes to: 'gpu' only when the client asks for a GPU."""
+    return "gpu" if spec.device == "gpu" else "default"
+
+
+def _output_units(spec: JobSpec, meta: dict) -> int:
+    """n_y from the dataset, checking the output layer suits its labels."""
+    output, kind, name = spec.model.output, meta["label_kind"], meta.get("name") or meta["id"]
+    n_classes = int(meta.get("n_classes") or 0)
+    if output == "sigmoid":
+        if kind != "binary":
+            hint = (
+                f"has {n_classes} classes: use output 'softmax'"
+                if kind in ("integer", "onehot")
+                else "has continuous targets: use output 'linear'"
+            )
+            if kind == "integer" and n_classes <= 2:
+                return 1
+            raise SpecError("model.output", f"output 'sigmoid' needs binary labels (0/1); dataset '{name}' {hint}.")
+        return 1
+    if output == "softmax":
+        if kind not in ("binary", "integer", "onehot"):
+            raise SpecError(
+                "model.output",
+                f"output 'softmax' needs class labels (integer or one-hot); dataset '{name}' has continuous "
+                "targets: use output 'linear'.",
+            )
+        if n_classes < 2:
+            raise SpecError("model.output", f"output 'softmax' needs at least 2 classes; dataset '{name}' has {n_classes}.")
+        return n_classes
+    return int(meta["n_outputs"])  # linear: any numeric targets, one unit per column
+
+
+def to_train_config(spec: JobSpec, dataset_meta: dict, validation_meta: dict | None = None):
+    """Spec + dataset record(s) -> models.TrainConfig. Raises SpecError(field, message)."""
+    n_x = int(dataset_meta["n_features"])
+    n_y = _output_units(spec, dataset_meta)
+    if validation_meta is not None:
+        _check_validation(spec, dataset_meta, validation_meta, n_y)
+    from models import ConfigError, TrainConfig  # workers -> models; lazy so the API imports spec cheaply
+
+    t = spec.training
+    try:
+        return TrainConfig(
+            layer_dims=[n_x, *spec.model.hidden_layers, n_y],
+            hidden_activation=spec.model.hidden_activation,
+            output=spec.model.output,
+            init=t.init,
+            seed=t.seed,
+            optimizer=t.optimizer,
+            learning_rate=t.learning_rate,
+            beta=t.beta,
+            beta1=t.beta1,
+            beta2=t.beta2,
+            epsilon=t.epsilon,
+            lr_decay=t.lr_decay,
+            decay_rate=t.decay_rate,
+            decay_every=t.decay_every,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            shuffle=t.shuffle,
+            l2=t.l2,
+            dropout_keep_prob=t.dropout_keep_prob,
+            dtype=t.dtype,
+            device=spec.device,
+        )
+    except ConfigError as exc:
+        raise SpecError(_FIELD_OF.get(exc.field, f"training.{exc.field}"), str(exc)) from exc
+
+
+def _check_validation(spec: JobSpec, train: dict, val: dict, n_y: int) -> None:
+    field = "validation_dataset_id"
+    if int(val["n_features"]) != int(train["n_features"]):
+        raise SpecError(
+            field,
+            f"validation dataset '{val['id']}' has {val['n_features']} features; the training dataset has "
+            f"{train['n_features']}. Upload a validation set with the same columns.",
+        )
+    if spec.model.output == "linear" and int(val["n_outputs"]) != n_y:
+        raise SpecError(field, f"validation dataset '{val['id']}' has {val['n_outputs']} outputs; expected {n_y}.")
+    if spec.model.output != "linear" and val["label_kind"] == "continuous":
+        raise SpecError(field, f"validation dataset '{val['id']}' has continuous targets; expected class labels.")
+    if spec.model.output == "softmax" and int(val.get("n_classes") or 0) > n_y:
+        raise SpecError(
+            field, f"validation dataset '{val['id']}' has {val['n_classes']} classes; the training set has {n_y}."
+        )
+
+
+# TrainConfig field -> spec field, for the few that are not training.<same name>.
+_FIELD_OF = {
+    "layer_dims": "model.hidden_layers",
+    "hidden_activation": "model.hidden_activation",
+    "output": "model.output",
+    "device": "device",
+}
