@@ -1,1 +1,55 @@
-"""dnnq models package."""
+"""dnnq models: the textbook-exact L-layer network engine (NumPy, CuPy or any array-API array).
+
+Importing this package never imports CuPy (only models.backend does, lazily, when a GPU is asked for).
+"""
+from .activations import ACTIVATIONS, DERIVATIVES
+from .backend import DeviceUnavailable, get_namespace
+from .config import ConfigError, TrainConfig
+from .gradcheck import gradient_check
+from .layers import linear_activation_backward, linear_activation_forward, linear_backward, linear_forward
+from .losses import LOSS_GRADIENTS, LOSSES
+from .network import (
+    compute_cost,
+    initialize_parameters_deep,
+    model_backward,
+    model_forward,
+    predict,
+    update_parameters,
+)
+from .optimizers import GD, Adam, Momentum, RMSProp
+from .training import Checkpoint, EpochRecord, EpochState, FitResult, TrainingDiverged, fit
+
+__all__ = [
+    # textbook functional API
+    "initialize_parameters_deep",
+    "linear_forward",
+    "linear_activation_forward",
+    "model_forward",
+    "compute_cost",
+    "linear_backward",
+    "linear_activation_backward",
+    "model_backward",
+    "update_parameters",
+    "predict",
+    "gradient_check",
+    "ACTIVATIONS",
+    "DERIVATIVES",
+    "LOSSES",
+    "LOSS_GRADIENTS",
+    "get_namespace",
+    # training API (docs/DESIGN.md)
+    "TrainConfig",
+    "fit",
+    "FitResult",
+    "EpochRecord",
+    "EpochState",
+    "Checkpoint",
+    "GD",
+    "Momentum",
+    "RMSProp",
+    "Adam",
+    # errors
+    "ConfigError",
+    "TrainingDiverged",
+    "DeviceUnavailable",
+]

@@ -1,0 +1,101 @@
+"""Activations and their derivatives, chosen by name.
+
+``ACTIVATIONS[name](Z) -> A`` and ``DERIVATIVES[name](dA, Z) -> dZ`` (the chain rule through the
+activation, evaluated at the cached pre-activation ``Z``). Arrays are features x examples
+``(n_l, m)``; softmax normalises over axis 0 (the features of one example). Only array-API
+standard functions are used, so NumPy, CuPy and array_api_strict arrays all work.
+"""
+from __future__ import annotations
+
+from .backend import get_namespace
+
+__all__ = ["ACTIVATIONS", "DERIVATIVES", "LEAKY_SLOPE", "sigmoid", "relu", "leaky_relu", "tanh", "softmax", "linear"]
+
+LEAKY_SLOPE = 0.01
+
+
+def sigmoid(Z):
+    xp = get_namespace(Z)
+    return 1.0 / (1.0 + xp.exp(-Z))
+
+
+def sigmoid_backward(dA, Z):
+    s = sigmoid(Z)
+    return dA * s * (1.0 - s)
+
+
+def relu(Z):
+    xp = get_namespace(Z)
+    return xp.where(Z > 0, Z, xp.zeros_like(Z))
+
+
+def relu_backward(dA, Z):
+    xp = get_namespace(dA, Z)
+    return xp.where(Z > 0, dA, xp.zeros_like(dA))  # derivative 0 where Z <= 0
+
+
+def leaky_relu(Z):
+    xp = get_namespace(Z)
+    return xp.where(Z > 0, Z, LEAKY_SLOPE * Z)
+
+
+def leaky_relu_backward(dA, Z):
+    xp = get_namespace(dA, Z)
+    return xp.where(Z > 0, dA, LEAKY_SLOPE * dA)
+
+
+def tanh(Z):
+    xp = get_namespace(Z)
+    return xp.tanh(Z)
+
+
+def tanh_backward(dA, Z):
+    xp = get_namespace(Z)
+    t = xp.tanh(Z)
+    return dA * (1.0 - t * t)
+
+
+def softmax(Z):
+    """Column-wise softmax, stable: exp(Z - max) / sum(exp(Z - max)) over axis 0."""
+    xp = get_namespace(Z)
+    E = xp.exp(Z - xp.max(Z, axis=0, keepdims=True))  # (n_L, m)
+    return E / xp.sum(E, axis=0, keepdims=True)
+
+
+def softmax_backward(dA, Z):
+    """Jacobian-vector product of softmax: dZ_i = A_i (dA_i - sum_k dA_k A_k), per example."""
+    xp = get_namespace(dA, Z)
+    A = softmax(Z)
+    return A * (dA - xp.sum(dA * A, axis=0, keepdims=True))
+
+
+def linear(Z):
+    return Z
+
+
+def linear_backward(dA, Z):
+    return dA
+
+
+ACTIVATIONS = {
+    "sigmoid": sigmoid,
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "tanh": tanh,
+    "softmax": softmax,
+    "linear": linear,
+}
+
+DERIVATIVES = {
+    "sigmoid": sigmoid_backward,
+    "relu": relu_backward,
+    "leaky_relu": leaky_relu_backward,
+    "tanh": tanh_backward,
+    "softmax": softmax_backward,
+    "linear": linear_backward,
+}
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}. Use one of {sorted(ACTIVATIONS)}.")

@@ -1,0 +1,153 @@
+"""Array-module selection and host/device movement.
+
+This is the ONLY module that imports CuPy, and it does so lazily, inside functions, so that
+``import models`` never imports CuPy or initialises CUDA. Every maths function derives its
+array module (``xp``) from its arguments with :func:`get_namespace`; nothing keeps a global
+"current backend".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DeviceUnavailable",
+    "Device",
+    "get_namespace",
+    "is_numpy",
+    "to_host",
+    "select_device",
+    "gpu_available",
+    "release_memory",
+    "device_rng",
+]
+
+
+class DeviceUnavailable(RuntimeError):
+    """``device="gpu"`` was asked for but no working CuPy/CUDA device is present."""
+
+
+def get_namespace(*arrays: Any):
+    """The array module of ``arrays``: numpy, cupy, or ``x.__array_namespace__()``.
+
+    Python scalars and None are skipped; with no arrays at all the answer is numpy.
+    """
+    for x in arrays:
+        if x is None or isinstance(x, (int, float, bool)):
+            continue
+        if isinstance(x, (np.ndarray, np.generic)):
+            return np
+        module = type(x).__module__.split(".")[0]
+        if module == "cupy":  # cupy is already imported by whoever made x
+            import cupy
+
+            return cupy
+        namespace = getattr(x, "__array_namespace__", None)
+        if namespace is not None:
+            return namespace()
+    return np
+
+
+def is_numpy(xp) -> bool:
+    return xp is np
+
+
+def to_host(x) -> np.ndarray:
+    """A NumPy copy (or view, for NumPy input) of any supported array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "cupy":
+        return x.get()  # device -> host copy; syncs the GPU
+    return np.asarray(x)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where fit computes: ``xp`` is numpy or cupy; ``name`` is ``"cpu"`` or ``"gpu:N"``."""
+
+    xp: Any
+    name: str
+
+    def asarray(self, x, dtype=None):
+        return self.xp.asarray(x, dtype=dtype)
+
+
+_GPU_CHECK: dict[str, Any] = {}  # cached outcome of the smoke test in this process
+
+
+def _gpu_smoke_test() -> tuple[Any, str] | str:
+    """(cupy, "gpu:N") when a small matmul runs and syncs on the GPU, else the reason why not."""
+    if "result" in _GPU_CHECK:
+        return _GPU_CHECK["result"]
+    try:
+        import cupy
+
+        a = cupy.arange(16, dtype=cupy.float32).reshape(4, 4)
+        b = a @ a
+        cupy.cuda.Stream.null.synchronize()
+        if float(b[0, 0]) != float(np.arange(4) @ (np.arange(4) * 4)):
+            raise RuntimeError("the GPU smoke test gave a wrong matmul result")
+        result: tuple[Any, str] | str = (cupy, f"gpu:{cupy.cuda.Device().id}")
+    except ImportError:
+        result = "CuPy is not installed (pip install 'dnnq[gpu]')"
+    except Exception as exc:  # CUDA driver/runtime errors come in many classes
+        result = f"CuPy could not run on a GPU: {type(exc).__name__}: {exc}"
+    _GPU_CHECK["result"] = result
+    return result
+
+
+def gpu_available() -> bool:
+    return not isinstance(_gpu_smoke_test(), str)
+
+
+def select_device(device: str) -> Device:
+    """``"cpu"`` -> NumPy; ``"gpu"`` -> CuPy or DeviceUnavailable; ``"auto"`` -> GPU if it works."""
+    if device == "cpu":
+        return Device(np, "cpu")
+    if device not in ("gpu", "auto"):
+        raise ValueError(f"The 'device' parameter must be one of 'auto', 'cpu', 'gpu'. Got {device!r} instead.")
+    found = _gpu_smoke_test()
+    if isinstance(found, str):
+        if device == "gpu":
+            raise DeviceUnavailable(
+                f"device='gpu' was requested but no GPU is usable: {found}. "
+                "Use device='cpu' or device='auto' to train on the CPU."
+            )
+        return Device(np, "cpu")
+    return Device(found[0], found[1])
+
+
+def release_memory(xp) -> None:
+    """Give CuPy's pooled device memory back to the driver (no-op on NumPy)."""
+    if xp is np or getattr(xp, "__name__", "") != "cupy":
+        return
+    xp.get_default_memory_pool().free_all_blocks()
+    xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+def device_rng(xp, seed: int, epoch: int):
+    """The random generator of one epoch, derived from (seed, epoch) alone.
+
+    Resuming from a checkpoint therefore needs only the epoch number. The object has
+    ``permutation(n)`` (host, NumPy int64) and ``random(shape, dtype)`` (on ``xp``'s device).
+    """
+    return _EpochRng(xp, seed, epoch)
+
+
+class _EpochRng:
+    def __init__(self, xp, seed: int, epoch: int):
+        self._host = np.random.default_rng([seed, epoch])
+        self._xp = xp
+        if xp is not np:
+            derived = int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
+            self._dev = xp.random.default_rng(derived)
+
+    def permutation(self, n: int) -> np.ndarray:
+        return self._host.permutation(n)
+
+    def random(self, shape, dtype):
+        if self._xp is np:
+            return self._host.random(shape, dtype=dtype)
+        return self._dev.random(shape, dtype=dtype)

@@ -1,0 +1,149 @@
+"""Optimizers: small classes with their state on the instance and ``update(params, grads)``.
+
+``params`` holds W{l}, b{l}; ``grads`` holds dW{l}, db{l}. Updates are in place (NumPy/CuPy
+arrays), using one scratch buffer per parameter so a step allocates nothing. For parameter p
+with gradient g and learning rate lr (``self.learning_rate``, which fit sets every epoch):
+
+- GD:        p -= lr g
+- Momentum:  v = beta v + (1 - beta) g;                 p -= lr v
+- RMSProp:   s = beta2 s + (1 - beta2) g^2;             p -= lr g / (sqrt(s) + epsilon)
+- Adam:      t += 1; v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2;
+             p -= lr (v / (1 - beta1^t)) / (sqrt(s / (1 - beta2^t)) + epsilon)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import get_namespace, to_host
+
+__all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "OPTIMIZERS", "make_optimizer"]
+
+
+class Optimizer:
+    slots: tuple[str, ...] = ()  # names of the per-parameter state arrays
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = float(learning_rate)
+        self.t = 0  # number of updates taken
+        self.state: dict[str, object] = {}  # f"{slot}_{key}" -> array like the parameter
+        self._scratch: dict[str, object] = {}
+
+    def _buffers(self, key, p):
+        if key not in self._scratch:
+            xp = get_namespace(p)
+            self._scratch[key] = xp.empty_like(p)
+            for slot in self.slots:
+                self.state.setdefault(f"{slot}_{key}", xp.zeros_like(p))
+        return self._scratch[key]
+
+    def update(self, params, grads) -> None:
+        self.t += 1
+        for key, p in params.items():
+            self._step(key, p, grads["d" + key], self._buffers(key, p))
+
+    def _step(self, key, p, g, tmp) -> None:
+        raise NotImplementedError
+
+    # --- checkpointing: host copies in, host copies out ---------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        out = {k: np.array(to_host(v)) for k, v in self.state.items()}
+        out["t"] = np.array(self.t, dtype=np.int64)
+        return out
+
+    def load_state_arrays(self, arrays: dict, xp, params) -> None:
+        self.t = int(arrays["t"])
+        for key, p in params.items():
+            for slot in self.slots:
+                name = f"{slot}_{key}"
+                if name not in arrays:
+                    raise ValueError(f"The checkpoint has no optimizer state {name!r} for {type(self).__name__}.")
+                self.state[name] = xp.asarray(arrays[name], dtype=p.dtype)
+                if tuple(self.state[name].shape) != tuple(p.shape):
+                    raise ValueError(f"The checkpoint's {name!r} has shape {self.state[name].shape}, expected {p.shape}.")
+
+
+class GD(Optimizer):
+    def _step(self, key, p, g, tmp):
+        xp = get_namespace(p)
+        xp.multiply(g, self.learning_rate, out=tmp)
+        p -= tmp
+
+
+class Momentum(Optimizer):
+    slots = ("v",)
+
+    def __init__(self, learning_rate, beta=0.9):
+        super().__init__(learning_rate)
+        self.beta = float(beta)
+
+    def _step(self, key, p, g, tmp):
+        xp = get_namespace(p)
+        v = self.state[f"v_{key}"]
+        v *= self.beta
+        xp.multiply(g, 1.0 - self.beta, out=tmp)
+        v += tmp  # v = beta v + (1 - beta) g
+        xp.multiply(v, self.learning_rate, out=tmp)
+        p -= tmp
+
+
+class RMSProp(Optimizer):
+    slots = ("s",)
+
+    def __init__(self, learning_rate, beta2=0.999, epsilon=1e-8):
+        super().__init__(learning_rate)
+        self.beta2, self.epsilon = float(beta2), float(epsilon)
+
+    def _step(self, key, p, g, tmp):
+        xp = get_namespace(p)
+        s = self.state[f"s_{key}"]
+        s *= self.beta2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.beta2
+        s += tmp  # s = beta2 s + (1 - beta2) g^2
+        xp.sqrt(s, out=tmp)
+        tmp += self.epsilon
+        xp.divide(g, tmp, out=tmp)
+        tmp *= self.learning_rate
+        p -= tmp
+
+
+class Adam(Optimizer):
+    slots = ("v", "s")
+
+    def __init__(self, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+        super().__init__(learning_rate)
+        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+
+    def _step(self, key, p, g, tmp):
+        xp = get_namespace(p)
+        v, s = self.state[f"v_{key}"], self.state[f"s_{key}"]
+        v *= self.beta1
+        xp.multiply(g, 1.0 - self.beta1, out=tmp)
+        v += tmp  # v = beta1 v + (1 - beta1) g
+        s *= self.beta2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - self.beta2
+        s += tmp  # s = beta2 s + (1 - beta2) g^2
+        xp.sqrt(s, out=tmp)
+        tmp /= math.sqrt(1.0 - self.beta2**self.t)  # sqrt(s_corrected)
+        tmp += self.epsilon
+        xp.divide(v, tmp, out=tmp)
+        tmp *= self.learning_rate / (1.0 - self.beta1**self.t)  # v_corrected / (...)
+        p -= tmp
+
+
+OPTIMIZERS = {"gd": GD, "momentum": Momentum, "rmsprop": RMSProp, "adam": Adam}
+
+
+def make_optimizer(name: str, learning_rate: float, *, beta=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8) -> Optimizer:
+    if name == "gd":
+        return GD(learning_rate)
+    if name == "momentum":
+        return Momentum(learning_rate, beta=beta)
+    if name == "rmsprop":
+        return RMSProp(learning_rate, beta2=beta2, epsilon=epsilon)
+    if name == "adam":
+        return Adam(learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon)
+    raise ValueError(f"Unknown optimizer {name!r}. Use one of {sorted(OPTIMIZERS)}.")

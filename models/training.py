@@ -1,0 +1,448 @@
+"""fit(): the training loop used by the workers, with its records and checkpoints.
+
+fit computes in an examples-first layout internally (A_l is (batch, n_l), Z = A @ W.T + b.T),
+which lets each mini-batch be a contiguous block of rows, while the parameters keep the
+textbook shapes W{l} (n_l, n_{l-1}) and b{l} (n_l, 1) (W.T and b.T are free views). The maths
+is the textbook's; only the memory layout and the order of some roundings differ, so full-batch
+float64 gd agrees with a loop of the models.network functions to ~1e-12 (tested).
+
+Definitions used throughout (and by the tests):
+- history[i].loss: the cost of epoch i's forward passes; with mini-batches the example-weighted
+  mean of the batch costs (each batch cost includes its own l2 term, l2/(2B) sum ||W||^2 with B
+  the batch size, and dW gets + l2/B W, exactly as the textbook step on that batch would do);
+  with full-batch gd it is the cost before that epoch's update, as the textbook prints it.
+- history[i].accuracy: the fraction right in those same forward passes (dropout included, as
+  Keras reports it); sigmoid counts AL > 0.5 against Y > 0.5 per output, softmax the argmax;
+  None for linear.  val_loss / val_accuracy: one forward pass over the validation set after the
+  epoch, no dropout, l2 term included.
+- Randomness of epoch e (shuffle order, dropout masks) comes from (seed, e) alone, so resuming
+  from a checkpoint needs only the epoch number and reproduces the uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .backend import Device, device_rng, release_memory, select_device, to_host
+from .config import TrainConfig
+from .network import initialize_parameters_deep
+from .optimizers import make_optimizer
+
+__all__ = ["fit", "FitResult", "EpochRecord", "EpochState", "Checkpoint", "TrainingDiverged"]
+
+_VAL_CHUNK = 8192  # validation examples per forward pass (bounds memory)
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float, learning_rate: float):
+        super().__init__(
+            f"Training diverged at epoch {epoch}: the loss is {loss}. Try a lower learning_rate "
+            f"(this epoch used {learning_rate:g}), scale the inputs (e.g. preprocess.scale=1/255 for "
+            "pixel values), or add l2 regularisation."
+        )
+        self.epoch = epoch
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based number of completed epochs
+    loss: float
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "loss": self.loss, "accuracy": self.accuracy,
+                "val_loss": self.val_loss, "val_accuracy": self.val_accuracy}
+
+
+_HISTORY_FIELDS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a run exactly: parameters, optimizer state, epoch, history.
+
+    The RNG state is (seed, epoch): each epoch's generator is derived from them.
+    """
+
+    epoch: int
+    parameters: dict[str, np.ndarray]
+    optimizer_state: dict[str, np.ndarray]
+    history: list[EpochRecord]
+    seed: int
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat dict of plain arrays (no objects): np.savez it, np.load(allow_pickle=False) it."""
+        out: dict[str, np.ndarray] = {"epoch": np.array(self.epoch, dtype=np.int64),
+                                      "seed": np.array(self.seed, dtype=np.int64)}
+        for k, v in self.parameters.items():
+            out[f"param.{k}"] = np.asarray(v)
+        for k, v in self.optimizer_state.items():
+            out[f"opt.{k}"] = np.asarray(v)
+        for name in _HISTORY_FIELDS:  # None is stored as NaN
+            out[f"history.{name}"] = np.array(
+                [np.nan if getattr(r, name) is None else getattr(r, name) for r in self.history], dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, d) -> "Checkpoint":
+        try:
+            epoch, seed = int(d["epoch"]), int(d["seed"])
+            params = {k[len("param."):]: np.asarray(d[k]) for k in d.keys() if k.startswith("param.")}
+            opt = {k[len("opt."):]: np.asarray(d[k]) for k in d.keys() if k.startswith("opt.")}
+            columns = {name: np.asarray(d[f"history.{name}"]) for name in _HISTORY_FIELDS}
+        except KeyError as exc:
+            raise ValueError(f"Not a dnnq checkpoint: the array {exc.args[0]!r} is missing.") from None
+
+        def value(x):
+            return None if math.isnan(x) else float(x)
+
+        history = [EpochRecord(i + 1, float(columns["loss"][i]), *(value(columns[n][i]) for n in _HISTORY_FIELDS[1:]))
+                   for i in range(len(columns["loss"]))]
+        return cls(epoch=epoch, parameters=params, optimizer_state=opt, history=history, seed=seed)
+
+
+@dataclass
+class EpochState:
+    """What on_epoch receives after each completed epoch."""
+
+    epoch: int  # completed epochs, 1-based
+    epochs: int
+    record: EpochRecord
+    elapsed_s: float
+    _make_checkpoint: Callable[[], Checkpoint] = field(repr=False)
+
+    def checkpoint(self) -> Checkpoint:
+        """A host copy of the current state (made only when called)."""
+        return self._make_checkpoint()
+
+
+@dataclass
+class FitResult:
+    parameters: dict[str, np.ndarray]
+    history: list[EpochRecord]
+    device: str
+    timings: dict[str, float]
+    stopped: bool
+    epochs_completed: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Data preparation: examples-first, compute dtype, targets checked against the output.
+# ---------------------------------------------------------------------------------------------
+def _prepare(X, Y, cfg: TrainConfig, dtype, role: str):
+    """(Xe (m, n_x), Ye (m, n_y)) as C-contiguous host arrays of ``dtype``."""
+    n_x, n_y = cfg.layer_dims[0], cfg.layer_dims[-1]
+    X = to_host(X)
+    if X.ndim != 2 or X.shape[0] != n_x:
+        raise ValueError(f"{role} X must be features x examples, shape (n_x={n_x}, m). Got {X.shape}; "
+                         "pass X.T if your array is examples x features.")
+    m = X.shape[1]
+    if m == 0:
+        raise ValueError(f"{role} X has no examples.")
+    Xe = np.ascontiguousarray(X.T, dtype=dtype)  # (m, n_x); no copy for a transposed examples-first array
+    if not np.isfinite(Xe).all():
+        raise ValueError(f"{role} X contains NaN or infinite values; clean or impute them first.")
+    Y = to_host(Y)
+    if cfg.output == "softmax" and (Y.ndim == 1 or Y.shape[0] == 1):
+        labels = Y.reshape(-1)
+        if labels.shape[0] != m:
+            raise ValueError(f"{role} Y has {labels.shape[0]} labels for {m} examples.")
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_y:
+            raise ValueError(f"{role} Y must hold integer class labels in [0, {n_y}) for output='softmax' "
+                             f"with layer_dims[-1]={n_y}. Got values from {labels.min()} to {labels.max()}.")
+        Ye = np.zeros((m, n_y), dtype=dtype)
+        Ye[np.arange(m), labels.astype(np.int64)] = 1  # one-hot, (m, n_y)
+        return Xe, Ye
+    if Y.ndim == 1 and n_y == 1:
+        Y = Y.reshape(1, -1)
+    if Y.ndim != 2 or Y.shape != (n_y, m):
+        raise ValueError(f"{role} Y must have shape (n_y={n_y}, m={m}) (outputs x examples). Got {Y.shape}.")
+    Ye = np.ascontiguousarray(Y.T, dtype=dtype)  # (m, n_y)
+    if not np.isfinite(Ye).all():
+        raise ValueError(f"{role} Y contains NaN or infinite values.")
+    if cfg.output == "sigmoid" and (Ye.min() < 0 or Ye.max() > 1):
+        raise ValueError(f"{role} Y must be in [0, 1] for output='sigmoid' (binary labels). "
+                         f"Got values from {Ye.min()} to {Ye.max()}.")
+    if cfg.output == "softmax" and (Ye.min() < 0 or not np.allclose(Ye.sum(axis=1), 1, atol=1e-3)):
+        raise ValueError(f"{role} Y for output='softmax' must be one-hot (each example's column sums to 1) "
+                         "or integer labels of shape (m,).")
+    return Xe, Ye
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine: forward, fused output gradient, backward, with buffers reused across steps.
+# ---------------------------------------------------------------------------------------------
+class _Engine:
+    def __init__(self, cfg: TrainConfig, device: Device, params: dict, batch_max: int):
+        self.cfg, self.xp = cfg, device.xp
+        xp = self.xp
+        self.L = len(cfg.layer_dims) - 1
+        self.params = params  # W{l} (n_l, n_{l-1}), b{l} (n_l, 1), on the device
+        self.grads = {f"d{k}": xp.zeros_like(v) for k, v in params.items()}
+        dims, dt = cfg.layer_dims, params["W1"].dtype
+        self.dtype = dt
+        self.keep = cfg.dropout_keep_prob
+        # H[l]: Z then g(Z) in place, (batch, n_l); G[l]: dA then dZ in place, (batch, n_l)
+        self.H = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}
+        self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L)}
+        self.D = {}  # dropped activations and scaled masks, (batch, n_l), hidden layers only
+        if self.keep < 1:
+            for l in range(1, self.L):
+                self.D[l] = (xp.empty((batch_max, dims[l]), dtype=dt), xp.empty((batch_max, dims[l]), dtype=dt))
+
+    def _hidden_inplace(self, Z):
+        xp, name = self.xp, self.cfg.hidden_activation
+        if name == "relu":
+            xp.maximum(Z, 0, out=Z)
+        elif name == "leaky_relu":
+            xp.maximum(Z, 0.01 * Z, out=Z)  # leaky slope 0.01 (models.activations.LEAKY_SLOPE)
+        elif name == "tanh":
+            xp.tanh(Z, out=Z)
+        else:  # sigmoid
+            xp.negative(Z, out=Z)
+            xp.exp(Z, out=Z)
+            Z += 1.0
+            xp.reciprocal(Z, out=Z)
+
+    def _hidden_backward_inplace(self, dA, H):
+        """dZ = dA * g'(Z), with g'(Z) read from H = g(Z): every hidden activation allows that."""
+        xp, name = self.xp, self.cfg.hidden_activation
+        if name == "relu":
+            dA *= H > 0  # relu' = 0 where Z <= 0, i.e. where H == 0
+        elif name == "leaky_relu":
+            dA *= xp.where(H > 0, 1.0, 0.01).astype(dA.dtype, copy=False)
+        elif name == "tanh":
+            dA *= 1.0 - H * H  # tanh' = 1 - tanh^2
+        else:
+            dA *= H * (1.0 - H)  # sigmoid' = s (1 - s)
+
+    def forward(self, A0, rng=None):
+        """Hidden layers; returns the activations list [A0, A1, ..., A_{L-1}] and Z_L (batch, n_L)."""
+        xp, B = self.xp, A0.shape[0]
+        acts = [A0]
+        A = A0
+        for l in range(1, self.L + 1):
+            Z = self.H[l][:B]
+            xp.matmul(A, self.params[f"W{l}"].T, out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
+            Z += self.params[f"b{l}"].T  # + (1, n_l)
+            if l == self.L:
+                return acts, Z
+            self._hidden_inplace(Z)  # now H = g(Z)
+            A = Z
+            if rng is not None and self.keep < 1:  # inverted dropout on hidden layers
+                Ad, M = (buf[:B] for buf in self.D[l])
+                M[...] = rng.random((B, Z.shape[1]), dtype=self.dtype) < self.keep
+                M *= 1.0 / self.keep
+                xp.multiply(Z, M, out=Ad)
+                A = Ad
+            acts.append(A)
+
+    def output(self, ZL, Ye):
+        """(AL, loss_sum over the batch as a 0-d device array, correct count or None)."""
+        xp, out = self.xp, self.cfg.output
+        if out == "sigmoid":
+            # BCE from the logits, stable: max(Z,0) - Z Y + log(1 + exp(-|Z|)); equals the textbook
+            # -(Y log AL + (1-Y) log(1-AL)) wherever that is finite, and never takes log(0).
+            loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))))
+            AL = 1.0 / (1.0 + xp.exp(-ZL))
+            correct = xp.count_nonzero((AL > 0.5) == (Ye > 0.5))
+        elif out == "softmax":
+            Zs = ZL - xp.max(ZL, axis=1, keepdims=True)  # (B, n_L), stable
+            E = xp.exp(Zs)
+            S = xp.sum(E, axis=1, keepdims=True)  # (B, 1)
+            AL = E / S
+            loss = -xp.sum(Ye * (Zs - xp.log(S)))  # -sum Y log softmax(Z)
+            correct = xp.count_nonzero(xp.argmax(ZL, axis=1) == xp.argmax(Ye, axis=1))
+        else:
+            AL = ZL
+            D = ZL - Ye
+            loss = 0.5 * xp.sum(D * D)
+            correct = None
+        return AL, loss, correct
+
+    def l2_sum(self):
+        xp = self.xp
+        return sum(xp.vdot(self.params[f"W{l}"].ravel(), self.params[f"W{l}"].ravel()) for l in range(1, self.L + 1))
+
+    def backward(self, acts, AL, Ye):
+        xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
+        # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
+        # sigmoid with binary cross-entropy, softmax with categorical cross-entropy (Y's columns
+        # sum to 1), identity with squared error (1/2 (AL - Y)^2). TrainConfig only allows these.
+        # The 1/B of the batch mean is applied here once instead of on every dW and db.
+        dZ = (AL - Ye) * (1.0 / B)  # (B, n_L)
+        for l in range(self.L, 0, -1):
+            W, dW, db = self.params[f"W{l}"], self.grads[f"dW{l}"], self.grads[f"db{l}"]
+            xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
+            xp.sum(dZ, axis=0, out=db[:, 0])  # (n_l,)
+            if l2:
+                dW += (l2 / B) * W
+            if l == 1:
+                break  # dA0, the gradient w.r.t. the input, is not needed for training
+            dA = self.G[l - 1][:B]
+            xp.matmul(dZ, W, out=dA)  # (B, n_{l-1}) = (B, n_l) @ (n_l, n_{l-1})
+            if self.keep < 1:
+                dA *= self.D[l - 1][1][:B]  # same mask and 1/keep scale as forward
+            self._hidden_backward_inplace(dA, self.H[l - 1][:B])
+            dZ = dA
+
+    def evaluate(self, Xe, Ye):
+        """(loss_sum, correct) of the whole set, no dropout, in chunks."""
+        m = Xe.shape[0]
+        loss, correct = 0.0, 0
+        for s in range(0, m, _VAL_CHUNK):
+            xb, yb = Xe[s:s + _VAL_CHUNK], Ye[s:s + _VAL_CHUNK]
+            saved_H = self.H
+            if xb.shape[0] > saved_H[1].shape[0]:  # buffers smaller than the chunk: use fresh ones
+                self.H = {l: self.xp.empty((xb.shape[0], h.shape[1]), dtype=h.dtype) for l, h in saved_H.items()}
+            try:
+                _, ZL = self.forward(xb)
+                _, batch_loss, batch_correct = self.output(ZL, yb)
+            finally:
+                self.H = saved_H
+            loss = loss + batch_loss
+            correct = None if batch_correct is None else correct + batch_correct
+        return loss, correct
+
+
+def _params_to_host(params) -> dict[str, np.ndarray]:
+    return {k: np.array(to_host(v)) for k, v in params.items()}
+
+
+def fit(X, Y, config: TrainConfig, *, X_val=None, Y_val=None, on_epoch=None, should_stop=None, checkpoint=None) -> FitResult:
+    """Train an L-layer network on X (n_x, m) and Y (n_y, m); see docs/DESIGN.md."""
+    t_start = time.perf_counter()
+    cfg = config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"fit needs a TrainConfig as config. Got {type(cfg).__name__}.")
+    device = select_device(cfg.device)
+    xp = device.xp
+    dtype = np.dtype(cfg.dtype)
+    Xe_host, Ye_host = _prepare(X, Y, cfg, dtype, "training")
+    has_val = X_val is not None or Y_val is not None
+    if has_val and (X_val is None or Y_val is None):
+        raise ValueError("Pass both X_val and Y_val, or neither.")
+    if has_val:
+        Xv_host, Yv_host = _prepare(X_val, Y_val, cfg, dtype, "validation")
+    m, n_y = Xe_host.shape[0], cfg.layer_dims[-1]
+    batch = m if cfg.batch_size is None else min(cfg.batch_size, m)
+    full_batch = batch == m
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host if has_val else None,
+                        Yv_host if has_val else None, m, n_y, batch, full_batch, on_epoch, should_stop,
+                        checkpoint, t_start)
+    finally:
+        release_memory(xp)  # give CuPy's pooled blocks back when fit returns
+
+
+def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, batch, full_batch,
+         on_epoch, should_stop, checkpoint, t_start):
+    # Data moves to the device once.
+    Xe, Ye = xp.asarray(Xe_host), xp.asarray(Ye_host)
+    Xv = Yv = None
+    if Xv_host is not None:
+        Xv, Yv = xp.asarray(Xv_host), xp.asarray(Yv_host)
+    optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, beta=cfg.beta, beta1=cfg.beta1,
+                               beta2=cfg.beta2, epsilon=cfg.epsilon)
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    if checkpoint is None:
+        params = initialize_parameters_deep(cfg.layer_dims, seed=cfg.seed, init=cfg.init, xp=xp, dtype=cfg.dtype)
+    else:
+        params = _restore(checkpoint, cfg, xp, dtype, optimizer)
+        start_epoch = checkpoint.epoch
+        history = list(checkpoint.history[:start_epoch])
+    engine = _Engine(cfg, device, params, batch)
+    # Shuffling gathers rows of the examples-first copy into one batch buffer (a row gather is
+    # cheap; X[:, perm] on features-first data is not). Full batch: the order changes nothing.
+    shuffle = cfg.shuffle and not full_batch
+    xbuf = xp.empty((batch, Xe.shape[1]), dtype=dtype) if shuffle else None
+    ybuf = xp.empty((batch, n_y), dtype=dtype) if shuffle else None
+    acc_denominator = m * n_y if cfg.output == "sigmoid" else m
+    timings = {"setup_s": time.perf_counter() - t_start, "train_s": 0.0, "validation_s": 0.0}
+    stopped = False
+
+    def make_checkpoint(epoch_done):
+        return lambda: Checkpoint(epoch=epoch_done, parameters=_params_to_host(params),
+                                  optimizer_state=optimizer.state_arrays(), history=list(history), seed=cfg.seed)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        lr = cfg.learning_rate_at(epoch)
+        optimizer.learning_rate = lr
+        rng = device_rng(xp, cfg.seed, epoch)
+        perm = xp.asarray(rng.permutation(m)) if shuffle else None
+        loss_total, correct_total = 0.0, 0  # accumulated on the device
+        for s in range(0, m, batch):
+            e = min(s + batch, m)
+            if shuffle:
+                xb, yb = xbuf[:e - s], ybuf[:e - s]
+                xp.take(Xe, perm[s:e], axis=0, out=xb)
+                xp.take(Ye, perm[s:e], axis=0, out=yb)
+            else:
+                xb, yb = Xe[s:e], Ye[s:e]
+            acts, ZL = engine.forward(xb, rng)
+            AL, loss_sum, correct = engine.output(ZL, yb)
+            if cfg.l2:
+                loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
+            engine.backward(acts, AL, yb)
+            optimizer.update(params, engine.grads)
+            loss_total = loss_total + loss_sum
+            if correct is not None:
+                correct_total = correct_total + correct
+        loss = float(loss_total) / m  # float(loss) syncs the GPU: once per epoch, on purpose
+        if not math.isfinite(loss):
+            raise TrainingDiverged(epoch + 1, loss, lr)
+        accuracy = None if cfg.output == "linear" else int(correct_total) / acc_denominator
+        timings["train_s"] += time.perf_counter() - t_epoch
+        record = EpochRecord(epoch + 1, loss, accuracy)
+        if Xv is not None:
+            t_val = time.perf_counter()
+            v_loss, v_correct = engine.evaluate(Xv, Yv)
+            if cfg.l2:
+                v_loss = v_loss + 0.5 * cfg.l2 * engine.l2_sum()
+            record.val_loss = float(v_loss) / Xv.shape[0]  # syncs the GPU
+            if v_correct is not None:
+                record.val_accuracy = int(v_correct) / (Xv.shape[0] * (n_y if cfg.output == "sigmoid" else 1))
+            timings["validation_s"] += time.perf_counter() - t_val
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(EpochState(epoch + 1, cfg.epochs, record, time.perf_counter() - t_start, make_checkpoint(epoch + 1)))
+        if should_stop is not None and should_stop() and epoch + 1 < cfg.epochs:
+            stopped = True
+            break
+    done = len(history)
+    trained = done - start_epoch
+    timings["epoch_mean_s"] = timings["train_s"] / trained if trained else 0.0
+    timings["total_s"] = time.perf_counter() - t_start
+    return FitResult(parameters=_params_to_host(params), history=history, device=device.name,
+                     timings=timings, stopped=stopped, epochs_completed=done)
+
+
+def _restore(ckpt: Checkpoint, cfg: TrainConfig, xp, dtype, optimizer) -> dict:
+    if ckpt.seed != cfg.seed:
+        raise ValueError(f"The checkpoint was made with seed={ckpt.seed} but the config has seed={cfg.seed}; "
+                         "resume with the same config.")
+    if not 0 <= ckpt.epoch <= len(ckpt.history) or ckpt.epoch > cfg.epochs:
+        raise ValueError(f"The checkpoint is at epoch {ckpt.epoch}, which does not fit epochs={cfg.epochs} "
+                         f"and its {len(ckpt.history)} history entries.")
+    dims, params = cfg.layer_dims, {}
+    for l in range(1, len(dims)):
+        for key, shape in ((f"W{l}", (dims[l], dims[l - 1])), (f"b{l}", (dims[l], 1))):
+            if key not in ckpt.parameters or tuple(ckpt.parameters[key].shape) != shape:
+                got = None if key not in ckpt.parameters else tuple(ckpt.parameters[key].shape)
+                raise ValueError(f"The checkpoint's {key} has shape {got}, but layer_dims={dims} needs {shape}.")
+            params[key] = xp.asarray(np.array(ckpt.parameters[key], dtype=dtype))
+    if len(ckpt.parameters) != len(params):
+        raise ValueError(f"The checkpoint has {len(ckpt.parameters) // 2} layers but layer_dims={dims} has {len(dims) - 1}.")
+    optimizer.load_state_arrays(ckpt.optimizer_state, xp, params)
+    return params
