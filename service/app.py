@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import logging
 import time
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -94,9 +93,20 @@ class RequestMetricsMiddleware:
 
 
 def _make_store(settings: ApiSettings):
-    from workers.store import LocalArtifactStore
+    from workers.store import open_store
 
-    return LocalArtifactStore(Path(settings.data_dir))
+    return open_store(settings)  # the same DNNQ_DATA_DIR/artifacts the workers write
+
+
+def _make_celery(settings: ApiSettings):
+    """A Celery client configured like the workers' app, but from this app's settings (tests differ)."""
+    from celery import Celery
+
+    from workers.celery_app import configure
+
+    celery = Celery("dnnq-api")
+    configure(celery, settings)
+    return celery
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -114,6 +124,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.api_keys = load_api_keys(settings)
     app.state.redis = make_redis(settings)
     app.state.store = _make_store(settings)
+    app.state.celery = _make_celery(settings)
     app.state.registry = CollectorRegistry()
 
     install_error_handlers(app)

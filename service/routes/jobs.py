@@ -78,10 +78,8 @@ def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> N
                       "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
 
 
-def _send(r, job: dict, queue: str) -> None:
+def _send(celery_app, r, job: dict, queue: str) -> None:
     """Enqueue by task name; if the broker refuses, the job is failed through the state machine."""
-    from workers.celery_app import app as celery_app
-
     try:
         celery_app.send_task("dnnq.train", args=[job["id"]], queue=queue)
     except Exception as exc:  # kombu/redis errors vary by transport
@@ -95,7 +93,7 @@ def _send(r, job: dict, queue: str) -> None:
 
 @router.post("", status_code=202, summary="Submit a training job")
 def submit_job(
-    spec: JobSpec, r: Rds, settings: Settings, tenant: Tenant,
+    spec: JobSpec, request: Request, r: Rds, settings: Settings, tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     meta = datasets.get_dataset(r, spec.dataset_id, tenant)
@@ -127,7 +125,7 @@ def submit_job(
         raise
     if reservation:
         reservation.complete(job["id"])
-    _send(r, job, queue)
+    _send(request.app.state.celery, r, job, queue)
     return JSONResponse(job_view(job, []), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
