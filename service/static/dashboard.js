@@ -53,7 +53,7 @@ function el(tag, attrs = {}, ...children) {
   for (const c of children) node.append(c instanceof Node ? c : String(c ?? ""));
   return node;
 }
-const fmt = (x, digits = 4) => (x === null || x === undefined || Number.isNaN(x) ? "–" : Number(x).toPrecision(digits));
+const fmt = (x, digits = 4) => (x === null || x === undefined || Number.isNaN(x) ? "–" : String(Number(Number(x).toPrecision(digits))));
 const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + " %");
 
 function age(iso) {

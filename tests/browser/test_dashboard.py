@@ -1,0 +1,119 @@
+"""The dashboard in a real headless Chromium against the real stack (Redis, worker, uvicorn).
+
+Drives the page the way a person would: create a synthetic dataset and submit a job through
+the forms, watch the curves grow on the job page, wait for success, take a screenshot
+(tests/artifacts/dashboard.png).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.browser.cdp import Browser, chromium_path
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="Chromium not installed")
+
+
+def _base_url(stack) -> str:
+    if isinstance(stack, dict):
+        return stack["base_url"]
+    return stack.base_url
+
+
+def set_fields(browser: Browser, values: dict[str, str]) -> None:
+    """Type into inputs/selects by id, firing the events a person's typing fires."""
+    browser.eval(
+        "(() => { const v = %s; for (const [id, value] of Object.entries(v)) {"
+        " const el = document.getElementById(id); if (!el) throw new Error('no #' + id);"
+        " el.value = value; el.dispatchEvent(new Event('input', {bubbles: true}));"
+        " el.dispatchEvent(new Event('change', {bubbles: true})); } })()" % json.dumps(values)
+    )
+
+
+def click(browser: Browser, selector: str) -> None:
+    browser.eval(f"document.querySelector({json.dumps(selector)}).click()")
+
+
+def text(selector: str) -> str:
+    return f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent"
+
+
+def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: int = 150) -> dict:
+    """The whole walk through the page; returns what it observed (asserts as it goes)."""
+    browser.navigate(base_url + "/#/new")
+    browser.wait_for("document.readyState === 'complete' && !document.getElementById('view-new').hidden")
+
+    # 1. A synthetic dataset through its form; the job form's dataset select picks it up.
+    set_fields(browser, {"synthetic-name": "moons", "synthetic-n-samples": "2000", "synthetic-noise": "0.15",
+                         "synthetic-seed": "3"})
+    click(browser, "#create-synthetic")
+    message = browser.wait_for(f"!document.getElementById('message').hidden && {text('#message')}")
+    assert "Dataset moons created: 2000 examples" in message, message
+    dataset_id = browser.eval("document.getElementById('dataset-select').value")
+    assert len(dataset_id) == 24, dataset_id
+    assert browser.eval("document.getElementById('output').value") == "sigmoid"  # chosen from binary labels
+
+    # 2. A bad spec: the API's problem+json detail is shown to the user.
+    set_fields(browser, {"hidden-layers": "8,0", "epochs": str(epochs)})
+    click(browser, "#submit-job")
+    error = browser.wait_for(
+        f"document.getElementById('message').className === 'error' && {text('#message')}"
+    )
+    assert "hidden_layers" in error, error
+
+    # 3. A good job: the page moves to the job view.
+    set_fields(browser, {"hidden-layers": "16,8", "hidden-activation": "tanh", "optimizer": "adam",
+                         "learning-rate": "0.01", "batch-size": "16", "device": "cpu"})
+    click(browser, "#submit-job")
+    job_id = browser.wait_for("location.hash.startsWith('#/jobs/') && location.hash.slice(7)")
+    assert len(job_id) == 32, job_id
+
+    # 4. Curves drawn live: two samples while running, the second with more points.
+    points = "Number(document.getElementById('loss-chart').dataset.points)"
+    first = browser.wait_for(f"{text('#job-status')} === 'running' && {points} > 0 && {points}", timeout=60)
+    second = browser.wait_for(f"{points} > {first} && {points}", timeout=60)
+    assert second > first >= 1
+    assert int(browser.eval(text("#epoch-count"))) >= second
+
+    # 5. Success: every epoch on the curve, downloads enabled, facts filled in.
+    browser.wait_for(f"{text('#job-status')} === 'succeeded'", timeout=180)
+    browser.wait_for(f"{points} === {epochs}", timeout=10)
+    assert browser.eval(text("#epoch-count")) == str(epochs)
+    assert browser.eval("Number(document.getElementById('accuracy-chart').dataset.points)") == epochs
+    assert browser.eval("document.getElementById('download-onnx').disabled") is False
+    assert browser.eval("document.getElementById('cancel-job').disabled") is True
+    facts = browser.eval(text("#job-facts"))
+    assert "cpu" in facts and "16-8 · tanh → sigmoid" in facts, facts
+    config = json.loads(browser.eval(text("#job-config")))
+    assert config["model"]["hidden_layers"] == [16, 8] and config["training"]["batch_size"] == 16
+    browser.screenshot(screenshot)
+
+    # 6. The job list shows it (filtered by status), and the dataset page its first rows.
+    browser.navigate(f"{base_url}/#/jobs")
+    browser.wait_for("document.readyState === 'complete' && !document.getElementById('view-jobs').hidden")
+    set_fields(browser, {"status-filter": "succeeded"})
+    row = browser.wait_for(
+        f"[...document.querySelectorAll('#jobs-table tbody tr')].map(r => r.textContent)"
+        f".find(t => t.includes({json.dumps(job_id[:8])}))"
+    )
+    assert "succeeded" in row and "16-8" in row, row
+    browser.navigate(f"{base_url}/#/datasets/{dataset_id}")
+    rows = browser.wait_for("document.querySelectorAll('#dataset-preview tbody tr').length")
+    assert rows >= 1
+    assert "2000 examples × 2 features" in browser.eval(text("#dataset-facts"))
+    return {"job_id": job_id, "dataset_id": dataset_id, "samples": (first, second), "console": browser.console}
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@needs_chromium
+def test_dashboard_trains_a_job_through_the_forms(live_stack, tmp_path):
+    with Browser(tmp_path / "profile") as browser:
+        seen = drive_dashboard(browser, _base_url(live_stack), ARTIFACTS / "dashboard.png")
+    assert seen["console"] == [], seen["console"]
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
