@@ -48,7 +48,7 @@ class BodyLimitMiddleware:
                   "send a smaller file or ask the operator to raise the limit.")
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = problem_response(413, detail, title="Content Too Large")
+            response = problem_response(413, detail)
             return await response(scope, receive, send)
         seen = 0
 
@@ -58,7 +58,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise Problem(413, detail, title="Content Too Large")
+                    raise Problem(413, detail)
             return message
 
         await self.app(scope, counting_receive, send)

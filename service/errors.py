@@ -19,6 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 __all__ = ["PROBLEM_JSON", "Problem", "install_error_handlers", "problem_response", "field_error"]
 
 PROBLEM_JSON = "application/problem+json"
+# RFC 9110 names where Python's HTTPStatus still uses the older phrase.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def _title(status: int) -> str:
+    return _TITLES.get(status) or HTTPStatus(status).phrase
 log = logging.getLogger("dnnq.api")
 
 
@@ -37,7 +43,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or _title(status)
         self.errors = errors
         self.headers = headers
 
@@ -55,7 +61,7 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    title = title or HTTPStatus(status).phrase
+    title = title or _title(status)
     body: dict[str, Any] = {
         "type": f"https://dnnq.dev/problems/{title.lower().replace(' ', '-')}",
         "title": title,
@@ -93,7 +99,7 @@ async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = _validation_errors(exc)
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
-    return problem_response(422, detail, title="Unprocessable Content", errors=errors)
+    return problem_response(422, detail, errors=errors)
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

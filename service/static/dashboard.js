@@ -65,6 +65,10 @@ function age(iso) {
   return (s / 86400).toFixed(1) + " d";
 }
 
+function seconds(fromIso, toIso) {
+  return fromIso && toIso ? fmt((Date.parse(toIso) - Date.parse(fromIso)) / 1000, 3) + " s" : "–";
+}
+
 function layersOf(spec) {
   const m = (spec && spec.model) || {};
   const hidden = (m.hidden_layers || []).join("-") || "none";
@@ -185,7 +189,9 @@ async function jobView(id) {
     $("#epoch-total").textContent = p.epochs ?? (j.spec && j.spec.training && j.spec.training.epochs) ?? "?";
     if (p.epoch && !history.length) $("#epoch-count").textContent = p.epoch;
     $("#cancel-job").disabled = TERMINAL.has(j.status) || j.status === "cancelling";
-    for (const b of document.querySelectorAll(".downloads button")) b.disabled = j.status !== "succeeded";
+    for (const b of document.querySelectorAll(".downloads button")) {  // only the formats the worker wrote
+      b.disabled = j.status !== "succeeded" || (j.links && !j.links["weights_" + b.dataset.format]);
+    }
     $("#job-error").hidden = !j.error;
     $("#job-error").textContent = j.error || "";
     facts($("#job-facts"), [
@@ -195,6 +201,7 @@ async function jobView(id) {
       ["Attempts", j.attempts ?? "–"], ["Resumed from epoch", j.resumed_from_epoch || "–"],
       ["Final loss", fmt(m.final_loss)], ["Train accuracy", pct(m.train_accuracy)],
       ["Validation accuracy", pct(m.validation_accuracy)],
+      ["Waited in queue", seconds(j.created_at, j.started_at)], ["Ran for", seconds(j.started_at, j.finished_at)],
       ["Timings", j.timings ? Object.entries(j.timings).map(([k, v]) => `${k} ${fmt(v, 3)} s`).join(", ") : "–"],
     ]);
     $("#job-config").textContent = JSON.stringify(j.spec, null, 2);
@@ -381,8 +388,10 @@ async function datasetView(id) {
     $("#dataset-preview tbody").replaceChildren(...X.map((row, i) => el("tr", {}, el("td", {}, i),
       ...row.slice(0, shown).map((v) => el("td", {}, fmt(v, 3))), el("td", {}, JSON.stringify(Y[i] ?? "")))));
     const shape = imageShape(d.n_features);
-    $("#dataset-images").replaceChildren(...(shape && X.length && X[0].length === d.n_features
-      ? X.map((row) => drawImage(row, shape)) : []));
+    const fullRows = X.length && X[0].length === d.n_features;
+    $("#dataset-images").replaceChildren(...(shape && fullRows ? X.map((row) => drawImage(row, shape))
+      : shape ? [el("p", { class: "muted" }, `Rows look like ${shape.w}×${shape.w} images, but the preview holds only their first ${X[0] ? X[0].length : 0} features.`)]
+      : []));
   } catch (err) { report(err); }
   return () => {};
 }
