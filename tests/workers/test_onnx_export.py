@@ -40,8 +40,8 @@ def _act(name: str, Z: np.ndarray) -> np.ndarray:
 def numpy_forward(parameters, X_rows, hidden, output, scale=None):
     """Textbook forward pass; returns AL transposed to (N, n_out)."""
     A_prev = X_rows.T.astype(np.float64)  # A0: (n_x, m)
-    if scale is not None:
-        A_prev = A_prev * scale
+    if scale is not None:  # preprocess.scale: raw inputs divided by it, as the worker trains
+        A_prev = A_prev / scale
     L = len(parameters) // 2
     for l in range(1, L + 1):
         Z = parameters[f"W{l}"] @ A_prev + parameters[f"b{l}"]  # (n_l, m)
@@ -91,12 +91,12 @@ def test_scale_is_applied_to_raw_inputs():
     rng = np.random.default_rng(7)
     params = random_parameters(rng, [12, 6, 1])
     X_raw = rng.integers(0, 256, (9, 12)).astype(np.float32)  # pixel-like raw inputs
-    scale = 1 / 255
+    scale = 255.0
 
     got = run_onnx(onnx_bytes(params, "relu", "sigmoid", scale=scale), X_raw)
     expected = numpy_forward({k: v.astype(np.float64) for k, v in params.items()}, X_raw, "relu", "sigmoid", scale)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    # The Mul is really there: without it the same raw inputs give other outputs
+    # The Div is really there: without it the same raw inputs give other outputs
     # (compared with a linear output, which cannot saturate).
     linear_scaled = run_onnx(onnx_bytes(params, "relu", "linear", scale=scale), X_raw)
     linear_raw = run_onnx(onnx_bytes(params, "relu", "linear"), X_raw)
@@ -125,6 +125,8 @@ def test_bad_arguments_say_what_to_fix():
     bad["W2"] = np.zeros((1, 5), np.float32)  # layer 1 has 2 units, not 5
     with pytest.raises(ValueError, match="Layer 2"):
         onnx_bytes(bad, "relu", "sigmoid")
+    with pytest.raises(ValueError, match="'scale' parameter must be a finite number > 0. Got 0"):
+        onnx_bytes(params, "relu", "sigmoid", scale=0)
 
 
 @pytest.mark.parametrize("hidden,output", list(itertools.product(HIDDEN, OUTPUTS)))
