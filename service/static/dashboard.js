@@ -386,7 +386,7 @@ async function datasetView(id) {
     $("#dataset-preview thead").replaceChildren(el("tr", {}, el("th", {}, "#"),
       ...Array.from({ length: shown }, (_, j) => el("th", {}, "x" + j)), el("th", {}, "y")));
     $("#dataset-preview tbody").replaceChildren(...X.map((row, i) => el("tr", {}, el("td", {}, i),
-      ...row.slice(0, shown).map((v) => el("td", {}, fmt(v, 3))), el("td", {}, JSON.stringify(Y[i] ?? "")))));
+      ...row.slice(0, shown).map((v) => el("td", {}, fmt(v, 3))), el("td", {}, Array.isArray(Y[i]) && Y[i].length === 1 ? Y[i][0] : JSON.stringify(Y[i] ?? "")))));
     const shape = imageShape(d.n_features);
     const fullRows = X.length && X[0].length === d.n_features;
     $("#dataset-images").replaceChildren(...(shape && fullRows ? X.map((row) => drawImage(row, shape))

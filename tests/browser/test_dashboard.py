@@ -19,12 +19,6 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="Chromium not installed")
 
 
-def _base_url(stack) -> str:
-    if isinstance(stack, dict):
-        return stack["base_url"]
-    return stack.base_url
-
-
 def set_fields(browser: Browser, values: dict[str, str]) -> None:
     """Type into inputs/selects by id, firing the events a person's typing fires."""
     browser.eval(
@@ -114,6 +108,6 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
 @needs_chromium
 def test_dashboard_trains_a_job_through_the_forms(live_stack, tmp_path):
     with Browser(tmp_path / "profile") as browser:
-        seen = drive_dashboard(browser, _base_url(live_stack), ARTIFACTS / "dashboard.png")
+        seen = drive_dashboard(browser, live_stack.base_url, ARTIFACTS / "dashboard.png")
     assert seen["console"] == [], seen["console"]
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
