@@ -1,0 +1,34 @@
+"""The ``xp`` fixture: every functional-API test runs on NumPy, array_api_strict and CuPy."""
+import importlib
+
+import numpy as np
+import pytest
+
+from models.backend import gpu_available, to_host
+
+
+def _cupy_or_skip():
+    if importlib.util.find_spec("cupy") is None or not gpu_available():
+        pytest.skip("CuPy/GPU not available")
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture(params=["numpy", "array_api_strict", "cupy"])
+def xp(request):
+    if request.param == "numpy":
+        return np
+    if request.param == "array_api_strict":
+        return pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    return _cupy_or_skip()
+
+
+def host(x) -> np.ndarray:
+    """Any backend's array as a float64 NumPy array, for comparing with hand-worked values."""
+    return np.asarray(to_host(x), dtype=np.float64)
+
+
+def on(xp, a, dtype=None):
+    """A NumPy/list value moved to backend ``xp`` as float64."""
+    return xp.asarray(np.asarray(a, dtype=np.float64))

@@ -1,0 +1,75 @@
+"""Each optimizer's update against its formula, worked with Python floats."""
+import math
+
+import numpy as np
+import pytest
+
+from models import GD, Adam, Momentum, RMSProp
+
+P0 = [1.0, -2.0]
+G1 = [0.5, -0.25]
+G2 = [-0.1, 0.3]
+
+
+def params():
+    return {"W1": np.array([P0]), "b1": np.array([[0.5]])}
+
+
+def grads(g, gb):
+    return {"dW1": np.array([g]), "db1": np.array([[gb]])}
+
+
+def test_gd():
+    p = params()
+    opt = GD(0.1)
+    opt.update(p, grads(G1, 2.0))
+    np.testing.assert_allclose(p["W1"], [[P0[i] - 0.1 * G1[i] for i in range(2)]], rtol=1e-15)
+    np.testing.assert_allclose(p["b1"], [[0.5 - 0.1 * 2.0]], rtol=1e-15)
+
+
+def test_momentum_two_steps():
+    p, beta, lr = params(), 0.9, 0.1
+    opt = Momentum(lr, beta=beta)
+    opt.update(p, grads(G1, 0.0))
+    opt.update(p, grads(G2, 0.0))
+    for i in range(2):
+        v1 = (1 - beta) * G1[i]
+        w1 = P0[i] - lr * v1
+        v2 = beta * v1 + (1 - beta) * G2[i]
+        assert p["W1"][0, i] == pytest.approx(w1 - lr * v2, rel=1e-14)
+
+
+def test_rmsprop_one_step():
+    p, lr, b2, eps = params(), 0.01, 0.999, 1e-8
+    opt = RMSProp(lr, beta2=b2, epsilon=eps)
+    opt.update(p, grads(G1, 0.0))
+    for i in range(2):
+        s = (1 - b2) * G1[i] ** 2
+        assert p["W1"][0, i] == pytest.approx(P0[i] - lr * G1[i] / (math.sqrt(s) + eps), rel=1e-14)
+
+
+def test_adam_two_steps_with_bias_correction():
+    p, lr, b1, b2, eps = params(), 0.01, 0.9, 0.999, 1e-8
+    opt = Adam(lr, beta1=b1, beta2=b2, epsilon=eps)
+    opt.update(p, grads(G1, 0.0))
+    opt.update(p, grads(G2, 0.0))
+    assert opt.t == 2
+    for i in range(2):
+        w, v, s = P0[i], 0.0, 0.0
+        for t, g in ((1, G1[i]), (2, G2[i])):
+            v = b1 * v + (1 - b1) * g
+            s = b2 * s + (1 - b2) * g * g
+            w -= lr * (v / (1 - b1**t)) / (math.sqrt(s / (1 - b2**t)) + eps)
+        assert p["W1"][0, i] == pytest.approx(w, rel=1e-14)
+
+
+def test_state_round_trip():
+    p = params()
+    opt = Adam(0.01)
+    opt.update(p, grads(G1, 1.0))
+    saved = opt.state_arrays()
+    again = Adam(0.01)
+    again.load_state_arrays(saved, np, {k: v.copy() for k, v in p.items()})
+    assert again.t == 1
+    np.testing.assert_array_equal(again.state["v_W1"], opt.state["v_W1"])
+    np.testing.assert_array_equal(again.state["s_b1"], opt.state["s_b1"])
