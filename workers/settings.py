@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_REDIS_URL", "WorkerSettings", "get_settings", "redis_client", "reset_settings"]
+__all__ = ["DEFAULT_REDIS_URL", "WorkerSettings", "get_settings", "redis_client", "reset_settings", "set_settings"]
 
 
 class WorkerSettings(BaseSettings):
@@ -71,7 +71,7 @@ class WorkerSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> WorkerSettings:
     """The process's settings, read once. Tests call reset_settings() after changing the env."""
-    return WorkerSettings()
+    return _OVERRIDE[0] or WorkerSettings()
 
 
 def reset_settings() -> None:
@@ -87,3 +87,12 @@ def redis_client(settings: WorkerSettings | None = None):
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def set_settings(settings: WorkerSettings) -> None:
+    """Make `settings` what get_settings() returns in this process (and in children it forks)."""
+    _OVERRIDE[0] = settings
+    reset_settings()
+
+
+_OVERRIDE: list[WorkerSettings | None] = [None]

@@ -1,0 +1,168 @@
+"""Serialising trained networks and checkpoints: the only writer of jobs/{id}/* files.
+
+weights.npz and weights.safetensors hold the same arrays (W1, b1, ..., WL, bL; `b` of shape
+(n_l, 1)); model.json says how to use them; weights.onnx is added when workers/onnx_export.py is
+present. Checkpoints are flat np.savez files loaded with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from workers.store import ArtifactStore
+
+__all__ = [
+    "checkpoint_key",
+    "delete_checkpoint",
+    "load_checkpoint",
+    "model_json",
+    "save_checkpoint",
+    "save_trained",
+    "weights_npz_bytes",
+    "weights_safetensors_bytes",
+]
+
+
+def _ordered(params: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """W1, b1, W2, b2, ... in layer order (not lexical: W10 after W9)."""
+    def layer_key(name: str) -> tuple[int, str]:
+        return int(name[1:]) if name[1:].isdigit() else 1 << 30, name[0]
+
+    return [(k, np.ascontiguousarray(params[k])) for k in sorted(params, key=layer_key)]
+
+
+def weights_npz_bytes(params: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **dict(_ordered(params)))
+    return buf.getvalue()
+
+
+def weights_safetensors_bytes(params: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    from safetensors.numpy import save
+
+    return save(dict(_ordered(params)), metadata=metadata)
+
+
+def model_json(
+    *,
+    params: dict[str, np.ndarray],
+    hidden_activation: str,
+    output: str,
+    scale: float | None,
+    classes: list | None,
+    metrics: dict | None,
+    job_id: str | None = None,
+    dataset_id: str | None = None,
+    label_kind: str | None = None,
+) -> bytes:
+    """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs divided by scale."""
+    import dnnq
+
+    n_layers = sum(1 for k in params if k.startswith("W"))
+    layer_sizes = [int(params["W1"].shape[1])] + [int(params[f"W{l}"].shape[0]) for l in range(1, n_layers + 1)]
+    doc: dict[str, Any] = {
+        "format": "dnnq-model/1",
+        "job_id": job_id,
+        "dataset_id": dataset_id,
+        "layer_sizes": layer_sizes,
+        "activations": [hidden_activation] * (n_layers - 1) + [output],
+        "hidden_activation": hidden_activation,
+        "output": output,
+        "label_kind": label_kind,
+        "layout": "features x examples: A_l = g_l(W_l @ A_{l-1} + b_l), W_l (n_l, n_{l-1}), b_l (n_l, 1)",
+        "preprocessing": {"scale": scale, "note": "X / scale before the first layer" if scale else None},
+        "classes": classes,
+        "metrics": metrics,
+        "dtype": str(params["W1"].dtype),
+        "versions": {"dnnq": getattr(dnnq, "__version__", _dist_version()), "numpy": np.__version__},
+    }
+    return json.dumps(doc, indent=2, sort_keys=True).encode()
+
+
+def _dist_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dnnq")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def save_trained(store: ArtifactStore, job_id: str, params: dict[str, np.ndarray], model_info: dict) -> dict[str, str]:
+    """Write weights.npz, weights.safetensors, model.json (and weights.onnx when available).
+
+    model_info: hidden_activation, output, scale, classes, metrics, dataset_id, label_kind.
+    Returns {"npz": sha256, "safetensors": sha256, "model_json": sha256[, "onnx": sha256]}.
+    """
+    params = {k: np.asarray(v) for k, v in params.items()}
+    base = f"jobs/{job_id}"
+    shas = {
+        "npz": store.put(f"{base}/weights.npz", weights_npz_bytes(params)),
+        "safetensors": store.put(
+            f"{base}/weights.safetensors",
+            weights_safetensors_bytes(
+                params, {"hidden_activation": model_info["hidden_activation"], "output": model_info["output"]}
+            ),
+        ),
+    }
+    onnx = _onnx_exporter()
+    if onnx is not None:
+        data = onnx(params, model_info["hidden_activation"], model_info["output"], model_info.get("scale"))
+        shas["onnx"] = store.put(f"{base}/weights.onnx", data)
+    shas["model_json"] = store.put(
+        f"{base}/model.json",
+        model_json(
+            params=params,
+            hidden_activation=model_info["hidden_activation"],
+            output=model_info["output"],
+            scale=model_info.get("scale"),
+            classes=model_info.get("classes"),
+            metrics=model_info.get("metrics"),
+            job_id=job_id,
+            dataset_id=model_info.get("dataset_id"),
+            label_kind=model_info.get("label_kind"),
+        ),
+    )
+    return shas
+
+
+def _onnx_exporter():
+    """workers.onnx_export.onnx_bytes if that module is present (helper F's), else None."""
+    try:
+        from workers.onnx_export import onnx_bytes
+    except ImportError as exc:
+        if exc.name != "workers.onnx_export":
+            raise
+        return None
+    return onnx_bytes
+
+
+def checkpoint_key(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoint.npz"
+
+
+def save_checkpoint(store: ArtifactStore, job_id: str, ckpt) -> str:
+    """Atomic: a crash mid-write leaves the previous checkpoint in place."""
+    buf = io.BytesIO()
+    np.savez(buf, **ckpt.to_arrays())
+    return store.put(checkpoint_key(job_id), buf.getvalue())
+
+
+def load_checkpoint(store: ArtifactStore, job_id: str):
+    """The job's last Checkpoint, or None when it has none."""
+    from models import Checkpoint
+
+    try:
+        data = store.get(checkpoint_key(job_id))
+    except KeyError:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return Checkpoint.from_arrays({k: npz[k] for k in npz.files})
+
+
+def delete_checkpoint(store: ArtifactStore, job_id: str) -> None:
+    store.delete(checkpoint_key(job_id))

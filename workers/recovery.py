@@ -1,0 +1,110 @@
+"""Lease sweeper and worker registration, run in a daemon thread of the worker's MAIN process.
+
+Every heartbeat the thread refreshes dnnq:worker:{name} (TTL 3 x heartbeat, read by /readyz and
+/metrics); every LEASE_SECONDS/2 it sweeps: jobs whose worker died (lease expired) go back to
+'queued' and their task is sent again. Any number of workers may sweep at once: requeue_expired
+is one atomic script, so each expired job is requeued (and re-sent) by exactly one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from workers import jobs
+from workers.logs import event
+from workers.settings import WorkerSettings
+
+__all__ = ["Maintenance", "celery_sender", "register_worker", "sweep", "unregister_worker", "worker_key"]
+
+Send = Callable[[str, str], None]  # send(job_id, queue)
+
+
+def sweep(r, send: Send) -> list[str]:
+    """Requeue jobs whose lease expired and re-send each to its queue; returns their ids."""
+    requeued = jobs.requeue_expired(r)
+    for job_id in requeued:
+        job = jobs.get_job(r, job_id)
+        queue = (job or {}).get("queue") or "default"
+        send(job_id, queue)
+        event("job.requeued", logging.WARNING, job_id=job_id, queue=queue, reason="lease expired")
+    return requeued
+
+
+def celery_sender(app) -> Send:
+    def send(job_id: str, queue: str) -> None:
+        app.send_task("dnnq.train", args=[job_id], queue=queue)
+
+    return send
+
+
+def worker_key(name: str) -> str:
+    return f"dnnq:worker:{name}"
+
+
+def worker_device(settings: WorkerSettings) -> str:
+    """What this worker trains on, said without touching CUDA (the main process never does)."""
+    if "gpu" not in settings.queue_list:
+        return "cpu"
+    visible = settings.cuda_visible_devices or os.environ.get("CUDA_VISIBLE_DEVICES") or "0"
+    return f"gpu:{visible.split(',')[0]}"
+
+
+def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
+    """Create or refresh dnnq:worker:{name}; current_job and gpu memory are the training child's to set."""
+    key = worker_key(settings.worker_name)
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(
+        key,
+        mapping={
+            "name": settings.worker_name,
+            "queues": ",".join(settings.queue_list),
+            "device": worker_device(settings),
+            "pid": os.getpid(),
+            "started_at": started_at,
+        },
+    )
+    pipe.hsetnx(key, "current_job", "")
+    pipe.hsetnx(key, "gpu_memory_used", "")
+    pipe.hsetnx(key, "gpu_memory_total", "")
+    pipe.pexpire(key, int(3 * settings.heartbeat_seconds * 1000))
+    pipe.execute()
+
+
+def unregister_worker(r, settings: WorkerSettings) -> None:
+    r.delete(worker_key(settings.worker_name))
+
+
+class Maintenance(threading.Thread):
+    """Worker registration every heartbeat, lease sweep every lease/2."""
+
+    def __init__(self, r, settings: WorkerSettings, send: Send):
+        super().__init__(name="dnnq-maintenance", daemon=True)
+        self.r, self.settings, self.send = r, settings, send
+        self.started_at = jobs.now_iso()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        sweep_every = self.settings.lease_seconds / 2
+        next_sweep = 0.0
+        while True:
+            try:
+                register_worker(self.r, self.settings, self.started_at)
+                if time.monotonic() >= next_sweep:
+                    sweep(self.r, self.send)
+                    next_sweep = time.monotonic() + sweep_every
+            except Exception as exc:  # Redis down for a moment: log, keep the thread alive
+                event("worker.maintenance_error", logging.WARNING, error=str(exc))
+            if self._halt.wait(self.settings.heartbeat_seconds):
+                return
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+        try:
+            unregister_worker(self.r, self.settings)
+        except Exception:
+            pass

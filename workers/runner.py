@@ -1,0 +1,221 @@
+"""run_job(job_id): claim, load data, fit with callbacks, write artifacts, finish.
+
+Safe to run twice: the claim is atomic, so a duplicate delivery returns without training. While it
+trains, a heartbeat thread renews the lease; if renewal fails the lease is lost (another worker
+may already have the job), training stops at the next epoch and nothing more is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from workers import artifacts, jobs
+from workers.datasets import get_dataset, load_arrays
+from workers.logs import event
+from workers.settings import WorkerSettings, get_settings, redis_client
+from workers.spec import JobSpec, SpecError, to_train_config
+from workers.store import ArtifactStore, open_store
+
+__all__ = ["Heartbeat", "run_job"]
+
+
+class Heartbeat(threading.Thread):
+    """Renews the job's lease every heartbeat_seconds; sets `lost` when the lease is gone."""
+
+    def __init__(self, r, job_id: str, token: str, settings: WorkerSettings):
+        super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
+        self.r, self.job_id, self.token = r, job_id, token
+        self.period, self.lease_ms = settings.heartbeat_seconds, settings.lease_ms
+        self.lost = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            try:
+                if not jobs.renew_lease(self.r, self.job_id, self.token, self.lease_ms):
+                    self.lost.set()
+                    event("job.lease_lost", logging.WARNING, job_id=self.job_id)
+                    return
+            except Exception as exc:  # Redis blip: keep trying until the lease itself runs out
+                event("job.lease_renew_error", logging.WARNING, job_id=self.job_id, error=str(exc))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, store: ArtifactStore | None = None) -> str | None:
+    """Train job_id to a terminal status. Returns that status, or None when this call did not own
+    the job to the end (not claimed, or the lease was lost)."""
+    settings = settings or get_settings()
+    r = r if r is not None else redis_client(settings)
+    store = store if store is not None else open_store(settings)
+    token = f"{settings.worker_name}:{os.getpid()}:{uuid.uuid4().hex}"
+    if not jobs.claim(r, job_id, token, settings.lease_ms):
+        job = jobs.get_job(r, job_id)
+        event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
+        return None
+    heartbeat = Heartbeat(r, job_id, token, settings)
+    heartbeat.start()
+    _set_current_job(r, settings, job_id)
+    try:
+        return _train(r, store, settings, job_id, token, heartbeat)
+    except BaseException as exc:  # every failure ends the job 'failed' with a readable message
+        expected = _expected_errors()
+        message = _readable(exc, expected)
+        # Known errors (bad spec, divergence, no GPU) need no traceback; anything else logs one.
+        event("job.failed", logging.ERROR, exc_info=not isinstance(exc, expected), job_id=job_id, error=message)
+        if heartbeat.lost.is_set() or not jobs.finish(r, job_id, token, "failed", error=message):
+            event("job.finish_refused", logging.WARNING, job_id=job_id, status="failed")
+            return None
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt / SystemExit after recording the failure
+        return "failed"
+    finally:
+        heartbeat.stop()
+        _set_current_job(r, settings, "")
+
+
+def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) -> str | None:
+    from models import fit
+
+    t0 = time.perf_counter()
+    job = jobs.get_job(r, job_id)
+    spec = JobSpec.model_validate(job["spec"])
+    meta = _dataset(r, spec.dataset_id, "dataset_id")
+    val_meta = _dataset(r, spec.validation_dataset_id, "validation_dataset_id") if spec.validation_dataset_id else None
+    cfg = to_train_config(spec, meta, val_meta)
+    X, Y = _arrays(store, spec, meta, cfg)
+    X_val, Y_val = _arrays(store, spec, val_meta, cfg) if val_meta else (None, None)
+    t_loaded = time.perf_counter()
+
+    ckpt = artifacts.load_checkpoint(store, job_id)
+    resume_epoch = ckpt.epoch if ckpt is not None else 0
+    if ckpt is not None or job["attempts"] > 1:
+        if not jobs.record_resume(r, job_id, token, resume_epoch):
+            event("job.lease_lost", logging.WARNING, job_id=job_id, at="resume")
+            return None
+        event("job.resumed", job_id=job_id, from_epoch=resume_epoch, attempt=job["attempts"])
+    event("job.started", job_id=job_id, attempt=job["attempts"], epochs=cfg.epochs,
+          layer_dims=cfg.layer_dims, examples=int(X.shape[1]), device_requested=cfg.device)
+
+    every = spec.training.checkpoint_every or settings.checkpoint_every
+    cancelled = threading.Event()
+
+    def on_epoch(state) -> None:
+        entry = state.record.to_dict()
+        progress = {"epoch": state.epoch, "epochs": state.epochs, "loss": entry["loss"]}
+        status = jobs.record_epoch(r, job_id, token, entry, progress)
+        if status == jobs.LEASE_LOST:
+            heartbeat.lost.set()
+            return
+        if status == jobs.Status.CANCELLING.value:
+            cancelled.set()
+        if state.epoch % every == 0 and state.epoch < state.epochs and not cancelled.is_set():
+            artifacts.save_checkpoint(store, job_id, state.checkpoint())
+
+    def should_stop() -> bool:
+        return heartbeat.lost.is_set() or cancelled.is_set()
+
+    try:
+        result = fit(X, Y, cfg, X_val=X_val, Y_val=Y_val, on_epoch=on_epoch, should_stop=should_stop, checkpoint=ckpt)
+    finally:
+        r.hincrbyfloat(jobs.STATS_KEY, "training_seconds_total", time.perf_counter() - t_loaded)
+
+    if heartbeat.lost.is_set():
+        event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
+        return None
+    timings = {"load_s": round(t_loaded - t0, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
+    last = result.history[-1] if result.history else None
+    metrics = {
+        "final_loss": last.loss if last else None,
+        "train_accuracy": last.accuracy if last else None,
+        "validation_accuracy": last.val_accuracy if last else None,
+    }
+    if result.stopped:
+        ok = jobs.finish(r, job_id, token, "cancelled", metrics=metrics, device=result.device, timings=timings)
+        event("job.cancelled", job_id=job_id, epochs=result.epochs_completed, recorded=ok)
+        artifacts.delete_checkpoint(store, job_id)
+        return "cancelled" if ok else None
+    if not jobs.renew_lease(r, job_id, token, settings.lease_ms):  # do not write weights for a job we lost
+        event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost before artifacts")
+        return None
+    shas = artifacts.save_trained(
+        store,
+        job_id,
+        result.parameters,
+        {
+            "hidden_activation": spec.model.hidden_activation,
+            "output": spec.model.output,
+            "scale": spec.preprocess.scale,
+            "classes": meta.get("classes"),
+            "metrics": metrics,
+            "dataset_id": spec.dataset_id,
+            "label_kind": meta.get("label_kind"),
+        },
+    )
+    timings["total_s"] = round(time.perf_counter() - t0, 4)
+    ok = jobs.finish(
+        r, job_id, token, "succeeded", metrics=metrics, artifacts=shas, device=result.device, timings=timings
+    )
+    if not ok:
+        event("job.finish_refused", logging.WARNING, job_id=job_id, status="succeeded")
+        return None
+    artifacts.delete_checkpoint(store, job_id)
+    event("job.succeeded", job_id=job_id, device=result.device, **metrics, seconds=timings["total_s"])
+    return "succeeded"
+
+
+def _dataset(r, dataset_id: str, field: str) -> dict:
+    meta = get_dataset(r, dataset_id)
+    if meta is None:
+        raise SpecError(field, f"dataset '{dataset_id}' no longer exists: upload it again and resubmit.")
+    return meta
+
+
+def _arrays(store, spec: JobSpec, meta: dict, cfg):
+    """Stored examples-first arrays -> features-first (n_x, m) / (n_y, m) views, scaled as the spec says."""
+    X, Y = load_arrays(store, meta["id"])
+    X = X.astype(cfg.dtype, copy=False)
+    if spec.preprocess.scale is not None:
+        X = X / np.asarray(spec.preprocess.scale, dtype=X.dtype)
+    if spec.model.output != "softmax" or meta["label_kind"] in ("onehot",):
+        Y = Y.astype(cfg.dtype, copy=False)
+    return X.T, Y.T
+
+
+def _set_current_job(r, settings: WorkerSettings, job_id: str) -> None:
+    key = f"dnnq:worker:{settings.worker_name}"
+    try:
+        if r.exists(key):
+            r.hset(key, "current_job", job_id)
+    except Exception:  # the worker hash is informational; never fail a job over it
+        pass
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from models import ConfigError, DeviceUnavailable, TrainingDiverged
+    except ImportError:
+        return (SpecError,)
+    return (SpecError, ConfigError, DeviceUnavailable, TrainingDiverged)
+
+
+def _readable(exc: BaseException, expected: tuple[type[BaseException], ...]) -> str:
+    """One line for the job record: what failed and, for known errors, what to do. No traceback."""
+    if isinstance(exc, SpecError):
+        return f"{exc.field}: {exc.message}"
+    if isinstance(exc, expected):
+        return str(exc)
+    name = type(exc).__name__
+    if name == "SoftTimeLimitExceeded":
+        return "The job ran past DNNQ_MAX_JOB_SECONDS and was stopped: use fewer epochs or a smaller network."
+    if isinstance(exc, MemoryError):
+        return "The worker ran out of memory: use a smaller batch_size, fewer hidden units, or float32."
+    return f"{name}: {exc}"
