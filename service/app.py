@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
 from service.deps import load_api_keys, make_redis
-from service.errors import Problem, install_error_handlers, problem_response
+from service.errors import install_error_handlers, problem_response
 from service.settings import ApiSettings, get_api_settings
 
 __all__ = ["create_app"]
@@ -50,18 +50,32 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = problem_response(413, detail)
             return await response(scope, receive, send)
-        seen = 0
+        seen, exceeded = 0, False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise Problem(413, detail)
+                    # Stop the app reading (it sees a disconnect) and answer 413 ourselves below.
+                    exceeded = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def guarded_send(message):
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await problem_response(413, detail)(scope, receive, send)
 
 
 class RequestMetricsMiddleware:

@@ -1,0 +1,415 @@
+"""The HTTP API in-process (TestClient) against a real Redis; no worker runs.
+
+Where a test needs a job to have made progress it drives the real state machine
+(workers.jobs.claim / record_epoch / finish) as a worker would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ApiSettings
+from workers import jobs
+from workers.redis_server import free_port
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def binary_npz(m: int = 40, n: int = 3, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, n))
+    return npz_bytes(X=X, Y=(X[:, 0] > 0).astype(int))
+
+
+def upload(client, data: bytes, filename: str = "d.npz", **form):
+    return client.post("/v1/datasets", files={"file": (filename, data)}, data=form)
+
+
+def make_client(api_settings, **overrides) -> TestClient:
+    return TestClient(create_app(api_settings.model_copy(update=overrides)))
+
+
+def assert_problem(resp, status: int, *fragments: str) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["title"] and body["type"]
+    for fragment in fragments:
+        assert fragment in body["detail"], body["detail"]
+    return body
+
+
+def stored_files(data_dir) -> list:
+    return sorted(p for p in data_dir.rglob("*") if p.is_file())
+
+
+# --- health -----------------------------------------------------------------------------------
+
+def test_healthz_is_ok_and_readyz_names_the_missing_worker(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json()["workers"] == 0
+    assert any("worker" in m for m in resp.json()["missing"])
+
+
+def test_redis_down_is_503_not_500(api_settings):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with make_client(api_settings, redis_url=dead, redis_socket_timeout=0.5) as c:
+        assert_problem(c.get("/v1/jobs"), 503, "Redis is unreachable")
+        assert c.get("/healthz").status_code == 200
+        readyz = c.get("/readyz")
+        assert readyz.status_code == 503 and "redis" in readyz.json()["missing"][0]
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+def test_upload_npz_then_identical_upload_returns_same_id(client):
+    data = binary_npz()
+    first = upload(client, data, name="demo")
+    assert first.status_code == 201
+    body = first.json()
+    assert first.headers["location"] == f"/v1/datasets/{body['id']}"
+    assert (body["n_examples"], body["n_features"], body["n_outputs"]) == (40, 3, 1)
+    assert body["label_kind"] == "binary" and body["classes"] == [0, 1] and body["name"] == "demo"
+    assert len(body["sha256"]) == 64 and body["created_at"].endswith("Z")
+    again = upload(client, data, name="demo")
+    assert again.status_code == 200
+    assert again.json()["id"] == body["id"]
+    detail = client.get(f"/v1/datasets/{body['id']}").json()
+    assert len(detail["preview"]["X"]) == 5 and len(detail["preview"]["X"][0]) == 3
+    listing = client.get("/v1/datasets").json()
+    assert listing["total"] == 1 and listing["items"][0]["id"] == body["id"]
+
+
+def test_preview_truncates_wide_datasets(client):
+    ds = upload(client, npz_bytes(X=np.ones((6, 30)), Y=np.arange(6) % 2)).json()
+    preview = client.get(f"/v1/datasets/{ds['id']}").json()["preview"]
+    assert len(preview["X"]) == 5 and len(preview["X"][0]) == 20 and preview["features_truncated"] is True
+
+
+def test_dataset_list_pages_newest_first(client):
+    ids = [upload(client, binary_npz(seed=s)).json()["id"] for s in range(3)]
+    page = client.get("/v1/datasets", params={"offset": 1, "limit": 1}).json()
+    assert page["total"] == 3 and page["offset"] == 1 and page["limit"] == 1
+    assert [d["id"] for d in page["items"]] == [ids[1]]
+
+
+def test_csv_with_string_labels(client):
+    resp = upload(client, b"a,b,species\n1,2,cat\n3,4,dog\n5,6,cat\n", filename="pets.csv", target="species")
+    assert resp.status_code == 201
+    assert resp.json()["classes"] == ["cat", "dog"] and resp.json()["label_kind"] == "binary"
+
+
+@pytest.mark.parametrize(
+    "filename, data, status, fragment",
+    [
+        ("d.npz", npz_bytes(X=np.ones((5, 2)), Y=np.ones(4)), 422, "X has 5 examples but Y has 4"),
+        ("d.npz", npz_bytes(X=np.array([[np.nan, 1.0]]), Y=np.array([1])), 422, "NaN"),
+        ("d.csv", b"a,b,y\n1,abc,0\n2,3,1\n", 422, "'abc' is not a number"),
+        ("d.npz", npz_bytes(X=np.array([{"x": 1}], dtype=object), Y=np.array([1])), 422, "pickled objects"),
+        ("d.npz", b"", 422, "empty"),
+        ("d.exe", b"MZ", 422, "Unsupported file type"),
+    ],
+)
+def test_bad_uploads_are_refused_and_store_nothing(client, data_dir, filename, data, status, fragment):
+    before = stored_files(data_dir)
+    assert_problem(upload(client, data, filename=filename), status, fragment)
+    assert client.get("/v1/datasets").json()["total"] == 0
+    assert stored_files(data_dir) == before
+
+
+def test_upload_over_size_limit_is_413(api_settings, data_dir):
+    with make_client(api_settings, max_upload_bytes=10_000) as c:
+        big = npz_bytes(X=np.random.default_rng(0).random((2000, 10)), Y=np.zeros(2000))
+        assert len(big) > 10_000 + 64 * 1024  # over the limit even with the multipart allowance
+        resp = c.post("/v1/datasets", files={"file": ("big.npz", big)})
+        assert_problem(resp, 413, "DNNQ_MAX_UPLOAD_BYTES")
+        assert c.get("/v1/datasets").json()["total"] == 0
+
+
+def test_json_body_over_limit_is_413(api_settings):
+    with make_client(api_settings, max_json_body_bytes=200) as c:
+        resp = c.post("/v1/jobs", content=json.dumps({"dataset_id": "a" * 24, "pad": "x" * 500}),
+                      headers={"content-type": "application/json"})
+        assert_problem(resp, 413, "DNNQ_MAX_JSON_BODY_BYTES")
+
+        def chunks():  # no Content-Length: the limit is enforced while the body streams in
+            yield b'{"dataset_id": "' + b"a" * 24 + b'", "pad": "'
+            for _ in range(10):
+                yield b"x" * 50
+            yield b'"}'
+
+        streamed = c.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+        assert_problem(streamed, 413, "larger than the limit of 200 bytes")
+
+
+def test_synthetic_dataset_and_its_limits(client):
+    resp = client.post("/v1/datasets/synthetic", json={"name": "spiral", "n_samples": 300, "n_classes": 4, "seed": 3})
+    assert resp.status_code == 201
+    body = resp.json()
+    assert (body["n_examples"], body["n_features"], body["label_kind"]) == (300, 2, "integer")
+    assert body["classes"] == [0, 1, 2, 3] and body["name"].startswith("spiral(")
+    bad = assert_problem(client.post("/v1/datasets/synthetic", json={"name": "swirl"}), 422, "name")
+    assert bad["errors"][0]["field"] == "name"
+    big = client.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 10**9})
+    assert_problem(big, 422, "n_samples")
+
+
+def test_unknown_or_malformed_dataset_id_is_404(client):
+    assert_problem(client.get(f"/v1/datasets/{'0' * 24}"), 404, "No dataset")
+    assert_problem(client.get("/v1/datasets/../../etc"), 404)
+    assert_problem(client.get("/v1/datasets/XYZ"), 404, "No dataset")
+
+
+# --- jobs: validation and limits ------------------------------------------------------------
+
+@pytest.fixture
+def dataset_id(client) -> str:
+    return upload(client, binary_npz()).json()["id"]
+
+
+def submit(client, dataset_id, headers=None, **spec):
+    return client.post("/v1/jobs", json={"dataset_id": dataset_id, **spec}, headers=headers or {})
+
+
+@pytest.mark.parametrize(
+    "spec, field, fragment",
+    [
+        ({"training": {"learning_rate": -0.1}}, "training.learning_rate", "greater than 0"),
+        ({"model": {"hidden_layers": [0]}}, "model.hidden_layers.0", "greater than or equal to 1"),
+        ({"model": {"output": "softmaxx"}}, "model.output", "softmax"),
+        ({"training": {"epochs": 0}}, "training.epochs", "greater than or equal to 1"),
+        ({"model": {"dropout": 0.5}}, "model.dropout", "Extra inputs"),
+        ({"model": {"output": "linear"}, "training": {"lr_decay": "step"}}, "body", "decay_rate"),
+    ],
+)
+def test_bad_specs_are_422_naming_the_field(client, dataset_id, spec, field, fragment):
+    body = assert_problem(submit(client, dataset_id, **spec), 422, fragment)
+    assert body["errors"][0]["field"] == field
+    assert client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_spec_that_does_not_fit_the_dataset_is_422(client):
+    three = client.post("/v1/datasets/synthetic", json={"name": "blobs", "n_classes": 3}).json()["id"]
+    body = assert_problem(submit(client, three), 422, "output 'sigmoid' needs binary labels", "use output 'softmax'")
+    assert body["errors"][0]["field"] == "model.output"
+
+
+def test_unknown_dataset_is_422_on_dataset_id(client):
+    body = assert_problem(submit(client, "ab" * 12), 422, "no dataset with id")
+    assert body["errors"][0]["field"] == "dataset_id"
+
+
+def test_parameter_epoch_and_memory_limits(api_settings, data_dir):
+    with make_client(api_settings, max_parameters=1000, max_epochs=200, worker_memory_bytes=20_000) as c:
+        ds = upload(c, binary_npz(m=100)).json()["id"]
+        body = assert_problem(submit(c, ds, model={"hidden_layers": [100, 100]}), 422,
+                              "parameters; the limit is 1000", "DNNQ_MAX_PARAMETERS")
+        assert body["errors"][0]["field"] == "model.hidden_layers"
+        assert_problem(submit(c, ds, training={"epochs": 201}), 422, "DNNQ_MAX_EPOCHS")
+        mem = assert_problem(submit(c, ds, model={"hidden_layers": [20]}), 422, "DNNQ_WORKER_MEMORY_BYTES")
+        assert "batch_size" in mem["detail"]
+        assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
+
+
+def test_tenant_queue_limit_is_429(api_settings):
+    with make_client(api_settings, max_queued_jobs_per_tenant=2) as c:
+        ds = upload(c, binary_npz()).json()["id"]
+        assert [submit(c, ds, training={"seed": s}).status_code for s in range(2)] == [202, 202]
+        body = assert_problem(submit(c, ds, training={"seed": 9}), 429, "2 queued or running jobs")
+        assert body["detail"].count("DNNQ_MAX_QUEUED_JOBS_PER_TENANT") == 1
+
+
+# --- jobs: records, views, streams ---------------------------------------------------------
+
+def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id, redis_client):
+    resp = submit(client, dataset_id, training={"epochs": 3})
+    assert resp.status_code == 202
+    job = resp.json()
+    assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["progress"]["epochs"] == 3 and job["history"] == []
+    assert job["spec"]["training"]["epochs"] == 3 and job["dataset_id"] == dataset_id
+    messages = [json.loads(m) for m in redis_client.lrange("default", 0, -1)]
+    assert [m["headers"]["task"] for m in messages] == ["dnnq.train"]
+    assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])
+
+
+def drive(redis_client, job_id: str, epochs: int, status: str = "succeeded") -> str:
+    """Play a worker through the real state machine: claim, record epochs, finish."""
+    token = f"test:{uuid.uuid4().hex}"
+    assert jobs.claim(redis_client, job_id, token, 60_000)
+    for e in range(1, epochs + 1):
+        entry = {"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": None, "val_accuracy": None}
+        jobs.record_epoch(redis_client, job_id, token, entry, {"epoch": e, "epochs": epochs, "loss": 1.0 / e})
+    if status:
+        assert jobs.finish(redis_client, job_id, token, status, error="boom" if status == "failed" else None,
+                           metrics={"final_loss": 1.0 / epochs, "train_accuracy": 0.5, "validation_accuracy": None})
+    return token
+
+
+def test_history_is_whole_up_to_1000_then_thinned_keeping_the_last(client, dataset_id, redis_client):
+    job_id = submit(client, dataset_id, training={"epochs": 1500}).json()["id"]
+    drive(redis_client, job_id, 1500)
+    thin = client.get(f"/v1/jobs/{job_id}").json()
+    assert thin["status"] == "succeeded" and thin["metrics"]["final_loss"] == pytest.approx(1 / 1500)
+    epochs = [h["epoch"] for h in thin["history"]]
+    assert len(epochs) == 1000 and epochs[0] == 1 and epochs[-1] == 1500 and epochs == sorted(set(epochs))
+    assert len(client.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json()["history"]) == 1500
+    assert "history" not in client.get(f"/v1/jobs/{job_id}", params={"history": "none"}).json()
+    short = submit(client, dataset_id, training={"epochs": 7}).json()["id"]
+    drive(redis_client, short, 7)
+    assert [h["epoch"] for h in client.get(f"/v1/jobs/{short}").json()["history"]] == list(range(1, 8))
+
+
+def test_job_list_filters_by_status_newest_first(client, dataset_id, redis_client):
+    ids = [submit(client, dataset_id, training={"seed": s}).json()["id"] for s in range(3)]
+    drive(redis_client, ids[0], 2)
+    listing = client.get("/v1/jobs").json()
+    assert listing["total"] == 3 and [j["id"] for j in listing["items"]] == ids[::-1]
+    assert all("history" not in j for j in listing["items"])
+    queued = client.get("/v1/jobs", params={"status": "queued"}).json()
+    assert queued["total"] == 2 and {j["id"] for j in queued["items"]} == set(ids[1:])
+    assert_problem(client.get("/v1/jobs", params={"status": "nope"}), 422, "status")
+
+
+def test_cancel_queued_then_409(client, dataset_id):
+    job_id = submit(client, dataset_id).json()["id"]
+    resp = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 202 and resp.json()["status"] == "cancelled"
+    assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "already cancelled")
+
+
+def test_cancel_running_becomes_cancelling(client, dataset_id, redis_client):
+    job_id = submit(client, dataset_id).json()["id"]
+    drive(redis_client, job_id, 2, status=None)
+    resp = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 202 and resp.json()["status"] == "cancelling"
+
+
+def test_unknown_and_malformed_job_ids_are_404(client):
+    for path in (f"/v1/jobs/{'f' * 32}", "/v1/jobs/not-an-id", f"/v1/jobs/{'f' * 32}/weights",
+                 f"/v1/jobs/{'f' * 32}/events"):
+        assert_problem(client.get(path), 404, "No job")
+    assert_problem(client.post(f"/v1/jobs/{'f' * 32}/cancel"), 404, "No job")
+
+
+def test_artifacts_are_409_before_success_and_format_is_checked(client, dataset_id):
+    job_id = submit(client, dataset_id).json()["id"]
+    assert_problem(client.get(f"/v1/jobs/{job_id}/weights"), 409, "is queued")
+    assert_problem(client.get(f"/v1/jobs/{job_id}/model"), 409, "is queued")
+    assert_problem(client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[1, 2, 3]]}), 409)
+    body = assert_problem(client.get(f"/v1/jobs/{job_id}/weights", params={"format": "pt"}), 422, "unknown format")
+    assert body["errors"][0]["field"] == "format"
+
+
+def parse_sse(text: str) -> list[tuple[str | None, str, dict]]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if "event" in fields:
+            events.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def test_events_stream_epochs_status_and_end(client, dataset_id, redis_client):
+    job_id = submit(client, dataset_id, training={"epochs": 4}).json()["id"]
+    drive(redis_client, job_id, 4)
+    resp = client.get(f"/v1/jobs/{job_id}/events")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(resp.text)
+    epochs = [(i, d["epoch"]) for i, kind, d in events if kind == "epoch"]
+    assert epochs == [("1", 1), ("2", 2), ("3", 3), ("4", 4)]
+    assert [d["status"] for _, kind, d in events if kind == "status"] == ["succeeded"]
+    assert events[-1][1] == "end" and events[-1][2]["status"] == "succeeded"
+    resumed = parse_sse(client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "2"}).text)
+    assert [d["epoch"] for _, kind, d in resumed if kind == "epoch"] == [3, 4]
+
+
+# --- auth and tenants -----------------------------------------------------------------------
+
+def test_api_keys_401_and_tenant_isolation(api_settings):
+    with make_client(api_settings, api_keys="alice:key-a,bob:key-b") as c:
+        assert c.get("/healthz").status_code == 200
+        no_key = assert_problem(c.get("/v1/datasets"), 401, "API key missing")
+        assert no_key and c.get("/v1/datasets").headers["www-authenticate"].startswith("Bearer")
+        bad = c.get("/v1/datasets", headers={"Authorization": "Bearer key-c"})
+        assert_problem(bad, 401, "API key invalid")
+        assert "invalid_token" in bad.headers["www-authenticate"]
+        assert_problem(c.get("/metrics"), 401)
+        alice = {"Authorization": "Bearer key-a"}
+        bob = {"Authorization": "Bearer key-b"}
+        ds = c.post("/v1/datasets", files={"file": ("d.npz", binary_npz())}, headers=alice).json()["id"]
+        job = submit(c, ds, headers=alice).json()["id"]
+        assert c.get(f"/v1/jobs/{job}", headers=alice).status_code == 200
+        assert_problem(c.get(f"/v1/datasets/{ds}", headers=bob), 404, "No dataset")
+        assert_problem(c.get(f"/v1/jobs/{job}", headers=bob), 404, "No job")
+        assert_problem(c.post(f"/v1/jobs/{job}/cancel", headers=bob), 404)
+        assert c.get("/v1/jobs", headers=bob).json()["total"] == 0
+        body = assert_problem(submit(c, ds, headers=bob), 422, "no dataset with id")
+        assert body["errors"][0]["field"] == "dataset_id"
+
+
+def test_api_keys_file_and_bare_keys(api_settings, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nsolo-key\ncarol:key-c\n")
+    with make_client(api_settings, api_keys_file=str(keys)) as c:
+        assert c.get("/v1/jobs", headers={"Authorization": "Bearer solo-key"}).status_code == 200
+        assert c.get("/v1/jobs", headers={"Authorization": "Bearer key-c"}).status_code == 200
+        assert c.get("/v1/jobs", headers={"Authorization": "Basic key-c"}).status_code == 401
+
+
+# --- idempotency ----------------------------------------------------------------------------
+
+def test_idempotent_job_submission(client, dataset_id):
+    key = {"Idempotency-Key": "retry-123"}
+    first = submit(client, dataset_id, headers=key, training={"epochs": 5})
+    again = submit(client, dataset_id, headers=key, training={"epochs": 5})
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["id"] == first.json()["id"]
+    assert client.get("/v1/jobs").json()["total"] == 1
+    other = submit(client, dataset_id, headers=key, training={"epochs": 6})
+    body = assert_problem(other, 422, "different request body")
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert client.get("/v1/jobs").json()["total"] == 1
+
+
+def test_idempotent_dataset_upload(client):
+    key = {"Idempotency-Key": "up-1"}
+    first = client.post("/v1/datasets", files={"file": ("d.npz", binary_npz())}, headers=key)
+    again = client.post("/v1/datasets", files={"file": ("d.npz", binary_npz())}, headers=key)
+    assert (first.status_code, again.status_code) == (201, 201) and first.json()["id"] == again.json()["id"]
+    other = client.post("/v1/datasets", files={"file": ("d.npz", binary_npz(seed=5))}, headers=key)
+    assert_problem(other, 422, "different request body")
+    assert client.get("/v1/datasets").json()["total"] == 1
+
+
+# --- metrics and OpenAPI --------------------------------------------------------------------
+
+def test_metrics_report_jobs_queue_and_request_latency(client, dataset_id, redis_client):
+    ids = [submit(client, dataset_id, training={"seed": s}).json()["id"] for s in range(2)]
+    drive(redis_client, ids[0], 3)
+    text = client.get("/metrics").text
+    assert 'dnnq_jobs{status="queued"} 1.0' in text
+    assert 'dnnq_jobs{status="succeeded"} 1.0' in text
+    assert 'dnnq_queue_depth{queue="default"} 2.0' in text
+    assert "dnnq_epochs_total" in text and "dnnq_workers 0.0" in text
+    assert 'dnnq_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="202"} 2.0' in text
+
+
+def test_openapi_documents_the_routes(client):
+    spec = client.get("/openapi.json").json()
+    assert spec["info"]["title"] == "dnnq"
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/datasets", "/readyz"):
+        assert path in spec["paths"]
