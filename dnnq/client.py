@@ -135,6 +135,7 @@ class Client:
 
         Returns (sha256, size). A mismatch removes the partial file and raises CliError.
         """
+        self.job(job_id)  # an unknown job is "job 'x' not found (404)"; a 404 below means a missing format
         tmp = out.with_name(f".{out.name}.part")
         sha = hashlib.sha256()
         size = 0
@@ -142,7 +143,7 @@ class Client:
             with self._http.stream("GET", f"/v1/jobs/{job_id}/weights", params={"format": fmt}) as response:
                 if response.status_code >= 400:
                     response.read()
-                    self._check(response, f"job '{job_id}'")
+                    self._check(response)
                 etag = response.headers.get("etag", "")
                 with open(tmp, "wb") as fh:
                     for chunk in response.iter_bytes():

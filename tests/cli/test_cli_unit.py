@@ -220,6 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self.payload, [("ETag", f'"{good}"')])
         elif self.path.startswith("/v1/jobs/" + "b" * 32 + "/weights"):
             self._send(200, self.payload, [("ETag", f'"{"0" * 64}"')])
+        elif self.path.startswith(("/v1/jobs/" + "a" * 32 + "?", "/v1/jobs/" + "b" * 32 + "?")):
+            self._send(200, json.dumps({"id": self.path[9:41], "status": "succeeded"}).encode(),
+                       [("Content-Type", "application/json")])
         elif self.path.startswith("/v1/jobs/" + "c" * 32):
             problem = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "no such job"}
             self._send(404, json.dumps(problem).encode(), [("Content-Type", "application/problem+json")])

@@ -1,0 +1,195 @@
+"""`dnnq up` end to end: a real embedded Redis, real worker processes, the real API over HTTP.
+
+One run: up -> a tiny job succeeds -> a killed worker is restarted -> SIGTERM leaves no process
+behind. A second run on the same data dir still has the job (AOF); killing its Redis makes
+`dnnq up` stop everything and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from workers.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux) to find child processes"),
+]
+
+
+def _ppid_map() -> dict[int, int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    parents = _ppid_map()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+class Up:
+    """`python -m dnnq up` as a subprocess in its own session, output in a log file."""
+
+    def __init__(self, tmp_path: Path, data_dir: Path, name: str, workers: int = 1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
+        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                    "DNNQ_LEASE_SECONDS": "4", "DNNQ_HEARTBEAT_SECONDS": "0.5"})
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dnnq", "up", "--port", str(self.port), "--data-dir", str(data_dir),
+                 "--workers", str(workers), "--grace", "15"],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"dnnq up exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"/readyz not 200 within {timeout}s:\n{self.log()[-4000:]}")
+
+    def children(self, marker: str) -> list[int]:
+        """Direct children of `dnnq up` whose command line contains marker (not Celery's pool processes)."""
+        parents = _ppid_map()
+        return [p for p, parent in parents.items()
+                if parent == self.proc.pid and marker in cmdline(p) and alive(p)]
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        for pid in descendants(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _wait_for(predicate, timeout: float, what: str, log=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"{what} within {timeout}s\n{log()[-4000:]}")
+
+
+def _assert_all_gone(pids: set[int], up: Up) -> None:
+    _wait_for(lambda: not [p for p in pids if alive(p)], 10, "children still alive after dnnq up exited", up.log)
+
+
+def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
+    data_dir = tmp_path / "dnnq-data"
+    up = Up(tmp_path, data_dir, "first")
+    try:
+        up.wait_ready()
+        log = up.log()
+        assert f"dnnq is up: {up.url} (dashboard), API docs {up.url}/docs" in log
+        assert "Redis embedded at redis://127.0.0.1:" in log
+        assert "listening on 127.0.0.1 only" in log
+
+        dataset = httpx.post(f"{up.url}/v1/datasets/synthetic",
+                             json={"name": "moons", "n_samples": 200, "noise": 0.1, "seed": 0}, timeout=30)
+        assert dataset.status_code in (200, 201), dataset.text
+        job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
+            "dataset_id": dataset.json()["id"], "model": {"hidden_layers": [8]},
+            "training": {"epochs": 20, "learning_rate": 0.05}, "device": "cpu"})
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+
+        def finished():
+            body = httpx.get(f"{up.url}/v1/jobs/{job_id}", params={"history": "none"}, timeout=10).json()
+            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+        final = _wait_for(finished, 120, "job did not finish", up.log)
+        assert final["status"] == "succeeded", final
+        assert final["progress"]["epoch"] == 20
+
+        # A worker that dies is restarted.
+        (worker_pid,) = up.children("-m workers")
+        os.kill(worker_pid, signal.SIGKILL)
+        restarted = _wait_for(lambda: [p for p in up.children("-m workers") if p != worker_pid], 30,
+                              "the killed worker was not restarted", up.log)
+        assert len(restarted) == 1
+        assert "worker 1 exited with code -9; restarting it" in up.log()
+
+        # SIGTERM stops every process it started: API, workers (with their pool children), Redis.
+        children = descendants(up.proc.pid)
+        assert any("redis-server" in cmdline(p) for p in children)
+        assert any("uvicorn" in cmdline(p) for p in children)
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(60) == 0, up.log()[-4000:]
+        _assert_all_gone(children, up)
+        assert "dnnq: stopped (SIGTERM)" in up.log()
+    finally:
+        up.cleanup()
+
+    # Same data dir: the job record is still there (Redis AOF); then Redis dies -> exit non-zero.
+    again = Up(tmp_path, data_dir, "second")
+    try:
+        again.wait_ready()
+        body = httpx.get(f"{again.url}/v1/jobs/{job_id}", timeout=10)
+        assert body.status_code == 200
+        assert body.json()["status"] == "succeeded"
+        assert body.json()["metrics"] == final["metrics"]
+
+        children = descendants(again.proc.pid)
+        (redis_pid,) = again.children("redis-server")
+        os.kill(redis_pid, signal.SIGKILL)
+        assert again.proc.wait(60) == 1
+        assert "the embedded Redis server died" in again.log()
+        _assert_all_gone(children, again)
+    finally:
+        again.cleanup()
