@@ -89,7 +89,7 @@ function svgEl(tag, attrs) {
 
 // series: [{label, color, points: [[epoch, value], ...]}]; draws axes, ticks, lines and a legend.
 function drawChart(svg, series, { yMin, yMax } = {}) {
-  const W = 520, H = 260, L = 56, R = 12, T = 12, B = 36;
+  const W = 520, H = 270, L = 56, R = 12, T = 26, B = 36;  // T leaves room for the legend
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const all = series.flatMap((s) => s.points).filter((p) => Number.isFinite(p[1]));
@@ -120,8 +120,9 @@ function drawChart(svg, series, { yMin, yMax } = {}) {
     const pts = s.points.filter((p) => Number.isFinite(p[1]));
     if (!pts.length) return;
     svg.append(svgEl("polyline", { points: pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), stroke: s.color, class: "series" }));
-    svg.append(svgEl("rect", { x: W - R - 150, y: T + 8 + i * 16, width: 10, height: 10, fill: s.color }));
-    svg.append(Object.assign(svgEl("text", { x: W - R - 135, y: T + 17 + i * 16 }), { textContent: s.label }));
+    const lx = L + i * 170;  // legend above the plot, one entry per series, never over a line
+    svg.append(svgEl("rect", { x: lx, y: 6, width: 10, height: 10, fill: s.color }));
+    svg.append(Object.assign(svgEl("text", { x: lx + 15, y: 15 }), { textContent: s.label }));
   });
 }
 
@@ -202,7 +203,7 @@ async function jobView(id) {
       ["Final loss", fmt(m.final_loss)], ["Train accuracy", pct(m.train_accuracy)],
       ["Validation accuracy", pct(m.validation_accuracy)],
       ["Waited in queue", seconds(j.created_at, j.started_at)], ["Ran for", seconds(j.started_at, j.finished_at)],
-      ["Timings", j.timings ? Object.entries(j.timings).map(([k, v]) => `${k} ${fmt(v, 3)} s`).join(", ") : "–"],
+      ...(j.timings ? [["Timings", Object.entries(j.timings).map(([k, v]) => `${k} ${fmt(v, 3)} s`).join(", ")]] : []),
     ]);
     $("#job-config").textContent = JSON.stringify(j.spec, null, 2);
     if (Array.isArray(j.history)) addEpochs(j.history);

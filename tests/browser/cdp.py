@@ -7,6 +7,7 @@ capture a screenshot. No selenium/playwright, no driver downloads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -45,9 +46,12 @@ class Browser:
             [exe, *FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        self._closing = contextlib.ExitStack()
         try:
             port = self._wait_for_port(profile_dir / "DevToolsActivePort", timeout)
-            self.ws = connect(self._page_ws_url(port, timeout), max_size=64 * 2**20, open_timeout=timeout)
+            self.ws = self._closing.enter_context(
+                connect(self._page_ws_url(port, timeout), max_size=64 * 2**20, open_timeout=timeout)
+            )
         except BaseException:
             self.close()
             raise
@@ -131,9 +135,7 @@ class Browser:
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:
-        ws = getattr(self, "ws", None)
-        if ws is not None:
-            ws.close()
+        self._closing.close()  # the websocket, if it opened
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -8,9 +8,13 @@ the forms, watch the curves grow on the job page, wait for success, take a scree
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx.reference import ReferenceEvaluator
 
 from tests.browser.cdp import Browser, chromium_path
 
@@ -37,7 +41,17 @@ def text(selector: str) -> str:
     return f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent"
 
 
-def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: int = 150) -> dict:
+def wait_for_file(path: Path, timeout: float = 30.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.stat().st_size > 0:
+            return path.read_bytes()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} was not downloaded within {timeout} s")
+
+
+def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: int = 150,
+                    downloads: Path | None = None) -> dict:
     """The whole walk through the page; returns what it observed (asserts as it goes)."""
     browser.navigate(base_url + "/#/new")
     browser.wait_for("document.readyState === 'complete' && !document.getElementById('view-new').hidden")
@@ -47,7 +61,7 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
                          "synthetic-seed": "3"})
     click(browser, "#create-synthetic")
     message = browser.wait_for(f"!document.getElementById('message').hidden && {text('#message')}")
-    assert "Dataset moons created: 2000 examples" in message, message
+    assert message.startswith("Dataset moons") and "created: 2000 examples × 2 features" in message, message
     dataset_id = browser.eval("document.getElementById('dataset-select').value")
     assert len(dataset_id) == 24, dataset_id
     assert browser.eval("document.getElementById('output').value") == "sigmoid"  # chosen from binary labels
@@ -86,6 +100,11 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
     config = json.loads(browser.eval(text("#job-config")))
     assert config["model"]["hidden_layers"] == [16, 8] and config["training"]["batch_size"] == 16
     browser.screenshot(screenshot)
+    onnx_blob = None
+    if downloads is not None:  # the download button really hands over the file
+        browser.send("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+        click(browser, "#download-onnx")
+        onnx_blob = wait_for_file(downloads / f"{job_id}.onnx")
 
     # 6. The job list shows it (filtered by status), and the dataset page its first rows.
     browser.navigate(f"{base_url}/#/jobs")
@@ -100,7 +119,8 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
     rows = browser.wait_for("document.querySelectorAll('#dataset-preview tbody tr').length")
     assert rows >= 1
     assert "2000 examples × 2 features" in browser.eval(text("#dataset-facts"))
-    return {"job_id": job_id, "dataset_id": dataset_id, "samples": (first, second), "console": browser.console}
+    return {"job_id": job_id, "dataset_id": dataset_id, "samples": (first, second), "onnx": onnx_blob,
+            "console": browser.console}
 
 
 @pytest.mark.browser
@@ -108,6 +128,50 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
 @needs_chromium
 def test_dashboard_trains_a_job_through_the_forms(live_stack, tmp_path):
     with Browser(tmp_path / "profile") as browser:
-        seen = drive_dashboard(browser, live_stack.base_url, ARTIFACTS / "dashboard.png")
+        seen = drive_dashboard(browser, live_stack.base_url, ARTIFACTS / "dashboard.png",
+                               downloads=tmp_path / "downloads")
     assert seen["console"] == [], seen["console"]
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+    # The downloaded weights.onnx computes what the API's own predict route computes.
+    X = np.random.default_rng(0).uniform(-1.5, 2.5, (25, 2)).astype(np.float32)
+    with live_stack.client() as http:
+        res = http.post(f"/v1/jobs/{seen['job_id']}/predict", json={"inputs": X.tolist()})
+    assert res.status_code == 200, res.text
+    (probabilities,) = ReferenceEvaluator(onnx.load_from_string(seen["onnx"])).run(None, {"X": X})
+    assert probabilities.shape == (25, 1)
+    np.testing.assert_allclose(probabilities[:, 0], res.json()["probabilities"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@needs_chromium
+def test_dashboard_with_api_keys_polls_with_the_saved_key(live_stack_factory, tmp_path):
+    stack = live_stack_factory(env={"DNNQ_API_KEYS": "alice:key-a"})
+    with Browser(tmp_path / "profile") as browser:
+        browser.navigate(stack.base_url + "/#/jobs")
+        # Without a key: the 401's detail and how to fix it, in the visible message area.
+        error = browser.wait_for(f"!document.getElementById('message').hidden && {text('#message')}")
+        assert "API key missing" in error and "Paste your API key" in error, error
+
+        set_fields(browser, {"api-key": "key-a"})
+        browser.eval("document.querySelector('#key-form button').click()")
+        assert browser.wait_for("localStorage.getItem('dnnq.apiKey')") == "key-a"
+        browser.navigate(stack.base_url + "/#/new")
+        browser.wait_for("!document.getElementById('view-new').hidden")
+        set_fields(browser, {"synthetic-name": "blobs", "synthetic-n-samples": "300", "synthetic-n-classes": "3"})
+        click(browser, "#create-synthetic")
+        browser.wait_for("document.getElementById('dataset-select').value.length === 24")
+        assert browser.eval("document.getElementById('output').value") == "softmax"  # from integer labels
+        set_fields(browser, {"hidden-layers": "8", "epochs": "40", "learning-rate": "0.05"})
+        click(browser, "#submit-job")
+        job_id = browser.wait_for("location.hash.startsWith('#/jobs/') && location.hash.slice(7)")
+
+        # EventSource cannot carry the key: the page polls ?history=full instead, and still fills the curves.
+        browser.wait_for(f"{text('#job-status')} === 'succeeded'", timeout=120)
+        browser.wait_for("document.getElementById('loss-chart').dataset.points === '40'", timeout=10)
+        assert browser.eval(text("#epoch-count")) == "40"
+        assert browser.console == [], browser.console
+    with stack.client(headers={"Authorization": "Bearer key-a"}) as http:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["spec"]["model"]["output"] == "softmax"
