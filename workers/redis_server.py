@@ -55,12 +55,16 @@ class RedisProcess:
         self.url = f"redis://127.0.0.1:{port}/0"
 
     def ping(self) -> bool:
+        """True when OUR child answers on the port (not some other server already bound to it)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
+            return int(client.info("server")["process_id"]) == self.proc.pid
+        except (redis.RedisError, OSError, KeyError, ValueError):
             return False
+        finally:
+            client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (redis flushes the AOF and exits), SIGKILL if it does not within `timeout`."""

@@ -1,0 +1,60 @@
+"""Lease sweeper and worker registration."""
+
+from __future__ import annotations
+
+import time
+
+from workers import jobs
+from workers.recovery import Maintenance, register_worker, sweep, worker_device
+from workers.settings import WorkerSettings
+
+DS = "ab" * 12
+
+
+def test_sweep_requeues_and_resends_to_the_jobs_queue(redis_client):
+    gpu_job = jobs.create_job(redis_client, tenant="t", spec={}, queue="gpu", dataset_id=DS)["id"]
+    cpu_job = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
+    alive = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
+    for job_id in (gpu_job, cpu_job):
+        jobs.claim(redis_client, job_id, "dead", 1)
+    jobs.claim(redis_client, alive, "alive", 60_000)
+    time.sleep(0.05)
+    sent = []
+    requeued = sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)))
+    assert sorted(requeued) == sorted([gpu_job, cpu_job])
+    assert sorted(sent) == sorted([(gpu_job, "gpu"), (cpu_job, "default")])
+    assert jobs.get_job(redis_client, alive)["status"] == "running"
+    assert sweep(redis_client, lambda *a: sent.append(a)) == [] and len(sent) == 2
+
+
+def test_register_worker_hash_and_ttl(redis_client):
+    s = WorkerSettings(worker_name="w-1", queues="gpu", cuda_visible_devices="1", lease_seconds=4,
+                       heartbeat_seconds=1)
+    register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")
+    info = redis_client.hgetall("dnnq:worker:w-1")
+    assert info["name"] == "w-1" and info["queues"] == "gpu" and info["device"] == "gpu:1"
+    assert info["current_job"] == "" and info["started_at"] == "2026-01-01T00:00:00.000Z"
+    assert 2000 < redis_client.pttl("dnnq:worker:w-1") <= 3000
+    redis_client.hset("dnnq:worker:w-1", "current_job", "c" * 32)
+    register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")  # a refresh keeps the child's field
+    assert redis_client.hget("dnnq:worker:w-1", "current_job") == "c" * 32
+    assert worker_device(WorkerSettings(queues="default")) == "cpu"
+
+
+def test_maintenance_thread_registers_sweeps_and_unregisters(redis_client):
+    s = WorkerSettings(worker_name="maint", lease_seconds=0.4, heartbeat_seconds=0.1)
+    job_id = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
+    jobs.claim(redis_client, job_id, "dead", 100)
+    sent = []
+    thread = Maintenance(redis_client, s, lambda j, q: sent.append(j))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sent == [job_id]
+        assert redis_client.exists("dnnq:worker:maint")
+    finally:
+        thread.stop()
+    assert not thread.is_alive()
+    assert not redis_client.exists("dnnq:worker:maint")

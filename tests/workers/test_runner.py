@@ -1,0 +1,107 @@
+"""run_job in-process against a real Redis: outcomes, fencing, readable failures."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from workers import datasets, jobs
+from workers.runner import run_job
+from workers.settings import WorkerSettings
+from workers.spec import JobSpec
+
+
+@pytest.fixture
+def settings(redis_url, data_dir):
+    return WorkerSettings(redis_url=redis_url, data_dir=data_dir, lease_seconds=2, heartbeat_seconds=0.2,
+                          worker_name="inproc")
+
+
+def dataset(r, store, kind="binary", m=120, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, 3))
+    Y = {"binary": (X[:, 0] > 0).astype(float), "integer": (X[:, 0] > 0).astype(int) + (X[:, 1] > 0),
+         "continuous": X @ np.array([1.0, -2.0, 0.5]) * 1e6}[kind]
+    return datasets.save_dataset(r, store, tenant="public", name=f"{kind}-set", source="test", X=X, Y=Y,
+                                 label_kind=kind)
+
+
+def job_for(r, ds, **spec):
+    spec = JobSpec.model_validate({"dataset_id": ds["id"], **spec})
+    return jobs.create_job(r, tenant="public", spec=spec.model_dump(), queue="default", dataset_id=ds["id"],
+                           validation_dataset_id=spec.validation_dataset_id)["id"]
+
+
+def test_success_with_validation_set(redis_client, store, settings):
+    train = dataset(redis_client, store)
+    val = dataset(redis_client, store, seed=1, m=40)
+    job_id = job_for(redis_client, train, validation_dataset_id=val["id"], model={"hidden_layers": [6]},
+                     training={"epochs": 15})
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "succeeded"
+    assert 0 <= job["metrics"]["validation_accuracy"] <= 1
+    assert job["metrics"]["train_accuracy"] == jobs.get_history(redis_client, job_id)[-1]["accuracy"]
+    assert set(job["artifacts"]) >= {"npz", "safetensors", "model_json"}
+    model = json.loads(store.get(f"jobs/{job_id}/model.json"))
+    assert model["layer_sizes"] == [3, 6, 1] and model["activations"] == ["relu", "sigmoid"]
+    assert model["metrics"] == job["metrics"]
+    assert not store.exists(f"jobs/{job_id}/checkpoint.npz")  # removed once the weights are written
+    assert float(redis_client.hget("dnnq:stats", "training_seconds_total")) > 0
+
+
+def test_second_run_of_a_finished_job_does_nothing(redis_client, store, settings):
+    job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3})
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) is None
+    assert jobs.get_job(redis_client, job_id)["attempts"] == 1
+    assert len(jobs.get_history(redis_client, job_id)) == 3
+
+
+def test_spec_that_does_not_fit_the_dataset_fails_readably(redis_client, store, settings):
+    job_id = job_for(redis_client, dataset(redis_client, store, kind="integer"), training={"epochs": 3})
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
+    job = jobs.get_job(redis_client, job_id)
+    assert job["error"] == (
+        "model.output: output 'sigmoid' needs binary labels (0/1); dataset 'integer-set' has 3 classes: "
+        "use output 'softmax'."
+    )
+    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+    assert redis_client.hget("dnnq:stats", "jobs_failed_total") == "1"
+
+
+def test_divergence_fails_with_the_models_advice(redis_client, store, settings):
+    ds = dataset(redis_client, store, kind="continuous")
+    job_id = job_for(redis_client, ds, model={"hidden_layers": [4], "output": "linear"},
+                     training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd"})
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
+    error = jobs.get_job(redis_client, job_id)["error"]
+    assert "epoch" in error.lower() and "Traceback" not in error
+    assert not store.exists(f"jobs/{job_id}/weights.npz")
+
+
+def test_lost_lease_stops_and_writes_nothing(redis_client, store, settings):
+    ds = dataset(redis_client, store, m=4000)
+    job_id = job_for(redis_client, ds, model={"hidden_layers": [32, 32]}, training={"epochs": 100_000})
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        result=run_job(job_id, settings=settings, r=redis_client, store=store)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while len(jobs.get_history(redis_client, job_id)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    redis_client.set(f"dnnq:job:{job_id}:lease", "another-worker", px=60_000)  # someone else owns it now
+    thread.join(30)
+    assert not thread.is_alive()
+    assert outcome["result"] is None
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "running" and job["finished_at"] is None and job["artifacts"] is None
+    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "another-worker"
+    n = len(jobs.get_history(redis_client, job_id))
+    time.sleep(0.3)
+    assert len(jobs.get_history(redis_client, job_id)) == n
+    assert not store.exists(f"jobs/{job_id}/weights.npz")
