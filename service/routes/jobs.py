@@ -284,7 +284,7 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
     except KeyError:
         raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        params = {k: npz[k].astype(np.float64) for k in npz.files}
+        params = {k: npz[k] for k in npz.files}  # the dtype the job trained in
     hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
     labels = model_predict(params, X.T, hidden_activation=hidden, output=output)
     classes = meta.get("classes")

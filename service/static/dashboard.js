@@ -5,6 +5,7 @@ const $ = (sel) => document.querySelector(sel);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const KEY_STORAGE = "dnnq.apiKey";
 let stopView = () => {};  // tears down the current view's timers / event stream
+let routeCount = 0;       // a view that finishes loading after the user moved on stops itself
 
 // ---- API ---------------------------------------------------------------------------------
 const apiKey = () => localStorage.getItem(KEY_STORAGE) || "";
@@ -407,13 +408,16 @@ async function route() {
   const parts = path.split("/").filter(Boolean);
   const query = new URLSearchParams(queryString || "");
   let view = "jobs", run = jobsView;
-  if (parts[0] === "jobs" && parts[1]) { view = "job"; run = () => jobView(parts[1]); }
+  const id = parts[1] && encodeURIComponent(decodeURIComponent(parts[1]));  // goes into API paths
+  if (parts[0] === "jobs" && id) { view = "job"; run = () => jobView(id); }
   else if (parts[0] === "new") { view = "new"; run = () => newJobView(query); }
-  else if (parts[0] === "datasets" && parts[1]) { view = "dataset"; run = () => datasetView(parts[1]); }
+  else if (parts[0] === "datasets" && id) { view = "dataset"; run = () => datasetView(id); }
   else if (parts[0] === "datasets") { view = "datasets"; run = datasetsView; }
   for (const v of VIEWS) $("#view-" + v).hidden = v !== view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("current", a.id === "nav-" + (view === "job" ? "jobs" : view === "dataset" ? "datasets" : view));
-  stopView = (await run()) || (() => {});
+  const mine = ++routeCount;
+  const stop = (await run()) || (() => {});
+  if (mine === routeCount) stopView = stop; else stop();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
