@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from service.deps import Rds, Settings, Store, Tenant
@@ -30,9 +30,12 @@ def _limits(settings) -> UploadLimits:
     return UploadLimits(settings.max_examples, settings.max_features, settings.decompressed_limit)
 
 
-def _save(r, store, settings, *, tenant, name, source, parsed_or_arrays, idem_key, body_sha, request: Request):
-    """Store through workers.datasets; 201 for a new dataset, 200 when identical content already exists."""
-    X, Y, classes, kind = parsed_or_arrays
+def _save(r, store, settings, *, tenant, name, source, arrays, idem_key, body_sha):
+    """Store through workers.datasets; 201 for a new dataset, 200 when identical content already exists.
+
+    `arrays` is (X, Y, classes, label_kind). An Idempotency-Key replay answers 201 with the original id.
+    """
+    X, Y, classes, kind = arrays
     reservation, replay_id = reserve(r, tenant=tenant, route="datasets", key=idem_key,
                                      body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds)
     if replay_id is not None:
@@ -62,7 +65,6 @@ def _created(rec: dict, status: int) -> JSONResponse:
 
 @router.post("", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)")
 def upload_dataset(
-    request: Request,
     r: Rds,
     store: Store,
     settings: Settings,
@@ -85,13 +87,12 @@ def upload_dataset(
     form = json.dumps([file.filename, name, target, x_key, y_key, layout])
     body_sha = hashlib.sha256(hashlib.sha256(data).digest() + form.encode()).hexdigest()
     return _save(r, store, settings, tenant=tenant, name=name or file.filename or "upload",
-                 source=f"upload:{file.filename}", idem_key=idempotency_key, body_sha=body_sha, request=request,
-                 parsed_or_arrays=(parsed.X, parsed.Y, parsed.classes, parsed.label_kind))
+                 source=f"upload:{file.filename}", idem_key=idempotency_key, body_sha=body_sha,
+                 arrays=(parsed.X, parsed.Y, parsed.classes, parsed.label_kind))
 
 
 @router.post("/synthetic", status_code=201, summary="Generate moons, circles, spiral or blobs")
 def synthetic_dataset(
-    request: Request,
     body: SyntheticRequest,
     r: Rds,
     store: Store,
@@ -108,14 +109,13 @@ def synthetic_dataset(
                       errors=[{"field": "n_features", "message": f"must be <= {settings.max_features}"}])
     k = 2 if body.name in ("moons", "circles") else body.n_classes
     X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
-    params = body.model_dump(include={"n_samples", "noise", "seed"} | (
-        {"n_classes"} if k > 2 or body.name in ("spiral", "blobs") else set()) | (
-        {"n_features"} if body.name == "blobs" else set()))
-    label = f"{body.name}(" + ", ".join(f"{a}={v}" for a, v in params.items()) + ")"
+    used = ["n_samples", "noise", "seed"] + {"spiral": ["n_classes"], "blobs": ["n_classes", "n_features"]}.get(
+        body.name, [])
+    label = f"{body.name}(" + ", ".join(f"{a}={getattr(body, a)}" for a in used) + ")"
     body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     return _save(r, store, settings, tenant=tenant, name=label, source=f"synthetic:{body.name}",
-                 idem_key=idempotency_key, body_sha=body_sha, request=request,
-                 parsed_or_arrays=(X, y, list(range(k)), "binary" if k == 2 else "integer"))
+                 idem_key=idempotency_key, body_sha=body_sha,
+                 arrays=(X, y, list(range(k)), "binary" if k == 2 else "integer"))
 
 
 @router.get("/{dataset_id}")

@@ -15,7 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import ApiSettings
 from workers import jobs
 from workers.redis_server import free_port
 
