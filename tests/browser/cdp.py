@@ -108,8 +108,10 @@ class Browser:
         elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
             self.console.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
 
-    def navigate(self, url: str) -> None:
+    def navigate(self, url: str, timeout: float = 30.0) -> None:
+        """Go to `url` and return once that document has loaded (Page.navigate returns earlier)."""
         self.send("Page.navigate", url=url)
+        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'", timeout)
 
     def eval(self, expression: str):
         """Evaluate JavaScript in the page (promises awaited) and return its JSON value."""
