@@ -52,6 +52,7 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
             state["thread"].stop()
 
     argv = [
+        "--quiet",  # no ASCII banner: stdout/stderr carry JSON lines only
         "worker",
         "--pool=prefork",  # training runs in a forked child: CUDA is initialised only there
         f"--concurrency={settings.concurrency}",  # one training process per GPU (default 1)
