@@ -412,3 +412,15 @@ def test_openapi_documents_the_routes(client):
     assert spec["info"]["title"] == "dnnq"
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/datasets", "/readyz"):
         assert path in spec["paths"]
+
+
+def test_broker_unreachable_fails_the_job_and_answers_503(app, client, dataset_id):
+    from service.app import _make_celery
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app.state.celery = _make_celery(app.state.settings.model_copy(update={"redis_url": dead}))
+    assert_problem(submit(client, dataset_id), 503, "could not be queued")
+    listing = client.get("/v1/jobs").json()
+    assert listing["total"] == 1
+    job = listing["items"][0]
+    assert job["status"] == "failed" and "broker is unreachable" in job["error"]
