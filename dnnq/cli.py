@@ -202,8 +202,12 @@ def cmd_watch(args) -> int:
         epochs = (job.get("progress") or {}).get("epochs") or \
             ((job.get("spec") or {}).get("training") or {}).get("epochs")
         bar = ProgressBar(epochs)
-        final, last_id = None, None
-        for _attempt in range(5):  # a dropped stream resumes where it stopped (Last-Event-ID)
+        done = (job.get("progress") or {}).get("epoch") or 0
+        # Start after the epochs already done (Last-Event-ID = epoch): no replay of a long history.
+        final, last_id = (job if job.get("status") in TERMINAL else None), (str(done) if done else None)
+        if final is None and done:
+            bar.update(done, (job.get("progress") or {}).get("loss"))
+        for _attempt in range(0 if final else 5):  # a dropped stream resumes where it stopped
             for event, data, event_id in client.events(args.id, last_event_id=last_id):
                 last_id = event_id if event_id is not None else last_id
                 payload = decode(data)

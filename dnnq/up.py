@@ -73,6 +73,16 @@ def _check_port_free(host: str, port: int) -> None:
             raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): pass --port N or stop what uses it") from None
 
 
+def _check_redis(url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise CliError(f"cannot reach Redis at {url} (DNNQ_REDIS_URL): {exc}; "
+                       "unset DNNQ_REDIS_URL to use an embedded Redis") from None
+
+
 def _die_with_parent() -> None:
     """Linux: the child gets SIGTERM if `dnnq up` itself is killed (-9), so nothing is orphaned."""
     try:
@@ -179,6 +189,10 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
+    redis_url = os.environ.get("DNNQ_REDIS_URL", "").strip()
+    if redis_url:
+        _check_redis(redis_url)
+
     stop = threading.Event()
     received: list[int] = []
 
@@ -186,17 +200,25 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
         received.append(signum)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
+
+def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received) -> int:
     redis_handle = None
-    redis_url = os.environ.get("DNNQ_REDIS_URL", "").strip()
     if redis_url:
         redis_line = f"Redis at {redis_url} (DNNQ_REDIS_URL)"
     else:
-        from workers.redis_server import start_redis
+        from workers.redis_server import RedisNotFound, start_redis
 
-        redis_handle = start_redis(data_dir / "redis", None)
+        try:
+            redis_handle = start_redis(data_dir / "redis", None)
+        except (RedisNotFound, RuntimeError) as exc:
+            raise CliError(f"cannot start the embedded Redis: {exc}") from None
         redis_url = redis_handle.url
         redis_line = f"Redis embedded at {redis_url} (AOF in {data_dir / 'redis'})"
     print(f"dnnq: {redis_line}", flush=True)
@@ -217,7 +239,7 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
         for child in children:
             child.start()
         plural = "s" if workers > 1 else ""
-        print(f"dnnq: {workers} worker{plural} (queues {queues}), artifacts in {data_dir}", flush=True)
+        print(f"dnnq: {workers} worker{plural} (queues {queues}), data in {data_dir}", flush=True)
         if note:
             print(f"dnnq: {note}", flush=True)
 

@@ -268,3 +268,12 @@ def test_http_errors_are_one_line(http_server, capsys):
     assert main(["submit", "--dataset", "ab" * 12, "--lr", "-1", "--url", http_server]) == 1
     assert capsys.readouterr().err == (
         "dnnq: error: invalid job spec: training.learning_rate: must be > 0 (422)\n")
+
+
+def test_up_with_an_unreachable_redis_url(monkeypatch, capsys, tmp_path):
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    monkeypatch.setenv("DNNQ_REDIS_URL", url)
+    assert main(["up", "--port", str(_closed_port()), "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dnnq: error: cannot reach Redis at {url} (DNNQ_REDIS_URL): ")
+    assert err.count("\n") == 1
