@@ -8,6 +8,7 @@ Every transition is one Lua script, so it is atomic: a refused transition writes
     running -> cancelling        cancel request; the worker stops at the next epoch boundary
     cancelling -> cancelled | succeeded | failed
     running -> queued            sweeper: lease expired (worker died)
+    running -> failed            sweeper: lease expired and the job already started max_attempts times
     cancelling -> cancelled      sweeper: lease expired while cancelling
 
 Writes made on behalf of a worker (progress, history, finish) carry the worker's lease token and
@@ -182,16 +183,23 @@ end
 return {'conflict', st}
 """
 
-# KEYS: active, stats ; ARGV: prefix, now
+# KEYS: active, stats ; ARGV: prefix, now, max_attempts (0 = no limit), error message
 _REQUEUE = """
 local requeued = {}
+local max_attempts = tonumber(ARGV[3])
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local job = ARGV[1] .. 'job:' .. id
   if redis.call('EXISTS', job .. ':lease') == 0 then
     local st = redis.call('HGET', job, 'status')
     if st == 'running' then
-      redis.call('HSET', job, 'status', 'queued')
-      table.insert(requeued, id)
+      local attempts = tonumber(redis.call('HGET', job, 'attempts') or '0') or 0
+      if max_attempts > 0 and attempts >= max_attempts then
+        redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
+        redis.call('HINCRBY', KEYS[2], 'jobs_failed_total', 1)
+      else
+        redis.call('HSET', job, 'status', 'queued')
+        table.insert(requeued, id)
+      end
     elseif st == 'cancelling' then
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', ARGV[2])
       redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
@@ -399,7 +407,18 @@ def request_cancel(r, job_id: str) -> str:
     return status
 
 
-def requeue_expired(r) -> list[str]:
+def requeue_expired(r, max_attempts: int | None = None) -> list[str]:
     """Jobs in dnnq:jobs:active whose lease is gone: running -> queued (returned: the caller re-sends
-    them), cancelling -> cancelled. Ids of finished jobs are dropped from the set."""
-    return list(_run(r, _REQUEUE, keys=[ACTIVE_KEY, STATS_KEY], args=[PREFIX, now_iso()]))
+    them), cancelling -> cancelled. Ids of finished jobs are dropped from the set.
+
+    With max_attempts, a running job that has already started that many times goes to failed
+    instead: a job that keeps killing its worker (out of memory, a crash in native code) must not
+    take down every worker in turn forever.
+    """
+    error = (
+        f"The worker running this job died {max_attempts} times (lease expired each time), most likely "
+        "out of memory: use a smaller batch_size or fewer hidden units, or raise DNNQ_MAX_ATTEMPTS."
+    )
+    return list(
+        _run(r, _REQUEUE, keys=[ACTIVE_KEY, STATS_KEY], args=[PREFIX, now_iso(), int(max_attempts or 0), error])
+    )

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-__all__ = ["JsonFormatter", "event", "setup_logging"]
+__all__ = ["JsonFormatter", "event", "set_job", "setup_logging"]
 
 logger = logging.getLogger("dnnq.worker")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -21,10 +21,20 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        if _current_job[0] is not None:
+            doc["job_id"] = _current_job[0]  # every line written while a job runs, Celery's included
         doc.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
+
+
+# The job this process is working on (a prefork child runs one task at a time).
+_current_job: list[str | None] = [None]
+
+
+def set_job(job_id: str | None) -> None:
+    _current_job[0] = job_id
 
 
 def setup_logging(level: str = "INFO") -> None:

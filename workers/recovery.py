@@ -23,9 +23,10 @@ __all__ = ["Maintenance", "celery_sender", "register_worker", "sweep", "unregist
 Send = Callable[[str, str], None]  # send(job_id, queue)
 
 
-def sweep(r, send: Send) -> list[str]:
-    """Requeue jobs whose lease expired and re-send each to its queue; returns their ids."""
-    requeued = jobs.requeue_expired(r)
+def sweep(r, send: Send, max_attempts: int | None = None) -> list[str]:
+    """Requeue jobs whose lease expired and re-send each to its queue; returns their ids.
+    Jobs that already started max_attempts times are failed instead (see jobs.requeue_expired)."""
+    requeued = jobs.requeue_expired(r, max_attempts)
     for job_id in requeued:
         job = jobs.get_job(r, job_id)
         queue = (job or {}).get("queue") or "default"
@@ -94,7 +95,7 @@ class Maintenance(threading.Thread):
             try:
                 register_worker(self.r, self.settings, self.started_at)
                 if time.monotonic() >= next_sweep:
-                    sweep(self.r, self.send)
+                    sweep(self.r, self.send, self.settings.max_attempts)
                     next_sweep = time.monotonic() + sweep_every
             except Exception as exc:  # Redis down for a moment: log, keep the thread alive
                 event("worker.maintenance_error", logging.WARNING, error=str(exc))

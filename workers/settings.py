@@ -25,6 +25,9 @@ class WorkerSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a dead worker's job waits.")
     heartbeat_seconds: float | None = Field(default=None, gt=0, description="Lease renewal period (default lease/4).")
     checkpoint_every: int = Field(default=10, ge=1, description="Default checkpoint period in epochs.")
+    max_attempts: int = Field(
+        default=3, ge=0, description="Starts of one job before the sweeper fails it instead of requeueing (0 = no limit)."
+    )
     max_job_seconds: int = Field(default=6 * 3600, ge=1, description="Hard time limit of one job.")
 
     # Limits (the API enforces them at submit time; workers read them too).

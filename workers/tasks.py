@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from celery.signals import task_postrun, task_prerun
+
 from workers.celery_app import app
+from workers.logs import set_job
 
 __all__ = ["train"]
 
@@ -13,3 +16,15 @@ def train(job_id: str) -> None:
     from workers.runner import run_job
 
     run_job(job_id)
+
+
+@task_prerun.connect(weak=False)
+def _log_job_id(sender=None, args=None, **_):
+    """Tag every log line of the task with its job_id, Celery's own 'succeeded' line included."""
+    if getattr(sender, "name", None) == "dnnq.train" and args:
+        set_job(str(args[0]))
+
+
+@task_postrun.connect(weak=False)
+def _clear_job_id(**_):
+    set_job(None)

@@ -272,3 +272,19 @@ def test_record_resume_and_reset_history(redis_client):
 def test_status_enum_and_terminal():
     assert Status("cancelling") is Status.CANCELLING
     assert {s.value for s in jobs.TERMINAL} == {"succeeded", "failed", "cancelled"}
+
+
+def test_requeue_expired_fails_a_job_that_keeps_killing_workers(redis_client):
+    job_id = new_job(redis_client)["id"]
+    for attempt in (1, 2):
+        assert jobs.claim(redis_client, job_id, f"w{attempt}", LEASE_MS)
+        redis_client.delete(f"dnnq:job:{job_id}:lease")  # worker died
+        assert jobs.requeue_expired(redis_client, max_attempts=3) == [job_id]
+    assert jobs.claim(redis_client, job_id, "w3", LEASE_MS)
+    redis_client.delete(f"dnnq:job:{job_id}:lease")
+    assert jobs.requeue_expired(redis_client, max_attempts=3) == []
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "failed" and job["attempts"] == 3 and job["finished_at"] is not None
+    assert "died 3 times" in job["error"] and "batch_size" in job["error"]
+    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+    assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") == "1"

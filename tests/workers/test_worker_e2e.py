@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import numpy as np
@@ -65,7 +66,11 @@ def test_worker_trains_a_job_end_to_end(redis_client, store, celery_client, work
         assert npz["W1"].shape == (16, 2) and npz["W3"].shape == (1, 8)
     assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
     assert int(redis_client.hget("dnnq:stats", "epochs_total")) == 40
-    assert '"job_id": "%s"' % job_id in w.log()  # structured JSON lines name the job
+    time.sleep(0.3)  # Celery logs its own 'succeeded' line just after the record is final
+    lines = [json.loads(line) for line in w.log().splitlines() if line.startswith("{")]
+    assert {d["event"] for d in lines if d.get("job_id") == job_id} >= {"job.started", "job.succeeded"}
+    trace = [d for d in lines if d.get("logger") == "celery.app.trace"]  # Celery's own task line
+    assert trace and all(d.get("job_id") == job_id for d in trace), trace
 
 
 def test_duplicate_send_trains_once(redis_client, store, celery_client, worker):
