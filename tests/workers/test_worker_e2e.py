@@ -152,3 +152,24 @@ def test_kill_9_mid_job_second_worker_resumes_to_identical_result(redis_client, 
     for k in reference:
         np.testing.assert_array_equal(resumed[k], reference[k], err_msg=k)
     assert [e["loss"] for e in history] == [e["loss"] for e in reference_history]
+
+
+def test_training_child_killed_the_same_worker_resumes(redis_client, store, celery_client, worker):
+    """kill -9 of only the pool child (as the OOM killer would): Celery's main process survives, its
+    sweeper requeues the job when the lease expires, and a fresh child resumes from the checkpoint."""
+    import os
+    import signal
+
+    w = worker()
+    ds = make_dataset(redis_client, store, m=3000, seed=2)
+    job_id = submit(redis_client, celery_client, ds["id"], epochs=60, seed=1, checkpoint_every=2, batch_size=64)
+    wait_for(lambda: store.exists(f"jobs/{job_id}/checkpoint.npz"), 60, "a checkpoint")
+    token = redis_client.get(f"dnnq:job:{job_id}:lease")
+    child_pid = int(token.split(":")[1])  # the token is worker_name:pid:uuid
+    assert child_pid != w.pid
+    os.kill(child_pid, signal.SIGKILL)
+    job = wait_status(redis_client, job_id, {"succeeded", "failed"}, timeout=120)
+    assert job["status"] == "succeeded", job.get("error") or w.log()[-3000:]
+    assert job["attempts"] == 2 and job["resumed_from_epoch"] >= 2
+    assert [e["epoch"] for e in jobs.get_history(redis_client, job_id)] == list(range(1, 61))
+    assert w.proc.poll() is None  # the worker itself stayed up
