@@ -133,10 +133,12 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
         return None
     timings = {"load_s": round(t_loaded - t0, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
     last = result.history[-1] if result.history else None
+    # Accuracies of the parameters we ship (an epoch's running accuracy is measured while the
+    # weights still change), computed as a client predicting on the same rows would get them.
     metrics = {
         "final_loss": last.loss if last else None,
-        "train_accuracy": last.accuracy if last else None,
-        "validation_accuracy": last.val_accuracy if last else None,
+        "train_accuracy": _accuracy(result.parameters, store, spec, meta),
+        "validation_accuracy": _accuracy(result.parameters, store, spec, val_meta) if val_meta else None,
     }
     if result.stopped:
         ok = jobs.finish(r, job_id, token, "cancelled", metrics=metrics, device=result.device, timings=timings)
@@ -188,6 +190,26 @@ def _arrays(store, spec: JobSpec, meta: dict, cfg):
     if spec.model.output != "softmax" or meta["label_kind"] in ("onehot",):
         Y = Y.astype(cfg.dtype, copy=False)
     return X.T, Y.T
+
+
+def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536) -> float | None:
+    """Share of examples models.predict labels correctly, on float64 inputs scaled as the API's predict
+    route scales them (None for regression)."""
+    from models import predict
+
+    if spec.model.output == "linear":
+        return None
+    X, Y = load_arrays(store, meta["id"])
+    truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
+    correct = 0
+    for s in range(0, X.shape[0], chunk):
+        xb = X[s : s + chunk].astype(np.float64)
+        if spec.preprocess.scale is not None:
+            xb = xb / spec.preprocess.scale
+        labels = np.asarray(predict(params, xb.T, hidden_activation=spec.model.hidden_activation,
+                                    output=spec.model.output))
+        correct += int(np.count_nonzero(labels.reshape(-1) == truth[s : s + chunk]))
+    return correct / X.shape[0]
 
 
 def _set_current_job(r, settings: WorkerSettings, job_id: str) -> None:

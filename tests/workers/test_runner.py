@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from models import predict
 from workers import datasets, jobs
 from workers.runner import run_job
 from workers.settings import WorkerSettings
@@ -45,13 +46,38 @@ def test_success_with_validation_set(redis_client, store, settings):
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "succeeded"
     assert 0 <= job["metrics"]["validation_accuracy"] <= 1
-    assert job["metrics"]["train_accuracy"] == jobs.get_history(redis_client, job_id)[-1]["accuracy"]
+    weights = weights_of(store, job_id)
+    for ds, metric in ((train, "train_accuracy"), (val, "validation_accuracy")):
+        X, Y = datasets.load_arrays(store, ds["id"])
+        labels = predict(weights, X.T, hidden_activation="relu", output="sigmoid")
+        assert job["metrics"][metric] == pytest.approx(float(np.mean(labels == Y[:, 0])), abs=1e-12)
     assert set(job["artifacts"]) >= {"npz", "safetensors", "model_json"}
     model = json.loads(store.get(f"jobs/{job_id}/model.json"))
     assert model["layer_sizes"] == [3, 6, 1] and model["activations"] == ["relu", "sigmoid"]
     assert model["metrics"] == job["metrics"]
     assert not store.exists(f"jobs/{job_id}/checkpoint.npz")  # removed once the weights are written
     assert float(redis_client.hget("dnnq:stats", "training_seconds_total")) > 0
+
+
+def weights_of(store, job_id):
+    import io
+
+    with np.load(io.BytesIO(store.get(f"jobs/{job_id}/weights.npz")), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+@pytest.mark.parametrize("onehot", [False, True])
+def test_softmax_accuracy_is_that_of_the_shipped_weights(redis_client, store, settings, onehot):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(150, 2)) * 100
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    ds = datasets.save_dataset(redis_client, store, tenant="public", name="three", source="test", X=X,
+                               Y=np.eye(3)[y] if onehot else y, label_kind="onehot" if onehot else "integer")
+    job_id = job_for(redis_client, ds, model={"hidden_layers": [8], "output": "softmax"},
+                     training={"epochs": 20}, preprocess={"scale": 100.0})
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+    labels = predict(weights_of(store, job_id), (X / 100.0).T, hidden_activation="relu", output="softmax")
+    assert jobs.get_job(redis_client, job_id)["metrics"]["train_accuracy"] == float(np.mean(labels == y))
 
 
 def test_second_run_of_a_finished_job_does_nothing(redis_client, store, settings):
