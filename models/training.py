@@ -181,27 +181,34 @@ def _prepare(X, Y, cfg: TrainConfig, dtype, role: str):
 # The engine: forward, fused output gradient, backward, with buffers reused across steps.
 # ---------------------------------------------------------------------------------------------
 class _Engine:
-    def __init__(self, cfg: TrainConfig, device: Device, params: dict, batch_max: int):
+    """Buffers for batches of up to ``batch_max`` examples; ``training=False`` only evaluates."""
+
+    def __init__(self, cfg: TrainConfig, device: Device, params: dict, batch_max: int, training: bool = True):
         self.cfg, self.xp = cfg, device.xp
         xp = self.xp
         self.L = len(cfg.layer_dims) - 1
         self.params = params  # W{l} (n_l, n_{l-1}), b{l} (n_l, 1), on the device
-        self.grads = {f"d{k}": xp.zeros_like(v) for k, v in params.items()}
         dims, dt = cfg.layer_dims, params["W1"].dtype
         self.dtype = dt
         self.keep = cfg.dropout_keep_prob
+        hidden = range(1, self.L)
         # H[l]: Z then g(Z) in place, (batch, n_l); G[l]: dA then dZ in place, (batch, n_l)
         self.H = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}
-        self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L)}
-        self.D = {}  # dropped activations and scaled masks, (batch, n_l), hidden layers only
-        if self.keep < 1:
-            for l in range(1, self.L):
-                self.D[l] = (xp.empty((batch_max, dims[l]), dtype=dt), xp.empty((batch_max, dims[l]), dtype=dt))
+        # relu against an array of zeros: NumPy's maximum with a scalar 0 is ~3x slower (measured)
+        self.zeros = {l: xp.zeros((batch_max, dims[l]), dtype=dt) for l in hidden}
+        self.grads, self.G, self.mask, self.D = {}, {}, {}, {}
+        if training:
+            self.grads = {f"d{k}": xp.zeros_like(v) for k, v in params.items()}
+            self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in hidden}
+            self.mask = {l: xp.empty((batch_max, dims[l]), dtype=bool) for l in hidden}
+            if self.keep < 1:  # dropped activations and scaled masks, (batch, n_l)
+                self.D = {l: (xp.empty((batch_max, dims[l]), dtype=dt), xp.empty((batch_max, dims[l]), dtype=dt))
+                          for l in hidden}
 
-    def _hidden_inplace(self, Z):
+    def _hidden_inplace(self, Z, l):
         xp, name = self.xp, self.cfg.hidden_activation
         if name == "relu":
-            xp.maximum(Z, 0, out=Z)
+            xp.maximum(Z, self.zeros[l][:Z.shape[0]], out=Z)
         elif name == "leaky_relu":
             xp.maximum(Z, 0.01 * Z, out=Z)  # leaky slope 0.01 (models.activations.LEAKY_SLOPE)
         elif name == "tanh":
@@ -212,11 +219,13 @@ class _Engine:
             Z += 1.0
             xp.reciprocal(Z, out=Z)
 
-    def _hidden_backward_inplace(self, dA, H):
+    def _hidden_backward_inplace(self, dA, H, l):
         """dZ = dA * g'(Z), with g'(Z) read from H = g(Z): every hidden activation allows that."""
         xp, name = self.xp, self.cfg.hidden_activation
         if name == "relu":
-            dA *= H > 0  # relu' = 0 where Z <= 0, i.e. where H == 0
+            mask = self.mask[l][:H.shape[0]]
+            xp.greater(H, 0, out=mask)
+            dA *= mask  # relu' = 0 where Z <= 0, i.e. where H == 0
         elif name == "leaky_relu":
             dA *= xp.where(H > 0, 1.0, 0.01).astype(dA.dtype, copy=False)
         elif name == "tanh":
@@ -235,7 +244,7 @@ class _Engine:
             Z += self.params[f"b{l}"].T  # + (1, n_l)
             if l == self.L:
                 return acts, Z
-            self._hidden_inplace(Z)  # now H = g(Z)
+            self._hidden_inplace(Z, l)  # now H = g(Z)
             A = Z
             if rng is not None and self.keep < 1:  # inverted dropout on hidden layers
                 Ad, M = (buf[:B] for buf in self.D[l])
@@ -291,26 +300,27 @@ class _Engine:
             xp.matmul(dZ, W, out=dA)  # (B, n_{l-1}) = (B, n_l) @ (n_l, n_{l-1})
             if self.keep < 1:
                 dA *= self.D[l - 1][1][:B]  # same mask and 1/keep scale as forward
-            self._hidden_backward_inplace(dA, self.H[l - 1][:B])
+            self._hidden_backward_inplace(dA, self.H[l - 1][:B], l - 1)
             dZ = dA
 
     def evaluate(self, Xe, Ye):
-        """(loss_sum, correct) of the whole set, no dropout, in chunks."""
-        m = Xe.shape[0]
+        """(loss_sum, correct) of a whole set in chunks of the buffer size, no dropout."""
+        chunk = self.H[1].shape[0]
         loss, correct = 0.0, 0
-        for s in range(0, m, _VAL_CHUNK):
-            xb, yb = Xe[s:s + _VAL_CHUNK], Ye[s:s + _VAL_CHUNK]
-            saved_H = self.H
-            if xb.shape[0] > saved_H[1].shape[0]:  # buffers smaller than the chunk: use fresh ones
-                self.H = {l: self.xp.empty((xb.shape[0], h.shape[1]), dtype=h.dtype) for l, h in saved_H.items()}
-            try:
-                _, ZL = self.forward(xb)
-                _, batch_loss, batch_correct = self.output(ZL, yb)
-            finally:
-                self.H = saved_H
+        for s in range(0, Xe.shape[0], chunk):
+            _, ZL = self.forward(Xe[s:s + chunk])
+            _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk])
             loss = loss + batch_loss
             correct = None if batch_correct is None else correct + batch_correct
         return loss, correct
+
+
+def _take_rows(xp, src, idx, out):
+    """out[:] = src[idx]; NumPy's mode="raise" buffers the copy, "wrap" (idx is in range) does not."""
+    if xp is np:
+        np.take(src, idx, axis=0, out=out, mode="wrap")
+    else:
+        xp.take(src, idx, axis=0, out=out)
 
 
 def _params_to_host(params) -> dict[str, np.ndarray]:
@@ -362,6 +372,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         start_epoch = checkpoint.epoch
         history = list(checkpoint.history[:start_epoch])
     engine = _Engine(cfg, device, params, batch)
+    evaluator = None if Xv is None else _Engine(cfg, device, params, min(_VAL_CHUNK, Xv.shape[0]), training=False)
     # Shuffling gathers rows of the examples-first copy into one batch buffer (a row gather is
     # cheap; X[:, perm] on features-first data is not). Full batch: the order changes nothing.
     shuffle = cfg.shuffle and not full_batch
@@ -386,8 +397,8 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             e = min(s + batch, m)
             if shuffle:
                 xb, yb = xbuf[:e - s], ybuf[:e - s]
-                xp.take(Xe, perm[s:e], axis=0, out=xb)
-                xp.take(Ye, perm[s:e], axis=0, out=yb)
+                _take_rows(xp, Xe, perm[s:e], xb)
+                _take_rows(xp, Ye, perm[s:e], yb)
             else:
                 xb, yb = Xe[s:e], Ye[s:e]
             acts, ZL = engine.forward(xb, rng)
@@ -407,7 +418,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         record = EpochRecord(epoch + 1, loss, accuracy)
         if Xv is not None:
             t_val = time.perf_counter()
-            v_loss, v_correct = engine.evaluate(Xv, Yv)
+            v_loss, v_correct = evaluator.evaluate(Xv, Yv)
             if cfg.l2:
                 v_loss = v_loss + 0.5 * cfg.l2 * engine.l2_sum()
             record.val_loss = float(v_loss) / Xv.shape[0]  # syncs the GPU
