@@ -131,3 +131,34 @@ def test_lost_lease_stops_and_writes_nothing(redis_client, store, settings):
     time.sleep(0.3)
     assert len(jobs.get_history(redis_client, job_id)) == n
     assert not store.exists(f"jobs/{job_id}/weights.npz")
+
+
+def _gpu_available() -> bool:
+    from models.backend import gpu_available
+
+    return gpu_available()
+
+
+def test_gpu_job_without_a_gpu_fails_readably(redis_client, store, settings):
+    if _gpu_available():
+        pytest.skip("a GPU is present: the no-GPU message cannot be observed here")
+    job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 2}, device="gpu")
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
+    error = jobs.get_job(redis_client, job_id)["error"]
+    assert "gpu" in error.lower() and "Traceback" not in error
+
+
+@pytest.mark.gpu
+def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
+    if not _gpu_available():
+        pytest.skip("CuPy/GPU not available")
+    ds = dataset(redis_client, store)
+    results = {}
+    for device in ("cpu", "gpu"):
+        job_id = job_for(redis_client, ds, training={"epochs": 10, "dtype": "float64"}, device=device)
+        assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+        job = jobs.get_job(redis_client, job_id)
+        assert job["device"].startswith(device)
+        results[device] = jobs.get_history(redis_client, job_id)
+    for a, b in zip(results["cpu"], results["gpu"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
