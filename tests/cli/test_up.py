@@ -135,7 +135,8 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
     up = Up(tmp_path, data_dir, "first")
     try:
         up.wait_ready()
-        log = up.log()
+        # `dnnq up` polls /healthz itself and may print its line a moment after /readyz answers.
+        log = _wait_for(lambda: "dnnq is up" in up.log() and up.log(), 10, "no 'dnnq is up' line", up.log)
         assert f"dnnq is up: {up.url} (dashboard), API docs {up.url}/docs" in log
         assert "Redis embedded at redis://127.0.0.1:" in log
         assert "listening on 127.0.0.1 only" in log
