@@ -7,6 +7,7 @@ steal the cores of the next.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -30,7 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def require_gpu() -> str | None:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        return "--device gpu needs PyTorch with CUDA for the reference; torch is not installed."
 
     if not torch.cuda.is_available():
         return ("--device gpu needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here; "
@@ -42,6 +46,12 @@ def require_gpu() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import numpy as np  # noqa: F401 - loaded before torch/sklearn so its BLAS shows first
+
+    try:
+        import torch  # noqa: F401 - the reference every case is measured against
+    except ImportError:
+        print("error: the bench needs PyTorch (pip install 'dnnq[bench]' or torch==2.13.0).", file=sys.stderr)
+        return 2
 
     if args.device == "gpu" and (why := require_gpu()):
         print(f"error: {why}", file=sys.stderr)
@@ -60,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     figs = []
     for case in workloads.build(args.workload, args.quick, args.device):
         runs_ours, runs_torch, runs_sk = [], [], []
+        load = [os.getloadavg()[0]]
         for _ in range(args.repeats):
             if not missing:
                 runs_ours.append(ours.train(case, args.device))
             runs_torch.append(torch_ref.train(case, args.device))
-            if case.sklearn and args.device == "cpu" and not args.no_sklearn:
+            if case.sklearn and args.device == "cpu" and not args.no_sklearn and sklearn_ref.available():
                 runs_sk.append(sklearn_ref.train(case))
+        load.append(os.getloadavg()[0])
         rate = _gemm_rate_for(case, args.device, gemm)
         fig = report.summarise(case, args.device, runs_ours, runs_torch, runs_sk, rate)
+        fig["load_avg_1min"] = {"before": load[0], "after": load[1], "nproc": os.cpu_count()}
         report.print_case(fig)
         figs.append(fig)
     report.print_summary(figs)

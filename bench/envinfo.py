@@ -21,26 +21,30 @@ def cpu_model() -> str:
 
 def collect() -> dict:
     """Versions and thread pools, read after numpy, torch and sklearn are loaded (so all pools show)."""
-    import sklearn
-    import threadpoolctl
     import torch
 
-    pools = [
-        {k: p.get(k) for k in ("user_api", "internal_api", "prefix", "version", "architecture",
-                               "threading_layer", "num_threads", "filepath")}
-        for p in threadpoolctl.threadpool_info()
-    ]
+    try:
+        import threadpoolctl
+
+        pools = [
+            {k: p.get(k) for k in ("user_api", "internal_api", "prefix", "version", "architecture",
+                                   "threading_layer", "num_threads", "filepath")}
+            for p in threadpoolctl.threadpool_info()
+        ]
+    except ImportError:  # a bare GPU box may lack it; the run goes on without the pool listing
+        pools = []
     info = {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
+        "sklearn": _version("sklearn"),
         "cpu_model": cpu_model(),
         "nproc": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "thread_pools": pools,
         "removed_env": os.environ.get("DNNQ_BENCH_REMOVED_ENV", ""),
         "numpy_blas": _numpy_blas(pools),
+        "load_avg_1min_at_start": os.getloadavg()[0],
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -49,12 +53,21 @@ def collect() -> dict:
     return info
 
 
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return "not installed"
+
+
 def _numpy_blas(pools: list[dict]) -> str:
     numpy_dir = os.path.dirname(np.__file__)
     for p in pools:
         path = p.get("filepath") or ""
         if p.get("user_api") == "blas" and ("numpy" in path or path.startswith(numpy_dir)):
             return f"{p['internal_api']} {p['version']} kernel={p.get('architecture')} threads={p['num_threads']}"
+    if not pools:
+        return "unknown (threadpoolctl is not installed)"
     return "unknown (threadpoolctl saw no BLAS inside numpy's folder)"
 
 
@@ -75,7 +88,8 @@ def numpy_gemm_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 5) -
 def print_header(info: dict, gemm: dict) -> None:
     if info["removed_env"]:
         print(f"note: removed {info['removed_env']} from the environment and re-ran (they slow NumPy here)")
-    print(f"CPU: {info['cpu_model']}, nproc={info['nproc']}; python {info['python']}")
+    print(f"CPU: {info['cpu_model']}, nproc={info['nproc']}, 1-min load average "
+          f"{info['load_avg_1min_at_start']:.1f}; python {info['python']}")
     print(f"numpy {info['numpy']}, torch {info['torch']} (threads={info['torch_threads']}), "
           f"scikit-learn {info['sklearn']}")
     if "gpu" in info:

@@ -83,6 +83,11 @@ def print_case(fig: dict) -> None:
         goal = fig["goals"].get(ref)
         verdict = f"goal <= {goal['limit']:.2f}: {'MET' if goal['met'] else 'MISSED'}" if goal else "no goal"
         print(f"  ratio ours/{ref}: {r:.3f}  ({verdict})")
+    la = fig.get("load_avg_1min")
+    if la:
+        busy = "  BUSY: other work shared the cores, figures are noisy" if max(la["before"], la["after"]) > la["nproc"] else ""
+        print(f"  machine load (1-min average) {la['before']:.1f} before, {la['after']:.1f} after, "
+              f"nproc {la['nproc']}{busy}")
     if "sanity" in fig:
         s = fig["sanity"]
         extra = f", params max rel diff {s['param_max_rel_diff']:.2e}" if "param_max_rel_diff" in s else ""

@@ -10,6 +10,14 @@ import time
 import warnings
 
 
+def available() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def train(case, threads: int | None = None) -> dict:
     """Fit once for ``case.epochs`` epochs; per-epoch time is total / epochs (no per-epoch hook)."""
     from sklearn.exceptions import ConvergenceWarning

@@ -1,0 +1,115 @@
+"""Where one epoch of workload A goes: ``python -m bench.profile_epoch [--optimizer gd|adam] [--epochs N]``.
+
+Times models.fit's stages (row gather, forward, output+loss, backward, optimizer update) by
+wrapping the engine's methods, and inside them every ``xp.*`` call (matmuls by shape, elementwise
+ufuncs) through a timing proxy for the array module; array operators (``+=``, ``*=``, ``-``) are
+not xp calls and show up as the stage's remainder. The wrappers cost a little per call, so the
+profiled epoch is somewhat slower than a plain one; it is printed next to a plain epoch and a
+PyTorch epoch of the same case. Diagnostics only: it leans on models.training internals and says
+so when they change.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from bench import ours, torch_ref, workloads
+
+TIMES: dict[str, float] = defaultdict(float)
+CALLS: dict[str, int] = defaultdict(int)
+
+
+class TimedXp:
+    """Stands in for numpy: each function call is timed under a name (matmul: with its shapes)."""
+
+    def __init__(self, xp):
+        self._xp = xp
+        self.__name__ = xp.__name__
+
+    def __getattr__(self, name):
+        target = getattr(self._xp, name)
+        if not callable(target) or isinstance(target, type):
+            return target
+
+        def timed(*args, **kwargs):
+            key = name
+            if name == "matmul":
+                key = "matmul " + " @ ".join("x".join(map(str, a.shape)) + ("T" if not a.flags.c_contiguous else "")
+                                             for a in args[:2])
+            t0 = time.perf_counter()
+            out = target(*args, **kwargs)
+            TIMES["xp." + key] += time.perf_counter() - t0
+            CALLS["xp." + key] += 1
+            return out
+
+        return timed
+
+
+def _wrap(cls, method: str, label: str) -> None:
+    original = getattr(cls, method)
+
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(self, *args, **kwargs)
+        TIMES["stage " + label] += time.perf_counter() - t0
+        CALLS["stage " + label] += 1
+        return out
+
+    setattr(cls, method, timed)
+
+
+def instrument() -> bool:
+    try:
+        import models.training as training
+        from models.backend import Device
+        from models.optimizers import Optimizer
+    except ImportError:
+        return False
+    engine = getattr(training, "_Engine", None)
+    if engine is None or not all(hasattr(engine, m) for m in ("forward", "output", "backward")):
+        print("note: models.training._Engine changed; profiling the total only")
+        return False
+    _wrap(engine, "forward", "forward")
+    _wrap(engine, "output", "output+loss")
+    _wrap(engine, "backward", "backward")
+    _wrap(Optimizer, "update", "optimizer")
+    proxy = TimedXp(np)
+    original_select = training.select_device
+    training.select_device = lambda d: Device(proxy, "cpu") if d == "cpu" else original_select(d)
+    import models.optimizers as optimizers
+    optimizers.get_namespace = lambda *a: proxy
+    return True
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.profile_epoch")
+    p.add_argument("--optimizer", choices=["gd", "adam"], default="gd")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per run; the first is a warm-up")
+    args = p.parse_args()
+    case = workloads.workload_a(quick=True)[0 if args.optimizer == "gd" else 1]
+    case.epochs = max(2, args.epochs)
+    plain = ours.train(case)
+    ref = torch_ref.train(case)
+    if not instrument():
+        return 1
+    TIMES.clear(), CALLS.clear()
+    prof = ours.train(case)
+    n = case.epochs   # everything was timed over all epochs; show per epoch
+    print(f"workload A {args.optimizer}: plain epoch {np.median(plain['epoch_s'][1:]):.3f} s, "
+          f"profiled epoch {np.median(prof['epoch_s'][1:]):.3f} s, torch epoch {np.median(ref['epoch_s'][1:]):.3f} s")
+    xp_in_stage = sum(v for k, v in TIMES.items() if k.startswith("xp."))
+    epoch_total = sum(prof["epoch_s"])
+    print(f"{'where (per epoch, averaged over ' + str(n) + ' epochs)':58} {'s':>7} {'share':>6} {'calls':>7}")
+    for key, value in sorted(TIMES.items(), key=lambda kv: -kv[1]):
+        print(f"  {key:56} {value / n:7.3f} {100 * value / epoch_total:5.1f}% {CALLS[key] // n:7d}")
+    stages = sum(v for k, v in TIMES.items() if k.startswith("stage "))
+    print(f"  {'(outside the stages: gather, loop, bookkeeping)':56} {(epoch_total - stages) / n:7.3f}")
+    print(f"  {'(xp calls in all)':56} {xp_in_stage / n:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
