@@ -40,6 +40,13 @@ def require_gpu() -> str | None:
         return ("--device gpu needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here; "
                 f"torch {torch.__version__}) and CuPy for models.fit. Run it on a GPU machine, "
                 "or use --device cpu.")
+    if ours.available() is None:
+        from models.backend import DeviceUnavailable, select_device
+
+        try:
+            select_device("gpu")      # the same smoke test fit runs; CuPy is imported only there
+        except DeviceUnavailable as exc:
+            return f"PyTorch sees a GPU but models.fit cannot use it: {exc}"
     return None
 
 

@@ -1,0 +1,64 @@
+"""Checks of the harness itself: FLOP counts, the references' sameness, the GPU refusal.
+
+Run with: .venv/bin/python -m pytest bench/tests -q   (not part of tests/: the bench is optional)
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import workloads
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_flops_count_forward_dw_and_da_without_da0():
+    # [3, 4, 2], m = 5: products of 4x3 and 2x4 weights; forward 2*5*(12+8) = 200, dW 200, dA1 only 2*5*8 = 80
+    assert workloads.training_flops([3, 4, 2], 5) == 480.0
+    # workload A: 1,007,104 FLOPs per example, worked by hand in the brief's terms
+    assert workloads.training_flops([784, 256, 128, 10], 1) == 6 * (784 * 256 + 256 * 128 + 128 * 10) - 2 * 784 * 256
+
+
+def test_teacher_labels_are_fixed_and_balanced():
+    X1, y1 = workloads.teacher_classification(2000, 30, 5, "float32", seed=0)
+    X2, y2 = workloads.teacher_classification(2000, 30, 5, "float32", seed=0)
+    assert X1.dtype == np.float32 and np.array_equal(X1, X2) and np.array_equal(y1, y2)
+    assert np.bincount(y1, minlength=5).min() > 2000 / 5 / 3
+
+
+def test_torch_full_batch_reference_matches_models_fit():
+    pytest.importorskip("torch", reason="PyTorch not installed")
+    models = pytest.importorskip("models")
+    if not hasattr(models, "fit"):
+        pytest.skip("models.fit not available yet")
+    from bench import ours, torch_ref
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 12))
+    y = (X[:, 0] > 0.5).astype(np.int64)
+    case = workloads.Case(name="tiny", workload="B", layer_dims=[12, 6, 3, 1], output="sigmoid", optimizer="gd",
+                          learning_rate=0.1, batch_size=None, epochs=15, dtype="float64", init="xavier", seed=1,
+                          X=X, y=y)
+    a, b = ours.train(case), torch_ref.train(case)
+    assert len(a["epoch_s"]) == len(b["epoch_s"]) == 15
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-10)
+    for k in b["parameters"]:
+        np.testing.assert_allclose(a["parameters"][k], b["parameters"][k], rtol=1e-9, atol=1e-12)
+
+
+def test_gpu_mode_refuses_clearly_without_a_gpu():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    p = subprocess.run([sys.executable, "-m", "bench", "--device", "gpu", "--quick"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "--device gpu needs a CUDA GPU" in p.stderr and "use --device cpu" in p.stderr
+
+
+def test_bad_repeats_is_rejected():
+    p = subprocess.run([sys.executable, "-m", "bench", "--repeats", "0"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "--repeats must be >= 1. Got 0 instead." in p.stderr
