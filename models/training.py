@@ -15,8 +15,10 @@ Definitions used throughout (and by the tests):
   Keras reports it); sigmoid counts AL > 0.5 against Y > 0.5 per output, softmax the argmax;
   None for linear.  val_loss / val_accuracy: one forward pass over the validation set after the
   epoch, no dropout, l2 term included.
-- Randomness of epoch e (shuffle order, dropout masks) comes from (seed, e) alone, so resuming
+- Randomness of epoch e comes from (seed, e) alone (models.backend.device_rng), so resuming
   from a checkpoint needs only the epoch number and reproduces the uninterrupted run exactly.
+  Draw order on the CPU: the permutation (mini-batch with shuffle only), then per batch the
+  dropout masks, layer 1 first, each ``random((B, n_l)) < keep_prob`` (examples-first).
 """
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ class EpochState:
     _make_checkpoint: Callable[[], Checkpoint] = field(repr=False)
 
     def checkpoint(self) -> Checkpoint:
-        """A host copy of the current state (made only when called)."""
+        """A host copy of the current state (made only when called; call it inside on_epoch)."""
         return self._make_checkpoint()
 
 
@@ -227,7 +229,7 @@ class _Engine:
             xp.greater(H, 0, out=mask)
             dA *= mask  # relu' = 0 where Z <= 0, i.e. where H == 0
         elif name == "leaky_relu":
-            dA *= xp.where(H > 0, 1.0, 0.01).astype(dA.dtype, copy=False)
+            dA[...] = xp.where(H > 0, dA, 0.01 * dA)  # leaky slope 0.01 where Z <= 0
         elif name == "tanh":
             dA *= 1.0 - H * H  # tanh' = 1 - tanh^2
         else:
@@ -384,7 +386,8 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
 
     def make_checkpoint(epoch_done):
         return lambda: Checkpoint(epoch=epoch_done, parameters=_params_to_host(params),
-                                  optimizer_state=optimizer.state_arrays(), history=list(history), seed=cfg.seed)
+                                  optimizer_state=optimizer.state_arrays(), history=history[:epoch_done],
+                                  seed=cfg.seed)
 
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()

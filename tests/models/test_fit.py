@@ -14,6 +14,8 @@ from models import (
     compute_cost,
     fit,
     initialize_parameters_deep,
+    linear_activation_backward,
+    linear_activation_forward,
     model_backward,
     model_forward,
     predict,
@@ -82,6 +84,37 @@ def test_minibatch_loss_is_example_weighted_mean_of_batch_costs():
             params = update_parameters(params, model_backward(AL, yb, caches, l2=0.2), 0.1)
         assert result.history[epoch].loss == pytest.approx(weighted / 50, abs=1e-12)
     np.testing.assert_allclose(result.parameters["W1"], params["W1"], atol=1e-12)
+
+
+def test_dropout_is_textbook_inverted_dropout_on_hidden_layers():
+    """Full batch, tanh: masks drawn from the documented epoch generator default_rng([seed, epoch]),
+    layer 1 first, examples-first shape (m, n_l); the textbook loop applies them by hand."""
+    X, Y = toy("sigmoid", m=40)
+    dims, keep, seed, lr = [4, 6, 5, 1], 0.7, 3, 0.1
+    cfg = TrainConfig(layer_dims=dims, hidden_activation="tanh", init="xavier", seed=seed, learning_rate=lr,
+                      epochs=3, dropout_keep_prob=keep, dtype="float64", device="cpu")
+    result = fit(X, Y, cfg)
+    params = initialize_parameters_deep(dims, seed=seed, init="xavier")
+    for epoch in range(3):
+        rng = np.random.default_rng([seed, epoch])
+        scale = {l: (rng.random((40, dims[l])) < keep).T / keep for l in (1, 2)}  # D_l / keep, (n_l, m)
+        A, caches = X, []
+        for l in (1, 2):
+            A, cache = linear_activation_forward(A, params[f"W{l}"], params[f"b{l}"], "tanh")
+            A = A * scale[l]
+            caches.append(cache)
+        AL, cache = linear_activation_forward(A, params["W3"], params["b3"], "sigmoid")
+        caches.append(cache)
+        assert result.history[epoch].loss == pytest.approx(compute_cost(AL, Y), abs=1e-12)
+        grads, dA = {}, -(Y / AL - (1 - Y) / (1 - AL))
+        for l in (3, 2, 1):
+            dA_prev, grads[f"dW{l}"], grads[f"db{l}"] = linear_activation_backward(
+                dA, caches[l - 1], "sigmoid" if l == 3 else "tanh")
+            if l > 1:
+                dA = dA_prev * scale[l - 1]
+        params = update_parameters(params, grads, lr)
+    for key, value in params.items():
+        np.testing.assert_allclose(result.parameters[key], value, rtol=0, atol=1e-12)
 
 
 def test_resume_from_saved_checkpoint_is_exact():
