@@ -206,8 +206,9 @@ def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536
         xb = X[s : s + chunk].astype(np.float64)
         if spec.preprocess.scale is not None:
             xb = xb / spec.preprocess.scale
-        labels = np.asarray(predict(params, xb.T, hidden_activation=spec.model.hidden_activation,
-                                    output=spec.model.output))
+        with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
+            labels = np.asarray(predict(params, xb.T, hidden_activation=spec.model.hidden_activation,
+                                        output=spec.model.output))
         correct += int(np.count_nonzero(labels.reshape(-1) == truth[s : s + chunk]))
     return correct / X.shape[0]
 

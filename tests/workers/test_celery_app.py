@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from celery import Celery
+from pydantic import ValidationError
 
 from workers.celery_app import configure
 from workers.settings import WorkerSettings
@@ -34,9 +36,6 @@ def test_worker_settings_from_env(monkeypatch):
 
 
 def test_heartbeat_must_be_shorter_than_lease():
-    import pytest
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match="heartbeat_seconds"):
         WorkerSettings(lease_seconds=1, heartbeat_seconds=2)
 
