@@ -66,7 +66,12 @@ def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, stor
     _set_current_job(r, settings, job_id)
     try:
         return _train(r, store, settings, job_id, token, heartbeat)
-    except BaseException as exc:  # every failure ends the job 'failed' with a readable message
+    except (KeyboardInterrupt, SystemExit):
+        # The worker is shutting down, the job did nothing wrong: leave the lease to expire so the
+        # sweeper requeues it and it resumes from its last checkpoint.
+        event("job.interrupted", logging.WARNING, job_id=job_id)
+        raise
+    except Exception as exc:  # every failure ends the job 'failed' with a readable message
         expected = _expected_errors()
         message = _readable(exc, expected)
         # Known errors (bad spec, divergence, no GPU) need no traceback; anything else logs one.
@@ -74,8 +79,6 @@ def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, stor
         if heartbeat.lost.is_set() or not jobs.finish(r, job_id, token, "failed", error=message):
             event("job.finish_refused", logging.WARNING, job_id=job_id, status="failed")
             return None
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt / SystemExit after recording the failure
         return "failed"
     finally:
         heartbeat.stop()

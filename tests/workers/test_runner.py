@@ -162,3 +162,19 @@ def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
         results[device] = jobs.get_history(redis_client, job_id)
     for a, b in zip(results["cpu"], results["gpu"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
+
+
+def test_interrupted_worker_leaves_the_job_to_the_sweeper(redis_client, store, settings, monkeypatch):
+    import models
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "fit", interrupted)
+    job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3})
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job_id, settings=settings, r=redis_client, store=store)
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "running" and job["error"] is None  # not failed: resumable
+    redis_client.delete(f"dnnq:job:{job_id}:lease")  # as when the lease expires
+    assert jobs.requeue_expired(redis_client) == [job_id]
