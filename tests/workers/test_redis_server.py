@@ -41,3 +41,31 @@ def test_start_persist_restart(tmp_path):
 def test_port_in_use_is_reported(tmp_path, redis_server):
     with pytest.raises(RuntimeError, match="redis-server exited"):
         start_redis(tmp_path, port=redis_server.port)
+
+
+def test_child_dies_with_its_parent(tmp_path):
+    """A parent killed with -9 takes its redis-server with it (no orphan holding the port)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time; from workers.redis_server import start_redis; "
+        f"s = start_redis({str(tmp_path)!r}); print(s.proc.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        if open(f"/proc/{child_pid}/stat").read().split()[2] == "Z":
+            return  # exited, waiting to be reaped by init
+        time.sleep(0.05)
+    os.kill(child_pid, signal.SIGKILL)
+    pytest.fail("redis-server outlived its parent")
