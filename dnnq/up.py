@@ -1,8 +1,8 @@
 """`dnnq up`: Redis (embedded unless DNNQ_REDIS_URL), N workers and the API, supervised.
 
 Each child runs in its own session (process group), so a Ctrl-C reaches only this supervisor,
-which then stops the API and the workers first (SIGTERM to the whole group, SIGKILL after a
-grace period: Celery's prefork children go too) and Redis last. A worker that dies is
+which then stops the API and the workers first (SIGTERM to each child, SIGKILL to its whole
+group after a grace period: Celery's prefork children go too) and Redis last. A worker that dies is
 restarted (at most MAX_RESTARTS a minute); if Redis or the API dies, everything stops and
 `dnnq up` exits non-zero with a message.
 """
@@ -128,9 +128,16 @@ class Child:
 
 
 def stop_children(children: list[Child], grace_s: float) -> None:
-    """SIGTERM every group, wait up to grace_s for all of them, then SIGKILL what is left."""
+    """SIGTERM each child, wait up to grace_s for their groups to empty, then SIGKILL what is left.
+
+    SIGTERM goes to the child alone, not its group: Celery's main process then makes a warm
+    shutdown, while a SIGTERM to the prefork process would abort the job it is training
+    (SystemExit inside the task). A job still running after the grace period is killed with its
+    worker, keeps its checkpoint and lease, and resumes when the lease expires (docs/deploy.md).
+    """
     for child in children:
-        child.signal_group(signal.SIGTERM)
+        if child.exit_code() is None:
+            child.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(c.group_alive() for c in children):
         time.sleep(0.1)

@@ -1,8 +1,9 @@
 """`dnnq up` end to end: a real embedded Redis, real worker processes, the real API over HTTP.
 
-One run: up -> a tiny job succeeds -> a killed worker is restarted -> SIGTERM leaves no process
-behind. A second run on the same data dir still has the job (AOF); killing its Redis makes
-`dnnq up` stop everything and exit non-zero.
+One run: up -> a tiny job succeeds -> a killed worker is restarted -> SIGTERM while a long job
+trains leaves no process behind. A second run on the same data dir still has the records (AOF)
+and the long job resumes from its checkpoint; killing its Redis makes `dnnq up` stop everything
+and exit non-zero.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Up:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dnnq", "up", "--port", str(self.port), "--data-dir", str(data_dir),
-                 "--workers", str(workers), "--grace", "15"],
+                 "--workers", str(workers), "--grace", "2"],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -166,6 +167,15 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert len(restarted) == 1
         assert "worker 1 exited with code -9; restarting it" in up.log()
 
+        # A long job is training when `dnnq up` stops: it must survive (lease + checkpoint), not fail.
+        moons = httpx.post(f"{up.url}/v1/datasets/synthetic", timeout=30,
+                           json={"name": "moons", "n_samples": 2000, "noise": 0.2, "seed": 1}).json()
+        long_job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
+            "dataset_id": moons["id"], "model": {"hidden_layers": [64, 64]},
+            "training": {"epochs": 150, "batch_size": 32, "checkpoint_every": 2}, "device": "cpu"}).json()
+        _wait_for(lambda: (httpx.get(f"{up.url}/v1/jobs/{long_job['id']}", params={"history": "none"})
+                           .json()["progress"] or {}).get("epoch", 0) >= 6, 60, "the long job did not start", up.log)
+
         # SIGTERM stops every process it started: API, workers (with their pool children), Redis.
         children = descendants(up.proc.pid)
         assert any("redis-server" in cmdline(p) for p in children)
@@ -185,6 +195,15 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert body.status_code == 200
         assert body.json()["status"] == "succeeded"
         assert body.json()["metrics"] == final["metrics"]
+
+        def long_job_done():
+            body = httpx.get(f"{again.url}/v1/jobs/{long_job['id']}", params={"history": "none"}).json()
+            return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+        resumed = _wait_for(long_job_done, 120, "the interrupted job did not finish after the restart", again.log)
+        assert resumed["status"] == "succeeded", resumed
+        assert resumed["attempts"] == 2
+        assert int(resumed["resumed_from_epoch"]) >= 2
 
         children = descendants(again.proc.pid)
         (redis_pid,) = again.children("redis-server")
