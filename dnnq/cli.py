@@ -92,9 +92,12 @@ def cmd_datasets_list(args) -> int:
         page = client.list_datasets(offset=args.offset, limit=args.limit)
     if args.json:
         _print_json(page)
-    else:
-        for d in _items(page):
-            print(_dataset_line(d))
+        return 0
+    items = _items(page)
+    if not items:
+        print("no datasets: add one with `dnnq datasets upload FILE` or `dnnq datasets synthetic moons`")
+    for d in items:
+        print(_dataset_line(d))
     return 0
 
 
