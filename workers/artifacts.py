@@ -59,7 +59,7 @@ def model_json(
     dataset_id: str | None = None,
     label_kind: str | None = None,
 ) -> bytes:
-    """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs divided by scale."""
+    """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs multiplied by scale."""
     import dnnq
 
     n_layers = sum(1 for k in params if k.startswith("W"))
@@ -74,7 +74,7 @@ def model_json(
         "output": output,
         "label_kind": label_kind,
         "layout": "features x examples: A_l = g_l(W_l @ A_{l-1} + b_l), W_l (n_l, n_{l-1}), b_l (n_l, 1)",
-        "preprocessing": {"scale": scale, "note": "X / scale before the first layer" if scale else None},
+        "preprocessing": {"scale": scale, "note": "X * scale before the first layer" if scale else None},
         "classes": classes,
         "metrics": metrics,
         "dtype": str(params["W1"].dtype),

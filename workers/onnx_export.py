@@ -12,7 +12,7 @@ and the row-major graph computes the transpose of it with one Gemm:
 so W is stored as trained (no copy transposed by hand) and b flattened to
 (n_l,), which Gemm broadcasts over the rows.
 
-    X (N, n_x) --[Div scale]--> Gemm -> act -> ... -> Gemm -> output act --> probabilities (N, n_out)
+    X (N, n_x) --[Mul scale]--> Gemm -> act -> ... -> Gemm -> output act --> probabilities (N, n_out)
 
 `scale` means what the job spec's `preprocess.scale` means everywhere (docs/DESIGN.md):
 raw inputs are divided by it before the first layer, exactly as the worker trained them.
@@ -75,7 +75,7 @@ def onnx_bytes(
 ) -> bytes:
     """Serialise the network `parameters` (W1, b1, ... WL, bL) as an ONNX model.
 
-    Input "X" float32 (N, n_x), raw inputs (divided by `scale` first when
+    Input "X" float32 (N, n_x), raw inputs (multiplied by `scale` first when
     set, as the worker did in training); output "probabilities" float32 (N, n_out): what
     `models.predict(..., proba=True)` returns, transposed.
     """
@@ -99,7 +99,7 @@ def onnx_bytes(
         if not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"The 'scale' parameter must be a finite number > 0. Got {scale!r} instead.")
         initializers.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"))
-        nodes.append(helper.make_node("Div", ["X", "scale"], ["A0"], name="scale_inputs"))
+        nodes.append(helper.make_node("Mul", ["X", "scale"], ["A0"], name="scale_inputs"))
         A_prev = "A0"
 
     n_l = n_x

@@ -188,8 +188,7 @@ def _arrays(store, spec: JobSpec, meta: dict, cfg):
     """Stored examples-first arrays -> features-first (n_x, m) / (n_y, m) views, scaled as the spec says."""
     X, Y = load_arrays(store, meta["id"])
     X = X.astype(cfg.dtype, copy=False)
-    if spec.preprocess.scale is not None:
-        X = X / np.asarray(spec.preprocess.scale, dtype=X.dtype)
+    X = spec.preprocess.apply(X)
     if spec.model.output != "softmax" or meta["label_kind"] in ("onehot",):
         Y = Y.astype(cfg.dtype, copy=False)
     return X.T, Y.T
@@ -206,9 +205,7 @@ def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536
     truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
     correct = 0
     for s in range(0, X.shape[0], chunk):
-        xb = X[s : s + chunk].astype(np.float64)
-        if spec.preprocess.scale is not None:
-            xb = xb / spec.preprocess.scale
+        xb = spec.preprocess.apply(X[s : s + chunk].astype(np.float64))
         with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
             labels = np.asarray(predict(params, xb.T, hidden_activation=spec.model.hidden_activation,
                                         output=spec.model.output))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["JobSpec", "ModelSpec", "PreprocessSpec", "SpecError", "TrainingSpec", "queue_for", "to_train_config"]
@@ -58,7 +59,16 @@ class TrainingSpec(_Strict):
 
 
 class PreprocessSpec(_Strict):
-    scale: float | None = Field(default=None, gt=0, description="Divide X by this (e.g. 255 for pixels).")
+    scale: float | None = Field(
+        default=None, gt=0, description="Multiply X by this before the first layer (e.g. 1/255 = 0.00392156862745098 for 0..255 pixels)."
+    )
+
+    def apply(self, X):
+        """Raw inputs -> what the network sees: `X * scale` (the one definition; training, the predict
+        route and the scoring of the shipped weights all call this)."""
+        if self.scale is None:
+            return X
+        return X * np.asarray(self.scale, dtype=X.dtype)
 
 
 class JobSpec(_Strict):

@@ -22,7 +22,7 @@ from service.errors import Problem, field_error
 from service.idempotency import reserve
 from service.schemas import PredictRequest, job_view, thin_history
 from workers import datasets, jobs
-from workers.spec import JobSpec, SpecError, queue_for, to_train_config
+from workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("dnnq.api")
@@ -277,8 +277,7 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
     if not np.isfinite(X).all():
         raise field_error("inputs", "contains NaN or infinite values.")
     spec = job["spec"]
-    if (spec.get("preprocess") or {}).get("scale"):
-        X = X / spec["preprocess"]["scale"]
+    X = PreprocessSpec.model_validate(spec.get("preprocess") or {}).apply(X)
     try:
         raw = store.get(f"jobs/{job_id}/weights.npz")
     except KeyError:

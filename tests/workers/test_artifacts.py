@@ -35,14 +35,14 @@ def test_npz_and_safetensors_hold_the_same_arrays():
 
 def test_save_trained_writes_all_and_describes_the_model(store):
     p = params()
-    info = {"hidden_activation": "tanh", "output": "sigmoid", "scale": 255.0, "classes": ["no", "yes"],
+    info = {"hidden_activation": "tanh", "output": "sigmoid", "scale": 1 / 255, "classes": ["no", "yes"],
             "metrics": {"final_loss": 0.1}, "dataset_id": "ab" * 12, "label_kind": "binary"}
     shas = artifacts.save_trained(store, "f" * 32, p, info)
     assert {"npz", "safetensors", "model_json"} <= set(shas)
     model = json.loads(store.get(f"jobs/{'f' * 32}/model.json"))
     assert model["layer_sizes"] == [3, 5, 4, 1]
     assert model["activations"] == ["tanh", "tanh", "sigmoid"]
-    assert model["preprocessing"]["scale"] == 255.0 and model["classes"] == ["no", "yes"]
+    assert model["preprocessing"]["scale"] == 1 / 255 and model["classes"] == ["no", "yes"]
     assert model["versions"]["numpy"] == np.__version__ and model["versions"]["dnnq"]
     if "onnx" in shas:
         assert store.exists(f"jobs/{'f' * 32}/weights.onnx")

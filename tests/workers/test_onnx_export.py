@@ -40,8 +40,8 @@ def _act(name: str, Z: np.ndarray) -> np.ndarray:
 def numpy_forward(parameters, X_rows, hidden, output, scale=None):
     """Textbook forward pass; returns AL transposed to (N, n_out)."""
     A_prev = X_rows.T.astype(np.float64)  # A0: (n_x, m)
-    if scale is not None:  # preprocess.scale: raw inputs divided by it, as the worker trains
-        A_prev = A_prev / scale
+    if scale is not None:  # preprocess.scale: raw inputs multiplied by it, as the worker trains
+        A_prev = A_prev * scale
     L = len(parameters) // 2
     for l in range(1, L + 1):
         Z = parameters[f"W{l}"] @ A_prev + parameters[f"b{l}"]  # (n_l, m)
@@ -91,7 +91,7 @@ def test_scale_is_applied_to_raw_inputs():
     rng = np.random.default_rng(7)
     params = random_parameters(rng, [12, 6, 1])
     X_raw = rng.integers(0, 256, (9, 12)).astype(np.float32)  # pixel-like raw inputs
-    scale = 255.0
+    scale = 1 / 255
 
     got = run_onnx(onnx_bytes(params, "relu", "sigmoid", scale=scale), X_raw)
     expected = numpy_forward({k: v.astype(np.float64) for k, v in params.items()}, X_raw, "relu", "sigmoid", scale)

@@ -74,7 +74,7 @@ def test_softmax_accuracy_is_that_of_the_shipped_weights(redis_client, store, se
     ds = datasets.save_dataset(redis_client, store, tenant="public", name="three", source="test", X=X,
                                Y=np.eye(3)[y] if onehot else y, label_kind="onehot" if onehot else "integer")
     job_id = job_for(redis_client, ds, model={"hidden_layers": [8], "output": "softmax"},
-                     training={"epochs": 20}, preprocess={"scale": 100.0})
+                     training={"epochs": 20}, preprocess={"scale": 0.01})
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
     labels = predict(weights_of(store, job_id), (X / 100.0).T, hidden_activation="relu", output="softmax")
     assert jobs.get_job(redis_client, job_id)["metrics"]["train_accuracy"] == float(np.mean(labels == y))
