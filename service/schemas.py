@@ -73,6 +73,7 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
         "spec": job.get("spec"),
         "attempts": job.get("attempts") or 0,
         "resumed_from_epoch": job.get("resumed_from_epoch"),
+        "timings": job.get("timings"),
         "links": links,
     }
     if history is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
@@ -119,8 +119,12 @@ def synthetic_dataset(
 
 
 @router.get("/{dataset_id}")
-def get_dataset(dataset_id: str, r: Rds, store: Store, tenant: Tenant) -> dict:
-    """The dataset record plus a preview: its first 5 examples, truncated to 20 features."""
+def get_dataset(
+    dataset_id: str, r: Rds, store: Store, tenant: Tenant,
+    preview: Annotated[Literal["short", "full"], Query(description="full: whole rows (to draw images)")] = "short",
+) -> dict:
+    """The dataset record plus a preview: its first 5 examples, truncated to 20 features unless
+    `preview=full` (the dashboard draws image-like rows from it)."""
     rec = datasets.get_dataset(r, dataset_id, tenant)
     if rec is None:
         raise Problem(404, f"No dataset with id '{dataset_id}'.")
@@ -131,10 +135,11 @@ def get_dataset(dataset_id: str, r: Rds, store: Store, tenant: Tenant) -> dict:
         view["preview"] = None
         view["preview_error"] = str(exc)
         return view
+    n_features = X.shape[1] if preview == "full" else PREVIEW_FEATURES
     view["preview"] = {
-        "X": X[:PREVIEW_ROWS, :PREVIEW_FEATURES].tolist(),
+        "X": X[:PREVIEW_ROWS, :n_features].tolist(),
         "Y": Y[:PREVIEW_ROWS].tolist(),
-        "features_truncated": X.shape[1] > PREVIEW_FEATURES,
+        "features_truncated": X.shape[1] > n_features,
     }
     return view
 

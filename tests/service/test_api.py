@@ -96,6 +96,9 @@ def test_preview_truncates_wide_datasets(client):
     ds = upload(client, npz_bytes(X=np.ones((6, 30)), Y=np.arange(6) % 2)).json()
     preview = client.get(f"/v1/datasets/{ds['id']}").json()["preview"]
     assert len(preview["X"]) == 5 and len(preview["X"][0]) == 20 and preview["features_truncated"] is True
+    full = client.get(f"/v1/datasets/{ds['id']}", params={"preview": "full"}).json()["preview"]
+    assert len(full["X"][0]) == 30 and full["features_truncated"] is False
+    assert_problem(client.get(f"/v1/datasets/{ds['id']}", params={"preview": "all"}), 422, "preview")
 
 
 def test_dataset_list_pages_newest_first(client):
@@ -263,6 +266,7 @@ def test_history_is_whole_up_to_1000_then_thinned_keeping_the_last(client, datas
     drive(redis_client, job_id, 1500)
     thin = client.get(f"/v1/jobs/{job_id}").json()
     assert thin["status"] == "succeeded" and thin["metrics"]["final_loss"] == pytest.approx(1 / 1500)
+    assert "timings" in thin  # the worker's timings (None here: this test plays the worker without them)
     epochs = [h["epoch"] for h in thin["history"]]
     assert len(epochs) == 1000 and epochs[0] == 1 and epochs[-1] == 1500 and epochs == sorted(set(epochs))
     assert len(client.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json()["history"]) == 1500

@@ -38,17 +38,20 @@ def test_upload_train_download_and_predict_reproduce_the_reported_accuracy(live_
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4)).astype(np.float32)
     y = (X[:, 0] + 0.5 * X[:, 1] ** 2 > 0.3).astype(np.int64)
+    X_raw = (X * 100).astype(np.float32)  # stored raw; preprocess.scale = 0.01 multiplies it back
     with live_stack.client() as http:
         assert http.get("/readyz").status_code == 200
-        ds = http.post("/v1/datasets", files={"file": ("train.npz", npz_bytes(X=X, Y=y))})
+        ds = http.post("/v1/datasets", files={"file": ("train.npz", npz_bytes(X=X_raw, Y=y))})
         assert ds.status_code == 201
         spec = {"dataset_id": ds.json()["id"], "model": {"hidden_layers": [8, 4]},
-                "training": {"epochs": 40, "learning_rate": 0.05, "seed": 3}, "device": "cpu"}
+                "training": {"epochs": 40, "learning_rate": 0.05, "seed": 3}, "preprocess": {"scale": 0.01},
+                "device": "cpu"}
         submitted = http.post("/v1/jobs", json=spec)
         assert submitted.status_code == 202
         job = wait_for(http, submitted.json()["id"])
         assert job["status"] == "succeeded", job["error"]
         assert job["progress"]["epoch"] == 40 and job["device"] == "cpu" and job["attempts"] == 1
+        assert job["timings"]["total_s"] > 0 and job["timings"]["load_s"] >= 0
         full = http.get(f"/v1/jobs/{job['id']}").json()
         assert [h["epoch"] for h in full["history"]] == list(range(1, 41))
         assert full["history"][-1]["loss"] == pytest.approx(job["metrics"]["final_loss"])
@@ -69,11 +72,11 @@ def test_upload_train_download_and_predict_reproduce_the_reported_accuracy(live_
         assert sorted(from_npz) == sorted(from_st) == ["W1", "W2", "W3", "b1", "b2", "b3"]
         for name in from_npz:
             np.testing.assert_array_equal(from_npz[name], from_st[name])
-        labels = predict(from_npz, X.T, hidden_activation="relu", output="sigmoid")
+        labels = predict(from_npz, (X_raw.astype(np.float64) * 0.01).T, hidden_activation="relu", output="sigmoid")
         assert float(np.mean(labels == y)) == pytest.approx(job["metrics"]["train_accuracy"], abs=1e-9)
         assert job["metrics"]["train_accuracy"] > 0.8
 
-        served = http.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": X[:25].tolist()})
+        served = http.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": X_raw[:25].tolist()})
         assert served.status_code == 200
         assert served.json()["predictions"] == labels[:25].tolist()
         assert len(served.json()["probabilities"]) == 25
