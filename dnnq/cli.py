@@ -371,11 +371,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _number_or_fraction(text: str) -> float:
+    """'0.5' or '1/255'."""
+    try:
+        num, _, den = text.partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number like 0.5 or 1/255, got {text!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line too (argparse prints the whole usage block by default)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dnnq", description="Train L-layer neural networks over HTTP.")
+    parser = _Parser(prog="dnnq", description="Train L-layer neural networks over HTTP.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    client_opts = argparse.ArgumentParser(add_help=False)
+    client_opts = _Parser(add_help=False)
     client_opts.add_argument("--url", default=os.environ.get("DNNQ_URL") or DEFAULT_URL,
                              help="API base URL (default $DNNQ_URL or %(default)s)")
     client_opts.add_argument("--api-key", default=os.environ.get("DNNQ_API_KEY"),
@@ -458,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout-keep-prob", type=float)
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--scale", type=float, help="divide X by this before training (e.g. 255)")
+    p.add_argument("--scale", type=_number_or_fraction,
+                   help="multiply X by this before the first layer (e.g. 1/255 for 0..255 pixels)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
     p.add_argument("--idempotency-key")
     p.add_argument("--watch", action="store_true", help="then follow it like `dnnq watch`")

@@ -30,14 +30,14 @@ def _closed_port() -> int:
 def test_submit_flags_become_a_spec():
     args = build_parser().parse_args(
         ["submit", "--dataset", "ab" * 12, "--hidden", "20,7,5", "--output", "softmax", "--optimizer", "momentum",
-         "--lr", "0.05", "--epochs", "30", "--batch-size", "64", "--device", "cpu", "--no-shuffle", "--scale", "255"])
+         "--lr", "0.05", "--epochs", "30", "--batch-size", "64", "--device", "cpu", "--no-shuffle", "--scale", "1/255"])
     spec = build_spec(args)
     assert spec == {
         "dataset_id": "ab" * 12,
         "model": {"hidden_layers": [20, 7, 5], "output": "softmax"},
         "training": {"optimizer": "momentum", "learning_rate": 0.05, "epochs": 30, "batch_size": 64,
                      "shuffle": False},
-        "preprocess": {"scale": 255.0},
+        "preprocess": {"scale": 1 / 255},
         "device": "cpu",
     }
 
@@ -70,7 +70,9 @@ def test_bad_choices_are_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["download", "x", "--format", "pickle"])
     assert exc.value.code == 2
-    assert "invalid choice: 'pickle'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("dnnq download: error: argument --format: invalid choice: 'pickle'")
+    assert err.endswith("(see `dnnq download --help`)\n") and err.count("\n") == 1
 
 
 def test_unreachable_url_gives_one_line_and_nonzero_exit(capsys):
