@@ -302,8 +302,13 @@ def load_inputs(path: Path):
 
 def cmd_predict(args) -> int:
     X = load_inputs(Path(args.input))
+    result: dict = {"predictions": [], "probabilities": []}
     with _client(args) as client:
-        result = client.predict(args.id, X.tolist())
+        for start in range(0, max(len(X), 1), args.chunk):  # the API caps examples per request
+            part = client.predict(args.id, X[start:start + args.chunk].tolist())
+            result["predictions"] += part.get("predictions") or []
+            result["probabilities"] += part.get("probabilities") or []
+    result["probabilities"] = result["probabilities"] or None
     if args.json:
         _print_json(result)
     else:
@@ -510,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[client_opts], help="predict with a trained job")
     p.add_argument("id")
     p.add_argument("input", metavar="INPUT", help=".npz with X, .csv or .npy; examples as rows")
+    p.add_argument("--chunk", type=_positive_int, default=5000, help="examples per request (default %(default)s)")
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -92,6 +92,10 @@ def test_upload_submit_watch_status_download_predict(live_stack, tmp_path, capsy
     code, out, err = run(capsys, "predict", job_id, str(inputs), url=url)
     assert code == 0, err
     assert [float(v) for v in out.split()] == labels[:25].tolist()
+    code, out, err = run(capsys, "predict", job_id, str(inputs), "--chunk", "10", "--json", url=url)
+    assert code == 0, err
+    chunked = json.loads(out)  # three requests of 10, 10 and 5 rows, joined in order
+    assert chunked["predictions"] == labels[:25].tolist() and len(chunked["probabilities"]) == 25
 
     code, out, err = run(capsys, "cancel", job_id, url=url)
     assert code == 1 and out == ""
