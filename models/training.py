@@ -286,8 +286,9 @@ class _Engine:
     def backward(self, acts, AL, Ye):
         xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
         # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
-        # sigmoid with binary cross-entropy, softmax with categorical cross-entropy (Y's columns
-        # sum to 1), identity with squared error (1/2 (AL - Y)^2). TrainConfig only allows these.
+        # sigmoid with binary cross-entropy, softmax with categorical cross-entropy (each example's
+        # targets sum to 1, checked in _prepare), identity with squared error (1/2 (AL - Y)^2).
+        # TrainConfig ties the loss to the output, so fit only ever meets these pairings.
         # The 1/B of the batch mean is applied here once instead of on every dW and db.
         dZ = (AL - Ye) * (1.0 / B)  # (B, n_L)
         for l in range(self.L, 0, -1):
