@@ -224,3 +224,15 @@ def test_update_parameters_by_hand(xp):
     new = update_parameters(params, grads, 0.5)
     np.testing.assert_allclose(host(new["W1"]), [[0.9, -1.2]], rtol=1e-15)
     np.testing.assert_allclose(host(new["b1"]), [[1.0]], rtol=1e-15)
+
+
+def test_predict_labels_and_proba_on_every_backend(xp):
+    from models import predict
+
+    params = {"W1": np.array([[1.0, -1.0]]), "b1": np.array([[0.0]])}  # one sigmoid unit: Z = x0 - x1
+    X = on(xp, [[2.0, 0.0, 5.0], [1.0, 3.0, 5.5]])  # Z = 1, -3, -0.5
+    np.testing.assert_array_equal(predict(params, X, output="sigmoid"), [1, 0, 0])
+    np.testing.assert_allclose(predict(params, X, output="sigmoid", proba=True), [[sig(1), sig(-3), sig(-0.5)]], rtol=1e-14)
+    np.testing.assert_allclose(predict(params, X, output="linear"), [1.0, -3.0, -0.5], rtol=1e-14)
+    two = {"W1": np.array([[1.0, 0.0], [0.0, 1.0]]), "b1": np.array([[0.0], [0.0]])}  # softmax picks the larger x
+    np.testing.assert_array_equal(predict(two, X, output="softmax"), [0, 1, 1])
