@@ -23,10 +23,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer epochs/iterations (still a median of >= 3)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per implementation (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON, e.g. bench/results/latest.json")
+    p.add_argument("--threads", type=int, default=None,
+                   help="cap every BLAS/OpenMP pool and torch at N threads (default: all cores, os.cpu_count()); "
+                        "--threads 1 gives steadier ratios when other work shares the cores")
     p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn reference")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1. Got {args.repeats} instead.")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1. Got {args.threads} instead.")
     return args
 
 
@@ -63,7 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "gpu" and (why := require_gpu()):
         print(f"error: {why}", file=sys.stderr)
         return 2
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        if sklearn_ref.available():
+            import sklearn.neural_network  # noqa: F401 - load its pools now so the cap reaches them too
+
+        threadpool_limits(limits=args.threads)   # numpy's OpenBLAS, scikit-learn's and torch's OpenMP
     env = envinfo.collect()
+    env["threads_cap"] = args.threads
     gemm = {"numpy sgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float32"),
             "numpy dgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float64", repeats=3)}
     if args.device == "gpu":
@@ -73,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = ours.available()
     if missing:
         print(f"\nnote: {missing}; timing the references only.")
+    if args.threads:
+        print(f"threads capped at {args.threads} for every pool and torch (--threads)")
 
     figs = []
     for case in workloads.build(args.workload, args.quick, args.device):
@@ -81,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             if not missing:
                 runs_ours.append(ours.train(case, args.device))
-            runs_torch.append(torch_ref.train(case, args.device))
+            runs_torch.append(torch_ref.train(case, args.device, args.threads))
             if case.sklearn and args.device == "cpu" and not args.no_sklearn and sklearn_ref.available():
                 runs_sk.append(sklearn_ref.train(case))
         load.append(os.getloadavg()[0])

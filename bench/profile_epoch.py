@@ -84,15 +84,64 @@ def instrument() -> bool:
     return True
 
 
+def gemm_shapes(layer_dims: list[int], batch: int) -> list[tuple[str, tuple, tuple, bool, bool]]:
+    """The matmuls of one step in fit's examples-first layout: (label, a shape, b shape, a.T?, b.T?)."""
+    out = []
+    for l in range(1, len(layer_dims)):
+        n_prev, n_l = layer_dims[l - 1], layer_dims[l]
+        out.append((f"fwd Z{l} = A{l-1} @ W{l}.T", (batch, n_prev), (n_l, n_prev), False, True))
+        out.append((f"dW{l} = dZ{l}.T @ A{l-1}", (batch, n_l), (batch, n_prev), True, False))
+        if l > 1:
+            out.append((f"dA{l-1} = dZ{l} @ W{l}", (batch, n_l), (n_l, n_prev), False, False))
+    return out
+
+
+def gemm_table(layer_dims: list[int], batch: int, dtype: str = "float32", reps: int = 200) -> None:
+    """Median time of each step matmul in NumPy (its OpenBLAS) and in PyTorch (its BLAS), same threads."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    print(f"per-step matmuls, median of {reps} ({dtype}, batch {batch}); x steps/epoch = per-epoch cost")
+    print(f"  {'matmul':28} {'numpy us':>9} {'torch us':>9} {'numpy/torch':>11}")
+    tot_np = tot_t = 0.0
+    for label, sa, sb, ta, tb in gemm_shapes(layer_dims, batch):
+        a = rng.standard_normal(sa).astype(dtype)
+        b = rng.standard_normal(sb).astype(dtype)
+        A, B = (a.T if ta else a), (b.T if tb else b)
+        out = np.empty((A.shape[0], B.shape[1]), dtype=dtype)
+        At, Bt = torch.from_numpy(a), torch.from_numpy(b)
+        At, Bt = (At.T if ta else At), (Bt.T if tb else Bt)
+        outt = torch.empty(tuple(out.shape), dtype=getattr(torch, dtype))
+        times = {}
+        for who, fn in (("numpy", lambda: np.matmul(A, B, out=out)), ("torch", lambda: torch.matmul(At, Bt, out=outt))):
+            ts = []
+            for _ in range(reps + 5):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            times[who] = float(np.median(ts[5:]))
+        tot_np, tot_t = tot_np + times["numpy"], tot_t + times["torch"]
+        print(f"  {label:28} {1e6 * times['numpy']:9.1f} {1e6 * times['torch']:9.1f} {times['numpy'] / times['torch']:11.2f}")
+    print(f"  {'sum per step':28} {1e6 * tot_np:9.1f} {1e6 * tot_t:9.1f} {tot_np / tot_t:11.2f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile_epoch")
     p.add_argument("--optimizer", choices=["gd", "adam"], default="gd")
     p.add_argument("--epochs", type=int, default=2, help="epochs per run; the first is a warm-up")
+    p.add_argument("--threads", type=int, default=None, help="cap BLAS/OpenMP pools and torch at N threads")
     args = p.parse_args()
+    if args.threads:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.threads)
+        torch.set_num_threads(args.threads)
     case = workloads.workload_a(quick=True)[0 if args.optimizer == "gd" else 1]
     case.epochs = max(2, args.epochs)
+    gemm_table(case.layer_dims, case.batch_size)
     plain = ours.train(case)
-    ref = torch_ref.train(case)
+    ref = torch_ref.train(case, threads=args.threads)
     if not instrument():
         return 1
     TIMES.clear(), CALLS.clear()
