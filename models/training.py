@@ -313,7 +313,7 @@ class _Engine:
         for s in range(0, Xe.shape[0], chunk):
             _, ZL = self.forward(Xe[s:s + chunk])
             _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk])
-            loss = loss + batch_loss
+            loss = loss + batch_loss.astype(self.xp.float64)
             correct = None if batch_correct is None else correct + batch_correct
         return loss, correct
 
@@ -411,7 +411,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
                 loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
             engine.backward(acts, AL, yb)
             optimizer.update(params, engine.grads)
-            loss_total = loss_total + loss_sum
+            loss_total = loss_total + loss_sum.astype(xp.float64)  # float64 sum over the epoch
             if correct is not None:
                 correct_total = correct_total + correct
         loss = float(loss_total) / m  # float(loss) syncs the GPU: once per epoch, on purpose
