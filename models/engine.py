@@ -1,0 +1,158 @@
+"""The fast per-batch engine behind fit(): forward, fused output gradient, backward.
+
+It computes in an examples-first layout (A_l is (batch, n_l), Z = A @ W.T + b.T), so each
+mini-batch is a contiguous block of rows and a shuffle is a cheap row gather, while the
+parameters keep the textbook shapes W{l} (n_l, n_{l-1}) and b{l} (n_l, 1) (W.T and b.T are free
+views). BLAS runs A @ W.T as fast as W @ A (measured: 1.57 vs 1.69 ms for 256x784x256 float32).
+Elementwise work is in place, into buffers allocated once per fit; dA0 is never computed.
+Works on NumPy and CuPy arrays (fit picks xp in models.backend).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import Device
+from .config import TrainConfig
+
+class _Engine:
+    """Buffers for batches of up to ``batch_max`` examples; ``training=False`` only evaluates."""
+
+    def __init__(self, cfg: TrainConfig, device: Device, params: dict, batch_max: int, training: bool = True):
+        self.cfg, self.xp = cfg, device.xp
+        xp = self.xp
+        self.L = len(cfg.layer_dims) - 1
+        self.params = params  # W{l} (n_l, n_{l-1}), b{l} (n_l, 1), on the device
+        dims, dt = cfg.layer_dims, params["W1"].dtype
+        self.dtype = dt
+        self.keep = cfg.dropout_keep_prob
+        hidden = range(1, self.L)
+        # H[l]: Z then g(Z) in place, (batch, n_l); G[l]: dA then dZ in place, (batch, n_l)
+        self.H = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}
+        # relu against an array of zeros: NumPy's maximum with a scalar 0 is ~3x slower (measured)
+        self.zeros = {l: xp.zeros((batch_max, dims[l]), dtype=dt) for l in hidden}
+        self.grads, self.G, self.mask, self.D = {}, {}, {}, {}
+        if training:
+            self.grads = {f"d{k}": xp.zeros_like(v) for k, v in params.items()}
+            self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in hidden}
+            self.mask = {l: xp.empty((batch_max, dims[l]), dtype=bool) for l in hidden}
+            if self.keep < 1:  # dropped activations and scaled masks, (batch, n_l)
+                self.D = {l: (xp.empty((batch_max, dims[l]), dtype=dt), xp.empty((batch_max, dims[l]), dtype=dt))
+                          for l in hidden}
+
+    def _hidden_inplace(self, Z, l):
+        xp, name = self.xp, self.cfg.hidden_activation
+        if name == "relu":
+            xp.maximum(Z, self.zeros[l][:Z.shape[0]], out=Z)
+        elif name == "leaky_relu":
+            xp.maximum(Z, 0.01 * Z, out=Z)  # leaky slope 0.01 (models.activations.LEAKY_SLOPE)
+        elif name == "tanh":
+            xp.tanh(Z, out=Z)
+        else:  # sigmoid
+            xp.negative(Z, out=Z)
+            xp.exp(Z, out=Z)
+            Z += 1.0
+            xp.reciprocal(Z, out=Z)
+
+    def _hidden_backward_inplace(self, dA, H, l):
+        """dZ = dA * g'(Z), with g'(Z) read from H = g(Z): every hidden activation allows that."""
+        xp, name = self.xp, self.cfg.hidden_activation
+        if name == "relu":
+            mask = self.mask[l][:H.shape[0]]
+            xp.greater(H, 0, out=mask)
+            dA *= mask  # relu' = 0 where Z <= 0, i.e. where H == 0
+        elif name == "leaky_relu":
+            dA[...] = xp.where(H > 0, dA, 0.01 * dA)  # leaky slope 0.01 where Z <= 0
+        elif name == "tanh":
+            dA *= 1.0 - H * H  # tanh' = 1 - tanh^2
+        else:
+            dA *= H * (1.0 - H)  # sigmoid' = s (1 - s)
+
+    def forward(self, A0, rng=None):
+        """Hidden layers; returns the activations list [A0, A1, ..., A_{L-1}] and Z_L (batch, n_L)."""
+        xp, B = self.xp, A0.shape[0]
+        acts = [A0]
+        A = A0
+        for l in range(1, self.L + 1):
+            Z = self.H[l][:B]
+            xp.matmul(A, self.params[f"W{l}"].T, out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
+            Z += self.params[f"b{l}"].T  # + (1, n_l)
+            if l == self.L:
+                return acts, Z
+            self._hidden_inplace(Z, l)  # now H = g(Z)
+            A = Z
+            if rng is not None and self.keep < 1:  # inverted dropout on hidden layers
+                Ad, M = (buf[:B] for buf in self.D[l])
+                M[...] = rng.random((B, Z.shape[1]), dtype=self.dtype) < self.keep
+                M *= 1.0 / self.keep
+                xp.multiply(Z, M, out=Ad)
+                A = Ad
+            acts.append(A)
+
+    def output(self, ZL, Ye):
+        """(AL, loss_sum over the batch as a 0-d device array, correct count or None)."""
+        xp, out = self.xp, self.cfg.output
+        if out == "sigmoid":
+            # BCE from the logits, stable: max(Z,0) - Z Y + log(1 + exp(-|Z|)); equals the textbook
+            # -(Y log AL + (1-Y) log(1-AL)) wherever that is finite, and never takes log(0).
+            loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))))
+            AL = 1.0 / (1.0 + xp.exp(-ZL))
+            correct = xp.count_nonzero((AL > 0.5) == (Ye > 0.5))
+        elif out == "softmax":
+            Zs = ZL - xp.max(ZL, axis=1, keepdims=True)  # (B, n_L), stable
+            E = xp.exp(Zs)
+            S = xp.sum(E, axis=1, keepdims=True)  # (B, 1)
+            AL = E / S
+            loss = -xp.sum(Ye * (Zs - xp.log(S)))  # -sum Y log softmax(Z)
+            correct = xp.count_nonzero(xp.argmax(ZL, axis=1) == xp.argmax(Ye, axis=1))
+        else:
+            AL = ZL
+            D = ZL - Ye
+            loss = 0.5 * xp.sum(D * D)
+            correct = None
+        return AL, loss, correct
+
+    def l2_sum(self):
+        xp = self.xp
+        return sum(xp.vdot(self.params[f"W{l}"].ravel(), self.params[f"W{l}"].ravel()) for l in range(1, self.L + 1))
+
+    def backward(self, acts, AL, Ye):
+        xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
+        # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
+        # sigmoid with binary cross-entropy, softmax with categorical cross-entropy (each example's
+        # targets sum to 1, checked in _prepare), identity with squared error (1/2 (AL - Y)^2).
+        # TrainConfig ties the loss to the output, so fit only ever meets these pairings.
+        # The 1/B of the batch mean is applied here once instead of on every dW and db.
+        dZ = (AL - Ye) * (1.0 / B)  # (B, n_L)
+        for l in range(self.L, 0, -1):
+            W, dW, db = self.params[f"W{l}"], self.grads[f"dW{l}"], self.grads[f"db{l}"]
+            xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
+            xp.sum(dZ, axis=0, out=db[:, 0])  # (n_l,)
+            if l2:
+                dW += (l2 / B) * W
+            if l == 1:
+                break  # dA0, the gradient w.r.t. the input, is not needed for training
+            dA = self.G[l - 1][:B]
+            xp.matmul(dZ, W, out=dA)  # (B, n_{l-1}) = (B, n_l) @ (n_l, n_{l-1})
+            if self.keep < 1:
+                dA *= self.D[l - 1][1][:B]  # same mask and 1/keep scale as forward
+            self._hidden_backward_inplace(dA, self.H[l - 1][:B], l - 1)
+            dZ = dA
+
+    def evaluate(self, Xe, Ye):
+        """(loss_sum, correct) of a whole set in chunks of the buffer size, no dropout."""
+        chunk = self.H[1].shape[0]
+        loss, correct = 0.0, 0
+        for s in range(0, Xe.shape[0], chunk):
+            _, ZL = self.forward(Xe[s:s + chunk])
+            _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk])
+            loss = loss + batch_loss.astype(self.xp.float64)
+            correct = None if batch_correct is None else correct + batch_correct
+        return loss, correct
+
+
+def _take_rows(xp, src, idx, out):
+    """out[:] = src[idx]; NumPy's mode="raise" buffers the copy, "wrap" (idx is in range) does not."""
+    if xp is np:
+        np.take(src, idx, axis=0, out=out, mode="wrap")
+    else:
+        xp.take(src, idx, axis=0, out=out)
