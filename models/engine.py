@@ -14,6 +14,7 @@ import numpy as np
 from .backend import Device
 from .config import TrainConfig
 
+
 class _Engine:
     """Buffers for batches of up to ``batch_max`` examples; ``training=False`` only evaluates."""
 
