@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
 from service.deps import load_api_keys, make_redis
-from service.errors import install_error_handlers, problem_response
+from service.errors import document_problems, install_error_handlers, problem_response
 from service.settings import ApiSettings, get_api_settings
 
 __all__ = ["create_app"]
@@ -162,4 +162,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestMetricsMiddleware, histogram=histogram)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:  # built once, then served from the cache
+            app.openapi_schema = document_problems(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

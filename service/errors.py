@@ -14,9 +14,13 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_error_handlers", "problem_response", "field_error"]
+__all__ = [
+    "PROBLEM_JSON", "Problem", "ProblemDetails", "document_problems", "field_error", "install_error_handlers",
+    "problem_response", "problems",
+]
 
 PROBLEM_JSON = "application/problem+json"
 # RFC 9110 names where Python's HTTPStatus still uses the older phrase.
@@ -46,6 +50,55 @@ class Problem(Exception):
         self.title = title or _title(status)
         self.errors = errors
         self.headers = headers
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+    input: int | float | str | bool | None = None
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error response (application/problem+json, RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = None
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error statuses it may answer (document_problems gives them a body)."""
+    return {code: {"description": _title(code)} for code in codes}
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI schema say what the handlers below send: every 4xx/5xx response without its
+    own content is problem+json (FastAPI's default 422 included); every /v1 operation may also answer
+    401 (API keys) and 503 (Redis unreachable); every operation with a body may answer 400 and 413."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ProblemDetails,):
+        defs = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(defs.pop("$defs", {}))
+        components[model.__name__] = defs
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    body = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
+    for path, item in schema.get("paths", {}).items():
+        for method, op in item.items():
+            responses = op.setdefault("responses", {})
+            extra = [401, 503] if path.startswith("/v1/") else []
+            if "requestBody" in op:
+                extra += [400, 413]  # a body that cannot be parsed at all (bad bytes, broken multipart)
+            if op.get("parameters") or "requestBody" in op:
+                extra.append(422)
+            for code in extra:
+                responses.setdefault(str(code), {"description": _title(code)})
+            for code, response in responses.items():
+                if code[0] in "45" and (code == "422" or "content" not in response):
+                    response["content"] = body
+    return schema
 
 
 def field_error(field: str, message: str, status: int = 422) -> Problem:
@@ -85,6 +138,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         item: dict[str, Any] = {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "")}
+        if err.get("type") == "json_invalid":  # loc is ('body', <offset>): name the body, say what to send
+            item = {"field": "body", "message": f"{item['message']} ({(err.get('ctx') or {}).get('error', '')}); "
+                    "send a JSON object with Content-Type: application/json."}
         value = err.get("input")
         if isinstance(value, (int, float, str, bool)):
             item["input"] = value

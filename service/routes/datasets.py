@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from service.deps import Rds, Settings, Store, Tenant
-from service.errors import Problem
+from service.errors import Problem, problems
 from service.idempotency import reserve
 from service.schemas import SyntheticRequest, dataset_view
 from service.synthetic import generate
@@ -20,6 +20,7 @@ from workers import datasets
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20
+_SAME = {200: {"description": "The same content was stored before: the existing dataset."}}
 
 
 def _now_iso() -> str:
@@ -63,7 +64,7 @@ def _created(rec: dict, status: int) -> JSONResponse:
     return JSONResponse(dataset_view(rec), status_code=status, headers={"Location": f"/v1/datasets/{rec['id']}"})
 
 
-@router.post("", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)")
+@router.post("", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)", responses=_SAME)
 def upload_dataset(
     r: Rds,
     store: Store,
@@ -91,7 +92,7 @@ def upload_dataset(
                  arrays=(parsed.X, parsed.Y, parsed.classes, parsed.label_kind))
 
 
-@router.post("/synthetic", status_code=201, summary="Generate moons, circles, spiral or blobs")
+@router.post("/synthetic", status_code=201, summary="Generate moons, circles, spiral or blobs", responses=_SAME)
 def synthetic_dataset(
     body: SyntheticRequest,
     r: Rds,
@@ -118,7 +119,7 @@ def synthetic_dataset(
                  arrays=(X, y, list(range(k)), "binary" if k == 2 else "integer"))
 
 
-@router.get("/{dataset_id}")
+@router.get("/{dataset_id}", responses=problems(404))
 def get_dataset(
     dataset_id: str, r: Rds, store: Store, tenant: Tenant,
     preview: Annotated[Literal["short", "full"], Query(description="full: whole rows (to draw images)")] = "short",
@@ -147,7 +148,7 @@ def get_dataset(
 @router.get("")
 def list_datasets(
     r: Rds, tenant: Tenant,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # Redis ranges are int64
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
     """This tenant's datasets, newest first."""

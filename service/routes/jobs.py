@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from service.deps import Rds, Settings, Store, Tenant
-from service.errors import Problem, field_error
+from service.errors import Problem, field_error, problems
 from service.idempotency import reserve
 from service.schemas import PredictRequest, job_view, thin_history
 from workers import datasets, jobs
@@ -91,7 +91,7 @@ def _send(celery_app, r, job: dict, queue: str) -> None:
                       headers={"Retry-After": "5"}) from None
 
 
-@router.post("", status_code=202, summary="Submit a training job")
+@router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
 def submit_job(
     spec: JobSpec, request: Request, r: Rds, settings: Settings, tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
@@ -134,7 +134,7 @@ def list_jobs(
     r: Rds, tenant: Tenant,
     status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"] | None,
                       Query()] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # Redis ranges are int64
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
     """This tenant's jobs, newest first, without histories."""
@@ -142,7 +142,7 @@ def list_jobs(
     return {"items": [job_view(j, None) for j in items], "total": total, "offset": offset, "limit": limit}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=problems(404))
 def get_job(
     job_id: str, r: Rds, settings: Settings, tenant: Tenant,
     history: Annotated[Literal["thin", "full", "none"], Query(
@@ -152,7 +152,7 @@ def get_job(
     return job_view(job, _history(r, job, history, settings.history_full_max))
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
 def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> JSONResponse:
     """queued -> cancelled at once; running -> cancelling (stops at the next epoch). 409 if finished."""
     _job_or_404(r, job_id, tenant)
@@ -171,7 +171,7 @@ def _sse(event: str, data: dict, event_id: int | None = None) -> str:
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}}, **problems(404)})
 async def job_events(
     job_id: str, request: Request, r: Rds, settings: Settings, tenant: Tenant,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -215,7 +215,9 @@ def _succeeded_or_409(job: dict) -> None:
         raise Problem(409, f"Job '{job['id']}' is {job['status']}; its model exists once it has succeeded.")
 
 
-@router.get("/{job_id}/weights", responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("/{job_id}/weights", responses={200: {"content": {"application/octet-stream": {}}},
+                                            304: {"description": "Not Modified (If-None-Match)"},
+                                            **problems(404, 409)})
 def download_weights(
     job_id: str, r: Rds, store: Store, tenant: Tenant,
     format: Annotated[str, Query(description="npz | safetensors | onnx")] = "npz",
@@ -247,7 +249,7 @@ def download_weights(
     return Response(store.get(key), media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/{job_id}/model")
+@router.get("/{job_id}/model", responses=problems(404, 409))
 def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> JSONResponse:
     """The trained model's description (layer sizes, activations, preprocessing, classes, metrics)."""
     job = _job_or_404(r, job_id, tenant)
@@ -258,7 +260,7 @@ def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> JSONResponse
         raise Problem(404, f"Job '{job_id}' has no model.json in the artifact store.") from None
 
 
-@router.post("/{job_id}/predict")
+@router.post("/{job_id}/predict", responses=problems(404, 409))
 def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: Settings, tenant: Tenant) -> dict:
     """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
     from models import predict as model_predict

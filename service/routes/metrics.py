@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from service.deps import Tenant
+from service.errors import problems
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("dnnq.api")
@@ -85,6 +86,6 @@ def install(app: FastAPI) -> Histogram:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=problems(401))
 def metrics(request: Request, tenant: Tenant) -> Response:
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
