@@ -34,6 +34,7 @@ __all__ = [
     "JobNotFound",
     "Status",
     "claim",
+    "count_unfinished",
     "create_job",
     "finish",
     "get_history",
@@ -162,6 +163,7 @@ if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('SREM', UNFINISHED .. redis.call('HGET', KEYS[1], 'tenant'), ARGV[4])
 redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[4], 'jobs_' .. new .. '_total', 1)
 return 1
@@ -173,6 +175,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', ''} end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('SREM', UNFINISHED .. redis.call('HGET', KEYS[1], 'tenant'), redis.call('HGET', KEYS[1], 'id'))
   redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
   return {'ok', 'cancelled'}
 end
@@ -196,6 +199,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       if max_attempts > 0 and attempts >= max_attempts then
         redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
         redis.call('HINCRBY', KEYS[2], 'jobs_failed_total', 1)
+        redis.call('SREM', UNFINISHED .. redis.call('HGET', job, 'tenant'), id)
       else
         redis.call('HSET', job, 'status', 'queued')
         table.insert(requeued, id)
@@ -203,12 +207,17 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     elseif st == 'cancelling' then
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', ARGV[2])
       redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
+      redis.call('SREM', UNFINISHED .. redis.call('HGET', job, 'tenant'), id)
     end
     redis.call('SREM', KEYS[1], id)
   end
 end
 return requeued
 """
+
+# Every script that ends a job also drops it from its tenant's unfinished set (see count_unfinished).
+_UNFINISHED_LUA = f"local UNFINISHED = '{PREFIX}unfinished:'\n"
+_FINISH, _CANCEL, _REQUEUE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE))
 
 _SCRIPTS: dict[str, Any] = {}
 
@@ -275,6 +284,7 @@ def create_job(
     pipe = r.pipeline(transaction=True)
     pipe.hset(job_key(job_id), mapping=record)
     pipe.zadd(f"{PREFIX}jobs:{tenant}", {job_id: time.time()})
+    pipe.sadd(unfinished_key(tenant), job_id)
     pipe.execute()
     return _decode(record)
 
@@ -307,6 +317,16 @@ def list_jobs(r, tenant: str, status: str | None = None, offset: int = 0, limit:
     for job_id in matching[offset : offset + limit]:
         pipe.hgetall(job_key(job_id))
     return [_decode(raw) for raw in pipe.execute() if raw], len(matching)
+
+
+def unfinished_key(tenant: str) -> str:
+    return f"{PREFIX}unfinished:{tenant}"
+
+
+def count_unfinished(r, tenant: str) -> int:
+    """How many of the tenant's jobs are queued, running or cancelling: one SCARD, however long the
+    tenant's history (the submit route checks it against MAX_QUEUED_JOBS_PER_TENANT on every POST)."""
+    return int(r.scard(unfinished_key(tenant)))
 
 
 def get_history(r, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
