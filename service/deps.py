@@ -65,19 +65,22 @@ def make_redis(settings: ApiSettings) -> redis.Redis:
     )
 
 
-def get_settings(request: Request) -> ApiSettings:
+# The dependencies below are `async def` although they never await: they do no I/O, and FastAPI runs a
+# plain `def` dependency in the thread pool, a thread hop per dependency per request (the hot path
+# GET /v1/jobs/{id} had four).
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
-def get_store(request: Request):
+async def get_store(request: Request):
     return request.app.state.store
 
 
-def require_tenant(request: Request) -> str:
+async def require_tenant(request: Request) -> str:
     """The caller's tenant; 401 with WWW-Authenticate when keys are set and none matches."""
     keys: list[tuple[bytes, str]] = request.app.state.api_keys
     if not keys:
