@@ -22,6 +22,7 @@ __all__ = [
     "gpu_available",
     "release_memory",
     "device_rng",
+    "gpu_memory",
 ]
 
 
@@ -125,6 +126,24 @@ def release_memory(xp) -> None:
         return
     xp.get_default_memory_pool().free_all_blocks()
     xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(bytes in use, bytes in all) on this process's current GPU, or None.
+
+    It never imports CuPy itself: a process that never trained on a GPU answers None, so a CPU
+    worker asking costs nothing and initialises no CUDA context.
+    """
+    import sys
+
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return None
+    try:
+        free, total = cupy.cuda.runtime.memGetInfo()
+    except Exception:  # no context yet, or a driver error: nothing to report
+        return None
+    return int(total - free), int(total)
 
 
 def device_rng(xp, seed: int, epoch: int):

@@ -110,6 +110,7 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
 
     every = spec.training.checkpoint_every or settings.checkpoint_every
     cancelled = threading.Event()
+    gpu_reported = [0.0]  # monotonic time of the last GPU memory report
 
     def on_epoch(state) -> None:
         entry = state.record.to_dict()
@@ -122,6 +123,10 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
             cancelled.set()
         if state.epoch % every == 0 and state.epoch < state.epochs and not cancelled.is_set():
             artifacts.save_checkpoint(store, job_id, state.checkpoint())
+        now = time.monotonic()
+        if now - gpu_reported[0] >= GPU_REPORT_SECONDS:
+            gpu_reported[0] = now
+            _report_gpu_memory(r, settings)
 
     def should_stop() -> bool:
         return heartbeat.lost.is_set() or cancelled.is_set()
@@ -130,6 +135,7 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
         result = fit(X, Y, cfg, X_val=X_val, Y_val=Y_val, on_epoch=on_epoch, should_stop=should_stop, checkpoint=ckpt)
     finally:
         r.hincrbyfloat(jobs.STATS_KEY, "training_seconds_total", time.perf_counter() - t_loaded)
+        _report_gpu_memory(r, settings)  # after fit released CuPy's pool: what the next job starts with
 
     if heartbeat.lost.is_set():
         event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
@@ -211,6 +217,23 @@ def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536
                                         output=spec.model.output))
         correct += int(np.count_nonzero(labels.reshape(-1) == truth[s : s + chunk]))
     return correct / X.shape[0]
+
+
+GPU_REPORT_SECONDS = 5.0  # GPU memory goes to the worker's hash (for /metrics) at most this often
+
+
+def _report_gpu_memory(r, settings: WorkerSettings) -> None:
+    """Publish this training process's GPU memory (nothing on a CPU-only worker: models never
+    loaded CuPy there)."""
+    from models.backend import gpu_memory
+
+    mem = gpu_memory()
+    if mem is None:
+        return
+    try:
+        r.hset(f"dnnq:worker:{settings.worker_name}", mapping={"gpu_memory_used": mem[0], "gpu_memory_total": mem[1]})
+    except Exception:  # the worker hash is informational; never fail a job over it
+        pass
 
 
 def _set_current_job(r, settings: WorkerSettings, job_id: str) -> None:

@@ -178,3 +178,32 @@ def test_interrupted_worker_leaves_the_job_to_the_sweeper(redis_client, store, s
     assert job["status"] == "running" and job["error"] is None  # not failed: resumable
     redis_client.delete(f"dnnq:job:{job_id}:lease")  # as when the lease expires
     assert jobs.requeue_expired(redis_client) == [job_id]
+
+
+def test_cpu_worker_reports_no_gpu_memory_and_never_loads_cupy(redis_client, store, settings):
+    import sys
+
+    from models.backend import gpu_memory
+
+    if "cupy" in sys.modules:
+        pytest.skip("CuPy is already loaded in this test process (a GPU machine): nothing to show here")
+    redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc", "gpu_memory_used": "", "gpu_memory_total": ""})
+    job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3}, device="cpu")
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+    assert "cupy" not in sys.modules and gpu_memory() is None
+    assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_used") == ""
+
+
+def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, settings, monkeypatch):
+    """Unit test of the reporting path: a stand-in `cupy` module answers memGetInfo (free, total)."""
+    import sys
+    import types
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 30, 4 << 30))))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    from workers.runner import _report_gpu_memory
+
+    redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc"})
+    _report_gpu_memory(redis_client, settings)
+    assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_used") == str(3 << 30)
+    assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_total") == str(4 << 30)
