@@ -54,6 +54,25 @@ def worker_device(settings: WorkerSettings) -> str:
     return f"gpu:{visible.split(',')[0]}"
 
 
+def host_memory_bytes() -> int | None:
+    """Physical memory of this host, the capacity the API checks a job's memory estimate against."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not reported
+        return None
+
+
+def live_workers(r) -> list[dict]:
+    """The hashes of every worker whose heartbeat has not expired."""
+    keys = list(r.scan_iter(match=worker_key("*"), count=100))
+    if not keys:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    return [w for w in pipe.execute() if w]
+
+
 def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
     """Create or refresh dnnq:worker:{name}; current_job and gpu memory are the training child's to set."""
     key = worker_key(settings.worker_name)
@@ -66,6 +85,7 @@ def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
             "device": worker_device(settings),
             "pid": os.getpid(),
             "started_at": started_at,
+            "memory_bytes": host_memory_bytes() or "",
         },
     )
     pipe.hsetnx(key, "current_job", "")

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.deps import Rds
+from workers.recovery import live_workers
 
 router = APIRouter(tags=["health"])
 
@@ -25,7 +26,7 @@ def readyz(r: Rds) -> JSONResponse:
     workers = 0
     try:
         r.ping()
-        workers = sum(1 for _ in r.scan_iter(match="dnnq:worker:*", count=100))
+        workers = len(live_workers(r))
         if workers == 0:
             missing.append("worker: no dnnq:worker:* heartbeat; start one with `dnnq worker`")
     except (redis.ConnectionError, redis.TimeoutError):

@@ -22,6 +22,7 @@ from service.errors import Problem, field_error, problems
 from service.idempotency import reserve
 from service.schemas import PredictRequest, job_view, thin_history
 from workers import datasets, jobs
+from workers.recovery import live_workers
 from workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,14 +45,16 @@ def _history(r, job: dict, mode: str, keep: int) -> list[dict] | None:
     return history if mode == "full" else thin_history(history, keep)
 
 
-def estimate_training_bytes(layer_dims: list[int], m: int, batch_size: int | None, itemsize: int) -> int:
-    """Rough peak memory of one fit(): parameters x4 (weights, gradients, two Adam moments), the
-    forward cache and its gradients for one batch (Z, A, dA per layer), and the data itself."""
-    params = sum(layer_dims[i] * (layer_dims[i - 1] + 1) for i in range(1, len(layer_dims)))
-    batch = min(batch_size or m, m)
-    activations = 3 * batch * sum(layer_dims)
-    data = m * (layer_dims[0] + layer_dims[-1])
-    return itemsize * (4 * params + activations + data)
+def _worker_capacity(r, settings, queue: str) -> tuple[int, str] | None:
+    """The memory one job may use: DNNQ_WORKER_MEMORY_BYTES if set, else the largest live worker
+    serving `queue` (its GPU memory for the gpu queue, its host memory otherwise); None when no
+    worker says (the job then waits for one, unchecked)."""
+    if settings.worker_memory_bytes:
+        return settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
+    field = "gpu_memory_total" if queue == "gpu" else "memory_bytes"
+    sizes = [int(w[field]) for w in live_workers(r)
+             if queue in (w.get("queues") or "").split(",") and (w.get(field) or "").isdigit()]
+    return (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
 
 
 def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> None:
@@ -62,14 +65,14 @@ def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> N
     if n_params > settings.max_parameters:
         raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
                           f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
-    if settings.worker_memory_bytes:
-        need = estimate_training_bytes(list(cfg.layer_dims), int(meta["n_examples"]),
-                                       spec.training.batch_size, 4 if spec.training.dtype == "float32" else 8)
-        if need > settings.worker_memory_bytes:
+    capacity = _worker_capacity(r, settings, queue_for(spec))
+    if capacity is not None:
+        need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
+        if need > capacity[0]:
             raise field_error(
                 "training.batch_size",
-                f"training needs about {need} bytes, more than a worker's {settings.worker_memory_bytes} "
-                "(DNNQ_WORKER_MEMORY_BYTES). Set a smaller training.batch_size, use float32, or shrink the network.")
+                f"training needs about {need} bytes, more than {capacity[0]} ({capacity[1]}). "
+                "Set a smaller training.batch_size, use float32, or shrink the network.")
     active = jobs.count_unfinished(r, tenant)  # one SCARD (was a scan of every job the tenant ever had)
     if active >= settings.max_queued_jobs_per_tenant:
         raise Problem(429, f"This tenant already has {active} queued or running jobs, the limit "

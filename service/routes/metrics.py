@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from service.deps import Tenant
 from service.errors import problems
+from workers.recovery import live_workers
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("dnnq.api")
@@ -50,7 +51,7 @@ class RedisCollector:
             counts = self._job_counts()
             depths = {q: self.r.llen(q) for q in QUEUES}
             stats = self.r.hgetall("dnnq:stats")
-            workers = [self.r.hgetall(k) for k in self.r.scan_iter(match="dnnq:worker:*", count=100)]
+            workers = live_workers(self.r)
         except (redis.ConnectionError, redis.TimeoutError):
             log.warning("metrics: redis unreachable; Redis-derived metrics omitted")
             return

@@ -226,6 +226,22 @@ def test_parameter_epoch_and_memory_limits(api_settings, data_dir):
         assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
 
 
+def test_memory_estimate_checked_against_live_workers(api_settings, redis_client):
+    """Without DNNQ_WORKER_MEMORY_BYTES the capacity is the largest live worker serving the job's queue."""
+    with make_client(api_settings) as c:
+        ds = upload(c, binary_npz(m=100)).json()["id"]
+        assert submit(c, ds).status_code == 202  # no worker says anything: not checked
+        redis_client.hset("dnnq:worker:small", mapping={"name": "small", "queues": "default", "memory_bytes": 30_000})
+        redis_client.hset("dnnq:worker:gpu0", mapping={"name": "gpu0", "queues": "gpu", "memory_bytes": 10**12,
+                                                        "gpu_memory_total": ""})
+        body = assert_problem(submit(c, ds, model={"hidden_layers": [64, 64]}), 422,
+                              "largest live 'default' worker's memory")
+        assert body["errors"][0]["field"] == "training.batch_size"
+        assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
+        redis_client.hset("dnnq:worker:big", mapping={"name": "big", "queues": "default,gpu", "memory_bytes": 10**9})
+        assert submit(c, ds, model={"hidden_layers": [64, 64]}).status_code == 202
+
+
 def test_tenant_queue_limit_is_429(api_settings):
     with make_client(api_settings, max_queued_jobs_per_tenant=2) as c:
         ds = upload(c, binary_npz()).json()["id"]

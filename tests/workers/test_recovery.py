@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from workers import jobs
-from workers.recovery import Maintenance, register_worker, sweep, worker_device
+from workers.recovery import Maintenance, host_memory_bytes, live_workers, register_worker, sweep, worker_device
 from workers.settings import WorkerSettings
 
 DS = "ab" * 12
@@ -34,6 +34,8 @@ def test_register_worker_hash_and_ttl(redis_client):
     info = redis_client.hgetall("dnnq:worker:w-1")
     assert info["name"] == "w-1" and info["queues"] == "gpu" and info["device"] == "gpu:1"
     assert info["current_job"] == "" and info["started_at"] == "2026-01-01T00:00:00.000Z"
+    assert int(info["memory_bytes"]) == host_memory_bytes() > 2**30  # this host's RAM: the API's capacity check
+    assert [w["name"] for w in live_workers(redis_client)] == ["w-1"]
     assert 2000 < redis_client.pttl("dnnq:worker:w-1") <= 3000
     redis_client.hset("dnnq:worker:w-1", "current_job", "c" * 32)
     register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")  # a refresh keeps the child's field
