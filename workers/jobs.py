@@ -34,6 +34,7 @@ __all__ = [
     "JobNotFound",
     "Status",
     "claim",
+    "count_by_status",
     "count_unfinished",
     "create_job",
     "finish",
@@ -53,6 +54,9 @@ PREFIX = "dnnq:"
 ID_RE = re.compile(r"^[0-9a-f]{24,32}$")
 ACTIVE_KEY = "dnnq:jobs:active"
 STATS_KEY = "dnnq:stats"
+# Jobs per status, kept by the same scripts that change a status, so /metrics reads one hash
+# instead of every job record.
+BY_STATUS_KEY = "dnnq:jobs:by_status"
 # record_epoch's answer when the caller's lease token no longer matches: stop, write nothing.
 LEASE_LOST = "lease_lost"
 
@@ -116,6 +120,7 @@ _CLAIM = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running')
+MOVE('queued', 'running')
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if (not started) or started == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -161,6 +166,7 @@ if st == 'running' then ok = (new == 'succeeded' or new == 'failed')
 elseif st == 'cancelling' then ok = (new == 'cancelled' or new == 'succeeded' or new == 'failed') end
 if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
+MOVE(st, new)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('SREM', UNFINISHED .. redis.call('HGET', KEYS[1], 'tenant'), ARGV[4])
@@ -175,12 +181,14 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', ''} end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  MOVE('queued', 'cancelled')
   redis.call('SREM', UNFINISHED .. redis.call('HGET', KEYS[1], 'tenant'), redis.call('HGET', KEYS[1], 'id'))
   redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
   return {'ok', 'cancelled'}
 end
 if st == 'running' or st == 'cancelling' then
   redis.call('HSET', KEYS[1], 'status', 'cancelling')
+  MOVE(st, 'cancelling')
   return {'ok', 'cancelling'}
 end
 return {'conflict', st}
@@ -198,14 +206,17 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       local attempts = tonumber(redis.call('HGET', job, 'attempts') or '0') or 0
       if max_attempts > 0 and attempts >= max_attempts then
         redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
+        MOVE('running', 'failed')
         redis.call('HINCRBY', KEYS[2], 'jobs_failed_total', 1)
         redis.call('SREM', UNFINISHED .. redis.call('HGET', job, 'tenant'), id)
       else
         redis.call('HSET', job, 'status', 'queued')
+        MOVE('running', 'queued')
         table.insert(requeued, id)
       end
     elseif st == 'cancelling' then
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', ARGV[2])
+      MOVE('cancelling', 'cancelled')
       redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
       redis.call('SREM', UNFINISHED .. redis.call('HGET', job, 'tenant'), id)
     end
@@ -218,6 +229,15 @@ return requeued
 # Every script that ends a job also drops it from its tenant's unfinished set (see count_unfinished).
 _UNFINISHED_LUA = f"local UNFINISHED = '{PREFIX}unfinished:'\n"
 _FINISH, _CANCEL, _REQUEUE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE))
+# Every script that changes a status moves one count between BY_STATUS_KEY's fields.
+_MOVE_LUA = (
+    "local function MOVE(from, to)\n"
+    f"  if from == to then return end\n"
+    f"  redis.call('HINCRBY', '{BY_STATUS_KEY}', from, -1)\n"
+    f"  redis.call('HINCRBY', '{BY_STATUS_KEY}', to, 1)\n"
+    "end\n"
+)
+_CLAIM, _FINISH, _CANCEL, _REQUEUE = (_MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE))
 
 _SCRIPTS: dict[str, Any] = {}
 
@@ -285,6 +305,7 @@ def create_job(
     pipe.hset(job_key(job_id), mapping=record)
     pipe.zadd(f"{PREFIX}jobs:{tenant}", {job_id: time.time()})
     pipe.sadd(unfinished_key(tenant), job_id)
+    pipe.hincrby(BY_STATUS_KEY, Status.QUEUED.value, 1)
     pipe.execute()
     return _decode(record)
 
@@ -327,6 +348,15 @@ def count_unfinished(r, tenant: str) -> int:
     """How many of the tenant's jobs are queued, running or cancelling: one SCARD, however long the
     tenant's history (the submit route checks it against MAX_QUEUED_JOBS_PER_TENANT on every POST)."""
     return int(r.scard(unfinished_key(tenant)))
+
+
+def count_by_status(r) -> dict[str, int]:
+    """Jobs of every tenant per status (one HGETALL; kept by the transition scripts)."""
+    counts = {status.value: 0 for status in Status}
+    for status, n in r.hgetall(BY_STATUS_KEY).items():
+        if status in counts:
+            counts[status] = int(n)
+    return counts
 
 
 def get_history(r, job_id: str, start: int = 0, end: int = -1) -> list[dict]:

@@ -15,14 +15,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from service.deps import Tenant
 from service.errors import problems
+from workers import jobs as jobs_module
 from workers.recovery import live_workers
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("dnnq.api")
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 QUEUES = ("default", "gpu")
-_JOB_KEY_PARTS = 3  # dnnq:job:{id}; longer keys are :history / :lease
 
 
 class RedisCollector:
@@ -31,24 +30,12 @@ class RedisCollector:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
 
-    def _job_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
-        ids = [k for k in self.r.scan_iter(match="dnnq:job:*", count=500) if k.count(":") == 2]
-        for start in range(0, len(ids), 500):
-            pipe = self.r.pipeline(transaction=False)
-            for key in ids[start:start + 500]:
-                pipe.hget(key, "status")
-            for status in pipe.execute():
-                if status in counts:
-                    counts[status] += 1
-        return counts
-
     def describe(self):
         return []  # nothing to describe up front: registering must not touch Redis
 
     def collect(self):
         try:
-            counts = self._job_counts()
+            counts = jobs_module.count_by_status(self.r)
             depths = {q: self.r.llen(q) for q in QUEUES}
             stats = self.r.hgetall("dnnq:stats")
             workers = live_workers(self.r)

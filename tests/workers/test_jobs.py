@@ -288,3 +288,26 @@ def test_requeue_expired_fails_a_job_that_keeps_killing_workers(redis_client):
     assert "died 3 times" in job["error"] and "batch_size" in job["error"]
     assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
     assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") == "1"
+
+
+def test_counts_by_status_follow_every_transition(redis_client):
+    """count_by_status (what /metrics reads) equals the statuses of the records after a mix of
+    every transition, including refused ones (which must not move a count)."""
+    r = redis_client
+    ids = [new_job(r)["id"] for _ in range(7)]
+    for i, job_id in enumerate(ids[:6]):
+        assert jobs.claim(r, job_id, f"w{i}", LEASE_MS)
+    assert jobs.claim(r, ids[0], "again", LEASE_MS) is False  # refused: no count moves
+    jobs.finish(r, ids[0], "w0", "succeeded")
+    jobs.finish(r, ids[0], "w0", "failed")  # refused: already finished
+    jobs.finish(r, ids[1], "w1", "failed")
+    jobs.request_cancel(r, ids[2])  # running -> cancelling
+    jobs.request_cancel(r, ids[2])  # cancelling stays
+    jobs.request_cancel(r, ids[6])  # queued -> cancelled
+    r.delete(f"dnnq:job:{ids[2]}:lease", f"dnnq:job:{ids[3]}:lease")  # two workers die
+    assert sorted(jobs.requeue_expired(r)) == [ids[3]]  # cancelling -> cancelled, running -> queued
+    actual = {s.value: 0 for s in Status}
+    for job_id in ids:
+        actual[status(r, job_id)] += 1
+    assert jobs.count_by_status(r) == actual
+    assert actual == {"queued": 1, "running": 2, "succeeded": 1, "failed": 1, "cancelling": 0, "cancelled": 2}
