@@ -14,6 +14,7 @@ import time
 import uuid
 
 import numpy as np
+import redis
 
 from workers import artifacts, jobs
 from workers.datasets import get_dataset, load_arrays
@@ -71,6 +72,11 @@ def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, stor
         # sweeper requeues it and it resumes from its last checkpoint.
         event("job.interrupted", logging.WARNING, job_id=job_id)
         raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # Redis went away, not the job: it must not end 'failed' (a Redis back an instant later would
+        # take that write). The lease expires, the sweeper requeues the job, it resumes from its checkpoint.
+        event("job.redis_unreachable", logging.WARNING, job_id=job_id, error=str(exc))
+        return None
     except Exception as exc:  # every failure ends the job 'failed' with a readable message
         expected = _expected_errors()
         message = _readable(exc, expected)
