@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.conftest import TERMINAL, _signal_group, start_api, start_worker, wait_for
+from tests.faults.conftest import TERMINAL, _signal_group, log_events, start_api, start_worker, wait_for
 from workers import jobs
 
 pytestmark = pytest.mark.e2e
@@ -96,6 +96,9 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
             assert int(stats["jobs_succeeded_total"]) == len(every_id)  # each ended succeeded exactly once
             assert int(stats.get("jobs_failed_total", 0)) == 0
         assert w.proc.poll() is None
+        # The outage is logged as Redis's, never as a failure of the job.
+        events = [e.get("event") for e in log_events(w.log()) if e.get("job_id") == long_id]
+        assert "job.failed" not in events, events
         print(f"\nredis down {DOWN_SECONDS:.0f} s; one API call while down took {one_call_s:.2f} s; "
               f"long job attempts={long_job['attempts']} resumed_from={long_job['resumed_from_epoch']}")
     finally:
