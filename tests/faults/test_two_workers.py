@@ -61,9 +61,11 @@ def test_second_worker_receiving_the_same_job_does_nothing(redis_client, store, 
 def test_epochs_longer_than_the_lease_are_never_taken_over(redis_client, store, celery_client, worker):
     lease_env = {"DNNQ_LEASE_SECONDS": "1", "DNNQ_HEARTBEAT_SECONDS": "0.2"}
     a, b = worker(env=lease_env), worker(env=lease_env)  # both sweep every 0.5 s
-    ds = make_dataset(redis_client, store, m=50_000, n_x=20, seed=3)
+    # ~2.5 s an epoch on the 2-core test box (mini-batches keep memory small): more than twice the lease.
+    ds = make_dataset(redis_client, store, m=150_000, n_x=20, seed=3)
     epochs = 3
-    job_id = create_and_send(redis_client, celery_client, ds["id"], hidden=(512, 256), epochs=epochs, seed=4)
+    job_id = create_and_send(redis_client, celery_client, ds["id"], hidden=(512, 256), epochs=epochs, seed=4,
+                             batch_size=8192)
 
     # Time the epochs as they land, to prove each one outlasted the 1 s lease.
     seen: list[float] = []
