@@ -32,9 +32,18 @@ class _Engine:
         # relu against an array of zeros: NumPy's maximum with a scalar 0 is ~3x slower (measured)
         self.zeros = {l: xp.zeros((batch_max, dims[l]), dtype=dt) for l in hidden}
         self.grads, self.G, self.mask, self.D = {}, {}, {}, {}
+        n_out = dims[self.L]
+        if cfg.output == "softmax":  # row max, row sum, shifted logits -> log-softmax, (batch, n_L)
+            self.rowmax = xp.empty((batch_max, 1), dtype=dt)
+            self.rowsum = xp.empty((batch_max, 1), dtype=dt)
+            self.Zs = xp.empty((batch_max, n_out), dtype=dt)
+            self.AL = xp.empty((batch_max, n_out), dtype=dt)
+            self.ones_out = xp.ones(n_out, dtype=dt)
         if training:
+            # db = ones @ dZ: a BLAS gemv, ~2.5x faster than NumPy's sum over axis 0 (measured)
+            self.ones = xp.ones(batch_max, dtype=dt)
             self.grads = {f"d{k}": xp.zeros_like(v) for k, v in params.items()}
-            self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in hidden}
+            self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}  # G[L]: dZ_L
             self.mask = {l: xp.empty((batch_max, dims[l]), dtype=bool) for l in hidden}
             if self.keep < 1:  # dropped activations and scaled masks, (batch, n_l)
                 self.D = {l: (xp.empty((batch_max, dims[l]), dtype=dt), xp.empty((batch_max, dims[l]), dtype=dt))
@@ -89,8 +98,11 @@ class _Engine:
                 A = Ad
             acts.append(A)
 
-    def output(self, ZL, Ye):
-        """(AL, loss_sum over the batch as a 0-d device array, correct count or None)."""
+    def output(self, ZL, Ye, labels=None):
+        """(AL, loss_sum over the batch as a 0-d device array, correct count or None).
+
+        ``labels`` (softmax only, optional): argmax(Ye, axis=1) computed ahead, once per data set.
+        """
         xp, out = self.xp, self.cfg.output
         if out == "sigmoid":
             # BCE from the logits, stable: max(Z,0) - Z Y + log(1 + exp(-|Z|)); equals the textbook
@@ -99,12 +111,19 @@ class _Engine:
             AL = 1.0 / (1.0 + xp.exp(-ZL))
             correct = xp.count_nonzero((AL > 0.5) == (Ye > 0.5))
         elif out == "softmax":
-            Zs = ZL - xp.max(ZL, axis=1, keepdims=True)  # (B, n_L), stable
-            E = xp.exp(Zs)
-            S = xp.sum(E, axis=1, keepdims=True)  # (B, 1)
-            AL = E / S
-            loss = -xp.sum(Ye * (Zs - xp.log(S)))  # -sum Y log softmax(Z)
-            correct = xp.count_nonzero(xp.argmax(ZL, axis=1) == xp.argmax(Ye, axis=1))
+            B = ZL.shape[0]
+            mx, S, Zs, AL = self.rowmax[:B], self.rowsum[:B], self.Zs[:B], self.AL[:B]
+            xp.max(ZL, axis=1, keepdims=True, out=mx)
+            xp.subtract(ZL, mx, out=Zs)  # (B, n_L), stable
+            xp.exp(Zs, out=AL)
+            xp.matmul(AL, self.ones_out, out=S[:, 0])  # row sums as a gemv: NumPy's axis=1 sum of 10 is slow
+            AL /= S  # softmax
+            xp.log(S, out=S)
+            Zs -= S  # log softmax
+            loss = -xp.vdot(Ye.ravel(), Zs.ravel())  # -sum Y log softmax(Z)
+            if labels is None:
+                labels = xp.argmax(Ye, axis=1)
+            correct = xp.count_nonzero(xp.argmax(ZL, axis=1) == labels)
         else:
             AL = ZL
             D = ZL - Ye
@@ -123,11 +142,13 @@ class _Engine:
         # targets sum to 1, checked in _prepare), identity with squared error (1/2 (AL - Y)^2).
         # TrainConfig ties the loss to the output, so fit only ever meets these pairings.
         # The 1/B of the batch mean is applied here once instead of on every dW and db.
-        dZ = (AL - Ye) * (1.0 / B)  # (B, n_L)
+        dZ = self.G[self.L][:B]
+        xp.subtract(AL, Ye, out=dZ)
+        dZ *= 1.0 / B  # (B, n_L)
         for l in range(self.L, 0, -1):
             W, dW, db = self.params[f"W{l}"], self.grads[f"dW{l}"], self.grads[f"db{l}"]
             xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
-            xp.sum(dZ, axis=0, out=db[:, 0])  # (n_l,)
+            xp.matmul(self.ones[:B], dZ, out=db[:, 0])  # (n_l,) = sum of dZ's rows
             if l2:
                 dW += (l2 / B) * W
             if l == 1:
@@ -139,13 +160,13 @@ class _Engine:
             self._hidden_backward_inplace(dA, self.H[l - 1][:B], l - 1)
             dZ = dA
 
-    def evaluate(self, Xe, Ye):
+    def evaluate(self, Xe, Ye, labels=None):
         """(loss_sum, correct) of a whole set in chunks of the buffer size, no dropout."""
         chunk = self.H[1].shape[0]
         loss, correct = 0.0, 0
         for s in range(0, Xe.shape[0], chunk):
             _, ZL = self.forward(Xe[s:s + chunk])
-            _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk])
+            _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk], None if labels is None else labels[s:s + chunk])
             loss = loss + batch_loss.astype(self.xp.float64)
             correct = None if batch_correct is None else correct + batch_correct
         return loss, correct

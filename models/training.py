@@ -233,6 +233,11 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
     shuffle = cfg.shuffle and not full_batch
     xbuf = xp.empty((batch, Xe.shape[1]), dtype=dtype) if shuffle else None
     ybuf = xp.empty((batch, n_y), dtype=dtype) if shuffle else None
+    # softmax accuracy compares argmax(Z) with argmax(Y): the labels' argmax is taken once here,
+    # not per step (the same values, as argmax of a row does not depend on the batch).
+    labels = xp.argmax(Ye, axis=1) if cfg.output == "softmax" else None
+    lbuf = xp.empty((batch,), dtype=labels.dtype) if shuffle and labels is not None else None
+    v_labels = xp.argmax(Yv, axis=1) if Yv is not None and cfg.output == "softmax" else None
     acc_denominator = m * n_y if cfg.output == "sigmoid" else m
     timings = {"setup_s": time.perf_counter() - t_start, "train_s": 0.0, "validation_s": 0.0}
     stopped = False
@@ -255,10 +260,15 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
                 xb, yb = xbuf[:e - s], ybuf[:e - s]
                 _take_rows(xp, Xe, perm[s:e], xb)
                 _take_rows(xp, Ye, perm[s:e], yb)
+                lb = None
+                if labels is not None:
+                    lb = lbuf[:e - s]
+                    _take_rows(xp, labels, perm[s:e], lb)
             else:
                 xb, yb = Xe[s:e], Ye[s:e]
+                lb = None if labels is None else labels[s:e]
             acts, ZL = engine.forward(xb, rng)
-            AL, loss_sum, correct = engine.output(ZL, yb)
+            AL, loss_sum, correct = engine.output(ZL, yb, lb)
             if cfg.l2:
                 loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
             engine.backward(acts, AL, yb)
@@ -274,7 +284,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         record = EpochRecord(epoch + 1, loss, accuracy)
         if Xv is not None:
             t_val = time.perf_counter()
-            v_loss, v_correct = evaluator.evaluate(Xv, Yv)
+            v_loss, v_correct = evaluator.evaluate(Xv, Yv, v_labels)
             if cfg.l2:
                 v_loss = v_loss + 0.5 * cfg.l2 * engine.l2_sum()
             record.val_loss = float(v_loss) / Xv.shape[0]  # syncs the GPU
