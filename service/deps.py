@@ -48,23 +48,8 @@ def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
                 "DNNQ_API_KEYS entries must be 'key' or 'tenant:key' with a tenant of letters, digits, "
                 "'_', '.', '-' (at most 64); one entry is malformed (not shown: it holds a key)."
             )
-        if tenant in _reserved_tenants():
-            raise ValueError(
-                f"DNNQ_API_KEYS: the tenant name '{tenant}' is reserved (its job list dnnq:jobs:{tenant} would be "
-                "the job state machine's own key); choose another tenant name."
-            )
         keys.append((key.encode(), tenant))
     return keys
-
-
-def _reserved_tenants() -> set[str]:
-    """Tenant names whose listing key dnnq:jobs:{tenant} is one of workers.jobs' own keys
-    (dnnq:jobs:active, ...): such a tenant would turn that key into its job list and break every claim."""
-    from workers import jobs
-
-    prefix = f"{jobs.PREFIX}jobs:"
-    return {value.removeprefix(prefix) for name, value in vars(jobs).items()
-            if name.endswith("_KEY") and isinstance(value, str) and value.startswith(prefix)}
 
 
 def make_redis(settings: ApiSettings) -> redis.Redis:

@@ -36,6 +36,11 @@ class DatasetError(ValueError):
     """Arrays that cannot be a dataset; the message says what is wrong and how to fix it."""
 
 
+
+def tenant_datasets_key(tenant: str) -> str:
+    """The tenant's dataset listing, in the dnnq:tenant:{tenant}:... namespace (see workers.jobs)."""
+    return f"dnnq:tenant:{tenant}:datasets"
+
 def _key(dataset_id: str) -> str:
     return f"dnnq:dataset:{validate_id(dataset_id, 'dataset')}"
 
@@ -149,7 +154,7 @@ def save_dataset(
     }
     pipe = r.pipeline(transaction=True)
     pipe.hset(key, mapping=record)
-    pipe.zadd(f"dnnq:datasets:{tenant}", {dataset_id: time.time()})
+    pipe.zadd(tenant_datasets_key(tenant), {dataset_id: time.time()})
     pipe.execute()
     return _decode(record)
 
@@ -175,7 +180,7 @@ def get_dataset(r, dataset_id: str, tenant: str | None = None) -> dict | None:
 
 def list_datasets(r, tenant: str, offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
     """A tenant's datasets, newest first: (page, total)."""
-    zkey = f"dnnq:datasets:{tenant}"
+    zkey = tenant_datasets_key(tenant)
     total = r.zcard(zkey)
     ids = r.zrevrange(zkey, offset, offset + limit - 1) if limit > 0 else []
     pipe = r.pipeline(transaction=False)

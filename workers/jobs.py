@@ -169,7 +169,7 @@ redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
 MOVE(st, new)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SREM', KEYS[3], ARGV[4])
-redis.call('SREM', UNFINISHED .. redis.call('HGET', KEYS[1], 'tenant'), ARGV[4])
+redis.call('SREM', UNFINISHED(redis.call('HGET', KEYS[1], 'tenant')), ARGV[4])
 redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[4], 'jobs_' .. new .. '_total', 1)
 return 1
@@ -182,7 +182,7 @@ if not st then return {'missing', ''} end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
   MOVE('queued', 'cancelled')
-  redis.call('SREM', UNFINISHED .. redis.call('HGET', KEYS[1], 'tenant'), redis.call('HGET', KEYS[1], 'id'))
+  redis.call('SREM', UNFINISHED(redis.call('HGET', KEYS[1], 'tenant')), redis.call('HGET', KEYS[1], 'id'))
   redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
   return {'ok', 'cancelled'}
 end
@@ -208,7 +208,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
         MOVE('running', 'failed')
         redis.call('HINCRBY', KEYS[2], 'jobs_failed_total', 1)
-        redis.call('SREM', UNFINISHED .. redis.call('HGET', job, 'tenant'), id)
+        redis.call('SREM', UNFINISHED(redis.call('HGET', job, 'tenant')), id)
       else
         redis.call('HSET', job, 'status', 'queued')
         MOVE('running', 'queued')
@@ -218,7 +218,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', ARGV[2])
       MOVE('cancelling', 'cancelled')
       redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
-      redis.call('SREM', UNFINISHED .. redis.call('HGET', job, 'tenant'), id)
+      redis.call('SREM', UNFINISHED(redis.call('HGET', job, 'tenant')), id)
     end
     redis.call('SREM', KEYS[1], id)
   end
@@ -227,7 +227,7 @@ return requeued
 """
 
 # Every script that ends a job also drops it from its tenant's unfinished set (see count_unfinished).
-_UNFINISHED_LUA = f"local UNFINISHED = '{PREFIX}unfinished:'\n"
+_UNFINISHED_LUA = f"local function UNFINISHED(tenant) return '{PREFIX}tenant:' .. tenant .. ':unfinished' end\n"
 _FINISH, _CANCEL, _REQUEUE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE))
 # Every script that changes a status moves one count between BY_STATUS_KEY's fields.
 _MOVE_LUA = (
@@ -303,7 +303,7 @@ def create_job(
     }
     pipe = r.pipeline(transaction=True)
     pipe.hset(job_key(job_id), mapping=record)
-    pipe.zadd(f"{PREFIX}jobs:{tenant}", {job_id: time.time()})
+    pipe.zadd(tenant_jobs_key(tenant), {job_id: time.time()})
     pipe.sadd(unfinished_key(tenant), job_id)
     pipe.hincrby(BY_STATUS_KEY, Status.QUEUED.value, 1)
     pipe.execute()
@@ -322,7 +322,7 @@ def get_job(r, job_id: str, tenant: str | None = None) -> dict | None:
 
 def list_jobs(r, tenant: str, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
     """A tenant's jobs, newest first, optionally filtered by status; returns (page, total)."""
-    ids = r.zrevrange(f"{PREFIX}jobs:{tenant}", 0, -1)
+    ids = r.zrevrange(tenant_jobs_key(tenant), 0, -1)
     if status is None:
         total = len(ids)
         page_ids = ids[offset : offset + limit]
@@ -340,8 +340,14 @@ def list_jobs(r, tenant: str, status: str | None = None, offset: int = 0, limit:
     return [_decode(raw) for raw in pipe.execute() if raw], len(matching)
 
 
+# A tenant's own keys live under dnnq:tenant:{tenant}:..., a namespace no other key shares, so no
+# tenant name can collide with the state machine's keys (tenant names never contain ':').
+def tenant_jobs_key(tenant: str) -> str:
+    return f"{PREFIX}tenant:{tenant}:jobs"
+
+
 def unfinished_key(tenant: str) -> str:
-    return f"{PREFIX}unfinished:{tenant}"
+    return f"{PREFIX}tenant:{tenant}:unfinished"
 
 
 def count_unfinished(r, tenant: str) -> int:
