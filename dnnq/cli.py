@@ -330,7 +330,8 @@ def cmd_up(args) -> int:
     from dnnq.up import run_up
 
     return run_up(args.host, args.port, Path(args.data_dir), args.workers, args.queues,
-                  args.allow_remote_without_keys, grace_s=args.grace)
+                  args.allow_remote_without_keys, grace_s=args.grace, api_workers=args.api_workers,
+                  access_log=args.access_log)
 
 
 def cmd_api(args) -> int:
@@ -411,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1)
     p.add_argument("--queues", default="default", help="queues the workers take (e.g. default,gpu)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds children get to stop before SIGKILL")
+    p.add_argument("--api-workers", type=_positive_int, default=1,
+                   help="API processes (uvicorn --workers); /metrics' request histogram is then per process")
+    p.add_argument("--access-log", action="store_true",
+                   help="log every HTTP request (off by default: it costs about a tenth of a status poll)")
     p.add_argument("--allow-remote-without-keys", action="store_true",
                    help="listen on a non-loopback address without API keys (unsafe)")
     p.set_defaults(func=cmd_up)

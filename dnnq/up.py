@@ -188,7 +188,8 @@ def _wait_ready(base_url: str, api: Child, stop: threading.Event) -> bool:
 
 
 def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
-           allow_remote_without_keys: bool, grace_s: float = 10.0) -> int:
+           allow_remote_without_keys: bool, grace_s: float = 10.0, api_workers: int = 1,
+           access_log: bool = False) -> int:
     note = check_bind_allowed(host, allow_remote_without_keys)
     if workers < 1:
         raise CliError("--workers must be at least 1", exit_code=2)
@@ -209,13 +210,14 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received)
+        uvicorn_args = ["--workers", str(api_workers), "--access-log" if access_log else "--no-access-log"]
+        return _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, uvicorn_args)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received) -> int:
+def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, uvicorn_args) -> int:
     redis_handle = None
     if redis_url:
         redis_line = f"Redis at {redis_url} (DNNQ_REDIS_URL)"
@@ -241,7 +243,7 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
             for i in range(workers)
         ]
         api = Child("api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
-                            "--host", host, "--port", str(port)], env)
+                            "--host", host, "--port", str(port), *uvicorn_args], env)
         children = [api, *worker_children]
         for child in children:
             child.start()

@@ -70,7 +70,7 @@ def alive(pid: int) -> bool:
 class Up:
     """`python -m dnnq up` as a subprocess in its own session, output in a log file."""
 
-    def __init__(self, tmp_path: Path, data_dir: Path, name: str, workers: int = 1):
+    def __init__(self, tmp_path: Path, data_dir: Path, name: str, workers: int = 1, extra: tuple = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"{name}.log"
@@ -80,7 +80,7 @@ class Up:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dnnq", "up", "--port", str(self.port), "--data-dir", str(data_dir),
-                 "--workers", str(workers), "--grace", "2"],
+                 "--workers", str(workers), "--grace", "2", *extra],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -188,7 +188,7 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         up.cleanup()
 
     # Same data dir: the job record is still there (Redis AOF); then Redis dies -> exit non-zero.
-    again = Up(tmp_path, data_dir, "second")
+    again = Up(tmp_path, data_dir, "second", extra=("--api-workers", "2"))  # two API processes this time
     try:
         again.wait_ready()
         body = httpx.get(f"{again.url}/v1/jobs/{job_id}", timeout=10)
@@ -205,7 +205,9 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert resumed["attempts"] == 2
         assert int(resumed["resumed_from_epoch"]) >= 2
 
+        assert '"GET /v1/jobs/' not in again.log()  # access log off by default
         children = descendants(again.proc.pid)
+        assert sum("multiprocessing" in cmd or "uvicorn" in cmd for cmd in map(cmdline, children)) >= 3  # parent + 2
         (redis_pid,) = again.children("redis-server")
         os.kill(redis_pid, signal.SIGKILL)
         assert again.proc.wait(60) == 1
