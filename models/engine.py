@@ -135,7 +135,13 @@ class _Engine:
         xp = self.xp
         return sum(xp.vdot(self.params[f"W{l}"].ravel(), self.params[f"W{l}"].ravel()) for l in range(1, self.L + 1))
 
-    def backward(self, acts, AL, Ye):
+    def backward(self, acts, AL, Ye, scale=1.0):
+        """Gradients of the batch cost into self.grads, each multiplied by ``scale``.
+
+        Backprop is linear in dZ_L (every later step multiplies by W, A or g'(Z) and sums), so
+        folding ``scale`` into dZ_L scales every dW and db; the l2 term gets it explicitly. fit
+        passes the learning rate for plain gradient descent (the update is then p -= grad).
+        """
         xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
         # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
         # sigmoid with binary cross-entropy, softmax with categorical cross-entropy (each example's
@@ -144,13 +150,13 @@ class _Engine:
         # The 1/B of the batch mean is applied here once instead of on every dW and db.
         dZ = self.G[self.L][:B]
         xp.subtract(AL, Ye, out=dZ)
-        dZ *= 1.0 / B  # (B, n_L)
+        dZ *= scale / B  # (B, n_L)
         for l in range(self.L, 0, -1):
             W, dW, db = self.params[f"W{l}"], self.grads[f"dW{l}"], self.grads[f"db{l}"]
             xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
             xp.matmul(self.ones[:B], dZ, out=db[:, 0])  # (n_l,) = sum of dZ's rows
             if l2:
-                dW += (l2 / B) * W
+                dW += (scale * l2 / B) * W
             if l == 1:
                 break  # dA0, the gradient w.r.t. the input, is not needed for training
             dA = self.G[l - 1][:B]

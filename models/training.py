@@ -218,6 +218,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         Xv, Yv = xp.asarray(Xv_host), xp.asarray(Yv_host)
     optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, beta=cfg.beta, beta1=cfg.beta1,
                                beta2=cfg.beta2, epsilon=cfg.epsilon)
+    prescaled = hasattr(optimizer, "update_prescaled")  # GD takes lr-scaled gradients
     history: list[EpochRecord] = []
     start_epoch = 0
     if checkpoint is None:
@@ -271,8 +272,12 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             AL, loss_sum, correct = engine.output(ZL, yb, lb)
             if cfg.l2:
                 loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
-            engine.backward(acts, AL, yb)
-            optimizer.update(params, engine.grads)
+            if prescaled:  # plain gd: lr folded into the backward pass, then p -= (lr g)
+                engine.backward(acts, AL, yb, scale=optimizer.learning_rate)
+                optimizer.update_prescaled(params, engine.grads)
+            else:
+                engine.backward(acts, AL, yb)
+                optimizer.update(params, engine.grads)
             loss_total = loss_total + loss_sum.astype(xp.float64)  # float64 sum over the epoch
             if correct is not None:
                 correct_total = correct_total + correct
