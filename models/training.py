@@ -218,7 +218,6 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         Xv, Yv = xp.asarray(Xv_host), xp.asarray(Yv_host)
     optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, beta=cfg.beta, beta1=cfg.beta1,
                                beta2=cfg.beta2, epsilon=cfg.epsilon)
-    prescaled = hasattr(optimizer, "update_prescaled")  # GD takes lr-scaled gradients
     history: list[EpochRecord] = []
     start_epoch = 0
     if checkpoint is None:
@@ -252,6 +251,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         t_epoch = time.perf_counter()
         lr = cfg.learning_rate_at(epoch)
         optimizer.learning_rate = lr
+        scale = optimizer.prescale()  # None, or the factor update_prescaled wants on the gradients
         rng = device_rng(xp, cfg.seed, epoch)
         perm = xp.asarray(rng.permutation(m)) if shuffle else None
         loss_total, correct_total = 0.0, 0  # accumulated on the device
@@ -272,8 +272,8 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             AL, loss_sum, correct = engine.output(ZL, yb, lb)
             if cfg.l2:
                 loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
-            if prescaled:  # plain gd: lr folded into the backward pass, then p -= (lr g)
-                engine.backward(acts, AL, yb, scale=optimizer.learning_rate)
+            if scale is not None:  # gd: lr, adam: 1 - beta1, folded into the backward pass
+                engine.backward(acts, AL, yb, scale=scale)
                 optimizer.update_prescaled(params, engine.grads)
             else:
                 engine.backward(acts, AL, yb)
