@@ -172,7 +172,8 @@ class _Engine:
         loss, correct = 0.0, 0
         for s in range(0, Xe.shape[0], chunk):
             _, ZL = self.forward(Xe[s:s + chunk])
-            _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk], None if labels is None else labels[s:s + chunk])
+            batch_labels = None if labels is None else labels[s:s + chunk]
+            _, batch_loss, batch_correct = self.output(ZL, Ye[s:s + chunk], batch_labels)
             loss = loss + batch_loss.astype(self.xp.float64)
             correct = None if batch_correct is None else correct + batch_correct
         return loss, correct
