@@ -146,24 +146,11 @@ class Adam(Optimizer):
         xp.multiply(g, g, out=tmp)
         tmp *= 1.0 - self.beta2
         s += tmp  # s = beta2 s + (1 - beta2) g^2
-        # lr (v / c1) / (sqrt(s / c2) + eps) with c1 = 1 - beta1^t, c2 = 1 - beta2^t, rewritten as
-        # v / (sqrt(s) k + eps / step), step = lr / c1, k = 1 / (sqrt(c2) step): the same value
-        # (multiply numerator and denominator by 1 / step), one pass over the arrays fewer, as the
-        # scalar factors fold into the denominator (W1 of workload A: 13 passes -> 12).
-        # k must stay finite in float32 (a decayed lr near 0 would make it inf, and 0 * inf NaN):
-        # such steps take the textbook order.
-        step = self.learning_rate / (1.0 - self.beta1**self.t)
-        sqrt_c2 = math.sqrt(1.0 - self.beta2**self.t)
         xp.sqrt(s, out=tmp)
-        if sqrt_c2 * step > 1e-30:
-            tmp *= 1.0 / (sqrt_c2 * step)
-            tmp += self.epsilon / step
-            xp.divide(v, tmp, out=tmp)
-        else:
-            tmp /= sqrt_c2  # sqrt(s_corrected)
-            tmp += self.epsilon
-            xp.divide(v, tmp, out=tmp)
-            tmp *= step  # lr v_corrected / (...)
+        tmp /= math.sqrt(1.0 - self.beta2**self.t)  # sqrt(s_corrected)
+        tmp += self.epsilon
+        xp.divide(v, tmp, out=tmp)
+        tmp *= self.learning_rate / (1.0 - self.beta1**self.t)  # v_corrected / (...)
         p -= tmp
 
 
