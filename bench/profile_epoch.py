@@ -76,6 +76,8 @@ def instrument() -> bool:
     _wrap(engine, "output", "output+loss")
     _wrap(engine, "backward", "backward")
     _wrap(Optimizer, "update", "optimizer")
+    if hasattr(Optimizer, "update_prescaled"):  # plain SGD with the learning rate folded into backward
+        _wrap(Optimizer, "update_prescaled", "optimizer")
     proxy = TimedXp(np)
     original_select = training.select_device
     training.select_device = lambda d: Device(proxy, "cpu") if d == "cpu" else original_select(d)
