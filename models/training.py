@@ -119,6 +119,7 @@ class EpochState:
     record: EpochRecord
     elapsed_s: float
     _make_checkpoint: Callable[[], Checkpoint] = field(repr=False)
+    device: str = "cpu"  # what trains: "cpu" or "gpu:N"
 
     def checkpoint(self) -> Checkpoint:
         """A host copy of the current state (made only when called; call it inside on_epoch)."""
@@ -298,7 +299,8 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             timings["validation_s"] += time.perf_counter() - t_val
         history.append(record)
         if on_epoch is not None:
-            on_epoch(EpochState(epoch + 1, cfg.epochs, record, time.perf_counter() - t_start, make_checkpoint(epoch + 1)))
+            on_epoch(EpochState(epoch + 1, cfg.epochs, record, time.perf_counter() - t_start,
+                                make_checkpoint(epoch + 1), device.name))
         if should_stop is not None and should_stop() and epoch + 1 < cfg.epochs:
             stopped = True
             break

@@ -136,13 +136,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: job, lease, history, stats ; ARGV: token, entry_json, progress_json, lost
+# KEYS: job, lease, history, stats ; ARGV: token, entry_json, progress_json, lost, device ('' = unchanged)
 _RECORD_EPOCH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return ARGV[4] end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' and st ~= 'cancelling' then return st end
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[1], 'progress', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'device', ARGV[5]) end
 redis.call('HINCRBY', KEYS[4], 'epochs_total', 1)
 return st
 """
@@ -387,8 +388,10 @@ def renew_lease(r, job_id: str, token: str, lease_ms: int) -> bool:
     return bool(_run(r, _RENEW, keys=[lease], args=[token, int(lease_ms)]))
 
 
-def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict) -> str:
-    """Append one history entry and set progress in one round trip.
+def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict, device: str | None = None) -> str:
+    """Append one history entry and set progress (and, when given, the device training it: the
+    runner passes it with the first epoch, so a running job already says where it runs) in one
+    round trip.
 
     Returns the current status ("cancelling" => stop), or LEASE_LOST when the token no longer
     holds the lease (nothing written).
@@ -396,7 +399,7 @@ def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict) -> str
     job, history, lease = _keys(job_id)
     return _run(
         r, _RECORD_EPOCH, keys=[job, lease, history, STATS_KEY],
-        args=[token, json.dumps(entry), json.dumps(progress), LEASE_LOST],
+        args=[token, json.dumps(entry), json.dumps(progress), LEASE_LOST, device or ""],
     )
 
 

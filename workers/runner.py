@@ -121,7 +121,8 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
     def on_epoch(state) -> None:
         entry = state.record.to_dict()
         progress = {"epoch": state.epoch, "epochs": state.epochs, "loss": entry["loss"]}
-        status = jobs.record_epoch(r, job_id, token, entry, progress)
+        first = state.epoch == resume_epoch + 1
+        status = jobs.record_epoch(r, job_id, token, entry, progress, device=state.device if first else None)
         if status == jobs.LEASE_LOST:
             heartbeat.lost.set()
             return

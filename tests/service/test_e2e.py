@@ -130,6 +130,8 @@ def test_cancel_running_long_job(live_stack):
         while http.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] < 3:
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.1)
+        running = http.get(f"/v1/jobs/{job_id}", params={"history": "none"}).json()
+        assert running["status"] == "running" and running["device"] == "cpu"  # known from the first epoch on
         resp = http.post(f"/v1/jobs/{job_id}/cancel")
         assert resp.status_code == 202 and resp.json()["status"] in ("cancelling", "cancelled")
         job = wait_for(http, job_id, timeout=30)

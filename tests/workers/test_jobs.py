@@ -117,6 +117,11 @@ def test_record_epoch_appends_and_returns_status(redis_client):
     assert jobs.get_history(redis_client, job_id) == [entry]
     assert jobs.get_job(redis_client, job_id)["progress"] == {"epoch": 1, "epochs": 3, "loss": 0.5}
     assert redis_client.hget(jobs.STATS_KEY, "epochs_total") == "1"
+    assert jobs.get_job(redis_client, job_id)["device"] is None
+    jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 2}, {"epoch": 2}, device="gpu:0")
+    assert jobs.get_job(redis_client, job_id)["device"] == "gpu:0"
+    jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 3}, {"epoch": 3})  # None leaves it
+    assert jobs.get_job(redis_client, job_id)["device"] == "gpu:0"
     jobs.request_cancel(redis_client, job_id)
     assert jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 2}, {"epoch": 2}) == "cancelling"
 
