@@ -6,12 +6,13 @@ import importlib
 import importlib.util
 import logging
 import time
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
-from service.deps import load_api_keys, make_redis
+from service.deps import AsyncRedisByLoop, load_api_keys, make_redis
 from service.errors import document_problems, install_error_handlers, problem_response
 from service.settings import ApiSettings, get_api_settings
 
@@ -132,6 +133,12 @@ def _preload() -> None:
     import models  # noqa: F401
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    yield
+    await app.state.async_redis.aclose()  # the server loop's client; the sync one needs no closing
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the app; tests pass their own ApiSettings (default: read DNNQ_* once)."""
     settings = settings or get_api_settings()
@@ -142,10 +149,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         "watch it train, download the weights.",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.api_keys = load_api_keys(settings)
     app.state.redis = make_redis(settings)
+    app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
     app.state.celery = _make_celery(settings)
     _preload()

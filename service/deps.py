@@ -7,20 +7,23 @@ digits of sha256(key), so bare keys never share data and the key never appears i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
+import weakref
 from pathlib import Path
 from typing import Annotated
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from service.errors import Problem
 from service.settings import ApiSettings
 
 __all__ = [
-    "PUBLIC_TENANT", "Rds", "Settings", "Store", "Tenant", "load_api_keys", "make_redis", "require_tenant",
+    "PUBLIC_TENANT", "AsyncRds", "AsyncRedisByLoop", "Rds", "Settings", "Store", "Tenant", "load_api_keys", "make_redis", "require_tenant",
 ]
 
 PUBLIC_TENANT = "public"
@@ -52,17 +55,49 @@ def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
     return keys
 
 
-def make_redis(settings: ApiSettings) -> redis.Redis:
-    """A shared client: decoded strings, short timeouts so a dead Redis is a quick 503."""
-    from workers.settings import DEFAULT_REDIS_URL
-
-    return redis.Redis.from_url(
-        settings.redis_url or DEFAULT_REDIS_URL,
+def _redis_options(settings: ApiSettings) -> dict:
+    """Decoded strings, short timeouts so a dead Redis is a quick 503."""
+    return dict(
         decode_responses=True,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=min(2.0, settings.redis_socket_timeout),
         health_check_interval=30,
     )
+
+
+class AsyncRedisByLoop:
+    """One redis.asyncio client per event loop, made on first use.
+
+    A redis.asyncio connection belongs to the loop that opened it. A server process has one loop, so
+    this is one client; Starlette's TestClient may run each request on a new loop, which gets its own.
+    """
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self) -> aioredis.Redis:
+        from workers.settings import DEFAULT_REDIS_URL
+
+        loop = asyncio.get_running_loop()
+        client = self.clients.get(loop)
+        if client is None:
+            client = self.clients[loop] = aioredis.Redis.from_url(
+                self.settings.redis_url or DEFAULT_REDIS_URL, **_redis_options(self.settings))
+        return client
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self.clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+
+
+def make_redis(settings: ApiSettings) -> redis.Redis:
+    """A shared client: decoded strings, short timeouts so a dead Redis is a quick 503."""
+    from workers.settings import DEFAULT_REDIS_URL
+
+    return redis.Redis.from_url(settings.redis_url or DEFAULT_REDIS_URL, **_redis_options(settings))
 
 
 # The dependencies below are `async def` although they never await: they do no I/O, and FastAPI runs a
@@ -74,6 +109,11 @@ async def get_settings(request: Request) -> ApiSettings:
 
 async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
+
+
+async def get_async_redis(request: Request) -> aioredis.Redis:
+    """For `async def` routes on the hot path: awaiting Redis costs no thread hop."""
+    return request.app.state.async_redis.get()
 
 
 async def get_store(request: Request):
@@ -106,5 +146,6 @@ async def require_tenant(request: Request) -> str:
 
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 Rds = Annotated[redis.Redis, Depends(get_redis)]
+AsyncRds = Annotated[aioredis.Redis, Depends(get_async_redis)]
 Store = Annotated[object, Depends(get_store)]
 Tenant = Annotated[str, Depends(require_tenant)]

@@ -39,7 +39,9 @@ __all__ = [
     "create_job",
     "finish",
     "get_history",
+    "get_history_async",
     "get_job",
+    "get_job_async",
     "list_jobs",
     "record_epoch",
     "record_resume",
@@ -315,7 +317,17 @@ def get_job(r, job_id: str, tenant: str | None = None) -> dict | None:
     """The decoded record, or None when absent, the id is malformed, or it belongs to another tenant."""
     if not isinstance(job_id, str) or not ID_RE.match(job_id):
         return None
-    raw = r.hgetall(job_key(job_id))
+    return _visible(r.hgetall(job_key(job_id)), tenant)
+
+
+async def get_job_async(ar, job_id: str, tenant: str | None = None) -> dict | None:
+    """get_job on a redis.asyncio client (the API's status-poll path: no thread hop per request)."""
+    if not isinstance(job_id, str) or not ID_RE.match(job_id):
+        return None
+    return _visible(await ar.hgetall(job_key(job_id)), tenant)
+
+
+def _visible(raw: dict, tenant: str | None) -> dict | None:
     if not raw or (tenant is not None and raw.get("tenant") != tenant):
         return None
     return _decode(raw)
@@ -370,6 +382,12 @@ def get_history(r, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
     """Completed epochs (list indices, inclusive end, as LRANGE)."""
     _, history, _ = _keys(job_id)
     return [json.loads(item) for item in r.lrange(history, start, end)]
+
+
+async def get_history_async(ar, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
+    """get_history on a redis.asyncio client."""
+    _, history, _ = _keys(job_id)
+    return [json.loads(item) for item in await ar.lrange(history, start, end)]
 
 
 # ---------------------------------------------------------------------------------------------
