@@ -18,7 +18,10 @@ from workers import jobs
 from workers.logs import event
 from workers.settings import WorkerSettings
 
-__all__ = ["Maintenance", "celery_sender", "register_worker", "sweep", "unregister_worker", "worker_key"]
+__all__ = [
+    "WORKERS_KEY", "Maintenance", "celery_sender", "host_memory_bytes", "live_workers", "register_worker", "sweep",
+    "unregister_worker", "worker_key",
+]
 
 Send = Callable[[str, str], None]  # send(job_id, queue)
 
@@ -62,15 +65,26 @@ def host_memory_bytes() -> int | None:
         return None
 
 
+# Names of registered workers. The index only lists candidates: a worker is alive while its hash
+# (TTL 3 x heartbeat) exists, so no clocks are compared across hosts. Readers prune dead names.
+WORKERS_KEY = "dnnq:workers"
+
+
 def live_workers(r) -> list[dict]:
-    """The hashes of every worker whose heartbeat has not expired."""
-    keys = list(r.scan_iter(match=worker_key("*"), count=100))
-    if not keys:
+    """The hashes of every worker whose heartbeat has not expired: O(workers), not a keyspace SCAN
+    (the submit route calls this for its memory check, and the keyspace grows with every job)."""
+    names = r.smembers(WORKERS_KEY)
+    if not names:
         return []
+    names = sorted(names)
     pipe = r.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
-    return [w for w in pipe.execute() if w]
+    for name in names:
+        pipe.hgetall(worker_key(name))
+    found = pipe.execute()
+    dead = [name for name, w in zip(names, found) if not w]
+    if dead:
+        r.srem(WORKERS_KEY, *dead)
+    return [w for w in found if w]
 
 
 def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
@@ -92,11 +106,15 @@ def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
     pipe.hsetnx(key, "gpu_memory_used", "")
     pipe.hsetnx(key, "gpu_memory_total", "")
     pipe.pexpire(key, int(3 * settings.heartbeat_seconds * 1000))
+    pipe.sadd(WORKERS_KEY, settings.worker_name)
     pipe.execute()
 
 
 def unregister_worker(r, settings: WorkerSettings) -> None:
-    r.delete(worker_key(settings.worker_name))
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(worker_key(settings.worker_name))
+    pipe.srem(WORKERS_KEY, settings.worker_name)
+    pipe.execute()
 
 
 class Maintenance(threading.Thread):

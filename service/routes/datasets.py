@@ -108,6 +108,14 @@ def synthetic_dataset(
     if body.n_features > settings.max_features:
         raise Problem(422, f"n_features: {body.n_features} is over the limit of {settings.max_features}.",
                       errors=[{"field": "n_features", "message": f"must be <= {settings.max_features}"}])
+    width = body.n_features if body.name == "blobs" else 2
+    size = body.n_samples * width * 8  # float64 values: no bigger than an upload could be
+    if size > settings.max_upload_bytes:
+        raise Problem(422, f"n_samples x n_features = {body.n_samples} x {width} float64 values is {size} bytes, over "
+                      f"the {settings.max_upload_bytes} an upload may have (DNNQ_MAX_UPLOAD_BYTES); generate fewer "
+                      "samples or features.",
+                      errors=[{"field": "n_samples", "message": f"n_samples x n_features x 8 must be <= "
+                               f"{settings.max_upload_bytes}"}])
     k = 2 if body.name in ("moons", "circles") else body.n_classes
     X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
     used = ["n_samples", "noise", "seed"] + {"spiral": ["n_classes"], "blobs": ["n_classes", "n_features"]}.get(

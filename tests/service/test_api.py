@@ -167,6 +167,10 @@ def test_synthetic_dataset_and_its_limits(client):
     assert bad["errors"][0]["field"] == "name"
     big = client.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 10**9})
     assert_problem(big, 422, "n_samples")
+    # Within each limit alone, too big together (1e6 x 1e4 float64 = 80 GB): refused before generating.
+    wide = client.post("/v1/datasets/synthetic", json={"name": "blobs", "n_samples": 1_000_000, "n_features": 10_000})
+    body = assert_problem(wide, 422, "1000000 x 10000", "DNNQ_MAX_UPLOAD_BYTES", "fewer samples or features")
+    assert body["errors"][0]["field"] == "n_samples"
 
 
 def test_unknown_or_malformed_dataset_id_is_404(client):
@@ -226,19 +230,27 @@ def test_parameter_epoch_and_memory_limits(api_settings, data_dir):
         assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
 
 
+def fake_worker(r, name: str, queues: str, **fields) -> None:
+    """Register a worker heartbeat the way workers.recovery does, then override what it reports."""
+    from workers.recovery import register_worker
+    from workers.settings import WorkerSettings
+
+    register_worker(r, WorkerSettings(worker_name=name, queues=queues, heartbeat_seconds=30), "2026-01-01T00:00:00Z")
+    r.hset(f"dnnq:worker:{name}", mapping=fields)
+
+
 def test_memory_estimate_checked_against_live_workers(api_settings, redis_client):
     """Without DNNQ_WORKER_MEMORY_BYTES the capacity is the largest live worker serving the job's queue."""
     with make_client(api_settings) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
         assert submit(c, ds).status_code == 202  # no worker says anything: not checked
-        redis_client.hset("dnnq:worker:small", mapping={"name": "small", "queues": "default", "memory_bytes": 30_000})
-        redis_client.hset("dnnq:worker:gpu0", mapping={"name": "gpu0", "queues": "gpu", "memory_bytes": 10**12,
-                                                        "gpu_memory_total": ""})
+        fake_worker(redis_client, "small", "default", memory_bytes=30_000)
+        fake_worker(redis_client, "gpu0", "gpu", memory_bytes=10**12, gpu_memory_total="")
         body = assert_problem(submit(c, ds, model={"hidden_layers": [64, 64]}), 422,
                               "largest live 'default' worker's memory")
         assert body["errors"][0]["field"] == "training.batch_size"
         assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
-        redis_client.hset("dnnq:worker:big", mapping={"name": "big", "queues": "default,gpu", "memory_bytes": 10**9})
+        fake_worker(redis_client, "big", "default,gpu", memory_bytes=10**9)
         assert submit(c, ds, model={"hidden_layers": [64, 64]}).status_code == 202
 
 

@@ -20,6 +20,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from workers import datasets, jobs
+from workers.recovery import register_worker
+from workers.settings import WorkerSettings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
@@ -35,7 +37,7 @@ def api_schema(app, redis_client, store):
     jobs.create_job(redis_client, tenant="public", spec={"dataset_id": ds["id"]}, queue="default",
                     dataset_id=ds["id"])
     # A worker heartbeat, so /readyz answers 200 (without one its documented 503 is the right answer).
-    redis_client.hset("dnnq:worker:schemathesis", mapping={"name": "schemathesis", "queues": "default"})
+    register_worker(redis_client, WorkerSettings(worker_name="schemathesis", lease_seconds=3600, heartbeat_seconds=600), "2026-01-01T00:00:00Z")
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

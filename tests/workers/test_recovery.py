@@ -5,7 +5,16 @@ from __future__ import annotations
 import time
 
 from workers import jobs
-from workers.recovery import Maintenance, host_memory_bytes, live_workers, register_worker, sweep, worker_device
+from workers.recovery import (
+    WORKERS_KEY,
+    Maintenance,
+    host_memory_bytes,
+    live_workers,
+    register_worker,
+    sweep,
+    unregister_worker,
+    worker_device,
+)
 from workers.settings import WorkerSettings
 
 DS = "ab" * 12
@@ -41,6 +50,20 @@ def test_register_worker_hash_and_ttl(redis_client):
     register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")  # a refresh keeps the child's field
     assert redis_client.hget("dnnq:worker:w-1", "current_job") == "c" * 32
     assert worker_device(WorkerSettings(queues="default")) == "cpu"
+
+
+def test_live_workers_reads_the_index_and_prunes_dead_names(redis_client):
+    """O(workers): the index lists names; a name whose hash expired (worker died) is dropped."""
+    for name in ("a", "b"):
+        register_worker(redis_client, WorkerSettings(worker_name=name, heartbeat_seconds=5), "2026-01-01T00:00:00Z")
+    for i in range(300):  # job keys do not slow it down: no keyspace SCAN
+        redis_client.set(f"dnnq:job:{i:032x}", "x")
+    assert sorted(w["name"] for w in live_workers(redis_client)) == ["a", "b"]
+    redis_client.delete("dnnq:worker:a")  # its TTL ran out
+    assert [w["name"] for w in live_workers(redis_client)] == ["b"]
+    assert redis_client.smembers(WORKERS_KEY) == {"b"}
+    unregister_worker(redis_client, WorkerSettings(worker_name="b"))
+    assert live_workers(redis_client) == [] and redis_client.smembers(WORKERS_KEY) == set()
 
 
 def test_maintenance_thread_registers_sweeps_and_unregisters(redis_client):
