@@ -493,8 +493,9 @@ def requeue_expired(r, max_attempts: int | None = None) -> list[str]:
     take down every worker in turn forever.
     """
     error = (
-        f"The worker running this job died {max_attempts} times (lease expired each time), most likely "
-        "out of memory: use a smaller batch_size or fewer hidden units, or raise DNNQ_MAX_ATTEMPTS."
+        f"The worker running this job stopped renewing its lease {max_attempts} times (it died, or lost "
+        "Redis for longer than DNNQ_LEASE_SECONDS). If the workers' logs show no Redis outage, it most likely "
+        "ran out of memory: use a smaller batch_size or fewer hidden units, or raise DNNQ_MAX_ATTEMPTS."
     )
     return list(
         _run(r, _REQUEUE, keys=[ACTIVE_KEY, STATS_KEY], args=[PREFIX, now_iso(), int(max_attempts or 0), error])

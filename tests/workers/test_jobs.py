@@ -290,7 +290,7 @@ def test_requeue_expired_fails_a_job_that_keeps_killing_workers(redis_client):
     assert jobs.requeue_expired(redis_client, max_attempts=3) == []
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "failed" and job["attempts"] == 3 and job["finished_at"] is not None
-    assert "died 3 times" in job["error"] and "batch_size" in job["error"]
+    assert "renewing its lease 3 times" in job["error"] and "lost Redis" in job["error"] and "batch_size" in job["error"]
     assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
     assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") == "1"
 
