@@ -43,12 +43,14 @@ __all__ = [
     "get_job",
     "get_job_async",
     "list_jobs",
+    "mark_sent",
     "record_epoch",
     "record_resume",
     "renew_lease",
     "request_cancel",
     "requeue_expired",
     "reset_history",
+    "unsent",
     "validate_id",
 ]
 
@@ -59,6 +61,11 @@ STATS_KEY = "dnnq:stats"
 # Jobs per status, kept by the same scripts that change a status, so /metrics reads one hash
 # instead of every job record.
 BY_STATUS_KEY = "dnnq:jobs:by_status"
+# Ids of queued jobs whose Celery message may not have been sent: added in the same step that makes
+# a job queued (create_job, the requeue script), removed once the message is out (mark_sent). The
+# sweeper sends whatever is left, so a crash between "queued" and "sent" loses no job; a duplicate
+# message is harmless (claim is atomic).
+UNSENT_KEY = "dnnq:jobs:unsent"
 # record_epoch's answer when the caller's lease token no longer matches: stop, write nothing.
 LEASE_LOST = "lease_lost"
 
@@ -215,6 +222,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       else
         redis.call('HSET', job, 'status', 'queued')
         MOVE('running', 'queued')
+        redis.call('SADD', UNSENT, id)
         table.insert(requeued, id)
       end
     elseif st == 'cancelling' then
@@ -230,7 +238,10 @@ return requeued
 """
 
 # Every script that ends a job also drops it from its tenant's unfinished set (see count_unfinished).
-_UNFINISHED_LUA = f"local function UNFINISHED(tenant) return '{PREFIX}tenant:' .. tenant .. ':unfinished' end\n"
+_UNFINISHED_LUA = (
+    f"local function UNFINISHED(tenant) return '{PREFIX}tenant:' .. tenant .. ':unfinished' end\n"
+    f"local UNSENT = '{UNSENT_KEY}'\n"
+)
 _FINISH, _CANCEL, _REQUEUE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE))
 # Every script that changes a status moves one count between BY_STATUS_KEY's fields.
 _MOVE_LUA = (
@@ -309,6 +320,7 @@ def create_job(
     pipe.zadd(tenant_jobs_key(tenant), {job_id: time.time()})
     pipe.sadd(unfinished_key(tenant), job_id)
     pipe.hincrby(BY_STATUS_KEY, Status.QUEUED.value, 1)
+    pipe.sadd(UNSENT_KEY, job_id)
     pipe.execute()
     return _decode(record)
 
@@ -367,6 +379,16 @@ def count_unfinished(r, tenant: str) -> int:
     """How many of the tenant's jobs are queued, running or cancelling: one SCARD, however long the
     tenant's history (the submit route checks it against MAX_QUEUED_JOBS_PER_TENANT on every POST)."""
     return int(r.scard(unfinished_key(tenant)))
+
+
+def unsent(r) -> list[str]:
+    """Queued jobs whose Celery message may not be out yet (see UNSENT_KEY)."""
+    return sorted(r.smembers(UNSENT_KEY))
+
+
+def mark_sent(r, job_id: str) -> None:
+    """The job's message is with the broker (or the job no longer needs one)."""
+    r.srem(UNSENT_KEY, job_id)
 
 
 def count_by_status(r) -> dict[str, int]:

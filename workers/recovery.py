@@ -27,14 +27,19 @@ Send = Callable[[str, str], None]  # send(job_id, queue)
 
 
 def sweep(r, send: Send, max_attempts: int | None = None) -> list[str]:
-    """Requeue jobs whose lease expired and re-send each to its queue; returns their ids.
-    Jobs that already started max_attempts times are failed instead (see jobs.requeue_expired)."""
+    """Requeue jobs whose lease expired, then send every queued job whose message may not be out
+    (the requeued ones, and any the API or an earlier sweep crashed before sending); returns the
+    requeued ids. Jobs that already started max_attempts times are failed instead (see
+    jobs.requeue_expired)."""
     requeued = jobs.requeue_expired(r, max_attempts)
     for job_id in requeued:
+        event("job.requeued", logging.WARNING, job_id=job_id, reason="lease expired")
+    for job_id in jobs.unsent(r):
         job = jobs.get_job(r, job_id)
-        queue = (job or {}).get("queue") or "default"
-        send(job_id, queue)
-        event("job.requeued", logging.WARNING, job_id=job_id, queue=queue, reason="lease expired")
+        if job is not None and job["status"] == jobs.Status.QUEUED.value:
+            send(job_id, job.get("queue") or "default")
+            event("job.sent", job_id=job_id, queue=job.get("queue"), by="sweeper")
+        jobs.mark_sent(r, job_id)  # after send: a crash in between only means one more (harmless) message
     return requeued
 
 

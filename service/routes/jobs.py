@@ -77,6 +77,7 @@ def _send(celery_app, r, job: dict, queue: str) -> None:
     """Enqueue by task name; if the broker refuses, the job is failed through the state machine."""
     try:
         celery_app.send_task("dnnq.train", args=[job["id"]], queue=queue)
+        jobs.mark_sent(r, job["id"])  # if this process dies before here, a worker's sweeper sends it
     except Exception as exc:  # kombu/redis errors vary by transport
         log.error("enqueue failed for job %s: %s", job["id"], type(exc).__name__)
         token = f"api:{uuid.uuid4().hex}"

@@ -274,6 +274,7 @@ def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id
     messages = [json.loads(m) for m in redis_client.lrange("default", 0, -1)]
     assert [m["headers"]["task"] for m in messages] == ["dnnq.train"]
     assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])
+    assert jobs.unsent(redis_client) == []  # the API marked its message sent: no sweeper re-send
 
 
 def drive(redis_client, job_id: str, epochs: int, status: str = "succeeded") -> str:

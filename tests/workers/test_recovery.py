@@ -20,6 +20,21 @@ from workers.settings import WorkerSettings
 DS = "ab" * 12
 
 
+def test_a_job_created_but_never_sent_is_sent_by_the_sweeper(redis_client):
+    """The API died between create_job and send_task: the job is in the unsent set, and the next
+    sweep (any worker) sends it once; a job claimed meanwhile is just dropped from the set."""
+    lost = jobs.create_job(redis_client, tenant="t", spec={}, queue="gpu", dataset_id=DS)["id"]
+    started = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
+    assert jobs.claim(redis_client, started, "w", 60_000)  # a duplicate message already delivered it
+    assert jobs.unsent(redis_client) == sorted([lost, started])
+    sent = []
+    assert sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue))) == []
+    assert sent == [(lost, "gpu")]
+    assert jobs.unsent(redis_client) == []
+    sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)))
+    assert sent == [(lost, "gpu")]  # nothing sent twice by the sweeper
+
+
 def test_sweep_requeues_and_resends_to_the_jobs_queue(redis_client):
     gpu_job = jobs.create_job(redis_client, tenant="t", spec={}, queue="gpu", dataset_id=DS)["id"]
     cpu_job = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
