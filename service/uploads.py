@@ -36,7 +36,7 @@ class UploadLimits:
 
 @dataclass
 class ParsedDataset:
-    X: np.ndarray            # (m, n_features) float64
+    X: np.ndarray            # (m, n_features) float32 when exact for the upload's dtype, else float64
     Y: np.ndarray            # (m, n_outputs) float64
     classes: list | None     # original label values, index = class id; None for continuous
     label_kind: str          # binary | integer | onehot | continuous
@@ -227,7 +227,7 @@ def _finish_arrays(X: np.ndarray, Y: np.ndarray, limits: UploadLimits) -> Parsed
         raise UploadError(
             422, f"X has {X.shape[0]} examples but Y has {Y.shape[0]}: examples are rows (m, ...) and "
             "both arrays need the same first dimension (use layout=features_first for (n_x, m) arrays).")
-    X = X.reshape(X.shape[0], -1).astype(np.float64)  # image-like (m, h, w, c) -> (m, h*w*c)
+    X = X.reshape(X.shape[0], -1).astype(_stored_dtype(X.dtype), copy=False)  # image-like (m, h, w, c) -> (m, h*w*c)
     if Y.ndim > 2:
         raise UploadError(422, f"Y must be (m,) or (m, n_outputs); got shape {Y.shape}.")
     Y = Y.reshape(Y.shape[0], -1).astype(np.float64)
@@ -235,6 +235,14 @@ def _finish_arrays(X: np.ndarray, Y: np.ndarray, limits: UploadLimits) -> Parsed
     _check_limits(X, limits)
     Y, classes, kind = labels_from(Y)
     return ParsedDataset(X, Y, classes, kind)
+
+
+def _stored_dtype(dtype: np.dtype) -> type:
+    """float32 where it holds every value exactly (float32 itself, bool and 8/16-bit integers such as
+    0..255 pixels: the cat training set is 10 MB as float32 rather than 20 MB as float64), else float64."""
+    if dtype == np.float32 or dtype.kind == "b" or (dtype.kind in "iu" and dtype.itemsize <= 2):
+        return np.float32
+    return np.float64
 
 
 def labels_from(Y: np.ndarray) -> tuple[np.ndarray, list | None, str]:

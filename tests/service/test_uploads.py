@@ -52,6 +52,19 @@ def test_npz_images_are_flattened_per_example():
     assert parsed.label_kind == "integer" and parsed.classes == [0, 1, 2]
 
 
+@pytest.mark.parametrize("dtype, stored", [(np.uint8, np.float32), (np.int16, np.float32), (np.bool_, np.float32),
+                                           (np.float32, np.float32), (np.int32, np.float64), (np.float64, np.float64)])
+def test_stored_dtype_is_float32_only_where_exact(dtype, stored):
+    """0..255 pixels are stored as float32 (8x smaller than float64, every value exact); int32 or
+    float64 values keep float64 so nothing is rounded."""
+    X = (np.arange(24).reshape(6, 4) * (7 if dtype != np.bool_ else 1) % 256).astype(dtype)
+    if dtype == np.int32:
+        X[0, 0] = 2**24 + 1  # not representable in float32
+    parsed = parse_upload("px.npz", npz_bytes(X=X, Y=np.array([0, 1, 0, 1, 0, 1])), LIMITS)
+    assert parsed.X.dtype == stored
+    np.testing.assert_array_equal(parsed.X.astype(np.float64), X.astype(np.float64))
+
+
 def test_features_first_layout_is_transposed():
     X = np.arange(10.0).reshape(2, 5)  # (n_x, m)
     Y = np.array([[0.5, 1.5, 2.5, 3.5, 4.5]])  # (1, m), continuous
