@@ -7,21 +7,20 @@ import pytest
 from models.backend import gpu_available, to_host
 
 
-def _cupy_or_skip():
-    if importlib.util.find_spec("cupy") is None or not gpu_available():
-        pytest.skip("CuPy/GPU not available")
-    import cupy
-
-    return cupy
+# Evaluated once at collection; importing models.backend never imports CuPy by itself.
+NO_GPU = importlib.util.find_spec("cupy") is None or not gpu_available()
 
 
-@pytest.fixture(params=["numpy", "array_api_strict", "cupy"])
+@pytest.fixture(params=["numpy", "array_api_strict",
+                        pytest.param("cupy", marks=pytest.mark.skipif(NO_GPU, reason="CuPy/GPU not available"))])
 def xp(request):
     if request.param == "numpy":
         return np
     if request.param == "array_api_strict":
         return pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
-    return _cupy_or_skip()
+    import cupy
+
+    return cupy
 
 
 def host(x) -> np.ndarray:

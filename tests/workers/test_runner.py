@@ -139,9 +139,11 @@ def _gpu_available() -> bool:
     return gpu_available()
 
 
+GPU = _gpu_available()  # once, at collection
+
+
+@pytest.mark.skipif(GPU, reason="a GPU is present: the no-GPU message cannot be observed here")
 def test_gpu_job_without_a_gpu_fails_readably(redis_client, store, settings):
-    if _gpu_available():
-        pytest.skip("a GPU is present: the no-GPU message cannot be observed here")
     job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 2}, device="gpu")
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
     error = jobs.get_job(redis_client, job_id)["error"]
@@ -149,9 +151,8 @@ def test_gpu_job_without_a_gpu_fails_readably(redis_client, store, settings):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="CuPy/GPU not available")
 def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
-    if not _gpu_available():
-        pytest.skip("CuPy/GPU not available")
     ds = dataset(redis_client, store)
     results = {}
     for device in ("cpu", "gpu"):
@@ -180,13 +181,12 @@ def test_interrupted_worker_leaves_the_job_to_the_sweeper(redis_client, store, s
     assert jobs.requeue_expired(redis_client) == [job_id]
 
 
+@pytest.mark.skipif(GPU, reason="a GPU is present: CuPy may be loaded in this test process, nothing to show here")
 def test_cpu_worker_reports_no_gpu_memory_and_never_loads_cupy(redis_client, store, settings):
     import sys
 
     from models.backend import gpu_memory
 
-    if "cupy" in sys.modules:
-        pytest.skip("CuPy is already loaded in this test process (a GPU machine): nothing to show here")
     redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc", "gpu_memory_used": "", "gpu_memory_total": ""})
     job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3}, device="cpu")
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
