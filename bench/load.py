@@ -319,6 +319,14 @@ def machine() -> dict:
             "python": sys.version.split()[0]}
 
 
+def emit_report(report: dict, json_path: str | None) -> None:
+    """Print the figures as JSON, and write them to json_path too when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=500)
@@ -349,10 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {**info, "jobs": args.jobs, "clients": args.clients, "workers": args.workers, "epochs": args.epochs,
               "api_processes": args.api_processes or 1, "access_log": not args.no_access_log, **result,
               "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit_report(report, args.json)
     return 0 if result["exactly_once"]["ok"] else 1
 
 

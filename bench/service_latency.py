@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.load import HttpConn, machine, make_dataset, poll_status, redis_stats, start_stack, submit_all, \
+from bench.load import HttpConn, emit_report, machine, make_dataset, poll_status, redis_stats, start_stack, submit_all, \
     tiny_spec, verify_once, wait_all
 
 __all__ = ["main", "submit_to_start"]
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             report["status_poll"] = asyncio.run(poll_status(stack.port, ids, args.clients, args.poll_seconds))
         finally:
             stack.stop()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit_report(report, args.json)
     return 0 if report["throughput"]["exactly_once"] else 1
 
 
