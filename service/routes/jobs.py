@@ -92,19 +92,7 @@ def submit_job(
     spec: JobSpec, request: Request, r: Rds, settings: Settings, tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    meta = datasets.get_dataset(r, spec.dataset_id, tenant)
-    if meta is None:
-        raise field_error("dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets.")
-    val_meta = None
-    if spec.validation_dataset_id is not None:
-        val_meta = datasets.get_dataset(r, spec.validation_dataset_id, tenant)
-        if val_meta is None:
-            raise field_error("validation_dataset_id", f"no dataset with id '{spec.validation_dataset_id}'.")
-    try:
-        cfg = to_train_config(spec, meta, val_meta)
-    except SpecError as exc:
-        raise field_error(exc.field, exc.message) from None
-    _check_limits(r, settings, tenant, spec, cfg, meta)
+    # Idempotency first: a replay returns the original job even if the limits would now refuse a new one.
     body = spec.model_dump(mode="json")
     body_sha = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     reservation, replay_id = reserve(r, tenant=tenant, route="jobs", key=idempotency_key,
@@ -113,9 +101,22 @@ def submit_job(
         return JSONResponse(job_view(job, None), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
     queue = queue_for(spec)
     try:
+        meta = datasets.get_dataset(r, spec.dataset_id, tenant)
+        if meta is None:
+            raise field_error("dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets.")
+        val_meta = None
+        if spec.validation_dataset_id is not None:
+            val_meta = datasets.get_dataset(r, spec.validation_dataset_id, tenant)
+            if val_meta is None:
+                raise field_error("validation_dataset_id", f"no dataset with id '{spec.validation_dataset_id}'.")
+        try:
+            cfg = to_train_config(spec, meta, val_meta)
+        except SpecError as exc:
+            raise field_error(exc.field, exc.message) from None
+        _check_limits(r, settings, tenant, spec, cfg, meta)
         job = jobs.create_job(r, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
                               validation_dataset_id=spec.validation_dataset_id)
-    except BaseException:
+    except BaseException:  # a refused or failed submit frees its key: the client may fix the body and retry
         if reservation:
             reservation.release()
         raise

@@ -262,6 +262,19 @@ def test_tenant_queue_limit_is_429(api_settings):
         assert body["detail"].count("DNNQ_MAX_QUEUED_JOBS_PER_TENANT") == 1
 
 
+def test_idempotent_replay_is_answered_even_at_the_queue_limit(api_settings):
+    """A client retrying a submit that did go through gets its job back, not a 429."""
+    with make_client(api_settings, max_queued_jobs_per_tenant=1) as c:
+        ds = upload(c, binary_npz()).json()["id"]
+        first = submit(c, ds, headers={"Idempotency-Key": "retry-me"})
+        assert first.status_code == 202
+        again = submit(c, ds, headers={"Idempotency-Key": "retry-me"})
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        assert_problem(submit(c, ds, headers={"Idempotency-Key": "new"}, training={"seed": 5}), 429, "limit")
+        refused_then_fixed = submit(c, ds, headers={"Idempotency-Key": "new"}, training={"seed": 5})
+        assert refused_then_fixed.status_code == 429  # the refusal freed the key: not stuck, not replayed
+
+
 # --- jobs: records, views, streams ---------------------------------------------------------
 
 def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id, redis_client):
