@@ -214,6 +214,8 @@ def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536
 
     if spec.model.output == "linear":
         return None
+    # Read again rather than kept from before training: holding the raw arrays beside fit's compute-dtype
+    # copy would cost up to 1.5x the data's memory for the whole run, to save one read at the end.
     X, Y = load_arrays(store, meta["id"])
     truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
     correct = 0
