@@ -11,6 +11,7 @@ from .losses import LOSS_GRADIENTS, LOSSES
 from .network import (
     compute_cost,
     initialize_parameters_deep,
+    labels_from_output,
     model_backward,
     model_forward,
     predict,
@@ -31,6 +32,7 @@ __all__ = [
     "model_backward",
     "update_parameters",
     "predict",
+    "labels_from_output",
     "gradient_check",
     "ACTIVATIONS",
     "DERIVATIVES",

@@ -144,8 +144,12 @@ def predict(parameters, X, hidden_activation="relu", output="sigmoid", proba=Fal
         X = astype(X, params["W1"].dtype) if astype is not None else X.astype(params["W1"].dtype)
     AL, _ = model_forward(X, params, hidden_activation, output)
     AL = to_host(AL)
-    if proba:
-        return AL
+    return AL if proba else labels_from_output(AL, output)
+
+
+def labels_from_output(AL: np.ndarray, output: str) -> np.ndarray:
+    """What predict returns, from the output activations AL (n_y, m) it would compute: a caller
+    that wants both the probabilities and the labels runs the network once."""
     if output == "softmax":
         return np.argmax(AL, axis=0)
     out = (AL > 0.5).astype(np.int64) if output == "sigmoid" else AL

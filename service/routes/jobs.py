@@ -272,7 +272,7 @@ def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> JSONResponse
 @router.post("/{job_id}/predict", responses=problems(404, 409))
 def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: Settings, tenant: Tenant) -> dict:
     """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
-    from models import predict as model_predict
+    from models import labels_from_output, predict as model_predict
 
     job = _job_or_404(r, job_id, tenant)
     _succeeded_or_409(job)
@@ -296,11 +296,11 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         params = {k: npz[k] for k in npz.files}  # the dtype the job trained in
     hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
-    labels = model_predict(params, X.T, hidden_activation=hidden, output=output)
+    AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))  # one pass
+    labels = labels_from_output(AL, output)
     classes = meta.get("classes")
     out: dict = {"predictions": np.asarray(labels).tolist(), "probabilities": None}
     if output != "linear":
-        AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))
         out["probabilities"] = (AL[0] if output == "sigmoid" else AL.T).tolist()
         if classes and any(isinstance(c, str) for c in classes):
             out["labels"] = [classes[int(k)] for k in out["predictions"]]

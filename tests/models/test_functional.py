@@ -236,3 +236,15 @@ def test_predict_labels_and_proba_on_every_backend(xp):
     np.testing.assert_allclose(predict(params, X, output="linear"), [1.0, -3.0, -0.5], rtol=1e-14)
     two = {"W1": np.array([[1.0, 0.0], [0.0, 1.0]]), "b1": np.array([[0.0], [0.0]])}  # softmax picks the larger x
     np.testing.assert_array_equal(predict(two, X, output="softmax"), [0, 1, 1])
+
+
+@pytest.mark.parametrize("output, n_y", [("sigmoid", 1), ("softmax", 3), ("linear", 2)])
+def test_labels_from_output_is_what_predict_returns(output, n_y):
+    from models import labels_from_output, predict
+
+    rng = np.random.default_rng(4)
+    params = {"W1": rng.normal(size=(5, 3)), "b1": rng.normal(size=(5, 1)),
+              "W2": rng.normal(size=(n_y, 5)), "b2": rng.normal(size=(n_y, 1))}
+    X = rng.normal(size=(3, 30))
+    AL = predict(params, X, output=output, proba=True)
+    np.testing.assert_array_equal(labels_from_output(AL, output), predict(params, X, output=output))
