@@ -14,7 +14,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from service.deps import AsyncRds, Rds, Settings, Store, Tenant
@@ -182,11 +181,13 @@ def _sse(event: str, data: dict, event_id: int | None = None) -> str:
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}, **problems(404)})
 async def job_events(
-    job_id: str, request: Request, r: Rds, settings: Settings, tenant: Tenant,
+    job_id: str, request: Request, ar: AsyncRds, settings: Settings, tenant: Tenant,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: `epoch` (id = epoch) per completed epoch, `status` on changes, `end` last."""
-    await run_in_threadpool(_job_or_404, r, job_id, tenant)
+    """Server-Sent Events: `epoch` (id = epoch) per completed epoch, `status` on changes, `end` last.
+    Each open stream polls Redis every sse_poll_seconds, on the asyncio client (no thread per poll)."""
+    if await jobs.get_job_async(ar, job_id, tenant) is None:
+        raise Problem(404, f"No job with id '{job_id}'.")
     next_index = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
 
     async def stream():
@@ -194,10 +195,10 @@ async def job_events(
         status, last_sent = None, time.monotonic()
         yield ": stream open\n\n"
         while True:
-            job = await run_in_threadpool(jobs.get_job, r, job_id, tenant)
+            job = await jobs.get_job_async(ar, job_id, tenant)
             if job is None:
                 return
-            for entry in await run_in_threadpool(jobs.get_history, r, job_id, next_index, -1):
+            for entry in await jobs.get_history_async(ar, job_id, next_index, -1):
                 next_index += 1
                 yield _sse("epoch", entry, entry.get("epoch", next_index))
                 last_sent = time.monotonic()
