@@ -49,7 +49,6 @@ __all__ = [
     "renew_lease",
     "request_cancel",
     "requeue_expired",
-    "reset_history",
     "unsent",
     "validate_id",
 ]
@@ -441,15 +440,6 @@ def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict, device
         r, _RECORD_EPOCH, keys=[job, lease, history, STATS_KEY],
         args=[token, json.dumps(entry), json.dumps(progress), LEASE_LOST, device or ""],
     )
-
-
-def reset_history(r, job_id: str, keep_epochs: int) -> None:
-    """Trim the history to its first keep_epochs entries (a resumed job restarts from its checkpoint)."""
-    _, history, _ = _keys(job_id)
-    if keep_epochs <= 0:
-        r.delete(history)
-    else:
-        r.ltrim(history, 0, keep_epochs - 1)
 
 
 def record_resume(r, job_id: str, token: str, epoch: int) -> bool:

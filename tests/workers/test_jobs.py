@@ -259,7 +259,7 @@ def test_the_dead_worker_cannot_write_after_requeue(redis_client):
     assert jobs.get_job(redis_client, job_id)["status"] == "running"
 
 
-def test_record_resume_and_reset_history(redis_client):
+def test_record_resume_trims_history(redis_client):
     job_id = running(redis_client)
     for epoch in range(1, 6):
         jobs.record_epoch(redis_client, job_id, "w1", {"epoch": epoch}, {"epoch": epoch})
@@ -268,10 +268,11 @@ def test_record_resume_and_reset_history(redis_client):
     assert jobs.record_resume(redis_client, job_id, "w1", 3) is True
     assert [e["epoch"] for e in jobs.get_history(redis_client, job_id)] == [1, 2, 3]
     assert jobs.get_job(redis_client, job_id)["resumed_from_epoch"] == 3
-    jobs.reset_history(redis_client, job_id, 1)
+    assert jobs.record_resume(redis_client, job_id, "w1", 1) is True
     assert [e["epoch"] for e in jobs.get_history(redis_client, job_id)] == [1]
-    jobs.reset_history(redis_client, job_id, 0)
+    assert jobs.record_resume(redis_client, job_id, "w1", 0) is True  # no checkpoint: from scratch
     assert jobs.get_history(redis_client, job_id) == []
+    assert jobs.get_job(redis_client, job_id)["resumed_from_epoch"] == 0
 
 
 def test_status_enum_and_terminal():
