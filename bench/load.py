@@ -130,8 +130,12 @@ def _free_port() -> int:
     return free_port()
 
 
-def start_stack(workers: int, data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> Stack:
-    """`python -m dnnq up --workers N` on 127.0.0.1 and a free port; returns once /readyz is 200."""
+def start_stack(workers: int, data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120.0, *,
+                api_processes: int = 1, access_log: bool = False) -> Stack:
+    """`python -m dnnq up --workers N --api-workers P` on 127.0.0.1 and a free port; returns once /readyz is 200.
+
+    The API process count goes on the command line: `dnnq up` always passes uvicorn an explicit
+    `--workers`, which wins over WEB_CONCURRENCY (setting that variable here used to change nothing)."""
     import httpx
 
     port = _free_port()
@@ -144,7 +148,8 @@ def start_stack(workers: int, data_dir: Path, env: dict[str, str] | None = None,
     log_path = data_dir / "dnnq-up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dnnq", "up", "--workers", str(workers), "--host", "127.0.0.1",
+            [sys.executable, "-m", "dnnq", "up", "--workers", str(workers), "--api-workers", str(api_processes),
+             *(["--access-log"] if access_log else []), "--host", "127.0.0.1",
              "--port", str(port), "--data-dir", str(data_dir / "data")],
             cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -334,28 +339,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="`dnnq up --workers` (Celery workers)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of each tiny job")
     p.add_argument("--poll-seconds", type=float, default=5.0, help="status-poll phase length (0 = skip)")
-    p.add_argument("--api-processes", type=int, default=None,
-                   help="uvicorn worker processes for the API (WEB_CONCURRENCY, read by uvicorn); default 1")
-    p.add_argument("--no-access-log", action="store_true",
-                   help="UVICORN_ACCESS_LOG=false for the API (uvicorn reads UVICORN_* variables)")
+    p.add_argument("--api-processes", type=int, default=1, help="API processes (`dnnq up --api-workers`)")
+    p.add_argument("--access-log", action="store_true", help="`dnnq up --access-log` (off by default, as in dnnq up)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = {"WEB_CONCURRENCY": str(args.api_processes)} if args.api_processes else {}
-    if args.no_access_log:
-        env["UVICORN_ACCESS_LOG"] = "false"
     info = {"command": "python -m bench.load " + " ".join(sys.argv[1:] if argv is None else argv), **machine()}
     with tempfile.TemporaryDirectory(prefix="dnnq-load-") as tmp:
-        stack = start_stack(args.workers, Path(tmp), env)
+        stack = start_stack(args.workers, Path(tmp), api_processes=args.api_processes, access_log=args.access_log)
         try:
             result = run_load(stack, args.jobs, args.clients, args.epochs, args.poll_seconds)
         finally:
             stack.stop()
     report = {**info, "jobs": args.jobs, "clients": args.clients, "workers": args.workers, "epochs": args.epochs,
-              "api_processes": args.api_processes or 1, "access_log": not args.no_access_log, **result,
+              "api_processes": args.api_processes, "access_log": args.access_log, **result,
               "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
     emit_report(report, args.json)
     return 0 if result["exactly_once"]["ok"] else 1

@@ -60,14 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--poll-seconds", type=float, default=5.0)
-    p.add_argument("--api-processes", type=int, default=None, help="uvicorn processes (WEB_CONCURRENCY)")
+    p.add_argument("--api-processes", type=int, default=1, help="API processes (`dnnq up --api-workers`)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = p.parse_args(argv)
-    env = {"WEB_CONCURRENCY": str(args.api_processes)} if args.api_processes else {}
     report = {"command": "python -m bench.service_latency " + " ".join(sys.argv[1:] if argv is None else argv),
-              **machine(), "workers": args.workers, "api_processes": args.api_processes or 1}
+              **machine(), "workers": args.workers, "api_processes": args.api_processes}
     with tempfile.TemporaryDirectory(prefix="dnnq-latency-") as tmp:
-        stack = start_stack(args.workers, Path(tmp), env)
+        stack = start_stack(args.workers, Path(tmp), api_processes=args.api_processes)
         try:
             dataset_id = make_dataset(stack)
             lat = asyncio.run(submit_to_start(stack.port, dataset_id, args.latency_jobs, args.epochs))
