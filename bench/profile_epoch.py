@@ -75,10 +75,19 @@ def instrument() -> bool:
     _wrap(engine, "forward", "forward")
     _wrap(engine, "output", "output+loss")
     _wrap(engine, "backward", "backward")
-    _wrap(Optimizer, "update", "optimizer")
-    if hasattr(Optimizer, "update_prescaled"):  # plain SGD with the learning rate folded into backward
-        _wrap(Optimizer, "update_prescaled", "optimizer")
+    for method in ("update", "update_prescaled", "update_flat", "update_prescaled_flat"):
+        if hasattr(Optimizer, method):  # whichever fit calls (flat: all parameters in one array)
+            _wrap(Optimizer, method, "optimizer")
     proxy = TimedXp(np)
+    take_rows = training._take_rows
+
+    def timed_gather(xp, *args):  # the real NumPy gather (a compiled kernel when models.fused runs)
+        t0 = time.perf_counter()
+        take_rows(np if xp is proxy else xp, *args)
+        TIMES["stage gather"] += time.perf_counter() - t0
+        CALLS["stage gather"] += 1
+
+    training._take_rows = timed_gather
     original_select = training.select_device
     training.select_device = lambda d: Device(proxy, "cpu") if d == "cpu" else original_select(d)
     import models.optimizers as optimizers

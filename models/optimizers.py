@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from . import fused
 from .backend import get_namespace, to_host
 
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "OPTIMIZERS", "make_optimizer"]
@@ -29,6 +30,7 @@ class Optimizer:
         self.t = 0  # number of updates taken
         self.state: dict[str, object] = {}  # f"{slot}_{key}" -> array like the parameter
         self._scratch: dict[str, object] = {}
+        self._flat: dict[str, object] | None = None  # slot -> one flat array (see bind_flat)
 
     def _buffers(self, key, p):
         if key not in self._scratch:
@@ -41,10 +43,45 @@ class Optimizer:
     def update(self, params, grads) -> None:
         self.t += 1
         for key, p in params.items():
-            self._step(key, p, grads["d" + key], self._buffers(key, p))
+            tmp = self._buffers(key, p)
+            self._step(p, grads["d" + key], tmp, *(self.state[f"{slot}_{key}"] for slot in self.slots))
 
-    def _step(self, key, p, g, tmp) -> None:
+    def _step(self, p, g, tmp, *slot_arrays) -> None:
+        """One update of p (any shape) from g, with the scratch array tmp and the state arrays."""
         raise NotImplementedError
+
+    def _fused_step(self, p, g, *slot_arrays) -> None:
+        """The same update as _step by one compiled CPU kernel (models.fused), bit for bit."""
+        raise NotImplementedError
+
+    # --- flat mode: every parameter in one array ----------------------------------------------
+    def bind_flat(self, flat_params, layout) -> None:
+        """Keep each state slot in one flat array shaped like ``flat_params`` (the parameters laid
+        end to end, ``layout`` = [(key, offset, shape), ...]), with ``state[f"{slot}_{key}"]`` a view
+        of it, so that update_flat steps every parameter with one pass per operation: one kernel
+        call per step on the CPU (models.fused), a few launches instead of a few per layer on a GPU.
+        State loaded earlier (a resumed checkpoint) is copied in."""
+        xp = get_namespace(flat_params)
+        self._flat = {slot: xp.zeros_like(flat_params) for slot in self.slots}
+        self._flat_tmp = xp.empty_like(flat_params)
+        for key, offset, shape in layout:
+            size = math.prod(shape)
+            for slot in self.slots:
+                view = self._flat[slot][offset:offset + size].reshape(shape)
+                old = self.state.get(f"{slot}_{key}")
+                if old is not None:
+                    view[...] = old
+                self.state[f"{slot}_{key}"] = view
+        self._scratch.clear()
+
+    def update_flat(self, flat_params, flat_grads) -> None:
+        """update() for parameters and gradients laid out as given to bind_flat."""
+        self.t += 1
+        slot_arrays = [self._flat[slot] for slot in self.slots]
+        if self.slots and fused.wanted(flat_params, flat_grads, *slot_arrays):
+            self._fused_step(flat_params, flat_grads, *slot_arrays)
+        else:
+            self._step(flat_params, flat_grads, self._flat_tmp, *slot_arrays)
 
     def prescale(self) -> float | None:
         """A factor the caller may fold into the gradients (backprop is linear, so scaling dZ_L
@@ -54,6 +91,9 @@ class Optimizer:
 
     def update_prescaled(self, params, scaled_grads) -> None:
         raise NotImplementedError(f"{type(self).__name__} has no prescaled update; call update().")
+
+    def update_prescaled_flat(self, flat_params, flat_scaled_grads) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no prescaled update; call update_flat().")
 
     # --- checkpointing: host copies in, host copies out ---------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -68,16 +108,23 @@ class Optimizer:
                 name = f"{slot}_{key}"
                 if name not in arrays:
                     raise ValueError(f"The checkpoint has no optimizer state {name!r} for {type(self).__name__}.")
-                self.state[name] = xp.asarray(arrays[name], dtype=p.dtype)
-                if tuple(self.state[name].shape) != tuple(p.shape):
-                    raise ValueError(f"The checkpoint's {name!r} has shape {self.state[name].shape}, expected {p.shape}.")
+                loaded = xp.asarray(arrays[name], dtype=p.dtype)
+                if tuple(loaded.shape) != tuple(p.shape):
+                    raise ValueError(f"The checkpoint's {name!r} has shape {loaded.shape}, expected {p.shape}.")
+                if self._flat is not None:  # bound: the state lives in the flat arrays' views
+                    self.state[name][...] = loaded
+                else:
+                    self.state[name] = loaded
 
 
 class GD(Optimizer):
-    def _step(self, key, p, g, tmp):
+    def _step(self, p, g, tmp):
         xp = get_namespace(p)
         xp.multiply(g, self.learning_rate, out=tmp)
         p -= tmp
+
+    def _fused_step(self, p, g):
+        self._step(p, g, self._flat_tmp)  # two passes; no kernel (fit uses update_prescaled_flat)
 
     def prescale(self):
         return self.learning_rate
@@ -90,6 +137,10 @@ class GD(Optimizer):
         for key, p in params.items():
             p -= scaled_grads["d" + key]
 
+    def update_prescaled_flat(self, flat_params, flat_scaled_grads) -> None:
+        self.t += 1
+        flat_params -= flat_scaled_grads  # one pass already; a compiled kernel gains nothing here
+
 
 class Momentum(Optimizer):
     slots = ("v",)
@@ -98,14 +149,16 @@ class Momentum(Optimizer):
         super().__init__(learning_rate)
         self.beta = float(beta)
 
-    def _step(self, key, p, g, tmp):
+    def _step(self, p, g, tmp, v):
         xp = get_namespace(p)
-        v = self.state[f"v_{key}"]
         v *= self.beta
         xp.multiply(g, 1.0 - self.beta, out=tmp)
         v += tmp  # v = beta v + (1 - beta) g
         xp.multiply(v, self.learning_rate, out=tmp)
         p -= tmp
+
+    def _fused_step(self, p, g, v):
+        fused.momentum_(p, g, v, self.beta, self.learning_rate)
 
 
 class RMSProp(Optimizer):
@@ -115,9 +168,8 @@ class RMSProp(Optimizer):
         super().__init__(learning_rate)
         self.beta2, self.epsilon = float(beta2), float(epsilon)
 
-    def _step(self, key, p, g, tmp):
+    def _step(self, p, g, tmp, s):
         xp = get_namespace(p)
-        s = self.state[f"s_{key}"]
         s *= self.beta2
         xp.multiply(g, g, out=tmp)
         tmp *= 1.0 - self.beta2
@@ -128,6 +180,9 @@ class RMSProp(Optimizer):
         tmp *= self.learning_rate
         p -= tmp
 
+    def _fused_step(self, p, g, s):
+        fused.rmsprop_(p, g, s, self.beta2, self.epsilon, self.learning_rate)
+
 
 class Adam(Optimizer):
     slots = ("v", "s")
@@ -136,9 +191,8 @@ class Adam(Optimizer):
         super().__init__(learning_rate)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
 
-    def _step(self, key, p, g, tmp):
+    def _step(self, p, g, tmp, v, s):
         xp = get_namespace(p)
-        v, s = self.state[f"v_{key}"], self.state[f"s_{key}"]
         v *= self.beta1
         xp.multiply(g, 1.0 - self.beta1, out=tmp)
         v += tmp  # v = beta1 v + (1 - beta1) g
@@ -152,6 +206,10 @@ class Adam(Optimizer):
         xp.divide(v, tmp, out=tmp)
         tmp *= self.learning_rate / (1.0 - self.beta1**self.t)  # v_corrected / (...)
         p -= tmp
+
+    def _fused_step(self, p, g, v, s):
+        fused.adam_(p, g, v, s, self.beta1, self.beta2, self.epsilon,
+                    math.sqrt(1.0 - self.beta2**self.t), self.learning_rate / (1.0 - self.beta1**self.t))
 
 
 OPTIMIZERS = {"gd": GD, "momentum": Momentum, "rmsprop": RMSProp, "adam": Adam}

@@ -29,7 +29,7 @@ import numpy as np
 
 from .backend import device_rng, release_memory, select_device, to_host
 from .config import TrainConfig
-from .engine import _Engine, _take_rows
+from .engine import _Engine, _take_rows, flatten_params
 from .network import initialize_parameters_deep
 from .optimizers import make_optimizer
 
@@ -227,6 +227,10 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         params = _restore(checkpoint, cfg, xp, dtype, optimizer)
         start_epoch = checkpoint.epoch
         history = list(checkpoint.history[:start_epoch])
+    # The parameters live in one flat array (params holds views of it), like the engine's gradients
+    # and the optimizer's state, so an optimizer step is one pass per operation over all of them.
+    flat_params, layout = flatten_params(xp, params)
+    optimizer.bind_flat(flat_params, layout)
     engine = _Engine(cfg, device, params, batch)
     evaluator = None if Xv is None else _Engine(cfg, device, params, min(_VAL_CHUNK, Xv.shape[0]), training=False)
     # Shuffling gathers rows of the examples-first copy into one batch buffer (a row gather is
@@ -275,10 +279,10 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
                 loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
             if scale is not None:  # gd: lr, adam: 1 - beta1, folded into the backward pass
                 engine.backward(acts, AL, yb, scale=scale)
-                optimizer.update_prescaled(params, engine.grads)
+                optimizer.update_prescaled_flat(flat_params, engine.flat_grads)
             else:
                 engine.backward(acts, AL, yb)
-                optimizer.update(params, engine.grads)
+                optimizer.update_flat(flat_params, engine.flat_grads)
             loss_total = loss_total + loss_sum.astype(xp.float64)  # float64 sum over the epoch
             if correct is not None:
                 correct_total = correct_total + correct

@@ -1,0 +1,126 @@
+"""Fused CPU kernels for the optimizer step on NumPy arrays, compiled with Numba.
+
+NumPy runs Adam's ``p -= lr * v_hat / (sqrt(s_hat) + eps)`` as a dozen passes over memory, each
+allocating nothing but streaming four arrays through the cache again; on workload A (235k
+parameters, 235 steps an epoch) that was 0.127 s an epoch, against 0.030 s for the one-pass
+kernel here (measured with the parameters in one flat array, Optimizer.bind_flat).
+
+Bit-identical by construction: each kernel performs the same IEEE operations, in the same order,
+on the same dtype as the optimizer's NumPy/CuPy sequence (``_step`` in models/optimizers.py).
+Constants are cast to the array's dtype first (NumPy casts a Python float operand to a float32
+array's dtype; Numba would otherwise promote to float64), and there is no ``fastmath`` (so no
+FMA contraction, no reassociation). tests/models/test_fused.py checks equality bit for bit, so
+whether a kernel or the NumPy sequence runs never changes a result.
+
+Serial kernels (``parallel=False``), on purpose: Numba's threading layers either abort a process
+that forks after using them (OpenMP; Celery's prefork pool forks) or cost more per call than a
+second core saves on 235k elements (workqueue: 0.041 s an epoch, serial 0.030 s). ``nogil``
+makes them safe to call from any thread. Used only where it pays: arrays of at least
+``MIN_ELEMENTS`` elements (a call costs microseconds; tiny jobs never import Numba), and only
+when Numba imports and compiles; otherwise the NumPy sequence runs.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+__all__ = ["MIN_ELEMENTS", "available", "set_enabled", "wanted", "momentum_", "rmsprop_", "adam_"]
+
+MIN_ELEMENTS = 1 << 15  # below this a kernel call's overhead outweighs its gain
+
+_compile_lock = threading.Lock()
+_kernels: dict | None = None  # name -> compiled kernel once compiled; {} when Numba is unusable
+_enabled = True  # tests switch the kernels off to compare against the NumPy sequences
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn the kernels on or off for this process (results are the same either way)."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def _compile() -> dict:
+    try:
+        import numba
+    except ImportError:
+        return {}
+    # error_model="numpy": x / 0 is IEEE inf/nan as in NumPy, and no per-element zero check
+    # (the "python" model raises instead, and its branch stops the loop from vectorising: 8x slower)
+    jit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
+
+    @jit
+    def momentum_(p, g, v, beta, one_minus_beta, lr):
+        for i in range(p.shape[0]):
+            vi = v[i] * beta + g[i] * one_minus_beta
+            v[i] = vi
+            p[i] = p[i] - vi * lr
+
+    @jit
+    def rmsprop_(p, g, s, beta2, one_minus_beta2, eps, lr):
+        for i in range(p.shape[0]):
+            gi = g[i]
+            si = s[i] * beta2 + (gi * gi) * one_minus_beta2
+            s[i] = si
+            p[i] = p[i] - (gi / (np.sqrt(si) + eps)) * lr
+
+    @jit
+    def adam_(p, g, v, s, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_c2, eps, lr_over_c1):
+        for i in range(p.shape[0]):
+            gi = g[i]
+            vi = v[i] * beta1 + gi * one_minus_beta1
+            si = s[i] * beta2 + (gi * gi) * one_minus_beta2
+            v[i] = vi
+            s[i] = si
+            p[i] = p[i] - (vi / (np.sqrt(si) / sqrt_c2 + eps)) * lr_over_c1
+
+    kernels = {"momentum_": momentum_, "rmsprop_": rmsprop_, "adam_": adam_}
+    try:  # compile (or load from Numba's on-disk cache) now, so a broken toolchain falls back at once
+        one = np.ones(2, np.float32)
+        momentum_(one.copy(), one, one.copy(), one[0], one[0], one[0])
+    except Exception:  # noqa: BLE001 - whatever stops compilation means: use NumPy
+        return {}
+    return kernels
+
+
+def available() -> bool:
+    """Whether the compiled kernels can run in this process (compiles them on the first call)."""
+    global _kernels
+    if _kernels is None:
+        with _compile_lock:
+            if _kernels is None:
+                _kernels = _compile()
+    return bool(_kernels)
+
+
+def wanted(*arrays) -> bool:
+    """True when every array is a C-contiguous 1-D NumPy float array, the first has at least
+    MIN_ELEMENTS elements, and the kernels are enabled and available."""
+    if not _enabled or not arrays:
+        return False
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or not a.flags.c_contiguous or a.dtype.kind != "f":
+            return False
+    return arrays[0].size >= MIN_ELEMENTS and available()
+
+
+# Each kernel below runs only where wanted() said yes; the optimizers keep the NumPy/CuPy sequence.
+
+def momentum_(p, g, v, beta: float, lr: float) -> None:
+    """v = beta v + (1 - beta) g; p -= lr v."""
+    t = p.dtype.type
+    _kernels["momentum_"](p, g, v, t(beta), t(1.0 - beta), t(lr))
+
+
+def rmsprop_(p, g, s, beta2: float, eps: float, lr: float) -> None:
+    """s = beta2 s + (1 - beta2) g^2; p -= lr g / (sqrt(s) + eps)."""
+    t = p.dtype.type
+    _kernels["rmsprop_"](p, g, s, t(beta2), t(1.0 - beta2), t(eps), t(lr))
+
+
+def adam_(p, g, v, s, beta1: float, beta2: float, eps: float, sqrt_c2: float, lr_over_c1: float) -> None:
+    """v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2;
+    p -= lr_over_c1 v / (sqrt(s) / sqrt_c2 + eps), with sqrt_c2 = sqrt(1 - beta2^t) and
+    lr_over_c1 = lr / (1 - beta1^t): lr v_corrected / (sqrt(s_corrected) + eps)."""
+    t = p.dtype.type
+    _kernels["adam_"](p, g, v, s, t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(sqrt_c2), t(eps), t(lr_over_c1))

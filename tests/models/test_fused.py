@@ -1,0 +1,127 @@
+"""models.fused: the compiled CPU kernels give the NumPy sequences' results bit for bit, so whether
+a kernel runs (big arrays, Numba present) or NumPy does never changes what fit returns."""
+import math
+
+import numpy as np
+import pytest
+
+from models import TrainConfig, fit, fused
+from models.engine import flat_layout, flat_views, flatten_params
+from models.optimizers import make_optimizer
+
+needs_numba = pytest.mark.skipif(not fused.available(), reason="numba not installed (or cannot compile here)")
+
+N = fused.MIN_ELEMENTS + 7  # big enough for the kernels, and not a multiple of any vector width
+
+
+@pytest.fixture
+def kernels_on():
+    fused.set_enabled(True)
+    yield
+    fused.set_enabled(True)
+
+
+def _arrays(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(N).astype(dtype)
+    grads = [(rng.standard_normal(N) * 10.0 ** rng.integers(-6, 1, N)).astype(dtype) for _ in range(4)]
+    return p, grads
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["gd", "momentum", "rmsprop", "adam"])
+def test_optimizer_kernel_is_bit_identical_to_numpy(name, dtype, kernels_on):
+    p0, grads = _arrays(dtype)
+    layout = [("p", 0, (N,))]
+    results = {}
+    for enabled in (True, False):
+        fused.set_enabled(enabled)
+        p = p0.copy()
+        opt = make_optimizer(name, 0.01)
+        opt.bind_flat(p, layout)
+        for g in grads:  # several steps: Adam's bias corrections change with t
+            opt.update_flat(p, g)
+        results[enabled] = (p, {k: np.array(v) for k, v in opt.state.items()}, opt.t)
+    (p_fused, state_fused, t_fused), (p_numpy, state_numpy, t_numpy) = results[True], results[False]
+    assert t_fused == t_numpy == len(grads)
+    assert not np.array_equal(p_fused, p0)  # it stepped
+    np.testing.assert_array_equal(p_fused, p_numpy)
+    assert state_fused.keys() == state_numpy.keys()
+    for key in state_numpy:
+        np.testing.assert_array_equal(state_fused[key], state_numpy[key])
+
+
+@needs_numba
+def test_prescaled_gd_kernel_is_bit_identical(kernels_on):
+    p0, grads = _arrays("float32", seed=1)
+    out = {}
+    for enabled in (True, False):
+        fused.set_enabled(enabled)
+        p = p0.copy()
+        opt = make_optimizer("gd", 0.1)
+        for g in grads:
+            opt.update_prescaled_flat(p, g)
+        out[enabled] = p
+    np.testing.assert_array_equal(out[True], out[False])
+
+
+def test_small_or_strided_arrays_take_the_numpy_path():
+    small = np.zeros(fused.MIN_ELEMENTS - 1, np.float32)
+    big = np.zeros((fused.MIN_ELEMENTS, 2), np.float32)
+    assert not fused.wanted(small, small)
+    assert not fused.wanted(big[:, 0], big[:, 1])  # not contiguous
+    assert not fused.wanted([1.0] * fused.MIN_ELEMENTS)  # not an ndarray
+
+
+def test_flat_views_share_memory_with_the_flat_array():
+    params = {"W1": np.arange(6.0).reshape(3, 2), "b1": np.ones((3, 1))}
+    before = {k: v.copy() for k, v in params.items()}
+    flat, layout = flatten_params(np, params)
+    assert layout == flat_layout(params) == [("W1", 0, (3, 2)), ("b1", 6, (3, 1))]
+    for key in params:
+        np.testing.assert_array_equal(params[key], before[key])
+        assert np.shares_memory(params[key], flat) and params[key].flags.c_contiguous
+    flat -= 1.0
+    np.testing.assert_array_equal(params["b1"], np.zeros((3, 1)))
+    views = flat_views(flat, layout)
+    assert views["W1"].shape == (3, 2) and math.prod(views["b1"].shape) == 3
+
+
+def test_bind_flat_keeps_state_loaded_before_it():
+    params = {"W1": np.zeros((2, 3)), "b1": np.zeros((2, 1))}
+    opt = make_optimizer("adam", 0.1)
+    saved = {"t": np.array(5), "v_W1": np.full((2, 3), 2.0), "s_W1": np.full((2, 3), 3.0),
+             "v_b1": np.full((2, 1), 4.0), "s_b1": np.full((2, 1), 5.0)}
+    opt.load_state_arrays(saved, np, params)
+    flat, layout = flatten_params(np, params)
+    opt.bind_flat(flat, layout)
+    for key, value in saved.items():
+        if key != "t":
+            np.testing.assert_array_equal(opt.state[key], value)
+    opt.load_state_arrays({**saved, "v_W1": np.full((2, 3), 7.0)}, np, params)  # loads into the views
+    np.testing.assert_array_equal(opt._flat["v"][:6], np.full(6, 7.0))
+
+
+@needs_numba
+@pytest.mark.parametrize("optimizer", ["gd", "adam"])
+def test_fit_is_the_same_with_and_without_kernels(optimizer, kernels_on):
+    """A shuffled mini-batch float32 run big enough for every kernel (parameters, batch gather)."""
+    rng = np.random.default_rng(3)
+    m, n_x = 600, 300
+    X = rng.random((n_x, m), dtype=np.float32)
+    labels = (X[:5].sum(axis=0) > 2.5).astype(np.int64) + (X[5:10].sum(axis=0) > 2.5)
+    cfg = TrainConfig(layer_dims=[n_x, 128, 3], output="softmax", init="he", seed=4, optimizer=optimizer,
+                      learning_rate=0.05 if optimizer == "gd" else 1e-3, epochs=3, batch_size=128,
+                      dtype="float32", device="cpu")
+    assert 128 * n_x >= fused.MIN_ELEMENTS and n_x * 128 + 128 + 128 * 3 + 3 >= fused.MIN_ELEMENTS
+    runs = {}
+    for enabled in (True, False):
+        fused.set_enabled(enabled)
+        runs[enabled] = fit(X, labels, cfg)
+    with_kernels, without = runs[True], runs[False]
+    assert [h.loss for h in with_kernels.history] == [h.loss for h in without.history]
+    assert [h.accuracy for h in with_kernels.history] == [h.accuracy for h in without.history]
+    assert with_kernels.history[-1].loss < with_kernels.history[0].loss  # it learned
+    for key in without.parameters:
+        np.testing.assert_array_equal(with_kernels.parameters[key], without.parameters[key])
