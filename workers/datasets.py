@@ -23,6 +23,7 @@ __all__ = [
     "DatasetError",
     "dataset_id_for",
     "get_dataset",
+    "get_dataset_async",
     "list_datasets",
     "load_arrays",
     "save_dataset",
@@ -172,7 +173,17 @@ def get_dataset(r, dataset_id: str, tenant: str | None = None) -> dict | None:
     """The record, or None when absent, malformed id, or another tenant's."""
     if not isinstance(dataset_id, str) or not ID_RE.match(dataset_id):
         return None
-    raw = r.hgetall(_key(dataset_id))
+    return _visible(r.hgetall(_key(dataset_id)), tenant)
+
+
+async def get_dataset_async(ar, dataset_id: str, tenant: str | None = None) -> dict | None:
+    """get_dataset on a redis.asyncio client (the submit route)."""
+    if not isinstance(dataset_id, str) or not ID_RE.match(dataset_id):
+        return None
+    return _visible(await ar.hgetall(_key(dataset_id)), tenant)
+
+
+def _visible(raw: dict, tenant: str | None) -> dict | None:
     if not raw or (tenant is not None and raw.get("tenant") != tenant):
         return None
     return _decode(raw)

@@ -33,10 +33,12 @@ __all__ = [
     "JobConflict",
     "JobNotFound",
     "Status",
+    "TooManyUnfinished",
     "claim",
     "count_by_status",
     "count_unfinished",
     "create_job",
+    "create_job_async",
     "finish",
     "get_history",
     "get_history_async",
@@ -44,6 +46,7 @@ __all__ = [
     "get_job_async",
     "list_jobs",
     "mark_sent",
+    "mark_sent_async",
     "record_epoch",
     "record_resume",
     "renew_lease",
@@ -91,6 +94,15 @@ class JobNotFound(LookupError):
         self.job_id = job_id
 
 
+class TooManyUnfinished(Exception):
+    """create_job refused: the tenant already has `unfinished` queued, running or cancelling jobs."""
+
+    def __init__(self, tenant: str, unfinished: int):
+        super().__init__(f"Tenant '{tenant}' already has {unfinished} unfinished jobs.")
+        self.tenant = tenant
+        self.unfinished = unfinished
+
+
 class JobConflict(Exception):
     """A transition the current status does not allow (e.g. cancelling a finished job)."""
 
@@ -122,6 +134,23 @@ def _keys(job_id: str) -> tuple[str, str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # Lua scripts. KEYS and ARGV are documented at the top of each.
+
+# KEYS: job, tenant jobs, tenant unfinished, by_status, unsent ; ARGV: job_id, created (epoch seconds),
+# max_unfinished (0 = no limit), then the record's field/value pairs.
+# The limit is checked in the same step that counts the new job, so concurrent submits cannot overshoot it.
+_CREATE = """
+local max_unfinished = tonumber(ARGV[3])
+if max_unfinished > 0 then
+  local unfinished = redis.call('SCARD', KEYS[3])
+  if unfinished >= max_unfinished then return unfinished end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'queued', 1)
+redis.call('SADD', KEYS[5], ARGV[1])
+return -1
+"""
 
 # KEYS: job, lease, active ; ARGV: token, lease_ms, now, job_id
 _CLAIM = """
@@ -253,6 +282,7 @@ _MOVE_LUA = (
 _CLAIM, _FINISH, _CANCEL, _REQUEUE = (_MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE))
 
 _SCRIPTS: dict[str, Any] = {}
+_ASYNC_SCRIPTS: dict[str, Any] = {}
 
 
 def _run(r, source: str, keys: list, args: list):
@@ -261,6 +291,14 @@ def _run(r, source: str, keys: list, args: list):
     if script is None:
         script = _SCRIPTS[source] = r.register_script(source)
     return script(keys=keys, args=args, client=r)
+
+
+async def _run_async(ar, source: str, keys: list, args: list):
+    """_run on a redis.asyncio client (its script objects are a different class)."""
+    script = _ASYNC_SCRIPTS.get(source)
+    if script is None:
+        script = _ASYNC_SCRIPTS[source] = ar.register_script(source)
+    return await script(keys=keys, args=args, client=ar)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,15 +323,13 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
     return job
 
 
-def create_job(
-    r, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None
-) -> dict:
-    """Write a new queued job; returns the decoded record. The caller sends the Celery task."""
+def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str,
+             validation_dataset_id: str | None, max_unfinished: int | None) -> tuple[dict, list, list]:
+    """The record of a new queued job, and the _CREATE script's keys and args that write it."""
     validate_id(dataset_id, "dataset")
     if validation_dataset_id is not None:
         validate_id(validation_dataset_id, "dataset")
     job_id = uuid.uuid4().hex
-    now = now_iso()
     record = {
         "id": job_id,
         "tenant": tenant,
@@ -302,7 +338,7 @@ def create_job(
         "spec": json.dumps(spec, sort_keys=True),
         "dataset_id": dataset_id,
         "validation_dataset_id": validation_dataset_id or "",
-        "created_at": now,
+        "created_at": now_iso(),
         "started_at": "",
         "finished_at": "",
         "device": "",
@@ -314,14 +350,38 @@ def create_job(
         "artifacts": "",
         "timings": "",
     }
-    pipe = r.pipeline(transaction=True)
-    pipe.hset(job_key(job_id), mapping=record)
-    pipe.zadd(tenant_jobs_key(tenant), {job_id: time.time()})
-    pipe.sadd(unfinished_key(tenant), job_id)
-    pipe.hincrby(BY_STATUS_KEY, Status.QUEUED.value, 1)
-    pipe.sadd(UNSENT_KEY, job_id)
-    pipe.execute()
+    keys = [job_key(job_id), tenant_jobs_key(tenant), unfinished_key(tenant), BY_STATUS_KEY, UNSENT_KEY]
+    args = [job_id, time.time(), int(max_unfinished or 0), *(x for pair in record.items() for x in pair)]
+    return record, keys, args
+
+
+def _created(record: dict, outcome: int) -> dict:
+    if outcome >= 0:
+        raise TooManyUnfinished(record["tenant"], int(outcome))
     return _decode(record)
+
+
+def create_job(
+    r, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None,
+    max_unfinished: int | None = None,
+) -> dict:
+    """Write a new queued job (also listed in UNSENT_KEY) in one atomic step; returns the decoded record.
+    The caller sends the Celery task, then calls mark_sent.
+
+    With max_unfinished, raises TooManyUnfinished instead when the tenant already has that many
+    queued, running or cancelling jobs (checked and counted atomically: no overshoot under concurrency).
+    """
+    record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished)
+    return _created(record, _run(r, _CREATE, keys, args))
+
+
+async def create_job_async(
+    ar, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None,
+    max_unfinished: int | None = None,
+) -> dict:
+    """create_job on a redis.asyncio client (the submit route: no thread hop per request)."""
+    record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished)
+    return _created(record, await _run_async(ar, _CREATE, keys, args))
 
 
 def get_job(r, job_id: str, tenant: str | None = None) -> dict | None:
@@ -385,9 +445,16 @@ def unsent(r) -> list[str]:
     return sorted(r.smembers(UNSENT_KEY))
 
 
-def mark_sent(r, job_id: str) -> None:
-    """The job's message is with the broker (or the job no longer needs one)."""
-    r.srem(UNSENT_KEY, job_id)
+def mark_sent(r, *job_ids: str) -> None:
+    """These jobs' messages are with the broker (or the jobs no longer need one): one SREM for all."""
+    if job_ids:
+        r.srem(UNSENT_KEY, *job_ids)
+
+
+async def mark_sent_async(ar, *job_ids: str) -> None:
+    """mark_sent on a redis.asyncio client (the API's task sender)."""
+    if job_ids:
+        await ar.srem(UNSENT_KEY, *job_ids)
 
 
 def count_by_status(r) -> dict[str, int]:

@@ -19,8 +19,8 @@ from workers.logs import event
 from workers.settings import WorkerSettings
 
 __all__ = [
-    "WORKERS_KEY", "Maintenance", "celery_sender", "host_memory_bytes", "live_workers", "register_worker", "sweep",
-    "unregister_worker", "worker_key",
+    "WORKERS_KEY", "Maintenance", "celery_sender", "host_memory_bytes", "live_workers", "live_workers_async",
+    "register_worker", "sweep", "unregister_worker", "worker_key",
 ]
 
 Send = Callable[[str, str], None]  # send(job_id, queue)
@@ -75,21 +75,38 @@ def host_memory_bytes() -> int | None:
 WORKERS_KEY = "dnnq:workers"
 
 
+# KEYS: the index ; ARGV: the prefix of a worker's hash. Returns each live worker's HGETALL as a flat
+# list and drops dead names from the index: one round trip, however many workers.
+_LIVE_WORKERS = """
+local live = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local fields = redis.call('HGETALL', ARGV[1] .. name)
+  if #fields > 0 then table.insert(live, fields) else redis.call('SREM', KEYS[1], name) end
+end
+return live
+"""
+_SCRIPTS: dict[str, object] = {}
+
+
+def _pairs(flat: list) -> dict:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def _by_name(found: list) -> list[dict]:
+    return sorted((_pairs(flat) for flat in found), key=lambda w: w.get("name", ""))
+
+
 def live_workers(r) -> list[dict]:
-    """The hashes of every worker whose heartbeat has not expired: O(workers), not a keyspace SCAN
-    (the submit route calls this for its memory check, and the keyspace grows with every job)."""
-    names = r.smembers(WORKERS_KEY)
-    if not names:
-        return []
-    names = sorted(names)
-    pipe = r.pipeline(transaction=False)
-    for name in names:
-        pipe.hgetall(worker_key(name))
-    found = pipe.execute()
-    dead = [name for name, w in zip(names, found) if not w]
-    if dead:
-        r.srem(WORKERS_KEY, *dead)
-    return [w for w in found if w]
+    """The hashes of every worker whose heartbeat has not expired, by name: O(workers), not a keyspace
+    SCAN (the submit route calls this for its memory check, and the keyspace grows with every job)."""
+    script = _SCRIPTS.get("sync") or _SCRIPTS.setdefault("sync", r.register_script(_LIVE_WORKERS))
+    return _by_name(script(keys=[WORKERS_KEY], args=[worker_key("")], client=r))
+
+
+async def live_workers_async(ar) -> list[dict]:
+    """live_workers on a redis.asyncio client (the submit route)."""
+    script = _SCRIPTS.get("async") or _SCRIPTS.setdefault("async", ar.register_script(_LIVE_WORKERS))
+    return _by_name(await script(keys=[WORKERS_KEY], args=[worker_key("")], client=ar))
 
 
 def register_worker(r, settings: WorkerSettings, started_at: str) -> None:

@@ -317,3 +317,38 @@ def test_counts_by_status_follow_every_transition(redis_client):
         actual[status(r, job_id)] += 1
     assert jobs.count_by_status(r) == actual
     assert actual == {"queued": 1, "running": 2, "succeeded": 1, "failed": 1, "cancelling": 0, "cancelled": 2}
+
+
+def test_create_job_refuses_at_the_tenant_limit_and_writes_nothing(redis_client):
+    """The limit is checked in the same script that counts the job: no overshoot, no partial record."""
+    for _ in range(2):
+        jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DATASET, max_unfinished=2)
+    keys_before = sorted(redis_client.keys("*"))
+    with pytest.raises(jobs.TooManyUnfinished) as refused:
+        jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DATASET, max_unfinished=2)
+    assert refused.value.unfinished == 2 and refused.value.tenant == "t"
+    assert sorted(redis_client.keys("*")) == keys_before
+    assert jobs.count_by_status(redis_client)["queued"] == 2 and len(jobs.unsent(redis_client)) == 2
+    # another tenant has its own count
+    assert jobs.create_job(redis_client, tenant="u", spec={}, queue="default", dataset_id=DATASET,
+                           max_unfinished=2)["status"] == "queued"
+
+
+def test_create_job_async_writes_the_same_record(redis_client, redis_url):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    async def create() -> dict:
+        ar = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return await jobs.create_job_async(ar, tenant="t", spec={"a": 1}, queue="gpu", dataset_id=DATASET,
+                                               max_unfinished=5)
+        finally:
+            await ar.aclose()
+
+    created = asyncio.run(create())
+    stored = jobs.get_job(redis_client, created["id"], "t")
+    assert stored == created and stored["status"] == "queued" and stored["spec"] == {"a": 1}
+    assert jobs.unsent(redis_client) == [created["id"]] and jobs.count_unfinished(redis_client, "t") == 1
+    assert redis_client.zscore("dnnq:tenant:t:jobs", created["id"]) > 0
