@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
 from service.deps import AsyncRedisByLoop, load_api_keys, make_redis
+from service.enqueue import BROKER_SOCKET_TIMEOUT_S, TaskSender
 from service.errors import document_problems, install_error_handlers, problem_response
 from service.settings import ApiSettings, get_api_settings
 
@@ -121,6 +122,11 @@ def _make_celery(settings: ApiSettings):
 
     celery = Celery("dnnq-api")
     configure(celery, settings)
+    # The API publishes on its event loop (service/enqueue.py): a broker that stops answering must not
+    # hold the loop for longer than this.
+    celery.conf.broker_transport_options = {**celery.conf.broker_transport_options,
+                                            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+                                            "socket_connect_timeout": min(2.0, BROKER_SOCKET_TIMEOUT_S)}
     return celery
 
 
@@ -135,6 +141,7 @@ def _preload() -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
+    app.state.task_sender.warm()  # the broker connection now, not on the first submits
     yield
     await app.state.async_redis.aclose()  # the server loop's client; the sync one needs no closing
 
@@ -157,6 +164,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
     app.state.celery = _make_celery(settings)
+    app.state.task_sender = TaskSender(app.state.celery, app.state.async_redis.get)
+    app.state.dataset_records = {}  # id -> record, see routes/jobs.py _dataset
     _preload()
     app.state.registry = CollectorRegistry()
 

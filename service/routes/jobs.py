@@ -15,18 +15,21 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from service.errors import Problem, field_error, problems
 from service.idempotency import reserve
 from service.schemas import PredictRequest, job_view, thin_history
 from workers import datasets, jobs
-from workers.recovery import live_workers
+from workers.recovery import live_workers_async
 from workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("dnnq.api")
 
+# Dataset records this process keeps (see _dataset); a few hundred bytes each.
+DATASET_CACHE_SIZE = 4096
 WEIGHT_FORMATS = {"npz": "weights.npz", "safetensors": "weights.safetensors", "onnx": "weights.onnx"}
 
 
@@ -37,19 +40,36 @@ def _job_or_404(r, job_id: str, tenant: str) -> dict:
     return job
 
 
-def _worker_capacity(r, settings, queue: str) -> tuple[int, str] | None:
+async def _dataset(request: Request, ar, dataset_id: str, tenant: str) -> dict | None:
+    """The dataset's record, from this process's cache once read: a record never changes after it is
+    written (its id is the hash of its tenant and content, and nothing deletes one), so only the tenant
+    check is repeated. Absent ids are not cached: the dataset may be uploaded a moment later."""
+    cache: dict = request.app.state.dataset_records
+    meta = cache.get(dataset_id)
+    if meta is None:
+        meta = await datasets.get_dataset_async(ar, dataset_id)
+        if meta is None:
+            return None
+        if len(cache) >= DATASET_CACHE_SIZE:
+            cache.pop(next(iter(cache)))  # the oldest entry
+        cache[dataset_id] = meta
+    return meta if meta.get("tenant") == tenant else None
+
+
+async def _worker_capacity(ar, settings, queue: str) -> tuple[int, str] | None:
     """The memory one job may use: DNNQ_WORKER_MEMORY_BYTES if set, else the largest live worker
     serving `queue` (its GPU memory for the gpu queue, its host memory otherwise); None when no
     worker says (the job then waits for one, unchecked)."""
     if settings.worker_memory_bytes:
         return settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
     field = "gpu_memory_total" if queue == "gpu" else "memory_bytes"
-    sizes = [int(w[field]) for w in live_workers(r)
+    sizes = [int(w[field]) for w in await live_workers_async(ar)
              if queue in (w.get("queues") or "").split(",") and (w.get(field) or "").isdigit()]
     return (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
 
 
-def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> None:
+async def _check_limits(ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
+    """Epochs, parameters and memory; the per-tenant job limit is checked by create_job itself."""
     if spec.training.epochs > settings.max_epochs:
         raise field_error("training.epochs", f"{spec.training.epochs} epochs is over the limit of "
                           f"{settings.max_epochs} (DNNQ_MAX_EPOCHS); train fewer epochs.")
@@ -57,7 +77,7 @@ def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> N
     if n_params > settings.max_parameters:
         raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
                           f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
-    capacity = _worker_capacity(r, settings, queue_for(spec))
+    capacity = await _worker_capacity(ar, settings, queue_for(spec))
     if capacity is not None:
         need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
         if need > capacity[0]:
@@ -65,64 +85,79 @@ def _check_limits(r, settings, tenant: str, spec: JobSpec, cfg, meta: dict) -> N
                 "training.batch_size",
                 f"training needs about {need} bytes, more than {capacity[0]} ({capacity[1]}). "
                 "Set a smaller training.batch_size, use float32, or shrink the network.")
-    active = jobs.count_unfinished(r, tenant)  # one SCARD (was a scan of every job the tenant ever had)
-    if active >= settings.max_queued_jobs_per_tenant:
-        raise Problem(429, f"This tenant already has {active} queued or running jobs, the limit "
-                      f"(DNNQ_MAX_QUEUED_JOBS_PER_TENANT = {settings.max_queued_jobs_per_tenant}); "
-                      "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
 
 
-def _send(celery_app, r, job: dict, queue: str) -> None:
-    """Enqueue by task name; if the broker refuses, the job is failed through the state machine."""
-    try:
-        celery_app.send_task("dnnq.train", args=[job["id"]], queue=queue)
-        jobs.mark_sent(r, job["id"])  # if this process dies before here, a worker's sweeper sends it
-    except Exception as exc:  # kombu/redis errors vary by transport
-        log.error("enqueue failed for job %s: %s", job["id"], type(exc).__name__)
-        token = f"api:{uuid.uuid4().hex}"
-        if jobs.claim(r, job["id"], token, 10_000):
-            jobs.finish(r, job["id"], token, "failed", error="Could not enqueue the job: the broker is unreachable.")
-        raise Problem(503, "The job could not be queued: the message broker is unreachable; retry shortly.",
-                      headers={"Retry-After": "5"}) from None
+def _too_many(settings, active: int) -> Problem:
+    return Problem(429, f"This tenant already has {active} queued or running jobs, the limit "
+                   f"(DNNQ_MAX_QUEUED_JOBS_PER_TENANT = {settings.max_queued_jobs_per_tenant}); "
+                   "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
+
+
+def _fail_unsent(r, job_id: str, exc: Exception) -> None:
+    """The broker refused the job's message: fail the job through the state machine."""
+    log.error("enqueue failed for job %s: %s", job_id, type(exc).__name__)
+    token = f"api:{uuid.uuid4().hex}"
+    if jobs.claim(r, job_id, token, 10_000):
+        jobs.finish(r, job_id, token, "failed", error="Could not enqueue the job: the broker is unreachable.")
+
+
+def _accepted(job: dict, history: list | None) -> JSONResponse:
+    return JSONResponse(job_view(job, history), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
 @router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
-def submit_job(
-    spec: JobSpec, request: Request, r: Rds, settings: Settings, tenant: Tenant,
+async def submit_job(
+    spec: JobSpec, request: Request, r: Rds, ar: AsyncRds, settings: Settings, tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    # Idempotency first: a replay returns the original job even if the limits would now refuse a new one.
+    # `async def` on the asyncio Redis client: the hot path of a burst of submits makes two round trips
+    # (live workers, the create script) without a thread hop; the Celery message goes out through the
+    # TaskSender, batched with concurrent submits. The Idempotency-Key path is rarer and stays on the
+    # sync client in the thread pool.
     body = spec.model_dump(mode="json")
-    body_sha = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    reservation, replay_id = reserve(r, tenant=tenant, route="jobs", key=idempotency_key,
-                                     body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds)
-    if replay_id is not None and (job := jobs.get_job(r, replay_id, tenant)) is not None:
-        return JSONResponse(job_view(job, None), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+    reservation = None
+    if idempotency_key is not None:
+        # Idempotency first: a replay returns the original job even if the limits would now refuse a new one.
+        body_sha = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        reservation, replay_id = await run_in_threadpool(
+            reserve, r, tenant=tenant, route="jobs", key=idempotency_key, body_sha256=body_sha,
+            ttl=settings.idempotency_ttl_seconds)
+        if replay_id is not None and (job := await jobs.get_job_async(ar, replay_id, tenant)) is not None:
+            return _accepted(job, None)
     queue = queue_for(spec)
     try:
-        meta = datasets.get_dataset(r, spec.dataset_id, tenant)
+        meta = await _dataset(request, ar, spec.dataset_id, tenant)
         if meta is None:
             raise field_error("dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets.")
         val_meta = None
         if spec.validation_dataset_id is not None:
-            val_meta = datasets.get_dataset(r, spec.validation_dataset_id, tenant)
+            val_meta = await _dataset(request, ar, spec.validation_dataset_id, tenant)
             if val_meta is None:
                 raise field_error("validation_dataset_id", f"no dataset with id '{spec.validation_dataset_id}'.")
         try:
             cfg = to_train_config(spec, meta, val_meta)
         except SpecError as exc:
             raise field_error(exc.field, exc.message) from None
-        _check_limits(r, settings, tenant, spec, cfg, meta)
-        job = jobs.create_job(r, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
-                              validation_dataset_id=spec.validation_dataset_id)
+        await _check_limits(ar, settings, spec, cfg, meta)
+        try:
+            job = await jobs.create_job_async(
+                ar, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
+                validation_dataset_id=spec.validation_dataset_id, max_unfinished=settings.max_queued_jobs_per_tenant)
+        except jobs.TooManyUnfinished as exc:
+            raise _too_many(settings, exc.unfinished) from None
     except BaseException:  # a refused or failed submit frees its key: the client may fix the body and retry
         if reservation:
-            reservation.release()
+            await run_in_threadpool(reservation.release)
         raise
     if reservation:
-        reservation.complete(job["id"])
-    _send(request.app.state.celery, r, job, queue)
-    return JSONResponse(job_view(job, []), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+        await run_in_threadpool(reservation.complete, job["id"])
+    try:
+        await request.app.state.task_sender.send(job["id"], queue)
+    except Exception as exc:  # kombu/redis errors vary by transport
+        await run_in_threadpool(_fail_unsent, r, job["id"], exc)
+        raise Problem(503, "The job could not be queued: the message broker is unreachable; retry shortly.",
+                      headers={"Retry-After": "5"}) from None
+    return _accepted(job, [])
 
 
 @router.get("")

@@ -462,9 +462,11 @@ def test_openapi_documents_the_routes(client):
 
 def test_broker_unreachable_fails_the_job_and_answers_503(app, client, dataset_id):
     from service.app import _make_celery
+    from service.enqueue import TaskSender
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     app.state.celery = _make_celery(app.state.settings.model_copy(update={"redis_url": dead}))
+    app.state.task_sender = TaskSender(app.state.celery, app.state.async_redis.get)  # the route publishes through it
     assert_problem(submit(client, dataset_id), 503, "could not be queued")
     listing = client.get("/v1/jobs").json()
     assert listing["total"] == 1
