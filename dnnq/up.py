@@ -31,6 +31,7 @@ __all__ = ["Child", "api_keys_configured", "check_bind_allowed", "is_loopback", 
 MAX_RESTARTS = 5          # per worker per RESTART_WINDOW_S; beyond that it is a crash loop
 RESTART_WINDOW_S = 60.0
 READY_TIMEOUT_S = 60.0
+WORKER_NICENESS = 10      # workers' CPU priority below the API's (see _run)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -100,11 +101,19 @@ class Child:
     env: dict
     proc: subprocess.Popen | None = None
     restarts: deque = field(default_factory=deque)
+    pass_fds: tuple[int, ...] = ()  # descriptors the child inherits (its listening socket)
+    niceness: int = 0  # added to the child's nice value (lower CPU priority), inherited by its children
 
     def start(self) -> None:
+        def before_exec() -> None:
+            if sys.platform.startswith("linux"):
+                _die_with_parent()
+            if self.niceness:
+                os.nice(self.niceness)
+
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            self.argv, env=self.env, start_new_session=True, pass_fds=self.pass_fds,
+            preexec_fn=before_exec if sys.platform.startswith("linux") or self.niceness else None,
         )
 
     def exit_code(self) -> int | None:
@@ -173,14 +182,21 @@ class _RedisWatch:
         return self.failures < 3
 
 
-def _wait_ready(base_url: str, api: Child, stop: threading.Event) -> bool:
+def _wait_ready(base_url: str, apis: list[Child], stop: threading.Event) -> bool:
+    """True once /healthz answers 200 as many times in a row as there are API processes (with
+    SO_REUSEPORT each new connection may reach another one), all of them still running."""
     deadline = time.monotonic() + READY_TIMEOUT_S
+    answered = 0
     while time.monotonic() < deadline and not stop.is_set():
-        if api.exit_code() is not None:
+        if any(api.exit_code() is not None for api in apis):
             return False
         try:
             if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                return True
+                answered += 1
+                if answered >= len(apis):
+                    return True
+                continue
+            answered = 0
         except httpx.TransportError:
             pass
         stop.wait(0.2)
@@ -210,14 +226,49 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        uvicorn_args = ["--workers", str(api_workers), "--access-log" if access_log else "--no-access-log"]
-        return _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, uvicorn_args)
+        return _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received,
+                    api_workers, access_log)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, uvicorn_args) -> int:
+def _reuseport_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """n listening sockets on host:port with SO_REUSEPORT, one per API process: the kernel spreads
+    new connections across them (see dnnq/api_process.py for why not one shared socket)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): pass --port N or stop what uses it") from None
+    return sockets
+
+
+def _api_children(host: str, port: int, api_workers: int, access_log: bool, env: dict) -> tuple[list[Child], list]:
+    """The API processes, and the listening sockets to close in this process once they are started."""
+    if api_workers > 1 and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT"):
+        sockets = _reuseport_sockets(host, port, api_workers)
+        log_flag = ["--access-log"] if access_log else []
+        return [Child(f"api {i + 1}", [sys.executable, "-m", "dnnq.api_process", "--fd", str(sock.fileno()), *log_flag],
+                      env, pass_fds=(sock.fileno(),)) for i, sock in enumerate(sockets)], sockets
+    # One process (or a platform whose SO_REUSEPORT does not balance): uvicorn binds, and with
+    # --workers N its processes share that one socket.
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host, "--port", str(port),
+            "--workers", str(api_workers), "--access-log" if access_log else "--no-access-log"]
+    return [Child("api", argv, env)], []
+
+
+def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, api_workers, access_log) -> int:
     redis_handle = None
     if redis_url:
         redis_line = f"Redis at {redis_url} (DNNQ_REDIS_URL)"
@@ -237,16 +288,20 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
     exit_code = 0
     try:
         host_name = socket.gethostname()
+        # The workers run at a lower CPU priority (nice +WORKER_NICENESS): on one machine they share the
+        # cores with the API, whose answers someone is waiting for, while a job only finishes a little
+        # later. Training still gets every cycle the API leaves idle.
         worker_children = [
             Child(f"worker {i + 1}", [sys.executable, "-m", "workers"],
-                  dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"))
+                  dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"), niceness=WORKER_NICENESS)
             for i in range(workers)
         ]
-        api = Child("api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
-                            "--host", host, "--port", str(port), *uvicorn_args], env)
-        children = [api, *worker_children]
+        apis, listening = _api_children(host, port, api_workers, access_log, env)
+        children = [*apis, *worker_children]
         for child in children:
             child.start()
+        for sock in listening:  # the API processes hold them now; a dead one's socket then leaves the port
+            sock.close()
         plural = "s" if workers > 1 else ""
         print(f"dnnq: {workers} worker{plural} (queues {queues}), data in {data_dir}", flush=True)
         if note:
@@ -254,16 +309,16 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
 
         url_host = f"[{host}]" if ":" in host else host
         base_url = f"http://{url_host}:{port}"
-        if not _wait_ready("http://127.0.0.1:%d" % port if host in ("0.0.0.0", "::") else base_url, api, stop):
+        if not _wait_ready("http://127.0.0.1:%d" % port if host in ("0.0.0.0", "::") else base_url, apis, stop):
             if not stop.is_set():
-                code = api.exit_code()
+                code = next((c for c in (api.exit_code() for api in apis) if c is not None), None)
                 why = f"exited with code {code}" if code is not None else f"did not answer within {READY_TIMEOUT_S:g}s"
                 print(f"dnnq: error: the API {why}; see its messages above", file=sys.stderr)
                 exit_code = 1
         else:
             print(f"dnnq is up: {base_url} (dashboard), API docs {base_url}/docs; {redis_line}; "
                   f"{workers} worker{plural}. Ctrl-C stops everything.", flush=True)
-            exit_code = _supervise(api, worker_children, _RedisWatch(redis_handle, redis_url)
+            exit_code = _supervise(apis, worker_children, _RedisWatch(redis_handle, redis_url)
                                    if redis_handle else None, stop)
     finally:
         stop_children(children, grace_s)
@@ -274,7 +329,7 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
     return exit_code
 
 
-def _supervise(api: Child, workers: list[Child], redis_watch: _RedisWatch | None,
+def _supervise(apis: list[Child], workers: list[Child], redis_watch: _RedisWatch | None,
                stop: threading.Event) -> int:
     """Watch the children until a signal (0) or an unrecoverable death (1)."""
     while not stop.wait(0.5):
@@ -284,11 +339,12 @@ def _supervise(api: Child, workers: list[Child], redis_watch: _RedisWatch | None
             print("dnnq: error: the embedded Redis server died; stopping everything "
                   "(job records are in its AOF file: run `dnnq up` again)", file=sys.stderr, flush=True)
             return 1
-        code = api.exit_code()
-        if code is not None:
-            print(f"dnnq: error: the API process exited with code {code}; stopping everything",
-                  file=sys.stderr, flush=True)
-            return 1
+        for api in apis:
+            code = api.exit_code()
+            if code is not None:
+                print(f"dnnq: error: the API process ({api.name}) exited with code {code}; stopping everything",
+                      file=sys.stderr, flush=True)
+                return 1
         for worker in workers:
             code = worker.exit_code()
             if code is None or stop.is_set():

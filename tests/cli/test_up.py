@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,7 +208,8 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
 
         assert '"GET /v1/jobs/' not in again.log()  # access log off by default
         children = descendants(again.proc.pid)
-        assert sum("multiprocessing" in cmd or "uvicorn" in cmd for cmd in map(cmdline, children)) >= 3  # parent + 2
+        # two API processes, each on its own SO_REUSEPORT socket (dnnq/api_process.py)
+        assert sum("dnnq.api_process" in cmd for cmd in map(cmdline, children)) == 2
         (redis_pid,) = again.children("redis-server")
         os.kill(redis_pid, signal.SIGKILL)
         assert again.proc.wait(60) == 1
@@ -215,3 +217,35 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         _assert_all_gone(children, again)
     finally:
         again.cleanup()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+def test_api_sockets_share_the_port_and_the_kernel_spreads_connections():
+    """dnnq up --api-workers N binds N SO_REUSEPORT sockets; a burst of connections reaches all of
+    them (one shared socket let asyncio's accept loop take a whole burst into one process)."""
+    from dnnq.up import _api_children
+
+    port = free_port()
+    children, sockets = _api_children("127.0.0.1", port, 2, False, {})
+    assert [c.name for c in children] == ["api 1", "api 2"]
+    assert all(c.pass_fds == (s.fileno(),) and "dnnq.api_process" in c.argv for c, s in zip(children, sockets))
+    clients = []
+    try:
+        for _ in range(40):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        accepted = []
+        for sock in sockets:
+            sock.setblocking(False)
+            n = 0
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                n += 1
+            accepted.append(n)
+        assert sum(accepted) == 40 and min(accepted) >= 1, accepted  # all 40 on one: p = 2 * 2**-40
+    finally:
+        for s in [*clients, *sockets]:
+            s.close()
