@@ -23,7 +23,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "ID_RE",
@@ -58,6 +58,8 @@ __all__ = [
 
 PREFIX = "dnnq:"
 ID_RE = re.compile(r"^[0-9a-f]{24,32}$")
+# A Celery queue name, which is also its Redis list key: never one of our dnnq:* keys.
+QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ACTIVE_KEY = "dnnq:jobs:active"
 STATS_KEY = "dnnq:stats"
 # Jobs per status, kept by the same scripts that change a status, so /metrics reads one hash
@@ -135,20 +137,26 @@ def _keys(job_id: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------------------------------------
 # Lua scripts. KEYS and ARGV are documented at the top of each.
 
-# KEYS: job, tenant jobs, tenant unfinished, by_status, unsent ; ARGV: job_id, created (epoch seconds),
-# max_unfinished (0 = no limit), then the record's field/value pairs.
+# KEYS: job, tenant jobs, tenant unfinished, by_status, unsent, queue list ; ARGV: job_id, created (epoch
+# seconds), max_unfinished (0 = no limit), message ('' = none), then the record's field/value pairs.
 # The limit is checked in the same step that counts the new job, so concurrent submits cannot overshoot it.
+# With a message (workers/celery_wire.py) the job's Celery message is pushed onto its queue in this same
+# step; without one the job is listed as unsent, and the caller sends it and calls mark_sent.
 _CREATE = """
 local max_unfinished = tonumber(ARGV[3])
 if max_unfinished > 0 then
   local unfinished = redis.call('SCARD', KEYS[3])
   if unfinished >= max_unfinished then return unfinished end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
-redis.call('SADD', KEYS[5], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[6], ARGV[4])
+else
+  redis.call('SADD', KEYS[5], ARGV[1])
+end
 return -1
 """
 
@@ -323,8 +331,8 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
     return job
 
 
-def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str,
-             validation_dataset_id: str | None, max_unfinished: int | None) -> tuple[dict, list, list]:
+def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None,
+             max_unfinished: int | None, message_for: Callable[[str, str], str] | None) -> tuple[dict, list, list]:
     """The record of a new queued job, and the _CREATE script's keys and args that write it."""
     validate_id(dataset_id, "dataset")
     if validation_dataset_id is not None:
@@ -350,8 +358,11 @@ def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str,
         "artifacts": "",
         "timings": "",
     }
-    keys = [job_key(job_id), tenant_jobs_key(tenant), unfinished_key(tenant), BY_STATUS_KEY, UNSENT_KEY]
-    args = [job_id, time.time(), int(max_unfinished or 0), *(x for pair in record.items() for x in pair)]
+    if not QUEUE_RE.match(queue):
+        raise ValueError(f"Malformed queue name {queue!r}.")
+    keys = [job_key(job_id), tenant_jobs_key(tenant), unfinished_key(tenant), BY_STATUS_KEY, UNSENT_KEY, queue]
+    message = message_for(job_id, queue) if message_for is not None else ""
+    args = [job_id, time.time(), int(max_unfinished or 0), message, *(x for pair in record.items() for x in pair)]
     return record, keys, args
 
 
@@ -363,24 +374,27 @@ def _created(record: dict, outcome: int) -> dict:
 
 def create_job(
     r, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None,
-    max_unfinished: int | None = None,
+    max_unfinished: int | None = None, message_for: Callable[[str, str], str] | None = None,
 ) -> dict:
-    """Write a new queued job (also listed in UNSENT_KEY) in one atomic step; returns the decoded record.
-    The caller sends the Celery task, then calls mark_sent.
+    """Write a new queued job in one atomic step; returns the decoded record.
+
+    With ``message_for(job_id, queue)`` (workers.celery_wire.train_message) the job's Celery message
+    goes onto the queue's list in that same step. Without it the job is listed in UNSENT_KEY: the
+    caller sends the Celery task, then calls mark_sent.
 
     With max_unfinished, raises TooManyUnfinished instead when the tenant already has that many
     queued, running or cancelling jobs (checked and counted atomically: no overshoot under concurrency).
     """
-    record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished)
+    record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished, message_for)
     return _created(record, _run(r, _CREATE, keys, args))
 
 
 async def create_job_async(
     ar, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None,
-    max_unfinished: int | None = None,
+    max_unfinished: int | None = None, message_for: Callable[[str, str], str] | None = None,
 ) -> dict:
     """create_job on a redis.asyncio client (the submit route: no thread hop per request)."""
-    record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished)
+    record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished, message_for)
     return _created(record, await _run_async(ar, _CREATE, keys, args))
 
 

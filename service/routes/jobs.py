@@ -7,9 +7,7 @@ import base64
 import hashlib
 import io
 import json
-import logging
 import time
-import uuid
 from typing import Annotated, Literal
 
 import numpy as np
@@ -22,11 +20,11 @@ from service.errors import Problem, field_error, problems
 from service.idempotency import reserve
 from service.schemas import PredictRequest, job_view, thin_history
 from workers import datasets, jobs
+from workers.celery_wire import train_message
 from workers.recovery import live_workers_async
 from workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-log = logging.getLogger("dnnq.api")
 
 # Dataset records this process keeps (see _dataset); a few hundred bytes each.
 DATASET_CACHE_SIZE = 4096
@@ -93,14 +91,6 @@ def _too_many(settings, active: int) -> Problem:
                    "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
 
 
-def _fail_unsent(r, job_id: str, exc: Exception) -> None:
-    """The broker refused the job's message: fail the job through the state machine."""
-    log.error("enqueue failed for job %s: %s", job_id, type(exc).__name__)
-    token = f"api:{uuid.uuid4().hex}"
-    if jobs.claim(r, job_id, token, 10_000):
-        jobs.finish(r, job_id, token, "failed", error="Could not enqueue the job: the broker is unreachable.")
-
-
 def _accepted(job: dict, history: list | None) -> JSONResponse:
     return JSONResponse(job_view(job, history), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
@@ -111,9 +101,9 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     # `async def` on the asyncio Redis client: the hot path of a burst of submits makes two round trips
-    # (live workers, the create script) without a thread hop; the Celery message goes out through the
-    # TaskSender, batched with concurrent submits. The Idempotency-Key path is rarer and stays on the
-    # sync client in the thread pool.
+    # (live workers, the create script) without a thread hop. The create script also pushes the job's
+    # Celery message (workers/celery_wire.py), so the job and its message appear in one atomic step.
+    # The Idempotency-Key path is rarer and stays on the sync client in the thread pool.
     body = spec.model_dump(mode="json")
     reservation = None
     if idempotency_key is not None:
@@ -142,7 +132,8 @@ async def submit_job(
         try:
             job = await jobs.create_job_async(
                 ar, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
-                validation_dataset_id=spec.validation_dataset_id, max_unfinished=settings.max_queued_jobs_per_tenant)
+                validation_dataset_id=spec.validation_dataset_id, max_unfinished=settings.max_queued_jobs_per_tenant,
+                message_for=train_message)
         except jobs.TooManyUnfinished as exc:
             raise _too_many(settings, exc.unfinished) from None
     except BaseException:  # a refused or failed submit frees its key: the client may fix the body and retry
@@ -151,12 +142,6 @@ async def submit_job(
         raise
     if reservation:
         await run_in_threadpool(reservation.complete, job["id"])
-    try:
-        await request.app.state.task_sender.send(job["id"], queue)
-    except Exception as exc:  # kombu/redis errors vary by transport
-        await run_in_threadpool(_fail_unsent, r, job["id"], exc)
-        raise Problem(503, "The job could not be queued: the message broker is unreachable; retry shortly.",
-                      headers={"Retry-After": "5"}) from None
     return _accepted(job, [])
 
 

@@ -460,15 +460,18 @@ def test_openapi_documents_the_routes(client):
         assert path in spec["paths"]
 
 
-def test_broker_unreachable_fails_the_job_and_answers_503(app, client, dataset_id):
-    from service.app import _make_celery
-    from service.enqueue import TaskSender
+def test_submit_queues_the_job_and_its_celery_message_in_one_step(client, dataset_id, redis_client):
+    """The create script pushes the dnnq.train message onto the job's queue (workers/celery_wire.py):
+    no job without its message, nothing left for the sweeper in dnnq:jobs:unsent."""
+    import base64
 
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    app.state.celery = _make_celery(app.state.settings.model_copy(update={"redis_url": dead}))
-    app.state.task_sender = TaskSender(app.state.celery, app.state.async_redis.get)  # the route publishes through it
-    assert_problem(submit(client, dataset_id), 503, "could not be queued")
-    listing = client.get("/v1/jobs").json()
-    assert listing["total"] == 1
-    job = listing["items"][0]
-    assert job["status"] == "failed" and "broker is unreachable" in job["error"]
+    from workers import jobs
+
+    job = submit(client, dataset_id).json()
+    (raw,) = redis_client.lrange(job["queue"], 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "dnnq.train"
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert args == [job["id"]] and kwargs == {}
+    assert message["properties"]["delivery_info"]["routing_key"] == job["queue"]
+    assert jobs.unsent(redis_client) == []
