@@ -75,7 +75,7 @@ def instrument() -> bool:
     _wrap(engine, "forward", "forward")
     _wrap(engine, "output", "output+loss")
     _wrap(engine, "backward", "backward")
-    for method in ("update", "update_prescaled", "update_flat", "update_prescaled_flat"):
+    for method in ("update", "update_flat", "update_prescaled_flat"):
         if hasattr(Optimizer, method):  # whichever fit calls (flat: all parameters in one array)
             _wrap(Optimizer, method, "optimizer")
     proxy = TimedXp(np)

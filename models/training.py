@@ -256,7 +256,7 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         t_epoch = time.perf_counter()
         lr = cfg.learning_rate_at(epoch)
         optimizer.learning_rate = lr
-        scale = optimizer.prescale()  # None, or the factor update_prescaled wants on the gradients
+        scale = optimizer.prescale()  # None, or the factor update_prescaled_flat wants on the gradients
         rng = device_rng(xp, cfg.seed, epoch)
         perm = xp.asarray(rng.permutation(m)) if shuffle else None
         loss_total, correct_total = 0.0, 0  # accumulated on the device

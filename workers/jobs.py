@@ -46,7 +46,6 @@ __all__ = [
     "get_job_async",
     "list_jobs",
     "mark_sent",
-    "mark_sent_async",
     "record_epoch",
     "record_resume",
     "renew_lease",
@@ -463,12 +462,6 @@ def mark_sent(r, *job_ids: str) -> None:
     """These jobs' messages are with the broker (or the jobs no longer need one): one SREM for all."""
     if job_ids:
         r.srem(UNSENT_KEY, *job_ids)
-
-
-async def mark_sent_async(ar, *job_ids: str) -> None:
-    """mark_sent on a redis.asyncio client (the API's task sender)."""
-    if job_ids:
-        await ar.srem(UNSENT_KEY, *job_ids)
 
 
 def count_by_status(r) -> dict[str, int]:

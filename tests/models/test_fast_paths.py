@@ -1,9 +1,10 @@
 """fit's fast paths against the textbook: shuffled softmax mini-batches with labels gathered per
-step, and plain gd taking lr-scaled gradients (GD.update_prescaled)."""
+step, and plain gd taking lr-scaled gradients (GD.update_prescaled_flat)."""
 import numpy as np
 import pytest
 
 from models import GD, TrainConfig, fit
+from models.engine import flat_views, flatten_params
 from models.network import compute_cost, initialize_parameters_deep, model_backward, model_forward, update_parameters
 
 
@@ -11,11 +12,14 @@ def test_gd_prescaled_update_is_the_plain_update():
     rng = np.random.default_rng(0)
     p = {"W1": rng.standard_normal((3, 4)), "b1": rng.standard_normal((3, 1))}
     g = {"dW1": rng.standard_normal((3, 4)), "db1": rng.standard_normal((3, 1))}
-    plain, fast = {k: v.copy() for k, v in p.items()}, {k: v.copy() for k, v in p.items()}
+    plain = {k: v.copy() for k, v in p.items()}
+    flat, layout = flatten_params(np, {k: v.copy() for k, v in p.items()})
+    flat_grads, _ = flatten_params(np, {"W1": 0.3 * g["dW1"], "b1": 0.3 * g["db1"]})
     opt_plain, opt_fast = GD(0.3), GD(0.3)
     assert opt_fast.prescale() == 0.3
     opt_plain.update(plain, g)
-    opt_fast.update_prescaled(fast, {k: 0.3 * v for k, v in g.items()})
+    opt_fast.update_prescaled_flat(flat, flat_grads)
+    fast = flat_views(flat, layout)
     for key in p:
         np.testing.assert_allclose(fast[key], plain[key], rtol=1e-15)
         assert not np.array_equal(fast[key], p[key])  # it stepped
