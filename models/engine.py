@@ -9,12 +9,11 @@ Works on NumPy and CuPy arrays (fit picks xp in models.backend).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .backend import Device
 from .config import TrainConfig
+from .flat import flat_layout, flat_size, flat_views
 
 
 class _Engine:
@@ -46,8 +45,9 @@ class _Engine:
             self.ones = xp.ones(batch_max, dtype=dt)
             # every gradient is a view of one flat array laid out like the parameters (flat_layout),
             # so the optimizer steps them all at once (Optimizer.update_flat)
-            self.flat_grads = xp.zeros(sum(math.prod(shape) for _, _, shape in flat_layout(params)), dtype=dt)
-            self.grads = {f"d{k}": v for k, v in flat_views(self.flat_grads, flat_layout(params)).items()}
+            layout = flat_layout(params)
+            self.flat_grads = xp.zeros(flat_size(layout), dtype=dt)
+            self.grads = {f"d{k}": v for k, v in flat_views(self.flat_grads, layout).items()}
             self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}  # G[L]: dZ_L
             self.mask = {l: xp.empty((batch_max, dims[l]), dtype=bool) for l in hidden}
             if self.keep < 1:  # dropped activations and scaled masks, (batch, n_l)
@@ -192,28 +192,3 @@ def _take_rows(xp, src, idx, out):
     else:
         xp.take(src, idx, axis=0, out=out)
 
-
-def flat_layout(params: dict) -> list[tuple[str, int, tuple[int, ...]]]:
-    """[(key, offset, shape), ...]: the parameters laid end to end, in the dict's order."""
-    layout, offset = [], 0
-    for key, p in params.items():
-        layout.append((key, offset, tuple(p.shape)))
-        offset += math.prod(p.shape)
-    return layout
-
-
-def flat_views(flat, layout) -> dict:
-    """{key: view of ``flat`` shaped as in ``layout``} (C-contiguous views, no copies)."""
-    return {key: flat[offset:offset + math.prod(shape)].reshape(shape) for key, offset, shape in layout}
-
-
-def flatten_params(xp, params: dict):
-    """(flat array, layout) holding a copy of ``params``, whose entries become views of it."""
-    layout = flat_layout(params)
-    first = next(iter(params.values()))
-    flat = xp.empty(sum(math.prod(shape) for _, _, shape in layout), dtype=first.dtype)
-    views = flat_views(flat, layout)
-    for key, view in views.items():
-        view[...] = params[key]
-        params[key] = view
-    return flat, layout

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import fused
 from .backend import get_namespace, to_host
+from .flat import flat_views
 
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "OPTIMIZERS", "make_optimizer"]
 
@@ -64,10 +65,8 @@ class Optimizer:
         xp = get_namespace(flat_params)
         self._flat = {slot: xp.zeros_like(flat_params) for slot in self.slots}
         self._flat_tmp = xp.empty_like(flat_params)
-        for key, offset, shape in layout:
-            size = math.prod(shape)
-            for slot in self.slots:
-                view = self._flat[slot][offset:offset + size].reshape(shape)
+        for slot in self.slots:
+            for key, view in flat_views(self._flat[slot], layout).items():
                 old = self.state.get(f"{slot}_{key}")
                 if old is not None:
                     view[...] = old

@@ -29,7 +29,8 @@ import numpy as np
 
 from .backend import device_rng, release_memory, select_device, to_host
 from .config import TrainConfig
-from .engine import _Engine, _take_rows, flatten_params
+from .engine import _Engine, _take_rows
+from .flat import flatten_params
 from .network import initialize_parameters_deep
 from .optimizers import make_optimizer
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models import GD, TrainConfig, fit
-from models.engine import flat_views, flatten_params
+from models.flat import flat_views, flatten_params
 from models.network import compute_cost, initialize_parameters_deep, model_backward, model_forward, update_parameters
 
 

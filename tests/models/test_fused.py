@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models import TrainConfig, fit, fused
-from models.engine import flat_layout, flat_views, flatten_params
+from models.flat import flat_layout, flat_views, flatten_params
 from models.optimizers import make_optimizer
 
 needs_numba = pytest.mark.skipif(not fused.available(), reason="numba not installed (or cannot compile here)")
