@@ -101,11 +101,12 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.histogram.labels(template, scope["method"], str(status["code"])).observe(
-                time.perf_counter() - start
-            )
+            if not scope.get(WARMUP_SCOPE_KEY):  # the API's own start-up requests (_warm_routes) are not traffic
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "unmatched"
+                self.histogram.labels(template, scope["method"], str(status["code"])).observe(
+                    time.perf_counter() - start
+                )
 
 
 def _make_store(settings: ApiSettings):
@@ -121,32 +122,43 @@ def _preload() -> None:
     import models  # noqa: F401
 
 
+WARMUP_SCOPE_KEY = "dnnq.warmup"  # marks the start-up requests below: the metrics leave them out
+
+# Requests that reach the hot endpoints and stop at validation (422): no Redis, nothing written.
+_WARMUP_REQUESTS = (("POST", "/v1/jobs", b"", b"{}"), ("GET", "/v1/jobs/warmup", b"history=invalid", b""))
+
+
 async def _warm_routes(app: FastAPI) -> None:
-    """Build every route now. FastAPI (0.16x) builds an included router's routes (dependencies, body
-    models) when a request first reaches them: ~30 ms that each process's first submit paid while
-    every request arriving meanwhile queued behind it (bench.load: 20 first submits at ~200 ms).
-    One invalid POST /v1/jobs through the router (not the middlewares: no metrics, no log) walks every
-    router up to the jobs one; its 422 touches no Redis."""
-    scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/v1/jobs",
-             "raw_path": b"/v1/jobs", "root_path": "", "query_string": b"", "app": app,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")],
-             "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
-    sent = False
+    """Pay each process's first-request costs now, not while a burst of clients queues behind them.
 
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": b"{}", "more_body": False}
+    Measured on the first POST /v1/jobs of a process: ~10 ms more than the next ones, most of it
+    FastAPI reading the endpoint's source (inspect.getsourcelines, once per endpoint, for its error
+    context) and compiling the tokenizer's regexes; plus building the middleware stack and the
+    included routers' routes. With 20 clients arriving at once, every queued request paid it again
+    in waiting (bench.load: the first 20 submits at 30-70 ms, the rest at ~12 ms).
+    The requests go through the whole ASGI app, as uvicorn would send them: the router alone is not
+    enough (FastAPI's endpoint wrapper needs the exit stack its middleware puts in the scope)."""
+    for method, path, query, body in _WARMUP_REQUESTS:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query,
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), WARMUP_SCOPE_KEY: True}
+        sent = False
 
-    async def send(_message):
-        return None
+        async def receive(body=body):
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-    try:
-        await app.router(scope, receive, send)
-    except Exception:  # noqa: BLE001 - the 422 surfaces as an exception outside the middlewares: expected
-        pass
+        async def send(_message):
+            return None
+
+        try:
+            await app(scope, receive, send)
+        except Exception:  # noqa: BLE001 - a warm-up must never stop the API starting
+            log.debug("route warm-up %s %s failed", method, path, exc_info=True)
 
 
 @asynccontextmanager

@@ -475,3 +475,26 @@ def test_submit_queues_the_job_and_its_celery_message_in_one_step(client, datase
     assert args == [job["id"]] and kwargs == {}
     assert message["properties"]["delivery_info"]["routing_key"] == job["queue"]
     assert jobs.unsent(redis_client) == []
+
+
+def test_startup_warms_the_hot_routes_without_counting_or_writing_anything(app, redis_client, monkeypatch):
+    """The API pays its first-request costs at start (service/app.py _warm_routes): after start-up a
+    submit and a status poll read no source files (FastAPI reads an endpoint's source once, for its
+    error context, ~6 ms on a process's first request), the warm-up requests are not in the
+    request metrics, and they create no job."""
+    import inspect
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        source_reads = []
+        real = inspect.getsourcelines
+        monkeypatch.setattr(inspect, "getsourcelines", lambda obj: source_reads.append(obj) or real(obj))
+        assert c.post("/v1/jobs", json={}).status_code == 422
+        assert c.get("/v1/jobs/nope?history=invalid").status_code == 422
+        assert source_reads == []
+        text = c.get("/metrics").text
+        # only the two requests above: the warm-up's own 422s are not counted
+        assert 'dnnq_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="422"} 1.0' in text
+        assert 'route="/v1/jobs/{job_id}",status="422"} 1.0' in text
+    assert redis_client.keys("dnnq:job:*") == []
