@@ -279,3 +279,26 @@ def test_up_with_an_unreachable_redis_url(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith(f"dnnq: error: cannot reach Redis at {url} (DNNQ_REDIS_URL): ")
     assert err.count("\n") == 1
+
+
+def test_a_nice_child_is_nice_in_its_own_session_too(tmp_path):
+    """`dnnq up` starts each child in its own session. With Linux autogroups the CPU is shared between
+    sessions before nice values count, so the workers' lower priority must be set on their session
+    (/proc/self/autogroup) as well as on the process, or the API gets no more CPU than they do."""
+    import os
+    import sys
+
+    from dnnq.up import Child
+
+    report = tmp_path / "report"
+    probe = ("import os, pathlib, sys; ag = pathlib.Path('/proc/self/autogroup');"
+             "pathlib.Path(sys.argv[1]).write_text(f\"{os.getpriority(os.PRIO_PROCESS, 0)}|"
+             "{ag.read_text().strip() if ag.exists() else ''}\")")
+    child = Child("probe", [sys.executable, "-c", probe, str(report)], dict(os.environ), niceness=7)
+    child.start()
+    assert child.proc.wait(30) == 0
+    nice, autogroup = report.read_text().split("|")
+    assert int(nice) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+    if os.path.exists("/proc/self/autogroup"):  # a kernel with autogroups (CONFIG_SCHED_AUTOGROUP)
+        assert autogroup.endswith("nice 7"), autogroup
+        assert autogroup.split()[0] != open("/proc/self/autogroup").read().split()[0]  # its own session
