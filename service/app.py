@@ -196,6 +196,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
     app.state.dataset_records = {}  # id -> record, see routes/jobs.py _dataset
+    app.state.worker_capacity = {}  # queue -> (read at, capacity), see routes/jobs.py _worker_capacity
     _preload()
     app.state.registry = CollectorRegistry()
 

@@ -51,6 +51,11 @@ class ApiSettings(WorkerSettings):
         default=5.0, gt=0, description="Redis socket timeout: a dead Redis gives a 503, not a hang."
     )
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    worker_capacity_cache_seconds: float = Field(
+        default=1.0, ge=0,
+        description="How long an API process reuses the live workers' memory for the submit check "
+        "(0: read it on every submit). Saves a Redis round trip per submit in a burst.",
+    )
 
     @property
     def decompressed_limit(self) -> int:

@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 # Dataset records this process keeps (see _dataset); a few hundred bytes each.
 DATASET_CACHE_SIZE = 4096
+_clock = time.monotonic  # the worker-capacity cache's clock (tests move it)
 WEIGHT_FORMATS = {"npz": "weights.npz", "safetensors": "weights.safetensors", "onnx": "weights.onnx"}
 
 
@@ -54,19 +55,30 @@ async def _dataset(request: Request, ar, dataset_id: str, tenant: str) -> dict |
     return meta if meta.get("tenant") == tenant else None
 
 
-async def _worker_capacity(ar, settings, queue: str) -> tuple[int, str] | None:
+async def _worker_capacity(request: Request, ar, settings, queue: str) -> tuple[int, str] | None:
     """The memory one job may use: DNNQ_WORKER_MEMORY_BYTES if set, else the largest live worker
     serving `queue` (its GPU memory for the gpu queue, its host memory otherwise); None when no
-    worker says (the job then waits for one, unchecked)."""
+    worker says (the job then waits for one, unchecked).
+
+    Read from Redis at most once per DNNQ_WORKER_CAPACITY_CACHE_SECONDS per process: in a burst of
+    submits that round trip and the parsing of every worker's hash were ~8% of the API's CPU, and
+    workers come and go on a scale of seconds, not milliseconds."""
     if settings.worker_memory_bytes:
         return settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
+    cache: dict = request.app.state.worker_capacity
+    now = _clock()
+    cached = cache.get(queue)
+    if cached is not None and now - cached[0] < settings.worker_capacity_cache_seconds:
+        return cached[1]
     field = "gpu_memory_total" if queue == "gpu" else "memory_bytes"
     sizes = [int(w[field]) for w in await live_workers_async(ar)
              if queue in (w.get("queues") or "").split(",") and (w.get(field) or "").isdigit()]
-    return (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
+    capacity = (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
+    cache[queue] = (now, capacity)
+    return capacity
 
 
-async def _check_limits(ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
+async def _check_limits(request: Request, ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
     """Epochs, parameters and memory; the per-tenant job limit is checked by create_job itself."""
     if spec.training.epochs > settings.max_epochs:
         raise field_error("training.epochs", f"{spec.training.epochs} epochs is over the limit of "
@@ -75,7 +87,7 @@ async def _check_limits(ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
     if n_params > settings.max_parameters:
         raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
                           f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
-    capacity = await _worker_capacity(ar, settings, queue_for(spec))
+    capacity = await _worker_capacity(request, ar, settings, queue_for(spec))
     if capacity is not None:
         need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
         if need > capacity[0]:
@@ -128,7 +140,7 @@ async def submit_job(
             cfg = to_train_config(spec, meta, val_meta)
         except SpecError as exc:
             raise field_error(exc.field, exc.message) from None
-        await _check_limits(ar, settings, spec, cfg, meta)
+        await _check_limits(request, ar, settings, spec, cfg, meta)
         try:
             job = await jobs.create_job_async(
                 ar, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,

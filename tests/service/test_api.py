@@ -241,7 +241,7 @@ def fake_worker(r, name: str, queues: str, **fields) -> None:
 
 def test_memory_estimate_checked_against_live_workers(api_settings, redis_client):
     """Without DNNQ_WORKER_MEMORY_BYTES the capacity is the largest live worker serving the job's queue."""
-    with make_client(api_settings) as c:
+    with make_client(api_settings, worker_capacity_cache_seconds=0) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
         assert submit(c, ds).status_code == 202  # no worker says anything: not checked
         fake_worker(redis_client, "small", "default", memory_bytes=30_000)
@@ -252,6 +252,25 @@ def test_memory_estimate_checked_against_live_workers(api_settings, redis_client
         assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
         fake_worker(redis_client, "big", "default,gpu", memory_bytes=10**9)
         assert submit(c, ds, model={"hidden_layers": [64, 64]}).status_code == 202
+
+
+def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_client, monkeypatch):
+    """Each API process reuses the live workers' memory for DNNQ_WORKER_CAPACITY_CACHE_SECONDS
+    (one Redis round trip less per submit in a burst); a worker that joins counts after that."""
+    import service.routes.jobs as job_routes
+
+    clock = [1000.0]
+    monkeypatch.setattr(job_routes, "_clock", lambda: clock[0])
+    with make_client(api_settings, worker_capacity_cache_seconds=5) as c:
+        ds = upload(c, binary_npz(m=100)).json()["id"]
+        fake_worker(redis_client, "small", "default", memory_bytes=30_000)
+        big_net = {"hidden_layers": [64, 64]}
+        assert_problem(submit(c, ds, model=big_net), 422, "largest live 'default' worker's memory")
+        fake_worker(redis_client, "big", "default", memory_bytes=10**9)
+        clock[0] += 4.9  # still within the cache: the small worker's memory is what this process knows
+        assert_problem(submit(c, ds, model=big_net), 422, "largest live 'default' worker's memory")
+        clock[0] += 0.2  # expired: re-read, the big worker counts
+        assert submit(c, ds, model=big_net).status_code == 202
 
 
 def test_tenant_queue_limit_is_429(api_settings):
