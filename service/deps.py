@@ -137,7 +137,7 @@ async def require_tenant(request: Request) -> str:
         raise Problem(
             401,
             f"API key {reason}: send 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": f'Bearer realm="dnnq", error="invalid_token"'
+            headers={"WWW-Authenticate": 'Bearer realm="dnnq", error="invalid_token"'
                      if given_b else 'Bearer realm="dnnq"'},
         )
     request.state.tenant = tenant
