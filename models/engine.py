@@ -9,8 +9,11 @@ Works on NumPy and CuPy arrays (fit picks xp in models.backend).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from . import fused
 from .backend import Device
 from .config import TrainConfig
 from .flat import flat_layout, flat_size, flat_views
@@ -28,6 +31,16 @@ class _Engine:
         self.dtype = dt
         self.keep = cfg.dropout_keep_prob
         hidden = range(1, self.L)
+        # Per layer, looked up once instead of by name on every step: W{l}, b{l} as a row (1, n_l),
+        # and b{l} as a vector (n_l,) (all views of the parameters, which fit updates in place).
+        self.W = [None] + [params[f"W{l}"] for l in range(1, self.L + 1)]
+        self.bT = [None] + [params[f"b{l}"].T for l in range(1, self.L + 1)]
+        # Compiled elementwise steps (models/fused.py) on NumPy when the network is big enough; they
+        # give the NumPy sequences' results bit for bit. relu and the softmax output have them.
+        n_params = sum(math.prod(p.shape) for p in params.values())
+        self.fast = fused.engine_wanted(self.xp, dt, n_params)
+        self.fast_relu = self.fast and cfg.hidden_activation == "relu"
+        self.fast_softmax = self.fast and cfg.output == "softmax"
         # H[l]: Z then g(Z) in place, (batch, n_l); G[l]: dA then dZ in place, (batch, n_l)
         self.H = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}
         # relu against an array of zeros: NumPy's maximum with a scalar 0 is ~3x slower (measured)
@@ -40,6 +53,7 @@ class _Engine:
             self.Zs = xp.empty((batch_max, n_out), dtype=dt)
             self.AL = xp.empty((batch_max, n_out), dtype=dt)
             self.ones_out = xp.ones(n_out, dtype=dt)
+            self.logsum = xp.empty((batch_max,), dtype=dt)  # log of the row sums (compiled path)
         if training:
             # db = ones @ dZ: a BLAS gemv, ~2.5x faster than NumPy's sum over axis 0 (measured)
             self.ones = xp.ones(batch_max, dtype=dt)
@@ -48,6 +62,8 @@ class _Engine:
             layout = flat_layout(params)
             self.flat_grads = xp.zeros(flat_size(layout), dtype=dt)
             self.grads = {f"d{k}": v for k, v in flat_views(self.flat_grads, layout).items()}
+            self.dW = [None] + [self.grads[f"dW{l}"] for l in range(1, self.L + 1)]
+            self.db = [None] + [self.grads[f"db{l}"][:, 0] for l in range(1, self.L + 1)]  # (n_l,) views
             self.G = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}  # G[L]: dZ_L
             self.mask = {l: xp.empty((batch_max, dims[l]), dtype=bool) for l in hidden}
             if self.keep < 1:  # dropped activations and scaled masks, (batch, n_l)
@@ -89,11 +105,15 @@ class _Engine:
         A = A0
         for l in range(1, self.L + 1):
             Z = self.H[l][:B]
-            xp.matmul(A, self.params[f"W{l}"].T, out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
-            Z += self.params[f"b{l}"].T  # + (1, n_l)
+            xp.matmul(A, self.W[l].T, out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
             if l == self.L:
+                Z += self.bT[l]  # + (1, n_l)
                 return acts, Z
-            self._hidden_inplace(Z, l)  # now H = g(Z)
+            if self.fast_relu:
+                fused.bias_relu_(Z, self.bT[l][0])  # Z + b, then relu, in one pass
+            else:
+                Z += self.bT[l]  # + (1, n_l)
+                self._hidden_inplace(Z, l)  # now H = g(Z)
             A = Z
             if rng is not None and self.keep < 1:  # inverted dropout on hidden layers
                 Ad, M = (buf[:B] for buf in self.D[l])
@@ -115,6 +135,17 @@ class _Engine:
             loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))))
             AL = 1.0 / (1.0 + xp.exp(-ZL))
             correct = xp.count_nonzero((AL > 0.5) == (Ye > 0.5))
+        elif out == "softmax" and self.fast_softmax and labels is not None:
+            # the sequence below in three compiled passes around NumPy's exp and log and BLAS's
+            # row sums and dot (so every rounding is the one the sequence below makes)
+            B = ZL.shape[0]
+            S, logS, Zs, AL = self.rowsum[:B, 0], self.logsum[:B], self.Zs[:B], self.AL[:B]
+            correct = fused.softmax_head_(ZL, labels, Zs)  # Zs = ZL - row max; argmax == label
+            xp.exp(Zs, out=AL)
+            xp.matmul(AL, self.ones_out, out=S)
+            xp.log(S, out=logS)
+            fused.softmax_tail_(AL, S, logS, Zs)  # softmax; log softmax
+            loss = -xp.vdot(Ye.ravel(), Zs.ravel())
         elif out == "softmax":
             B = ZL.shape[0]
             mx, S, Zs, AL = self.rowmax[:B], self.rowsum[:B], self.Zs[:B], self.AL[:B]
@@ -154,12 +185,16 @@ class _Engine:
         # TrainConfig ties the loss to the output, so fit only ever meets these pairings.
         # The 1/B of the batch mean is applied here once instead of on every dW and db.
         dZ = self.G[self.L][:B]
-        xp.subtract(AL, Ye, out=dZ)
-        dZ *= scale / B  # (B, n_L)
+        if self.fast:
+            fused.output_grad_(AL, Ye, scale / B, dZ)
+        else:
+            xp.subtract(AL, Ye, out=dZ)
+            dZ *= scale / B  # (B, n_L)
+        ones = self.ones[:B]
         for l in range(self.L, 0, -1):
-            W, dW, db = self.params[f"W{l}"], self.grads[f"dW{l}"], self.grads[f"db{l}"]
+            W, dW = self.W[l], self.dW[l]
             xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
-            xp.matmul(self.ones[:B], dZ, out=db[:, 0])  # (n_l,) = sum of dZ's rows
+            xp.matmul(ones, dZ, out=self.db[l])  # (n_l,) = sum of dZ's rows
             if l2:
                 dW += (scale * l2 / B) * W
             if l == 1:
@@ -168,7 +203,10 @@ class _Engine:
             xp.matmul(dZ, W, out=dA)  # (B, n_{l-1}) = (B, n_l) @ (n_l, n_{l-1})
             if self.keep < 1:
                 dA *= self.D[l - 1][1][:B]  # same mask and 1/keep scale as forward
-            self._hidden_backward_inplace(dA, self.H[l - 1][:B], l - 1)
+            if self.fast_relu:
+                fused.relu_backward_(dA, self.H[l - 1][:B])
+            else:
+                self._hidden_backward_inplace(dA, self.H[l - 1][:B], l - 1)
             dZ = dA
 
     def evaluate(self, Xe, Ye, labels=None):
@@ -184,10 +222,14 @@ class _Engine:
         return loss, correct
 
 
-def _take_rows(xp, src, idx, out):
+def _take_rows(xp, src, idx, out, fast=False):
     """out[:] = src[idx]; NumPy's mode="raise" buffers the copy, "wrap" (idx is in range) does not.
-    (A two-core Numba gather was slower than np.take here: 0.045 vs 0.030 s an epoch of workload A.)"""
-    if xp is np:
+    ``fast`` (NumPy, 2-D, where the engine's kernels run): fused.take_rows_, four rows at a time
+    (workload A's X: 0.0152 -> 0.0117 s an epoch; a two-core Numba gather was slower than np.take,
+    0.045 vs 0.030 s)."""
+    if fast and src.ndim == 2:
+        fused.take_rows_(src, idx, out)
+    elif xp is np:
         np.take(src, idx, axis=0, out=out, mode="wrap")
     else:
         xp.take(src, idx, axis=0, out=out)

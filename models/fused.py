@@ -25,7 +25,8 @@ import threading
 
 import numpy as np
 
-__all__ = ["MIN_ELEMENTS", "available", "set_enabled", "wanted", "momentum_", "rmsprop_", "adam_"]
+__all__ = ["MIN_ELEMENTS", "available", "set_enabled", "wanted", "engine_wanted", "momentum_", "rmsprop_",
+           "adam_", "bias_relu_", "relu_backward_", "softmax_head_", "softmax_tail_", "output_grad_", "take_rows_"]
 
 MIN_ELEMENTS = 1 << 15  # below this a kernel call's overhead outweighs its gain
 
@@ -74,7 +75,86 @@ def _compile() -> dict:
             s[i] = si
             p[i] = p[i] - (vi / (np.sqrt(si) / sqrt_c2 + eps)) * lr_over_c1
 
-    kernels = {"momentum_": momentum_, "rmsprop_": rmsprop_, "adam_": adam_}
+    # --- the engine's elementwise steps (models/engine.py), each one pass instead of two to five ---
+
+    @jit
+    def bias_relu_(Z, b):
+        # Z += b (a row vector); Z = maximum(Z, 0) as NumPy's vector loop does it: NaN stays NaN,
+        # and -0.0 becomes +0.0 (vmaxps hands back the second operand, the zero, when both are zero)
+        for i in range(Z.shape[0]):
+            for j in range(Z.shape[1]):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z if (z > 0 or z != z) else 0
+
+    @jit
+    def relu_backward_(dA, H):
+        # dA *= (H > 0): times 1 leaves dA as it is, times 0 gives the same signed zero (or NaN)
+        for i in range(dA.shape[0]):
+            for j in range(dA.shape[1]):
+                if not H[i, j] > 0:
+                    dA[i, j] = dA[i, j] * 0
+
+    @jit
+    def softmax_head_(Z, labels, Zs):
+        # per row: m = max (NaN if any), Zs = Z - m, and whether argmax (the first maximum, or the
+        # first NaN, as NumPy's) is the label; returns how many rows were right
+        correct = 0
+        for i in range(Z.shape[0]):
+            m = Z[i, 0]
+            k = 0
+            if m == m:
+                for j in range(1, Z.shape[1]):
+                    z = Z[i, j]
+                    if z > m:
+                        m, k = z, j
+                    elif z != z:
+                        m, k = z, j
+                        break
+            for j in range(Z.shape[1]):
+                Zs[i, j] = Z[i, j] - m
+            if k == labels[i]:
+                correct += 1
+        return correct
+
+    @jit
+    def softmax_tail_(AL, S, logS, Zs):
+        # AL /= S (softmax); Zs -= log S (log-softmax); S, logS: (B,) row sums and their logs
+        for i in range(AL.shape[0]):
+            s, ls = S[i], logS[i]
+            for j in range(AL.shape[1]):
+                AL[i, j] = AL[i, j] / s
+                Zs[i, j] = Zs[i, j] - ls
+
+    @jit
+    def output_grad_(AL, Y, c, dZ):
+        # dZ = AL - Y; dZ *= c
+        for i in range(AL.shape[0]):
+            for j in range(AL.shape[1]):
+                dZ[i, j] = (AL[i, j] - Y[i, j]) * c
+
+    @jit
+    def take_rows_(src, idx, out):
+        # out[r] = src[idx[r]], four rows at a time: four streams from memory in flight instead of
+        # one (np.take copies row by row); a copy, so exact
+        n, cols = idx.shape[0], src.shape[1]
+        r = 0
+        while r + 4 <= n:
+            i0, i1, i2, i3 = idx[r], idx[r + 1], idx[r + 2], idx[r + 3]
+            for j in range(cols):
+                out[r, j] = src[i0, j]
+                out[r + 1, j] = src[i1, j]
+                out[r + 2, j] = src[i2, j]
+                out[r + 3, j] = src[i3, j]
+            r += 4
+        while r < n:
+            i0 = idx[r]
+            for j in range(cols):
+                out[r, j] = src[i0, j]
+            r += 1
+
+    kernels = {"momentum_": momentum_, "rmsprop_": rmsprop_, "adam_": adam_, "bias_relu_": bias_relu_,
+               "relu_backward_": relu_backward_, "softmax_head_": softmax_head_, "softmax_tail_": softmax_tail_,
+               "output_grad_": output_grad_, "take_rows_": take_rows_}
     try:  # compile (or load from Numba's on-disk cache) now, so a broken toolchain falls back at once
         one = np.ones(2, np.float32)
         momentum_(one.copy(), one, one.copy(), one[0], one[0], one[0])
@@ -104,7 +184,17 @@ def wanted(*arrays) -> bool:
     return arrays[0].size >= MIN_ELEMENTS and available()
 
 
-# Each kernel below runs only where wanted() said yes; the optimizers keep the NumPy/CuPy sequence.
+def engine_wanted(xp, dtype, n_params: int) -> bool:
+    """Whether fit's engine should use the elementwise kernels below for a whole run: NumPy arrays
+    of a float dtype, a network of at least MIN_ELEMENTS parameters (smaller jobs never import
+    Numba), and the kernels enabled and available. The engine's buffers are C-contiguous, and the
+    kernels take them as they come (2-D, rows of examples)."""
+    return (_enabled and xp is np and np.dtype(dtype).kind == "f" and n_params >= MIN_ELEMENTS
+            and available())
+
+
+# Each kernel below runs only where wanted() (optimizers) or engine_wanted() (engine) said yes;
+# otherwise the NumPy/CuPy sequence runs.
 
 def momentum_(p, g, v, beta: float, lr: float) -> None:
     """v = beta v + (1 - beta) g; p -= lr v."""
@@ -124,3 +214,35 @@ def adam_(p, g, v, s, beta1: float, beta2: float, eps: float, sqrt_c2: float, lr
     lr_over_c1 = lr / (1 - beta1^t): lr v_corrected / (sqrt(s_corrected) + eps)."""
     t = p.dtype.type
     _kernels["adam_"](p, g, v, s, t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(sqrt_c2), t(eps), t(lr_over_c1))
+
+
+# The engine's kernels: arguments are C-contiguous NumPy arrays of one float dtype (labels, idx: integers).
+
+def bias_relu_(Z, b) -> None:
+    """Z += b (b: (n,), one value per column); Z = maximum(Z, 0). Z: (B, n), in place."""
+    _kernels["bias_relu_"](Z, b)
+
+
+def relu_backward_(dA, H) -> None:
+    """dA *= (H > 0), in place; H = relu(Z), so H > 0 exactly where Z > 0."""
+    _kernels["relu_backward_"](dA, H)
+
+
+def softmax_head_(Z, labels, Zs) -> int:
+    """Zs = Z - max(Z, axis=1); returns count_nonzero(argmax(Z, axis=1) == labels)."""
+    return int(_kernels["softmax_head_"](Z, labels, Zs))
+
+
+def softmax_tail_(AL, S, logS, Zs) -> None:
+    """AL /= S[:, None]; Zs -= logS[:, None] (S: row sums of AL = exp(Zs), logS = log(S))."""
+    _kernels["softmax_tail_"](AL, S, logS, Zs)
+
+
+def output_grad_(AL, Y, c: float, dZ) -> None:
+    """dZ = AL - Y; dZ *= c (c cast to the arrays' dtype first, as NumPy casts a Python float)."""
+    _kernels["output_grad_"](AL, Y, AL.dtype.type(c), dZ)
+
+
+def take_rows_(src, idx, out) -> None:
+    """out[:] = src[idx] for a 2-D src and 1-D integer idx in range."""
+    _kernels["take_rows_"](src, idx, out)

@@ -265,12 +265,13 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             e = min(s + batch, m)
             if shuffle:
                 xb, yb = xbuf[:e - s], ybuf[:e - s]
-                _take_rows(xp, Xe, perm[s:e], xb)
-                _take_rows(xp, Ye, perm[s:e], yb)
+                idx = perm[s:e]
+                _take_rows(xp, Xe, idx, xb, engine.fast)
+                _take_rows(xp, Ye, idx, yb, engine.fast)
                 lb = None
                 if labels is not None:
                     lb = lbuf[:e - s]
-                    _take_rows(xp, labels, perm[s:e], lb)
+                    _take_rows(xp, labels, idx, lb)
             else:
                 xb, yb = Xe[s:e], Ye[s:e]
                 lb = None if labels is None else labels[s:e]

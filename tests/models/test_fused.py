@@ -104,24 +104,28 @@ def test_bind_flat_keeps_state_loaded_before_it():
 
 
 @needs_numba
-@pytest.mark.parametrize("optimizer", ["gd", "adam"])
-def test_fit_is_the_same_with_and_without_kernels(optimizer, kernels_on):
-    """A shuffled mini-batch float32 run big enough for every kernel (parameters, batch gather)."""
+@pytest.mark.parametrize("optimizer, hidden, keep", [("gd", [128], 1.0), ("adam", [128], 1.0),
+                                                     ("gd", [128, 64], 1.0), ("momentum", [128, 64], 0.8)])
+def test_fit_is_the_same_with_and_without_kernels(optimizer, hidden, keep, kernels_on):
+    """A shuffled mini-batch float32 run big enough for every kernel (parameters, batch gather, the
+    engine's relu and softmax steps; two hidden layers reach relu_backward_), with validation."""
     rng = np.random.default_rng(3)
     m, n_x = 600, 300
     X = rng.random((n_x, m), dtype=np.float32)
     labels = (X[:5].sum(axis=0) > 2.5).astype(np.int64) + (X[5:10].sum(axis=0) > 2.5)
-    cfg = TrainConfig(layer_dims=[n_x, 128, 3], output="softmax", init="he", seed=4, optimizer=optimizer,
-                      learning_rate=0.05 if optimizer == "gd" else 1e-3, epochs=3, batch_size=128,
-                      dtype="float32", device="cpu")
-    assert 128 * n_x >= fused.MIN_ELEMENTS and n_x * 128 + 128 + 128 * 3 + 3 >= fused.MIN_ELEMENTS
+    cfg = TrainConfig(layer_dims=[n_x, *hidden, 3], output="softmax", init="he", seed=4, optimizer=optimizer,
+                      learning_rate=1e-3 if optimizer == "adam" else 0.05, epochs=3, batch_size=128,
+                      dropout_keep_prob=keep, dtype="float32", device="cpu")
+    assert n_x * hidden[0] >= fused.MIN_ELEMENTS  # so every kernel runs
     runs = {}
     for enabled in (True, False):
         fused.set_enabled(enabled)
-        runs[enabled] = fit(X, labels, cfg)
+        runs[enabled] = fit(X, labels, cfg, X_val=X[:, :100], Y_val=labels[:100])
     with_kernels, without = runs[True], runs[False]
     assert [h.loss for h in with_kernels.history] == [h.loss for h in without.history]
     assert [h.accuracy for h in with_kernels.history] == [h.accuracy for h in without.history]
+    assert [h.val_loss for h in with_kernels.history] == [h.val_loss for h in without.history]
+    assert [h.val_accuracy for h in with_kernels.history] == [h.val_accuracy for h in without.history]
     assert with_kernels.history[-1].loss < with_kernels.history[0].loss  # it learned
     for key in without.parameters:
         np.testing.assert_array_equal(with_kernels.parameters[key], without.parameters[key])
@@ -150,3 +154,102 @@ def test_resume_with_kernels_is_exact(kernels_on):
     assert [r.to_dict() for r in resumed.history] == [r.to_dict() for r in uninterrupted.history]
     for key, value in uninterrupted.parameters.items():
         np.testing.assert_array_equal(resumed.parameters[key], value)
+
+
+# --- the engine's kernels (models/engine.py): each against the NumPy sequence it replaces --------
+
+def _bits(a):
+    """The array's bytes as unsigned integers: equal only if equal bit for bit (-0.0 != 0.0, NaN == NaN)."""
+    return np.ascontiguousarray(a).view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def _special(dtype, shape, seed):
+    """Random values with zeros of both signs, NaN and infinities sprinkled in."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape).astype(dtype)
+    flat = a.reshape(-1)
+    for value, count in ((0.0, 9), (-0.0, 9), (np.nan, 3), (np.inf, 2), (-np.inf, 2)):
+        flat[rng.integers(0, flat.size, count)] = value
+    return a
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bias_relu_kernel_is_the_engine_sequence(dtype):
+    Z, b = _special(dtype, (37, 19), 0), _special(dtype, (19, 1), 1)
+    b[:3] = [[0.0], [-0.0], [-0.0]]
+    expected = Z.copy()
+    expected += b.T
+    np.maximum(expected, np.zeros_like(expected), out=expected)  # the engine's relu
+    got = Z.copy()
+    fused.bias_relu_(got, b.T[0])
+    np.testing.assert_array_equal(_bits(got), _bits(expected))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_backward_kernel_is_the_engine_sequence(dtype):
+    dA, H = _special(dtype, (37, 19), 2), _special(dtype, (37, 19), 3)
+    expected = dA.copy()
+    with np.errstate(invalid="ignore"):  # inf * 0
+        expected *= np.greater(H, 0)
+    got = dA.copy()
+    fused.relu_backward_(got, H)
+    np.testing.assert_array_equal(_bits(got), _bits(expected))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_kernels_are_the_engine_sequence(dtype):
+    rng = np.random.default_rng(4)
+    Z = (rng.standard_normal((41, 10)) * 5).astype(dtype)
+    Z[3, [2, 7]] = Z[3].max() + 1  # a tie: argmax is the first
+    Z[5, 4] = np.nan  # NaN: max is NaN, argmax the first NaN
+    Z[6, [1, 8]] = np.nan
+    labels = rng.integers(0, 10, 41)
+    labels[3], labels[5], labels[6] = 2, 4, 1
+    Y = np.eye(10, dtype=dtype)[labels]
+    # the NumPy sequence of _Engine.output and backward
+    mx = np.max(Z, axis=1, keepdims=True)
+    Zs = Z - mx
+    correct = np.count_nonzero(np.argmax(Z, axis=1) == labels)
+    AL = np.exp(Zs)
+    S = (AL @ np.ones(10, dtype=dtype))[:, None]
+    AL /= S
+    Zs -= np.log(S)
+    dZ = AL - Y
+    dZ *= 0.1 / 41
+    # the kernels
+    Zs_k = np.empty_like(Z)
+    correct_k = fused.softmax_head_(Z, labels, Zs_k)
+    AL_k = np.exp(Zs_k)
+    S_k = AL_k @ np.ones(10, dtype=dtype)
+    fused.softmax_tail_(AL_k, S_k, np.log(S_k), Zs_k)
+    dZ_k = np.empty_like(Z)
+    fused.output_grad_(AL_k, Y, 0.1 / 41, dZ_k)
+    assert correct_k == correct
+    assert list(np.argmax(Z[[3, 5, 6]], axis=1)) == [2, 4, 1]  # the tie and the NaN rows count as right
+    for got, expected in ((Zs_k, Zs), (AL_k, AL), (dZ_k, dZ)):
+        np.testing.assert_array_equal(_bits(got), _bits(expected))
+
+
+@needs_numba
+@pytest.mark.parametrize("n", [0, 1, 5, 8, 259])
+def test_take_rows_kernel_is_a_row_gather(n):
+    rng = np.random.default_rng(n)
+    src = _special("float32", (300, 13), n)
+    idx = rng.integers(0, 300, n)
+    out = np.empty((n, 13), np.float32)
+    fused.take_rows_(src, idx, out)
+    np.testing.assert_array_equal(_bits(out), _bits(src[idx]))
+
+
+def test_engine_kernels_only_for_big_numpy_networks():
+    assert not fused.engine_wanted(np, np.float32, fused.MIN_ELEMENTS - 1)
+    assert not fused.engine_wanted(np, np.int64, fused.MIN_ELEMENTS)
+    assert not fused.engine_wanted(object(), np.float32, fused.MIN_ELEMENTS)  # CuPy, array-api-strict
+    fused.set_enabled(False)
+    try:
+        assert not fused.engine_wanted(np, np.float32, fused.MIN_ELEMENTS)
+    finally:
+        fused.set_enabled(True)
