@@ -136,8 +136,9 @@ def _keys(job_id: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------------------------------------
 # Lua scripts. KEYS and ARGV are documented at the top of each.
 
-# KEYS: job, tenant jobs, tenant unfinished, by_status, unsent, queue list ; ARGV: job_id, created (epoch
-# seconds), max_unfinished (0 = no limit), message ('' = none), then the record's field/value pairs.
+# KEYS: job, tenant jobs, tenant unfinished, by_status, unsent, queue list, tenant's queued index, tenant's
+# index marker ; ARGV: job_id, created (epoch seconds), max_unfinished (0 = no limit), message ('' = none),
+# then the record's field/value pairs.
 # The limit is checked in the same step that counts the new job, so concurrent submits cannot overshoot it.
 # With a message (workers/celery_wire.py) the job's Celery message is pushed onto its queue in this same
 # step; without one the job is listed as unsent, and the caller sends it and calls mark_sent.
@@ -147,8 +148,11 @@ if max_unfinished > 0 then
   local unfinished = redis.call('SCARD', KEYS[3])
   if unfinished >= max_unfinished then return unfinished end
 end
+-- A tenant's first job: its per-status index starts complete (see list_jobs for older tenants).
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[8], '1') end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 if ARGV[4] ~= '' then
@@ -164,7 +168,7 @@ _CLAIM = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running')
-MOVE('queued', 'running')
+MOVE(KEYS[1], ARGV[4], 'queued', 'running')
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if (not started) or started == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -211,7 +215,7 @@ if st == 'running' then ok = (new == 'succeeded' or new == 'failed')
 elseif st == 'cancelling' then ok = (new == 'cancelled' or new == 'succeeded' or new == 'failed') end
 if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
-MOVE(st, new)
+MOVE(KEYS[1], ARGV[4], st, new)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('SREM', UNFINISHED(redis.call('HGET', KEYS[1], 'tenant')), ARGV[4])
@@ -226,14 +230,14 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', ''} end
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  MOVE('queued', 'cancelled')
+  MOVE(KEYS[1], redis.call('HGET', KEYS[1], 'id'), 'queued', 'cancelled')
   redis.call('SREM', UNFINISHED(redis.call('HGET', KEYS[1], 'tenant')), redis.call('HGET', KEYS[1], 'id'))
   redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
   return {'ok', 'cancelled'}
 end
 if st == 'running' or st == 'cancelling' then
   redis.call('HSET', KEYS[1], 'status', 'cancelling')
-  MOVE(st, 'cancelling')
+  MOVE(KEYS[1], redis.call('HGET', KEYS[1], 'id'), st, 'cancelling')
   return {'ok', 'cancelling'}
 end
 return {'conflict', st}
@@ -251,18 +255,18 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       local attempts = tonumber(redis.call('HGET', job, 'attempts') or '0') or 0
       if max_attempts > 0 and attempts >= max_attempts then
         redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[4])
-        MOVE('running', 'failed')
+        MOVE(job, id, 'running', 'failed')
         redis.call('HINCRBY', KEYS[2], 'jobs_failed_total', 1)
         redis.call('SREM', UNFINISHED(redis.call('HGET', job, 'tenant')), id)
       else
         redis.call('HSET', job, 'status', 'queued')
-        MOVE('running', 'queued')
+        MOVE(job, id, 'running', 'queued')
         redis.call('SADD', UNSENT, id)
         table.insert(requeued, id)
       end
     elseif st == 'cancelling' then
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', ARGV[2])
-      MOVE('cancelling', 'cancelled')
+      MOVE(job, id, 'cancelling', 'cancelled')
       redis.call('HINCRBY', KEYS[2], 'jobs_cancelled_total', 1)
       redis.call('SREM', UNFINISHED(redis.call('HGET', job, 'tenant')), id)
     end
@@ -278,12 +282,20 @@ _UNFINISHED_LUA = (
     f"local UNSENT = '{UNSENT_KEY}'\n"
 )
 _FINISH, _CANCEL, _REQUEUE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE))
-# Every script that changes a status moves one count between BY_STATUS_KEY's fields.
+# Every script that changes a status moves one count between BY_STATUS_KEY's fields (what /metrics
+# reads), and the job between its tenant's per-status indexes (what GET /v1/jobs?status= pages through),
+# keeping its creation time as the score.
 _MOVE_LUA = (
-    "local function MOVE(from, to)\n"
-    f"  if from == to then return end\n"
+    "local function MOVE(job, id, from, to)\n"
+    "  if from == to then return end\n"
     f"  redis.call('HINCRBY', '{BY_STATUS_KEY}', from, -1)\n"
     f"  redis.call('HINCRBY', '{BY_STATUS_KEY}', to, 1)\n"
+    "  local owner = redis.call('HGET', job, 'tenant')\n"
+    "  if not owner then return end\n"
+    f"  local tenant = '{PREFIX}tenant:' .. owner\n"
+    "  local created = redis.call('ZSCORE', tenant .. ':jobs', id)\n"
+    "  redis.call('ZREM', tenant .. ':status:' .. from, id)\n"
+    "  if created then redis.call('ZADD', tenant .. ':status:' .. to, created, id) end\n"
     "end\n"
 )
 _CLAIM, _FINISH, _CANCEL, _REQUEUE = (_MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE))
@@ -359,7 +371,8 @@ def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str, validation_da
     }
     if not QUEUE_RE.match(queue):
         raise ValueError(f"Malformed queue name {queue!r}.")
-    keys = [job_key(job_id), tenant_jobs_key(tenant), unfinished_key(tenant), BY_STATUS_KEY, UNSENT_KEY, queue]
+    keys = [job_key(job_id), tenant_jobs_key(tenant), unfinished_key(tenant), BY_STATUS_KEY, UNSENT_KEY, queue,
+            status_index_key(tenant, Status.QUEUED.value), status_index_marker(tenant)]
     message = message_for(job_id, queue) if message_for is not None else ""
     args = [job_id, time.time(), int(max_unfinished or 0), message, *(x for pair in record.items() for x in pair)]
     return record, keys, args
@@ -417,30 +430,54 @@ def _visible(raw: dict, tenant: str | None) -> dict | None:
     return _decode(raw)
 
 
+# KEYS: tenant jobs, index marker, the listed index (tenant jobs again when unfiltered) ; ARGV: prefix,
+# tenant, start, stop. A tenant whose jobs predate the per-status indexes (no marker) has them built
+# here once, from its records, in this one atomic step; from then on every status change keeps them.
+_LIST = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local base = ARGV[1] .. 'tenant:' .. ARGV[2] .. ':status:'
+  for _, st in ipairs({'queued', 'running', 'succeeded', 'failed', 'cancelling', 'cancelled'}) do
+    redis.call('DEL', base .. st)
+  end
+  local listed = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #listed, 2 do
+    local st = redis.call('HGET', ARGV[1] .. 'job:' .. listed[i], 'status')
+    if st then redis.call('ZADD', base .. st, listed[i + 1], listed[i]) end
+  end
+  redis.call('SET', KEYS[2], '1')
+end
+return {redis.call('ZCARD', KEYS[3]), redis.call('ZREVRANGE', KEYS[3], ARGV[3], ARGV[4])}
+"""
+
+
 def list_jobs(r, tenant: str, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
-    """A tenant's jobs, newest first, optionally filtered by status; returns (page, total)."""
-    ids = r.zrevrange(tenant_jobs_key(tenant), 0, -1)
-    if status is None:
-        total = len(ids)
-        page_ids = ids[offset : offset + limit]
-        pipe = r.pipeline(transaction=False)
-        for job_id in page_ids:
-            pipe.hgetall(job_key(job_id))
-        return [_decode(raw) for raw in pipe.execute() if raw], total
+    """A tenant's jobs, newest first, optionally filtered by status; returns (page, total).
+
+    Reads the page's records and the total only (a sorted set per tenant and per status), however
+    many jobs the tenant has."""
+    listed = tenant_jobs_key(tenant) if status is None else status_index_key(tenant, Status(status).value)
+    total, page_ids = _run(r, _LIST, [tenant_jobs_key(tenant), status_index_marker(tenant), listed],
+                           [PREFIX, tenant, offset, offset + limit - 1])
     pipe = r.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(job_key(job_id), "status")
-    matching = [job_id for job_id, st in zip(ids, pipe.execute()) if st == status]
-    pipe = r.pipeline(transaction=False)
-    for job_id in matching[offset : offset + limit]:
+    for job_id in page_ids:
         pipe.hgetall(job_key(job_id))
-    return [_decode(raw) for raw in pipe.execute() if raw], len(matching)
+    return [_decode(raw) for raw in pipe.execute() if raw], int(total)
 
 
 # A tenant's own keys live under dnnq:tenant:{tenant}:..., a namespace no other key shares, so no
 # tenant name can collide with the state machine's keys (tenant names never contain ':').
 def tenant_jobs_key(tenant: str) -> str:
     return f"{PREFIX}tenant:{tenant}:jobs"
+
+
+def status_index_key(tenant: str, status: str) -> str:
+    """The tenant's jobs in one status, scored by creation time (kept by the status-changing scripts)."""
+    return f"{PREFIX}tenant:{tenant}:status:{status}"
+
+
+def status_index_marker(tenant: str) -> str:
+    """Present once the tenant's per-status indexes are complete (see _LIST)."""
+    return f"{PREFIX}tenant:{tenant}:status_index"
 
 
 def unfinished_key(tenant: str) -> str:

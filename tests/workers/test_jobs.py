@@ -73,6 +73,54 @@ def test_list_jobs_newest_first_with_filter(redis_client):
     assert [j["id"] for j in page] == [ids[1]] and total == 1
 
 
+def test_status_lists_follow_every_transition_and_page_newest_first(redis_client):
+    """list_jobs(status=...) pages through the tenant's per-status index, which the same scripts that
+    change a status keep: after a mix of every transition (refused ones too) each status lists
+    exactly the jobs whose record has it, newest first, and no other tenant's."""
+    r = redis_client
+    ids = []
+    for _ in range(7):
+        ids.append(new_job(r, tenant="acme")["id"])
+        time.sleep(0.002)
+    new_job(r, tenant="other")
+    for i, job_id in enumerate(ids[:6]):
+        assert jobs.claim(r, job_id, f"w{i}", LEASE_MS)
+    assert jobs.claim(r, ids[0], "again", LEASE_MS) is False
+    jobs.finish(r, ids[0], "w0", "succeeded")
+    jobs.finish(r, ids[0], "w0", "failed")  # refused
+    jobs.finish(r, ids[1], "w1", "failed")
+    jobs.request_cancel(r, ids[2])  # running -> cancelling
+    jobs.request_cancel(r, ids[4])  # running -> cancelling, then its worker dies: cancelled
+    jobs.request_cancel(r, ids[6])  # queued -> cancelled
+    r.delete(f"dnnq:job:{ids[3]}:lease", f"dnnq:job:{ids[4]}:lease")
+    assert sorted(jobs.requeue_expired(r)) == [ids[3]]  # running -> queued
+    expected = {s.value: [j for j in reversed(ids) if status(r, j) == s.value] for s in Status}
+    assert expected["cancelled"] == [ids[6], ids[4]] and expected["queued"] == [ids[3]]
+    for st, want in expected.items():
+        page, total = jobs.list_jobs(r, "acme", status=st)
+        assert ([j["id"] for j in page], total) == (want, len(want)), st
+    page, total = jobs.list_jobs(r, "acme", status="cancelled", offset=1, limit=1)
+    assert [j["id"] for j in page] == [ids[4]] and total == 2
+
+
+def test_a_tenant_from_before_the_status_index_gets_it_built_on_first_list(redis_client):
+    """Records written before the per-status indexes existed (no index keys, no marker): the first
+    list builds them from the records, atomically; later transitions keep them."""
+    r = redis_client
+    ids = []
+    for _ in range(3):
+        ids.append(new_job(r, tenant="old")["id"])
+        time.sleep(0.002)
+    jobs.claim(r, ids[0], "w", LEASE_MS)
+    r.delete(*r.keys("dnnq:tenant:old:status*"))  # as an older dnnq left them
+    page, total = jobs.list_jobs(r, "old", status="queued")
+    assert [j["id"] for j in page] == [ids[2], ids[1]] and total == 2
+    assert r.exists(jobs.status_index_marker("old"))
+    jobs.finish(r, ids[0], "w", "succeeded")
+    assert [j["id"] for j in jobs.list_jobs(r, "old", status="succeeded")[0]] == [ids[0]]
+    assert jobs.list_jobs(r, "old", status="running") == ([], 0)
+
+
 def test_claim_sets_running_lease_attempts_and_active(redis_client):
     job_id = new_job(redis_client)["id"]
     assert jobs.claim(redis_client, job_id, "w1", LEASE_MS) is True
