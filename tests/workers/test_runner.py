@@ -207,3 +207,28 @@ def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, setting
     _report_gpu_memory(redis_client, settings)
     assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_used") == str(3 << 30)
     assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_total") == str(4 << 30)
+
+
+def test_one_redis_client_per_training_process_across_jobs(redis_client, store, settings):
+    """run_job without a client uses its process's one (no new connection per job), and a forked
+    child makes its own instead of sharing the parent's sockets."""
+    import os
+
+    from workers import runner
+
+    ds = dataset(redis_client, store)
+    first = job_for(redis_client, ds, training={"epochs": 2})
+    second = job_for(redis_client, ds, training={"epochs": 2, "seed": 1})
+    assert run_job(first, settings=settings, store=store) == "succeeded"
+    client = runner._process_redis(settings)
+    assert run_job(second, settings=settings, store=store) == "succeeded"
+    assert runner._process_redis(settings) is client
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a client of its own that works
+        other = runner._process_redis(settings)
+        ok = other is not client and other.ping()
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
