@@ -61,6 +61,17 @@ def _wrap(cls, method: str, label: str) -> None:
     setattr(cls, method, timed)
 
 
+def _timed_call(fn, key: str):
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        TIMES[key] += time.perf_counter() - t0
+        CALLS[key] += 1
+        return out
+
+    return timed
+
+
 def instrument() -> bool:
     try:
         import models.training as training
@@ -79,6 +90,14 @@ def instrument() -> bool:
         if hasattr(Optimizer, method):  # whichever fit calls (flat: all parameters in one array)
             _wrap(Optimizer, method, "optimizer")
     proxy = TimedXp(np)
+    from models import fused
+
+    wanted = fused.engine_wanted  # the engine sees the proxy as its xp: its kernels still run
+    fused.engine_wanted = lambda xp, *a: wanted(np if xp is proxy else xp, *a)
+    for name in ("bias_relu_", "relu_backward_", "softmax_head_", "softmax_tail_", "output_grad_",
+                 "momentum_", "rmsprop_", "adam_"):
+        if hasattr(fused, name):  # each compiled kernel timed under its name
+            setattr(fused, name, _timed_call(getattr(fused, name), "fused." + name))
     take_rows = training._take_rows
 
     def timed_gather(xp, *args):  # the real NumPy gather (a compiled kernel when models.fused runs)

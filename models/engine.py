@@ -34,7 +34,9 @@ class _Engine:
         # Per layer, looked up once instead of by name on every step: W{l}, b{l} as a row (1, n_l),
         # and b{l} as a vector (n_l,) (all views of the parameters, which fit updates in place).
         self.W = [None] + [params[f"W{l}"] for l in range(1, self.L + 1)]
+        self.WT = [None] + [W.T for W in self.W[1:]]
         self.bT = [None] + [params[f"b{l}"].T for l in range(1, self.L + 1)]
+        self.bvec = [None] + [bT[0] for bT in self.bT[1:]]
         # Compiled elementwise steps (models/fused.py) on NumPy when the network is big enough; they
         # give the NumPy sequences' results bit for bit. relu and the softmax output have them.
         n_params = sum(math.prod(p.shape) for p in params.values())
@@ -105,12 +107,12 @@ class _Engine:
         A = A0
         for l in range(1, self.L + 1):
             Z = self.H[l][:B]
-            xp.matmul(A, self.W[l].T, out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
+            xp.matmul(A, self.WT[l], out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
             if l == self.L:
                 Z += self.bT[l]  # + (1, n_l)
                 return acts, Z
             if self.fast_relu:
-                fused.bias_relu_(Z, self.bT[l][0])  # Z + b, then relu, in one pass
+                fused.bias_relu_(Z, self.bvec[l])  # Z + b, then relu, in one pass
             else:
                 Z += self.bT[l]  # + (1, n_l)
                 self._hidden_inplace(Z, l)  # now H = g(Z)
