@@ -184,15 +184,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: job, lease, history, stats ; ARGV: token, entry_json, progress_json, lost, device ('' = unchanged)
-_RECORD_EPOCH = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return ARGV[4] end
+# KEYS: job, lease, history, stats ; ARGV: token, progress_json, lost, device ('' = unchanged), then one
+# history entry (JSON) per epoch, in order
+_RECORD_EPOCHS = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return ARGV[3] end
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' and st ~= 'cancelling' then return st end
-redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[1], 'progress', ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'device', ARGV[5]) end
-redis.call('HINCRBY', KEYS[4], 'epochs_total', 1)
+redis.call('RPUSH', KEYS[3], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'device', ARGV[4]) end
+redis.call('HINCRBY', KEYS[4], 'epochs_total', #ARGV - 4)
 return st
 """
 
@@ -538,19 +539,26 @@ def renew_lease(r, job_id: str, token: str, lease_ms: int) -> bool:
     return bool(_run(r, _RENEW, keys=[lease], args=[token, int(lease_ms)]))
 
 
-def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict, device: str | None = None) -> str:
-    """Append one history entry and set progress (and, when given, the device training it: the
-    runner passes it with the first epoch, so a running job already says where it runs) in one
-    round trip.
+def record_epochs(r, job_id: str, token: str, entries: list[dict], progress: dict, device: str | None = None) -> str:
+    """Append epochs' history entries (in order) and set progress (and, when given, the device
+    training the job: the runner sends it with the first epoch, so a running job already says where
+    it runs) in one round trip.
 
     Returns the current status ("cancelling" => stop), or LEASE_LOST when the token no longer
     holds the lease (nothing written).
     """
+    if not entries:
+        raise ValueError("record_epochs needs at least one history entry")
     job, history, lease = _keys(job_id)
     return _run(
-        r, _RECORD_EPOCH, keys=[job, lease, history, STATS_KEY],
-        args=[token, json.dumps(entry), json.dumps(progress), LEASE_LOST, device or ""],
+        r, _RECORD_EPOCHS, keys=[job, lease, history, STATS_KEY],
+        args=[token, json.dumps(progress), LEASE_LOST, device or "", *(json.dumps(e) for e in entries)],
     )
+
+
+def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict, device: str | None = None) -> str:
+    """record_epochs for one epoch."""
+    return record_epochs(r, job_id, token, [entry], progress, device)
 
 
 def record_resume(r, job_id: str, token: str, epoch: int) -> bool:

@@ -25,6 +25,11 @@ class WorkerSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a dead worker's job waits.")
     heartbeat_seconds: float | None = Field(default=None, gt=0, description="Lease renewal period (default lease/4).")
     checkpoint_every: int = Field(default=10, ge=1, description="Default checkpoint period in epochs.")
+    progress_flush_seconds: float = Field(
+        default=0.1, ge=0,
+        description="A training job writes its finished epochs to Redis at most this often (one round trip "
+        "for all of them; 0 = after every epoch). Cancellation is seen at the next write.",
+    )
     max_attempts: int = Field(
         default=3, ge=0, description="Starts of one job before the sweeper fails it instead of requeueing (0 = no limit)."
     )

@@ -232,3 +232,43 @@ def test_one_redis_client_per_training_process_across_jobs(redis_client, store, 
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
+
+
+def test_epochs_go_to_redis_in_batches_first_last_and_before_each_checkpoint(redis_client, store, settings,
+                                                                            monkeypatch):
+    """With a long progress_flush_seconds the runner writes the first epoch (the job then says where it
+    runs), the epochs up to each checkpoint before that checkpoint (a resume trims the history to the
+    checkpoint's epoch, so it must be there) and the rest at the end: every epoch once, in order."""
+    calls = []
+    real = jobs.record_epochs
+
+    def counting(r, job_id, token, entries, progress, device=None):
+        calls.append(([e["epoch"] for e in entries], progress["epoch"], device,
+                      store.exists(f"jobs/{job_id}/checkpoint.npz")))
+        return real(r, job_id, token, entries, progress, device)
+
+    monkeypatch.setattr(jobs, "record_epochs", counting)
+    slow = settings.model_copy(update={"progress_flush_seconds": 3600})
+    ds = dataset(redis_client, store)
+    job_id = job_for(redis_client, ds, training={"epochs": 10, "checkpoint_every": 4})
+    assert run_job(job_id, settings=slow, r=redis_client, store=store) == "succeeded"
+    assert [c[0] for c in calls] == [[1], [2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    assert [c[1] for c in calls] == [1, 4, 8, 10]  # progress: the last epoch of each batch
+    assert calls[0][2] == "cpu" and all(c[2] is None for c in calls[1:])
+    assert calls[1][3] is False  # epochs 1-4 were in Redis before the epoch-4 checkpoint was written
+    assert [h["epoch"] for h in jobs.get_history(redis_client, job_id)] == list(range(1, 11))
+    assert redis_client.hget("dnnq:stats", "epochs_total") == "10"
+
+
+def test_a_diverging_job_keeps_the_epochs_it_trained(redis_client, store, settings):
+    """Epochs still waiting for their batch when fit raises are written before the job fails."""
+    slow = settings.model_copy(update={"progress_flush_seconds": 3600})
+    ds = dataset(redis_client, store, kind="continuous")
+    job_id = job_for(redis_client, ds, model={"hidden_layers": [4], "output": "linear"},
+                     training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd", "checkpoint_every": 1000})
+    assert run_job(job_id, settings=slow, r=redis_client, store=store) == "failed"
+    history = jobs.get_history(redis_client, job_id)
+    job = jobs.get_job(redis_client, job_id)
+    assert len(history) >= 2, history  # more than the first epoch's own write
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    assert job["progress"]["epoch"] == len(history)
