@@ -24,7 +24,15 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Field(default=Path("./dnnq-data"), description="Artifact store root.")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a dead worker's job waits.")
     heartbeat_seconds: float | None = Field(default=None, gt=0, description="Lease renewal period (default lease/4).")
-    checkpoint_every: int = Field(default=10, ge=1, description="Default checkpoint period in epochs.")
+    checkpoint_every: int | None = Field(
+        default=None, ge=1,
+        description="Default checkpoint period in epochs; unset: by time (checkpoint_seconds).",
+    )
+    checkpoint_seconds: float = Field(
+        default=10.0, gt=0,
+        description="Without an epoch period (here or in the job's spec), a checkpoint at the first epoch "
+        "that ends this long after the last one: a crash loses at most about this much training.",
+    )
     progress_flush_seconds: float = Field(
         default=0.1, ge=0,
         description="A training job writes its finished epochs to Redis at most this often (one round trip "

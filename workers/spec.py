@@ -55,7 +55,10 @@ class TrainingSpec(_Strict):
     l2: float = Field(default=0.0, ge=0)
     dropout_keep_prob: float = Field(default=1.0, gt=0, le=1)
     shuffle: bool = True
-    checkpoint_every: int | None = Field(default=None, ge=1, description="Epochs; None = the worker's default.")
+    checkpoint_every: int | None = Field(
+        default=None, ge=1,
+        description="Epochs between checkpoints; None = the worker's default (DNNQ_CHECKPOINT_EVERY, "
+        "else by time: DNNQ_CHECKPOINT_SECONDS).")
 
 
 class PreprocessSpec(_Strict):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models import predict
-from workers import datasets, jobs
+from workers import artifacts, datasets, jobs
 from workers.runner import run_job
 from workers.settings import WorkerSettings
 from workers.spec import JobSpec
@@ -272,3 +272,20 @@ def test_a_diverging_job_keeps_the_epochs_it_trained(redis_client, store, settin
     assert len(history) >= 2, history  # more than the first epoch's own write
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
     assert job["progress"]["epoch"] == len(history)
+
+
+@pytest.mark.parametrize("seconds, epoch_period, expected", [
+    (3600.0, None, []),                   # by time, and the job is shorter than the period: none
+    (1e-9, None, [1, 2, 3, 4, 5]),        # by time, a period shorter than any epoch: every epoch but the last
+    (1e-9, 2, [2, 4]),                    # an epoch period (the job's or DNNQ_CHECKPOINT_EVERY) wins over time
+])
+def test_checkpoints_by_epochs_when_asked_else_by_time(redis_client, store, settings, monkeypatch,
+                                                       seconds, epoch_period, expected):
+    saved = []
+    real = artifacts.save_checkpoint
+    monkeypatch.setattr(artifacts, "save_checkpoint", lambda st, jid, ck: saved.append(ck.epoch) or real(st, jid, ck))
+    timed = settings.model_copy(update={"checkpoint_seconds": seconds, "checkpoint_every": epoch_period})
+    ds = dataset(redis_client, store)
+    job_id = job_for(redis_client, ds, training={"epochs": 6})
+    assert run_job(job_id, settings=timed, r=redis_client, store=store) == "succeeded"
+    assert saved == expected
