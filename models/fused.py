@@ -1,4 +1,6 @@
-"""Fused CPU kernels for the optimizer step on NumPy arrays, compiled with Numba.
+"""Fused CPU kernels on NumPy arrays, compiled with Numba: the optimizer steps, and the engine's
+elementwise work around the matrix products (bias + relu, relu's backward mask, the softmax
+output and its gradient, the mini-batch row gather).
 
 NumPy runs Adam's ``p -= lr * v_hat / (sqrt(s_hat) + eps)`` as a dozen passes over memory, each
 allocating nothing but streaming four arrays through the cache again; on workload A (235k
