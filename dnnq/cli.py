@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default="default", help="queues the workers take (e.g. default,gpu)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds children get to stop before SIGKILL")
     p.add_argument("--api-workers", type=_positive_int, default=1,
-                   help="API processes (uvicorn --workers); /metrics' request histogram is then per process")
+                   help="API processes, each on its own SO_REUSEPORT socket on Linux; /metrics sums them all")
     p.add_argument("--access-log", action="store_true",
                    help="log every HTTP request (off by default: it costs about a tenth of a status poll)")
     p.add_argument("--allow-remote-without-keys", action="store_true",

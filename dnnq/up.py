@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -269,6 +270,20 @@ def _reuseport_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     return sockets
 
 
+def _api_env(env: dict, data_dir: Path, api_workers: int) -> dict:
+    """The API processes' environment. Several of them share one port, so a /metrics scrape reaches
+    any one: each keeps its request histogram in a file under <data-dir>/run/metrics
+    (prometheus_client's multiprocess mode) and answers for all (service/routes/metrics.py). The
+    files of a previous run are removed: counters start again at zero with the processes."""
+    if api_workers <= 1:
+        return env
+    metrics_dir = data_dir / "run" / "metrics"
+    if metrics_dir.exists():
+        shutil.rmtree(metrics_dir)
+    metrics_dir.mkdir(parents=True)
+    return dict(env, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+
+
 def _api_children(host: str, port: int, api_workers: int, access_log: bool, env: dict) -> tuple[list[Child], list]:
     """The API processes, and the listening sockets to close in this process once they are started."""
     if api_workers > 1 and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT"):
@@ -311,7 +326,7 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
                   dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"), niceness=WORKER_NICENESS)
             for i in range(workers)
         ]
-        apis, listening = _api_children(host, port, api_workers, access_log, env)
+        apis, listening = _api_children(host, port, api_workers, access_log, _api_env(env, data_dir, api_workers))
         children = [*apis, *worker_children]
         for child in children:
             child.start()

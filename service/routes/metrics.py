@@ -1,16 +1,20 @@
 """/metrics: Prometheus text from a per-app registry.
 
 Job, queue and worker gauges are read from Redis at scrape time by a custom collector, so every
-API replica reports the same numbers; the request histogram is this process's own.
+API replica reports the same numbers. The request histogram is this process's own, except under
+`dnnq up --api-workers N`: the N processes then share one port, a scrape reaches any one of them,
+and each must answer for all. `dnnq up` sets prometheus_client's PROMETHEUS_MULTIPROC_DIR for them
+(each process keeps its samples in a file there) and a scrape sums every process's files.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from service.deps import Tenant
@@ -65,9 +69,18 @@ class RedisCollector:
 
 
 def install(app: FastAPI) -> Histogram:
-    """Register the collector and the request histogram on the app's own registry."""
+    """Register the collector and the request histogram; app.state.scrape_registry is what /metrics
+    reports: the app's registry, or with several API processes (PROMETHEUS_MULTIPROC_DIR set) the
+    Redis collector plus every process's samples."""
     registry = app.state.registry
-    registry.register(RedisCollector(app.state.redis))
+    redis_collector = RedisCollector(app.state.redis)
+    registry.register(redis_collector)
+    app.state.scrape_registry = registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shared)
+        shared.register(redis_collector)
+        app.state.scrape_registry = shared
     return Histogram(
         "dnnq_http_request_duration_seconds", "HTTP request latency by route template.",
         ["route", "method", "status"], registry=registry,
@@ -76,4 +89,4 @@ def install(app: FastAPI) -> Histogram:
 
 @router.get("/metrics", response_class=Response, responses=problems(401))
 def metrics(request: Request, tenant: Tenant) -> Response:
-    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.scrape_registry), media_type=CONTENT_TYPE_LATEST)

@@ -215,6 +215,14 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         _wait_for(lambda: httpx.get(long_url, params={"history": "none"}).json()["status"] == "cancelled", 60,
                   "the resumed job did not stop when cancelled", again.log)
 
+        # Two API processes share the port: a scrape reaches either, and each answers for both.
+        # 40 requests on fresh connections land on both processes (the kernel hashes each one).
+        for _ in range(40):
+            assert httpx.get(f"{again.url}/v1/datasets").status_code == 200
+        sample = 'dnnq_http_request_duration_seconds_count{method="GET",route="/v1/datasets",status="200"} 40.0'
+        for _ in range(6):
+            assert sample in httpx.get(f"{again.url}/metrics").text
+
         assert '"GET /v1/jobs/' not in again.log()  # access log off by default
         children = descendants(again.proc.pid)
         # two API processes, each on its own SO_REUSEPORT socket (dnnq/api_process.py)
