@@ -327,11 +327,11 @@ def _require_redis_url() -> str:
 
 
 def cmd_up(args) -> int:
-    from dnnq.up import run_up
+    from dnnq.up import default_api_workers, run_up
 
     return run_up(args.host, args.port, Path(args.data_dir), args.workers, args.queues,
-                  args.allow_remote_without_keys, grace_s=args.grace, api_workers=args.api_workers,
-                  access_log=args.access_log)
+                  args.allow_remote_without_keys, grace_s=args.grace,
+                  api_workers=args.api_workers or default_api_workers(), access_log=args.access_log)
 
 
 def cmd_api(args) -> int:
@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1)
     p.add_argument("--queues", default="default", help="queues the workers take (e.g. default,gpu)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds children get to stop before SIGKILL")
-    p.add_argument("--api-workers", type=_positive_int, default=1,
-                   help="API processes, each on its own SO_REUSEPORT socket on Linux; /metrics sums them all")
+    p.add_argument("--api-workers", type=_positive_int, default=None,
+                   help="API processes, each on its own SO_REUSEPORT socket on Linux; /metrics sums them all "
+                   "(default: 2 on Linux with 2+ cores, else 1)")
     p.add_argument("--access-log", action="store_true",
                    help="log every HTTP request (off by default: it costs about a tenth of a status poll)")
     p.add_argument("--allow-remote-without-keys", action="store_true",

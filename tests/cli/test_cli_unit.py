@@ -302,3 +302,20 @@ def test_a_nice_child_is_nice_in_its_own_session_too(tmp_path):
     if os.path.exists("/proc/self/autogroup"):  # a kernel with autogroups (CONFIG_SCHED_AUTOGROUP)
         assert autogroup.endswith("nice 7"), autogroup
         assert autogroup.split()[0] != open("/proc/self/autogroup").read().split()[0]  # its own session
+
+
+def test_up_runs_two_api_processes_by_default_where_the_kernel_spreads_connections(monkeypatch):
+    import os
+    import sys
+
+    from dnnq import up
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert up.default_api_workers() == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert up.default_api_workers() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(sys, "platform", "darwin")  # its SO_REUSEPORT does not balance
+    assert up.default_api_workers() == 1
+    assert build_parser().parse_args(["up"]).api_workers is None  # resolved by default_api_workers()

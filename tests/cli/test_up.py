@@ -134,7 +134,7 @@ def _assert_all_gone(pids: set[int], up: Up) -> None:
 
 def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
     data_dir = tmp_path / "dnnq-data"
-    up = Up(tmp_path, data_dir, "first")
+    up = Up(tmp_path, data_dir, "first", extra=("--api-workers", "1"))  # one uvicorn process
     try:
         up.wait_ready()
         # `dnnq up` polls /healthz itself and may print its line a moment after /readyz answers.
