@@ -61,8 +61,9 @@ def test_second_worker_receiving_the_same_job_does_nothing(redis_client, store, 
 def test_epochs_longer_than_the_lease_are_never_taken_over(redis_client, store, celery_client, worker):
     lease_env = {"DNNQ_LEASE_SECONDS": "1", "DNNQ_HEARTBEAT_SECONDS": "0.2"}
     a, b = worker(env=lease_env), worker(env=lease_env)  # both sweep every 0.5 s
-    # ~2.5 s an epoch on the 2-core test box (mini-batches keep memory small): more than twice the lease.
-    ds = make_dataset(redis_client, store, m=150_000, n_x=20, seed=3)
+    # 2.5 s an epoch on a Zen 5 core, ~5 s on older 2-core boxes (mini-batches keep memory small): more than
+    # twice the lease. (150,000 rows gave 1.25 s on Zen 5: too close to the lease for the gap check below.)
+    ds = make_dataset(redis_client, store, m=300_000, n_x=20, seed=3)
     epochs = 3
     job_id = create_and_send(redis_client, celery_client, ds["id"], hidden=(512, 256), epochs=epochs, seed=4,
                              batch_size=8192)
