@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_worker_killed_mid_job_resumes_to_the_uninterrupted_weights(live_stack, worker, redis_client, store):
     epochs = 80
     with live_stack.client() as http:
-        ds = http.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 3000, "seed": 4})
+        ds = http.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 20_000, "seed": 4})
         assert ds.status_code == 201, ds.text
         spec = {"dataset_id": ds.json()["id"], "model": {"hidden_layers": [16, 8]},
                 "training": {"epochs": epochs, "batch_size": 64, "seed": 11, "checkpoint_every": 1}}

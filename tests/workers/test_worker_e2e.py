@@ -127,7 +127,7 @@ def uninterrupted_parameters(r, store, dataset_id, epochs, seed):
 
 
 def test_kill_9_mid_job_second_worker_resumes_to_identical_result(redis_client, store, celery_client, worker):
-    ds = make_dataset(redis_client, store, m=3000, seed=1)
+    ds = make_dataset(redis_client, store, m=20_000, seed=1)  # long enough to be killed mid-run on a fast CPU
     epochs, seed = 60, 7
     first = worker()
     job_id = submit(redis_client, celery_client, ds["id"], epochs=epochs, seed=seed, checkpoint_every=1, batch_size=64)
@@ -161,7 +161,9 @@ def test_training_child_killed_the_same_worker_resumes(redis_client, store, cele
     import signal
 
     w = worker()
-    ds = make_dataset(redis_client, store, m=3000, seed=2)
+    # 20,000 rows: ~25 ms an epoch on a Zen 5 core, so the job is still training when the child is killed
+    # (with 3,000 all 60 epochs took ~0.3 s, a hair longer than it takes to see the first checkpoint)
+    ds = make_dataset(redis_client, store, m=20_000, seed=2)
     job_id = submit(redis_client, celery_client, ds["id"], epochs=60, seed=1, checkpoint_every=2, batch_size=64)
     wait_for(lambda: store.exists(f"jobs/{job_id}/checkpoint.npz"), 60, "a checkpoint")
     token = redis_client.get(f"dnnq:job:{job_id}:lease")
