@@ -19,7 +19,7 @@ def test_api_killed_mid_training_job_unaffected(live_stack_factory, redis_client
     stack = live_stack_factory()
     w = stack.workers[0]
     with stack.client() as http:
-        ds = http.post("/v1/datasets/synthetic", json={"name": "spiral", "n_samples": 3000, "seed": 2})
+        ds = http.post("/v1/datasets/synthetic", json={"name": "spiral", "n_samples": 10_000, "seed": 2})
         assert ds.status_code == 201, ds.text
         epochs = 300
         resp = http.post("/v1/jobs", json={"dataset_id": ds.json()["id"], "model": {"hidden_layers": [32, 16], "output": "softmax"},

@@ -39,7 +39,7 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
         own_workers.append(w)
         r = own_redis.client()
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            ds = http.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 3000, "seed": 1})
+            ds = http.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 10_000, "seed": 1})
             assert ds.status_code == 201, ds.text
             ds_id = ds.json()["id"]
 

@@ -26,8 +26,8 @@ def _holder(r, job_id: str) -> str:
 
 def test_second_worker_receiving_the_same_job_does_nothing(redis_client, store, celery_client, worker):
     first, second = worker(), worker()
-    ds = make_dataset(redis_client, store, m=3000, seed=1)
-    epochs = 400  # ~15 ms an epoch here: several seconds of training
+    ds = make_dataset(redis_client, store, m=10_000, seed=1)
+    epochs = 400  # ~15 ms an epoch on a Zen 5 core: several seconds of training
     job_id = create_and_send(redis_client, celery_client, ds["id"], epochs=epochs, batch_size=64, seed=2)
     wait_for(lambda: len(epochs_of(redis_client, job_id)) >= 3, 60, "the first epochs")
     busy_name = _holder(redis_client, job_id)
