@@ -342,7 +342,9 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
         for sock in listening:  # the API processes hold them now; a dead one's socket then leaves the port
             sock.close()
         plural = "s" if workers > 1 else ""
-        print(f"dnnq: {workers} worker{plural} (queues {queues}), data in {data_dir}", flush=True)
+        api_plural = "es" if api_workers > 1 else ""
+        print(f"dnnq: {workers} worker{plural} (queues {queues}), {api_workers} API process{api_plural}, "
+              f"data in {data_dir}", flush=True)
         if note:
             print(f"dnnq: {note}", flush=True)
 

@@ -142,6 +142,7 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert f"dnnq is up: {up.url} (dashboard), API docs {up.url}/docs" in log
         assert "Redis embedded at redis://127.0.0.1:" in log
         assert "listening on 127.0.0.1 only" in log
+        assert "dnnq: 1 worker (queues default), 1 API process, data in" in log
 
         dataset = httpx.post(f"{up.url}/v1/datasets/synthetic",
                              json={"name": "moons", "n_samples": 200, "noise": 0.1, "seed": 0}, timeout=30)
