@@ -46,7 +46,7 @@ __all__ = [
     "get_job_async",
     "list_jobs",
     "mark_sent",
-    "record_epoch",
+    "record_epochs",
     "record_resume",
     "renew_lease",
     "request_cancel",
@@ -69,7 +69,7 @@ BY_STATUS_KEY = "dnnq:jobs:by_status"
 # sweeper sends whatever is left, so a crash between "queued" and "sent" loses no job; a duplicate
 # message is harmless (claim is atomic).
 UNSENT_KEY = "dnnq:jobs:unsent"
-# record_epoch's answer when the caller's lease token no longer matches: stop, write nothing.
+# record_epochs' answer when the caller's lease token no longer matches: stop, write nothing.
 LEASE_LOST = "lease_lost"
 
 
@@ -554,11 +554,6 @@ def record_epochs(r, job_id: str, token: str, entries: list[dict], progress: dic
         r, _RECORD_EPOCHS, keys=[job, lease, history, STATS_KEY],
         args=[token, json.dumps(progress), LEASE_LOST, device or "", *(json.dumps(e) for e in entries)],
     )
-
-
-def record_epoch(r, job_id: str, token: str, entry: dict, progress: dict, device: str | None = None) -> str:
-    """record_epochs for one epoch."""
-    return record_epochs(r, job_id, token, [entry], progress, device)
 
 
 def record_resume(r, job_id: str, token: str, epoch: int) -> bool:

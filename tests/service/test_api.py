@@ -1,7 +1,7 @@
 """The HTTP API in-process (TestClient) against a real Redis; no worker runs.
 
 Where a test needs a job to have made progress it drives the real state machine
-(workers.jobs.claim / record_epoch / finish) as a worker would.
+(workers.jobs.claim / record_epochs / finish) as a worker would.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def drive(redis_client, job_id: str, epochs: int, status: str = "succeeded") -> 
     assert jobs.claim(redis_client, job_id, token, 60_000)
     for e in range(1, epochs + 1):
         entry = {"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": None, "val_accuracy": None}
-        jobs.record_epoch(redis_client, job_id, token, entry, {"epoch": e, "epochs": epochs, "loss": 1.0 / e})
+        jobs.record_epochs(redis_client, job_id, token, [entry], {"epoch": e, "epochs": epochs, "loss": 1.0 / e})
     if status:
         assert jobs.finish(redis_client, job_id, token, status, error="boom" if status == "failed" else None,
                            metrics={"final_loss": 1.0 / epochs, "train_accuracy": 0.5, "validation_accuracy": None})

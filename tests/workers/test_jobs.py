@@ -161,22 +161,22 @@ def test_renew_lease_only_with_token(redis_client):
 def test_record_epoch_appends_and_returns_status(redis_client):
     job_id = running(redis_client)
     entry = {"epoch": 1, "loss": 0.5, "accuracy": 0.7, "val_loss": None, "val_accuracy": None}
-    assert jobs.record_epoch(redis_client, job_id, "w1", entry, {"epoch": 1, "epochs": 3, "loss": 0.5}) == "running"
+    assert jobs.record_epochs(redis_client, job_id, "w1", [entry], {"epoch": 1, "epochs": 3, "loss": 0.5}) == "running"
     assert jobs.get_history(redis_client, job_id) == [entry]
     assert jobs.get_job(redis_client, job_id)["progress"] == {"epoch": 1, "epochs": 3, "loss": 0.5}
     assert redis_client.hget(jobs.STATS_KEY, "epochs_total") == "1"
     assert jobs.get_job(redis_client, job_id)["device"] is None
-    jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 2}, {"epoch": 2}, device="gpu:0")
+    jobs.record_epochs(redis_client, job_id, "w1", [{"epoch": 2}], {"epoch": 2}, device="gpu:0")
     assert jobs.get_job(redis_client, job_id)["device"] == "gpu:0"
-    jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 3}, {"epoch": 3})  # None leaves it
+    jobs.record_epochs(redis_client, job_id, "w1", [{"epoch": 3}], {"epoch": 3})  # None leaves it
     assert jobs.get_job(redis_client, job_id)["device"] == "gpu:0"
     jobs.request_cancel(redis_client, job_id)
-    assert jobs.record_epoch(redis_client, job_id, "w1", {"epoch": 2}, {"epoch": 2}) == "cancelling"
+    assert jobs.record_epochs(redis_client, job_id, "w1", [{"epoch": 2}], {"epoch": 2}) == "cancelling"
 
 
 def test_record_epoch_with_stale_token_writes_nothing(redis_client):
     job_id = running(redis_client)
-    assert jobs.record_epoch(redis_client, job_id, "stale", {"epoch": 1}, {"epoch": 1}) == jobs.LEASE_LOST
+    assert jobs.record_epochs(redis_client, job_id, "stale", [{"epoch": 1}], {"epoch": 1}) == jobs.LEASE_LOST
     assert jobs.get_history(redis_client, job_id) == []
     assert jobs.get_job(redis_client, job_id)["progress"] is None
 
@@ -302,7 +302,7 @@ def test_the_dead_worker_cannot_write_after_requeue(redis_client):
     redis_client.delete(f"dnnq:job:{job_id}:lease")
     jobs.requeue_expired(redis_client)
     assert jobs.claim(redis_client, job_id, "new", LEASE_MS)
-    assert jobs.record_epoch(redis_client, job_id, "old", {"epoch": 9}, {}) == jobs.LEASE_LOST
+    assert jobs.record_epochs(redis_client, job_id, "old", [{"epoch": 9}], {}) == jobs.LEASE_LOST
     assert jobs.finish(redis_client, job_id, "old", "failed", error="late") is False
     assert jobs.get_job(redis_client, job_id)["status"] == "running"
 
@@ -310,7 +310,7 @@ def test_the_dead_worker_cannot_write_after_requeue(redis_client):
 def test_record_resume_trims_history(redis_client):
     job_id = running(redis_client)
     for epoch in range(1, 6):
-        jobs.record_epoch(redis_client, job_id, "w1", {"epoch": epoch}, {"epoch": epoch})
+        jobs.record_epochs(redis_client, job_id, "w1", [{"epoch": epoch}], {"epoch": epoch})
     assert jobs.record_resume(redis_client, job_id, "stale", 3) is False
     assert len(jobs.get_history(redis_client, job_id)) == 5
     assert jobs.record_resume(redis_client, job_id, "w1", 3) is True
