@@ -270,13 +270,17 @@ def _reuseport_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     return sockets
 
 
+def _reuseport_balances() -> bool:
+    """Whether the kernel spreads new connections over sockets sharing a port (Linux's SO_REUSEPORT;
+    elsewhere the option exists but one socket takes them all)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
 def default_api_workers() -> int:
-    """Two API processes where the kernel spreads connections over their sockets (Linux) and there
-    are two cores, else one. Measured with bench.load (500 submits from 20 clients, 2 workers, this
-    2-core machine): submit p99 40 -> 27 ms and 3,761 -> 6,263 status polls/s, for ~75 MB more."""
-    if sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT") and (os.cpu_count() or 1) >= 2:
-        return 2
-    return 1
+    """Two API processes where the kernel spreads connections over their sockets and there are two
+    cores, else one. Measured with bench.load (500 submits from 20 clients, 2 workers, this 2-core
+    machine): submit p99 40 -> 27 ms and 3,761 -> 6,263 status polls/s, for ~75 MB more."""
+    return 2 if _reuseport_balances() and (os.cpu_count() or 1) >= 2 else 1
 
 
 def _api_env(env: dict, data_dir: Path, api_workers: int) -> dict:
@@ -295,7 +299,7 @@ def _api_env(env: dict, data_dir: Path, api_workers: int) -> dict:
 
 def _api_children(host: str, port: int, api_workers: int, access_log: bool, env: dict) -> tuple[list[Child], list]:
     """The API processes, and the listening sockets to close in this process once they are started."""
-    if api_workers > 1 and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT"):
+    if api_workers > 1 and _reuseport_balances():
         sockets = _reuseport_sockets(host, port, api_workers)
         log_flag = ["--access-log"] if access_log else []
         return [Child(f"api {i + 1}", [sys.executable, "-m", "dnnq.api_process", "--fd", str(sock.fileno()), *log_flag],
