@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import importlib.util
@@ -161,11 +162,23 @@ async def _warm_routes(app: FastAPI) -> None:
             log.debug("route warm-up %s %s failed", method, path, exc_info=True)
 
 
+# A burst of concurrent requests needs as many pooled connections as requests in flight; each new one
+# is a TCP connect and a CLIENT SETINFO round trip on the event loop (bench.load on a fresh API: the
+# first 20 submits at 50-100 ms while its pool grew, the next bursts at 25-35 ms).
+_REDIS_CONNECTIONS_AT_START = 16
+
+
+async def _open_redis_connections(client, count: int) -> None:
+    """Grow the client's pool to `count` connections: concurrent PINGs each take a connection of their
+    own, and give it back to the pool, open, when they are answered."""
+    await asyncio.gather(*(client.ping() for _ in range(count)))
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
     await _warm_routes(app)
-    try:  # open the event loop's first Redis connection now, not in the first request's time
-        await app.state.async_redis.get().ping()
+    try:  # open the event loop's Redis connections now, not in the first requests' time
+        await _open_redis_connections(app.state.async_redis.get(), _REDIS_CONNECTIONS_AT_START)
     except Exception:  # noqa: BLE001 - Redis down at start: requests answer 503 until it is back
         log.warning("Redis not reachable at API start; requests will answer 503 until it is")
     # Everything imported and built so far lives as long as the process: move it out of the cyclic

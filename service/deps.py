@@ -57,7 +57,10 @@ def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
 
 def _redis_options(settings: ApiSettings) -> dict:
     """Decoded strings, short timeouts so a dead Redis is a quick 503."""
+    from workers.settings import redis_client_options
+
     return dict(
+        **redis_client_options(),
         decode_responses=True,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=min(2.0, settings.redis_socket_timeout),

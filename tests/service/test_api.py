@@ -517,3 +517,28 @@ def test_startup_warms_the_hot_routes_without_counting_or_writing_anything(app, 
         assert 'dnnq_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="422"} 1.0' in text
         assert 'route="/v1/jobs/{job_id}",status="422"} 1.0' in text
     assert redis_client.keys("dnnq:job:*") == []
+
+
+def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_metadata_read(
+        app, redis_client, monkeypatch):
+    """A fresh API's pool grew one connection per concurrent request of its first burst, each paying a
+    connect and a handshake on the event loop (bench.load: the first 20 submits at 50-100 ms). The
+    start-up opens them (service/app.py _REDIS_CONNECTIONS_AT_START), and no connection constructor
+    parses redis-py's package metadata (workers.settings.redis_client_options), which redis-py >= 7
+    did for every new connection (~3 ms of CPU each)."""
+    import redis.utils
+    from fastapi.testclient import TestClient
+
+    from service.app import _REDIS_CONNECTIONS_AT_START
+
+    metadata_reads = []
+    real = redis.utils.get_lib_version
+    monkeypatch.setattr(redis.utils, "get_lib_version", lambda: metadata_reads.append(1) or real())
+    before = len(redis_client.client_list())
+    with TestClient(app) as c:
+        opened = len(redis_client.client_list()) - before
+        assert opened >= _REDIS_CONNECTIONS_AT_START, opened
+        for _ in range(3):  # served by the pool: no new connections
+            assert c.get("/v1/jobs/nosuchjob?history=none").status_code == 404  # the async hot path
+        assert len(redis_client.client_list()) - before == opened
+    assert metadata_reads == []
