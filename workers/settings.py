@@ -108,10 +108,11 @@ def redis_client(settings: WorkerSettings | None = None):
 def redis_client_options() -> dict:
     """Keyword arguments every dnnq Redis client takes (sync and asyncio alike).
 
-    redis-py >= 7 resolves its own version for CLIENT SETINFO in every new connection's constructor
-    (importlib.metadata parses the wheel's METADATA: ~3 ms of CPU per connection, measured), unless
-    the client is given a DriverInfo, which is resolved once here. A burst of requests that grows a
-    connection pool paid it per connection, on the event loop. Older redis-py reads it once at import.
+    redis-py 8.1 (the version measured) resolves its own version for CLIENT SETINFO in every new
+    connection's constructor (importlib.metadata parses the wheel's METADATA: ~3 ms of CPU per
+    connection), unless the client is given a DriverInfo, which is resolved once here. A burst of
+    requests that grows a connection pool paid it per connection, on the event loop. Versions without
+    DriverInfo read their version once, at import, and get nothing here.
     """
     try:
         from redis.driver_info import DriverInfo
