@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from service.deps import AsyncRedisByLoop, load_api_keys, make_redis
 from service.errors import document_problems, install_error_handlers, problem_response
 from service.settings import ApiSettings, get_api_settings
+from workers import jobs, recovery
 
 __all__ = ["create_app"]
 
@@ -177,8 +178,11 @@ async def _open_redis_connections(client, count: int) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
     await _warm_routes(app)
-    try:  # open the event loop's Redis connections now, not in the first requests' time
-        await _open_redis_connections(app.state.async_redis.get(), _REDIS_CONNECTIONS_AT_START)
+    try:  # open the event loop's Redis connections and load the submit route's scripts now, not in
+        # the first requests' time
+        ar = app.state.async_redis.get()
+        await _open_redis_connections(ar, _REDIS_CONNECTIONS_AT_START)
+        await asyncio.gather(jobs.load_scripts_async(ar), recovery.load_scripts_async(ar))
     except Exception:  # noqa: BLE001 - Redis down at start: requests answer 503 until it is back
         log.warning("Redis not reachable at API start; requests will answer 503 until it is")
     # Everything imported and built so far lives as long as the process: move it out of the cyclic
@@ -210,6 +214,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.store = _make_store(settings)
     app.state.dataset_records = {}  # id -> record, see routes/jobs.py _dataset
     app.state.worker_capacity = {}  # queue -> (read at, capacity), see routes/jobs.py _worker_capacity
+    app.state.reads_in_flight = {}  # key -> the Redis read requests share, see routes/jobs.py _read_once
     _preload()
     app.state.registry = CollectorRegistry()
 

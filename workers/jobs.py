@@ -45,6 +45,7 @@ __all__ = [
     "get_job",
     "get_job_async",
     "list_jobs",
+    "load_scripts_async",
     "mark_sent",
     "record_epochs",
     "record_resume",
@@ -319,6 +320,13 @@ async def _run_async(ar, source: str, keys: list, args: list):
     if script is None:
         script = _ASYNC_SCRIPTS[source] = ar.register_script(source)
     return await script(keys=keys, args=args, client=ar)
+
+
+async def load_scripts_async(ar) -> None:
+    """Load the script the submit route runs (create) into Redis's script cache ahead of it: on a fresh
+    or restarted Redis every request of the first burst otherwise met NOSCRIPT and loaded it itself
+    (two more round trips each)."""
+    await ar.script_load(_CREATE)
 
 
 # ---------------------------------------------------------------------------------------------

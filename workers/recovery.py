@@ -20,7 +20,7 @@ from workers.settings import WorkerSettings
 
 __all__ = [
     "WORKERS_KEY", "Maintenance", "celery_sender", "host_memory_bytes", "live_workers", "live_workers_async",
-    "register_worker", "sweep", "unregister_worker", "worker_key",
+    "load_scripts_async", "register_worker", "sweep", "unregister_worker", "worker_key",
 ]
 
 Send = Callable[[str, str], None]  # send(job_id, queue)
@@ -107,6 +107,12 @@ async def live_workers_async(ar) -> list[dict]:
     """live_workers on a redis.asyncio client (the submit route)."""
     script = _SCRIPTS.get("async") or _SCRIPTS.setdefault("async", ar.register_script(_LIVE_WORKERS))
     return _by_name(await script(keys=[WORKERS_KEY], args=[worker_key("")], client=ar))
+
+
+async def load_scripts_async(ar) -> None:
+    """Load live_workers' script into Redis's script cache ahead of the submit route (see
+    jobs.load_scripts_async)."""
+    await ar.script_load(_LIVE_WORKERS)
 
 
 def register_worker(r, settings: WorkerSettings, started_at: str) -> None:

@@ -39,6 +39,25 @@ def _job_or_404(r, job_id: str, tenant: str) -> dict:
     return job
 
 
+async def _read_once(request: Request, key: tuple, read):
+    """Await ``read()``, one call per key at a time in this process: requests that miss a cache together
+    share one Redis read instead of each making its own (a fresh API's first burst: every one of ~10
+    concurrent submits per process read the dataset record and every worker's hash, ~1.5 ms each).
+    Shielded, so a waiter whose client goes away does not cancel the read the others wait on."""
+    in_flight: dict = request.app.state.reads_in_flight
+    task = in_flight.get(key)
+    if task is None:
+        task = in_flight[key] = asyncio.ensure_future(read())
+
+        def done(finished: asyncio.Future) -> None:
+            in_flight.pop(key, None)
+            if not finished.cancelled():
+                finished.exception()  # retrieved here too, for when every waiter has gone
+
+        task.add_done_callback(done)
+    return await asyncio.shield(task)
+
+
 async def _dataset(request: Request, ar, dataset_id: str, tenant: str) -> dict | None:
     """The dataset's record, from this process's cache once read: a record never changes after it is
     written (its id is the hash of its tenant and content, and nothing deletes one), so only the tenant
@@ -46,7 +65,7 @@ async def _dataset(request: Request, ar, dataset_id: str, tenant: str) -> dict |
     cache: dict = request.app.state.dataset_records
     meta = cache.get(dataset_id)
     if meta is None:
-        meta = await datasets.get_dataset_async(ar, dataset_id)
+        meta = await _read_once(request, ("dataset", dataset_id), lambda: datasets.get_dataset_async(ar, dataset_id))
         if meta is None:
             return None
         if len(cache) >= DATASET_CACHE_SIZE:
@@ -71,11 +90,15 @@ async def _worker_capacity(request: Request, ar, settings, queue: str) -> tuple[
     if cached is not None and now - cached[0] < settings.worker_capacity_cache_seconds:
         return cached[1]
     field = "gpu_memory_total" if queue == "gpu" else "memory_bytes"
-    sizes = [int(w[field]) for w in await live_workers_async(ar)
-             if queue in (w.get("queues") or "").split(",") and (w.get(field) or "").isdigit()]
-    capacity = (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
-    cache[queue] = (now, capacity)
-    return capacity
+
+    async def read() -> tuple[int, str] | None:
+        sizes = [int(w[field]) for w in await live_workers_async(ar)
+                 if queue in (w.get("queues") or "").split(",") and (w.get(field) or "").isdigit()]
+        capacity = (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
+        cache[queue] = (now, capacity)
+        return capacity
+
+    return await _read_once(request, ("worker capacity", queue), read)
 
 
 async def _check_limits(request: Request, ar, settings, spec: JobSpec, cfg, meta: dict) -> None:

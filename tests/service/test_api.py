@@ -273,6 +273,75 @@ def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_cl
         assert submit(c, ds, model=big_net).status_code == 202
 
 
+def test_startup_loads_the_submit_routes_scripts_into_redis(app, redis_client):
+    """On a fresh (or restarted) Redis the first submits would each meet NOSCRIPT and load the create and
+    live-workers scripts themselves; the API loads them at start."""
+    import hashlib
+
+    from fastapi.testclient import TestClient
+
+    from workers import jobs, recovery
+
+    shas = [hashlib.sha1(source.encode()).hexdigest() for source in (jobs._CREATE, recovery._LIVE_WORKERS)]
+    redis_client.script_flush()
+    assert redis_client.script_exists(*shas) == [False, False]
+    with TestClient(app):
+        assert redis_client.script_exists(*shas) == [True, True]
+
+
+def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings, redis_client, monkeypatch):
+    """A fresh API process meets its first burst with empty caches: the concurrent submits wait on one
+    read of the dataset record and one of the live workers (service/routes/jobs.py _read_once), not
+    one each; all of them are answered, and a failed read fails every waiter alike."""
+    import asyncio
+
+    import httpx
+    import redis.exceptions as redis_errors
+
+    import service.routes.jobs as job_routes
+    from workers import datasets
+
+    with make_client(api_settings) as c:
+        ds = upload(c, binary_npz(m=100)).json()["id"]
+    fake_worker(redis_client, "w", "default", memory_bytes=10**9)
+    reads = {"dataset": 0, "workers": 0}
+    real_dataset, real_workers = datasets.get_dataset_async, job_routes.live_workers_async
+
+    async def slow_dataset(ar, dataset_id):
+        reads["dataset"] += 1
+        await asyncio.sleep(0.05)  # keeps the read in flight while the other requests arrive
+        return await real_dataset(ar, dataset_id)
+
+    async def slow_workers(ar):
+        reads["workers"] += 1
+        await asyncio.sleep(0.05)
+        return await real_workers(ar)
+
+    monkeypatch.setattr(datasets, "get_dataset_async", slow_dataset)
+    monkeypatch.setattr(job_routes, "live_workers_async", slow_workers)
+
+    async def burst(app, n: int) -> list:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dnnq") as ac:
+                return await asyncio.gather(*(ac.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}})
+                                              for s in range(n)))
+
+    answers = asyncio.run(burst(create_app(api_settings), 8))
+    assert [a.status_code for a in answers] == [202] * 8
+    assert reads == {"dataset": 1, "workers": 1}
+    assert len({a.json()["id"] for a in answers}) == 8
+
+    async def failing_dataset(ar, dataset_id):
+        reads["dataset"] += 1
+        await asyncio.sleep(0.05)
+        raise redis_errors.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(datasets, "get_dataset_async", failing_dataset)
+    answers = asyncio.run(burst(create_app(api_settings), 4))
+    assert [a.status_code for a in answers] == [503] * 4
+    assert reads["dataset"] == 2
+
+
 def test_tenant_queue_limit_is_429(api_settings):
     with make_client(api_settings, max_queued_jobs_per_tenant=2) as c:
         ds = upload(c, binary_npz()).json()["id"]
