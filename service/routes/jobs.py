@@ -46,11 +46,12 @@ async def _read_once(request: Request, key: tuple, read):
     Shielded, so a waiter whose client goes away does not cancel the read the others wait on."""
     in_flight: dict = request.app.state.reads_in_flight
     task = in_flight.get(key)
-    if task is None:
+    if task is None or task.get_loop() is not asyncio.get_running_loop():  # (a test client's loop per request)
         task = in_flight[key] = asyncio.ensure_future(read())
 
         def done(finished: asyncio.Future) -> None:
-            in_flight.pop(key, None)
+            if in_flight.get(key) is finished:
+                del in_flight[key]
             if not finished.cancelled():
                 finished.exception()  # retrieved here too, for when every waiter has gone
 
