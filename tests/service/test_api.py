@@ -593,7 +593,7 @@ def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_
     """A fresh API's pool grew one connection per concurrent request of its first burst, each paying a
     connect and a handshake on the event loop (bench.load: the first 20 submits at 50-100 ms). The
     start-up opens them (service/app.py _REDIS_CONNECTIONS_AT_START), and no connection constructor
-    parses redis-py's package metadata (workers.settings.redis_client_options), which redis-py >= 7
+    parses redis-py's package metadata (workers.settings.redis_client_options), which redis-py 8.1
     did for every new connection (~3 ms of CPU each)."""
     import redis.utils
     from fastapi.testclient import TestClient
