@@ -232,6 +232,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     histogram = metrics.install(app)
     # Order: the outermost middleware is added last. Metrics see every response, 413s included.
+    if settings.fast_lane:
+        from service.fastlane import FastLane
+
+        app.add_middleware(FastLane, fastapi_app=app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     if settings.cors_origin_list:
         app.add_middleware(

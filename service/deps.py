@@ -24,6 +24,7 @@ from service.settings import ApiSettings
 
 __all__ = [
     "PUBLIC_TENANT", "AsyncRds", "AsyncRedisByLoop", "Rds", "Settings", "Store", "Tenant", "load_api_keys", "make_redis", "require_tenant",
+    "tenant_for",
 ]
 
 PUBLIC_TENANT = "public"
@@ -123,27 +124,35 @@ async def get_store(request: Request):
     return request.app.state.store
 
 
+def tenant_for(keys: list[tuple[bytes, str]], authorization: str) -> str | None:
+    """The tenant whose key an Authorization header value carries ("Bearer <key>"); None when none
+    matches. Every key is compared, in constant time, with no early exit: timing reveals nothing.
+    Shared by require_tenant and the status fast lane (service/fastlane.py), so both admit the same callers."""
+    scheme, _, given = authorization.partition(" ")
+    given_b = given.strip().encode()
+    tenant = None
+    for key, key_tenant in keys:
+        if hmac.compare_digest(given_b, key) and scheme.lower() == "bearer":
+            tenant = key_tenant
+    return tenant
+
+
 async def require_tenant(request: Request) -> str:
     """The caller's tenant; 401 with WWW-Authenticate when keys are set and none matches."""
     keys: list[tuple[bytes, str]] = request.app.state.api_keys
     if not keys:
         return PUBLIC_TENANT
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    given_b = given.strip().encode()
-    tenant = None
-    # Compare against every key in constant time; no early exit, so timing reveals nothing.
-    for key, key_tenant in keys:
-        if hmac.compare_digest(given_b, key) and scheme.lower() == "bearer":
-            tenant = key_tenant
+    authorization = request.headers.get("authorization", "")
+    tenant = tenant_for(keys, authorization)
     if tenant is None:
-        reason = "missing" if not given_b else "invalid"
+        given = authorization.partition(" ")[2].strip()
+        reason = "missing" if not given else "invalid"
         raise Problem(
             401,
             f"API key {reason}: send 'Authorization: Bearer <key>'.",
             headers={"WWW-Authenticate": 'Bearer realm="dnnq", error="invalid_token"'
-                     if given_b else 'Bearer realm="dnnq"'},
+                     if given else 'Bearer realm="dnnq"'},
         )
-    request.state.tenant = tenant
     return tenant
 
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "PROBLEM_JSON", "Problem", "ProblemDetails", "document_problems", "field_error", "install_error_handlers",
-    "problem_response", "problems",
+    "problem_response", "problems", "redis_unreachable_response", "response_for",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -148,8 +148,13 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def response_for(problem: Problem) -> JSONResponse:
+    return problem_response(problem.status, problem.detail, title=problem.title, errors=problem.errors,
+                            headers=problem.headers)
+
+
 async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
-    return problem_response(exc.status, exc.detail, title=exc.title, errors=exc.errors, headers=exc.headers)
+    return response_for(exc)
 
 
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -165,12 +170,17 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
     return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
-async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+def redis_unreachable_response(exc: Exception) -> JSONResponse:
+    """The 503 for a Redis connection error or timeout (also sent by the status fast lane)."""
     log.warning("redis unreachable: %s", type(exc).__name__)
     return problem_response(
         503, "Redis is unreachable; retry shortly.", title="Service Unavailable",
         headers={"Retry-After": "2"},
     )
+
+
+async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+    return redis_unreachable_response(exc)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -44,6 +44,10 @@ class ApiSettings(WorkerSettings):
     history_full_max: int = Field(
         default=1000, ge=2, description="Histories up to this many epochs are returned whole."
     )
+    fast_lane: bool = Field(
+        default=True, description="Answer status polls and valid submits below FastAPI (service/fastlane.py): "
+        "the same responses for less CPU. false: every request goes through FastAPI's routes.",
+    )
     sse_poll_seconds: float = Field(default=0.2, gt=0, description="How often /events polls Redis.")
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
 

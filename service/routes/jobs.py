@@ -32,19 +32,23 @@ _clock = time.monotonic  # the worker-capacity cache's clock (tests move it)
 WEIGHT_FORMATS = {"npz": "weights.npz", "safetensors": "weights.safetensors", "onnx": "weights.onnx"}
 
 
+def job_not_found(job_id: str) -> Problem:
+    return Problem(404, f"No job with id '{job_id}'.")
+
+
 def _job_or_404(r, job_id: str, tenant: str) -> dict:
     job = jobs.get_job(r, job_id, tenant)
     if job is None:
-        raise Problem(404, f"No job with id '{job_id}'.")
+        raise job_not_found(job_id)
     return job
 
 
-async def _read_once(request: Request, key: tuple, read):
+async def _read_once(state, key: tuple, read):
     """Await ``read()``, one call per key at a time in this process: requests that miss a cache together
     share one Redis read instead of each making its own (a fresh API's first burst: every one of ~10
     concurrent submits per process read the dataset record and every worker's hash, ~1.5 ms each).
     Shielded, so a waiter whose client goes away does not cancel the read the others wait on."""
-    in_flight: dict = request.app.state.reads_in_flight
+    in_flight: dict = state.reads_in_flight
     task = in_flight.get(key)
     if task is None or task.get_loop() is not asyncio.get_running_loop():  # (a test client's loop per request)
         task = in_flight[key] = asyncio.ensure_future(read())
@@ -59,14 +63,14 @@ async def _read_once(request: Request, key: tuple, read):
     return await asyncio.shield(task)
 
 
-async def _dataset(request: Request, ar, dataset_id: str, tenant: str) -> dict | None:
+async def _dataset(state, ar, dataset_id: str, tenant: str) -> dict | None:
     """The dataset's record, from this process's cache once read: a record never changes after it is
     written (its id is the hash of its tenant and content, and nothing deletes one), so only the tenant
     check is repeated. Absent ids are not cached: the dataset may be uploaded a moment later."""
-    cache: dict = request.app.state.dataset_records
+    cache: dict = state.dataset_records
     meta = cache.get(dataset_id)
     if meta is None:
-        meta = await _read_once(request, ("dataset", dataset_id), lambda: datasets.get_dataset_async(ar, dataset_id))
+        meta = await _read_once(state, ("dataset", dataset_id), lambda: datasets.get_dataset_async(ar, dataset_id))
         if meta is None:
             return None
         if len(cache) >= DATASET_CACHE_SIZE:
@@ -75,7 +79,7 @@ async def _dataset(request: Request, ar, dataset_id: str, tenant: str) -> dict |
     return meta if meta.get("tenant") == tenant else None
 
 
-async def _worker_capacity(request: Request, ar, settings, queue: str) -> tuple[int, str] | None:
+async def _worker_capacity(state, ar, settings, queue: str) -> tuple[int, str] | None:
     """The memory one job may use: DNNQ_WORKER_MEMORY_BYTES if set, else the largest live worker
     serving `queue` (its GPU memory for the gpu queue, its host memory otherwise); None when no
     worker says (the job then waits for one, unchecked).
@@ -85,7 +89,7 @@ async def _worker_capacity(request: Request, ar, settings, queue: str) -> tuple[
     workers come and go on a scale of seconds, not milliseconds."""
     if settings.worker_memory_bytes:
         return settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
-    cache: dict = request.app.state.worker_capacity
+    cache: dict = state.worker_capacity
     now = _clock()
     cached = cache.get(queue)
     if cached is not None and now - cached[0] < settings.worker_capacity_cache_seconds:
@@ -99,10 +103,10 @@ async def _worker_capacity(request: Request, ar, settings, queue: str) -> tuple[
         cache[queue] = (now, capacity)
         return capacity
 
-    return await _read_once(request, ("worker capacity", queue), read)
+    return await _read_once(state, ("worker capacity", queue), read)
 
 
-async def _check_limits(request: Request, ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
+async def _check_limits(state, ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
     """Epochs, parameters and memory; the per-tenant job limit is checked by create_job itself."""
     if spec.training.epochs > settings.max_epochs:
         raise field_error("training.epochs", f"{spec.training.epochs} epochs is over the limit of "
@@ -111,7 +115,7 @@ async def _check_limits(request: Request, ar, settings, spec: JobSpec, cfg, meta
     if n_params > settings.max_parameters:
         raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
                           f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
-    capacity = await _worker_capacity(request, ar, settings, queue_for(spec))
+    capacity = await _worker_capacity(state, ar, settings, queue_for(spec))
     if capacity is not None:
         need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
         if need > capacity[0]:
@@ -131,15 +135,15 @@ def _accepted(job: dict, history: list | None) -> JSONResponse:
     return JSONResponse(job_view(job, history), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
-@router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
-async def submit_job(
-    spec: JobSpec, request: Request, r: Rds, ar: AsyncRds, settings: Settings, tenant: Tenant,
-    idempotency_key: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
-    # `async def` on the asyncio Redis client: the hot path of a burst of submits makes two round trips
-    # (live workers, the create script) without a thread hop. The create script also pushes the job's
-    # Celery message (workers/celery_wire.py), so the job and its message appear in one atomic step.
-    # The Idempotency-Key path is rarer and stays on the sync client in the thread pool.
+async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | None) -> JSONResponse:
+    """POST /v1/jobs's work once the body is a valid JobSpec: the 202 with the new (or, for a replayed
+    Idempotency-Key, the original) job, or a Problem. The route and the submit fast lane
+    (service/fastlane.py) both call this. `state` is the app's (clients, settings, caches)."""
+    # On the asyncio Redis client: the hot path of a burst of submits makes one or two round trips (the
+    # create script; the live workers at most once a second) without a thread hop. The create script
+    # also pushes the job's Celery message (workers/celery_wire.py), so the job and its message appear
+    # in one atomic step. The Idempotency-Key path is rarer and stays on the sync client in the thread pool.
+    r, ar, settings = state.redis, state.async_redis.get(), state.settings
     body = spec.model_dump(mode="json")
     reservation = None
     if idempotency_key is not None:
@@ -152,19 +156,19 @@ async def submit_job(
             return _accepted(job, None)
     queue = queue_for(spec)
     try:
-        meta = await _dataset(request, ar, spec.dataset_id, tenant)
+        meta = await _dataset(state, ar, spec.dataset_id, tenant)
         if meta is None:
             raise field_error("dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets.")
         val_meta = None
         if spec.validation_dataset_id is not None:
-            val_meta = await _dataset(request, ar, spec.validation_dataset_id, tenant)
+            val_meta = await _dataset(state, ar, spec.validation_dataset_id, tenant)
             if val_meta is None:
                 raise field_error("validation_dataset_id", f"no dataset with id '{spec.validation_dataset_id}'.")
         try:
             cfg = to_train_config(spec, meta, val_meta)
         except SpecError as exc:
             raise field_error(exc.field, exc.message) from None
-        await _check_limits(request, ar, settings, spec, cfg, meta)
+        await _check_limits(state, ar, settings, spec, cfg, meta)
         try:
             job = await jobs.create_job_async(
                 ar, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
@@ -179,6 +183,15 @@ async def submit_job(
     if reservation:
         await run_in_threadpool(reservation.complete, job["id"])
     return _accepted(job, [])
+
+
+@router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
+async def submit_job(
+    spec: JobSpec, request: Request, tenant: Tenant, idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    # Most submits never get here: service/fastlane.py answers the valid ones below FastAPI; this route
+    # answers the rest (invalid bodies: FastAPI's 422; no key: 401) and documents the endpoint.
+    return await accept_job(request.app.state, spec, tenant, idempotency_key)
 
 
 @router.get("")
@@ -196,24 +209,37 @@ def list_jobs(
                          "limit": limit})
 
 
-@router.get("/{job_id}", responses=problems(404))
-async def get_job(
-    job_id: str, ar: AsyncRds, settings: Settings, tenant: Tenant,
-    history: Annotated[Literal["thin", "full", "none"], Query(
-        description="thin (default): whole up to 1,000 epochs, then evenly thinned; full; none")] = "thin",
-) -> dict:
-    # The status-poll hot path, so `async def` on the asyncio Redis client: a plain `def` route runs in
-    # the thread pool, a thread hop per request (measured: 600 -> 900 polls/s on one API process).
-    # A JSONResponse skips FastAPI's jsonable_encoder pass (~80 us a call).
+HistoryChoice = Literal["thin", "full", "none"]
+
+
+async def read_job_view(ar, job_id: str, tenant: str, history: HistoryChoice, history_full_max: int) -> dict | None:
+    """GET /v1/jobs/{id}'s body, None when the caller may not see such a job. The route and the status
+    fast lane (service/fastlane.py) both answer with this, so they cannot drift apart."""
     job = await jobs.get_job_async(ar, job_id, tenant)
     if job is None:
-        raise Problem(404, f"No job with id '{job_id}'.")
+        return None
     hist = None
     if history != "none":
         hist = await jobs.get_history_async(ar, job_id)
         if history == "thin":
-            hist = thin_history(hist, settings.history_full_max)
-    return JSONResponse(job_view(job, hist))
+            hist = thin_history(hist, history_full_max)
+    return job_view(job, hist)
+
+
+@router.get("/{job_id}", responses=problems(404))
+async def get_job(
+    job_id: str, ar: AsyncRds, settings: Settings, tenant: Tenant,
+    history: Annotated[HistoryChoice, Query(
+        description="thin (default): whole up to 1,000 epochs, then evenly thinned; full; none")] = "thin",
+) -> dict:
+    # The status-poll path. Most polls never get here: service/fastlane.py answers the well-formed ones
+    # below FastAPI; this route answers the rest (bad query, no key, ...) and documents the endpoint.
+    # `async def` on the asyncio Redis client: a plain `def` route runs in the thread pool, a thread hop
+    # per request. A JSONResponse skips FastAPI's jsonable_encoder pass (~80 us a call).
+    view = await read_job_view(ar, job_id, tenant, history, settings.history_full_max)
+    if view is None:
+        raise job_not_found(job_id)
+    return JSONResponse(view)
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
@@ -223,7 +249,7 @@ def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> JSONResponse:
     try:
         jobs.request_cancel(r, job_id)
     except jobs.JobNotFound:
-        raise Problem(404, f"No job with id '{job_id}'.") from None
+        raise job_not_found(job_id) from None
     except jobs.JobConflict as exc:
         raise Problem(409, str(exc)) from None
     return JSONResponse(job_view(_job_or_404(r, job_id, tenant), None), status_code=202)
@@ -243,7 +269,7 @@ async def job_events(
     """Server-Sent Events: `epoch` (id = epoch) per completed epoch, `status` on changes, `end` last.
     Each open stream polls Redis every sse_poll_seconds, on the asyncio client (no thread per poll)."""
     if await jobs.get_job_async(ar, job_id, tenant) is None:
-        raise Problem(404, f"No job with id '{job_id}'.")
+        raise job_not_found(job_id)
     next_index = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
 
     async def stream():
