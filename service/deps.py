@@ -127,7 +127,7 @@ async def get_store(request: Request):
 def tenant_for(keys: list[tuple[bytes, str]], authorization: str) -> str | None:
     """The tenant whose key an Authorization header value carries ("Bearer <key>"); None when none
     matches. Every key is compared, in constant time, with no early exit: timing reveals nothing.
-    Shared by require_tenant and the status fast lane (service/fastlane.py), so both admit the same callers."""
+    Shared by require_tenant and the fast lane (service/fastlane.py), so both admit the same callers."""
     scheme, _, given = authorization.partition(" ")
     given_b = given.strip().encode()
     tenant = None

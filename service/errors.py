@@ -171,7 +171,7 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
 
 
 def redis_unreachable_response(exc: Exception) -> JSONResponse:
-    """The 503 for a Redis connection error or timeout (also sent by the status fast lane)."""
+    """The 503 for a Redis connection error or timeout (also sent by the fast lane, service/fastlane.py)."""
     log.warning("redis unreachable: %s", type(exc).__name__)
     return problem_response(
         503, "Redis is unreachable; retry shortly.", title="Service Unavailable",

@@ -94,6 +94,7 @@ class FastLane:
         if tenant is None:
             return await self.app(scope, receive, send)
         job_id = match.group(1)
+        scope["route"], scope["path_params"] = self.poll_route, {"job_id": job_id}  # set first: an error is labelled too
         try:
             view = await job_routes.read_job_view(self.state.async_redis.get(), job_id, tenant, history,
                                                   self.state.settings.history_full_max)
@@ -101,7 +102,6 @@ class FastLane:
             response = redis_unreachable_response(exc)
         else:
             response = JSONResponse(view) if view is not None else response_for(job_routes.job_not_found(job_id))
-        scope["route"], scope["path_params"] = self.poll_route, {"job_id": job_id}
         await self._answer(response, scope, receive, send)
 
     async def _submit(self, scope, receive, send):
@@ -126,13 +126,13 @@ class FastLane:
         except (ValueError, ValidationError, RecursionError):  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
             # FastAPI parses it again and answers what it always does (a 422 or 400 that says what is wrong).
             return await self.app(scope, _replay(body, receive), send)
+        scope["route"] = self.submit_route
         try:
             response = await job_routes.accept_job(self.state, spec, tenant, None)
         except Problem as problem:
             response = response_for(problem)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             response = redis_unreachable_response(exc)
-        scope["route"] = self.submit_route
         await self._answer(response, scope, receive, send)
 
     async def _answer(self, response, scope, receive, send) -> None:
