@@ -1,4 +1,5 @@
-"""The ``xp`` fixture: every functional-API test runs on NumPy, array_api_strict and CuPy."""
+"""The ``xp`` fixture: every functional-API test runs on NumPy, array_api_strict, a CuPy stand-in
+(tests/models/fake_cupy.py: device arrays that refuse host arrays, as CuPy's do) and CuPy when a GPU is here."""
 import importlib
 
 import numpy as np
@@ -11,13 +12,17 @@ from models.backend import gpu_available, to_host
 NO_GPU = importlib.util.find_spec("cupy") is None or not gpu_available()
 
 
-@pytest.fixture(params=["numpy", "array_api_strict",
+@pytest.fixture(params=["numpy", "array_api_strict", "device_stand_in",
                         pytest.param("cupy", marks=pytest.mark.skipif(NO_GPU, reason="CuPy/GPU not available"))])
-def xp(request):
+def xp(request, monkeypatch):
     if request.param == "numpy":
         return np
     if request.param == "array_api_strict":
         return pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    if request.param == "device_stand_in":  # CuPy's host/device rules on the CPU (tests/models/fake_cupy.py)
+        from tests.models import fake_cupy
+
+        return fake_cupy.installed(monkeypatch)
     import cupy
 
     return cupy

@@ -1,0 +1,211 @@
+"""A CuPy stand-in on the CPU, to run fit's GPU code path where no GPU is.
+
+fit on a GPU is the same engine with ``xp = cupy``. What breaks there and not on NumPy is the
+contract between host and device, so that is what this module enforces, as CuPy does:
+- device arrays are their own type (``DeviceArray``, a wrapper whose class says module "cupy", so
+  models.backend.get_namespace answers this module); turning one into a NumPy array implicitly
+  (``np.asarray(x)``, ``np.array(x)``) raises TypeError, as cupy.ndarray.__array__ does; ``.get()``
+  and ``float()``/``int()`` are the ways out, as on CuPy;
+- a function or operator that mixes a device array with a host NumPy array raises TypeError
+  (CuPy: "Unsupported type <class 'numpy.ndarray'>"); only ``asarray``/``array`` take host arrays in;
+- reductions return 0-d device arrays, not Python or NumPy scalars (``cupy.sum(x)`` is an array);
+- NumPy's own functions and ufuncs on device arrays run and return device arrays (CuPy implements
+  NEP 13/18), and a device array is never a np.ndarray, so NumPy-only code paths (models.fused's
+  Numba kernels, ``xp is np`` branches) are never taken;
+- ``random.default_rng``, the memory pools, ``cuda.Stream.null.synchronize()``, ``cuda.Device().id``
+  and ``cuda.runtime.memGetInfo()``: what models.backend calls.
+The arithmetic is NumPy's, so results equal a NumPy run wherever the randomness is the same.
+It does not model CuPy's numerics (its own kernels round like NumPy's in practice, not provably),
+streams, or memory: scripts/gpu-check on a real GPU is still the test of those.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+_HOST_IN = {"asarray", "array", "asanyarray", "ascontiguousarray"}
+
+
+class DeviceArray:
+    """A device array: a NumPy array inside, never handed to NumPy implicitly."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+
+    def __init__(self, host: np.ndarray):
+        self._a = host
+
+    # -- what CuPy arrays have ---------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    flags = property(lambda self: self._a.flags)
+    strides = property(lambda self: self._a.strides)
+    T = property(lambda self: DeviceArray(self._a.T))
+
+    def get(self) -> np.ndarray:
+        return self._a.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+                        "construct a NumPy array explicitly.")
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __index__(self):
+        return self._a.__index__()
+
+    def __len__(self):
+        return len(self._a)
+
+    def __repr__(self):
+        return f"DeviceArray({self._a!r})"
+
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap(key, "indexing")])
+
+    def __setitem__(self, key, value):
+        if isinstance(value, np.ndarray):  # CuPy copies a host value in on assignment
+            value = DeviceArray(value)
+        self._a[_unwrap(key, "indexing")] = _unwrap(value, "assignment")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _call(getattr(ufunc, method), ufunc.__name__, inputs, kwargs)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _call(func, func.__name__, args, kwargs)
+
+    def __getattr__(self, name):  # ravel, reshape, astype, copy, sum, max, item, ...
+        if name.startswith("__"):  # no __array_interface__, __array_struct__, ...: NumPy must not see inside
+            raise AttributeError(name)
+        method = getattr(self._a, name)
+        return lambda *args, **kwargs: _call(method, name, args, kwargs)
+
+
+def _operator(name):
+    def op(self, *args):
+        return _call(getattr(self._a, name), name, args, {})
+
+    return op
+
+
+def _inplace(name):
+    def op(self, other):
+        getattr(self._a, name)(_unwrap(other, name))
+        return self
+
+    return op
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "pow", "matmul", "mod", "and", "or", "xor"):
+    setattr(DeviceArray, f"__{_name}__", _operator(f"__{_name}__"))
+    setattr(DeviceArray, f"__r{_name}__", _operator(f"__r{_name}__"))
+    setattr(DeviceArray, f"__i{_name}__", _inplace(f"__i{_name}__"))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne", "neg", "pos", "abs", "invert"):
+    setattr(DeviceArray, f"__{_name}__", _operator(f"__{_name}__"))
+DeviceArray.__module__ = "cupy"
+
+
+def _unwrap(value, where: str):
+    """The NumPy value inside; a host array here is the mistake CuPy refuses."""
+    if isinstance(value, DeviceArray):
+        return value._a
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"Unsupported type {type(value)} in {where}: a host NumPy array mixed with device "
+                        "arrays (move it with cupy.asarray first)")
+    if isinstance(value, (tuple, list)):
+        return type(value)(_unwrap(v, where) for v in value)
+    if isinstance(value, dict):
+        return {k: _unwrap(v, where) for k, v in value.items()}
+    return value
+
+
+def _wrap(value):
+    """Arrays and NumPy scalars (a reduction's result) come back as device arrays, as on CuPy."""
+    if isinstance(value, np.ndarray):
+        return DeviceArray(value)
+    if isinstance(value, np.generic):
+        return DeviceArray(np.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    return value
+
+
+def _call(fn, name, args, kwargs):
+    if name in _HOST_IN:  # host -> device copies are allowed, and copy as CuPy does
+        host = args[0]._a if isinstance(args[0], DeviceArray) else args[0]
+        return DeviceArray(np.array(host, *_unwrap(args[1:], name), copy=True,
+                                    **_unwrap({k: v for k, v in kwargs.items() if k != "copy"}, name)))
+    out = kwargs.get("out")
+    result = fn(*_unwrap(args, name), **_unwrap(kwargs, name))
+    if out is not None:  # the caller's device array, written in place (a ufunc gets out as a 1-tuple)
+        return out[0] if isinstance(out, tuple) and len(out) == 1 else out
+    return _wrap(result)
+
+
+def __getattr__(name):  # cupy.<function>: NumPy's, behind the host/device checks
+    target = getattr(np, name)
+    if isinstance(target, type) or not callable(target):  # dtypes (cupy.float32 is numpy.float32), constants
+        return target
+    return lambda *args, **kwargs: _call(target, name, args, kwargs)
+
+
+class _Generator:
+    def __init__(self, seed):
+        self._g = np.random.default_rng(seed)
+
+    def random(self, size=None, dtype=np.float64):
+        return DeviceArray(np.asarray(self._g.random(size, dtype=dtype)))
+
+
+random = types.SimpleNamespace(default_rng=_Generator)
+
+
+class _Pool:
+    def __init__(self):
+        self.freed = 0
+
+    def free_all_blocks(self):
+        self.freed += 1
+
+
+_memory_pool, _pinned_pool = _Pool(), _Pool()
+
+
+def get_default_memory_pool():
+    return _memory_pool
+
+
+def get_default_pinned_memory_pool():
+    return _pinned_pool
+
+
+cuda = types.SimpleNamespace(
+    Stream=types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: None)),
+    Device=lambda *a: types.SimpleNamespace(id=0),
+    runtime=types.SimpleNamespace(memGetInfo=lambda: (12 << 30, 16 << 30)),
+)
+
+
+
+def installed(monkeypatch) -> types.ModuleType:
+    """Make ``import cupy`` give this module for the rest of the test (and its ``__name__`` "cupy",
+    which models.backend.release_memory checks); monkeypatch undoes both."""
+    module = sys.modules[_MODULE]
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    monkeypatch.setattr(module, "__name__", "cupy")
+    return module
+
+
+_MODULE = __name__

@@ -1,0 +1,114 @@
+"""fit's GPU code path, run on the CPU through a CuPy stand-in (tests/models/fake_cupy.py).
+
+No GPU here, so this is what keeps fit's `xp = cupy` path honest: device="gpu" runs the engine,
+the optimizers, the flat parameter arrays, the epoch RNG, checkpoints and the memory release with
+device arrays that refuse to be mixed with host arrays or turned into NumPy arrays implicitly, as
+CuPy's do. Since the stand-in computes with NumPy, a run without dropout must equal the CPU run
+bit for bit (the CPU run takes the compiled kernels where they apply, which equal the NumPy
+sequence, tests/models/test_fused.py). On a real GPU, scripts/gpu-check runs the CuPy cases of
+the numerics tests and compares CuPy with NumPy on the same seeds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import models.backend as backend
+from models import Checkpoint, TrainConfig, fit
+from tests.models import fake_cupy
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    module = fake_cupy.installed(monkeypatch)
+    monkeypatch.setattr(backend, "_GPU_CHECK", {})  # the smoke test runs again, on the stand-in
+    return module
+
+
+def data(output: str, m: int = 500, n_x: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n_x, m), dtype=np.float32)
+    score = X[:5].sum(axis=0) - X[5:10].sum(axis=0)
+    if output == "softmax":
+        return X, (score > 0.3).astype(np.int64) + (score > -0.3)  # integer labels
+    if output == "sigmoid":
+        return X, (score > 0).astype(np.float32).reshape(1, -1)
+    return X, np.stack([score, 2 * score]).astype(np.float32)  # linear: two targets
+
+
+def assert_same_run(gpu, cpu) -> None:
+    assert [r.to_dict() for r in gpu.history] == [r.to_dict() for r in cpu.history]
+    assert gpu.parameters.keys() == cpu.parameters.keys()
+    for key, value in cpu.parameters.items():
+        assert type(gpu.parameters[key]) is np.ndarray  # handed back on the host
+        np.testing.assert_array_equal(gpu.parameters[key], value)
+
+
+@pytest.mark.parametrize("output, optimizer, hidden, extra", [
+    ("softmax", "adam", [128], {"l2": 0.01}),                 # big enough for every CPU kernel
+    ("softmax", "gd", [128, 64], {"lr_decay": "inverse_time", "decay_rate": 0.5}),
+    ("sigmoid", "momentum", [16, 8], {"hidden_activation": "tanh"}),
+    ("sigmoid", "rmsprop", [16], {"hidden_activation": "leaky_relu", "l2": 0.1}),
+    ("linear", "gd", [8], {"hidden_activation": "sigmoid", "batch_size": None, "dtype": "float64"}),
+])
+def test_device_gpu_trains_exactly_as_the_cpu_does(fake_gpu, output, optimizer, hidden, extra):
+    X, Y = data(output)
+    n_y = {"softmax": 3, "sigmoid": 1, "linear": 2}[output]
+    settings = {"layer_dims": [X.shape[0], *hidden, n_y], "output": output, "optimizer": optimizer,
+                "learning_rate": 1e-3 if optimizer in ("adam", "rmsprop") else 0.05, "epochs": 3,
+                "batch_size": 128, "seed": 2, "init": "he", **extra}
+    val = {"X_val": X[:, :120], "Y_val": Y[..., :120]}
+    gpu = fit(X, Y, TrainConfig(**settings, device="gpu"), **val)
+    cpu = fit(X, Y, TrainConfig(**settings, device="cpu"), **val)
+    assert gpu.device == "gpu:0" and cpu.device == "cpu"
+    assert_same_run(gpu, cpu)
+    assert gpu.history[-1].loss < gpu.history[0].loss  # it learned
+
+
+def test_auto_picks_the_working_gpu_and_releases_its_memory(fake_gpu):
+    X, Y = data("sigmoid", m=200, n_x=10)
+    freed = fake_gpu.get_default_memory_pool().freed
+    result = fit(X, Y, TrainConfig(layer_dims=[10, 4, 1], epochs=2, batch_size=64, device="auto"))
+    assert result.device == "gpu:0"
+    assert fake_gpu.get_default_memory_pool().freed == freed + 1  # released when fit returned
+    assert backend.gpu_memory() == (4 << 30, 16 << 30)  # used, total: what the device says
+
+
+def test_dropout_on_the_device_resumes_exactly(fake_gpu):
+    """Dropout masks come from the device's generator (not the CPU's), seeded by (seed, epoch) alone:
+    a run stopped at epoch 2 and resumed from its checkpoint ends as the uninterrupted run does."""
+    X, labels = data("softmax", m=300, n_x=20)
+    cfg = TrainConfig(layer_dims=[20, 32, 16, 3], output="softmax", optimizer="adam", learning_rate=0.01,
+                      epochs=4, batch_size=64, dropout_keep_prob=0.8, seed=5, device="gpu")
+    uninterrupted = fit(X, labels, cfg)
+    saved = {}
+
+    def on_epoch(state):
+        if state.epoch == 2:
+            saved["ckpt"] = Checkpoint.from_arrays(state.checkpoint().to_arrays())  # host arrays
+
+    first = fit(X, labels, cfg, on_epoch=on_epoch, should_stop=lambda: "ckpt" in saved)
+    assert first.epochs_completed == 2
+    for value in saved["ckpt"].parameters.values():
+        assert type(value) is np.ndarray
+    resumed = fit(X, labels, cfg, checkpoint=saved["ckpt"])
+    assert_same_run(resumed, uninterrupted)
+    cpu = fit(X, labels, TrainConfig(**{**cfg.__dict__, "device": "cpu"}))
+    assert [r.loss for r in cpu.history] != [r.loss for r in uninterrupted.history]  # other masks
+
+
+def test_the_stand_in_refuses_host_arrays_and_implicit_conversion(fake_gpu):
+    """The checks this file relies on: a host array mixed in, or an implicit conversion, is an error."""
+    import cupy
+
+    device = cupy.asarray(np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(TypeError, match="Unsupported type"):
+        device + np.ones((2, 2), dtype=np.float32)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        cupy.matmul(device, np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(device)
+    assert type(cupy.sum(device)) is fake_cupy.DeviceArray and float(cupy.sum(device)) == 4.0
+    assert type(np.exp(device)) is fake_cupy.DeviceArray  # NumPy's functions dispatch to the device
+    assert backend.get_namespace(device) is cupy and type(backend.to_host(device)) is np.ndarray
