@@ -112,3 +112,13 @@ def test_the_stand_in_refuses_host_arrays_and_implicit_conversion(fake_gpu):
     assert type(cupy.sum(device)) is fake_cupy.DeviceArray and float(cupy.sum(device)) == 4.0
     assert type(np.exp(device)) is fake_cupy.DeviceArray  # NumPy's functions dispatch to the device
     assert backend.get_namespace(device) is cupy and type(backend.to_host(device)) is np.ndarray
+
+
+def test_gpu_checks_parity_step_runs_on_the_stand_in(fake_gpu, capsys):
+    """scripts/gpu-check's step 2 (bench.gpu_parity) end to end, so its first run on a real GPU is not
+    also its first run: every check passes (the stand-in computes with NumPy, so differences are 0)."""
+    from bench import gpu_parity
+
+    assert gpu_parity.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 2 and "on gpu:0" in out and "FAIL" not in out
