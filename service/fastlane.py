@@ -39,13 +39,13 @@ from pydantic import ValidationError
 from service.deps import PUBLIC_TENANT, tenant_for
 from service.errors import Problem, redis_unreachable_response, response_for
 from service.routes import jobs as job_routes
+from workers.jobs import ID_RE
 from workers.spec import JobSpec
 
 __all__ = ["FastLane"]
 
 _SUBMIT_PATH = "/v1/jobs"
-# The job ids workers.jobs accepts (ID_RE); any other id goes to the route (which answers 404).
-_JOB_PATH = re.compile(r"/v1/jobs/([0-9a-f]{24,32})")
+_JOB_PATH = re.compile(r"/v1/jobs/([^/]+)")  # with an id workers.jobs accepts (ID_RE); others go to the route
 # The query strings a poll may have here, and the `history` each means (the route's default is thin).
 _HISTORY_BY_QUERY = {b"": "thin", b"history=thin": "thin", b"history=full": "full", b"history=none": "none"}
 
@@ -89,11 +89,11 @@ class FastLane:
 
     async def _poll(self, scope, receive, send):
         match = _JOB_PATH.fullmatch(scope["path"])
+        job_id = match.group(1) if match is not None else ""
         history = _HISTORY_BY_QUERY.get(scope["query_string"])
-        tenant = self._tenant(scope) if match is not None and history is not None else None
+        tenant = self._tenant(scope) if ID_RE.match(job_id) and history is not None else None
         if tenant is None:
             return await self.app(scope, receive, send)
-        job_id = match.group(1)
         scope["route"], scope["path_params"] = self.poll_route, {"job_id": job_id}  # set first: an error is labelled too
         try:
             view = await job_routes.read_job_view(self.state.async_redis.get(), job_id, tenant, history,

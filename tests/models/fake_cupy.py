@@ -26,7 +26,7 @@ import types
 
 import numpy as np
 
-_HOST_IN = {"asarray", "array", "asanyarray", "ascontiguousarray"}
+_HOST_IN = {"asarray", "array"}  # the documented ways in (cupy.asarray / cupy.array of a NumPy array)
 
 
 class DeviceArray:
