@@ -26,6 +26,7 @@ import types
 
 import numpy as np
 
+_MODULE_KEY = __name__  # this module's key in sys.modules (installed() renames the module itself)
 _HOST_IN = {"asarray", "array"}  # the documented ways in (cupy.asarray / cupy.array of a NumPy array)
 
 
@@ -198,14 +199,10 @@ cuda = types.SimpleNamespace(
 )
 
 
-
 def installed(monkeypatch) -> types.ModuleType:
     """Make ``import cupy`` give this module for the rest of the test (and its ``__name__`` "cupy",
     which models.backend.release_memory checks); monkeypatch undoes both."""
-    module = sys.modules[_MODULE]
+    module = sys.modules[_MODULE_KEY]
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(module, "__name__", "cupy")
     return module
-
-
-_MODULE = __name__

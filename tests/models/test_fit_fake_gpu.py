@@ -11,6 +11,8 @@ the numerics tests and compares CuPy with NumPy on the same seeds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -94,7 +96,7 @@ def test_dropout_on_the_device_resumes_exactly(fake_gpu):
         assert type(value) is np.ndarray
     resumed = fit(X, labels, cfg, checkpoint=saved["ckpt"])
     assert_same_run(resumed, uninterrupted)
-    cpu = fit(X, labels, TrainConfig(**{**cfg.__dict__, "device": "cpu"}))
+    cpu = fit(X, labels, dataclasses.replace(cfg, device="cpu"))
     assert [r.loss for r in cpu.history] != [r.loss for r in uninterrupted.history]  # other masks
 
 
