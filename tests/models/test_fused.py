@@ -234,7 +234,7 @@ def test_softmax_kernels_are_the_engine_sequence(dtype):
 
 
 @needs_numba
-@pytest.mark.parametrize("n", [0, 1, 5, 8, 259])
+@pytest.mark.parametrize("n", [0, 1, 5, 8, 17, 259])
 def test_take_rows_kernel_is_a_row_gather(n):
     rng = np.random.default_rng(n)
     src = _special("float32", (300, 13), n)
