@@ -91,17 +91,19 @@ def main(argv: list[str] | None = None) -> int:
 
     figs = []
     for case in workloads.build(args.workload, args.quick, args.device):
-        runs_ours, runs_torch, runs_sk = [], [], []
+        runs_ours, runs_torch, runs_sk, runs_eager = [], [], [], []
         load = [os.getloadavg()[0]]
         for _ in range(args.repeats):
             if not missing:
                 runs_ours.append(ours.train(case, args.device))
+                if args.device == "gpu" and not runs_eager:  # once without step graphs: what they are worth
+                    runs_eager.append(ours.train(case, args.device, step_graphs=False))
             runs_torch.append(torch_ref.train(case, args.device, args.threads))
             if case.sklearn and args.device == "cpu" and not args.no_sklearn and sklearn_ref.available():
                 runs_sk.append(sklearn_ref.train(case))
         load.append(os.getloadavg()[0])
         rate = _gemm_rate_for(case, args.device, gemm)
-        fig = report.summarise(case, args.device, runs_ours, runs_torch, runs_sk, rate)
+        fig = report.summarise(case, args.device, runs_ours, runs_torch, runs_sk, rate, runs_eager)
         fig["load_avg_1min"] = {"before": load[0], "after": load[1], "nproc": os.cpu_count()}
         report.print_case(fig)
         figs.append(fig)

@@ -3,7 +3,10 @@
 1. functional: model_forward / model_backward of one float64 network on both backends, gradients
    compared. 2. fit: a small net trained 20 epochs (mini-batches, shuffling, Adam; then full-batch gd)
    on device="cpu" and device="gpu", float64; history and final parameters must agree to ~1e-9
-   relative. Dropout is left off: its masks come from each device's own generator.
+   relative. Dropout is left off: its masks come from each device's own generator. The GPU runs
+   replay their steps from CUDA graphs (models/stepgraph.py); each is run again kernel by kernel,
+   which must give the same history and parameters bit for bit, and the line says whether the
+   graphs were used (or why not).
 This module never imports CuPy itself: it reaches the GPU through models.backend.
 """
 from __future__ import annotations
@@ -49,7 +52,7 @@ def functional_check() -> tuple[bool, str]:
 
 
 def fit_check() -> tuple[bool, str]:
-    from models import TrainConfig, fit
+    from models import TrainConfig, fit, stepgraph
 
     X, y, y3 = _toy()
     lines, ok = [], True
@@ -61,16 +64,23 @@ def fit_check() -> tuple[bool, str]:
     ]
     for label, kw, Y in setups:
         res = {}
-        for device in ("cpu", "gpu"):
-            cfg = TrainConfig(init="he", seed=1, epochs=20, dtype="float64", device=device, **kw)
-            res[device] = fit(X, Y, cfg)
-        cpu, gpu = res["cpu"], res["gpu"]
+        for device in ("cpu", "gpu", "gpu kernel by kernel"):
+            cfg = TrainConfig(init="he", seed=1, epochs=20, dtype="float64", device=device.split()[0], **kw)
+            stepgraph.set_enabled(device != "gpu kernel by kernel")
+            try:
+                res[device] = fit(X, Y, cfg)
+            finally:
+                stepgraph.set_enabled(True)
+        cpu, gpu, eager = res["cpu"], res["gpu"], res["gpu kernel by kernel"]
         hist = _rel([h.loss for h in gpu.history], [h.loss for h in cpu.history])
         par = max(_rel(gpu.parameters[k], cpu.parameters[k]) for k in cpu.parameters)
-        good = hist <= RTOL and par <= RTOL and gpu.device.startswith("gpu") and len(gpu.history) == 20
+        same = ([h.to_dict() for h in gpu.history] == [h.to_dict() for h in eager.history]
+                and all(np.array_equal(gpu.parameters[k], eager.parameters[k]) for k in eager.parameters))
+        good = hist <= RTOL and par <= RTOL and same and gpu.device.startswith("gpu") and len(gpu.history) == 20
         ok &= good
-        lines.append(f"fit {label} on {gpu.device}: history rel diff {hist:.2e}, parameters {par:.2e} "
-                     f"-> {'ok' if good else 'MISMATCH'}")
+        lines.append(f"fit {label} on {gpu.device}: history rel diff {hist:.2e}, parameters {par:.2e}, "
+                     f"step graphs {gpu.step_graph}, {'same' if same else 'NOT the same'} bits as kernel by "
+                     f"kernel -> {'ok' if good else 'MISMATCH'}")
     return ok, "; ".join(lines)
 
 

@@ -22,7 +22,9 @@ def goals_for(workload: str, device: str) -> dict[str, float]:
     return CPU_GOALS.get(workload, {})
 
 
-def summarise(case, device: str, ours: list[dict], torch: list[dict], sk: list[dict], gemm_gflops: float | None) -> dict:
+def summarise(case, device: str, ours: list[dict], torch: list[dict], sk: list[dict], gemm_gflops: float | None,
+              ours_eager: list[dict] | None = None) -> dict:
+    """``ours_eager``: GPU runs with step graphs off, reported beside ours (no goal)."""
     flops = case.flops_per_epoch()
     fig: dict = {"case": case.name, "workload": case.workload, "device": device, "dtype": case.dtype,
                  "layer_dims": case.layer_dims, "optimizer": case.optimizer, "batch_size": case.batch_size,
@@ -38,6 +40,11 @@ def summarise(case, device: str, ours: list[dict], torch: list[dict], sk: list[d
         fig["times"]["ours"] = median_epoch(ours, case.warmup)
         fig["loss"]["ours"] = ours[-1]["loss"]
         fig["fit_device"] = ours[-1]["device"]
+        if ours[-1].get("step_graph") is not None:
+            fig["step_graph"] = ours[-1]["step_graph"]
+    if ours_eager:
+        fig["times"]["ours_eager"] = median_epoch(ours_eager, case.warmup)
+        fig["loss"]["ours_eager"] = ours_eager[-1]["loss"]
         for ref in ("torch", "sklearn"):
             if ref in fig["times"]:
                 fig["ratios"][ref] = fig["times"]["ours"] / fig["times"][ref]
@@ -73,12 +80,15 @@ def print_case(fig: dict) -> None:
           f"{fig['optimizer']}, batch {fig['batch_size'] or 'full'}) "
           f"{fig['gflop_per_epoch']:.2f} GFLOP/epoch; {fig['data']}")
     unit = "iteration" if fig["batch_size"] is None else "epoch"
-    for who in ("ours", "torch", "sklearn"):
+    for who in ("ours", "ours_eager", "torch", "sklearn"):
         if who in t:
             frac = fig.get("fraction_of_gemm", {}).get(who)
             frac_s = f", {100 * frac:.0f}% of GEMM rate" if frac is not None else ""
             loss = fig["loss"].get(who)
             print(f"  {who:8} {t[who]:.4f} s/{unit} (median)  {g[who]:7.1f} GFLOP/s{frac_s}  final loss {loss:.6g}")
+    if "step_graph" in fig:
+        print(f"  ours: step graphs {fig['step_graph']}" + ("; ours_eager: the same, kernel by kernel"
+                                                         if "ours_eager" in t else ""))
     for ref, r in fig["ratios"].items():
         goal = fig["goals"].get(ref)
         verdict = f"goal <= {goal['limit']:.2f}: {'MET' if goal['met'] else 'MISSED'}" if goal else "no goal"

@@ -23,6 +23,7 @@ __all__ = [
     "release_memory",
     "device_rng",
     "gpu_memory",
+    "DeviceGraph",
 ]
 
 
@@ -126,6 +127,47 @@ def release_memory(xp) -> None:
         return
     xp.get_default_memory_pool().free_all_blocks()
     xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+class DeviceGraph:
+    """The device work of ``fn()`` recorded once as a CUDA graph; ``launch()`` replays all of it
+    with one launch on the current stream (instead of one launch per kernel from Python).
+
+    A capture records kernels and their arguments, not Python, so: the arrays the work reads and
+    writes must stay where they are (fit's buffers are allocated once), Python numbers are frozen
+    at capture time, and nothing in ``fn`` may wait for the device (no float(x), no host copies);
+    CuPy raises if it does. Memory that ``fn`` allocates while recording comes from a pool of the
+    graph's own, kept as long as the graph, so no array made later can sit where a replay writes
+    (the default pool would hand those blocks out again once the temporaries are freed).
+    Capture is on a stream of its own (CUDA cannot capture the legacy default stream); ``result``
+    is what ``fn`` returned.
+    """
+
+    def __init__(self, xp, fn):
+        cuda = xp.cuda
+        self._cuda = cuda
+        self._pool = cuda.MemoryPool()
+        stream = cuda.Stream(non_blocking=True)
+        with cuda.using_allocator(self._pool.malloc), stream:
+            stream.begin_capture()
+            try:
+                self.result = fn()
+            except BaseException:
+                try:  # end the broken capture so the stream is usable again; the first error is the one to see
+                    stream.end_capture()
+                except Exception:  # noqa: BLE001 - CUDA reports an invalidated capture here too
+                    pass
+                raise
+            self._graph = stream.end_capture()
+        self._stream = stream
+
+    def launch(self) -> None:
+        self._graph.launch(stream=self._cuda.get_current_stream())
+
+    def close(self) -> None:
+        """Wait for replays still running, then let the graph and its memory go."""
+        self._cuda.get_current_stream().synchronize()
+        self._graph = self._pool = self.result = None
 
 
 def gpu_memory() -> tuple[int, int] | None:

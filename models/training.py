@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import device_rng, release_memory, select_device, to_host
+from . import stepgraph
+from .backend import device_rng, is_numpy, release_memory, select_device, to_host
 from .config import TrainConfig
 from .engine import _Engine, _take_rows
 from .flat import flatten_params
@@ -135,6 +136,9 @@ class FitResult:
     timings: dict[str, float]
     stopped: bool
     epochs_completed: int
+    # GPU only: "on: N steps replayed from K captures", or "off: why" (models/stepgraph.py);
+    # None where steps are never graphed (CPU, dropout, unshuffled mini-batches)
+    step_graph: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +249,30 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
     lbuf = xp.empty((batch,), dtype=labels.dtype) if shuffle and labels is not None else None
     v_labels = xp.argmax(Yv, axis=1) if Yv is not None and cfg.output == "softmax" else None
     acc_denominator = m * n_y if cfg.output == "sigmoid" else m
+    # the epoch's loss (float64) and right answers, summed on the device in place, step by step
+    loss_total = xp.zeros((), dtype=xp.float64)
+    correct_total = xp.zeros((), dtype=xp.int64)
+    epoch_rng = None  # the epoch's generator, for the step's dropout masks
+
+    def train_step(xb, yb, lb, scale, loss_acc, correct_acc):
+        """Forward, output, backward on one batch: gradients (times ``scale``) into engine.flat_grads."""
+        acts, ZL = engine.forward(xb, epoch_rng)
+        AL, loss_sum, correct = engine.output(ZL, yb, lb)
+        if cfg.l2:
+            loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
+        engine.backward(acts, AL, yb, scale=1.0 if scale is None else scale)
+        loss_acc += loss_sum.astype(xp.float64)  # float64 sum over the epoch
+        if correct is not None:
+            correct_acc += correct
+
+    # On a GPU, full batches replay one captured step (models/stepgraph.py) when the step has no
+    # per-step randomness and reads fixed buffers: the shuffled batch buffers, or the whole set.
+    graphed = None
+    if not is_numpy(xp) and stepgraph.enabled() and cfg.dropout_keep_prob == 1 and (shuffle or full_batch):
+        fixed = (xbuf, ybuf, lbuf) if shuffle else (Xe, Ye, labels)
+        graphed = stepgraph.GraphedStep(
+            xp, lambda scale, loss_acc, correct_acc: train_step(*fixed, scale, loss_acc, correct_acc),
+            engine.flat_grads, loss_total, correct_total)
     timings = {"setup_s": time.perf_counter() - t_start, "train_s": 0.0, "validation_s": 0.0}
     stopped = False
 
@@ -258,9 +286,10 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         lr = cfg.learning_rate_at(epoch)
         optimizer.learning_rate = lr
         scale = optimizer.prescale()  # None, or the factor update_prescaled_flat wants on the gradients
-        rng = device_rng(xp, cfg.seed, epoch)
+        epoch_rng = rng = device_rng(xp, cfg.seed, epoch)
         perm = xp.asarray(rng.permutation(m)) if shuffle else None
-        loss_total, correct_total = 0.0, 0  # accumulated on the device
+        loss_total[...] = 0
+        correct_total[...] = 0
         for s in range(0, m, batch):
             e = min(s + batch, m)
             if shuffle:
@@ -275,19 +304,15 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             else:
                 xb, yb = Xe[s:e], Ye[s:e]
                 lb = None if labels is None else labels[s:e]
-            acts, ZL = engine.forward(xb, rng)
-            AL, loss_sum, correct = engine.output(ZL, yb, lb)
-            if cfg.l2:
-                loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
-            if scale is not None:  # gd: lr, adam: 1 - beta1, folded into the backward pass
-                engine.backward(acts, AL, yb, scale=scale)
+            # scale: gd's lr (adam has none), folded into the backward pass; None: update_flat scales
+            if graphed is not None and e - s == batch:
+                graphed.step(scale)
+            else:
+                train_step(xb, yb, lb, scale, loss_total, correct_total)
+            if scale is not None:
                 optimizer.update_prescaled_flat(flat_params, engine.flat_grads)
             else:
-                engine.backward(acts, AL, yb)
                 optimizer.update_flat(flat_params, engine.flat_grads)
-            loss_total = loss_total + loss_sum.astype(xp.float64)  # float64 sum over the epoch
-            if correct is not None:
-                correct_total = correct_total + correct
         loss = float(loss_total) / m  # float(loss) syncs the GPU: once per epoch, on purpose
         if not math.isfinite(loss):
             raise TrainingDiverged(epoch + 1, loss, lr)
@@ -314,8 +339,12 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
     trained = done - start_epoch
     timings["epoch_mean_s"] = timings["train_s"] / trained if trained else 0.0
     timings["total_s"] = time.perf_counter() - t_start
+    step_graph = None
+    if graphed is not None:
+        graphed.close()
+        step_graph = graphed.describe()
     return FitResult(parameters=_params_to_host(params), history=history, device=device.name,
-                     timings=timings, stopped=stopped, epochs_completed=done)
+                     timings=timings, stopped=stopped, epochs_completed=done, step_graph=step_graph)
 
 
 def _restore(ckpt: Checkpoint, cfg: TrainConfig, xp, dtype, optimizer) -> dict:

@@ -62,3 +62,29 @@ def test_bad_repeats_is_rejected():
     p = subprocess.run([sys.executable, "-m", "bench", "--repeats", "0"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and "--repeats must be >= 1. Got 0 instead." in p.stderr
+
+
+def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, capsys):
+    """On the CuPy stand-in (tests/models/fake_cupy.py): ours.train says whether fit replayed its
+    steps from graphs, step_graphs=False trains kernel by kernel (same loss) and leaves the switch as
+    it was, and the case report prints both times and the step-graph line."""
+    from bench import ours, report
+    from models import backend, stepgraph
+    from tests.models import fake_cupy
+
+    fake_cupy.installed(monkeypatch)
+    monkeypatch.setattr(backend, "_GPU_CHECK", {})
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 12)).astype(np.float32)
+    y = (X[:, 0] * 3).astype(np.int64)
+    case = workloads.Case(name="tiny-gpu", workload="A", layer_dims=[12, 8, 3], output="softmax", optimizer="gd",
+                          learning_rate=0.1, batch_size=64, epochs=3, dtype="float32", init="he", seed=1, X=X, y=y)
+    graphed, eager = ours.train(case, "gpu"), ours.train(case, "gpu", step_graphs=False)
+    assert graphed["device"] == "gpu:0" and graphed["step_graph"] == "on: 12 steps replayed from 1 capture"
+    assert eager["step_graph"] is None and eager["loss"] == graphed["loss"] and stepgraph.enabled()
+    torch_like = {"epoch_s": [0.2] * 3, "loss": graphed["loss"], "parameters": graphed["parameters"]}
+    fig = report.summarise(case, "gpu", [graphed], [torch_like], [], None, [eager])
+    report.print_case(fig)
+    out = capsys.readouterr().out
+    assert "ours_eager" in out and "step graphs on: 12 steps replayed from 1 capture" in out
+    assert set(fig["times"]) == {"ours", "ours_eager", "torch"} and set(fig["ratios"]) == {"torch"}

@@ -13,14 +13,23 @@ contract between host and device, so that is what this module enforces, as CuPy 
   NEP 13/18), and a device array is never a np.ndarray, so NumPy-only code paths (models.fused's
   Numba kernels, ``xp is np`` branches) are never taken;
 - ``random.default_rng``, the memory pools, ``cuda.Stream.null.synchronize()``, ``cuda.Device().id``
-  and ``cuda.runtime.memGetInfo()``: what models.backend calls.
+  and ``cuda.runtime.memGetInfo()``: what models.backend calls;
+- CUDA graphs as stream capture makes them (``Stream.begin_capture`` / ``end_capture``,
+  ``Graph.launch``): while a stream captures, every operation that makes or writes device data is
+  recorded with the very arrays it touched, and a launch replays those operations on whatever
+  those arrays hold then. So Python numbers and control flow are frozen at capture, as on a GPU,
+  and a view taken then keeps looking at the same memory. Waiting for the device while capturing
+  (``float(x)``, ``.get()``, host copies in, random draws) raises, as CuPy does. Unlike a GPU,
+  the stand-in also runs what it records (it needs the results to go on); models/stepgraph.py
+  undoes that before it checks a replay.
 The arithmetic is NumPy's, so results equal a NumPy run wherever the randomness is the same.
 It does not model CuPy's numerics (its own kernels round like NumPy's in practice, not provably),
-streams, or memory: scripts/gpu-check on a real GPU is still the test of those.
+stream ordering or memory reuse: scripts/gpu-check on a real GPU is still the test of those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 
@@ -28,6 +37,19 @@ import numpy as np
 
 _MODULE_KEY = __name__  # this module's key in sys.modules (installed() renames the module itself)
 _HOST_IN = {"asarray", "array"}  # the documented ways in (cupy.asarray / cupy.array of a NumPy array)
+_SYNCING = {"item", "tolist", "tobytes"}  # methods that hand a value to the host (wait for the device)
+_recording: list | None = None  # while a stream captures: the operations a graph launch replays
+
+
+def _no_sync(what: str) -> None:
+    if _recording is not None:
+        raise RuntimeError(f"{what} waits for the device, which is not allowed while a stream captures "
+                           "(cudaErrorStreamCaptureUnsupported)")
+
+
+def _record(replay) -> None:
+    if _recording is not None:
+        _recording.append(replay)
 
 
 class DeviceArray:
@@ -49,6 +71,7 @@ class DeviceArray:
     T = property(lambda self: DeviceArray(self._a.T))
 
     def get(self) -> np.ndarray:
+        _no_sync("get()")
         return self._a.copy()
 
     def __array__(self, *args, **kwargs):
@@ -56,15 +79,19 @@ class DeviceArray:
                         "construct a NumPy array explicitly.")
 
     def __float__(self):
+        _no_sync("float()")
         return float(self._a)
 
     def __int__(self):
+        _no_sync("int()")
         return int(self._a)
 
     def __bool__(self):
+        _no_sync("bool()")
         return bool(self._a)
 
     def __index__(self):
+        _no_sync("an index")
         return self._a.__index__()
 
     def __len__(self):
@@ -74,12 +101,15 @@ class DeviceArray:
         return f"DeviceArray({self._a!r})"
 
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap(key, "indexing")])
+        return _call(self._a.__getitem__, "indexing", (key,), {})  # a view, or a gather (recorded)
 
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray):  # CuPy copies a host value in on assignment
+            _no_sync("copying a host array in")
             value = DeviceArray(value)
-        self._a[_unwrap(key, "indexing")] = _unwrap(value, "assignment")
+        target, ukey, uvalue = self._a, _unwrap(key, "indexing"), _unwrap(value, "assignment")
+        target[ukey] = uvalue
+        _record(lambda: target.__setitem__(ukey, uvalue))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return _call(getattr(ufunc, method), ufunc.__name__, inputs, kwargs)
@@ -90,6 +120,8 @@ class DeviceArray:
     def __getattr__(self, name):  # ravel, reshape, astype, copy, sum, max, item, ...
         if name.startswith("__"):  # no __array_interface__, __array_struct__, ...: NumPy must not see inside
             raise AttributeError(name)
+        if name in _SYNCING:
+            _no_sync(f".{name}()")
         method = getattr(self._a, name)
         return lambda *args, **kwargs: _call(method, name, args, kwargs)
 
@@ -103,7 +135,9 @@ def _operator(name):
 
 def _inplace(name):
     def op(self, other):
-        getattr(self._a, name)(_unwrap(other, name))
+        method, uother = getattr(self._a, name), _unwrap(other, name)
+        method(uother)
+        _record(lambda: method(uother))
         return self
 
     return op
@@ -146,13 +180,34 @@ def _wrap(value):
 def _call(fn, name, args, kwargs):
     if name in _HOST_IN:  # host -> device copies are allowed, and copy as CuPy does
         host = args[0]._a if isinstance(args[0], DeviceArray) else args[0]
-        return DeviceArray(np.array(host, *_unwrap(args[1:], name), copy=True,
-                                    **_unwrap({k: v for k, v in kwargs.items() if k != "copy"}, name)))
+        if not isinstance(args[0], DeviceArray):
+            _no_sync(f"{name}() of a host array")
+        result = DeviceArray(np.array(host, *_unwrap(args[1:], name), copy=True,
+                                      **_unwrap({k: v for k, v in kwargs.items() if k != "copy"}, name)))
+        if _recording is not None:  # a device-to-device copy: a kernel like any other
+            _record(lambda: np.copyto(result._a, host))
+        return result
     out = kwargs.get("out")
-    result = fn(*_unwrap(args, name), **_unwrap(kwargs, name))
+    uargs, ukwargs = _unwrap(args, name), _unwrap(kwargs, name)
+    result = fn(*uargs, **ukwargs)
     if out is not None:  # the caller's device array, written in place (a ufunc gets out as a 1-tuple)
+        _record(lambda: fn(*uargs, **ukwargs))
         return out[0] if isinstance(out, tuple) and len(out) == 1 else out
-    return _wrap(result)
+    wrapped = _wrap(result)
+    if _recording is not None and isinstance(wrapped, DeviceArray) and not _is_view(result, fn, uargs):
+        # new device data: a replay computes it again into the same array
+        _record(lambda: np.copyto(wrapped._a, fn(*uargs, **ukwargs)))
+    elif _recording is not None and isinstance(wrapped, tuple):
+        raise NotImplementedError(f"the stand-in does not capture {name}, which returns several arrays")
+    return wrapped
+
+
+def _is_view(result, fn, uargs) -> bool:
+    """Whether ``result`` looks at an input's memory (a slice, .T, .view(), a reshape): no kernel."""
+    if not isinstance(result, np.ndarray):
+        return False
+    inputs = [a for a in (getattr(fn, "__self__", None), *uargs) if isinstance(a, np.ndarray)]
+    return any(np.may_share_memory(result, a) for a in inputs)
 
 
 def __getattr__(name):  # cupy.<function>: NumPy's, behind the host/device checks
@@ -167,6 +222,8 @@ class _Generator:
         self._g = np.random.default_rng(seed)
 
     def random(self, size=None, dtype=np.float64):
+        if _recording is not None:
+            raise NotImplementedError("the stand-in does not capture random draws (fit never graphs dropout)")
         return DeviceArray(np.asarray(self._g.random(size, dtype=dtype)))
 
 
@@ -192,8 +249,79 @@ def get_default_pinned_memory_pool():
     return _pinned_pool
 
 
+class _Graph:
+    """A captured graph: the recorded operations, replayed in order by each launch."""
+
+    launches = 0  # launches of every graph in this process, for tests
+
+    def __init__(self, operations):
+        self._operations = operations
+
+    def launch(self, stream=None):
+        if _recording is not None:
+            raise RuntimeError("cannot launch a graph while a stream captures")
+        for operation in self._operations:
+            operation()
+        _Graph.launches += 1
+
+
+class _Stream:
+    null = None  # the legacy default stream, set below
+    _current: list = []  # streams entered with ``with``, innermost last
+
+    def __init__(self, null=False, non_blocking=False):
+        self.is_null = null
+        self.captures = 0
+
+    def __enter__(self):
+        _Stream._current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _Stream._current.pop()
+        return False
+
+    def synchronize(self):
+        _no_sync("Stream.synchronize()")
+
+    def begin_capture(self, mode=None):
+        global _recording
+        if self.is_null:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if _recording is not None:
+            raise RuntimeError("a stream is already capturing")
+        _recording = []
+        self.captures += 1
+
+    def end_capture(self):
+        global _recording
+        if _recording is None:
+            raise RuntimeError("the stream is not capturing")
+        operations, _recording = _recording, None
+        return _Graph(operations)
+
+    def is_capturing(self):
+        return _recording is not None
+
+
+_Stream.null = _Stream(null=True)
+
+
+class _MemoryPool:
+    def malloc(self, size):
+        raise AssertionError("the stand-in allocates with NumPy; nothing calls malloc")
+
+
+@contextlib.contextmanager
+def _using_allocator(allocator=None):
+    yield
+
+
 cuda = types.SimpleNamespace(
-    Stream=types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: None)),
+    Stream=_Stream,
+    get_current_stream=lambda: _Stream._current[-1] if _Stream._current else _Stream.null,
+    MemoryPool=_MemoryPool,
+    using_allocator=_using_allocator,
     Device=lambda *a: types.SimpleNamespace(id=0),
     runtime=types.SimpleNamespace(memGetInfo=lambda: (12 << 30, 16 << 30)),
 )

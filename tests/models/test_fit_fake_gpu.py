@@ -61,11 +61,106 @@ def test_device_gpu_trains_exactly_as_the_cpu_does(fake_gpu, output, optimizer, 
                 "learning_rate": 1e-3 if optimizer in ("adam", "rmsprop") else 0.05, "epochs": 3,
                 "batch_size": 128, "seed": 2, "init": "he", **extra}
     val = {"X_val": X[:, :120], "Y_val": Y[..., :120]}
+    launches = fake_gpu._Graph.launches
     gpu = fit(X, Y, TrainConfig(**settings, device="gpu"), **val)
     cpu = fit(X, Y, TrainConfig(**settings, device="cpu"), **val)
     assert gpu.device == "gpu:0" and cpu.device == "cpu"
     assert_same_run(gpu, cpu)
     assert gpu.history[-1].loss < gpu.history[0].loss  # it learned
+    # every full batch replayed the captured step (500 examples: 3 of 128 an epoch, or the whole
+    # set); a decaying learning rate is a new gradient scale each epoch for gd, so a new capture
+    replays = 3 if settings["batch_size"] is None else 3 * (500 // 128)
+    captures = 3 if optimizer == "gd" and "lr_decay" in extra else 1
+    assert gpu.step_graph == f"on: {replays} steps replayed from {captures} capture{'s' * (captures > 1)}"
+    assert fake_gpu._Graph.launches - launches == replays  # each capture's first replay is its check
+    assert cpu.step_graph is None
+
+
+def small_run(device, **extra):
+    X, labels = data("softmax", m=300, n_x=20)
+    cfg = TrainConfig(layer_dims=[20, 16, 3], output="softmax", optimizer="adam", learning_rate=0.01,
+                      epochs=2, batch_size=64, seed=3, device=device, **extra)
+    return fit(X, labels, cfg)
+
+
+def test_a_step_that_waits_for_the_device_is_not_captured(fake_gpu, monkeypatch):
+    """A step that reads a value back (here the batch loss, through float()) cannot be captured:
+    CuPy raises during capture. fit then trains kernel by kernel, with the same results, and says why."""
+    from models.engine import _Engine
+
+    output = _Engine.output
+
+    def output_and_peek(self, *args):
+        AL, loss, correct = output(self, *args)
+        float(loss)  # waits for the device
+        return AL, loss, correct
+
+    monkeypatch.setattr(_Engine, "output", output_and_peek)
+    gpu = small_run("gpu")
+    assert gpu.step_graph.startswith("off: capture failed: RuntimeError: float() waits for the device")
+    assert_same_run(gpu, small_run("cpu"))
+    assert not fake_gpu._Stream.null.is_capturing()  # the failed capture was ended
+
+
+def test_a_replay_that_differs_from_the_step_is_not_used(fake_gpu, monkeypatch):
+    """The first replay of each capture is checked against the same step run kernel by kernel; a
+    graph that leaves out an operation (here the last: the right answers' count) is dropped."""
+    def launch_but_the_last(self, stream=None):
+        for operation in self._operations[:-1]:
+            operation()
+
+    monkeypatch.setattr(fake_gpu._Graph, "launch", launch_but_the_last)
+    gpu = small_run("gpu")
+    assert gpu.step_graph == "off: the replay differed from the kernel-by-kernel step; not used"
+    assert_same_run(gpu, small_run("cpu"))
+
+
+def test_step_graphs_can_be_switched_off(fake_gpu, monkeypatch):
+    from models import stepgraph
+
+    monkeypatch.setattr(stepgraph, "_ENABLED", {"on": True})
+    stepgraph.set_enabled(False)
+    launches = fake_gpu._Graph.launches
+    gpu = small_run("gpu")
+    assert gpu.step_graph is None and fake_gpu._Graph.launches == launches
+    assert_same_run(gpu, small_run("cpu"))
+
+
+def test_dropout_and_unshuffled_batches_are_not_graphed(fake_gpu):
+    assert small_run("gpu", dropout_keep_prob=0.9).step_graph is None  # masks drawn per step
+    assert small_run("gpu", shuffle=False).step_graph is None  # each batch a different slice of X
+
+
+def test_the_stand_in_captures_as_a_gpu_does(fake_gpu):
+    """What stepgraph relies on, in the stand-in: a launch replays the recorded operations on what
+    the arrays hold at launch time, with the Python numbers of capture time; waiting for the device
+    while capturing raises; and a capture cannot start on the default stream."""
+    import cupy
+
+    x = cupy.asarray(np.arange(4, dtype=np.float32))
+    y = cupy.empty((4,), dtype=cupy.float32)
+    total = cupy.zeros((), dtype=cupy.float64)
+    k = 2.0
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cupy.multiply(x, k, out=y)
+        y[0] = -1
+        total += cupy.sum(y).astype(cupy.float64)
+        with pytest.raises(RuntimeError, match="waits for the device"):
+            float(total)
+        with pytest.raises(RuntimeError, match="waits for the device"):
+            cupy.asarray(np.ones(2))  # a host copy in
+        graph = stream.end_capture()
+    k = 100.0  # noqa: F841 - frozen in the graph: the replay still multiplies by 2
+    x[...] = cupy.asarray(np.full(4, 10, dtype=np.float32))
+    total[...] = 0
+    graph.launch()
+    assert y.get().tolist() == [-1, 20, 20, 20] and float(total) == 59
+    graph.launch()
+    assert float(total) == 118  # the accumulation replays too
+    with pytest.raises(RuntimeError, match="default"):
+        cupy.cuda.Stream.null.begin_capture()
 
 
 def test_auto_picks_the_working_gpu_and_releases_its_memory(fake_gpu):

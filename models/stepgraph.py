@@ -1,0 +1,116 @@
+"""fit's training step on a GPU, replayed from a CUDA graph instead of launched kernel by kernel.
+
+A step of a small network is dozens of short kernels (workload A: ~45 per batch), and on a GPU
+the time goes into launching them from Python, not into running them. So fit captures the step's
+forward pass, output, loss and backward pass once (models.backend.DeviceGraph) and replays it for
+every full batch: one launch. The row gather before it and the optimizer update after it stay
+ordinary launches, so the graph holds no per-step number (Adam's bias corrections change every
+step) and reads its batch from fit's fixed batch buffers.
+
+What is frozen in a graph: the buffers (fit allocates them once) and the Python numbers the step
+uses, here the gradient scale (the learning rate for gd), so a new scale (a decaying learning
+rate, once an epoch) means a new capture. Dropout draws its masks from the device generator per
+step and is not captured: those runs stay kernel by kernel.
+
+Trust, then verify: each capture is checked once on its first batch. The same step runs
+kernel by kernel first; the replay must then give the same gradients, loss and count bit for bit
+(the same kernels on the same data). If capture fails (a CuPy call that waits for the device, a
+driver without capture support) or the replay differs, fit goes on kernel by kernel and says why
+in FitResult.step_graph. Either way the step's results are the kernel-by-kernel ones.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .backend import DeviceGraph
+
+_ENABLED = {"on": True}
+
+
+def set_enabled(flag: bool) -> None:
+    """Allow step graphs in this process (default) or not (every step kernel by kernel)."""
+    _ENABLED["on"] = bool(flag)
+
+
+def enabled() -> bool:
+    return _ENABLED["on"]
+
+
+class GraphedStep:
+    """``run_step(scale, loss_acc, correct_acc)`` (the step on fixed inputs, adding its loss and
+    count into the two 0-d device accumulators) replayed from a graph per scale.
+
+    ``grads``: the flat gradient array the step writes; ``loss_acc`` / ``correct_acc``: fit's
+    epoch accumulators (float64, int64), updated in place by every step.
+    """
+
+    def __init__(self, xp, run_step: Callable, grads, loss_acc, correct_acc):
+        self.xp, self.run_step, self.grads = xp, run_step, grads
+        self.loss_acc, self.correct_acc = loss_acc, correct_acc
+        self.graph: DeviceGraph | None = None
+        self.scale: float | None = None
+        self.off_reason: str | None = None
+        self.captures = 0
+        self.replays = 0
+
+    def step(self, scale) -> None:
+        """One full-batch step: a replay, or a capture and its check, or kernel by kernel."""
+        if self.off_reason is not None:
+            self.run_step(scale, self.loss_acc, self.correct_acc)
+        elif self.graph is not None and scale == self.scale:
+            self.graph.launch()
+            self.replays += 1
+        else:
+            self._capture(scale)
+
+    def _capture(self, scale) -> None:
+        xp = self.xp
+        self.close()
+        # the step kernel by kernel, into scratch accumulators: the reference the replay must equal
+        loss_ref, correct_ref = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.int64)
+        self.run_step(scale, loss_ref, correct_ref)
+        grads_ref = self.grads.copy()
+        loss_before, correct_before = self.loss_acc.copy(), self.correct_acc.copy()
+        loss_want, correct_want = loss_before + loss_ref, correct_before + correct_ref
+        try:
+            graph = DeviceGraph(xp, lambda: self.run_step(scale, self.loss_acc, self.correct_acc))
+        except Exception as exc:  # noqa: BLE001 - any failure to capture means: no graph, same results
+            graph, reason = None, f"capture failed: {type(exc).__name__}: {exc}"
+        else:
+            # A capture runs nothing on a GPU; a stand-in that runs as it records must not count
+            # twice either. Clear the gradients, so the check sees the replay write every one.
+            self.loss_acc[...] = loss_before
+            self.correct_acc[...] = correct_before
+            self.grads[...] = 0
+            graph.launch()
+            same = (_same_bits(xp, self.grads, grads_ref) and _same_bits(xp, self.loss_acc, loss_want)
+                    and bool(xp.all(self.correct_acc == correct_want)))  # syncs: once per capture
+            reason = None if same else "the replay differed from the kernel-by-kernel step; not used"
+        if reason is not None:
+            self.off_reason = reason
+            if graph is not None:
+                graph.close()
+            self.grads[...] = grads_ref  # this step's results, kernel by kernel
+            self.loss_acc[...] = loss_want
+            self.correct_acc[...] = correct_want
+            return
+        self.graph, self.scale = graph, scale
+        self.captures += 1
+        self.replays += 1
+
+    def close(self) -> None:
+        if self.graph is not None:
+            self.graph.close()
+            self.graph = None
+
+    def describe(self) -> str:
+        """For FitResult.step_graph: whether the steps replayed from graphs, or why not."""
+        if self.off_reason is not None:
+            return f"off: {self.off_reason}"
+        return f"on: {self.replays} steps replayed from {self.captures} capture{'s' if self.captures != 1 else ''}"
+
+
+def _same_bits(xp, a, b) -> bool:
+    """Bitwise equality of two float arrays (NaN equals NaN of the same payload, -0.0 differs from 0.0)."""
+    as_uint = {2: xp.uint16, 4: xp.uint32, 8: xp.uint64}[a.dtype.itemsize]
+    return bool(xp.all(a.view(as_uint) == b.view(as_uint)))
