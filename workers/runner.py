@@ -232,7 +232,10 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
         event("job.finish_refused", logging.WARNING, job_id=job_id, status="succeeded")
         return None
     artifacts.delete_checkpoint(store, job_id)
-    event("job.succeeded", job_id=job_id, device=result.device, **metrics, seconds=timings["total_s"])
+    # on a GPU, whether the steps replayed from CUDA graphs or why not (models/stepgraph.py): the
+    # first thing to look at when a GPU job trains slower than expected
+    graph = {} if result.step_graph is None else {"step_graph": result.step_graph}
+    event("job.succeeded", job_id=job_id, device=result.device, **metrics, seconds=timings["total_s"], **graph)
     return "succeeded"
 
 

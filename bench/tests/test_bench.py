@@ -88,3 +88,6 @@ def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, 
     out = capsys.readouterr().out
     assert "ours_eager" in out and "step graphs on: 12 steps replayed from 1 capture" in out
     assert set(fig["times"]) == {"ours", "ours_eager", "torch"} and set(fig["ratios"]) == {"torch"}
+    assert set(fig["goals"]) == {"torch"} and "sanity" in fig
+    plain = report.summarise(case, "cpu", [graphed], [torch_like], [], None)  # no kernel-by-kernel runs
+    assert set(plain["ratios"]) == {"torch"} and set(plain["goals"]) == {"torch"} and "ours_eager" not in plain["times"]

@@ -165,11 +165,14 @@ def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
 
 
-def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_client, store, settings, monkeypatch):
+def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_client, store, settings, monkeypatch,
+                                                                      caplog):
     """The runner's GPU path where no GPU is: on the CuPy stand-in (tests/models/fake_cupy.py: device
     arrays that refuse host arrays and implicit conversion) a device='gpu' job trains, checkpoints
-    and exports from device arrays, says where it ran, and gives the CPU job's history and weights."""
+    and exports from device arrays, says where it ran, and gives the CPU job's history and weights.
+    Its steps replay from a captured graph, and the job.succeeded event says so."""
     import io
+    import logging
 
     import models.backend as backend
     from tests.models import fake_cupy
@@ -177,16 +180,21 @@ def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_clie
     fake_cupy.installed(monkeypatch)
     monkeypatch.setattr(backend, "_GPU_CHECK", {})
     ds = dataset(redis_client, store, kind="integer", m=300)
-    runs = {}
+    runs, graphs = {}, {}
     for device in ("cpu", "gpu"):
         job_id = job_for(redis_client, ds, model={"hidden_layers": [8, 4], "output": "softmax"},
                          training={"epochs": 5, "batch_size": 64, "checkpoint_every": 2}, device=device)
-        assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
+        done = [rec for rec in caplog.records if rec.getMessage() == "job.succeeded"]
+        graphs[device] = getattr(done[0], "step_graph", None)
         job = jobs.get_job(redis_client, job_id)
         with np.load(io.BytesIO(store.get(f"jobs/{job_id}/weights.npz")), allow_pickle=False) as npz:
             weights = {k: npz[k] for k in npz.files}
         runs[device] = (job["device"], jobs.get_history(redis_client, job_id), weights)
     assert runs["cpu"][0] == "cpu" and runs["gpu"][0] == "gpu:0"
+    assert graphs["cpu"] is None and graphs["gpu"].startswith("on: ") and "from 1 capture" in graphs["gpu"]
     assert [(e["loss"], e["accuracy"]) for e in runs["gpu"][1]] == [(e["loss"], e["accuracy"]) for e in runs["cpu"][1]]
     assert runs["gpu"][2].keys() == runs["cpu"][2].keys()
     for key, value in runs["cpu"][2].items():
