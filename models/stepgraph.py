@@ -85,7 +85,12 @@ class GraphedStep:
             graph.launch()
             same = (_same_bits(xp, self.grads, grads_ref) and _same_bits(xp, self.loss_acc, loss_want)
                     and bool(xp.all(self.correct_acc == correct_want)))  # syncs: once per capture
-            reason = None if same else "the replay differed from the kernel-by-kernel step; not used"
+            reason = None
+            if not same:  # how far off, so whoever reads this can tell a broken graph from rounding
+                worst = float(xp.max(xp.abs(self.grads - grads_ref)))
+                reason = (f"the replay differed from the kernel-by-kernel step (gradients: max |difference| "
+                          f"{worst:.3g}; loss {float(self.loss_acc):.17g} vs {float(loss_want):.17g}; right answers "
+                          f"{int(self.correct_acc)} vs {int(correct_want)}); not used")
         if reason is not None:
             self.off_reason = reason
             if graph is not None:
