@@ -139,8 +139,7 @@ class DeviceGraph:
     CuPy raises if it does. Memory that ``fn`` allocates while recording comes from a pool of the
     graph's own, kept as long as the graph, so no array made later can sit where a replay writes
     (the default pool would hand those blocks out again once the temporaries are freed).
-    Capture is on a stream of its own (CUDA cannot capture the legacy default stream); ``result``
-    is what ``fn`` returned.
+    Capture is on a stream of its own (CUDA cannot capture the legacy default stream).
     """
 
     def __init__(self, xp, fn):
@@ -151,7 +150,7 @@ class DeviceGraph:
         with cuda.using_allocator(self._pool.malloc), stream:
             stream.begin_capture()
             try:
-                self.result = fn()
+                fn()
             except BaseException:
                 try:  # end the broken capture so the stream is usable again; the first error is the one to see
                     stream.end_capture()
@@ -159,7 +158,7 @@ class DeviceGraph:
                     pass
                 raise
             self._graph = stream.end_capture()
-        self._stream = stream
+        self._stream = stream  # kept with the graph: the pool's blocks were handed out on this stream
 
     def launch(self) -> None:
         self._graph.launch(stream=self._cuda.get_current_stream())
@@ -167,7 +166,7 @@ class DeviceGraph:
     def close(self) -> None:
         """Wait for replays still running, then let the graph and its memory go."""
         self._cuda.get_current_stream().synchronize()
-        self._graph = self._pool = self.result = None
+        self._graph = self._pool = self._stream = None
 
 
 def gpu_memory() -> tuple[int, int] | None:

@@ -271,7 +271,6 @@ class _Stream:
 
     def __init__(self, null=False, non_blocking=False):
         self.is_null = null
-        self.captures = 0
 
     def __enter__(self):
         _Stream._current.append(self)
@@ -291,7 +290,6 @@ class _Stream:
         if _recording is not None:
             raise RuntimeError("a stream is already capturing")
         _recording = []
-        self.captures += 1
 
     def end_capture(self):
         global _recording
@@ -333,4 +331,5 @@ def installed(monkeypatch) -> types.ModuleType:
     module = sys.modules[_MODULE_KEY]
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(module, "__name__", "cupy")
+    monkeypatch.setattr(module, "_recording", None)  # a test that failed mid-capture leaves none behind
     return module
