@@ -15,8 +15,9 @@ step and is not captured: those runs stay kernel by kernel.
 Trust, then verify: each capture is checked once on its first batch. The same step runs
 kernel by kernel first; the replay must then give the same gradients, loss and count bit for bit
 (the same kernels on the same data). If capture fails (a CuPy call that waits for the device, a
-driver without capture support) or the replay differs, fit goes on kernel by kernel and says why
-in FitResult.step_graph. Either way the step's results are the kernel-by-kernel ones.
+driver without capture support), the replay differs, or CUDA refuses a launch, fit goes on kernel
+by kernel from that step and says why in FitResult.step_graph. Either way the results are the
+kernel-by-kernel ones.
 """
 from __future__ import annotations
 
@@ -58,7 +59,13 @@ class GraphedStep:
         if self.off_reason is not None:
             self.run_step(scale, self.loss_acc, self.correct_acc)
         elif self.graph is not None and scale == self.scale:
-            self.graph.launch()
+            try:
+                self.graph.launch()
+            except Exception as exc:  # noqa: BLE001 - a launch refused (nothing ran): this step and the rest without
+                self.off_reason = f"a replay failed after {self.replays}: {type(exc).__name__}: {exc}"
+                self.graph = None
+                self.run_step(scale, self.loss_acc, self.correct_acc)
+                return
             self.replays += 1
         else:
             self._capture(scale)
@@ -70,38 +77,44 @@ class GraphedStep:
         loss_ref, correct_ref = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.int64)
         self.run_step(scale, loss_ref, correct_ref)
         grads_ref = self.grads.copy()
-        loss_before, correct_before = self.loss_acc.copy(), self.correct_acc.copy()
-        loss_want, correct_want = loss_before + loss_ref, correct_before + correct_ref
+        before = (self.loss_acc.copy(), self.correct_acc.copy())
+        want = (before[0] + loss_ref, before[1] + correct_ref)
         try:
             graph = DeviceGraph(xp, lambda: self.run_step(scale, self.loss_acc, self.correct_acc))
         except Exception as exc:  # noqa: BLE001 - any failure to capture means: no graph, same results
             graph, reason = None, f"capture failed: {type(exc).__name__}: {exc}"
         else:
-            # A capture runs nothing on a GPU; a stand-in that runs as it records must not count
-            # twice either. Clear the gradients, so the check sees the replay write every one.
-            self.loss_acc[...] = loss_before
-            self.correct_acc[...] = correct_before
-            self.grads[...] = 0
-            graph.launch()
-            same = (_same_bits(xp, self.grads, grads_ref) and _same_bits(xp, self.loss_acc, loss_want)
-                    and bool(xp.all(self.correct_acc == correct_want)))  # syncs: once per capture
-            reason = None
-            if not same:  # how far off, so whoever reads this can tell a broken graph from rounding
-                worst = float(xp.max(xp.abs(self.grads - grads_ref)))
-                reason = (f"the replay differed from the kernel-by-kernel step (gradients: max |difference| "
-                          f"{worst:.3g}; loss {float(self.loss_acc):.17g} vs {float(loss_want):.17g}; right answers "
-                          f"{int(self.correct_acc)} vs {int(correct_want)}); not used")
-        if reason is not None:
+            reason = self._first_replay(graph, before, grads_ref, want)
+        if reason is not None:  # this step's results are the kernel-by-kernel ones; the graph goes
             self.off_reason = reason
-            if graph is not None:
-                graph.close()
-            self.grads[...] = grads_ref  # this step's results, kernel by kernel
-            self.loss_acc[...] = loss_want
-            self.correct_acc[...] = correct_want
+            self.grads[...] = grads_ref
+            self.loss_acc[...] = want[0]
+            self.correct_acc[...] = want[1]
             return
         self.graph, self.scale = graph, scale
         self.captures += 1
         self.replays += 1
+
+    def _first_replay(self, graph, before, grads_ref, want) -> str | None:
+        """Replay the new graph on the batch just computed kernel by kernel; None if it gave the
+        same bits, else what went wrong."""
+        xp = self.xp
+        # A capture runs nothing on a GPU; a stand-in that runs as it records must not count twice
+        # either. Clear the gradients, so the check sees the replay write every one.
+        self.loss_acc[...] = before[0]
+        self.correct_acc[...] = before[1]
+        self.grads[...] = 0
+        try:
+            graph.launch()
+        except Exception as exc:  # noqa: BLE001 - a graph CUDA will not run is no graph
+            return f"the first replay failed: {type(exc).__name__}: {exc}"
+        if (_same_bits(xp, self.grads, grads_ref) and _same_bits(xp, self.loss_acc, want[0])
+                and bool(xp.all(self.correct_acc == want[1]))):  # syncs: once per capture
+            return None
+        worst = float(xp.max(xp.abs(self.grads - grads_ref)))  # how far off: a broken graph, or rounding?
+        return (f"the replay differed from the kernel-by-kernel step (gradients: max |difference| {worst:.3g}; "
+                f"loss {float(self.loss_acc):.17g} vs {float(want[0]):.17g}; right answers "
+                f"{int(self.correct_acc)} vs {int(want[1])}); not used")
 
     def close(self) -> None:
         if self.graph is not None:

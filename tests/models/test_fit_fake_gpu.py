@@ -118,6 +118,28 @@ def test_a_replay_that_differs_from_the_step_is_not_used(fake_gpu, monkeypatch):
     assert_same_run(gpu, small_run("cpu"))
 
 
+@pytest.mark.parametrize("failing_launch, says", [
+    (1, "off: the first replay failed: RuntimeError: cudaErrorInvalidValue"),
+    (4, "off: a replay failed after 3: RuntimeError: cudaErrorInvalidValue"),
+])
+def test_a_launch_that_fails_leaves_the_rest_kernel_by_kernel(fake_gpu, monkeypatch, failing_launch, says):
+    """CUDA refusing to launch a graph (nothing runs) is not a failed job: that step and the rest run
+    kernel by kernel, with the same results."""
+    launch, count = fake_gpu._Graph.launch, [0]
+
+    def refuse_one(self, stream=None):
+        count[0] += 1
+        if count[0] >= failing_launch:
+            raise RuntimeError("cudaErrorInvalidValue")
+        launch(self, stream)
+
+    monkeypatch.setattr(fake_gpu._Graph, "launch", refuse_one)
+    gpu = small_run("gpu")
+    assert gpu.step_graph == says
+    assert count[0] == failing_launch  # none tried after the failure
+    assert_same_run(gpu, small_run("cpu"))
+
+
 def test_step_graphs_can_be_switched_off(fake_gpu, monkeypatch):
     from models import stepgraph
 
