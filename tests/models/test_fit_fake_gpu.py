@@ -220,6 +220,27 @@ def test_dropout_on_the_device_resumes_exactly(fake_gpu):
     assert [r.loss for r in cpu.history] != [r.loss for r in uninterrupted.history]  # other masks
 
 
+def test_a_graphed_run_resumes_exactly(fake_gpu):
+    """Steps replayed from graphs, stopped after epoch 2 and resumed from the checkpoint (a new fit, so
+    a new capture): the same history and parameters as the uninterrupted run, and as the CPU's."""
+    X, labels = data("softmax", m=300, n_x=20)
+    cfg = TrainConfig(layer_dims=[20, 32, 16, 3], output="softmax", optimizer="gd", learning_rate=0.1,
+                      lr_decay="inverse_time", decay_rate=0.3, epochs=4, batch_size=64, seed=5, device="gpu")
+    uninterrupted = fit(X, labels, cfg)
+    saved = {}
+
+    def on_epoch(state):
+        if state.epoch == 2:
+            saved["ckpt"] = Checkpoint.from_arrays(state.checkpoint().to_arrays())
+
+    first = fit(X, labels, cfg, on_epoch=on_epoch, should_stop=lambda: "ckpt" in saved)
+    resumed = fit(X, labels, cfg, checkpoint=saved["ckpt"])
+    assert first.step_graph == "on: 8 steps replayed from 2 captures"  # 4 full batches an epoch, lr per epoch
+    assert resumed.step_graph == "on: 8 steps replayed from 2 captures"
+    assert_same_run(resumed, uninterrupted)
+    assert_same_run(uninterrupted, fit(X, labels, dataclasses.replace(cfg, device="cpu")))
+
+
 def test_the_stand_in_refuses_host_arrays_and_implicit_conversion(fake_gpu):
     """The checks this file relies on: a host array mixed in, or an implicit conversion, is an error."""
     import cupy
