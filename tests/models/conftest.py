@@ -36,3 +36,18 @@ def host(x) -> np.ndarray:
 def on(xp, a, dtype=None):
     """A NumPy/list value moved to backend ``xp`` as float64."""
     return xp.asarray(np.asarray(a, dtype=np.float64))
+
+
+def stop_and_resume(X, Y, cfg, at: int = 2):
+    """fit stopped after epoch ``at`` (its checkpoint taken through host arrays, as a worker saves
+    it), then a second fit resumed from that checkpoint: (the stopped run, the checkpoint, the resumed run)."""
+    from models import Checkpoint, fit
+
+    saved = {}
+
+    def on_epoch(state):
+        if state.epoch == at:
+            saved["ckpt"] = Checkpoint.from_arrays(state.checkpoint().to_arrays())
+
+    first = fit(X, Y, cfg, on_epoch=on_epoch, should_stop=lambda: "ckpt" in saved)
+    return first, saved["ckpt"], fit(X, Y, cfg, checkpoint=saved["ckpt"])

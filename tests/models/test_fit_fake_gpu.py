@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import models.backend as backend
-from models import Checkpoint, TrainConfig, fit
+from models import TrainConfig, fit
 from tests.models import fake_cupy
+from tests.models.conftest import stop_and_resume
 
 
 @pytest.fixture
@@ -204,17 +205,10 @@ def test_dropout_on_the_device_resumes_exactly(fake_gpu):
     cfg = TrainConfig(layer_dims=[20, 32, 16, 3], output="softmax", optimizer="adam", learning_rate=0.01,
                       epochs=4, batch_size=64, dropout_keep_prob=0.8, seed=5, device="gpu")
     uninterrupted = fit(X, labels, cfg)
-    saved = {}
-
-    def on_epoch(state):
-        if state.epoch == 2:
-            saved["ckpt"] = Checkpoint.from_arrays(state.checkpoint().to_arrays())  # host arrays
-
-    first = fit(X, labels, cfg, on_epoch=on_epoch, should_stop=lambda: "ckpt" in saved)
+    first, ckpt, resumed = stop_and_resume(X, labels, cfg, at=2)
     assert first.epochs_completed == 2
-    for value in saved["ckpt"].parameters.values():
-        assert type(value) is np.ndarray
-    resumed = fit(X, labels, cfg, checkpoint=saved["ckpt"])
+    for value in ckpt.parameters.values():
+        assert type(value) is np.ndarray  # host arrays
     assert_same_run(resumed, uninterrupted)
     cpu = fit(X, labels, dataclasses.replace(cfg, device="cpu"))
     assert [r.loss for r in cpu.history] != [r.loss for r in uninterrupted.history]  # other masks
@@ -227,14 +221,7 @@ def test_a_graphed_run_resumes_exactly(fake_gpu):
     cfg = TrainConfig(layer_dims=[20, 32, 16, 3], output="softmax", optimizer="gd", learning_rate=0.1,
                       lr_decay="inverse_time", decay_rate=0.3, epochs=4, batch_size=64, seed=5, device="gpu")
     uninterrupted = fit(X, labels, cfg)
-    saved = {}
-
-    def on_epoch(state):
-        if state.epoch == 2:
-            saved["ckpt"] = Checkpoint.from_arrays(state.checkpoint().to_arrays())
-
-    first = fit(X, labels, cfg, on_epoch=on_epoch, should_stop=lambda: "ckpt" in saved)
-    resumed = fit(X, labels, cfg, checkpoint=saved["ckpt"])
+    first, _, resumed = stop_and_resume(X, labels, cfg, at=2)
     assert first.step_graph == "on: 8 steps replayed from 2 captures"  # 4 full batches an epoch, lr per epoch
     assert resumed.step_graph == "on: 8 steps replayed from 2 captures"
     assert_same_run(resumed, uninterrupted)

@@ -9,6 +9,8 @@ from models import TrainConfig, fit, fused
 from models.flat import flat_layout, flat_views, flatten_params
 from models.optimizers import make_optimizer
 
+from .conftest import stop_and_resume
+
 needs_numba = pytest.mark.skipif(not fused.available(), reason="numba not installed (or cannot compile here)")
 
 N = fused.MIN_ELEMENTS + 7  # big enough for the kernels, and not a multiple of any vector width
@@ -134,23 +136,14 @@ def test_fit_is_the_same_with_and_without_kernels(optimizer, hidden, keep, kerne
 @needs_numba
 def test_resume_with_kernels_is_exact(kernels_on):
     """Adam's flat state through a checkpoint and back, with the kernel stepping it."""
-    from models import Checkpoint
-
     rng = np.random.default_rng(5)
     X = rng.random((300, 400), dtype=np.float32)
     labels = (X[:3].sum(axis=0) > 1.5).astype(np.int64)
     cfg = TrainConfig(layer_dims=[300, 128, 2], output="softmax", optimizer="adam", learning_rate=1e-3,
                       epochs=4, batch_size=100, seed=6, dtype="float32", device="cpu")
     uninterrupted = fit(X, labels, cfg)
-    saved = {}
-
-    def on_epoch(state):
-        if state.epoch == 2:
-            saved["ckpt"] = Checkpoint.from_arrays(state.checkpoint().to_arrays())
-
-    first = fit(X, labels, cfg, on_epoch=on_epoch, should_stop=lambda: "ckpt" in saved)
+    first, _, resumed = stop_and_resume(X, labels, cfg, at=2)
     assert first.epochs_completed == 2
-    resumed = fit(X, labels, cfg, checkpoint=saved["ckpt"])
     assert [r.to_dict() for r in resumed.history] == [r.to_dict() for r in uninterrupted.history]
     for key, value in uninterrupted.parameters.items():
         np.testing.assert_array_equal(resumed.parameters[key], value)
