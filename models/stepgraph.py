@@ -25,16 +25,17 @@ from typing import Callable
 
 from .backend import DeviceGraph
 
-_ENABLED = {"on": True}
+_enabled = True  # as models.fused: a process-wide switch, for comparisons (bench) and tests
 
 
 def set_enabled(flag: bool) -> None:
     """Allow step graphs in this process (default) or not (every step kernel by kernel)."""
-    _ENABLED["on"] = bool(flag)
+    global _enabled
+    _enabled = bool(flag)
 
 
 def enabled() -> bool:
-    return _ENABLED["on"]
+    return _enabled
 
 
 class GraphedStep:

@@ -286,8 +286,8 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         lr = cfg.learning_rate_at(epoch)
         optimizer.learning_rate = lr
         scale = optimizer.prescale()  # None, or the factor update_prescaled_flat wants on the gradients
-        epoch_rng = rng = device_rng(xp, cfg.seed, epoch)
-        perm = xp.asarray(rng.permutation(m)) if shuffle else None
+        epoch_rng = device_rng(xp, cfg.seed, epoch)
+        perm = xp.asarray(epoch_rng.permutation(m)) if shuffle else None
         loss_total[...] = 0
         correct_total[...] = 0
         for s in range(0, m, batch):

@@ -144,7 +144,7 @@ def test_a_launch_that_fails_leaves_the_rest_kernel_by_kernel(fake_gpu, monkeypa
 def test_step_graphs_can_be_switched_off(fake_gpu, monkeypatch):
     from models import stepgraph
 
-    monkeypatch.setattr(stepgraph, "_ENABLED", {"on": True})
+    monkeypatch.setattr(stepgraph, "_enabled", True)
     stepgraph.set_enabled(False)
     launches = fake_gpu._Graph.launches
     gpu = small_run("gpu")
