@@ -66,11 +66,8 @@ def fit_check() -> tuple[bool, str]:
         res = {}
         for device in ("cpu", "gpu", "gpu kernel by kernel"):
             cfg = TrainConfig(init="he", seed=1, epochs=20, dtype="float64", device=device.split()[0], **kw)
-            stepgraph.set_enabled(device != "gpu kernel by kernel")
-            try:
+            with stepgraph.switched(device != "gpu kernel by kernel"):
                 res[device] = fit(X, Y, cfg)
-            finally:
-                stepgraph.set_enabled(True)
         cpu, gpu, eager = res["cpu"], res["gpu"], res["gpu kernel by kernel"]
         hist = _rel([h.loss for h in gpu.history], [h.loss for h in cpu.history])
         par = max(_rel(gpu.parameters[k], cpu.parameters[k]) for k in cpu.parameters)

@@ -43,14 +43,10 @@ def train(case: Case, device: str = "cpu", step_graphs: bool = True) -> dict:
     X = case.X.T                                            # (n_x, m): a view, as DESIGN.md allows
     Y = case.y if case.output == "softmax" else case.y.reshape(1, -1)
     stamps: list[float] = []
-    was = stepgraph.enabled()
-    stepgraph.set_enabled(step_graphs)
-    try:
+    with stepgraph.switched(step_graphs):
         t0 = time.perf_counter()
         result = fit(X, Y, cfg, on_epoch=lambda state: stamps.append(time.perf_counter()))
         total = time.perf_counter() - t0
-    finally:
-        stepgraph.set_enabled(was)
     epoch_s = list(np.diff([t0, *stamps]))
     return {"epoch_s": [float(s) for s in epoch_s], "loss": float(result.history[-1].loss),
             "total_s": total, "parameters": result.parameters, "device": result.device,

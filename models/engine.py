@@ -227,7 +227,7 @@ class _Engine:
 def _take_rows(xp, src, idx, out, fast=False):
     """out[:] = src[idx]; NumPy's mode="raise" buffers the copy, "wrap" (idx is in range) does not.
     ``fast`` (NumPy, 2-D, where the engine's kernels run): fused.take_rows_, eight rows at a time
-    (workload A's X: 0.0152 -> 0.0117 s an epoch; a two-core Numba gather was slower than np.take,
+    (faster than np.take; figures with the kernel; a two-core Numba gather was slower than np.take,
     0.045 vs 0.030 s)."""
     if fast and src.ndim == 2:
         fused.take_rows_(src, idx, out)

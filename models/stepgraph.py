@@ -21,7 +21,8 @@ kernel-by-kernel ones.
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from .backend import DeviceGraph
 
@@ -36,6 +37,17 @@ def set_enabled(flag: bool) -> None:
 
 def enabled() -> bool:
     return _enabled
+
+
+@contextmanager
+def switched(flag: bool) -> Iterator[None]:
+    """Step graphs allowed (or not) inside the block, and as they were before it after."""
+    was = _enabled
+    set_enabled(flag)
+    try:
+        yield
+    finally:
+        set_enabled(was)
 
 
 class GraphedStep:

@@ -145,10 +145,14 @@ def test_step_graphs_can_be_switched_off(fake_gpu, monkeypatch):
     from models import stepgraph
 
     monkeypatch.setattr(stepgraph, "_enabled", True)
-    stepgraph.set_enabled(False)
     launches = fake_gpu._Graph.launches
-    gpu = small_run("gpu")
+    with stepgraph.switched(False):
+        gpu = small_run("gpu")
     assert gpu.step_graph is None and fake_gpu._Graph.launches == launches
+    assert stepgraph.enabled()  # as it was before the block
+    with pytest.raises(ZeroDivisionError), stepgraph.switched(False):
+        1 / 0
+    assert stepgraph.enabled()  # restored when the block raises too
     assert_same_run(gpu, small_run("cpu"))
 
 
