@@ -38,6 +38,24 @@ class ApiSettings(WorkerSettings):
         description="Largest declared size of an upload's arrays (default 4 x max_upload_bytes).",
     )
     max_predict_examples: int = Field(default=10_000, ge=1)
+    max_predict_values: int = Field(
+        default=1_000_000, ge=1,
+        description="Largest predict response, in rows x outputs (each output value is ~20 bytes of JSON).",
+    )
+
+    # The sandboxed child that parses an upload (service/sandbox.py): hard limits of that process.
+    parse_memory_bytes: int | None = Field(
+        default=None, ge=64 * 1024 * 1024,
+        description="Address space the parser child may add to what it starts with (RLIMIT_AS); "
+        "default 2 x the declared-size limit + 256 MiB.",
+    )
+    parse_cpu_seconds: int = Field(default=120, ge=1, description="CPU seconds of the parser child (RLIMIT_CPU).")
+    parse_wall_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of the parser child.")
+    max_expansion_ratio: float = Field(
+        default=200.0, ge=1, allow_inf_nan=False,
+        description="Largest ratio of an upload's declared array bytes to its size on the wire (compression "
+        "and chunk bombs); uploads whose arrays declare under 64 MiB are not held to it.",
+    )
     max_synthetic_samples: int = Field(default=1_000_000, ge=1)
 
     # Job views and streams.
@@ -64,6 +82,10 @@ class ApiSettings(WorkerSettings):
     @property
     def decompressed_limit(self) -> int:
         return self.max_decompressed_bytes or 4 * self.max_upload_bytes
+
+    @property
+    def parse_memory_limit(self) -> int:
+        return self.parse_memory_bytes or 2 * self.decompressed_limit + 256 * 1024 * 1024
 
     @property
     def cors_origin_list(self) -> list[str]:

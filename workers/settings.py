@@ -50,6 +50,11 @@ class WorkerSettings(BaseSettings):
     max_features: int = Field(default=1_000_000, ge=1)
     max_parameters: int = Field(default=500_000_000, ge=1)
     max_epochs: int = Field(default=100_000, ge=1)
+    max_classes: int = Field(
+        default=1000, ge=2,
+        description="Most classes (or output columns) a dataset may have: bounds a model's output layer "
+        "and every predict response.",
+    )
     max_queued_jobs_per_tenant: int = Field(default=100, ge=1)
     worker_memory_bytes: int | None = Field(default=None, ge=1)
 
