@@ -30,6 +30,11 @@ class ApiSettings(WorkerSettings):
     # Authentication: "key1,key2" or "tenant:key,..." (or a file with one entry per line).
     api_keys: str | None = Field(default=None, repr=False)
     api_keys_file: str | None = Field(default=None)
+    metrics_key: str | None = Field(
+        default=None, repr=False,
+        description="With API keys on, /metrics answers only 'Authorization: Bearer <this key>' (the "
+        "operator's scraper): its figures span every tenant. Without API keys /metrics is open.",
+    )
 
     # Request limits that only the API sees.
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest JSON body.")
