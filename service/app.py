@@ -10,12 +10,12 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
-from service.deps import AsyncRedisByLoop, load_api_keys, make_redis
-from service.errors import document_problems, install_error_handlers, problem_response
+from service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
+from service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
 from service.settings import ApiSettings, get_api_settings
 from workers import jobs, recovery
 
@@ -80,6 +80,48 @@ class BodyLimitMiddleware:
                 raise
         if exceeded:
             await problem_response(413, detail)(scope, receive, send)
+
+
+# Every route under this prefix takes the caller's tenant (service.deps.Tenant); the rest (/healthz,
+# /readyz, the dashboard, /docs, /openapi.json) is public, and /metrics checks its own operator key.
+AUTHENTICATED_PREFIX = "/v1"
+
+
+class AuthGateMiddleware:
+    """With API keys on, a /v1 request without a valid key gets its 401 before its body is read.
+
+    FastAPI reads (and parses: a multipart upload is spooled whole) the body before it runs the route's
+    dependencies, so without this gate a caller with no key could make the API read and parse an upload.
+    The routes' Tenant dependency stays the per-route truth; this gate only answers earlier, with the
+    same Problem (service.deps.require_tenant).
+    """
+
+    def __init__(self, app, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.state = fastapi_app.state
+
+    def _guarded(self, scope) -> bool:
+        path = scope["path"]
+        root = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root):]
+        return path == AUTHENTICATED_PREFIX or path.startswith(AUTHENTICATED_PREFIX + "/")
+
+    async def __call__(self, scope, receive, send):
+        keys = self.state.api_keys
+        # The start-up warm-up's own requests (_warm_routes, fixed bodies, no key) go on to the routes.
+        if scope["type"] != "http" or not keys or not self._guarded(scope) or scope.get(WARMUP_SCOPE_KEY):
+            return await self.app(scope, receive, send)
+        authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        if tenant_for(keys, authorization) is not None:
+            return await self.app(scope, receive, send)
+        try:  # raises the 401 the route's Tenant dependency would, word for word
+            await require_tenant(Request(scope))
+        except Problem as problem:
+            # The body stays unread: uvicorn discards what the client still sends after this answer,
+            # without buffering it, and the connection then serves the next request.
+            return await response_for(problem)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class RequestMetricsMiddleware:
@@ -237,6 +279,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
         app.add_middleware(FastLane, fastapi_app=app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    # Outside the body limit: a caller with no key learns nothing about the limits, and its 401 comes
+    # before a single byte of the body is counted or read. Inside CORS, so the browser sees the 401.
+    app.add_middleware(AuthGateMiddleware, fastapi_app=app)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origin_list,

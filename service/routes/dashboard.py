@@ -28,8 +28,13 @@ def index() -> FileResponse:
 
 @router.get("/static/{path:path}")
 def static_file(path: str) -> FileResponse:
-    target = (STATIC_DIR / path).resolve()
-    # resolve() folds "..": anything that lands outside static/ is simply not there.
-    if not target.is_relative_to(STATIC_DIR) or not target.is_file():
-        raise HTTPException(status_code=404, detail=f"No static file {path!r}.")
+    try:
+        target = (STATIC_DIR / path).resolve()
+        # resolve() folds "..": anything that lands outside static/ is simply not there.
+        found = target.is_relative_to(STATIC_DIR) and target.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system: not there either
+        found = False
+    if not found:
+        shown = path if len(path) <= 80 else path[:80] + "..."
+        raise HTTPException(status_code=404, detail=f"No static file {shown!r}.")
     return FileResponse(target, headers=_HEADERS)

@@ -5,6 +5,10 @@ API replica reports the same numbers. The request histogram is this process's ow
 `dnnq up --api-workers N`: the N processes then share one port, a scrape reaches any one of them,
 and each must answer for all. `dnnq up` sets prometheus_client's PROMETHEUS_MULTIPROC_DIR for them
 (each process keeps its samples in a file there) and a scrape sums every process's files.
+
+The figures span every tenant, so with API keys on /metrics answers only the operator's scraper:
+`Authorization: Bearer <DNNQ_METRICS_KEY>`. A tenant's key gets a 403, and with no metrics key set
+/metrics is closed (403) to everyone. Without API keys it is open, as every route is.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import logging
 import os
 
 import redis
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from service.deps import Tenant
-from service.errors import problems
+from service.deps import tenant_for
+from service.errors import Problem, problems
 from workers import jobs as jobs_module
 from workers.recovery import live_workers
 
@@ -87,6 +91,28 @@ def install(app: FastAPI) -> Histogram:
     )
 
 
-@router.get("/metrics", response_class=Response, responses=problems(401))
-def metrics(request: Request, tenant: Tenant) -> Response:
+async def require_operator(request: Request) -> None:
+    """With API keys on: the caller must send the operator's metrics key (DNNQ_METRICS_KEY)."""
+    if not request.app.state.api_keys:
+        return
+    metrics_key = request.app.state.settings.metrics_key
+    if not metrics_key:
+        raise Problem(403, "/metrics is closed: API keys are on and no operator metrics key is set. Set "
+                      "DNNQ_METRICS_KEY on the API and scrape with 'Authorization: Bearer <DNNQ_METRICS_KEY>'.")
+    authorization = request.headers.get("authorization", "")
+    if tenant_for([(metrics_key.encode(), "operator")], authorization) is not None:
+        return
+    if tenant_for(request.app.state.api_keys, authorization) is not None:
+        raise Problem(403, "/metrics reports every tenant's figures: it needs the operator's metrics key "
+                      "(DNNQ_METRICS_KEY), not a tenant's API key.")
+    given = authorization.partition(" ")[2].strip()
+    raise Problem(401, f"Metrics key {'invalid' if given else 'missing'}: send 'Authorization: Bearer "
+                  "<DNNQ_METRICS_KEY>'.",
+                  headers={"WWW-Authenticate": 'Bearer realm="dnnq-metrics"'
+                           + (', error="invalid_token"' if given else "")})
+
+
+@router.get("/metrics", response_class=Response, responses=problems(401, 403),
+            dependencies=[Depends(require_operator)])
+def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.scrape_registry), media_type=CONTENT_TYPE_LATEST)

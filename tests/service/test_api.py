@@ -480,7 +480,7 @@ def test_api_keys_401_and_tenant_isolation(api_settings):
         bad = c.get("/v1/datasets", headers={"Authorization": "Bearer key-c"})
         assert_problem(bad, 401, "API key invalid")
         assert "invalid_token" in bad.headers["www-authenticate"]
-        assert_problem(c.get("/metrics"), 401)
+        assert_problem(c.get("/metrics"), 403, "DNNQ_METRICS_KEY")  # keys on, no metrics key: closed
         alice = {"Authorization": "Bearer key-a"}
         bob = {"Authorization": "Bearer key-b"}
         ds = c.post("/v1/datasets", files={"file": ("d.npz", binary_npz())}, headers=alice).json()["id"]
