@@ -1,0 +1,173 @@
+"""CSV with a header row: streamed row by row, features straight into a growing float64 array and
+labels kept as numbers or as small integer codes, so memory stays a small multiple of the body.
+
+Line endings LF, CRLF and CR-only all work (the text is read with newline=""); a line or a field
+too long for a table of numbers is refused with the line it is on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+
+from service.formats.common import ParsedDataset, UploadError, UploadLimits, check_classes, check_finite, \
+    check_limits, finish_arrays, short
+
+__all__ = ["read_csv"]
+
+CHARS_PER_FIELD = 64  # a line longer than this per column (plus one long field) is not a table of numbers
+
+
+def _lines(text: io.TextIOBase, limits: UploadLimits):
+    """The text's lines, refusing NUL bytes, undecodable bytes and lines longer than any valid row."""
+    most = (limits.max_features + 1) * CHARS_PER_FIELD + csv.field_size_limit()
+    number = 0
+    while True:
+        number += 1
+        try:
+            line = text.readline(most + 1)
+        except UnicodeDecodeError as exc:
+            raise UploadError(422, f"This CSV is not UTF-8 text ({short(exc)}); save it as UTF-8.") from None
+        if not line:
+            return
+        if len(line) > most:
+            if number == 1 and line.count(",") > limits.max_features:
+                raise UploadError(413, f"This CSV's header has more than {limits.max_features} feature columns; "
+                                  f"the limit is {limits.max_features} (DNNQ_MAX_FEATURES).")
+            raise UploadError(422, f"CSV line {number} is longer than {most} characters; a row holds numbers and "
+                              "one label per column.")
+        if "\x00" in line:
+            raise UploadError(422, f"CSV line {number} contains a NUL byte; upload plain UTF-8 text.")
+        yield line
+
+
+class _Labels:
+    """Each row's label as a float where it reads as a number, and as a code of its string for as long
+    as there are few enough distinct strings to be classes."""
+
+    def __init__(self, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.values = np.empty(1024, dtype=np.float64)
+        self.codes = np.empty(1024, dtype=np.int32)
+        self.index: dict[str, int] = {}
+        self.numeric = True      # every label so far reads as a number
+        self.too_many = False    # more distinct strings than classes allowed
+
+    def add(self, i: int, label: str) -> None:
+        if i == len(self.values):
+            self.values.resize(2 * i, refcheck=False)
+            self.codes.resize(2 * i, refcheck=False)
+        try:
+            self.values[i] = float(label)
+        except ValueError:
+            self.numeric = False
+        if not self.too_many:
+            code = self.index.get(label)
+            if code is None:
+                code = self.index[label] = len(self.index)
+                self.too_many = len(self.index) > self.limits.max_classes
+            self.codes[i] = code
+        if self.too_many and not self.numeric:
+            check_classes(len(self.index), "distinct string classes or more", self.limits)
+
+    def as_classes(self, m: int) -> tuple[np.ndarray, list]:
+        classes = sorted(self.index)
+        order = np.empty(len(classes), dtype=np.int32)
+        order[[self.index[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
+        return order[self.codes[:m]].astype(np.float64).reshape(-1, 1), classes
+
+
+def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | None) -> ParsedDataset:
+    raw = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        return _parse(csv.reader(_lines(text, limits)), limits, target)
+
+
+def _rows(reader):
+    """The reader's rows, its errors (a field over the csv module's limit, a quote never closed) as a 422."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise UploadError(422, f"CSV line {reader.line_num}: {exc}. Fields longer than "
+                              f"{csv.field_size_limit()} characters, or quotes that never close, are refused; "
+                              "save the file as comma-separated numbers.") from None
+        yield row
+
+
+def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
+    rows = _rows(reader)
+    header = None
+    for row in rows:
+        if any(c.strip() for c in row):
+            header = [h.strip() for h in row]
+            break
+    if header is None:
+        raise UploadError(422, "This CSV needs a header row and at least one data row.")
+    if len(header) < 2:
+        raise UploadError(422, "This CSV needs at least one feature column and a label column.")
+    n = len(header)
+    if n - 1 > limits.max_features:
+        raise UploadError(413, f"This dataset has {n - 1} features; the limit is {limits.max_features} "
+                          "(DNNQ_MAX_FEATURES).")
+    t = n - 1 if target is None else (header.index(target) if target in header else None)
+    if t is None:
+        raise UploadError(422, f"target column {target!r} is not in the header {header[:50]}.")
+    max_rows = min(limits.max_examples, limits.max_array_bytes // (8 * (n - 1)))
+    X = np.empty((min(1024, max_rows + 1), n - 1), dtype=np.float64)
+    labels = _Labels(limits)
+    m = 0
+    for row in rows:
+        if len(row) != n:
+            if not any(c.strip() for c in row):
+                continue
+            raise UploadError(422, f"CSV line {reader.line_num} has {len(row)} fields; the header has {n}.")
+        if m == max_rows:
+            _too_many_rows(m, n, limits)
+        if m == len(X):
+            X.resize((min(2 * m, max_rows + 1), n - 1), refcheck=False)  # realloc: no second copy
+        label = row.pop(t)
+        try:
+            X[m] = row
+        except ValueError:
+            if not label.strip() and not any(c.strip() for c in row):
+                continue
+            _not_a_number(row, header, t, reader.line_num)
+        labels.add(m, label.strip())
+        m += 1
+    if m == 0:
+        raise UploadError(422, "This CSV needs a header row and at least one data row.")
+    X.resize((m, n - 1), refcheck=False)
+    if labels.numeric:
+        return finish_arrays(X, labels.values[:m].copy(), limits)
+    check_classes(len(labels.index), "distinct string classes", limits)
+    Y, classes = labels.as_classes(m)
+    check_finite(X, Y)
+    check_limits(X, limits)
+    return ParsedDataset(X, Y, classes, "binary" if len(classes) == 2 else "integer")
+
+
+def _too_many_rows(m: int, n: int, limits: UploadLimits) -> None:
+    if m >= limits.max_examples:
+        raise UploadError(413, f"This CSV has more than {limits.max_examples} examples; the limit is "
+                          f"{limits.max_examples} (DNNQ_MAX_EXAMPLES).")
+    raise UploadError(413, f"This CSV has more than {m} rows of {n - 1} features, over {limits.max_array_bytes} "
+                      "bytes as float64; the limit is the declared-size limit (DNNQ_MAX_DECOMPRESSED_BYTES). "
+                      "Upload a smaller dataset.")
+
+
+def _not_a_number(row: list[str], header: list[str], t: int, line: int) -> None:
+    names = [h for k, h in enumerate(header) if k != t]
+    for j, col in enumerate(row):
+        try:
+            float(col)
+        except ValueError:
+            raise UploadError(
+                422, f"CSV line {line}, column {names[j]!r}: {col.strip()[:100]!r} is not a number. Features "
+                "must be numeric (only the target column may hold strings).") from None
+    raise UploadError(422, f"CSV line {line} could not be read as numbers.")
