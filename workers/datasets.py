@@ -1,17 +1,27 @@
 """Dataset records: metadata in Redis (dnnq:dataset:{id}), arrays in the artifact store.
 
 The only writer of dataset records. Arrays are stored examples-first in `datasets/{id}.npz`:
-`X` (m, n_features) float32/float64 and `Y` (m, n_outputs). The record is written only after
-the arrays are stored, so a record always points at a complete file.
+`X` (m, n_features) float32/float64 and `Y` (m, n_outputs), written uncompressed (np.savez) in
+C order, so a reader finds any row at a computed offset (read_preview reads only the rows it
+shows). The record is written only after the file is in place, so a record always points at a
+complete file.
+
+Uploads are parsed and written by a sandboxed child (service/sandbox.py) that calls
+write_dataset_file; the API then moves the file in with save_dataset_file. save_dataset does both
+in-process, for arrays we generated ourselves (synthetic datasets, tests).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
+import struct
 import time
-from typing import Any
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -21,12 +31,19 @@ from workers.store import ArtifactStore
 __all__ = [
     "LABEL_KINDS",
     "DatasetError",
+    "ParsedInfo",
     "dataset_id_for",
+    "dataset_id_from_digest",
     "get_dataset",
     "get_dataset_async",
     "list_datasets",
     "load_arrays",
+    "prepare",
+    "read_layout",
+    "read_preview",
     "save_dataset",
+    "save_dataset_file",
+    "write_dataset_file",
 ]
 
 LABEL_KINDS = ("binary", "integer", "onehot", "continuous")
@@ -36,6 +53,19 @@ _INT_FIELDS = ("n_examples", "n_features", "n_outputs", "n_classes", "size_bytes
 class DatasetError(ValueError):
     """Arrays that cannot be a dataset; the message says what is wrong and how to fix it."""
 
+
+@dataclass(frozen=True)
+class ParsedInfo:
+    """What a stored dataset file holds: the record's fields, and the digest its id derives from."""
+
+    n_examples: int
+    n_features: int
+    n_outputs: int
+    n_classes: int
+    classes: list | None
+    label_kind: str
+    dtype: str  # X's dtype name: float32 or float64
+    content_digest: str  # hex of _canonical(): the id is sha256(tenant + this)
 
 
 def tenant_datasets_key(tenant: str) -> str:
@@ -55,14 +85,19 @@ def _canonical(X: np.ndarray, Y: np.ndarray, classes: list | None, label_kind: s
     h = hashlib.sha256()
     for a in (X, Y):
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the C-order bytes, without a copy of them
     h.update(json.dumps([label_kind, classes]).encode())
     return h.digest()
 
 
 def dataset_id_for(tenant: str, X: np.ndarray, Y: np.ndarray, classes: list | None, label_kind: str) -> str:
     """First 24 hex chars of sha256(tenant + canonical content)."""
-    return hashlib.sha256(tenant.encode() + b"\0" + _canonical(X, Y, classes, label_kind)).hexdigest()[:24]
+    return dataset_id_from_digest(tenant, _canonical(X, Y, classes, label_kind).hex())
+
+
+def dataset_id_from_digest(tenant: str, content_digest: str) -> str:
+    """dataset_id_for, from the content digest a ParsedInfo carries."""
+    return hashlib.sha256(tenant.encode() + b"\0" + bytes.fromhex(content_digest)).hexdigest()[:24]
 
 
 def _normalise(X: Any, Y: Any, label_kind: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -109,6 +144,34 @@ def _normalise(X: Any, Y: Any, label_kind: str) -> tuple[np.ndarray, np.ndarray,
     return X, Y, n_classes
 
 
+def prepare(X: Any, Y: Any, classes: list | None, label_kind: str) -> tuple[np.ndarray, np.ndarray, list | None, int]:
+    """_normalise plus the class names: (X, Y, classes, n_classes), or DatasetError."""
+    X, Y, n_classes = _normalise(X, Y, label_kind)
+    if classes is not None:
+        classes = list(classes)
+        if label_kind in ("binary", "integer", "onehot") and len(classes) < n_classes:
+            raise DatasetError(f"classes lists {len(classes)} names but the labels use {n_classes} classes.")
+        n_classes = max(n_classes, len(classes)) if label_kind != "continuous" else 0
+    return X, Y, classes, n_classes
+
+
+def write_dataset_file(X: Any, Y: Any, classes: list | None, label_kind: str, out: BinaryIO) -> ParsedInfo:
+    """Normalise the arrays, write them to `out` in the stored layout and describe them.
+
+    The layout is np.savez's (uncompressed zip of two .npy members) with both arrays in C order: a
+    features-first upload arrives transposed (Fortran order) and is copied once here, so that every
+    stored row is contiguous and read_preview can read row i at a computed offset.
+    """
+    X, Y, classes, n_classes = prepare(X, Y, classes, label_kind)
+    X, Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
+    np.savez(out, X=X, Y=Y)
+    return ParsedInfo(
+        n_examples=int(X.shape[0]), n_features=int(X.shape[1]), n_outputs=int(Y.shape[1]),
+        n_classes=int(n_classes), classes=classes, label_kind=label_kind, dtype=X.dtype.name,
+        content_digest=_canonical(X, Y, classes, label_kind).hex(),
+    )
+
+
 def save_dataset(
     r,
     store: ArtifactStore,
@@ -121,37 +184,46 @@ def save_dataset(
     classes: list | None = None,
     label_kind: str,
 ) -> dict:
-    """Store arrays then the record; an identical upload returns the existing record untouched."""
-    X, Y, n_classes = _normalise(X, Y, label_kind)
-    if classes is not None:
-        classes = list(classes)
-        if label_kind in ("binary", "integer", "onehot") and len(classes) < n_classes:
-            raise DatasetError(f"classes lists {len(classes)} names but the labels use {n_classes} classes.")
-        n_classes = max(n_classes, len(classes)) if label_kind != "continuous" else 0
-    dataset_id = dataset_id_for(tenant, X, Y, classes, label_kind)
+    """Store arrays then the record, in this process (only for arrays we made: uploads go through the
+    sandbox); an identical dataset returns the existing record untouched."""
+    path = store.new_staging_path(".npz")
+    try:
+        with open(path, "xb") as out:
+            info = write_dataset_file(X, Y, classes, label_kind, out)
+        return save_dataset_file(r, store, tenant=tenant, name=name, source=source, path=path, info=info)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def save_dataset_file(r, store: ArtifactStore, *, tenant: str, name: str, source: str, path: Path | str,
+                      info: ParsedInfo) -> dict:
+    """Move a file written by write_dataset_file into the store, then write its record.
+
+    Identical content (same tenant and digest) returns the existing record and leaves `path` where it
+    is (the caller removes it); otherwise `path` is consumed.
+    """
+    dataset_id = dataset_id_from_digest(tenant, info.content_digest)
     key, array_key = _key(dataset_id), _array_key(dataset_id)
     existing = get_dataset(r, dataset_id)
     if existing is not None and store.exists(array_key):
         return existing
-    buf = io.BytesIO()
-    np.savez(buf, X=X, Y=Y)
-    data = buf.getvalue()
-    sha = store.put(array_key, data)
+    size = os.path.getsize(path)
+    sha = store.put_file(array_key, path)
     record = {
         "id": dataset_id,
         "tenant": tenant,
         "name": name,
         "source": source,
         "sha256": sha,
-        "n_examples": str(X.shape[0]),
-        "n_features": str(X.shape[1]),
-        "n_outputs": str(Y.shape[1]),
-        "n_classes": str(n_classes),
-        "label_kind": label_kind,
-        "classes": json.dumps(classes) if classes is not None else "",
-        "dtype": X.dtype.name,
+        "n_examples": str(info.n_examples),
+        "n_features": str(info.n_features),
+        "n_outputs": str(info.n_outputs),
+        "n_classes": str(info.n_classes),
+        "label_kind": info.label_kind,
+        "classes": json.dumps(info.classes) if info.classes is not None else "",
+        "dtype": info.dtype,
         "created_at": now_iso(),
-        "size_bytes": str(len(data)),
+        "size_bytes": str(size),
     }
     pipe = r.pipeline(transaction=True)
     pipe.hset(key, mapping=record)
@@ -203,10 +275,101 @@ def list_datasets(r, tenant: str, offset: int = 0, limit: int = 50) -> tuple[lis
 def load_arrays(store: ArtifactStore, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y) examples-first, as stored. Never unpickles."""
     try:
-        data = store.get(_array_key(dataset_id))
+        f = store.open_read(_array_key(dataset_id))
     except KeyError:
         raise LookupError(f"The arrays of dataset '{dataset_id}' are missing from the artifact store.") from None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+    with f, np.load(f, allow_pickle=False) as npz:
         return npz["X"], npz["Y"]
 
 
+# --- reading a slice of a stored file ---------------------------------------------------------
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
+_STORED_DTYPES = {np.dtype(t) for t in ("<f4", "<f8", "<i8")}
+_MAX_NPY_HEADER = 64 * 1024
+
+
+@dataclass(frozen=True)
+class _Member:
+    data_offset: int  # of the array's first element, in the .npz file
+    shape: tuple[int, int]
+    dtype: np.dtype
+    fortran_order: bool
+
+
+def read_layout(f: BinaryIO) -> dict[str, _Member]:
+    """Where X's and Y's data start in a stored .npz, from the zip directory, the local file headers
+    and the .npy headers only (a few hundred bytes). DatasetError if the file is not the stored layout.
+    """
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DatasetError(f"The stored dataset file is not a readable zip archive ({exc}).") from None
+    members = {info.filename: info for info in zf.infolist()}
+    layout = {}
+    for name in ("X", "Y"):
+        info = members.get(f"{name}.npy")
+        if info is None or info.compress_type != zipfile.ZIP_STORED or info.header_offset < 0:
+            raise DatasetError(f"The stored dataset file has no uncompressed member {name}.npy.")
+        f.seek(info.header_offset)
+        raw = f.read(_LOCAL_HEADER.size)
+        if len(raw) != _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+            raise DatasetError(f"The stored dataset file's entry {name}.npy has a bad local header.")
+        fields = _LOCAL_HEADER.unpack(raw)
+        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]  # + name + extra field
+        f.seek(start)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=_MAX_NPY_HEADER)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=_MAX_NPY_HEADER)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (ValueError, SyntaxError, OSError) as exc:
+            raise DatasetError(f"The stored dataset file's {name}.npy has a bad header ({exc}).") from None
+        data_offset = f.tell()
+        if dtype not in _STORED_DTYPES or len(shape) != 2:
+            raise DatasetError(f"The stored dataset file's {name} is {dtype} {shape}, not a 2-D numeric array.")
+        n_bytes = shape[0] * shape[1] * dtype.itemsize  # Python ints: no overflow
+        if data_offset + n_bytes > start + info.compress_size:
+            raise DatasetError(f"The stored dataset file's {name}.npy is shorter than its header says.")
+        layout[name] = _Member(data_offset, (int(shape[0]), int(shape[1])), dtype, bool(fortran_order))
+    return layout
+
+
+def _read_exact(f: BinaryIO, offset: int, n: int) -> bytes:
+    f.seek(offset)
+    data = f.read(n)
+    if len(data) != n:
+        raise DatasetError("The stored dataset file ends before its arrays do.")
+    return data
+
+
+def _read_block(f: BinaryIO, member: _Member, rows: int, cols: int | None) -> np.ndarray:
+    """member[:rows, :cols] read with one seek and read per row (C order) or per column (Fortran order,
+    files stored before C order was enforced)."""
+    m, n = member.shape
+    rows, cols = min(rows, m), n if cols is None else min(cols, n)
+    size = member.dtype.itemsize
+    if not member.fortran_order:
+        if cols == n:
+            data = _read_exact(f, member.data_offset, rows * n * size)
+        else:
+            data = b"".join(_read_exact(f, member.data_offset + i * n * size, cols * size) for i in range(rows))
+        return np.frombuffer(data, member.dtype).reshape(rows, cols)
+    data = b"".join(_read_exact(f, member.data_offset + j * m * size, rows * size) for j in range(cols))
+    return np.frombuffer(data, member.dtype).reshape(cols, rows).T
+
+
+def read_preview(store: ArtifactStore, dataset_id: str, rows: int, features: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(X[:rows, :features], Y[:rows]) read from the stored file without loading it: the zip
+    directory, two .npy headers and the rows shown. `features=None`: whole rows.
+    LookupError when the file is missing, DatasetError when it is not the stored layout."""
+    try:
+        f = store.open_read(_array_key(dataset_id))
+    except KeyError:
+        raise LookupError(f"The arrays of dataset '{dataset_id}' are missing from the artifact store.") from None
+    with f:
+        layout = read_layout(f)
+        return _read_block(f, layout["X"], rows, features), _read_block(f, layout["Y"], rows, None)

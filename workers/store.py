@@ -4,18 +4,30 @@ A reader sees either the old file or the new one, never a partial write: the byt
 temporary file in the same directory, are fsync'ed, renamed over the target (os.replace is
 atomic on POSIX within one filesystem) and the directory is fsync'ed so the rename survives a
 crash.
+
+Large files (uploaded datasets) never pass through memory: they are written to a staging path
+(`new_staging_path`, on the store's filesystem) and moved in with `put_file`; readers take what
+they need through `open_read`, a seekable file an object-store backend can serve with range GETs.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
+import time
+import uuid
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 __all__ = ["ArtifactStore", "InvalidKey", "LocalArtifactStore", "open_store", "validate_key"]
+
+_CHUNK = 1024 * 1024
+STAGING_DIR = ".staging"  # under the root; no key can name it (key parts never start with '.')
+STALE_STAGING_SECONDS = 3600  # older than any upload in flight: files left by a process that died
 
 # Keys are relative POSIX paths of plain names: "datasets/{id}.npz", "jobs/{id}/weights.npz".
 _PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -32,6 +44,9 @@ class ArtifactStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
+    def put_file(self, key: str, path: Path | str) -> str: ...  # atomic; consumes `path`; returns sha256 hex
+    def open_read(self, key: str) -> BinaryIO: ...  # seekable, read-only; KeyError if absent
+    def new_staging_path(self, suffix: str = "") -> Path: ...  # a fresh local path for an in-flight file
 
 
 def validate_key(key: str) -> str:
@@ -62,6 +77,23 @@ class LocalArtifactStore:
     def __init__(self, root: Path | str):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.staging = self.root / STAGING_DIR
+        self._clean_staging()
+
+    def _clean_staging(self) -> None:
+        """Remove staging files left by a process that died mid-upload. Every process that opens the
+        store does this, so only files too old to belong to a live upload are removed."""
+        cutoff = time.time() - STALE_STAGING_SECONDS
+        try:
+            entries = list(os.scandir(self.staging))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                pass
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
@@ -106,6 +138,61 @@ class LocalArtifactStore:
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
         return path if path.is_file() else None
+
+    def new_staging_path(self, suffix: str = "") -> Path:
+        """A path in the staging directory that nothing uses yet (the caller creates and removes it).
+        It is on the store's filesystem, so put_file moves it in with a rename."""
+        self.staging.mkdir(mode=0o700, exist_ok=True)
+        return self.staging / f"{uuid.uuid4().hex}{suffix}"
+
+    def put_file(self, key: str, path: Path | str) -> str:
+        """Move the file at `path` to `key` atomically and return its sha256; `path` is consumed.
+
+        The file is hashed in chunks (never read whole) and fsync'ed, then renamed into place: on
+        the same filesystem (the staging directory) that is the whole write. From another
+        filesystem it is copied to a temporary file beside the target first, then renamed.
+        """
+        src = Path(path)
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        with open(src, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+            os.fsync(f.fileno())
+        try:
+            os.replace(src, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # another filesystem: copy below
+                raise
+            self._copy_in(src, target)
+            src.unlink()
+        _fsync_dir(target.parent)
+        return h.hexdigest()
+
+    def _copy_in(self, src: Path, target: Path) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def open_read(self, key: str) -> BinaryIO:
+        """The stored file, open for reading (seek and read what you need). An object-store backend
+        returns a file whose reads are range GETs (as s3fs and smart_open do), so the same reader
+        code fetches only the bytes it reads."""
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise KeyError(key) from None
 
 
 def open_store(settings=None) -> LocalArtifactStore:

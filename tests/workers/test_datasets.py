@@ -1,4 +1,5 @@
-"""Dataset records: idempotent content-derived ids, validation, arrays round trip."""
+"""Dataset records: idempotent content-derived ids, validation, arrays round trip, files stored from
+elsewhere (the upload sandbox) and previews that read only the rows they show."""
 
 from __future__ import annotations
 
@@ -102,3 +103,121 @@ def test_load_never_unpickles(store):
     store.put(f"datasets/{'1' * 24}.npz", buf.getvalue())
     with pytest.raises(ValueError, match="allow_pickle"):
         datasets.load_arrays(store, "1" * 24)
+
+
+# --- files written elsewhere (the upload sandbox), and previews that read only what they show -----
+
+class CountingStore:
+    """The test's store, counting every byte read through open_read."""
+
+    def __init__(self, store):
+        self.store, self.bytes_read, self.reads = store, 0, 0
+
+    def open_read(self, key):
+        f = self.store.open_read(key)
+        real_read = f.read
+
+        def read(n=-1):
+            data = real_read(n)
+            self.bytes_read += len(data)
+            self.reads += 1
+            return data
+
+        f.read = read
+        return f
+
+
+def write_file(store, X, Y, classes=None, label_kind="binary"):
+    path = store.new_staging_path(".npz")
+    with open(path, "xb") as out:
+        info = datasets.write_dataset_file(X, Y, classes, label_kind, out)
+    return path, info
+
+
+def test_save_dataset_file_stores_then_records_and_is_idempotent(redis_client, store):
+    X, Y = blobs()
+    path, info = write_file(store, X, Y)
+    assert (info.n_examples, info.n_features, info.n_outputs, info.n_classes) == (20, 3, 1, 2)
+    rec = datasets.save_dataset_file(redis_client, store, tenant="public", name="d", source="upload:d.npz",
+                                     path=path, info=info)
+    assert rec["id"] == datasets.dataset_id_for("public", X, Y.reshape(-1, 1), None, "binary")
+    assert not path.exists()  # moved into the store
+    assert rec["size_bytes"] == store.local_path(f"datasets/{rec['id']}.npz").stat().st_size
+    X2, Y2 = datasets.load_arrays(store, rec["id"])
+    np.testing.assert_array_equal(X2, X)
+    again_path, again_info = write_file(store, X.copy(), Y.copy())
+    again = datasets.save_dataset_file(redis_client, store, tenant="public", name="other", source="upload:e.npz",
+                                       path=again_path, info=again_info)
+    assert again == rec and again_path.exists()  # the existing record; the caller removes its file
+    assert datasets.list_datasets(redis_client, "public", 0, 10)[1] == 1
+
+
+def test_no_record_when_the_file_cannot_be_stored(redis_client, store, monkeypatch):
+    path, info = write_file(store, *blobs())
+    monkeypatch.setattr(store, "put_file", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left (simulated)")))
+    with pytest.raises(OSError, match="simulated"):
+        datasets.save_dataset_file(redis_client, store, tenant="public", name="d", source="s", path=path, info=info)
+    assert redis_client.keys("dnnq:*") == []
+
+
+def test_stored_file_is_uncompressed_c_order_even_for_transposed_input(store):
+    import zipfile
+
+    X = np.asfortranarray(np.arange(60, dtype=np.float64).reshape(12, 5))
+    path, info = write_file(store, X, np.arange(12) % 3, label_kind="integer")
+    with zipfile.ZipFile(path) as zf:
+        assert {i.filename: i.compress_type for i in zf.infolist()} == {"X.npy": 0, "Y.npy": 0}
+    with open(path, "rb") as f:
+        layout = datasets.read_layout(f)
+    assert layout["X"].fortran_order is False and layout["X"].shape == (12, 5)
+    assert info.content_digest == datasets._canonical(np.ascontiguousarray(X), (np.arange(12) % 3).reshape(-1, 1),
+                                                      None, "integer").hex()
+
+
+def test_preview_reads_only_a_few_kb_of_a_large_dataset(redis_client, store):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(4000, 1000)).astype(np.float32)  # 16 MB stored
+    rec = save(redis_client, store, X, (X[:, 0] > 0).astype(np.float32))
+    counting = CountingStore(store)
+    Xp, Yp = datasets.read_preview(counting, rec["id"], 5, 20)
+    np.testing.assert_array_equal(Xp, X[:5, :20])
+    np.testing.assert_array_equal(Yp, (X[:5, :1] > 0).astype(np.float32))
+    assert counting.bytes_read < 8 * 1024, counting.bytes_read
+    counting.bytes_read = 0
+    full, _ = datasets.read_preview(counting, rec["id"], 5, None)  # whole rows: 5 x 1000 x 4 bytes
+    np.testing.assert_array_equal(full, X[:5])
+    assert counting.bytes_read < 20_000 + 8 * 1024, counting.bytes_read
+
+
+def test_preview_of_a_fortran_order_file_stored_before(store):
+    X = np.asfortranarray(np.arange(300, dtype=np.float64).reshape(30, 10))
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, X=X, Y=np.asfortranarray(np.eye(3)[np.arange(30) % 3]))  # as save_dataset once wrote it
+    store.put(f"datasets/{'2' * 24}.npz", buf.getvalue())
+    Xp, Yp = datasets.read_preview(store, "2" * 24, 5, 4)
+    np.testing.assert_array_equal(Xp, X[:5, :4])
+    np.testing.assert_array_equal(Yp, np.eye(3)[np.arange(5) % 3])
+
+
+@pytest.mark.parametrize("case", ["compressed", "truncated", "object", "missing"])
+def test_preview_of_a_file_not_in_the_stored_layout(store, case):
+    import io
+
+    key = f"datasets/{'3' * 24}.npz"
+    buf = io.BytesIO()
+    if case == "compressed":
+        np.savez_compressed(buf, X=np.ones((5, 2)), Y=np.ones((5, 1)))
+    elif case == "object":
+        np.savez(buf, X=np.array([[object()]], dtype=object), Y=np.ones((1, 1)))
+    else:
+        np.savez(buf, X=np.ones((50, 2)), Y=np.ones((50, 1)))
+    data = buf.getvalue()
+    if case == "truncated":
+        data = data[:200] + data[-200:]
+    if case != "missing":
+        store.put(key, data)
+    expected = LookupError if case == "missing" else DatasetError
+    with pytest.raises(expected):
+        datasets.read_preview(store, "3" * 24, 5, 20)
