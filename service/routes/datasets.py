@@ -1,4 +1,9 @@
-"""/v1/datasets: upload (.npz/.csv/.h5), synthetic generators, read and list."""
+"""/v1/datasets: upload (.npz/.csv/.h5), synthetic generators, read and list.
+
+An upload is streamed to a staging file and parsed in a sandboxed child (service/sandbox.py) that
+writes the stored file; this process only moves files and writes the record. The preview reads
+only the rows it shows (workers.datasets.read_preview).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,15 @@ from fastapi.responses import JSONResponse
 from service.deps import Rds, Settings, Store, Tenant
 from service.errors import Problem, problems
 from service.idempotency import reserve
+from service.sandbox import parse_in_sandbox
 from service.schemas import SyntheticRequest, dataset_view
 from service.synthetic import generate
-from service.uploads import UploadError, UploadLimits, parse_upload
+from service.uploads import UploadError, UploadLimits
 from workers import datasets
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20
+_COPY_CHUNK = 1024 * 1024
 _SAME = {200: {"description": "The same content was stored before: the existing dataset."}}
 
 
@@ -28,15 +35,14 @@ def _now_iso() -> str:
 
 
 def _limits(settings) -> UploadLimits:
-    return UploadLimits(settings.max_examples, settings.max_features, settings.decompressed_limit)
+    return UploadLimits(settings.max_examples, settings.max_features, settings.decompressed_limit,
+                        max_classes=settings.max_classes, max_expansion_ratio=settings.max_expansion_ratio)
 
 
-def _save(r, store, settings, *, tenant, name, source, arrays, idem_key, body_sha):
-    """Store through workers.datasets; 201 for a new dataset, 200 when identical content already exists.
-
-    `arrays` is (X, Y, classes, label_kind). An Idempotency-Key replay answers 201 with the original id.
-    """
-    X, Y, classes, kind = arrays
+def _save(r, settings, *, tenant, idem_key, body_sha, store_it):
+    """Run `store_it()` (-> record) under the Idempotency-Key; 201 for a new dataset, 200 when identical
+    content already exists. An Idempotency-Key replay answers 201 with the original id, without
+    calling `store_it`. UploadError and DatasetError are 4xx problems."""
     reservation, replay_id = reserve(r, tenant=tenant, route="datasets", key=idem_key,
                                      body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds)
     if replay_id is not None:
@@ -45,19 +51,28 @@ def _save(r, store, settings, *, tenant, name, source, arrays, idem_key, body_sh
             return _created(rec, 201)
     started = _now_iso()
     try:
-        rec = datasets.save_dataset(r, store, tenant=tenant, name=name, source=source, X=X, Y=Y,
-                                    classes=classes, label_kind=kind)
-    except datasets.DatasetError as exc:
+        rec = store_it()
+    except BaseException as exc:
         if reservation:
             reservation.release()
-        raise Problem(422, str(exc)) from None
-    except BaseException:
-        if reservation:
-            reservation.release()
+        if isinstance(exc, UploadError):
+            raise Problem(exc.status, exc.detail) from None
+        if isinstance(exc, datasets.DatasetError):
+            raise Problem(422, str(exc)) from None
         raise
     if reservation:
         reservation.complete(rec["id"])
     return _created(rec, 201 if rec["created_at"] >= started else 200)
+
+
+def _stream_to(file: UploadFile, path) -> str:
+    """Copy the upload to `path` in chunks; the sha256 of its bytes."""
+    h = hashlib.sha256()
+    with open(path, "xb") as out:
+        while chunk := file.file.read(_COPY_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
 
 
 def _created(rec: dict, status: int) -> JSONResponse:
@@ -79,17 +94,23 @@ def upload_dataset(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Examples are rows. Returns 201 for a new dataset; an identical upload returns 200 with the same id."""
-    data = file.file.read()
+    upload_path, stored_path = store.new_staging_path(".upload"), store.new_staging_path(".npz")
     try:
-        parsed = parse_upload(file.filename or "", data, _limits(settings), target=target,
-                              x_key=x_key, y_key=y_key, layout=layout)
-    except UploadError as exc:
-        raise Problem(exc.status, exc.detail) from None
-    form = json.dumps([file.filename, name, target, x_key, y_key, layout])
-    body_sha = hashlib.sha256(hashlib.sha256(data).digest() + form.encode()).hexdigest()
-    return _save(r, store, settings, tenant=tenant, name=name or file.filename or "upload",
-                 source=f"upload:{file.filename}", idem_key=idempotency_key, body_sha=body_sha,
-                 arrays=(parsed.X, parsed.Y, parsed.classes, parsed.label_kind))
+        form = json.dumps([file.filename, name, target, x_key, y_key, layout])
+        body_sha = hashlib.sha256(bytes.fromhex(_stream_to(file, upload_path)) + form.encode()).hexdigest()
+
+        def store_it() -> dict:
+            info = parse_in_sandbox(
+                file.filename or "", upload_path, stored_path, _limits(settings), target=target, x_key=x_key,
+                y_key=y_key, layout=layout, memory_bytes=settings.parse_memory_limit,
+                cpu_seconds=settings.parse_cpu_seconds, wall_seconds=settings.parse_wall_seconds)
+            return datasets.save_dataset_file(r, store, tenant=tenant, name=name or file.filename or "upload",
+                                              source=f"upload:{file.filename}", path=stored_path, info=info)
+
+        return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha, store_it=store_it)
+    finally:
+        upload_path.unlink(missing_ok=True)
+        stored_path.unlink(missing_ok=True)
 
 
 @router.post("/synthetic", status_code=201, summary="Generate moons, circles, spiral or blobs", responses=_SAME)
@@ -122,9 +143,10 @@ def synthetic_dataset(
         body.name, [])
     label = f"{body.name}(" + ", ".join(f"{a}={getattr(body, a)}" for a in used) + ")"
     body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    return _save(r, store, settings, tenant=tenant, name=label, source=f"synthetic:{body.name}",
-                 idem_key=idempotency_key, body_sha=body_sha,
-                 arrays=(X, y, list(range(k)), "binary" if k == 2 else "integer"))
+    return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha,
+                 store_it=lambda: datasets.save_dataset(r, store, tenant=tenant, name=label, source=f"synthetic:{body.name}",
+                                                        X=X, Y=y, classes=list(range(k)),
+                                                        label_kind="binary" if k == 2 else "integer"))
 
 
 @router.get("/{dataset_id}", responses=problems(404))
@@ -139,17 +161,12 @@ def get_dataset(
         raise Problem(404, f"No dataset with id '{dataset_id}'.")
     view = dataset_view(rec)
     try:
-        X, Y = datasets.load_arrays(store, dataset_id)
-    except LookupError as exc:
+        X, Y = datasets.read_preview(store, dataset_id, PREVIEW_ROWS, None if preview == "full" else PREVIEW_FEATURES)
+    except (LookupError, datasets.DatasetError) as exc:
         view["preview"] = None
         view["preview_error"] = str(exc)
         return view
-    n_features = X.shape[1] if preview == "full" else PREVIEW_FEATURES
-    view["preview"] = {
-        "X": X[:PREVIEW_ROWS, :n_features].tolist(),
-        "Y": Y[:PREVIEW_ROWS].tolist(),
-        "features_truncated": X.shape[1] > n_features,
-    }
+    view["preview"] = {"X": X.tolist(), "Y": Y.tolist(), "features_truncated": rec["n_features"] > X.shape[1]}
     return view
 
 

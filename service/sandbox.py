@@ -1,0 +1,334 @@
+"""Parse an uploaded file in a sandboxed child process, never in the API process.
+
+parse_in_sandbox() hands a child the path of the uploaded bytes and the path to write the stored
+dataset to. The child confines itself with hard resource limits, parses (service.uploads), checks
+and normalises the arrays (workers.datasets.write_dataset_file, the same code every stored dataset
+goes through), writes the stored .npz and answers with a small JSON document over a pipe. The API
+process only streams files; it never holds the arrays and never unpickles anything the child made.
+
+Why a multiprocessing "forkserver": the server is a fresh interpreter started once (with only its
+own descriptors: none of the API's sockets), which imports numpy, h5py and the parser up front;
+each upload is then a fork of that server, costing milliseconds rather than an interpreter start
+and the imports. A plain fork of the API would copy the API's threads' state, its sockets and its
+memory; "spawn" would pay ~0.5 s of imports per upload. The standard library restarts a server
+that died (ensure_running), and each upload gets its own child, so uploads run concurrently.
+
+The child's limits (set by the child on itself before it reads a byte of the upload):
+RLIMIT_AS (its address space at start + memory_bytes: an allocation past it is a MemoryError),
+RLIMIT_CPU (SIGXCPU, then SIGKILL a second later), RLIMIT_FSIZE (its output cannot outgrow its
+memory), RLIMIT_CORE 0, and RLIMIT_NOFILE small after every inherited descriptor but the result
+pipe is closed. The parent adds the wall-clock limit and kills on timeout. A crash, a kill, a
+MemoryError or a timeout is an UploadError(422) that names the limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import json
+import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import multiprocessing.popen_forkserver
+import multiprocessing.process
+import multiprocessing.reduction
+import multiprocessing.spawn
+import multiprocessing.util
+import os
+import re
+import resource
+import signal
+import threading
+from pathlib import Path
+from typing import Callable
+
+from service.uploads import UploadError, UploadLimits, parse_upload
+from workers.datasets import LABEL_KINDS, DatasetError, ParsedInfo, read_layout, write_dataset_file
+
+__all__ = ["ParsedInfo", "parse_in_sandbox", "warm"]
+
+log = logging.getLogger("dnnq.sandbox")
+
+_PRELOAD = ["numpy", "h5py", "service.uploads", "workers.datasets", "service.sandbox"]
+_RESULT_MAX_BYTES = 16 * 1024 * 1024  # the JSON answer: counts, a digest and up to max_classes names
+_CHILD_NOFILE = 32  # the result pipe, the upload, the output, and what h5py and zipfile open meanwhile
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_LIMIT_REASONS = {"memory": "it ran out of memory", "output": "its output grew past the memory limit"}
+
+_lock = threading.Lock()
+_context: list = []
+
+
+def _ctx():
+    with _lock:
+        if not _context:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(_PRELOAD)
+            _context.append(ctx)
+        return _context[0]
+
+
+class _Popen(multiprocessing.popen_forkserver.Popen):
+    """The standard forkserver launch (Python 3.10-3.13's popen_forkserver.Popen._launch) less one
+    thing: the child is not told to re-import the API's main module. The standard child runs it
+    (`python -m dnnq.api_process` would be imported again per upload, before the limits are set)."""
+
+    def _launch(self, process_obj):
+        prep_data = {k: v for k, v in multiprocessing.spawn.get_preparation_data(process_obj._name).items()
+                     if k not in ("init_main_from_path", "init_main_from_name")}
+        buf = io.BytesIO()
+        multiprocessing.context.set_spawning_popen(self)
+        try:
+            multiprocessing.reduction.dump(prep_data, buf)
+            multiprocessing.reduction.dump(process_obj, buf)
+        finally:
+            multiprocessing.context.set_spawning_popen(None)
+        self.sentinel, w = multiprocessing.forkserver.connect_to_new_process(self._fds)
+        _parent_w = os.dup(w)  # the child's "parent alive" sentinel, as the standard launch keeps it
+        self.finalizer = multiprocessing.util.Finalize(self, multiprocessing.util.close_fds, (_parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = multiprocessing.forkserver.read_signed(self.sentinel)
+
+
+class _Process(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        return _Popen(process_obj)
+
+
+def warm() -> None:
+    """Start the fork server now (it imports numpy and h5py once), not in the first upload's time."""
+    _ctx()
+    multiprocessing.forkserver.ensure_running()
+
+
+def _forget_forkserver() -> None:
+    """Make the next start launch a new fork server. The standard library does this itself when it
+    reaps a dead server (ForkServer.ensure_running); this covers a server that is gone but was not
+    reaped by it (a connection refused, or its pid already collected). Private attributes: there is
+    no public reset."""
+    server = multiprocessing.forkserver._forkserver
+    with server._lock:
+        pid, server._forkserver_pid = server._forkserver_pid, None
+        if server._forkserver_alive_fd is not None:
+            os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _start(target, args) -> multiprocessing.Process:
+    _ctx()  # the fork server's preload list
+    for attempt in (1, 2):
+        proc = _Process(target=target, args=args, name="dnnq-upload-parser", daemon=True)
+        try:
+            with _lock:
+                proc.start()
+                # Each request thread joins its own child; left in multiprocessing's list, another
+                # thread's start() would poll it too and could read its exit status first.
+                multiprocessing.process._children.discard(proc)
+            return proc
+        except (OSError, EOFError) as exc:  # the fork server died under us
+            if attempt == 2:
+                raise
+            log.warning("upload parser fork server unavailable (%s); starting a new one", exc)
+            _forget_forkserver()
+    raise AssertionError("unreachable")
+
+
+def _reap(proc: multiprocessing.Process, *, kill: bool) -> int | None:
+    """Wait for the child (killing it first if asked, or if it outstays its answer) and free its
+    descriptors; its exit code."""
+    if kill:
+        proc.kill()
+    proc.join(10.0)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+    exitcode = proc.exitcode
+    proc.close()
+    return exitcode
+
+
+def _limits_error(reason: str, memory_bytes: int, cpu_seconds: int, wall_seconds: float) -> UploadError:
+    return UploadError(
+        422, f"This file could not be read within the parser's limits (memory {memory_bytes // 2**20} MiB, "
+        f"CPU {cpu_seconds} s, time {wall_seconds:g} s): {reason}. Upload a smaller or simpler file (fewer "
+        "examples or features, no compression), or ask the operator to raise DNNQ_PARSE_MEMORY_BYTES, "
+        "DNNQ_PARSE_CPU_SECONDS or DNNQ_PARSE_WALL_SECONDS.")
+
+
+def _death_reason(exitcode: int | None, cpu_seconds: int) -> str:
+    if exitcode is None:
+        return "it did not finish"
+    if exitcode < 0:
+        sig = -exitcode
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL):
+            return f"it was stopped by {signal.Signals(sig).name} (more than {cpu_seconds} CPU seconds, or out of memory)"
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"it crashed ({name})"
+    return f"it exited with status {exitcode}"
+
+
+def parse_in_sandbox(
+    filename: str,
+    src_path: Path | str,
+    out_path: Path | str,
+    limits: UploadLimits,
+    *,
+    target: str | None = None,
+    x_key: str = "X",
+    y_key: str = "Y",
+    layout: str = "examples_first",
+    memory_bytes: int,
+    cpu_seconds: int,
+    wall_seconds: float,
+    _parse: Callable | None = None,
+) -> ParsedInfo:
+    """Parse the upload at `src_path` in a confined child that writes the stored file to `out_path`.
+
+    Returns what the file holds; raises UploadError (the parser's own status and detail, or 422 with
+    the limits when the child crashed, ran out of memory or time). `out_path` must not exist; on an
+    error it may be left behind (the caller removes its staging files). `_parse` replaces
+    service.uploads.parse_upload in the child: tests only, a module-level function.
+    """
+    request = {
+        "filename": filename, "src": str(src_path), "out": str(out_path), "limits": limits, "target": target,
+        "x_key": x_key, "y_key": y_key, "layout": layout, "memory_bytes": int(memory_bytes),
+        "cpu_seconds": int(cpu_seconds),
+    }
+    reader, writer = _ctx().Pipe(duplex=False)
+    try:
+        proc = _start(_child_main, (writer, request, _parse))
+    finally:
+        writer.close()  # the child holds its own copy: EOF here when it dies
+    answered, payload = False, None
+    try:
+        with reader:
+            answered = reader.poll(wall_seconds)
+            if answered:
+                try:
+                    payload = reader.recv_bytes(_RESULT_MAX_BYTES)
+                except (EOFError, OSError):  # died without answering, or an answer over the size
+                    payload = None
+    finally:
+        exitcode = _reap(proc, kill=not answered)
+    if not answered:
+        raise _limits_error(f"it took longer than {wall_seconds:g} s", memory_bytes, cpu_seconds, wall_seconds)
+    if payload is None:
+        raise _limits_error(_death_reason(exitcode, cpu_seconds), memory_bytes, cpu_seconds, wall_seconds)
+    return _read_answer(payload, out_path, limits, memory_bytes, cpu_seconds, wall_seconds)
+
+
+def _read_answer(payload: bytes, out_path, limits: UploadLimits, memory_bytes: int, cpu_seconds: int,
+                 wall_seconds: float) -> ParsedInfo:
+    """The child's JSON answer, checked field by field (the child ran hostile input), and the stored
+    file's headers checked against it."""
+    malformed = UploadError(422, "This file could not be read: the parser gave no usable answer. Check that "
+                            "the file opens with numpy, h5py or a CSV reader, and upload it again.")
+    try:
+        answer = json.loads(payload, parse_constant=lambda c: None)
+    except (ValueError, UnicodeDecodeError):
+        raise malformed from None
+    if not isinstance(answer, dict):
+        raise malformed
+    if answer.get("ok") is not True:
+        if answer.get("limit") in _LIMIT_REASONS:
+            raise _limits_error(_LIMIT_REASONS[answer["limit"]], memory_bytes, cpu_seconds, wall_seconds)
+        status, detail = answer.get("status"), answer.get("detail")
+        if type(status) is not int or not 400 <= status < 500 or not isinstance(detail, str) or not detail:
+            raise malformed
+        raise UploadError(status, detail[:4000])
+    info = answer.get("info")
+    if not isinstance(info, dict) or set(info) != {f.name for f in dataclasses.fields(ParsedInfo)}:
+        raise malformed
+    counts = [info[k] for k in ("n_examples", "n_features", "n_outputs", "n_classes")]
+    classes = info["classes"]
+    if (any(type(c) is not int or c < 0 for c in counts) or min(counts[:3]) < 1
+            or counts[0] > limits.max_examples or counts[1] > limits.max_features
+            or info["label_kind"] not in LABEL_KINDS or info["dtype"] not in ("float32", "float64")
+            or not isinstance(info["content_digest"], str) or not _DIGEST_RE.match(info["content_digest"])
+            or not (classes is None or (isinstance(classes, list)
+                                        and all(type(c) in (int, str) for c in classes)))):
+        raise malformed
+    result = ParsedInfo(**info)
+    try:
+        with open(out_path, "rb") as f:
+            stored = read_layout(f)
+    except (OSError, DatasetError):
+        raise malformed from None
+    if (stored["X"].shape != (result.n_examples, result.n_features) or stored["X"].dtype.name != result.dtype
+            or stored["Y"].shape != (result.n_examples, result.n_outputs)):
+        raise malformed
+    return result
+
+
+# --- the child ---------------------------------------------------------------------------------
+
+def _confine(keep_fd: int, memory_bytes: int, cpu_seconds: int) -> None:
+    """Hard limits on this process, set before any of the upload is read."""
+    os.nice(10)  # the API's requests come first on a busy machine
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (memory_bytes, memory_bytes))
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep_fd:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, already closed
+                pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_CHILD_NOFILE, _CHILD_NOFILE))
+    with open("/proc/self/status") as f:
+        vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    address_space = vm_kb * 1024 + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+
+def _parse_and_write(request: dict, parse: Callable | None) -> dict:
+    parse = parse or parse_upload
+    parsed = parse(request["filename"], Path(request["src"]), request["limits"], target=request["target"],
+                   x_key=request["x_key"], y_key=request["y_key"], layout=request["layout"])
+    fd = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        info = write_dataset_file(parsed.X, parsed.Y, parsed.classes, parsed.label_kind, out)
+    return {"ok": True, "info": dataclasses.asdict(info)}
+
+
+def _child_main(conn, request: dict, parse: Callable | None) -> None:
+    """Runs in the forked child: confine, parse, write, answer in JSON, exit without cleanup."""
+    code = 0
+    try:
+        _confine(conn.fileno(), request["memory_bytes"], request["cpu_seconds"])
+        answer = _parse_and_write(request, parse)
+    except MemoryError:
+        answer = {"ok": False, "limit": "memory"}
+    except UploadError as exc:
+        answer = {"ok": False, "status": exc.status, "detail": exc.detail}
+    except DatasetError as exc:
+        answer = {"ok": False, "status": 422, "detail": str(exc)}
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            answer = {"ok": False, "limit": "output"}
+        else:
+            answer = {"ok": False, "status": 422, "detail": f"This file could not be read ({exc.strerror})."}
+    except BaseException as exc:  # noqa: BLE001 - any parser failure is the upload's fault: a 422
+        answer = {"ok": False, "status": 422, "detail": f"This file could not be read ({type(exc).__name__}). "
+                  "Check that it opens with numpy, h5py or a CSV reader, and upload it again."}
+    try:
+        conn.send_bytes(json.dumps(answer, allow_nan=False).encode())
+    except BaseException:  # noqa: BLE001 - the parent sees no answer and reports the exit status
+        code = 1
+    os._exit(code)  # no atexit handlers or finalizers: descriptors they would touch are closed
+

@@ -1,0 +1,234 @@
+"""service.sandbox: an upload is parsed in a confined child; its crash, kill or timeout is a 422.
+
+Several tests run the sandbox with an injected, test-only parser (`_parse=`): a module-level
+function below that misbehaves on purpose (allocates without end, sleeps, spins, segfaults,
+reports its own limits). The child really runs it under the real limits; only the parser differs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import multiprocessing.forkserver
+import os
+import resource
+import signal
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from service import sandbox
+from service.uploads import UploadError, UploadLimits
+from workers import datasets
+
+LIMITS = UploadLimits(max_examples=10_000_000, max_features=1_000_000, max_array_bytes=2 * 1024**3)
+MiB = 1024 * 1024
+
+
+def npz_file(path, **arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def run(tmp_path, src, *, memory=512 * MiB, cpu=20, wall=30.0, out_name="out.npz", **kw):
+    return sandbox.parse_in_sandbox(src.name, src, tmp_path / out_name, kw.pop("limits", LIMITS), memory_bytes=memory,
+                                    cpu_seconds=cpu, wall_seconds=wall, **kw)
+
+
+def expect_limits(exc_info, *fragments):
+    assert exc_info.value.status == 422
+    assert "could not be read within the parser's limits" in exc_info.value.detail
+    for fragment in fragments:
+        assert fragment in exc_info.value.detail, exc_info.value.detail
+
+
+# --- injected parsers (run in the child) --------------------------------------------------------
+
+def _allocate_forever(filename, source, limits, **kw):
+    hoard = []
+    while True:
+        hoard.append(np.ones(16 * MiB, dtype=np.uint8))
+
+
+def _sleep(filename, source, limits, **kw):
+    source.with_suffix(".pid").write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def _spin(filename, source, limits, **kw):
+    while True:
+        pass
+
+
+def _segfault(filename, source, limits, **kw):
+    ctypes.string_at(0)
+
+
+def _report(filename, source, limits, **kw):
+    """Raise the child's view of itself as the parser's 'error': rlimits and open descriptors."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    limits_now = {n: resource.getrlimit(getattr(resource, n)) for n in
+                  ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_CORE", "RLIMIT_FSIZE", "RLIMIT_NOFILE")}
+    raise UploadError(418, json.dumps({"fds": fds, "limits": limits_now, "nice": os.nice(0)}))
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+def test_parses_in_the_child_and_writes_the_stored_file(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 7))
+    src = npz_file(tmp_path / "d.npz", X=X, Y=(X[:, 0] > 0).astype(int))
+    info = run(tmp_path, src)
+    assert (info.n_examples, info.n_features, info.n_outputs, info.n_classes) == (300, 7, 1, 2)
+    assert info.label_kind == "binary" and info.classes == [0, 1] and info.dtype == "float64"
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["X"], X)
+        assert info.content_digest == datasets._canonical(npz["X"], npz["Y"], [0, 1], "binary").hex()
+    with zipfile.ZipFile(tmp_path / "out.npz") as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def test_the_parsers_own_refusal_keeps_its_status_and_detail(tmp_path):
+    src = tmp_path / "d.exe"
+    src.write_bytes(b"MZ")
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src)
+    assert exc_info.value.status == 422 and "Unsupported file type" in exc_info.value.detail
+    src = npz_file(tmp_path / "bad.npz", X=np.ones((5, 2)), Y=np.ones(4))
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, out_name="bad-out.npz")
+    assert exc_info.value.status == 422 and "X has 5 examples but Y has 4" in exc_info.value.detail
+
+
+def test_an_input_bigger_than_the_memory_limit_is_a_422_and_the_parent_is_untouched(tmp_path):
+    src = npz_file(tmp_path / "big.npz", X=np.zeros((6 * MiB // 8, 1)), Y=np.zeros(6 * MiB // 8))  # 6 MiB each
+    parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, memory=4 * MiB)
+    # the MemoryError surfaces either here (the sandbox names the figures) or in the parser's own net
+    assert exc_info.value.status == 422
+    assert "could not be read within the parser's" in exc_info.value.detail and "memory" in exc_info.value.detail
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - parent_peak < 4 * 1024  # KiB
+    assert run(tmp_path, src, out_name="ok.npz").n_examples == 6 * MiB // 8  # the same file with room
+
+
+def test_a_child_allocating_without_end_stops_at_the_limit(tmp_path):
+    src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, memory=128 * MiB, _parse=_allocate_forever)
+    expect_limits(exc_info, "memory 128 MiB", "ran out of memory")
+
+
+def test_a_child_past_its_wall_time_is_killed(tmp_path):
+    src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    start = time.monotonic()
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, wall=1.0, _parse=_sleep)
+    assert time.monotonic() - start < 5
+    expect_limits(exc_info, "time 1 s", "took longer than 1 s")
+    pid = int(src.with_suffix(".pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the timed-out child {pid} is still alive")
+
+
+def test_a_child_past_its_cpu_seconds_is_stopped(tmp_path):
+    src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, cpu=1, wall=20.0, _parse=_spin)
+    expect_limits(exc_info, "CPU 1 s", "SIGXCPU")
+
+
+def test_a_child_that_segfaults_is_a_422(tmp_path):
+    src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, _parse=_segfault)
+    expect_limits(exc_info, "crashed (SIGSEGV)")
+    assert run(tmp_path, src).n_examples == 2  # and the next upload is parsed as usual
+
+
+def test_the_child_sets_its_limits_and_holds_no_inherited_descriptors(tmp_path):
+    listening = __import__("socket").create_server(("127.0.0.1", 0))  # a socket the API would hold
+    try:
+        src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+        with pytest.raises(UploadError) as exc_info:
+            run(tmp_path, src, memory=256 * MiB, cpu=7, _parse=_report)
+    finally:
+        listening.close()
+    assert exc_info.value.status == 418
+    seen = json.loads(exc_info.value.detail)
+    limits = seen["limits"]
+    assert limits["RLIMIT_CPU"] == [7, 8] and limits["RLIMIT_CORE"] == [0, 0]
+    assert limits["RLIMIT_FSIZE"] == [256 * MiB, 256 * MiB] and limits["RLIMIT_NOFILE"][1] <= 64
+    assert 256 * MiB < limits["RLIMIT_AS"][0] < 64 * 1024 * MiB and limits["RLIMIT_AS"][0] == limits["RLIMIT_AS"][1]
+    extra = {fd: target for fd, target in seen["fds"].items() if int(fd) > 2}
+    # the result pipe and the directory listing /proc/self/fd itself; no socket, no file of the API's
+    assert len(extra) <= 2, extra
+    assert not any(t.startswith("socket:") for t in seen["fds"].values()), seen["fds"]
+    assert seen["nice"] >= 10
+
+
+def test_a_dead_fork_server_is_replaced(tmp_path):
+    src = npz_file(tmp_path / "d.npz", X=np.ones((3, 2)), Y=np.ones(3))
+    assert run(tmp_path, src, out_name="a.npz").n_examples == 3
+    server = multiprocessing.forkserver._forkserver
+    os.kill(server._forkserver_pid, signal.SIGKILL)
+    assert run(tmp_path, src, out_name="b.npz").n_examples == 3
+    # gone and already reaped by someone else: the standard library's own check cannot see it
+    pid = server._forkserver_pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert run(tmp_path, src, out_name="c.npz").n_examples == 3
+    assert server._forkserver_pid != pid
+
+
+def test_concurrent_uploads_each_get_their_own_child(tmp_path):
+    results, errors = {}, []
+
+    def one(i):
+        try:
+            src = npz_file(tmp_path / f"d{i}.npz", X=np.full((10 + i, 2), float(i)), Y=np.ones(10 + i))
+            results[i] = run(tmp_path, src, out_name=f"o{i}.npz")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert {i: r.n_examples for i, r in results.items()} == {i: 10 + i for i in range(6)}
+    assert len({r.content_digest for r in results.values()}) == 6
+
+
+@pytest.mark.parametrize("payload", [
+    b"not json",
+    b"[1, 2]",
+    b'{"ok": false, "status": 200, "detail": "fine"}',
+    b'{"ok": false, "status": 422}',
+    b'{"ok": true, "info": {"n_examples": -1}}',
+    b'{"ok": true, "info": {"n_examples": NaN, "n_features": 1, "n_outputs": 1, "n_classes": 0, "classes": null, '
+    b'"label_kind": "continuous", "dtype": "float64", "content_digest": "' + b"0" * 64 + b'"}}',
+])
+def test_a_malformed_answer_from_the_child_is_a_422(tmp_path, payload):
+    with pytest.raises(UploadError) as exc_info:
+        sandbox._read_answer(payload, tmp_path / "absent.npz", LIMITS, MiB, 1, 1.0)
+    assert exc_info.value.status == 422 and "no usable answer" in exc_info.value.detail
