@@ -120,7 +120,7 @@ def finish_arrays(X: np.ndarray, Y: np.ndarray, limits: UploadLimits) -> ParsedD
     X = X.reshape(X.shape[0], -1).astype(stored_dtype(X.dtype), copy=False)  # image-like (m, h, w, c) -> (m, h*w*c)
     if Y.ndim > 2:
         raise UploadError(422, f"Y must be (m,) or (m, n_outputs); got shape {Y.shape}.")
-    Y = Y.reshape(Y.shape[0], -1).astype(np.float64)
+    Y = Y.reshape(Y.shape[0], -1).astype(np.float64, copy=False)
     check_finite(X, Y)
     check_limits(X, limits)
     Y, classes, kind = labels_from(Y, limits.max_classes)

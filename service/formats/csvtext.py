@@ -58,8 +58,8 @@ class _Labels:
 
     def add(self, i: int, label: str) -> None:
         if i == len(self.values):
-            self.values.resize(2 * i, refcheck=False)
-            self.codes.resize(2 * i, refcheck=False)
+            self.values.resize(i + i // 2, refcheck=False)
+            self.codes.resize(i + i // 2, refcheck=False)
         try:
             self.values[i] = float(label)
         except ValueError:
@@ -130,7 +130,7 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
         if m == max_rows:
             _too_many_rows(m, n, limits)
         if m == len(X):
-            X.resize((min(2 * m, max_rows + 1), n - 1), refcheck=False)  # realloc: no second copy
+            X.resize((min(m + m // 2, max_rows + 1), n - 1), refcheck=False)  # realloc, often in place
         label = row.pop(t)
         try:
             X[m] = row
@@ -144,7 +144,8 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
         raise UploadError(422, "This CSV needs a header row and at least one data row.")
     X.resize((m, n - 1), refcheck=False)
     if labels.numeric:
-        return finish_arrays(X, labels.values[:m].copy(), limits)
+        labels.values.resize(m, refcheck=False)
+        return finish_arrays(X, labels.values, limits)
     check_classes(len(labels.index), "distinct string classes", limits)
     Y, classes = labels.as_classes(m)
     check_finite(X, Y)

@@ -206,3 +206,152 @@ def test_circles_radii_separate_the_classes_without_noise():
     r = np.linalg.norm(X, axis=1)
     np.testing.assert_allclose(r[y == 0], 1.0)
     np.testing.assert_allclose(r[y == 1], 0.5)
+
+
+# --- sources, layouts and limits of the hardened parsers (issue 13) -------------------------------
+
+def test_a_path_parses_as_its_bytes_do(tmp_path):
+    X = np.random.default_rng(2).random((7, 3))
+    y = np.arange(7) % 2
+    uploads = {"d.npz": npz_bytes(X=X, Y=y), "d.h5": h5_bytes(X=X, Y=y),
+               "d.csv": b"a,b,c,y\n" + b"".join(b"%r,%r,%r,%d\n" % (*row, t) for row, t in zip(X.tolist(), y))}
+    for name, data in uploads.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        from_bytes, from_path = parse_upload(name, data, LIMITS), parse_upload(name, path, LIMITS)
+        np.testing.assert_array_equal(from_path.X, from_bytes.X)
+        np.testing.assert_array_equal(from_path.Y, from_bytes.Y)
+        np.testing.assert_allclose(from_path.X, X)
+
+
+def test_h5_chunked_filtered_data_is_read_box_by_box(monkeypatch):
+    """Few chunks per read (the bound on libhdf5's per-read bookkeeping) still reads every value."""
+    import service.formats.hdf5 as hdf5
+
+    monkeypatch.setattr(hdf5, "CHUNKS_PER_READ", 3)
+    X = np.random.default_rng(3).random((50, 7, 3)).astype(np.float32)
+    y = np.arange(50) % 3
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("X", data=X, chunks=(4, 2, 2), compression="gzip", shuffle=True, fletcher32=True)
+        f.create_dataset("Y", data=y, chunks=(8,), compression="lzf")
+    parsed = parse_upload("d.h5", buf.getvalue(), LIMITS)
+    np.testing.assert_array_equal(parsed.X, X.reshape(50, -1))
+    np.testing.assert_array_equal(parsed.Y[:, 0], y)
+
+
+def test_h5_datasets_in_groups_and_soft_links_within_the_file_are_followed():
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        g = f.create_group("train")
+        g["X"] = np.ones((3, 2))
+        g["labels"] = np.array([0, 1, 1])
+        g["Y"] = h5py.SoftLink("labels")  # relative: /train/labels
+        f["alias"] = h5py.SoftLink("/train")
+    parsed = parse_upload("d.h5", buf.getvalue(), LIMITS, x_key="alias/X", y_key="train/Y")
+    assert parsed.X.shape == (3, 2)
+    np.testing.assert_array_equal(parsed.Y[:, 0], [0, 1, 1])
+
+
+def test_h5_soft_link_cycle_is_422():
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["X"] = h5py.SoftLink("/Z")
+        f["Z"] = h5py.SoftLink("/X")
+        f["Y"] = np.zeros(2)
+    err = rejected("d.h5", buf.getvalue(), LIMITS)
+    assert err.status == 422 and "soft links" in err.detail
+
+
+def test_h5_missing_dataset_lists_only_datasets_in_the_file():
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["train_x"] = np.ones((2, 2))
+        f["elsewhere"] = h5py.ExternalLink("/etc/passwd", "/x")
+        f.create_group("grp")
+    err = rejected("d.h5", buf.getvalue(), LIMITS)
+    assert err.status == 422
+    assert "no dataset 'X'" in err.detail and "['train_x']" in err.detail
+
+
+@pytest.mark.parametrize("array", [
+    np.asfortranarray(np.arange(12.0).reshape(4, 3)),
+    np.arange(12.0).reshape(4, 3).astype(">f8"),
+    np.arange(12, dtype=np.int16).reshape(4, 3),
+])
+def test_npz_fortran_order_and_byte_orders_read_exactly(array):
+    parsed = parse_upload("d.npz", npz_bytes(X=array, Y=np.array([0, 1, 0, 1])), LIMITS)
+    np.testing.assert_array_equal(parsed.X, np.asarray(array, dtype=np.float64))
+
+
+def test_npz_compressed_and_version_2_headers_read():
+    buf = io.BytesIO()
+    X = np.random.default_rng(4).random((5, 4))
+    np.savez_compressed(buf, X=X, Y=np.arange(5) % 2)
+    np.testing.assert_array_equal(parse_upload("c.npz", buf.getvalue(), LIMITS).X, X)
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for key, a in (("X", X), ("Y", np.arange(5.0) % 2)):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, a, version=(2, 0))
+            zf.writestr(f"{key}.npy", member.getvalue())
+    np.testing.assert_array_equal(parse_upload("v2.npz", buf.getvalue(), LIMITS).X, X)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_csv_line_endings_quotes_and_blank_lines(newline):
+    text = newline.join(['a,label,b', '1,"cat, big",2', '', '3,"dog' + newline + 'house",4', '5,cat,6', ''])
+    parsed = parse_upload("d.csv", text.encode(), LIMITS, target="label")
+    np.testing.assert_array_equal(parsed.X, [[1, 2], [3, 4], [5, 6]])
+    assert parsed.classes == ["cat", "cat, big", "dog" + newline + "house"]
+    np.testing.assert_array_equal(parsed.Y[:, 0], [1, 2, 0])
+
+
+def test_csv_rows_over_the_limit_are_413_as_soon_as_counted():
+    limits = UploadLimits(max_examples=3, max_features=10, max_array_bytes=10_000_000)
+    data = b"a,y\n1,0\n2,1\n3,0\n4,1\nnot,a,row,at,all\n"  # the bad line after the limit is never reached
+    err = rejected("d.csv", data, limits)
+    assert err.status == 413
+    assert "more than 3 examples" in err.detail and "DNNQ_MAX_EXAMPLES" in err.detail
+
+
+def test_csv_wider_than_the_limit_is_413_at_the_header():
+    limits = UploadLimits(max_examples=100, max_features=3, max_array_bytes=10_000_000)
+    err = rejected("d.csv", b"a,b,c,d,y\nnot numbers at all\n", limits)
+    assert err.status == 413 and "4 features" in err.detail and "DNNQ_MAX_FEATURES" in err.detail
+
+
+def test_csv_memory_is_a_small_multiple_of_the_body():
+    import tracemalloc
+
+    rows = 40_000
+    body = b"a,b,c,y\n" + b"".join(b"%d.5,%d,1.25,%d\n" % (i % 97, i % 13, i % 2) for i in range(rows))
+    big = UploadLimits(max_examples=1_000_000, max_features=10, max_array_bytes=100_000_000)
+    tracemalloc.start()
+    parsed = parse_upload("d.csv", body, big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert parsed.X.shape == (rows, 3)
+    assert peak < 5 * len(body), (peak, len(body))
+
+
+@pytest.mark.parametrize("filename, data, fragment", [
+    ("d.npz", npz_bytes(X=np.ones((3, 2)), Y=np.array([0, 1, 1500])), "1501 classes"),
+    ("d.npz", npz_bytes(X=np.ones((2, 2)), Y=np.eye(1200)[[0, 1]]), "1200 output columns"),
+    ("d.csv", b"x,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(1100)), "1001 distinct string classes"),
+])
+def test_more_classes_than_the_limit_is_413_naming_the_setting(filename, data, fragment):
+    limits = UploadLimits(max_examples=10_000, max_features=5_000, max_array_bytes=100_000_000, max_classes=1000)
+    err = rejected(filename, data, limits)
+    assert err.status == 413
+    assert fragment in err.detail and "DNNQ_MAX_CLASSES" in err.detail
+
+
+def test_classes_up_to_the_limit_are_accepted():
+    limits = UploadLimits(max_examples=10_000, max_features=5_000, max_array_bytes=100_000_000, max_classes=5)
+    parsed = parse_upload("d.csv", b"x,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(5)), limits)
+    assert parsed.classes == ["c0", "c1", "c2", "c3", "c4"]
+    parsed = parse_upload("d.npz", npz_bytes(X=np.ones((2, 1)), Y=np.array([0, 4])), limits)
+    assert parsed.classes == [0, 1, 2, 3, 4]
