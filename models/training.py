@@ -35,7 +35,7 @@ from .flat import flatten_params
 from .network import initialize_parameters_deep
 from .optimizers import make_optimizer
 
-__all__ = ["fit", "FitResult", "EpochRecord", "EpochState", "Checkpoint", "TrainingDiverged"]
+__all__ = ["fit", "FitResult", "EpochRecord", "EpochState", "Checkpoint", "TrainingDiverged", "ValidationLossNotFinite"]
 
 _VAL_CHUNK = 8192  # validation examples per forward pass (bounds memory)
 
@@ -48,6 +48,20 @@ class TrainingDiverged(ArithmeticError):
             f"Training diverged at epoch {epoch}: the loss is {loss}. Try a lower learning_rate "
             f"(this epoch used {learning_rate:g}), scale the inputs (e.g. preprocess.scale=1/255 for "
             "pixel values), or add l2 regularisation."
+        )
+        self.epoch = epoch
+
+
+class ValidationLossNotFinite(TrainingDiverged):
+    """The loss on the validation set became NaN or infinite (the training loss did not)."""
+
+    def __init__(self, epoch: int, loss: float, learning_rate: float):
+        ArithmeticError.__init__(
+            self,
+            f"The validation loss is {loss} at epoch {epoch} (the training loss is finite): the network's "
+            "outputs overflow on the validation set. Check that the validation set is on the training set's "
+            "scale (same units, same preprocessing), try a lower learning_rate (this epoch used "
+            f"{learning_rate:g}), scale the targets, or train with dtype 'float64'."
         )
         self.epoch = epoch
 
@@ -325,6 +339,8 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             if cfg.l2:
                 v_loss = v_loss + 0.5 * cfg.l2 * engine.l2_sum()
             record.val_loss = float(v_loss) / Xv.shape[0]  # syncs the GPU
+            if not math.isfinite(record.val_loss):  # fail now: never an Infinity in the history or a "succeeded"
+                raise ValidationLossNotFinite(epoch + 1, record.val_loss, lr)
             if v_correct is not None:
                 record.val_accuracy = int(v_correct) / (Xv.shape[0] * (n_y if cfg.output == "sigmoid" else 1))
             timings["validation_s"] += time.perf_counter() - t_val
