@@ -26,7 +26,12 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: JSON's NaN, Infinity and overflowing literals (1e999 parses as inf) are a 422
+    # naming the field, never a number that poisons the record, the history or a response.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+_MAX_INT = 2**31 - 1  # counts and periods: far past any real job, so that no number here is unbounded
 
 
 class ModelSpec(_Strict):
@@ -45,25 +50,26 @@ class TrainingSpec(_Strict):
     beta2: float = Field(default=0.999, ge=0, lt=1)
     epsilon: float = Field(default=1e-8, gt=0, le=1)
     lr_decay: Literal["inverse_time", "exponential", "step"] | None = None
-    decay_rate: float = Field(default=0.0, ge=0)
-    decay_every: int = Field(default=1, ge=1)
+    decay_rate: float = Field(default=0.0, ge=0, le=1e6)
+    decay_every: int = Field(default=1, ge=1, le=_MAX_INT)
     epochs: int = Field(default=100, ge=1, le=1_000_000)
-    batch_size: int | None = Field(default=None, ge=1, description="None = full batch.")
+    batch_size: int | None = Field(default=None, ge=1, le=_MAX_INT, description="None = full batch.")
     init: Literal["small", "xavier", "he"] = "he"
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     dtype: Literal["float32", "float64"] = "float32"
-    l2: float = Field(default=0.0, ge=0)
+    l2: float = Field(default=0.0, ge=0, le=1e6)
     dropout_keep_prob: float = Field(default=1.0, gt=0, le=1)
     shuffle: bool = True
     checkpoint_every: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=_MAX_INT,
         description="Epochs between checkpoints; None = the worker's default (DNNQ_CHECKPOINT_EVERY, "
         "else by time: DNNQ_CHECKPOINT_SECONDS).")
 
 
 class PreprocessSpec(_Strict):
     scale: float | None = Field(
-        default=None, gt=0, description="Multiply X by this before the first layer (e.g. 1/255 = 0.00392156862745098 for 0..255 pixels)."
+        default=None, gt=0, le=1e6,
+        description="Multiply X by this before the first layer (e.g. 1/255 = 0.00392156862745098 for 0..255 pixels)."
     )
 
     def apply(self, X):
@@ -81,6 +87,11 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    wait_for_worker: bool = Field(
+        default=False,
+        description="Queue the job even when no live worker serves its queue (device 'gpu': the 'gpu' queue, "
+        "else 'default'); it waits until one starts. Without it such a submit is a 422 that says which worker "
+        "to start.")
 
     @model_validator(mode="after")
     def _decay_needs_rate(self) -> "JobSpec":
@@ -163,21 +174,45 @@ def to_train_config(spec: JobSpec, dataset_meta: dict, validation_meta: dict | N
 
 
 def _check_validation(spec: JobSpec, train: dict, val: dict, n_y: int) -> None:
-    field = "validation_dataset_id"
+    """The validation set must be scored by the same network: same inputs, labels the output can take."""
+    field, vid, output = "validation_dataset_id", val["id"], spec.model.output
     if int(val["n_features"]) != int(train["n_features"]):
         raise SpecError(
             field,
-            f"validation dataset '{val['id']}' has {val['n_features']} features; the training dataset has "
+            f"validation dataset '{vid}' has {val['n_features']} features; the training dataset has "
             f"{train['n_features']}. Upload a validation set with the same columns.",
         )
-    if spec.model.output == "linear" and int(val["n_outputs"]) != n_y:
-        raise SpecError(field, f"validation dataset '{val['id']}' has {val['n_outputs']} outputs; expected {n_y}.")
-    if spec.model.output != "linear" and val["label_kind"] == "continuous":
-        raise SpecError(field, f"validation dataset '{val['id']}' has continuous targets; expected class labels.")
-    if spec.model.output == "softmax" and int(val.get("n_classes") or 0) > n_y:
+    if output == "linear":
+        if int(val["n_outputs"]) != n_y:
+            raise SpecError(field, f"validation dataset '{vid}' has {val['n_outputs']} outputs; expected {n_y}.")
+        return
+    kind, n_classes = val["label_kind"], int(val.get("n_classes") or 0)
+    if kind == "continuous":
+        raise SpecError(field, f"validation dataset '{vid}' has continuous targets; expected class labels.")
+    if output == "sigmoid" and (kind == "onehot" or n_classes > 2):
         raise SpecError(
-            field, f"validation dataset '{val['id']}' has {val['n_classes']} classes; the training set has {n_y}."
-        )
+            field, f"validation dataset '{vid}' has {n_classes} classes; the training set is binary (output "
+            "'sigmoid'). Upload a validation set with 0/1 labels, or train with output 'softmax'.")
+    if output == "softmax" and n_classes > n_y:
+        raise SpecError(
+            field, f"validation dataset '{vid}' has {n_classes} classes; the training set has {n_y}. "
+            "Upload a validation set whose labels are among the training set's classes.")
+    if output == "softmax" and kind == "onehot" and int(val["n_outputs"]) != n_y:
+        raise SpecError(
+            field, f"validation dataset '{vid}' has one-hot labels {val['n_outputs']} wide; the output layer has "
+            f"{n_y} units. Upload a validation set with {n_y} one-hot columns (or integer labels).")
+    train_classes, val_classes = train.get("classes") or [], val.get("classes") or []
+    named = any(isinstance(c, str) for c in train_classes) and any(isinstance(c, str) for c in val_classes)
+    if named and list(val_classes) != list(train_classes)[:len(val_classes)]:
+        # a CSV's class names are stored as indices into its own sorted list: both lists must agree
+        raise SpecError(
+            field, f"validation dataset '{vid}' has classes {_short(val_classes)}; the training set has "
+            f"{_short(train_classes)}, so its label indices would mean other classes. Upload a validation set "
+            "with the training set's class names in the same order.")
+
+
+def _short(classes: list, keep: int = 10) -> str:
+    return str(list(classes[:keep]))[:-1] + (", ...]" if len(classes) > keep else "]")
 
 
 # TrainConfig field -> spec field, for the few that are not training.<same name>.
