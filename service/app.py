@@ -255,7 +255,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
     app.state.dataset_records = {}  # id -> record, see routes/jobs.py _dataset
-    app.state.worker_capacity = {}  # queue -> (read at, capacity), see routes/jobs.py _worker_capacity
+    app.state.worker_capacity = {}  # queue -> (read at, served, capacity), see routes/jobs.py _queue_workers
     app.state.reads_in_flight = {}  # key -> the Redis read requests share, see routes/jobs.py _read_once
     _preload()
     app.state.registry = CollectorRegistry()

@@ -7,6 +7,7 @@ Routes raise `Problem` (or let library errors propagate); the handlers below tur
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -16,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.schemas import FiniteJSONResponse
 
 __all__ = [
     "PROBLEM_JSON", "Problem", "ProblemDetails", "document_problems", "field_error", "install_error_handlers",
@@ -123,7 +126,7 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+    return FiniteJSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
 def _field_path(loc: tuple | list) -> str:
@@ -134,17 +137,26 @@ def _field_path(loc: tuple | list) -> str:
     return ".".join(str(p) for p in parts) or "body"
 
 
+MAX_FIELD_ERRORS = 20  # a body with a million bad values gets the first ones, not a million-line answer
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_FIELD_ERRORS]:
         item: dict[str, Any] = {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "")}
         if err.get("type") == "json_invalid":  # loc is ('body', <offset>): name the body, say what to send
             item = {"field": "body", "message": f"{item['message']} ({(err.get('ctx') or {}).get('error', '')}); "
                     "send a JSON object with Content-Type: application/json."}
+        elif err.get("type") == "finite_number":  # NaN, Infinity, or a literal past float64 such as 1e999
+            item["message"] += " (NaN, Infinity and numbers beyond about 1.8e308 are not numbers here)"
         value = err.get("input")
-        if isinstance(value, (int, float, str, bool)):
+        # echoed only when JSON can hold it: NaN and infinities have no JSON spelling
+        if isinstance(value, (int, str, bool)) or (isinstance(value, float) and math.isfinite(value)):
             item["input"] = value
         out.append(item)
+    if len(errors) > MAX_FIELD_ERRORS:
+        out.append({"field": "body", "message": f"and {len(errors) - MAX_FIELD_ERRORS} more errors like these."})
     return out
 
 

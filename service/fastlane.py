@@ -33,11 +33,11 @@ import json
 import re
 
 import redis
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.deps import PUBLIC_TENANT, tenant_for
 from service.errors import Problem, redis_unreachable_response, response_for
+from service.schemas import FiniteJSONResponse
 from service.routes import jobs as job_routes
 from workers.jobs import ID_RE
 from workers.spec import JobSpec
@@ -101,7 +101,7 @@ class FastLane:
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # as the app's handlers answer them
             response = redis_unreachable_response(exc)
         else:
-            response = JSONResponse(view) if view is not None else response_for(job_routes.job_not_found(job_id))
+            response = FiniteJSONResponse(view) if view is not None else response_for(job_routes.job_not_found(job_id))
         await self._answer(response, scope, receive, send)
 
     async def _submit(self, scope, receive, send):
@@ -121,7 +121,9 @@ class FastLane:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        try:  # as FastAPI parses a JSON body: json.loads of the bytes, then the model in Python mode
+        # As FastAPI parses a JSON body: json.loads of the bytes (NaN, Infinity and 1e999 become floats),
+        # then the model in Python mode, whose allow_inf_nan=False refuses them as the route does.
+        try:
             spec = JobSpec.model_validate(json.loads(body))
         except (ValueError, ValidationError, RecursionError):  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
             # FastAPI parses it again and answers what it always does (a 422 or 400 that says what is wrong).

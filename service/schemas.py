@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal
 
 import numpy as np
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PredictRequest", "SyntheticRequest", "dataset_view", "job_view", "thin_history"]
+__all__ = ["FiniteJSONResponse", "PredictRequest", "SyntheticRequest", "dataset_view", "finite", "finite_json",
+           "job_view", "thin_history"]
 
 DATASET_FIELDS = ("id", "name", "source", "n_examples", "n_features", "n_outputs", "n_classes", "classes",
                   "label_kind", "sha256", "size_bytes", "created_at")
 
 
+def finite(value: Any) -> Any:
+    """A copy of a JSON-like value with every NaN or infinity replaced by None. A record written by an
+    older version may hold them, and JSON has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def finite_json(content: Any, **options: Any) -> str:
+    """json.dumps that always writes valid JSON: non-finite numbers become null. Tries the plain dump
+    first, so a clean value (all but a poisoned record) is walked once, by the encoder."""
+    try:
+        return json.dumps(content, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(finite(content), allow_nan=False, **options)
+
+
+class FiniteJSONResponse(JSONResponse):
+    """A JSONResponse that answers null for a non-finite number instead of failing to render (a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            return super().render(finite(content))
+
+
 class SyntheticRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: Literal["moons", "circles", "spiral", "blobs"]
     n_samples: int = Field(default=500, ge=2, description="Examples to generate.")
@@ -27,6 +62,8 @@ class SyntheticRequest(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # NaN and infinities pass here and the route refuses them in one numpy check with one error, where
+    # allow_inf_nan=False would list an error per value (an error body far larger than the request).
     inputs: list[list[float]] = Field(min_length=1, description="Examples as rows, raw (before preprocess.scale).")
 
 

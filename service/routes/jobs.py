@@ -7,18 +7,20 @@ import base64
 import hashlib
 import io
 import json
+import re
 import time
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from service.errors import Problem, field_error, problems
 from service.idempotency import reserve
-from service.schemas import PredictRequest, job_view, thin_history
+from service.schemas import FiniteJSONResponse, PredictRequest, finite_json, job_view, thin_history
 from workers import datasets, jobs
 from workers.celery_wire import train_message
 from workers.recovery import live_workers_async
@@ -79,35 +81,47 @@ async def _dataset(state, ar, dataset_id: str, tenant: str) -> dict | None:
     return meta if meta.get("tenant") == tenant else None
 
 
-async def _worker_capacity(state, ar, settings, queue: str) -> tuple[int, str] | None:
-    """The memory one job may use: DNNQ_WORKER_MEMORY_BYTES if set, else the largest live worker
-    serving `queue` (its GPU memory for the gpu queue, its host memory otherwise); None when no
-    worker says (the job then waits for one, unchecked).
+async def _queue_workers(state, ar, settings, queue: str) -> tuple[bool, tuple[int, str] | None]:
+    """(whether a live worker serves `queue`, the memory one job may use there): the largest such
+    worker's GPU memory for the gpu queue, its host memory otherwise; None when none says.
 
     Read from Redis at most once per DNNQ_WORKER_CAPACITY_CACHE_SECONDS per process: in a burst of
     submits that round trip and the parsing of every worker's hash were ~8% of the API's CPU, and
-    workers come and go on a scale of seconds, not milliseconds."""
-    if settings.worker_memory_bytes:
-        return settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
+    workers come and go on a scale of seconds, not milliseconds. "No worker" is never taken from the
+    cache: it refuses the submit, and a worker that started a moment ago must count."""
     cache: dict = state.worker_capacity
     now = _clock()
     cached = cache.get(queue)
-    if cached is not None and now - cached[0] < settings.worker_capacity_cache_seconds:
-        return cached[1]
+    if cached is not None and cached[1] and now - cached[0] < settings.worker_capacity_cache_seconds:
+        return cached[1], cached[2]
     field = "gpu_memory_total" if queue == "gpu" else "memory_bytes"
 
-    async def read() -> tuple[int, str] | None:
-        sizes = [int(w[field]) for w in await live_workers_async(ar)
-                 if queue in (w.get("queues") or "").split(",") and (w.get(field) or "").isdigit()]
+    async def read() -> tuple[bool, tuple[int, str] | None]:
+        serving = [w for w in await live_workers_async(ar) if queue in (w.get("queues") or "").split(",")]
+        sizes = [int(w[field]) for w in serving if (w.get(field) or "").isdigit()]
         capacity = (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
-        cache[queue] = (now, capacity)
-        return capacity
+        cache[queue] = (now, bool(serving), capacity)
+        return bool(serving), capacity
 
     return await _read_once(state, ("worker capacity", queue), read)
 
 
+def _no_worker(queue: str) -> Problem:
+    if queue == "gpu":
+        return field_error(
+            "device", "no live worker serves the 'gpu' queue, so this job would wait with nothing to run it. "
+            "Start one with `dnnq worker --queues gpu --gpu 0` (or `dnnq up --queues default,gpu`), use device "
+            "'auto' to train on a CPU worker, or send \"wait_for_worker\": true to queue the job until a GPU "
+            "worker starts.")
+    return field_error(
+        "wait_for_worker", f"no live worker serves the '{queue}' queue, so this job would wait with nothing to "
+        f"run it. Start one with `dnnq worker --queues {queue}` (or `dnnq up`), or send \"wait_for_worker\": "
+        "true to queue the job until one starts.")
+
+
 async def _check_limits(state, ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
-    """Epochs, parameters and memory; the per-tenant job limit is checked by create_job itself."""
+    """Epochs, parameters, a live worker for the job's queue, memory; the per-tenant job limit is
+    checked by create_job itself."""
     if spec.training.epochs > settings.max_epochs:
         raise field_error("training.epochs", f"{spec.training.epochs} epochs is over the limit of "
                           f"{settings.max_epochs} (DNNQ_MAX_EPOCHS); train fewer epochs.")
@@ -115,7 +129,14 @@ async def _check_limits(state, ar, settings, spec: JobSpec, cfg, meta: dict) -> 
     if n_params > settings.max_parameters:
         raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
                           f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
-    capacity = await _worker_capacity(state, ar, settings, queue_for(spec))
+    capacity = None
+    if not (spec.wait_for_worker and settings.worker_memory_bytes):  # else nothing below needs the workers
+        queue = queue_for(spec)
+        served, capacity = await _queue_workers(state, ar, settings, queue)
+        if not served and not spec.wait_for_worker:
+            raise _no_worker(queue)
+    if settings.worker_memory_bytes:
+        capacity = settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
     if capacity is not None:
         need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
         if need > capacity[0]:
@@ -131,11 +152,11 @@ def _too_many(settings, active: int) -> Problem:
                    "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
 
 
-def _accepted(job: dict, history: list | None) -> JSONResponse:
-    return JSONResponse(job_view(job, history), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+def _accepted(job: dict, history: list | None) -> FiniteJSONResponse:
+    return FiniteJSONResponse(job_view(job, history), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
-async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | None) -> JSONResponse:
+async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | None) -> FiniteJSONResponse:
     """POST /v1/jobs's work once the body is a valid JobSpec: the 202 with the new (or, for a replayed
     Idempotency-Key, the original) job, or a Problem. The route and the submit fast lane
     (service/fastlane.py) both call this. `state` is the app's (clients, settings, caches)."""
@@ -188,7 +209,7 @@ async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | N
 @router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
 async def submit_job(
     spec: JobSpec, request: Request, tenant: Tenant, idempotency_key: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
+) -> FiniteJSONResponse:
     # Most submits never get here: service/fastlane.py answers the valid ones below FastAPI; this route
     # answers the rest (invalid bodies: FastAPI's 422; no key: 401) and documents the endpoint.
     return await accept_job(request.app.state, spec, tenant, idempotency_key)
@@ -204,8 +225,9 @@ def list_jobs(
 ) -> dict:
     """This tenant's jobs, newest first, without histories."""
     items, total = jobs.list_jobs(r, tenant, status=status, offset=offset, limit=limit)
-    # A JSONResponse skips FastAPI's validation and jsonable_encoder pass over the returned dict.
-    return JSONResponse({"items": [job_view(j, None) for j in items], "total": total, "offset": offset,
+    # A JSONResponse skips FastAPI's validation and jsonable_encoder pass over the returned dict; the
+    # finite one answers null for a NaN or infinity an older version left in a record, not a 500.
+    return FiniteJSONResponse({"items": [job_view(j, None) for j in items], "total": total, "offset": offset,
                          "limit": limit})
 
 
@@ -239,11 +261,11 @@ async def get_job(
     view = await read_job_view(ar, job_id, tenant, history, settings.history_full_max)
     if view is None:
         raise job_not_found(job_id)
-    return JSONResponse(view)
+    return FiniteJSONResponse(view)
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
-def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> JSONResponse:
+def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> FiniteJSONResponse:
     """queued -> cancelled at once; running -> cancelling (stops at the next epoch). 409 if finished."""
     _job_or_404(r, job_id, tenant)
     try:
@@ -252,12 +274,17 @@ def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> JSONResponse:
         raise job_not_found(job_id) from None
     except jobs.JobConflict as exc:
         raise Problem(409, str(exc)) from None
-    return JSONResponse(job_view(_job_or_404(r, job_id, tenant), None), status_code=202)
+    return FiniteJSONResponse(job_view(_job_or_404(r, job_id, tenant), None), status_code=202)
 
 
 def _sse(event: str, data: dict, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"{head}event: {event}\ndata: {finite_json(data)}\n\n"  # never `Infinity`: not JSON
+
+
+# A Last-Event-ID we resume after: ASCII digits (str.isdigit also takes '²' and other scripts' digits,
+# which int() refuses) and at most 18 of them, within Redis's int64 list indices.
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
@@ -270,7 +297,8 @@ async def job_events(
     Each open stream polls Redis every sse_poll_seconds, on the asyncio client (no thread per poll)."""
     if await jobs.get_job_async(ar, job_id, tenant) is None:
         raise job_not_found(job_id)
-    next_index = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    # anything else is ignored, as an SSE client expects: the stream starts from the beginning
+    next_index = int(last_event_id) if last_event_id and _EVENT_ID.fullmatch(last_event_id) else 0
 
     async def stream():
         nonlocal next_index
@@ -282,7 +310,8 @@ async def job_events(
                 return
             for entry in await jobs.get_history_async(ar, job_id, next_index, -1):
                 next_index += 1
-                yield _sse("epoch", entry, entry.get("epoch", next_index))
+                epoch = entry.get("epoch")
+                yield _sse("epoch", entry, epoch if isinstance(epoch, int) else next_index)
                 last_sent = time.monotonic()
             if job["status"] != status:
                 status = job["status"]
@@ -342,12 +371,12 @@ def download_weights(
 
 
 @router.get("/{job_id}/model", responses=problems(404, 409))
-def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> JSONResponse:
+def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJSONResponse:
     """The trained model's description (layer sizes, activations, preprocessing, classes, metrics)."""
     job = _job_or_404(r, job_id, tenant)
     _succeeded_or_409(job)
     try:
-        return JSONResponse(json.loads(store.get(f"jobs/{job_id}/model.json")))
+        return FiniteJSONResponse(json.loads(store.get(f"jobs/{job_id}/model.json")))
     except KeyError:
         raise Problem(404, f"Job '{job_id}' has no model.json in the artifact store.") from None
 
@@ -359,27 +388,48 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
 
     job = _job_or_404(r, job_id, tenant)
     _succeeded_or_409(job)
-    if len(body.inputs) > settings.max_predict_examples:
-        raise field_error("inputs", f"{len(body.inputs)} examples is over the limit of {settings.max_predict_examples}.")
+    rows = len(body.inputs)
+    if rows > settings.max_predict_examples:
+        raise field_error("inputs", f"{rows} examples is over the limit of {settings.max_predict_examples} "
+                          "(DNNQ_MAX_PREDICT_EXAMPLES); send them in smaller requests.")
     meta = datasets.get_dataset(r, job["dataset_id"]) or {}
     n_x = int(meta.get("n_features") or 0)
     widths = {len(row) for row in body.inputs}
     if widths != {n_x}:
         raise field_error("inputs", f"each example needs {n_x} features (the training set's); got rows of "
                           f"{sorted(widths)}.")
-    X = np.asarray(body.inputs, dtype=np.float64)
-    if not np.isfinite(X).all():
-        raise field_error("inputs", "contains NaN or infinite values.")
     spec = job["spec"]
-    X = PreprocessSpec.model_validate(spec.get("preprocess") or {}).apply(X)
+    try:
+        preprocess = PreprocessSpec.model_validate(spec.get("preprocess") or {})
+    except ValidationError:  # a record written before the spec's bounds: its model cannot be trusted
+        raise Problem(409, f"Job '{job_id}' was trained with a preprocess.scale this version refuses; "
+                      "train it again.") from None
     try:
         raw = store.get(f"jobs/{job_id}/weights.npz")
     except KeyError:
         raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         params = {k: npz[k] for k in npz.files}  # the dtype the job trained in
-    hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
-    AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))  # one pass
+    n_y = int(params[f"b{len(params) // 2}"].shape[0])
+    if rows * n_y > settings.max_predict_values:
+        fit = settings.max_predict_values // n_y
+        hint = (f"send at most {fit} rows per request" if fit else
+                "this model's outputs alone are over it: an operator may raise DNNQ_MAX_PREDICT_VALUES")
+        raise field_error("inputs", f"{rows} rows x {n_y} outputs is {rows * n_y} values, over the response limit "
+                          f"of {settings.max_predict_values} (DNNQ_MAX_PREDICT_VALUES); {hint}.")
+    X = np.asarray(body.inputs, dtype=np.float64)
+    _finite_rows_or_422(X, "NaN or an infinite value (JSON's NaN, Infinity, or a number past float64's range "
+                        "such as 1e999); send finite numbers.")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by value
+        X = preprocess.apply(X)
+        _finite_rows_or_422(X, f"the values overflow once multiplied by this job's preprocess.scale "
+                            f"({preprocess.scale}); send raw values on the training data's scale.")
+        hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
+        AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))  # one pass
+    _finite_rows_or_422(AL.T, "the model's outputs are not finite numbers (the network's values overflow): "
+                        "these inputs are far outside the training data's range. Send raw values on the training "
+                        "data's scale (preprocess.scale is applied here), or retrain with dtype 'float64' or "
+                        "scaled targets.")
     labels = labels_from_output(AL, output)
     classes = meta.get("classes")
     out: dict = {"predictions": np.asarray(labels).tolist(), "probabilities": None}
@@ -390,3 +440,12 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
     else:
         out["predictions"] = np.asarray(labels).T.tolist()
     return out
+
+
+def _finite_rows_or_422(rows: np.ndarray, what: str) -> None:
+    """A 422 on `inputs` naming the first rows (examples first) where any value is NaN or infinite."""
+    bad = ~np.isfinite(rows).all(axis=1)
+    if bad.any():
+        where = np.flatnonzero(bad)
+        listed = ", ".join(str(i) for i in where[:5]) + (f" and {where.size - 5} more" if where.size > 5 else "")
+        raise field_error("inputs", f"{'row' if where.size == 1 else 'rows'} {listed}: {what}")

@@ -1,7 +1,9 @@
 """The HTTP API in-process (TestClient) against a real Redis; no worker runs.
 
-Where a test needs a job to have made progress it drives the real state machine
-(workers.jobs.claim / record_epochs / finish) as a worker would.
+A submit is refused while no live worker serves the job's queue, so tests that submit take the
+`live_worker` fixture: a worker's heartbeat record written as a real worker writes it. Where a test
+needs a job to have made progress it drives the real state machine (workers.jobs.claim /
+record_epochs / finish) as a worker would.
 """
 
 from __future__ import annotations
@@ -186,6 +188,13 @@ def dataset_id(client) -> str:
     return upload(client, binary_npz()).json()["id"]
 
 
+@pytest.fixture
+def live_worker(redis_client) -> str:
+    """A live 'default' worker as the API sees one: its heartbeat hash (workers.recovery.register_worker)."""
+    fake_worker(redis_client, "w-default", "default")
+    return "w-default"
+
+
 def submit(client, dataset_id, headers=None, **spec):
     return client.post("/v1/jobs", json={"dataset_id": dataset_id, **spec}, headers=headers or {})
 
@@ -218,7 +227,7 @@ def test_unknown_dataset_is_422_on_dataset_id(client):
     assert body["errors"][0]["field"] == "dataset_id"
 
 
-def test_parameter_epoch_and_memory_limits(api_settings, data_dir):
+def test_parameter_epoch_and_memory_limits(api_settings, data_dir, live_worker):
     with make_client(api_settings, max_parameters=1000, max_epochs=200, worker_memory_bytes=20_000) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
         body = assert_problem(submit(c, ds, model={"hidden_layers": [100, 100]}), 422,
@@ -236,14 +245,15 @@ def fake_worker(r, name: str, queues: str, **fields) -> None:
     from workers.settings import WorkerSettings
 
     register_worker(r, WorkerSettings(worker_name=name, queues=queues, heartbeat_seconds=30), "2026-01-01T00:00:00Z")
-    r.hset(f"dnnq:worker:{name}", mapping=fields)
+    if fields:
+        r.hset(f"dnnq:worker:{name}", mapping=fields)
 
 
 def test_memory_estimate_checked_against_live_workers(api_settings, redis_client):
     """Without DNNQ_WORKER_MEMORY_BYTES the capacity is the largest live worker serving the job's queue."""
     with make_client(api_settings, worker_capacity_cache_seconds=0) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
-        assert submit(c, ds).status_code == 202  # no worker says anything: not checked
+        assert submit(c, ds, wait_for_worker=True).status_code == 202  # no worker says anything: not checked
         fake_worker(redis_client, "small", "default", memory_bytes=30_000)
         fake_worker(redis_client, "gpu0", "gpu", memory_bytes=10**12, gpu_memory_total="")
         body = assert_problem(submit(c, ds, model={"hidden_layers": [64, 64]}), 422,
@@ -342,7 +352,7 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
     assert reads["dataset"] == 2
 
 
-def test_tenant_queue_limit_is_429(api_settings):
+def test_tenant_queue_limit_is_429(api_settings, live_worker):
     with make_client(api_settings, max_queued_jobs_per_tenant=2) as c:
         ds = upload(c, binary_npz()).json()["id"]
         assert [submit(c, ds, training={"seed": s}).status_code for s in range(2)] == [202, 202]
@@ -350,7 +360,7 @@ def test_tenant_queue_limit_is_429(api_settings):
         assert body["detail"].count("DNNQ_MAX_QUEUED_JOBS_PER_TENANT") == 1
 
 
-def test_idempotent_replay_is_answered_even_at_the_queue_limit(api_settings):
+def test_idempotent_replay_is_answered_even_at_the_queue_limit(api_settings, live_worker):
     """A client retrying a submit that did go through gets its job back, not a 429."""
     with make_client(api_settings, max_queued_jobs_per_tenant=1) as c:
         ds = upload(c, binary_npz()).json()["id"]
@@ -365,7 +375,7 @@ def test_idempotent_replay_is_answered_even_at_the_queue_limit(api_settings):
 
 # --- jobs: records, views, streams ---------------------------------------------------------
 
-def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id, redis_client):
+def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id, redis_client, live_worker):
     resp = submit(client, dataset_id, training={"epochs": 3})
     assert resp.status_code == 202
     job = resp.json()
@@ -391,7 +401,7 @@ def drive(redis_client, job_id: str, epochs: int, status: str = "succeeded") -> 
     return token
 
 
-def test_history_is_whole_up_to_1000_then_thinned_keeping_the_last(client, dataset_id, redis_client):
+def test_history_is_whole_up_to_1000_then_thinned_keeping_the_last(client, dataset_id, redis_client, live_worker):
     job_id = submit(client, dataset_id, training={"epochs": 1500}).json()["id"]
     drive(redis_client, job_id, 1500)
     thin = client.get(f"/v1/jobs/{job_id}").json()
@@ -406,7 +416,7 @@ def test_history_is_whole_up_to_1000_then_thinned_keeping_the_last(client, datas
     assert [h["epoch"] for h in client.get(f"/v1/jobs/{short}").json()["history"]] == list(range(1, 8))
 
 
-def test_job_list_filters_by_status_newest_first(client, dataset_id, redis_client):
+def test_job_list_filters_by_status_newest_first(client, dataset_id, redis_client, live_worker):
     ids = [submit(client, dataset_id, training={"seed": s}).json()["id"] for s in range(3)]
     drive(redis_client, ids[0], 2)
     listing = client.get("/v1/jobs").json()
@@ -417,14 +427,14 @@ def test_job_list_filters_by_status_newest_first(client, dataset_id, redis_clien
     assert_problem(client.get("/v1/jobs", params={"status": "nope"}), 422, "status")
 
 
-def test_cancel_queued_then_409(client, dataset_id):
+def test_cancel_queued_then_409(client, dataset_id, live_worker):
     job_id = submit(client, dataset_id).json()["id"]
     resp = client.post(f"/v1/jobs/{job_id}/cancel")
     assert resp.status_code == 202 and resp.json()["status"] == "cancelled"
     assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "already cancelled")
 
 
-def test_cancel_running_becomes_cancelling(client, dataset_id, redis_client):
+def test_cancel_running_becomes_cancelling(client, dataset_id, redis_client, live_worker):
     job_id = submit(client, dataset_id).json()["id"]
     drive(redis_client, job_id, 2, status=None)
     resp = client.post(f"/v1/jobs/{job_id}/cancel")
@@ -438,7 +448,7 @@ def test_unknown_and_malformed_job_ids_are_404(client):
     assert_problem(client.post(f"/v1/jobs/{'f' * 32}/cancel"), 404, "No job")
 
 
-def test_artifacts_are_409_before_success_and_format_is_checked(client, dataset_id):
+def test_artifacts_are_409_before_success_and_format_is_checked(client, dataset_id, live_worker):
     job_id = submit(client, dataset_id).json()["id"]
     assert_problem(client.get(f"/v1/jobs/{job_id}/weights"), 409, "is queued")
     assert_problem(client.get(f"/v1/jobs/{job_id}/model"), 409, "is queued")
@@ -456,7 +466,7 @@ def parse_sse(text: str) -> list[tuple[str | None, str, dict]]:
     return events
 
 
-def test_events_stream_epochs_status_and_end(client, dataset_id, redis_client):
+def test_events_stream_epochs_status_and_end(client, dataset_id, redis_client, live_worker):
     job_id = submit(client, dataset_id, training={"epochs": 4}).json()["id"]
     drive(redis_client, job_id, 4)
     resp = client.get(f"/v1/jobs/{job_id}/events")
@@ -472,7 +482,7 @@ def test_events_stream_epochs_status_and_end(client, dataset_id, redis_client):
 
 # --- auth and tenants -----------------------------------------------------------------------
 
-def test_api_keys_401_and_tenant_isolation(api_settings):
+def test_api_keys_401_and_tenant_isolation(api_settings, live_worker):
     with make_client(api_settings, api_keys="alice:key-a,bob:key-b") as c:
         assert c.get("/healthz").status_code == 200
         no_key = assert_problem(c.get("/v1/datasets"), 401, "API key missing")
@@ -505,7 +515,7 @@ def test_api_keys_file_and_bare_keys(api_settings, tmp_path):
 
 # --- idempotency ----------------------------------------------------------------------------
 
-def test_idempotent_job_submission(client, dataset_id):
+def test_idempotent_job_submission(client, dataset_id, live_worker):
     key = {"Idempotency-Key": "retry-123"}
     first = submit(client, dataset_id, headers=key, training={"epochs": 5})
     again = submit(client, dataset_id, headers=key, training={"epochs": 5})
@@ -530,14 +540,14 @@ def test_idempotent_dataset_upload(client):
 
 # --- metrics and OpenAPI --------------------------------------------------------------------
 
-def test_metrics_report_jobs_queue_and_request_latency(client, dataset_id, redis_client):
+def test_metrics_report_jobs_queue_and_request_latency(client, dataset_id, redis_client, live_worker):
     ids = [submit(client, dataset_id, training={"seed": s}).json()["id"] for s in range(2)]
     drive(redis_client, ids[0], 3)
     text = client.get("/metrics").text
     assert 'dnnq_jobs{status="queued"} 1.0' in text
     assert 'dnnq_jobs{status="succeeded"} 1.0' in text
     assert 'dnnq_queue_depth{queue="default"} 2.0' in text
-    assert "dnnq_epochs_total" in text and "dnnq_workers 0.0" in text
+    assert "dnnq_epochs_total" in text and "dnnq_workers 1.0" in text  # live_worker
     assert 'dnnq_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="202"} 2.0' in text
 
 
@@ -548,7 +558,7 @@ def test_openapi_documents_the_routes(client):
         assert path in spec["paths"]
 
 
-def test_submit_queues_the_job_and_its_celery_message_in_one_step(client, dataset_id, redis_client):
+def test_submit_queues_the_job_and_its_celery_message_in_one_step(client, dataset_id, redis_client, live_worker):
     """The create script pushes the dnnq.train message onto the job's queue (workers/celery_wire.py):
     no job without its message, nothing left for the sweeper in dnnq:jobs:unsent."""
     import base64

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.service.test_api import binary_npz, drive, upload
+from tests.service.test_api import binary_npz, drive, fake_worker, upload
 from workers.redis_server import free_port
 
 
@@ -64,7 +64,14 @@ def normalised(resp) -> tuple:
 
 
 @pytest.fixture
-def pair(api_settings):
+def live_worker(redis_client) -> str:
+    """A live 'default' worker's heartbeat record: submits are refused while no worker serves their queue."""
+    fake_worker(redis_client, "w-default", "default")
+    return "w-default"
+
+
+@pytest.fixture
+def pair(api_settings, live_worker):
     with Pair(api_settings) as p:
         yield p
 
@@ -119,7 +126,7 @@ def test_submits_answer_as_the_route_does(pair, dataset, redis_client):
     assert pair.answered == 4
 
 
-def test_the_tenant_limit_429_is_the_same(api_settings):
+def test_the_tenant_limit_429_is_the_same(api_settings, live_worker):
     with Pair(api_settings, max_queued_jobs_per_tenant=1) as pair:
         spec = {"dataset_id": upload(pair.lane, binary_npz()).json()["id"]}
         assert pair.lane.post("/v1/jobs", json=spec).status_code == 202
@@ -127,7 +134,7 @@ def test_the_tenant_limit_429_is_the_same(api_settings):
         assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
 
 
-def test_api_keys_are_checked_the_same_and_failures_are_the_routes(api_settings):
+def test_api_keys_are_checked_the_same_and_failures_are_the_routes(api_settings, live_worker):
     with Pair(api_settings, api_keys="alice:key-a,bob:key-b") as pair:
         alice, bob = {"Authorization": "Bearer key-a"}, {"Authorization": "bearer key-b"}
         ds = pair.lane.post("/v1/datasets", files={"file": ("d.npz", binary_npz())}, headers=alice).json()["id"]
@@ -197,3 +204,37 @@ def test_a_body_in_pieces_is_read_whole_and_replayed_whole(pair, dataset):
     lane_status, lane_body = asgi_post(pair.lane_app, [bad[:7], bad[7:]])
     assert (lane_status, lane_body) == asgi_post(pair.plain_app, [bad]) and pair.answered == before + 1
     assert lane_status == 422 and re.search(rb'"field":"training.epochs"', lane_body)
+
+
+def test_non_finite_numbers_are_refused_as_the_route_refuses_them(pair, dataset, redis_client):
+    """json.loads turns NaN, Infinity and 1e999 into floats; the lane must not take them for a valid spec."""
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+        for section, name in (("preprocess", "scale"), ("training", "learning_rate"), ("training", "l2")):
+            content = f'{{"dataset_id": "{dataset}", "{section}": {{"{name}": {literal}}}}}'.encode()
+            resp = pair.same("POST", "/v1/jobs", content=content, headers={"content-type": "application/json"},
+                             by_lane=False)
+            assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == f"{section}.{name}"
+    assert redis_client.keys("dnnq:job:*") == []
+
+
+def test_submit_time_refusals_are_the_same(pair, dataset, redis_client):
+    wide = upload(pair.lane, binary_npz(n=5)).json()["id"]  # 5 features: does not fit the 3-feature set
+    refused = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "validation_dataset_id": wide},
+                        by_lane=True)
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "validation_dataset_id"
+    no_gpu = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "device": "gpu"}, by_lane=True)
+    assert no_gpu.status_code == 422 and "dnnq worker --queues gpu --gpu 0" in no_gpu.json()["detail"]
+    waiting = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "device": "gpu", "wait_for_worker": True},
+                        by_lane=True)
+    assert waiting.status_code == 202 and waiting.json()["queue"] == "gpu"
+
+
+def test_a_poisoned_record_is_polled_as_the_route_answers_it(pair, dataset, redis_client):
+    job_id = pair.lane.post("/v1/jobs", json={"dataset_id": dataset, "training": {"epochs": 2}}).json()["id"]
+    drive(redis_client, job_id, 2)
+    redis_client.hset(f"dnnq:job:{job_id}", "metrics", json.dumps({"final_loss": float("inf")}))
+    redis_client.rpush(f"dnnq:job:{job_id}:history", json.dumps({"epoch": 3, "loss": float("nan")}))
+    for query in ("", "?history=none", "?history=full"):
+        resp = pair.same("GET", f"/v1/jobs/{job_id}{query}", by_lane=True)
+        assert resp.status_code == 200 and resp.json()["metrics"] == {"final_loss": None}
+        assert "Infinity" not in resp.text and "NaN" not in resp.text

@@ -13,11 +13,15 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.settings import ApiSettings
 from workers import datasets, jobs
+from workers.recovery import register_worker
+from workers.settings import WorkerSettings
 
 
 @pytest.mark.parametrize("tenant", ["active", "by_status", "stats", "public"])
 def test_a_tenant_named_like_a_state_machine_key_trains_normally(tenant, redis_client, redis_url, data_dir):
     app = create_app(ApiSettings(redis_url=redis_url, data_dir=data_dir, api_keys=f"{tenant}:k1,bob:k2"))
+    # a live 'default' worker's heartbeat: a submit no live worker would take is refused
+    register_worker(redis_client, WorkerSettings(worker_name="w", heartbeat_seconds=30), "2026-01-01T00:00:00Z")
     with TestClient(app) as c:
         auth = {"Authorization": "Bearer k1"}
         ds = c.post("/v1/datasets/synthetic", json={"name": "moons"}, headers=auth)
