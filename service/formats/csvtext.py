@@ -44,66 +44,21 @@ def _lines(text: io.TextIOBase, limits: UploadLimits):
         yield line
 
 
-class _Labels:
-    """Each row's label as a float where it reads as a number, and as a code of its string for as long
-    as there are few enough distinct strings to be classes."""
-
-    def __init__(self, limits: UploadLimits) -> None:
-        self.limits = limits
-        self.values = np.empty(1024, dtype=np.float64)
-        self.codes = np.empty(1024, dtype=np.int32)
-        self.index: dict[str, int] = {}
-        self.numeric = True      # every label so far reads as a number
-        self.too_many = False    # more distinct strings than classes allowed
-
-    def add(self, i: int, label: str) -> None:
-        if i == len(self.values):
-            self.values.resize(i + i // 2, refcheck=False)
-            self.codes.resize(i + i // 2, refcheck=False)
-        try:
-            self.values[i] = float(label)
-        except ValueError:
-            self.numeric = False
-        if not self.too_many:
-            code = self.index.get(label)
-            if code is None:
-                code = self.index[label] = len(self.index)
-                self.too_many = len(self.index) > self.limits.max_classes
-            self.codes[i] = code
-        if self.too_many and not self.numeric:
-            check_classes(len(self.index), "distinct string classes or more", self.limits)
-
-    def as_classes(self, m: int) -> tuple[np.ndarray, list]:
-        classes = sorted(self.index)
-        order = np.empty(len(classes), dtype=np.int32)
-        order[[self.index[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
-        return order[self.codes[:m]].astype(np.float64).reshape(-1, 1), classes
-
-
 def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | None) -> ParsedDataset:
     raw = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
     with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-        return _parse(csv.reader(_lines(text, limits)), limits, target)
-
-
-def _rows(reader):
-    """The reader's rows, its errors (a field over the csv module's limit, a quote never closed) as a 422."""
-    while True:
+        reader = csv.reader(_lines(text, limits))
         try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
+            return _parse(reader, limits, target)
+        except csv.Error as exc:  # a field over the csv module's limit, a quote never closed
             raise UploadError(422, f"CSV line {reader.line_num}: {exc}. Fields longer than "
                               f"{csv.field_size_limit()} characters, or quotes that never close, are refused; "
                               "save the file as comma-separated numbers.") from None
-        yield row
 
 
 def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
-    rows = _rows(reader)
     header = None
-    for row in rows:
+    for row in reader:
         if any(c.strip() for c in row):
             header = [h.strip() for h in row]
             break
@@ -119,38 +74,76 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
     if t is None:
         raise UploadError(422, f"target column {target!r} is not in the header {header[:50]}.")
     max_rows = min(limits.max_examples, limits.max_array_bytes // (8 * (n - 1)))
-    X = np.empty((min(1024, max_rows + 1), n - 1), dtype=np.float64)
-    labels = _Labels(limits)
+    # Labels are codes of their distinct strings while there are few enough to be classes; past
+    # max_classes they must all be numbers (a continuous target) and are kept as floats instead.
+    capacity = min(1024, max_rows)
+    X = np.empty((capacity, n - 1), dtype=np.float64)
+    codes, names, values = np.empty(capacity, dtype=np.int32), {}, None
     m = 0
-    for row in rows:
+    for row in reader:
         if len(row) != n:
             if not any(c.strip() for c in row):
                 continue
             raise UploadError(422, f"CSV line {reader.line_num} has {len(row)} fields; the header has {n}.")
-        if m == max_rows:
-            _too_many_rows(m, n, limits)
-        if m == len(X):
-            X.resize((min(m + m // 2, max_rows + 1), n - 1), refcheck=False)  # realloc, often in place
-        label = row.pop(t)
+        if m == capacity:
+            if m == max_rows:
+                _too_many_rows(m, n, limits)
+            capacity = min(m + m // 2 + 1, max_rows)
+            X.resize((capacity, n - 1), refcheck=False)  # realloc, often in place
+            (codes if values is None else values).resize(capacity, refcheck=False)
+        label = row.pop(t).strip()
         try:
             X[m] = row
         except ValueError:
-            if not label.strip() and not any(c.strip() for c in row):
+            if not label and not any(c.strip() for c in row):
                 continue
             _not_a_number(row, header, t, reader.line_num)
-        labels.add(m, label.strip())
+        if values is None:
+            code = names.get(label)
+            if code is None:
+                if len(names) < limits.max_classes:
+                    code = names[label] = len(names)
+                else:
+                    values = _as_floats(names, codes, m, capacity, limits)
+                    codes = None
+            if values is None:
+                codes[m] = code
+        if values is not None:
+            try:
+                values[m] = float(label)
+            except ValueError:
+                check_classes(limits.max_classes + 1, "distinct values or more, not all numbers", limits)
         m += 1
     if m == 0:
         raise UploadError(422, "This CSV needs a header row and at least one data row.")
     X.resize((m, n - 1), refcheck=False)
-    if labels.numeric:
-        labels.values.resize(m, refcheck=False)
-        return finish_arrays(X, labels.values, limits)
-    check_classes(len(labels.index), "distinct string classes", limits)
-    Y, classes = labels.as_classes(m)
+    if values is not None:
+        values.resize(m, refcheck=False)
+        return finish_arrays(X, values, limits)
+    try:
+        numbers = np.array([float(name) for name in names], dtype=np.float64)  # dicts keep insertion order
+    except ValueError:
+        numbers = None
+    if numbers is not None:
+        return finish_arrays(X, numbers[codes[:m]], limits)
+    classes = sorted(names)
+    order = np.empty(len(classes), dtype=np.int32)
+    order[[names[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
+    Y = order[codes[:m]].astype(np.float64).reshape(-1, 1)
     check_finite(X, Y)
     check_limits(X, limits)
     return ParsedDataset(X, Y, classes, "binary" if len(classes) == 2 else "integer")
+
+
+def _as_floats(names: dict, codes: np.ndarray, m: int, capacity: int, limits: UploadLimits) -> np.ndarray:
+    """The labels so far as floats, when there are too many distinct ones to be classes."""
+    try:
+        numbers = np.array([float(name) for name in names], dtype=np.float64)
+    except ValueError:
+        check_classes(len(names) + 1, "distinct values or more, not all numbers", limits)
+    values = np.empty(capacity, dtype=np.float64)
+    values[:m] = numbers[codes[:m]]
+    return values
 
 
 def _too_many_rows(m: int, n: int, limits: UploadLimits) -> None:

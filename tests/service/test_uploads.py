@@ -340,7 +340,7 @@ def test_csv_memory_is_a_small_multiple_of_the_body():
 @pytest.mark.parametrize("filename, data, fragment", [
     ("d.npz", npz_bytes(X=np.ones((3, 2)), Y=np.array([0, 1, 1500])), "1501 classes"),
     ("d.npz", npz_bytes(X=np.ones((2, 2)), Y=np.eye(1200)[[0, 1]]), "1200 output columns"),
-    ("d.csv", b"x,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(1100)), "1001 distinct string classes"),
+    ("d.csv", b"x,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(1100)), "1001 distinct values or more"),
 ])
 def test_more_classes_than_the_limit_is_413_naming_the_setting(filename, data, fragment):
     limits = UploadLimits(max_examples=10_000, max_features=5_000, max_array_bytes=100_000_000, max_classes=1000)
