@@ -79,8 +79,8 @@ def _find_dataset(f, key: str):
         raise UploadError(422, f"This .h5 file has no dataset {key!r} (found {_top_datasets(f)}); "
                           "name them with the form fields x_key and y_key.")
     if not isinstance(obj, h5py.Dataset):
-        raise UploadError(422, f"{key!r} in this .h5 file is not a dataset (a group or a type); name a dataset with the "
-                          "form fields x_key and y_key.")
+        raise UploadError(422, f"{key!r} in this .h5 file is not a dataset (a group or a type); name a dataset "
+                          "with the form fields x_key and y_key.")
     return obj
 
 
