@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -117,6 +118,69 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
+# The /healthz probe runs in a process of its own: in the test process it would share the GIL with the
+# thread sending the upload, and measure the test's own pauses, not the server's.
+_PROBE_SRC = """
+import json, select, sys, time
+import httpx
+client = httpx.Client(base_url=sys.argv[1], timeout=30.0)
+client.get("/healthz")
+print("ready", flush=True)
+active, worst, count, bad = False, 0.0, 0, []
+while True:
+    if select.select([sys.stdin], [], [], 0.01)[0]:
+        command = sys.stdin.readline().strip()
+        if command == "start":
+            active, worst, count, bad = True, 0.0, 0, []
+        elif command == "stop":
+            active = False
+            print(json.dumps({"max_s": worst, "count": count, "bad": bad[:5]}), flush=True)
+        else:
+            break
+    elif active:
+        start = time.perf_counter()
+        try:
+            status = client.get("/healthz").status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        worst, count = max(worst, time.perf_counter() - start), count + 1
+        if status != 200:
+            bad.append(status)
+"""
+
+
+class HealthzProbe:
+    """A child process polling /healthz (every ~10 ms, one keep-alive connection) between start() and
+    stop(); stop() returns the slowest answer in seconds, how many answers, and any that were not 200."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SRC, url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready", "the /healthz probe did not start"
+
+    def _send(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def start(self) -> None:
+        self._send("start")
+
+    def stop(self) -> dict:
+        self._send("stop")
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        try:
+            self._send("exit")
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 class HostileServer:
     """`python -m dnnq up` in its own session on a free loopback port; output in a log file."""
 
@@ -144,6 +208,8 @@ class HostileServer:
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+        self.probe: HealthzProbe | None = None  # set by the fixture once the server is up
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -289,7 +355,9 @@ def hostile_server(tmp_path_factory):
     try:
         server.wait_ready()
         at_start = server.server_five_xx() or {}  # the 503s of /readyz while dnnq up was starting
+        server.probe = HealthzProbe(server.url)
         yield server
+        server.probe.close()
         if server.proc.poll() is not None:
             TALLY.up_exit = server.proc.returncode
         else:

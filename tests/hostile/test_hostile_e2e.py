@@ -7,14 +7,13 @@ Per case, over one keep-alive connection with alice's key:
   file's secret, an API key or /etc/passwd;
 - a refused upload stored nothing: alice's dataset count and the artifact store's files are unchanged;
 - the API process is the same one (it did not crash), its peak RSS while the case ran stays within
-  2 x DNNQ_MAX_UPLOAD_BYTES + 200 MB, and /healthz, polled while the upload is sent and parsed, answers
-  within 100 ms.
+  2 x DNNQ_MAX_UPLOAD_BYTES + 200 MB, and /healthz, polled from another process while the upload is sent
+  and parsed, answers within 100 ms.
 Each case reports every broken expectation at once, so a failing case says all that is wrong with it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -53,31 +52,18 @@ def _local_addr(response):
     return stream.get_extra_info("client_addr") if stream is not None else None
 
 
-def upload_watched(server, http, label: str, **post) -> tuple[object, float]:
-    """POST /v1/datasets on `http` in a thread while another connection polls /healthz; returns the
-    response (or the exception the upload raised) and the slowest /healthz answer meanwhile."""
-    result: dict = {}
-
-    def run():
-        try:
-            result["response"] = http.post("/v1/datasets", **post)
-        except Exception as exc:  # noqa: BLE001 - reported by the caller as what the client saw
-            result["response"] = exc
-
-    slowest = 0.0
-    with server.client(None) as probe:
-        assert probe.get("/healthz").status_code == 200  # the probe's connection is open before the upload
-        thread = threading.Thread(target=run, name=f"upload {label}")
-        thread.start()
-        while thread.is_alive():
-            start = time.perf_counter()
-            answer = probe.get("/healthz")
-            slowest = max(slowest, time.perf_counter() - start)
-            assert answer.status_code == 200, f"/healthz answered {answer.status_code} during {label}"
-            thread.join(0.01)
+def upload_watched(server, http, label: str, **post) -> tuple[object, float, list]:
+    """POST /v1/datasets on `http` while the probe process polls /healthz; returns the response (or the
+    exception the upload raised), the slowest /healthz answer meanwhile and any that were not 200."""
+    server.probe.start()
+    try:
+        response = http.post("/v1/datasets", **post)
+    except Exception as exc:  # noqa: BLE001 - reported by the caller as what the client saw
+        response = exc
+    probed = server.probe.stop()
     with TALLY.lock:
-        TALLY.healthz_s[label] = slowest
-    return result["response"], slowest
+        TALLY.healthz_s[label] = probed["max_s"]
+    return response, probed["max_s"], probed["bad"]
 
 
 def check_upload(server, label: str, filename: str, data: bytes, form: dict | None, expected: set[int]) -> list[str]:
@@ -91,7 +77,10 @@ def check_upload(server, label: str, filename: str, data: bytes, form: dict | No
         datasets_before, ids_before = listed["total"], {d["id"] for d in listed["items"]}
         files_before = server.stored_files()
         reset_peak(pid)
-        response, slowest = upload_watched(server, http, label, files={"file": (filename, data)}, data=form or {})
+        response, slowest, not_ok = upload_watched(server, http, label, files={"file": (filename, data)},
+                                                   data=form or {})
+        if not_ok:
+            problems.append(f"/healthz answered {not_ok} while the upload was parsed")
         peak = status_bytes(pid, "VmHWM") if server.api_pid() == pid else None
         if isinstance(response, Exception):
             problems.append(f"the upload got no answer: {type(response).__name__}: {response}")
