@@ -149,7 +149,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             item = {"field": "body", "message": f"{item['message']} ({(err.get('ctx') or {}).get('error', '')}); "
                     "send a JSON object with Content-Type: application/json."}
         elif err.get("type") == "finite_number":  # NaN, Infinity, or a literal past float64 such as 1e999
-            item["message"] += " (NaN, Infinity and numbers beyond about 1.8e308 are not numbers here)"
+            item["message"] += " (NaN, Infinity and numbers past about 1.8e308, such as 1e999, are refused)"
         value = err.get("input")
         # echoed only when JSON can hold it: NaN and infinities have no JSON spelling
         if isinstance(value, (int, str, bool)) or (isinstance(value, float) and math.isfinite(value)):
