@@ -8,6 +8,7 @@ Every transition is one Lua script, so it is atomic: a refused transition writes
     running -> cancelling        cancel request; the worker stops at the next epoch boundary
     cancelling -> cancelled | succeeded | failed
     running -> queued            sweeper: lease expired (worker died)
+    running -> queued            release: the worker is shutting down (the attempt is not spent)
     running -> failed            sweeper: lease expired and the job already started max_attempts times
     cancelling -> cancelled      sweeper: lease expired while cancelling
 
@@ -49,6 +50,7 @@ __all__ = [
     "mark_sent",
     "record_epochs",
     "record_resume",
+    "release",
     "renew_lease",
     "request_cancel",
     "requeue_expired",
@@ -174,7 +176,12 @@ redis.call('HSET', KEYS[1], 'status', 'running')
 MOVE(KEYS[1], ARGV[4], 'queued', 'running')
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if (not started) or started == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+-- A released job (see _RELEASE) goes on with the attempt it was released from.
+if redis.call('HGET', KEYS[1], 'released') == '1' then
+  redis.call('HSET', KEYS[1], 'released', '')
+else
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
 return 1
@@ -226,6 +233,27 @@ redis.call('SREM', UNFINISHED(redis.call('HGET', KEYS[1], 'tenant')), ARGV[4])
 redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[4], 'jobs_' .. new .. '_total', 1)
 return 1
+"""
+
+# KEYS: job, lease, active, queue list ; ARGV: token, now, job_id, reason, lost, message ('' = list as unsent).
+# The worker hands a running job back at once (it is shutting down, the job did nothing wrong): queued
+# again without waiting for the lease to expire, the attempt not spent (claim skips its count while
+# 'released' is '1'), and its message pushed on the pop end of its queue so the next free worker
+# resumes it first. A cancelling job is not released: the caller finishes it 'cancelled'.
+_RELEASE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return ARGV[5] end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'running' then return st end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'released', '1', 'released_at', ARGV[2], 'release_reason', ARGV[4])
+MOVE(KEYS[1], ARGV[3], 'running', 'queued')
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+if ARGV[6] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[6])
+else
+  redis.call('SADD', UNSENT, ARGV[3])
+end
+return 'queued'
 """
 
 # KEYS: job, stats ; ARGV: now
@@ -285,7 +313,7 @@ _UNFINISHED_LUA = (
     f"local function UNFINISHED(tenant) return '{PREFIX}tenant:' .. tenant .. ':unfinished' end\n"
     f"local UNSENT = '{UNSENT_KEY}'\n"
 )
-_FINISH, _CANCEL, _REQUEUE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE))
+_FINISH, _CANCEL, _REQUEUE, _RELEASE = (_UNFINISHED_LUA + src for src in (_FINISH, _CANCEL, _REQUEUE, _RELEASE))
 # Every script that changes a status moves one count between BY_STATUS_KEY's fields (what /metrics
 # reads), and the job between its tenant's per-status indexes (what GET /v1/jobs?status= pages through),
 # keeping its creation time as the score.
@@ -302,7 +330,8 @@ _MOVE_LUA = (
     "  if created then redis.call('ZADD', tenant .. ':status:' .. to, created, id) end\n"
     "end\n"
 )
-_CLAIM, _FINISH, _CANCEL, _REQUEUE = (_MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE))
+_CLAIM, _FINISH, _CANCEL, _REQUEUE, _RELEASE = (
+    _MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE, _RELEASE))
 
 _SCRIPTS: dict[str, Any] = {}
 _ASYNC_SCRIPTS: dict[str, Any] = {}
@@ -600,6 +629,24 @@ def finish(
     return bool(
         _run(r, _FINISH, keys=[job, lease, ACTIVE_KEY, STATS_KEY], args=[token, status, now_iso(), job_id, *fields])
     )
+
+
+def release(r, job_id: str, token: str, reason: str, *, queue: str | None = None,
+            message_for: Callable[[str, str], str] | None = None) -> str:
+    """running -> queued at once, keeping the attempt (the worker is shutting down; the job resumes
+    from its checkpoint). Returns "queued"; otherwise the status that refused it (e.g. "cancelling":
+    finish the job 'cancelled' instead), or LEASE_LOST (nothing written).
+
+    With ``queue`` and ``message_for(job_id, queue)`` (workers.celery_wire.train_message) the job's
+    message goes on that queue in the same step, to be taken next; without, the job is listed as
+    unsent and the next sweep sends it.
+    """
+    job, _, lease = _keys(job_id)
+    if queue is not None and not QUEUE_RE.match(queue):
+        raise ValueError(f"Malformed queue name {queue!r}.")
+    message = message_for(job_id, queue) if message_for is not None and queue is not None else ""
+    return _run(r, _RELEASE, keys=[job, lease, ACTIVE_KEY, queue or "default"],
+                args=[token, now_iso(), job_id, reason, LEASE_LOST, message])
 
 
 # ---------------------------------------------------------------------------------------------

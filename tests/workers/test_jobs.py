@@ -323,6 +323,69 @@ def test_record_resume_trims_history(redis_client):
     assert jobs.get_job(redis_client, job_id)["resumed_from_epoch"] == 0
 
 
+def test_release_requeues_at_once_and_keeps_the_attempt(redis_client):
+    """A worker shutting down hands its job back: queued with its message on the pop end of its queue,
+    no lease to wait for, the attempt not spent; the releasing worker can write nothing more."""
+    r = redis_client
+    job_id = running(r, "w1")
+    jobs.mark_sent(r, job_id)
+    r.lpush("default", "an older message")
+    first_start = jobs.get_job(r, job_id)["started_at"]
+    assert jobs.release(r, job_id, "stale", "released: worker shutting down") == jobs.LEASE_LOST
+    assert status(r, job_id) == "running" and r.llen("default") == 1
+
+    outcome = jobs.release(r, job_id, "w1", "released: worker shutting down", queue="default",
+                           message_for=lambda jid, queue: f"message for {jid} on {queue}")
+    assert outcome == "queued"
+    job = jobs.get_job(r, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 1
+    assert job["release_reason"] == "released: worker shutting down" and job["released_at"] is not None
+    assert not r.exists(f"dnnq:job:{job_id}:lease") and not r.sismember(jobs.ACTIVE_KEY, job_id)
+    assert r.rpop("default") == f"message for {job_id} on default"  # the next one a worker takes
+    assert jobs.unsent(r) == []
+    assert jobs.count_by_status(r)["queued"] == 1 and jobs.count_by_status(r)["running"] == 0
+    assert [j["id"] for j in jobs.list_jobs(r, "public", status="queued")[0]] == [job_id]
+    assert jobs.count_unfinished(r, "public") == 1
+    # fenced: the releasing worker's token holds nothing any more
+    assert jobs.record_epochs(r, job_id, "w1", [{"epoch": 9}], {}) == jobs.LEASE_LOST
+    assert jobs.finish(r, job_id, "w1", "failed", error="late") is False
+    assert jobs.release(r, job_id, "w1", "again") == jobs.LEASE_LOST
+
+    # the next claim goes on with the same attempt; a later crash (lease expiry) spends one as before
+    assert jobs.claim(r, job_id, "w2", LEASE_MS) is True
+    job = jobs.get_job(r, job_id)
+    assert job["attempts"] == 1 and job["started_at"] == first_start and job["released"] is None
+    r.delete(f"dnnq:job:{job_id}:lease")
+    assert jobs.requeue_expired(r) == [job_id]
+    assert jobs.claim(r, job_id, "w3", LEASE_MS) is True
+    assert jobs.get_job(r, job_id)["attempts"] == 2
+
+
+def test_release_without_a_message_lists_the_job_as_unsent(redis_client):
+    job_id = running(redis_client)
+    jobs.mark_sent(redis_client, job_id)
+    assert jobs.release(redis_client, job_id, "w1", "released: worker shutting down") == "queued"
+    assert jobs.unsent(redis_client) == [job_id]  # the next sweep sends it
+    assert redis_client.llen("default") == 0
+
+
+def test_release_refused_while_cancelling_or_finished(redis_client):
+    r = redis_client
+    job_id = running(r)
+    jobs.request_cancel(r, job_id)
+    assert jobs.release(r, job_id, "w1", "released: worker shutting down", queue="default",
+                        message_for=lambda jid, queue: "m") == "cancelling"
+    job = jobs.get_job(r, job_id)
+    assert job["status"] == "cancelling" and job.get("release_reason") is None and r.llen("default") == 0
+    assert r.get(f"dnnq:job:{job_id}:lease") == "w1"  # still held: the worker finishes it 'cancelled'
+    assert jobs.finish(r, job_id, "w1", "cancelled") is True
+    done = running(r, "w2")
+    assert jobs.finish(r, done, "w2", "succeeded")
+    assert jobs.release(r, done, "w2", "x") == jobs.LEASE_LOST  # the lease went with the finish
+    with pytest.raises(ValueError, match="Malformed queue name"):
+        jobs.release(r, job_id, "w1", "x", queue="dnnq:job:x", message_for=lambda jid, queue: "m")
+
+
 def test_status_enum_and_terminal():
     assert Status("cancelling") is Status.CANCELLING
     assert {s.value for s in jobs.TERMINAL} == {"succeeded", "failed", "cancelled"}
