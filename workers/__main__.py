@@ -3,6 +3,12 @@
 The main process never imports CuPy: it only consumes messages and forks a prefork child, which
 imports models (and CUDA, for a gpu worker) when it trains. CUDA_VISIBLE_DEVICES is set here,
 before anything forks, so each GPU worker sees exactly its device.
+
+Shutdown (SIGTERM, or Ctrl-C: SIGINT, which Celery's pool children ignore) is Celery's warm shutdown,
+which waits for the running tasks. So that it does not wait for a whole training job, the main process
+forwards it to its pool children as runner.RELEASE_SIGNAL: a training child stops at the end of its
+epoch, checkpoints and releases the job (queued again with its message, its attempt not spent), and
+its task returns normally, so the delivery is acknowledged and the job record alone says what is next.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = settings.cuda_visible_devices
 
     from celery.signals import setup_logging as celery_setup_logging
-    from celery.signals import worker_ready, worker_shutdown
+    from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
     from workers.celery_app import app, configure
     from workers.logs import event, setup_logging
     from workers.recovery import Maintenance, celery_sender
+    from workers.runner import RELEASE_SIGNAL, install_release_handler
     from workers.settings import redis_client
 
     setup_logging(settings.log_level)
@@ -68,6 +75,24 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
         state["thread"] = Maintenance(redis_client(settings), settings, celery_sender(app))
         state["thread"].start()
         event("worker.ready", worker=settings.worker_name, queues=settings.queue_list, pid=os.getpid())
+
+    @worker_init.connect(weak=False)
+    def _keep_worker(sender=None, **_):
+        state["worker"] = sender
+
+    @worker_process_init.connect(weak=False)
+    def _child_releases_on_signal(**_):  # in each pool child, before it takes a task
+        install_release_handler()
+
+    @worker_shutting_down.connect(weak=False)
+    def _release_running_jobs(sig=None, how=None, **_):  # in the main process's signal handler
+        pids = _pool_pids(state.get("worker"))
+        for pid in pids:
+            try:
+                os.kill(pid, RELEASE_SIGNAL)
+            except ProcessLookupError:
+                pass
+        event("worker.shutting_down", signal=sig, how=how, children_told=len(pids))
 
     @worker_shutdown.connect(weak=False)
     def _stop_maintenance(sender=None, **_):
@@ -91,6 +116,16 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _pool_pids(worker) -> list[int]:
+    """The prefork pool's child processes (the pool's own list; billiard's children as a fallback)."""
+    try:
+        return [p.pid for p in worker.pool._pool._pool if p.pid]
+    except AttributeError:
+        from billiard.process import active_children
+
+        return [p.pid for p in active_children() if p.pid]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,17 @@
 Safe to run twice: the claim is atomic, so a duplicate delivery returns without training. While it
 trains, a heartbeat thread renews the lease; if renewal fails the lease is lost (another worker
 may already have the job), training stops at the next epoch and nothing more is written.
+
+When the worker shuts down (its main process forwards RELEASE_SIGNAL to the pool children, or a
+SIGTERM reaches the training process itself), the job stops at the end of its epoch, saves a
+checkpoint and is released: queued again at once, its attempt not spent (jobs.release).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -23,7 +28,47 @@ from workers.settings import WorkerSettings, get_settings, redis_client
 from workers.spec import JobSpec, SpecError, to_train_config
 from workers.store import ArtifactStore, open_store
 
-__all__ = ["Heartbeat", "run_job"]
+__all__ = ["RELEASE_REASON", "RELEASE_SIGNAL", "Heartbeat", "install_release_handler", "request_release", "run_job"]
+
+RELEASE_SIGNAL = signal.SIGUSR2  # neither Celery nor billiard (without sigprotection) uses it in a pool child
+RELEASE_REASON = "released: worker shutting down"
+# Set once this process is asked to hand its job back; never cleared: the process is on its way out.
+_release_requested = threading.Event()
+
+
+def request_release(signum=None, frame=None) -> None:
+    """Ask the running job (or the next one) to stop at its epoch's end and be released."""
+    _release_requested.set()
+
+
+def install_release_handler() -> None:
+    """RELEASE_SIGNAL -> request_release, in this process (a pool child: Celery's worker_process_init)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(RELEASE_SIGNAL, request_release)
+
+
+def _cooperative_sigterm():
+    """While a job trains: the first SIGTERM asks for a release instead of raising SystemExit in the
+    middle of an epoch (billiard's handler); a second one does what the previous handler did.
+    Returns the handler to put back, or None when not in the main thread (no handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    received = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            request_release()
+            return
+        signal.signal(signum, previous)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return previous
 
 
 class Heartbeat(threading.Thread):
@@ -66,8 +111,9 @@ def _process_redis(settings: WorkerSettings) -> redis.Redis:
 
 
 def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, store: ArtifactStore | None = None) -> str | None:
-    """Train job_id to a terminal status. Returns that status, or None when this call did not own
-    the job to the end (not claimed, or the lease was lost)."""
+    """Train job_id to a terminal status. Returns that status ("queued" when released because the
+    worker is shutting down), or None when this call did not own the job to the end (not claimed,
+    or the lease was lost)."""
     settings = settings or get_settings()
     r = r if r is not None else _process_redis(settings)
     store = store if store is not None else open_store(settings)
@@ -79,6 +125,7 @@ def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, stor
     heartbeat = Heartbeat(r, job_id, token, settings)
     heartbeat.start()
     _set_current_job(r, settings, job_id)
+    previous_sigterm = _cooperative_sigterm()
     try:
         return _train(r, store, settings, job_id, token, heartbeat)
     except (KeyboardInterrupt, SystemExit):
@@ -101,6 +148,8 @@ def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, stor
             return None
         return "failed"
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         heartbeat.stop()
         _set_current_job(r, settings, "")
 
@@ -134,6 +183,8 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
     every = spec.training.checkpoint_every or settings.checkpoint_every
     checkpointed_at = [time.monotonic()]
     cancelled = threading.Event()
+    # Decided in on_epoch, not in should_stop: the epoch training stops after is the one checkpointed.
+    releasing = [False]
     gpu_reported = [0.0]  # monotonic time of the last GPU memory report
     # Finished epochs not yet in Redis, and the progress they end on. They go in one round trip at
     # most every progress_flush_seconds: a round trip per epoch was ~20% of a 2,500-epoch job of
@@ -158,11 +209,12 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
         pending.append(entry)
         progress.update(epoch=state.epoch, epochs=state.epochs, loss=entry["loss"])
         first = state.epoch == resume_epoch + 1
+        releasing[0] = releasing[0] or (_release_requested.is_set() and state.epoch < state.epochs)
         if every:
             checkpoint_due = state.epoch % every == 0
         else:
             checkpoint_due = time.monotonic() - checkpointed_at[0] >= settings.checkpoint_seconds
-        checkpoint_due = checkpoint_due and state.epoch < state.epochs
+        checkpoint_due = (checkpoint_due or releasing[0]) and state.epoch < state.epochs
         if (first or checkpoint_due or state.epoch >= state.epochs
                 or time.monotonic() - flushed_at[0] >= settings.progress_flush_seconds):
             flush(device=state.device if first else None)
@@ -177,7 +229,7 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
             _report_gpu_memory(r, settings)
 
     def should_stop() -> bool:
-        return heartbeat.lost.is_set() or cancelled.is_set()
+        return heartbeat.lost.is_set() or cancelled.is_set() or releasing[0]
 
     try:
         result = fit(X, Y, cfg, X_val=X_val, Y_val=Y_val, on_epoch=on_epoch, should_stop=should_stop, checkpoint=ckpt)
@@ -193,6 +245,10 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
     if heartbeat.lost.is_set():
         event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
         return None
+    if result.stopped and releasing[0] and not cancelled.is_set():
+        outcome = _release(r, job_id, token, job.get("queue") or "default", progress.get("epoch"))
+        if outcome != jobs.Status.CANCELLING.value:  # a cancel that came in meanwhile ends it below
+            return outcome
     timings = {"load_s": round(t_loaded - t0, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
     last = result.history[-1] if result.history else None
     # Accuracies of the parameters we ship (an epoch's running accuracy is measured while the
@@ -237,6 +293,21 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
     graph = {} if result.step_graph is None else {"step_graph": result.step_graph}
     event("job.succeeded", job_id=job_id, device=result.device, **metrics, seconds=timings["total_s"], **graph)
     return "succeeded"
+
+
+def _release(r, job_id: str, token: str, queue: str, epoch: int) -> str | None:
+    """Hand the job back (its checkpoint is at `epoch`); "queued", "cancelling" (a cancel came in
+    since the last epoch's write: the caller finishes it 'cancelled'), or None when the lease is gone."""
+    from workers.celery_wire import train_message
+
+    outcome = jobs.release(r, job_id, token, RELEASE_REASON, queue=queue, message_for=train_message)
+    if outcome == jobs.Status.QUEUED.value:
+        event("job.released", job_id=job_id, reason=RELEASE_REASON, checkpoint_epoch=epoch)
+        return outcome
+    if outcome == jobs.Status.CANCELLING.value:
+        return outcome
+    event("job.release_refused", logging.WARNING, job_id=job_id, status=outcome)
+    return None
 
 
 def _dataset(r, dataset_id: str, field: str) -> dict:

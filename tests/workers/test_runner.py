@@ -325,3 +325,94 @@ def test_checkpoints_by_epochs_when_asked_else_by_time(redis_client, store, sett
     job_id = job_for(redis_client, ds, training={"epochs": 6})
     assert run_job(job_id, settings=timed, r=redis_client, store=store) == "succeeded"
     assert saved == expected
+
+
+@pytest.fixture
+def release_flag():
+    """The process-wide 'release your job' flag and the signal handlers, as they were, after the test."""
+    import signal
+
+    from workers import runner
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, runner.RELEASE_SIGNAL)}
+    yield runner
+    runner._release_requested.clear()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def _signal_at_epoch(monkeypatch, epoch: int, send) -> None:
+    """Call send() once, from inside the job's epoch write that reaches `epoch` (in the training thread)."""
+    real = jobs.record_epochs
+
+    def recording(r, job_id, token, entries, progress, device=None):
+        status = real(r, job_id, token, entries, progress, device)
+        if progress["epoch"] == epoch:
+            send()
+        return status
+
+    monkeypatch.setattr(jobs, "record_epochs", recording)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "release_signal"])
+def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_like_an_uninterrupted_run(
+        redis_client, store, settings, monkeypatch, release_flag, how):
+    """SIGTERM to the training process, or RELEASE_SIGNAL (what the worker's main process forwards on
+    shutdown): the epoch under way ends, a checkpoint is saved at it, the job is queued again at once
+    with its message and its attempt unspent; the next run resumes from that checkpoint and ends where
+    an uninterrupted run ends."""
+    import os
+    import signal
+
+    runner = release_flag
+    every_epoch = settings.model_copy(update={"progress_flush_seconds": 0.0, "checkpoint_seconds": 3600})
+    ds = dataset(redis_client, store, m=200)
+    spec = {"model": {"hidden_layers": [6]}, "training": {"epochs": 12, "batch_size": 32, "seed": 3}}
+    baseline = job_for(redis_client, ds, **spec)
+    assert run_job(baseline, settings=every_epoch, r=redis_client, store=store) == "succeeded"
+
+    job_id = job_for(redis_client, ds, **spec)
+    jobs.mark_sent(redis_client, baseline, job_id)
+    if how == "release_signal":
+        runner.install_release_handler()
+    sig = signal.SIGTERM if how == "sigterm" else runner.RELEASE_SIGNAL
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        _signal_at_epoch(patch, 4, lambda: os.kill(os.getpid(), sig))
+        assert run_job(job_id, settings=every_epoch, r=redis_client, store=store) == "queued"
+    assert signal.getsignal(signal.SIGTERM) == sigterm_before  # the cooperative handler lived as long as the job
+
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 1 and job["error"] is None
+    assert job["release_reason"] == runner.RELEASE_REASON
+    assert not redis_client.exists(f"dnnq:job:{job_id}:lease")
+    released_at = artifacts.load_checkpoint(store, job_id).epoch
+    assert released_at == 5  # the signal came during epoch 4's write: epoch 5 was the one under way
+    assert [h["epoch"] for h in jobs.get_history(redis_client, job_id)] == list(range(1, released_at + 1))
+    (message,) = redis_client.lrange("default", 0, -1)  # its task, for the next worker to take
+    assert json.loads(message)["headers"]["argsrepr"] == repr([job_id])
+
+    runner._release_requested.clear()  # a new worker process
+    assert run_job(job_id, settings=every_epoch, r=redis_client, store=store) == "succeeded"
+    job, reference = jobs.get_job(redis_client, job_id), jobs.get_job(redis_client, baseline)
+    assert job["attempts"] == 1 and job["resumed_from_epoch"] == released_at
+    assert [h["epoch"] for h in jobs.get_history(redis_client, job_id)] == list(range(1, 13))
+    assert job["metrics"]["final_loss"] == pytest.approx(reference["metrics"]["final_loss"], rel=1e-9)
+    for name, value in weights_of(store, baseline).items():
+        np.testing.assert_allclose(weights_of(store, job_id)[name], value, rtol=1e-9)
+
+
+def test_a_cancel_wins_over_a_release(redis_client, store, settings, monkeypatch, release_flag):
+    """Cancelled while the worker shuts down: the job ends 'cancelled', it is not queued again."""
+    every_epoch = settings.model_copy(update={"progress_flush_seconds": 0.0})
+    job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 30})
+
+    def both():
+        jobs.request_cancel(redis_client, job_id)
+        release_flag.request_release()
+
+    _signal_at_epoch(monkeypatch, 3, both)
+    assert run_job(job_id, settings=every_epoch, r=redis_client, store=store) == "cancelled"
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "cancelled" and job.get("release_reason") is None
+    assert redis_client.llen("default") == 0
