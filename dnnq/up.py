@@ -1,10 +1,12 @@
 """`dnnq up`: Redis (embedded unless DNNQ_REDIS_URL), N workers and the API, supervised.
 
-Each child runs in its own session (process group), so a Ctrl-C reaches only this supervisor,
-which then stops the API and the workers first (SIGTERM to each child, SIGKILL to its whole
-group after a grace period: Celery's prefork children go too) and Redis last. A worker that dies is
-restarted (at most MAX_RESTARTS a minute); if Redis or the API dies, everything stops and
-`dnnq up` exits non-zero with a message.
+Each child runs in its own session (process group), the embedded Redis too, so a Ctrl-C reaches
+only this supervisor, which then stops the API and the workers first (SIGTERM to each child, SIGKILL
+to its whole group after a grace period: Celery's prefork children go too) and Redis last: a worker
+that shuts down releases its job through Redis. An API process or a worker that dies is restarted,
+after a delay that doubles with each recent restart; one that dies MAX_RESTARTS times within
+RESTART_WINDOW_S is a crash loop, and then everything stops. If Redis dies, everything stops too;
+`dnnq up` then exits non-zero with a message.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -29,8 +32,9 @@ from dnnq.client import CliError
 
 __all__ = ["Child", "api_keys_configured", "check_bind_allowed", "is_loopback", "run_up"]
 
-MAX_RESTARTS = 5          # per worker per RESTART_WINDOW_S; beyond that it is a crash loop
+MAX_RESTARTS = 5          # per child per RESTART_WINDOW_S; beyond that it is a crash loop
 RESTART_WINDOW_S = 60.0
+RESTART_BACKOFF_S = 1.0   # the second restart within the window waits this long, each later one twice as long
 READY_TIMEOUT_S = 60.0
 WORKER_NICENESS = 10      # workers' CPU priority below the API's (see _run)
 _PR_SET_PDEATHSIG = 1
@@ -118,6 +122,26 @@ class Child:
     restarts: deque = field(default_factory=deque)
     pass_fds: tuple[int, ...] = ()  # descriptors the child inherits (its listening socket)
     niceness: int = 0  # added to the child's nice value (lower CPU priority), inherited by its children
+    # For a child handed its listening socket (`--fd N` in argv): a new socket for a restart, since
+    # this process closed the first one once the child held it.
+    rebind: Callable[[], socket.socket] | None = None
+    restart_at: float | None = None  # monotonic time of a restart waiting out its back-off
+
+    def restart(self) -> None:
+        """Start again; with `rebind`, on a fresh socket passed under the same `--fd` option."""
+        self.restart_at = None
+        if self.rebind is None:
+            self.start()
+            return
+        sock = self.rebind()
+        try:
+            fd = sock.fileno()
+            i = self.argv.index("--fd")
+            self.argv = [*self.argv[:i + 1], str(fd), *self.argv[i + 2:]]
+            self.pass_fds = (fd,)
+            self.start()
+        finally:
+            sock.close()  # the child holds it now
 
     def start(self) -> None:
         def before_exec() -> None:
@@ -156,9 +180,10 @@ def stop_children(children: list[Child], grace_s: float) -> None:
     """SIGTERM each child, wait up to grace_s for their groups to empty, then SIGKILL what is left.
 
     SIGTERM goes to the child alone, not its group: Celery's main process then makes a warm
-    shutdown, while a SIGTERM to the prefork process would abort the job it is training
-    (SystemExit inside the task). A job still running after the grace period is killed with its
-    worker, keeps its checkpoint and lease, and resumes when the lease expires (docs/deploy.md).
+    shutdown and tells its training child, which stops at the end of its epoch, checkpoints and
+    releases the job (queued again at once, its attempt not spent: workers/runner.py). A job whose
+    epoch outlasts the grace period is killed with its worker, keeps its last checkpoint and lease,
+    and resumes when the lease expires (docs/deploy.md).
     """
     for child in children:
         if child.exit_code() is None:
@@ -249,6 +274,21 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
             signal.signal(sig, handler)
 
 
+def describe_exit(code: int) -> str:
+    """'exited with code 3', or 'was killed by SIGKILL' (Popen's negative code)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name} (code {code})"
+        except ValueError:
+            return f"was killed by signal {-code} (code {code})"
+    return f"exited with code {code}"
+
+
+def restart_delay(recent: int) -> float:
+    """Back-off before a restart, given how many restarts the child had within RESTART_WINDOW_S."""
+    return 0.0 if recent == 0 else RESTART_BACKOFF_S * 2 ** (recent - 1)
+
+
 def _reuseport_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     """n listening sockets on host:port with SO_REUSEPORT, one per API process: the kernel spreads
     new connections across them (see dnnq/api_process.py for why not one shared socket)."""
@@ -302,8 +342,12 @@ def _api_children(host: str, port: int, api_workers: int, access_log: bool, env:
     if api_workers > 1 and _reuseport_balances():
         sockets = _reuseport_sockets(host, port, api_workers)
         log_flag = ["--access-log"] if access_log else []
+
+        def rebind() -> socket.socket:
+            return _reuseport_sockets(host, port, 1)[0]
+
         return [Child(f"api {i + 1}", [sys.executable, "-m", "dnnq.api_process", "--fd", str(sock.fileno()), *log_flag],
-                      env, pass_fds=(sock.fileno(),)) for i, sock in enumerate(sockets)], sockets
+                      env, pass_fds=(sock.fileno(),), rebind=rebind) for i, sock in enumerate(sockets)], sockets
     # One process (or a platform whose SO_REUSEPORT does not balance): uvicorn binds, and with
     # --workers N its processes share that one socket.
     argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host, "--port", str(port),
@@ -376,33 +420,49 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
 
 def _supervise(apis: list[Child], workers: list[Child], redis_watch: _RedisWatch | None,
                stop: threading.Event) -> int:
-    """Watch the children until a signal (0) or an unrecoverable death (1)."""
+    """Watch the children until a signal (0), Redis's death or a crash loop (1). A dead API process
+    or worker is restarted, after a back-off when it died recently (restart_delay)."""
     while not stop.wait(0.5):
         if redis_watch is not None and not redis_watch.alive():
-            if stop.wait(0.3):  # a Ctrl-C that reached Redis first is a normal stop
+            if stop.is_set():
                 break
             print("dnnq: error: the embedded Redis server died; stopping everything "
                   "(job records are in its AOF file: run `dnnq up` again)", file=sys.stderr, flush=True)
             return 1
-        for api in apis:
-            code = api.exit_code()
-            if code is not None:
-                print(f"dnnq: error: the API process ({api.name}) exited with code {code}; stopping everything",
-                      file=sys.stderr, flush=True)
-                return 1
-        for worker in workers:
-            code = worker.exit_code()
-            if code is None or stop.is_set():
+        for child in (*apis, *workers):
+            if stop.is_set():
+                break
+            if child.restart_at is not None:
+                if time.monotonic() >= child.restart_at:
+                    _restart(child)
+                continue
+            code = child.exit_code()
+            if code is None:
                 continue
             now = time.monotonic()
-            while worker.restarts and now - worker.restarts[0] > RESTART_WINDOW_S:
-                worker.restarts.popleft()
-            if len(worker.restarts) >= MAX_RESTARTS:
-                print(f"dnnq: error: {worker.name} keeps dying (exit code {code}, {MAX_RESTARTS} restarts "
+            while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
+                child.restarts.popleft()
+            if len(child.restarts) >= MAX_RESTARTS:
+                print(f"dnnq: error: {child.name} keeps dying (it {describe_exit(code)}; {MAX_RESTARTS} restarts "
                       f"in {RESTART_WINDOW_S:g}s); stopping everything", file=sys.stderr, flush=True)
                 return 1
-            worker.restarts.append(now)
-            worker.signal_group(signal.SIGKILL)  # leftovers of the dead worker's process group
-            print(f"dnnq: {worker.name} exited with code {code}; restarting it", file=sys.stderr, flush=True)
-            worker.start()
+            delay = restart_delay(len(child.restarts))
+            child.restarts.append(now + delay)
+            child.signal_group(signal.SIGKILL)  # leftovers of the dead child's process group
+            when = f"in {delay:g}s" if delay else "now"
+            print(f"dnnq: {child.name} {describe_exit(code)}; restarting it {when} "
+                  f"(restart {len(child.restarts)} within {RESTART_WINDOW_S:g}s)", file=sys.stderr, flush=True)
+            child.restart_at = now + delay
+            if not delay:
+                _restart(child)
     return 0
+
+
+def _restart(child: Child) -> None:
+    """Start a dead child again; if that fails (its port taken meanwhile), try again after a back-off."""
+    try:
+        child.restart()
+    except (CliError, OSError) as exc:
+        child.restart_at = time.monotonic() + RESTART_BACKOFF_S
+        print(f"dnnq: could not restart {child.name} ({exc}); trying again in {RESTART_BACKOFF_S:g}s",
+              file=sys.stderr, flush=True)

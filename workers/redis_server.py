@@ -118,8 +118,11 @@ def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 
         "--daemonize", "no",
         "--logfile", str(data_dir / "redis.log"),
     ]
+    # Its own session (process group): a terminal's Ctrl-C goes to the foreground group, and Redis must
+    # outlive the workers that still write to it while they shut down; its owner stops it last.
     proc = subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent, start_new_session=True,
     )
     server = RedisProcess(proc, port, data_dir)
     atexit.register(server.stop)  # a normal interpreter exit stops the child too

@@ -167,12 +167,11 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         restarted = _wait_for(lambda: [p for p in up.children("-m workers") if p != worker_pid], 30,
                               "the killed worker was not restarted", up.log)
         assert len(restarted) == 1
-        assert "worker 1 exited with code -9; restarting it" in up.log()
+        assert "worker 1 was killed by SIGKILL (code -9); restarting it now" in up.log()
 
-        # A long job is training when `dnnq up` stops: it must survive (lease + checkpoint), not fail.
-        # Far more epochs than any machine trains in the 2 s grace (it used to be 150, which a fast
-        # CPU finished during the warm shutdown: the test then saw one attempt); after the restart
-        # it is seen resuming, then cancelled.
+        # A long job is training when `dnnq up` stops: its worker releases it (checkpoint, queued, the
+        # attempt not spent), it does not fail. Far more epochs than any machine trains in the 2 s
+        # grace; after the restart it is seen resuming, then cancelled.
         moons = httpx.post(f"{up.url}/v1/datasets/synthetic", timeout=30,
                            json={"name": "moons", "n_samples": 2000, "noise": 0.2, "seed": 1}).json()
         long_job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
@@ -189,6 +188,7 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert up.proc.wait(60) == 0, up.log()[-4000:]
         _assert_all_gone(children, up)
         assert "dnnq: stopped (SIGTERM)" in up.log()
+        assert '"event": "job.released"' in up.log() and '"level": "critical"' not in up.log()
     finally:
         up.cleanup()
 
@@ -207,7 +207,7 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
             body = httpx.get(long_url, params={"history": "none"}).json()
             assert body["status"] in ("queued", "running"), body  # never failed by the stop
             epoch = (body["progress"] or {}).get("epoch", 0)
-            return body if body["attempts"] == 2 and epoch > int(body.get("resumed_from_epoch") or 10**9) else None
+            return body if body["attempts"] == 1 and epoch > int(body.get("resumed_from_epoch") or 10**9) else None
 
         resumed = _wait_for(long_job_training_again, 120, "the interrupted job did not resume after the restart",
                             again.log)
@@ -267,3 +267,68 @@ def test_api_sockets_share_the_port_and_the_kernel_spreads_connections():
     finally:
         for s in [*clients, *sockets]:
             s.close()
+
+
+def test_restart_back_off_and_exit_descriptions():
+    from dnnq.up import MAX_RESTARTS, RESTART_BACKOFF_S, describe_exit, restart_delay
+
+    assert [restart_delay(n) for n in range(MAX_RESTARTS)] == [0.0] + [RESTART_BACKOFF_S * 2 ** i for i in range(MAX_RESTARTS - 1)]
+    assert describe_exit(3) == "exited with code 3"
+    assert describe_exit(-9) == "was killed by SIGKILL (code -9)"
+    assert describe_exit(-200) == "was killed by signal 200 (code -200)"
+
+
+def test_embedded_redis_has_its_own_session(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to its foreground process group) must not reach Redis: the workers
+    still need it while they release their jobs, and `dnnq up` stops it last."""
+    from workers.redis_server import start_redis
+
+    with start_redis(tmp_path) as server:
+        assert os.getsid(server.proc.pid) == server.proc.pid != os.getsid(0)
+        assert os.getpgid(server.proc.pid) != os.getpgrp()
+
+
+def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(tmp_path):
+    """kill -9 of one of two API processes: `dnnq up` says so and starts it again on a fresh socket of
+    the same port (a second death soon after waits a back-off), /healthz keeps answering, the workers
+    and Redis keep running, and a job submitted before finishes."""
+    import re
+
+    up = Up(tmp_path, tmp_path / "data", "api-kill", extra=("--api-workers", "2"))
+    try:
+        up.wait_ready()
+        moons = httpx.post(f"{up.url}/v1/datasets/synthetic", timeout=30,
+                           json={"name": "moons", "n_samples": 500, "noise": 0.2, "seed": 0}).json()
+        job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
+            "dataset_id": moons["id"], "model": {"hidden_layers": [16]}, "training": {"epochs": 1500}, "device": "cpu"})
+        assert job.status_code == 202, job.text
+        job_url = f"{up.url}/v1/jobs/{job.json()['id']}"
+        workers, redis_pids = set(up.children("-m workers")), set(up.children("redis-server"))
+        apis = set(up.children("dnnq.api_process"))
+        assert len(apis) == 2 and len(workers) == 1 and len(redis_pids) == 1
+
+        def restarted(gone: set[int]):
+            return lambda: (now := set(up.children("dnnq.api_process"))) and len(now) == 2 and not now & gone and now
+
+        victim = sorted(apis)[0]
+        for death, expected in ((1, "now"), (2, "in 1s")):  # the same API process twice: the second waits
+            os.kill(victim, signal.SIGKILL)
+            now = _wait_for(restarted({victim}), 30, f"killed API process {victim} not restarted", up.log)
+            (victim,) = now - apis
+            apis = now
+            line = re.search(rf"dnnq: (api \d) was killed by SIGKILL \(code -9\); restarting it {expected} "
+                             rf"\(restart {death} within 60s\)", up.log())
+            assert line, up.log()[-3000:]
+            # fresh connections reach both processes (SO_REUSEPORT): all answered
+            _wait_for(lambda: all(httpx.get(f"{up.url}/healthz", timeout=5).status_code == 200 for _ in range(20)),
+                      30, "/healthz not answered by every API process", up.log)
+        assert up.proc.poll() is None
+        assert set(up.children("-m workers")) == workers and set(up.children("redis-server")) == redis_pids
+        final = _wait_for(lambda: (b := httpx.get(job_url, params={"history": "none"}, timeout=10).json())["status"]
+                          in ("succeeded", "failed", "cancelled") and b, 120, "the job did not finish", up.log)
+        assert final["status"] == "succeeded" and final["attempts"] == 1, final
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(60) == 0, up.log()[-4000:]
+        assert "Traceback" not in up.log()
+    finally:
+        up.cleanup()
