@@ -250,6 +250,7 @@ redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[3])
 if ARGV[6] ~= '' then
   redis.call('RPUSH', KEYS[4], ARGV[6])
+  redis.call('SREM', UNSENT, ARGV[3])  -- its message is out: no sweep sends another
 else
   redis.call('SADD', UNSENT, ARGV[3])
 end

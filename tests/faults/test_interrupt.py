@@ -129,3 +129,41 @@ def test_interrupted_job_resumes_from_its_checkpoint_at_once_after_a_restart(tmp
         _assert_clean(again.log())
     finally:
         again.cleanup()
+
+
+def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_worker(
+        redis_client, redis_url, data_dir, store, celery_client, tmp_path, own_workers):
+    """`python -m workers` run by hand: Ctrl-C reaches its main process (warm shutdown) and its pool
+    child (which ignores SIGINT, as Celery sets it). The job is released at its epoch's end, the
+    worker exits 0 without a traceback, and another worker takes the job at once from its checkpoint."""
+    from tests.faults.conftest import create_and_send, epochs_of, make_dataset, start_worker, wait_for
+    from workers import artifacts, jobs
+
+    first = start_worker(redis_url, data_dir, tmp_path)
+    own_workers.append(first)
+    ds = make_dataset(redis_client, store, m=1000)
+    job_id = create_and_send(redis_client, celery_client, ds["id"], hidden=(32, 16), epochs=EPOCHS, batch_size=64, seed=1)
+    wait_for(lambda: len(epochs_of(redis_client, job_id)) >= 50, 120, "the job to train 50 epochs")
+    os.killpg(first.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+    assert first.proc.wait(60) == 0, first.log()[-4000:]
+    _assert_clean(first.log())
+    assert '"event": "job.released"' in first.log()
+
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 1 and job["release_reason"] == "released: worker shutting down"
+    saved = artifacts.load_checkpoint(store, job_id).epoch
+    assert epochs_of(redis_client, job_id) == list(range(1, saved + 1))  # history up to the checkpoint, none lost
+    assert redis_client.llen("default") == 1  # its message, and only that one
+
+    second = start_worker(redis_url, data_dir, tmp_path)
+    own_workers.append(second)
+    registered = time.monotonic()
+    wait_for(lambda: (j := jobs.get_job(redis_client, job_id))["status"] == "running"
+             and len(epochs_of(redis_client, job_id)) > saved and j["resumed_from_epoch"] == saved,
+             30, "the next worker to resume the job")
+    print(f"\n[plain worker] second worker registered -> the job training again: {time.monotonic() - registered:.2f} s")
+    assert time.monotonic() - registered <= 5.0
+    assert jobs.get_job(redis_client, job_id)["attempts"] == 1
+    jobs.request_cancel(redis_client, job_id)
+    wait_for(lambda: jobs.get_job(redis_client, job_id)["status"] == "cancelled", 60, "the job to stop when cancelled")
+    assert "job.not_claimed" not in second.log()  # one delivery: the first one was acknowledged

@@ -327,8 +327,7 @@ def test_release_requeues_at_once_and_keeps_the_attempt(redis_client):
     """A worker shutting down hands its job back: queued with its message on the pop end of its queue,
     no lease to wait for, the attempt not spent; the releasing worker can write nothing more."""
     r = redis_client
-    job_id = running(r, "w1")
-    jobs.mark_sent(r, job_id)
+    job_id = running(r, "w1")  # listed as unsent (created without a message): the release's message ends that
     r.lpush("default", "an older message")
     first_start = jobs.get_job(r, job_id)["started_at"]
     assert jobs.release(r, job_id, "stale", "released: worker shutting down") == jobs.LEASE_LOST
