@@ -126,15 +126,15 @@ import httpx
 client = httpx.Client(base_url=sys.argv[1], timeout=30.0)
 client.get("/healthz")
 print("ready", flush=True)
-active, worst, count, bad = False, 0.0, 0, []
+active, worst, worst_at, count, bad, began = False, 0.0, 0.0, 0, [], 0.0
 while True:
     if select.select([sys.stdin], [], [], 0.01)[0]:
         command = sys.stdin.readline().strip()
         if command == "start":
-            active, worst, count, bad = True, 0.0, 0, []
+            active, worst, worst_at, count, bad, began = True, 0.0, 0.0, 0, [], time.perf_counter()
         elif command == "stop":
             active = False
-            print(json.dumps({"max_s": worst, "count": count, "bad": bad[:5]}), flush=True)
+            print(json.dumps({"max_s": worst, "at_s": worst_at, "count": count, "bad": bad[:5]}), flush=True)
         else:
             break
     elif active:
@@ -143,7 +143,9 @@ while True:
             status = client.get("/healthz").status_code
         except httpx.HTTPError as exc:
             status = type(exc).__name__
-        worst, count = max(worst, time.perf_counter() - start), count + 1
+        took, count = time.perf_counter() - start, count + 1
+        if took > worst:
+            worst, worst_at = took, start - began
         if status != 200:
             bad.append(status)
 """
@@ -151,7 +153,8 @@ while True:
 
 class HealthzProbe:
     """A child process polling /healthz (every ~10 ms, one keep-alive connection) between start() and
-    stop(); stop() returns the slowest answer in seconds, how many answers, and any that were not 200."""
+    stop(); stop() returns the slowest answer (max_s) and when it was asked (at_s, from start()), how many
+    answers (count), and any that were not 200 (bad)."""
 
     def __init__(self, url: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SRC, url], stdin=subprocess.PIPE,
