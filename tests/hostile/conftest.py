@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -41,6 +42,7 @@ CANARY_DIR = Path(tempfile.mkdtemp(prefix="dnnq-canary-"))
 CANARY_SECRET = "CANARY-" + secrets.token_hex(16)
 CANARY_PATH = CANARY_DIR / "canary.txt"
 CANARY_PATH.write_text(CANARY_SECRET + "\n")
+atexit.register(shutil.rmtree, CANARY_DIR, ignore_errors=True)  # also when no test of the suite ran
 
 @dataclass
 class Tally:
@@ -380,7 +382,6 @@ def hostile_server(tmp_path_factory):
 def hostile_summary():
     """One line for the whole suite, then the issue's goals as assertions."""
     yield
-    shutil.rmtree(CANARY_DIR, ignore_errors=True)
     if not TALLY.responses:
         return  # nothing of the suite ran (deselected or skipped)
     peak_case, peak = max(TALLY.peak_rss.items(), key=lambda kv: kv[1], default=("-", 0))
