@@ -117,12 +117,14 @@ def _forget_forkserver() -> None:
             os.close(server._forkserver_alive_fd)
         server._forkserver_alive_fd = None
         server._forkserver_address = None
-    if pid is not None:
-        try:
+    if pid is None:
+        return
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:  # still our child, alive but not serving: end it
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+    except ChildProcessError:  # reaped elsewhere: the pid may be another process's now, leave it
+        pass
 
 
 def _start(target, args) -> multiprocessing.Process:
@@ -171,7 +173,7 @@ def _death_reason(exitcode: int | None, cpu_seconds: int) -> str:
         return "it did not finish"
     if exitcode < 0:
         sig = -exitcode
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL):
+        if sig in (signal.SIGXCPU, signal.SIGKILL):
             return f"it was stopped by {signal.Signals(sig).name} (more than {cpu_seconds} CPU seconds, or out of memory)"
         try:
             name = signal.Signals(sig).name
