@@ -4,9 +4,10 @@ Each child runs in its own session (process group), the embedded Redis too, so a
 only this supervisor, which then stops the API and the workers first (SIGTERM to each child, SIGKILL
 to its whole group after a grace period: Celery's prefork children go too) and Redis last: a worker
 that shuts down releases its job through Redis. An API process or a worker that dies is restarted,
-after a delay that doubles with each recent restart; one that dies MAX_RESTARTS times within
-RESTART_WINDOW_S is a crash loop, and then everything stops. If Redis dies, everything stops too;
-`dnnq up` then exits non-zero with a message.
+after a delay that doubles with each recent restart (up to RESTART_BACKOFF_MAX_S). A worker that
+dies MAX_RESTARTS times within RESTART_WINDOW_S is a crash loop (a broken setting, say), and then
+everything stops; an API process is always restarted, so that no request that crashes one can take
+the service down. If Redis dies, everything stops; `dnnq up` then exits non-zero with a message.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from dnnq.client import CliError
 
 __all__ = ["Child", "api_keys_configured", "check_bind_allowed", "is_loopback", "run_up"]
 
-MAX_RESTARTS = 5          # per child per RESTART_WINDOW_S; beyond that it is a crash loop
+MAX_RESTARTS = 5          # per worker per RESTART_WINDOW_S; beyond that it is a crash loop
 RESTART_WINDOW_S = 60.0
 RESTART_BACKOFF_S = 1.0   # the second restart within the window waits this long, each later one twice as long
+RESTART_BACKOFF_MAX_S = 30.0
 READY_TIMEOUT_S = 60.0
 WORKER_NICENESS = 10      # workers' CPU priority below the API's (see _run)
 _PR_SET_PDEATHSIG = 1
@@ -126,6 +128,7 @@ class Child:
     # this process closed the first one once the child held it.
     rebind: Callable[[], socket.socket] | None = None
     restart_at: float | None = None  # monotonic time of a restart waiting out its back-off
+    max_restarts: int | None = MAX_RESTARTS  # within RESTART_WINDOW_S; None: restart it however often it dies
 
     def restart(self) -> None:
         """Start again; with `rebind`, on a fresh socket passed under the same `--fd` option."""
@@ -275,7 +278,7 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
 
 
 def describe_exit(code: int) -> str:
-    """'exited with code 3', or 'was killed by SIGKILL' (Popen's negative code)."""
+    """'exited with code 3', or 'was killed by SIGKILL (code -9)' (Popen's negative code)."""
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name} (code {code})"
@@ -286,7 +289,7 @@ def describe_exit(code: int) -> str:
 
 def restart_delay(recent: int) -> float:
     """Back-off before a restart, given how many restarts the child had within RESTART_WINDOW_S."""
-    return 0.0 if recent == 0 else RESTART_BACKOFF_S * 2 ** (recent - 1)
+    return 0.0 if recent == 0 else min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (recent - 1))
 
 
 def _reuseport_sockets(host: str, port: int, n: int) -> list[socket.socket]:
@@ -347,12 +350,13 @@ def _api_children(host: str, port: int, api_workers: int, access_log: bool, env:
             return _reuseport_sockets(host, port, 1)[0]
 
         return [Child(f"api {i + 1}", [sys.executable, "-m", "dnnq.api_process", "--fd", str(sock.fileno()), *log_flag],
-                      env, pass_fds=(sock.fileno(),), rebind=rebind) for i, sock in enumerate(sockets)], sockets
+                      env, pass_fds=(sock.fileno(),), rebind=rebind, max_restarts=None)
+                for i, sock in enumerate(sockets)], sockets
     # One process (or a platform whose SO_REUSEPORT does not balance): uvicorn binds, and with
     # --workers N its processes share that one socket.
     argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host, "--port", str(port),
             "--workers", str(api_workers), "--access-log" if access_log else "--no-access-log"]
-    return [Child("api", argv, env)], []
+    return [Child("api", argv, env, max_restarts=None)], []
 
 
 def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, api_workers, access_log) -> int:
@@ -442,8 +446,8 @@ def _supervise(apis: list[Child], workers: list[Child], redis_watch: _RedisWatch
             now = time.monotonic()
             while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
                 child.restarts.popleft()
-            if len(child.restarts) >= MAX_RESTARTS:
-                print(f"dnnq: error: {child.name} keeps dying (it {describe_exit(code)}; {MAX_RESTARTS} restarts "
+            if child.max_restarts is not None and len(child.restarts) >= child.max_restarts:
+                print(f"dnnq: error: {child.name} keeps dying (it {describe_exit(code)}; {child.max_restarts} restarts "
                       f"in {RESTART_WINDOW_S:g}s); stopping everything", file=sys.stderr, flush=True)
                 return 1
             delay = restart_delay(len(child.restarts))

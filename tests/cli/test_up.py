@@ -270,9 +270,10 @@ def test_api_sockets_share_the_port_and_the_kernel_spreads_connections():
 
 
 def test_restart_back_off_and_exit_descriptions():
-    from dnnq.up import MAX_RESTARTS, RESTART_BACKOFF_S, describe_exit, restart_delay
+    from dnnq.up import RESTART_BACKOFF_MAX_S, describe_exit, restart_delay
 
-    assert [restart_delay(n) for n in range(MAX_RESTARTS)] == [0.0] + [RESTART_BACKOFF_S * 2 ** i for i in range(MAX_RESTARTS - 1)]
+    assert [restart_delay(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert restart_delay(40) == RESTART_BACKOFF_MAX_S == 30.0
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(-9) == "was killed by SIGKILL (code -9)"
     assert describe_exit(-200) == "was killed by signal 200 (code -200)"
@@ -332,3 +333,41 @@ def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(
         assert "Traceback" not in up.log()
     finally:
         up.cleanup()
+
+
+def test_supervisor_restarts_a_crashing_api_for_ever_but_stops_on_a_worker_crash_loop(monkeypatch, capsys):
+    """Children that exit at once: the API process keeps being restarted (a request that crashes it
+    must not take the service down), with growing back-off; a worker gives up after MAX_RESTARTS."""
+    import threading
+
+    from dnnq import up as up_module
+    from dnnq.up import MAX_RESTARTS, Child, _supervise
+
+    monkeypatch.setattr(up_module, "RESTART_BACKOFF_S", 0.01)
+    crash = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    idle = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    api, worker = Child("api", crash, dict(os.environ), max_restarts=None), Child("worker 1", idle, dict(os.environ))
+    stop = threading.Event()
+    try:
+        api.start()
+        worker.start()
+        timer = threading.Timer(MAX_RESTARTS * 0.5 + 3, stop.set)
+        timer.start()
+        assert _supervise([api], [worker], None, stop) == 0  # stopped by the "signal", not given up
+    finally:
+        for child in (api, worker):
+            child.signal_group(signal.SIGKILL)
+            child.proc.wait()
+    err = capsys.readouterr().err
+    assert err.count("dnnq: api exited with code 3; restarting it") > MAX_RESTARTS, err
+    assert "restarting it now (restart 1 within 60s)" in err and "restarting it in 0.02s (restart 3 within 60s)" in err
+    assert "keeps dying" not in err
+
+    worker = Child("worker 1", crash, dict(os.environ))
+    worker.start()
+    assert _supervise([], [worker], None, threading.Event()) == 1
+    worker.proc.wait()
+    err = capsys.readouterr().err
+    assert err.count("dnnq: worker 1 exited with code 3; restarting it") == MAX_RESTARTS
+    assert f"dnnq: error: worker 1 keeps dying (it exited with code 3; {MAX_RESTARTS} restarts in 60s)" in err
