@@ -160,6 +160,8 @@ def build_spec(args) -> dict:
         _set(spec, "model.hidden_layers", _parse_hidden(args.hidden))
     if args.no_shuffle:
         _set(spec, "training.shuffle", False)
+    if args.wait_for_worker:
+        spec["wait_for_worker"] = True
     if "dataset_id" not in spec:
         raise CliError("no dataset: pass --dataset ID (see `dnnq datasets list`) or put dataset_id in SPEC.json",
                        exit_code=2)
@@ -189,7 +191,8 @@ def cmd_status(args) -> int:
         _print_json(job)
         return 0
     print(_job_line(job))
-    for key in ("created_at", "started_at", "finished_at", "dataset_id", "attempts", "resumed_from_epoch"):
+    for key in ("created_at", "started_at", "finished_at", "dataset_id", "attempts", "resumed_from_epoch",
+                "released_at", "release_reason"):
         if job.get(key) not in (None, ""):
             print(f"  {key}: {job[key]}")
     for entry in job.get("history") or []:
@@ -489,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply X by this before the first layer (e.g. 1/255 for 0..255 pixels)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
     p.add_argument("--idempotency-key")
+    p.add_argument("--wait-for-worker", action="store_true",
+                   help="queue the job even if no live worker serves its queue yet (default: refused, 422)")
     p.add_argument("--watch", action="store_true", help="then follow it like `dnnq watch`")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
     p.set_defaults(func=cmd_submit)

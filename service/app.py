@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
+from service import sandbox
 from service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
 from service.settings import ApiSettings, get_api_settings
@@ -220,6 +221,10 @@ async def _open_redis_connections(client, count: int) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
     await _warm_routes(app)
+    try:  # the upload parser's fork server imports numpy and h5py now, not in the first upload's time
+        await asyncio.to_thread(sandbox.warm)
+    except Exception:  # noqa: BLE001 - the first upload starts it then
+        log.warning("upload parser fork server did not start; the first upload will start it", exc_info=True)
     try:  # open the event loop's Redis connections and load the submit route's scripts now, not in
         # the first requests' time
         ar = app.state.async_redis.get()

@@ -110,6 +110,9 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
         "spec": job.get("spec"),
         "attempts": job.get("attempts") or 0,
         "resumed_from_epoch": job.get("resumed_from_epoch"),
+        # the last time a worker shutting down handed the job back (no attempt spent), and why
+        "released_at": job.get("released_at"),
+        "release_reason": job.get("release_reason"),
         "timings": job.get("timings"),
         "links": links,
     }

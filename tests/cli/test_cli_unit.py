@@ -42,6 +42,12 @@ def test_submit_flags_become_a_spec():
     }
 
 
+def test_wait_for_worker_flag_opts_in():
+    args = build_parser().parse_args(["submit", "--dataset", "ab" * 12, "--wait-for-worker", "--device", "gpu"])
+    assert build_spec(args) == {"dataset_id": "ab" * 12, "device": "gpu", "wait_for_worker": True}
+    assert "wait_for_worker" not in build_spec(build_parser().parse_args(["submit", "--dataset", "ab" * 12]))
+
+
 def test_flags_override_the_spec_file(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"dataset_id": "cd" * 12, "training": {"epochs": 5, "seed": 3}}))

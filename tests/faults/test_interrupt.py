@@ -106,6 +106,7 @@ def test_interrupted_job_resumes_from_its_checkpoint_at_once_after_a_restart(tmp
         assert restart_to_running <= 5.0, again.log()[-4000:]
         assert job["attempts"] == 1
         assert job["resumed_from_epoch"] >= at_signal  # from the checkpoint written at the release
+        assert job["release_reason"] == "released: worker shutting down" and job["released_at"]  # the view says why
 
         def finished(jid):
             return lambda: (j := _job(again, jid, "full"))["status"] in ("succeeded", "failed", "cancelled") and j
