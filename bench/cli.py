@@ -46,7 +46,7 @@ def require_gpu() -> str | None:
                 f"torch {torch.__version__}) and CuPy for models.fit. Run it on a GPU machine, "
                 "or use --device cpu.")
     if ours.available() is None:
-        from models.backend import DeviceUnavailable, select_device
+        from dnnq.models.backend import DeviceUnavailable, select_device
 
         try:
             select_device("gpu")      # the same smoke test fit runs; CuPy is imported only there

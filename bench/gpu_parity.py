@@ -32,8 +32,8 @@ def _toy(m: int = 600, seed: int = 0):
 
 
 def functional_check() -> tuple[bool, str]:
-    from models.backend import select_device, to_host
-    from models.network import initialize_parameters_deep, model_backward, model_forward
+    from dnnq.models.backend import select_device, to_host
+    from dnnq.models.network import initialize_parameters_deep, model_backward, model_forward
 
     gpu = select_device("gpu")
     X, y, _ = _toy(200)
@@ -52,7 +52,7 @@ def functional_check() -> tuple[bool, str]:
 
 
 def fit_check() -> tuple[bool, str]:
-    from models import TrainConfig, fit, stepgraph
+    from dnnq.models import TrainConfig, fit, stepgraph
 
     X, y, y3 = _toy()
     lines, ok = [], True

@@ -125,7 +125,7 @@ class Stack:
 
 
 def _free_port() -> int:
-    from workers.redis_server import free_port
+    from dnnq.workers.redis_server import free_port
 
     return free_port()
 
@@ -266,7 +266,7 @@ def verify_once(redis_url: str, ids: list[str], epochs: int, stats_before: dict)
     counters moved by exactly N jobs and N x epochs epochs (an epoch trained twice would show)."""
     import redis
 
-    from workers import jobs
+    from dnnq.workers import jobs
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     problems = []

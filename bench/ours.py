@@ -16,7 +16,7 @@ from bench.workloads import Case
 def available() -> str | None:
     """None when ``models.fit`` can be used, else why not."""
     try:
-        import models
+        from dnnq import models
 
         models.fit, models.TrainConfig  # noqa: B018 - attribute check
     except (ImportError, AttributeError) as exc:
@@ -25,7 +25,7 @@ def available() -> str | None:
 
 
 def config(case: Case, device: str):
-    from models import TrainConfig
+    from dnnq.models import TrainConfig
 
     return TrainConfig(
         layer_dims=list(case.layer_dims), hidden_activation="relu", output=case.output,
@@ -37,7 +37,7 @@ def config(case: Case, device: str):
 
 def train(case: Case, device: str = "cpu", step_graphs: bool = True) -> dict:
     """``step_graphs=False``: every GPU step kernel by kernel (models/stepgraph.py), for comparison."""
-    from models import fit, stepgraph
+    from dnnq.models import fit, stepgraph
 
     cfg = config(case, device)
     X = case.X.T                                            # (n_x, m): a view, as DESIGN.md allows

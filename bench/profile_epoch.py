@@ -74,9 +74,9 @@ def _timed_call(fn, key: str):
 
 def instrument() -> bool:
     try:
-        import models.training as training
-        from models.backend import Device
-        from models.optimizers import Optimizer
+        import dnnq.models.training as training
+        from dnnq.models.backend import Device
+        from dnnq.models.optimizers import Optimizer
     except ImportError:
         return False
     engine = getattr(training, "_Engine", None)
@@ -90,7 +90,7 @@ def instrument() -> bool:
         if hasattr(Optimizer, method):  # whichever fit calls (flat: all parameters in one array)
             _wrap(Optimizer, method, "optimizer")
     proxy = TimedXp(np)
-    from models import fused
+    from dnnq.models import fused
 
     wanted = fused.engine_wanted  # the engine sees the proxy as its xp: its kernels still run
     fused.engine_wanted = lambda xp, *a: wanted(np if xp is proxy else xp, *a)
@@ -109,7 +109,7 @@ def instrument() -> bool:
     training._take_rows = timed_gather
     original_select = training.select_device
     training.select_device = lambda d: Device(proxy, "cpu") if d == "cpu" else original_select(d)
-    import models.optimizers as optimizers
+    import dnnq.models.optimizers as optimizers
     optimizers.get_namespace = lambda *a: proxy
     return True
 

@@ -129,7 +129,7 @@ def initial_parameters(case: Case) -> dict[str, np.ndarray]:
     (RandomState(seed).randn(n_l, n_{l-1}) layer by layer, scaled by the init rule; zero biases).
     """
     try:
-        from models import initialize_parameters_deep
+        from dnnq.models import initialize_parameters_deep
     except ImportError:
         initialize_parameters_deep = None
     if initialize_parameters_deep is not None:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--access-log", action="store_true")
     args = parser.parse_args(argv)
     listening = socket.socket(fileno=args.fd)  # family and type come from the descriptor
-    config = uvicorn.Config("service.app:create_app", factory=True, access_log=args.access_log)
+    config = uvicorn.Config("dnnq.service.app:create_app", factory=True, access_log=args.access_log)
     uvicorn.Server(config).run(sockets=[listening])
 
 

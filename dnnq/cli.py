@@ -346,7 +346,7 @@ def cmd_api(args) -> int:
         print(f"dnnq: {note}", file=sys.stderr, flush=True)
     import uvicorn
 
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port)
+    uvicorn.run("dnnq.service.app:create_app", factory=True, host=args.host, port=args.port)
     return 0
 
 
@@ -366,7 +366,7 @@ def worker_env(args, env=None) -> dict:
 def cmd_worker(args) -> int:
     _require_redis_url()
     env = worker_env(args)
-    argv = [sys.executable, "-m", "workers"]
+    argv = [sys.executable, "-m", "dnnq.workers"]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)  # the worker takes this pid: signals reach Celery directly
     return 0  # not reached

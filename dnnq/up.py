@@ -354,7 +354,7 @@ def _api_children(host: str, port: int, api_workers: int, access_log: bool, env:
                 for i, sock in enumerate(sockets)], sockets
     # One process (or a platform whose SO_REUSEPORT does not balance): uvicorn binds, and with
     # --workers N its processes share that one socket.
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host, "--port", str(port),
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "dnnq.service.app:create_app", "--host", host, "--port", str(port),
             "--workers", str(api_workers), "--access-log" if access_log else "--no-access-log"]
     return [Child("api", argv, env, max_restarts=None)], []
 
@@ -364,7 +364,7 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
     if redis_url:
         redis_line = f"Redis at {redis_url} (DNNQ_REDIS_URL)"
     else:
-        from workers.redis_server import RedisNotFound, start_redis
+        from dnnq.workers.redis_server import RedisNotFound, start_redis
 
         try:
             redis_handle = start_redis(data_dir / "redis", None)
@@ -383,7 +383,7 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
         # cores with the API, whose answers someone is waiting for, while a job only finishes a little
         # later. Training still gets every cycle the API leaves idle.
         worker_children = [
-            Child(f"worker {i + 1}", [sys.executable, "-m", "workers"],
+            Child(f"worker {i + 1}", [sys.executable, "-m", "dnnq.workers"],
                   dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"), niceness=WORKER_NICENESS)
             for i in range(workers)
         ]

@@ -14,11 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 
-from service import sandbox
-from service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
-from service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
-from service.settings import ApiSettings, get_api_settings
-from workers import jobs, recovery
+from dnnq.service import sandbox
+from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
+from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
+from dnnq.service.settings import ApiSettings, get_api_settings
+from dnnq.workers import jobs, recovery
 
 __all__ = ["create_app"]
 
@@ -155,7 +155,7 @@ class RequestMetricsMiddleware:
 
 
 def _make_store(settings: ApiSettings):
-    from workers.store import open_store
+    from dnnq.workers.store import open_store
 
     return open_store(settings)  # the same DNNQ_DATA_DIR/artifacts the workers write
 
@@ -164,7 +164,7 @@ def _preload() -> None:
     """Import now what the first POST /v1/jobs would import while its client waits (~0.1 s, and every
     request that arrives meanwhile queues behind it): the training config (models: NumPy only, CuPy is
     imported lazily and never here)."""
-    import models  # noqa: F401
+    import dnnq.models  # noqa: F401
 
 
 WARMUP_SCOPE_KEY = "dnnq.warmup"  # marks the start-up requests below: the metrics leave them out
@@ -267,20 +267,20 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     install_error_handlers(app)
 
-    from service.routes import datasets, health, jobs, metrics
+    from dnnq.service.routes import datasets, health, jobs, metrics
 
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
     app.include_router(metrics.router)
-    if importlib.util.find_spec("service.routes.dashboard") is not None:
-        dashboard = importlib.import_module("service.routes.dashboard")
+    if importlib.util.find_spec("dnnq.service.routes.dashboard") is not None:
+        dashboard = importlib.import_module("dnnq.service.routes.dashboard")
         app.include_router(dashboard.router)
 
     histogram = metrics.install(app)
     # Order: the outermost middleware is added last. Metrics see every response, 413s included.
     if settings.fast_lane:
-        from service.fastlane import FastLane
+        from dnnq.service.fastlane import FastLane
 
         app.add_middleware(FastLane, fastapi_app=app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)

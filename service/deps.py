@@ -19,8 +19,8 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
-from service.errors import Problem
-from service.settings import ApiSettings
+from dnnq.service.errors import Problem
+from dnnq.service.settings import ApiSettings
 
 __all__ = [
     "PUBLIC_TENANT", "AsyncRds", "AsyncRedisByLoop", "Rds", "Settings", "Store", "Tenant", "load_api_keys", "make_redis", "require_tenant",
@@ -58,7 +58,7 @@ def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
 
 def _redis_options(settings: ApiSettings) -> dict:
     """Decoded strings, short timeouts so a dead Redis is a quick 503."""
-    from workers.settings import redis_client_options
+    from dnnq.workers.settings import redis_client_options
 
     return dict(
         **redis_client_options(),
@@ -81,7 +81,7 @@ class AsyncRedisByLoop:
         self.clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self) -> aioredis.Redis:
-        from workers.settings import DEFAULT_REDIS_URL
+        from dnnq.workers.settings import DEFAULT_REDIS_URL
 
         loop = asyncio.get_running_loop()
         client = self.clients.get(loop)
@@ -99,7 +99,7 @@ class AsyncRedisByLoop:
 
 def make_redis(settings: ApiSettings) -> redis.Redis:
     """A shared client: decoded strings, short timeouts so a dead Redis is a quick 503."""
-    from workers.settings import DEFAULT_REDIS_URL
+    from dnnq.workers.settings import DEFAULT_REDIS_URL
 
     return redis.Redis.from_url(settings.redis_url or DEFAULT_REDIS_URL, **_redis_options(settings))
 

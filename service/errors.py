@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.schemas import FiniteJSONResponse
+from dnnq.service.schemas import FiniteJSONResponse
 
 __all__ = [
     "PROBLEM_JSON", "Problem", "ProblemDetails", "document_problems", "field_error", "install_error_handlers",

@@ -35,12 +35,12 @@ import re
 import redis
 from pydantic import ValidationError
 
-from service.deps import PUBLIC_TENANT, tenant_for
-from service.errors import Problem, redis_unreachable_response, response_for
-from service.schemas import FiniteJSONResponse
-from service.routes import jobs as job_routes
-from workers.jobs import ID_RE
-from workers.spec import JobSpec
+from dnnq.service.deps import PUBLIC_TENANT, tenant_for
+from dnnq.service.errors import Problem, redis_unreachable_response, response_for
+from dnnq.service.schemas import FiniteJSONResponse
+from dnnq.service.routes import jobs as job_routes
+from dnnq.workers.jobs import ID_RE
+from dnnq.workers.spec import JobSpec
 
 __all__ = ["FastLane"]
 

@@ -13,7 +13,7 @@ import re
 
 import redis
 
-from service.errors import Problem
+from dnnq.service.errors import Problem
 
 __all__ = ["IdempotencyKey", "reserve"]
 

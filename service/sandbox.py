@@ -44,14 +44,14 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from service.uploads import UploadError, UploadLimits, parse_upload
-from workers.datasets import LABEL_KINDS, DatasetError, ParsedInfo, read_layout, write_dataset_file
+from dnnq.service.uploads import UploadError, UploadLimits, parse_upload
+from dnnq.workers.datasets import LABEL_KINDS, DatasetError, ParsedInfo, read_layout, write_dataset_file
 
 __all__ = ["ParsedInfo", "parse_in_sandbox", "warm"]
 
 log = logging.getLogger("dnnq.sandbox")
 
-_PRELOAD = ["numpy", "h5py", "service.uploads", "workers.datasets", "service.sandbox"]
+_PRELOAD = ["numpy", "h5py", "dnnq.service.uploads", "dnnq.workers.datasets", "dnnq.service.sandbox"]
 _RESULT_MAX_BYTES = 16 * 1024 * 1024  # the JSON answer: counts, a digest and up to max_classes names
 _CHILD_NOFILE = 32  # the result pipe, the upload, the output, and what h5py and zipfile open meanwhile
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")

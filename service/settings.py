@@ -11,7 +11,7 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from workers.settings import WorkerSettings
+from dnnq.workers.settings import WorkerSettings
 
 __all__ = ["ApiSettings", "get_api_settings"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from service.formats.common import ParsedDataset, UploadError, UploadLimits, finish_arrays, labels_from, \
+from dnnq.service.formats.common import ParsedDataset, UploadError, UploadLimits, finish_arrays, labels_from, \
     short, source_size
 
 __all__ = ["ParsedDataset", "UploadError", "UploadLimits", "parse_upload", "labels_from"]
@@ -66,15 +66,15 @@ def parse_upload(
 
 def _parse(kind, source, size, limits, target, x_key, y_key, layout) -> ParsedDataset:
     if kind == "csv":
-        from service.formats.csvtext import read_csv
+        from dnnq.service.formats.csvtext import read_csv
 
         return read_csv(source, limits, target)
     if kind == "npz":
-        from service.formats.npz import read_npz
+        from dnnq.service.formats.npz import read_npz
 
         X, Y = read_npz(source, size, limits, x_key, y_key)
     else:
-        from service.formats.hdf5 import read_h5
+        from dnnq.service.formats.hdf5 import read_h5
 
         X, Y = read_h5(source, size, limits, x_key, y_key)
     if layout == "features_first":

@@ -1,5 +1,5 @@
 """Shared fixtures: a real redis-server, a flushed client per test, an artifact store on tmp_path,
-a Celery client for sending tasks, and a factory that starts real `python -m workers` processes."""
+a Celery client for sending tasks, and a factory that starts real `python -m dnnq.workers` processes."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from workers.redis_server import start_redis
-from workers.store import LocalArtifactStore
+from dnnq.workers.redis_server import start_redis
+from dnnq.workers.store import LocalArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def celery_client(redis_client, redis_url):
     """A Celery app configured like the API's, pointing at the test Redis: .send_task("dnnq.train", ...)."""
     from celery import Celery
 
-    from workers.celery_app import configure
-    from workers.settings import WorkerSettings
+    from dnnq.workers.celery_app import configure
+    from dnnq.workers.settings import WorkerSettings
 
     app = Celery("dnnq-test")
     configure(app, WorkerSettings(redis_url=redis_url))
@@ -70,7 +70,7 @@ def celery_client(redis_client, redis_url):
 
 
 class WorkerProcess:
-    """A real `python -m workers` process in its own process group."""
+    """A real `python -m dnnq.workers` process in its own process group."""
 
     def __init__(self, proc: subprocess.Popen, name: str, log_path: Path):
         self.proc = proc
@@ -112,7 +112,7 @@ class WorkerProcess:
 def worker(redis_client, redis_url, data_dir, tmp_path):
     """Factory: worker(env={...}, queues="default", name=None, wait=30.0) -> WorkerProcess.
 
-    Starts `python -m workers` against the test Redis and data_dir with a short lease (3 s) and
+    Starts `python -m dnnq.workers` against the test Redis and data_dir with a short lease (3 s) and
     heartbeat (0.5 s), waits until its dnnq:worker:{name} key appears, stops it at teardown.
     `env` overrides or adds environment variables (e.g. {"DNNQ_CHECKPOINT_EVERY": "1"}).
     """
@@ -141,7 +141,7 @@ def worker(redis_client, redis_url, data_dir, tmp_path):
         log_path = tmp_path / f"worker-{name}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "workers"],
+                [sys.executable, "-m", "dnnq.workers"],
                 cwd=ROOT,
                 env=full_env,
                 stdin=subprocess.DEVNULL,

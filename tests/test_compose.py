@@ -130,4 +130,6 @@ def test_dockerfiles_install_the_package_as_a_non_root_user():
     assert 'pip install ".[gpu]"' in cuda
     for text in (cpu, cuda):
         assert "\nUSER dnnq\n" in text
+        # nothing left where the processes start: a ./dnnq source folder would hide the installed package
+        assert "rm -rf /src" in text and "\nWORKDIR /home/dnnq\n" in text
         assert 'ENTRYPOINT ["dnnq"]' in text

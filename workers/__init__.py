@@ -8,14 +8,14 @@ __all__ = ["main", "run_worker"]
 
 
 def main(argv=None) -> int:
-    """`python -m workers` / `dnnq worker`: start a Celery worker for the configured queues."""
-    from workers.__main__ import main as _main
+    """`python -m dnnq.workers` / `dnnq worker`: start a Celery worker for the configured queues."""
+    from dnnq.workers.__main__ import main as _main
 
     return _main(argv)
 
 
 def run_worker(settings=None) -> int:
     """Run a worker process with these WorkerSettings (default: from the environment)."""
-    from workers.__main__ import run_worker as _run_worker
+    from dnnq.workers.__main__ import run_worker as _run_worker
 
     return _run_worker(settings)

@@ -1,4 +1,4 @@
-"""`python -m workers`: a Celery worker for the configured queues, plus the maintenance thread.
+"""`python -m dnnq.workers`: a Celery worker for the configured queues, plus the maintenance thread.
 
 The main process never imports CuPy: it only consumes messages and forks a prefork child, which
 imports models (and CUDA, for a gpu worker) when it trains. CUDA_VISIBLE_DEVICES is set here,
@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from workers.settings import WorkerSettings, get_settings, set_settings
+from dnnq.workers.settings import WorkerSettings, get_settings, set_settings
 
 __all__ = ["main", "run_worker"]
 
@@ -34,11 +34,11 @@ def _preload_training_modules() -> None:
     import h5py  # noqa: F401
     import safetensors.numpy  # noqa: F401
 
-    import models  # noqa: F401
-    import workers.runner  # noqa: F401
+    import dnnq.models  # noqa: F401
+    import dnnq.workers.runner  # noqa: F401
 
     try:
-        import workers.onnx_export  # noqa: F401
+        import dnnq.workers.onnx_export  # noqa: F401
     except ImportError:  # onnx missing: artifacts.py skips the ONNX file the same way
         pass
 
@@ -52,15 +52,15 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
     from celery.signals import setup_logging as celery_setup_logging
     from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
-    from workers.celery_app import app, configure
-    from workers.logs import event, setup_logging
-    from workers.recovery import Maintenance, celery_sender
-    from workers.runner import RELEASE_SIGNAL, install_release_handler
-    from workers.settings import redis_client
+    from dnnq.workers.celery_app import app, configure
+    from dnnq.workers.logs import event, setup_logging
+    from dnnq.workers.recovery import Maintenance, celery_sender
+    from dnnq.workers.runner import RELEASE_SIGNAL, install_release_handler
+    from dnnq.workers.settings import redis_client
 
     setup_logging(settings.log_level)
     configure(app, settings)
-    import workers.tasks  # noqa: F401  (registers dnnq.train)
+    import dnnq.workers.tasks  # noqa: F401  (registers dnnq.train)
 
     _preload_training_modules()
 
@@ -129,7 +129,7 @@ def _pool_pids(worker) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers", description="Run a dnnq training worker.")
+    parser = argparse.ArgumentParser(prog="python -m dnnq.workers", description="Run a dnnq training worker.")
     parser.add_argument("--queues", help="comma-separated queues (default: DNNQ_QUEUES or 'default'; a GPU worker: 'gpu')")
     parser.add_argument("--concurrency", type=int, help="training processes (default: DNNQ_CONCURRENCY or 1)")
     parser.add_argument("--name", help="worker name (default: DNNQ_WORKER_NAME or host-pid)")

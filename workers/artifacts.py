@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.store import ArtifactStore
+from dnnq.workers.store import ArtifactStore
 
 __all__ = [
     "checkpoint_key",
@@ -61,7 +61,6 @@ def model_json(
     label_kind: str | None = None,
 ) -> bytes:
     """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs multiplied by scale."""
-    import dnnq
 
     n_layers = sum(1 for k in params if k.startswith("W"))
     layer_sizes = [int(params["W1"].shape[1])] + [int(params[f"W{l}"].shape[0]) for l in range(1, n_layers + 1)]
@@ -79,7 +78,7 @@ def model_json(
         "classes": classes,
         "metrics": metrics,
         "dtype": str(params["W1"].dtype),
-        "versions": {"dnnq": getattr(dnnq, "__version__", None) or _dist_version(), "numpy": np.__version__},
+        "versions": {"dnnq": _dist_version(), "numpy": np.__version__},
     }
     return json.dumps(doc, indent=2, sort_keys=True).encode()
 
@@ -137,9 +136,9 @@ def save_trained(store: ArtifactStore, job_id: str, params: dict[str, np.ndarray
 def _onnx_exporter():
     """workers.onnx_export.onnx_bytes if that module is present (helper F's), else None."""
     try:
-        from workers.onnx_export import onnx_bytes
+        from dnnq.workers.onnx_export import onnx_bytes
     except ImportError as exc:
-        if exc.name != "workers.onnx_export":
+        if exc.name != "dnnq.workers.onnx_export":
             raise
         return None
     return onnx_bytes
@@ -158,7 +157,7 @@ def save_checkpoint(store: ArtifactStore, job_id: str, ckpt) -> str:
 
 def load_checkpoint(store: ArtifactStore, job_id: str):
     """The job's last Checkpoint, or None when it has none."""
-    from models import Checkpoint
+    from dnnq.models import Checkpoint
 
     try:
         data = store.get(checkpoint_key(job_id))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
+from dnnq.workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
 
 __all__ = ["app", "configure"]
 
@@ -54,4 +54,4 @@ def configure(celery: Celery, settings: WorkerSettings) -> None:
 
 configure(app, get_settings())
 # Register dnnq.train when a worker loads the app (tasks.py imports runner -> models lazily).
-app.conf.imports = ("workers.tasks",)
+app.conf.imports = ("dnnq.workers.tasks",)

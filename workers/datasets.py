@@ -25,8 +25,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from workers.jobs import ID_RE, now_iso, validate_id
-from workers.store import ArtifactStore
+from dnnq.workers.jobs import ID_RE, now_iso, validate_id
+from dnnq.workers.store import ArtifactStore
 
 __all__ = [
     "LABEL_KINDS",

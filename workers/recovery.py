@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Callable
 
-from workers import jobs
-from workers.logs import event
-from workers.settings import WorkerSettings
+from dnnq.workers import jobs
+from dnnq.workers.logs import event
+from dnnq.workers.settings import WorkerSettings
 
 __all__ = [
     "WORKERS_KEY", "Maintenance", "celery_sender", "host_memory_bytes", "live_workers", "live_workers_async",

@@ -21,12 +21,12 @@ import uuid
 import numpy as np
 import redis
 
-from workers import artifacts, jobs
-from workers.datasets import get_dataset, load_arrays
-from workers.logs import event
-from workers.settings import WorkerSettings, get_settings, redis_client
-from workers.spec import JobSpec, SpecError, to_train_config
-from workers.store import ArtifactStore, open_store
+from dnnq.workers import artifacts, jobs
+from dnnq.workers.datasets import get_dataset, load_arrays
+from dnnq.workers.logs import event
+from dnnq.workers.settings import WorkerSettings, get_settings, redis_client
+from dnnq.workers.spec import JobSpec, SpecError, to_train_config
+from dnnq.workers.store import ArtifactStore, open_store
 
 __all__ = ["RELEASE_REASON", "RELEASE_SIGNAL", "Heartbeat", "install_release_handler", "request_release", "run_job"]
 
@@ -155,7 +155,7 @@ def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, stor
 
 
 def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) -> str | None:
-    from models import fit
+    from dnnq.models import fit
 
     t0 = time.perf_counter()
     job = jobs.get_job(r, job_id)
@@ -298,7 +298,7 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
 def _release(r, job_id: str, token: str, queue: str, epoch: int) -> str | None:
     """Hand the job back (its checkpoint is at `epoch`); "queued", "cancelling" (a cancel came in
     since the last epoch's write: the caller finishes it 'cancelled'), or None when the lease is gone."""
-    from workers.celery_wire import train_message
+    from dnnq.workers.celery_wire import train_message
 
     outcome = jobs.release(r, job_id, token, RELEASE_REASON, queue=queue, message_for=train_message)
     if outcome == jobs.Status.QUEUED.value:
@@ -330,7 +330,7 @@ def _arrays(store, spec: JobSpec, meta: dict, cfg):
 def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536) -> float | None:
     """Share of examples models.predict labels correctly, on float64 inputs scaled as the API's predict
     route scales them (None for regression)."""
-    from models import predict
+    from dnnq.models import predict
 
     if spec.model.output == "linear":
         return None
@@ -354,7 +354,7 @@ GPU_REPORT_SECONDS = 5.0  # GPU memory goes to the worker's hash (for /metrics) 
 def _report_gpu_memory(r, settings: WorkerSettings) -> None:
     """Publish this training process's GPU memory (nothing on a CPU-only worker: models never
     loaded CuPy there)."""
-    from models.backend import gpu_memory
+    from dnnq.models.backend import gpu_memory
 
     mem = gpu_memory()
     if mem is None:
@@ -376,7 +376,7 @@ def _set_current_job(r, settings: WorkerSettings, job_id: str) -> None:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     try:
-        from models import ConfigError, DeviceUnavailable, TrainingDiverged
+        from dnnq.models import ConfigError, DeviceUnavailable, TrainingDiverged
     except ImportError:
         return (SpecError,)
     return (SpecError, ConfigError, DeviceUnavailable, TrainingDiverged)

@@ -142,7 +142,7 @@ def to_train_config(spec: JobSpec, dataset_meta: dict, validation_meta: dict | N
     n_y = _output_units(spec, dataset_meta)
     if validation_meta is not None:
         _check_validation(spec, dataset_meta, validation_meta, n_y)
-    from models import ConfigError, TrainConfig  # workers -> models; lazy so the API imports spec cheaply
+    from dnnq.models import ConfigError, TrainConfig  # workers -> models; lazy so the API imports spec cheaply
 
     t = spec.training
     try:

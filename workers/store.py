@@ -197,7 +197,7 @@ class LocalArtifactStore:
 
 def open_store(settings=None) -> LocalArtifactStore:
     """The artifact store of this process: DNNQ_DATA_DIR/artifacts."""
-    from workers.settings import get_settings
+    from dnnq.workers.settings import get_settings
 
     settings = settings or get_settings()
     return LocalArtifactStore(Path(settings.data_dir) / "artifacts")

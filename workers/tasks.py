@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery.signals import task_postrun, task_prerun
 
-from workers.celery_app import app
-from workers.logs import set_job
+from dnnq.workers.celery_app import app
+from dnnq.workers.logs import set_job
 
 __all__ = ["train"]
 
@@ -13,7 +13,7 @@ __all__ = ["train"]
 @app.task(name="dnnq.train")
 def train(job_id: str) -> None:
     # Imported here: models (and CuPy, when present) load only in the child process that trains.
-    from workers.runner import run_job
+    from dnnq.workers.runner import run_job
 
     run_job(job_id)
 

@@ -30,7 +30,7 @@ def test_teacher_labels_are_fixed_and_balanced():
 
 def test_torch_full_batch_reference_matches_models_fit():
     pytest.importorskip("torch", reason="PyTorch not installed")
-    models = pytest.importorskip("models")
+    models = pytest.importorskip("dnnq.models")
     if not hasattr(models, "fit"):
         pytest.skip("models.fit not available yet")
     from bench import ours, torch_ref
@@ -69,7 +69,7 @@ def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, 
     steps from graphs, step_graphs=False trains kernel by kernel (same loss) and leaves the switch as
     it was, and the case report prints both times and the step-graph line."""
     from bench import ours, report
-    from models import backend, stepgraph
+    from dnnq.models import backend, stepgraph
     from tests.models import fake_cupy
 
     fake_cupy.installed(monkeypatch)

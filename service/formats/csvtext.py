@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from service.formats.common import ParsedDataset, UploadError, UploadLimits, check_classes, check_finite, \
+from dnnq.service.formats.common import ParsedDataset, UploadError, UploadLimits, check_classes, check_finite, \
     check_limits, finish_arrays, short
 
 __all__ = ["read_csv"]

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
+from dnnq.service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
 
 __all__ = ["read_h5"]
 

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
+from dnnq.service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
 
 __all__ = ["read_npz"]
 

@@ -15,14 +15,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
-from service.deps import Rds, Settings, Store, Tenant
-from service.errors import Problem, problems
-from service.idempotency import reserve
-from service.sandbox import parse_in_sandbox
-from service.schemas import SyntheticRequest, dataset_view
-from service.synthetic import generate
-from service.uploads import UploadError, UploadLimits
-from workers import datasets
+from dnnq.service.deps import Rds, Settings, Store, Tenant
+from dnnq.service.errors import Problem, problems
+from dnnq.service.idempotency import reserve
+from dnnq.service.sandbox import parse_in_sandbox
+from dnnq.service.schemas import SyntheticRequest, dataset_view
+from dnnq.service.synthetic import generate
+from dnnq.service.uploads import UploadError, UploadLimits
+from dnnq.workers import datasets
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20

@@ -6,8 +6,8 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.deps import Rds
-from workers.recovery import live_workers
+from dnnq.service.deps import Rds
+from dnnq.workers.recovery import live_workers
 
 router = APIRouter(tags=["health"])
 

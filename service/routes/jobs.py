@@ -17,14 +17,14 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import AsyncRds, Rds, Settings, Store, Tenant
-from service.errors import Problem, field_error, problems
-from service.idempotency import reserve
-from service.schemas import FiniteJSONResponse, PredictRequest, finite_json, job_view, thin_history
-from workers import datasets, jobs
-from workers.celery_wire import train_message
-from workers.recovery import live_workers_async
-from workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
+from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
+from dnnq.service.errors import Problem, field_error, problems
+from dnnq.service.idempotency import reserve
+from dnnq.service.schemas import FiniteJSONResponse, PredictRequest, finite_json, job_view, thin_history
+from dnnq.workers import datasets, jobs
+from dnnq.workers.celery_wire import train_message
+from dnnq.workers.recovery import live_workers_async
+from dnnq.workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -384,7 +384,7 @@ def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJSONRe
 @router.post("/{job_id}/predict", responses=problems(404, 409))
 def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: Settings, tenant: Tenant) -> dict:
     """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
-    from models import labels_from_output, predict as model_predict
+    from dnnq.models import labels_from_output, predict as model_predict
 
     job = _job_or_404(r, job_id, tenant)
     _succeeded_or_409(job)

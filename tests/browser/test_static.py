@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.routes.dashboard import STATIC_DIR, router
+from dnnq.service.routes.dashboard import STATIC_DIR, router
 
 
 def client() -> TestClient:

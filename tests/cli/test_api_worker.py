@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.redis_server import free_port
+from dnnq.workers.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""The dnnq client commands against the real stack: Redis, a `python -m workers` process and the
+"""The dnnq client commands against the real stack: Redis, a `python -m dnnq.workers` process and the
 API served by uvicorn, over real HTTP (tests/service/conftest.py `live_stack`)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from dnnq.cli import main
-from models import predict
+from dnnq.models import predict
 
 pytestmark = pytest.mark.e2e
 

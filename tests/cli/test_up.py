@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.redis_server import free_port
+from dnnq.workers.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,9 +162,9 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert final["progress"]["epoch"] == 20
 
         # A worker that dies is restarted.
-        (worker_pid,) = up.children("-m workers")
+        (worker_pid,) = up.children("-m dnnq.workers")
         os.kill(worker_pid, signal.SIGKILL)
-        restarted = _wait_for(lambda: [p for p in up.children("-m workers") if p != worker_pid], 30,
+        restarted = _wait_for(lambda: [p for p in up.children("-m dnnq.workers") if p != worker_pid], 30,
                               "the killed worker was not restarted", up.log)
         assert len(restarted) == 1
         assert "worker 1 was killed by SIGKILL (code -9); restarting it now" in up.log()
@@ -282,7 +282,7 @@ def test_restart_back_off_and_exit_descriptions():
 def test_embedded_redis_has_its_own_session(tmp_path):
     """A terminal's Ctrl-C (SIGINT to its foreground process group) must not reach Redis: the workers
     still need it while they release their jobs, and `dnnq up` stops it last."""
-    from workers.redis_server import start_redis
+    from dnnq.workers.redis_server import start_redis
 
     with start_redis(tmp_path) as server:
         assert os.getsid(server.proc.pid) == server.proc.pid != os.getsid(0)
@@ -304,7 +304,7 @@ def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(
             "dataset_id": moons["id"], "model": {"hidden_layers": [16]}, "training": {"epochs": 1500}, "device": "cpu"})
         assert job.status_code == 202, job.text
         job_url = f"{up.url}/v1/jobs/{job.json()['id']}"
-        workers, redis_pids = set(up.children("-m workers")), set(up.children("redis-server"))
+        workers, redis_pids = set(up.children("-m dnnq.workers")), set(up.children("redis-server"))
         apis = set(up.children("dnnq.api_process"))
         assert len(apis) == 2 and len(workers) == 1 and len(redis_pids) == 1
 
@@ -324,7 +324,7 @@ def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(
             _wait_for(lambda: all(httpx.get(f"{up.url}/healthz", timeout=5).status_code == 200 for _ in range(20)),
                       30, "/healthz not answered by every API process", up.log)
         assert up.proc.poll() is None
-        assert set(up.children("-m workers")) == workers and set(up.children("redis-server")) == redis_pids
+        assert set(up.children("-m dnnq.workers")) == workers and set(up.children("redis-server")) == redis_pids
         final = _wait_for(lambda: (b := httpx.get(job_url, params={"history": "none"}, timeout=10).json())["status"]
                           in ("succeeded", "failed", "cancelled") and b, 120, "the job did not finish", up.log)
         assert final["status"] == "succeeded" and final["attempts"] == 1, final

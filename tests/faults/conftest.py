@@ -28,9 +28,9 @@ from tests.service.conftest import (  # noqa: F401  (fixtures re-exported for th
     live_stack_factory,
     start_api,
 )
-from workers import datasets, jobs
-from workers.redis_server import free_port, start_redis
-from workers.spec import JobSpec
+from dnnq.workers import datasets, jobs
+from dnnq.workers.redis_server import free_port, start_redis
+from dnnq.workers.spec import JobSpec
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -69,7 +69,7 @@ def own_redis(tmp_path):
 
 def start_worker(redis_url: str, data_dir: Path, log_dir: Path, env: dict[str, str] | None = None,
                  name: str | None = None, wait: float = 60.0) -> WorkerProcess:
-    """A real `python -m workers` (lease 3 s, heartbeat 0.5 s unless `env` says otherwise) against
+    """A real `python -m dnnq.workers` (lease 3 s, heartbeat 0.5 s unless `env` says otherwise) against
     `redis_url`; returns once its dnnq:worker:{name} key exists."""
     name = name or f"fault-{uuid.uuid4().hex[:8]}"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
@@ -81,7 +81,7 @@ def start_worker(redis_url: str, data_dir: Path, log_dir: Path, env: dict[str, s
     full_env.update(env or {})
     log_path = log_dir / f"worker-{name}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "workers"], cwd=ROOT, env=full_env,
+        proc = subprocess.Popen([sys.executable, "-m", "dnnq.workers"], cwd=ROOT, env=full_env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     w = WorkerProcess(proc, name, log_path)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.faults.conftest import TERMINAL, _signal_group, start_api, wait_for
-from workers import jobs
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.faults.conftest import _signal_group, start_api, wait_for
-from workers import jobs
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 # (the crash point between writing the temp file and renaming it); without, it writes a big payload.
 WRITER = r"""
 import os, sys, time
-from workers.store import LocalArtifactStore
+from dnnq.workers.store import LocalArtifactStore
 root, key, size, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if mode == "slow-fsync":
     real_fsync = os.fsync

@@ -134,11 +134,11 @@ def test_interrupted_job_resumes_from_its_checkpoint_at_once_after_a_restart(tmp
 
 def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_worker(
         redis_client, redis_url, data_dir, store, celery_client, tmp_path, own_workers):
-    """`python -m workers` run by hand: Ctrl-C reaches its main process (warm shutdown) and its pool
+    """`python -m dnnq.workers` run by hand: Ctrl-C reaches its main process (warm shutdown) and its pool
     child (which ignores SIGINT, as Celery sets it). The job is released at its epoch's end, the
     worker exits 0 without a traceback, and another worker takes the job at once from its checkpoint."""
     from tests.faults.conftest import create_and_send, epochs_of, make_dataset, start_worker, wait_for
-    from workers import artifacts, jobs
+    from dnnq.workers import artifacts, jobs
 
     first = start_worker(redis_url, data_dir, tmp_path)
     own_workers.append(first)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from bench.load import make_dataset, poll_status, start_stack, submit_all, verify_once, wait_all
-from workers import jobs
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.faults.conftest import TERMINAL, _signal_group, log_events, start_api, start_worker, wait_for
-from workers import jobs
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.faults.conftest import create_and_send, epochs_of, log_events, make_dataset, wait_for
-from workers import jobs
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

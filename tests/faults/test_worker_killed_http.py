@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.conftest import TERMINAL, npz_arrays, wait_for
-from workers import jobs
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.redis_server import free_port
+from dnnq.workers.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -245,7 +245,7 @@ class HostileServer:
                 pytest.fail(f"dnnq up exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             parents = _ppid_map()
             pids = [p for p, parent in parents.items() if parent == self.proc.pid and _alive(p)
-                    and ("service.app:create_app" in _cmdline(p) or "dnnq.api_process" in _cmdline(p))]
+                    and ("dnnq.service.app:create_app" in _cmdline(p) or "dnnq.api_process" in _cmdline(p))]
             if len(pids) == 1:
                 return pids[0]
             if time.monotonic() > deadline:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
+from dnnq.service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
 
 LIMITS = UploadLimits(max_examples=10_000, max_features=1_000, max_array_bytes=8_000_000, max_classes=50)
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,

@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.hostile.conftest import reset_peak, status_bytes
-from workers.spec import JobSpec
+from dnnq.workers.spec import JobSpec
 
 pytestmark = [pytest.mark.e2e]
 

@@ -5,7 +5,7 @@ import importlib
 import numpy as np
 import pytest
 
-from models.backend import gpu_available, to_host
+from dnnq.models.backend import gpu_available, to_host
 
 
 # Evaluated once at collection; importing models.backend never imports CuPy by itself.
@@ -41,7 +41,7 @@ def on(xp, a, dtype=None):
 def stop_and_resume(X, Y, cfg, at: int = 2):
     """fit stopped after epoch ``at`` (its checkpoint taken through host arrays, as a worker saves
     it), then a second fit resumed from that checkpoint: (the stopped run, the checkpoint, the resumed run)."""
-    from models import Checkpoint, fit
+    from dnnq.models import Checkpoint, fit
 
     saved = {}
 

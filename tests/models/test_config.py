@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from models import ConfigError, TrainConfig
+from dnnq.models import ConfigError, TrainConfig
 
 
 def test_learning_rate_message_and_field():

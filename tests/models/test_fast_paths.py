@@ -3,9 +3,9 @@ step, and plain gd taking lr-scaled gradients (GD.update_prescaled_flat)."""
 import numpy as np
 import pytest
 
-from models import GD, TrainConfig, fit
-from models.flat import flat_views, flatten_params
-from models.network import compute_cost, initialize_parameters_deep, model_backward, model_forward, update_parameters
+from dnnq.models import GD, TrainConfig, fit
+from dnnq.models.flat import flat_views, flatten_params
+from dnnq.models.network import compute_cost, initialize_parameters_deep, model_backward, model_forward, update_parameters
 
 
 def test_gd_prescaled_update_is_the_plain_update():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from models import (
+from dnnq.models import (
     Checkpoint,
     DeviceUnavailable,
     TrainConfig,
@@ -21,7 +21,7 @@ from models import (
     predict,
     update_parameters,
 )
-from models.backend import gpu_available
+from dnnq.models.backend import gpu_available
 
 LOSS = {"sigmoid": "binary_crossentropy", "softmax": "categorical_crossentropy", "linear": "mse"}
 

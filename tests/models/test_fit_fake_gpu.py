@@ -17,8 +17,8 @@ import re
 import numpy as np
 import pytest
 
-import models.backend as backend
-from models import TrainConfig, fit
+import dnnq.models.backend as backend
+from dnnq.models import TrainConfig, fit
 from tests.models import fake_cupy
 from tests.models.conftest import stop_and_resume
 
@@ -88,7 +88,7 @@ def small_run(device, **extra):
 def test_a_step_that_waits_for_the_device_is_not_captured(fake_gpu, monkeypatch):
     """A step that reads a value back (here the batch loss, through float()) cannot be captured:
     CuPy raises during capture. fit then trains kernel by kernel, with the same results, and says why."""
-    from models.engine import _Engine
+    from dnnq.models.engine import _Engine
 
     output = _Engine.output
 
@@ -142,7 +142,7 @@ def test_a_launch_that_fails_leaves_the_rest_kernel_by_kernel(fake_gpu, monkeypa
 
 
 def test_step_graphs_can_be_switched_off(fake_gpu, monkeypatch):
-    from models import stepgraph
+    from dnnq.models import stepgraph
 
     monkeypatch.setattr(stepgraph, "_enabled", True)
     launches = fake_gpu._Graph.launches

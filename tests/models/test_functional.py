@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from models import (
+from dnnq.models import (
     ACTIVATIONS,
     DERIVATIVES,
     compute_cost,
@@ -227,7 +227,7 @@ def test_update_parameters_by_hand(xp):
 
 
 def test_predict_labels_and_proba_on_every_backend(xp):
-    from models import predict
+    from dnnq.models import predict
 
     params = {"W1": np.array([[1.0, -1.0]]), "b1": np.array([[0.0]])}  # one sigmoid unit: Z = x0 - x1
     X = on(xp, [[2.0, 0.0, 5.0], [1.0, 3.0, 5.5]])  # Z = 1, -3, -0.5
@@ -240,7 +240,7 @@ def test_predict_labels_and_proba_on_every_backend(xp):
 
 @pytest.mark.parametrize("output, n_y", [("sigmoid", 1), ("softmax", 3), ("linear", 2)])
 def test_labels_from_output_is_what_predict_returns(output, n_y):
-    from models import labels_from_output, predict
+    from dnnq.models import labels_from_output, predict
 
     rng = np.random.default_rng(4)
     params = {"W1": rng.normal(size=(5, 3)), "b1": rng.normal(size=(5, 1)),

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from models import TrainConfig, fit, fused
-from models.flat import flat_layout, flat_views, flatten_params
-from models.optimizers import make_optimizer
+from dnnq.models import TrainConfig, fit, fused
+from dnnq.models.flat import flat_layout, flat_views, flatten_params
+from dnnq.models.optimizers import make_optimizer
 
 from .conftest import stop_and_resume
 

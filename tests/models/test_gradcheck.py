@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from models import gradient_check
-from models.config import HIDDEN_ACTIVATIONS
+from dnnq.models import gradient_check
+from dnnq.models.config import HIDDEN_ACTIVATIONS
 
 from .conftest import on
 
@@ -38,7 +38,7 @@ def test_backward_matches_finite_differences_with_l2(hidden, output):
 
 def test_gradient_check_detects_a_wrong_gradient(monkeypatch):
     """The check itself can fail: with a broken relu derivative the error is large."""
-    import models.activations as act
+    import dnnq.models.activations as act
 
     params, X, Y = random_problem("sigmoid")
     monkeypatch.setitem(act.DERIVATIVES, "relu", lambda dA, Z: dA)  # pretends relu' == 1

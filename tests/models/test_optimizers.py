@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from models import GD, Adam, Momentum, RMSProp
+from dnnq.models import GD, Adam, Momentum, RMSProp
 
 P0 = [1.0, -2.0]
 G1 = [0.5, -0.25]

@@ -2,7 +2,7 @@
 
 - `api_settings` / `app` / `client`: the app in-process (FastAPI TestClient) on the real test Redis
   (tests/conftest.py `redis_server`), data in a tmp dir. Celery messages go to that Redis; no worker runs.
-- `live_stack`: the whole service for real: Redis, a `python -m workers` process and a uvicorn
+- `live_stack`: the whole service for real: Redis, a `python -m dnnq.workers` process and a uvicorn
   subprocess serving `service.app:create_app` on a free 127.0.0.1 port. Yields a `LiveStack`
   (base_url, env, client()). Other suites reuse it: override the `live_stack_env` fixture (e.g.
   {"DNNQ_API_KEYS": "alice:k1,bob:k2"}) or call `live_stack_factory(env={...}, workers=0)`.
@@ -21,21 +21,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.redis_server import free_port
+from dnnq.workers.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def api_settings(redis_client, redis_url, data_dir):
-    from service.settings import ApiSettings
+    from dnnq.service.settings import ApiSettings
 
     return ApiSettings(redis_url=redis_url, data_dir=data_dir)
 
 
 @pytest.fixture
 def app(api_settings):
-    from service.app import create_app
+    from dnnq.service.app import create_app
 
     return create_app(api_settings)
 
@@ -95,7 +95,7 @@ def start_api(redis_url: str, data_dir: Path, log_path: Path, env: dict[str, str
     full_env.update(dnnq_env, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+            [sys.executable, "-m", "uvicorn", "--factory", "dnnq.service.app:create_app",
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
             cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

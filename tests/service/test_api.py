@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from workers import jobs
-from workers.redis_server import free_port
+from dnnq.service.app import create_app
+from dnnq.workers import jobs
+from dnnq.workers.redis_server import free_port
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -241,8 +241,8 @@ def test_parameter_epoch_and_memory_limits(api_settings, data_dir, live_worker):
 
 def fake_worker(r, name: str, queues: str, **fields) -> None:
     """Register a worker heartbeat the way workers.recovery does, then override what it reports."""
-    from workers.recovery import register_worker
-    from workers.settings import WorkerSettings
+    from dnnq.workers.recovery import register_worker
+    from dnnq.workers.settings import WorkerSettings
 
     register_worker(r, WorkerSettings(worker_name=name, queues=queues, heartbeat_seconds=30), "2026-01-01T00:00:00Z")
     if fields:
@@ -267,7 +267,7 @@ def test_memory_estimate_checked_against_live_workers(api_settings, redis_client
 def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_client, monkeypatch):
     """Each API process reuses the live workers' memory for DNNQ_WORKER_CAPACITY_CACHE_SECONDS
     (one Redis round trip less per submit in a burst); a worker that joins counts after that."""
-    import service.routes.jobs as job_routes
+    import dnnq.service.routes.jobs as job_routes
 
     clock = [1000.0]
     monkeypatch.setattr(job_routes, "_clock", lambda: clock[0])
@@ -290,7 +290,7 @@ def test_startup_loads_the_submit_routes_scripts_into_redis(app, redis_client):
 
     from fastapi.testclient import TestClient
 
-    from workers import jobs, recovery
+    from dnnq.workers import jobs, recovery
 
     shas = [hashlib.sha1(source.encode()).hexdigest() for source in (jobs._CREATE, recovery._LIVE_WORKERS)]
     redis_client.script_flush()
@@ -308,8 +308,8 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
     import httpx
     import redis.exceptions as redis_errors
 
-    import service.routes.jobs as job_routes
-    from workers import datasets
+    import dnnq.service.routes.jobs as job_routes
+    from dnnq.workers import datasets
 
     with make_client(api_settings) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
@@ -563,7 +563,7 @@ def test_submit_queues_the_job_and_its_celery_message_in_one_step(client, datase
     no job without its message, nothing left for the sweeper in dnnq:jobs:unsent."""
     import base64
 
-    from workers import jobs
+    from dnnq.workers import jobs
 
     job = submit(client, dataset_id).json()
     (raw,) = redis_client.lrange(job["queue"], 0, -1)
@@ -608,7 +608,7 @@ def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_
     import redis.utils
     from fastapi.testclient import TestClient
 
-    from service.app import _REDIS_CONNECTIONS_AT_START
+    from dnnq.service.app import _REDIS_CONNECTIONS_AT_START
 
     metadata_reads = []
     real = redis.utils.get_lib_version

@@ -27,7 +27,7 @@ def test_upload_stores_the_file_the_sandbox_wrote_and_previews_it(client, data_d
     ds = resp.json()
     assert ds["n_examples"] == 6 and ds["n_features"] == 30 and ds["label_kind"] == "binary"
     assert staged(data_dir) == []
-    X2, _ = __import__("workers.datasets", fromlist=["load_arrays"]).load_arrays(store, ds["id"])
+    X2, _ = __import__("dnnq.workers.datasets", fromlist=["load_arrays"]).load_arrays(store, ds["id"])
     np.testing.assert_array_equal(X2, X)
     short = client.get(f"/v1/datasets/{ds['id']}").json()["preview"]
     assert short["X"] == X[:5, :20].tolist() and short["Y"] == [[0.0], [1.0], [0.0], [1.0], [0.0]]
@@ -57,7 +57,7 @@ def test_a_parse_past_the_wall_time_is_a_422_that_names_the_limits(api_settings,
 
 
 def test_idempotent_replay_answers_without_parsing_again(client, monkeypatch):
-    from service.routes import datasets as route
+    from dnnq.service.routes import datasets as route
 
     body = npz_bytes(X=np.ones((8, 2)), Y=np.arange(8) % 2)
     key = {"Idempotency-Key": "same"}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load as load_safetensors
 
-from models import predict
+from dnnq.models import predict
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from dnnq.service.app import create_app
 from tests.service.test_api import binary_npz, drive, fake_worker, upload
-from workers.redis_server import free_port
+from dnnq.workers.redis_server import free_port
 
 
 class Pair:

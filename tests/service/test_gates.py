@@ -13,8 +13,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import AUTHENTICATED_PREFIX, create_app
-from service.deps import require_tenant
+from dnnq.service.app import AUTHENTICATED_PREFIX, create_app
+from dnnq.service.deps import require_tenant
 from tests.service.conftest import start_api
 
 KEYS = "alice:key-a,bob:key-b"
@@ -105,7 +105,7 @@ def test_public_routes_stay_open_with_keys(api_settings):
 def test_every_tenant_route_is_behind_the_gate_and_only_those():
     """The gate guards the /v1 prefix; the routes' Tenant dependency is the per-route truth. They must agree,
     or a route outside /v1 would take a tenant only after parsing its body."""
-    from service.routes import dashboard, datasets, health, jobs, metrics
+    from dnnq.service.routes import dashboard, datasets, health, jobs, metrics
 
     def needs_tenant(dependant) -> bool:
         return any(d.call is require_tenant or needs_tenant(d) for d in dependant.dependencies)

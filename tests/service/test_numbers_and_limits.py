@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.service.test_api import assert_problem, binary_npz, drive, fake_worker, make_client, npz_bytes, upload
-from workers import jobs
+from dnnq.workers import jobs
 
 NON_FINITE_LITERALS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")
 FLOAT_FIELDS = ("preprocess.scale", "training.learning_rate", "training.beta", "training.beta1", "training.beta2",
@@ -377,7 +377,7 @@ def test_a_worker_whose_heartbeat_expired_is_not_live(api_settings, redis_client
 
 def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, redis_client, live_worker,
                                                                  monkeypatch):
-    import service.routes.jobs as job_routes
+    import dnnq.service.routes.jobs as job_routes
 
     reads = []
     real = job_routes.live_workers_async
@@ -398,8 +398,8 @@ def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, r
 
 def test_a_validation_loss_that_overflows_fails_the_job_naming_the_epoch(client, redis_client, redis_url, store,
                                                                          data_dir, live_worker):
-    from workers.runner import run_job
-    from workers.settings import WorkerSettings
+    from dnnq.workers.runner import run_job
+    from dnnq.workers.settings import WorkerSettings
 
     rng = np.random.default_rng(3)
     X, X_val = rng.normal(size=(40, 3)), rng.normal(size=(20, 3))

@@ -21,9 +21,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from service import sandbox
-from service.uploads import UploadError, UploadLimits
-from workers import datasets
+from dnnq.service import sandbox
+from dnnq.service.uploads import UploadError, UploadLimits
+from dnnq.workers import datasets
 
 LIMITS = UploadLimits(max_examples=10_000_000, max_features=1_000_000, max_array_bytes=2 * 1024**3)
 MiB = 1024 * 1024

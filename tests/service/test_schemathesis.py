@@ -19,9 +19,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from workers import datasets, jobs
-from workers.recovery import register_worker
-from workers.settings import WorkerSettings
+from dnnq.workers import datasets, jobs
+from dnnq.workers.recovery import register_worker
+from dnnq.workers.settings import WorkerSettings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from service.synthetic import generate
-from service.uploads import UploadError, UploadLimits, parse_upload
+from dnnq.service.synthetic import generate
+from dnnq.service.uploads import UploadError, UploadLimits, parse_upload
 
 LIMITS = UploadLimits(max_examples=10_000, max_features=5_000, max_array_bytes=10_000_000)
 
@@ -226,7 +226,7 @@ def test_a_path_parses_as_its_bytes_do(tmp_path):
 
 def test_h5_chunked_filtered_data_is_read_box_by_box(monkeypatch):
     """Few chunks per read (the bound on libhdf5's per-read bookkeeping) still reads every value."""
-    import service.formats.hdf5 as hdf5
+    import dnnq.service.formats.hdf5 as hdf5
 
     monkeypatch.setattr(hdf5, "CHUNKS_PER_READ", 3)
     X = np.random.default_rng(3).random((50, 7, 3)).astype(np.float32)

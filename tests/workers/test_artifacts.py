@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from workers import artifacts
+from dnnq.workers import artifacts
 
 
 def params(layers=(3, 5, 4, 1), seed=0):
@@ -49,7 +49,7 @@ def test_save_trained_writes_all_and_describes_the_model(store):
 
 
 def test_checkpoint_round_trip(store):
-    from models import Checkpoint, EpochRecord
+    from dnnq.models import Checkpoint, EpochRecord
 
     ckpt = Checkpoint(epoch=3, parameters=params(), optimizer_state={"v_dW1": np.ones((5, 3))},
                       history=[EpochRecord(i, 1.0 / i, 0.5, None, None) for i in (1, 2, 3)], seed=4)
@@ -65,9 +65,9 @@ def test_checkpoint_round_trip(store):
 
 def test_api_side_imports_do_not_touch_cuda_or_models():
     code = (
-        "import sys; import workers, workers.celery_app, workers.jobs, workers.datasets, workers.spec, "
-        "workers.store, workers.recovery, workers.tasks, workers.redis_server; "
-        "print(sorted(m for m in ('cupy', 'models', 'fastapi', 'torch') if m in sys.modules))"
+        "import sys; import dnnq.workers, dnnq.workers.celery_app, dnnq.workers.jobs, dnnq.workers.datasets, "
+        "dnnq.workers.spec, dnnq.workers.store, dnnq.workers.recovery, dnnq.workers.tasks, dnnq.workers.redis_server; "
+        "print(sorted(m for m in ('cupy', 'dnnq.models', 'fastapi', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

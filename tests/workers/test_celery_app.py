@@ -9,8 +9,8 @@ import pytest
 from celery import Celery
 from pydantic import ValidationError
 
-from workers.celery_app import configure
-from workers.settings import WorkerSettings
+from dnnq.workers.celery_app import configure
+from dnnq.workers.settings import WorkerSettings
 
 
 def test_settings_that_make_delivery_safe():
@@ -41,5 +41,5 @@ def test_heartbeat_must_be_shorter_than_lease():
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "workers", "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "dnnq.workers", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--queues" in out.stdout

@@ -3,7 +3,7 @@ field by field (ids and origin aside), so a Celery upgrade that changes the form
 import base64
 import json
 
-from workers.celery_wire import TASK_NAME, train_message
+from dnnq.workers.celery_wire import TASK_NAME, train_message
 
 VARYING = {"id", "root_id", "origin"}  # per message or per process
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers import datasets
-from workers.datasets import DatasetError
+from dnnq.workers import datasets
+from dnnq.workers.datasets import DatasetError
 
 
 def blobs(m=20, n=3, seed=0):

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from workers import jobs
-from workers.jobs import JobConflict, JobNotFound, Status
+from dnnq.workers import jobs
+from dnnq.workers.jobs import JobConflict, JobNotFound, Status
 
 DATASET = "ab" * 12
 LEASE_MS = 5_000

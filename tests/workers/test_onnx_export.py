@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from workers.onnx_export import onnx_bytes
+from dnnq.workers.onnx_export import onnx_bytes
 
 HIDDEN = ["relu", "leaky_relu", "tanh", "sigmoid"]
 OUTPUTS = ["sigmoid", "softmax", "linear"]
@@ -131,7 +131,7 @@ def test_bad_arguments_say_what_to_fix():
 
 @pytest.mark.parametrize("hidden,output", list(itertools.product(HIDDEN, OUTPUTS)))
 def test_onnx_matches_models_predict(hidden, output):
-    from models import predict
+    from dnnq.models import predict
 
     rng = np.random.default_rng(11)
     n_out = 3 if output == "softmax" else 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from workers import jobs
-from workers.recovery import (
+from dnnq.workers import jobs
+from dnnq.workers.recovery import (
     WORKERS_KEY,
     Maintenance,
     host_memory_bytes,
@@ -15,7 +15,7 @@ from workers.recovery import (
     unregister_worker,
     worker_device,
 )
-from workers.settings import WorkerSettings
+from dnnq.workers.settings import WorkerSettings
 
 DS = "ab" * 12
 

@@ -7,8 +7,8 @@ import os
 import pytest
 import redis
 
-from workers import redis_server
-from workers.redis_server import RedisNotFound, find_redis_server, start_redis
+from dnnq.workers import redis_server
+from dnnq.workers.redis_server import RedisNotFound, find_redis_server, start_redis
 
 
 def test_find_redis_server_is_executable():

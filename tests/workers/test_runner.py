@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from models import predict
-from workers import artifacts, datasets, jobs
-from workers.runner import run_job
-from workers.settings import WorkerSettings
-from workers.spec import JobSpec
+from dnnq.models import predict
+from dnnq.workers import artifacts, datasets, jobs
+from dnnq.workers.runner import run_job
+from dnnq.workers.settings import WorkerSettings
+from dnnq.workers.spec import JobSpec
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_lost_lease_stops_and_writes_nothing(redis_client, store, settings):
 
 
 def _gpu_available() -> bool:
-    from models.backend import gpu_available
+    from dnnq.models.backend import gpu_available
 
     return gpu_available()
 
@@ -174,7 +174,7 @@ def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_clie
     import io
     import logging
 
-    import models.backend as backend
+    import dnnq.models.backend as backend
     from tests.models import fake_cupy
 
     fake_cupy.installed(monkeypatch)
@@ -202,7 +202,7 @@ def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_clie
 
 
 def test_interrupted_worker_leaves_the_job_to_the_sweeper(redis_client, store, settings, monkeypatch):
-    import models
+    from dnnq import models
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -221,7 +221,7 @@ def test_interrupted_worker_leaves_the_job_to_the_sweeper(redis_client, store, s
 def test_cpu_worker_reports_no_gpu_memory_and_never_loads_cupy(redis_client, store, settings):
     import sys
 
-    from models.backend import gpu_memory
+    from dnnq.models.backend import gpu_memory
 
     redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc", "gpu_memory_used": "", "gpu_memory_total": ""})
     job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3}, device="cpu")
@@ -237,7 +237,7 @@ def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, setting
 
     fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 30, 4 << 30))))
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    from workers.runner import _report_gpu_memory
+    from dnnq.workers.runner import _report_gpu_memory
 
     redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc"})
     _report_gpu_memory(redis_client, settings)
@@ -250,7 +250,7 @@ def test_one_redis_client_per_training_process_across_jobs(redis_client, store, 
     child makes its own instead of sharing the parent's sockets."""
     import os
 
-    from workers import runner
+    from dnnq.workers import runner
 
     ds = dataset(redis_client, store)
     first = job_for(redis_client, ds, training={"epochs": 2})
@@ -332,7 +332,7 @@ def release_flag():
     """The process-wide 'release your job' flag and the signal handlers, as they were, after the test."""
     import signal
 
-    from workers import runner
+    from dnnq.workers import runner
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, runner.RELEASE_SIGNAL)}
     yield runner

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from workers.spec import JobSpec, SpecError, queue_for, to_train_config
+from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
 
 DS = "ab" * 12
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from workers.store import STALE_STAGING_SECONDS, ArtifactStore, InvalidKey, LocalArtifactStore
+from dnnq.workers.store import STALE_STAGING_SECONDS, ArtifactStore, InvalidKey, LocalArtifactStore
 
 
 def test_put_get_exists_delete(tmp_path):

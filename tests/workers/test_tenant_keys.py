@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import ApiSettings
-from workers import datasets, jobs
-from workers.recovery import register_worker
-from workers.settings import WorkerSettings
+from dnnq.service.app import create_app
+from dnnq.service.settings import ApiSettings
+from dnnq.workers import datasets, jobs
+from dnnq.workers.recovery import register_worker
+from dnnq.workers.settings import WorkerSettings
 
 
 @pytest.mark.parametrize("tenant", ["active", "by_status", "stats", "public"])

@@ -1,4 +1,4 @@
-"""A real `python -m workers` process against a real Redis: train, duplicate delivery, crash recovery."""
+"""A real `python -m dnnq.workers` process against a real Redis: train, duplicate delivery, crash recovery."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from workers import datasets, jobs
-from workers.spec import JobSpec
+from dnnq.workers import datasets, jobs
+from dnnq.workers.spec import JobSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -114,8 +114,8 @@ def test_bad_job_fails_with_readable_error(redis_client, store, celery_client, w
 
 def uninterrupted_parameters(r, store, dataset_id, epochs, seed):
     """The reference: the same job trained in-process without interruption."""
-    from workers.runner import run_job
-    from workers.settings import WorkerSettings
+    from dnnq.workers.runner import run_job
+    from dnnq.workers.settings import WorkerSettings
 
     spec = JobSpec(dataset_id=dataset_id, model={"hidden_layers": [16, 8]},
                    training={"epochs": epochs, "seed": seed, "checkpoint_every": 1, "batch_size": 64})
