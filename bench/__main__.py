@@ -4,6 +4,7 @@ OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE slow NumPy's sgemm on this kind of machine 
 them only when the library loads, so when either is set we drop both and re-exec the same command
 before NumPy is imported (nothing above this point may import NumPy).
 """
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ Per case and repeat the implementations run one after another in blocks (ours, t
 scikit-learn), never interleaved step by step, so one library's spinning thread pool does not
 steal the cores of the next.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,16 +17,24 @@ from bench import envinfo, ours, report, sklearn_ref, torch_ref, workloads
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--workload", choices=["A", "B", "wide", "all"], default="all",
-                   help="A: 60000x784 MLP (SGD, Adam); B: the course's deep model; wide: 4096-wide MLP "
-                        "(in 'all' only with --device gpu)")
+    p.add_argument(
+        "--workload",
+        choices=["A", "B", "wide", "all"],
+        default="all",
+        help="A: 60000x784 MLP (SGD, Adam); B: the course's deep model; wide: 4096-wide MLP "
+        "(in 'all' only with --device gpu)",
+    )
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--quick", action="store_true", help="fewer epochs/iterations (still a median of >= 3)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per implementation (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON, e.g. bench/results/latest.json")
-    p.add_argument("--threads", type=int, default=None,
-                   help="cap every BLAS/OpenMP pool and torch at N threads (default: all cores, os.cpu_count()); "
-                        "--threads 1 gives steadier ratios when other work shares the cores")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="cap every BLAS/OpenMP pool and torch at N threads (default: all cores, os.cpu_count()); "
+        "--threads 1 gives steadier ratios when other work shares the cores",
+    )
     p.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn reference")
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -42,14 +51,16 @@ def require_gpu() -> str | None:
         return "--device gpu needs PyTorch with CUDA for the reference; torch is not installed."
 
     if not torch.cuda.is_available():
-        return ("--device gpu needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here; "
-                f"torch {torch.__version__}) and CuPy for models.fit. Run it on a GPU machine, "
-                "or use --device cpu.")
+        return (
+            "--device gpu needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here; "
+            f"torch {torch.__version__}) and CuPy for models.fit. Run it on a GPU machine, "
+            "or use --device cpu."
+        )
     if ours.available() is None:
         from dnnq.models.backend import DeviceUnavailable, select_device
 
         try:
-            select_device("gpu")      # the same smoke test fit runs; CuPy is imported only there
+            select_device("gpu")  # the same smoke test fit runs; CuPy is imported only there
         except DeviceUnavailable as exc:
             return f"PyTorch sees a GPU but models.fit cannot use it: {exc}"
     return None
@@ -74,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         if sklearn_ref.available():
             import sklearn.neural_network  # noqa: F401 - load its pools now so the cap reaches them too
 
-        threadpool_limits(limits=args.threads)   # numpy's OpenBLAS, scikit-learn's and torch's OpenMP
+        threadpool_limits(limits=args.threads)  # numpy's OpenBLAS, scikit-learn's and torch's OpenMP
     env = envinfo.collect()
     env["threads_cap"] = args.threads
-    gemm = {"numpy sgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float32"),
-            "numpy dgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float64", repeats=3)}
+    gemm = {
+        "numpy sgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float32"),
+        "numpy dgemm 2048^3": envinfo.numpy_gemm_gflops(2048, "float64", repeats=3),
+    }
     if args.device == "gpu":
         gemm["torch cuda sgemm 8192^3"] = torch_ref.gemm_gflops("gpu", 8192, "float32")
         gemm["torch cuda dgemm 4096^3"] = torch_ref.gemm_gflops("gpu", 4096, "float64")
@@ -110,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     report.print_summary(figs)
     if args.json:
         report.write_json(args.json, env, gemm, figs, ["python", "-m", "bench", *(argv or sys.argv[1:])])
-    missed = [f"{f['case']} (vs {', '.join(ref for ref, g in f['goals'].items() if not g['met'])})"
-              for f in figs if not all(g["met"] for g in f["goals"].values())]
+    missed = [
+        f"{f['case']} (vs {', '.join(ref for ref, g in f['goals'].items() if not g['met'])})"
+        for f in figs
+        if not all(g["met"] for g in f["goals"].values())
+    ]
     if missing:
         print("\nno verdict: models.fit is missing")
     else:

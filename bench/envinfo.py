@@ -1,4 +1,5 @@
 """What ran: BLAS libraries and threads, library versions, CPU, and the machine's GEMM rates."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,19 @@ def collect() -> dict:
         import threadpoolctl
 
         pools = [
-            {k: p.get(k) for k in ("user_api", "internal_api", "prefix", "version", "architecture",
-                                   "threading_layer", "num_threads", "filepath")}
+            {
+                k: p.get(k)
+                for k in (
+                    "user_api",
+                    "internal_api",
+                    "prefix",
+                    "version",
+                    "architecture",
+                    "threading_layer",
+                    "num_threads",
+                    "filepath",
+                )
+            }
             for p in threadpoolctl.threadpool_info()
         ]
     except ImportError:  # a bare GPU box may lack it; the run goes on without the pool listing
@@ -88,17 +100,23 @@ def numpy_gemm_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 5) -
 def print_header(info: dict, gemm: dict) -> None:
     if info["removed_env"]:
         print(f"note: removed {info['removed_env']} from the environment and re-ran (they slow NumPy here)")
-    print(f"CPU: {info['cpu_model']}, nproc={info['nproc']}, 1-min load average "
-          f"{info['load_avg_1min_at_start']:.1f}; python {info['python']}")
-    print(f"numpy {info['numpy']}, torch {info['torch']} (threads={info['torch_threads']}), "
-          f"scikit-learn {info['sklearn']}")
+    print(
+        f"CPU: {info['cpu_model']}, nproc={info['nproc']}, 1-min load average "
+        f"{info['load_avg_1min_at_start']:.1f}; python {info['python']}"
+    )
+    print(
+        f"numpy {info['numpy']}, torch {info['torch']} (threads={info['torch_threads']}), "
+        f"scikit-learn {info['sklearn']}"
+    )
     if "gpu" in info:
         print(f"GPU: {info['gpu']} (CUDA {info['torch_cuda']}, torch TF32 matmul={info['torch_allow_tf32']})")
     print(f"NumPy BLAS: {info['numpy_blas']}")
     print("thread pools (threadpoolctl):")
     for p in info["thread_pools"]:
         arch = f" kernel={p['architecture']}" if p.get("architecture") else ""
-        print(f"  {p['user_api']:6} {p['internal_api']:9} {p.get('version') or '':14}{arch} "
-              f"threads={p['num_threads']}  {os.path.basename(p['filepath'] or '')}")
+        print(
+            f"  {p['user_api']:6} {p['internal_api']:9} {p.get('version') or '':14}{arch} "
+            f"threads={p['num_threads']}  {os.path.basename(p['filepath'] or '')}"
+        )
     for key, value in gemm.items():
         print(f"GEMM rate {key}: {value:.1f} GFLOP/s (median)")

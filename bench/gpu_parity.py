@@ -9,6 +9,7 @@
    graphs were used (or why not).
 This module never imports CuPy itself: it reaches the GPU through models.backend.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,9 +26,9 @@ def _rel(a, b) -> float:
 
 def _toy(m: int = 600, seed: int = 0):
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((5, m))                                   # (n_x, m)
-    y = (X[0] * X[1] + 0.5 * X[2] > 0).astype(np.int64)               # nonlinear binary rule
-    y3 = (np.digitize(X[0] + X[3], [-0.5, 0.5])).astype(np.int64)     # 3 classes
+    X = rng.standard_normal((5, m))  # (n_x, m)
+    y = (X[0] * X[1] + 0.5 * X[2] > 0).astype(np.int64)  # nonlinear binary rule
+    y3 = (np.digitize(X[0] + X[3], [-0.5, 0.5])).astype(np.int64)  # 3 classes
     return X, y, y3
 
 
@@ -57,10 +58,16 @@ def fit_check() -> tuple[bool, str]:
     X, y, y3 = _toy()
     lines, ok = [], True
     setups = [
-        ("adam, batch 64, shuffle, sigmoid", dict(layer_dims=[5, 16, 8, 1], output="sigmoid", optimizer="adam",
-                                                  learning_rate=0.01, batch_size=64), y.reshape(1, -1)),
-        ("gd, full batch, softmax, l2", dict(layer_dims=[5, 16, 3], output="softmax", optimizer="gd",
-                                             learning_rate=0.1, batch_size=None, l2=0.01), y3),
+        (
+            "adam, batch 64, shuffle, sigmoid",
+            dict(layer_dims=[5, 16, 8, 1], output="sigmoid", optimizer="adam", learning_rate=0.01, batch_size=64),
+            y.reshape(1, -1),
+        ),
+        (
+            "gd, full batch, softmax, l2",
+            dict(layer_dims=[5, 16, 3], output="softmax", optimizer="gd", learning_rate=0.1, batch_size=None, l2=0.01),
+            y3,
+        ),
     ]
     for label, kw, Y in setups:
         res = {}
@@ -71,13 +78,16 @@ def fit_check() -> tuple[bool, str]:
         cpu, gpu, eager = res["cpu"], res["gpu"], res["gpu kernel by kernel"]
         hist = _rel([h.loss for h in gpu.history], [h.loss for h in cpu.history])
         par = max(_rel(gpu.parameters[k], cpu.parameters[k]) for k in cpu.parameters)
-        same = ([h.to_dict() for h in gpu.history] == [h.to_dict() for h in eager.history]
-                and all(np.array_equal(gpu.parameters[k], eager.parameters[k]) for k in eager.parameters))
+        same = [h.to_dict() for h in gpu.history] == [h.to_dict() for h in eager.history] and all(
+            np.array_equal(gpu.parameters[k], eager.parameters[k]) for k in eager.parameters
+        )
         good = hist <= RTOL and par <= RTOL and same and gpu.device.startswith("gpu") and len(gpu.history) == 20
         ok &= good
-        lines.append(f"fit {label} on {gpu.device}: history rel diff {hist:.2e}, parameters {par:.2e}, "
-                     f"step graphs {gpu.step_graph}, {'same' if same else 'NOT the same'} bits as kernel by "
-                     f"kernel -> {'ok' if good else 'MISMATCH'}")
+        lines.append(
+            f"fit {label} on {gpu.device}: history rel diff {hist:.2e}, parameters {par:.2e}, "
+            f"step graphs {gpu.step_graph}, {'same' if same else 'NOT the same'} bits as kernel by "
+            f"kernel -> {'ok' if good else 'MISMATCH'}"
+        )
     return ok, "; ".join(lines)
 
 

@@ -40,8 +40,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _ms(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(1000 * percentile(values, 50), 2), "p99_ms": round(1000 * percentile(values, 99), 2),
-            "max_ms": round(1000 * max(values), 2), "n": len(values)}
+    return {
+        "p50_ms": round(1000 * percentile(values, 50), 2),
+        "p99_ms": round(1000 * percentile(values, 99), 2),
+        "max_ms": round(1000 * max(values), 2),
+        "n": len(values),
+    }
 
 
 class HttpConn:
@@ -130,8 +134,15 @@ def _free_port() -> int:
     return free_port()
 
 
-def start_stack(workers: int, data_dir: Path, env: dict[str, str] | None = None, timeout: float = 120.0, *,
-                api_processes: int = 1, access_log: bool = False) -> Stack:
+def start_stack(
+    workers: int,
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    *,
+    api_processes: int = 1,
+    access_log: bool = False,
+) -> Stack:
     """`python -m dnnq up --workers N --api-workers P` on 127.0.0.1 and a free port; returns once /readyz is 200.
 
     The API process count goes on the command line: `dnnq up` always passes uvicorn an explicit
@@ -140,18 +151,43 @@ def start_stack(workers: int, data_dir: Path, env: dict[str, str] | None = None,
 
     port = _free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
-    full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                     "MKL_NUM_THREADS": "1", "DNNQ_LOG_LEVEL": "WARNING",
-                     # N jobs are queued at once on purpose: lift the per-tenant queue limit for the run.
-                     "DNNQ_MAX_QUEUED_JOBS_PER_TENANT": "1000000"})
+    full_env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "DNNQ_LOG_LEVEL": "WARNING",
+            # N jobs are queued at once on purpose: lift the per-tenant queue limit for the run.
+            "DNNQ_MAX_QUEUED_JOBS_PER_TENANT": "1000000",
+        }
+    )
     full_env.update(env or {})
     log_path = data_dir / "dnnq-up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dnnq", "up", "--workers", str(workers), "--api-workers", str(api_processes),
-             *(["--access-log"] if access_log else []), "--host", "127.0.0.1",
-             "--port", str(port), "--data-dir", str(data_dir / "data")],
-            cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "dnnq",
+                "up",
+                "--workers",
+                str(workers),
+                "--api-workers",
+                str(api_processes),
+                *(["--access-log"] if access_log else []),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir / "data"),
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     stack = Stack(proc, port, "", data_dir, log_path, full_env)
@@ -179,19 +215,26 @@ def start_stack(workers: int, data_dir: Path, env: dict[str, str] | None = None,
 def make_dataset(stack: Stack) -> str:
     import httpx
 
-    resp = httpx.post(f"{stack.base_url}/v1/datasets/synthetic", json={"name": "moons", "n_samples": 200, "seed": 0},
-                      timeout=30)
+    resp = httpx.post(
+        f"{stack.base_url}/v1/datasets/synthetic", json={"name": "moons", "n_samples": 200, "seed": 0}, timeout=30
+    )
     resp.raise_for_status()
     return resp.json()["id"]
 
 
 def tiny_spec(dataset_id: str, epochs: int, seed: int) -> bytes:
-    return json.dumps({"dataset_id": dataset_id, "model": {"hidden_layers": [8]},
-                       "training": {"epochs": epochs, "learning_rate": 0.05, "seed": seed}}).encode()
+    return json.dumps(
+        {
+            "dataset_id": dataset_id,
+            "model": {"hidden_layers": [8]},
+            "training": {"epochs": epochs, "learning_rate": 0.05, "seed": seed},
+        }
+    ).encode()
 
 
-async def submit_all(port: int, dataset_id: str, n_jobs: int, clients: int, epochs: int
-                     ) -> tuple[list[str], list[float], list[dict]]:
+async def submit_all(
+    port: int, dataset_id: str, n_jobs: int, clients: int, epochs: int
+) -> tuple[list[str], list[float], list[dict]]:
     """N POST /v1/jobs from `clients` connections; returns (ids, latencies, created views)."""
     todo = list(range(n_jobs))
     ids, latencies, views, errors = [], [], [], []
@@ -241,8 +284,13 @@ async def poll_status(port: int, ids: list[str], clients: int, seconds: float) -
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
     elapsed = time.perf_counter() - t0
-    return {"requests": len(latencies), "seconds": round(elapsed, 2),
-            "requests_per_s": round(len(latencies) / elapsed, 1), "non_200": len(bad), **_ms(latencies)}
+    return {
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "non_200": len(bad),
+        **_ms(latencies),
+    }
 
 
 def wait_all(redis_url: str, ids: list[str], timeout: float) -> float:
@@ -274,21 +322,37 @@ def verify_once(redis_url: str, ids: list[str], epochs: int, stats_before: dict)
         job = jobs.get_job(r, job_id)
         n_hist = r.llen(f"dnnq:job:{job_id}:history")
         if job is None or job["status"] != "succeeded" or job["attempts"] != 1 or n_hist != epochs:
-            problems.append({"id": job_id, "status": job and job["status"], "attempts": job and job["attempts"],
-                             "history": n_hist, "error": job and job["error"]})
+            problems.append(
+                {
+                    "id": job_id,
+                    "status": job and job["status"],
+                    "attempts": job and job["attempts"],
+                    "history": n_hist,
+                    "error": job and job["error"],
+                }
+            )
     stats = r.hgetall("dnnq:stats")
 
     def moved(name: str) -> int:
         return int(float(stats.get(name, 0))) - int(float(stats_before.get(name, 0)))
 
     result = {
-        "jobs": len(ids), "distinct_ids": len(set(ids)), "not_succeeded_once": problems[:5],
-        "n_problems": len(problems), "succeeded_counter": moved("jobs_succeeded_total"),
-        "failed_counter": moved("jobs_failed_total"), "epochs_counter": moved("epochs_total"),
+        "jobs": len(ids),
+        "distinct_ids": len(set(ids)),
+        "not_succeeded_once": problems[:5],
+        "n_problems": len(problems),
+        "succeeded_counter": moved("jobs_succeeded_total"),
+        "failed_counter": moved("jobs_failed_total"),
+        "epochs_counter": moved("epochs_total"),
         "epochs_expected": len(ids) * epochs,
     }
-    result["ok"] = (not problems and result["distinct_ids"] == len(ids) and result["succeeded_counter"] == len(ids)
-                    and result["failed_counter"] == 0 and result["epochs_counter"] == len(ids) * epochs)
+    result["ok"] = (
+        not problems
+        and result["distinct_ids"] == len(ids)
+        and result["succeeded_counter"] == len(ids)
+        and result["failed_counter"] == 0
+        and result["epochs_counter"] == len(ids) * epochs
+    )
     return result
 
 
@@ -298,8 +362,9 @@ def redis_stats(redis_url: str) -> dict:
     return redis.Redis.from_url(redis_url, decode_responses=True).hgetall("dnnq:stats")
 
 
-def run_load(stack: Stack, n_jobs: int, clients: int, epochs: int, poll_seconds: float,
-             wait_timeout: float = 1800) -> dict:
+def run_load(
+    stack: Stack, n_jobs: int, clients: int, epochs: int, poll_seconds: float, wait_timeout: float = 1800
+) -> dict:
     dataset_id = make_dataset(stack)
     before = redis_stats(stack.redis_url)
     t0 = time.perf_counter()
@@ -309,9 +374,12 @@ def run_load(stack: Stack, n_jobs: int, clients: int, epochs: int, poll_seconds:
     check = verify_once(stack.redis_url, ids, epochs, before)
     polls = asyncio.run(poll_status(stack.port, ids, clients, poll_seconds)) if poll_seconds > 0 else None
     return {
-        "submit": {**_ms(submit_lat), "submits_per_s": round(len(ids) / (t_submitted - t0), 1),
-                   # The first `clients` requests meet a cold API (lazy imports, broker connections).
-                   "warm": _ms(submit_lat[clients:]) if len(submit_lat) > clients else None},
+        "submit": {
+            **_ms(submit_lat),
+            "submits_per_s": round(len(ids) / (t_submitted - t0), 1),
+            # The first `clients` requests meet a cold API (lazy imports, broker connections).
+            "warm": _ms(submit_lat[clients:]) if len(submit_lat) > clients else None,
+        },
         "jobs_per_s": round(len(ids) / (t_done - t0), 2),
         "all_done_s": round(t_done - t0, 2),
         "exactly_once": check,
@@ -320,8 +388,11 @@ def run_load(stack: Stack, n_jobs: int, clients: int, epochs: int, poll_seconds:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
-            "python": sys.version.split()[0]}
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+    }
 
 
 def emit_report(report: dict, json_path: str | None) -> None:
@@ -354,9 +425,17 @@ def main(argv: list[str] | None = None) -> int:
             result = run_load(stack, args.jobs, args.clients, args.epochs, args.poll_seconds)
         finally:
             stack.stop()
-    report = {**info, "jobs": args.jobs, "clients": args.clients, "workers": args.workers, "epochs": args.epochs,
-              "api_processes": args.api_processes, "access_log": args.access_log, **result,
-              "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+    report = {
+        **info,
+        "jobs": args.jobs,
+        "clients": args.clients,
+        "workers": args.workers,
+        "epochs": args.epochs,
+        "api_processes": args.api_processes,
+        "access_log": args.access_log,
+        **result,
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    }
     emit_report(report, args.json)
     return 0 if result["exactly_once"]["ok"] else 1
 

@@ -8,6 +8,7 @@ profiled epoch is somewhat slower than a plain one; it is printed next to a plai
 PyTorch epoch of the same case. Diagnostics only: it leans on models.training internals and says
 so when they change.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ class TimedXp:
         def timed(*args, **kwargs):
             key = name
             if name == "matmul":
-                key = "matmul " + " @ ".join("x".join(map(str, a.shape)) + ("T" if not a.flags.c_contiguous else "")
-                                             for a in args[:2])
+                key = "matmul " + " @ ".join(
+                    "x".join(map(str, a.shape)) + ("T" if not a.flags.c_contiguous else "") for a in args[:2]
+                )
             t0 = time.perf_counter()
             out = target(*args, **kwargs)
             TIMES["xp." + key] += time.perf_counter() - t0
@@ -94,8 +96,16 @@ def instrument() -> bool:
 
     wanted = fused.engine_wanted  # the engine sees the proxy as its xp: its kernels still run
     fused.engine_wanted = lambda xp, *a: wanted(np if xp is proxy else xp, *a)
-    for name in ("bias_relu_", "relu_backward_", "softmax_head_", "softmax_tail_", "output_grad_",
-                 "momentum_", "rmsprop_", "adam_"):
+    for name in (
+        "bias_relu_",
+        "relu_backward_",
+        "softmax_head_",
+        "softmax_tail_",
+        "output_grad_",
+        "momentum_",
+        "rmsprop_",
+        "adam_",
+    ):
         if hasattr(fused, name):  # each compiled kernel timed under its name
             setattr(fused, name, _timed_call(getattr(fused, name), "fused." + name))
     take_rows = training._take_rows
@@ -110,6 +120,7 @@ def instrument() -> bool:
     original_select = training.select_device
     training.select_device = lambda d: Device(proxy, "cpu") if d == "cpu" else original_select(d)
     import dnnq.models.optimizers as optimizers
+
     optimizers.get_namespace = lambda *a: proxy
     return True
 
@@ -119,10 +130,10 @@ def gemm_shapes(layer_dims: list[int], batch: int) -> list[tuple[str, tuple, tup
     out = []
     for l in range(1, len(layer_dims)):
         n_prev, n_l = layer_dims[l - 1], layer_dims[l]
-        out.append((f"fwd Z{l} = A{l-1} @ W{l}.T", (batch, n_prev), (n_l, n_prev), False, True))
-        out.append((f"dW{l} = dZ{l}.T @ A{l-1}", (batch, n_l), (batch, n_prev), True, False))
+        out.append((f"fwd Z{l} = A{l - 1} @ W{l}.T", (batch, n_prev), (n_l, n_prev), False, True))
+        out.append((f"dW{l} = dZ{l}.T @ A{l - 1}", (batch, n_l), (batch, n_prev), True, False))
         if l > 1:
-            out.append((f"dA{l-1} = dZ{l} @ W{l}", (batch, n_l), (n_l, n_prev), False, False))
+            out.append((f"dA{l - 1} = dZ{l} @ W{l}", (batch, n_l), (n_l, n_prev), False, False))
     return out
 
 
@@ -151,7 +162,9 @@ def gemm_table(layer_dims: list[int], batch: int, dtype: str = "float32", reps: 
                 ts.append(time.perf_counter() - t0)
             times[who] = float(np.median(ts[5:]))
         tot_np, tot_t = tot_np + times["numpy"], tot_t + times["torch"]
-        print(f"  {label:28} {1e6 * times['numpy']:9.1f} {1e6 * times['torch']:9.1f} {times['numpy'] / times['torch']:11.2f}")
+        print(
+            f"  {label:28} {1e6 * times['numpy']:9.1f} {1e6 * times['torch']:9.1f} {times['numpy'] / times['torch']:11.2f}"
+        )
     print(f"  {'sum per step':28} {1e6 * tot_np:9.1f} {1e6 * tot_t:9.1f} {tot_np / tot_t:11.2f}")
 
 
@@ -176,9 +189,11 @@ def main() -> int:
         return 1
     TIMES.clear(), CALLS.clear()
     prof = ours.train(case)
-    n = case.epochs   # everything was timed over all epochs; show per epoch
-    print(f"workload A {args.optimizer}: plain epoch {np.median(plain['epoch_s'][1:]):.3f} s, "
-          f"profiled epoch {np.median(prof['epoch_s'][1:]):.3f} s, torch epoch {np.median(ref['epoch_s'][1:]):.3f} s")
+    n = case.epochs  # everything was timed over all epochs; show per epoch
+    print(
+        f"workload A {args.optimizer}: plain epoch {np.median(plain['epoch_s'][1:]):.3f} s, "
+        f"profiled epoch {np.median(prof['epoch_s'][1:]):.3f} s, torch epoch {np.median(ref['epoch_s'][1:]):.3f} s"
+    )
     xp_in_stage = sum(v for k, v in TIMES.items() if k.startswith("xp."))
     epoch_total = sum(prof["epoch_s"])
     print(f"{'where (per epoch, averaged over ' + str(n) + ' epochs)':58} {'s':>7} {'share':>6} {'calls':>7}")

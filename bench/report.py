@@ -1,4 +1,5 @@
 """Figures per case (medians, GFLOP/s, ratios, goals), the closing summary table, and the JSON file."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 # Goals from issue 2, section 4, as time ratios ours / reference (< 1 = we are faster).
 CPU_GOALS = {"A": {"torch": 0.85, "sklearn": 0.5}, "B": {"torch": 0.8}}
-GPU_TORCH_GOAL = 1 / 0.9      # >= 0.9x PyTorch's throughput == time ratio <= 1.11
+GPU_TORCH_GOAL = 1 / 0.9  # >= 0.9x PyTorch's throughput == time ratio <= 1.11
 
 
 def median_epoch(runs: list[dict], warmup: int) -> float:
@@ -22,15 +23,36 @@ def goals_for(workload: str, device: str) -> dict[str, float]:
     return CPU_GOALS.get(workload, {})
 
 
-def summarise(case, device: str, ours: list[dict], torch: list[dict], sk: list[dict], gemm_gflops: float | None,
-              ours_eager: list[dict] | None = None) -> dict:
+def summarise(
+    case,
+    device: str,
+    ours: list[dict],
+    torch: list[dict],
+    sk: list[dict],
+    gemm_gflops: float | None,
+    ours_eager: list[dict] | None = None,
+) -> dict:
     """``ours_eager``: GPU runs with step graphs off, reported beside ours (no goal)."""
     flops = case.flops_per_epoch()
-    fig: dict = {"case": case.name, "workload": case.workload, "device": device, "dtype": case.dtype,
-                 "layer_dims": case.layer_dims, "optimizer": case.optimizer, "batch_size": case.batch_size,
-                 "epochs_per_run": case.epochs, "warmup_epochs": case.warmup, "runs": len(torch),
-                 "data": case.data_note, "gflop_per_epoch": flops / 1e9, "times": {}, "gflops": {},
-                 "ratios": {}, "goals": {}, "loss": {}}
+    fig: dict = {
+        "case": case.name,
+        "workload": case.workload,
+        "device": device,
+        "dtype": case.dtype,
+        "layer_dims": case.layer_dims,
+        "optimizer": case.optimizer,
+        "batch_size": case.batch_size,
+        "epochs_per_run": case.epochs,
+        "warmup_epochs": case.warmup,
+        "runs": len(torch),
+        "data": case.data_note,
+        "gflop_per_epoch": flops / 1e9,
+        "times": {},
+        "gflops": {},
+        "ratios": {},
+        "goals": {},
+        "loss": {},
+    }
     fig["times"]["torch"] = median_epoch(torch, case.warmup)
     fig["loss"]["torch"] = torch[-1]["loss"]
     if sk:
@@ -67,18 +89,29 @@ def sanity(case, ours: dict, torch: dict) -> dict:
     rel = abs(a - b) / max(abs(b), 1e-12)
     if case.batch_size is None:
         tol = 1e-6 if case.dtype == "float64" else 1e-3
-        pdiff = max(float(abs(ours["parameters"][k] - torch["parameters"][k]).max()
-                          / max(abs(torch["parameters"][k]).max(), 1e-30)) for k in torch["parameters"])
-        return {"loss_rel_diff": rel, "param_max_rel_diff": pdiff, "tolerance": tol,
-                "ok": rel <= tol and pdiff <= max(tol * 100, 1e-4)}
+        pdiff = max(
+            float(
+                abs(ours["parameters"][k] - torch["parameters"][k]).max()
+                / max(abs(torch["parameters"][k]).max(), 1e-30)
+            )
+            for k in torch["parameters"]
+        )
+        return {
+            "loss_rel_diff": rel,
+            "param_max_rel_diff": pdiff,
+            "tolerance": tol,
+            "ok": rel <= tol and pdiff <= max(tol * 100, 1e-4),
+        }
     return {"loss_rel_diff": rel, "tolerance": 0.15, "ok": rel <= 0.15}
 
 
 def print_case(fig: dict) -> None:
     t, g = fig["times"], fig["gflops"]
-    print(f"\n== {fig['case']} ({fig['device']}, {fig['dtype']}, {'-'.join(map(str, fig['layer_dims']))}, "
-          f"{fig['optimizer']}, batch {fig['batch_size'] or 'full'}) "
-          f"{fig['gflop_per_epoch']:.2f} GFLOP/epoch; {fig['data']}")
+    print(
+        f"\n== {fig['case']} ({fig['device']}, {fig['dtype']}, {'-'.join(map(str, fig['layer_dims']))}, "
+        f"{fig['optimizer']}, batch {fig['batch_size'] or 'full'}) "
+        f"{fig['gflop_per_epoch']:.2f} GFLOP/epoch; {fig['data']}"
+    )
     unit = "iteration" if fig["batch_size"] is None else "epoch"
     for who in ("ours", "ours_eager", "torch", "sklearn"):
         if who in t:
@@ -87,17 +120,25 @@ def print_case(fig: dict) -> None:
             loss = fig["loss"].get(who)
             print(f"  {who:8} {t[who]:.4f} s/{unit} (median)  {g[who]:7.1f} GFLOP/s{frac_s}  final loss {loss:.6g}")
     if "step_graph" in fig:
-        print(f"  ours: step graphs {fig['step_graph']}" + ("; ours_eager: the same, kernel by kernel"
-                                                         if "ours_eager" in t else ""))
+        print(
+            f"  ours: step graphs {fig['step_graph']}"
+            + ("; ours_eager: the same, kernel by kernel" if "ours_eager" in t else "")
+        )
     for ref, r in fig["ratios"].items():
         goal = fig["goals"].get(ref)
         verdict = f"goal <= {goal['limit']:.2f}: {'MET' if goal['met'] else 'MISSED'}" if goal else "no goal"
         print(f"  ratio ours/{ref}: {r:.3f}  ({verdict})")
     la = fig.get("load_avg_1min")
     if la:
-        busy = "  BUSY: other work shared the cores, figures are noisy" if max(la["before"], la["after"]) > la["nproc"] else ""
-        print(f"  machine load (1-min average) {la['before']:.1f} before, {la['after']:.1f} after, "
-              f"nproc {la['nproc']}{busy}")
+        busy = (
+            "  BUSY: other work shared the cores, figures are noisy"
+            if max(la["before"], la["after"]) > la["nproc"]
+            else ""
+        )
+        print(
+            f"  machine load (1-min average) {la['before']:.1f} before, {la['after']:.1f} after, "
+            f"nproc {la['nproc']}{busy}"
+        )
     if "sanity" in fig:
         s = fig["sanity"]
         extra = f", params max rel diff {s['param_max_rel_diff']:.2e}" if "param_max_rel_diff" in s else ""
@@ -113,13 +154,17 @@ def print_summary(figs: list[dict]) -> None:
         t, r = f["times"], f["ratios"]
         cell = lambda d, k, fmt: format(d[k], fmt) if k in d else "-"  # noqa: E731
         goals = ", ".join(f"{ref} {'met' if g['met'] else 'MISSED'}" for ref, g in f["goals"].items()) or "-"
-        print(f"{f['case']:10} {f['device']:4} {cell(t, 'ours', '9.4f'):>9} {cell(t, 'torch', '9.4f'):>9} "
-              f"{cell(t, 'sklearn', '9.4f'):>9} {cell(r, 'torch', '8.3f'):>8} {cell(r, 'sklearn', '7.3f'):>7}  {goals}")
+        print(
+            f"{f['case']:10} {f['device']:4} {cell(t, 'ours', '9.4f'):>9} {cell(t, 'torch', '9.4f'):>9} "
+            f"{cell(t, 'sklearn', '9.4f'):>9} {cell(r, 'torch', '8.3f'):>8} {cell(r, 'sklearn', '7.3f'):>7}  {goals}"
+        )
 
 
 def write_json(path: str, env: dict, gemm: dict, figs: list[dict], argv: list[str]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps({"command": argv, "environment": env, "gemm_gflops": gemm, "cases": figs},
-                            indent=2, default=str) + "\n")
+    p.write_text(
+        json.dumps({"command": argv, "environment": env, "gemm_gflops": gemm, "cases": figs}, indent=2, default=str)
+        + "\n"
+    )
     print(f"\nwrote {p}")

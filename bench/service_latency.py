@@ -20,8 +20,19 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.load import HttpConn, emit_report, machine, make_dataset, poll_status, redis_stats, start_stack, submit_all, \
-    tiny_spec, verify_once, wait_all
+from bench.load import (
+    HttpConn,
+    emit_report,
+    machine,
+    make_dataset,
+    poll_status,
+    redis_stats,
+    start_stack,
+    submit_all,
+    tiny_spec,
+    verify_once,
+    wait_all,
+)
 
 __all__ = ["main", "submit_to_start"]
 
@@ -63,23 +74,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-processes", type=int, default=1, help="API processes (`dnnq up --api-workers`)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = p.parse_args(argv)
-    report = {"command": "python -m bench.service_latency " + " ".join(sys.argv[1:] if argv is None else argv),
-              **machine(), "workers": args.workers, "api_processes": args.api_processes}
+    report = {
+        "command": "python -m bench.service_latency " + " ".join(sys.argv[1:] if argv is None else argv),
+        **machine(),
+        "workers": args.workers,
+        "api_processes": args.api_processes,
+    }
     with tempfile.TemporaryDirectory(prefix="dnnq-latency-") as tmp:
         stack = start_stack(args.workers, Path(tmp), api_processes=args.api_processes)
         try:
             dataset_id = make_dataset(stack)
             lat = asyncio.run(submit_to_start(stack.port, dataset_id, args.latency_jobs, args.epochs))
             report["submit_to_start_s"] = {
-                "median": round(statistics.median(lat), 4), "p90": round(sorted(lat)[int(0.9 * (len(lat) - 1))], 4),
-                "max": round(max(lat), 4), "n": len(lat)}
+                "median": round(statistics.median(lat), 4),
+                "p90": round(sorted(lat)[int(0.9 * (len(lat) - 1))], 4),
+                "max": round(max(lat), 4),
+                "n": len(lat),
+            }
             before = redis_stats(stack.redis_url)
             t0 = time.perf_counter()
             ids, _, _ = asyncio.run(submit_all(stack.port, dataset_id, args.throughput_jobs, args.clients, args.epochs))
             t_done = wait_all(stack.redis_url, ids, 1800)
             check = verify_once(stack.redis_url, ids, args.epochs, before)
-            report["throughput"] = {"jobs": len(ids), "seconds": round(t_done - t0, 2),
-                                    "jobs_per_s": round(len(ids) / (t_done - t0), 2), "exactly_once": check["ok"]}
+            report["throughput"] = {
+                "jobs": len(ids),
+                "seconds": round(t_done - t0, 2),
+                "jobs_per_s": round(len(ids) / (t_done - t0), 2),
+                "exactly_once": check["ok"],
+            }
             report["status_poll"] = asyncio.run(poll_status(stack.port, ids, args.clients, args.poll_seconds))
         finally:
             stack.stop()

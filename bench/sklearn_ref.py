@@ -4,6 +4,7 @@ No momentum, no L2 (alpha=0), constant learning rate, shuffling on, no early sto
 convergence stop (tol=0, n_iter_no_change > epochs), so it runs exactly ``epochs`` passes.
 MLPClassifier does not take initial weights, so its loss is a looser sanity check than torch's.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,5 +46,4 @@ def train(case, threads: int | None = None) -> dict:
         t0 = time.perf_counter()
         clf.fit(case.X, case.y)
         total = time.perf_counter() - t0
-    return {"total_s": total, "epoch_s": total / case.epochs, "loss": float(clf.loss_curve_[-1]),
-            "epochs": clf.n_iter_}
+    return {"total_s": total, "epoch_s": total / case.epochs, "loss": float(clf.loss_curve_[-1]), "epochs": clf.n_iter_}

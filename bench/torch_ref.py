@@ -5,6 +5,7 @@ a gradient, so autograd skips dA0 exactly as ``models.fit`` does. Each epoch dra
 gathers the rows (one copy of X per epoch, as our shuffled fit does). The loss is accumulated on the
 device and read back once per epoch (``.item()`` syncs), as fit does.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def build_model(case: Case, device):
     linears = [m for m in model if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for l, lin in enumerate(linears, start=1):
-            lin.weight.copy_(torch.from_numpy(params[f"W{l}"]))      # (n_l, n_{l-1}): same layout as ours
+            lin.weight.copy_(torch.from_numpy(params[f"W{l}"]))  # (n_l, n_{l-1}): same layout as ours
             lin.bias.copy_(torch.from_numpy(params[f"b{l}"].ravel()))
     return model
 
@@ -54,13 +55,13 @@ def train(case: Case, device_name: str = "cpu", threads: int | None = None) -> d
     device = torch.device("cuda" if device_name == "gpu" else "cpu")
     dtype = getattr(torch, case.dtype)
     model = build_model(case, device)
-    X = torch.from_numpy(np.ascontiguousarray(case.X)).to(device=device, dtype=dtype)   # (m, n_x)
+    X = torch.from_numpy(np.ascontiguousarray(case.X)).to(device=device, dtype=dtype)  # (m, n_x)
     if case.output == "softmax":
-        y = torch.from_numpy(case.y).to(device)                                         # (m,) int64
+        y = torch.from_numpy(case.y).to(device)  # (m,) int64
         loss_fn = nn.CrossEntropyLoss()
     else:
-        y = torch.from_numpy(case.y).to(device=device, dtype=dtype).reshape(-1, 1)      # (m, 1)
-        loss_fn = nn.BCEWithLogitsLoss()   # sigmoid + BCE fused, as ours fuses dZ = AL - Y
+        y = torch.from_numpy(case.y).to(device=device, dtype=dtype).reshape(-1, 1)  # (m, 1)
+        loss_fn = nn.BCEWithLogitsLoss()  # sigmoid + BCE fused, as ours fuses dZ = AL - Y
     if case.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=case.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     else:
@@ -77,16 +78,16 @@ def train(case: Case, device_name: str = "cpu", threads: int | None = None) -> d
             perm = torch.randperm(m, generator=gen, device=device)
             Xs, ys = X.index_select(0, perm), y.index_select(0, perm)
         else:
-            Xs, ys = X, y      # full batch: the textbook loop does not shuffle
+            Xs, ys = X, y  # full batch: the textbook loop does not shuffle
         total = torch.zeros((), device=device, dtype=dtype)
         for start in range(0, m, bs):
-            xb, yb = Xs[start:start + bs], ys[start:start + bs]
+            xb, yb = Xs[start : start + bs], ys[start : start + bs]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
             total += loss.detach() * xb.shape[0]
-        last_loss = total.item() / m        # .item() syncs the device: once per epoch
+        last_loss = total.item() / m  # .item() syncs the device: once per epoch
         epoch_s.append(time.perf_counter() - t0)
     linears = [mod for mod in model if isinstance(mod, nn.Linear)]
     params = {}

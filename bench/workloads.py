@@ -4,6 +4,7 @@ Every workload is built once per process from a fixed seed and then handed to ev
 implementation (ours, PyTorch, scikit-learn), so all sides train on the same arrays.
 Arrays are kept examples-first (m, n_x); ``models.fit`` gets the transposed view (n_x, m).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,19 +22,19 @@ class Case:
     name: str
     workload: str
     layer_dims: list[int]
-    output: str                    # "softmax" (integer labels) or "sigmoid" (0/1 labels)
-    optimizer: str                 # "gd" or "adam" (models.TrainConfig names)
+    output: str  # "softmax" (integer labels) or "sigmoid" (0/1 labels)
+    optimizer: str  # "gd" or "adam" (models.TrainConfig names)
     learning_rate: float
-    batch_size: int | None         # None = full batch
-    epochs: int                    # epochs (or full-batch iterations) per timed run
+    batch_size: int | None  # None = full batch
+    epochs: int  # epochs (or full-batch iterations) per timed run
     dtype: str
     init: str
     seed: int
     X: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)
     data_note: str = ""
-    sklearn: bool = False          # also time scikit-learn's MLPClassifier
-    warmup: int = 1                # leading epochs left out of the median
+    sklearn: bool = False  # also time scikit-learn's MLPClassifier
+    warmup: int = 1  # leading epochs left out of the median
 
     @property
     def m(self) -> int:
@@ -60,7 +61,7 @@ def teacher_classification(m: int, n_x: int, n_classes: int, dtype: str, seed: i
     rng = np.random.default_rng(seed)
     X = rng.random((m, n_x), dtype=np.float32).astype(dtype, copy=False)
     teacher = rng.standard_normal((n_x, n_classes)).astype(np.float32)
-    y = np.argmax((X - 0.5) @ teacher, axis=1).astype(np.int64)   # centred: classes come out balanced
+    y = np.argmax((X - 0.5) @ teacher, axis=1).astype(np.int64)  # centred: classes come out balanced
     return X, y
 
 
@@ -87,18 +88,47 @@ def workload_a(quick: bool) -> list[Case]:
     X, y = teacher_classification(60_000, 784, 10, "float32", seed=0)
     epochs = 4 if quick else 5
     note = "synthetic 60000x784 uniform[0,1) float32, 10 classes from a random linear teacher (seed 0)"
-    common = dict(workload="A", layer_dims=[784, 256, 128, 10], output="softmax", batch_size=256,
-                  epochs=epochs, dtype="float32", init="he", seed=1, X=X, y=y, data_note=note, sklearn=True)
-    return [Case(name="A-sgd", optimizer="gd", learning_rate=0.1, **common),
-            Case(name="A-adam", optimizer="adam", learning_rate=1e-3, **common)]
+    common = dict(
+        workload="A",
+        layer_dims=[784, 256, 128, 10],
+        output="softmax",
+        batch_size=256,
+        epochs=epochs,
+        dtype="float32",
+        init="he",
+        seed=1,
+        X=X,
+        y=y,
+        data_note=note,
+        sklearn=True,
+    )
+    return [
+        Case(name="A-sgd", optimizer="gd", learning_rate=0.1, **common),
+        Case(name="A-adam", optimizer="adam", learning_rate=1e-3, **common),
+    ]
 
 
 def workload_b(quick: bool) -> list[Case]:
     """The course's deep model: [12288, 20, 7, 5, 1], float64, full-batch gd, lr 0.0075."""
     X, y, note = cat_images("float64", seed=0)
-    return [Case(name="B-gd", workload="B", layer_dims=[12288, 20, 7, 5, 1], output="sigmoid", optimizer="gd",
-                 learning_rate=0.0075, batch_size=None, epochs=300 if quick else 2500, dtype="float64",
-                 init="xavier", seed=1, X=X, y=y, data_note=note)]
+    return [
+        Case(
+            name="B-gd",
+            workload="B",
+            layer_dims=[12288, 20, 7, 5, 1],
+            output="sigmoid",
+            optimizer="gd",
+            learning_rate=0.0075,
+            batch_size=None,
+            epochs=300 if quick else 2500,
+            dtype="float64",
+            init="xavier",
+            seed=1,
+            X=X,
+            y=y,
+            data_note=note,
+        )
+    ]
 
 
 def workload_wide(quick: bool, device: str) -> list[Case]:
@@ -106,9 +136,24 @@ def workload_wide(quick: bool, device: str) -> list[Case]:
     m = (16_384 if quick else 65_536) if device == "gpu" else 4096
     X, y = teacher_classification(m, 4096, 10, "float32", seed=2)
     note = f"synthetic {m}x4096 uniform[0,1) float32, 10 classes from a random linear teacher (seed 2)"
-    return [Case(name="wide-sgd", workload="wide", layer_dims=[4096, 4096, 4096, 10], output="softmax",
-                 optimizer="gd", learning_rate=0.01, batch_size=1024, epochs=4 if quick else 6, dtype="float32",
-                 init="he", seed=1, X=X, y=y, data_note=note)]
+    return [
+        Case(
+            name="wide-sgd",
+            workload="wide",
+            layer_dims=[4096, 4096, 4096, 10],
+            output="softmax",
+            optimizer="gd",
+            learning_rate=0.01,
+            batch_size=1024,
+            epochs=4 if quick else 6,
+            dtype="float32",
+            init="he",
+            seed=1,
+            X=X,
+            y=y,
+            data_note=note,
+        )
+    ]
 
 
 def build(workload: str, quick: bool, device: str) -> list[Case]:

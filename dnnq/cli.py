@@ -33,8 +33,10 @@ def _fmt(value, spec: str = ".4g") -> str:
 def _dataset_line(d: dict) -> str:
     classes = d.get("classes")
     extra = f", classes {classes}" if classes else ""
-    return (f"{d.get('id')}  {d.get('name') or '-'}: {d.get('n_examples')} examples x {d.get('n_features')} "
-            f"features, {d.get('n_outputs')} output(s), labels {d.get('label_kind')}{extra}")
+    return (
+        f"{d.get('id')}  {d.get('name') or '-'}: {d.get('n_examples')} examples x {d.get('n_features')} "
+        f"features, {d.get('n_outputs')} output(s), labels {d.get('label_kind')}{extra}"
+    )
 
 
 def _job_line(job: dict) -> str:
@@ -70,8 +72,7 @@ def cmd_datasets_upload(args) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no such file: {path}")
-    fields = {"target": args.target, "x_key": args.x_key, "y_key": args.y_key, "layout": args.layout,
-              "name": args.name}
+    fields = {"target": args.target, "x_key": args.x_key, "y_key": args.y_key, "layout": args.layout, "name": args.name}
     with _client(args) as client:
         dataset = client.upload_dataset(path, fields)
     _print_json(dataset) if args.json else print(_dataset_line(dataset))
@@ -79,8 +80,14 @@ def cmd_datasets_upload(args) -> int:
 
 
 def cmd_datasets_synthetic(args) -> int:
-    body = {"name": args.name, "n_samples": args.n_samples, "noise": args.noise, "seed": args.seed,
-            "n_classes": args.n_classes, "n_features": args.n_features}
+    body = {
+        "name": args.name,
+        "n_samples": args.n_samples,
+        "noise": args.noise,
+        "seed": args.seed,
+        "n_classes": args.n_classes,
+        "n_features": args.n_features,
+    }
     with _client(args) as client:
         dataset = client.synthetic_dataset({k: v for k, v in body.items() if v is not None})
     _print_json(dataset) if args.json else print(_dataset_line(dataset))
@@ -129,14 +136,28 @@ def _parse_hidden(text: str) -> list[int]:
 
 # flag dest -> spec path (flags left unset keep the spec's or the server's defaults)
 _SPEC_FLAGS = {
-    "dataset": "dataset_id", "validation_dataset": "validation_dataset_id",
-    "activation": "model.hidden_activation", "output": "model.output",
-    "optimizer": "training.optimizer", "lr": "training.learning_rate", "beta": "training.beta",
-    "beta1": "training.beta1", "beta2": "training.beta2", "lr_decay": "training.lr_decay",
-    "decay_rate": "training.decay_rate", "decay_every": "training.decay_every", "epochs": "training.epochs",
-    "batch_size": "training.batch_size", "init": "training.init", "seed": "training.seed",
-    "dtype": "training.dtype", "l2": "training.l2", "dropout_keep_prob": "training.dropout_keep_prob",
-    "checkpoint_every": "training.checkpoint_every", "scale": "preprocess.scale", "device": "device",
+    "dataset": "dataset_id",
+    "validation_dataset": "validation_dataset_id",
+    "activation": "model.hidden_activation",
+    "output": "model.output",
+    "optimizer": "training.optimizer",
+    "lr": "training.learning_rate",
+    "beta": "training.beta",
+    "beta1": "training.beta1",
+    "beta2": "training.beta2",
+    "lr_decay": "training.lr_decay",
+    "decay_rate": "training.decay_rate",
+    "decay_every": "training.decay_every",
+    "epochs": "training.epochs",
+    "batch_size": "training.batch_size",
+    "init": "training.init",
+    "seed": "training.seed",
+    "dtype": "training.dtype",
+    "l2": "training.l2",
+    "dropout_keep_prob": "training.dropout_keep_prob",
+    "checkpoint_every": "training.checkpoint_every",
+    "scale": "preprocess.scale",
+    "device": "device",
 }
 
 
@@ -163,8 +184,9 @@ def build_spec(args) -> dict:
     if args.wait_for_worker:
         spec["wait_for_worker"] = True
     if "dataset_id" not in spec:
-        raise CliError("no dataset: pass --dataset ID (see `dnnq datasets list`) or put dataset_id in SPEC.json",
-                       exit_code=2)
+        raise CliError(
+            "no dataset: pass --dataset ID (see `dnnq datasets list`) or put dataset_id in SPEC.json", exit_code=2
+        )
     return spec
 
 
@@ -191,8 +213,16 @@ def cmd_status(args) -> int:
         _print_json(job)
         return 0
     print(_job_line(job))
-    for key in ("created_at", "started_at", "finished_at", "dataset_id", "attempts", "resumed_from_epoch",
-                "released_at", "release_reason"):
+    for key in (
+        "created_at",
+        "started_at",
+        "finished_at",
+        "dataset_id",
+        "attempts",
+        "resumed_from_epoch",
+        "released_at",
+        "release_reason",
+    ):
         if job.get(key) not in (None, ""):
             print(f"  {key}: {job[key]}")
     for entry in job.get("history") or []:
@@ -205,8 +235,9 @@ def cmd_watch(args) -> int:
 
     with _client(args) as client:
         job = client.job(args.id)
-        epochs = (job.get("progress") or {}).get("epochs") or \
-            ((job.get("spec") or {}).get("training") or {}).get("epochs")
+        epochs = (job.get("progress") or {}).get("epochs") or ((job.get("spec") or {}).get("training") or {}).get(
+            "epochs"
+        )
         bar = ProgressBar(epochs)
         done = (job.get("progress") or {}).get("epoch") or 0
         # Start after the epochs already done (Last-Event-ID = epoch): no replay of a long history.
@@ -218,8 +249,12 @@ def cmd_watch(args) -> int:
                 last_id = event_id if event_id is not None else last_id
                 payload = decode(data)
                 if event == "epoch" and isinstance(payload, dict):
-                    bar.update(int(payload.get("epoch") or 0), payload.get("loss"), payload.get("accuracy"),
-                               epochs=payload.get("epochs"))
+                    bar.update(
+                        int(payload.get("epoch") or 0),
+                        payload.get("loss"),
+                        payload.get("accuracy"),
+                        epochs=payload.get("epochs"),
+                    )
                 elif event == "end":
                     final = payload if isinstance(payload, dict) else None
                     break
@@ -308,7 +343,7 @@ def cmd_predict(args) -> int:
     result: dict = {"predictions": [], "probabilities": []}
     with _client(args) as client:
         for start in range(0, max(len(X), 1), args.chunk):  # the API caps examples per request
-            part = client.predict(args.id, X[start:start + args.chunk].tolist())
+            part = client.predict(args.id, X[start : start + args.chunk].tolist())
             result["predictions"] += part.get("predictions") or []
             result["probabilities"] += part.get("probabilities") or []
     result["probabilities"] = result["probabilities"] or None
@@ -324,17 +359,28 @@ def cmd_predict(args) -> int:
 def _require_redis_url() -> str:
     url = os.environ.get("DNNQ_REDIS_URL", "").strip()
     if not url:
-        raise CliError("DNNQ_REDIS_URL is not set: point it at your Redis (e.g. redis://127.0.0.1:6379/0), "
-                       "or run everything at once with `dnnq up`", exit_code=2)
+        raise CliError(
+            "DNNQ_REDIS_URL is not set: point it at your Redis (e.g. redis://127.0.0.1:6379/0), "
+            "or run everything at once with `dnnq up`",
+            exit_code=2,
+        )
     return url
 
 
 def cmd_up(args) -> int:
     from dnnq.up import default_api_workers, run_up
 
-    return run_up(args.host, args.port, Path(args.data_dir), args.workers, args.queues,
-                  args.allow_remote_without_keys, grace_s=args.grace,
-                  api_workers=args.api_workers or default_api_workers(), access_log=args.access_log)
+    return run_up(
+        args.host,
+        args.port,
+        Path(args.data_dir),
+        args.workers,
+        args.queues,
+        args.allow_remote_without_keys,
+        grace_s=args.grace,
+        api_workers=args.api_workers or default_api_workers(),
+        access_log=args.access_log,
+    )
 
 
 def cmd_api(args) -> int:
@@ -401,10 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     client_opts = _Parser(add_help=False)
-    client_opts.add_argument("--url", default=os.environ.get("DNNQ_URL") or DEFAULT_URL,
-                             help="API base URL (default $DNNQ_URL or %(default)s)")
-    client_opts.add_argument("--api-key", default=os.environ.get("DNNQ_API_KEY"),
-                             help="API key (default $DNNQ_API_KEY)")
+    client_opts.add_argument(
+        "--url",
+        default=os.environ.get("DNNQ_URL") or DEFAULT_URL,
+        help="API base URL (default $DNNQ_URL or %(default)s)",
+    )
+    client_opts.add_argument(
+        "--api-key", default=os.environ.get("DNNQ_API_KEY"), help="API key (default $DNNQ_API_KEY)"
+    )
     client_opts.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     client_opts.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -415,13 +465,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1)
     p.add_argument("--queues", default="default", help="queues the workers take (e.g. default,gpu)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds children get to stop before SIGKILL")
-    p.add_argument("--api-workers", type=_positive_int, default=None,
-                   help="API processes, each on its own SO_REUSEPORT socket on Linux; /metrics sums them all "
-                   "(default: 2 on Linux with 2+ cores, else 1)")
-    p.add_argument("--access-log", action="store_true",
-                   help="log every HTTP request (off by default: it costs about a tenth of a status poll)")
-    p.add_argument("--allow-remote-without-keys", action="store_true",
-                   help="listen on a non-loopback address without API keys (unsafe)")
+    p.add_argument(
+        "--api-workers",
+        type=_positive_int,
+        default=None,
+        help="API processes, each on its own SO_REUSEPORT socket on Linux; /metrics sums them all "
+        "(default: 2 on Linux with 2+ cores, else 1)",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request (off by default: it costs about a tenth of a status poll)",
+    )
+    p.add_argument(
+        "--allow-remote-without-keys",
+        action="store_true",
+        help="listen on a non-loopback address without API keys (unsafe)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("api", help="run the API alone (needs DNNQ_REDIS_URL)")
@@ -433,8 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Celery worker alone (needs DNNQ_REDIS_URL)")
     p.add_argument("--queues", choices=["default", "gpu", "default,gpu"], default=None)
     p.add_argument("--concurrency", type=_positive_int, default=1)
-    p.add_argument("--gpu", type=int, default=None, metavar="N",
-                   help="train on GPU N: sets CUDA_VISIBLE_DEVICES=N and the queue 'gpu'")
+    p.add_argument(
+        "--gpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on GPU N: sets CUDA_VISIBLE_DEVICES=N and the queue 'gpu'",
+    )
     p.add_argument("--name", default=None, help="worker name (default host-pid)")
     p.set_defaults(func=cmd_worker)
 
@@ -488,12 +553,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout-keep-prob", type=float)
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--scale", type=_number_or_fraction,
-                   help="multiply X by this before the first layer (e.g. 1/255 for 0..255 pixels)")
+    p.add_argument(
+        "--scale",
+        type=_number_or_fraction,
+        help="multiply X by this before the first layer (e.g. 1/255 for 0..255 pixels)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
     p.add_argument("--idempotency-key")
-    p.add_argument("--wait-for-worker", action="store_true",
-                   help="queue the job even if no live worker serves its queue yet (default: refused, 422)")
+    p.add_argument(
+        "--wait-for-worker",
+        action="store_true",
+        help="queue the job even if no live worker serves its queue yet (default: refused, 422)",
+    )
     p.add_argument("--watch", action="store_true", help="then follow it like `dnnq watch`")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
     p.set_defaults(func=cmd_submit)

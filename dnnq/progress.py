@@ -17,8 +17,9 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def render(epoch: int, epochs: int | None, loss=None, accuracy=None, eta_s: float | None = None,
-           width: int = 24) -> str:
+def render(
+    epoch: int, epochs: int | None, loss=None, accuracy=None, eta_s: float | None = None, width: int = 24
+) -> str:
     """The bar's text, e.g. `[#######.....]  30/100 loss 0.4123 acc 0.871 ETA 00:07`."""
     if epochs:
         filled = min(width, int(width * epoch / epochs))

@@ -33,12 +33,12 @@ from dnnq.client import CliError
 
 __all__ = ["Child", "api_keys_configured", "check_bind_allowed", "is_loopback", "run_up"]
 
-MAX_RESTARTS = 5          # per worker per RESTART_WINDOW_S; beyond that it is a crash loop
+MAX_RESTARTS = 5  # per worker per RESTART_WINDOW_S; beyond that it is a crash loop
 RESTART_WINDOW_S = 60.0
-RESTART_BACKOFF_S = 1.0   # the second restart within the window waits this long, each later one twice as long
+RESTART_BACKOFF_S = 1.0  # the second restart within the window waits this long, each later one twice as long
 RESTART_BACKOFF_MAX_S = 30.0
 READY_TIMEOUT_S = 60.0
-WORKER_NICENESS = 10      # workers' CPU priority below the API's (see _run)
+WORKER_NICENESS = 10  # workers' CPU priority below the API's (see _run)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -66,7 +66,8 @@ def check_bind_allowed(host: str, allow_remote_without_keys: bool, env=None) -> 
         raise CliError(
             f"refusing to listen on {host} without API keys: anyone who can reach it could use it. "
             "Set DNNQ_API_KEYS (e.g. 'alice:SECRET') or DNNQ_API_KEYS_FILE, or pass "
-            "--allow-remote-without-keys", exit_code=2,
+            "--allow-remote-without-keys",
+            exit_code=2,
         )
     return f"WARNING: listening on {host} WITHOUT API keys (--allow-remote-without-keys)"
 
@@ -78,7 +79,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port} ({exc.strerror}): pass --port N or stop what uses it") from None
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pass --port N or stop what uses it"
+            ) from None
 
 
 def _check_redis(url: str) -> None:
@@ -87,8 +90,9 @@ def _check_redis(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).ping()
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise CliError(f"cannot reach Redis at {url} (DNNQ_REDIS_URL): {exc}; "
-                       "unset DNNQ_REDIS_URL to use an embedded Redis") from None
+        raise CliError(
+            f"cannot reach Redis at {url} (DNNQ_REDIS_URL): {exc}; unset DNNQ_REDIS_URL to use an embedded Redis"
+        ) from None
 
 
 def _die_with_parent() -> None:
@@ -140,7 +144,7 @@ class Child:
         try:
             fd = sock.fileno()
             i = self.argv.index("--fd")
-            self.argv = [*self.argv[:i + 1], str(fd), *self.argv[i + 2:]]
+            self.argv = [*self.argv[: i + 1], str(fd), *self.argv[i + 2 :]]
             self.pass_fds = (fd,)
             self.start()
         finally:
@@ -155,7 +159,10 @@ class Child:
                 _lower_autogroup_priority(self.niceness)
 
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, start_new_session=True, pass_fds=self.pass_fds,
+            self.argv,
+            env=self.env,
+            start_new_session=True,
+            pass_fds=self.pass_fds,
             preexec_fn=before_exec if sys.platform.startswith("linux") or self.niceness else None,
         )
 
@@ -247,9 +254,17 @@ def _wait_ready(base_url: str, apis: list[Child], stop: threading.Event) -> bool
     return False
 
 
-def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
-           allow_remote_without_keys: bool, grace_s: float = 10.0, api_workers: int = 1,
-           access_log: bool = False) -> int:
+def run_up(
+    host: str,
+    port: int,
+    data_dir: Path,
+    workers: int,
+    queues: str,
+    allow_remote_without_keys: bool,
+    grace_s: float = 10.0,
+    api_workers: int = 1,
+    access_log: bool = False,
+) -> int:
     note = check_bind_allowed(host, allow_remote_without_keys)
     if workers < 1:
         raise CliError("--workers must be at least 1", exit_code=2)
@@ -270,8 +285,9 @@ def run_up(host: str, port: int, data_dir: Path, workers: int, queues: str,
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received,
-                    api_workers, access_log)
+        return _run(
+            host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, api_workers, access_log
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -349,17 +365,39 @@ def _api_children(host: str, port: int, api_workers: int, access_log: bool, env:
         def rebind() -> socket.socket:
             return _reuseport_sockets(host, port, 1)[0]
 
-        return [Child(f"api {i + 1}", [sys.executable, "-m", "dnnq.api_process", "--fd", str(sock.fileno()), *log_flag],
-                      env, pass_fds=(sock.fileno(),), rebind=rebind, max_restarts=None)
-                for i, sock in enumerate(sockets)], sockets
+        return [
+            Child(
+                f"api {i + 1}",
+                [sys.executable, "-m", "dnnq.api_process", "--fd", str(sock.fileno()), *log_flag],
+                env,
+                pass_fds=(sock.fileno(),),
+                rebind=rebind,
+                max_restarts=None,
+            )
+            for i, sock in enumerate(sockets)
+        ], sockets
     # One process (or a platform whose SO_REUSEPORT does not balance): uvicorn binds, and with
     # --workers N its processes share that one socket.
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "dnnq.service.app:create_app", "--host", host, "--port", str(port),
-            "--workers", str(api_workers), "--access-log" if access_log else "--no-access-log"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "dnnq.service.app:create_app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(api_workers),
+        "--access-log" if access_log else "--no-access-log",
+    ]
     return [Child("api", argv, env, max_restarts=None)], []
 
 
-def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, api_workers, access_log) -> int:
+def _run(
+    host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, received, api_workers, access_log
+) -> int:
     redis_handle = None
     if redis_url:
         redis_line = f"Redis at {redis_url} (DNNQ_REDIS_URL)"
@@ -383,8 +421,12 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
         # cores with the API, whose answers someone is waiting for, while a job only finishes a little
         # later. Training still gets every cycle the API leaves idle.
         worker_children = [
-            Child(f"worker {i + 1}", [sys.executable, "-m", "dnnq.workers"],
-                  dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"), niceness=WORKER_NICENESS)
+            Child(
+                f"worker {i + 1}",
+                [sys.executable, "-m", "dnnq.workers"],
+                dict(env, DNNQ_QUEUES=queues, DNNQ_WORKER_NAME=f"{host_name}-up{i + 1}"),
+                niceness=WORKER_NICENESS,
+            )
             for i in range(workers)
         ]
         apis, listening = _api_children(host, port, api_workers, access_log, _api_env(env, data_dir, api_workers))
@@ -395,8 +437,11 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
             sock.close()
         plural = "s" if workers > 1 else ""
         api_plural = "es" if api_workers > 1 else ""
-        print(f"dnnq: {workers} worker{plural} (queues {queues}), {api_workers} API process{api_plural}, "
-              f"data in {data_dir}", flush=True)
+        print(
+            f"dnnq: {workers} worker{plural} (queues {queues}), {api_workers} API process{api_plural}, "
+            f"data in {data_dir}",
+            flush=True,
+        )
         if note:
             print(f"dnnq: {note}", flush=True)
 
@@ -409,10 +454,14 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
                 print(f"dnnq: error: the API {why}; see its messages above", file=sys.stderr)
                 exit_code = 1
         else:
-            print(f"dnnq is up: {base_url} (dashboard), API docs {base_url}/docs; {redis_line}; "
-                  f"{workers} worker{plural}. Ctrl-C stops everything.", flush=True)
-            exit_code = _supervise(apis, worker_children, _RedisWatch(redis_handle, redis_url)
-                                   if redis_handle else None, stop)
+            print(
+                f"dnnq is up: {base_url} (dashboard), API docs {base_url}/docs; {redis_line}; "
+                f"{workers} worker{plural}. Ctrl-C stops everything.",
+                flush=True,
+            )
+            exit_code = _supervise(
+                apis, worker_children, _RedisWatch(redis_handle, redis_url) if redis_handle else None, stop
+            )
     finally:
         stop_children(children, grace_s)
         if redis_handle is not None:
@@ -422,16 +471,19 @@ def _run(host, port, data_dir, workers, queues, note, grace_s, redis_url, stop, 
     return exit_code
 
 
-def _supervise(apis: list[Child], workers: list[Child], redis_watch: _RedisWatch | None,
-               stop: threading.Event) -> int:
+def _supervise(apis: list[Child], workers: list[Child], redis_watch: _RedisWatch | None, stop: threading.Event) -> int:
     """Watch the children until a signal (0), Redis's death or a crash loop (1). A dead API process
     or worker is restarted, after a back-off when it died recently (restart_delay)."""
     while not stop.wait(0.5):
         if redis_watch is not None and not redis_watch.alive():
             if stop.is_set():
                 break
-            print("dnnq: error: the embedded Redis server died; stopping everything "
-                  "(job records are in its AOF file: run `dnnq up` again)", file=sys.stderr, flush=True)
+            print(
+                "dnnq: error: the embedded Redis server died; stopping everything "
+                "(job records are in its AOF file: run `dnnq up` again)",
+                file=sys.stderr,
+                flush=True,
+            )
             return 1
         for child in (*apis, *workers):
             if stop.is_set():
@@ -447,15 +499,23 @@ def _supervise(apis: list[Child], workers: list[Child], redis_watch: _RedisWatch
             while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
                 child.restarts.popleft()
             if child.max_restarts is not None and len(child.restarts) >= child.max_restarts:
-                print(f"dnnq: error: {child.name} keeps dying (it {describe_exit(code)}; {child.max_restarts} restarts "
-                      f"in {RESTART_WINDOW_S:g}s); stopping everything", file=sys.stderr, flush=True)
+                print(
+                    f"dnnq: error: {child.name} keeps dying (it {describe_exit(code)}; {child.max_restarts} restarts "
+                    f"in {RESTART_WINDOW_S:g}s); stopping everything",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 1
             delay = restart_delay(len(child.restarts))
             child.restarts.append(now + delay)
             child.signal_group(signal.SIGKILL)  # leftovers of the dead child's process group
             when = f"in {delay:g}s" if delay else "now"
-            print(f"dnnq: {child.name} {describe_exit(code)}; restarting it {when} "
-                  f"(restart {len(child.restarts)} within {RESTART_WINDOW_S:g}s)", file=sys.stderr, flush=True)
+            print(
+                f"dnnq: {child.name} {describe_exit(code)}; restarting it {when} "
+                f"(restart {len(child.restarts)} within {RESTART_WINDOW_S:g}s)",
+                file=sys.stderr,
+                flush=True,
+            )
             child.restart_at = now + delay
             if not delay:
                 _restart(child)
@@ -468,5 +528,8 @@ def _restart(child: Child) -> None:
         child.restart()
     except (CliError, OSError) as exc:
         child.restart_at = time.monotonic() + RESTART_BACKOFF_S
-        print(f"dnnq: could not restart {child.name} ({exc}); trying again in {RESTART_BACKOFF_S:g}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"dnnq: could not restart {child.name} ({exc}); trying again in {RESTART_BACKOFF_S:g}s",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -2,6 +2,7 @@
 
 Importing this package never imports CuPy (only models.backend does, lazily, when a GPU is asked for).
 """
+
 from .activations import ACTIVATIONS, DERIVATIVES
 from .backend import DeviceUnavailable, get_namespace
 from .config import ConfigError, TrainConfig

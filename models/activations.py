@@ -5,6 +5,7 @@ activation, evaluated at the cached pre-activation ``Z``). Arrays are features x
 ``(n_l, m)``; softmax normalises over axis 0 (the features of one example). Only array-API
 standard functions are used, so NumPy, CuPy and array_api_strict arrays all work.
 """
+
 from __future__ import annotations
 
 from .backend import get_namespace

@@ -5,6 +5,7 @@ This is the ONLY module that imports CuPy, and it does so lazily, inside functio
 array module (``xp``) from its arguments with :func:`get_namespace`; nothing keeps a global
 "current backend".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ Learning-rate schedules (``epoch`` is the 0-based index of the epoch being run, 
 The loss follows the output: sigmoid -> binary cross-entropy, softmax -> categorical
 cross-entropy, linear -> mean squared error (1/(2m) sum (AL - Y)^2).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ step is one pass per operation over all of them (one compiled kernel call on the
 a few launches instead of a few per layer on a GPU), while every per-layer name (W1, dW1, v_W1)
 still reads and writes its own part. Works on NumPy and CuPy arrays.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ def flat_size(layout) -> int:
 
 def flat_views(flat, layout) -> dict:
     """{key: view of ``flat`` shaped as in ``layout``} (C-contiguous views, no copies)."""
-    return {key: flat[offset:offset + math.prod(shape)].reshape(shape) for key, offset, shape in layout}
+    return {key: flat[offset : offset + math.prod(shape)].reshape(shape) for key, offset, shape in layout}
 
 
 def flatten_params(xp, params: dict):

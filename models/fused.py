@@ -21,14 +21,29 @@ makes them safe to call from any thread. Used only where it pays: arrays of at l
 ``MIN_ELEMENTS`` elements (a call costs microseconds; tiny jobs never import Numba), and only
 when Numba imports and compiles; otherwise the NumPy sequence runs.
 """
+
 from __future__ import annotations
 
 import threading
 
 import numpy as np
 
-__all__ = ["MIN_ELEMENTS", "available", "set_enabled", "wanted", "engine_wanted", "momentum_", "rmsprop_",
-           "adam_", "bias_relu_", "relu_backward_", "softmax_head_", "softmax_tail_", "output_grad_", "take_rows_"]
+__all__ = [
+    "MIN_ELEMENTS",
+    "available",
+    "set_enabled",
+    "wanted",
+    "engine_wanted",
+    "momentum_",
+    "rmsprop_",
+    "adam_",
+    "bias_relu_",
+    "relu_backward_",
+    "softmax_head_",
+    "softmax_tail_",
+    "output_grad_",
+    "take_rows_",
+]
 
 MIN_ELEMENTS = 1 << 15  # below this a kernel call's overhead outweighs its gain
 
@@ -163,9 +178,17 @@ def _compile() -> dict:
                 out[r, j] = src[i0, j]
             r += 1
 
-    kernels = {"momentum_": momentum_, "rmsprop_": rmsprop_, "adam_": adam_, "bias_relu_": bias_relu_,
-               "relu_backward_": relu_backward_, "softmax_head_": softmax_head_, "softmax_tail_": softmax_tail_,
-               "output_grad_": output_grad_, "take_rows_": take_rows_}
+    kernels = {
+        "momentum_": momentum_,
+        "rmsprop_": rmsprop_,
+        "adam_": adam_,
+        "bias_relu_": bias_relu_,
+        "relu_backward_": relu_backward_,
+        "softmax_head_": softmax_head_,
+        "softmax_tail_": softmax_tail_,
+        "output_grad_": output_grad_,
+        "take_rows_": take_rows_,
+    }
     try:  # compile (or load from Numba's on-disk cache) now, so a broken toolchain falls back at once
         one = np.ones(2, np.float32)
         momentum_(one.copy(), one, one.copy(), one[0], one[0], one[0])
@@ -200,12 +223,12 @@ def engine_wanted(xp, dtype, n_params: int) -> bool:
     of a float dtype, a network of at least MIN_ELEMENTS parameters (smaller jobs never import
     Numba), and the kernels enabled and available. The engine's buffers are C-contiguous, and the
     kernels take them as they come (2-D, rows of examples)."""
-    return (_enabled and xp is np and np.dtype(dtype).kind == "f" and n_params >= MIN_ELEMENTS
-            and available())
+    return _enabled and xp is np and np.dtype(dtype).kind == "f" and n_params >= MIN_ELEMENTS and available()
 
 
 # Each kernel below runs only where wanted() (optimizers) or engine_wanted() (engine) said yes;
 # otherwise the NumPy/CuPy sequence runs.
+
 
 def momentum_(p, g, v, beta: float, lr: float) -> None:
     """v = beta v + (1 - beta) g; p -= lr v."""
@@ -228,6 +251,7 @@ def adam_(p, g, v, s, beta1: float, beta2: float, eps: float, sqrt_c2: float, lr
 
 
 # The engine's kernels: arguments are C-contiguous NumPy arrays of one float dtype (labels, idx: integers).
+
 
 def bias_relu_(Z, b) -> None:
     """Z += b (b: (n,), one value per column); Z = maximum(Z, 0). Z: (B, n), in place."""

@@ -1,4 +1,5 @@
 """Central finite-difference check of model_backward (the textbook's gradient_check_n)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,18 @@ from .network import compute_cost, model_backward, model_forward, n_layers
 __all__ = ["gradient_check"]
 
 
-def gradient_check(parameters, X, Y, hidden_activation="relu", output="sigmoid", *, l2=0.0, epsilon=1e-7,
-                   loss=None, return_vectors=False):
+def gradient_check(
+    parameters,
+    X,
+    Y,
+    hidden_activation="relu",
+    output="sigmoid",
+    *,
+    l2=0.0,
+    epsilon=1e-7,
+    loss=None,
+    return_vectors=False,
+):
     """Relative error ||grad - approx|| / (||grad|| + ||approx||) over every W and b.
 
     approx_i = (J(theta_i + eps) - J(theta_i - eps)) / (2 eps), J = compute_cost with the loss paired

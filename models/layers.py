@@ -5,6 +5,7 @@ Cache format (written down once, here):
 - activation cache:  ``Z`` (n_l, m), the pre-activation
 - layer cache:       ``((A_prev, W, b), Z)``; layer 1's A_prev is the input A0 = X.
 """
+
 from __future__ import annotations
 
 from .activations import ACTIVATIONS, DERIVATIVES, check_activation

@@ -10,6 +10,7 @@ All take ``AL`` and ``Y`` of shape ``(n_y, m)`` and average over the ``m`` examp
 ``LOSS_GRADIENTS[name](AL, Y) -> dAL`` is the derivative of ONE example's loss; the 1/m enters in
 ``linear_backward`` (dW = dZ A_prev^T / m), as in the textbook.
 """
+
 from __future__ import annotations
 
 from .backend import get_namespace

@@ -4,6 +4,7 @@ Arrays are features x examples: X (n_x, m), W{l} (n_l, n_{l-1}), b{l} (n_l, 1), 
 ``caches`` is a list with one entry per layer, layer l at index l-1, each ``((A_prev, W, b), Z)``
 (see models/layers.py); caches[0]'s A_prev is the input A0 = X.
 """
+
 from __future__ import annotations
 
 import math

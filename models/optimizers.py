@@ -10,6 +10,7 @@ with gradient g and learning rate lr (``self.learning_rate``, which fit sets eve
 - Adam:      t += 1; v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2;
              p -= lr (v / (1 - beta1^t)) / (sqrt(s / (1 - beta2^t)) + epsilon)
 """
+
 from __future__ import annotations
 
 import math
@@ -196,8 +197,17 @@ class Adam(Optimizer):
         p -= tmp
 
     def _fused_step(self, p, g, v, s):
-        fused.adam_(p, g, v, s, self.beta1, self.beta2, self.epsilon,
-                    math.sqrt(1.0 - self.beta2**self.t), self.learning_rate / (1.0 - self.beta1**self.t))
+        fused.adam_(
+            p,
+            g,
+            v,
+            s,
+            self.beta1,
+            self.beta2,
+            self.epsilon,
+            math.sqrt(1.0 - self.beta2**self.t),
+            self.learning_rate / (1.0 - self.beta1**self.t),
+        )
 
 
 OPTIMIZERS = {"gd": GD, "momentum": Momentum, "rmsprop": RMSProp, "adam": Adam}

@@ -19,6 +19,7 @@ driver without capture support), the replay differs, or CUDA refuses a launch, f
 by kernel from that step and says why in FitResult.step_graph. Either way the results are the
 kernel-by-kernel ones.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -121,13 +122,18 @@ class GraphedStep:
             graph.launch()
         except Exception as exc:  # noqa: BLE001 - a graph CUDA will not run is no graph
             return f"the first replay failed: {type(exc).__name__}: {exc}"
-        if (_same_bits(xp, self.grads, grads_ref) and _same_bits(xp, self.loss_acc, want[0])
-                and bool(xp.all(self.correct_acc == want[1]))):  # syncs: once per capture
+        if (
+            _same_bits(xp, self.grads, grads_ref)
+            and _same_bits(xp, self.loss_acc, want[0])
+            and bool(xp.all(self.correct_acc == want[1]))
+        ):  # syncs: once per capture
             return None
         worst = float(xp.max(xp.abs(self.grads - grads_ref)))  # how far off: a broken graph, or rounding?
-        return (f"the replay differed from the kernel-by-kernel step (gradients: max |difference| {worst:.3g}; "
-                f"loss {float(self.loss_acc):.17g} vs {float(want[0]):.17g}; right answers "
-                f"{int(self.correct_acc)} vs {int(want[1])}); not used")
+        return (
+            f"the replay differed from the kernel-by-kernel step (gradients: max |difference| {worst:.3g}; "
+            f"loss {float(self.loss_acc):.17g} vs {float(want[0]):.17g}; right answers "
+            f"{int(self.correct_acc)} vs {int(want[1])}); not used"
+        )
 
     def close(self) -> None:
         if self.graph is not None:

@@ -18,6 +18,7 @@ Definitions used throughout (and by the tests):
   Draw order on the CPU: the permutation (mini-batch with shuffle only), then per batch the
   dropout masks, layer 1 first, each ``random((B, n_l)) < keep_prob`` (examples-first).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,7 @@ class ValidationLossNotFinite(TrainingDiverged):
             f"The validation loss is {loss} at epoch {epoch} (the training loss is finite): the network's "
             "outputs overflow on the validation set. Check that the validation set is on the training set's "
             "scale (same units, same preprocessing), try a lower learning_rate (this epoch used "
-            f"{learning_rate:g}), scale the targets, or train with dtype 'float64'."
+            f"{learning_rate:g}), scale the targets, or train with dtype 'float64'.",
         )
         self.epoch = epoch
 
@@ -75,8 +76,13 @@ class EpochRecord:
     val_accuracy: float | None = None
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "loss": self.loss, "accuracy": self.accuracy,
-                "val_loss": self.val_loss, "val_accuracy": self.val_accuracy}
+        return {
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+        }
 
 
 _HISTORY_FIELDS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -97,23 +103,26 @@ class Checkpoint:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Flat dict of plain arrays (no objects): np.savez it, np.load(allow_pickle=False) it."""
-        out: dict[str, np.ndarray] = {"epoch": np.array(self.epoch, dtype=np.int64),
-                                      "seed": np.array(self.seed, dtype=np.int64)}
+        out: dict[str, np.ndarray] = {
+            "epoch": np.array(self.epoch, dtype=np.int64),
+            "seed": np.array(self.seed, dtype=np.int64),
+        }
         for k, v in self.parameters.items():
             out[f"param.{k}"] = np.asarray(v)
         for k, v in self.optimizer_state.items():
             out[f"opt.{k}"] = np.asarray(v)
         for name in _HISTORY_FIELDS:  # None is stored as NaN
             out[f"history.{name}"] = np.array(
-                [np.nan if getattr(r, name) is None else getattr(r, name) for r in self.history], dtype=np.float64)
+                [np.nan if getattr(r, name) is None else getattr(r, name) for r in self.history], dtype=np.float64
+            )
         return out
 
     @classmethod
     def from_arrays(cls, d) -> "Checkpoint":
         try:
             epoch, seed = int(d["epoch"]), int(d["seed"])
-            params = {k[len("param."):]: np.asarray(d[k]) for k in d.keys() if k.startswith("param.")}
-            opt = {k[len("opt."):]: np.asarray(d[k]) for k in d.keys() if k.startswith("opt.")}
+            params = {k[len("param.") :]: np.asarray(d[k]) for k in d.keys() if k.startswith("param.")}
+            opt = {k[len("opt.") :]: np.asarray(d[k]) for k in d.keys() if k.startswith("opt.")}
             columns = {name: np.asarray(d[f"history.{name}"]) for name in _HISTORY_FIELDS}
         except KeyError as exc:
             raise ValueError(f"Not a dnnq checkpoint: the array {exc.args[0]!r} is missing.") from None
@@ -121,8 +130,10 @@ class Checkpoint:
         def value(x):
             return None if math.isnan(x) else float(x)
 
-        history = [EpochRecord(i + 1, float(columns["loss"][i]), *(value(columns[n][i]) for n in _HISTORY_FIELDS[1:]))
-                   for i in range(len(columns["loss"]))]
+        history = [
+            EpochRecord(i + 1, float(columns["loss"][i]), *(value(columns[n][i]) for n in _HISTORY_FIELDS[1:]))
+            for i in range(len(columns["loss"]))
+        ]
         return cls(epoch=epoch, parameters=params, optimizer_state=opt, history=history, seed=seed)
 
 
@@ -163,8 +174,10 @@ def _prepare(X, Y, cfg: TrainConfig, dtype, role: str):
     n_x, n_y = cfg.layer_dims[0], cfg.layer_dims[-1]
     X = to_host(X)
     if X.ndim != 2 or X.shape[0] != n_x:
-        raise ValueError(f"{role} X must be features x examples, shape (n_x={n_x}, m). Got {X.shape}; "
-                         "pass X.T if your array is examples x features.")
+        raise ValueError(
+            f"{role} X must be features x examples, shape (n_x={n_x}, m). Got {X.shape}; "
+            "pass X.T if your array is examples x features."
+        )
     m = X.shape[1]
     if m == 0:
         raise ValueError(f"{role} X has no examples.")
@@ -176,9 +189,16 @@ def _prepare(X, Y, cfg: TrainConfig, dtype, role: str):
         labels = Y.reshape(-1)
         if labels.shape[0] != m:
             raise ValueError(f"{role} Y has {labels.shape[0]} labels for {m} examples.")
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() >= n_y:
-            raise ValueError(f"{role} Y must hold integer class labels in [0, {n_y}) for output='softmax' "
-                             f"with layer_dims[-1]={n_y}. Got values from {labels.min()} to {labels.max()}.")
+        if (
+            not np.all(np.isfinite(labels))
+            or np.any(labels != np.round(labels))
+            or labels.min() < 0
+            or labels.max() >= n_y
+        ):
+            raise ValueError(
+                f"{role} Y must hold integer class labels in [0, {n_y}) for output='softmax' "
+                f"with layer_dims[-1]={n_y}. Got values from {labels.min()} to {labels.max()}."
+            )
         Ye = np.zeros((m, n_y), dtype=dtype)
         Ye[np.arange(m), labels.astype(np.int64)] = 1  # one-hot, (m, n_y)
         return Xe, Ye
@@ -190,11 +210,15 @@ def _prepare(X, Y, cfg: TrainConfig, dtype, role: str):
     if not np.isfinite(Ye).all():
         raise ValueError(f"{role} Y contains NaN or infinite values.")
     if cfg.output == "sigmoid" and (Ye.min() < 0 or Ye.max() > 1):
-        raise ValueError(f"{role} Y must be in [0, 1] for output='sigmoid' (binary labels). "
-                         f"Got values from {Ye.min()} to {Ye.max()}.")
+        raise ValueError(
+            f"{role} Y must be in [0, 1] for output='sigmoid' (binary labels). "
+            f"Got values from {Ye.min()} to {Ye.max()}."
+        )
     if cfg.output == "softmax" and (Ye.min() < 0 or not np.allclose(Ye.sum(axis=1), 1, atol=1e-3)):
-        raise ValueError(f"{role} Y for output='softmax' must be one-hot (each example's column sums to 1) "
-                         "or integer labels of shape (m,).")
+        raise ValueError(
+            f"{role} Y for output='softmax' must be one-hot (each example's column sums to 1) "
+            "or integer labels of shape (m,)."
+        )
     return Xe, Ye
 
 
@@ -202,7 +226,9 @@ def _params_to_host(params) -> dict[str, np.ndarray]:
     return {k: np.array(to_host(v)) for k, v in params.items()}
 
 
-def fit(X, Y, config: TrainConfig, *, X_val=None, Y_val=None, on_epoch=None, should_stop=None, checkpoint=None) -> FitResult:
+def fit(
+    X, Y, config: TrainConfig, *, X_val=None, Y_val=None, on_epoch=None, should_stop=None, checkpoint=None
+) -> FitResult:
     """Train an L-layer network on X (n_x, m) and Y (n_y, m); see docs/DESIGN.md."""
     t_start = time.perf_counter()
     cfg = config
@@ -222,22 +248,54 @@ def fit(X, Y, config: TrainConfig, *, X_val=None, Y_val=None, on_epoch=None, sho
     full_batch = batch == m
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            return _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host if has_val else None,
-                        Yv_host if has_val else None, m, n_y, batch, full_batch, on_epoch, should_stop,
-                        checkpoint, t_start)
+            return _fit(
+                cfg,
+                device,
+                xp,
+                dtype,
+                Xe_host,
+                Ye_host,
+                Xv_host if has_val else None,
+                Yv_host if has_val else None,
+                m,
+                n_y,
+                batch,
+                full_batch,
+                on_epoch,
+                should_stop,
+                checkpoint,
+                t_start,
+            )
     finally:
         release_memory(xp)  # give CuPy's pooled blocks back when fit returns
 
 
-def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, batch, full_batch,
-         on_epoch, should_stop, checkpoint, t_start):
+def _fit(
+    cfg,
+    device,
+    xp,
+    dtype,
+    Xe_host,
+    Ye_host,
+    Xv_host,
+    Yv_host,
+    m,
+    n_y,
+    batch,
+    full_batch,
+    on_epoch,
+    should_stop,
+    checkpoint,
+    t_start,
+):
     # Data moves to the device once.
     Xe, Ye = xp.asarray(Xe_host), xp.asarray(Ye_host)
     Xv = Yv = None
     if Xv_host is not None:
         Xv, Yv = xp.asarray(Xv_host), xp.asarray(Yv_host)
-    optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, beta=cfg.beta, beta1=cfg.beta1,
-                               beta2=cfg.beta2, epsilon=cfg.epsilon)
+    optimizer = make_optimizer(
+        cfg.optimizer, cfg.learning_rate, beta=cfg.beta, beta1=cfg.beta1, beta2=cfg.beta2, epsilon=cfg.epsilon
+    )
     history: list[EpochRecord] = []
     start_epoch = 0
     if checkpoint is None:
@@ -285,15 +343,23 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
     if not is_numpy(xp) and stepgraph.enabled() and cfg.dropout_keep_prob == 1 and (shuffle or full_batch):
         fixed = (xbuf, ybuf, lbuf) if shuffle else (Xe, Ye, labels)
         graphed = stepgraph.GraphedStep(
-            xp, lambda scale, loss_acc, correct_acc: train_step(*fixed, scale, loss_acc, correct_acc),
-            engine.flat_grads, loss_total, correct_total)
+            xp,
+            lambda scale, loss_acc, correct_acc: train_step(*fixed, scale, loss_acc, correct_acc),
+            engine.flat_grads,
+            loss_total,
+            correct_total,
+        )
     timings = {"setup_s": time.perf_counter() - t_start, "train_s": 0.0, "validation_s": 0.0}
     stopped = False
 
     def make_checkpoint(epoch_done):
-        return lambda: Checkpoint(epoch=epoch_done, parameters=_params_to_host(params),
-                                  optimizer_state=optimizer.state_arrays(), history=history[:epoch_done],
-                                  seed=cfg.seed)
+        return lambda: Checkpoint(
+            epoch=epoch_done,
+            parameters=_params_to_host(params),
+            optimizer_state=optimizer.state_arrays(),
+            history=history[:epoch_done],
+            seed=cfg.seed,
+        )
 
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
@@ -307,13 +373,13 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
         for s in range(0, m, batch):
             e = min(s + batch, m)
             if shuffle:
-                xb, yb = xbuf[:e - s], ybuf[:e - s]
+                xb, yb = xbuf[: e - s], ybuf[: e - s]
                 idx = perm[s:e]
                 _take_rows(xp, Xe, idx, xb, engine.fast)
                 _take_rows(xp, Ye, idx, yb, engine.fast)
                 lb = None
                 if labels is not None:
-                    lb = lbuf[:e - s]
+                    lb = lbuf[: e - s]
                     _take_rows(xp, labels, idx, lb)
             else:
                 xb, yb = Xe[s:e], Ye[s:e]
@@ -346,8 +412,16 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
             timings["validation_s"] += time.perf_counter() - t_val
         history.append(record)
         if on_epoch is not None:
-            on_epoch(EpochState(epoch + 1, cfg.epochs, record, time.perf_counter() - t_start,
-                                make_checkpoint(epoch + 1), device.name))
+            on_epoch(
+                EpochState(
+                    epoch + 1,
+                    cfg.epochs,
+                    record,
+                    time.perf_counter() - t_start,
+                    make_checkpoint(epoch + 1),
+                    device.name,
+                )
+            )
         if should_stop is not None and should_stop() and epoch + 1 < cfg.epochs:
             stopped = True
             break
@@ -359,17 +433,28 @@ def _fit(cfg, device, xp, dtype, Xe_host, Ye_host, Xv_host, Yv_host, m, n_y, bat
     if graphed is not None:
         graphed.close()
         step_graph = graphed.describe()
-    return FitResult(parameters=_params_to_host(params), history=history, device=device.name,
-                     timings=timings, stopped=stopped, epochs_completed=done, step_graph=step_graph)
+    return FitResult(
+        parameters=_params_to_host(params),
+        history=history,
+        device=device.name,
+        timings=timings,
+        stopped=stopped,
+        epochs_completed=done,
+        step_graph=step_graph,
+    )
 
 
 def _restore(ckpt: Checkpoint, cfg: TrainConfig, xp, dtype, optimizer) -> dict:
     if ckpt.seed != cfg.seed:
-        raise ValueError(f"The checkpoint was made with seed={ckpt.seed} but the config has seed={cfg.seed}; "
-                         "resume with the same config.")
+        raise ValueError(
+            f"The checkpoint was made with seed={ckpt.seed} but the config has seed={cfg.seed}; "
+            "resume with the same config."
+        )
     if not 0 <= ckpt.epoch <= len(ckpt.history) or ckpt.epoch > cfg.epochs:
-        raise ValueError(f"The checkpoint is at epoch {ckpt.epoch}, which does not fit epochs={cfg.epochs} "
-                         f"and its {len(ckpt.history)} history entries.")
+        raise ValueError(
+            f"The checkpoint is at epoch {ckpt.epoch}, which does not fit epochs={cfg.epochs} "
+            f"and its {len(ckpt.history)} history entries."
+        )
     dims, params = cfg.layer_dims, {}
     for l in range(1, len(dims)):
         for key, shape in ((f"W{l}", (dims[l], dims[l - 1])), (f"b{l}", (dims[l], 1))):
@@ -378,6 +463,8 @@ def _restore(ckpt: Checkpoint, cfg: TrainConfig, xp, dtype, optimizer) -> dict:
                 raise ValueError(f"The checkpoint's {key} has shape {got}, but layer_dims={dims} needs {shape}.")
             params[key] = xp.asarray(np.array(ckpt.parameters[key], dtype=dtype))
     if len(ckpt.parameters) != len(params):
-        raise ValueError(f"The checkpoint has {len(ckpt.parameters) // 2} layers but layer_dims={dims} has {len(dims) - 1}.")
+        raise ValueError(
+            f"The checkpoint has {len(ckpt.parameters) // 2} layers but layer_dims={dims} has {len(dims) - 1}."
+        )
     optimizer.load_state_arrays(ckpt.optimizer_state, xp, params)
     return params

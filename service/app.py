@@ -49,8 +49,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         limit, setting = self._limit(scope)
-        detail = (f"Request body is larger than the limit of {limit} bytes ({setting}); "
-                  "send a smaller file or ask the operator to raise the limit.")
+        detail = (
+            f"Request body is larger than the limit of {limit} bytes ({setting}); "
+            "send a smaller file or ask the operator to raise the limit."
+        )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = problem_response(413, detail)
@@ -105,7 +107,7 @@ class AuthGateMiddleware:
         path = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         return path == AUTHENTICATED_PREFIX or path.startswith(AUTHENTICATED_PREFIX + "/")
 
     async def __call__(self, scope, receive, send):
@@ -184,10 +186,21 @@ async def _warm_routes(app: FastAPI) -> None:
     The requests go through the whole ASGI app, as uvicorn would send them: the router alone is not
     enough (FastAPI's endpoint wrapper needs the exit stack its middleware puts in the scope)."""
     for method, path, query, body in _WARMUP_REQUESTS:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query,
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                 "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), WARMUP_SCOPE_KEY: True}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": query,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 0),
+            "server": ("127.0.0.1", 0),
+            WARMUP_SCOPE_KEY: True,
+        }
         sent = False
 
         async def receive(body=body):
@@ -289,8 +302,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(AuthGateMiddleware, fastapi_app=app)
     if settings.cors_origin_list:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestMetricsMiddleware, histogram=histogram)
 

@@ -23,7 +23,16 @@ from dnnq.service.errors import Problem
 from dnnq.service.settings import ApiSettings
 
 __all__ = [
-    "PUBLIC_TENANT", "AsyncRds", "AsyncRedisByLoop", "Rds", "Settings", "Store", "Tenant", "load_api_keys", "make_redis", "require_tenant",
+    "PUBLIC_TENANT",
+    "AsyncRds",
+    "AsyncRedisByLoop",
+    "Rds",
+    "Settings",
+    "Store",
+    "Tenant",
+    "load_api_keys",
+    "make_redis",
+    "require_tenant",
     "tenant_for",
 ]
 
@@ -87,7 +96,8 @@ class AsyncRedisByLoop:
         client = self.clients.get(loop)
         if client is None:
             client = self.clients[loop] = aioredis.Redis.from_url(
-                self.settings.redis_url or DEFAULT_REDIS_URL, **_redis_options(self.settings))
+                self.settings.redis_url or DEFAULT_REDIS_URL, **_redis_options(self.settings)
+            )
         return client
 
     async def aclose(self) -> None:
@@ -150,8 +160,9 @@ async def require_tenant(request: Request) -> str:
         raise Problem(
             401,
             f"API key {reason}: send 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": 'Bearer realm="dnnq", error="invalid_token"'
-                     if given else 'Bearer realm="dnnq"'},
+            headers={
+                "WWW-Authenticate": 'Bearer realm="dnnq", error="invalid_token"' if given else 'Bearer realm="dnnq"'
+            },
         )
     return tenant
 

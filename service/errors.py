@@ -21,8 +21,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dnnq.service.schemas import FiniteJSONResponse
 
 __all__ = [
-    "PROBLEM_JSON", "Problem", "ProblemDetails", "document_problems", "field_error", "install_error_handlers",
-    "problem_response", "problems", "redis_unreachable_response", "response_for",
+    "PROBLEM_JSON",
+    "Problem",
+    "ProblemDetails",
+    "document_problems",
+    "field_error",
+    "install_error_handlers",
+    "problem_response",
+    "problems",
+    "redis_unreachable_response",
+    "response_for",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -32,6 +40,8 @@ _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
 
 def _title(status: int) -> str:
     return _TITLES.get(status) or HTTPStatus(status).phrase
+
+
 log = logging.getLogger("dnnq.api")
 
 
@@ -146,8 +156,11 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     for err in errors[:MAX_FIELD_ERRORS]:
         item: dict[str, Any] = {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "")}
         if err.get("type") == "json_invalid":  # loc is ('body', <offset>): name the body, say what to send
-            item = {"field": "body", "message": f"{item['message']} ({(err.get('ctx') or {}).get('error', '')}); "
-                    "send a JSON object with Content-Type: application/json."}
+            item = {
+                "field": "body",
+                "message": f"{item['message']} ({(err.get('ctx') or {}).get('error', '')}); "
+                "send a JSON object with Content-Type: application/json.",
+            }
         elif err.get("type") == "finite_number":  # NaN, Infinity, or a literal past float64 such as 1e999
             item["message"] += " (NaN, Infinity and numbers past about 1.8e308, such as 1e999, are refused)"
         value = err.get("input")
@@ -161,8 +174,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def response_for(problem: Problem) -> JSONResponse:
-    return problem_response(problem.status, problem.detail, title=problem.title, errors=problem.errors,
-                            headers=problem.headers)
+    return problem_response(
+        problem.status, problem.detail, title=problem.title, errors=problem.errors, headers=problem.headers
+    )
 
 
 async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
@@ -186,7 +200,9 @@ def redis_unreachable_response(exc: Exception) -> JSONResponse:
     """The 503 for a Redis connection error or timeout (also sent by the fast lane, service/fastlane.py)."""
     log.warning("redis unreachable: %s", type(exc).__name__)
     return problem_response(
-        503, "Redis is unreachable; retry shortly.", title="Service Unavailable",
+        503,
+        "Redis is unreachable; retry shortly.",
+        title="Service Unavailable",
         headers={"Retry-After": "2"},
     )
 

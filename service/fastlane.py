@@ -94,10 +94,14 @@ class FastLane:
         tenant = self._tenant(scope) if ID_RE.match(job_id) and history is not None else None
         if tenant is None:
             return await self.app(scope, receive, send)
-        scope["route"], scope["path_params"] = self.poll_route, {"job_id": job_id}  # set first: an error is labelled too
+        scope["route"], scope["path_params"] = (
+            self.poll_route,
+            {"job_id": job_id},
+        )  # set first: an error is labelled too
         try:
-            view = await job_routes.read_job_view(self.state.async_redis.get(), job_id, tenant, history,
-                                                  self.state.settings.history_full_max)
+            view = await job_routes.read_job_view(
+                self.state.async_redis.get(), job_id, tenant, history, self.state.settings.history_full_max
+            )
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # as the app's handlers answer them
             response = redis_unreachable_response(exc)
         else:
@@ -107,8 +111,10 @@ class FastLane:
     async def _submit(self, scope, receive, send):
         content_type = _header(scope, b"content-type") or b""
         tenant = None
-        if content_type.split(b";", 1)[0].strip().lower() == b"application/json" and \
-                _header(scope, b"idempotency-key") is None:
+        if (
+            content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+            and _header(scope, b"idempotency-key") is None
+        ):
             tenant = self._tenant(scope)
         if tenant is None:
             return await self.app(scope, receive, send)

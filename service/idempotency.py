@@ -41,8 +41,11 @@ def reserve(
     if key is None:
         return None, None
     if not _KEY_RE.match(key):
-        raise Problem(422, "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
-                      errors=[{"field": "Idempotency-Key", "message": "invalid format"}])
+        raise Problem(
+            422,
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
+            errors=[{"field": "Idempotency-Key", "message": "invalid format"}],
+        )
     redis_key = f"dnnq:idem:{tenant}:{route}:{key}"
     pending = json.dumps({"body_sha256": body_sha256, "id": None})
     if r.set(redis_key, pending, nx=True, ex=ttl):
@@ -54,11 +57,13 @@ def reserve(
     if stored.get("body_sha256") != body_sha256:
         raise Problem(
             422,
-            "This Idempotency-Key was already used with a different request body; "
-            "use a new key for a new request.",
+            "This Idempotency-Key was already used with a different request body; use a new key for a new request.",
             errors=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
         )
     if stored.get("id") is None:
-        raise Problem(409, "A request with this Idempotency-Key is still in progress; retry shortly.",
-                      headers={"Retry-After": "1"})
+        raise Problem(
+            409,
+            "A request with this Idempotency-Key is still in progress; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
     return None, stored["id"]

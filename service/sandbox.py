@@ -76,8 +76,11 @@ class _Popen(multiprocessing.popen_forkserver.Popen):
     (`python -m dnnq.api_process` would be imported again per upload, before the limits are set)."""
 
     def _launch(self, process_obj):
-        prep_data = {k: v for k, v in multiprocessing.spawn.get_preparation_data(process_obj._name).items()
-                     if k not in ("init_main_from_path", "init_main_from_name")}
+        prep_data = {
+            k: v
+            for k, v in multiprocessing.spawn.get_preparation_data(process_obj._name).items()
+            if k not in ("init_main_from_path", "init_main_from_name")
+        }
         buf = io.BytesIO()
         multiprocessing.context.set_spawning_popen(self)
         try:
@@ -162,10 +165,12 @@ def _reap(proc: multiprocessing.Process, *, kill: bool) -> int | None:
 
 def _limits_error(reason: str, memory_bytes: int, cpu_seconds: int, wall_seconds: float) -> UploadError:
     return UploadError(
-        422, f"This file could not be read within the parser's limits (memory {memory_bytes // 2**20} MiB, "
+        422,
+        f"This file could not be read within the parser's limits (memory {memory_bytes // 2**20} MiB, "
         f"CPU {cpu_seconds} s, time {wall_seconds:g} s): {reason}. Upload a smaller or simpler file (fewer "
         "examples or features, no compression), or ask the operator to raise DNNQ_PARSE_MEMORY_BYTES, "
-        "DNNQ_PARSE_CPU_SECONDS or DNNQ_PARSE_WALL_SECONDS.")
+        "DNNQ_PARSE_CPU_SECONDS or DNNQ_PARSE_WALL_SECONDS.",
+    )
 
 
 def _death_reason(exitcode: int | None, cpu_seconds: int) -> str:
@@ -174,7 +179,9 @@ def _death_reason(exitcode: int | None, cpu_seconds: int) -> str:
     if exitcode < 0:
         sig = -exitcode
         if sig in (signal.SIGXCPU, signal.SIGKILL):
-            return f"it was stopped by {signal.Signals(sig).name} (more than {cpu_seconds} CPU seconds, or out of memory)"
+            return (
+                f"it was stopped by {signal.Signals(sig).name} (more than {cpu_seconds} CPU seconds, or out of memory)"
+            )
         try:
             name = signal.Signals(sig).name
         except ValueError:
@@ -206,8 +213,15 @@ def parse_in_sandbox(
     service.uploads.parse_upload in the child: tests only, a module-level function.
     """
     request = {
-        "filename": filename, "src": str(src_path), "out": str(out_path), "limits": limits, "target": target,
-        "x_key": x_key, "y_key": y_key, "layout": layout, "memory_bytes": int(memory_bytes),
+        "filename": filename,
+        "src": str(src_path),
+        "out": str(out_path),
+        "limits": limits,
+        "target": target,
+        "x_key": x_key,
+        "y_key": y_key,
+        "layout": layout,
+        "memory_bytes": int(memory_bytes),
         "cpu_seconds": int(cpu_seconds),
     }
     reader, writer = _ctx().Pipe(duplex=False)
@@ -233,12 +247,16 @@ def parse_in_sandbox(
     return _read_answer(payload, out_path, limits, memory_bytes, cpu_seconds, wall_seconds)
 
 
-def _read_answer(payload: bytes, out_path, limits: UploadLimits, memory_bytes: int, cpu_seconds: int,
-                 wall_seconds: float) -> ParsedInfo:
+def _read_answer(
+    payload: bytes, out_path, limits: UploadLimits, memory_bytes: int, cpu_seconds: int, wall_seconds: float
+) -> ParsedInfo:
     """The child's JSON answer, checked field by field (the child ran hostile input), and the stored
     file's headers checked against it."""
-    malformed = UploadError(422, "This file could not be read: the parser gave no usable answer. Check that "
-                            "the file opens with numpy, h5py or a CSV reader, and upload it again.")
+    malformed = UploadError(
+        422,
+        "This file could not be read: the parser gave no usable answer. Check that "
+        "the file opens with numpy, h5py or a CSV reader, and upload it again.",
+    )
     try:
         answer = json.loads(payload, parse_constant=lambda c: None)
     except (ValueError, UnicodeDecodeError):
@@ -257,12 +275,17 @@ def _read_answer(payload: bytes, out_path, limits: UploadLimits, memory_bytes: i
         raise malformed
     counts = [info[k] for k in ("n_examples", "n_features", "n_outputs", "n_classes")]
     classes = info["classes"]
-    if (any(type(c) is not int or c < 0 for c in counts) or min(counts[:3]) < 1
-            or counts[0] > limits.max_examples or counts[1] > limits.max_features
-            or info["label_kind"] not in LABEL_KINDS or info["dtype"] not in ("float32", "float64")
-            or not isinstance(info["content_digest"], str) or not _DIGEST_RE.match(info["content_digest"])
-            or not (classes is None or (isinstance(classes, list)
-                                        and all(type(c) in (int, str) for c in classes)))):
+    if (
+        any(type(c) is not int or c < 0 for c in counts)
+        or min(counts[:3]) < 1
+        or counts[0] > limits.max_examples
+        or counts[1] > limits.max_features
+        or info["label_kind"] not in LABEL_KINDS
+        or info["dtype"] not in ("float32", "float64")
+        or not isinstance(info["content_digest"], str)
+        or not _DIGEST_RE.match(info["content_digest"])
+        or not (classes is None or (isinstance(classes, list) and all(type(c) in (int, str) for c in classes)))
+    ):
         raise malformed
     result = ParsedInfo(**info)
     try:
@@ -270,13 +293,17 @@ def _read_answer(payload: bytes, out_path, limits: UploadLimits, memory_bytes: i
             stored = read_layout(f)
     except (OSError, DatasetError):
         raise malformed from None
-    if (stored["X"].shape != (result.n_examples, result.n_features) or stored["X"].dtype.name != result.dtype
-            or stored["Y"].shape != (result.n_examples, result.n_outputs)):
+    if (
+        stored["X"].shape != (result.n_examples, result.n_features)
+        or stored["X"].dtype.name != result.dtype
+        or stored["Y"].shape != (result.n_examples, result.n_outputs)
+    ):
         raise malformed
     return result
 
 
 # --- the child ---------------------------------------------------------------------------------
+
 
 def _confine(keep_fd: int, memory_bytes: int, cpu_seconds: int) -> None:
     """Hard limits on this process, set before any of the upload is read."""
@@ -300,8 +327,15 @@ def _confine(keep_fd: int, memory_bytes: int, cpu_seconds: int) -> None:
 
 def _parse_and_write(request: dict, parse: Callable | None) -> dict:
     parse = parse or parse_upload
-    parsed = parse(request["filename"], Path(request["src"]), request["limits"], target=request["target"],
-                   x_key=request["x_key"], y_key=request["y_key"], layout=request["layout"])
+    parsed = parse(
+        request["filename"],
+        Path(request["src"]),
+        request["limits"],
+        target=request["target"],
+        x_key=request["x_key"],
+        y_key=request["y_key"],
+        layout=request["layout"],
+    )
     fd = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         info = write_dataset_file(parsed.X, parsed.Y, parsed.classes, parsed.label_kind, out)
@@ -326,11 +360,14 @@ def _child_main(conn, request: dict, parse: Callable | None) -> None:
         else:
             answer = {"ok": False, "status": 422, "detail": f"This file could not be read ({exc.strerror})."}
     except BaseException as exc:  # noqa: BLE001 - any parser failure is the upload's fault: a 422
-        answer = {"ok": False, "status": 422, "detail": f"This file could not be read ({type(exc).__name__}). "
-                  "Check that it opens with numpy, h5py or a CSV reader, and upload it again."}
+        answer = {
+            "ok": False,
+            "status": 422,
+            "detail": f"This file could not be read ({type(exc).__name__}). "
+            "Check that it opens with numpy, h5py or a CSV reader, and upload it again.",
+        }
     try:
         conn.send_bytes(json.dumps(answer, allow_nan=False).encode())
     except BaseException:  # noqa: BLE001 - the parent sees no answer and reports the exit status
         code = 1
     os._exit(code)  # no atexit handlers or finalizers: descriptors they would touch are closed
-

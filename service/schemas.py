@@ -10,11 +10,31 @@ import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FiniteJSONResponse", "PredictRequest", "SyntheticRequest", "dataset_view", "finite", "finite_json",
-           "job_view", "thin_history"]
+__all__ = [
+    "FiniteJSONResponse",
+    "PredictRequest",
+    "SyntheticRequest",
+    "dataset_view",
+    "finite",
+    "finite_json",
+    "job_view",
+    "thin_history",
+]
 
-DATASET_FIELDS = ("id", "name", "source", "n_examples", "n_features", "n_outputs", "n_classes", "classes",
-                  "label_kind", "sha256", "size_bytes", "created_at")
+DATASET_FIELDS = (
+    "id",
+    "name",
+    "source",
+    "n_examples",
+    "n_features",
+    "n_outputs",
+    "n_classes",
+    "classes",
+    "label_kind",
+    "sha256",
+    "size_bytes",
+    "created_at",
+)
 
 
 def finite(value: Any) -> Any:
@@ -88,7 +108,7 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
         "cancel": f"{base}/{jid}/cancel",
     }
     if job.get("status") == "succeeded":
-        for fmt in (job.get("artifacts") or {}):
+        for fmt in job.get("artifacts") or {}:
             if fmt in ("npz", "safetensors", "onnx"):
                 links[f"weights_{fmt}"] = f"{base}/{jid}/weights?format={fmt}"
         links["model"] = f"{base}/{jid}/model"
@@ -97,8 +117,8 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
         "id": jid,
         "status": job.get("status"),
         "queue": job.get("queue"),
-        "progress": job.get("progress") or {"epoch": 0, "epochs": (job.get("spec") or {}).get(
-            "training", {}).get("epochs"), "loss": None},
+        "progress": job.get("progress")
+        or {"epoch": 0, "epochs": (job.get("spec") or {}).get("training", {}).get("epochs"), "loss": None},
         "metrics": job.get("metrics"),
         "device": job.get("device"),
         "error": job.get("error"),

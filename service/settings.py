@@ -23,15 +23,14 @@ class ApiSettings(WorkerSettings):
 
     host: str = Field(default="127.0.0.1", description="Address `dnnq api` binds to.")
     port: int = Field(default=8000, ge=0, le=65535)
-    cors_origins: str = Field(
-        default="", description="Comma-separated origins allowed by CORS; empty = CORS off."
-    )
+    cors_origins: str = Field(default="", description="Comma-separated origins allowed by CORS; empty = CORS off.")
 
     # Authentication: "key1,key2" or "tenant:key,..." (or a file with one entry per line).
     api_keys: str | None = Field(default=None, repr=False)
     api_keys_file: str | None = Field(default=None)
     metrics_key: str | None = Field(
-        default=None, repr=False,
+        default=None,
+        repr=False,
         description="With API keys on, /metrics answers only 'Authorization: Bearer <this key>' (the "
         "operator's scraper): its figures span every tenant. Without API keys /metrics is open.",
     )
@@ -39,25 +38,30 @@ class ApiSettings(WorkerSettings):
     # Request limits that only the API sees.
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest JSON body.")
     max_decompressed_bytes: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Largest declared size of an upload's arrays (default 4 x max_upload_bytes).",
     )
     max_predict_examples: int = Field(default=10_000, ge=1)
     max_predict_values: int = Field(
-        default=1_000_000, ge=1,
+        default=1_000_000,
+        ge=1,
         description="Largest predict response, in rows x outputs (each output value is ~20 bytes of JSON).",
     )
 
     # The sandboxed child that parses an upload (service/sandbox.py): hard limits of that process.
     parse_memory_bytes: int | None = Field(
-        default=None, ge=64 * 1024 * 1024,
+        default=None,
+        ge=64 * 1024 * 1024,
         description="Address space the parser child may add to what it starts with (RLIMIT_AS); "
         "default 2 x the declared-size limit + 256 MiB.",
     )
     parse_cpu_seconds: int = Field(default=120, ge=1, description="CPU seconds of the parser child (RLIMIT_CPU).")
     parse_wall_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of the parser child.")
     max_expansion_ratio: float = Field(
-        default=200.0, ge=1, allow_inf_nan=False,
+        default=200.0,
+        ge=1,
+        allow_inf_nan=False,
         description="Largest ratio of an upload's declared array bytes to its size on the wire (compression "
         "and chunk bombs); uploads whose arrays declare under 64 MiB are not held to it.",
     )
@@ -68,7 +72,8 @@ class ApiSettings(WorkerSettings):
         default=1000, ge=2, description="Histories up to this many epochs are returned whole."
     )
     fast_lane: bool = Field(
-        default=True, description="Answer status polls and valid submits below FastAPI (service/fastlane.py): "
+        default=True,
+        description="Answer status polls and valid submits below FastAPI (service/fastlane.py): "
         "the same responses for less CPU. false: every request goes through FastAPI's routes.",
     )
     sse_poll_seconds: float = Field(default=0.2, gt=0, description="How often /events polls Redis.")
@@ -79,7 +84,8 @@ class ApiSettings(WorkerSettings):
     )
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     worker_capacity_cache_seconds: float = Field(
-        default=1.0, ge=0,
+        default=1.0,
+        ge=0,
         description="How long an API process reuses the live workers' memory for the submit check "
         "(0: read it on every submit). Saves a Redis round trip per submit in a burst.",
     )

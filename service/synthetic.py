@@ -19,10 +19,12 @@ def moons(n_samples: int, noise: float, rng: np.random.Generator, **_) -> tuple[
     n_out, n_in = _split(n_samples, 2)
     t_out = np.linspace(0, np.pi, n_out)
     t_in = np.linspace(0, np.pi, n_in)
-    X = np.concatenate([
-        np.stack([np.cos(t_out), np.sin(t_out)], axis=1),
-        np.stack([1 - np.cos(t_in), 1 - np.sin(t_in) - 0.5], axis=1),
-    ])
+    X = np.concatenate(
+        [
+            np.stack([np.cos(t_out), np.sin(t_out)], axis=1),
+            np.stack([1 - np.cos(t_in), 1 - np.sin(t_in) - 0.5], axis=1),
+        ]
+    )
     y = np.concatenate([np.zeros(n_out), np.ones(n_in)])
     return X + rng.normal(scale=noise, size=X.shape), y
 
@@ -31,10 +33,12 @@ def circles(n_samples: int, noise: float, rng: np.random.Generator, factor: floa
     n_out, n_in = _split(n_samples, 2)
     t_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)
     t_in = np.linspace(0, 2 * np.pi, n_in, endpoint=False)
-    X = np.concatenate([
-        np.stack([np.cos(t_out), np.sin(t_out)], axis=1),
-        factor * np.stack([np.cos(t_in), np.sin(t_in)], axis=1),
-    ])
+    X = np.concatenate(
+        [
+            np.stack([np.cos(t_out), np.sin(t_out)], axis=1),
+            factor * np.stack([np.cos(t_in), np.sin(t_in)], axis=1),
+        ]
+    )
     y = np.concatenate([np.zeros(n_out), np.ones(n_in)])
     return X + rng.normal(scale=noise, size=X.shape), y
 

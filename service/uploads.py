@@ -17,8 +17,15 @@ from __future__ import annotations
 
 import os
 
-from dnnq.service.formats.common import ParsedDataset, UploadError, UploadLimits, finish_arrays, labels_from, \
-    short, source_size
+from dnnq.service.formats.common import (
+    ParsedDataset,
+    UploadError,
+    UploadLimits,
+    finish_arrays,
+    labels_from,
+    short,
+    source_size,
+)
 
 __all__ = ["ParsedDataset", "UploadError", "UploadLimits", "parse_upload", "labels_from"]
 
@@ -57,11 +64,15 @@ def parse_upload(
     except UploadError:
         raise
     except MemoryError:
-        raise UploadError(422, "This file could not be read within the parser's memory limit; upload a smaller "
-                          "dataset.") from None
+        raise UploadError(
+            422, "This file could not be read within the parser's memory limit; upload a smaller dataset."
+        ) from None
     except Exception as exc:  # the last net: a parser library's surprise is still the upload's fault
-        raise UploadError(422, f"This .{kind} file could not be read ({type(exc).__name__}: {short(exc)}); "
-                          "save it again with numpy or h5py, or as comma-separated text.") from None
+        raise UploadError(
+            422,
+            f"This .{kind} file could not be read ({type(exc).__name__}: {short(exc)}); "
+            "save it again with numpy or h5py, or as comma-separated text.",
+        ) from None
 
 
 def _parse(kind, source, size, limits, target, x_key, y_key, layout) -> ParsedDataset:

@@ -118,8 +118,9 @@ def worker(redis_client, redis_url, data_dir, tmp_path):
     """
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str] | None = None, queues: str = "default", name: str | None = None,
-              wait: float = 30.0) -> WorkerProcess:
+    def start(
+        env: dict[str, str] | None = None, queues: str = "default", name: str | None = None, wait: float = 30.0
+    ) -> WorkerProcess:
         name = name or f"test-{uuid.uuid4().hex[:8]}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
         full_env.update(

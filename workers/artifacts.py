@@ -30,6 +30,7 @@ __all__ = [
 
 def _ordered(params: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     """W1, b1, W2, b2, ... in layer order (not lexical: W10 after W9)."""
+
     def layer_key(name: str) -> tuple[int, str]:
         return int(name[1:]) if name[1:].isdigit() else 1 << 30, name[0]
 

@@ -72,6 +72,7 @@ def tenant_datasets_key(tenant: str) -> str:
     """The tenant's dataset listing, in the dnnq:tenant:{tenant}:... namespace (see workers.jobs)."""
     return f"dnnq:tenant:{tenant}:datasets"
 
+
 def _key(dataset_id: str) -> str:
     return f"dnnq:dataset:{validate_id(dataset_id, 'dataset')}"
 
@@ -107,7 +108,9 @@ def _normalise(X: Any, Y: Any, label_kind: str) -> tuple[np.ndarray, np.ndarray,
     X = np.asarray(X)
     Y = np.asarray(Y)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise DatasetError(f"X must be a 2-D array (examples, features) with at least one of each. Got shape {X.shape}.")
+        raise DatasetError(
+            f"X must be a 2-D array (examples, features) with at least one of each. Got shape {X.shape}."
+        )
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or np.iscomplexobj(X):
         raise DatasetError(f"X must hold real numbers. Got dtype {X.dtype}.")
     if X.dtype not in (np.float32, np.float64):
@@ -166,8 +169,13 @@ def write_dataset_file(X: Any, Y: Any, classes: list | None, label_kind: str, ou
     X, Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
     np.savez(out, X=X, Y=Y)
     return ParsedInfo(
-        n_examples=int(X.shape[0]), n_features=int(X.shape[1]), n_outputs=int(Y.shape[1]),
-        n_classes=int(n_classes), classes=classes, label_kind=label_kind, dtype=X.dtype.name,
+        n_examples=int(X.shape[0]),
+        n_features=int(X.shape[1]),
+        n_outputs=int(Y.shape[1]),
+        n_classes=int(n_classes),
+        classes=classes,
+        label_kind=label_kind,
+        dtype=X.dtype.name,
         content_digest=_canonical(X, Y, classes, label_kind).hex(),
     )
 
@@ -195,8 +203,9 @@ def save_dataset(
         path.unlink(missing_ok=True)
 
 
-def save_dataset_file(r, store: ArtifactStore, *, tenant: str, name: str, source: str, path: Path | str,
-                      info: ParsedInfo) -> dict:
+def save_dataset_file(
+    r, store: ArtifactStore, *, tenant: str, name: str, source: str, path: Path | str, info: ParsedInfo
+) -> dict:
     """Move a file written by write_dataset_file into the store, then write its record.
 
     Identical content (same tenant and digest) returns the existing record and leaves `path` where it
@@ -362,7 +371,9 @@ def _read_block(f: BinaryIO, member: _Member, rows: int, cols: int | None) -> np
     return np.frombuffer(data, member.dtype).reshape(cols, rows).T
 
 
-def read_preview(store: ArtifactStore, dataset_id: str, rows: int, features: int | None) -> tuple[np.ndarray, np.ndarray]:
+def read_preview(
+    store: ArtifactStore, dataset_id: str, rows: int, features: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(X[:rows, :features], Y[:rows]) read from the stored file without loading it: the zip
     directory, two .npy headers and the rows shown. `features=None`: whole rows.
     LookupError when the file is missing, DatasetError when it is not the stored layout."""

@@ -332,7 +332,8 @@ _MOVE_LUA = (
     "end\n"
 )
 _CLAIM, _FINISH, _CANCEL, _REQUEUE, _RELEASE = (
-    _MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE, _RELEASE))
+    _MOVE_LUA + src for src in (_CLAIM, _FINISH, _CANCEL, _REQUEUE, _RELEASE)
+)
 
 _SCRIPTS: dict[str, Any] = {}
 _ASYNC_SCRIPTS: dict[str, Any] = {}
@@ -383,8 +384,15 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
     return job
 
 
-def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None,
-             max_unfinished: int | None, message_for: Callable[[str, str], str] | None) -> tuple[dict, list, list]:
+def _new_job(
+    tenant: str,
+    spec: dict,
+    queue: str,
+    dataset_id: str,
+    validation_dataset_id: str | None,
+    max_unfinished: int | None,
+    message_for: Callable[[str, str], str] | None,
+) -> tuple[dict, list, list]:
     """The record of a new queued job, and the _CREATE script's keys and args that write it."""
     validate_id(dataset_id, "dataset")
     if validation_dataset_id is not None:
@@ -412,10 +420,24 @@ def _new_job(tenant: str, spec: dict, queue: str, dataset_id: str, validation_da
     }
     if not QUEUE_RE.match(queue):
         raise ValueError(f"Malformed queue name {queue!r}.")
-    keys = [job_key(job_id), tenant_jobs_key(tenant), unfinished_key(tenant), BY_STATUS_KEY, UNSENT_KEY, queue,
-            status_index_key(tenant, Status.QUEUED.value), status_index_marker(tenant)]
+    keys = [
+        job_key(job_id),
+        tenant_jobs_key(tenant),
+        unfinished_key(tenant),
+        BY_STATUS_KEY,
+        UNSENT_KEY,
+        queue,
+        status_index_key(tenant, Status.QUEUED.value),
+        status_index_marker(tenant),
+    ]
     message = message_for(job_id, queue) if message_for is not None else ""
-    args = [job_id, time.time(), int(max_unfinished or 0), message, json.dumps([x for pair in record.items() for x in pair])]
+    args = [
+        job_id,
+        time.time(),
+        int(max_unfinished or 0),
+        message,
+        json.dumps([x for pair in record.items() for x in pair]),
+    ]
     return record, keys, args
 
 
@@ -426,8 +448,15 @@ def _created(record: dict, outcome: int) -> dict:
 
 
 def create_job(
-    r, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None,
-    max_unfinished: int | None = None, message_for: Callable[[str, str], str] | None = None,
+    r,
+    *,
+    tenant: str,
+    spec: dict,
+    queue: str,
+    dataset_id: str,
+    validation_dataset_id: str | None = None,
+    max_unfinished: int | None = None,
+    message_for: Callable[[str, str], str] | None = None,
 ) -> dict:
     """Write a new queued job in one atomic step; returns the decoded record.
 
@@ -443,8 +472,15 @@ def create_job(
 
 
 async def create_job_async(
-    ar, *, tenant: str, spec: dict, queue: str, dataset_id: str, validation_dataset_id: str | None = None,
-    max_unfinished: int | None = None, message_for: Callable[[str, str], str] | None = None,
+    ar,
+    *,
+    tenant: str,
+    spec: dict,
+    queue: str,
+    dataset_id: str,
+    validation_dataset_id: str | None = None,
+    max_unfinished: int | None = None,
+    message_for: Callable[[str, str], str] | None = None,
 ) -> dict:
     """create_job on a redis.asyncio client (the submit route: no thread hop per request)."""
     record, keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished, message_for)
@@ -497,8 +533,12 @@ def list_jobs(r, tenant: str, status: str | None = None, offset: int = 0, limit:
     Reads the page's records and the total only (a sorted set per tenant and per status), however
     many jobs the tenant has."""
     listed = tenant_jobs_key(tenant) if status is None else status_index_key(tenant, Status(status).value)
-    total, page_ids = _run(r, _LIST, [tenant_jobs_key(tenant), status_index_marker(tenant), listed],
-                           [PREFIX, tenant, offset, offset + limit - 1])
+    total, page_ids = _run(
+        r,
+        _LIST,
+        [tenant_jobs_key(tenant), status_index_marker(tenant), listed],
+        [PREFIX, tenant, offset, offset + limit - 1],
+    )
     pipe = r.pipeline(transaction=False)
     for job_id in page_ids:
         pipe.hgetall(job_key(job_id))
@@ -591,7 +631,9 @@ def record_epochs(r, job_id: str, token: str, entries: list[dict], progress: dic
         raise ValueError("record_epochs needs at least one history entry")
     job, history, lease = _keys(job_id)
     return _run(
-        r, _RECORD_EPOCHS, keys=[job, lease, history, STATS_KEY],
+        r,
+        _RECORD_EPOCHS,
+        keys=[job, lease, history, STATS_KEY],
         args=[token, json.dumps(progress), LEASE_LOST, device or "", *(json.dumps(e) for e in entries)],
     )
 
@@ -632,8 +674,15 @@ def finish(
     )
 
 
-def release(r, job_id: str, token: str, reason: str, *, queue: str | None = None,
-            message_for: Callable[[str, str], str] | None = None) -> str:
+def release(
+    r,
+    job_id: str,
+    token: str,
+    reason: str,
+    *,
+    queue: str | None = None,
+    message_for: Callable[[str, str], str] | None = None,
+) -> str:
     """running -> queued at once, keeping the attempt (the worker is shutting down; the job resumes
     from its checkpoint). Returns "queued"; otherwise the status that refused it (e.g. "cancelling":
     finish the job 'cancelled' instead), or LEASE_LOST (nothing written).
@@ -646,8 +695,12 @@ def release(r, job_id: str, token: str, reason: str, *, queue: str | None = None
     if queue is not None and not QUEUE_RE.match(queue):
         raise ValueError(f"Malformed queue name {queue!r}.")
     message = message_for(job_id, queue) if message_for is not None and queue is not None else ""
-    return _run(r, _RELEASE, keys=[job, lease, ACTIVE_KEY, queue or "default"],
-                args=[token, now_iso(), job_id, reason, LEASE_LOST, message])
+    return _run(
+        r,
+        _RELEASE,
+        keys=[job, lease, ACTIVE_KEY, queue or "default"],
+        args=[token, now_iso(), job_id, reason, LEASE_LOST, message],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,7 +717,9 @@ def request_cancel(r, job_id: str) -> str:
     if outcome == "missing":
         raise JobNotFound(job_id)
     if outcome == "conflict":
-        raise JobConflict(job_id, status, f"Job '{job_id}' is already {status}; only queued or running jobs can be cancelled.")
+        raise JobConflict(
+            job_id, status, f"Job '{job_id}' is already {status}; only queued or running jobs can be cancelled."
+        )
     return status
 
 

@@ -81,13 +81,10 @@ def onnx_bytes(
     """
     if hidden_activation not in _HIDDEN:
         raise ValueError(
-            f"The 'hidden_activation' parameter must be one of {', '.join(_HIDDEN)}. "
-            f"Got {hidden_activation!r} instead."
+            f"The 'hidden_activation' parameter must be one of {', '.join(_HIDDEN)}. Got {hidden_activation!r} instead."
         )
     if output not in _OUTPUTS:
-        raise ValueError(
-            f"The 'output' parameter must be one of {', '.join(_OUTPUTS)}. Got {output!r} instead."
-        )
+        raise ValueError(f"The 'output' parameter must be one of {', '.join(_OUTPUTS)}. Got {output!r} instead.")
     L = _layer_count(parameters)
 
     initializers: list[onnx.TensorProto] = []

@@ -19,8 +19,17 @@ from dnnq.workers.logs import event
 from dnnq.workers.settings import WorkerSettings
 
 __all__ = [
-    "WORKERS_KEY", "Maintenance", "celery_sender", "host_memory_bytes", "live_workers", "live_workers_async",
-    "load_scripts_async", "register_worker", "sweep", "unregister_worker", "worker_key",
+    "WORKERS_KEY",
+    "Maintenance",
+    "celery_sender",
+    "host_memory_bytes",
+    "live_workers",
+    "live_workers_async",
+    "load_scripts_async",
+    "register_worker",
+    "sweep",
+    "unregister_worker",
+    "worker_key",
 ]
 
 Send = Callable[[str, str], None]  # send(job_id, queue)

@@ -108,21 +108,34 @@ def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 
     port = port or free_port()
     args = [
         find_redis_server(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--protected-mode", "yes",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",  # every write logged: job records survive a restart
-        "--appendfsync", "everysec",
-        "--save", "",  # no RDB snapshots; the AOF is the persistence
-        "--daemonize", "no",
-        "--logfile", str(data_dir / "redis.log"),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--protected-mode",
+        "yes",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",  # every write logged: job records survive a restart
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",  # no RDB snapshots; the AOF is the persistence
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(data_dir / "redis.log"),
     ]
     # Its own session (process group): a terminal's Ctrl-C goes to the foreground group, and Redis must
     # outlive the workers that still write to it while they shut down; its owner stops it last.
     proc = subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent, start_new_session=True,
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
     )
     server = RedisProcess(proc, port, data_dir)
     atexit.register(server.stop)  # a normal interpreter exit stops the child too
@@ -130,7 +143,11 @@ def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            log = (data_dir / "redis.log").read_text(errors="replace")[-2000:] if (data_dir / "redis.log").exists() else ""
+            log = (
+                (data_dir / "redis.log").read_text(errors="replace")[-2000:]
+                if (data_dir / "redis.log").exists()
+                else ""
+            )
             raise RuntimeError(f"redis-server exited with code {proc.returncode} on port {port}: {err or log}")
         if server.ping():
             return server

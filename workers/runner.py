@@ -110,7 +110,9 @@ def _process_redis(settings: WorkerSettings) -> redis.Redis:
     return client
 
 
-def run_job(job_id: str, *, settings: WorkerSettings | None = None, r=None, store: ArtifactStore | None = None) -> str | None:
+def run_job(
+    job_id: str, *, settings: WorkerSettings | None = None, r=None, store: ArtifactStore | None = None
+) -> str | None:
     """Train job_id to a terminal status. Returns that status ("queued" when released because the
     worker is shutting down), or None when this call did not own the job to the end (not claimed,
     or the lease was lost)."""
@@ -174,8 +176,15 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
             event("job.lease_lost", logging.WARNING, job_id=job_id, at="resume")
             return None
         event("job.resumed", job_id=job_id, from_epoch=resume_epoch, attempt=job["attempts"])
-    event("job.started", job_id=job_id, attempt=job["attempts"], epochs=cfg.epochs,
-          layer_dims=cfg.layer_dims, examples=int(X.shape[1]), device_requested=cfg.device)
+    event(
+        "job.started",
+        job_id=job_id,
+        attempt=job["attempts"],
+        epochs=cfg.epochs,
+        layer_dims=cfg.layer_dims,
+        examples=int(X.shape[1]),
+        device_requested=cfg.device,
+    )
 
     # Checkpoints every `every` epochs when the job or the worker says so; else by time: every ten
     # epochs (the old default) wrote 250 fsynced checkpoints in the course's 2,500-epoch cat job,
@@ -215,8 +224,12 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
         else:
             checkpoint_due = time.monotonic() - checkpointed_at[0] >= settings.checkpoint_seconds
         checkpoint_due = (checkpoint_due or releasing[0]) and state.epoch < state.epochs
-        if (first or checkpoint_due or state.epoch >= state.epochs
-                or time.monotonic() - flushed_at[0] >= settings.progress_flush_seconds):
+        if (
+            first
+            or checkpoint_due
+            or state.epoch >= state.epochs
+            or time.monotonic() - flushed_at[0] >= settings.progress_flush_seconds
+        ):
             flush(device=state.device if first else None)
         if heartbeat.lost.is_set():
             return
@@ -342,8 +355,9 @@ def _accuracy(params: dict, store, spec: JobSpec, meta: dict, chunk: int = 65536
     for s in range(0, X.shape[0], chunk):
         xb = spec.preprocess.apply(X[s : s + chunk].astype(np.float64))
         with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
-            labels = np.asarray(predict(params, xb.T, hidden_activation=spec.model.hidden_activation,
-                                        output=spec.model.output))
+            labels = np.asarray(
+                predict(params, xb.T, hidden_activation=spec.model.hidden_activation, output=spec.model.output)
+            )
         correct += int(np.count_nonzero(labels.reshape(-1) == truth[s : s + chunk]))
     return correct / X.shape[0]
 

@@ -10,8 +10,15 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_REDIS_URL", "WorkerSettings", "get_settings", "redis_client", "redis_client_options", "reset_settings",
-           "set_settings"]
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "WorkerSettings",
+    "get_settings",
+    "redis_client",
+    "redis_client_options",
+    "reset_settings",
+    "set_settings",
+]
 
 
 class WorkerSettings(BaseSettings):
@@ -26,21 +33,26 @@ class WorkerSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a dead worker's job waits.")
     heartbeat_seconds: float | None = Field(default=None, gt=0, description="Lease renewal period (default lease/4).")
     checkpoint_every: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Default checkpoint period in epochs; unset: by time (checkpoint_seconds).",
     )
     checkpoint_seconds: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="Without an epoch period (here or in the job's spec), a checkpoint at the first epoch "
         "that ends this long after the last one: a crash loses at most about this much training.",
     )
     progress_flush_seconds: float = Field(
-        default=0.1, ge=0,
+        default=0.1,
+        ge=0,
         description="A training job writes its finished epochs to Redis at most this often (one round trip "
         "for all of them; 0 = after every epoch). Cancellation is seen at the next write.",
     )
     max_attempts: int = Field(
-        default=3, ge=0, description="Starts of one job before the sweeper fails it instead of requeueing (0 = no limit)."
+        default=3,
+        ge=0,
+        description="Starts of one job before the sweeper fails it instead of requeueing (0 = no limit).",
     )
     max_job_seconds: int = Field(default=6 * 3600, ge=1, description="Hard time limit of one job.")
 
@@ -51,7 +63,8 @@ class WorkerSettings(BaseSettings):
     max_parameters: int = Field(default=500_000_000, ge=1)
     max_epochs: int = Field(default=100_000, ge=1)
     max_classes: int = Field(
-        default=1000, ge=2,
+        default=1000,
+        ge=2,
         description="Most classes (or output columns) a dataset may have: bounds a model's output layer "
         "and every predict response.",
     )
@@ -105,8 +118,9 @@ def redis_client(settings: WorkerSettings | None = None):
     import redis
 
     settings = settings or get_settings()
-    return redis.Redis.from_url(settings.redis_url or DEFAULT_REDIS_URL, decode_responses=True,
-                                **redis_client_options())
+    return redis.Redis.from_url(
+        settings.redis_url or DEFAULT_REDIS_URL, decode_responses=True, **redis_client_options()
+    )
 
 
 @lru_cache(maxsize=1)

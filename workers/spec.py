@@ -61,15 +61,20 @@ class TrainingSpec(_Strict):
     dropout_keep_prob: float = Field(default=1.0, gt=0, le=1)
     shuffle: bool = True
     checkpoint_every: int | None = Field(
-        default=None, ge=1, le=_MAX_INT,
+        default=None,
+        ge=1,
+        le=_MAX_INT,
         description="Epochs between checkpoints; None = the worker's default (DNNQ_CHECKPOINT_EVERY, "
-        "else by time: DNNQ_CHECKPOINT_SECONDS).")
+        "else by time: DNNQ_CHECKPOINT_SECONDS).",
+    )
 
 
 class PreprocessSpec(_Strict):
     scale: float | None = Field(
-        default=None, gt=0, le=1e6,
-        description="Multiply X by this before the first layer (e.g. 1/255 = 0.00392156862745098 for 0..255 pixels)."
+        default=None,
+        gt=0,
+        le=1e6,
+        description="Multiply X by this before the first layer (e.g. 1/255 = 0.00392156862745098 for 0..255 pixels).",
     )
 
     def apply(self, X):
@@ -91,7 +96,8 @@ class JobSpec(_Strict):
         default=False,
         description="Queue the job even when no live worker serves its queue (device 'gpu': the 'gpu' queue, "
         "else 'default'); it waits until one starts. Without it such a submit is a 422 that says which worker "
-        "to start.")
+        "to start.",
+    )
 
     @model_validator(mode="after")
     def _decay_needs_rate(self) -> "JobSpec":
@@ -131,7 +137,9 @@ def _output_units(spec: JobSpec, meta: dict) -> int:
                 "targets: use output 'linear'.",
             )
         if n_classes < 2:
-            raise SpecError("model.output", f"output 'softmax' needs at least 2 classes; dataset '{name}' has {n_classes}.")
+            raise SpecError(
+                "model.output", f"output 'softmax' needs at least 2 classes; dataset '{name}' has {n_classes}."
+            )
         return n_classes
     return int(meta["n_outputs"])  # linear: any numeric targets, one unit per column
 
@@ -191,24 +199,32 @@ def _check_validation(spec: JobSpec, train: dict, val: dict, n_y: int) -> None:
         raise SpecError(field, f"validation dataset '{vid}' has continuous targets; expected class labels.")
     if output == "sigmoid" and (kind == "onehot" or n_classes > 2):
         raise SpecError(
-            field, f"validation dataset '{vid}' has {n_classes} classes; the training set is binary (output "
-            "'sigmoid'). Upload a validation set with 0/1 labels, or train with output 'softmax'.")
+            field,
+            f"validation dataset '{vid}' has {n_classes} classes; the training set is binary (output "
+            "'sigmoid'). Upload a validation set with 0/1 labels, or train with output 'softmax'.",
+        )
     if output == "softmax" and n_classes > n_y:
         raise SpecError(
-            field, f"validation dataset '{vid}' has {n_classes} classes; the training set has {n_y}. "
-            "Upload a validation set whose labels are among the training set's classes.")
+            field,
+            f"validation dataset '{vid}' has {n_classes} classes; the training set has {n_y}. "
+            "Upload a validation set whose labels are among the training set's classes.",
+        )
     if output == "softmax" and kind == "onehot" and int(val["n_outputs"]) != n_y:
         raise SpecError(
-            field, f"validation dataset '{vid}' has one-hot labels {val['n_outputs']} wide; the output layer has "
-            f"{n_y} units. Upload a validation set with {n_y} one-hot columns (or integer labels).")
+            field,
+            f"validation dataset '{vid}' has one-hot labels {val['n_outputs']} wide; the output layer has "
+            f"{n_y} units. Upload a validation set with {n_y} one-hot columns (or integer labels).",
+        )
     train_classes, val_classes = train.get("classes") or [], val.get("classes") or []
     named = any(isinstance(c, str) for c in train_classes) and any(isinstance(c, str) for c in val_classes)
-    if named and list(val_classes) != list(train_classes)[:len(val_classes)]:
+    if named and list(val_classes) != list(train_classes)[: len(val_classes)]:
         # a CSV's class names are stored as indices into its own sorted list: both lists must agree
         raise SpecError(
-            field, f"validation dataset '{vid}' has classes {_short(val_classes)}; the training set has "
+            field,
+            f"validation dataset '{vid}' has classes {_short(val_classes)}; the training set has "
             f"{_short(train_classes)}, so its label indices would mean other classes. Upload a validation set "
-            "with the training set's class names in the same order.")
+            "with the training set's class names in the same order.",
+        )
 
 
 def _short(classes: list, keep: int = 10) -> str:

@@ -2,6 +2,7 @@
 
 Run with: .venv/bin/python -m pytest bench/tests -q   (not part of tests/: the bench is optional)
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,21 @@ def test_torch_full_batch_reference_matches_models_fit():
     rng = np.random.default_rng(0)
     X = rng.random((40, 12))
     y = (X[:, 0] > 0.5).astype(np.int64)
-    case = workloads.Case(name="tiny", workload="B", layer_dims=[12, 6, 3, 1], output="sigmoid", optimizer="gd",
-                          learning_rate=0.1, batch_size=None, epochs=15, dtype="float64", init="xavier", seed=1,
-                          X=X, y=y)
+    case = workloads.Case(
+        name="tiny",
+        workload="B",
+        layer_dims=[12, 6, 3, 1],
+        output="sigmoid",
+        optimizer="gd",
+        learning_rate=0.1,
+        batch_size=None,
+        epochs=15,
+        dtype="float64",
+        init="xavier",
+        seed=1,
+        X=X,
+        y=y,
+    )
     a, b = ours.train(case), torch_ref.train(case)
     assert len(a["epoch_s"]) == len(b["epoch_s"]) == 15
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-10)
@@ -52,15 +65,21 @@ def test_gpu_mode_refuses_clearly_without_a_gpu():
     torch = pytest.importorskip("torch", reason="PyTorch not installed")
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    p = subprocess.run([sys.executable, "-m", "bench", "--device", "gpu", "--quick"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--device", "gpu", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert "--device gpu needs a CUDA GPU" in p.stderr and "use --device cpu" in p.stderr
 
 
 def test_bad_repeats_is_rejected():
-    p = subprocess.run([sys.executable, "-m", "bench", "--repeats", "0"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--repeats", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 2 and "--repeats must be >= 1. Got 0 instead." in p.stderr
 
 
@@ -77,8 +96,21 @@ def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, 
     rng = np.random.default_rng(0)
     X = rng.random((300, 12)).astype(np.float32)
     y = (X[:, 0] * 3).astype(np.int64)
-    case = workloads.Case(name="tiny-gpu", workload="A", layer_dims=[12, 8, 3], output="softmax", optimizer="gd",
-                          learning_rate=0.1, batch_size=64, epochs=3, dtype="float32", init="he", seed=1, X=X, y=y)
+    case = workloads.Case(
+        name="tiny-gpu",
+        workload="A",
+        layer_dims=[12, 8, 3],
+        output="softmax",
+        optimizer="gd",
+        learning_rate=0.1,
+        batch_size=64,
+        epochs=3,
+        dtype="float32",
+        init="he",
+        seed=1,
+        X=X,
+        y=y,
+    )
     graphed, eager = ours.train(case, "gpu"), ours.train(case, "gpu", step_graphs=False)
     assert graphed["device"] == "gpu:0" and graphed["step_graph"] == "on: 12 steps replayed from 1 capture"
     assert eager["step_graph"] is None and eager["loss"] == graphed["loss"] and stepgraph.enabled()

@@ -26,17 +26,17 @@ class UploadError(Exception):
 class UploadLimits:
     max_examples: int
     max_features: int
-    max_array_bytes: int                # declared (uncompressed) size of all arrays together
-    max_classes: int = 1000             # DNNQ_MAX_CLASSES: classes / output columns
+    max_array_bytes: int  # declared (uncompressed) size of all arrays together
+    max_classes: int = 1000  # DNNQ_MAX_CLASSES: classes / output columns
     max_expansion_ratio: float = 200.0  # declared array bytes / bytes uploaded; not applied under 64 MiB declared
 
 
 @dataclass
 class ParsedDataset:
-    X: np.ndarray            # (m, n_features) float32 when exact for the upload's dtype, else float64
-    Y: np.ndarray            # (m, n_outputs) float64
-    classes: list | None     # original label values, index = class id; None for continuous
-    label_kind: str          # binary | integer | onehot | continuous
+    X: np.ndarray  # (m, n_features) float32 when exact for the upload's dtype, else float64
+    Y: np.ndarray  # (m, n_outputs) float64
+    classes: list | None  # original label values, index = class id; None for continuous
+    label_kind: str  # binary | integer | onehot | continuous
 
 
 def source_size(source: bytes | os.PathLike) -> int:
@@ -66,14 +66,18 @@ def check_declared(parts: list[tuple[str, tuple, int]], upload_bytes: int, limit
         total += declared_bytes(shape, itemsize)
         if total > limits.max_array_bytes:
             raise UploadError(
-                413, f"The arrays in this file declare {total} bytes when loaded ({what} {tuple(shape)}); "
-                f"the limit is {limits.max_array_bytes}. Upload a smaller dataset.")
+                413,
+                f"The arrays in this file declare {total} bytes when loaded ({what} {tuple(shape)}); "
+                f"the limit is {limits.max_array_bytes}. Upload a smaller dataset.",
+            )
     ratio = total / max(upload_bytes, 1)
     if total >= RATIO_FLOOR and ratio > limits.max_expansion_ratio:
         raise UploadError(
-            413, f"The arrays in this file declare {total} bytes from {upload_bytes} uploaded bytes, an "
+            413,
+            f"The arrays in this file declare {total} bytes from {upload_bytes} uploaded bytes, an "
             f"expansion of {ratio:.0f}x; the limit is {limits.max_expansion_ratio:g}x (DNNQ_MAX_EXPANSION_RATIO). "
-            "Upload the data less compressed, or in a smaller dataset.")
+            "Upload the data less compressed, or in a smaller dataset.",
+        )
     return total
 
 
@@ -84,39 +88,51 @@ def check_finite(X: np.ndarray, Y: np.ndarray) -> None:
         finite = np.isfinite(a)
         if not finite.all():
             row = int(np.argwhere(~finite)[0][0])
-            raise UploadError(422, f"{name} contains NaN or infinite values (first at example {row}); "
-                              "remove or impute them before uploading.")
+            raise UploadError(
+                422,
+                f"{name} contains NaN or infinite values (first at example {row}); "
+                "remove or impute them before uploading.",
+            )
 
 
 def check_limits(X: np.ndarray, limits: UploadLimits) -> None:
     m, n = X.shape
     if m > limits.max_examples:
-        raise UploadError(413, f"This dataset has {m} examples; the limit is {limits.max_examples} "
-                          "(DNNQ_MAX_EXAMPLES).")
+        raise UploadError(
+            413, f"This dataset has {m} examples; the limit is {limits.max_examples} (DNNQ_MAX_EXAMPLES)."
+        )
     if n > limits.max_features:
-        raise UploadError(413, f"This dataset has {n} features; the limit is {limits.max_features} "
-                          "(DNNQ_MAX_FEATURES).")
+        raise UploadError(
+            413, f"This dataset has {n} features; the limit is {limits.max_features} (DNNQ_MAX_FEATURES)."
+        )
 
 
 def check_classes(n: int, what: str, limits: UploadLimits) -> None:
     if n > limits.max_classes:
         raise UploadError(
-            413, f"The labels have {n} {what}; the limit is {limits.max_classes} (DNNQ_MAX_CLASSES). "
-            "Merge rare classes, or store a continuous target as non-integer floats.")
+            413,
+            f"The labels have {n} {what}; the limit is {limits.max_classes} (DNNQ_MAX_CLASSES). "
+            "Merge rare classes, or store a continuous target as non-integer floats.",
+        )
 
 
 def finish_arrays(X: np.ndarray, Y: np.ndarray, limits: UploadLimits) -> ParsedDataset:
     X, Y = np.asarray(X), np.asarray(Y)
     for name, a in (("X", X), ("Y", Y)):
         if a.dtype.kind not in "biuf":
-            raise UploadError(422, f"{name} has dtype {a.dtype}; only numeric arrays are accepted "
-                              "(encode string labels as integers, or upload a CSV).")
+            raise UploadError(
+                422,
+                f"{name} has dtype {a.dtype}; only numeric arrays are accepted "
+                "(encode string labels as integers, or upload a CSV).",
+            )
         if a.ndim == 0 or a.shape[0] == 0 or a.size == 0:
             raise UploadError(422, f"{name} is empty (shape {a.shape}); it needs at least one example.")
     if X.shape[0] != Y.shape[0]:
         raise UploadError(
-            422, f"X has {X.shape[0]} examples but Y has {Y.shape[0]}: examples are rows (m, ...) and "
-            "both arrays need the same first dimension (use layout=features_first for (n_x, m) arrays).")
+            422,
+            f"X has {X.shape[0]} examples but Y has {Y.shape[0]}: examples are rows (m, ...) and "
+            "both arrays need the same first dimension (use layout=features_first for (n_x, m) arrays).",
+        )
     X = X.reshape(X.shape[0], -1).astype(stored_dtype(X.dtype), copy=False)  # image-like (m, h, w, c) -> (m, h*w*c)
     if Y.ndim > 2:
         raise UploadError(422, f"Y must be (m,) or (m, n_outputs); got shape {Y.shape}.")
@@ -143,8 +159,10 @@ def labels_from(Y: np.ndarray, max_classes: int = 1000) -> tuple[np.ndarray, lis
     """
     if Y.shape[1] > max_classes:
         raise UploadError(
-            413, f"Y has {Y.shape[1]} output columns; the limit is {max_classes} (DNNQ_MAX_CLASSES). "
-            "Upload fewer outputs per example.")
+            413,
+            f"Y has {Y.shape[1]} output columns; the limit is {max_classes} (DNNQ_MAX_CLASSES). "
+            "Upload fewer outputs per example.",
+        )
     integral = bool(np.all(Y == np.round(Y)))
     if Y.shape[1] == 1:
         if integral and np.all((Y == 0) | (Y == 1)):
@@ -153,9 +171,11 @@ def labels_from(Y: np.ndarray, max_classes: int = 1000) -> tuple[np.ndarray, lis
             top = int(Y.max())
             if top >= max_classes:
                 raise UploadError(
-                    413, f"Y holds integer class ids up to {top}, so {top + 1} classes; the limit is "
+                    413,
+                    f"Y holds integer class ids up to {top}, so {top + 1} classes; the limit is "
                     f"{max_classes} (DNNQ_MAX_CLASSES). Renumber the classes 0..K-1 with fewer classes, or "
-                    "for a continuous target store non-integer values.")
+                    "for a continuous target store non-integer values.",
+                )
             return Y, list(range(top + 1)), "integer"
         return Y, None, "continuous"
     if integral and np.all((Y == 0) | (Y == 1)) and np.all(Y.sum(axis=1) == 1):

@@ -13,8 +13,16 @@ import os
 
 import numpy as np
 
-from dnnq.service.formats.common import ParsedDataset, UploadError, UploadLimits, check_classes, check_finite, \
-    check_limits, finish_arrays, short
+from dnnq.service.formats.common import (
+    ParsedDataset,
+    UploadError,
+    UploadLimits,
+    check_classes,
+    check_finite,
+    check_limits,
+    finish_arrays,
+    short,
+)
 
 __all__ = ["read_csv"]
 
@@ -35,10 +43,15 @@ def _lines(text: io.TextIOBase, limits: UploadLimits):
             return
         if len(line) > most:
             if number == 1 and line.count(",") > limits.max_features:
-                raise UploadError(413, f"This CSV's header has more than {limits.max_features} feature columns; "
-                                  f"the limit is {limits.max_features} (DNNQ_MAX_FEATURES).")
-            raise UploadError(422, f"CSV line {number} is longer than {most} characters; a row holds numbers and "
-                              "one label per column.")
+                raise UploadError(
+                    413,
+                    f"This CSV's header has more than {limits.max_features} feature columns; "
+                    f"the limit is {limits.max_features} (DNNQ_MAX_FEATURES).",
+                )
+            raise UploadError(
+                422,
+                f"CSV line {number} is longer than {most} characters; a row holds numbers and one label per column.",
+            )
         if "\x00" in line:
             raise UploadError(422, f"CSV line {number} contains a NUL byte; upload plain UTF-8 text.")
         yield line
@@ -51,9 +64,12 @@ def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | No
         try:
             return _parse(reader, limits, target)
         except csv.Error as exc:  # a field over the csv module's limit, a quote never closed
-            raise UploadError(422, f"CSV line {reader.line_num}: {exc}. Fields longer than "
-                              f"{csv.field_size_limit()} characters, or quotes that never close, are refused; "
-                              "save the file as comma-separated numbers.") from None
+            raise UploadError(
+                422,
+                f"CSV line {reader.line_num}: {exc}. Fields longer than "
+                f"{csv.field_size_limit()} characters, or quotes that never close, are refused; "
+                "save the file as comma-separated numbers.",
+            ) from None
 
 
 def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
@@ -68,8 +84,9 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
         raise UploadError(422, "This CSV needs at least one feature column and a label column.")
     n = len(header)
     if n - 1 > limits.max_features:
-        raise UploadError(413, f"This dataset has {n - 1} features; the limit is {limits.max_features} "
-                          "(DNNQ_MAX_FEATURES).")
+        raise UploadError(
+            413, f"This dataset has {n - 1} features; the limit is {limits.max_features} (DNNQ_MAX_FEATURES)."
+        )
     t = n - 1 if target is None else (header.index(target) if target in header else None)
     if t is None:
         raise UploadError(422, f"target column {target!r} is not in the header {header[:50]}.")
@@ -148,11 +165,17 @@ def _as_floats(names: dict, codes: np.ndarray, m: int, capacity: int, limits: Up
 
 def _too_many_rows(m: int, n: int, limits: UploadLimits) -> None:
     if m >= limits.max_examples:
-        raise UploadError(413, f"This CSV has more than {limits.max_examples} examples; the limit is "
-                          f"{limits.max_examples} (DNNQ_MAX_EXAMPLES).")
-    raise UploadError(413, f"This CSV has more than {m} rows of {n - 1} features, over {limits.max_array_bytes} "
-                      "bytes as float64; the limit is the declared-size limit (DNNQ_MAX_DECOMPRESSED_BYTES). "
-                      "Upload a smaller dataset.")
+        raise UploadError(
+            413,
+            f"This CSV has more than {limits.max_examples} examples; the limit is "
+            f"{limits.max_examples} (DNNQ_MAX_EXAMPLES).",
+        )
+    raise UploadError(
+        413,
+        f"This CSV has more than {m} rows of {n - 1} features, over {limits.max_array_bytes} "
+        "bytes as float64; the limit is the declared-size limit (DNNQ_MAX_DECOMPRESSED_BYTES). "
+        "Upload a smaller dataset.",
+    )
 
 
 def _not_a_number(row: list[str], header: list[str], t: int, line: int) -> None:
@@ -162,6 +185,8 @@ def _not_a_number(row: list[str], header: list[str], t: int, line: int) -> None:
             float(col)
         except ValueError:
             raise UploadError(
-                422, f"CSV line {line}, column {names[j]!r}: {col.strip()[:100]!r} is not a number. Features "
-                "must be numeric (only the target column may hold strings).") from None
+                422,
+                f"CSV line {line}, column {names[j]!r}: {col.strip()[:100]!r} is not a number. Features "
+                "must be numeric (only the target column may hold strings).",
+            ) from None
     raise UploadError(422, f"CSV line {line} could not be read as numbers.")

@@ -21,14 +21,24 @@ from dnnq.service.formats.common import UploadError, UploadLimits, check_declare
 
 __all__ = ["read_h5"]
 
-MAX_CHUNKS = 1_000_000             # per dataset; each chunk costs a B-tree entry and a lookup
-CHUNKS_PER_READ = 4096             # bounds libhdf5's per-read chunk bookkeeping
-MIN_FILE_BYTES_PER_CHUNK = 16      # an allocated chunk costs more than this in the file
+MAX_CHUNKS = 1_000_000  # per dataset; each chunk costs a B-tree entry and a lookup
+CHUNKS_PER_READ = 4096  # bounds libhdf5's per-read chunk bookkeeping
+MIN_FILE_BYTES_PER_CHUNK = 16  # an allocated chunk costs more than this in the file
 MAX_CHUNK_BYTES = 64 * 1024 * 1024  # a chunk larger than this must not be larger than its dataset
 MAX_SOFT_LINK_HOPS = 16
 _FILTERS = {1: "gzip/deflate", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}
-_BROKEN = (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError, OverflowError, UnicodeError,
-           NotImplementedError, MemoryError)
+_BROKEN = (
+    OSError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    TypeError,
+    IndexError,
+    OverflowError,
+    UnicodeError,
+    NotImplementedError,
+    MemoryError,
+)
 _plugins_off = False
 
 
@@ -41,8 +51,9 @@ def _disable_plugins(h5pl) -> None:
         _plugins_off = True
 
 
-def read_h5(source: bytes | os.PathLike, upload_bytes: int, limits: UploadLimits,
-            x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+def read_h5(
+    source: bytes | os.PathLike, upload_bytes: int, limits: UploadLimits, x_key: str, y_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     import h5py
     import h5py.h5pl
 
@@ -76,11 +87,17 @@ def _find_dataset(f, key: str):
     except _BROKEN as exc:
         raise UploadError(422, f"Dataset {key!r} in this .h5 file could not be looked up: {short(exc)}.") from None
     if obj is None:
-        raise UploadError(422, f"This .h5 file has no dataset {key!r} (found {_top_datasets(f)}); "
-                          "name them with the form fields x_key and y_key.")
+        raise UploadError(
+            422,
+            f"This .h5 file has no dataset {key!r} (found {_top_datasets(f)}); "
+            "name them with the form fields x_key and y_key.",
+        )
     if not isinstance(obj, h5py.Dataset):
-        raise UploadError(422, f"{key!r} in this .h5 file is not a dataset (a group or a type); name a dataset "
-                          "with the form fields x_key and y_key.")
+        raise UploadError(
+            422,
+            f"{key!r} in this .h5 file is not a dataset (a group or a type); name a dataset "
+            "with the form fields x_key and y_key.",
+        )
     return obj
 
 
@@ -101,21 +118,31 @@ def _walk(f, path: str, hops: int, start=None):
             node = node.get(part)
         elif isinstance(link, h5py.SoftLink):
             if hops >= MAX_SOFT_LINK_HOPS:
-                raise UploadError(422, f"{path!r} in this .h5 file goes through more than {MAX_SOFT_LINK_HOPS} "
-                                  "soft links; store the datasets themselves under the names you upload.")
+                raise UploadError(
+                    422,
+                    f"{path!r} in this .h5 file goes through more than {MAX_SOFT_LINK_HOPS} "
+                    "soft links; store the datasets themselves under the names you upload.",
+                )
             target = _walk(f, link.path, hops + 1, start=node)
             if target is None:
                 raise UploadError(
-                    422, f"{'/'.join(parts[:i + 1])!r} in this .h5 file is a soft link to {link.path!r}, which is "
-                    "not in the file; store the dataset itself under that name.")
+                    422,
+                    f"{'/'.join(parts[: i + 1])!r} in this .h5 file is a soft link to {link.path!r}, which is "
+                    "not in the file; store the dataset itself under that name.",
+                )
             node = target
         elif isinstance(link, h5py.ExternalLink):
             raise UploadError(
-                422, f"{'/'.join(parts[:i + 1])!r} in this .h5 file is an external link to another file; uploads "
-                "must hold their data themselves (copy the dataset into the file).")
+                422,
+                f"{'/'.join(parts[: i + 1])!r} in this .h5 file is an external link to another file; uploads "
+                "must hold their data themselves (copy the dataset into the file).",
+            )
         else:
-            raise UploadError(422, f"{'/'.join(parts[:i + 1])!r} in this .h5 file is a user-defined link; store "
-                              "the dataset itself under that name.")
+            raise UploadError(
+                422,
+                f"{'/'.join(parts[: i + 1])!r} in this .h5 file is a user-defined link; store "
+                "the dataset itself under that name.",
+            )
     return node
 
 
@@ -143,20 +170,29 @@ def _inspect(ds, key: str) -> tuple[tuple, np.dtype, tuple | None]:
         dcpl = ds.id.get_create_plist()
         layout = dcpl.get_layout()
         if layout == h5d.VIRTUAL:
-            raise UploadError(422, f"Dataset {key!r} is a virtual dataset (its data lives in other files); "
-                              "uploads must hold their data themselves: save a plain dataset.")
+            raise UploadError(
+                422,
+                f"Dataset {key!r} is a virtual dataset (its data lives in other files); "
+                "uploads must hold their data themselves: save a plain dataset.",
+            )
         if layout not in (h5d.COMPACT, h5d.CONTIGUOUS, h5d.CHUNKED):
-            raise UploadError(422, f"Dataset {key!r} has an unsupported storage layout ({layout}); save a "
-                              "plain dataset.")
+            raise UploadError(
+                422, f"Dataset {key!r} has an unsupported storage layout ({layout}); save a plain dataset."
+            )
         if dcpl.get_external_count() > 0:
-            raise UploadError(422, f"Dataset {key!r} keeps its data in an external file; uploads must hold "
-                              "their data themselves: save a plain dataset.")
+            raise UploadError(
+                422,
+                f"Dataset {key!r} keeps its data in an external file; uploads must hold "
+                "their data themselves: save a plain dataset.",
+            )
         for i in range(dcpl.get_nfilters()):
             code = dcpl.get_filter(i)[0]
             if code not in _FILTERS:
                 raise UploadError(
-                    422, f"Dataset {key!r} uses HDF5 filter {code}, which this service does not run; "
-                    f"accepted filters are {', '.join(_FILTERS.values())}. Save it with compression='gzip' or none.")
+                    422,
+                    f"Dataset {key!r} uses HDF5 filter {code}, which this service does not run; "
+                    f"accepted filters are {', '.join(_FILTERS.values())}. Save it with compression='gzip' or none.",
+                )
         shape, chunks = ds.shape, ds.chunks
         dtype = ds.dtype
     except UploadError:
@@ -164,8 +200,11 @@ def _inspect(ds, key: str) -> tuple[tuple, np.dtype, tuple | None]:
     except _BROKEN as exc:
         raise UploadError(422, f"Dataset {key!r} in this .h5 file could not be inspected: {short(exc)}.") from None
     if dtype.kind not in "biuf" or dtype.subdtype is not None:
-        raise UploadError(422, f"Dataset {key!r} has dtype {dtype}; only numeric data is accepted "
-                          "(encode string labels as integers, or upload a CSV).")
+        raise UploadError(
+            422,
+            f"Dataset {key!r} has dtype {dtype}; only numeric data is accepted "
+            "(encode string labels as integers, or upload a CSV).",
+        )
     if shape is None:
         raise UploadError(422, f"Dataset {key!r} is empty (no dataspace); it needs at least one example.")
     return tuple(int(d) for d in shape), dtype, None if chunks is None else tuple(int(c) for c in chunks)
@@ -180,13 +219,17 @@ def _check_chunks(key: str, shape: tuple, dtype: np.dtype, chunks: tuple | None,
     most = min(MAX_CHUNKS, max(CHUNKS_PER_READ, upload_bytes // MIN_FILE_BYTES_PER_CHUNK))
     if n_chunks > most:
         raise UploadError(
-            422, f"Dataset {key!r} declares {n_chunks} chunks of shape {chunks} in a {upload_bytes}-byte file; "
-            f"the limit is {most}. Save it with larger chunks (h5py chunks=True) or none.")
+            422,
+            f"Dataset {key!r} declares {n_chunks} chunks of shape {chunks} in a {upload_bytes}-byte file; "
+            f"the limit is {most}. Save it with larger chunks (h5py chunks=True) or none.",
+        )
     chunk_bytes = declared_bytes(chunks, dtype.itemsize)
     if chunk_bytes > max(MAX_CHUNK_BYTES, declared_bytes(shape, dtype.itemsize)):
         raise UploadError(
-            422, f"Dataset {key!r} declares {chunk_bytes}-byte chunks, larger than the dataset itself; save "
-            "it with h5py chunks=True or none.")
+            422,
+            f"Dataset {key!r} declares {chunk_bytes}-byte chunks, larger than the dataset itself; save "
+            "it with h5py chunks=True or none.",
+        )
 
 
 def _read(ds, key: str, shape: tuple, dtype: np.dtype, chunks: tuple | None) -> np.ndarray:
@@ -200,8 +243,11 @@ def _read(ds, key: str, shape: tuple, dtype: np.dtype, chunks: tuple | None) -> 
         for sel in _blocks(shape, chunks):
             ds.read_direct(out, sel, sel)
     except _BROKEN as exc:
-        raise UploadError(422, f"Dataset {key!r} could not be read ({short(exc)}): the file is damaged. Save "
-                          "it again and upload the new file.") from None
+        raise UploadError(
+            422,
+            f"Dataset {key!r} could not be read ({short(exc)}): the file is damaged. Save "
+            "it again and upload the new file.",
+        ) from None
     return out
 
 

@@ -18,19 +18,32 @@ from dnnq.service.formats.common import UploadError, UploadLimits, check_declare
 __all__ = ["read_npz"]
 
 MAX_DIRECTORY_BYTES = 1024 * 1024  # the zip's central directory: a two-array .npz needs a few hundred bytes
-READ_BLOCK = 4 * 1024 * 1024       # decompress this much at a time into the preallocated array
+READ_BLOCK = 4 * 1024 * 1024  # decompress this much at a time into the preallocated array
 _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
-_BROKEN = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError, NotImplementedError,
-           RuntimeError, OverflowError, UnicodeError, IndexError)
+_BROKEN = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    UnicodeError,
+    IndexError,
+)
 
 
 def _corrupt(what: str, exc: BaseException) -> UploadError:
-    return UploadError(422, f"This .npz is damaged ({what}: {short(exc)}); save it again with numpy.savez "
-                       "and upload the new file.")
+    return UploadError(
+        422, f"This .npz is damaged ({what}: {short(exc)}); save it again with numpy.savez and upload the new file."
+    )
 
 
-def read_npz(source: bytes | os.PathLike, upload_bytes: int, limits: UploadLimits,
-             x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(
+    source: bytes | os.PathLike, upload_bytes: int, limits: UploadLimits, x_key: str, y_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     fileobj = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
     with fileobj:
         _check_directory_size(fileobj)
@@ -45,19 +58,25 @@ def read_npz(source: bytes | os.PathLike, upload_bytes: int, limits: UploadLimit
             declared = sum(info.file_size for info in members.values())
             if declared > limits.max_array_bytes:
                 raise UploadError(
-                    413, f"This .npz declares {declared} bytes uncompressed; the limit is "
-                    f"{limits.max_array_bytes}. Upload a smaller dataset.")
+                    413,
+                    f"This .npz declares {declared} bytes uncompressed; the limit is "
+                    f"{limits.max_array_bytes}. Upload a smaller dataset.",
+                )
             wanted = []
             for key in (x_key, y_key):
                 member = members.get(f"{key}.npy")
                 if member is None:
                     found = sorted(n[:-4] for n in members if n.endswith(".npy"))[:20]
-                    raise UploadError(422, f"This .npz has no array {key!r} (found {found}); "
-                                      f"save it as numpy.savez(f, {x_key}=..., {y_key}=...).")
+                    raise UploadError(
+                        422,
+                        f"This .npz has no array {key!r} (found {found}); "
+                        f"save it as numpy.savez(f, {x_key}=..., {y_key}=...).",
+                    )
                 _check_member(member, key)
                 wanted.append((key, member, _read_header(zf, member, key)))
-            check_declared([(key, shape, dtype.itemsize) for key, _, (shape, _, dtype, _) in wanted],
-                           upload_bytes, limits)
+            check_declared(
+                [(key, shape, dtype.itemsize) for key, _, (shape, _, dtype, _) in wanted], upload_bytes, limits
+            )
             X, Y = (_read_data(zf, member, key, *header) for key, member, header in wanted)
     return X, Y
 
@@ -73,8 +92,11 @@ def _check_directory_size(fileobj) -> None:
         record = None
     fileobj.seek(0)
     if record is not None and record[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:
-        raise UploadError(422, f"This .npz's zip directory is {record[zipfile._ECD_SIZE]} bytes (over "
-                          f"{MAX_DIRECTORY_BYTES}): an .npz holds a few arrays. Save only X and Y with numpy.savez.")
+        raise UploadError(
+            422,
+            f"This .npz's zip directory is {record[zipfile._ECD_SIZE]} bytes (over "
+            f"{MAX_DIRECTORY_BYTES}): an .npz holds a few arrays. Save only X and Y with numpy.savez.",
+        )
 
 
 def _check_member(member: zipfile.ZipInfo, key: str) -> None:
@@ -82,8 +104,10 @@ def _check_member(member: zipfile.ZipInfo, key: str) -> None:
         raise UploadError(422, f"Array {key!r} in this .npz is encrypted; upload an unencrypted numpy.savez file.")
     if member.compress_type not in _METHODS:
         raise UploadError(
-            422, f"Array {key!r} in this .npz uses zip compression method {member.compress_type}; only stored "
-            "and deflate (numpy.savez, numpy.savez_compressed) are accepted.")
+            422,
+            f"Array {key!r} in this .npz uses zip compression method {member.compress_type}; only stored "
+            "and deflate (numpy.savez, numpy.savez_compressed) are accepted.",
+        )
 
 
 def _read_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, key: str):
@@ -101,24 +125,33 @@ def _read_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, key: str):
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise _corrupt(f"array {key!r}", exc) from None
     except Exception as exc:  # numpy parses the header's dict literal: SyntaxError, TokenError, ValueError...
-        raise UploadError(422, f"Array {key!r} in this .npz has a bad .npy header ({short(exc)}); save it with "
-                          "numpy.savez.") from None
+        raise UploadError(
+            422, f"Array {key!r} in this .npz has a bad .npy header ({short(exc)}); save it with numpy.savez."
+        ) from None
     if dtype.hasobject:
         raise UploadError(
-            422, f"Array {key!r} contains pickled objects; this service never unpickles "
-            "uploads. Save numeric arrays (e.g. X.astype('float32')).")
+            422,
+            f"Array {key!r} contains pickled objects; this service never unpickles "
+            "uploads. Save numeric arrays (e.g. X.astype('float32')).",
+        )
     if dtype.kind not in "biuf" or dtype.subdtype is not None:
-        raise UploadError(422, f"{key} has dtype {dtype}; only numeric arrays are accepted "
-                          "(encode string labels as integers, or upload a CSV).")
+        raise UploadError(
+            422,
+            f"{key} has dtype {dtype}; only numeric arrays are accepted "
+            "(encode string labels as integers, or upload a CSV).",
+        )
     if any(d < 0 for d in shape):
-        raise UploadError(422, f"Array {key!r} in this .npz declares a negative shape {tuple(shape)}; save it "
-                          "again with numpy.savez.")
+        raise UploadError(
+            422, f"Array {key!r} in this .npz declares a negative shape {tuple(shape)}; save it again with numpy.savez."
+        )
     data_bytes = declared_bytes(shape, dtype.itemsize)
     if header_bytes + data_bytes != member.file_size:
         raise UploadError(
-            422, f"Array {key!r} in this .npz declares shape {tuple(shape)} of {dtype} ({data_bytes} bytes) but "
+            422,
+            f"Array {key!r} in this .npz declares shape {tuple(shape)} of {dtype} ({data_bytes} bytes) but "
             f"the zip directory says the member is {member.file_size} bytes: the file is damaged or "
-            "inconsistent. Save it again with numpy.savez.")
+            "inconsistent. Save it again with numpy.savez.",
+        )
     return tuple(int(d) for d in shape), fortran, dtype, header_bytes
 
 
@@ -130,7 +163,7 @@ def _read_data(zf, member, key, shape, fortran, dtype, header_bytes) -> np.ndarr
             fh.read(header_bytes)
             done = 0
             while done < len(raw):
-                n = fh.readinto(raw[done:done + READ_BLOCK])
+                n = fh.readinto(raw[done : done + READ_BLOCK])
                 if not n:
                     raise EOFError(f"the data ends after {done} of {len(raw)} bytes")
                 done += n

@@ -35,16 +35,22 @@ def _now_iso() -> str:
 
 
 def _limits(settings) -> UploadLimits:
-    return UploadLimits(settings.max_examples, settings.max_features, settings.decompressed_limit,
-                        max_classes=settings.max_classes, max_expansion_ratio=settings.max_expansion_ratio)
+    return UploadLimits(
+        settings.max_examples,
+        settings.max_features,
+        settings.decompressed_limit,
+        max_classes=settings.max_classes,
+        max_expansion_ratio=settings.max_expansion_ratio,
+    )
 
 
 def _save(r, settings, *, tenant, idem_key, body_sha, store_it):
     """Run `store_it()` (-> record) under the Idempotency-Key; 201 for a new dataset, 200 when identical
     content already exists. An Idempotency-Key replay answers 201 with the original id, without
     calling `store_it`. UploadError and DatasetError are 4xx problems."""
-    reservation, replay_id = reserve(r, tenant=tenant, route="datasets", key=idem_key,
-                                     body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds)
+    reservation, replay_id = reserve(
+        r, tenant=tenant, route="datasets", key=idem_key, body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds
+    )
     if replay_id is not None:
         rec = datasets.get_dataset(r, replay_id, tenant)
         if rec is not None:
@@ -101,11 +107,27 @@ def upload_dataset(
 
         def store_it() -> dict:
             info = parse_in_sandbox(
-                file.filename or "", upload_path, stored_path, _limits(settings), target=target, x_key=x_key,
-                y_key=y_key, layout=layout, memory_bytes=settings.parse_memory_limit,
-                cpu_seconds=settings.parse_cpu_seconds, wall_seconds=settings.parse_wall_seconds)
-            return datasets.save_dataset_file(r, store, tenant=tenant, name=name or file.filename or "upload",
-                                              source=f"upload:{file.filename}", path=stored_path, info=info)
+                file.filename or "",
+                upload_path,
+                stored_path,
+                _limits(settings),
+                target=target,
+                x_key=x_key,
+                y_key=y_key,
+                layout=layout,
+                memory_bytes=settings.parse_memory_limit,
+                cpu_seconds=settings.parse_cpu_seconds,
+                wall_seconds=settings.parse_wall_seconds,
+            )
+            return datasets.save_dataset_file(
+                r,
+                store,
+                tenant=tenant,
+                name=name or file.filename or "upload",
+                source=f"upload:{file.filename}",
+                path=stored_path,
+                info=info,
+            )
 
         return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha, store_it=store_it)
     finally:
@@ -124,34 +146,62 @@ def synthetic_dataset(
 ) -> JSONResponse:
     limit = min(settings.max_synthetic_samples, settings.max_examples)
     if body.n_samples > limit:
-        raise Problem(422, f"n_samples: {body.n_samples} is over the limit of {limit}.",
-                      errors=[{"field": "n_samples", "message": f"must be <= {limit}"}])
+        raise Problem(
+            422,
+            f"n_samples: {body.n_samples} is over the limit of {limit}.",
+            errors=[{"field": "n_samples", "message": f"must be <= {limit}"}],
+        )
     if body.n_features > settings.max_features:
-        raise Problem(422, f"n_features: {body.n_features} is over the limit of {settings.max_features}.",
-                      errors=[{"field": "n_features", "message": f"must be <= {settings.max_features}"}])
+        raise Problem(
+            422,
+            f"n_features: {body.n_features} is over the limit of {settings.max_features}.",
+            errors=[{"field": "n_features", "message": f"must be <= {settings.max_features}"}],
+        )
     width = body.n_features if body.name == "blobs" else 2
     size = body.n_samples * width * 8  # float64 values: no bigger than an upload could be
     if size > settings.max_upload_bytes:
-        raise Problem(422, f"n_samples x n_features = {body.n_samples} x {width} float64 values is {size} bytes, over "
-                      f"the {settings.max_upload_bytes} an upload may have (DNNQ_MAX_UPLOAD_BYTES); generate fewer "
-                      "samples or features.",
-                      errors=[{"field": "n_samples", "message": f"n_samples x n_features x 8 must be <= "
-                               f"{settings.max_upload_bytes}"}])
+        raise Problem(
+            422,
+            f"n_samples x n_features = {body.n_samples} x {width} float64 values is {size} bytes, over "
+            f"the {settings.max_upload_bytes} an upload may have (DNNQ_MAX_UPLOAD_BYTES); generate fewer "
+            "samples or features.",
+            errors=[
+                {"field": "n_samples", "message": f"n_samples x n_features x 8 must be <= {settings.max_upload_bytes}"}
+            ],
+        )
     k = 2 if body.name in ("moons", "circles") else body.n_classes
     X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
     used = ["n_samples", "noise", "seed"] + {"spiral": ["n_classes"], "blobs": ["n_classes", "n_features"]}.get(
-        body.name, [])
+        body.name, []
+    )
     label = f"{body.name}(" + ", ".join(f"{a}={getattr(body, a)}" for a in used) + ")"
     body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha,
-                 store_it=lambda: datasets.save_dataset(r, store, tenant=tenant, name=label, source=f"synthetic:{body.name}",
-                                                        X=X, Y=y, classes=list(range(k)),
-                                                        label_kind="binary" if k == 2 else "integer"))
+    return _save(
+        r,
+        settings,
+        tenant=tenant,
+        idem_key=idempotency_key,
+        body_sha=body_sha,
+        store_it=lambda: datasets.save_dataset(
+            r,
+            store,
+            tenant=tenant,
+            name=label,
+            source=f"synthetic:{body.name}",
+            X=X,
+            Y=y,
+            classes=list(range(k)),
+            label_kind="binary" if k == 2 else "integer",
+        ),
+    )
 
 
 @router.get("/{dataset_id}", responses=problems(404))
 def get_dataset(
-    dataset_id: str, r: Rds, store: Store, tenant: Tenant,
+    dataset_id: str,
+    r: Rds,
+    store: Store,
+    tenant: Tenant,
     preview: Annotated[Literal["short", "full"], Query(description="full: whole rows (to draw images)")] = "short",
 ) -> dict:
     """The dataset record plus a preview: its first 5 examples, truncated to 20 features unless
@@ -172,7 +222,8 @@ def get_dataset(
 
 @router.get("")
 def list_datasets(
-    r: Rds, tenant: Tenant,
+    r: Rds,
+    tenant: Tenant,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # Redis ranges are int64
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:

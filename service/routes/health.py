@@ -18,8 +18,10 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready: `missing` says what is absent",
-                                          "content": {"application/json": {}}}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: `missing` says what is absent", "content": {"application/json": {}}}},
+)
 def readyz(r: Rds) -> JSONResponse:
     """200 when Redis answers PING and at least one worker heartbeat exists, else 503 naming what is missing."""
     missing = []

@@ -109,26 +109,36 @@ async def _queue_workers(state, ar, settings, queue: str) -> tuple[bool, tuple[i
 def _no_worker(queue: str) -> Problem:
     if queue == "gpu":
         return field_error(
-            "device", "no live worker serves the 'gpu' queue, so this job would wait with nothing to run it. "
+            "device",
+            "no live worker serves the 'gpu' queue, so this job would wait with nothing to run it. "
             "Start one with `dnnq worker --queues gpu --gpu 0` (or `dnnq up --queues default,gpu`), use device "
             "'auto' to train on a CPU worker, or send \"wait_for_worker\": true to queue the job until a GPU "
-            "worker starts.")
+            "worker starts.",
+        )
     return field_error(
-        "wait_for_worker", f"no live worker serves the '{queue}' queue, so this job would wait with nothing to "
-        f"run it. Start one with `dnnq worker --queues {queue}` (or `dnnq up`), or send \"wait_for_worker\": "
-        "true to queue the job until one starts.")
+        "wait_for_worker",
+        f"no live worker serves the '{queue}' queue, so this job would wait with nothing to "
+        f'run it. Start one with `dnnq worker --queues {queue}` (or `dnnq up`), or send "wait_for_worker": '
+        "true to queue the job until one starts.",
+    )
 
 
 async def _check_limits(state, ar, settings, spec: JobSpec, cfg, meta: dict) -> None:
     """Epochs, parameters, a live worker for the job's queue, memory; the per-tenant job limit is
     checked by create_job itself."""
     if spec.training.epochs > settings.max_epochs:
-        raise field_error("training.epochs", f"{spec.training.epochs} epochs is over the limit of "
-                          f"{settings.max_epochs} (DNNQ_MAX_EPOCHS); train fewer epochs.")
+        raise field_error(
+            "training.epochs",
+            f"{spec.training.epochs} epochs is over the limit of "
+            f"{settings.max_epochs} (DNNQ_MAX_EPOCHS); train fewer epochs.",
+        )
     n_params = cfg.parameter_count()
     if n_params > settings.max_parameters:
-        raise field_error("model.hidden_layers", f"this network has {n_params} parameters; the limit is "
-                          f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.")
+        raise field_error(
+            "model.hidden_layers",
+            f"this network has {n_params} parameters; the limit is "
+            f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.",
+        )
     capacity = None
     if not (spec.wait_for_worker and settings.worker_memory_bytes):  # else nothing below needs the workers
         queue = queue_for(spec)
@@ -143,13 +153,18 @@ async def _check_limits(state, ar, settings, spec: JobSpec, cfg, meta: dict) -> 
             raise field_error(
                 "training.batch_size",
                 f"training needs about {need} bytes, more than {capacity[0]} ({capacity[1]}). "
-                "Set a smaller training.batch_size, use float32, or shrink the network.")
+                "Set a smaller training.batch_size, use float32, or shrink the network.",
+            )
 
 
 def _too_many(settings, active: int) -> Problem:
-    return Problem(429, f"This tenant already has {active} queued or running jobs, the limit "
-                   f"(DNNQ_MAX_QUEUED_JOBS_PER_TENANT = {settings.max_queued_jobs_per_tenant}); "
-                   "wait for some to finish or cancel them.", headers={"Retry-After": "10"})
+    return Problem(
+        429,
+        f"This tenant already has {active} queued or running jobs, the limit "
+        f"(DNNQ_MAX_QUEUED_JOBS_PER_TENANT = {settings.max_queued_jobs_per_tenant}); "
+        "wait for some to finish or cancel them.",
+        headers={"Retry-After": "10"},
+    )
 
 
 def _accepted(job: dict, history: list | None) -> FiniteJSONResponse:
@@ -171,15 +186,23 @@ async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | N
         # Idempotency first: a replay returns the original job even if the limits would now refuse a new one.
         body_sha = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         reservation, replay_id = await run_in_threadpool(
-            reserve, r, tenant=tenant, route="jobs", key=idempotency_key, body_sha256=body_sha,
-            ttl=settings.idempotency_ttl_seconds)
+            reserve,
+            r,
+            tenant=tenant,
+            route="jobs",
+            key=idempotency_key,
+            body_sha256=body_sha,
+            ttl=settings.idempotency_ttl_seconds,
+        )
         if replay_id is not None and (job := await jobs.get_job_async(ar, replay_id, tenant)) is not None:
             return _accepted(job, None)
     queue = queue_for(spec)
     try:
         meta = await _dataset(state, ar, spec.dataset_id, tenant)
         if meta is None:
-            raise field_error("dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets.")
+            raise field_error(
+                "dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets."
+            )
         val_meta = None
         if spec.validation_dataset_id is not None:
             val_meta = await _dataset(state, ar, spec.validation_dataset_id, tenant)
@@ -192,9 +215,15 @@ async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | N
         await _check_limits(state, ar, settings, spec, cfg, meta)
         try:
             job = await jobs.create_job_async(
-                ar, tenant=tenant, spec=body, queue=queue, dataset_id=spec.dataset_id,
-                validation_dataset_id=spec.validation_dataset_id, max_unfinished=settings.max_queued_jobs_per_tenant,
-                message_for=train_message)
+                ar,
+                tenant=tenant,
+                spec=body,
+                queue=queue,
+                dataset_id=spec.dataset_id,
+                validation_dataset_id=spec.validation_dataset_id,
+                max_unfinished=settings.max_queued_jobs_per_tenant,
+                message_for=train_message,
+            )
         except jobs.TooManyUnfinished as exc:
             raise _too_many(settings, exc.unfinished) from None
     except BaseException:  # a refused or failed submit frees its key: the client may fix the body and retry
@@ -208,7 +237,10 @@ async def accept_job(state, spec: JobSpec, tenant: str, idempotency_key: str | N
 
 @router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
 async def submit_job(
-    spec: JobSpec, request: Request, tenant: Tenant, idempotency_key: Annotated[str | None, Header()] = None,
+    spec: JobSpec,
+    request: Request,
+    tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> FiniteJSONResponse:
     # Most submits never get here: service/fastlane.py answers the valid ones below FastAPI; this route
     # answers the rest (invalid bodies: FastAPI's 422; no key: 401) and documents the endpoint.
@@ -217,9 +249,11 @@ async def submit_job(
 
 @router.get("")
 def list_jobs(
-    r: Rds, tenant: Tenant,
-    status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"] | None,
-                      Query()] = None,
+    r: Rds,
+    tenant: Tenant,
+    status: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"] | None, Query()
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # Redis ranges are int64
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
@@ -227,8 +261,9 @@ def list_jobs(
     items, total = jobs.list_jobs(r, tenant, status=status, offset=offset, limit=limit)
     # A JSONResponse skips FastAPI's validation and jsonable_encoder pass over the returned dict; the
     # finite one answers null for a NaN or infinity an older version left in a record, not a 500.
-    return FiniteJSONResponse({"items": [job_view(j, None) for j in items], "total": total, "offset": offset,
-                         "limit": limit})
+    return FiniteJSONResponse(
+        {"items": [job_view(j, None) for j in items], "total": total, "offset": offset, "limit": limit}
+    )
 
 
 HistoryChoice = Literal["thin", "full", "none"]
@@ -250,9 +285,13 @@ async def read_job_view(ar, job_id: str, tenant: str, history: HistoryChoice, hi
 
 @router.get("/{job_id}", responses=problems(404))
 async def get_job(
-    job_id: str, ar: AsyncRds, settings: Settings, tenant: Tenant,
-    history: Annotated[HistoryChoice, Query(
-        description="thin (default): whole up to 1,000 epochs, then evenly thinned; full; none")] = "thin",
+    job_id: str,
+    ar: AsyncRds,
+    settings: Settings,
+    tenant: Tenant,
+    history: Annotated[
+        HistoryChoice, Query(description="thin (default): whole up to 1,000 epochs, then evenly thinned; full; none")
+    ] = "thin",
 ) -> dict:
     # The status-poll path. Most polls never get here: service/fastlane.py answers the well-formed ones
     # below FastAPI; this route answers the rest (bad query, no key, ...) and documents the endpoint.
@@ -287,10 +326,17 @@ def _sse(event: str, data: dict, event_id: int | None = None) -> str:
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}, **problems(404)})
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **problems(404)},
+)
 async def job_events(
-    job_id: str, request: Request, ar: AsyncRds, settings: Settings, tenant: Tenant,
+    job_id: str,
+    request: Request,
+    ar: AsyncRds,
+    settings: Settings,
+    tenant: Tenant,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `epoch` (id = epoch) per completed epoch, `status` on changes, `end` last.
@@ -327,8 +373,9 @@ async def job_events(
                 return
             await asyncio.sleep(settings.sse_poll_seconds)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def _succeeded_or_409(job: dict) -> None:
@@ -336,11 +383,19 @@ def _succeeded_or_409(job: dict) -> None:
         raise Problem(409, f"Job '{job['id']}' is {job['status']}; its model exists once it has succeeded.")
 
 
-@router.get("/{job_id}/weights", responses={200: {"content": {"application/octet-stream": {}}},
-                                            304: {"description": "Not Modified (If-None-Match)"},
-                                            **problems(404, 409)})
+@router.get(
+    "/{job_id}/weights",
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        304: {"description": "Not Modified (If-None-Match)"},
+        **problems(404, 409),
+    },
+)
 def download_weights(
-    job_id: str, r: Rds, store: Store, tenant: Tenant,
+    job_id: str,
+    r: Rds,
+    store: Store,
+    tenant: Tenant,
     format: Annotated[str, Query(description="npz | safetensors | onnx")] = "npz",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -359,8 +414,9 @@ def download_weights(
         "X-Checksum-SHA256": sha,
         "Cache-Control": "private, max-age=0, must-revalidate",
     }
-    if if_none_match and (if_none_match.strip() == "*" or etag in
-                          [t.strip().removeprefix("W/") for t in if_none_match.split(",")]):
+    if if_none_match and (
+        if_none_match.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    ):
         return Response(status_code=304, headers=headers)
     filename = f"dnnq-{job_id}.{format}"
     path = store.local_path(key)
@@ -390,20 +446,25 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
     _succeeded_or_409(job)
     rows = len(body.inputs)
     if rows > settings.max_predict_examples:
-        raise field_error("inputs", f"{rows} examples is over the limit of {settings.max_predict_examples} "
-                          "(DNNQ_MAX_PREDICT_EXAMPLES); send them in smaller requests.")
+        raise field_error(
+            "inputs",
+            f"{rows} examples is over the limit of {settings.max_predict_examples} "
+            "(DNNQ_MAX_PREDICT_EXAMPLES); send them in smaller requests.",
+        )
     meta = datasets.get_dataset(r, job["dataset_id"]) or {}
     n_x = int(meta.get("n_features") or 0)
     widths = {len(row) for row in body.inputs}
     if widths != {n_x}:
-        raise field_error("inputs", f"each example needs {n_x} features (the training set's); got rows of "
-                          f"{sorted(widths)}.")
+        raise field_error(
+            "inputs", f"each example needs {n_x} features (the training set's); got rows of {sorted(widths)}."
+        )
     spec = job["spec"]
     try:
         preprocess = PreprocessSpec.model_validate(spec.get("preprocess") or {})
     except ValidationError:  # a record written before the spec's bounds: its model cannot be trusted
-        raise Problem(409, f"Job '{job_id}' was trained with a preprocess.scale this version refuses; "
-                      "train it again.") from None
+        raise Problem(
+            409, f"Job '{job_id}' was trained with a preprocess.scale this version refuses; train it again."
+        ) from None
     try:
         raw = store.get(f"jobs/{job_id}/weights.npz")
     except KeyError:
@@ -413,23 +474,38 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
     n_y = int(params[f"b{len(params) // 2}"].shape[0])
     if rows * n_y > settings.max_predict_values:
         fit = settings.max_predict_values // n_y
-        hint = (f"send at most {fit} rows per request" if fit else
-                "this model's outputs alone are over it: an operator may raise DNNQ_MAX_PREDICT_VALUES")
-        raise field_error("inputs", f"{rows} rows x {n_y} outputs is {rows * n_y} values, over the response limit "
-                          f"of {settings.max_predict_values} (DNNQ_MAX_PREDICT_VALUES); {hint}.")
+        hint = (
+            f"send at most {fit} rows per request"
+            if fit
+            else "this model's outputs alone are over it: an operator may raise DNNQ_MAX_PREDICT_VALUES"
+        )
+        raise field_error(
+            "inputs",
+            f"{rows} rows x {n_y} outputs is {rows * n_y} values, over the response limit "
+            f"of {settings.max_predict_values} (DNNQ_MAX_PREDICT_VALUES); {hint}.",
+        )
     X = np.asarray(body.inputs, dtype=np.float64)
-    _finite_rows_or_422(X, "NaN or an infinite value (JSON's NaN, Infinity, or a number past float64's range "
-                        "such as 1e999); send finite numbers.")
+    _finite_rows_or_422(
+        X,
+        "NaN or an infinite value (JSON's NaN, Infinity, or a number past float64's range "
+        "such as 1e999); send finite numbers.",
+    )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, by value
         X = preprocess.apply(X)
-        _finite_rows_or_422(X, f"the values overflow once multiplied by this job's preprocess.scale "
-                            f"({preprocess.scale}); send raw values on the training data's scale.")
+        _finite_rows_or_422(
+            X,
+            f"the values overflow once multiplied by this job's preprocess.scale "
+            f"({preprocess.scale}); send raw values on the training data's scale.",
+        )
         hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
         AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))  # one pass
-    _finite_rows_or_422(AL.T, "the model's outputs are not finite numbers (the network's values overflow): "
-                        "these inputs are far outside the training data's range. Send raw values on the training "
-                        "data's scale (preprocess.scale is applied here), or retrain with dtype 'float64' or "
-                        "scaled targets.")
+    _finite_rows_or_422(
+        AL.T,
+        "the model's outputs are not finite numbers (the network's values overflow): "
+        "these inputs are far outside the training data's range. Send raw values on the training "
+        "data's scale (preprocess.scale is applied here), or retrain with dtype 'float64' or "
+        "scaled targets.",
+    )
     labels = labels_from_output(AL, output)
     classes = meta.get("classes")
     out: dict = {"predictions": np.asarray(labels).tolist(), "probabilities": None}

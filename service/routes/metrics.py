@@ -58,14 +58,16 @@ class RedisCollector:
         for queue, n in depths.items():
             depth.add_metric([queue], n)
         yield depth
-        yield CounterMetricFamily("dnnq_epochs", "Epochs trained by all workers.",
-                                  value=float(stats.get("epochs_total", 0) or 0))
-        yield CounterMetricFamily("dnnq_training_seconds", "Seconds spent training by all workers.",
-                                  value=float(stats.get("training_seconds_total", 0) or 0))
-        yield GaugeMetricFamily("dnnq_workers", "Live workers (heartbeat present).",
-                                value=sum(1 for w in workers if w))
-        gpu = GaugeMetricFamily("dnnq_worker_gpu_memory_bytes", "GPU memory used per worker.",
-                                labels=["worker"])
+        yield CounterMetricFamily(
+            "dnnq_epochs", "Epochs trained by all workers.", value=float(stats.get("epochs_total", 0) or 0)
+        )
+        yield CounterMetricFamily(
+            "dnnq_training_seconds",
+            "Seconds spent training by all workers.",
+            value=float(stats.get("training_seconds_total", 0) or 0),
+        )
+        yield GaugeMetricFamily("dnnq_workers", "Live workers (heartbeat present).", value=sum(1 for w in workers if w))
+        gpu = GaugeMetricFamily("dnnq_worker_gpu_memory_bytes", "GPU memory used per worker.", labels=["worker"])
         for w in workers:
             if w and w.get("gpu_memory_used") not in (None, ""):
                 gpu.add_metric([w.get("name", "?")], float(w["gpu_memory_used"]))
@@ -86,8 +88,10 @@ def install(app: FastAPI) -> Histogram:
         shared.register(redis_collector)
         app.state.scrape_registry = shared
     return Histogram(
-        "dnnq_http_request_duration_seconds", "HTTP request latency by route template.",
-        ["route", "method", "status"], registry=registry,
+        "dnnq_http_request_duration_seconds",
+        "HTTP request latency by route template.",
+        ["route", "method", "status"],
+        registry=registry,
     )
 
 
@@ -97,22 +101,28 @@ async def require_operator(request: Request) -> None:
         return
     metrics_key = request.app.state.settings.metrics_key
     if not metrics_key:
-        raise Problem(403, "/metrics is closed: API keys are on and no operator metrics key is set. Set "
-                      "DNNQ_METRICS_KEY on the API and scrape with 'Authorization: Bearer <DNNQ_METRICS_KEY>'.")
+        raise Problem(
+            403,
+            "/metrics is closed: API keys are on and no operator metrics key is set. Set "
+            "DNNQ_METRICS_KEY on the API and scrape with 'Authorization: Bearer <DNNQ_METRICS_KEY>'.",
+        )
     authorization = request.headers.get("authorization", "")
     if tenant_for([(metrics_key.encode(), "operator")], authorization) is not None:
         return
     if tenant_for(request.app.state.api_keys, authorization) is not None:
-        raise Problem(403, "/metrics reports every tenant's figures: it needs the operator's metrics key "
-                      "(DNNQ_METRICS_KEY), not a tenant's API key.")
+        raise Problem(
+            403,
+            "/metrics reports every tenant's figures: it needs the operator's metrics key "
+            "(DNNQ_METRICS_KEY), not a tenant's API key.",
+        )
     given = authorization.partition(" ")[2].strip()
-    raise Problem(401, f"Metrics key {'invalid' if given else 'missing'}: send 'Authorization: Bearer "
-                  "<DNNQ_METRICS_KEY>'.",
-                  headers={"WWW-Authenticate": 'Bearer realm="dnnq-metrics"'
-                           + (', error="invalid_token"' if given else "")})
+    raise Problem(
+        401,
+        f"Metrics key {'invalid' if given else 'missing'}: send 'Authorization: Bearer <DNNQ_METRICS_KEY>'.",
+        headers={"WWW-Authenticate": 'Bearer realm="dnnq-metrics"' + (', error="invalid_token"' if given else "")},
+    )
 
 
-@router.get("/metrics", response_class=Response, responses=problems(401, 403),
-            dependencies=[Depends(require_operator)])
+@router.get("/metrics", response_class=Response, responses=problems(401, 403), dependencies=[Depends(require_operator)])
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.scrape_registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,9 +21,17 @@ from websockets.sync.client import connect
 __all__ = ["Browser", "chromium_path", "CDPError"]
 
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
-    "--window-size=1280,1000", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+    "--window-size=1280,1000",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
 ]
 
 
@@ -44,7 +52,8 @@ class Browser:
             raise CDPError("Chromium not installed")
         self.proc = subprocess.Popen(
             [exe, *FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self._closing = contextlib.ExitStack()
         try:
@@ -104,9 +113,13 @@ class Browser:
         method, params = msg.get("method"), msg.get("params", {})
         if method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
-            self.console.append("exception: " + details.get("exception", {}).get("description", details.get("text", "")))
+            self.console.append(
+                "exception: " + details.get("exception", {}).get("description", details.get("text", ""))
+            )
         elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-            self.console.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+            self.console.append(
+                "console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+            )
 
     def navigate(self, url: str, timeout: float = 30.0) -> None:
         """Go to `url` and return once that document has loaded (Page.navigate returns earlier)."""
@@ -129,7 +142,9 @@ class Browser:
             if value:
                 return value
             time.sleep(interval)
-        raise CDPError(f"timed out after {timeout} s waiting for: {expression} (last value {value!r}; page errors {self.console})")
+        raise CDPError(
+            f"timed out after {timeout} s waiting for: {expression} (last value {value!r}; page errors {self.console})"
+        )
 
     def screenshot(self, path: Path) -> None:
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]

@@ -50,15 +50,18 @@ def wait_for_file(path: Path, timeout: float = 30.0) -> bytes:
     raise AssertionError(f"{path} was not downloaded within {timeout} s")
 
 
-def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: int = 150,
-                    downloads: Path | None = None) -> dict:
+def drive_dashboard(
+    browser: Browser, base_url: str, screenshot: Path, epochs: int = 150, downloads: Path | None = None
+) -> dict:
     """The whole walk through the page; returns what it observed (asserts as it goes)."""
     browser.navigate(base_url + "/#/new")
     browser.wait_for("document.readyState === 'complete' && !document.getElementById('view-new').hidden")
 
     # 1. A synthetic dataset through its form; the job form's dataset select picks it up.
-    set_fields(browser, {"synthetic-name": "moons", "synthetic-n-samples": "2000", "synthetic-noise": "0.15",
-                         "synthetic-seed": "3"})
+    set_fields(
+        browser,
+        {"synthetic-name": "moons", "synthetic-n-samples": "2000", "synthetic-noise": "0.15", "synthetic-seed": "3"},
+    )
     click(browser, "#create-synthetic")
     message = browser.wait_for(f"!document.getElementById('message').hidden && {text('#message')}")
     assert message.startswith("Dataset moons") and "created: 2000 examples × 2 features" in message, message
@@ -69,14 +72,21 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
     # 2. A bad spec: the API's problem+json detail is shown to the user.
     set_fields(browser, {"hidden-layers": "8,0", "epochs": str(epochs)})
     click(browser, "#submit-job")
-    error = browser.wait_for(
-        f"document.getElementById('message').className === 'error' && {text('#message')}"
-    )
+    error = browser.wait_for(f"document.getElementById('message').className === 'error' && {text('#message')}")
     assert "hidden_layers" in error, error
 
     # 3. A good job: the page moves to the job view.
-    set_fields(browser, {"hidden-layers": "16,8", "hidden-activation": "tanh", "optimizer": "adam",
-                         "learning-rate": "0.01", "batch-size": "16", "device": "cpu"})
+    set_fields(
+        browser,
+        {
+            "hidden-layers": "16,8",
+            "hidden-activation": "tanh",
+            "optimizer": "adam",
+            "learning-rate": "0.01",
+            "batch-size": "16",
+            "device": "cpu",
+        },
+    )
     click(browser, "#submit-job")
     job_id = browser.wait_for("location.hash.startsWith('#/jobs/') && location.hash.slice(7)")
     assert len(job_id) == 32, job_id
@@ -119,8 +129,13 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
     rows = browser.wait_for("document.querySelectorAll('#dataset-preview tbody tr').length")
     assert rows >= 1
     assert "2000 examples × 2 features" in browser.eval(text("#dataset-facts"))
-    return {"job_id": job_id, "dataset_id": dataset_id, "samples": (first, second), "onnx": onnx_blob,
-            "console": browser.console}
+    return {
+        "job_id": job_id,
+        "dataset_id": dataset_id,
+        "samples": (first, second),
+        "onnx": onnx_blob,
+        "console": browser.console,
+    }
 
 
 @pytest.mark.browser
@@ -128,8 +143,9 @@ def drive_dashboard(browser: Browser, base_url: str, screenshot: Path, epochs: i
 @needs_chromium
 def test_dashboard_trains_a_job_through_the_forms(live_stack, tmp_path):
     with Browser(tmp_path / "profile") as browser:
-        seen = drive_dashboard(browser, live_stack.base_url, ARTIFACTS / "dashboard.png",
-                               downloads=tmp_path / "downloads")
+        seen = drive_dashboard(
+            browser, live_stack.base_url, ARTIFACTS / "dashboard.png", downloads=tmp_path / "downloads"
+        )
     assert seen["console"] == [], seen["console"]
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 

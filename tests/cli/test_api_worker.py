@@ -20,9 +20,15 @@ pytestmark = pytest.mark.e2e
 
 def _spawn(argv, env, log_path):
     with open(log_path, "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "dnnq", *argv], cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dnnq", *argv],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def test_api_and_worker_commands_serve_a_job(redis_client, redis_url, data_dir, tmp_path):
@@ -52,8 +58,11 @@ def test_api_and_worker_commands_serve_a_job(redis_client, redis_url, data_dir, 
 
         dataset = httpx.post(f"{url}/v1/datasets/synthetic", json={"name": "blobs", "n_samples": 100}, timeout=30)
         assert dataset.status_code in (200, 201), dataset.text
-        job = httpx.post(f"{url}/v1/jobs", json={"dataset_id": dataset.json()["id"], "model": {"output": "softmax"},
-                                                  "training": {"epochs": 5}}, timeout=30)
+        job = httpx.post(
+            f"{url}/v1/jobs",
+            json={"dataset_id": dataset.json()["id"], "model": {"output": "softmax"}, "training": {"epochs": 5}},
+            timeout=30,
+        )
         assert job.status_code == 202, job.text
         for _ in range(200):
             status = httpx.get(f"{url}/v1/jobs/{job.json()['id']}", params={"history": "none"}).json()["status"]

@@ -50,8 +50,24 @@ def test_upload_submit_watch_status_download_predict(live_stack, tmp_path, capsy
     code, out, _ = run(capsys, "datasets", "list", url=url)
     assert code == 0 and dataset["id"] in out and "200 examples x 2 features" in out
 
-    code, out, err = run(capsys, "submit", "--dataset", dataset["id"], "--hidden", "8,4", "--epochs", "30",
-                         "--lr", "0.05", "--device", "cpu", "--seed", "1", "-q", url=url)
+    code, out, err = run(
+        capsys,
+        "submit",
+        "--dataset",
+        dataset["id"],
+        "--hidden",
+        "8,4",
+        "--epochs",
+        "30",
+        "--lr",
+        "0.05",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "-q",
+        url=url,
+    )
     assert code == 0, err
     job_id = out.strip()
     assert len(job_id) == 32
@@ -104,12 +120,27 @@ def test_upload_submit_watch_status_download_predict(live_stack, tmp_path, capsy
 
 def test_cancel_a_running_job_and_watch_exits_1(live_stack, tmp_path, capsys):
     url = live_stack.base_url
-    code, out, err = run(capsys, "datasets", "synthetic", "moons", "--n-samples", "2000", "--seed", "3",
-                         "--json", url=url)
+    code, out, err = run(
+        capsys, "datasets", "synthetic", "moons", "--n-samples", "2000", "--seed", "3", "--json", url=url
+    )
     assert code == 0, err
     dataset_id = json.loads(out)["id"]
-    code, out, err = run(capsys, "submit", "--dataset", dataset_id, "--hidden", "64,64", "--epochs", "100000",
-                         "--batch-size", "32", "--device", "cpu", "-q", url=url)
+    code, out, err = run(
+        capsys,
+        "submit",
+        "--dataset",
+        dataset_id,
+        "--hidden",
+        "64,64",
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "-q",
+        url=url,
+    )
     assert code == 0, err
     job_id = out.strip()
 
@@ -123,8 +154,12 @@ def test_cancel_a_running_job_and_watch_exits_1(live_stack, tmp_path, capsys):
         pytest.fail(f"job never ran: {status}")
 
     # `dnnq watch` in its own process: its bar appears, then the cancel ends it with exit code 1.
-    watch = subprocess.Popen([sys.executable, "-m", "dnnq", "watch", job_id, "--url", url],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "dnnq", "watch", job_id, "--url", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = watch.stderr.readline()
         assert first.startswith("[") and "/100000 loss " in first and " ETA " in first, first
@@ -144,8 +179,12 @@ def test_cancel_a_running_job_and_watch_exits_1(live_stack, tmp_path, capsys):
 def test_one_line_errors_from_the_real_api(live_stack, tmp_path, capsys):
     url = live_stack.base_url
     unknown = "f" * 32
-    for argv in (["status", unknown], ["watch", unknown], ["cancel", unknown],
-                 ["download", unknown, "-o", str(tmp_path / "x.npz")]):
+    for argv in (
+        ["status", unknown],
+        ["watch", unknown],
+        ["cancel", unknown],
+        ["download", unknown, "-o", str(tmp_path / "x.npz")],
+    ):
         code, out, err = run(capsys, *argv, url=url)
         assert code == 1
         assert err == f"dnnq: error: job '{unknown}' not found (404)\n"
@@ -168,8 +207,9 @@ def test_api_keys(live_stack_factory, capsys):
     assert code == 1
     assert err.endswith("(401): pass --api-key or set DNNQ_API_KEY\n")
 
-    code, out, err = run(capsys, "datasets", "synthetic", "circles", "--n-samples", "50", "--json",
-                         "--api-key", "k-alice", url=url)
+    code, out, err = run(
+        capsys, "datasets", "synthetic", "circles", "--n-samples", "50", "--json", "--api-key", "k-alice", url=url
+    )
     assert code == 0, err
     dataset_id = json.loads(out)["id"]
     code, out, err = run(capsys, "datasets", "show", dataset_id, "--api-key", "k-bob", url=url)

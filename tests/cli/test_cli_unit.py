@@ -29,14 +29,34 @@ def _closed_port() -> int:
 # -- parsing ----------------------------------------------------------------------------------
 def test_submit_flags_become_a_spec():
     args = build_parser().parse_args(
-        ["submit", "--dataset", "ab" * 12, "--hidden", "20,7,5", "--output", "softmax", "--optimizer", "momentum",
-         "--lr", "0.05", "--epochs", "30", "--batch-size", "64", "--device", "cpu", "--no-shuffle", "--scale", "1/255"])
+        [
+            "submit",
+            "--dataset",
+            "ab" * 12,
+            "--hidden",
+            "20,7,5",
+            "--output",
+            "softmax",
+            "--optimizer",
+            "momentum",
+            "--lr",
+            "0.05",
+            "--epochs",
+            "30",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--no-shuffle",
+            "--scale",
+            "1/255",
+        ]
+    )
     spec = build_spec(args)
     assert spec == {
         "dataset_id": "ab" * 12,
         "model": {"hidden_layers": [20, 7, 5], "output": "softmax"},
-        "training": {"optimizer": "momentum", "learning_rate": 0.05, "epochs": 30, "batch_size": 64,
-                     "shuffle": False},
+        "training": {"optimizer": "momentum", "learning_rate": 0.05, "epochs": 30, "batch_size": 64, "shuffle": False},
         "preprocess": {"scale": 1 / 255},
         "device": "cpu",
     }
@@ -151,10 +171,19 @@ def test_up_refuses_a_port_in_use(capsys, tmp_path):
 # -- SSE and the progress bar -------------------------------------------------------------------
 def test_iter_sse():
     stream = [
-        ": keepalive", "",
-        "id: 1", "event: epoch", 'data: {"epoch": 1, "loss": 0.5}', "",
-        "event: status", "data: running", "",
-        "event: end", 'data: {"status":', 'data:  "succeeded"}', "",
+        ": keepalive",
+        "",
+        "id: 1",
+        "event: epoch",
+        'data: {"epoch": 1, "loss": 0.5}',
+        "",
+        "event: status",
+        "data: running",
+        "",
+        "event: end",
+        'data: {"status":',
+        'data:  "succeeded"}',
+        "",
     ]
     events = list(iter_sse(stream))
     assert events == [
@@ -229,8 +258,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/v1/jobs/" + "b" * 32 + "/weights"):
             self._send(200, self.payload, [("ETag", f'"{"0" * 64}"')])
         elif self.path.startswith(("/v1/jobs/" + "a" * 32 + "?", "/v1/jobs/" + "b" * 32 + "?")):
-            self._send(200, json.dumps({"id": self.path[9:41], "status": "succeeded"}).encode(),
-                       [("Content-Type", "application/json")])
+            self._send(
+                200,
+                json.dumps({"id": self.path[9:41], "status": "succeeded"}).encode(),
+                [("Content-Type", "application/json")],
+            )
         elif self.path.startswith("/v1/jobs/" + "c" * 32):
             problem = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "no such job"}
             self._send(404, json.dumps(problem).encode(), [("Content-Type", "application/problem+json")])
@@ -239,8 +271,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, json.dumps(problem).encode(), [("Content-Type", "application/problem+json")])
 
     def do_POST(self):
-        problem = {"title": "Unprocessable", "status": 422, "detail": "invalid job spec",
-                   "errors": [{"field": "training.learning_rate", "message": "must be > 0"}]}
+        problem = {
+            "title": "Unprocessable",
+            "status": 422,
+            "detail": "invalid job spec",
+            "errors": [{"field": "training.learning_rate", "message": "must be > 0"}],
+        }
         self._send(422, json.dumps(problem).encode(), [("Content-Type", "application/problem+json")])
 
 
@@ -272,10 +308,10 @@ def test_http_errors_are_one_line(http_server, capsys):
     assert capsys.readouterr().err == f"dnnq: error: job '{'c' * 32}' not found (404)\n"
     assert main(["list", "--url", http_server]) == 1
     assert capsys.readouterr().err == (
-        "dnnq: error: missing or invalid API key (401): pass --api-key or set DNNQ_API_KEY\n")
+        "dnnq: error: missing or invalid API key (401): pass --api-key or set DNNQ_API_KEY\n"
+    )
     assert main(["submit", "--dataset", "ab" * 12, "--lr", "-1", "--url", http_server]) == 1
-    assert capsys.readouterr().err == (
-        "dnnq: error: invalid job spec: training.learning_rate: must be > 0 (422)\n")
+    assert capsys.readouterr().err == ("dnnq: error: invalid job spec: training.learning_rate: must be > 0 (422)\n")
 
 
 def test_up_with_an_unreachable_redis_url(monkeypatch, capsys, tmp_path):
@@ -297,9 +333,11 @@ def test_a_nice_child_is_nice_in_its_own_session_too(tmp_path):
     from dnnq.up import Child
 
     report = tmp_path / "report"
-    probe = ("import os, pathlib, sys; ag = pathlib.Path('/proc/self/autogroup');"
-             "pathlib.Path(sys.argv[1]).write_text(f\"{os.getpriority(os.PRIO_PROCESS, 0)}|"
-             "{ag.read_text().strip() if ag.exists() else ''}\")")
+    probe = (
+        "import os, pathlib, sys; ag = pathlib.Path('/proc/self/autogroup');"
+        'pathlib.Path(sys.argv[1]).write_text(f"{os.getpriority(os.PRIO_PROCESS, 0)}|'
+        "{ag.read_text().strip() if ag.exists() else ''}\")"
+    )
     child = Child("probe", [sys.executable, "-c", probe, str(report)], dict(os.environ), niceness=7)
     child.start()
     assert child.proc.wait(30) == 0

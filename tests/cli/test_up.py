@@ -38,7 +38,7 @@ def _ppid_map() -> dict[int, int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
         parents[int(entry)] = int(fields[1])
     return parents
 
@@ -76,13 +76,37 @@ class Up:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
-        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                    "DNNQ_LEASE_SECONDS": "4", "DNNQ_HEARTBEAT_SECONDS": "0.5"})
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "DNNQ_LEASE_SECONDS": "4",
+                "DNNQ_HEARTBEAT_SECONDS": "0.5",
+            }
+        )
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dnnq", "up", "--port", str(self.port), "--data-dir", str(data_dir),
-                 "--workers", str(workers), "--grace", "2", *extra],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "dnnq",
+                    "up",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(data_dir),
+                    "--workers",
+                    str(workers),
+                    "--grace",
+                    "2",
+                    *extra,
+                ],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
@@ -104,8 +128,7 @@ class Up:
     def children(self, marker: str) -> list[int]:
         """Direct children of `dnnq up` whose command line contains marker (not Celery's pool processes)."""
         parents = _ppid_map()
-        return [p for p, parent in parents.items()
-                if parent == self.proc.pid and marker in cmdline(p) and alive(p)]
+        return [p for p, parent in parents.items() if parent == self.proc.pid and marker in cmdline(p) and alive(p)]
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
@@ -144,12 +167,22 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         assert "listening on 127.0.0.1 only" in log
         assert "dnnq: 1 worker (queues default), 1 API process, data in" in log
 
-        dataset = httpx.post(f"{up.url}/v1/datasets/synthetic",
-                             json={"name": "moons", "n_samples": 200, "noise": 0.1, "seed": 0}, timeout=30)
+        dataset = httpx.post(
+            f"{up.url}/v1/datasets/synthetic",
+            json={"name": "moons", "n_samples": 200, "noise": 0.1, "seed": 0},
+            timeout=30,
+        )
         assert dataset.status_code in (200, 201), dataset.text
-        job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
-            "dataset_id": dataset.json()["id"], "model": {"hidden_layers": [8]},
-            "training": {"epochs": 20, "learning_rate": 0.05}, "device": "cpu"})
+        job = httpx.post(
+            f"{up.url}/v1/jobs",
+            timeout=30,
+            json={
+                "dataset_id": dataset.json()["id"],
+                "model": {"hidden_layers": [8]},
+                "training": {"epochs": 20, "learning_rate": 0.05},
+                "device": "cpu",
+            },
+        )
         assert job.status_code == 202, job.text
         job_id = job.json()["id"]
 
@@ -164,21 +197,44 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         # A worker that dies is restarted.
         (worker_pid,) = up.children("-m dnnq.workers")
         os.kill(worker_pid, signal.SIGKILL)
-        restarted = _wait_for(lambda: [p for p in up.children("-m dnnq.workers") if p != worker_pid], 30,
-                              "the killed worker was not restarted", up.log)
+        restarted = _wait_for(
+            lambda: [p for p in up.children("-m dnnq.workers") if p != worker_pid],
+            30,
+            "the killed worker was not restarted",
+            up.log,
+        )
         assert len(restarted) == 1
         assert "worker 1 was killed by SIGKILL (code -9); restarting it now" in up.log()
 
         # A long job is training when `dnnq up` stops: its worker releases it (checkpoint, queued, the
         # attempt not spent), it does not fail. Far more epochs than any machine trains in the 2 s
         # grace; after the restart it is seen resuming, then cancelled.
-        moons = httpx.post(f"{up.url}/v1/datasets/synthetic", timeout=30,
-                           json={"name": "moons", "n_samples": 2000, "noise": 0.2, "seed": 1}).json()
-        long_job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
-            "dataset_id": moons["id"], "model": {"hidden_layers": [64, 64]},
-            "training": {"epochs": 50_000, "batch_size": 32, "checkpoint_every": 2}, "device": "cpu"}).json()
-        _wait_for(lambda: (httpx.get(f"{up.url}/v1/jobs/{long_job['id']}", params={"history": "none"})
-                           .json()["progress"] or {}).get("epoch", 0) >= 6, 60, "the long job did not start", up.log)
+        moons = httpx.post(
+            f"{up.url}/v1/datasets/synthetic",
+            timeout=30,
+            json={"name": "moons", "n_samples": 2000, "noise": 0.2, "seed": 1},
+        ).json()
+        long_job = httpx.post(
+            f"{up.url}/v1/jobs",
+            timeout=30,
+            json={
+                "dataset_id": moons["id"],
+                "model": {"hidden_layers": [64, 64]},
+                "training": {"epochs": 50_000, "batch_size": 32, "checkpoint_every": 2},
+                "device": "cpu",
+            },
+        ).json()
+        _wait_for(
+            lambda: (
+                (
+                    httpx.get(f"{up.url}/v1/jobs/{long_job['id']}", params={"history": "none"}).json()["progress"] or {}
+                ).get("epoch", 0)
+                >= 6
+            ),
+            60,
+            "the long job did not start",
+            up.log,
+        )
 
         # SIGTERM stops every process it started: API, workers (with their pool children), Redis.
         children = descendants(up.proc.pid)
@@ -209,12 +265,17 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
             epoch = (body["progress"] or {}).get("epoch", 0)
             return body if body["attempts"] == 1 and epoch > int(body.get("resumed_from_epoch") or 10**9) else None
 
-        resumed = _wait_for(long_job_training_again, 120, "the interrupted job did not resume after the restart",
-                            again.log)
+        resumed = _wait_for(
+            long_job_training_again, 120, "the interrupted job did not resume after the restart", again.log
+        )
         assert int(resumed["resumed_from_epoch"]) >= 2  # from its checkpoint, not from epoch 0
         assert httpx.post(f"{long_url}/cancel").status_code == 202
-        _wait_for(lambda: httpx.get(long_url, params={"history": "none"}).json()["status"] == "cancelled", 60,
-                  "the resumed job did not stop when cancelled", again.log)
+        _wait_for(
+            lambda: httpx.get(long_url, params={"history": "none"}).json()["status"] == "cancelled",
+            60,
+            "the resumed job did not stop when cancelled",
+            again.log,
+        )
 
         # Two API processes share the port: a scrape reaches either, and each answers for both.
         # 40 requests on fresh connections land on both processes (the kernel hashes each one).
@@ -298,10 +359,21 @@ def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(
     up = Up(tmp_path, tmp_path / "data", "api-kill", extra=("--api-workers", "2"))
     try:
         up.wait_ready()
-        moons = httpx.post(f"{up.url}/v1/datasets/synthetic", timeout=30,
-                           json={"name": "moons", "n_samples": 500, "noise": 0.2, "seed": 0}).json()
-        job = httpx.post(f"{up.url}/v1/jobs", timeout=30, json={
-            "dataset_id": moons["id"], "model": {"hidden_layers": [16]}, "training": {"epochs": 1500}, "device": "cpu"})
+        moons = httpx.post(
+            f"{up.url}/v1/datasets/synthetic",
+            timeout=30,
+            json={"name": "moons", "n_samples": 500, "noise": 0.2, "seed": 0},
+        ).json()
+        job = httpx.post(
+            f"{up.url}/v1/jobs",
+            timeout=30,
+            json={
+                "dataset_id": moons["id"],
+                "model": {"hidden_layers": [16]},
+                "training": {"epochs": 1500},
+                "device": "cpu",
+            },
+        )
         assert job.status_code == 202, job.text
         job_url = f"{up.url}/v1/jobs/{job.json()['id']}"
         workers, redis_pids = set(up.children("-m dnnq.workers")), set(up.children("redis-server"))
@@ -317,16 +389,31 @@ def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(
             now = _wait_for(restarted({victim}), 30, f"killed API process {victim} not restarted", up.log)
             (victim,) = now - apis
             apis = now
-            line = re.search(rf"dnnq: (api \d) was killed by SIGKILL \(code -9\); restarting it {expected} "
-                             rf"\(restart {death} within 60s\)", up.log())
+            line = re.search(
+                rf"dnnq: (api \d) was killed by SIGKILL \(code -9\); restarting it {expected} "
+                rf"\(restart {death} within 60s\)",
+                up.log(),
+            )
             assert line, up.log()[-3000:]
             # fresh connections reach both processes (SO_REUSEPORT): all answered
-            _wait_for(lambda: all(httpx.get(f"{up.url}/healthz", timeout=5).status_code == 200 for _ in range(20)),
-                      30, "/healthz not answered by every API process", up.log)
+            _wait_for(
+                lambda: all(httpx.get(f"{up.url}/healthz", timeout=5).status_code == 200 for _ in range(20)),
+                30,
+                "/healthz not answered by every API process",
+                up.log,
+            )
         assert up.proc.poll() is None
         assert set(up.children("-m dnnq.workers")) == workers and set(up.children("redis-server")) == redis_pids
-        final = _wait_for(lambda: (b := httpx.get(job_url, params={"history": "none"}, timeout=10).json())["status"]
-                          in ("succeeded", "failed", "cancelled") and b, 120, "the job did not finish", up.log)
+        final = _wait_for(
+            lambda: (
+                (b := httpx.get(job_url, params={"history": "none"}, timeout=10).json())["status"]
+                in ("succeeded", "failed", "cancelled")
+                and b
+            ),
+            120,
+            "the job did not finish",
+            up.log,
+        )
         assert final["status"] == "succeeded" and final["attempts"] == 1, final
         up.proc.send_signal(signal.SIGTERM)
         assert up.proc.wait(60) == 0, up.log()[-4000:]

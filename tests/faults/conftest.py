@@ -67,23 +67,41 @@ def own_redis(tmp_path):
     server.stop()
 
 
-def start_worker(redis_url: str, data_dir: Path, log_dir: Path, env: dict[str, str] | None = None,
-                 name: str | None = None, wait: float = 60.0) -> WorkerProcess:
+def start_worker(
+    redis_url: str,
+    data_dir: Path,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    name: str | None = None,
+    wait: float = 60.0,
+) -> WorkerProcess:
     """A real `python -m dnnq.workers` (lease 3 s, heartbeat 0.5 s unless `env` says otherwise) against
     `redis_url`; returns once its dnnq:worker:{name} key exists."""
     name = name or f"fault-{uuid.uuid4().hex[:8]}"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
     full_env.update(
-        DNNQ_REDIS_URL=redis_url, DNNQ_DATA_DIR=str(data_dir), DNNQ_LEASE_SECONDS="3",
-        DNNQ_HEARTBEAT_SECONDS="0.5", DNNQ_WORKER_NAME=name, PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+        DNNQ_REDIS_URL=redis_url,
+        DNNQ_DATA_DIR=str(data_dir),
+        DNNQ_LEASE_SECONDS="3",
+        DNNQ_HEARTBEAT_SECONDS="0.5",
+        DNNQ_WORKER_NAME=name,
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
     )
     full_env.update(env or {})
     log_path = log_dir / f"worker-{name}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dnnq.workers"], cwd=ROOT, env=full_env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dnnq.workers"],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     w = WorkerProcess(proc, name, log_path)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     deadline = time.monotonic() + wait
@@ -123,8 +141,9 @@ def make_dataset(r, store, m: int = 300, n_x: int = 2, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(m, n_x)).astype(np.float32)
     Y = (X[:, 0] * X[:, 1] > 0).astype(np.float32)
-    return datasets.save_dataset(r, store, tenant="public", name="quadrants", source="test", X=X, Y=Y,
-                                 label_kind="binary")
+    return datasets.save_dataset(
+        r, store, tenant="public", name="quadrants", source="test", X=X, Y=Y, label_kind="binary"
+    )
 
 
 def create_and_send(r, celery_app, dataset_id: str, hidden=(16, 8), **training) -> str:

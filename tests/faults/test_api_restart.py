@@ -22,8 +22,14 @@ def test_api_killed_mid_training_job_unaffected(live_stack_factory, redis_client
         ds = http.post("/v1/datasets/synthetic", json={"name": "spiral", "n_samples": 10_000, "seed": 2})
         assert ds.status_code == 201, ds.text
         epochs = 300
-        resp = http.post("/v1/jobs", json={"dataset_id": ds.json()["id"], "model": {"hidden_layers": [32, 16], "output": "softmax"},
-                                           "training": {"epochs": epochs, "batch_size": 64, "seed": 1}})
+        resp = http.post(
+            "/v1/jobs",
+            json={
+                "dataset_id": ds.json()["id"],
+                "model": {"hidden_layers": [32, 16], "output": "softmax"},
+                "training": {"epochs": epochs, "batch_size": 64, "seed": 1},
+            },
+        )
         assert resp.status_code == 202, resp.text
         job_id = resp.json()["id"]
     wait_for(lambda: len(jobs.get_history(redis_client, job_id)) >= 10, 60, "the job to train a while")
@@ -40,8 +46,14 @@ def test_api_killed_mid_training_job_unaffected(live_stack_factory, redis_client
         assert seen.status_code == 200
         assert seen.json()["status"] in {"running", "succeeded"}
         assert seen.json()["progress"]["epoch"] >= during
-        job = wait_for(lambda: (j := http.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json())
-                       ["status"] in TERMINAL and j, 180, "the job to end", every=0.3)
+        job = wait_for(
+            lambda: (
+                (j := http.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json())["status"] in TERMINAL and j
+            ),
+            180,
+            "the job to end",
+            every=0.3,
+        )
         assert job["status"] == "succeeded", job["error"] or w.log()[-3000:]
         assert job["attempts"] == 1 and job["resumed_from_epoch"] in (None, 0)
         assert [e["epoch"] for e in job["history"]] == list(range(1, epochs + 1))

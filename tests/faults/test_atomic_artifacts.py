@@ -50,8 +50,9 @@ def _npz(seed: int) -> bytes:
 @pytest.mark.parametrize("mode", ["slow-fsync", "big-write"])
 def test_writer_killed_mid_write_leaves_the_previous_content(mode, redis_client, data_dir, store, redis_url, tmp_path):
     # A succeeded job whose weights.npz is served by the API, written through the state machine.
-    rec = jobs.create_job(redis_client, tenant="public", spec={"dataset_id": "a" * 24}, queue="default",
-                          dataset_id="a" * 24)
+    rec = jobs.create_job(
+        redis_client, tenant="public", spec={"dataset_id": "a" * 24}, queue="default", dataset_id="a" * 24
+    )
     job_id, key = rec["id"], f"jobs/{rec['id']}/weights.npz"
     previous = _npz(0)
     sha = store.put(key, previous)
@@ -60,8 +61,14 @@ def test_writer_killed_mid_write_leaves_the_previous_content(mode, redis_client,
     directory = store.root / "jobs" / job_id
 
     size = 8 * 1024 * 1024 if mode == "slow-fsync" else 256 * 1024 * 1024
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), key, str(size), mode], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(store.root), key, str(size), mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         if mode == "slow-fsync":
@@ -69,8 +76,12 @@ def test_writer_killed_mid_write_leaves_the_previous_content(mode, redis_client,
             temps = [p for p in directory.iterdir() if p.name.endswith(".tmp")]
             assert len(temps) == 1 and temps[0].stat().st_size == size
         else:  # kill as soon as the temp file has started to grow: usually torn in the middle
-            wait_for(lambda: any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in directory.iterdir()),
-                     30, "the temp file to appear", every=0.001)
+            wait_for(
+                lambda: any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in directory.iterdir()),
+                30,
+                "the temp file to appear",
+                every=0.001,
+            )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:

@@ -24,8 +24,11 @@ pytestmark = [
 ]
 
 EPOCHS = 1000  # the signal comes at epoch 100: mid-job even on a fast machine
-SPEC = {"model": {"hidden_layers": [32, 16]}, "device": "cpu",
-        "training": {"epochs": EPOCHS, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.01, "seed": 1}}
+SPEC = {
+    "model": {"hidden_layers": [32, 16]},
+    "device": "cpu",
+    "training": {"epochs": EPOCHS, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.01, "seed": 1},
+}
 
 
 def _until(predicate, timeout: float, what: str, log, every: float = 0.05):
@@ -55,16 +58,27 @@ def test_interrupted_job_resumes_from_its_checkpoint_at_once_after_a_restart(tmp
     up = Up(tmp_path, data_dir, "first", extra=("--api-workers", "1", "--grace", "20"))
     try:
         up.wait_ready()
-        moons = httpx.post(f"{up.url}/v1/datasets/synthetic", timeout=30,
-                           json={"name": "moons", "n_samples": 1000, "noise": 0.2, "seed": 1})
+        moons = httpx.post(
+            f"{up.url}/v1/datasets/synthetic",
+            timeout=30,
+            json={"name": "moons", "n_samples": 1000, "noise": 0.2, "seed": 1},
+        )
         assert moons.status_code == 201, moons.text
         # after Ctrl-C, a baseline waits behind the job (one worker): the same spec, never interrupted
-        submitted = [httpx.post(f"{up.url}/v1/jobs", timeout=30, json={"dataset_id": moons.json()["id"], **SPEC})
-                     for _ in range(2 if how == "ctrl-c" else 1)]
+        submitted = [
+            httpx.post(f"{up.url}/v1/jobs", timeout=30, json={"dataset_id": moons.json()["id"], **SPEC})
+            for _ in range(2 if how == "ctrl-c" else 1)
+        ]
         assert {r.status_code for r in submitted} == {202}, [r.text for r in submitted]
         job_id = submitted[0].json()["id"]
-        at_signal = _until(lambda: (_job(up, job_id)["progress"] or {}).get("epoch", 0) >= 100 and
-                           _job(up, job_id)["progress"]["epoch"], 120, "the job did not train 100 epochs", up.log)
+        at_signal = _until(
+            lambda: (
+                (_job(up, job_id)["progress"] or {}).get("epoch", 0) >= 100 and _job(up, job_id)["progress"]["epoch"]
+            ),
+            120,
+            "the job did not train 100 epochs",
+            up.log,
+        )
 
         children = descendants(up.proc.pid)
         if how == "ctrl-c":
@@ -95,14 +109,23 @@ def test_interrupted_job_resumes_from_its_checkpoint_at_once_after_a_restart(tmp
         def training_again():
             job = _job(again, job_id)
             resumed = job["resumed_from_epoch"]
-            return (time.monotonic(), job) if (job["status"] == "running" and resumed is not None
-                                                and (job["progress"] or {}).get("epoch", 0) > resumed) else None
+            return (
+                (time.monotonic(), job)
+                if (
+                    job["status"] == "running"
+                    and resumed is not None
+                    and (job["progress"] or {}).get("epoch", 0) > resumed
+                )
+                else None
+            )
 
         running_at, job = _until(training_again, 60, "the released job did not train again", again.log, every=0.02)
         restart_to_running = running_at - ready_at
-        print(f"\n[{how}] restart ready (/readyz 200) -> the released job training again: {restart_to_running:.2f} s; "
-              f"from `dnnq up` started: {running_at - started_at:.2f} s (resumed from epoch "
-              f"{job['resumed_from_epoch']}, signal at epoch {at_signal})")
+        print(
+            f"\n[{how}] restart ready (/readyz 200) -> the released job training again: {restart_to_running:.2f} s; "
+            f"from `dnnq up` started: {running_at - started_at:.2f} s (resumed from epoch "
+            f"{job['resumed_from_epoch']}, signal at epoch {at_signal})"
+        )
         assert restart_to_running <= 5.0, again.log()[-4000:]
         assert job["attempts"] == 1
         assert job["resumed_from_epoch"] >= at_signal  # from the checkpoint written at the release
@@ -133,7 +156,8 @@ def test_interrupted_job_resumes_from_its_checkpoint_at_once_after_a_restart(tmp
 
 
 def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_worker(
-        redis_client, redis_url, data_dir, store, celery_client, tmp_path, own_workers):
+    redis_client, redis_url, data_dir, store, celery_client, tmp_path, own_workers
+):
     """`python -m dnnq.workers` run by hand: Ctrl-C reaches its main process (warm shutdown) and its pool
     child (which ignores SIGINT, as Celery sets it). The job is released at its epoch's end, the
     worker exits 0 without a traceback, and another worker takes the job at once from its checkpoint."""
@@ -143,7 +167,9 @@ def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_wor
     first = start_worker(redis_url, data_dir, tmp_path)
     own_workers.append(first)
     ds = make_dataset(redis_client, store, m=1000)
-    job_id = create_and_send(redis_client, celery_client, ds["id"], hidden=(32, 16), epochs=EPOCHS, batch_size=64, seed=1)
+    job_id = create_and_send(
+        redis_client, celery_client, ds["id"], hidden=(32, 16), epochs=EPOCHS, batch_size=64, seed=1
+    )
     wait_for(lambda: len(epochs_of(redis_client, job_id)) >= 50, 120, "the job to train 50 epochs")
     os.killpg(first.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
     assert first.proc.wait(60) == 0, first.log()[-4000:]
@@ -151,7 +177,9 @@ def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_wor
     assert '"event": "job.released"' in first.log()
 
     job = jobs.get_job(redis_client, job_id)
-    assert job["status"] == "queued" and job["attempts"] == 1 and job["release_reason"] == "released: worker shutting down"
+    assert (
+        job["status"] == "queued" and job["attempts"] == 1 and job["release_reason"] == "released: worker shutting down"
+    )
     saved = artifacts.load_checkpoint(store, job_id).epoch
     assert epochs_of(redis_client, job_id) == list(range(1, saved + 1))  # history up to the checkpoint, none lost
     assert redis_client.llen("default") == 1  # its message, and only that one
@@ -159,9 +187,15 @@ def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_wor
     second = start_worker(redis_url, data_dir, tmp_path)
     own_workers.append(second)
     registered = time.monotonic()
-    wait_for(lambda: (j := jobs.get_job(redis_client, job_id))["status"] == "running"
-             and len(epochs_of(redis_client, job_id)) > saved and j["resumed_from_epoch"] == saved,
-             30, "the next worker to resume the job")
+    wait_for(
+        lambda: (
+            (j := jobs.get_job(redis_client, job_id))["status"] == "running"
+            and len(epochs_of(redis_client, job_id)) > saved
+            and j["resumed_from_epoch"] == saved
+        ),
+        30,
+        "the next worker to resume the job",
+    )
     print(f"\n[plain worker] second worker registered -> the job training again: {time.monotonic() - registered:.2f} s")
     assert time.monotonic() - registered <= 5.0
     assert jobs.get_job(redis_client, job_id)["attempts"] == 1

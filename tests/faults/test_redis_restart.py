@@ -32,8 +32,7 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    api, base_url, _ = start_api(own_redis.url, data_dir, tmp_path / "api.log",
-                                 env={"DNNQ_REDIS_SOCKET_TIMEOUT": "1"})
+    api, base_url, _ = start_api(own_redis.url, data_dir, tmp_path / "api.log", env={"DNNQ_REDIS_SOCKET_TIMEOUT": "1"})
     try:
         w = start_worker(own_redis.url, data_dir, tmp_path)
         own_workers.append(w)
@@ -44,8 +43,14 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
             ds_id = ds.json()["id"]
 
             def submit(epochs: int, **training) -> str:
-                resp = http.post("/v1/jobs", json={"dataset_id": ds_id, "model": {"hidden_layers": [16, 8]},
-                                                   "training": {"epochs": epochs, "seed": 5, **training}})
+                resp = http.post(
+                    "/v1/jobs",
+                    json={
+                        "dataset_id": ds_id,
+                        "model": {"hidden_layers": [16, 8]},
+                        "training": {"epochs": epochs, "seed": 5, **training},
+                    },
+                )
                 assert resp.status_code == 202, resp.text
                 return resp.json()["id"]
 
@@ -62,8 +67,12 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
             _assert_503_problem(http.get(f"/v1/jobs/{long_id}"), "GET /v1/jobs/{id}")
             one_call_s = time.monotonic() - t0
             _assert_503_problem(http.get("/v1/jobs"), "GET /v1/jobs")
-            _assert_503_problem(http.post("/v1/jobs", json={"dataset_id": ds_id, "model": {"hidden_layers": [4]},
-                                                            "training": {"epochs": 2}}), "POST /v1/jobs")
+            _assert_503_problem(
+                http.post(
+                    "/v1/jobs", json={"dataset_id": ds_id, "model": {"hidden_layers": [4]}, "training": {"epochs": 2}}
+                ),
+                "POST /v1/jobs",
+            )
             assert http.get("/healthz").status_code == 200
             ready = http.get("/readyz")
             assert ready.status_code == 503 and any("redis" in m for m in ready.json()["missing"]), ready.text
@@ -78,8 +87,14 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
             after_id = submit(10)
 
             every_id = [long_id, *queued, after_id]
-            wait_for(lambda: all(http.get(f"/v1/jobs/{j}", params={"history": "none"}).json()["status"] in TERMINAL
-                                 for j in every_id), 240, "every job to end", every=0.5)
+            wait_for(
+                lambda: all(
+                    http.get(f"/v1/jobs/{j}", params={"history": "none"}).json()["status"] in TERMINAL for j in every_id
+                ),
+                240,
+                "every job to end",
+                every=0.5,
+            )
             for job_id in every_id:
                 job = http.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json()
                 assert job["status"] == "succeeded", (job_id, job["error"], w.log()[-3000:])
@@ -99,8 +114,10 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
         # The outage is logged as Redis's, never as a failure of the job.
         events = [e.get("event") for e in log_events(w.log()) if e.get("job_id") == long_id]
         assert "job.failed" not in events, events
-        print(f"\nredis down {DOWN_SECONDS:.0f} s; one API call while down took {one_call_s:.2f} s; "
-              f"long job attempts={long_job['attempts']} resumed_from={long_job['resumed_from_epoch']}")
+        print(
+            f"\nredis down {DOWN_SECONDS:.0f} s; one API call while down took {one_call_s:.2f} s; "
+            f"long job attempts={long_job['attempts']} resumed_from={long_job['resumed_from_epoch']}"
+        )
     finally:
         _signal_group(api, signal.SIGKILL)
         api.wait(10)

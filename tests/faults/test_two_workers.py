@@ -38,23 +38,33 @@ def test_second_worker_receiving_the_same_job_does_nothing(redis_client, store, 
     celery_client.send_task("dnnq.train", args=[job_id], queue="default")  # the same id again
     # The busy worker prefetches nothing (prefetch 1, acks late), so the idle one gets the message
     # while the job still runs, and its claim fails.
-    wait_for(lambda: any(e.get("event") == "job.not_claimed" and e.get("job_id") == job_id
-                         for e in log_events(idle.log())), 30, "the idle worker to refuse the duplicate")
+    wait_for(
+        lambda: any(e.get("event") == "job.not_claimed" and e.get("job_id") == job_id for e in log_events(idle.log())),
+        30,
+        "the idle worker to refuse the duplicate",
+    )
     mid = jobs.get_job(redis_client, job_id)
     assert mid["status"] == "running", "the job ended before the duplicate arrived; make it longer"
     assert mid["attempts"] == 1
     assert _holder(redis_client, job_id) == busy.name  # the lease never moved
 
-    job = wait_for(lambda: (j := jobs.get_job(redis_client, job_id)) and j["status"] in {"succeeded", "failed"} and j,
-                   120, "the job to end")
+    job = wait_for(
+        lambda: (j := jobs.get_job(redis_client, job_id)) and j["status"] in {"succeeded", "failed"} and j,
+        120,
+        "the job to end",
+    )
     assert job["status"] == "succeeded", job.get("error") or busy.log()[-3000:]
     assert job["attempts"] == 1
     assert job["resumed_from_epoch"] in (None, 0)
     assert epochs_of(redis_client, job_id) == list(range(1, epochs + 1))
     assert int(redis_client.hget("dnnq:stats", "epochs_total")) == epochs  # no epoch trained twice
     assert int(redis_client.hget("dnnq:stats", "jobs_succeeded_total")) == 1
-    started = [e for w in (first, second) for e in log_events(w.log())
-               if e.get("event") == "job.started" and e.get("job_id") == job_id]
+    started = [
+        e
+        for w in (first, second)
+        for e in log_events(w.log())
+        if e.get("event") == "job.started" and e.get("job_id") == job_id
+    ]
     assert len(started) == 1, started
 
 
@@ -65,8 +75,9 @@ def test_epochs_longer_than_the_lease_are_never_taken_over(redis_client, store, 
     # twice the lease. (150,000 rows gave 1.25 s on Zen 5: too close to the lease for the gap check below.)
     ds = make_dataset(redis_client, store, m=300_000, n_x=20, seed=3)
     epochs = 3
-    job_id = create_and_send(redis_client, celery_client, ds["id"], hidden=(512, 256), epochs=epochs, seed=4,
-                             batch_size=8192)
+    job_id = create_and_send(
+        redis_client, celery_client, ds["id"], hidden=(512, 256), epochs=epochs, seed=4, batch_size=8192
+    )
 
     # Time the epochs as they land, to prove each one outlasted the 1 s lease.
     seen: list[float] = []

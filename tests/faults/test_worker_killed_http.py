@@ -18,18 +18,30 @@ def test_worker_killed_mid_job_resumes_to_the_uninterrupted_weights(live_stack, 
     with live_stack.client() as http:
         ds = http.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 20_000, "seed": 4})
         assert ds.status_code == 201, ds.text
-        spec = {"dataset_id": ds.json()["id"], "model": {"hidden_layers": [16, 8]},
-                "training": {"epochs": epochs, "batch_size": 64, "seed": 11, "checkpoint_every": 1}}
+        spec = {
+            "dataset_id": ds.json()["id"],
+            "model": {"hidden_layers": [16, 8]},
+            "training": {"epochs": epochs, "batch_size": 64, "seed": 11, "checkpoint_every": 1},
+        }
 
         def run_to_end(job_id: str) -> dict:
-            return wait_for(lambda: (j := http.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json())
-                            ["status"] in TERMINAL and j, 180, f"job {job_id} to end", every=0.3)
+            return wait_for(
+                lambda: (
+                    (j := http.get(f"/v1/jobs/{job_id}", params={"history": "full"}).json())["status"] in TERMINAL and j
+                ),
+                180,
+                f"job {job_id} to end",
+                every=0.3,
+            )
 
         resp = http.post("/v1/jobs", json=spec)
         assert resp.status_code == 202, resp.text
         job_id = resp.json()["id"]
-        wait_for(lambda: len(jobs.get_history(redis_client, job_id)) >= 5
-                 and store.exists(f"jobs/{job_id}/checkpoint.npz"), 60, "a checkpoint")
+        wait_for(
+            lambda: len(jobs.get_history(redis_client, job_id)) >= 5 and store.exists(f"jobs/{job_id}/checkpoint.npz"),
+            60,
+            "a checkpoint",
+        )
         live_stack.workers[0].kill()  # kill -9 of the worker's process group, mid-epoch
         done = len(jobs.get_history(redis_client, job_id))
         if done >= epochs:

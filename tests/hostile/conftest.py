@@ -44,6 +44,7 @@ CANARY_PATH = CANARY_DIR / "canary.txt"
 CANARY_PATH.write_text(CANARY_SECRET + "\n")
 atexit.register(shutil.rmtree, CANARY_DIR, ignore_errors=True)  # also when no test of the suite ran
 
+
 @dataclass
 class Tally:
     """What the whole suite saw; the summary line and the goals read it."""
@@ -76,7 +77,7 @@ def _ppid_map() -> dict[int, int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
     return parents
 
 
@@ -159,8 +160,9 @@ class HealthzProbe:
     answers (count), and any that were not 200 (bad)."""
 
     def __init__(self, url: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SRC, url], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PROBE_SRC, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout.readline().strip() == "ready", "the /healthz probe did not start"
 
     def _send(self, command: str) -> None:
@@ -195,22 +197,48 @@ class HostileServer:
         self.data_dir = tmp / "data"
         self.keys = {"alice": secrets.token_hex(16), "bob": secrets.token_hex(16)}
         self.metrics_key = secrets.token_hex(16)
-        self.forbidden = {"canary secret": CANARY_SECRET, "alice's key": self.keys["alice"],
-                          "bob's key": self.keys["bob"], "the metrics key": self.metrics_key,
-                          "/etc/passwd": "root:x:0:0"}
+        self.forbidden = {
+            "canary secret": CANARY_SECRET,
+            "alice's key": self.keys["alice"],
+            "bob's key": self.keys["bob"],
+            "the metrics key": self.metrics_key,
+            "/etc/passwd": "root:x:0:0",
+        }
         self.log_path = tmp / "dnnq-up.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DNNQ_")}
-        env.update({
-            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-            "DNNQ_API_KEYS": ",".join(f"{who}:{key}" for who, key in self.keys.items()),
-            "DNNQ_METRICS_KEY": self.metrics_key,
-            "DNNQ_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-        })
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "DNNQ_API_KEYS": ",".join(f"{who}:{key}" for who, key in self.keys.items()),
+                "DNNQ_METRICS_KEY": self.metrics_key,
+                "DNNQ_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+            }
+        )
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dnnq", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                 "--workers", "1", "--api-workers", "1", "--grace", "3"],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "dnnq",
+                    "up",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--workers",
+                    "1",
+                    "--api-workers",
+                    "1",
+                    "--grace",
+                    "3",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
@@ -244,8 +272,13 @@ class HostileServer:
                 TALLY.up_exit = self.proc.returncode
                 pytest.fail(f"dnnq up exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             parents = _ppid_map()
-            pids = [p for p, parent in parents.items() if parent == self.proc.pid and _alive(p)
-                    and ("dnnq.service.app:create_app" in _cmdline(p) or "dnnq.api_process" in _cmdline(p))]
+            pids = [
+                p
+                for p, parent in parents.items()
+                if parent == self.proc.pid
+                and _alive(p)
+                and ("dnnq.service.app:create_app" in _cmdline(p) or "dnnq.api_process" in _cmdline(p))
+            ]
             if len(pids) == 1:
                 return pids[0]
             if time.monotonic() > deadline:
@@ -279,8 +312,7 @@ class HostileServer:
         with TALLY.lock:
             TALLY.responses += 1
             if response.status_code >= 500:
-                TALLY.five_xx.append(f"{response.request.method} {response.request.url.path} -> "
-                                     f"{response.status_code}")
+                TALLY.five_xx.append(f"{response.request.method} {response.request.url.path} -> {response.status_code}")
 
     def _inspect(self, response: httpx.Response) -> None:
         response.read()
@@ -311,8 +343,11 @@ class HostileServer:
         """Files under the artifact store, but the workers' job artifacts (written by jobs, not uploads)."""
         if not self.artifacts.exists():
             return set()
-        return {str(p.relative_to(self.artifacts)) for p in self.artifacts.rglob("*")
-                if p.is_file() and not p.relative_to(self.artifacts).parts[0] == "jobs"}
+        return {
+            str(p.relative_to(self.artifacts))
+            for p in self.artifacts.rglob("*")
+            if p.is_file() and not p.relative_to(self.artifacts).parts[0] == "jobs"
+        }
 
     # --- the server's own count of 5xx answers -----------------------------------------------------
 
@@ -386,11 +421,13 @@ def hostile_summary():
         return  # nothing of the suite ran (deselected or skipped)
     peak_case, peak = max(TALLY.peak_rss.items(), key=lambda kv: kv[1], default=("-", 0))
     slow_case, slow = max(TALLY.healthz_s.items(), key=lambda kv: kv[1], default=("-", 0.0))
-    line = (f"hostile summary: {TALLY.responses} responses, {len(TALLY.five_xx)} 5xx seen by clients "
-            f"(server counted {TALLY.server_five_xx}), {TALLY.restarts} API restarts/crashes "
-            f"(pids {TALLY.api_pids}, dnnq up exit {TALLY.up_exit}), max API peak RSS {peak / 2**20:.0f} MiB "
-            f"({peak_case}; bound {RSS_BOUND / 2**20:.0f} MiB), max /healthz during parsing {slow * 1000:.0f} ms "
-            f"({slow_case}), {len(TALLY.disclosures)} disclosures")
+    line = (
+        f"hostile summary: {TALLY.responses} responses, {len(TALLY.five_xx)} 5xx seen by clients "
+        f"(server counted {TALLY.server_five_xx}), {TALLY.restarts} API restarts/crashes "
+        f"(pids {TALLY.api_pids}, dnnq up exit {TALLY.up_exit}), max API peak RSS {peak / 2**20:.0f} MiB "
+        f"({peak_case}; bound {RSS_BOUND / 2**20:.0f} MiB), max /healthz during parsing {slow * 1000:.0f} ms "
+        f"({slow_case}), {len(TALLY.disclosures)} disclosures"
+    )
     TALLY.summary = line  # printed by pytest_terminal_summary below: output here is captured
     failures = []
     if TALLY.five_xx or TALLY.server_five_xx:

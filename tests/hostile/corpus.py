@@ -43,6 +43,7 @@ def build_cases(canary: pathlib.Path, tmp: pathlib.Path) -> list[Case]:
 
 # --- HDF5 ------------------------------------------------------------------------------------
 
+
 def _h5(build) -> bytes:
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
@@ -118,8 +119,9 @@ def _h5_cases(canary: pathlib.Path, tmp: pathlib.Path) -> list[Case]:
         ("h5_unknown_filter", unknown_filter, (422,)),
         ("h5_string_dtype", string_dtype, (422,)),
     ]
-    cases = [Case(name, f"{name}.h5", _h5(build), {"x_key": "X", "y_key": "Y"}, expect)
-             for name, build, expect in named]
+    cases = [
+        Case(name, f"{name}.h5", _h5(build), {"x_key": "X", "y_key": "Y"}, expect) for name, build, expect in named
+    ]
     cases.append(Case("h5_corrupt_chunk", "h5_corrupt_chunk.h5", _corrupt_chunk_h5(), {}, (422,)))
     return cases
 
@@ -134,11 +136,12 @@ def _corrupt_chunk_h5() -> bytes:
     with h5py.File(io.BytesIO(bytes(data)), "r") as f:
         info = f["X"].id.get_chunk_info(0)
     start = info.byte_offset + 2  # past the zlib header, into the compressed blocks
-    data[start:start + 64] = np.random.default_rng(13).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    data[start : start + 64] = np.random.default_rng(13).integers(0, 256, 64, dtype=np.uint8).tobytes()
     return bytes(data)
 
 
 # --- npz -------------------------------------------------------------------------------------
+
 
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -163,10 +166,34 @@ def zip_archive(members: list[dict]) -> bytes:
         file_size = m.get("file_size", len(m.get("raw", data)))
         flags = m.get("flags", 0)
         offset = len(out)
-        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0x21, crc, len(data), file_size,
-                           len(name), 0) + name + data
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, flags, method, 0, 0x21, crc, len(data),
-                               file_size, len(name), 0, 0, 0, 0, 0o644 << 16, offset) + name
+        out += (
+            struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0x21, crc, len(data), file_size, len(name), 0)
+            + name
+            + data
+        )
+        central += (
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                20,
+                20,
+                flags,
+                method,
+                0,
+                0x21,
+                crc,
+                len(data),
+                file_size,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0o644 << 16,
+                offset,
+            )
+            + name
+        )
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), len(out), 0)
     return bytes(out + central + end)
 
@@ -190,8 +217,13 @@ def _zeros_bomb(n_bytes: int) -> dict:
         crc = zlib.crc32(block, crc)
     tail = c.compress(b"\0" * rest) + c.flush()
     crc = zlib.crc32(b"\0" * rest, crc)
-    return {"name": "X.npy", "data": head + piece * blocks + tail, "method": 8, "crc": crc,
-            "file_size": len(header) + count * 8}
+    return {
+        "name": "X.npy",
+        "data": head + piece * blocks + tail,
+        "method": 8,
+        "crc": crc,
+        "file_size": len(header) + count * 8,
+    }
 
 
 def _npy_header(text: str) -> bytes:
@@ -224,15 +256,19 @@ def _npz_cases() -> list[Case]:
         "npz_header_disagrees_with_directory": [{"name": "X.npy", "data": x_raw[:-48]}, y_member],
         "npz_truncated_member": [{"name": "X.npy", "data": x_raw[:-40], "raw": x_raw}, y_member],
         "npz_compression_bomb": [_zeros_bomb(bomb_bytes), {"name": "Y.npy", "data": npy_bytes(np.zeros(1))}],
-        "npz_too_many_classes": [{"name": "X.npy", "data": npy_bytes(np.ones((3, 2)))},
-                                 {"name": "Y.npy", "data": npy_bytes(np.array([0, 1, 5000]))}],
+        "npz_too_many_classes": [
+            {"name": "X.npy", "data": npy_bytes(np.ones((3, 2)))},
+            {"name": "Y.npy", "data": npy_bytes(np.array([0, 1, 5000]))},
+        ],
     }
     expect = {"npz_compression_bomb": (413,), "npz_too_many_classes": (413,)}
-    return [Case(name, f"{name}.npz", zip_archive(members), {}, expect.get(name, (422,)))
-            for name, members in npz.items()]
+    return [
+        Case(name, f"{name}.npz", zip_archive(members), {}, expect.get(name, (422,))) for name, members in npz.items()
+    ]
 
 
 # --- CSV -------------------------------------------------------------------------------------
+
 
 def _csv_cases() -> list[Case]:
     rows = [f"{i * 0.5},{i % 3},{i % 2}" for i in range(8)]
@@ -243,9 +279,13 @@ def _csv_cases() -> list[Case]:
         Case("valid_csv_crlf", "valid_crlf.csv", ("a,b,y\r\n" + "\r\n".join(rows) + "\r\n").encode(), {}, (201,)),
         Case("csv_field_over_csv_limit", "long.csv", f"a,y\n{long_field},1\n2,0\n".encode(), {}, (422,)),
         Case("csv_quoted_field_over_csv_limit", "longq.csv", f'a,y\n"{long_field}",1\n2,0\n'.encode(), {}, (422,)),
-        Case("csv_wide_header", "wide.csv",
-             ",".join("c" * WIDE_COLUMNS).encode() + b"\n" + b"1," * (WIDE_COLUMNS - 1) + b"1\n",
-             {}, (413, 422)),
+        Case(
+            "csv_wide_header",
+            "wide.csv",
+            ",".join("c" * WIDE_COLUMNS).encode() + b"\n" + b"1," * (WIDE_COLUMNS - 1) + b"1\n",
+            {},
+            (413, 422),
+        ),
         Case("csv_nul_bytes", "nul.csv", b"a,b,y\n1,2\x00,0\n3,4,1\n", {}, (422,)),
         Case("csv_invalid_utf8", "latin.csv", b"a,b,y\n1,2,caf\xe9\n3,4,th\xe9\n", {}, (422,)),
         Case("csv_too_many_classes", "classes.csv", classes.encode(), {}, (413,)),

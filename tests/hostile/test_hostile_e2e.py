@@ -91,8 +91,10 @@ def check_upload(server, label: str, filename: str, data: bytes, form: dict | No
                 problems.append(f"status {response.status_code} not in {sorted(expected)}: {body!r}")
             if response.status_code >= 400:
                 if not response.headers.get("content-type", "").startswith("application/problem+json"):
-                    problems.append(f"a {response.status_code} that is not problem+json: "
-                                    f"{response.headers.get('content-type')} {body!r}")
+                    problems.append(
+                        f"a {response.status_code} that is not problem+json: "
+                        f"{response.headers.get('content-type')} {body!r}"
+                    )
                 else:
                     detail = response.json().get("detail")
                     if not isinstance(detail, str) or not detail.strip():
@@ -102,8 +104,10 @@ def check_upload(server, label: str, filename: str, data: bytes, form: dict | No
             if after.status_code != 200:
                 problems.append(f"the next request on the connection answered {after.status_code}")
             elif _local_addr(after) != _local_addr(response):
-                problems.append(f"the connection was not kept: the upload went from {_local_addr(response)}, "
-                                f"the next request from {_local_addr(after)}")
+                problems.append(
+                    f"the connection was not kept: the upload went from {_local_addr(response)}, "
+                    f"the next request from {_local_addr(after)}"
+                )
         # read back everything alice has, whole rows: nothing of the canary may show
         listing = http.get("/v1/datasets", params={"limit": 500})
         if listing.status_code != 200:
@@ -114,8 +118,9 @@ def check_upload(server, label: str, filename: str, data: bytes, form: dict | No
                 if read.status_code != 200:
                     problems.append(f"GET dataset {item['id']} answered {read.status_code}: {read.content[:300]!r}")
             if refused and listing.json()["total"] != datasets_before:
-                problems.append(f"a refused upload was stored: alice has {listing.json()['total']} datasets, "
-                                f"had {datasets_before}")
+                problems.append(
+                    f"a refused upload was stored: alice has {listing.json()['total']} datasets, had {datasets_before}"
+                )
         if refused:
             new_files = server.stored_files() - files_before
             if new_files:
@@ -130,8 +135,10 @@ def check_upload(server, label: str, filename: str, data: bytes, form: dict | No
         if peak > RSS_BOUND:
             problems.append(f"API peak RSS {peak / 2**20:.0f} MiB > bound {RSS_BOUND / 2**20:.0f} MiB")
     if probed["max_s"] > HEALTHZ_GOAL_S:
-        problems.append(f"/healthz took {probed['max_s'] * 1000:.0f} ms (asked {probed['at_s']:.2f} s into the "
-                        f"upload, of {probed['count']} answers) while the upload was parsed (goal < 100 ms)")
+        problems.append(
+            f"/healthz took {probed['max_s'] * 1000:.0f} ms (asked {probed['at_s']:.2f} s into the "
+            f"upload, of {probed['count']} answers) while the upload was parsed (goal < 100 ms)"
+        )
     return problems
 
 
@@ -167,8 +174,11 @@ def test_the_scan_would_see_a_disclosure(hostile_server):
     from tests.hostile.conftest import CANARY_SECRET
 
     start = len(TALLY.disclosures)
-    leaked = httpx.Response(200, content=b'{"preview": "' + CANARY_SECRET.encode() + b'"}',
-                            request=httpx.Request("GET", f"{hostile_server.url}/v1/datasets/x"))
+    leaked = httpx.Response(
+        200,
+        content=b'{"preview": "' + CANARY_SECRET.encode() + b'"}',
+        request=httpx.Request("GET", f"{hostile_server.url}/v1/datasets/x"),
+    )
     hostile_server.scan(leaked, "self-test")
     found = hostile_server.disclosures_since(start)
     with TALLY.lock:

@@ -20,8 +20,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dnnq.service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
 
 LIMITS = UploadLimits(max_examples=10_000, max_features=1_000, max_array_bytes=8_000_000, max_classes=50)
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 CHILD_MEMORY = 2 * 1024**3
 
 
@@ -58,11 +63,11 @@ def mutated(draw, seeds: list[bytes]) -> bytes:
             data[pos] ^= 1 << draw(st.integers(0, 7))
         elif op == "overwrite":
             chunk = draw(st.binary(min_size=1, max_size=16))
-            data[pos:pos + len(chunk)] = chunk
+            data[pos : pos + len(chunk)] = chunk
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 64))]
+            del data[pos : pos + draw(st.integers(1, 64))]
         else:
             del data[pos:]
     return bytes(data)

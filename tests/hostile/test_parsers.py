@@ -18,8 +18,13 @@ from tests.hostile.corpus import build_cases
 
 SECRET = "dnnq-canary-7f3e9a1c-do-not-disclose"
 # The server's defaults: DNNQ_MAX_EXAMPLES, DNNQ_MAX_FEATURES, 4 x DNNQ_MAX_UPLOAD_BYTES, DNNQ_MAX_CLASSES.
-LIMITS = UploadLimits(max_examples=10_000_000, max_features=1_000_000, max_array_bytes=1024**3,
-                      max_classes=1000, max_expansion_ratio=200.0)
+LIMITS = UploadLimits(
+    max_examples=10_000_000,
+    max_features=1_000_000,
+    max_array_bytes=1024**3,
+    max_classes=1000,
+    max_expansion_ratio=200.0,
+)
 
 
 def _build() -> dict:
@@ -41,13 +46,32 @@ def corpus() -> dict:
 
 
 def test_corpus_covers_every_class_of_hostile_file():
-    for needed in ["h5_external_storage", "h5_external_link", "h5_dangling_soft_link", "h5_soft_link_to_group",
-                   "h5_virtual_dataset", "h5_chunk_bomb", "h5_overflowing_shape", "h5_corrupt_chunk",
-                   "h5_unknown_filter", "h5_string_dtype", "npz_bad_crc", "npz_corrupt_deflate",
-                   "npz_encrypted_flag", "npz_unknown_compression_method", "npz_malformed_npy_header",
-                   "npz_compression_bomb", "npz_object_array", "npz_directory_size_lies", "valid_csv_cr_only",
-                   "csv_field_over_csv_limit", "csv_wide_header", "csv_nul_bytes", "csv_invalid_utf8",
-                   "csv_too_many_classes"]:
+    for needed in [
+        "h5_external_storage",
+        "h5_external_link",
+        "h5_dangling_soft_link",
+        "h5_soft_link_to_group",
+        "h5_virtual_dataset",
+        "h5_chunk_bomb",
+        "h5_overflowing_shape",
+        "h5_corrupt_chunk",
+        "h5_unknown_filter",
+        "h5_string_dtype",
+        "npz_bad_crc",
+        "npz_corrupt_deflate",
+        "npz_encrypted_flag",
+        "npz_unknown_compression_method",
+        "npz_malformed_npy_header",
+        "npz_compression_bomb",
+        "npz_object_array",
+        "npz_directory_size_lies",
+        "valid_csv_cr_only",
+        "csv_field_over_csv_limit",
+        "csv_wide_header",
+        "csv_nul_bytes",
+        "csv_invalid_utf8",
+        "csv_too_many_classes",
+    ]:
         assert needed in NAMES
 
 

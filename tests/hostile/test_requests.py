@@ -95,8 +95,12 @@ def softmax_job(alice) -> str:
     Y = np.arange(2 * N_CLASSES) % N_CLASSES
     ds = alice.post("/v1/datasets", files={"file": ("many.npz", npz_bytes(X=X, Y=Y))})
     assert ds.status_code in (200, 201), ds.text
-    spec = {"dataset_id": ds.json()["id"], "model": {"hidden_layers": [4], "output": "softmax"},
-            "training": {"epochs": 2, "learning_rate": 0.01}, "device": "cpu"}
+    spec = {
+        "dataset_id": ds.json()["id"],
+        "model": {"hidden_layers": [4], "output": "softmax"},
+        "training": {"epochs": 2, "learning_rate": 0.01},
+        "device": "cpu",
+    }
     submitted = alice.post("/v1/jobs", json=spec)
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
@@ -123,6 +127,7 @@ def jobs_answer(http) -> int:
 
 # --- non-finite numbers in a job spec -------------------------------------------------------------
 
+
 def test_the_spec_has_the_float_fields_this_suite_covers():
     assert {"training.learning_rate", "training.l2", "preprocess.scale"} <= set(FLOAT_FIELDS), FLOAT_FIELDS
 
@@ -145,6 +150,7 @@ def test_non_finite_number_in_a_spec_is_a_422_and_no_job(alice, dataset_id, path
 
 
 # --- predict --------------------------------------------------------------------------------------
+
 
 def test_predict_output_bomb_is_refused(alice, softmax_job):
     """rows x outputs over DNNQ_MAX_PREDICT_VALUES (default 1,000,000): 2,500 rows x 500 classes."""
@@ -175,12 +181,17 @@ def test_predict_inputs_that_overflow_answer_finite_numbers_or_a_4xx(alice, soft
 
 # --- Last-Event-ID ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("last_event_id", [
-    "١٢٣".encode(),          # Arabic-Indic digits (UTF-8 on the wire)
-    "²³".encode("latin-1"),  # Latin-1 superscripts: str.isdigit() says yes, int() says no
-    b"9" * 10_000,           # past int64, and past Python's int() digit limit
-    b"-1",
-], ids=["arabic-indic", "superscripts", "10000-digits", "negative"])
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    [
+        "١٢٣".encode(),  # Arabic-Indic digits (UTF-8 on the wire)
+        "²³".encode("latin-1"),  # Latin-1 superscripts: str.isdigit() says yes, int() says no
+        b"9" * 10_000,  # past int64, and past Python's int() digit limit
+        b"-1",
+    ],
+    ids=["arabic-indic", "superscripts", "10000-digits", "negative"],
+)
 def test_odd_last_event_id_is_ignored_and_the_stream_is_whole(hostile_server, softmax_job, last_event_id):
     with hostile_server.client("alice", scan=False) as http:
         with http.stream("GET", f"/v1/jobs/{softmax_job}/events", headers={"Last-Event-ID": last_event_id}) as resp:
@@ -190,17 +201,19 @@ def test_odd_last_event_id_is_ignored_and_the_stream_is_whole(hostile_server, so
     events, kind = [], None
     for line in lines:
         if line.startswith("event: "):
-            kind = line[len("event: "):]
+            kind = line[len("event: ") :]
         elif line.startswith("data: "):
-            events.append((kind, strict_json(line[len("data: "):])))
+            events.append((kind, strict_json(line[len("data: ") :])))
     assert [d["epoch"] for k, d in events if k == "epoch"] == [1, 2]  # ignored: replayed from the start
     assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
 
 
 # --- request gates ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/static/%00", "/static/" + "a" * 300, "/static/x%00.js",
-                                  "/static/" + "/".join(["c" * 250] * 20)])
+
+@pytest.mark.parametrize(
+    "path", ["/static/%00", "/static/" + "a" * 300, "/static/x%00.js", "/static/" + "/".join(["c" * 250] * 20)]
+)
 def test_static_paths_that_cannot_be_files_are_404(hostile_server, path):
     with hostile_server.client(None) as anon:
         assert_problem(anon.get(path), 404, "No static file")
@@ -210,7 +223,7 @@ def test_unauthenticated_50mb_upload_is_a_quick_401_and_its_body_is_not_buffered
     pid = hostile_server.note_api()
     reset_peak(pid)
     rss = status_bytes(pid, "VmRSS")
-    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.npz\"\r\n\r\n" + b"\0" * (50 * 2**20)
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.npz"\r\n\r\n' + b"\0" * (50 * 2**20)
     with hostile_server.client(None) as anon:
         start = time.monotonic()
         resp = anon.post("/v1/datasets", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})

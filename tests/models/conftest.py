@@ -1,5 +1,6 @@
 """The ``xp`` fixture: every functional-API test runs on NumPy, array_api_strict, a CuPy stand-in
 (tests/models/fake_cupy.py: device arrays that refuse host arrays, as CuPy's do) and CuPy when a GPU is here."""
+
 import importlib
 
 import numpy as np
@@ -12,8 +13,14 @@ from dnnq.models.backend import gpu_available, to_host
 NO_GPU = importlib.util.find_spec("cupy") is None or not gpu_available()
 
 
-@pytest.fixture(params=["numpy", "array_api_strict", "device_stand_in",
-                        pytest.param("cupy", marks=pytest.mark.skipif(NO_GPU, reason="CuPy/GPU not available"))])
+@pytest.fixture(
+    params=[
+        "numpy",
+        "array_api_strict",
+        "device_stand_in",
+        pytest.param("cupy", marks=pytest.mark.skipif(NO_GPU, reason="CuPy/GPU not available")),
+    ]
+)
 def xp(request, monkeypatch):
     if request.param == "numpy":
         return np

@@ -43,8 +43,10 @@ _recording: list | None = None  # while a stream captures: the operations a grap
 
 def _no_sync(what: str) -> None:
     if _recording is not None:
-        raise RuntimeError(f"{what} waits for the device, which is not allowed while a stream captures "
-                           "(cudaErrorStreamCaptureUnsupported)")
+        raise RuntimeError(
+            f"{what} waits for the device, which is not allowed while a stream captures "
+            "(cudaErrorStreamCaptureUnsupported)"
+        )
 
 
 def _record(replay) -> None:
@@ -75,8 +77,10 @@ class DeviceArray:
         return self._a.copy()
 
     def __array__(self, *args, **kwargs):
-        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
-                        "construct a NumPy array explicitly.")
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+            "construct a NumPy array explicitly."
+        )
 
     def __float__(self):
         _no_sync("float()")
@@ -157,8 +161,10 @@ def _unwrap(value, where: str):
     if isinstance(value, DeviceArray):
         return value._a
     if isinstance(value, np.ndarray):
-        raise TypeError(f"Unsupported type {type(value)} in {where}: a host NumPy array mixed with device "
-                        "arrays (move it with cupy.asarray first)")
+        raise TypeError(
+            f"Unsupported type {type(value)} in {where}: a host NumPy array mixed with device "
+            "arrays (move it with cupy.asarray first)"
+        )
     if isinstance(value, (tuple, list)):
         return type(value)(_unwrap(v, where) for v in value)
     if isinstance(value, dict):
@@ -182,8 +188,14 @@ def _call(fn, name, args, kwargs):
         host = args[0]._a if isinstance(args[0], DeviceArray) else args[0]
         if not isinstance(args[0], DeviceArray):
             _no_sync(f"{name}() of a host array")
-        result = DeviceArray(np.array(host, *_unwrap(args[1:], name), copy=True,
-                                      **_unwrap({k: v for k, v in kwargs.items() if k != "copy"}, name)))
+        result = DeviceArray(
+            np.array(
+                host,
+                *_unwrap(args[1:], name),
+                copy=True,
+                **_unwrap({k: v for k, v in kwargs.items() if k != "copy"}, name),
+            )
+        )
         if _recording is not None:  # a device-to-device copy: a kernel like any other
             _record(lambda: np.copyto(result._a, host))
         return result

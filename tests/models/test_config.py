@@ -1,4 +1,5 @@
 """TrainConfig validation messages, schedules and helpers."""
+
 import math
 
 import pytest
@@ -50,7 +51,9 @@ def test_softmax_needs_two_classes():
 
 
 def test_round_trip_and_unknown_keys():
-    cfg = TrainConfig(layer_dims=[5, 3, 2], output="softmax", optimizer="adam", batch_size=32, lr_decay="step", decay_rate=0.5)
+    cfg = TrainConfig(
+        layer_dims=[5, 3, 2], output="softmax", optimizer="adam", batch_size=32, lr_decay="step", decay_rate=0.5
+    )
     again = TrainConfig.from_dict(cfg.to_dict())
     assert again == cfg
     with pytest.raises(ConfigError) as info:
@@ -67,7 +70,9 @@ def test_learning_rate_schedules():
     c = TrainConfig(learning_rate=0.5, lr_decay="inverse_time", decay_rate=1.0, decay_every=10)
     assert [c.learning_rate_at(e) for e in (0, 9, 10, 25)] == [0.5, 0.5, 0.25, 0.5 / 3]
     c = TrainConfig(learning_rate=0.5, lr_decay="exponential", decay_rate=0.5, decay_every=2)
-    assert c.learning_rate_at(1) == pytest.approx(0.5 * math.sqrt(0.5)) and c.learning_rate_at(4) == pytest.approx(0.125)
+    assert c.learning_rate_at(1) == pytest.approx(0.5 * math.sqrt(0.5)) and c.learning_rate_at(4) == pytest.approx(
+        0.125
+    )
     c = TrainConfig(learning_rate=0.5, lr_decay="step", decay_rate=0.1, decay_every=3)
     assert [c.learning_rate_at(e) for e in (0, 2)] == [0.5, 0.5] and c.learning_rate_at(3) == pytest.approx(0.05)
     assert TrainConfig(learning_rate=0.5).learning_rate_at(100) == 0.5

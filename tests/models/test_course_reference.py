@@ -4,6 +4,7 @@ The course prints "Cost after iteration 0: 0.771749" and "Cost after iteration 1
 layer_dims [12288, 20, 7, 5, 1], relu/sigmoid, W = randn / sqrt(n_{l-1}) after np.random.seed(1)
 (init="xavier", seed=1 here), learning rate 0.0075, full-batch gd, inputs scaled by 1/255.
 """
+
 import os
 from pathlib import Path
 
@@ -23,8 +24,15 @@ def test_course_costs_on_the_cat_data_set():
         images, labels = np.array(f["train_set_x"]), np.array(f["train_set_y"])
     X = images.reshape(images.shape[0], -1).T / 255.0  # (12288, 209)
     Y = labels.reshape(1, -1)
-    cfg = TrainConfig(layer_dims=[12288, 20, 7, 5, 1], init="xavier", seed=1, learning_rate=0.0075,
-                      epochs=101, dtype="float64", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[12288, 20, 7, 5, 1],
+        init="xavier",
+        seed=1,
+        learning_rate=0.0075,
+        epochs=101,
+        dtype="float64",
+        device="cpu",
+    )
     history = fit(X, Y, cfg).history
     assert round(history[0].loss, 6) == 0.771749
     assert round(history[100].loss, 6) == 0.672053

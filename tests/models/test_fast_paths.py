@@ -1,11 +1,18 @@
 """fit's fast paths against the textbook: shuffled softmax mini-batches with labels gathered per
 step, and plain gd taking lr-scaled gradients (GD.update_prescaled_flat)."""
+
 import numpy as np
 import pytest
 
 from dnnq.models import GD, TrainConfig, fit
 from dnnq.models.flat import flat_views, flatten_params
-from dnnq.models.network import compute_cost, initialize_parameters_deep, model_backward, model_forward, update_parameters
+from dnnq.models.network import (
+    compute_cost,
+    initialize_parameters_deep,
+    model_backward,
+    model_forward,
+    update_parameters,
+)
 
 
 def test_gd_prescaled_update_is_the_plain_update():
@@ -33,9 +40,20 @@ def test_shuffled_softmax_minibatch_gd_is_the_textbook_loop():
     m, dims, lr, l2, seed, batch = 45, [5, 6, 3], 0.2, 0.1, 7, 16
     X = rng.standard_normal((5, m))
     labels = rng.integers(0, 3, m)
-    cfg = TrainConfig(layer_dims=dims, output="softmax", init="xavier", seed=seed, optimizer="gd",
-                      learning_rate=lr, epochs=3, batch_size=batch, shuffle=True, l2=l2, dtype="float64",
-                      device="cpu")
+    cfg = TrainConfig(
+        layer_dims=dims,
+        output="softmax",
+        init="xavier",
+        seed=seed,
+        optimizer="gd",
+        learning_rate=lr,
+        epochs=3,
+        batch_size=batch,
+        shuffle=True,
+        l2=l2,
+        dtype="float64",
+        device="cpu",
+    )
     result = fit(X, labels, cfg)
     Y = np.eye(3)[labels].T  # (3, m) one-hot
     params = initialize_parameters_deep(dims, seed=seed, init="xavier", dtype="float64")
@@ -43,7 +61,7 @@ def test_shuffled_softmax_minibatch_gd_is_the_textbook_loop():
         perm = np.random.default_rng([seed, epoch]).permutation(m)
         weighted, correct = 0.0, 0
         for s in range(0, m, batch):
-            idx = perm[s:s + batch]
+            idx = perm[s : s + batch]
             xb, yb = X[:, idx], Y[:, idx]
             AL, caches = model_forward(xb, params, "relu", "softmax")
             weighted += xb.shape[1] * compute_cost(AL, yb, "categorical_crossentropy", parameters=params, l2=l2)

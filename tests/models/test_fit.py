@@ -1,4 +1,5 @@
 """fit(): parity with the textbook loop, exact resume, learning, errors."""
+
 import io
 import subprocess
 import sys
@@ -56,8 +57,19 @@ def textbook_loop(X, Y, dims, hidden, output, lr, epochs, l2, seed, init):
 def test_full_batch_gd_equals_textbook_loop(hidden, output, l2):
     X, Y = toy(output)
     dims = [4, 6, 5, Y.shape[0]]
-    cfg = TrainConfig(layer_dims=dims, hidden_activation=hidden, output=output, init="he", seed=2,
-                      optimizer="gd", learning_rate=0.05, epochs=60, l2=l2, dtype="float64", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=dims,
+        hidden_activation=hidden,
+        output=output,
+        init="he",
+        seed=2,
+        optimizer="gd",
+        learning_rate=0.05,
+        epochs=60,
+        l2=l2,
+        dtype="float64",
+        device="cpu",
+    )
     result = fit(X, Y, cfg)
     costs, params = textbook_loop(X, Y, dims, hidden, output, 0.05, 60, l2, 2, "he")
     assert [r.epoch for r in result.history] == list(range(1, 61))
@@ -71,14 +83,24 @@ def test_full_batch_gd_equals_textbook_loop(hidden, output, l2):
 def test_minibatch_loss_is_example_weighted_mean_of_batch_costs():
     X, Y = toy("sigmoid", m=50)
     dims = [4, 3, 1]
-    cfg = TrainConfig(layer_dims=dims, init="xavier", seed=4, learning_rate=0.1, epochs=3, batch_size=16,
-                      shuffle=False, l2=0.2, dtype="float64", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=dims,
+        init="xavier",
+        seed=4,
+        learning_rate=0.1,
+        epochs=3,
+        batch_size=16,
+        shuffle=False,
+        l2=0.2,
+        dtype="float64",
+        device="cpu",
+    )
     result = fit(X, Y, cfg)
     params = initialize_parameters_deep(dims, seed=4, init="xavier")
     for epoch in range(3):
         weighted = 0.0
         for s in range(0, 50, 16):  # batches of 16, 16, 16, 2
-            xb, yb = X[:, s:s + 16], Y[:, s:s + 16]
+            xb, yb = X[:, s : s + 16], Y[:, s : s + 16]
             AL, caches = model_forward(xb, params)
             weighted += xb.shape[1] * compute_cost(AL, yb, parameters=params, l2=0.2)
             params = update_parameters(params, model_backward(AL, yb, caches, l2=0.2), 0.1)
@@ -91,8 +113,17 @@ def test_dropout_is_textbook_inverted_dropout_on_hidden_layers():
     layer 1 first, examples-first shape (m, n_l); the textbook loop applies them by hand."""
     X, Y = toy("sigmoid", m=40)
     dims, keep, seed, lr = [4, 6, 5, 1], 0.7, 3, 0.1
-    cfg = TrainConfig(layer_dims=dims, hidden_activation="tanh", init="xavier", seed=seed, learning_rate=lr,
-                      epochs=3, dropout_keep_prob=keep, dtype="float64", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=dims,
+        hidden_activation="tanh",
+        init="xavier",
+        seed=seed,
+        learning_rate=lr,
+        epochs=3,
+        dropout_keep_prob=keep,
+        dtype="float64",
+        device="cpu",
+    )
     result = fit(X, Y, cfg)
     params = initialize_parameters_deep(dims, seed=seed, init="xavier")
     for epoch in range(3):
@@ -109,7 +140,8 @@ def test_dropout_is_textbook_inverted_dropout_on_hidden_layers():
         grads, dA = {}, -(Y / AL - (1 - Y) / (1 - AL))
         for l in (3, 2, 1):
             dA_prev, grads[f"dW{l}"], grads[f"db{l}"] = linear_activation_backward(
-                dA, caches[l - 1], "sigmoid" if l == 3 else "tanh")
+                dA, caches[l - 1], "sigmoid" if l == 3 else "tanh"
+            )
             if l > 1:
                 dA = dA_prev * scale[l - 1]
         params = update_parameters(params, grads, lr)
@@ -120,9 +152,22 @@ def test_dropout_is_textbook_inverted_dropout_on_hidden_layers():
 def test_resume_from_saved_checkpoint_is_exact():
     X, Y = toy("softmax", m=300)
     labels = np.argmax(Y, axis=0)  # integer labels (m,)
-    cfg = TrainConfig(layer_dims=[4, 16, 8, 3], output="softmax", optimizer="adam", learning_rate=0.01,
-                      epochs=10, batch_size=32, shuffle=True, dropout_keep_prob=0.8, l2=0.01,
-                      lr_decay="inverse_time", decay_rate=0.5, seed=7, dtype="float32", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[4, 16, 8, 3],
+        output="softmax",
+        optimizer="adam",
+        learning_rate=0.01,
+        epochs=10,
+        batch_size=32,
+        shuffle=True,
+        dropout_keep_prob=0.8,
+        l2=0.01,
+        lr_decay="inverse_time",
+        decay_rate=0.5,
+        seed=7,
+        dtype="float32",
+        device="cpu",
+    )
     uninterrupted = fit(X, labels, cfg)
 
     saved = {}
@@ -160,8 +205,15 @@ def test_minibatch_training_learns_a_separable_set():
     m = 800
     labels = rng.integers(0, 2, m)
     X = rng.standard_normal((2, m)) + np.where(labels == 1, 2.5, -2.5)  # two well separated blobs
-    cfg = TrainConfig(layer_dims=[2, 8, 1], optimizer="momentum", learning_rate=0.1, epochs=15, batch_size=32,
-                      dropout_keep_prob=0.9, device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[2, 8, 1],
+        optimizer="momentum",
+        learning_rate=0.1,
+        epochs=15,
+        batch_size=32,
+        dropout_keep_prob=0.9,
+        device="cpu",
+    )
     result = fit(X, labels[None, :], cfg, X_val=X[:, :200], Y_val=labels[None, :200])
     assert result.history[-1].accuracy >= 0.95
     assert result.history[-1].val_accuracy >= 0.95
@@ -172,8 +224,16 @@ def test_minibatch_training_learns_a_separable_set():
 @pytest.mark.parametrize("optimizer", ["gd", "momentum", "rmsprop", "adam"])
 def test_every_optimizer_reduces_the_loss(optimizer):
     X, Y = toy("linear")
-    cfg = TrainConfig(layer_dims=[4, 10, 2], output="linear", hidden_activation="tanh", optimizer=optimizer,
-                      learning_rate=0.01, epochs=20, batch_size=20, device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[4, 10, 2],
+        output="linear",
+        hidden_activation="tanh",
+        optimizer=optimizer,
+        learning_rate=0.01,
+        epochs=20,
+        batch_size=20,
+        device="cpu",
+    )
     history = fit(X, Y, cfg).history
     assert history[-1].loss < 0.8 * history[0].loss
     assert history[-1].accuracy is None
@@ -193,8 +253,13 @@ def test_callbacks_once_per_epoch_and_should_stop():
     X, Y = toy("sigmoid")
     cfg = TrainConfig(layer_dims=[4, 3, 1], epochs=8, device="cpu")
     seen, polls = [], []
-    result = fit(X, Y, cfg, on_epoch=lambda s: seen.append((s.epoch, s.epochs, s.record.epoch)),
-                 should_stop=lambda: polls.append(1) or len(polls) >= 3)
+    result = fit(
+        X,
+        Y,
+        cfg,
+        on_epoch=lambda s: seen.append((s.epoch, s.epochs, s.record.epoch)),
+        should_stop=lambda: polls.append(1) or len(polls) >= 3,
+    )
     assert seen == [(1, 8, 1), (2, 8, 2), (3, 8, 3)]
     assert result.stopped and result.epochs_completed == 3 and len(result.history) == 3
     assert set(result.timings) >= {"setup_s", "train_s", "total_s", "epoch_mean_s"}
@@ -202,7 +267,9 @@ def test_callbacks_once_per_epoch_and_should_stop():
 
 def test_divergence_names_the_epoch_and_what_to_try():
     X, Y = toy("linear")
-    cfg = TrainConfig(layer_dims=[4, 8, 2], output="linear", learning_rate=5.0, epochs=50, dtype="float64", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[4, 8, 2], output="linear", learning_rate=5.0, epochs=50, dtype="float64", device="cpu"
+    )
     with pytest.raises(TrainingDiverged) as info:
         fit(X * 10, Y, cfg)
     message = str(info.value)

@@ -49,19 +49,30 @@ def assert_same_run(gpu, cpu) -> None:
         np.testing.assert_array_equal(gpu.parameters[key], value)
 
 
-@pytest.mark.parametrize("output, optimizer, hidden, extra", [
-    ("softmax", "adam", [128], {"l2": 0.01}),                 # big enough for every CPU kernel
-    ("softmax", "gd", [128, 64], {"lr_decay": "inverse_time", "decay_rate": 0.5}),
-    ("sigmoid", "momentum", [16, 8], {"hidden_activation": "tanh"}),
-    ("sigmoid", "rmsprop", [16], {"hidden_activation": "leaky_relu", "l2": 0.1}),
-    ("linear", "gd", [8], {"hidden_activation": "sigmoid", "batch_size": None, "dtype": "float64"}),
-])
+@pytest.mark.parametrize(
+    "output, optimizer, hidden, extra",
+    [
+        ("softmax", "adam", [128], {"l2": 0.01}),  # big enough for every CPU kernel
+        ("softmax", "gd", [128, 64], {"lr_decay": "inverse_time", "decay_rate": 0.5}),
+        ("sigmoid", "momentum", [16, 8], {"hidden_activation": "tanh"}),
+        ("sigmoid", "rmsprop", [16], {"hidden_activation": "leaky_relu", "l2": 0.1}),
+        ("linear", "gd", [8], {"hidden_activation": "sigmoid", "batch_size": None, "dtype": "float64"}),
+    ],
+)
 def test_device_gpu_trains_exactly_as_the_cpu_does(fake_gpu, output, optimizer, hidden, extra):
     X, Y = data(output)
     n_y = {"softmax": 3, "sigmoid": 1, "linear": 2}[output]
-    settings = {"layer_dims": [X.shape[0], *hidden, n_y], "output": output, "optimizer": optimizer,
-                "learning_rate": 1e-3 if optimizer in ("adam", "rmsprop") else 0.05, "epochs": 3,
-                "batch_size": 128, "seed": 2, "init": "he", **extra}
+    settings = {
+        "layer_dims": [X.shape[0], *hidden, n_y],
+        "output": output,
+        "optimizer": optimizer,
+        "learning_rate": 1e-3 if optimizer in ("adam", "rmsprop") else 0.05,
+        "epochs": 3,
+        "batch_size": 128,
+        "seed": 2,
+        "init": "he",
+        **extra,
+    }
     val = {"X_val": X[:, :120], "Y_val": Y[..., :120]}
     launches = fake_gpu._Graph.launches
     gpu = fit(X, Y, TrainConfig(**settings, device="gpu"), **val)
@@ -80,8 +91,17 @@ def test_device_gpu_trains_exactly_as_the_cpu_does(fake_gpu, output, optimizer, 
 
 def small_run(device, **extra):
     X, labels = data("softmax", m=300, n_x=20)
-    cfg = TrainConfig(layer_dims=[20, 16, 3], output="softmax", optimizer="adam", learning_rate=0.01,
-                      epochs=2, batch_size=64, seed=3, device=device, **extra)
+    cfg = TrainConfig(
+        layer_dims=[20, 16, 3],
+        output="softmax",
+        optimizer="adam",
+        learning_rate=0.01,
+        epochs=2,
+        batch_size=64,
+        seed=3,
+        device=device,
+        **extra,
+    )
     return fit(X, labels, cfg)
 
 
@@ -107,22 +127,27 @@ def test_a_step_that_waits_for_the_device_is_not_captured(fake_gpu, monkeypatch)
 def test_a_replay_that_differs_from_the_step_is_not_used(fake_gpu, monkeypatch):
     """The first replay of each capture is checked against the same step run kernel by kernel; a
     graph that leaves out an operation (here the last: the right answers' count) is dropped."""
+
     def launch_but_the_last(self, stream=None):
         for operation in self._operations[:-1]:
             operation()
 
     monkeypatch.setattr(fake_gpu._Graph, "launch", launch_but_the_last)
     gpu = small_run("gpu")
-    assert gpu.step_graph.startswith("off: the replay differed from the kernel-by-kernel step (gradients: "
-                                     "max |difference| 0; loss ")  # the count alone was left out
+    assert gpu.step_graph.startswith(
+        "off: the replay differed from the kernel-by-kernel step (gradients: max |difference| 0; loss "
+    )  # the count alone was left out
     assert re.search(r"right answers 0 vs [1-9]\d*\); not used$", gpu.step_graph)  # the count was not taken
     assert_same_run(gpu, small_run("cpu"))
 
 
-@pytest.mark.parametrize("failing_launch, says", [
-    (1, "off: the first replay failed: RuntimeError: cudaErrorInvalidValue"),
-    (4, "off: a replay failed after 3: RuntimeError: cudaErrorInvalidValue"),
-])
+@pytest.mark.parametrize(
+    "failing_launch, says",
+    [
+        (1, "off: the first replay failed: RuntimeError: cudaErrorInvalidValue"),
+        (4, "off: a replay failed after 3: RuntimeError: cudaErrorInvalidValue"),
+    ],
+)
 def test_a_launch_that_fails_leaves_the_rest_kernel_by_kernel(fake_gpu, monkeypatch, failing_launch, says):
     """CUDA refusing to launch a graph (nothing runs) is not a failed job: that step and the rest run
     kernel by kernel, with the same results."""
@@ -206,8 +231,17 @@ def test_dropout_on_the_device_resumes_exactly(fake_gpu):
     """Dropout masks come from the device's generator (not the CPU's), seeded by (seed, epoch) alone:
     a run stopped at epoch 2 and resumed from its checkpoint ends as the uninterrupted run does."""
     X, labels = data("softmax", m=300, n_x=20)
-    cfg = TrainConfig(layer_dims=[20, 32, 16, 3], output="softmax", optimizer="adam", learning_rate=0.01,
-                      epochs=4, batch_size=64, dropout_keep_prob=0.8, seed=5, device="gpu")
+    cfg = TrainConfig(
+        layer_dims=[20, 32, 16, 3],
+        output="softmax",
+        optimizer="adam",
+        learning_rate=0.01,
+        epochs=4,
+        batch_size=64,
+        dropout_keep_prob=0.8,
+        seed=5,
+        device="gpu",
+    )
     uninterrupted = fit(X, labels, cfg)
     first, ckpt, resumed = stop_and_resume(X, labels, cfg, at=2)
     assert first.epochs_completed == 2
@@ -222,8 +256,18 @@ def test_a_graphed_run_resumes_exactly(fake_gpu):
     """Steps replayed from graphs, stopped after epoch 2 and resumed from the checkpoint (a new fit, so
     a new capture): the same history and parameters as the uninterrupted run, and as the CPU's."""
     X, labels = data("softmax", m=300, n_x=20)
-    cfg = TrainConfig(layer_dims=[20, 32, 16, 3], output="softmax", optimizer="gd", learning_rate=0.1,
-                      lr_decay="inverse_time", decay_rate=0.3, epochs=4, batch_size=64, seed=5, device="gpu")
+    cfg = TrainConfig(
+        layer_dims=[20, 32, 16, 3],
+        output="softmax",
+        optimizer="gd",
+        learning_rate=0.1,
+        lr_decay="inverse_time",
+        decay_rate=0.3,
+        epochs=4,
+        batch_size=64,
+        seed=5,
+        device="gpu",
+    )
     uninterrupted = fit(X, labels, cfg)
     first, _, resumed = stop_and_resume(X, labels, cfg, at=2)
     assert first.step_graph == "on: 8 steps replayed from 2 captures"  # 4 full batches an epoch, lr per epoch

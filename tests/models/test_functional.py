@@ -1,4 +1,5 @@
 """The textbook functions against values worked out independently, on every backend."""
+
 import math
 
 import numpy as np
@@ -197,7 +198,9 @@ def test_model_backward_softmax_starts_from_cce_derivative(xp):
         inner = sum(dA[k] * s[k] for k in range(2))
         for i in range(2):
             dZ[i, j] = s[i] * (dA[i] - inner)
-    np.testing.assert_allclose(host(grads["dW1"]), [[(dZ[i, 0] * 1.0 + dZ[i, 1] * 2.0) / 2] for i in range(2)], rtol=1e-13)
+    np.testing.assert_allclose(
+        host(grads["dW1"]), [[(dZ[i, 0] * 1.0 + dZ[i, 1] * 2.0) / 2] for i in range(2)], rtol=1e-13
+    )
 
 
 def test_compute_cost_formulas(xp):
@@ -207,8 +210,11 @@ def test_compute_cost_formulas(xp):
     assert isinstance(got, float) and got == pytest.approx(bce, rel=1e-14)
     P, T = [[0.7, 0.2], [0.3, 0.8]], [[1.0, 0.0], [0.0, 1.0]]
     assert compute_cost(on(xp, P), on(xp, T), "categorical_crossentropy") == pytest.approx(
-        -(math.log(0.7) + math.log(0.8)) / 2, rel=1e-14)
-    assert compute_cost(on(xp, [[1.0, 3.0]]), on(xp, [[0.5, 1.0]]), "mse") == pytest.approx((0.25 + 4.0) / (2 * 2), rel=1e-14)
+        -(math.log(0.7) + math.log(0.8)) / 2, rel=1e-14
+    )
+    assert compute_cost(on(xp, [[1.0, 3.0]]), on(xp, [[0.5, 1.0]]), "mse") == pytest.approx(
+        (0.25 + 4.0) / (2 * 2), rel=1e-14
+    )
 
 
 def test_compute_cost_l2_term(xp):
@@ -232,7 +238,9 @@ def test_predict_labels_and_proba_on_every_backend(xp):
     params = {"W1": np.array([[1.0, -1.0]]), "b1": np.array([[0.0]])}  # one sigmoid unit: Z = x0 - x1
     X = on(xp, [[2.0, 0.0, 5.0], [1.0, 3.0, 5.5]])  # Z = 1, -3, -0.5
     np.testing.assert_array_equal(predict(params, X, output="sigmoid"), [1, 0, 0])
-    np.testing.assert_allclose(predict(params, X, output="sigmoid", proba=True), [[sig(1), sig(-3), sig(-0.5)]], rtol=1e-14)
+    np.testing.assert_allclose(
+        predict(params, X, output="sigmoid", proba=True), [[sig(1), sig(-3), sig(-0.5)]], rtol=1e-14
+    )
     np.testing.assert_allclose(predict(params, X, output="linear"), [1.0, -3.0, -0.5], rtol=1e-14)
     two = {"W1": np.array([[1.0, 0.0], [0.0, 1.0]]), "b1": np.array([[0.0], [0.0]])}  # softmax picks the larger x
     np.testing.assert_array_equal(predict(two, X, output="softmax"), [0, 1, 1])
@@ -243,8 +251,12 @@ def test_labels_from_output_is_what_predict_returns(output, n_y):
     from dnnq.models import labels_from_output, predict
 
     rng = np.random.default_rng(4)
-    params = {"W1": rng.normal(size=(5, 3)), "b1": rng.normal(size=(5, 1)),
-              "W2": rng.normal(size=(n_y, 5)), "b2": rng.normal(size=(n_y, 1))}
+    params = {
+        "W1": rng.normal(size=(5, 3)),
+        "b1": rng.normal(size=(5, 1)),
+        "W2": rng.normal(size=(n_y, 5)),
+        "b2": rng.normal(size=(n_y, 1)),
+    }
     X = rng.normal(size=(3, 30))
     AL = predict(params, X, output=output, proba=True)
     np.testing.assert_array_equal(labels_from_output(AL, output), predict(params, X, output=output))

@@ -1,5 +1,6 @@
 """models.fused: the compiled CPU kernels give the NumPy sequences' results bit for bit, so whether
 a kernel runs (big arrays, Numba present) or NumPy does never changes what fit returns."""
+
 import math
 
 import numpy as np
@@ -93,8 +94,13 @@ def test_flat_views_share_memory_with_the_flat_array():
 def test_bind_flat_keeps_state_loaded_before_it():
     params = {"W1": np.zeros((2, 3)), "b1": np.zeros((2, 1))}
     opt = make_optimizer("adam", 0.1)
-    saved = {"t": np.array(5), "v_W1": np.full((2, 3), 2.0), "s_W1": np.full((2, 3), 3.0),
-             "v_b1": np.full((2, 1), 4.0), "s_b1": np.full((2, 1), 5.0)}
+    saved = {
+        "t": np.array(5),
+        "v_W1": np.full((2, 3), 2.0),
+        "s_W1": np.full((2, 3), 3.0),
+        "v_b1": np.full((2, 1), 4.0),
+        "s_b1": np.full((2, 1), 5.0),
+    }
     opt.load_state_arrays(saved, np, params)
     flat, layout = flatten_params(np, params)
     opt.bind_flat(flat, layout)
@@ -106,8 +112,10 @@ def test_bind_flat_keeps_state_loaded_before_it():
 
 
 @needs_numba
-@pytest.mark.parametrize("optimizer, hidden, keep", [("gd", [128], 1.0), ("adam", [128], 1.0),
-                                                     ("gd", [128, 64], 1.0), ("momentum", [128, 64], 0.8)])
+@pytest.mark.parametrize(
+    "optimizer, hidden, keep",
+    [("gd", [128], 1.0), ("adam", [128], 1.0), ("gd", [128, 64], 1.0), ("momentum", [128, 64], 0.8)],
+)
 def test_fit_is_the_same_with_and_without_kernels(optimizer, hidden, keep, kernels_on):
     """A shuffled mini-batch float32 run big enough for every kernel (parameters, batch gather, the
     engine's relu and softmax steps; two hidden layers reach relu_backward_), with validation."""
@@ -115,9 +123,19 @@ def test_fit_is_the_same_with_and_without_kernels(optimizer, hidden, keep, kerne
     m, n_x = 600, 300
     X = rng.random((n_x, m), dtype=np.float32)
     labels = (X[:5].sum(axis=0) > 2.5).astype(np.int64) + (X[5:10].sum(axis=0) > 2.5)
-    cfg = TrainConfig(layer_dims=[n_x, *hidden, 3], output="softmax", init="he", seed=4, optimizer=optimizer,
-                      learning_rate=1e-3 if optimizer == "adam" else 0.05, epochs=3, batch_size=128,
-                      dropout_keep_prob=keep, dtype="float32", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[n_x, *hidden, 3],
+        output="softmax",
+        init="he",
+        seed=4,
+        optimizer=optimizer,
+        learning_rate=1e-3 if optimizer == "adam" else 0.05,
+        epochs=3,
+        batch_size=128,
+        dropout_keep_prob=keep,
+        dtype="float32",
+        device="cpu",
+    )
     assert n_x * hidden[0] >= fused.MIN_ELEMENTS  # so every kernel runs
     runs = {}
     for enabled in (True, False):
@@ -139,8 +157,17 @@ def test_resume_with_kernels_is_exact(kernels_on):
     rng = np.random.default_rng(5)
     X = rng.random((300, 400), dtype=np.float32)
     labels = (X[:3].sum(axis=0) > 1.5).astype(np.int64)
-    cfg = TrainConfig(layer_dims=[300, 128, 2], output="softmax", optimizer="adam", learning_rate=1e-3,
-                      epochs=4, batch_size=100, seed=6, dtype="float32", device="cpu")
+    cfg = TrainConfig(
+        layer_dims=[300, 128, 2],
+        output="softmax",
+        optimizer="adam",
+        learning_rate=1e-3,
+        epochs=4,
+        batch_size=100,
+        seed=6,
+        dtype="float32",
+        device="cpu",
+    )
     uninterrupted = fit(X, labels, cfg)
     first, _, resumed = stop_and_resume(X, labels, cfg, at=2)
     assert first.epochs_completed == 2
@@ -150,6 +177,7 @@ def test_resume_with_kernels_is_exact(kernels_on):
 
 
 # --- the engine's kernels (models/engine.py): each against the NumPy sequence it replaces --------
+
 
 def _bits(a):
     """The array's bytes as unsigned integers: equal only if equal bit for bit (-0.0 != 0.0, NaN == NaN)."""

@@ -1,4 +1,5 @@
 """Central finite differences against model_backward, every hidden activation x output/loss pair."""
+
 import numpy as np
 import pytest
 
@@ -47,5 +48,7 @@ def test_gradient_check_detects_a_wrong_gradient(monkeypatch):
 
 def test_gradient_check_on_every_backend(xp):
     params, X, Y = random_problem("softmax", seed=3)
-    error = gradient_check({k: on(xp, v) for k, v in params.items()}, on(xp, X), on(xp, Y), "tanh", "softmax", l2=0.3, epsilon=1e-5)
+    error = gradient_check(
+        {k: on(xp, v) for k, v in params.items()}, on(xp, X), on(xp, Y), "tanh", "softmax", l2=0.3, epsilon=1e-5
+    )
     assert error < 1e-7

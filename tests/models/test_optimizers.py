@@ -1,4 +1,5 @@
 """Each optimizer's update against its formula, worked with Python floats."""
+
 import math
 
 import numpy as np

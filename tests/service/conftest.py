@@ -86,8 +86,9 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def start_api(redis_url: str, data_dir: Path, log_path: Path, env: dict[str, str] | None = None,
-              wait: float = 30.0) -> tuple[subprocess.Popen, str, dict[str, str]]:
+def start_api(
+    redis_url: str, data_dir: Path, log_path: Path, env: dict[str, str] | None = None, wait: float = 30.0
+) -> tuple[subprocess.Popen, str, dict[str, str]]:
     """uvicorn --factory service.app:create_app on a free port; returns (process, base_url, DNNQ env)."""
     port = free_port()
     dnnq_env = {"DNNQ_REDIS_URL": redis_url, "DNNQ_DATA_DIR": str(data_dir), **(env or {})}
@@ -95,9 +96,24 @@ def start_api(redis_url: str, data_dir: Path, log_path: Path, env: dict[str, str
     full_env.update(dnnq_env, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "dnnq.service.app:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "dnnq.service.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     base_url = f"http://127.0.0.1:{port}"
@@ -124,8 +140,9 @@ def live_stack_factory(redis_client, redis_url, data_dir, worker, tmp_path):
     """
     stacks: list[LiveStack] = []
 
-    def start(env: dict[str, str] | None = None, workers: int = 1,
-              worker_env: dict[str, str] | None = None) -> LiveStack:
+    def start(
+        env: dict[str, str] | None = None, workers: int = 1, worker_env: dict[str, str] | None = None
+    ) -> LiveStack:
         log_path = tmp_path / f"api-{len(stacks)}.log"
         proc, base_url, dnnq_env = start_api(redis_url, data_dir, log_path, env)
         stack = LiveStack(base_url, dnnq_env, redis_url, data_dir, proc, log_path)

@@ -57,6 +57,7 @@ def stored_files(data_dir) -> list:
 
 # --- health -----------------------------------------------------------------------------------
 
+
 def test_healthz_is_ok_and_readyz_names_the_missing_worker(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     resp = client.get("/readyz")
@@ -75,6 +76,7 @@ def test_redis_down_is_503_not_500(api_settings):
 
 
 # --- datasets -------------------------------------------------------------------------------
+
 
 def test_upload_npz_then_identical_upload_returns_same_id(client):
     data = binary_npz()
@@ -145,8 +147,11 @@ def test_upload_over_size_limit_is_413(api_settings, data_dir):
 
 def test_json_body_over_limit_is_413(api_settings):
     with make_client(api_settings, max_json_body_bytes=200) as c:
-        resp = c.post("/v1/jobs", content=json.dumps({"dataset_id": "a" * 24, "pad": "x" * 500}),
-                      headers={"content-type": "application/json"})
+        resp = c.post(
+            "/v1/jobs",
+            content=json.dumps({"dataset_id": "a" * 24, "pad": "x" * 500}),
+            headers={"content-type": "application/json"},
+        )
         assert_problem(resp, 413, "DNNQ_MAX_JSON_BODY_BYTES")
 
         def chunks():  # no Content-Length: the limit is enforced while the body streams in
@@ -182,6 +187,7 @@ def test_unknown_or_malformed_dataset_id_is_404(client):
 
 
 # --- jobs: validation and limits ------------------------------------------------------------
+
 
 @pytest.fixture
 def dataset_id(client) -> str:
@@ -230,8 +236,12 @@ def test_unknown_dataset_is_422_on_dataset_id(client):
 def test_parameter_epoch_and_memory_limits(api_settings, data_dir, live_worker):
     with make_client(api_settings, max_parameters=1000, max_epochs=200, worker_memory_bytes=20_000) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
-        body = assert_problem(submit(c, ds, model={"hidden_layers": [100, 100]}), 422,
-                              "parameters; the limit is 1000", "DNNQ_MAX_PARAMETERS")
+        body = assert_problem(
+            submit(c, ds, model={"hidden_layers": [100, 100]}),
+            422,
+            "parameters; the limit is 1000",
+            "DNNQ_MAX_PARAMETERS",
+        )
         assert body["errors"][0]["field"] == "model.hidden_layers"
         assert_problem(submit(c, ds, training={"epochs": 201}), 422, "DNNQ_MAX_EPOCHS")
         mem = assert_problem(submit(c, ds, model={"hidden_layers": [20]}), 422, "DNNQ_WORKER_MEMORY_BYTES")
@@ -256,8 +266,9 @@ def test_memory_estimate_checked_against_live_workers(api_settings, redis_client
         assert submit(c, ds, wait_for_worker=True).status_code == 202  # no worker says anything: not checked
         fake_worker(redis_client, "small", "default", memory_bytes=30_000)
         fake_worker(redis_client, "gpu0", "gpu", memory_bytes=10**12, gpu_memory_total="")
-        body = assert_problem(submit(c, ds, model={"hidden_layers": [64, 64]}), 422,
-                              "largest live 'default' worker's memory")
+        body = assert_problem(
+            submit(c, ds, model={"hidden_layers": [64, 64]}), 422, "largest live 'default' worker's memory"
+        )
         assert body["errors"][0]["field"] == "training.batch_size"
         assert submit(c, ds, model={"hidden_layers": [4]}, training={"batch_size": 8}).status_code == 202
         fake_worker(redis_client, "big", "default,gpu", memory_bytes=10**9)
@@ -333,8 +344,9 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
     async def burst(app, n: int) -> list:
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dnnq") as ac:
-                return await asyncio.gather(*(ac.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}})
-                                              for s in range(n)))
+                return await asyncio.gather(
+                    *(ac.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}}) for s in range(n))
+                )
 
     answers = asyncio.run(burst(create_app(api_settings), 8))
     assert [a.status_code for a in answers] == [202] * 8
@@ -375,6 +387,7 @@ def test_idempotent_replay_is_answered_even_at_the_queue_limit(api_settings, liv
 
 # --- jobs: records, views, streams ---------------------------------------------------------
 
+
 def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id, redis_client, live_worker):
     resp = submit(client, dataset_id, training={"epochs": 3})
     assert resp.status_code == 202
@@ -396,8 +409,14 @@ def drive(redis_client, job_id: str, epochs: int, status: str = "succeeded") -> 
         entry = {"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": None, "val_accuracy": None}
         jobs.record_epochs(redis_client, job_id, token, [entry], {"epoch": e, "epochs": epochs, "loss": 1.0 / e})
     if status:
-        assert jobs.finish(redis_client, job_id, token, status, error="boom" if status == "failed" else None,
-                           metrics={"final_loss": 1.0 / epochs, "train_accuracy": 0.5, "validation_accuracy": None})
+        assert jobs.finish(
+            redis_client,
+            job_id,
+            token,
+            status,
+            error="boom" if status == "failed" else None,
+            metrics={"final_loss": 1.0 / epochs, "train_accuracy": 0.5, "validation_accuracy": None},
+        )
     return token
 
 
@@ -442,8 +461,12 @@ def test_cancel_running_becomes_cancelling(client, dataset_id, redis_client, liv
 
 
 def test_unknown_and_malformed_job_ids_are_404(client):
-    for path in (f"/v1/jobs/{'f' * 32}", "/v1/jobs/not-an-id", f"/v1/jobs/{'f' * 32}/weights",
-                 f"/v1/jobs/{'f' * 32}/events"):
+    for path in (
+        f"/v1/jobs/{'f' * 32}",
+        "/v1/jobs/not-an-id",
+        f"/v1/jobs/{'f' * 32}/weights",
+        f"/v1/jobs/{'f' * 32}/events",
+    ):
         assert_problem(client.get(path), 404, "No job")
     assert_problem(client.post(f"/v1/jobs/{'f' * 32}/cancel"), 404, "No job")
 
@@ -482,6 +505,7 @@ def test_events_stream_epochs_status_and_end(client, dataset_id, redis_client, l
 
 # --- auth and tenants -----------------------------------------------------------------------
 
+
 def test_api_keys_401_and_tenant_isolation(api_settings, live_worker):
     with make_client(api_settings, api_keys="alice:key-a,bob:key-b") as c:
         assert c.get("/healthz").status_code == 200
@@ -515,6 +539,7 @@ def test_api_keys_file_and_bare_keys(api_settings, tmp_path):
 
 # --- idempotency ----------------------------------------------------------------------------
 
+
 def test_idempotent_job_submission(client, dataset_id, live_worker):
     key = {"Idempotency-Key": "retry-123"}
     first = submit(client, dataset_id, headers=key, training={"epochs": 5})
@@ -539,6 +564,7 @@ def test_idempotent_dataset_upload(client):
 
 
 # --- metrics and OpenAPI --------------------------------------------------------------------
+
 
 def test_metrics_report_jobs_queue_and_request_latency(client, dataset_id, redis_client, live_worker):
     ids = [submit(client, dataset_id, training={"seed": s}).json()["id"] for s in range(2)]
@@ -599,7 +625,8 @@ def test_startup_warms_the_hot_routes_without_counting_or_writing_anything(app, 
 
 
 def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_metadata_read(
-        app, redis_client, monkeypatch):
+    app, redis_client, monkeypatch
+):
     """A fresh API's pool grew one connection per concurrent request of its first burst, each paying a
     connect and a handshake on the event loop (bench.load: the first 20 submits at 50-100 ms). The
     start-up opens them (service/app.py _REDIS_CONNECTIONS_AT_START), and no connection constructor

@@ -51,8 +51,11 @@ def test_a_parse_past_the_wall_time_is_a_422_that_names_the_limits(api_settings,
         assert staged(data_dir) == [] and c.get("/v1/datasets").json()["total"] == 0
         assert c.get("/healthz").status_code == 200  # the next request is answered as usual
     with make_client(api_settings) as c:  # the key was released: the same request now succeeds
-        resp = c.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(X=np.ones((50, 2)), Y=np.ones(50)))},
-                      headers={"Idempotency-Key": "k1"})
+        resp = c.post(
+            "/v1/datasets",
+            files={"file": ("d.npz", npz_bytes(X=np.ones((50, 2)), Y=np.ones(50)))},
+            headers={"Idempotency-Key": "k1"},
+        )
         assert resp.status_code == 201, resp.text
 
 
@@ -77,8 +80,10 @@ def test_the_api_process_does_not_hold_the_upload_and_keeps_answering(live_stack
     """A 32 MiB .npz and a CSV that takes the child seconds: the API's peak RSS grows by far less than
     the upload (it streams it to disk; the child parses), and /healthz answers fast meanwhile."""
     with live_stack.client(timeout=120) as c:
-        assert c.post("/v1/datasets", files={"file": ("s.npz", npz_bytes(X=np.ones((4, 2)), Y=np.ones(4)))}
-                      ).status_code == 201  # the fork server and the route are warm
+        assert (
+            c.post("/v1/datasets", files={"file": ("s.npz", npz_bytes(X=np.ones((4, 2)), Y=np.ones(4)))}).status_code
+            == 201
+        )  # the fork server and the route are warm
         pid = live_stack.api.pid
         before = _vm_hwm_kib(pid)
         X = np.random.default_rng(0).normal(size=(32 * MiB // 8 // 64, 64))
@@ -90,8 +95,14 @@ def test_the_api_process_does_not_hold_the_upload_and_keeps_answering(live_stack
         rng = np.random.default_rng(1)
         rows = rng.normal(size=(200_000, 10)).round(4)
         text = io.StringIO()
-        np.savetxt(text, np.column_stack([rows, rows[:, 0] > 0]), delimiter=",", fmt="%g",
-                   header=",".join([f"f{i}" for i in range(10)] + ["y"]), comments="")
+        np.savetxt(
+            text,
+            np.column_stack([rows, rows[:, 0] > 0]),
+            delimiter=",",
+            fmt="%g",
+            header=",".join([f"f{i}" for i in range(10)] + ["y"]),
+            comments="",
+        )
         body = text.getvalue().encode()
         done, result = threading.Event(), {}
 

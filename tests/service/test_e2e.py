@@ -43,9 +43,13 @@ def test_upload_train_download_and_predict_reproduce_the_reported_accuracy(live_
         assert http.get("/readyz").status_code == 200
         ds = http.post("/v1/datasets", files={"file": ("train.npz", npz_bytes(X=X_raw, Y=y))})
         assert ds.status_code == 201
-        spec = {"dataset_id": ds.json()["id"], "model": {"hidden_layers": [8, 4]},
-                "training": {"epochs": 40, "learning_rate": 0.05, "seed": 3}, "preprocess": {"scale": 0.01},
-                "device": "cpu"}
+        spec = {
+            "dataset_id": ds.json()["id"],
+            "model": {"hidden_layers": [8, 4]},
+            "training": {"epochs": 40, "learning_rate": 0.05, "seed": 3},
+            "preprocess": {"scale": 0.01},
+            "device": "cpu",
+        }
         submitted = http.post("/v1/jobs", json=spec)
         assert submitted.status_code == 202
         job = wait_for(http, submitted.json()["id"])
@@ -93,9 +97,9 @@ def parse_sse(lines) -> list[tuple[str, dict]]:
     events, kind = [], None
     for line in lines:
         if line.startswith("event: "):
-            kind = line[len("event: "):]
+            kind = line[len("event: ") :]
         elif line.startswith("data: ") and kind:
-            events.append((kind, json.loads(line[len("data: "):])))
+            events.append((kind, json.loads(line[len("data: ") :])))
             if kind == "end":
                 break
             kind = None
@@ -106,8 +110,11 @@ def test_synthetic_job_streams_one_event_per_epoch_then_end(live_stack):
     with live_stack.client() as http:
         ds = http.post("/v1/datasets/synthetic", json={"name": "spiral", "n_samples": 150, "n_classes": 3})
         assert ds.status_code == 201
-        spec = {"dataset_id": ds.json()["id"], "model": {"hidden_layers": [16], "output": "softmax"},
-                "training": {"epochs": 25, "learning_rate": 0.02}}
+        spec = {
+            "dataset_id": ds.json()["id"],
+            "model": {"hidden_layers": [16], "output": "softmax"},
+            "training": {"epochs": 25, "learning_rate": 0.02},
+        }
         job_id = http.post("/v1/jobs", json=spec).json()["id"]
         with http.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
             assert resp.status_code == 200
@@ -148,8 +155,11 @@ def test_diverging_job_fails_with_a_readable_error(live_stack):
     with live_stack.client() as http:
         ds = http.post("/v1/datasets", files={"file": ("reg.npz", npz_bytes(X=X, Y=Y))}).json()
         assert ds["label_kind"] == "continuous"
-        spec = {"dataset_id": ds["id"], "model": {"hidden_layers": [8], "output": "linear"},
-                "training": {"optimizer": "gd", "learning_rate": 10, "epochs": 200, "dtype": "float64"}}
+        spec = {
+            "dataset_id": ds["id"],
+            "model": {"hidden_layers": [8], "output": "linear"},
+            "training": {"optimizer": "gd", "learning_rate": 10, "epochs": 200, "dtype": "float64"},
+        }
         job = wait_for(http, http.post("/v1/jobs", json=spec).json()["id"])
     assert job["status"] == "failed"
     assert "diverged" in job["error"].lower() and "learning_rate" in job["error"]

@@ -58,8 +58,9 @@ def normalised(resp) -> tuple:
     if resp.status_code == 202 and resp.headers.get("content-type") == "application/json":
         job = resp.json()
         text = text.replace(job["id"], "<id>").replace(job["created_at"], "<created>")
-    headers = sorted((k, v.replace(resp.json()["id"], "<id>") if k == "location" else v)
-                     for k, v in resp.headers.items())
+    headers = sorted(
+        (k, v.replace(resp.json()["id"], "<id>") if k == "location" else v) for k, v in resp.headers.items()
+    )
     return headers, text
 
 
@@ -110,13 +111,22 @@ def test_submits_answer_as_the_route_does(pair, dataset, redis_client):
     too_long = {**spec, "training": {"epochs": 100_001}}  # the schema allows it, DNNQ_MAX_EPOCHS does not
     assert "DNNQ_MAX_EPOCHS" in pair.same("POST", "/v1/jobs", json=too_long, by_lane=True).json()["detail"]
     # Bodies FastAPI refuses go to FastAPI, which says what is wrong.
-    for content in (b"{", b"", b"[]", b"{}", json.dumps({**spec, "model": {"dropout": 0.5}}).encode(),
-                    b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"):
-        resp = pair.same("POST", "/v1/jobs", content=content, headers={"content-type": "application/json"},
-                         by_lane=False)
+    for content in (
+        b"{",
+        b"",
+        b"[]",
+        b"{}",
+        json.dumps({**spec, "model": {"dropout": 0.5}}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe",
+    ):
+        resp = pair.same(
+            "POST", "/v1/jobs", content=content, headers={"content-type": "application/json"}, by_lane=False
+        )
         assert resp.status_code in (400, 422), resp.text
-    other_type = pair.same("POST", "/v1/jobs", content=json.dumps(spec), headers={"content-type": "text/plain"},
-                           by_lane=False)
+    other_type = pair.same(
+        "POST", "/v1/jobs", content=json.dumps(spec), headers={"content-type": "text/plain"}, by_lane=False
+    )
     assert other_type.status_code == 422
     # Idempotency keys stay on the route (the thread pool's sync client), and still work.
     keyed = {"Idempotency-Key": "k-1"}
@@ -142,11 +152,17 @@ def test_api_keys_are_checked_the_same_and_failures_are_the_routes(api_settings,
         assert pair.same("GET", f"/v1/jobs/{job}", headers=alice, by_lane=True).status_code == 200
         assert pair.same("GET", f"/v1/jobs/{job}", headers=bob, by_lane=True).status_code == 404  # not bob's
         assert pair.same("POST", "/v1/jobs", json={"dataset_id": ds}, headers=bob, by_lane=True).status_code == 422
-        for headers in ({}, {"Authorization": "Bearer key-c"}, {"Authorization": "Basic key-a"},
-                        {"Authorization": "Bearer"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer key-c"},
+            {"Authorization": "Basic key-a"},
+            {"Authorization": "Bearer"},
+        ):
             assert pair.same("GET", f"/v1/jobs/{job}", headers=headers, by_lane=False).status_code == 401
-            assert pair.same("POST", "/v1/jobs", json={"dataset_id": ds}, headers=headers,
-                             by_lane=False).status_code == 401
+            assert (
+                pair.same("POST", "/v1/jobs", json={"dataset_id": ds}, headers=headers, by_lane=False).status_code
+                == 401
+            )
 
 
 def test_redis_unreachable_is_the_same_503(api_settings):
@@ -164,8 +180,11 @@ def test_lane_answers_are_counted_under_the_route_template(pair, dataset):
     pair.lane.get(f"/v1/jobs/{job}")
     pair.lane.get(f"/v1/jobs/{'cd' * 16}")
     text = pair.lane.get("/metrics").text
-    for line in ('{method="POST",route="/v1/jobs",status="202"} 1.0', '{method="GET",route="/v1/jobs/{job_id}",status="200"} 1.0',
-                 '{method="GET",route="/v1/jobs/{job_id}",status="404"} 1.0'):
+    for line in (
+        '{method="POST",route="/v1/jobs",status="202"} 1.0',
+        '{method="GET",route="/v1/jobs/{job_id}",status="200"} 1.0',
+        '{method="GET",route="/v1/jobs/{job_id}",status="404"} 1.0',
+    ):
         assert "dnnq_http_request_duration_seconds_count" + line in text, line
 
 
@@ -185,10 +204,20 @@ def asgi_post(app, chunks: list[bytes]) -> tuple[int, bytes]:
             elif message["type"] == "http.response.body":
                 sent["body"] += message.get("body", b"")
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "root_path": "", "query_string": b"",
-                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/jobs",
+            "raw_path": b"/v1/jobs",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
         await app(scope, receive, send)
         return sent["status"], sent["body"]
 
@@ -211,21 +240,22 @@ def test_non_finite_numbers_are_refused_as_the_route_refuses_them(pair, dataset,
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
         for section, name in (("preprocess", "scale"), ("training", "learning_rate"), ("training", "l2")):
             content = f'{{"dataset_id": "{dataset}", "{section}": {{"{name}": {literal}}}}}'.encode()
-            resp = pair.same("POST", "/v1/jobs", content=content, headers={"content-type": "application/json"},
-                             by_lane=False)
+            resp = pair.same(
+                "POST", "/v1/jobs", content=content, headers={"content-type": "application/json"}, by_lane=False
+            )
             assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == f"{section}.{name}"
     assert redis_client.keys("dnnq:job:*") == []
 
 
 def test_submit_time_refusals_are_the_same(pair, dataset, redis_client):
     wide = upload(pair.lane, binary_npz(n=5)).json()["id"]  # 5 features: does not fit the 3-feature set
-    refused = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "validation_dataset_id": wide},
-                        by_lane=True)
+    refused = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "validation_dataset_id": wide}, by_lane=True)
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "validation_dataset_id"
     no_gpu = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "device": "gpu"}, by_lane=True)
     assert no_gpu.status_code == 422 and "dnnq worker --queues gpu --gpu 0" in no_gpu.json()["detail"]
-    waiting = pair.same("POST", "/v1/jobs", json={"dataset_id": dataset, "device": "gpu", "wait_for_worker": True},
-                        by_lane=True)
+    waiting = pair.same(
+        "POST", "/v1/jobs", json={"dataset_id": dataset, "device": "gpu", "wait_for_worker": True}, by_lane=True
+    )
     assert waiting.status_code == 202 and waiting.json()["queue"] == "gpu"
 
 

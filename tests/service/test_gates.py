@@ -51,14 +51,26 @@ def call_asgi(app, method: str, path: str, headers: list[tuple[bytes, bytes]]) -
         elif message["type"] == "http.response.body":
             sent["body"] += message.get("body", b"")
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     asyncio.run(app(scope, receive, send))
     return sent["status"], sent["body"], reads
 
 
 # --- auth before body -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("authorization", [None, b"Bearer wrong", b"Basic key-a", b"Bearer "])
 @pytest.mark.parametrize("path", ["/v1/datasets", "/v1/jobs", "/v1/jobs/" + "ab" * 16 + "/predict"])
@@ -75,8 +87,9 @@ def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(api_se
 
 def test_a_valid_key_reaches_the_route_and_its_body_is_read(api_settings):
     app = create_app(api_settings.model_copy(update={"api_keys": KEYS}))
-    status, body, reads = call_asgi(app, "POST", "/v1/jobs", [(b"content-type", b"application/json"),
-                                                              (b"authorization", b"Bearer key-a")])
+    status, body, reads = call_asgi(
+        app, "POST", "/v1/jobs", [(b"content-type", b"application/json"), (b"authorization", b"Bearer key-a")]
+    )
     assert reads > 0  # (the endless body above then ends as a 413 or a disconnect; either way it was read)
     assert status != 401, body
 
@@ -118,7 +131,8 @@ def test_every_tenant_route_is_behind_the_gate_and_only_those():
 
 
 def test_unauthenticated_upload_gets_its_401_over_a_real_socket_without_sending_the_body(
-        redis_client, redis_url, data_dir, tmp_path):
+    redis_client, redis_url, data_dir, tmp_path
+):
     """Headers declaring 100 MB, then a few bytes: the 401 comes at once (uvicorn, httptools), while the
     client still owes almost the whole body."""
     proc, base_url, _ = start_api(redis_url, data_dir, tmp_path / "api.log", {"DNNQ_API_KEYS": KEYS})
@@ -126,8 +140,10 @@ def test_unauthenticated_upload_gets_its_401_over_a_real_socket_without_sending_
         port = int(base_url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             start = time.monotonic()
-            sock.sendall(b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n"
-                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            sock.sendall(
+                b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )
             answer = b""
             while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
                 chunk = sock.recv(65536)
@@ -146,6 +162,7 @@ def test_unauthenticated_upload_gets_its_401_over_a_real_socket_without_sending_
 
 
 # --- /metrics ---------------------------------------------------------------------------------
+
 
 def test_metrics_with_keys_answers_only_the_operator_key(api_settings):
     with make_client(api_settings, api_keys=KEYS, metrics_key="scrape-key") as c:
@@ -172,10 +189,20 @@ def test_metrics_without_keys_is_open(client):
 
 # --- /static ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [
-    "/static/%00", "/static/a%00b.js", "/static/" + "a" * 300, "/static/" + "/".join(["b" * 200] * 30),
-    "/static/%ff%fe.js", "/static/%c0%af..%c0%afetc/passwd", "/static/nope.js", "/static/..%2f..%2fsettings.py",
-])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/%00",
+        "/static/a%00b.js",
+        "/static/" + "a" * 300,
+        "/static/" + "/".join(["b" * 200] * 30),
+        "/static/%ff%fe.js",
+        "/static/%c0%af..%c0%afetc/passwd",
+        "/static/nope.js",
+        "/static/..%2f..%2fsettings.py",
+    ],
+)
 def test_static_paths_that_cannot_be_files_are_404(client, path):
     body = assert_problem(client.get(path), 404, "No static file")
     assert len(body["detail"]) < 200

@@ -18,8 +18,17 @@ from tests.service.test_api import assert_problem, binary_npz, drive, fake_worke
 from dnnq.workers import jobs
 
 NON_FINITE_LITERALS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")
-FLOAT_FIELDS = ("preprocess.scale", "training.learning_rate", "training.beta", "training.beta1", "training.beta2",
-                "training.epsilon", "training.decay_rate", "training.l2", "training.dropout_keep_prob")
+FLOAT_FIELDS = (
+    "preprocess.scale",
+    "training.learning_rate",
+    "training.beta",
+    "training.beta1",
+    "training.beta2",
+    "training.epsilon",
+    "training.decay_rate",
+    "training.l2",
+    "training.dropout_keep_prob",
+)
 
 
 def strict_json(text: str):
@@ -54,11 +63,13 @@ def dataset_id(client) -> str:
 
 # --- spec floats: finite and bounded ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("fast_lane", [True, False])
 @pytest.mark.parametrize("literal", NON_FINITE_LITERALS)
 @pytest.mark.parametrize("field", FLOAT_FIELDS)
 def test_non_finite_spec_floats_are_422_naming_the_field_and_create_nothing(
-        api_settings, redis_client, live_worker, field, literal, fast_lane):
+    api_settings, redis_client, live_worker, field, literal, fast_lane
+):
     with make_client(api_settings, fast_lane=fast_lane) as c:
         ds = upload(c, binary_npz()).json()["id"]
         resp = post_json(c, "/v1/jobs", raw_spec(ds, field, literal))
@@ -71,14 +82,17 @@ def test_non_finite_spec_floats_are_422_naming_the_field_and_create_nothing(
     assert redis_client.keys("dnnq:job:*") == []
 
 
-@pytest.mark.parametrize("field, value, fragment", [
-    ("preprocess.scale", 1e7, "less than or equal to 1000000"),
-    ("preprocess.scale", 0, "greater than 0"),
-    ("training.learning_rate", 1e300, "less than or equal to 10"),
-    ("training.l2", 1e12, "less than or equal to 1000000"),
-    ("training.decay_rate", 1e12, "less than or equal to 1000000"),
-    ("training.batch_size", 2**63, "less than or equal to 2147483647"),
-])
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("preprocess.scale", 1e7, "less than or equal to 1000000"),
+        ("preprocess.scale", 0, "greater than 0"),
+        ("training.learning_rate", 1e300, "less than or equal to 10"),
+        ("training.l2", 1e12, "less than or equal to 1000000"),
+        ("training.decay_rate", 1e12, "less than or equal to 1000000"),
+        ("training.batch_size", 2**63, "less than or equal to 2147483647"),
+    ],
+)
 def test_huge_spec_numbers_are_422_with_the_bound(client, dataset_id, live_worker, field, value, fragment):
     section, name = field.split(".")
     resp = client.post("/v1/jobs", json={"dataset_id": dataset_id, section: {name: value}})
@@ -103,31 +117,39 @@ def test_synthetic_noise_nan_is_422_not_500(client):
 
 # --- reading a poisoned record -----------------------------------------------------------------
 
+
 def plant_poisoned(redis_client, job_id: str, status: str) -> None:
     """Write non-finite numbers into a job's record and history the way json.dumps (allow_nan=True) did."""
     inf = float("inf")
     record = jobs.get_job(redis_client, job_id)
     spec = {**record["spec"], "preprocess": {"scale": inf}}
-    redis_client.hset(jobs.job_key(job_id), mapping={
-        "spec": json.dumps(spec),
-        "progress": json.dumps({"epoch": 2, "epochs": 2, "loss": float("nan")}),
-        "metrics": json.dumps({"final_loss": inf, "train_accuracy": 0.5, "validation_accuracy": -inf}),
-        "timings": json.dumps({"total_s": inf}),
-    })
+    redis_client.hset(
+        jobs.job_key(job_id),
+        mapping={
+            "spec": json.dumps(spec),
+            "progress": json.dumps({"epoch": 2, "epochs": 2, "loss": float("nan")}),
+            "metrics": json.dumps({"final_loss": inf, "train_accuracy": 0.5, "validation_accuracy": -inf}),
+            "timings": json.dumps({"total_s": inf}),
+        },
+    )
     history = f"dnnq:job:{job_id}:history"
-    redis_client.rpush(history, json.dumps({"epoch": 3, "loss": inf, "accuracy": 0.5, "val_loss": float("nan"),
-                                            "val_accuracy": None}))
+    redis_client.rpush(
+        history, json.dumps({"epoch": 3, "loss": inf, "accuracy": 0.5, "val_loss": float("nan"), "val_accuracy": None})
+    )
     assert "Infinity" in redis_client.hget(jobs.job_key(job_id), "metrics")
     assert record["status"] == status
 
 
 @pytest.mark.parametrize("fast_lane", [True, False])
-def test_every_view_of_a_poisoned_record_answers_json_with_nulls(api_settings, redis_client, store, live_worker,
-                                                                  fast_lane):
+def test_every_view_of_a_poisoned_record_answers_json_with_nulls(
+    api_settings, redis_client, store, live_worker, fast_lane
+):
     with make_client(api_settings, fast_lane=fast_lane) as c:
         ds = upload(c, binary_npz()).json()["id"]
-        done, running = (c.post("/v1/jobs", json={"dataset_id": ds, "training": {"epochs": 2, "seed": s}}).json()["id"]
-                         for s in (1, 2))
+        done, running = (
+            c.post("/v1/jobs", json={"dataset_id": ds, "training": {"epochs": 2, "seed": s}}).json()["id"]
+            for s in (1, 2)
+        )
         drive(redis_client, done, 2)
         drive(redis_client, running, 2, status=None)
         plant_poisoned(redis_client, done, "succeeded")
@@ -142,8 +164,13 @@ def test_every_view_of_a_poisoned_record_answers_json_with_nulls(api_settings, r
             assert view["progress"]["loss"] is None and view["timings"] == {"total_s": None}
             assert view["spec"]["preprocess"]["scale"] is None
             if query != "?history=none":
-                assert view["history"][-1] == {"epoch": 3, "loss": None, "accuracy": 0.5, "val_loss": None,
-                                               "val_accuracy": None}
+                assert view["history"][-1] == {
+                    "epoch": 3,
+                    "loss": None,
+                    "accuracy": 0.5,
+                    "val_loss": None,
+                    "val_accuracy": None,
+                }
         for params in ({}, {"status": "succeeded"}, {"status": "running"}):
             resp = c.get("/v1/jobs", params=params)
             assert resp.status_code == 200, resp.text
@@ -176,19 +203,24 @@ def sse_events(text: str) -> list[tuple[str | None, str, dict]]:
 
 # --- Last-Event-ID ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("last_event_id, expected_epochs", [
-    (b"2", [3, 4]),
-    (b"999999999999999999", []),         # 18 digits: honoured, past the end
-    (b"\xb2", [1, 2, 3, 4]),              # '²' (headers are latin-1): str.isdigit() says yes, int() says no
-    (b"1\xb9", [1, 2, 3, 4]),             # '1¹'
-    ("１２".encode(), [1, 2, 3, 4]),  # fullwidth digits, as UTF-8 bytes
-    (b"9" * 19, [1, 2, 3, 4]),           # past int64: Redis would refuse the index mid-stream
-    (b"9" * 400, [1, 2, 3, 4]),
-    (b"-1", [1, 2, 3, 4]),
-    (b"2.0", [1, 2, 3, 4]),
-])
-def test_last_event_id_is_ascii_digits_in_range_or_ignored(app, client, dataset_id, redis_client, live_worker,
-                                                           last_event_id, expected_epochs):
+
+@pytest.mark.parametrize(
+    "last_event_id, expected_epochs",
+    [
+        (b"2", [3, 4]),
+        (b"999999999999999999", []),  # 18 digits: honoured, past the end
+        (b"\xb2", [1, 2, 3, 4]),  # '²' (headers are latin-1): str.isdigit() says yes, int() says no
+        (b"1\xb9", [1, 2, 3, 4]),  # '1¹'
+        ("１２".encode(), [1, 2, 3, 4]),  # fullwidth digits, as UTF-8 bytes
+        (b"9" * 19, [1, 2, 3, 4]),  # past int64: Redis would refuse the index mid-stream
+        (b"9" * 400, [1, 2, 3, 4]),
+        (b"-1", [1, 2, 3, 4]),
+        (b"2.0", [1, 2, 3, 4]),
+    ],
+)
+def test_last_event_id_is_ascii_digits_in_range_or_ignored(
+    app, client, dataset_id, redis_client, live_worker, last_event_id, expected_epochs
+):
     job_id = client.post("/v1/jobs", json={"dataset_id": dataset_id, "training": {"epochs": 4}}).json()["id"]
     drive(redis_client, job_id, 4)
     # sent as raw header bytes, as a server hands them to the app (an HTTP client library re-encodes them)
@@ -224,10 +256,21 @@ def asgi_get(app, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, s
                 if not message.get("more_body", False):
                     done.set()
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-                 "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80), "state": {}}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), *headers],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
         await asyncio.wait_for(app(scope, receive, send), 30)
         return sent["status"], sent["body"].decode()
 
@@ -235,6 +278,7 @@ def asgi_get(app, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, s
 
 
 # --- predict: finite in, finite out, bounded ---------------------------------------------------
+
 
 def succeeded_job(client, redis_client, store, X, Y, model: dict, weights: dict) -> str:
     """A job trained (as far as the API can tell) on X, Y with the given weights."""
@@ -253,15 +297,20 @@ def succeeded_job(client, redis_client, store, X, Y, model: dict, weights: dict)
 def linear_job(client, redis_client, store, live_worker) -> str:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20, 3))
-    return succeeded_job(client, redis_client, store, X, X @ np.array([1.0, 2.0, 3.0]),
-                         {"hidden_layers": [], "output": "linear"},
-                         {"W1": np.array([[1e300, 1e300, 1e300]]), "b1": np.zeros((1, 1))})
+    return succeeded_job(
+        client,
+        redis_client,
+        store,
+        X,
+        X @ np.array([1.0, 2.0, 3.0]),
+        {"hidden_layers": [], "output": "linear"},
+        {"W1": np.array([[1e300, 1e300, 1e300]]), "b1": np.zeros((1, 1))},
+    )
 
 
 @pytest.mark.parametrize("literal", NON_FINITE_LITERALS)
 def test_predict_non_finite_inputs_are_422(client, linear_job, literal):
-    resp = post_json(client, f"/v1/jobs/{linear_job}/predict",
-                     f'{{"inputs": [[0, 0, 0], [1, {literal}, 2]]}}'.encode())
+    resp = post_json(client, f"/v1/jobs/{linear_job}/predict", f'{{"inputs": [[0, 0, 0], [1, {literal}, 2]]}}'.encode())
     body = assert_problem(resp, 422, "row 1:", "NaN or an infinite value", "send finite numbers")
     strict_json(resp.text)
     assert body["errors"][0]["field"] == "inputs" and "input" not in body["errors"][0]
@@ -280,36 +329,55 @@ def test_predict_response_size_is_bounded_by_max_predict_values(api_settings, re
     rng = np.random.default_rng(1)
     X = rng.normal(size=(30, 2))
     with make_client(api_settings, max_predict_values=7) as c:
-        job = succeeded_job(c, redis_client, store, X, X @ rng.normal(size=(2, 3)),
-                            {"hidden_layers": [], "output": "linear"},
-                            {"W1": rng.normal(size=(3, 2)), "b1": np.zeros((3, 1))})
+        job = succeeded_job(
+            c,
+            redis_client,
+            store,
+            X,
+            X @ rng.normal(size=(2, 3)),
+            {"hidden_layers": [], "output": "linear"},
+            {"W1": rng.normal(size=(3, 2)), "b1": np.zeros((3, 1))},
+        )
         assert c.post(f"/v1/jobs/{job}/predict", json={"inputs": X[:2].tolist()}).status_code == 200
-        body = assert_problem(c.post(f"/v1/jobs/{job}/predict", json={"inputs": X[:3].tolist()}), 422,
-                              "3 rows x 3 outputs is 9 values", "DNNQ_MAX_PREDICT_VALUES", "at most 2 rows")
+        body = assert_problem(
+            c.post(f"/v1/jobs/{job}/predict", json={"inputs": X[:3].tolist()}),
+            422,
+            "3 rows x 3 outputs is 9 values",
+            "DNNQ_MAX_PREDICT_VALUES",
+            "at most 2 rows",
+        )
         assert body["errors"][0]["field"] == "inputs"
     with make_client(api_settings, max_predict_values=2) as c:
-        body = assert_problem(c.post(f"/v1/jobs/{job}/predict", json={"inputs": X[:1].tolist()}), 422,
-                              "1 rows x 3 outputs", "outputs alone are over it")
+        body = assert_problem(
+            c.post(f"/v1/jobs/{job}/predict", json={"inputs": X[:1].tolist()}),
+            422,
+            "1 rows x 3 outputs",
+            "outputs alone are over it",
+        )
 
 
 # --- submit-time truth: the validation set -----------------------------------------------------
+
 
 def csv_bytes(labels: list[str]) -> bytes:
     return ("a,b,y\n" + "".join(f"{i},{i % 3},{lab}\n" for i, lab in enumerate(labels))).encode()
 
 
 @pytest.mark.parametrize("fast_lane", [True, False])
-@pytest.mark.parametrize("train, val, model, fragments", [
-    ("binary", "three", {}, ["has 3 classes", "training set is binary", "output 'softmax'"]),
-    ("binary", "onehot2", {}, ["training set is binary"]),
-    ("binary", "wide", {}, ["has 5 features; the training dataset has 3"]),
-    ("three", "four", {"output": "softmax"}, ["has 4 classes; the training set has 3"]),
-    ("three", "onehot2", {"output": "softmax"}, ["one-hot labels 2 wide", "3 units"]),
-    ("pets", "pets_no_dog", {"output": "softmax"}, ["['cat', 'fish']", "['cat', 'dog', 'fish']",
-                                                    "same order"]),
-])
-def test_a_validation_set_that_does_not_fit_the_output_is_422(api_settings, redis_client, live_worker, train, val,
-                                                              model, fragments, fast_lane):
+@pytest.mark.parametrize(
+    "train, val, model, fragments",
+    [
+        ("binary", "three", {}, ["has 3 classes", "training set is binary", "output 'softmax'"]),
+        ("binary", "onehot2", {}, ["training set is binary"]),
+        ("binary", "wide", {}, ["has 5 features; the training dataset has 3"]),
+        ("three", "four", {"output": "softmax"}, ["has 4 classes; the training set has 3"]),
+        ("three", "onehot2", {"output": "softmax"}, ["one-hot labels 2 wide", "3 units"]),
+        ("pets", "pets_no_dog", {"output": "softmax"}, ["['cat', 'fish']", "['cat', 'dog', 'fish']", "same order"]),
+    ],
+)
+def test_a_validation_set_that_does_not_fit_the_output_is_422(
+    api_settings, redis_client, live_worker, train, val, model, fragments, fast_lane
+):
     rng = np.random.default_rng(2)
     X3, X5 = rng.normal(size=(30, 3)), rng.normal(size=(30, 5))
     files = {
@@ -337,14 +405,21 @@ def test_a_validation_set_that_does_not_fit_the_output_is_422(api_settings, redi
 
 # --- submit-time truth: a live worker for the queue ---------------------------------------------
 
+
 @pytest.mark.parametrize("fast_lane", [True, False])
-def test_a_gpu_job_with_no_gpu_worker_is_422_saying_which_worker_to_start(api_settings, redis_client, live_worker,
-                                                                          fast_lane):
+def test_a_gpu_job_with_no_gpu_worker_is_422_saying_which_worker_to_start(
+    api_settings, redis_client, live_worker, fast_lane
+):
     with make_client(api_settings, fast_lane=fast_lane) as c:
         ds = upload(c, binary_npz()).json()["id"]
-        body = assert_problem(c.post("/v1/jobs", json={"dataset_id": ds, "device": "gpu"}), 422,
-                              "no live worker serves the 'gpu' queue", "dnnq worker --queues gpu --gpu 0",
-                              "dnnq up --queues default,gpu", '"wait_for_worker": true')
+        body = assert_problem(
+            c.post("/v1/jobs", json={"dataset_id": ds, "device": "gpu"}),
+            422,
+            "no live worker serves the 'gpu' queue",
+            "dnnq worker --queues gpu --gpu 0",
+            "dnnq up --queues default,gpu",
+            '"wait_for_worker": true',
+        )
         assert body["errors"][0]["field"] == "device"
         assert c.get("/v1/jobs").json()["total"] == 0 and redis_client.llen("gpu") == 0
         waiting = c.post("/v1/jobs", json={"dataset_id": ds, "device": "gpu", "wait_for_worker": True})
@@ -357,9 +432,14 @@ def test_a_gpu_job_with_no_gpu_worker_is_422_saying_which_worker_to_start(api_se
 def test_no_worker_at_all_is_422_and_a_worker_that_just_started_counts_at_once(api_settings, redis_client):
     with make_client(api_settings, worker_capacity_cache_seconds=60) as c:
         ds = upload(c, binary_npz()).json()["id"]
-        body = assert_problem(c.post("/v1/jobs", json={"dataset_id": ds}), 422,
-                              "no live worker serves the 'default' queue", "dnnq worker --queues default",
-                              "dnnq up", '"wait_for_worker": true')
+        body = assert_problem(
+            c.post("/v1/jobs", json={"dataset_id": ds}),
+            422,
+            "no live worker serves the 'default' queue",
+            "dnnq worker --queues default",
+            "dnnq up",
+            '"wait_for_worker": true',
+        )
         assert body["errors"][0]["field"] == "wait_for_worker"
         fake_worker(redis_client, "late", "default")  # the refusal is not cached for the next 60 s
         assert c.post("/v1/jobs", json={"dataset_id": ds}).status_code == 202
@@ -375,8 +455,7 @@ def test_a_worker_whose_heartbeat_expired_is_not_live(api_settings, redis_client
         assert_problem(c.post("/v1/jobs", json={"dataset_id": ds}), 422, "no live worker")
 
 
-def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, redis_client, live_worker,
-                                                                 monkeypatch):
+def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, redis_client, live_worker, monkeypatch):
     import dnnq.service.routes.jobs as job_routes
 
     reads = []
@@ -389,15 +468,18 @@ def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, r
     monkeypatch.setattr(job_routes, "live_workers_async", counted)
     with make_client(api_settings, worker_capacity_cache_seconds=60) as c:
         ds = upload(c, binary_npz()).json()["id"]
-        assert [c.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}}).status_code
-                for s in range(5)] == [202] * 5
+        assert [c.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}}).status_code for s in range(5)] == [
+            202
+        ] * 5
     assert len(reads) == 1
 
 
 # --- a non-finite validation loss fails the job ---------------------------------------------------
 
-def test_a_validation_loss_that_overflows_fails_the_job_naming_the_epoch(client, redis_client, redis_url, store,
-                                                                         data_dir, live_worker):
+
+def test_a_validation_loss_that_overflows_fails_the_job_naming_the_epoch(
+    client, redis_client, redis_url, store, data_dir, live_worker
+):
     from dnnq.workers.runner import run_job
     from dnnq.workers.settings import WorkerSettings
 
@@ -406,13 +488,20 @@ def test_a_validation_loss_that_overflows_fails_the_job_naming_the_epoch(client,
     train = upload(client, npz_bytes(X=X, Y=X @ np.array([1.0, -1.0, 0.5]))).json()["id"]
     # float32 targets of 1e20: each squared error is past float32's range, the sum is inf
     val = upload(client, npz_bytes(X=X_val, Y=np.full(20, 1e20))).json()["id"]
-    resp = client.post("/v1/jobs", json={"dataset_id": train, "validation_dataset_id": val,
-                                         "model": {"hidden_layers": [4], "output": "linear"},
-                                         "training": {"epochs": 5}})
+    resp = client.post(
+        "/v1/jobs",
+        json={
+            "dataset_id": train,
+            "validation_dataset_id": val,
+            "model": {"hidden_layers": [4], "output": "linear"},
+            "training": {"epochs": 5},
+        },
+    )
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    settings = WorkerSettings(redis_url=redis_url, data_dir=data_dir, lease_seconds=5,
-                              heartbeat_seconds=0.5, worker_name="inproc")
+    settings = WorkerSettings(
+        redis_url=redis_url, data_dir=data_dir, lease_seconds=5, heartbeat_seconds=0.5, worker_name="inproc"
+    )
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
 
     view = client.get(f"/v1/jobs/{job_id}", params={"history": "full"})
@@ -424,4 +513,3 @@ def test_a_validation_loss_that_overflows_fails_the_job_naming_the_epoch(client,
     assert job["history"] == []  # the epoch whose validation loss overflowed is not recorded
     assert not store.exists(f"jobs/{job_id}/weights.npz")
     assert sse_events(client.get(f"/v1/jobs/{job_id}/events").text)[-1][2]["status"] == "failed"
-

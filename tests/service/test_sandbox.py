@@ -37,8 +37,16 @@ def npz_file(path, **arrays):
 
 
 def run(tmp_path, src, *, memory=512 * MiB, cpu=20, wall=30.0, out_name="out.npz", **kw):
-    return sandbox.parse_in_sandbox(src.name, src, tmp_path / out_name, kw.pop("limits", LIMITS), memory_bytes=memory,
-                                    cpu_seconds=cpu, wall_seconds=wall, **kw)
+    return sandbox.parse_in_sandbox(
+        src.name,
+        src,
+        tmp_path / out_name,
+        kw.pop("limits", LIMITS),
+        memory_bytes=memory,
+        cpu_seconds=cpu,
+        wall_seconds=wall,
+        **kw,
+    )
 
 
 def expect_limits(exc_info, *fragments):
@@ -49,6 +57,7 @@ def expect_limits(exc_info, *fragments):
 
 
 # --- injected parsers (run in the child) --------------------------------------------------------
+
 
 def _allocate_forever(filename, source, limits, **kw):
     hoard = []
@@ -78,12 +87,15 @@ def _report(filename, source, limits, **kw):
             fds[name] = os.readlink(f"/proc/self/fd/{name}")
         except OSError:
             pass
-    limits_now = {n: resource.getrlimit(getattr(resource, n)) for n in
-                  ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_CORE", "RLIMIT_FSIZE", "RLIMIT_NOFILE")}
+    limits_now = {
+        n: resource.getrlimit(getattr(resource, n))
+        for n in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_CORE", "RLIMIT_FSIZE", "RLIMIT_NOFILE")
+    }
     raise UploadError(418, json.dumps({"fds": fds, "limits": limits_now, "nice": os.nice(0)}))
 
 
 # --- the tests ---------------------------------------------------------------------------------
+
 
 def test_parses_in_the_child_and_writes_the_stored_file(tmp_path):
     rng = np.random.default_rng(0)
@@ -219,15 +231,18 @@ def test_concurrent_uploads_each_get_their_own_child(tmp_path):
     assert len({r.content_digest for r in results.values()}) == 6
 
 
-@pytest.mark.parametrize("payload", [
-    b"not json",
-    b"[1, 2]",
-    b'{"ok": false, "status": 200, "detail": "fine"}',
-    b'{"ok": false, "status": 422}',
-    b'{"ok": true, "info": {"n_examples": -1}}',
-    b'{"ok": true, "info": {"n_examples": NaN, "n_features": 1, "n_outputs": 1, "n_classes": 0, "classes": null, '
-    b'"label_kind": "continuous", "dtype": "float64", "content_digest": "' + b"0" * 64 + b'"}}',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"ok": false, "status": 200, "detail": "fine"}',
+        b'{"ok": false, "status": 422}',
+        b'{"ok": true, "info": {"n_examples": -1}}',
+        b'{"ok": true, "info": {"n_examples": NaN, "n_features": 1, "n_outputs": 1, "n_classes": 0, "classes": null, '
+        b'"label_kind": "continuous", "dtype": "float64", "content_digest": "' + b"0" * 64 + b'"}}',
+    ],
+)
 def test_a_malformed_answer_from_the_child_is_a_422(tmp_path, payload):
     with pytest.raises(UploadError) as exc_info:
         sandbox._read_answer(payload, tmp_path / "absent.npz", LIMITS, MiB, 1, 1.0)

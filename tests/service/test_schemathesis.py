@@ -23,8 +23,13 @@ from dnnq.workers import datasets, jobs
 from dnnq.workers.recovery import register_worker
 from dnnq.workers.settings import WorkerSettings
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
 @pytest.fixture
@@ -32,19 +37,35 @@ def api_schema(app, redis_client, store):
     # Something to find: a dataset and a finished job, so lookups can also answer 200 and 409.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 2)).astype(np.float32)
-    ds = datasets.save_dataset(redis_client, store, tenant="public", name="st", source="test", X=X,
-                               Y=(X[:, 0] > 0).astype(np.float32), label_kind="binary")
-    jobs.create_job(redis_client, tenant="public", spec={"dataset_id": ds["id"]}, queue="default",
-                    dataset_id=ds["id"])
+    ds = datasets.save_dataset(
+        redis_client,
+        store,
+        tenant="public",
+        name="st",
+        source="test",
+        X=X,
+        Y=(X[:, 0] > 0).astype(np.float32),
+        label_kind="binary",
+    )
+    jobs.create_job(redis_client, tenant="public", spec={"dataset_id": ds["id"]}, queue="default", dataset_id=ds["id"])
     # A worker heartbeat, so /readyz answers 200 (without one its documented 503 is the right answer).
-    register_worker(redis_client, WorkerSettings(worker_name="schemathesis", lease_seconds=3600, heartbeat_seconds=600), "2026-01-01T00:00:00Z")
+    register_worker(
+        redis_client,
+        WorkerSettings(worker_name="schemathesis", lease_seconds=3600, heartbeat_seconds=600),
+        "2026-01-01T00:00:00Z",
+    )
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 def _run_operation(operation, mode: GenerationMode, examples: int) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
-              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink], database=None)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+        database=None,
+    )
     def run(case):
         case.call_and_validate(checks=CHECKS)
 

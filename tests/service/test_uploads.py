@@ -52,8 +52,17 @@ def test_npz_images_are_flattened_per_example():
     assert parsed.label_kind == "integer" and parsed.classes == [0, 1, 2]
 
 
-@pytest.mark.parametrize("dtype, stored", [(np.uint8, np.float32), (np.int16, np.float32), (np.bool_, np.float32),
-                                           (np.float32, np.float32), (np.int32, np.float64), (np.float64, np.float64)])
+@pytest.mark.parametrize(
+    "dtype, stored",
+    [
+        (np.uint8, np.float32),
+        (np.int16, np.float32),
+        (np.bool_, np.float32),
+        (np.float32, np.float32),
+        (np.int32, np.float64),
+        (np.float64, np.float64),
+    ],
+)
 def test_stored_dtype_is_float32_only_where_exact(dtype, stored):
     """0..255 pixels are stored as float32 (8x smaller than float64, every value exact); int32 or
     float64 values keep float64 so nothing is rounded."""
@@ -210,11 +219,15 @@ def test_circles_radii_separate_the_classes_without_noise():
 
 # --- sources, layouts and limits of the hardened parsers (issue 13) -------------------------------
 
+
 def test_a_path_parses_as_its_bytes_do(tmp_path):
     X = np.random.default_rng(2).random((7, 3))
     y = np.arange(7) % 2
-    uploads = {"d.npz": npz_bytes(X=X, Y=y), "d.h5": h5_bytes(X=X, Y=y),
-               "d.csv": b"a,b,c,y\n" + b"".join(b"%r,%r,%r,%d\n" % (*row, t) for row, t in zip(X.tolist(), y))}
+    uploads = {
+        "d.npz": npz_bytes(X=X, Y=y),
+        "d.h5": h5_bytes(X=X, Y=y),
+        "d.csv": b"a,b,c,y\n" + b"".join(b"%r,%r,%r,%d\n" % (*row, t) for row, t in zip(X.tolist(), y)),
+    }
     for name, data in uploads.items():
         path = tmp_path / name
         path.write_bytes(data)
@@ -274,11 +287,14 @@ def test_h5_missing_dataset_lists_only_datasets_in_the_file():
     assert "no dataset 'X'" in err.detail and "['train_x']" in err.detail
 
 
-@pytest.mark.parametrize("array", [
-    np.asfortranarray(np.arange(12.0).reshape(4, 3)),
-    np.arange(12.0).reshape(4, 3).astype(">f8"),
-    np.arange(12, dtype=np.int16).reshape(4, 3),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.asfortranarray(np.arange(12.0).reshape(4, 3)),
+        np.arange(12.0).reshape(4, 3).astype(">f8"),
+        np.arange(12, dtype=np.int16).reshape(4, 3),
+    ],
+)
 def test_npz_fortran_order_and_byte_orders_read_exactly(array):
     parsed = parse_upload("d.npz", npz_bytes(X=array, Y=np.array([0, 1, 0, 1])), LIMITS)
     np.testing.assert_array_equal(parsed.X, np.asarray(array, dtype=np.float64))
@@ -302,7 +318,7 @@ def test_npz_compressed_and_version_2_headers_read():
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
 def test_csv_line_endings_quotes_and_blank_lines(newline):
-    text = newline.join(['a,label,b', '1,"cat, big",2', '', '3,"dog' + newline + 'house",4', '5,cat,6', ''])
+    text = newline.join(["a,label,b", '1,"cat, big",2', "", '3,"dog' + newline + 'house",4', "5,cat,6", ""])
     parsed = parse_upload("d.csv", text.encode(), LIMITS, target="label")
     np.testing.assert_array_equal(parsed.X, [[1, 2], [3, 4], [5, 6]])
     assert parsed.classes == ["cat", "cat, big", "dog" + newline + "house"]
@@ -337,11 +353,14 @@ def test_csv_memory_is_a_small_multiple_of_the_body():
     assert peak < 5 * len(body), (peak, len(body))
 
 
-@pytest.mark.parametrize("filename, data, fragment", [
-    ("d.npz", npz_bytes(X=np.ones((3, 2)), Y=np.array([0, 1, 1500])), "1501 classes"),
-    ("d.npz", npz_bytes(X=np.ones((2, 2)), Y=np.eye(1200)[[0, 1]]), "1200 output columns"),
-    ("d.csv", b"x,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(1100)), "1001 distinct values or more"),
-])
+@pytest.mark.parametrize(
+    "filename, data, fragment",
+    [
+        ("d.npz", npz_bytes(X=np.ones((3, 2)), Y=np.array([0, 1, 1500])), "1501 classes"),
+        ("d.npz", npz_bytes(X=np.ones((2, 2)), Y=np.eye(1200)[[0, 1]]), "1200 output columns"),
+        ("d.csv", b"x,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(1100)), "1001 distinct values or more"),
+    ],
+)
 def test_more_classes_than_the_limit_is_413_naming_the_setting(filename, data, fragment):
     limits = UploadLimits(max_examples=10_000, max_features=5_000, max_array_bytes=100_000_000, max_classes=1000)
     err = rejected(filename, data, limits)

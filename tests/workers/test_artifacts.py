@@ -35,8 +35,15 @@ def test_npz_and_safetensors_hold_the_same_arrays():
 
 def test_save_trained_writes_all_and_describes_the_model(store):
     p = params()
-    info = {"hidden_activation": "tanh", "output": "sigmoid", "scale": 1 / 255, "classes": ["no", "yes"],
-            "metrics": {"final_loss": 0.1}, "dataset_id": "ab" * 12, "label_kind": "binary"}
+    info = {
+        "hidden_activation": "tanh",
+        "output": "sigmoid",
+        "scale": 1 / 255,
+        "classes": ["no", "yes"],
+        "metrics": {"final_loss": 0.1},
+        "dataset_id": "ab" * 12,
+        "label_kind": "binary",
+    }
     shas = artifacts.save_trained(store, "f" * 32, p, info)
     assert {"npz", "safetensors", "model_json"} <= set(shas)
     model = json.loads(store.get(f"jobs/{'f' * 32}/model.json"))
@@ -51,8 +58,13 @@ def test_save_trained_writes_all_and_describes_the_model(store):
 def test_checkpoint_round_trip(store):
     from dnnq.models import Checkpoint, EpochRecord
 
-    ckpt = Checkpoint(epoch=3, parameters=params(), optimizer_state={"v_dW1": np.ones((5, 3))},
-                      history=[EpochRecord(i, 1.0 / i, 0.5, None, None) for i in (1, 2, 3)], seed=4)
+    ckpt = Checkpoint(
+        epoch=3,
+        parameters=params(),
+        optimizer_state={"v_dW1": np.ones((5, 3))},
+        history=[EpochRecord(i, 1.0 / i, 0.5, None, None) for i in (1, 2, 3)],
+        seed=4,
+    )
     assert artifacts.load_checkpoint(store, "e" * 32) is None
     artifacts.save_checkpoint(store, "e" * 32, ckpt)
     back = artifacts.load_checkpoint(store, "e" * 32)

@@ -1,5 +1,6 @@
 """workers.celery_wire builds the message the installed Celery's send_task writes for dnnq.train,
 field by field (ids and origin aside), so a Celery upgrade that changes the format fails here."""
+
 import base64
 import json
 
@@ -19,8 +20,9 @@ def test_message_matches_what_send_task_writes(celery_client, redis_client):
     theirs = _sent_by_celery(celery_client, redis_client, job_id, "gpu")
     ours = json.loads(train_message(job_id, "gpu"))
     assert ours.keys() == theirs.keys()
-    assert {k: v for k, v in ours.items() if k not in ("body", "headers", "properties")} == \
-        {k: v for k, v in theirs.items() if k not in ("body", "headers", "properties")}
+    assert {k: v for k, v in ours.items() if k not in ("body", "headers", "properties")} == {
+        k: v for k, v in theirs.items() if k not in ("body", "headers", "properties")
+    }
     assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(theirs["body"]))
     assert ours["headers"].keys() == theirs["headers"].keys()
     for key in ours["headers"].keys() - VARYING:

@@ -107,6 +107,7 @@ def test_load_never_unpickles(store):
 
 # --- files written elsewhere (the upload sandbox), and previews that read only what they show -----
 
+
 class CountingStore:
     """The test's store, counting every byte read through open_read."""
 
@@ -138,16 +139,18 @@ def test_save_dataset_file_stores_then_records_and_is_idempotent(redis_client, s
     X, Y = blobs()
     path, info = write_file(store, X, Y)
     assert (info.n_examples, info.n_features, info.n_outputs, info.n_classes) == (20, 3, 1, 2)
-    rec = datasets.save_dataset_file(redis_client, store, tenant="public", name="d", source="upload:d.npz",
-                                     path=path, info=info)
+    rec = datasets.save_dataset_file(
+        redis_client, store, tenant="public", name="d", source="upload:d.npz", path=path, info=info
+    )
     assert rec["id"] == datasets.dataset_id_for("public", X, Y.reshape(-1, 1), None, "binary")
     assert not path.exists()  # moved into the store
     assert rec["size_bytes"] == store.local_path(f"datasets/{rec['id']}.npz").stat().st_size
     X2, Y2 = datasets.load_arrays(store, rec["id"])
     np.testing.assert_array_equal(X2, X)
     again_path, again_info = write_file(store, X.copy(), Y.copy())
-    again = datasets.save_dataset_file(redis_client, store, tenant="public", name="other", source="upload:e.npz",
-                                       path=again_path, info=again_info)
+    again = datasets.save_dataset_file(
+        redis_client, store, tenant="public", name="other", source="upload:e.npz", path=again_path, info=again_info
+    )
     assert again == rec and again_path.exists()  # the existing record; the caller removes its file
     assert datasets.list_datasets(redis_client, "public", 0, 10)[1] == 1
 
@@ -170,8 +173,10 @@ def test_stored_file_is_uncompressed_c_order_even_for_transposed_input(store):
     with open(path, "rb") as f:
         layout = datasets.read_layout(f)
     assert layout["X"].fortran_order is False and layout["X"].shape == (12, 5)
-    assert info.content_digest == datasets._canonical(np.ascontiguousarray(X), (np.arange(12) % 3).reshape(-1, 1),
-                                                      None, "integer").hex()
+    assert (
+        info.content_digest
+        == datasets._canonical(np.ascontiguousarray(X), (np.arange(12) % 3).reshape(-1, 1), None, "integer").hex()
+    )
 
 
 def test_preview_reads_only_a_few_kb_of_a_large_dataset(redis_client, store):

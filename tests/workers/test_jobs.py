@@ -185,8 +185,15 @@ def test_record_epoch_with_stale_token_writes_nothing(redis_client):
 def test_finish_from_running(redis_client, final):
     job_id = running(redis_client)
     ok = jobs.finish(
-        redis_client, job_id, "w1", final, error="boom" if final == "failed" else None,
-        metrics={"final_loss": 0.1}, artifacts={"npz": "aa"}, device="cpu", timings={"fit": 1.0},
+        redis_client,
+        job_id,
+        "w1",
+        final,
+        error="boom" if final == "failed" else None,
+        metrics={"final_loss": 0.1},
+        artifacts={"npz": "aa"},
+        device="cpu",
+        timings={"fit": 1.0},
     )
     assert ok is True
     job = jobs.get_job(redis_client, job_id)
@@ -333,8 +340,14 @@ def test_release_requeues_at_once_and_keeps_the_attempt(redis_client):
     assert jobs.release(r, job_id, "stale", "released: worker shutting down") == jobs.LEASE_LOST
     assert status(r, job_id) == "running" and r.llen("default") == 1
 
-    outcome = jobs.release(r, job_id, "w1", "released: worker shutting down", queue="default",
-                           message_for=lambda jid, queue: f"message for {jid} on {queue}")
+    outcome = jobs.release(
+        r,
+        job_id,
+        "w1",
+        "released: worker shutting down",
+        queue="default",
+        message_for=lambda jid, queue: f"message for {jid} on {queue}",
+    )
     assert outcome == "queued"
     job = jobs.get_job(r, job_id)
     assert job["status"] == "queued" and job["attempts"] == 1
@@ -372,8 +385,12 @@ def test_release_refused_while_cancelling_or_finished(redis_client):
     r = redis_client
     job_id = running(r)
     jobs.request_cancel(r, job_id)
-    assert jobs.release(r, job_id, "w1", "released: worker shutting down", queue="default",
-                        message_for=lambda jid, queue: "m") == "cancelling"
+    assert (
+        jobs.release(
+            r, job_id, "w1", "released: worker shutting down", queue="default", message_for=lambda jid, queue: "m"
+        )
+        == "cancelling"
+    )
     job = jobs.get_job(r, job_id)
     assert job["status"] == "cancelling" and job.get("release_reason") is None and r.llen("default") == 0
     assert r.get(f"dnnq:job:{job_id}:lease") == "w1"  # still held: the worker finishes it 'cancelled'
@@ -401,7 +418,9 @@ def test_requeue_expired_fails_a_job_that_keeps_killing_workers(redis_client):
     assert jobs.requeue_expired(redis_client, max_attempts=3) == []
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "failed" and job["attempts"] == 3 and job["finished_at"] is not None
-    assert "renewing its lease 3 times" in job["error"] and "lost Redis" in job["error"] and "batch_size" in job["error"]
+    assert (
+        "renewing its lease 3 times" in job["error"] and "lost Redis" in job["error"] and "batch_size" in job["error"]
+    )
     assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
     assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") == "1"
 
@@ -440,8 +459,12 @@ def test_create_job_refuses_at_the_tenant_limit_and_writes_nothing(redis_client)
     assert sorted(redis_client.keys("*")) == keys_before
     assert jobs.count_by_status(redis_client)["queued"] == 2 and len(jobs.unsent(redis_client)) == 2
     # another tenant has its own count
-    assert jobs.create_job(redis_client, tenant="u", spec={}, queue="default", dataset_id=DATASET,
-                           max_unfinished=2)["status"] == "queued"
+    assert (
+        jobs.create_job(redis_client, tenant="u", spec={}, queue="default", dataset_id=DATASET, max_unfinished=2)[
+            "status"
+        ]
+        == "queued"
+    )
 
 
 def test_create_job_async_writes_the_same_record(redis_client, redis_url):
@@ -452,8 +475,9 @@ def test_create_job_async_writes_the_same_record(redis_client, redis_url):
     async def create() -> dict:
         ar = aioredis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return await jobs.create_job_async(ar, tenant="t", spec={"a": 1}, queue="gpu", dataset_id=DATASET,
-                                               max_unfinished=5)
+            return await jobs.create_job_async(
+                ar, tenant="t", spec={"a": 1}, queue="gpu", dataset_id=DATASET, max_unfinished=5
+            )
         finally:
             await ar.aclose()
 

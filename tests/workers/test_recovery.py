@@ -52,8 +52,7 @@ def test_sweep_requeues_and_resends_to_the_jobs_queue(redis_client):
 
 
 def test_register_worker_hash_and_ttl(redis_client):
-    s = WorkerSettings(worker_name="w-1", queues="gpu", cuda_visible_devices="1", lease_seconds=4,
-                       heartbeat_seconds=1)
+    s = WorkerSettings(worker_name="w-1", queues="gpu", cuda_visible_devices="1", lease_seconds=4, heartbeat_seconds=1)
     register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")
     info = redis_client.hgetall("dnnq:worker:w-1")
     assert info["name"] == "w-1" and info["queues"] == "gpu" and info["device"] == "gpu:1"

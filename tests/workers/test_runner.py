@@ -18,30 +18,42 @@ from dnnq.workers.spec import JobSpec
 
 @pytest.fixture
 def settings(redis_url, data_dir):
-    return WorkerSettings(redis_url=redis_url, data_dir=data_dir, lease_seconds=2, heartbeat_seconds=0.2,
-                          worker_name="inproc")
+    return WorkerSettings(
+        redis_url=redis_url, data_dir=data_dir, lease_seconds=2, heartbeat_seconds=0.2, worker_name="inproc"
+    )
 
 
 def dataset(r, store, kind="binary", m=120, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(m, 3))
-    Y = {"binary": (X[:, 0] > 0).astype(float), "integer": (X[:, 0] > 0).astype(int) + (X[:, 1] > 0),
-         "continuous": X @ np.array([1.0, -2.0, 0.5]) * 1e6}[kind]
-    return datasets.save_dataset(r, store, tenant="public", name=f"{kind}-set", source="test", X=X, Y=Y,
-                                 label_kind=kind)
+    Y = {
+        "binary": (X[:, 0] > 0).astype(float),
+        "integer": (X[:, 0] > 0).astype(int) + (X[:, 1] > 0),
+        "continuous": X @ np.array([1.0, -2.0, 0.5]) * 1e6,
+    }[kind]
+    return datasets.save_dataset(
+        r, store, tenant="public", name=f"{kind}-set", source="test", X=X, Y=Y, label_kind=kind
+    )
 
 
 def job_for(r, ds, **spec):
     spec = JobSpec.model_validate({"dataset_id": ds["id"], **spec})
-    return jobs.create_job(r, tenant="public", spec=spec.model_dump(), queue="default", dataset_id=ds["id"],
-                           validation_dataset_id=spec.validation_dataset_id)["id"]
+    return jobs.create_job(
+        r,
+        tenant="public",
+        spec=spec.model_dump(),
+        queue="default",
+        dataset_id=ds["id"],
+        validation_dataset_id=spec.validation_dataset_id,
+    )["id"]
 
 
 def test_success_with_validation_set(redis_client, store, settings):
     train = dataset(redis_client, store)
     val = dataset(redis_client, store, seed=1, m=40)
-    job_id = job_for(redis_client, train, validation_dataset_id=val["id"], model={"hidden_layers": [6]},
-                     training={"epochs": 15})
+    job_id = job_for(
+        redis_client, train, validation_dataset_id=val["id"], model={"hidden_layers": [6]}, training={"epochs": 15}
+    )
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "succeeded"
@@ -71,10 +83,23 @@ def test_softmax_accuracy_is_that_of_the_shipped_weights(redis_client, store, se
     rng = np.random.default_rng(5)
     X = rng.normal(size=(150, 2)) * 100
     y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
-    ds = datasets.save_dataset(redis_client, store, tenant="public", name="three", source="test", X=X,
-                               Y=np.eye(3)[y] if onehot else y, label_kind="onehot" if onehot else "integer")
-    job_id = job_for(redis_client, ds, model={"hidden_layers": [8], "output": "softmax"},
-                     training={"epochs": 20}, preprocess={"scale": 0.01})
+    ds = datasets.save_dataset(
+        redis_client,
+        store,
+        tenant="public",
+        name="three",
+        source="test",
+        X=X,
+        Y=np.eye(3)[y] if onehot else y,
+        label_kind="onehot" if onehot else "integer",
+    )
+    job_id = job_for(
+        redis_client,
+        ds,
+        model={"hidden_layers": [8], "output": "softmax"},
+        training={"epochs": 20},
+        preprocess={"scale": 0.01},
+    )
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
     labels = predict(weights_of(store, job_id), (X / 100.0).T, hidden_activation="relu", output="softmax")
     assert jobs.get_job(redis_client, job_id)["metrics"]["train_accuracy"] == float(np.mean(labels == y))
@@ -102,8 +127,12 @@ def test_spec_that_does_not_fit_the_dataset_fails_readably(redis_client, store, 
 
 def test_divergence_fails_with_the_models_advice(redis_client, store, settings):
     ds = dataset(redis_client, store, kind="continuous")
-    job_id = job_for(redis_client, ds, model={"hidden_layers": [4], "output": "linear"},
-                     training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd"})
+    job_id = job_for(
+        redis_client,
+        ds,
+        model={"hidden_layers": [4], "output": "linear"},
+        training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd"},
+    )
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
     error = jobs.get_job(redis_client, job_id)["error"]
     assert "epoch" in error.lower() and "Traceback" not in error
@@ -114,8 +143,9 @@ def test_lost_lease_stops_and_writes_nothing(redis_client, store, settings):
     ds = dataset(redis_client, store, m=4000)
     job_id = job_for(redis_client, ds, model={"hidden_layers": [32, 32]}, training={"epochs": 100_000})
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(
-        result=run_job(job_id, settings=settings, r=redis_client, store=store)))
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=run_job(job_id, settings=settings, r=redis_client, store=store))
+    )
     thread.start()
     deadline = time.monotonic() + 30
     while len(jobs.get_history(redis_client, job_id)) < 2 and time.monotonic() < deadline:
@@ -165,8 +195,9 @@ def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
 
 
-def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_client, store, settings, monkeypatch,
-                                                                      caplog):
+def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(
+    redis_client, store, settings, monkeypatch, caplog
+):
     """The runner's GPU path where no GPU is: on the CuPy stand-in (tests/models/fake_cupy.py: device
     arrays that refuse host arrays and implicit conversion) a device='gpu' job trains, checkpoints
     and exports from device arrays, says where it ran, and gives the CPU job's history and weights.
@@ -182,8 +213,13 @@ def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(redis_clie
     ds = dataset(redis_client, store, kind="integer", m=300)
     runs, graphs = {}, {}
     for device in ("cpu", "gpu"):
-        job_id = job_for(redis_client, ds, model={"hidden_layers": [8, 4], "output": "softmax"},
-                         training={"epochs": 5, "batch_size": 64, "checkpoint_every": 2}, device=device)
+        job_id = job_for(
+            redis_client,
+            ds,
+            model={"hidden_layers": [8, 4], "output": "softmax"},
+            training={"epochs": 5, "batch_size": 64, "checkpoint_every": 2},
+            device=device,
+        )
         caplog.clear()
         with caplog.at_level(logging.INFO):
             assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
@@ -235,7 +271,9 @@ def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, setting
     import sys
     import types
 
-    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 30, 4 << 30))))
+    fake = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 30, 4 << 30)))
+    )
     monkeypatch.setitem(sys.modules, "cupy", fake)
     from dnnq.workers.runner import _report_gpu_memory
 
@@ -270,8 +308,9 @@ def test_one_redis_client_per_training_process_across_jobs(redis_client, store, 
     assert os.read(read, 1) == b"1"
 
 
-def test_epochs_go_to_redis_in_batches_first_last_and_before_each_checkpoint(redis_client, store, settings,
-                                                                            monkeypatch):
+def test_epochs_go_to_redis_in_batches_first_last_and_before_each_checkpoint(
+    redis_client, store, settings, monkeypatch
+):
     """With a long progress_flush_seconds the runner writes the first epoch (the job then says where it
     runs), the epochs up to each checkpoint before that checkpoint (a resume trims the history to the
     checkpoint's epoch, so it must be there) and the rest at the end: every epoch once, in order."""
@@ -279,8 +318,9 @@ def test_epochs_go_to_redis_in_batches_first_last_and_before_each_checkpoint(red
     real = jobs.record_epochs
 
     def counting(r, job_id, token, entries, progress, device=None):
-        calls.append(([e["epoch"] for e in entries], progress["epoch"], device,
-                      store.exists(f"jobs/{job_id}/checkpoint.npz")))
+        calls.append(
+            ([e["epoch"] for e in entries], progress["epoch"], device, store.exists(f"jobs/{job_id}/checkpoint.npz"))
+        )
         return real(r, job_id, token, entries, progress, device)
 
     monkeypatch.setattr(jobs, "record_epochs", counting)
@@ -300,8 +340,12 @@ def test_a_diverging_job_keeps_the_epochs_it_trained(redis_client, store, settin
     """Epochs still waiting for their batch when fit raises are written before the job fails."""
     slow = settings.model_copy(update={"progress_flush_seconds": 3600})
     ds = dataset(redis_client, store, kind="continuous")
-    job_id = job_for(redis_client, ds, model={"hidden_layers": [4], "output": "linear"},
-                     training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd", "checkpoint_every": 1000})
+    job_id = job_for(
+        redis_client,
+        ds,
+        model={"hidden_layers": [4], "output": "linear"},
+        training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd", "checkpoint_every": 1000},
+    )
     assert run_job(job_id, settings=slow, r=redis_client, store=store) == "failed"
     history = jobs.get_history(redis_client, job_id)
     job = jobs.get_job(redis_client, job_id)
@@ -310,13 +354,17 @@ def test_a_diverging_job_keeps_the_epochs_it_trained(redis_client, store, settin
     assert job["progress"]["epoch"] == len(history)
 
 
-@pytest.mark.parametrize("seconds, epoch_period, expected", [
-    (3600.0, None, []),                   # by time, and the job is shorter than the period: none
-    (1e-9, None, [1, 2, 3, 4, 5]),        # by time, a period shorter than any epoch: every epoch but the last
-    (1e-9, 2, [2, 4]),                    # an epoch period (the job's or DNNQ_CHECKPOINT_EVERY) wins over time
-])
-def test_checkpoints_by_epochs_when_asked_else_by_time(redis_client, store, settings, monkeypatch,
-                                                       seconds, epoch_period, expected):
+@pytest.mark.parametrize(
+    "seconds, epoch_period, expected",
+    [
+        (3600.0, None, []),  # by time, and the job is shorter than the period: none
+        (1e-9, None, [1, 2, 3, 4, 5]),  # by time, a period shorter than any epoch: every epoch but the last
+        (1e-9, 2, [2, 4]),  # an epoch period (the job's or DNNQ_CHECKPOINT_EVERY) wins over time
+    ],
+)
+def test_checkpoints_by_epochs_when_asked_else_by_time(
+    redis_client, store, settings, monkeypatch, seconds, epoch_period, expected
+):
     saved = []
     real = artifacts.save_checkpoint
     monkeypatch.setattr(artifacts, "save_checkpoint", lambda st, jid, ck: saved.append(ck.epoch) or real(st, jid, ck))
@@ -356,7 +404,8 @@ def _signal_at_epoch(monkeypatch, epoch: int, send) -> None:
 
 @pytest.mark.parametrize("how", ["sigterm", "release_signal"])
 def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_like_an_uninterrupted_run(
-        redis_client, store, settings, monkeypatch, release_flag, how):
+    redis_client, store, settings, monkeypatch, release_flag, how
+):
     """SIGTERM to the training process, or RELEASE_SIGNAL (what the worker's main process forwards on
     shutdown): the epoch under way ends, a checkpoint is saved at it, the job is queued again at once
     with its message and its attempt unspent; the next run resumes from that checkpoint and ends where

@@ -11,8 +11,14 @@ DS = "ab" * 12
 
 
 def meta(kind="binary", n_features=4, n_outputs=1, n_classes=2, name="toy", id=DS):
-    return {"id": id, "name": name, "label_kind": kind, "n_features": n_features, "n_outputs": n_outputs,
-            "n_classes": n_classes}
+    return {
+        "id": id,
+        "name": name,
+        "label_kind": kind,
+        "n_features": n_features,
+        "n_outputs": n_outputs,
+        "n_classes": n_classes,
+    }
 
 
 def test_defaults():
@@ -24,15 +30,32 @@ def test_defaults():
 
 
 def test_maps_every_field():
-    spec = JobSpec.model_validate({
-        "dataset_id": DS,
-        "model": {"hidden_layers": [20, 7, 5], "hidden_activation": "tanh", "output": "sigmoid"},
-        "training": {"optimizer": "momentum", "learning_rate": 0.05, "beta": 0.8, "beta1": 0.85, "beta2": 0.99,
-                     "epsilon": 1e-7, "lr_decay": "inverse_time", "decay_rate": 0.5, "decay_every": 3,
-                     "epochs": 7, "batch_size": 32, "init": "xavier", "seed": 11, "dtype": "float64",
-                     "l2": 0.1, "dropout_keep_prob": 0.8, "shuffle": False},
-        "device": "cpu",
-    })
+    spec = JobSpec.model_validate(
+        {
+            "dataset_id": DS,
+            "model": {"hidden_layers": [20, 7, 5], "hidden_activation": "tanh", "output": "sigmoid"},
+            "training": {
+                "optimizer": "momentum",
+                "learning_rate": 0.05,
+                "beta": 0.8,
+                "beta1": 0.85,
+                "beta2": 0.99,
+                "epsilon": 1e-7,
+                "lr_decay": "inverse_time",
+                "decay_rate": 0.5,
+                "decay_every": 3,
+                "epochs": 7,
+                "batch_size": 32,
+                "init": "xavier",
+                "seed": 11,
+                "dtype": "float64",
+                "l2": 0.1,
+                "dropout_keep_prob": 0.8,
+                "shuffle": False,
+            },
+            "device": "cpu",
+        }
+    )
     cfg = to_train_config(spec, meta(n_features=12))
     assert cfg.layer_dims == [12, 20, 7, 5, 1]
     assert (cfg.hidden_activation, cfg.output, cfg.optimizer, cfg.init) == ("tanh", "sigmoid", "momentum", "xavier")
@@ -132,11 +155,20 @@ def test_spec_round_trips_through_json():
     assert JobSpec.model_validate_json(spec.model_dump_json()) == spec
 
 
-@pytest.mark.parametrize("section, name", [
-    ("preprocess", "scale"), ("training", "learning_rate"), ("training", "beta"), ("training", "beta1"),
-    ("training", "beta2"), ("training", "epsilon"), ("training", "decay_rate"), ("training", "l2"),
-    ("training", "dropout_keep_prob"),
-])
+@pytest.mark.parametrize(
+    "section, name",
+    [
+        ("preprocess", "scale"),
+        ("training", "learning_rate"),
+        ("training", "beta"),
+        ("training", "beta1"),
+        ("training", "beta2"),
+        ("training", "epsilon"),
+        ("training", "decay_rate"),
+        ("training", "l2"),
+        ("training", "dropout_keep_prob"),
+    ],
+)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_every_float_is_finite(section, name, value):
     with pytest.raises(ValidationError) as info:
@@ -145,11 +177,19 @@ def test_every_float_is_finite(section, name, value):
     assert (error["loc"], error["type"]) == ((section, name), "finite_number")
 
 
-@pytest.mark.parametrize("section, name, too_big", [
-    ("preprocess", "scale", 1e6 * 1.0001), ("training", "learning_rate", 10.5), ("training", "l2", 2e6),
-    ("training", "decay_rate", 2e6), ("training", "epsilon", 2.0), ("training", "batch_size", 2**31),
-    ("training", "decay_every", 2**31), ("training", "checkpoint_every", 2**31),
-])
+@pytest.mark.parametrize(
+    "section, name, too_big",
+    [
+        ("preprocess", "scale", 1e6 * 1.0001),
+        ("training", "learning_rate", 10.5),
+        ("training", "l2", 2e6),
+        ("training", "decay_rate", 2e6),
+        ("training", "epsilon", 2.0),
+        ("training", "batch_size", 2**31),
+        ("training", "decay_every", 2**31),
+        ("training", "checkpoint_every", 2**31),
+    ],
+)
 def test_every_number_is_bounded(section, name, too_big):
     with pytest.raises(ValidationError) as info:
         JobSpec.model_validate({"dataset_id": DS, section: {name: too_big}})
@@ -164,22 +204,44 @@ def test_wait_for_worker_defaults_off():
 VAL = "cd" * 12
 
 
-@pytest.mark.parametrize("output, train, val, fragment", [
-    ("sigmoid", meta(), meta("integer", n_classes=3, id=VAL), "has 3 classes; the training set is binary"),
-    ("sigmoid", meta(), meta("onehot", n_outputs=2, n_classes=2, id=VAL), "the training set is binary"),
-    ("softmax", meta("integer", n_classes=3), meta("integer", n_classes=4, id=VAL),
-     "has 4 classes; the training set has 3"),
-    ("softmax", meta("integer", n_classes=3), meta("onehot", n_outputs=2, n_classes=2, id=VAL),
-     "one-hot labels 2 wide; the output layer has 3 units"),
-    ("softmax", meta("onehot", n_outputs=3, n_classes=3), meta("onehot", n_outputs=4, n_classes=4, id=VAL),
-     "has 4 classes; the training set has 3"),
-    ("softmax", {**meta("integer", n_classes=3), "classes": ["cat", "dog", "fish"]},
-     {**meta("integer", n_classes=2, id=VAL), "classes": ["cat", "fish"]},
-     "its label indices would mean other classes"),
-    ("linear", meta("continuous", n_outputs=2, n_classes=0), meta("continuous", n_outputs=3, n_classes=0, id=VAL),
-     "has 3 outputs; expected 2"),
-    ("softmax", meta("integer", n_classes=3), meta("continuous", n_classes=0, id=VAL), "continuous targets"),
-])
+@pytest.mark.parametrize(
+    "output, train, val, fragment",
+    [
+        ("sigmoid", meta(), meta("integer", n_classes=3, id=VAL), "has 3 classes; the training set is binary"),
+        ("sigmoid", meta(), meta("onehot", n_outputs=2, n_classes=2, id=VAL), "the training set is binary"),
+        (
+            "softmax",
+            meta("integer", n_classes=3),
+            meta("integer", n_classes=4, id=VAL),
+            "has 4 classes; the training set has 3",
+        ),
+        (
+            "softmax",
+            meta("integer", n_classes=3),
+            meta("onehot", n_outputs=2, n_classes=2, id=VAL),
+            "one-hot labels 2 wide; the output layer has 3 units",
+        ),
+        (
+            "softmax",
+            meta("onehot", n_outputs=3, n_classes=3),
+            meta("onehot", n_outputs=4, n_classes=4, id=VAL),
+            "has 4 classes; the training set has 3",
+        ),
+        (
+            "softmax",
+            {**meta("integer", n_classes=3), "classes": ["cat", "dog", "fish"]},
+            {**meta("integer", n_classes=2, id=VAL), "classes": ["cat", "fish"]},
+            "its label indices would mean other classes",
+        ),
+        (
+            "linear",
+            meta("continuous", n_outputs=2, n_classes=0),
+            meta("continuous", n_outputs=3, n_classes=0, id=VAL),
+            "has 3 outputs; expected 2",
+        ),
+        ("softmax", meta("integer", n_classes=3), meta("continuous", n_classes=0, id=VAL), "continuous targets"),
+    ],
+)
 def test_validation_labels_must_fit_the_output(output, train, val, fragment):
     spec = JobSpec(dataset_id=DS, validation_dataset_id=VAL, model={"output": output})
     with pytest.raises(SpecError, match=fragment) as info:
@@ -187,16 +249,25 @@ def test_validation_labels_must_fit_the_output(output, train, val, fragment):
     assert info.value.field == "validation_dataset_id" and VAL in info.value.message
 
 
-@pytest.mark.parametrize("output, train, val", [
-    ("sigmoid", meta(), meta(id=VAL)),
-    ("sigmoid", meta("integer", n_classes=2), meta("binary", id=VAL)),
-    ("softmax", meta("integer", n_classes=3), meta("binary", n_classes=2, id=VAL)),  # a subset of the classes
-    ("softmax", meta("integer", n_classes=3), meta("onehot", n_outputs=3, n_classes=3, id=VAL)),
-    ("softmax", {**meta("integer", n_classes=3), "classes": ["cat", "dog", "fish"]},
-     {**meta("integer", n_classes=2, id=VAL), "classes": ["cat", "dog"]}),
-    ("softmax", {**meta("integer", n_classes=3), "classes": ["cat", "dog", "fish"]},
-     {**meta("integer", n_classes=3, id=VAL), "classes": [0, 1, 2]}),  # indices the client encoded itself
-])
+@pytest.mark.parametrize(
+    "output, train, val",
+    [
+        ("sigmoid", meta(), meta(id=VAL)),
+        ("sigmoid", meta("integer", n_classes=2), meta("binary", id=VAL)),
+        ("softmax", meta("integer", n_classes=3), meta("binary", n_classes=2, id=VAL)),  # a subset of the classes
+        ("softmax", meta("integer", n_classes=3), meta("onehot", n_outputs=3, n_classes=3, id=VAL)),
+        (
+            "softmax",
+            {**meta("integer", n_classes=3), "classes": ["cat", "dog", "fish"]},
+            {**meta("integer", n_classes=2, id=VAL), "classes": ["cat", "dog"]},
+        ),
+        (
+            "softmax",
+            {**meta("integer", n_classes=3), "classes": ["cat", "dog", "fish"]},
+            {**meta("integer", n_classes=3, id=VAL), "classes": [0, 1, 2]},
+        ),  # indices the client encoded itself
+    ],
+)
 def test_validation_sets_that_fit_are_accepted(output, train, val):
     spec = JobSpec(dataset_id=DS, validation_dataset_id=VAL, model={"output": output})
     assert to_train_config(spec, train, val).layer_dims[0] == 4

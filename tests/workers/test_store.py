@@ -67,6 +67,7 @@ def test_failed_first_write_leaves_nothing(tmp_path, monkeypatch):
 
 # --- put_file / open_read / staging ------------------------------------------------------------
 
+
 def test_put_file_moves_the_staged_file_in_and_hashes_it(tmp_path):
     store = LocalArtifactStore(tmp_path)
     staged = store.new_staging_path(".npz")
@@ -81,7 +82,7 @@ def test_put_file_moves_the_staged_file_in_and_hashes_it(tmp_path):
     assert store.local_path("datasets/d.npz").stat().st_ino == inode  # a rename, not a copy
     with store.open_read("datasets/d.npz") as f:
         f.seek(3 * 1024 * 1024)
-        assert f.read(17) == data[3 * 1024 * 1024:]
+        assert f.read(17) == data[3 * 1024 * 1024 :]
     with pytest.raises(KeyError):
         store.open_read("datasets/absent.npz")
     with pytest.raises(InvalidKey):

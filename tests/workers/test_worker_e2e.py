@@ -19,8 +19,9 @@ def make_dataset(r, store, m=200, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(m, 2)).astype(np.float32)
     Y = (X[:, 0] * X[:, 1] > 0).astype(np.float32)  # XOR-like quadrants: needs a hidden layer
-    return datasets.save_dataset(r, store, tenant="public", name="quadrants", source="test", X=X, Y=Y,
-                                 label_kind="binary")
+    return datasets.save_dataset(
+        r, store, tenant="public", name="quadrants", source="test", X=X, Y=Y, label_kind="binary"
+    )
 
 
 def submit(r, celery_client, dataset_id, **training):
@@ -41,8 +42,11 @@ def wait_for(predicate, timeout, what):
 
 
 def wait_status(r, job_id, statuses, timeout=60):
-    return wait_for(lambda: (j := jobs.get_job(r, job_id)) and j["status"] in statuses and j, timeout,
-                    f"job {job_id} to reach {statuses} (now {jobs.get_job(r, job_id)['status']})")
+    return wait_for(
+        lambda: (j := jobs.get_job(r, job_id)) and j["status"] in statuses and j,
+        timeout,
+        f"job {job_id} to reach {statuses} (now {jobs.get_job(r, job_id)['status']})",
+    )
 
 
 def test_worker_trains_a_job_end_to_end(redis_client, store, celery_client, worker):
@@ -117,8 +121,11 @@ def uninterrupted_parameters(r, store, dataset_id, epochs, seed):
     from dnnq.workers.runner import run_job
     from dnnq.workers.settings import WorkerSettings
 
-    spec = JobSpec(dataset_id=dataset_id, model={"hidden_layers": [16, 8]},
-                   training={"epochs": epochs, "seed": seed, "checkpoint_every": 1, "batch_size": 64})
+    spec = JobSpec(
+        dataset_id=dataset_id,
+        model={"hidden_layers": [16, 8]},
+        training={"epochs": epochs, "seed": seed, "checkpoint_every": 1, "batch_size": 64},
+    )
     job = jobs.create_job(r, tenant="public", spec=spec.model_dump(), queue="default", dataset_id=dataset_id)
     settings = WorkerSettings(lease_seconds=30, worker_name="reference")
     assert run_job(job["id"], settings=settings, r=r, store=store) == "succeeded"
@@ -131,8 +138,11 @@ def test_kill_9_mid_job_second_worker_resumes_to_identical_result(redis_client, 
     epochs, seed = 60, 7
     first = worker()
     job_id = submit(redis_client, celery_client, ds["id"], epochs=epochs, seed=seed, checkpoint_every=1, batch_size=64)
-    wait_for(lambda: len(jobs.get_history(redis_client, job_id)) >= 5 and store.exists(f"jobs/{job_id}/checkpoint.npz"),
-             60, "a checkpoint")
+    wait_for(
+        lambda: len(jobs.get_history(redis_client, job_id)) >= 5 and store.exists(f"jobs/{job_id}/checkpoint.npz"),
+        60,
+        "a checkpoint",
+    )
     first.kill()  # kill -9 of the main process and its pool child: no cleanup at all
     done = len(jobs.get_history(redis_client, job_id))
     assert jobs.get_job(redis_client, job_id)["status"] == "running"

@@ -1,5 +1,6 @@
 """The worker's main process imports the training stack before Celery forks (so each new pool child
 starts warm), and never CuPy (CUDA must be initialised only after the fork, in the child)."""
+
 import subprocess
 import sys
 
