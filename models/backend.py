@@ -155,7 +155,7 @@ class DeviceGraph:
             except BaseException:
                 try:  # end the broken capture so the stream is usable again; the first error is the one to see
                     stream.end_capture()
-                except Exception:  # noqa: BLE001 - CUDA reports an invalidated capture here too
+                except Exception:
                     pass
                 raise
             self._graph = stream.end_capture()

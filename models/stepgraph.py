@@ -22,8 +22,8 @@ kernel-by-kernel ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from .backend import DeviceGraph
 
@@ -75,7 +75,7 @@ class GraphedStep:
         elif self.graph is not None and scale == self.scale:
             try:
                 self.graph.launch()
-            except Exception as exc:  # noqa: BLE001 - a launch refused (nothing ran): this step and the rest without
+            except Exception as exc:
                 self.off_reason = f"a replay failed after {self.replays}: {type(exc).__name__}: {exc}"
                 self.graph = None
                 self.run_step(scale, self.loss_acc, self.correct_acc)
@@ -95,7 +95,7 @@ class GraphedStep:
         want = (before[0] + loss_ref, before[1] + correct_ref)
         try:
             graph = DeviceGraph(xp, lambda: self.run_step(scale, self.loss_acc, self.correct_acc))
-        except Exception as exc:  # noqa: BLE001 - any failure to capture means: no graph, same results
+        except Exception as exc:
             graph, reason = None, f"capture failed: {type(exc).__name__}: {exc}"
         else:
             reason = self._first_replay(graph, before, grads_ref, want)
@@ -120,7 +120,7 @@ class GraphedStep:
         self.grads[...] = 0
         try:
             graph.launch()
-        except Exception as exc:  # noqa: BLE001 - a graph CUDA will not run is no graph
+        except Exception as exc:
             return f"the first replay failed: {type(exc).__name__}: {exc}"
         if (
             _same_bits(xp, self.grads, grads_ref)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class Checkpoint:
         return out
 
     @classmethod
-    def from_arrays(cls, d) -> "Checkpoint":
+    def from_arrays(cls, d) -> Checkpoint:
         try:
             epoch, seed = int(d["epoch"]), int(d["seed"])
             params = {k[len("param.") :]: np.asarray(d[k]) for k in d.keys() if k.startswith("param.")}

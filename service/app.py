@@ -10,15 +10,14 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CollectorRegistry, Histogram
-
 from dnnq.service import sandbox
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
 from dnnq.service.settings import ApiSettings, get_api_settings
 from dnnq.workers import jobs, recovery
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry, Histogram
 
 __all__ = ["create_app"]
 
@@ -215,7 +214,7 @@ async def _warm_routes(app: FastAPI) -> None:
 
         try:
             await app(scope, receive, send)
-        except Exception:  # noqa: BLE001 - a warm-up must never stop the API starting
+        except Exception:
             log.debug("route warm-up %s %s failed", method, path, exc_info=True)
 
 
@@ -236,14 +235,14 @@ async def _lifespan(app: FastAPI):
     await _warm_routes(app)
     try:  # the upload parser's fork server imports numpy and h5py now, not in the first upload's time
         await asyncio.to_thread(sandbox.warm)
-    except Exception:  # noqa: BLE001 - the first upload starts it then
+    except Exception:
         log.warning("upload parser fork server did not start; the first upload will start it", exc_info=True)
     try:  # open the event loop's Redis connections and load the submit route's scripts now, not in
         # the first requests' time
         ar = app.state.async_redis.get()
         await _open_redis_connections(ar, _REDIS_CONNECTIONS_AT_START)
         await asyncio.gather(jobs.load_scripts_async(ar), recovery.load_scripts_async(ar))
-    except Exception:  # noqa: BLE001 - Redis down at start: requests answer 503 until it is back
+    except Exception:
         log.warning("Redis not reachable at API start; requests will answer 503 until it is")
     # Everything imported and built so far lives as long as the process: move it out of the cyclic
     # garbage collector's sight (gc.freeze), so a full collection walks only what requests allocate.

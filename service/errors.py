@@ -12,13 +12,12 @@ from http import HTTPStatus
 from typing import Any
 
 import redis
+from dnnq.service.schemas import FiniteJSONResponse
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from dnnq.service.schemas import FiniteJSONResponse
 
 __all__ = [
     "PROBLEM_JSON",

@@ -33,14 +33,13 @@ import json
 import re
 
 import redis
-from pydantic import ValidationError
-
 from dnnq.service.deps import PUBLIC_TENANT, tenant_for
 from dnnq.service.errors import Problem, redis_unreachable_response, response_for
-from dnnq.service.schemas import FiniteJSONResponse
 from dnnq.service.routes import jobs as job_routes
+from dnnq.service.schemas import FiniteJSONResponse
 from dnnq.workers.jobs import ID_RE
 from dnnq.workers.spec import JobSpec
+from pydantic import ValidationError
 
 __all__ = ["FastLane"]
 

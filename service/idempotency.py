@@ -12,7 +12,6 @@ import json
 import re
 
 import redis
-
 from dnnq.service.errors import Problem
 
 __all__ = ["IdempotencyKey", "reserve"]

@@ -41,8 +41,8 @@ import re
 import resource
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dnnq.service.uploads import UploadError, UploadLimits, parse_upload
 from dnnq.workers.datasets import LABEL_KINDS, DatasetError, ParsedInfo, read_layout, write_dataset_file
@@ -359,7 +359,7 @@ def _child_main(conn, request: dict, parse: Callable | None) -> None:
             answer = {"ok": False, "limit": "output"}
         else:
             answer = {"ok": False, "status": 422, "detail": f"This file could not be read ({exc.strerror})."}
-    except BaseException as exc:  # noqa: BLE001 - any parser failure is the upload's fault: a 422
+    except BaseException as exc:
         answer = {
             "ok": False,
             "status": 422,
@@ -368,6 +368,6 @@ def _child_main(conn, request: dict, parse: Callable | None) -> None:
         }
     try:
         conn.send_bytes(json.dumps(answer, allow_nan=False).encode())
-    except BaseException:  # noqa: BLE001 - the parent sees no answer and reports the exit status
+    except BaseException:
         code = 1
     os._exit(code)  # no atexit handlers or finalizers: descriptors they would touch are closed

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from dnnq.workers.redis_server import start_redis
 from dnnq.workers.store import LocalArtifactStore
 
@@ -59,7 +58,6 @@ def store(data_dir) -> LocalArtifactStore:
 def celery_client(redis_client, redis_url):
     """A Celery app configured like the API's, pointing at the test Redis: .send_task("dnnq.train", ...)."""
     from celery import Celery
-
     from dnnq.workers.celery_app import configure
     from dnnq.workers.settings import WorkerSettings
 

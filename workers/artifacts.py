@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 import numpy as np
-
 from dnnq.workers.store import ArtifactStore
 
 __all__ = [

@@ -6,7 +6,6 @@ Each setting carries its reason. Our job record in Redis is the truth; Celery on
 from __future__ import annotations
 
 from celery import Celery
-
 from dnnq.workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
 
 __all__ = ["app", "configure"]

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-
 from dnnq.workers.jobs import ID_RE, now_iso, validate_id
 from dnnq.workers.store import ArtifactStore
 
@@ -134,7 +133,7 @@ def _normalise(X: Any, Y: Any, label_kind: str) -> tuple[np.ndarray, np.ndarray,
             raise DatasetError("label_kind 'binary' needs one column of 0/1 labels; use 'integer' for more classes.")
         Y, n_classes = Y.astype(X.dtype), 2
     elif label_kind == "integer":
-        if Y.shape[1] != 1 or (Y != np.round(Y)).any() or (Y < 0).any():
+        if Y.shape[1] != 1 or (np.round(Y) != Y).any() or (Y < 0).any():
             raise DatasetError("label_kind 'integer' needs one column of class indices 0, 1, 2, ...")
         Y = Y.astype(np.int64)
         n_classes = int(Y.max()) + 1

@@ -22,9 +22,10 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "ID_RE",

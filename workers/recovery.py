@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dnnq.workers import jobs
 from dnnq.workers.logs import event

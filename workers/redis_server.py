@@ -80,7 +80,7 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "RedisProcess":
+    def __enter__(self) -> RedisProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -20,7 +20,6 @@ import uuid
 
 import numpy as np
 import redis
-
 from dnnq.workers import artifacts, jobs
 from dnnq.workers.datasets import get_dataset, load_arrays
 from dnnq.workers.logs import event
@@ -250,7 +249,7 @@ def _train(r, store, settings, job_id: str, token: str, heartbeat: Heartbeat) ->
         if pending and not heartbeat.lost.is_set():  # fit raised (e.g. diverged): keep the epochs it did
             try:
                 flush()
-            except Exception as exc:  # noqa: BLE001 - best effort: fit's own exception is the one to report
+            except Exception as exc:
                 event("job.progress_lost", logging.WARNING, job_id=job_id, epochs=len(pending), error=str(exc))
         r.hincrbyfloat(jobs.STATS_KEY, "training_seconds_total", time.perf_counter() - t_loaded)
         _report_gpu_memory(r, settings)  # after fit released CuPy's pool: what the next job starts with

@@ -84,7 +84,7 @@ class WorkerSettings(BaseSettings):
     log_level: str = Field(default="INFO")
 
     @model_validator(mode="after")
-    def _default_heartbeat(self) -> "WorkerSettings":
+    def _default_heartbeat(self) -> WorkerSettings:
         if self.heartbeat_seconds is None:
             self.heartbeat_seconds = self.lease_seconds / 4
         if self.heartbeat_seconds >= self.lease_seconds:

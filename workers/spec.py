@@ -100,7 +100,7 @@ class JobSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _decay_needs_rate(self) -> "JobSpec":
+    def _decay_needs_rate(self) -> JobSpec:
         if self.training.lr_decay is not None and self.training.decay_rate <= 0:
             raise ValueError(
                 f"training.lr_decay '{self.training.lr_decay}' needs training.decay_rate > 0. "

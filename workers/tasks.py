@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from celery.signals import task_postrun, task_prerun
-
 from dnnq.workers.celery_app import app
 from dnnq.workers.logs import set_job
 

@@ -87,8 +87,9 @@ def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, 
     """On the CuPy stand-in (tests/models/fake_cupy.py): ours.train says whether fit replayed its
     steps from graphs, step_graphs=False trains kernel by kernel (same loss) and leaves the switch as
     it was, and the case report prints both times and the step-graph line."""
-    from bench import ours, report
     from dnnq.models import backend, stepgraph
+
+    from bench import ours, report
     from tests.models import fake_cupy
 
     fake_cupy.installed(monkeypatch)

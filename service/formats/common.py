@@ -163,7 +163,7 @@ def labels_from(Y: np.ndarray, max_classes: int = 1000) -> tuple[np.ndarray, lis
             f"Y has {Y.shape[1]} output columns; the limit is {max_classes} (DNNQ_MAX_CLASSES). "
             "Upload fewer outputs per example.",
         )
-    integral = bool(np.all(Y == np.round(Y)))
+    integral = bool(np.all(np.round(Y) == Y))
     if Y.shape[1] == 1:
         if integral and np.all((Y == 0) | (Y == 1)):
             return Y, [0, 1], "binary"

@@ -12,7 +12,6 @@ import io
 import os
 
 import numpy as np
-
 from dnnq.service.formats.common import (
     ParsedDataset,
     UploadError,

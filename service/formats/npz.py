@@ -12,7 +12,6 @@ import zipfile
 import zlib
 
 import numpy as np
-
 from dnnq.service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
 
 __all__ = ["read_npz"]

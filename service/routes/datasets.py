@@ -12,9 +12,6 @@ import json
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Header, Query, UploadFile
-from fastapi.responses import JSONResponse
-
 from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, problems
 from dnnq.service.idempotency import reserve
@@ -23,6 +20,8 @@ from dnnq.service.schemas import SyntheticRequest, dataset_view
 from dnnq.service.synthetic import generate
 from dnnq.service.uploads import UploadError, UploadLimits
 from dnnq.workers import datasets
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi.responses import JSONResponse
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20

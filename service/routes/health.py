@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-
 from dnnq.service.deps import Rds
 from dnnq.workers.recovery import live_workers
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 

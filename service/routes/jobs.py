@@ -12,11 +12,6 @@ import time
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
-
 from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.idempotency import reserve
@@ -25,6 +20,10 @@ from dnnq.workers import datasets, jobs
 from dnnq.workers.celery_wire import train_message
 from dnnq.workers.recovery import live_workers_async
 from dnnq.workers.spec import JobSpec, PreprocessSpec, SpecError, queue_for, to_train_config
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -440,7 +439,8 @@ def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJSONRe
 @router.post("/{job_id}/predict", responses=problems(404, 409))
 def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: Settings, tenant: Tenant) -> dict:
     """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
-    from dnnq.models import labels_from_output, predict as model_predict
+    from dnnq.models import labels_from_output
+    from dnnq.models import predict as model_predict
 
     job = _job_or_404(r, job_id, tenant)
     _succeeded_or_409(job)

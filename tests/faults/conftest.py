@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from dnnq.workers import datasets, jobs
+from dnnq.workers.redis_server import free_port, start_redis
+from dnnq.workers.spec import JobSpec
 
 from tests.conftest import ROOT, WorkerProcess
 from tests.service.conftest import (  # noqa: F401  (fixtures re-exported for this directory)
@@ -28,9 +31,6 @@ from tests.service.conftest import (  # noqa: F401  (fixtures re-exported for th
     live_stack_factory,
     start_api,
 )
-from dnnq.workers import datasets, jobs
-from dnnq.workers.redis_server import free_port, start_redis
-from dnnq.workers.spec import JobSpec
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

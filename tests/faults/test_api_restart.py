@@ -8,9 +8,9 @@ import signal
 
 import httpx
 import pytest
+from dnnq.workers import jobs
 
 from tests.faults.conftest import TERMINAL, _signal_group, start_api, wait_for
-from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,10 @@ import sys
 import httpx
 import numpy as np
 import pytest
+from dnnq.workers import jobs
 
 from tests.conftest import ROOT
 from tests.faults.conftest import _signal_group, start_api, wait_for
-from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -161,8 +161,9 @@ def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_wor
     """`python -m dnnq.workers` run by hand: Ctrl-C reaches its main process (warm shutdown) and its pool
     child (which ignores SIGINT, as Celery sets it). The job is released at its epoch's end, the
     worker exits 0 without a traceback, and another worker takes the job at once from its checkpoint."""
-    from tests.faults.conftest import create_and_send, epochs_of, make_dataset, start_worker, wait_for
     from dnnq.workers import artifacts, jobs
+
+    from tests.faults.conftest import create_and_send, epochs_of, make_dataset, start_worker, wait_for
 
     first = start_worker(redis_url, data_dir, tmp_path)
     own_workers.append(first)

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from dnnq.workers import jobs
 
 from tests.faults.conftest import TERMINAL, _signal_group, log_events, start_api, start_worker, wait_for
-from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

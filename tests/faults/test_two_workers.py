@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from dnnq.workers import jobs
 
 from tests.faults.conftest import create_and_send, epochs_of, log_events, make_dataset, wait_for
-from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

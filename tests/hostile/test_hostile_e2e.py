@@ -14,8 +14,6 @@ Each case reports every broken expectation at once, so a failing case says all t
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -58,7 +56,7 @@ def upload_watched(server, http, label: str, **post) -> tuple[object, dict]:
     server.probe.start()
     try:
         response = http.post("/v1/datasets", **post)
-    except Exception as exc:  # noqa: BLE001 - reported by the caller as what the client saw
+    except Exception as exc:
         response = exc
     probed = server.probe.stop()
     with TALLY.lock:

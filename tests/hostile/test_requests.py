@@ -19,10 +19,10 @@ import typing
 
 import numpy as np
 import pytest
+from dnnq.workers.spec import JobSpec
 from pydantic import BaseModel
 
 from tests.hostile.conftest import reset_peak, status_bytes
-from dnnq.workers.spec import JobSpec
 
 pytestmark = [pytest.mark.e2e]
 

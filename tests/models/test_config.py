@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from dnnq.models import ConfigError, TrainConfig
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import dnnq.models.backend as backend
 import numpy as np
 import pytest
-
-import dnnq.models.backend as backend
 from dnnq.models import TrainConfig, fit
+
 from tests.models import fake_cupy
 from tests.models.conftest import stop_and_resume
 
@@ -207,7 +207,7 @@ def test_the_stand_in_captures_as_a_gpu_does(fake_gpu):
         with pytest.raises(RuntimeError, match="waits for the device"):
             cupy.asarray(np.ones(2))  # a host copy in
         graph = stream.end_capture()
-    k = 100.0  # noqa: F841 - frozen in the graph: the replay still multiplies by 2
+    k = 100.0
     x[...] = cupy.asarray(np.full(4, 10, dtype=np.float32))
     total[...] = 0
     graph.launch()

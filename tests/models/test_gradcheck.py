@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from dnnq.models import gradient_check
 from dnnq.models.config import HIDDEN_ACTIVATIONS
 

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from dnnq.models import GD, Adam, Momentum, RMSProp
 
 P0 = [1.0, -2.0]

@@ -14,11 +14,10 @@ import uuid
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-
 from dnnq.service.app import create_app
 from dnnq.workers import jobs
 from dnnq.workers.redis_server import free_port
+from fastapi.testclient import TestClient
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -299,9 +298,8 @@ def test_startup_loads_the_submit_routes_scripts_into_redis(app, redis_client):
     live-workers scripts themselves; the API loads them at start."""
     import hashlib
 
-    from fastapi.testclient import TestClient
-
     from dnnq.workers import jobs, recovery
+    from fastapi.testclient import TestClient
 
     shas = [hashlib.sha1(source.encode()).hexdigest() for source in (jobs._CREATE, recovery._LIVE_WORKERS)]
     redis_client.script_flush()
@@ -316,10 +314,9 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
     one each; all of them are answered, and a failed read fails every waiter alike."""
     import asyncio
 
+    import dnnq.service.routes.jobs as job_routes
     import httpx
     import redis.exceptions as redis_errors
-
-    import dnnq.service.routes.jobs as job_routes
     from dnnq.workers import datasets
 
     with make_client(api_settings) as c:
@@ -633,9 +630,8 @@ def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_
     parses redis-py's package metadata (workers.settings.redis_client_options), which redis-py 8.1
     did for every new connection (~3 ms of CPU each)."""
     import redis.utils
-    from fastapi.testclient import TestClient
-
     from dnnq.service.app import _REDIS_CONNECTIONS_AT_START
+    from fastapi.testclient import TestClient
 
     metadata_reads = []
     real = redis.utils.get_lib_version

@@ -9,9 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import load as load_safetensors
-
 from dnnq.models import predict
+from safetensors.numpy import load as load_safetensors
 
 pytestmark = pytest.mark.e2e
 

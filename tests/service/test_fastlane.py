@@ -13,11 +13,11 @@ import json
 import re
 
 import pytest
+from dnnq.service.app import create_app
+from dnnq.workers.redis_server import free_port
 from fastapi.testclient import TestClient
 
-from dnnq.service.app import create_app
 from tests.service.test_api import binary_npz, drive, fake_worker, upload
-from dnnq.workers.redis_server import free_port
 
 
 class Pair:

@@ -13,9 +13,9 @@ import json
 
 import numpy as np
 import pytest
+from dnnq.workers import jobs
 
 from tests.service.test_api import assert_problem, binary_npz, drive, fake_worker, make_client, npz_bytes, upload
-from dnnq.workers import jobs
 
 NON_FINITE_LITERALS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")
 FLOAT_FIELDS = (

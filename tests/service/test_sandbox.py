@@ -20,7 +20,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from dnnq.service import sandbox
 from dnnq.service.uploads import UploadError, UploadLimits
 from dnnq.workers import datasets
@@ -218,7 +217,7 @@ def test_concurrent_uploads_each_get_their_own_child(tmp_path):
         try:
             src = npz_file(tmp_path / f"d{i}.npz", X=np.full((10 + i, 2), float(i)), Y=np.ones(10 + i))
             results[i] = run(tmp_path, src, out_name=f"o{i}.npz")
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]

@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import schemathesis
+from dnnq.workers import datasets, jobs
+from dnnq.workers.recovery import register_worker
+from dnnq.workers.settings import WorkerSettings
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -18,10 +21,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from dnnq.workers import datasets, jobs
-from dnnq.workers.recovery import register_worker
-from dnnq.workers.settings import WorkerSettings
 
 CHECKS = [
     not_a_server_error,

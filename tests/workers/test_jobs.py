@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from dnnq.workers import jobs
 from dnnq.workers.jobs import JobConflict, JobNotFound, Status
 

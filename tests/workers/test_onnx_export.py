@@ -12,9 +12,8 @@ import itertools
 import numpy as np
 import onnx
 import pytest
-from onnx.reference import ReferenceEvaluator
-
 from dnnq.workers.onnx_export import onnx_bytes
+from onnx.reference import ReferenceEvaluator
 
 HIDDEN = ["relu", "leaky_relu", "tanh", "sigmoid"]
 OUTPUTS = ["sigmoid", "softmax", "linear"]

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import redis
-
 from dnnq.workers import redis_server
 from dnnq.workers.redis_server import RedisNotFound, find_redis_server, start_redis
 

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from dnnq.models import predict
 from dnnq.workers import artifacts, datasets, jobs
 from dnnq.workers.runner import run_job
@@ -206,6 +205,7 @@ def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(
     import logging
 
     import dnnq.models.backend as backend
+
     from tests.models import fake_cupy
 
     fake_cupy.installed(monkeypatch)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
+from pydantic import ValidationError
 
 DS = "ab" * 12
 

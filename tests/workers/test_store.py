@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from dnnq.workers.store import STALE_STAGING_SECONDS, ArtifactStore, InvalidKey, LocalArtifactStore
 
 

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from dnnq.workers import datasets, jobs
 from dnnq.workers.spec import JobSpec
 
