@@ -156,7 +156,7 @@ class RequestMetricsMiddleware:
 
 
 def _make_store(settings: ApiSettings):
-    from dnnq.workers.store import open_store
+    from dnnq.workers.artifact_store import open_store
 
     return open_store(settings)  # the same DNNQ_DATA_DIR/artifacts the workers write
 

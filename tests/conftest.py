@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from dnnq.workers.artifact_store import LocalArtifactStore
 from dnnq.workers.redis_server import start_redis
-from dnnq.workers.store import LocalArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import numpy as np
-from dnnq.workers.store import ArtifactStore
+from dnnq.workers.artifact_store import ArtifactStore
 
 __all__ = [
     "checkpoint_key",

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.jobs import ID_RE, now_iso, validate_id
-from dnnq.workers.store import ArtifactStore
 
 __all__ = [
     "LABEL_KINDS",

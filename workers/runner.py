@@ -21,11 +21,11 @@ import uuid
 import numpy as np
 import redis
 from dnnq.workers import artifacts, jobs
+from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.datasets import get_dataset, load_arrays
 from dnnq.workers.logs import event
 from dnnq.workers.settings import WorkerSettings, get_settings, redis_client
 from dnnq.workers.spec import JobSpec, SpecError, to_train_config
-from dnnq.workers.store import ArtifactStore, open_store
 
 __all__ = ["RELEASE_REASON", "RELEASE_SIGNAL", "Heartbeat", "install_release_handler", "request_release", "run_job"]
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 # (the crash point between writing the temp file and renaming it); without, it writes a big payload.
 WRITER = r"""
 import os, sys, time
-from dnnq.workers.store import LocalArtifactStore
+from dnnq.workers.artifact_store import LocalArtifactStore
 root, key, size, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if mode == "slow-fsync":
     real_fsync = os.fsync

@@ -77,7 +77,7 @@ def test_checkpoint_round_trip(store):
 def test_api_side_imports_do_not_touch_cuda_or_models():
     code = (
         "import sys; import dnnq.workers, dnnq.workers.celery_app, dnnq.workers.jobs, dnnq.workers.datasets, "
-        "dnnq.workers.spec, dnnq.workers.store, dnnq.workers.recovery, dnnq.workers.tasks, dnnq.workers.redis_server; "
+        "dnnq.workers.spec, dnnq.workers.artifact_store, dnnq.workers.recovery, dnnq.workers.tasks, dnnq.workers.redis_server; "
         "print(sorted(m for m in ('cupy', 'dnnq.models', 'fastapi', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from dnnq.workers.store import STALE_STAGING_SECONDS, ArtifactStore, InvalidKey, LocalArtifactStore
+from dnnq.workers.artifact_store import STALE_STAGING_SECONDS, ArtifactStore, InvalidKey, LocalArtifactStore
 
 
 def test_put_get_exists_delete(tmp_path):
