@@ -3,6 +3,7 @@ a Celery client for sending tasks, and a factory that starts real `python -m dnn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -91,19 +92,15 @@ class WorkerProcess:
         """Warm shutdown (SIGTERM), then SIGKILL the group if it lingers."""
         if self.proc.poll() is None:
             self._signal_group(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self._signal_group(signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.wait(10)
 
     def _signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
             os.killpg(self.proc.pid, sig)  # the group we created with start_new_session
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Redis use `own_redis` instead; the others reuse the shared fixtures (`worker`, `
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -168,8 +169,6 @@ def log_events(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
         if line.startswith("{"):
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
     return out

@@ -7,6 +7,7 @@ SAME worker after the job ended; here the duplicate reaches a SECOND, idle worke
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -92,7 +93,7 @@ def test_epochs_longer_than_the_lease_are_never_taken_over(redis_client, store, 
         assert job["attempts"] <= 1, "a second worker took the job over"
         time.sleep(0.02)
     assert job["status"] == "succeeded", job.get("error") or a.log()[-2000:] + b.log()[-2000:]
-    gaps = [t1 - t0 for t0, t1 in zip(seen, seen[1:])]
+    gaps = [t1 - t0 for t0, t1 in itertools.pairwise(seen)]
     assert gaps and min(gaps) > 1.0, f"epochs took {gaps} s: not longer than the lease, make them bigger"
     assert job["attempts"] == 1
     assert job["resumed_from_epoch"] in (None, 0)
