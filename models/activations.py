@@ -8,11 +8,15 @@ standard functions are used, so NumPy, CuPy and array_api_strict arrays all work
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .backend import get_namespace
+from .names import ACTIVATION_NAMES, ActivationName, check_table
 
 __all__ = ["ACTIVATIONS", "DERIVATIVES", "LEAKY_SLOPE", "sigmoid", "relu", "leaky_relu", "tanh", "softmax", "linear"]
 
-LEAKY_SLOPE = 0.01
+LEAKY_SLOPE = 0.01  # leaky_relu(Z) = LEAKY_SLOPE * Z where Z <= 0 (also the ONNX export's LeakyRelu alpha)
 
 
 def sigmoid(Z):
@@ -78,7 +82,7 @@ def linear_backward(dA, Z):
     return dA
 
 
-ACTIVATIONS = {
+ACTIVATIONS: dict[ActivationName, Callable[[Any], Any]] = {
     "sigmoid": sigmoid,
     "relu": relu,
     "leaky_relu": leaky_relu,
@@ -87,7 +91,7 @@ ACTIVATIONS = {
     "linear": linear,
 }
 
-DERIVATIVES = {
+DERIVATIVES: dict[ActivationName, Callable[[Any, Any], Any]] = {
     "sigmoid": sigmoid_backward,
     "relu": relu_backward,
     "leaky_relu": leaky_relu_backward,
@@ -95,6 +99,10 @@ DERIVATIVES = {
     "softmax": softmax_backward,
     "linear": linear_backward,
 }
+
+
+check_table("ACTIVATIONS", ACTIVATION_NAMES, ACTIVATIONS)
+check_table("DERIVATIVES", ACTIVATION_NAMES, DERIVATIVES)
 
 
 def check_activation(name: str) -> None:

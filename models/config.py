@@ -18,48 +18,61 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["TrainConfig", "ConfigError", "HIDDEN_ACTIVATIONS", "OUTPUTS", "OPTIMIZER_NAMES", "LR_DECAYS"]
+from .losses import OUTPUT_LOSS
+from .names import (
+    DEVICES,
+    DTYPES,
+    HIDDEN_ACTIVATIONS,
+    INIT_NAMES,
+    LR_DECAYS,
+    OPTIMIZER_NAMES,
+    OUTPUTS,
+    DeviceName,
+    DtypeName,
+    HiddenActivationName,
+    InitName,
+    LossName,
+    LrDecayName,
+    OptimizerName,
+    OutputName,
+)
+from .optimizers import OPTIMIZERS
 
-HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
-OUTPUTS = ("sigmoid", "softmax", "linear")
-INIT_NAMES = ("small", "xavier", "he")
-OPTIMIZER_NAMES = ("gd", "momentum", "rmsprop", "adam")
-LR_DECAYS = (None, "inverse_time", "exponential", "step")
-DTYPES = ("float32", "float64")
-DEVICES = ("auto", "cpu", "gpu")
+__all__ = ["TrainConfig", "ConfigError"]
 
 
 class ConfigError(ValueError):
     """A TrainConfig field has an invalid value; ``.field`` names it."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
 
 
-def _is_int(x) -> bool:
+def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_real(x) -> bool:
+def _is_real(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass
 class TrainConfig:
     layer_dims: list[int] = field(default_factory=lambda: [2, 4, 1])
-    hidden_activation: str = "relu"
-    output: str = "sigmoid"
-    init: str = "he"
+    hidden_activation: HiddenActivationName = "relu"
+    output: OutputName = "sigmoid"
+    init: InitName = "he"
     seed: int = 1
-    optimizer: str = "gd"
+    optimizer: OptimizerName = "gd"
     learning_rate: float = 0.0075
     beta: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8
-    lr_decay: str | None = None
+    lr_decay: LrDecayName | None = None
     decay_rate: float = 0.0
     decay_every: int = 1
     epochs: int = 100
@@ -67,15 +80,15 @@ class TrainConfig:
     shuffle: bool = True
     l2: float = 0.0
     dropout_keep_prob: float = 1.0
-    dtype: str = "float32"
-    device: str = "auto"
+    dtype: DtypeName = "float32"
+    device: DeviceName = "auto"
 
-    def __post_init__(self):
-        def fail(name, requirement):
+    def __post_init__(self) -> None:
+        def fail(name: str, requirement: str) -> None:
             value = getattr(self, name)
             raise ConfigError(name, f"The '{name}' parameter must be {requirement}. Got {value!r} instead.")
 
-        def one_of(name, options):
+        def one_of(name: str, options: tuple[Any, ...]) -> None:
             if getattr(self, name) not in options:
                 fail(name, "one of " + ", ".join(repr(o) for o in options))
 
@@ -127,8 +140,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------
     @property
-    def loss(self) -> str:
-        return {"sigmoid": "binary_crossentropy", "softmax": "categorical_crossentropy", "linear": "mse"}[self.output]
+    def loss(self) -> LossName:
+        return OUTPUT_LOSS[self.output]
 
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of the 0-based ``epoch`` (see the module docstring)."""
@@ -152,7 +165,7 @@ class TrainConfig:
         optimizer slots), and per-layer activation buffers for one batch (Z/A, dA, dropout masks).
         """
         item = 4 if self.dtype == "float32" else 8
-        slots = {"gd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}[self.optimizer]
+        slots = len(OPTIMIZERS[self.optimizer].slots)
         d = self.layer_dims
         batch = n_examples if self.batch_size is None else min(self.batch_size, n_examples)
         data = n_examples * (d[0] + d[-1]) * item
@@ -160,11 +173,11 @@ class TrainConfig:
         activations = batch * (d[0] + d[-1] + 4 * sum(d[1:])) * item
         return int(data + params + activations)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -13,7 +13,11 @@ All take ``AL`` and ``Y`` of shape ``(n_y, m)`` and average over the ``m`` examp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .backend import get_namespace
+from .names import LOSS_NAMES, OUTPUTS, LossName, OutputName, check_table
 
 __all__ = ["LOSSES", "LOSS_GRADIENTS", "OUTPUT_LOSS", "l2_penalty"]
 
@@ -49,20 +53,27 @@ def mse_grad(AL, Y):
     return AL - Y
 
 
-LOSSES = {
+LOSSES: dict[LossName, Callable[[Any, Any], Any]] = {
     "binary_crossentropy": binary_crossentropy,
     "categorical_crossentropy": categorical_crossentropy,
     "mse": mse,
 }
 
-LOSS_GRADIENTS = {
+LOSS_GRADIENTS: dict[LossName, Callable[[Any, Any], Any]] = {
     "binary_crossentropy": binary_crossentropy_grad,
     "categorical_crossentropy": categorical_crossentropy_grad,
     "mse": mse_grad,
 }
 
 # The loss that goes with each output activation (fit() always uses this pairing).
-OUTPUT_LOSS = {"sigmoid": "binary_crossentropy", "softmax": "categorical_crossentropy", "linear": "mse"}
+OUTPUT_LOSS: dict[OutputName, LossName] = {
+    "sigmoid": "binary_crossentropy",
+    "softmax": "categorical_crossentropy",
+    "linear": "mse",
+}
+check_table("LOSSES", LOSS_NAMES, LOSSES)
+check_table("LOSS_GRADIENTS", LOSS_NAMES, LOSS_GRADIENTS)
+check_table("OUTPUT_LOSS", OUTPUTS, OUTPUT_LOSS)
 
 
 def l2_penalty(parameters, l2: float, m: int):

@@ -8,6 +8,7 @@ Arrays are features x examples: X (n_x, m), W{l} (n_l, n_{l-1}), b{l} (n_l, 1), 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from .activations import check_activation
 from .backend import get_namespace, to_host
 from .layers import linear_activation_backward, linear_activation_forward
 from .losses import LOSS_GRADIENTS, LOSSES, OUTPUT_LOSS, check_loss, l2_penalty
+from .names import INIT_NAMES, InitName, check_table
 
 __all__ = [
     "INITS",
@@ -28,11 +30,12 @@ __all__ = [
 ]
 
 # Scale of each initialisation, as a function of the fan-in n_{l-1}.
-INITS = {
+INITS: dict[InitName, Callable[[int], float]] = {
     "small": lambda fan_in: 0.01,
     "xavier": lambda fan_in: 1.0 / math.sqrt(fan_in),
     "he": lambda fan_in: math.sqrt(2.0 / fan_in),
 }
+check_table("INITS", INIT_NAMES, INITS)
 
 
 def n_layers(parameters) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 from . import fused
 from .backend import get_namespace, to_host
 from .flat import flat_views
+from .names import OPTIMIZER_NAMES, OptimizerName, check_table
 
 __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "OPTIMIZERS", "make_optimizer"]
 
@@ -210,7 +211,8 @@ class Adam(Optimizer):
         )
 
 
-OPTIMIZERS = {"gd": GD, "momentum": Momentum, "rmsprop": RMSProp, "adam": Adam}
+OPTIMIZERS: dict[OptimizerName, type[Optimizer]] = {"gd": GD, "momentum": Momentum, "rmsprop": RMSProp, "adam": Adam}
+check_table("OPTIMIZERS", OPTIMIZER_NAMES, OPTIMIZERS)
 
 
 def make_optimizer(name: str, learning_rate: float, *, beta=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8) -> Optimizer:

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-from dnnq.models import gradient_check
-from dnnq.models.config import HIDDEN_ACTIVATIONS
+from dnnq.models import HIDDEN_ACTIVATIONS, gradient_check
 
 from .conftest import on
 
