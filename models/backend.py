@@ -8,12 +8,14 @@ array module (``xp``) from its arguments with :func:`get_namespace`; nothing kee
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "Array",
     "DeviceUnavailable",
     "Device",
     "get_namespace",
@@ -21,11 +23,16 @@ __all__ = [
     "to_host",
     "select_device",
     "gpu_available",
+    "forget_gpu_check",
     "release_memory",
     "device_rng",
     "gpu_memory",
     "DeviceGraph",
 ]
+
+
+# A NumPy, CuPy or array-API array: the numerics take any of them, so annotations say only that.
+Array = Any
 
 
 class DeviceUnavailable(RuntimeError):
@@ -101,6 +108,11 @@ def _gpu_smoke_test() -> tuple[Any, str] | str:
     return result
 
 
+def forget_gpu_check() -> None:
+    """Drop the cached smoke-test outcome, so the next question runs it again (tests swap CuPy)."""
+    _GPU_CHECK.clear()
+
+
 def gpu_available() -> bool:
     return not isinstance(_gpu_smoke_test(), str)
 
@@ -153,10 +165,8 @@ class DeviceGraph:
             try:
                 fn()
             except BaseException:
-                try:  # end the broken capture so the stream is usable again; the first error is the one to see
+                with contextlib.suppress(Exception):  # end the broken capture; the first error is the one to see
                     stream.end_capture()
-                except Exception:
-                    pass
                 raise
             self._graph = stream.end_capture()
         self._stream = stream  # kept with the graph: the pool's blocks were handed out on this stream

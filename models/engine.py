@@ -3,27 +3,39 @@
 It computes in an examples-first layout (A_l is (batch, n_l), Z = A @ W.T + b.T), so each
 mini-batch is a contiguous block of rows and a shuffle is a cheap row gather, while the
 parameters keep the textbook shapes W{l} (n_l, n_{l-1}) and b{l} (n_l, 1) (W.T and b.T are free
-views). BLAS runs A @ W.T as fast as W @ A (measured: 1.57 vs 1.69 ms for 256x784x256 float32).
-Elementwise work is in place, into buffers allocated once per fit; dA0 is never computed.
-Works on NumPy and CuPy arrays (fit picks xp in models.backend).
+views; BLAS runs A @ W.T as fast as W @ A (docs/perf.md, "Engine kernels"). Elementwise work is
+in place, into buffers allocated once per fit; dA0 is never computed. The hidden activation and
+its derivative come from models.activations' in-place tables, the output step from the table of
+``_OUTPUT_STEPS`` below. Works on NumPy and CuPy arrays (fit picks xp in models.backend).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from . import fused
-from .backend import Device
+from .activations import INPLACE_ACTIVATIONS, INPLACE_DERIVATIVES
+from .backend import Array, Device
 from .config import TrainConfig
 from .flat import flat_layout, flat_size, flat_views
+from .names import OUTPUTS, OutputName, check_table
+
+__all__ = ["Engine", "take_rows"]
+
+# (AL, the batch's loss summed over its examples as a 0-d device array, right answers or None)
+OutputStep = tuple[Array, Array, Any]
 
 
-class _Engine:
+class Engine:
     """Buffers for batches of up to ``batch_max`` examples; ``training=False`` only evaluates."""
 
-    def __init__(self, cfg: TrainConfig, device: Device, params: dict, batch_max: int, training: bool = True):
+    def __init__(
+        self, cfg: TrainConfig, device: Device, params: dict[str, Array], batch_max: int, training: bool = True
+    ) -> None:
         self.cfg, self.xp = cfg, device.xp
         xp = self.xp
         self.L = len(cfg.layer_dims) - 1
@@ -44,9 +56,12 @@ class _Engine:
         self.fast = fused.engine_wanted(self.xp, dt, n_params)
         self.fast_relu = self.fast and cfg.hidden_activation == "relu"
         self.fast_softmax = self.fast and cfg.output == "softmax"
+        self._activate = INPLACE_ACTIVATIONS[cfg.hidden_activation]  # g(Z) in place
+        self._activation_backward = INPLACE_DERIVATIVES[cfg.hidden_activation]  # dA * g'(Z) in place, from g(Z)
+        self._output_step = _OUTPUT_STEPS[cfg.output]
         # H[l]: Z then g(Z) in place, (batch, n_l); G[l]: dA then dZ in place, (batch, n_l)
         self.H = {l: xp.empty((batch_max, dims[l]), dtype=dt) for l in range(1, self.L + 1)}
-        # relu against an array of zeros: NumPy's maximum with a scalar 0 is ~3x slower (measured)
+        # relu's maximum against an array of zeros (faster than against a scalar 0 in NumPy)
         self.zeros = {l: xp.zeros((batch_max, dims[l]), dtype=dt) for l in hidden}
         self.grads, self.G, self.mask, self.D = {}, {}, {}, {}
         n_out = dims[self.L]
@@ -58,7 +73,7 @@ class _Engine:
             self.ones_out = xp.ones(n_out, dtype=dt)
             self.logsum = xp.empty((batch_max,), dtype=dt)  # log of the row sums (compiled path)
         if training:
-            # db = ones @ dZ: a BLAS gemv, ~2.5x faster than NumPy's sum over axis 0 (measured)
+            # db = ones @ dZ: a BLAS gemv, faster than NumPy's sum over axis 0
             self.ones = xp.ones(batch_max, dtype=dt)
             # every gradient is a view of one flat array laid out like the parameters (flat_layout),
             # so the optimizer steps them all at once (Optimizer.update_flat)
@@ -75,35 +90,7 @@ class _Engine:
                     for l in hidden
                 }
 
-    def _hidden_inplace(self, Z, l):
-        xp, name = self.xp, self.cfg.hidden_activation
-        if name == "relu":
-            xp.maximum(Z, self.zeros[l][: Z.shape[0]], out=Z)
-        elif name == "leaky_relu":
-            xp.maximum(Z, 0.01 * Z, out=Z)  # leaky slope 0.01 (models.activations.LEAKY_SLOPE)
-        elif name == "tanh":
-            xp.tanh(Z, out=Z)
-        else:  # sigmoid
-            xp.negative(Z, out=Z)
-            xp.exp(Z, out=Z)
-            Z += 1.0
-            xp.reciprocal(Z, out=Z)
-
-    def _hidden_backward_inplace(self, dA, H, l):
-        """dZ = dA * g'(Z), with g'(Z) read from H = g(Z): every hidden activation allows that."""
-        xp, name = self.xp, self.cfg.hidden_activation
-        if name == "relu":
-            mask = self.mask[l][: H.shape[0]]
-            xp.greater(H, 0, out=mask)
-            dA *= mask  # relu' = 0 where Z <= 0, i.e. where H == 0
-        elif name == "leaky_relu":
-            dA[...] = xp.where(H > 0, dA, 0.01 * dA)  # leaky slope 0.01 where Z <= 0
-        elif name == "tanh":
-            dA *= 1.0 - H * H  # tanh' = 1 - tanh^2
-        else:
-            dA *= H * (1.0 - H)  # sigmoid' = s (1 - s)
-
-    def forward(self, A0, rng=None):
+    def forward(self, A0: Array, rng: Any = None) -> tuple[list[Array], Array]:
         """Hidden layers; returns the activations list [A0, A1, ..., A_{L-1}] and Z_L (batch, n_L)."""
         xp, B = self.xp, A0.shape[0]
         acts = [A0]
@@ -118,7 +105,7 @@ class _Engine:
                 fused.bias_relu_(Z, self.bvec[l])  # Z + b, then relu, in one pass
             else:
                 Z += self.bT[l]  # + (1, n_l)
-                self._hidden_inplace(Z, l)  # now H = g(Z)
+                self._activate(xp, Z, self.zeros[l][:B])  # now H = g(Z)
             A = Z
             if rng is not None and self.keep < 1:  # inverted dropout on hidden layers
                 Ad, M = (buf[:B] for buf in self.D[l])
@@ -128,60 +115,63 @@ class _Engine:
                 A = Ad
             acts.append(A)
 
-    def output(self, ZL, Ye, labels=None):
+    def output(self, ZL: Array, Ye: Array, labels: Array | None = None) -> OutputStep:
         """(AL, loss_sum over the batch as a 0-d device array, correct count or None).
 
         ``labels`` (softmax only, optional): argmax(Ye, axis=1) computed ahead, once per data set.
         """
-        xp, out = self.xp, self.cfg.output
-        if out == "sigmoid":
-            # BCE from the logits, stable: max(Z,0) - Z Y + log(1 + exp(-|Z|)); equals the textbook
-            # -(Y log AL + (1-Y) log(1-AL)) wherever that is finite, and never takes log(0).
-            loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))))
-            AL = 1.0 / (1.0 + xp.exp(-ZL))
-            correct = xp.count_nonzero((AL > 0.5) == (Ye > 0.5))
-        elif out == "softmax" and self.fast_softmax and labels is not None:
+        return self._output_step(self, ZL, Ye, labels)
+
+    def _sigmoid_output(self, ZL: Array, Ye: Array, labels: Array | None) -> OutputStep:
+        xp = self.xp
+        # BCE from the logits, stable: max(Z,0) - Z Y + log(1 + exp(-|Z|)); equals the textbook
+        # -(Y log AL + (1-Y) log(1-AL)) wherever that is finite, and never takes log(0).
+        loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))))
+        AL = 1.0 / (1.0 + xp.exp(-ZL))
+        correct = xp.count_nonzero((AL > 0.5) == (Ye > 0.5))
+        return AL, loss, correct
+
+    def _softmax_output(self, ZL: Array, Ye: Array, labels: Array | None) -> OutputStep:
+        xp, B = self.xp, ZL.shape[0]
+        if self.fast_softmax and labels is not None:
             # the sequence below in three compiled passes around NumPy's exp and log and BLAS's
             # row sums and dot (so every rounding is the one the sequence below makes)
-            B = ZL.shape[0]
             S, logS, Zs, AL = self.rowsum[:B, 0], self.logsum[:B], self.Zs[:B], self.AL[:B]
             correct = fused.softmax_head_(ZL, labels, Zs)  # Zs = ZL - row max; argmax == label
             xp.exp(Zs, out=AL)
             xp.matmul(AL, self.ones_out, out=S)
             xp.log(S, out=logS)
             fused.softmax_tail_(AL, S, logS, Zs)  # softmax; log softmax
-            loss = -xp.vdot(Ye.ravel(), Zs.ravel())
-        elif out == "softmax":
-            B = ZL.shape[0]
-            mx, S, Zs, AL = self.rowmax[:B], self.rowsum[:B], self.Zs[:B], self.AL[:B]
-            xp.max(ZL, axis=1, keepdims=True, out=mx)
-            xp.subtract(ZL, mx, out=Zs)  # (B, n_L), stable
-            xp.exp(Zs, out=AL)
-            xp.matmul(AL, self.ones_out, out=S[:, 0])  # row sums as a gemv: NumPy's axis=1 sum of 10 is slow
-            AL /= S  # softmax
-            xp.log(S, out=S)
-            Zs -= S  # log softmax
-            loss = -xp.vdot(Ye.ravel(), Zs.ravel())  # -sum Y log softmax(Z)
-            if labels is None:
-                labels = xp.argmax(Ye, axis=1)
-            correct = xp.count_nonzero(xp.argmax(ZL, axis=1) == labels)
-        else:
-            AL = ZL
-            D = ZL - Ye
-            loss = 0.5 * xp.sum(D * D)
-            correct = None
+            return AL, -xp.vdot(Ye.ravel(), Zs.ravel()), correct
+        mx, S, Zs, AL = self.rowmax[:B], self.rowsum[:B], self.Zs[:B], self.AL[:B]
+        xp.max(ZL, axis=1, keepdims=True, out=mx)
+        xp.subtract(ZL, mx, out=Zs)  # (B, n_L), stable
+        xp.exp(Zs, out=AL)
+        xp.matmul(AL, self.ones_out, out=S[:, 0])  # row sums as a gemv: NumPy's axis=1 sum of 10 is slow
+        AL /= S  # softmax
+        xp.log(S, out=S)
+        Zs -= S  # log softmax
+        loss = -xp.vdot(Ye.ravel(), Zs.ravel())  # -sum Y log softmax(Z)
+        if labels is None:
+            labels = xp.argmax(Ye, axis=1)
+        correct = xp.count_nonzero(xp.argmax(ZL, axis=1) == labels)
         return AL, loss, correct
 
-    def l2_sum(self):
+    def _linear_output(self, ZL: Array, Ye: Array, labels: Array | None) -> OutputStep:
+        D = ZL - Ye
+        return ZL, 0.5 * self.xp.sum(D * D), None
+
+    def l2_sum(self) -> Array:
+        """sum_l ||W_l||^2 as a 0-d device array."""
         xp = self.xp
         return sum(xp.vdot(self.params[f"W{l}"].ravel(), self.params[f"W{l}"].ravel()) for l in range(1, self.L + 1))
 
-    def backward(self, acts, AL, Ye, scale=1.0):
-        """Gradients of the batch cost into self.grads, each multiplied by ``scale``.
+    def backward(self, acts: list[Array], AL: Array, Ye: Array, grad_factor: float = 1.0) -> None:
+        """Gradients of the batch cost into self.grads, each multiplied by ``grad_factor``.
 
         Backprop is linear in dZ_L (every later step multiplies by W, A or g'(Z) and sums), so
-        folding ``scale`` into dZ_L scales every dW and db; the l2 term gets it explicitly. fit
-        passes the learning rate for plain gradient descent (the update is then p -= grad).
+        folding ``grad_factor`` into dZ_L scales every dW and db; the l2 term gets it explicitly.
+        fit passes plain gradient descent's learning rate (the update is then p -= grad).
         """
         xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
         # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
@@ -191,17 +181,17 @@ class _Engine:
         # The 1/B of the batch mean is applied here once instead of on every dW and db.
         dZ = self.G[self.L][:B]
         if self.fast:
-            fused.output_grad_(AL, Ye, scale / B, dZ)
+            fused.output_grad_(AL, Ye, grad_factor / B, dZ)
         else:
             xp.subtract(AL, Ye, out=dZ)
-            dZ *= scale / B  # (B, n_L)
+            dZ *= grad_factor / B  # (B, n_L)
         ones = self.ones[:B]
         for l in range(self.L, 0, -1):
             W, dW = self.W[l], self.dW[l]
             xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
             xp.matmul(ones, dZ, out=self.db[l])  # (n_l,) = sum of dZ's rows
             if l2:
-                dW += (scale * l2 / B) * W
+                dW += (grad_factor * l2 / B) * W
             if l == 1:
                 break  # dA0, the gradient w.r.t. the input, is not needed for training
             dA = self.G[l - 1][:B]
@@ -211,10 +201,10 @@ class _Engine:
             if self.fast_relu:
                 fused.relu_backward_(dA, self.H[l - 1][:B])
             else:
-                self._hidden_backward_inplace(dA, self.H[l - 1][:B], l - 1)
+                self._activation_backward(xp, dA, self.H[l - 1][:B], self.mask[l - 1][:B])
             dZ = dA
 
-    def evaluate(self, Xe, Ye, labels=None):
+    def evaluate(self, Xe: Array, Ye: Array, labels: Array | None = None) -> tuple[Array, Any]:
         """(loss_sum, correct) of a whole set in chunks of the buffer size, no dropout."""
         chunk = self.H[1].shape[0]
         loss, correct = 0.0, 0
@@ -227,11 +217,18 @@ class _Engine:
         return loss, correct
 
 
-def _take_rows(xp, src, idx, out, fast=False):
+_OUTPUT_STEPS: dict[OutputName, Callable[[Engine, Array, Array, Array | None], OutputStep]] = {
+    "sigmoid": Engine._sigmoid_output,
+    "softmax": Engine._softmax_output,
+    "linear": Engine._linear_output,
+}
+check_table("_OUTPUT_STEPS", OUTPUTS, _OUTPUT_STEPS)
+
+
+def take_rows(xp: Any, src: Array, idx: Array, out: Array, fast: bool = False) -> None:
     """out[:] = src[idx]; NumPy's mode="raise" buffers the copy, "wrap" (idx is in range) does not.
     ``fast`` (NumPy, 2-D, where the engine's kernels run): fused.take_rows_, eight rows at a time
-    (faster than np.take; figures with the kernel; a two-core Numba gather was slower than np.take,
-    0.045 vs 0.030 s)."""
+    (faster than np.take; docs/perf.md, "Engine kernels")."""
     if fast and src.ndim == 2:
         fused.take_rows_(src, idx, out)
     elif xp is np:

@@ -27,6 +27,7 @@ __all__ = ["Optimizer", "GD", "Momentum", "RMSProp", "Adam", "OPTIMIZERS", "make
 
 class Optimizer:
     slots: tuple[str, ...] = ()  # names of the per-parameter state arrays
+    hyperparameters: tuple[str, ...] = ()  # keyword arguments of __init__ besides learning_rate
 
     def __init__(self, learning_rate: float):
         self.learning_rate = float(learning_rate)
@@ -134,6 +135,7 @@ class GD(Optimizer):
 
 class Momentum(Optimizer):
     slots = ("v",)
+    hyperparameters = ("beta",)
 
     def __init__(self, learning_rate, beta=0.9):
         super().__init__(learning_rate)
@@ -153,6 +155,7 @@ class Momentum(Optimizer):
 
 class RMSProp(Optimizer):
     slots = ("s",)
+    hyperparameters = ("beta2", "epsilon")
 
     def __init__(self, learning_rate, beta2=0.999, epsilon=1e-8):
         super().__init__(learning_rate)
@@ -176,6 +179,7 @@ class RMSProp(Optimizer):
 
 class Adam(Optimizer):
     slots = ("v", "s")
+    hyperparameters = ("beta1", "beta2", "epsilon")
 
     def __init__(self, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
         super().__init__(learning_rate)
@@ -215,13 +219,18 @@ OPTIMIZERS: dict[OptimizerName, type[Optimizer]] = {"gd": GD, "momentum": Moment
 check_table("OPTIMIZERS", OPTIMIZER_NAMES, OPTIMIZERS)
 
 
-def make_optimizer(name: str, learning_rate: float, *, beta=0.9, beta1=0.9, beta2=0.999, epsilon=1e-8) -> Optimizer:
-    if name == "gd":
-        return GD(learning_rate)
-    if name == "momentum":
-        return Momentum(learning_rate, beta=beta)
-    if name == "rmsprop":
-        return RMSProp(learning_rate, beta2=beta2, epsilon=epsilon)
-    if name == "adam":
-        return Adam(learning_rate, beta1=beta1, beta2=beta2, epsilon=epsilon)
-    raise ValueError(f"Unknown optimizer {name!r}. Use one of {sorted(OPTIMIZERS)}.")
+def make_optimizer(
+    name: OptimizerName,
+    learning_rate: float,
+    *,
+    beta: float = 0.9,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+) -> Optimizer:
+    """``OPTIMIZERS[name]`` built with the hyperparameters it takes (its ``hyperparameters``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}. Use one of {sorted(OPTIMIZERS)}.")
+    given = {"beta": beta, "beta1": beta1, "beta2": beta2, "epsilon": epsilon}
+    cls = OPTIMIZERS[name]
+    return cls(learning_rate, **{key: given[key] for key in cls.hyperparameters})

@@ -31,7 +31,7 @@ import numpy as np
 from . import stepgraph
 from .backend import device_rng, is_numpy, release_memory, select_device, to_host
 from .config import TrainConfig
-from .engine import _Engine, _take_rows
+from .engine import Engine, take_rows
 from .flat import flatten_params
 from .network import initialize_parameters_deep
 from .optimizers import make_optimizer
@@ -308,8 +308,8 @@ def _fit(
     # and the optimizer's state, so an optimizer step is one pass per operation over all of them.
     flat_params, layout = flatten_params(xp, params)
     optimizer.bind_flat(flat_params, layout)
-    engine = _Engine(cfg, device, params, batch)
-    evaluator = None if Xv is None else _Engine(cfg, device, params, min(_VAL_CHUNK, Xv.shape[0]), training=False)
+    engine = Engine(cfg, device, params, batch)
+    evaluator = None if Xv is None else Engine(cfg, device, params, min(_VAL_CHUNK, Xv.shape[0]), training=False)
     # Shuffling gathers rows of the examples-first copy into one batch buffer (a row gather is
     # cheap; X[:, perm] on features-first data is not). Full batch: the order changes nothing.
     shuffle = cfg.shuffle and not full_batch
@@ -332,7 +332,7 @@ def _fit(
         AL, loss_sum, correct = engine.output(ZL, yb, lb)
         if cfg.l2:
             loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
-        engine.backward(acts, AL, yb, scale=1.0 if scale is None else scale)
+        engine.backward(acts, AL, yb, grad_factor=1.0 if scale is None else scale)
         loss_acc += loss_sum.astype(xp.float64)  # float64 sum over the epoch
         if correct is not None:
             correct_acc += correct
@@ -375,12 +375,12 @@ def _fit(
             if shuffle:
                 xb, yb = xbuf[: e - s], ybuf[: e - s]
                 idx = perm[s:e]
-                _take_rows(xp, Xe, idx, xb, engine.fast)
-                _take_rows(xp, Ye, idx, yb, engine.fast)
+                take_rows(xp, Xe, idx, xb, engine.fast)
+                take_rows(xp, Ye, idx, yb, engine.fast)
                 lb = None
                 if labels is not None:
                     lb = lbuf[: e - s]
-                    _take_rows(xp, labels, idx, lb)
+                    take_rows(xp, labels, idx, lb)
             else:
                 xb, yb = Xe[s:e], Ye[s:e]
                 lb = None if labels is None else labels[s:e]

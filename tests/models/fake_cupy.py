@@ -261,7 +261,7 @@ def get_default_pinned_memory_pool():
     return _pinned_pool
 
 
-class _Graph:
+class Graph:
     """A captured graph: the recorded operations, replayed in order by each launch."""
 
     launches = 0  # launches of every graph in this process, for tests
@@ -274,7 +274,7 @@ class _Graph:
             raise RuntimeError("cannot launch a graph while a stream captures")
         for operation in self._operations:
             operation()
-        _Graph.launches += 1
+        Graph.launches += 1
 
 
 class _Stream:
@@ -308,7 +308,7 @@ class _Stream:
         if _recording is None:
             raise RuntimeError("the stream is not capturing")
         operations, _recording = _recording, None
-        return _Graph(operations)
+        return Graph(operations)
 
     def is_capturing(self):
         return _recording is not None

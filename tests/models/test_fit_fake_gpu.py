@@ -26,8 +26,9 @@ from tests.models.conftest import stop_and_resume
 @pytest.fixture
 def fake_gpu(monkeypatch):
     module = fake_cupy.installed(monkeypatch)
-    monkeypatch.setattr(backend, "_GPU_CHECK", {})  # the smoke test runs again, on the stand-in
-    return module
+    backend.forget_gpu_check()  # the smoke test runs again, on the stand-in
+    yield module
+    backend.forget_gpu_check()  # and after the test on what is really there
 
 
 def data(output: str, m: int = 500, n_x: int = 300, seed: int = 0):
@@ -74,7 +75,7 @@ def test_device_gpu_trains_exactly_as_the_cpu_does(fake_gpu, output, optimizer, 
         **extra,
     }
     val = {"X_val": X[:, :120], "Y_val": Y[..., :120]}
-    launches = fake_gpu._Graph.launches
+    launches = fake_gpu.Graph.launches
     gpu = fit(X, Y, TrainConfig(**settings, device="gpu"), **val)
     cpu = fit(X, Y, TrainConfig(**settings, device="cpu"), **val)
     assert gpu.device == "gpu:0" and cpu.device == "cpu"
@@ -85,7 +86,7 @@ def test_device_gpu_trains_exactly_as_the_cpu_does(fake_gpu, output, optimizer, 
     replays = 3 if settings["batch_size"] is None else 3 * (500 // 128)
     captures = 3 if optimizer == "gd" and "lr_decay" in extra else 1
     assert gpu.step_graph == f"on: {replays} steps replayed from {captures} capture{'s' * (captures > 1)}"
-    assert fake_gpu._Graph.launches - launches == replays  # each capture's first replay is its check
+    assert fake_gpu.Graph.launches - launches == replays  # each capture's first replay is its check
     assert cpu.step_graph is None
 
 
@@ -108,16 +109,16 @@ def small_run(device, **extra):
 def test_a_step_that_waits_for_the_device_is_not_captured(fake_gpu, monkeypatch):
     """A step that reads a value back (here the batch loss, through float()) cannot be captured:
     CuPy raises during capture. fit then trains kernel by kernel, with the same results, and says why."""
-    from dnnq.models.engine import _Engine
+    from dnnq.models.engine import Engine
 
-    output = _Engine.output
+    output = Engine.output
 
     def output_and_peek(self, *args):
         AL, loss, correct = output(self, *args)
         float(loss)  # waits for the device
         return AL, loss, correct
 
-    monkeypatch.setattr(_Engine, "output", output_and_peek)
+    monkeypatch.setattr(Engine, "output", output_and_peek)
     gpu = small_run("gpu")
     assert gpu.step_graph.startswith("off: capture failed: RuntimeError: float() waits for the device")
     assert_same_run(gpu, small_run("cpu"))
@@ -132,7 +133,7 @@ def test_a_replay_that_differs_from_the_step_is_not_used(fake_gpu, monkeypatch):
         for operation in self._operations[:-1]:
             operation()
 
-    monkeypatch.setattr(fake_gpu._Graph, "launch", launch_but_the_last)
+    monkeypatch.setattr(fake_gpu.Graph, "launch", launch_but_the_last)
     gpu = small_run("gpu")
     assert gpu.step_graph.startswith(
         "off: the replay differed from the kernel-by-kernel step (gradients: max |difference| 0; loss "
@@ -151,7 +152,7 @@ def test_a_replay_that_differs_from_the_step_is_not_used(fake_gpu, monkeypatch):
 def test_a_launch_that_fails_leaves_the_rest_kernel_by_kernel(fake_gpu, monkeypatch, failing_launch, says):
     """CUDA refusing to launch a graph (nothing runs) is not a failed job: that step and the rest run
     kernel by kernel, with the same results."""
-    launch, count = fake_gpu._Graph.launch, [0]
+    launch, count = fake_gpu.Graph.launch, [0]
 
     def refuse_one(self, stream=None):
         count[0] += 1
@@ -159,25 +160,25 @@ def test_a_launch_that_fails_leaves_the_rest_kernel_by_kernel(fake_gpu, monkeypa
             raise RuntimeError("cudaErrorInvalidValue")
         launch(self, stream)
 
-    monkeypatch.setattr(fake_gpu._Graph, "launch", refuse_one)
+    monkeypatch.setattr(fake_gpu.Graph, "launch", refuse_one)
     gpu = small_run("gpu")
     assert gpu.step_graph == says
     assert count[0] == failing_launch  # none tried after the failure
     assert_same_run(gpu, small_run("cpu"))
 
 
-def test_step_graphs_can_be_switched_off(fake_gpu, monkeypatch):
+def test_step_graphs_can_be_switched_off(fake_gpu):
     from dnnq.models import stepgraph
 
-    monkeypatch.setattr(stepgraph, "_enabled", True)
-    launches = fake_gpu._Graph.launches
-    with stepgraph.switched(False):
-        gpu = small_run("gpu")
-    assert gpu.step_graph is None and fake_gpu._Graph.launches == launches
-    assert stepgraph.enabled()  # as it was before the block
-    with pytest.raises(ZeroDivisionError), stepgraph.switched(False):
-        1 / 0
-    assert stepgraph.enabled()  # restored when the block raises too
+    with stepgraph.switched(True):
+        launches = fake_gpu.Graph.launches
+        with stepgraph.switched(False):
+            gpu = small_run("gpu")
+        assert gpu.step_graph is None and fake_gpu.Graph.launches == launches
+        assert stepgraph.enabled()  # as it was before the block
+        with pytest.raises(ZeroDivisionError), stepgraph.switched(False):
+            raise ZeroDivisionError
+        assert stepgraph.enabled()  # restored when the block raises too
     assert_same_run(gpu, small_run("cpu"))
 
 

@@ -1,10 +1,12 @@
 """Each optimizer's update against its formula, worked with Python floats."""
 
+import inspect
 import math
 
 import numpy as np
 import pytest
-from dnnq.models import GD, Adam, Momentum, RMSProp
+from dnnq.models import GD, OPTIMIZERS, Adam, Momentum, RMSProp
+from dnnq.models.optimizers import make_optimizer
 
 P0 = [1.0, -2.0]
 G1 = [0.5, -0.25]
@@ -73,3 +75,21 @@ def test_state_round_trip():
     assert again.t == 1
     np.testing.assert_array_equal(again.state["v_W1"], opt.state["v_W1"])
     np.testing.assert_array_equal(again.state["s_b1"], opt.state["s_b1"])
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_make_optimizer_builds_each_class_with_its_hyperparameters(name):
+    cls = OPTIMIZERS[name]
+    init_args = list(inspect.signature(cls.__init__).parameters)[2:]  # after self, learning_rate
+    assert sorted(cls.hyperparameters) == sorted(init_args)
+    opt = make_optimizer(name, 0.5, beta=0.7, beta1=0.6, beta2=0.95, epsilon=1e-5)
+    assert type(opt) is cls and opt.learning_rate == 0.5
+    given = {"beta": 0.7, "beta1": 0.6, "beta2": 0.95, "epsilon": 1e-5}
+    assert {key: getattr(opt, key) for key in cls.hyperparameters} == {key: given[key] for key in cls.hyperparameters}
+
+
+def test_make_optimizer_names_the_valid_choices():
+    with pytest.raises(
+        ValueError, match=r"Unknown optimizer 'sgd'. Use one of \['adam', 'gd', 'momentum', 'rmsprop'\]"
+    ):
+        make_optimizer("sgd", 0.1)
