@@ -6,7 +6,7 @@ before anything forks, so each GPU worker sees exactly its device.
 
 Shutdown (SIGTERM, or Ctrl-C: SIGINT, which Celery's pool children ignore) is Celery's warm shutdown,
 which waits for the running tasks. So that it does not wait for a whole training job, the main process
-forwards it to its pool children as runner.RELEASE_SIGNAL: a training child stops at the end of its
+forwards it to its pool children as shutdown.RELEASE_SIGNAL: a training child stops at the end of its
 epoch, checkpoints and releases the job (queued again with its message, its attempt not spent), and
 its task returns normally, so the delivery is acknowledged and the job record alone says what is next.
 """
@@ -14,35 +14,35 @@ its task returns normally, so the delivery is acknowledged and the job record al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import Any
 
 from dnnq.workers.settings import WorkerSettings, get_settings, set_settings
 
-__all__ = ["main", "run_worker"]
+__all__ = ["main", "preload_training_modules", "run_worker"]
 
 
-def _preload_training_modules() -> None:
+def preload_training_modules() -> None:
     """Import the training stack once, here, before Celery forks its pool children.
 
     Each prefork child (a new one every worker_max_tasks_per_child jobs) inherits the modules its
-    parent has imported; left to itself it spent ~0.7 s of CPU importing them at its first job. On a
-    2-core machine that starved the API: bench.load's submits stalled ~250 ms in bursts (its p99).
-    Never CuPy: importing models does not import it (only a child asking for a GPU does), so CUDA
-    is still initialised only after the fork.
+    parent has imported; left to itself it imported them at its first job, CPU that a small machine's
+    API then lacked (docs/perf.md, "Worker"). Never CuPy: importing models does not import it (only a
+    child asking for a GPU does), so CUDA is still initialised only after the fork.
     """
     import dnnq.models
     import dnnq.workers.runner
     import h5py  # noqa: F401
     import safetensors.numpy  # noqa: F401
 
-    try:
+    with contextlib.suppress(ImportError):  # onnx missing: artifacts.py skips the ONNX file the same way
         import dnnq.workers.onnx_export  # noqa: F401
-    except ImportError:  # onnx missing: artifacts.py skips the ONNX file the same way
-        pass
 
 
 def run_worker(settings: WorkerSettings | None = None) -> int:
+    """Run a Celery worker with these settings (default: from the environment) until it shuts down."""
     settings = settings or get_settings()
     set_settings(settings)  # the prefork children inherit these exact settings
     if settings.cuda_visible_devices is not None:
@@ -53,47 +53,47 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
     from dnnq.workers.celery_app import app, configure
     from dnnq.workers.logs import event, setup_logging
     from dnnq.workers.recovery import Maintenance, celery_sender
-    from dnnq.workers.runner import RELEASE_SIGNAL, install_release_handler
     from dnnq.workers.settings import redis_client
+    from dnnq.workers.shutdown import RELEASE_SIGNAL, install_release_handler
 
     setup_logging(settings.log_level)
     configure(app, settings)
     import dnnq.workers.tasks  # noqa: F401  (registers dnnq.train)
 
-    _preload_training_modules()
+    preload_training_modules()
 
-    state: dict = {}
+    state: dict[str, Any] = {}
 
     @celery_setup_logging.connect(weak=False)
-    def _keep_json_logging(**_):  # a receiver here stops Celery from replacing our handlers
+    def _keep_json_logging(**_: Any) -> None:  # a receiver here stops Celery from replacing our handlers
         setup_logging(settings.log_level)
 
     @worker_ready.connect(weak=False)
-    def _start_maintenance(sender=None, **_):
+    def _start_maintenance(sender: Any = None, **_: Any) -> None:
         state["thread"] = Maintenance(redis_client(settings), settings, celery_sender(app))
         state["thread"].start()
         event("worker.ready", worker=settings.worker_name, queues=settings.queue_list, pid=os.getpid())
 
     @worker_init.connect(weak=False)
-    def _keep_worker(sender=None, **_):
+    def _keep_worker(sender: Any = None, **_: Any) -> None:
         state["worker"] = sender
 
     @worker_process_init.connect(weak=False)
-    def _child_releases_on_signal(**_):  # in each pool child, before it takes a task
+    def _child_releases_on_signal(**_: Any) -> None:  # in each pool child, before it takes a task
         install_release_handler()
 
     @worker_shutting_down.connect(weak=False)
-    def _release_running_jobs(sig=None, how=None, **_):  # in the main process's signal handler
+    def _release_running_jobs(
+        sig: Any = None, how: Any = None, **_: Any
+    ) -> None:  # in the main process's signal handler
         pids = _pool_pids(state.get("worker"))
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, RELEASE_SIGNAL)
-            except ProcessLookupError:
-                pass
         event("worker.shutting_down", signal=sig, how=how, children_told=len(pids))
 
     @worker_shutdown.connect(weak=False)
-    def _stop_maintenance(sender=None, **_):
+    def _stop_maintenance(sender: Any = None, **_: Any) -> None:
         if "thread" in state:
             state["thread"].stop()
 
@@ -116,7 +116,7 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
     return 0
 
 
-def _pool_pids(worker) -> list[int]:
+def _pool_pids(worker: Any) -> list[int]:
     """The prefork pool's child processes (the pool's own list; billiard's children as a fallback)."""
     try:
         return [p.pid for p in worker.pool._pool._pool if p.pid]
@@ -127,6 +127,7 @@ def _pool_pids(worker) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m dnnq.workers [--queues Q] [--concurrency N] [--name NAME] [--gpu DEVICES]`."""
     parser = argparse.ArgumentParser(prog="python -m dnnq.workers", description="Run a dnnq training worker.")
     parser.add_argument(
         "--queues", help="comma-separated queues (default: DNNQ_QUEUES or 'default'; a GPU worker: 'gpu')"

@@ -190,7 +190,7 @@ def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
         job = jobs.get_job(redis_client, job_id)
         assert job["device"].startswith(device)
         results[device] = jobs.get_history(redis_client, job_id)
-    for a, b in zip(results["cpu"], results["gpu"]):
+    for a, b in zip(results["cpu"], results["gpu"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
 
 
@@ -275,10 +275,10 @@ def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, setting
         cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 30, 4 << 30)))
     )
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    from dnnq.workers.runner import _report_gpu_memory
+    from dnnq.workers.runner import report_gpu_memory
 
     redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc"})
-    _report_gpu_memory(redis_client, settings)
+    report_gpu_memory(redis_client, settings)
     assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_used") == str(3 << 30)
     assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_total") == str(4 << 30)
 
@@ -294,13 +294,13 @@ def test_one_redis_client_per_training_process_across_jobs(redis_client, store, 
     first = job_for(redis_client, ds, training={"epochs": 2})
     second = job_for(redis_client, ds, training={"epochs": 2, "seed": 1})
     assert run_job(first, settings=settings, store=store) == "succeeded"
-    client = runner._process_redis(settings)
+    client = runner.process_redis(settings)
     assert run_job(second, settings=settings, store=store) == "succeeded"
-    assert runner._process_redis(settings) is client
+    assert runner.process_redis(settings) is client
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: a client of its own that works
-        other = runner._process_redis(settings)
+        other = runner.process_redis(settings)
         ok = other is not client and other.ping()
         os.write(write, b"1" if ok else b"0")
         os._exit(0)
@@ -380,11 +380,11 @@ def release_flag():
     """The process-wide 'release your job' flag and the signal handlers, as they were, after the test."""
     import signal
 
-    from dnnq.workers import runner
+    from dnnq.workers import shutdown
 
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, runner.RELEASE_SIGNAL)}
-    yield runner
-    runner._release_requested.clear()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, shutdown.RELEASE_SIGNAL)}
+    yield shutdown
+    shutdown.clear_release_request()
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
 
@@ -413,7 +413,7 @@ def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_lik
     import os
     import signal
 
-    runner = release_flag
+    shutdown = release_flag
     every_epoch = settings.model_copy(update={"progress_flush_seconds": 0.0, "checkpoint_seconds": 3600})
     ds = dataset(redis_client, store, m=200)
     spec = {"model": {"hidden_layers": [6]}, "training": {"epochs": 12, "batch_size": 32, "seed": 3}}
@@ -423,8 +423,8 @@ def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_lik
     job_id = job_for(redis_client, ds, **spec)
     jobs.mark_sent(redis_client, baseline, job_id)
     if how == "release_signal":
-        runner.install_release_handler()
-    sig = signal.SIGTERM if how == "sigterm" else runner.RELEASE_SIGNAL
+        shutdown.install_release_handler()
+    sig = signal.SIGTERM if how == "sigterm" else shutdown.RELEASE_SIGNAL
     sigterm_before = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as patch:
         _signal_at_epoch(patch, 4, lambda: os.kill(os.getpid(), sig))
@@ -433,7 +433,7 @@ def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_lik
 
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "queued" and job["attempts"] == 1 and job["error"] is None
-    assert job["release_reason"] == runner.RELEASE_REASON
+    assert job["release_reason"] == shutdown.RELEASE_REASON
     assert not redis_client.exists(f"dnnq:job:{job_id}:lease")
     released_at = artifacts.load_checkpoint(store, job_id).epoch
     assert released_at == 5  # the signal came during epoch 4's write: epoch 5 was the one under way
@@ -441,7 +441,7 @@ def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_lik
     (message,) = redis_client.lrange("default", 0, -1)  # its task, for the next worker to take
     assert json.loads(message)["headers"]["argsrepr"] == repr([job_id])
 
-    runner._release_requested.clear()  # a new worker process
+    shutdown.clear_release_request()  # a new worker process
     assert run_job(job_id, settings=every_epoch, r=redis_client, store=store) == "succeeded"
     job, reference = jobs.get_job(redis_client, job_id), jobs.get_job(redis_client, baseline)
     assert job["attempts"] == 1 and job["resumed_from_epoch"] == released_at

@@ -8,9 +8,9 @@ import sys
 def test_preload_imports_training_modules_and_not_cupy():
     code = (
         "import sys\n"
-        "from dnnq.workers.__main__ import _preload_training_modules\n"
+        "from dnnq.workers.__main__ import preload_training_modules\n"
         "assert 'dnnq.workers.runner' not in sys.modules\n"
-        "_preload_training_modules()\n"
+        "preload_training_modules()\n"
         "for name in ('dnnq.models', 'dnnq.workers.runner', 'numpy', 'h5py', 'safetensors.numpy'):\n"
         "    assert name in sys.modules, name\n"
         "assert 'cupy' not in sys.modules\n"

@@ -1,0 +1,91 @@
+"""A claimed job's inputs, loaded once: its record, spec, dataset records, training config and arrays;
+and the scoring of the trained weights on the same rows, as a client predicting on them would see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+from dnnq.workers import jobs
+from dnnq.workers.artifact_store import ArtifactStore
+from dnnq.workers.datasets import get_dataset, load_arrays
+from dnnq.workers.spec import JobSpec, SpecError, to_train_config
+
+if TYPE_CHECKING:
+    from dnnq.models import TrainConfig
+
+__all__ = ["JobInputs", "accuracy", "load_inputs"]
+
+
+@dataclass
+class JobInputs:
+    """What fit needs, and what the outcome is recorded with. Arrays are features-first: (n_x, m), (n_y, m)."""
+
+    record: dict[str, Any]  # the job record
+    spec: JobSpec
+    meta: dict[str, Any]
+    val_meta: dict[str, Any] | None
+    cfg: TrainConfig
+    X: np.ndarray
+    Y: np.ndarray
+    X_val: np.ndarray | None
+    Y_val: np.ndarray | None
+
+
+def load_inputs(r: redis.Redis, store: ArtifactStore, job_id: str) -> JobInputs:
+    """Read job_id's record and datasets. Raises SpecError when a dataset is gone or no longer fits."""
+    job = jobs.get_job(r, job_id)
+    if job is None:  # claimed a moment ago: only a deleted record gets here
+        raise SpecError("id", f"job '{job_id}' no longer exists.")
+    spec = JobSpec.model_validate(job["spec"])
+    meta = _dataset(r, spec.dataset_id, "dataset_id")
+    val_meta = _dataset(r, spec.validation_dataset_id, "validation_dataset_id") if spec.validation_dataset_id else None
+    cfg = to_train_config(spec, meta, val_meta)
+    X, Y = _arrays(store, spec, meta, cfg)
+    X_val, Y_val = _arrays(store, spec, val_meta, cfg) if val_meta else (None, None)
+    return JobInputs(job, spec, meta, val_meta, cfg, X, Y, X_val, Y_val)
+
+
+def _dataset(r: redis.Redis, dataset_id: str, field: str) -> dict[str, Any]:
+    meta = get_dataset(r, dataset_id)
+    if meta is None:
+        raise SpecError(field, f"dataset '{dataset_id}' no longer exists: upload it again and resubmit.")
+    return meta
+
+
+def _arrays(
+    store: ArtifactStore, spec: JobSpec, meta: dict[str, Any], cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stored examples-first arrays -> features-first (n_x, m) / (n_y, m) views, scaled as the spec says."""
+    X, Y = load_arrays(store, meta["id"])
+    X = X.astype(cfg.dtype, copy=False)
+    X = spec.preprocess.apply(X)
+    if spec.model.output != "softmax" or meta["label_kind"] in ("onehot",):
+        Y = Y.astype(cfg.dtype, copy=False)
+    return X.T, Y.T
+
+
+def accuracy(
+    params: dict[str, np.ndarray], store: ArtifactStore, spec: JobSpec, meta: dict[str, Any], chunk: int = 65536
+) -> float | None:
+    """Share of examples models.predict labels correctly, on float64 inputs scaled as the API's predict
+    route scales them (None for regression)."""
+    from dnnq.models import predict
+
+    if spec.model.output == "linear":
+        return None
+    # Read again rather than kept from before training: holding the raw arrays beside fit's compute-dtype
+    # copy would cost up to 1.5x the data's memory for the whole run, to save one read at the end.
+    X, Y = load_arrays(store, meta["id"])
+    truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
+    correct = 0
+    for s in range(0, X.shape[0], chunk):
+        xb = spec.preprocess.apply(X[s : s + chunk].astype(np.float64))
+        with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
+            labels = np.asarray(
+                predict(params, xb.T, hidden_activation=spec.model.hidden_activation, output=spec.model.output)
+            )
+        correct += int(np.count_nonzero(labels.reshape(-1) == truth[s : s + chunk]))
+    return correct / X.shape[0]
