@@ -2,8 +2,8 @@
 
 Why not `uvicorn --workers N`: its processes share ONE listening socket, and asyncio accepts every
 pending connection in one go, so a burst of clients (20 keep-alive connections from bench.load)
-often lands on a single process while the other idles (measured: 3.78 s of CPU in one process, 0.06 s
-in the other, 1,640 instead of ~2,200 requests/s). `dnnq up --api-workers N` instead binds N sockets
+often lands on a single process while the other idles (docs/perf.md, "Launcher"). `dnnq up
+--api-workers N` instead binds N sockets
 with SO_REUSEPORT, one per process, and the kernel spreads new connections across them.
 
 Why not `uvicorn --fd N`: it wraps the descriptor as an AF_UNIX socket whatever it is, and asyncio

@@ -5,18 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-__all__ = ["Client", "CliError", "iter_sse"]
+__all__ = ["Client", "CliError", "decode", "iter_sse"]
 
 
 class CliError(Exception):
     """A failure the user can act on; the CLI prints it as one line and exits non-zero."""
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -48,7 +49,7 @@ def _problem_detail(response: httpx.Response) -> str:
 class Client:
     """The API's endpoints as methods returning decoded JSON; errors raise CliError."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0):
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "dnnq-cli"}
         if api_key:
@@ -61,7 +62,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -81,14 +82,14 @@ class Client:
             raise CliError(f"{detail} (401): pass --api-key or set DNNQ_API_KEY")
         raise CliError(f"{detail} ({status})")
 
-    def request(self, method: str, path: str, *, what: str | None = None, **kwargs) -> httpx.Response:
+    def request(self, method: str, path: str, *, what: str | None = None, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         return self._check(response, what)
 
-    def _json(self, method: str, path: str, **kwargs):
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
         try:
             return response.json()
@@ -96,38 +97,38 @@ class Client:
             raise CliError(f"{self.url}{path} answered {response.status_code} with non-JSON content") from None
 
     # -- datasets -----------------------------------------------------------------------------
-    def upload_dataset(self, path: Path, fields: dict) -> dict:
+    def upload_dataset(self, path: Path, fields: dict[str, Any]) -> dict[str, Any]:
         data = {k: str(v) for k, v in fields.items() if v is not None}
         with open(path, "rb") as fh:
             return self._json("POST", "/v1/datasets", files={"file": (path.name, fh)}, data=data)
 
-    def synthetic_dataset(self, body: dict) -> dict:
+    def synthetic_dataset(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", "/v1/datasets/synthetic", json=body)
 
-    def list_datasets(self, offset: int = 0, limit: int = 50) -> dict:
+    def list_datasets(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
         return self._json("GET", "/v1/datasets", params={"offset": offset, "limit": limit})
 
-    def get_dataset(self, dataset_id: str) -> dict:
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/datasets/{dataset_id}", what=f"dataset '{dataset_id}'")
 
     # -- jobs ---------------------------------------------------------------------------------
-    def submit(self, spec: dict, idempotency_key: str | None = None) -> dict:
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=spec, headers=headers)
 
-    def job(self, job_id: str, history: str = "none") -> dict:
+    def job(self, job_id: str, history: str = "none") -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}", params={"history": history}, what=f"job '{job_id}'")
 
-    def list_jobs(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict:
-        params = {"offset": offset, "limit": limit}
+    def list_jobs(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        params: dict[str, str | int] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status
         return self._json("GET", "/v1/jobs", params=params)
 
-    def cancel(self, job_id: str) -> dict:
+    def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel", what=f"job '{job_id}'")
 
-    def predict(self, job_id: str, inputs: list) -> dict:
+    def predict(self, job_id: str, inputs: list[list[float]]) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/predict", json={"inputs": inputs}, what=f"job '{job_id}'")
 
     def download(self, job_id: str, fmt: str, out: Path) -> tuple[str, int]:
@@ -183,9 +184,10 @@ class Client:
             raise self._unreachable(exc) from None
 
 
-def iter_sse(lines) -> Iterator[tuple[str, str, str | None]]:
+def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
     """Parse text/event-stream lines into (event, data, id) tuples (comments are skipped)."""
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:
@@ -207,7 +209,7 @@ def iter_sse(lines) -> Iterator[tuple[str, str, str | None]]:
         yield event, "\n".join(data), event_id
 
 
-def decode(data: str):
+def decode(data: str) -> Any:
     """JSON data of an SSE event, or the raw text."""
     try:
         return json.loads(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TextIO
 
 __all__ = ["ProgressBar", "format_duration", "render"]
 
@@ -18,7 +19,12 @@ def format_duration(seconds: float | None) -> str:
 
 
 def render(
-    epoch: int, epochs: int | None, loss=None, accuracy=None, eta_s: float | None = None, width: int = 24
+    epoch: int,
+    epochs: int | None,
+    loss: float | None = None,
+    accuracy: float | None = None,
+    eta_s: float | None = None,
+    width: int = 24,
 ) -> str:
     """The bar's text, e.g. `[#######.....]  30/100 loss 0.4123 acc 0.871 ETA 00:07`."""
     if epochs:
@@ -39,7 +45,7 @@ def render(
 class ProgressBar:
     """Redraws one line in place on a terminal; on a pipe, prints a line at most every few seconds."""
 
-    def __init__(self, epochs: int | None, stream=None, min_interval_s: float = 5.0):
+    def __init__(self, epochs: int | None, stream: TextIO | None = None, min_interval_s: float = 5.0) -> None:
         self.epochs = epochs
         self.stream = stream if stream is not None else sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -56,13 +62,15 @@ class ProgressBar:
         rate = (now - self._t0) / (epoch - self._first_epoch)
         return rate * (self.epochs - epoch)
 
-    def update(self, epoch: int, loss=None, accuracy=None, epochs: int | None = None) -> None:
+    def update(
+        self, epoch: int, loss: float | None = None, accuracy: float | None = None, epochs: int | None = None
+    ) -> None:
         now = time.monotonic()
         if epochs:
             self.epochs = epochs
         if self._first_epoch is None:
             self._first_epoch, self._t0 = epoch, now
-        final = bool(self.epochs) and epoch >= self.epochs
+        final = bool(self.epochs and epoch >= self.epochs)
         if now - self._last_draw < self.min_interval_s and not final:
             return
         self._last_draw = now

@@ -4,19 +4,25 @@ local HTTP server standing in for the API's error and download responses)."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dnnq.cli import build_parser, build_spec, load_inputs, main, worker_env
+from dnnq.cli import build_parser, main
 from dnnq.client import CliError, iter_sse
+from dnnq.commands import build_spec, load_inputs
 from dnnq.progress import ProgressBar, format_duration, render
+from dnnq.server_commands import worker_env
 from dnnq.up import check_bind_allowed, is_loopback
 
 
@@ -99,6 +105,45 @@ def test_bad_choices_are_refused_by_the_parser(capsys):
     err = capsys.readouterr().err
     assert err.startswith("dnnq download: error: argument --format: invalid choice: 'pickle'")
     assert err.endswith("(see `dnnq download --help`)\n") and err.count("\n") == 1
+
+
+def _choices(argv: list[str]) -> dict[str, tuple]:
+    """dest -> choices of the subcommand that argv names."""
+    parser = build_parser()
+    for name in argv:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = sub.choices[name]
+    return {a.dest: tuple(a.choices) for a in parser._actions if a.choices is not None}
+
+
+def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declare():
+    """dnnq/cli.py copies the lists of valid names (importing dnnq.models would import NumPy into
+    every `dnnq` command); each copy must be its declaration, in the same order."""
+    from typing import get_args
+
+    from dnnq.models import names
+    from dnnq.workers import jobs
+
+    from dnnq.commands import TERMINAL
+
+    assert _choices(["submit"]) == {
+        "activation": get_args(names.HiddenActivationName),
+        "output": get_args(names.OutputName),
+        "optimizer": get_args(names.OptimizerName),
+        "lr_decay": get_args(names.LrDecayName),
+        "init": get_args(names.InitName),
+        "dtype": get_args(names.DtypeName),
+        "device": get_args(names.DeviceName),
+    }
+    assert _choices(["list"]) == {"status": tuple(status.value for status in jobs.Status)}
+    assert set(TERMINAL) == {status.value for status in jobs.TERMINAL}
+
+
+def test_the_cli_does_not_import_numpy_until_a_command_needs_it():
+    code = "import sys; from dnnq.cli import build_parser; build_parser(); print('numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_unreachable_url_gives_one_line_and_nonzero_exit(capsys):
@@ -330,7 +375,7 @@ def test_a_nice_child_is_nice_in_its_own_session_too(tmp_path):
     import os
     import sys
 
-    from dnnq.up import Child
+    from dnnq.supervisor import Child
 
     report = tmp_path / "report"
     probe = (
@@ -348,7 +393,7 @@ def test_a_nice_child_is_nice_in_its_own_session_too(tmp_path):
         # The kernel prints nothing for a task still in the default autogroup (one whose session
         # never left init's, as under CI), so the parent's line may be empty; the child, in a new
         # session, has an autogroup of its own.
-        own = open("/proc/self/autogroup").read().split()
+        own = Path("/proc/self/autogroup").read_text().split()
         if own:
             assert autogroup.split()[0] != own[0]  # its own session
 

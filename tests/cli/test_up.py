@@ -8,6 +8,7 @@ and exit non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -134,10 +135,8 @@ class Up:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         for pid in descendants(self.proc.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _wait_for(predicate, timeout: float, what: str, log=lambda: ""):
@@ -301,12 +300,14 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
 def test_api_sockets_share_the_port_and_the_kernel_spreads_connections():
     """dnnq up --api-workers N binds N SO_REUSEPORT sockets; a burst of connections reaches all of
     them (one shared socket let asyncio's accept loop take a whole burst into one process)."""
-    from dnnq.up import _api_children
+    from dnnq.up import api_children
 
     port = free_port()
-    children, sockets = _api_children("127.0.0.1", port, 2, False, {})
+    children, sockets = api_children("127.0.0.1", port, 2, False, {})
     assert [c.name for c in children] == ["api 1", "api 2"]
-    assert all(c.pass_fds == (s.fileno(),) and "dnnq.api_process" in c.argv for c, s in zip(children, sockets))
+    assert all(
+        c.pass_fds == (s.fileno(),) and "dnnq.api_process" in c.argv for c, s in zip(children, sockets, strict=True)
+    )
     clients = []
     try:
         for _ in range(40):
@@ -330,10 +331,11 @@ def test_api_sockets_share_the_port_and_the_kernel_spreads_connections():
 
 
 def test_restart_back_off_and_exit_descriptions():
-    from dnnq.up import RESTART_BACKOFF_MAX_S, describe_exit, restart_delay
+    from dnnq.supervisor import RESTART_BACKOFF_MAX_S, RestartPolicy, describe_exit
 
-    assert [restart_delay(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
-    assert restart_delay(40) == RESTART_BACKOFF_MAX_S == 30.0
+    policy = RestartPolicy()
+    assert [policy.delay(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
+    assert policy.delay(40) == RESTART_BACKOFF_MAX_S == 30.0
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(-9) == "was killed by SIGKILL (code -9)"
     assert describe_exit(-200) == "was killed by signal 200 (code -200)"
@@ -421,26 +423,28 @@ def test_a_killed_api_process_is_restarted_with_back_off_and_nothing_else_stops(
         up.cleanup()
 
 
-def test_supervisor_restarts_a_crashing_api_for_ever_but_stops_on_a_worker_crash_loop(monkeypatch, capsys):
+def test_supervisor_restarts_a_crashing_api_for_ever_but_stops_on_a_worker_crash_loop(capsys):
     """Children that exit at once: the API process keeps being restarted (a request that crashes it
     must not take the service down), with growing back-off; a worker gives up after MAX_RESTARTS."""
     import threading
 
-    from dnnq import up as up_module
-    from dnnq.up import MAX_RESTARTS, Child, _supervise
+    from dnnq.supervisor import MAX_RESTARTS, Child, ProcessSet, RestartPolicy
 
-    monkeypatch.setattr(up_module, "RESTART_BACKOFF_S", 0.01)
+    policy = RestartPolicy(backoff_s=0.01)
     crash = [sys.executable, "-c", "import sys; sys.exit(3)"]
     idle = [sys.executable, "-c", "import time; time.sleep(60)"]
 
-    api, worker = Child("api", crash, dict(os.environ), max_restarts=None), Child("worker 1", idle, dict(os.environ))
+    api, worker = Child("api", crash, dict(os.environ), restart_forever=True), Child("worker 1", idle, dict(os.environ))
     stop = threading.Event()
     try:
         api.start()
         worker.start()
         timer = threading.Timer(MAX_RESTARTS * 0.5 + 3, stop.set)
         timer.start()
-        assert _supervise([api], [worker], None, stop) == 0  # stopped by the "signal", not given up
+        processes = ProcessSet(stop, policy=policy)
+        processes.add_apis([api], [])
+        processes.add_workers([worker])
+        assert processes.watch() == 0  # stopped by the "signal", not given up
     finally:
         for child in (api, worker):
             child.signal_group(signal.SIGKILL)
@@ -452,7 +456,9 @@ def test_supervisor_restarts_a_crashing_api_for_ever_but_stops_on_a_worker_crash
 
     worker = Child("worker 1", crash, dict(os.environ))
     worker.start()
-    assert _supervise([], [worker], None, threading.Event()) == 1
+    processes = ProcessSet(threading.Event(), policy=policy)
+    processes.add_workers([worker])
+    assert processes.watch() == 1
     worker.proc.wait()
     err = capsys.readouterr().err
     assert err.count("dnnq: worker 1 exited with code 3; restarting it") == MAX_RESTARTS

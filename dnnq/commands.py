@@ -1,0 +1,371 @@
+"""The client commands of `dnnq` (HTTP, through dnnq/client.py): datasets, submit, status, watch,
+list, cancel, download and predict. Each takes the parsed arguments (dnnq/cli.py) and returns the
+exit code; a failure the user can act on is a CliError, printed by cli.main as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dnnq.client import Client, CliError, decode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dnnq.progress import ProgressBar
+
+__all__ = [
+    "TERMINAL",
+    "build_spec",
+    "cmd_cancel",
+    "cmd_datasets_list",
+    "cmd_datasets_show",
+    "cmd_datasets_synthetic",
+    "cmd_datasets_upload",
+    "cmd_download",
+    "cmd_list",
+    "cmd_predict",
+    "cmd_status",
+    "cmd_submit",
+    "cmd_watch",
+    "load_inputs",
+]
+
+TERMINAL = ("succeeded", "failed", "cancelled")  # job statuses that do not change any more
+SSE_RECONNECTS = 5  # a dropped event stream is resumed this many times before `watch` polls once
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def _dataset_line(d: dict[str, Any]) -> str:
+    classes = d.get("classes")
+    extra = f", classes {classes}" if classes else ""
+    return (
+        f"{d.get('id')}  {d.get('name') or '-'}: {d.get('n_examples')} examples x {d.get('n_features')} "
+        f"features, {d.get('n_outputs')} output(s), labels {d.get('label_kind')}{extra}"
+    )
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    metrics = job.get("metrics") or {}
+    line = f"job {job.get('id')}: {job.get('status')}"
+    if progress.get("epochs"):
+        line += f", epoch {progress.get('epoch') or 0}/{progress['epochs']}"
+    loss = metrics.get("final_loss", progress.get("loss"))
+    if loss is not None:
+        line += f", loss {_fmt(loss)}"
+    if metrics.get("train_accuracy") is not None:
+        line += f", train accuracy {_fmt(metrics['train_accuracy'], '.4f')}"
+    if metrics.get("validation_accuracy") is not None:
+        line += f", validation accuracy {_fmt(metrics['validation_accuracy'], '.4f')}"
+    if job.get("device"):
+        line += f", on {job['device']}"
+    if job.get("error"):
+        line += f": {job['error']}"
+    return line
+
+
+def _items(page: Any) -> list[Any]:
+    return page.get("items", []) if isinstance(page, dict) else list(page)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.api_key, timeout=args.timeout)
+
+
+def cmd_datasets_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    fields = {"target": args.target, "x_key": args.x_key, "y_key": args.y_key, "layout": args.layout, "name": args.name}
+    with _client(args) as client:
+        dataset = client.upload_dataset(path, fields)
+    _print_json(dataset) if args.json else print(_dataset_line(dataset))
+    return 0
+
+
+def cmd_datasets_synthetic(args: argparse.Namespace) -> int:
+    body = {
+        "name": args.name,
+        "n_samples": args.n_samples,
+        "noise": args.noise,
+        "seed": args.seed,
+        "n_classes": args.n_classes,
+        "n_features": args.n_features,
+    }
+    with _client(args) as client:
+        dataset = client.synthetic_dataset({k: v for k, v in body.items() if v is not None})
+    _print_json(dataset) if args.json else print(_dataset_line(dataset))
+    return 0
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_datasets(offset=args.offset, limit=args.limit)
+    if args.json:
+        _print_json(page)
+        return 0
+    items = _items(page)
+    if not items:
+        print("no datasets: add one with `dnnq datasets upload FILE` or `dnnq datasets synthetic moons`")
+    for d in items:
+        print(_dataset_line(d))
+    return 0
+
+
+def cmd_datasets_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        dataset = client.get_dataset(args.id)
+    _print_json(dataset) if args.json else print(_dataset_line(dataset))
+    return 0
+
+
+def _set(spec: dict[str, Any], dotted: str, value: Any) -> None:
+    node = spec
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise CliError(f"the spec's '{key}' must be a JSON object")
+    node[leaf] = value
+
+
+def _parse_hidden(text: str) -> list[int]:
+    if text.strip() == "":
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise CliError(f"--hidden must be comma-separated layer sizes like 20,7,5; got {text!r}", exit_code=2) from None
+
+
+# flag dest -> spec path (flags left unset keep the spec's or the server's defaults)
+_SPEC_FLAGS = {
+    "dataset": "dataset_id",
+    "validation_dataset": "validation_dataset_id",
+    "activation": "model.hidden_activation",
+    "output": "model.output",
+    "optimizer": "training.optimizer",
+    "lr": "training.learning_rate",
+    "beta": "training.beta",
+    "beta1": "training.beta1",
+    "beta2": "training.beta2",
+    "lr_decay": "training.lr_decay",
+    "decay_rate": "training.decay_rate",
+    "decay_every": "training.decay_every",
+    "epochs": "training.epochs",
+    "batch_size": "training.batch_size",
+    "init": "training.init",
+    "seed": "training.seed",
+    "dtype": "training.dtype",
+    "l2": "training.l2",
+    "dropout_keep_prob": "training.dropout_keep_prob",
+    "checkpoint_every": "training.checkpoint_every",
+    "scale": "preprocess.scale",
+    "device": "device",
+}
+
+
+def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The job spec: SPEC.json if given, then every flag that was set, at its place in the spec."""
+    spec: dict[str, Any] = {}
+    if args.spec:
+        path = Path(args.spec)
+        try:
+            spec = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CliError(f"no such file: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        if not isinstance(spec, dict):
+            raise CliError(f"{path} must hold a JSON object (a job spec), not {type(spec).__name__}")
+    for dest, dotted in _SPEC_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            _set(spec, dotted, value)
+    if args.hidden is not None:
+        _set(spec, "model.hidden_layers", _parse_hidden(args.hidden))
+    if args.no_shuffle:
+        _set(spec, "training.shuffle", False)
+    if args.wait_for_worker:
+        spec["wait_for_worker"] = True
+    if "dataset_id" not in spec:
+        raise CliError(
+            "no dataset: pass --dataset ID (see `dnnq datasets list`) or put dataset_id in SPEC.json", exit_code=2
+        )
+    return spec
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    with _client(args) as client:
+        job = client.submit(spec, idempotency_key=args.idempotency_key)
+    if args.quiet:
+        print(job["id"])
+    elif args.json:
+        _print_json(job)
+    else:
+        print(f"submitted {_job_line(job)}")
+        print(f"  follow it: dnnq watch {job['id']}")
+    if args.watch:
+        return cmd_watch(argparse.Namespace(**{**vars(args), "id": job["id"]}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.id, history="full" if args.history else "none")
+    if args.json:
+        _print_json(job)
+        return 0
+    print(_job_line(job))
+    for key in (
+        "created_at",
+        "started_at",
+        "finished_at",
+        "dataset_id",
+        "attempts",
+        "resumed_from_epoch",
+        "released_at",
+        "release_reason",
+    ):
+        if job.get(key) not in (None, ""):
+            print(f"  {key}: {job[key]}")
+    for entry in job.get("history") or []:
+        print(f"  epoch {entry.get('epoch')}: loss {_fmt(entry.get('loss'))} accuracy {_fmt(entry.get('accuracy'))}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from dnnq.progress import ProgressBar
+
+    with _client(args) as client:
+        job = client.job(args.id)
+        progress = job.get("progress") or {}
+        epochs = progress.get("epochs") or ((job.get("spec") or {}).get("training") or {}).get("epochs")
+        bar = ProgressBar(epochs)
+        final = job if job.get("status") in TERMINAL else _follow(client, args.id, bar, progress)
+        if final is None or "status" not in final:
+            final = client.job(args.id)
+    bar.finish(_job_line(final))
+    return 0 if final.get("status") == "succeeded" else 1
+
+
+def _follow(client: Client, job_id: str, bar: ProgressBar, progress: dict[str, Any]) -> dict[str, Any] | None:
+    """Draw the job's epochs from its event stream; the job as its `end` event or a poll shows it
+    finished, or None. The stream starts after the epochs already done (Last-Event-ID = epoch: no
+    replay of a long history), and a dropped stream resumes where it stopped."""
+    done = progress.get("epoch") or 0
+    last_id = str(done) if done else None
+    if done:
+        bar.update(done, progress.get("loss"))
+    for _attempt in range(SSE_RECONNECTS):
+        for event, data, event_id in client.events(job_id, last_event_id=last_id):
+            last_id = event_id if event_id is not None else last_id
+            payload = decode(data)
+            if event == "end":
+                if isinstance(payload, dict):
+                    return payload
+                break
+            if event == "epoch" and isinstance(payload, dict):
+                epoch = int(payload.get("epoch") or 0)
+                bar.update(epoch, payload.get("loss"), payload.get("accuracy"), epochs=payload.get("epochs"))
+        job = client.job(job_id)
+        if job.get("status") in TERMINAL:
+            return job
+    return None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_jobs(status=args.status, offset=args.offset, limit=args.limit)
+    if args.json:
+        _print_json(page)
+        return 0
+    items = _items(page)
+    if not items:
+        print("no jobs" + (f" with status {args.status}" if args.status else ""))
+    for job in items:
+        print(f"{_job_line(job)}  (created {job.get('created_at', '-')})")
+    if isinstance(page, dict) and page.get("total", 0) > len(items) + args.offset:
+        print(f"... {page['total']} in all: use --offset/--limit")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.id)
+    _print_json(job) if args.json else print(_job_line(job))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    out = Path(args.output or f"{args.id}.{args.format}")
+    with _client(args) as client:
+        digest, size = client.download(args.id, args.format, out)
+    print(f"{out}: {size} bytes, sha256 {digest} (matches the server's ETag)")
+    return 0
+
+
+def load_inputs(path: Path) -> np.ndarray:
+    """Examples as rows from .npz (array X), .npy or .csv (a header row is skipped)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if "X" not in npz.files:
+                    raise CliError(f"{path} has no array 'X' (it has: {', '.join(npz.files) or 'none'})")
+                X = npz["X"]
+        elif suffix == ".npy":
+            X = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            with open(path) as fh:
+                first = fh.readline()
+            try:
+                [float(v) for v in first.strip().split(",")]
+                skip = 0
+            except ValueError:
+                skip = 1
+            X = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+        else:
+            raise CliError(f"{path}: unsupported input type '{suffix}'; use .npz (array X), .npy or .csv")
+    except ValueError as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+        raise CliError(f"{path}: inputs must be numeric, got dtype {X.dtype}")
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    elif X.ndim > 2:
+        X = X.reshape(X.shape[0], -1)
+    return X
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    X = load_inputs(Path(args.input))
+    result: dict[str, Any] = {"predictions": [], "probabilities": []}
+    with _client(args) as client:
+        for start in range(0, max(len(X), 1), args.chunk):  # the API caps examples per request
+            part = client.predict(args.id, X[start : start + args.chunk].tolist())
+            result["predictions"] += part.get("predictions") or []
+            result["probabilities"] += part.get("probabilities") or []
+    result["probabilities"] = result["probabilities"] or None
+    if args.json:
+        _print_json(result)
+    else:
+        for value in result.get("predictions", []):
+            print(value)
+    return 0
