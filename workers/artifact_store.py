@@ -12,6 +12,7 @@ they need through `open_read`, a seekable file an object-store backend can serve
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -109,10 +110,8 @@ class LocalArtifactStore:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
         _fsync_dir(path.parent)
         return hashlib.sha256(data).hexdigest()
@@ -179,10 +178,8 @@ class LocalArtifactStore:
                 os.fsync(out.fileno())
             os.replace(tmp, target)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     def open_read(self, key: str) -> BinaryIO:

@@ -10,10 +10,14 @@ from __future__ import annotations
 import functools
 import io
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dnnq.workers.artifact_store import ArtifactStore
+
+if TYPE_CHECKING:
+    from dnnq.models import Checkpoint
 
 __all__ = [
     "checkpoint_key",
@@ -37,12 +41,15 @@ def _ordered(params: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
 
 
 def weights_npz_bytes(params: dict[str, np.ndarray]) -> bytes:
+    """The arrays as an .npz file, in layer order."""
+    arrays: dict[str, Any] = dict(_ordered(params))
     buf = io.BytesIO()
-    np.savez(buf, **dict(_ordered(params)))
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
 def weights_safetensors_bytes(params: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """The arrays as a .safetensors file, in layer order, with string `metadata`."""
     from safetensors.numpy import save
 
     return save(dict(_ordered(params)), metadata=metadata)
@@ -53,14 +60,15 @@ def model_json(
     params: dict[str, np.ndarray],
     hidden_activation: str,
     output: str,
-    scale: float | None,
-    classes: list | None,
-    metrics: dict | None,
+    input_scale: float | None,
+    classes: list[Any] | None,
+    metrics: dict[str, Any] | None,
     job_id: str | None = None,
     dataset_id: str | None = None,
     label_kind: str | None = None,
 ) -> bytes:
-    """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs multiplied by scale."""
+    """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs multiplied by
+    input_scale (the spec's preprocess.scale, written as model.json's preprocessing.scale)."""
 
     n_layers = sum(1 for k in params if k.startswith("W"))
     layer_sizes = [int(params["W1"].shape[1])] + [int(params[f"W{l}"].shape[0]) for l in range(1, n_layers + 1)]
@@ -74,7 +82,7 @@ def model_json(
         "output": output,
         "label_kind": label_kind,
         "layout": "features x examples: A_l = g_l(W_l @ A_{l-1} + b_l), W_l (n_l, n_{l-1}), b_l (n_l, 1)",
-        "preprocessing": {"scale": scale, "note": "X * scale before the first layer" if scale else None},
+        "preprocessing": {"scale": input_scale, "note": "X * scale before the first layer" if input_scale else None},
         "classes": classes,
         "metrics": metrics,
         "dtype": str(params["W1"].dtype),
@@ -86,7 +94,7 @@ def model_json(
 @functools.lru_cache(maxsize=1)
 def _dist_version() -> str:
     """The installed dnnq's version, read once per process: importlib.metadata parses the package's
-    METADATA file on every call (~2.5% of a tiny job's time in the worker, measured with py-spy)."""
+    METADATA file on every call, a cost a tiny job notices (docs/perf.md, "Worker")."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -95,10 +103,12 @@ def _dist_version() -> str:
         return "unknown"
 
 
-def save_trained(store: ArtifactStore, job_id: str, params: dict[str, np.ndarray], model_info: dict) -> dict[str, str]:
+def save_trained(
+    store: ArtifactStore, job_id: str, params: dict[str, np.ndarray], model_info: dict[str, Any]
+) -> dict[str, str]:
     """Write weights.npz, weights.safetensors, model.json (and weights.onnx when available).
 
-    model_info: hidden_activation, output, scale, classes, metrics, dataset_id, label_kind.
+    model_info: hidden_activation, output, input_scale, classes, metrics, dataset_id, label_kind.
     Returns {"npz": sha256, "safetensors": sha256, "model_json": sha256[, "onnx": sha256]}.
     """
     params = {k: np.asarray(v) for k, v in params.items()}
@@ -114,7 +124,7 @@ def save_trained(store: ArtifactStore, job_id: str, params: dict[str, np.ndarray
     }
     onnx = _onnx_exporter()
     if onnx is not None:
-        data = onnx(params, model_info["hidden_activation"], model_info["output"], model_info.get("scale"))
+        data = onnx(params, model_info["hidden_activation"], model_info["output"], model_info.get("input_scale"))
         shas["onnx"] = store.put(f"{base}/weights.onnx", data)
     shas["model_json"] = store.put(
         f"{base}/model.json",
@@ -122,7 +132,7 @@ def save_trained(store: ArtifactStore, job_id: str, params: dict[str, np.ndarray
             params=params,
             hidden_activation=model_info["hidden_activation"],
             output=model_info["output"],
-            scale=model_info.get("scale"),
+            input_scale=model_info.get("input_scale"),
             classes=model_info.get("classes"),
             metrics=model_info.get("metrics"),
             job_id=job_id,
@@ -133,7 +143,7 @@ def save_trained(store: ArtifactStore, job_id: str, params: dict[str, np.ndarray
     return shas
 
 
-def _onnx_exporter():
+def _onnx_exporter() -> Callable[..., bytes] | None:
     """workers.onnx_export.onnx_bytes if that module is present (helper F's), else None."""
     try:
         from dnnq.workers.onnx_export import onnx_bytes
@@ -145,17 +155,19 @@ def _onnx_exporter():
 
 
 def checkpoint_key(job_id: str) -> str:
+    """The artifact-store key of job_id's checkpoint."""
     return f"jobs/{job_id}/checkpoint.npz"
 
 
-def save_checkpoint(store: ArtifactStore, job_id: str, ckpt) -> str:
+def save_checkpoint(store: ArtifactStore, job_id: str, ckpt: Checkpoint) -> str:
     """Atomic: a crash mid-write leaves the previous checkpoint in place."""
+    arrays: dict[str, Any] = ckpt.to_arrays()
     buf = io.BytesIO()
-    np.savez(buf, **ckpt.to_arrays())
+    np.savez(buf, **arrays)
     return store.put(checkpoint_key(job_id), buf.getvalue())
 
 
-def load_checkpoint(store: ArtifactStore, job_id: str):
+def load_checkpoint(store: ArtifactStore, job_id: str) -> Checkpoint | None:
     """The job's last Checkpoint, or None when it has none."""
     from dnnq.models import Checkpoint
 
@@ -168,4 +180,5 @@ def load_checkpoint(store: ArtifactStore, job_id: str):
 
 
 def delete_checkpoint(store: ArtifactStore, job_id: str) -> None:
+    """Remove job_id's checkpoint (nothing when it has none)."""
     store.delete(checkpoint_key(job_id))

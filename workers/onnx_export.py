@@ -14,14 +14,18 @@ so W is stored as trained (no copy transposed by hand) and b flattened to
 
     X (N, n_x) --[Mul scale]--> Gemm -> act -> ... -> Gemm -> output act --> probabilities (N, n_out)
 
-`scale` means what the job spec's `preprocess.scale` means everywhere (docs/DESIGN.md):
-raw inputs are divided by it before the first layer, exactly as the worker trained them.
+`input_scale` is the job spec's `preprocess.scale` (docs/DESIGN.md): raw inputs are multiplied
+by it before the first layer, exactly as the worker trained them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
+from dnnq.models import ACTIVATION_NAMES, HIDDEN_ACTIVATIONS, LEAKY_SLOPE, OUTPUTS
+from dnnq.models.names import check_table
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["onnx_bytes", "OPSET"]
@@ -33,26 +37,25 @@ OPSET = 17
 # IR that older runtimes refuse to load.
 IR_VERSION = 8
 
-_HIDDEN = ("relu", "leaky_relu", "tanh", "sigmoid")
-_OUTPUTS = ("sigmoid", "softmax", "linear")
-LEAKY_RELU_ALPHA = 0.01  # the slope models/activations.py uses for leaky_relu
+# Each activation of models.ACTIVATIONS as an ONNX operator and its attributes; None: the identity.
+_ONNX_OPS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "relu": ("Relu", {}),
+    "leaky_relu": ("LeakyRelu", {"alpha": LEAKY_SLOPE}),
+    "tanh": ("Tanh", {}),
+    "sigmoid": ("Sigmoid", {}),
+    "softmax": ("Softmax", {"axis": 1}),  # over each row's classes
+    "linear": None,
+}
+check_table("ONNX activation", ACTIVATION_NAMES, _ONNX_OPS)
 
 
 def _activation_node(name: str, inp: str, out: str) -> onnx.NodeProto | None:
     """The node for activation `name`, or None for the identity ("linear")."""
-    if name == "relu":
-        return helper.make_node("Relu", [inp], [out], name=out)
-    if name == "leaky_relu":
-        return helper.make_node("LeakyRelu", [inp], [out], name=out, alpha=LEAKY_RELU_ALPHA)
-    if name == "tanh":
-        return helper.make_node("Tanh", [inp], [out], name=out)
-    if name == "sigmoid":
-        return helper.make_node("Sigmoid", [inp], [out], name=out)
-    if name == "softmax":
-        return helper.make_node("Softmax", [inp], [out], name=out, axis=1)
-    if name == "linear":
+    op = _ONNX_OPS[name]
+    if op is None:
         return None
-    raise ValueError(f"Unknown activation {name!r}.")
+    op_type, attributes = op
+    return helper.make_node(op_type, [inp], [out], name=out, **attributes)
 
 
 def _layer_count(parameters: dict[str, np.ndarray]) -> int:
@@ -71,20 +74,21 @@ def onnx_bytes(
     parameters: dict[str, np.ndarray],
     hidden_activation: str,
     output: str,
-    scale: float | None = None,
+    input_scale: float | None = None,
 ) -> bytes:
     """Serialise the network `parameters` (W1, b1, ... WL, bL) as an ONNX model.
 
-    Input "X" float32 (N, n_x), raw inputs (multiplied by `scale` first when
+    Input "X" float32 (N, n_x), raw inputs (multiplied by `input_scale` first when
     set, as the worker did in training); output "probabilities" float32 (N, n_out): what
     `models.predict(..., proba=True)` returns, transposed.
     """
-    if hidden_activation not in _HIDDEN:
+    if hidden_activation not in HIDDEN_ACTIVATIONS:
         raise ValueError(
-            f"The 'hidden_activation' parameter must be one of {', '.join(_HIDDEN)}. Got {hidden_activation!r} instead."
+            f"The 'hidden_activation' parameter must be one of {', '.join(HIDDEN_ACTIVATIONS)}. "
+            f"Got {hidden_activation!r} instead."
         )
-    if output not in _OUTPUTS:
-        raise ValueError(f"The 'output' parameter must be one of {', '.join(_OUTPUTS)}. Got {output!r} instead.")
+    if output not in OUTPUTS:
+        raise ValueError(f"The 'output' parameter must be one of {', '.join(OUTPUTS)}. Got {output!r} instead.")
     L = _layer_count(parameters)
 
     initializers: list[onnx.TensorProto] = []
@@ -92,10 +96,10 @@ def onnx_bytes(
     n_x = int(np.asarray(parameters["W1"]).shape[1])
 
     A_prev = "X"  # (N, n_x)
-    if scale is not None:
-        if not (np.isfinite(scale) and scale > 0):
-            raise ValueError(f"The 'scale' parameter must be a finite number > 0. Got {scale!r} instead.")
-        initializers.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), "scale"))
+    if input_scale is not None:
+        if not (np.isfinite(input_scale) and input_scale > 0):
+            raise ValueError(f"The 'input_scale' parameter must be a finite number > 0. Got {input_scale!r} instead.")
+        initializers.append(numpy_helper.from_array(np.array(input_scale, dtype=np.float32), "scale"))
         nodes.append(helper.make_node("Mul", ["X", "scale"], ["A0"], name="scale_inputs"))
         A_prev = "A0"
 

@@ -18,7 +18,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import redis
-from dnnq.workers import artifacts, jobs
+from dnnq.workers import artifacts, jobs, keys
 from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.inputs import JobInputs, accuracy, load_inputs
 from dnnq.workers.logs import event
@@ -167,14 +167,14 @@ def _train(
         )
     finally:
         reporter.flush_remaining()
-        r.hincrbyfloat(jobs.STATS_KEY, "training_seconds_total", time.perf_counter() - t_loaded)
+        r.hincrbyfloat(keys.STATS, "training_seconds_total", time.perf_counter() - t_loaded)
         report_gpu_memory(r, settings)  # after fit released CuPy's pool: what the next job starts with
 
     if reporter.lease_is_lost:
         event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
         return None
     if result.stopped and reporter.releasing and not reporter.cancelled:
-        outcome = _release(r, job_id, token, inputs.record.get("queue") or "default", reporter.last_epoch)
+        outcome = _release(r, settings, job_id, token, inputs.record.get("queue") or "default", reporter.last_epoch)
         if outcome != jobs.Status.CANCELLING.value:  # a cancel that came in meanwhile ends it below
             return outcome
     timings = {"load_s": round(t_loaded - t0, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
@@ -240,7 +240,7 @@ def _record_outcome(
         {
             "hidden_activation": spec.model.hidden_activation,
             "output": spec.model.output,
-            "scale": spec.preprocess.scale,
+            "input_scale": spec.preprocess.scale,
             "classes": meta.get("classes"),
             "metrics": metrics,
             "dataset_id": spec.dataset_id,
@@ -271,13 +271,19 @@ def _record_outcome(
     return "succeeded"
 
 
-def _release(r, job_id: str, token: str, queue: str, epoch: int) -> str | None:
-    """Hand the job back (its checkpoint is at `epoch`); "queued", "cancelling" (a cancel came in
-    since the last epoch's write: the caller finishes it 'cancelled'), or None when the lease is gone."""
-    from dnnq.workers.celery_wire import train_message
+def _release(r, settings: WorkerSettings, job_id: str, token: str, queue: str, epoch: int) -> str | None:
+    """Hand the job back (its checkpoint is at `epoch`) and send its message again; "queued",
+    "cancelling" (a cancel came in since the last epoch's write: the caller finishes it 'cancelled'),
+    or None when the lease is gone."""
+    from dnnq.workers.celery_app import send_train
 
-    outcome = jobs.release(r, job_id, token, RELEASE_REASON, queue=queue, message_for=train_message)
+    outcome = jobs.release(r, job_id, token, RELEASE_REASON)
     if outcome == jobs.Status.QUEUED.value:
+        try:  # listed in the outbox by the release: a send that fails is the sweeper's to retry
+            send_train(job_id, queue, settings.redis_url)
+            jobs.mark_sent(r, job_id)
+        except Exception as exc:
+            event("job.send_failed", logging.WARNING, job_id=job_id, error=str(exc))
         event("job.released", job_id=job_id, reason=RELEASE_REASON, checkpoint_epoch=epoch)
         return outcome
     if outcome == jobs.Status.CANCELLING.value:
@@ -295,13 +301,13 @@ def report_gpu_memory(r: redis.Redis, settings: WorkerSettings) -> None:
     if mem is None:
         return
     try:
-        r.hset(f"dnnq:worker:{settings.worker_name}", mapping={"gpu_memory_used": mem[0], "gpu_memory_total": mem[1]})
+        r.hset(keys.worker(settings.worker_name), mapping={"gpu_memory_used": mem[0], "gpu_memory_total": mem[1]})
     except Exception:  # the worker hash is informational; never fail a job over it
         pass
 
 
 def _set_current_job(r: redis.Redis, settings: WorkerSettings, job_id: str) -> None:
-    key = f"dnnq:worker:{settings.worker_name}"
+    key = keys.worker(settings.worker_name)
     try:
         if r.exists(key):
             r.hset(key, "current_job", job_id)

@@ -6,20 +6,30 @@ calls it at submit time (a 422 before anything is queued) and the worker calls i
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 import numpy as np
+from dnnq.models import (
+    ConfigError,
+    DeviceName,
+    DtypeName,
+    HiddenActivationName,
+    InitName,
+    LrDecayName,
+    OptimizerName,
+    OutputName,
+    TrainConfig,
+)
+from dnnq.workers.jobs import ID_RE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["JobSpec", "ModelSpec", "PreprocessSpec", "SpecError", "TrainingSpec", "queue_for", "to_train_config"]
-
-_ID = Field(pattern=r"^[0-9a-f]{24,32}$", description="A dataset id from POST /v1/datasets.")
 
 
 class SpecError(ValueError):
     """A spec that does not fit its dataset; `field` is a dotted path like 'model.output'."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
@@ -38,25 +48,25 @@ class ModelSpec(_Strict):
     hidden_layers: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [20, 7, 5], max_length=64, description="Units per hidden layer (0 to 64 layers)."
     )
-    hidden_activation: Literal["relu", "leaky_relu", "tanh", "sigmoid"] = "relu"
-    output: Literal["sigmoid", "softmax", "linear"] = "sigmoid"
+    hidden_activation: HiddenActivationName = "relu"
+    output: OutputName = "sigmoid"
 
 
 class TrainingSpec(_Strict):
-    optimizer: Literal["gd", "momentum", "rmsprop", "adam"] = "adam"
+    optimizer: OptimizerName = "adam"
     learning_rate: float = Field(default=0.01, gt=0, le=10)
     beta: float = Field(default=0.9, ge=0, lt=1)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.999, ge=0, lt=1)
     epsilon: float = Field(default=1e-8, gt=0, le=1)
-    lr_decay: Literal["inverse_time", "exponential", "step"] | None = None
+    lr_decay: LrDecayName | None = None
     decay_rate: float = Field(default=0.0, ge=0, le=1e6)
     decay_every: int = Field(default=1, ge=1, le=_MAX_INT)
     epochs: int = Field(default=100, ge=1, le=1_000_000)
     batch_size: int | None = Field(default=None, ge=1, le=_MAX_INT, description="None = full batch.")
-    init: Literal["small", "xavier", "he"] = "he"
+    init: InitName = "he"
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: DtypeName = "float32"
     l2: float = Field(default=0.0, ge=0, le=1e6)
     dropout_keep_prob: float = Field(default=1.0, gt=0, le=1)
     shuffle: bool = True
@@ -77,7 +87,7 @@ class PreprocessSpec(_Strict):
         description="Multiply X by this before the first layer (e.g. 1/255 = 0.00392156862745098 for 0..255 pixels).",
     )
 
-    def apply(self, X):
+    def apply(self, X: np.ndarray) -> np.ndarray:
         """Raw inputs -> what the network sees: `X * scale` (the one definition; training, the predict
         route and the scoring of the shipped weights all call this)."""
         if self.scale is None:
@@ -86,12 +96,12 @@ class PreprocessSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    dataset_id: str = _ID
-    validation_dataset_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{24,32}$")
+    dataset_id: str = Field(pattern=ID_RE.pattern, description="A dataset id from POST /v1/datasets.")
+    validation_dataset_id: str | None = Field(default=None, pattern=ID_RE.pattern)
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
-    device: Literal["auto", "cpu", "gpu"] = "auto"
+    device: DeviceName = "auto"
     wait_for_worker: bool = Field(
         default=False,
         description="Queue the job even when no live worker serves its queue (device 'gpu': the 'gpu' queue, "
@@ -114,7 +124,7 @@ def queue_for(spec: JobSpec) -> str:
     return "gpu" if spec.device == "gpu" else "default"
 
 
-def _output_units(spec: JobSpec, meta: dict) -> int:
+def _output_units(spec: JobSpec, meta: dict[str, Any]) -> int:
     """n_y from the dataset, checking the output layer suits its labels."""
     output, kind, name = spec.model.output, meta["label_kind"], meta.get("name") or meta["id"]
     n_classes = int(meta.get("n_classes") or 0)
@@ -144,13 +154,14 @@ def _output_units(spec: JobSpec, meta: dict) -> int:
     return int(meta["n_outputs"])  # linear: any numeric targets, one unit per column
 
 
-def to_train_config(spec: JobSpec, dataset_meta: dict, validation_meta: dict | None = None):
+def to_train_config(
+    spec: JobSpec, dataset_meta: dict[str, Any], validation_meta: dict[str, Any] | None = None
+) -> TrainConfig:
     """Spec + dataset record(s) -> models.TrainConfig. Raises SpecError(field, message)."""
     n_x = int(dataset_meta["n_features"])
     n_y = _output_units(spec, dataset_meta)
     if validation_meta is not None:
         _check_validation(spec, dataset_meta, validation_meta, n_y)
-    from dnnq.models import ConfigError, TrainConfig  # workers -> models; lazy so the API imports spec cheaply
 
     t = spec.training
     try:
@@ -181,7 +192,7 @@ def to_train_config(spec: JobSpec, dataset_meta: dict, validation_meta: dict | N
         raise SpecError(_FIELD_OF.get(exc.field, f"training.{exc.field}"), str(exc)) from exc
 
 
-def _check_validation(spec: JobSpec, train: dict, val: dict, n_y: int) -> None:
+def _check_validation(spec: JobSpec, train: dict[str, Any], val: dict[str, Any], n_y: int) -> None:
     """The validation set must be scored by the same network: same inputs, labels the output can take."""
     field, vid, output = "validation_dataset_id", val["id"], spec.model.output
     if int(val["n_features"]) != int(train["n_features"]):
@@ -227,7 +238,7 @@ def _check_validation(spec: JobSpec, train: dict, val: dict, n_y: int) -> None:
         )
 
 
-def _short(classes: list, keep: int = 10) -> str:
+def _short(classes: list[Any], keep: int = 10) -> str:
     return str(list(classes[:keep]))[:-1] + (", ...]" if len(classes) > keep else "]")
 
 

@@ -12,11 +12,10 @@ import itertools
 import numpy as np
 import onnx
 import pytest
+from dnnq.models import HIDDEN_ACTIVATIONS as HIDDEN
+from dnnq.models import OUTPUTS
 from dnnq.workers.onnx_export import onnx_bytes
 from onnx.reference import ReferenceEvaluator
-
-HIDDEN = ["relu", "leaky_relu", "tanh", "sigmoid"]
-OUTPUTS = ["sigmoid", "softmax", "linear"]
 
 
 def _act(name: str, Z: np.ndarray) -> np.ndarray:
@@ -92,12 +91,12 @@ def test_scale_is_applied_to_raw_inputs():
     X_raw = rng.integers(0, 256, (9, 12)).astype(np.float32)  # pixel-like raw inputs
     scale = 1 / 255
 
-    got = run_onnx(onnx_bytes(params, "relu", "sigmoid", scale=scale), X_raw)
+    got = run_onnx(onnx_bytes(params, "relu", "sigmoid", input_scale=scale), X_raw)
     expected = numpy_forward({k: v.astype(np.float64) for k, v in params.items()}, X_raw, "relu", "sigmoid", scale)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # The Div is really there: without it the same raw inputs give other outputs
     # (compared with a linear output, which cannot saturate).
-    linear_scaled = run_onnx(onnx_bytes(params, "relu", "linear", scale=scale), X_raw)
+    linear_scaled = run_onnx(onnx_bytes(params, "relu", "linear", input_scale=scale), X_raw)
     linear_raw = run_onnx(onnx_bytes(params, "relu", "linear"), X_raw)
     assert not np.allclose(linear_raw, linear_scaled, rtol=1e-2)
 
@@ -124,8 +123,8 @@ def test_bad_arguments_say_what_to_fix():
     bad["W2"] = np.zeros((1, 5), np.float32)  # layer 1 has 2 units, not 5
     with pytest.raises(ValueError, match="Layer 2"):
         onnx_bytes(bad, "relu", "sigmoid")
-    with pytest.raises(ValueError, match="'scale' parameter must be a finite number > 0. Got 0"):
-        onnx_bytes(params, "relu", "sigmoid", scale=0)
+    with pytest.raises(ValueError, match="'input_scale' parameter must be a finite number > 0. Got 0"):
+        onnx_bytes(params, "relu", "sigmoid", input_scale=0)
 
 
 @pytest.mark.parametrize("hidden,output", list(itertools.product(HIDDEN, OUTPUTS)))

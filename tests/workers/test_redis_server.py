@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import redis
@@ -63,7 +64,7 @@ def test_child_dies_with_its_parent(tmp_path):
             os.kill(child_pid, 0)
         except ProcessLookupError:
             return
-        if open(f"/proc/{child_pid}/stat").read().split()[2] == "Z":
+        if Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z":
             return  # exited, waiting to be reaped by init
         time.sleep(0.05)
     os.kill(child_pid, signal.SIGKILL)
