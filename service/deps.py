@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from dnnq.service.errors import Problem
 from dnnq.service.settings import ApiSettings
+from dnnq.workers.artifact_store import ArtifactStore
 from fastapi import Depends, Request
 
 __all__ = [
@@ -129,7 +130,7 @@ async def get_async_redis(request: Request) -> aioredis.Redis:
     return request.app.state.async_redis.get()
 
 
-async def get_store(request: Request):
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
@@ -169,5 +170,5 @@ async def require_tenant(request: Request) -> str:
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 Rds = Annotated[redis.Redis, Depends(get_redis)]
 AsyncRds = Annotated[aioredis.Redis, Depends(get_async_redis)]
-Store = Annotated[object, Depends(get_store)]
+Store = Annotated[ArtifactStore, Depends(get_store)]
 Tenant = Annotated[str, Depends(require_tenant)]

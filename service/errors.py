@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis
 from dnnq.service.schemas import FiniteJSONResponse
@@ -98,7 +99,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     components.pop("ValidationError", None)
     body = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
     for path, item in schema.get("paths", {}).items():
-        for method, op in item.items():
+        for op in item.values():
             responses = op.setdefault("responses", {})
             extra = [401, 503] if path.startswith("/v1/") else []
             if "requestBody" in op:
@@ -215,10 +216,19 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(500, "Internal error; it has been logged.")
 
 
+_E = TypeVar("_E", bound=Exception)
+_AnyHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def _add_handler(app: FastAPI, kind: type[_E], handler: Callable[[Request, _E], Awaitable[JSONResponse]]) -> None:
+    # Starlette types every handler as taking any Exception; it calls each with an instance of `kind`.
+    app.add_exception_handler(kind, cast(_AnyHandler, handler))
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(Problem, _on_problem)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(redis.ConnectionError, _on_redis_down)
-    app.add_exception_handler(redis.TimeoutError, _on_redis_down)
-    app.add_exception_handler(Exception, _on_unexpected)
+    _add_handler(app, Problem, _on_problem)
+    _add_handler(app, RequestValidationError, _on_validation)
+    _add_handler(app, StarletteHTTPException, _on_http)
+    _add_handler(app, redis.ConnectionError, _on_redis_down)
+    _add_handler(app, redis.TimeoutError, _on_redis_down)
+    _add_handler(app, Exception, _on_unexpected)

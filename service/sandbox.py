@@ -23,8 +23,10 @@ MemoryError or a timeout is an UploadError(422) that names the limits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import functools
 import io
 import json
 import logging
@@ -43,6 +45,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 from dnnq.service.uploads import UploadError, UploadLimits, parse_upload
 from dnnq.workers.datasets import LABEL_KINDS, DatasetError, ParsedInfo, read_layout, write_dataset_file
@@ -57,17 +60,15 @@ _CHILD_NOFILE = 32  # the result pipe, the upload, the output, and what h5py and
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _LIMIT_REASONS = {"memory": "it ran out of memory", "output": "its output grew past the memory limit"}
 
-_lock = threading.Lock()
-_context: list = []
+_lock = threading.Lock()  # one child started at a time (see _start)
 
 
-def _ctx():
-    with _lock:
-        if not _context:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(_PRELOAD)
-            _context.append(ctx)
-        return _context[0]
+@functools.cache
+def _ctx() -> multiprocessing.context.ForkServerContext:
+    """The forkserver context with our preload list (setting it again is harmless: same list)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
 
 
 class _Popen(multiprocessing.popen_forkserver.Popen):
@@ -98,8 +99,17 @@ class _Popen(multiprocessing.popen_forkserver.Popen):
 
 class _Process(multiprocessing.context.ForkServerProcess):
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: multiprocessing.process.BaseProcess) -> multiprocessing.popen_forkserver.Popen:
         return _Popen(process_obj)
+
+
+class _ForkServerState(Protocol):
+    """The standard library's ForkServer attributes that _forget_forkserver resets."""
+
+    _lock: threading.Lock
+    _forkserver_pid: int | None
+    _forkserver_alive_fd: int | None
+    _forkserver_address: str | bytes | None
 
 
 def warm() -> None:
@@ -113,7 +123,7 @@ def _forget_forkserver() -> None:
     reaps a dead server (ForkServer.ensure_running); this covers a server that is gone but was not
     reaped by it (a connection refused, or its pid already collected). Private attributes: there is
     no public reset."""
-    server = multiprocessing.forkserver._forkserver
+    server = cast(_ForkServerState, multiprocessing.forkserver._forkserver)
     with server._lock:
         pid, server._forkserver_pid = server._forkserver_pid, None
         if server._forkserver_alive_fd is not None:
@@ -130,7 +140,7 @@ def _forget_forkserver() -> None:
         pass
 
 
-def _start(target, args) -> multiprocessing.Process:
+def _start(target: Callable[..., None], args: tuple[Any, ...]) -> _Process:
     _ctx()  # the fork server's preload list
     for attempt in (1, 2):
         proc = _Process(target=target, args=args, name="dnnq-upload-parser", daemon=True)
@@ -139,7 +149,7 @@ def _start(target, args) -> multiprocessing.Process:
                 proc.start()
                 # Each request thread joins its own child; left in multiprocessing's list, another
                 # thread's start() would poll it too and could read its exit status first.
-                multiprocessing.process._children.discard(proc)
+                multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]  # private, no stub
             return proc
         except (OSError, EOFError) as exc:  # the fork server died under us
             if attempt == 2:
@@ -149,7 +159,7 @@ def _start(target, args) -> multiprocessing.Process:
     raise AssertionError("unreachable")
 
 
-def _reap(proc: multiprocessing.Process, *, kill: bool) -> int | None:
+def _reap(proc: _Process, *, kill: bool) -> int | None:
     """Wait for the child (killing it first if asked, or if it outstays its answer) and free its
     descriptors; its exit code."""
     if kill:
@@ -314,10 +324,8 @@ def _confine(keep_fd: int, memory_bytes: int, cpu_seconds: int) -> None:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd != keep_fd:
-            try:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, already closed
                 os.close(fd)
-            except OSError:  # the listing's own descriptor, already closed
-                pass
     resource.setrlimit(resource.RLIMIT_NOFILE, (_CHILD_NOFILE, _CHILD_NOFILE))
     with open("/proc/self/status") as f:
         vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -43,6 +45,13 @@ def source_size(source: bytes | os.PathLike) -> int:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return len(source)
     return os.stat(source).st_size
+
+
+def open_source(source: bytes | os.PathLike) -> BinaryIO:
+    """The upload as a binary file object: its bytes, or the file at its path (the caller closes it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    return open(source, "rb")
 
 
 def short(exc: BaseException, limit: int = 200) -> str:

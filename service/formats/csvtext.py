@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from typing import NoReturn
 
 import numpy as np
 from dnnq.service.formats.common import (
@@ -20,6 +21,7 @@ from dnnq.service.formats.common import (
     check_finite,
     check_limits,
     finish_arrays,
+    open_source,
     short,
 )
 
@@ -57,8 +59,7 @@ def _lines(text: io.TextIOBase, limits: UploadLimits):
 
 
 def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | None) -> ParsedDataset:
-    raw = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
-    with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+    with io.TextIOWrapper(open_source(source), encoding="utf-8-sig", newline="") as text:
         reader = csv.reader(_lines(text, limits))
         try:
             return _parse(reader, limits, target)
@@ -90,11 +91,9 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
     if t is None:
         raise UploadError(422, f"target column {target!r} is not in the header {header[:50]}.")
     max_rows = min(limits.max_examples, limits.max_array_bytes // (8 * (n - 1)))
-    # Labels are codes of their distinct strings while there are few enough to be classes; past
-    # max_classes they must all be numbers (a continuous target) and are kept as floats instead.
     capacity = min(1024, max_rows)
     X = np.empty((capacity, n - 1), dtype=np.float64)
-    codes, names, values = np.empty(capacity, dtype=np.int32), {}, None
+    labels = _Labels(capacity, limits)
     m = 0
     for row in reader:
         if len(row) != n:
@@ -106,7 +105,7 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
                 _too_many_rows(m, n, limits)
             capacity = min(m + m // 2 + 1, max_rows)
             X.resize((capacity, n - 1), refcheck=False)  # realloc, often in place
-            (codes if values is None else values).resize(capacity, refcheck=False)
+            labels.resize(capacity)
         label = row.pop(t).strip()
         try:
             X[m] = row
@@ -114,52 +113,78 @@ def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
             if not label and not any(c.strip() for c in row):
                 continue
             _not_a_number(row, header, t, reader.line_num)
-        if values is None:
-            code = names.get(label)
-            if code is None:
-                if len(names) < limits.max_classes:
-                    code = names[label] = len(names)
-                else:
-                    values = _as_floats(names, codes, m, capacity, limits)
-                    codes = None
-            if values is None:
-                codes[m] = code
-        if values is not None:
-            try:
-                values[m] = float(label)
-            except ValueError:
-                check_classes(limits.max_classes + 1, "distinct values or more, not all numbers", limits)
+        labels.add(m, label)
         m += 1
     if m == 0:
         raise UploadError(422, "This CSV needs a header row and at least one data row.")
     X.resize((m, n - 1), refcheck=False)
-    if values is not None:
-        values.resize(m, refcheck=False)
-        return finish_arrays(X, values, limits)
-    try:
-        numbers = np.array([float(name) for name in names], dtype=np.float64)  # dicts keep insertion order
-    except ValueError:
-        numbers = None
-    if numbers is not None:
-        return finish_arrays(X, numbers[codes[:m]], limits)
-    classes = sorted(names)
-    order = np.empty(len(classes), dtype=np.int32)
-    order[[names[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
-    Y = order[codes[:m]].astype(np.float64).reshape(-1, 1)
-    check_finite(X, Y)
-    check_limits(X, limits)
-    return ParsedDataset(X, Y, classes, "binary" if len(classes) == 2 else "integer")
+    return labels.finish(X, m)
 
 
-def _as_floats(names: dict, codes: np.ndarray, m: int, capacity: int, limits: UploadLimits) -> np.ndarray:
-    """The labels so far as floats, when there are too many distinct ones to be classes."""
-    try:
-        numbers = np.array([float(name) for name in names], dtype=np.float64)
-    except ValueError:
-        check_classes(len(names) + 1, "distinct values or more, not all numbers", limits)
-    values = np.empty(capacity, dtype=np.float64)
-    values[:m] = numbers[codes[:m]]
-    return values
+class _Labels:
+    """The label column as it is read: codes of its distinct strings while there are few enough to
+    be classes; past max_classes they must all be numbers (a continuous target), kept as floats."""
+
+    def __init__(self, capacity: int, limits: UploadLimits) -> None:
+        self.limits = limits
+        self.names: dict[str, int] = {}  # label -> code, in the order first seen
+        self.codes = np.empty(capacity, dtype=np.int32)
+        self.values: np.ndarray | None = None  # the labels as floats, once there are too many to be classes
+
+    def resize(self, capacity: int) -> None:
+        (self.codes if self.values is None else self.values).resize(capacity, refcheck=False)
+
+    def add(self, m: int, label: str) -> None:
+        """Row m's label."""
+        values = self.values
+        if values is None:
+            code = self.names.get(label)
+            if code is None and len(self.names) < self.limits.max_classes:
+                code = self.names[label] = len(self.names)
+            if code is not None:
+                self.codes[m] = code
+                return
+            values = self._to_floats(m)
+        try:
+            values[m] = float(label)
+        except ValueError:
+            self._refuse(self.limits.max_classes + 1)
+
+    def _to_floats(self, m: int) -> np.ndarray:
+        """The first m labels as floats, when there are too many distinct ones to be classes."""
+        try:
+            numbers = np.array([float(name) for name in self.names], dtype=np.float64)
+        except ValueError:
+            self._refuse(len(self.names) + 1)
+        values = np.empty(len(self.codes), dtype=np.float64)
+        values[:m] = numbers[self.codes[:m]]
+        self.values, self.codes = values, np.empty(0, dtype=np.int32)
+        return values
+
+    def _refuse(self, n: int) -> NoReturn:
+        """413: n (> max_classes) distinct labels that are not all numbers."""
+        check_classes(n, "distinct values or more, not all numbers", self.limits)
+        raise AssertionError(f"{n} labels are within the class limit")  # not reached: n > max_classes
+
+    def finish(self, X: np.ndarray, m: int) -> ParsedDataset:
+        """The dataset of X and the first m labels: numbers as they are, strings as sorted classes."""
+        if self.values is not None:
+            self.values.resize(m, refcheck=False)
+            return finish_arrays(X, self.values, self.limits)
+        codes = self.codes[:m]
+        try:
+            numbers = np.array([float(name) for name in self.names], dtype=np.float64)  # dicts keep insertion order
+        except ValueError:
+            numbers = None
+        if numbers is not None:
+            return finish_arrays(X, numbers[codes], self.limits)
+        classes = sorted(self.names)
+        order = np.empty(len(classes), dtype=np.int32)
+        order[[self.names[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
+        Y = order[codes].astype(np.float64).reshape(-1, 1)
+        check_finite(X, Y)
+        check_limits(X, self.limits)
+        return ParsedDataset(X, Y, classes, "binary" if len(classes) == 2 else "integer")
 
 
 def _too_many_rows(m: int, n: int, limits: UploadLimits) -> None:

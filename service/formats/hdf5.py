@@ -214,7 +214,7 @@ def _check_chunks(key: str, shape: tuple, dtype: np.dtype, chunks: tuple | None,
         return
     if len(chunks) != len(shape) or any(c < 1 for c in chunks):
         raise UploadError(422, f"Dataset {key!r} declares chunks {chunks} for shape {shape}; the file is damaged.")
-    n_chunks = math.prod(-(-d // c) for d, c in zip(shape, chunks))
+    n_chunks = math.prod(-(-d // c) for d, c in zip(shape, chunks, strict=True))
     most = min(MAX_CHUNKS, max(CHUNKS_PER_READ, upload_bytes // MIN_FILE_BYTES_PER_CHUNK))
     if n_chunks > most:
         raise UploadError(
@@ -253,12 +253,14 @@ def _read(ds, key: str, shape: tuple, dtype: np.dtype, chunks: tuple | None) -> 
 def _blocks(shape: tuple, chunks: tuple):
     """Chunk-aligned boxes covering `shape`, each at most CHUNKS_PER_READ chunks, last axis first
     so a box is as contiguous in memory as it can be."""
-    grid = [-(-d // c) for d, c in zip(shape, chunks)]
+    grid = [-(-d // c) for d, c in zip(shape, chunks, strict=True)]
     per_box = [1] * len(grid)
     budget = CHUNKS_PER_READ
     for axis in reversed(range(len(grid))):
         per_box[axis] = max(1, min(grid[axis], budget))
         budget = max(1, budget // per_box[axis])
-    steps = [range(0, g, p) for g, p in zip(grid, per_box)]
+    steps = [range(0, g, p) for g, p in zip(grid, per_box, strict=True)]
     for corner in itertools.product(*steps):
-        yield tuple(slice(i * c, min(d, (i + p) * c)) for i, p, c, d in zip(corner, per_box, chunks, shape))
+        yield tuple(
+            slice(i * c, min(d, (i + p) * c)) for i, p, c, d in zip(corner, per_box, chunks, shape, strict=True)
+        )

@@ -6,13 +6,20 @@ Client data is never unpickled: object dtypes are refused from the header.
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 import zlib
+from typing import BinaryIO
 
 import numpy as np
-from dnnq.service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
+from dnnq.service.formats.common import (
+    UploadError,
+    UploadLimits,
+    check_declared,
+    declared_bytes,
+    open_source,
+    short,
+)
 
 __all__ = ["read_npz"]
 
@@ -43,8 +50,7 @@ def _corrupt(what: str, exc: BaseException) -> UploadError:
 def read_npz(
     source: bytes | os.PathLike, upload_bytes: int, limits: UploadLimits, x_key: str, y_key: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    fileobj = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else open(source, "rb")
-    with fileobj:
+    with open_source(source) as fileobj:
         _check_directory_size(fileobj)
         try:
             zf = zipfile.ZipFile(fileobj)
@@ -80,20 +86,23 @@ def read_npz(
     return X, Y
 
 
-def _check_directory_size(fileobj) -> None:
-    """zipfile builds an object per directory entry: bound the directory before it is parsed."""
+def _check_directory_size(fileobj: BinaryIO) -> None:
+    """zipfile builds an object per directory entry: bound the directory before it is parsed.
+    zipfile's own private reader of the end record finds the directory's size; without it (another
+    Python), no check."""
     end_record = getattr(zipfile, "_EndRecData", None)  # what ZipFile itself uses to find the directory
-    if end_record is None:
+    size_field = getattr(zipfile, "_ECD_SIZE", None)  # the directory's size in that record
+    if end_record is None or size_field is None:
         return
     try:
         record = end_record(fileobj)
     except _BROKEN:
         record = None
     fileobj.seek(0)
-    if record is not None and record[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:
+    if record is not None and record[size_field] > MAX_DIRECTORY_BYTES:
         raise UploadError(
             422,
-            f"This .npz's zip directory is {record[zipfile._ECD_SIZE]} bytes (over "
+            f"This .npz's zip directory is {record[size_field]} bytes (over "
             f"{MAX_DIRECTORY_BYTES}): an .npz holds a few arrays. Save only X and Y with numpy.savez.",
         )
 
@@ -156,7 +165,7 @@ def _read_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, key: str):
 
 def _read_data(zf, member, key, shape, fortran, dtype, header_bytes) -> np.ndarray:
     out = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-    raw = memoryview(out.T if fortran else out).cast("B") if out.size else memoryview(b"")
+    raw = (out.T if fortran else out).data.cast("B") if out.size else memoryview(b"")
     try:
         with zf.open(member) as fh:
             fh.read(header_bytes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, problems
@@ -26,7 +26,9 @@ from fastapi.responses import JSONResponse
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20
 _COPY_CHUNK = 1024 * 1024
-_SAME = {200: {"description": "The same content was stored before: the existing dataset."}}
+_SAME: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The same content was stored before: the existing dataset."}
+}
 
 
 def _now_iso() -> str:
