@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .backend import get_namespace
+from .backend import Array, get_namespace
 from .names import ACTIVATION_NAMES, HIDDEN_ACTIVATIONS, ActivationName, HiddenActivationName, check_table
 
 __all__ = [
@@ -31,66 +31,66 @@ __all__ = [
 LEAKY_SLOPE = 0.01  # leaky_relu(Z) = LEAKY_SLOPE * Z where Z <= 0 (also the ONNX export's LeakyRelu alpha)
 
 
-def sigmoid(Z):
+def sigmoid(Z: Array) -> Array:
     xp = get_namespace(Z)
     return 1.0 / (1.0 + xp.exp(-Z))
 
 
-def sigmoid_backward(dA, Z):
+def sigmoid_backward(dA: Array, Z: Array) -> Array:
     s = sigmoid(Z)
     return dA * s * (1.0 - s)
 
 
-def relu(Z):
+def relu(Z: Array) -> Array:
     xp = get_namespace(Z)
     return xp.where(Z > 0, Z, xp.zeros_like(Z))
 
 
-def relu_backward(dA, Z):
+def relu_backward(dA: Array, Z: Array) -> Array:
     xp = get_namespace(dA, Z)
     return xp.where(Z > 0, dA, xp.zeros_like(dA))  # derivative 0 where Z <= 0
 
 
-def leaky_relu(Z):
+def leaky_relu(Z: Array) -> Array:
     xp = get_namespace(Z)
     return xp.where(Z > 0, Z, LEAKY_SLOPE * Z)
 
 
-def leaky_relu_backward(dA, Z):
+def leaky_relu_backward(dA: Array, Z: Array) -> Array:
     xp = get_namespace(dA, Z)
     return xp.where(Z > 0, dA, LEAKY_SLOPE * dA)
 
 
-def tanh(Z):
+def tanh(Z: Array) -> Array:
     xp = get_namespace(Z)
     return xp.tanh(Z)
 
 
-def tanh_backward(dA, Z):
+def tanh_backward(dA: Array, Z: Array) -> Array:
     xp = get_namespace(Z)
     t = xp.tanh(Z)
     return dA * (1.0 - t * t)
 
 
-def softmax(Z):
+def softmax(Z: Array) -> Array:
     """Column-wise softmax, stable: exp(Z - max) / sum(exp(Z - max)) over axis 0."""
     xp = get_namespace(Z)
     E = xp.exp(Z - xp.max(Z, axis=0, keepdims=True))  # (n_L, m)
     return E / xp.sum(E, axis=0, keepdims=True)
 
 
-def softmax_backward(dA, Z):
+def softmax_backward(dA: Array, Z: Array) -> Array:
     """Jacobian-vector product of softmax: dZ_i = A_i (dA_i - sum_k dA_k A_k), per example."""
     xp = get_namespace(dA, Z)
     A = softmax(Z)
     return A * (dA - xp.sum(dA * A, axis=0, keepdims=True))
 
 
-def linear(Z):
+def linear(Z: Array) -> Array:
     return Z
 
 
-def linear_backward(dA, Z):
+def linear_backward(dA: Array, Z: Array) -> Array:
     return dA
 
 

@@ -95,12 +95,9 @@ class Engine:
         xp, B = self.xp, A0.shape[0]
         acts = [A0]
         A = A0
-        for l in range(1, self.L + 1):
+        for l in range(1, self.L):
             Z = self.H[l][:B]
             xp.matmul(A, self.WT[l], out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
-            if l == self.L:
-                Z += self.bT[l]  # + (1, n_l)
-                return acts, Z
             if self.fast_relu:
                 fused.bias_relu_(Z, self.bvec[l])  # Z + b, then relu, in one pass
             else:
@@ -114,6 +111,10 @@ class Engine:
                 xp.multiply(Z, M, out=Ad)
                 A = Ad
             acts.append(A)
+        ZL = self.H[self.L][:B]
+        xp.matmul(A, self.WT[self.L], out=ZL)  # (B, n_L) = (B, n_{L-1}) @ (n_{L-1}, n_L)
+        ZL += self.bT[self.L]  # + (1, n_L)
+        return acts, ZL
 
     def output(self, ZL: Array, Ye: Array, labels: Array | None = None) -> OutputStep:
         """(AL, loss_sum over the batch as a 0-d device array, correct count or None).
@@ -207,7 +208,8 @@ class Engine:
     def evaluate(self, Xe: Array, Ye: Array, labels: Array | None = None) -> tuple[Array, Any]:
         """(loss_sum, correct) of a whole set in chunks of the buffer size, no dropout."""
         chunk = self.H[1].shape[0]
-        loss, correct = 0.0, 0
+        loss: Any = 0.0
+        correct: Any = 0
         for s in range(0, Xe.shape[0], chunk):
             _, ZL = self.forward(Xe[s : s + chunk])
             batch_labels = None if labels is None else labels[s : s + chunk]

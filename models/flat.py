@@ -9,30 +9,37 @@ still reads and writes its own part. Works on NumPy and CuPy arrays.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["flat_layout", "flat_size", "flat_views", "flatten_params"]
+from .backend import Array
+
+# [(key, offset, shape), ...]: each parameter's place in the flat array
+Layout = list[tuple[str, int, tuple[int, ...]]]
+
+__all__ = ["Layout", "flat_layout", "flat_size", "flat_views", "flatten_params"]
 
 
-def flat_layout(params: dict) -> list[tuple[str, int, tuple[int, ...]]]:
+def flat_layout(params: dict[str, Array]) -> Layout:
     """[(key, offset, shape), ...]: the parameters laid end to end, in the dict's order."""
-    layout, offset = [], 0
+    layout: Layout = []
+    offset = 0
     for key, p in params.items():
         layout.append((key, offset, tuple(p.shape)))
         offset += math.prod(p.shape)
     return layout
 
 
-def flat_size(layout) -> int:
+def flat_size(layout: Layout) -> int:
     """How many elements the flat array of ``layout`` holds."""
     return sum(math.prod(shape) for _, _, shape in layout)
 
 
-def flat_views(flat, layout) -> dict:
+def flat_views(flat: Array, layout: Layout) -> dict[str, Array]:
     """{key: view of ``flat`` shaped as in ``layout``} (C-contiguous views, no copies)."""
     return {key: flat[offset : offset + math.prod(shape)].reshape(shape) for key, offset, shape in layout}
 
 
-def flatten_params(xp, params: dict):
+def flatten_params(xp: Any, params: dict[str, Array]) -> tuple[Array, Layout]:
     """(flat array, layout) holding a copy of ``params``, whose entries become views of it."""
     layout = flat_layout(params)
     first = next(iter(params.values()))

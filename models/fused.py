@@ -25,6 +25,7 @@ when Numba imports and compiles; otherwise the NumPy sequence runs.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,8 @@ __all__ = [
 MIN_ELEMENTS = 1 << 15  # below this a kernel call's overhead outweighs its gain
 
 _compile_lock = threading.Lock()
-_kernels: dict | None = None  # name -> compiled kernel once compiled; {} when Numba is unusable
+_kernels: dict[str, Any] = {}  # name -> compiled kernel; stays empty when Numba is unusable
+_compiled = False  # whether _compile ran in this process
 _enabled = True  # tests switch the kernels off to compare against the NumPy sequences
 
 
@@ -58,7 +60,7 @@ def set_enabled(flag: bool) -> None:
     _enabled = bool(flag)
 
 
-def _compile() -> dict:
+def _compile() -> dict[str, Any]:
     try:
         import numba
     except ImportError:
@@ -199,11 +201,12 @@ def _compile() -> dict:
 
 def available() -> bool:
     """Whether the compiled kernels can run in this process (compiles them on the first call)."""
-    global _kernels
-    if _kernels is None:
+    global _compiled
+    if not _compiled:
         with _compile_lock:
-            if _kernels is None:
-                _kernels = _compile()
+            if not _compiled:
+                _kernels.update(_compile())
+                _compiled = True
     return bool(_kernels)
 
 

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_namespace, to_host
+from .backend import Array, get_namespace, to_host
 from .losses import OUTPUT_LOSS
+from .names import ActivationName, LossName
 from .network import compute_cost, model_backward, model_forward, n_layers
 
 __all__ = ["gradient_check"]
 
 
 def gradient_check(
-    parameters,
-    X,
-    Y,
-    hidden_activation="relu",
-    output="sigmoid",
+    parameters: dict[str, Array],
+    X: Array,
+    Y: Array,
+    hidden_activation: ActivationName = "relu",
+    output: ActivationName = "sigmoid",
     *,
-    l2=0.0,
-    epsilon=1e-7,
-    loss=None,
-    return_vectors=False,
-):
+    l2: float = 0.0,
+    epsilon: float = 1e-7,
+    loss: LossName | None = None,
+    return_vectors: bool = False,
+) -> float | tuple[float, np.ndarray, np.ndarray]:
     """Relative error ||grad - approx|| / (||grad|| + ||approx||) over every W and b.
 
     approx_i = (J(theta_i + eps) - J(theta_i - eps)) / (2 eps), J = compute_cost with the loss paired
@@ -30,12 +31,12 @@ def gradient_check(
     With ``return_vectors=True`` returns (error, grad, approx) as NumPy vectors.
     """
     xp = get_namespace(X)
-    loss = OUTPUT_LOSS[output] if loss is None else loss
+    loss = OUTPUT_LOSS.get(output, "mse") if loss is None else loss
     L = n_layers(parameters)
     keys = [f"{kind}{l}" for l in range(1, L + 1) for kind in ("W", "b")]
     host = {k: np.array(to_host(parameters[k]), dtype=np.float64) for k in keys}
 
-    def cost_of(p_host):
+    def cost_of(p_host: dict[str, np.ndarray]) -> float:
         p = {k: xp.asarray(v) for k, v in p_host.items()}
         AL, _ = model_forward(X, p, hidden_activation, output)
         return compute_cost(AL, Y, loss, parameters=p, l2=l2)

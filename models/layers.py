@@ -9,18 +9,23 @@ Cache format (written down once, here):
 from __future__ import annotations
 
 from .activations import ACTIVATIONS, DERIVATIVES, check_activation
-from .backend import get_namespace
+from .backend import Array, get_namespace
+from .names import ActivationName
 
-__all__ = ["linear_forward", "linear_backward", "linear_activation_forward", "linear_activation_backward"]
+# ((A_prev, W, b), Z), as written down above
+LinearCache = tuple[Array, Array, Array]
+Cache = tuple[LinearCache, Array]
+
+__all__ = ["Cache", "linear_forward", "linear_backward", "linear_activation_forward", "linear_activation_backward"]
 
 
-def linear_forward(A_prev, W, b):
+def linear_forward(A_prev: Array, W: Array, b: Array) -> tuple[Array, LinearCache]:
     """Z = W A_prev + b  ->  (Z, (A_prev, W, b))."""
     Z = W @ A_prev + b  # (n_l, m) = (n_l, n_{l-1}) @ (n_{l-1}, m) + (n_l, 1)
     return Z, (A_prev, W, b)
 
 
-def linear_backward(dZ, cache):
+def linear_backward(dZ: Array, cache: LinearCache) -> tuple[Array, Array, Array]:
     """Gradients of the linear step: dW = dZ A_prev^T / m, db = rowsum(dZ) / m, dA_prev = W^T dZ."""
     A_prev, W, b = cache
     xp = get_namespace(dZ, A_prev)
@@ -31,7 +36,7 @@ def linear_backward(dZ, cache):
     return dA_prev, dW, db
 
 
-def linear_activation_forward(A_prev, W, b, activation):
+def linear_activation_forward(A_prev: Array, W: Array, b: Array, activation: ActivationName) -> tuple[Array, Cache]:
     """A = g(W A_prev + b)  ->  (A, ((A_prev, W, b), Z))."""
     check_activation(activation)
     Z, linear_cache = linear_forward(A_prev, W, b)
@@ -39,7 +44,7 @@ def linear_activation_forward(A_prev, W, b, activation):
     return A, (linear_cache, Z)
 
 
-def linear_activation_backward(dA, cache, activation):
+def linear_activation_backward(dA: Array, cache: Cache, activation: ActivationName) -> tuple[Array, Array, Array]:
     """dZ = dA * g'(Z) at the cached Z (softmax: its Jacobian-vector product), then linear_backward."""
     check_activation(activation)
     linear_cache, Z = cache

@@ -13,43 +13,43 @@ All take ``AL`` and ``Y`` of shape ``(n_y, m)`` and average over the ``m`` examp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .backend import get_namespace
-from .names import LOSS_NAMES, OUTPUTS, LossName, OutputName, check_table
+from .backend import Array, get_namespace
+from .names import LOSS_NAMES, OUTPUTS, LossName, check_table
 
 __all__ = ["LOSSES", "LOSS_GRADIENTS", "OUTPUT_LOSS", "l2_penalty"]
 
 
-def binary_crossentropy(AL, Y):
+def binary_crossentropy(AL: Array, Y: Array) -> Array:
     xp = get_namespace(AL, Y)
     m = Y.shape[-1]
     return -xp.sum(Y * xp.log(AL) + (1.0 - Y) * xp.log(1.0 - AL)) / m
 
 
-def binary_crossentropy_grad(AL, Y):
+def binary_crossentropy_grad(AL: Array, Y: Array) -> Array:
     return -(Y / AL - (1.0 - Y) / (1.0 - AL))
 
 
-def categorical_crossentropy(AL, Y):
+def categorical_crossentropy(AL: Array, Y: Array) -> Array:
     xp = get_namespace(AL, Y)
     m = Y.shape[-1]
     return -xp.sum(Y * xp.log(AL)) / m
 
 
-def categorical_crossentropy_grad(AL, Y):
+def categorical_crossentropy_grad(AL: Array, Y: Array) -> Array:
     return -(Y / AL)
 
 
-def mse(AL, Y):
+def mse(AL: Array, Y: Array) -> Array:
     xp = get_namespace(AL, Y)
     m = Y.shape[-1]
     D = AL - Y
     return xp.sum(D * D) / (2.0 * m)
 
 
-def mse_grad(AL, Y):
+def mse_grad(AL: Array, Y: Array) -> Array:
     return AL - Y
 
 
@@ -66,7 +66,7 @@ LOSS_GRADIENTS: dict[LossName, Callable[[Any, Any], Any]] = {
 }
 
 # The loss that goes with each output activation (fit() always uses this pairing).
-OUTPUT_LOSS: dict[OutputName, LossName] = {
+OUTPUT_LOSS: Mapping[str, LossName] = {
     "sigmoid": "binary_crossentropy",
     "softmax": "categorical_crossentropy",
     "linear": "mse",
@@ -76,7 +76,7 @@ check_table("LOSS_GRADIENTS", LOSS_NAMES, LOSS_GRADIENTS)
 check_table("OUTPUT_LOSS", OUTPUTS, OUTPUT_LOSS)
 
 
-def l2_penalty(parameters, l2: float, m: int):
+def l2_penalty(parameters: dict[str, Array], l2: float, m: int) -> Array:
     """lambda/(2m) * sum_l ||W_l||_F^2 (biases are not regularised)."""
     total = 0.0
     for key, W in parameters.items():

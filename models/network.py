@@ -8,15 +8,16 @@ Arrays are features x examples: X (n_x, m), W{l} (n_l, n_{l-1}), b{l} (n_l, 1), 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .activations import check_activation
-from .backend import get_namespace, to_host
-from .layers import linear_activation_backward, linear_activation_forward
+from .backend import Array, get_namespace, to_host
+from .layers import Cache, linear_activation_backward, linear_activation_forward
 from .losses import LOSS_GRADIENTS, LOSSES, OUTPUT_LOSS, check_loss, l2_penalty
-from .names import INIT_NAMES, InitName, check_table
+from .names import INIT_NAMES, ActivationName, InitName, LossName, OutputName, check_table
 
 __all__ = [
     "INITS",
@@ -38,12 +39,14 @@ INITS: dict[InitName, Callable[[int], float]] = {
 check_table("INITS", INIT_NAMES, INITS)
 
 
-def n_layers(parameters) -> int:
+def n_layers(parameters: dict[str, Any]) -> int:
     """L, the number of weight layers."""
     return len(parameters) // 2
 
 
-def initialize_parameters_deep(layer_dims, *, seed=3, init="small", xp=None, dtype=None):
+def initialize_parameters_deep(
+    layer_dims: Sequence[int], *, seed: int = 3, init: InitName = "small", xp: Any = None, dtype: Any = None
+) -> dict[str, Array]:
     """W{l} = RandomState(seed).randn(n_l, n_{l-1}) * scale, W1 first; b{l} = zeros (n_l, 1).
 
     Drawn on the host with NumPy's legacy RandomState (so a seed gives the course's numbers on
@@ -66,20 +69,32 @@ def initialize_parameters_deep(layer_dims, *, seed=3, init="small", xp=None, dty
     return parameters
 
 
-def model_forward(X, parameters, hidden_activation="relu", output_activation="sigmoid"):
-    """[LINEAR -> hidden_activation] x (L-1) -> LINEAR -> output_activation.  Returns (AL, caches)."""
+def model_forward(
+    X: Array,
+    parameters: dict[str, Array],
+    hidden_activation: ActivationName = "relu",
+    output: ActivationName = "sigmoid",
+) -> tuple[Array, list[Cache]]:
+    """[LINEAR -> hidden_activation] x (L-1) -> LINEAR -> output.  Returns (AL, caches)."""
     L = n_layers(parameters)
     caches = []
     A = X  # A0, (n_x, m)
     for l in range(1, L):
         A, cache = linear_activation_forward(A, parameters[f"W{l}"], parameters[f"b{l}"], hidden_activation)
         caches.append(cache)  # A is (n_l, m)
-    AL, cache = linear_activation_forward(A, parameters[f"W{L}"], parameters[f"b{L}"], output_activation)
+    AL, cache = linear_activation_forward(A, parameters[f"W{L}"], parameters[f"b{L}"], output)
     caches.append(cache)  # AL is (n_y, m)
     return AL, caches
 
 
-def compute_cost(AL, Y, loss="binary_crossentropy", *, parameters=None, l2=0.0):
+def compute_cost(
+    AL: Array,
+    Y: Array,
+    loss: LossName = "binary_crossentropy",
+    *,
+    parameters: dict[str, Array] | None = None,
+    l2: float = 0.0,
+) -> float:
     """The cost as a Python float (see models/losses.py for the formulas).
 
     With ``l2 > 0`` it adds lambda/(2m) sum ||W||^2 of ``parameters``.
@@ -93,7 +108,16 @@ def compute_cost(AL, Y, loss="binary_crossentropy", *, parameters=None, l2=0.0):
     return float(cost)  # float() syncs the GPU
 
 
-def model_backward(AL, Y, caches, hidden_activation="relu", output_activation="sigmoid", *, loss=None, l2=0.0):
+def model_backward(
+    AL: Array,
+    Y: Array,
+    caches: list[Cache],
+    hidden_activation: ActivationName = "relu",
+    output: ActivationName = "sigmoid",
+    *,
+    loss: LossName | None = None,
+    l2: float = 0.0,
+) -> dict[str, Array]:
     """Backward pass through every layer.  Returns grads with dA{l-1}, dW{l}, db{l} for l = 1..L.
 
     Starts from dAL, the derivative of the loss paired with the output (sigmoid: binary CE,
@@ -101,15 +125,15 @@ def model_backward(AL, Y, caches, hidden_activation="relu", output_activation="s
     output activation at the cached Z_L: it never assumes AL == g(Z_L). ``l2`` adds lambda/m W.
     """
     check_activation(hidden_activation)
-    check_activation(output_activation)
-    loss = OUTPUT_LOSS.get(output_activation, "mse") if loss is None else loss
+    check_activation(output)
+    loss = OUTPUT_LOSS.get(output, "mse") if loss is None else loss
     check_loss(loss)
     grads = {}
     L = len(caches)
     m = Y.shape[-1]
     dA = LOSS_GRADIENTS[loss](AL, Y)  # dAL, (n_y, m)
     for l in range(L, 0, -1):
-        activation = output_activation if l == L else hidden_activation
+        activation = output if l == L else hidden_activation
         dA_prev, dW, db = linear_activation_backward(dA, caches[l - 1], activation)
         if l2:
             W = caches[l - 1][0][1]
@@ -119,7 +143,7 @@ def model_backward(AL, Y, caches, hidden_activation="relu", output_activation="s
     return grads
 
 
-def update_parameters(parameters, grads, learning_rate):
+def update_parameters(parameters: dict[str, Array], grads: dict[str, Array], learning_rate: float) -> dict[str, Array]:
     """One gradient-descent step: W{l} -= lr dW{l}, b{l} -= lr db{l}.  Returns a new dict."""
     L = n_layers(parameters)
     updated = {}
@@ -129,7 +153,13 @@ def update_parameters(parameters, grads, learning_rate):
     return updated
 
 
-def predict(parameters, X, hidden_activation="relu", output="sigmoid", proba=False):
+def predict(
+    parameters: dict[str, Any],
+    X: Array,
+    hidden_activation: ActivationName = "relu",
+    output: OutputName = "sigmoid",
+    proba: bool = False,
+) -> np.ndarray:
     """Labels (sigmoid: 0/1, softmax: class index) or values (linear) of shape (m,), as NumPy.
 
     ``X`` is (n_x, m). With ``proba=True`` the output activations AL (n_y, m) are returned.
@@ -151,7 +181,7 @@ def predict(parameters, X, hidden_activation="relu", output="sigmoid", proba=Fal
     return AL if proba else labels_from_output(AL, output)
 
 
-def labels_from_output(AL: np.ndarray, output: str) -> np.ndarray:
+def labels_from_output(AL: np.ndarray, output: OutputName) -> np.ndarray:
     """What predict returns, from the output activations AL (n_y, m) it would compute: a caller
     that wants both the probabilities and the labels runs the network once."""
     if output == "softmax":

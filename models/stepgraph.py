@@ -8,8 +8,8 @@ ordinary launches, so the graph holds no per-step number (Adam's bias correction
 step) and reads its batch from fit's fixed batch buffers.
 
 What is frozen in a graph: the buffers (fit allocates them once) and the Python numbers the step
-uses, here the gradient scale (the learning rate for gd), so a new scale (a decaying learning
-rate, once an epoch) means a new capture. Dropout draws its masks from the device generator per
+uses, here the factor folded into the gradients (gd's learning rate), so a new factor (a
+decaying learning rate, once an epoch) means a new capture. Dropout draws its masks from the device generator per
 step and is not captured: those runs stay kernel by kernel.
 
 Trust, then verify: each capture is checked once on its first batch. The same step runs
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from .backend import DeviceGraph
+from .backend import Array, DeviceGraph
 
 _enabled = True  # as models.fused: a process-wide switch, for comparisons (bench) and tests
 
@@ -52,49 +53,53 @@ def switched(flag: bool) -> Iterator[None]:
 
 
 class GraphedStep:
-    """``run_step(scale, loss_acc, correct_acc)`` (the step on fixed inputs, adding its loss and
-    count into the two 0-d device accumulators) replayed from a graph per scale.
+    """``run_step(grad_factor, loss_acc, correct_acc)`` (the step on fixed inputs, its gradients
+    times ``grad_factor``, adding its loss and count into the two 0-d device accumulators) replayed
+    from a graph per grad_factor.
 
     ``grads``: the flat gradient array the step writes; ``loss_acc`` / ``correct_acc``: fit's
     epoch accumulators (float64, int64), updated in place by every step.
     """
 
-    def __init__(self, xp, run_step: Callable, grads, loss_acc, correct_acc):
+    def __init__(
+        self, xp: Any, run_step: Callable[..., None], grads: Array, loss_acc: Array, correct_acc: Array
+    ) -> None:
         self.xp, self.run_step, self.grads = xp, run_step, grads
         self.loss_acc, self.correct_acc = loss_acc, correct_acc
         self.graph: DeviceGraph | None = None
-        self.scale: float | None = None
+        self.grad_factor: float | None = None  # the factor the current graph was captured with
         self.off_reason: str | None = None
         self.captures = 0
         self.replays = 0
 
-    def step(self, scale) -> None:
+    def step(self, grad_factor: float | None) -> None:
         """One full-batch step: a replay, or a capture and its check, or kernel by kernel."""
         if self.off_reason is not None:
-            self.run_step(scale, self.loss_acc, self.correct_acc)
-        elif self.graph is not None and scale == self.scale:
+            self.run_step(grad_factor, self.loss_acc, self.correct_acc)
+        elif self.graph is not None and grad_factor == self.grad_factor:
             try:
                 self.graph.launch()
             except Exception as exc:
                 self.off_reason = f"a replay failed after {self.replays}: {type(exc).__name__}: {exc}"
                 self.graph = None
-                self.run_step(scale, self.loss_acc, self.correct_acc)
+                self.run_step(grad_factor, self.loss_acc, self.correct_acc)
                 return
             self.replays += 1
         else:
-            self._capture(scale)
+            self._capture(grad_factor)
 
-    def _capture(self, scale) -> None:
+    def _capture(self, grad_factor: float | None) -> None:
         xp = self.xp
         self.close()
         # the step kernel by kernel, into scratch accumulators: the reference the replay must equal
         loss_ref, correct_ref = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.int64)
-        self.run_step(scale, loss_ref, correct_ref)
+        self.run_step(grad_factor, loss_ref, correct_ref)
         grads_ref = self.grads.copy()
         before = (self.loss_acc.copy(), self.correct_acc.copy())
         want = (before[0] + loss_ref, before[1] + correct_ref)
+        reason: str | None
         try:
-            graph = DeviceGraph(xp, lambda: self.run_step(scale, self.loss_acc, self.correct_acc))
+            graph = DeviceGraph(xp, lambda: self.run_step(grad_factor, self.loss_acc, self.correct_acc))
         except Exception as exc:
             graph, reason = None, f"capture failed: {type(exc).__name__}: {exc}"
         else:
@@ -105,7 +110,7 @@ class GraphedStep:
             self.loss_acc[...] = want[0]
             self.correct_acc[...] = want[1]
             return
-        self.graph, self.scale = graph, scale
+        self.graph, self.grad_factor = graph, grad_factor
         self.captures += 1
         self.replays += 1
 
