@@ -26,10 +26,10 @@ needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="Chromium no
 def set_fields(browser: Browser, values: dict[str, str]) -> None:
     """Type into inputs/selects by id, firing the events a person's typing fires."""
     browser.eval(
-        "(() => { const v = %s; for (const [id, value] of Object.entries(v)) {"
+        "(() => { const v = " + json.dumps(values) + "; for (const [id, value] of Object.entries(v)) {"
         " const el = document.getElementById(id); if (!el) throw new Error('no #' + id);"
         " el.value = value; el.dispatchEvent(new Event('input', {bubbles: true}));"
-        " el.dispatchEvent(new Event('change', {bubbles: true})); } })()" % json.dumps(values)
+        " el.dispatchEvent(new Event('change', {bubbles: true})); } })()"
     )
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -176,10 +177,8 @@ class HealthzProbe:
         return json.loads(self.proc.stdout.readline())
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._send("exit")
-        except OSError:
-            pass
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -345,7 +344,7 @@ class HostileServer:
         return {
             str(p.relative_to(self.artifacts))
             for p in self.artifacts.rglob("*")
-            if p.is_file() and not p.relative_to(self.artifacts).parts[0] == "jobs"
+            if p.is_file() and p.relative_to(self.artifacts).parts[0] != "jobs"
         }
 
     # --- the server's own count of 5xx answers -----------------------------------------------------
@@ -369,22 +368,16 @@ class HostileServer:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
         else:
             TALLY.up_exit = self.proc.returncode
         leftovers = _descendants(self.proc.pid) if self.proc.poll() is None else set()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait(10)
 
 

@@ -152,7 +152,9 @@ def _large_csv(target_bytes: int) -> bytes:
     rng = np.random.default_rng(7)
     block = rng.normal(size=(2000, 8))
     labels = (block[:, 0] > 0).astype(int)
-    lines = "".join(",".join(f"{v:.6f}" for v in row) + f",{y}\n" for row, y in zip(block, labels)).encode()
+    lines = "".join(
+        ",".join(f"{v:.6f}" for v in row) + f",{y}\n" for row, y in zip(block, labels, strict=True)
+    ).encode()
     header = (",".join(f"x{i}" for i in range(8)) + ",label\n").encode()
     return header + lines * max(1, target_bytes // len(lines))
 

@@ -163,7 +163,7 @@ def test_predict_output_bomb_is_refused(alice, softmax_job):
 
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_predict_non_finite_inputs_are_a_422_in_strict_json(alice, softmax_job, value):
-    body = '{"inputs": [[0.5, %s]]}' % value
+    body = '{"inputs": [[0.5, ' + value + "]]}"
     resp = alice.post(f"/v1/jobs/{softmax_job}/predict", content=body, headers={"Content-Type": "application/json"})
     assert_problem(resp, 422)
 
@@ -193,11 +193,13 @@ def test_predict_inputs_that_overflow_answer_finite_numbers_or_a_4xx(alice, soft
     ids=["arabic-indic", "superscripts", "10000-digits", "negative"],
 )
 def test_odd_last_event_id_is_ignored_and_the_stream_is_whole(hostile_server, softmax_job, last_event_id):
-    with hostile_server.client("alice", scan=False) as http:
-        with http.stream("GET", f"/v1/jobs/{softmax_job}/events", headers={"Last-Event-ID": last_event_id}) as resp:
-            assert resp.status_code == 200, resp.read()[:300]
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            lines = list(resp.iter_lines())  # a stream cut mid-body raises here (incomplete chunked read)
+    with (
+        hostile_server.client("alice", scan=False) as http,
+        http.stream("GET", f"/v1/jobs/{softmax_job}/events", headers={"Last-Event-ID": last_event_id}) as resp,
+    ):
+        assert resp.status_code == 200, resp.read()[:300]
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = list(resp.iter_lines())  # a stream cut mid-body raises here (incomplete chunked read)
     events, kind = [], None
     for line in lines:
         if line.startswith("event: "):

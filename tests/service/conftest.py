@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,20 +70,16 @@ class LiveStack:
     def stop(self) -> None:
         if self.api.poll() is None:
             _signal_group(self.api, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.api.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
         _signal_group(self.api, signal.SIGKILL)
         if self.api.poll() is None:
             self.api.wait(10)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def start_api(

@@ -7,6 +7,7 @@ reports its own limits). The child really runs it under the real limits; only th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import json
@@ -82,10 +83,8 @@ def _report(filename, source, limits, **kw):
     """Raise the child's view of itself as the parser's 'error': rlimits and open descriptors."""
     fds = {}
     for name in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):
             fds[name] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass
     limits_now = {
         n: resource.getrlimit(getattr(resource, n))
         for n in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_CORE", "RLIMIT_FSIZE", "RLIMIT_NOFILE")

@@ -225,7 +225,7 @@ def test_a_path_parses_as_its_bytes_do(tmp_path):
     uploads = {
         "d.npz": npz_bytes(X=X, Y=y),
         "d.h5": h5_bytes(X=X, Y=y),
-        "d.csv": b"a,b,c,y\n" + b"".join(b"%r,%r,%r,%d\n" % (*row, t) for row, t in zip(X.tolist(), y)),
+        "d.csv": b"a,b,c,y\n" + b"".join(b"%r,%r,%r,%d\n" % (*row, t) for row, t in zip(X.tolist(), y, strict=True)),
     }
     for name, data in uploads.items():
         path = tmp_path / name
