@@ -18,7 +18,7 @@ from dnnq.models import (
 
 from .conftest import host, on
 
-DIGITS = dict(rtol=0, atol=5e-8)  # the course prints 8 decimals
+DIGITS = {"rtol": 0, "atol": 5e-8}  # the course prints 8 decimals
 
 
 def test_initialize_parameters_deep_seed_3(xp):

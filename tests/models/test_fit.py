@@ -316,5 +316,5 @@ def test_predict_shapes_and_proba():
 
 
 def test_importing_models_does_not_import_cupy():
-    code = "import sys, models; assert 'cupy' not in sys.modules, 'cupy imported'"
+    code = "import sys, dnnq.models; assert 'cupy' not in sys.modules, 'cupy imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -204,7 +204,7 @@ def test_model_backward_softmax_starts_from_cce_derivative(xp):
 
 def test_compute_cost_formulas(xp):
     AL, Y = [[0.8, 0.1, 0.6]], [[1.0, 0.0, 0.0]]
-    bce = -sum(y * math.log(a) + (1 - y) * math.log(1 - a) for a, y in zip(AL[0], Y[0])) / 3
+    bce = -sum(y * math.log(a) + (1 - y) * math.log(1 - a) for a, y in zip(AL[0], Y[0], strict=True)) / 3
     got = compute_cost(on(xp, AL), on(xp, Y))
     assert isinstance(got, float) and got == pytest.approx(bce, rel=1e-14)
     P, T = [[0.7, 0.2], [0.3, 0.8]], [[1.0, 0.0], [0.0, 1.0]]
