@@ -60,12 +60,25 @@ def fit_check() -> tuple[bool, str]:
     setups = [
         (
             "adam, batch 64, shuffle, sigmoid",
-            dict(layer_dims=[5, 16, 8, 1], output="sigmoid", optimizer="adam", learning_rate=0.01, batch_size=64),
+            {
+                "layer_dims": [5, 16, 8, 1],
+                "output": "sigmoid",
+                "optimizer": "adam",
+                "learning_rate": 0.01,
+                "batch_size": 64,
+            },
             y.reshape(1, -1),
         ),
         (
             "gd, full batch, softmax, l2",
-            dict(layer_dims=[5, 16, 3], output="softmax", optimizer="gd", learning_rate=0.1, batch_size=None, l2=0.01),
+            {
+                "layer_dims": [5, 16, 3],
+                "output": "softmax",
+                "optimizer": "gd",
+                "learning_rate": 0.1,
+                "batch_size": None,
+                "l2": 0.01,
+            },
             y3,
         ),
     ]

@@ -5,13 +5,14 @@ wrapping the engine's methods, and inside them every ``xp.*`` call (matmuls by s
 ufuncs) through a timing proxy for the array module; array operators (``+=``, ``*=``, ``-``) are
 not xp calls and show up as the stage's remainder. The wrappers cost a little per call, so the
 profiled epoch is somewhat slower than a plain one; it is printed next to a plain epoch and a
-PyTorch epoch of the same case. Diagnostics only: it leans on models.training internals and says
-so when they change.
+PyTorch epoch of the same case. Diagnostics only: it wraps the engine's methods and the row gather
+fit calls (dnnq.models.engine.Engine, dnnq.models.training.take_rows) and says so when they change.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections import defaultdict
 
@@ -78,12 +79,13 @@ def instrument() -> bool:
     try:
         import dnnq.models.training as training
         from dnnq.models.backend import Device
+        from dnnq.models.engine import Engine
         from dnnq.models.optimizers import Optimizer
     except ImportError:
         return False
-    engine = getattr(training, "_Engine", None)
-    if engine is None or not all(hasattr(engine, m) for m in ("forward", "output", "backward")):
-        print("note: models.training._Engine changed; profiling the total only")
+    engine = Engine
+    if not all(hasattr(engine, m) for m in ("forward", "output", "backward")) or not hasattr(training, "take_rows"):
+        print("note: models.engine.Engine or models.training.take_rows changed; profiling the total only")
         return False
     _wrap(engine, "forward", "forward")
     _wrap(engine, "output", "output+loss")
@@ -108,7 +110,7 @@ def instrument() -> bool:
     ):
         if hasattr(fused, name):  # each compiled kernel timed under its name
             setattr(fused, name, _timed_call(getattr(fused, name), "fused." + name))
-    take_rows = training._take_rows
+    take_rows = training.take_rows
 
     def timed_gather(xp, *args):  # the real NumPy gather (a compiled kernel when models.fused runs)
         t0 = time.perf_counter()
@@ -116,7 +118,7 @@ def instrument() -> bool:
         TIMES["stage gather"] += time.perf_counter() - t0
         CALLS["stage gather"] += 1
 
-    training._take_rows = timed_gather
+    training.take_rows = timed_gather
     original_select = training.select_device
     training.select_device = lambda d: Device(proxy, "cpu") if d == "cpu" else original_select(d)
     import dnnq.models.optimizers as optimizers
@@ -154,7 +156,9 @@ def gemm_table(layer_dims: list[int], batch: int, dtype: str = "float32", reps: 
         At, Bt = (At.T if ta else At), (Bt.T if tb else Bt)
         outt = torch.empty(tuple(out.shape), dtype=getattr(torch, dtype))
         times = {}
-        for who, fn in (("numpy", lambda: np.matmul(A, B, out=out)), ("torch", lambda: torch.matmul(At, Bt, out=outt))):
+        numpy_step = functools.partial(np.matmul, A, B, out=out)
+        torch_step = functools.partial(torch.matmul, At, Bt, out=outt)
+        for who, fn in (("numpy", numpy_step), ("torch", torch_step)):
             ts = []
             for _ in range(reps + 5):
                 t0 = time.perf_counter()
@@ -162,9 +166,8 @@ def gemm_table(layer_dims: list[int], batch: int, dtype: str = "float32", reps: 
                 ts.append(time.perf_counter() - t0)
             times[who] = float(np.median(ts[5:]))
         tot_np, tot_t = tot_np + times["numpy"], tot_t + times["torch"]
-        print(
-            f"  {label:28} {1e6 * times['numpy']:9.1f} {1e6 * times['torch']:9.1f} {times['numpy'] / times['torch']:11.2f}"
-        )
+        ratio = times["numpy"] / times["torch"]
+        print(f"  {label:28} {1e6 * times['numpy']:9.1f} {1e6 * times['torch']:9.1f} {ratio:11.2f}")
     print(f"  {'sum per step':28} {1e6 * tot_np:9.1f} {1e6 * tot_t:9.1f} {tot_np / tot_t:11.2f}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def training_flops(layer_dims: list[int], m: int) -> float:
     gradient of the input, is never needed). Elementwise work (activations, loss, optimizer) is
     left out: it is O(m * n) against the O(m * n^2) matmuls.
     """
-    per_layer = [2.0 * m * n_l * n_prev for n_prev, n_l in zip(layer_dims[:-1], layer_dims[1:])]
+    per_layer = [2.0 * m * n_l * n_prev for n_prev, n_l in zip(layer_dims[:-1], layer_dims[1:], strict=True)]
     return 2.0 * sum(per_layer) + sum(per_layer[1:])
 
 
@@ -88,20 +89,20 @@ def workload_a(quick: bool) -> list[Case]:
     X, y = teacher_classification(60_000, 784, 10, "float32", seed=0)
     epochs = 4 if quick else 5
     note = "synthetic 60000x784 uniform[0,1) float32, 10 classes from a random linear teacher (seed 0)"
-    common = dict(
-        workload="A",
-        layer_dims=[784, 256, 128, 10],
-        output="softmax",
-        batch_size=256,
-        epochs=epochs,
-        dtype="float32",
-        init="he",
-        seed=1,
-        X=X,
-        y=y,
-        data_note=note,
-        sklearn=True,
-    )
+    common: dict[str, Any] = {
+        "workload": "A",
+        "layer_dims": [784, 256, 128, 10],
+        "output": "softmax",
+        "batch_size": 256,
+        "epochs": epochs,
+        "dtype": "float32",
+        "init": "he",
+        "seed": 1,
+        "X": X,
+        "y": y,
+        "data_note": note,
+        "sklearn": True,
+    }
     return [
         Case(name="A-sgd", optimizer="gd", learning_rate=0.1, **common),
         Case(name="A-adam", optimizer="adam", learning_rate=1e-3, **common),
