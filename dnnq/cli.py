@@ -21,9 +21,9 @@ __all__ = ["build_parser", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-# The names the API accepts, as declared once in dnnq.models.names and dnnq.workers.jobs. Copied, not
-# imported: importing dnnq.models imports NumPy, which `dnnq --help` and the client commands do not
-# need. tests/cli/test_cli_unit.py checks each copy against its declaration.
+# The names the API accepts, as declared once in dnnq.models.names, dnnq.workers.jobs and dnnq.service.
+# Copied, not imported: importing those imports NumPy, which `dnnq --help` and the client commands do
+# not need. tests/cli/test_cli_unit.py checks each copy against its declaration.
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
 OUTPUTS = ("sigmoid", "softmax", "linear")
 OPTIMIZERS = ("gd", "momentum", "rmsprop", "adam")
@@ -32,6 +32,8 @@ INITS = ("small", "xavier", "he")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "gpu")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+SYNTHETIC_NAMES = ("moons", "circles", "spiral", "blobs")
+LAYOUTS = ("examples_first", "features_first")
 
 
 def _positive_int(text: str) -> int:
@@ -142,7 +144,7 @@ def _add_dataset_commands(sub: _Commands, client_opts: argparse.ArgumentParser) 
     p.add_argument("--target", help="CSV: the label column (default: the last)")
     p.add_argument("--x-key", help="HDF5: the dataset holding X")
     p.add_argument("--y-key", help="HDF5: the dataset holding Y")
-    p.add_argument("--layout", choices=["examples_first", "features_first"], default=None)
+    p.add_argument("--layout", choices=LAYOUTS, default=None)
     p.add_argument("--name", help="a name for the dataset (default: the file name)")
     p.set_defaults(func=commands.cmd_datasets_upload)
     p = ds_sub.add_parser("list", parents=[client_opts])
@@ -153,7 +155,7 @@ def _add_dataset_commands(sub: _Commands, client_opts: argparse.ArgumentParser) 
     p.add_argument("id")
     p.set_defaults(func=commands.cmd_datasets_show)
     p = ds_sub.add_parser("synthetic", parents=[client_opts], help="generate moons, circles, spiral or blobs")
-    p.add_argument("name", choices=["moons", "circles", "spiral", "blobs"])
+    p.add_argument("name", choices=SYNTHETIC_NAMES)
     p.add_argument("--n-samples", type=_positive_int)
     p.add_argument("--noise", type=float)
     p.add_argument("--seed", type=int)

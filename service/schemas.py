@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from dnnq.service.synthetic import SyntheticName
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,7 +72,7 @@ class FiniteJSONResponse(JSONResponse):
 class SyntheticRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: Literal["moons", "circles", "spiral", "blobs"]
+    name: SyntheticName
     n_samples: int = Field(default=500, ge=2, description="Examples to generate.")
     noise: float = Field(default=0.2, ge=0, le=10, description="Gaussian noise (blobs: the cluster std).")
     seed: int = Field(default=0, ge=0, le=2**32 - 1)

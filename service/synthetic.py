@@ -5,9 +5,16 @@ Each generator returns X (m, n_features) float64 and integer labels y (m,), repr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal, get_args
+
 import numpy as np
 
-__all__ = ["GENERATORS", "generate"]
+__all__ = ["GENERATORS", "PARAMETERS", "SYNTHETIC_NAMES", "SyntheticName", "class_count", "generate"]
+
+SyntheticName = Literal["moons", "circles", "spiral", "blobs"]
+SYNTHETIC_NAMES: tuple[SyntheticName, ...] = get_args(SyntheticName)
+Generator = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def _split(n: int, k: int) -> list[int]:
@@ -65,10 +72,24 @@ def blobs(n_samples: int, noise: float, rng: np.random.Generator, n_classes: int
     return np.concatenate(Xs), np.concatenate(ys)
 
 
-GENERATORS = {"moons": moons, "circles": circles, "spiral": spiral, "blobs": blobs}
+GENERATORS: dict[SyntheticName, Generator] = {"moons": moons, "circles": circles, "spiral": spiral, "blobs": blobs}
+# The request's fields each generator uses (the others are ignored): they name the dataset.
+PARAMETERS: dict[SyntheticName, tuple[str, ...]] = {
+    "moons": ("n_samples", "noise", "seed"),
+    "circles": ("n_samples", "noise", "seed"),
+    "spiral": ("n_samples", "noise", "seed", "n_classes"),
+    "blobs": ("n_samples", "noise", "seed", "n_classes", "n_features"),
+}
 
 
-def generate(name: str, n_samples: int, noise: float, seed: int, n_classes: int = 3, n_features: int = 2):
+def class_count(name: SyntheticName, n_classes: int) -> int:
+    """The classes a generator makes: moons and circles always two, the others `n_classes`."""
+    return 2 if name in ("moons", "circles") else n_classes
+
+
+def generate(
+    name: SyntheticName, n_samples: int, noise: float, seed: int, n_classes: int = 3, n_features: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """(X (m, n_features), y (m,)) shuffled with the same seed."""
     rng = np.random.default_rng(seed)
     X, y = GENERATORS[name](n_samples, noise, rng, n_classes=n_classes, n_features=n_features)

@@ -16,6 +16,7 @@ crashes libhdf5).
 from __future__ import annotations
 
 import os
+from typing import Literal, get_args
 
 from dnnq.service.formats.common import (
     ParsedDataset,
@@ -27,7 +28,10 @@ from dnnq.service.formats.common import (
     source_size,
 )
 
-__all__ = ["ParsedDataset", "UploadError", "UploadLimits", "parse_upload", "labels_from"]
+__all__ = ["LAYOUTS", "Layout", "ParsedDataset", "UploadError", "UploadLimits", "labels_from", "parse_upload"]
+
+Layout = Literal["examples_first", "features_first"]  # X as (m, n_x), or as (n_x, m)
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
 
 _FORMATS = {".npz": "npz", ".csv": "csv", ".h5": "h5", ".hdf5": "h5"}
 
@@ -47,7 +51,7 @@ def parse_upload(
     `source` is the upload's bytes or a path to them; a path is read by the parser as it goes,
     never whole into memory first.
     """
-    if layout not in ("examples_first", "features_first"):
+    if layout not in LAYOUTS:
         raise UploadError(422, f"layout must be 'examples_first' or 'features_first'; got {layout!r}.")
     name = (filename or "").lower()
     kind = next((k for ext, k in _FORMATS.items() if name.endswith(ext)), None)
@@ -75,7 +79,16 @@ def parse_upload(
         ) from None
 
 
-def _parse(kind, source, size, limits, target, x_key, y_key, layout) -> ParsedDataset:
+def _parse(
+    kind: str,
+    source: bytes | os.PathLike,
+    size: int,
+    limits: UploadLimits,
+    target: str | None,
+    x_key: str,
+    y_key: str,
+    layout: str,
+) -> ParsedDataset:
     if kind == "csv":
         from dnnq.service.formats.csvtext import read_csv
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import redis
 from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, problems
 from dnnq.service.idempotency import reserve
 from dnnq.service.sandbox import parse_in_sandbox
 from dnnq.service.schemas import SyntheticRequest, dataset_view
-from dnnq.service.synthetic import generate
+from dnnq.service.settings import ApiSettings
+from dnnq.service.synthetic import PARAMETERS, class_count, generate
 from dnnq.service.uploads import UploadError, UploadLimits
 from dnnq.workers import datasets
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
@@ -35,7 +39,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _limits(settings) -> UploadLimits:
+def _limits(settings: ApiSettings) -> UploadLimits:
     return UploadLimits(
         settings.max_examples,
         settings.max_features,
@@ -45,7 +49,15 @@ def _limits(settings) -> UploadLimits:
     )
 
 
-def _save(r, settings, *, tenant, idem_key, body_sha, store_it):
+def _save(
+    r: redis.Redis,
+    settings: ApiSettings,
+    *,
+    tenant: str,
+    idem_key: str | None,
+    body_sha: str,
+    store_it: Callable[[], dict[str, Any]],
+) -> JSONResponse:
     """Run `store_it()` (-> record) under the Idempotency-Key; 201 for a new dataset, 200 when identical
     content already exists. An Idempotency-Key replay answers 201 with the original id, without
     calling `store_it`. UploadError and DatasetError are 4xx problems."""
@@ -72,7 +84,7 @@ def _save(r, settings, *, tenant, idem_key, body_sha, store_it):
     return _created(rec, 201 if rec["created_at"] >= started else 200)
 
 
-def _stream_to(file: UploadFile, path) -> str:
+def _stream_to(file: UploadFile, path: Path) -> str:
     """Copy the upload to `path` in chunks; the sha256 of its bytes."""
     h = hashlib.sha256()
     with open(path, "xb") as out:
@@ -82,7 +94,7 @@ def _stream_to(file: UploadFile, path) -> str:
     return h.hexdigest()
 
 
-def _created(rec: dict, status: int) -> JSONResponse:
+def _created(rec: dict[str, Any], status: int) -> JSONResponse:
     return JSONResponse(dataset_view(rec), status_code=status, headers={"Location": f"/v1/datasets/{rec['id']}"})
 
 
@@ -106,7 +118,7 @@ def upload_dataset(
         form = json.dumps([file.filename, name, target, x_key, y_key, layout])
         body_sha = hashlib.sha256(bytes.fromhex(_stream_to(file, upload_path)) + form.encode()).hexdigest()
 
-        def store_it() -> dict:
+        def store_it() -> dict[str, Any]:
             info = parse_in_sandbox(
                 file.filename or "",
                 upload_path,
@@ -145,6 +157,33 @@ def synthetic_dataset(
     tenant: Tenant,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
+    _check_synthetic_size(body, settings)
+    k = class_count(body.name, body.n_classes)
+    X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
+    label = f"{body.name}(" + ", ".join(f"{a}={getattr(body, a)}" for a in PARAMETERS[body.name]) + ")"
+    body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    return _save(
+        r,
+        settings,
+        tenant=tenant,
+        idem_key=idempotency_key,
+        body_sha=body_sha,
+        store_it=lambda: datasets.save_dataset(
+            r,
+            store,
+            tenant=tenant,
+            name=label,
+            source=f"synthetic:{body.name}",
+            X=X,
+            Y=y,
+            classes=list(range(k)),
+            label_kind="binary" if k == 2 else "integer",
+        ),
+    )
+
+
+def _check_synthetic_size(body: SyntheticRequest, settings: ApiSettings) -> None:
+    """A 422 for a request over the limits: examples, features, and bytes (no more than an upload)."""
     limit = min(settings.max_synthetic_samples, settings.max_examples)
     if body.n_samples > limit:
         raise Problem(
@@ -170,31 +209,6 @@ def synthetic_dataset(
                 {"field": "n_samples", "message": f"n_samples x n_features x 8 must be <= {settings.max_upload_bytes}"}
             ],
         )
-    k = 2 if body.name in ("moons", "circles") else body.n_classes
-    X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
-    used = ["n_samples", "noise", "seed"] + {"spiral": ["n_classes"], "blobs": ["n_classes", "n_features"]}.get(
-        body.name, []
-    )
-    label = f"{body.name}(" + ", ".join(f"{a}={getattr(body, a)}" for a in used) + ")"
-    body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    return _save(
-        r,
-        settings,
-        tenant=tenant,
-        idem_key=idempotency_key,
-        body_sha=body_sha,
-        store_it=lambda: datasets.save_dataset(
-            r,
-            store,
-            tenant=tenant,
-            name=label,
-            source=f"synthetic:{body.name}",
-            X=X,
-            Y=y,
-            classes=list(range(k)),
-            label_kind="binary" if k == 2 else "integer",
-        ),
-    )
 
 
 @router.get("/{dataset_id}", responses=problems(404))

@@ -122,6 +122,8 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
     from typing import get_args
 
     from dnnq.models import names
+    from dnnq.service.synthetic import GENERATORS, PARAMETERS, SyntheticName
+    from dnnq.service.uploads import Layout
     from dnnq.workers import jobs
 
     from dnnq.commands import TERMINAL
@@ -136,6 +138,9 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
         "device": get_args(names.DeviceName),
     }
     assert _choices(["list"]) == {"status": tuple(status.value for status in jobs.Status)}
+    assert _choices(["datasets", "synthetic"]) == {"name": get_args(SyntheticName)}
+    assert set(GENERATORS) == set(PARAMETERS) == set(get_args(SyntheticName))
+    assert _choices(["datasets", "upload"]) == {"layout": get_args(Layout)}
     assert set(TERMINAL) == {status.value for status in jobs.TERMINAL}
 
 
