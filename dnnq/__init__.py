@@ -9,7 +9,7 @@ commands). Importing this package imports none of them.
 __all__ = ["main"]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from dnnq.cli import main as _main
 
     return _main(argv)

@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.popen_forkserver
@@ -258,7 +259,7 @@ def parse_in_sandbox(
 
 
 def _read_answer(
-    payload: bytes, out_path, limits: UploadLimits, memory_bytes: int, cpu_seconds: int, wall_seconds: float
+    payload: bytes, out_path: Path | str, limits: UploadLimits, memory_bytes: int, cpu_seconds: int, wall_seconds: float
 ) -> ParsedInfo:
     """The child's JSON answer, checked field by field (the child ran hostile input), and the stored
     file's headers checked against it."""
@@ -350,7 +351,7 @@ def _parse_and_write(request: dict, parse: Callable | None) -> dict:
     return {"ok": True, "info": dataclasses.asdict(info)}
 
 
-def _child_main(conn, request: dict, parse: Callable | None) -> None:
+def _child_main(conn: multiprocessing.connection.Connection, request: dict[str, Any], parse: Callable | None) -> None:
     """Runs in the forked child: confine, parse, write, answer in JSON, exit without cleanup."""
     code = 0
     try:

@@ -36,7 +36,9 @@ def moons(n_samples: int, noise: float, rng: np.random.Generator, **_) -> tuple[
     return X + rng.normal(scale=noise, size=X.shape), y
 
 
-def circles(n_samples: int, noise: float, rng: np.random.Generator, factor: float = 0.5, **_):
+def circles(
+    n_samples: int, noise: float, rng: np.random.Generator, factor: float = 0.5, **_: object
+) -> tuple[np.ndarray, np.ndarray]:
     n_out, n_in = _split(n_samples, 2)
     t_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)
     t_in = np.linspace(0, 2 * np.pi, n_in, endpoint=False)
@@ -50,7 +52,9 @@ def circles(n_samples: int, noise: float, rng: np.random.Generator, factor: floa
     return X + rng.normal(scale=noise, size=X.shape), y
 
 
-def spiral(n_samples: int, noise: float, rng: np.random.Generator, n_classes: int = 3, **_):
+def spiral(
+    n_samples: int, noise: float, rng: np.random.Generator, n_classes: int = 3, **_: object
+) -> tuple[np.ndarray, np.ndarray]:
     """CS231n's spiral: k arms of radius 0..1, angle noise scaled by `noise`."""
     Xs, ys = [], []
     for c, n in enumerate(_split(n_samples, n_classes)):
@@ -61,7 +65,9 @@ def spiral(n_samples: int, noise: float, rng: np.random.Generator, n_classes: in
     return np.concatenate(Xs), np.concatenate(ys)
 
 
-def blobs(n_samples: int, noise: float, rng: np.random.Generator, n_classes: int = 3, n_features: int = 2, **_):
+def blobs(
+    n_samples: int, noise: float, rng: np.random.Generator, n_classes: int = 3, n_features: int = 2, **_: object
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian blobs around centres drawn in [-5, 5]^n_features; `noise` is the std (default 1)."""
     centres = rng.uniform(-5.0, 5.0, size=(n_classes, n_features))
     std = noise if noise > 0 else 1.0

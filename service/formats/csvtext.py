@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import NoReturn
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 from dnnq.service.formats.common import (
@@ -27,10 +28,13 @@ from dnnq.service.formats.common import (
 
 __all__ = ["read_csv"]
 
+if TYPE_CHECKING:
+    from _csv import Reader as _Reader  # what csv.reader returns (the csv module names no type for it)
+
 CHARS_PER_FIELD = 64  # a line longer than this per column (plus one long field) is not a table of numbers
 
 
-def _lines(text: io.TextIOBase, limits: UploadLimits):
+def _lines(text: io.TextIOBase, limits: UploadLimits) -> Iterator[str]:
     """The text's lines, refusing NUL bytes, undecodable bytes and lines longer than any valid row."""
     most = (limits.max_features + 1) * CHARS_PER_FIELD + csv.field_size_limit()
     number = 0
@@ -72,7 +76,7 @@ def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | No
             ) from None
 
 
-def _parse(reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
+def _parse(reader: _Reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
     header = None
     for row in reader:
         if any(c.strip() for c in row):

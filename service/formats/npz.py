@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from dnnq.service.formats.common import (
@@ -118,7 +118,7 @@ def _check_member(member: zipfile.ZipInfo, key: str) -> None:
         )
 
 
-def _read_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, key: str):
+def _read_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, key: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """(shape, fortran_order, dtype, header_bytes) from the .npy header, checked against the directory."""
     try:
         with zf.open(member) as fh:
@@ -163,11 +163,19 @@ def _read_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, key: str):
     return tuple(int(d) for d in shape), fortran, dtype, header_bytes
 
 
-def _read_data(zf, member, key, shape, fortran, dtype, header_bytes) -> np.ndarray:
+def _read_data(
+    zf: zipfile.ZipFile,
+    member: zipfile.ZipInfo,
+    key: str,
+    shape: tuple[int, ...],
+    fortran: bool,
+    dtype: np.dtype,
+    header_bytes: int,
+) -> np.ndarray:
     out = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     raw = (out.T if fortran else out).data.cast("B") if out.size else memoryview(b"")
     try:
-        with zf.open(member) as fh:
+        with cast(zipfile.ZipExtFile, zf.open(member)) as fh:  # typed IO[bytes], which has no readinto
             fh.read(header_bytes)
             done = 0
             while done < len(raw):
