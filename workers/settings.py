@@ -6,9 +6,13 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -110,10 +114,11 @@ def get_settings() -> WorkerSettings:
 
 
 def reset_settings() -> None:
+    """Forget the settings read, so that the next get_settings() reads the environment again."""
     get_settings.cache_clear()
 
 
-def redis_client(settings: WorkerSettings | None = None):
+def redis_client(settings: WorkerSettings | None = None) -> redis.Redis:
     """A decode_responses Redis client for settings.redis_url (redis://127.0.0.1:6379/0 if unset)."""
     import redis
 
@@ -124,14 +129,13 @@ def redis_client(settings: WorkerSettings | None = None):
 
 
 @lru_cache(maxsize=1)
-def redis_client_options() -> dict:
+def redis_client_options() -> dict[str, Any]:
     """Keyword arguments every dnnq Redis client takes (sync and asyncio alike).
 
-    redis-py 8.1 (the version measured) resolves its own version for CLIENT SETINFO in every new
-    connection's constructor (importlib.metadata parses the wheel's METADATA: ~3 ms of CPU per
-    connection), unless the client is given a DriverInfo, which is resolved once here. A burst of
-    requests that grows a connection pool paid it per connection, on the event loop. Versions without
-    DriverInfo read their version once, at import, and get nothing here.
+    redis-py 8 resolves its own version for CLIENT SETINFO in every new connection's constructor
+    (importlib.metadata parses the wheel's METADATA) unless the client is given a DriverInfo, resolved
+    once here: a burst of requests that grows a pool paid it per connection, on the event loop
+    (docs/perf.md, "Worker"). Versions without DriverInfo read their version once, at import.
     """
     try:
         from redis.driver_info import DriverInfo
