@@ -21,11 +21,15 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.jobs import ID_RE, now_iso, validate_id
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
 
 __all__ = [
     "LABEL_KINDS",
@@ -61,7 +65,7 @@ class ParsedInfo:
     n_features: int
     n_outputs: int
     n_classes: int
-    classes: list | None
+    classes: list[Any] | None
     label_kind: str
     dtype: str  # X's dtype name: float32 or float64
     content_digest: str  # hex of _canonical(): the id is sha256(tenant + this)
@@ -80,17 +84,17 @@ def _array_key(dataset_id: str) -> str:
     return f"datasets/{validate_id(dataset_id, 'dataset')}.npz"
 
 
-def _canonical(X: np.ndarray, Y: np.ndarray, classes: list | None, label_kind: str) -> bytes:
+def _canonical(X: np.ndarray, Y: np.ndarray, classes: list[Any] | None, label_kind: str) -> bytes:
     """Content bytes the id is derived from: dtypes, shapes, C-order data, classes and label kind."""
     h = hashlib.sha256()
     for a in (X, Y):
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the C-order bytes, without a copy of them
+        h.update(np.ascontiguousarray(a).data.cast("B"))  # the C-order bytes, without a copy of them
     h.update(json.dumps([label_kind, classes]).encode())
     return h.digest()
 
 
-def dataset_id_for(tenant: str, X: np.ndarray, Y: np.ndarray, classes: list | None, label_kind: str) -> str:
+def dataset_id_for(tenant: str, X: np.ndarray, Y: np.ndarray, classes: list[Any] | None, label_kind: str) -> str:
     """First 24 hex chars of sha256(tenant + canonical content)."""
     return dataset_id_from_digest(tenant, _canonical(X, Y, classes, label_kind).hex())
 
@@ -146,7 +150,9 @@ def _normalise(X: Any, Y: Any, label_kind: str) -> tuple[np.ndarray, np.ndarray,
     return X, Y, n_classes
 
 
-def prepare(X: Any, Y: Any, classes: list | None, label_kind: str) -> tuple[np.ndarray, np.ndarray, list | None, int]:
+def prepare(
+    X: Any, Y: Any, classes: list[Any] | None, label_kind: str
+) -> tuple[np.ndarray, np.ndarray, list[Any] | None, int]:
     """_normalise plus the class names: (X, Y, classes, n_classes), or DatasetError."""
     X, Y, n_classes = _normalise(X, Y, label_kind)
     if classes is not None:
@@ -157,7 +163,7 @@ def prepare(X: Any, Y: Any, classes: list | None, label_kind: str) -> tuple[np.n
     return X, Y, classes, n_classes
 
 
-def write_dataset_file(X: Any, Y: Any, classes: list | None, label_kind: str, out: BinaryIO) -> ParsedInfo:
+def write_dataset_file(X: Any, Y: Any, classes: list[Any] | None, label_kind: str, out: BinaryIO) -> ParsedInfo:
     """Normalise the arrays, write them to `out` in the stored layout and describe them.
 
     The layout is np.savez's (uncompressed zip of two .npy members) with both arrays in C order: a
@@ -180,7 +186,7 @@ def write_dataset_file(X: Any, Y: Any, classes: list | None, label_kind: str, ou
 
 
 def save_dataset(
-    r,
+    r: redis.Redis,
     store: ArtifactStore,
     *,
     tenant: str,
@@ -188,9 +194,9 @@ def save_dataset(
     source: str,
     X: Any,
     Y: Any,
-    classes: list | None = None,
+    classes: list[Any] | None = None,
     label_kind: str,
-) -> dict:
+) -> dict[str, Any]:
     """Store arrays then the record, in this process (only for arrays we made: uploads go through the
     sandbox); an identical dataset returns the existing record untouched."""
     path = store.new_staging_path(".npz")
@@ -203,8 +209,8 @@ def save_dataset(
 
 
 def save_dataset_file(
-    r, store: ArtifactStore, *, tenant: str, name: str, source: str, path: Path | str, info: ParsedInfo
-) -> dict:
+    r: redis.Redis, store: ArtifactStore, *, tenant: str, name: str, source: str, path: Path | str, info: ParsedInfo
+) -> dict[str, Any]:
     """Move a file written by write_dataset_file into the store, then write its record.
 
     Identical content (same tenant and digest) returns the existing record and leaves `path` where it
@@ -217,7 +223,7 @@ def save_dataset_file(
         return existing
     size = os.path.getsize(path)
     sha = store.put_file(array_key, path)
-    record = {
+    record: dict[str, str] = {
         "id": dataset_id,
         "tenant": tenant,
         "name": name,
@@ -234,13 +240,13 @@ def save_dataset_file(
         "size_bytes": str(size),
     }
     pipe = r.pipeline(transaction=True)
-    pipe.hset(key, mapping=record)
+    pipe.hset(key, mapping=cast("dict[Any, Any]", record))  # hset types its keys as bytes | str | ...
     pipe.zadd(tenant_datasets_key(tenant), {dataset_id: time.time()})
     pipe.execute()
     return _decode(record)
 
 
-def _decode(raw: dict[str, str]) -> dict:
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
     d: dict[str, Any] = dict(raw)
     for k in _INT_FIELDS:
         if k in d:
@@ -249,34 +255,38 @@ def _decode(raw: dict[str, str]) -> dict:
     return d
 
 
-def get_dataset(r, dataset_id: str, tenant: str | None = None) -> dict | None:
+def get_dataset(r: redis.Redis, dataset_id: str, tenant: str | None = None) -> dict[str, Any] | None:
     """The record, or None when absent, malformed id, or another tenant's."""
     if not isinstance(dataset_id, str) or not ID_RE.match(dataset_id):
         return None
     return _visible(r.hgetall(_key(dataset_id)), tenant)
 
 
-async def get_dataset_async(ar, dataset_id: str, tenant: str | None = None) -> dict | None:
+async def get_dataset_async(
+    ar: redis.asyncio.Redis, dataset_id: str, tenant: str | None = None
+) -> dict[str, Any] | None:
     """get_dataset on a redis.asyncio client (the submit route)."""
     if not isinstance(dataset_id, str) or not ID_RE.match(dataset_id):
         return None
     return _visible(await ar.hgetall(_key(dataset_id)), tenant)
 
 
-def _visible(raw: dict, tenant: str | None) -> dict | None:
+def _visible(raw: dict[Any, Any], tenant: str | None) -> dict[str, Any] | None:
+    """The decoded record (str keys and values: the client decodes responses), None when absent or
+    another tenant's."""
     if not raw or (tenant is not None and raw.get("tenant") != tenant):
         return None
     return _decode(raw)
 
 
-def list_datasets(r, tenant: str, offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
+def list_datasets(r: redis.Redis, tenant: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
     """A tenant's datasets, newest first: (page, total)."""
     zkey = tenant_datasets_key(tenant)
     total = r.zcard(zkey)
     ids = r.zrevrange(zkey, offset, offset + limit - 1) if limit > 0 else []
     pipe = r.pipeline(transaction=False)
-    for dataset_id in ids:
-        pipe.hgetall(_key(dataset_id))
+    for dataset_id in ids:  # str: the client decodes responses
+        pipe.hgetall(_key(str(dataset_id)))
     return [_decode(raw) for raw in pipe.execute() if raw], total
 
 

@@ -10,6 +10,7 @@ a job handed back when the worker shuts down, workers/shutdown.py; its inputs, w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -300,19 +301,15 @@ def report_gpu_memory(r: redis.Redis, settings: WorkerSettings) -> None:
     mem = gpu_memory()
     if mem is None:
         return
-    try:
+    with contextlib.suppress(Exception):  # the worker hash is informational; never fail a job over it
         r.hset(keys.worker(settings.worker_name), mapping={"gpu_memory_used": mem[0], "gpu_memory_total": mem[1]})
-    except Exception:  # the worker hash is informational; never fail a job over it
-        pass
 
 
 def _set_current_job(r: redis.Redis, settings: WorkerSettings, job_id: str) -> None:
     key = keys.worker(settings.worker_name)
-    try:
+    with contextlib.suppress(Exception):  # the worker hash is informational; never fail a job over it
         if r.exists(key):
             r.hset(key, "current_job", job_id)
-    except Exception:  # the worker hash is informational; never fail a job over it
-        pass
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
