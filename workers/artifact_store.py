@@ -22,7 +22,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dnnq.workers.settings import WorkerSettings
 
 __all__ = ["ArtifactStore", "InvalidKey", "LocalArtifactStore", "open_store", "validate_key"]
 
@@ -75,7 +78,7 @@ def _fsync_dir(path: Path) -> None:
 class LocalArtifactStore:
     """ArtifactStore on a local directory (DNNQ_DATA_DIR/artifacts)."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging = self.root / STAGING_DIR
@@ -192,7 +195,7 @@ class LocalArtifactStore:
             raise KeyError(key) from None
 
 
-def open_store(settings=None) -> LocalArtifactStore:
+def open_store(settings: WorkerSettings | None = None) -> LocalArtifactStore:
     """The artifact store of this process: DNNQ_DATA_DIR/artifacts."""
     from dnnq.workers.settings import get_settings
 

@@ -51,7 +51,7 @@ def free_port() -> int:
 class RedisProcess:
     """A running redis-server child; `.url`, `.stop()`, usable as a context manager."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, data_dir: Path):
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, data_dir: Path) -> None:
         self.proc = proc
         self.port = port
         self.data_dir = data_dir
@@ -83,7 +83,7 @@ class RedisProcess:
     def __enter__(self) -> RedisProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
