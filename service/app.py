@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dnnq.service import sandbox
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
+from dnnq.service.jobdesk import JobDesk
 from dnnq.service.settings import ApiSettings, get_api_settings
 from dnnq.workers import jobs, recovery
 from fastapi import FastAPI, Request
@@ -162,9 +163,9 @@ def _make_store(settings: ApiSettings):
 
 
 def _preload() -> None:
-    """Import now what the first POST /v1/jobs would import while its client waits (~0.1 s, and every
-    request that arrives meanwhile queues behind it): the training config (models: NumPy only, CuPy is
-    imported lazily and never here)."""
+    """Import now what the first POST /v1/jobs would import while its client waits (every request that
+    arrives meanwhile queues behind it): the training config (models: NumPy only, CuPy is imported
+    lazily and never here)."""
     import dnnq.models  # noqa: F401
 
 
@@ -175,13 +176,9 @@ _WARMUP_REQUESTS = (("POST", "/v1/jobs", b"", b"{}"), ("GET", "/v1/jobs/warmup",
 
 
 async def _warm_routes(app: FastAPI) -> None:
-    """Pay each process's first-request costs now, not while a burst of clients queues behind them.
-
-    Measured on the first POST /v1/jobs of a process: ~10 ms more than the next ones, most of it
-    FastAPI reading the endpoint's source (inspect.getsourcelines, once per endpoint, for its error
-    context) and compiling the tokenizer's regexes; plus building the middleware stack and the
-    included routers' routes. With 20 clients arriving at once, every queued request paid it again
-    in waiting (bench.load: the first 20 submits at 30-70 ms, the rest at ~12 ms).
+    """Pay each process's first-request costs now, not while a burst of clients queues behind them
+    (docs/perf.md): FastAPI reading each endpoint's source once for its error context, compiling the
+    tokenizer's regexes, building the middleware stack and the included routers' routes.
     The requests go through the whole ASGI app, as uvicorn would send them: the router alone is not
     enough (FastAPI's endpoint wrapper needs the exit stack its middleware puts in the scope)."""
     for method, path, query, body in _WARMUP_REQUESTS:
@@ -219,9 +216,8 @@ async def _warm_routes(app: FastAPI) -> None:
 
 
 # A burst of concurrent requests needs as many pooled connections as requests in flight; each new one
-# is a TCP connect and a CLIENT SETINFO round trip on the event loop (bench.load on a fresh API: the
-# first 20 submits at 50-100 ms while its pool grew, the next bursts at 25-35 ms).
-_REDIS_CONNECTIONS_AT_START = 16
+# is a TCP connect and a CLIENT SETINFO round trip on the event loop (docs/perf.md).
+REDIS_CONNECTIONS_AT_START = 16
 
 
 async def _open_redis_connections(client, count: int) -> None:
@@ -240,17 +236,17 @@ async def _lifespan(app: FastAPI):
     try:  # open the event loop's Redis connections and load the submit route's scripts now, not in
         # the first requests' time
         ar = app.state.async_redis.get()
-        await _open_redis_connections(ar, _REDIS_CONNECTIONS_AT_START)
+        await _open_redis_connections(ar, REDIS_CONNECTIONS_AT_START)
         await asyncio.gather(jobs.load_scripts_async(ar), recovery.load_scripts_async(ar))
     except Exception:
         log.warning("Redis not reachable at API start; requests will answer 503 until it is")
     # Everything imported and built so far lives as long as the process: move it out of the cyclic
-    # garbage collector's sight (gc.freeze), so a full collection walks only what requests allocate.
-    # Without this, a full collection walked the whole import graph mid-request: bench.load saw
-    # bursts of submits stalled together for ~200 ms.
+    # garbage collector's sight (gc.freeze), so a full collection walks only what requests allocate
+    # instead of the whole import graph mid-request (docs/perf.md).
     gc.collect()
     gc.freeze()
     yield
+    await asyncio.to_thread(app.state.job_desk.close)  # the messages being sent go out first
     await app.state.async_redis.aclose()  # the server loop's client; the sync one needs no closing
 
 
@@ -271,9 +267,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.redis = make_redis(settings)
     app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
-    app.state.dataset_records = {}  # id -> record, see routes/jobs.py _dataset
-    app.state.worker_capacity = {}  # queue -> (read at, served, capacity), see routes/jobs.py _queue_workers
-    app.state.reads_in_flight = {}  # key -> the Redis read requests share, see routes/jobs.py _read_once
+    app.state.job_desk = JobDesk(settings, app.state.redis, app.state.async_redis)  # submits and status reads
     _preload()
     app.state.registry = CollectorRegistry()
 
@@ -313,5 +307,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             app.openapi_schema = document_problems(FastAPI.openapi(app))
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
     return app

@@ -1,24 +1,19 @@
 """The fast lane: the two hot requests, a status poll and a valid submit, answered below FastAPI.
 
-Clients poll job status far more than anything else, and a burst of submits is what a busy service
-meets; on a small machine FastAPI's per-request machinery cost about as much as the work. Measured
-in-process on a 2-core EPYC (CPU per request, the median of 3 side-by-side runs of 5 x 600 requests,
-one API process on a real Redis): GET /v1/jobs/{id}?history=none ~580 us through FastAPI, ~410 us here;
-POST /v1/jobs ~1,320 us, ~800 us here (with the other savings of the same change: the create script's
-record in one argument, no per-request dependencies). What the lane skips: routing over every route,
-a Request object, solving each dependency, validating the query, the exit stack, the endpoint wrapper.
-bench.load (2 API processes, 2 workers, 20 clients) went from 1,530-1,840 to 2,750-3,030 polls/s.
+Why: clients poll job status far more than anything else, and on a small machine FastAPI's per-request
+machinery (routing over every route, a Request object, solving each dependency, validating the query,
+the exit stack, the endpoint wrapper) cost about as much as the work; docs/perf.md has the figures.
 
 This ASGI layer answers the requests it can answer exactly as the routes would, by calling the same
-functions (deps.tenant_for, routes.jobs.read_job_view and accept_job, the same problem responses), and
-hands everything else to FastAPI unchanged (a submit's body replayed as it came):
+JobDesk (service/jobdesk.py: submit and view) and the same problem responses, and hands everything else
+to FastAPI unchanged (a submit's body replayed as it came):
 - GET /v1/jobs/{id} with a well-formed id and no query or a single valid `history=`;
 - POST /v1/jobs with Content-Type application/json, no Idempotency-Key, and a body that parses and
   validates as a JobSpec exactly as FastAPI would parse it (json.loads, then the model in Python mode);
 - in both, API keys off or a key that matches; without one FastAPI answers the 401.
 So every validation error, 401 and unusual request is FastAPI's, formatted in one place; the lane
-itself answers only 202, 200, the Problems the shared functions raise (404, 422 on limits, 429) and
-503 when Redis is unreachable. The routes stay what the OpenAPI schema documents.
+itself answers only 202, 200, the Problems the desk raises (404, 422 on limits, 429) and 503 when
+Redis is unreachable. The routes stay what the OpenAPI schema documents.
 tests/service/test_fastlane.py checks both paths give byte-identical responses.
 
 It sits inside the metrics, CORS and body-limit middlewares (they see its answers as any other, and a
@@ -35,23 +30,34 @@ import re
 import redis
 from dnnq.service.deps import PUBLIC_TENANT, tenant_for
 from dnnq.service.errors import Problem, redis_unreachable_response, response_for
-from dnnq.service.routes import jobs as job_routes
+from dnnq.service.jobdesk import HistoryChoice, JobDesk, job_not_found
+from dnnq.service.routes.jobs import router as jobs_router
 from dnnq.service.schemas import FiniteJSONResponse
-from dnnq.workers.jobs import ID_RE
+from dnnq.workers.keys import ID_RE
 from dnnq.workers.spec import JobSpec
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 __all__ = ["FastLane"]
 
 _SUBMIT_PATH = "/v1/jobs"
-_JOB_PATH = re.compile(r"/v1/jobs/([^/]+)")  # with an id workers.jobs accepts (ID_RE); others go to the route
+_POLL_TEMPLATE = "/v1/jobs/{job_id}"
+_JOB_PATH = re.compile(r"/v1/jobs/([^/]+)")  # with an id workers.keys accepts (ID_RE); others go to the route
 # The query strings a poll may have here, and the `history` each means (the route's default is thin).
-_HISTORY_BY_QUERY = {b"": "thin", b"history=thin": "thin", b"history=full": "full", b"history=none": "none"}
+_HISTORY_BY_QUERY: dict[bytes, HistoryChoice] = {
+    b"": "thin",
+    b"history=thin": "thin",
+    b"history=full": "full",
+    b"history=none": "none",
+}
 
 
-def _route(endpoint):
-    """The route object of `endpoint`: the request metrics label a lane answer with its path template."""
-    return next(r for r in job_routes.router.routes if getattr(r, "endpoint", None) is endpoint)
+def _route(method: str, path: str) -> APIRoute:
+    """The jobs router's route for `method` and path template `path`: the request metrics label a lane
+    answer with it."""
+    routes = (r for r in jobs_router.routes if isinstance(r, APIRoute) and r.path == path)
+    return next(r for r in routes if method in (r.methods or ()))
 
 
 def _header(scope, name: bytes) -> bytes | None:
@@ -64,12 +70,17 @@ def _header(scope, name: bytes) -> bytes | None:
 class FastLane:
     """ASGI middleware; `answered` counts the requests it answered itself (tests read it)."""
 
-    def __init__(self, app, fastapi_app) -> None:
+    def __init__(self, app, fastapi_app: FastAPI) -> None:
         self.app = app
         self.state = fastapi_app.state
-        self.poll_route, self.submit_route = _route(job_routes.get_job), _route(job_routes.submit_job)
+        self.poll_route = _route("GET", _POLL_TEMPLATE)
+        self.submit_route = _route("POST", _SUBMIT_PATH)
         self.answered = 0
         fastapi_app.state.fast_lane = self
+
+    @property
+    def desk(self) -> JobDesk:
+        return self.state.job_desk
 
     def _tenant(self, scope) -> str | None:
         keys = self.state.api_keys
@@ -98,13 +109,11 @@ class FastLane:
             {"job_id": job_id},
         )  # set first: an error is labelled too
         try:
-            view = await job_routes.read_job_view(
-                self.state.async_redis.get(), job_id, tenant, history, self.state.settings.history_full_max
-            )
+            view = await self.desk.view(job_id, tenant, history)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # as the app's handlers answer them
             response = redis_unreachable_response(exc)
         else:
-            response = FiniteJSONResponse(view) if view is not None else response_for(job_routes.job_not_found(job_id))
+            response = FiniteJSONResponse(view) if view is not None else response_for(job_not_found(job_id))
         await self._answer(response, scope, receive, send)
 
     async def _submit(self, scope, receive, send):
@@ -135,7 +144,7 @@ class FastLane:
             return await self.app(scope, _replay(body, receive), send)
         scope["route"] = self.submit_route
         try:
-            response = await job_routes.accept_job(self.state, spec, tenant, None)
+            response = await self.desk.submit(spec, tenant, None)
         except Problem as problem:
             response = response_for(problem)
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -13,6 +13,7 @@ import re
 
 import redis
 from dnnq.service.errors import Problem
+from dnnq.workers import keys
 
 __all__ = ["IdempotencyKey", "reserve"]
 
@@ -45,7 +46,7 @@ def reserve(
             "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
             errors=[{"field": "Idempotency-Key", "message": "invalid format"}],
         )
-    redis_key = f"dnnq:idem:{tenant}:{route}:{key}"
+    redis_key = keys.idempotency(tenant, route, key)
     pending = json.dumps({"body_sha256": body_sha256, "id": None})
     if r.set(redis_key, pending, nx=True, ex=ttl):
         return IdempotencyKey(r, redis_key, body_sha256, ttl), None

@@ -1,6 +1,9 @@
-"""The Celery app. Imports without CuPy and never touches CUDA (the API imports it to send tasks).
+"""The Celery app, and the one way a job's message is sent. Imports without CuPy and never touches CUDA
+(the API imports it to send tasks).
 
-Each setting carries its reason. Our job record in Redis is the truth; Celery only delivers ids.
+Each setting carries its reason. Our job record in Redis is the truth; Celery only delivers ids. A
+message goes out through Celery's own send_task (its message format is Celery's business), after the
+job is listed in the outbox (workers/jobs.py), and whoever sent it then marks it sent.
 """
 
 from __future__ import annotations
@@ -8,7 +11,9 @@ from __future__ import annotations
 from celery import Celery
 from dnnq.workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
 
-__all__ = ["app", "configure"]
+__all__ = ["TASK_NAME", "app", "configure", "sender_app", "send_train"]
+
+TASK_NAME = "dnnq.train"
 
 app = Celery("dnnq")
 
@@ -54,3 +59,28 @@ def configure(celery: Celery, settings: WorkerSettings) -> None:
 configure(app, get_settings())
 # Register dnnq.train when a worker loads the app (tasks.py imports runner -> models lazily).
 app.conf.imports = ("dnnq.workers.tasks",)
+
+_SENDERS: dict[str, Celery] = {}
+
+
+def sender_app(redis_url: str | None) -> Celery:
+    """The Celery app that sends to the broker at redis_url: `app` when it is configured for it (a
+    worker process), else one made for sending, once per URL in this process (the API, tests)."""
+    url = redis_url or DEFAULT_REDIS_URL
+    if app.conf.broker_url == url:
+        return app
+    sender = _SENDERS.get(url)
+    if sender is None:
+        sender = Celery("dnnq-sender")
+        configure(sender, get_settings().model_copy(update={"redis_url": url}))
+        sender = _SENDERS.setdefault(url, sender)
+    return sender
+
+
+def send_train(job_id: str, queue: str, celery: Celery | None = None) -> None:
+    """Send dnnq.train(job_id) to `queue` through `celery` (default: this process's configured app;
+    sender_app(url) for another broker).
+
+    A blocking kombu publish: an event loop calls it from a thread. The job must already be listed in
+    the outbox (create_job, release, requeue_expired); the caller calls jobs.mark_sent after it."""
+    (celery or app).send_task(TASK_NAME, args=[job_id], queue=queue)

@@ -2,25 +2,31 @@
 
 Every heartbeat the thread refreshes dnnq:worker:{name} (TTL 3 x heartbeat, read by /readyz and
 /metrics); every LEASE_SECONDS/2 it sweeps: jobs whose worker died (lease expired) go back to
-'queued' and their task is sent again. Any number of workers may sweep at once: requeue_expired
-is one atomic script, so each expired job is requeued (and re-sent) by exactly one of them.
+'queued' and their task is sent again, and so is any job whose sender (the API, a worker releasing
+it) did not mark it sent within SEND_GRACE_SECONDS. Any number of workers may sweep at once:
+requeue_expired is one atomic script, so each expired job is requeued by exactly one of them, and a
+job sent twice is claimed once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 from dnnq.workers.logs import event
+from dnnq.workers.scripts import get as script
 from dnnq.workers.settings import WorkerSettings
 
 __all__ = [
-    "WORKERS_KEY",
+    "SEND_GRACE_SECONDS",
     "Maintenance",
+    "Send",
     "celery_sender",
     "host_memory_bytes",
     "live_workers",
@@ -29,21 +35,23 @@ __all__ = [
     "register_worker",
     "sweep",
     "unregister_worker",
-    "worker_key",
 ]
 
 Send = Callable[[str, str], None]  # send(job_id, queue)
 
+# How long a job may stay in the outbox before a sweep sends it: its sender normally marks it sent
+# within milliseconds, and a sweep sending it as well would only put a second message in the queue.
+SEND_GRACE_SECONDS = 10.0
 
-def sweep(r, send: Send, max_attempts: int | None = None) -> list[str]:
-    """Requeue jobs whose lease expired, then send every queued job whose message may not be out
-    (the requeued ones, and any the API or an earlier sweep crashed before sending); returns the
-    requeued ids. Jobs that already started max_attempts times are failed instead (see
-    jobs.requeue_expired)."""
+
+def sweep(r: Any, send: Send, max_attempts: int | None = None, grace_seconds: float = SEND_GRACE_SECONDS) -> list[str]:
+    """Requeue jobs whose lease expired and send them, then send every queued job left in the outbox
+    for grace_seconds (its sender died between writing the job and sending it); returns the requeued
+    ids. Jobs that already started max_attempts times are failed instead (see jobs.requeue_expired)."""
     requeued = jobs.requeue_expired(r, max_attempts)
     for job_id in requeued:
         event("job.requeued", logging.WARNING, job_id=job_id, reason="lease expired")
-    for job_id in jobs.unsent(r):
+    for job_id in dict.fromkeys([*requeued, *jobs.unsent(r, grace_seconds)]):
         job = jobs.get_job(r, job_id)
         if job is not None and job["status"] == jobs.Status.QUEUED.value:
             send(job_id, job.get("queue") or "default")
@@ -52,15 +60,14 @@ def sweep(r, send: Send, max_attempts: int | None = None) -> list[str]:
     return requeued
 
 
-def celery_sender(app) -> Send:
+def celery_sender(celery: Any) -> Send:
+    """send(job_id, queue) through the Celery app `celery` (the worker's)."""
+    from dnnq.workers.celery_app import send_train
+
     def send(job_id: str, queue: str) -> None:
-        app.send_task("dnnq.train", args=[job_id], queue=queue)
+        send_train(job_id, queue, celery)
 
     return send
-
-
-def worker_key(name: str) -> str:
-    return f"dnnq:worker:{name}"
 
 
 def worker_device(settings: WorkerSettings) -> str:
@@ -79,54 +86,40 @@ def host_memory_bytes() -> int | None:
         return None
 
 
-# Names of registered workers. The index only lists candidates: a worker is alive while its hash
-# (TTL 3 x heartbeat) exists, so no clocks are compared across hosts. Readers prune dead names.
-WORKERS_KEY = "dnnq:workers"
-
-
-# KEYS: the index ; ARGV: the prefix of a worker's hash. Returns each live worker's HGETALL as a flat
-# list and drops dead names from the index: one round trip, however many workers.
-_LIVE_WORKERS = """
-local live = {}
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local fields = redis.call('HGETALL', ARGV[1] .. name)
-  if #fields > 0 then table.insert(live, fields) else redis.call('SREM', KEYS[1], name) end
-end
-return live
-"""
-_SCRIPTS: dict[str, object] = {}
-
-
 def _pairs(flat: list) -> dict:
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=True))  # HGETALL: name, value, ...
 
 
 def _by_name(found: list) -> list[dict]:
     return sorted((_pairs(flat) for flat in found), key=lambda w: w.get("name", ""))
 
 
-def live_workers(r) -> list[dict]:
+# The index keys.WORKERS only lists candidates: a worker is alive while its hash (TTL 3 x heartbeat)
+# exists, so no clocks are compared across hosts. live_workers.lua prunes dead names as it reads.
+_LIVE_KEYS, _LIVE_ARGS = [keys.WORKERS], [keys.worker("")]
+
+
+def live_workers(r: Any) -> list[dict]:
     """The hashes of every worker whose heartbeat has not expired, by name: O(workers), not a keyspace
     SCAN (the submit route calls this for its memory check, and the keyspace grows with every job)."""
-    script = _SCRIPTS.get("sync") or _SCRIPTS.setdefault("sync", r.register_script(_LIVE_WORKERS))
-    return _by_name(script(keys=[WORKERS_KEY], args=[worker_key("")], client=r))
+    return _by_name(script("live_workers")(r, _LIVE_KEYS, _LIVE_ARGS))
 
 
-async def live_workers_async(ar) -> list[dict]:
+async def live_workers_async(ar: Any) -> list[dict]:
     """live_workers on a redis.asyncio client (the submit route)."""
-    script = _SCRIPTS.get("async") or _SCRIPTS.setdefault("async", ar.register_script(_LIVE_WORKERS))
-    return _by_name(await script(keys=[WORKERS_KEY], args=[worker_key("")], client=ar))
+    return _by_name(await script("live_workers").run_async(ar, _LIVE_KEYS, _LIVE_ARGS))
 
 
-async def load_scripts_async(ar) -> None:
+async def load_scripts_async(ar: Any) -> None:
     """Load live_workers' script into Redis's script cache ahead of the submit route (see
     jobs.load_scripts_async)."""
-    await ar.script_load(_LIVE_WORKERS)
+    await script("live_workers").load_async(ar)
 
 
-def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
+def register_worker(r: Any, settings: WorkerSettings, started_at: str) -> None:
     """Create or refresh dnnq:worker:{name}; current_job and gpu memory are the training child's to set."""
-    key = worker_key(settings.worker_name)
+    key = keys.worker(settings.worker_name)
+    assert settings.heartbeat_seconds is not None  # WorkerSettings' validator sets it (default lease / 4)
     pipe = r.pipeline(transaction=True)
     pipe.hset(
         key,
@@ -143,21 +136,21 @@ def register_worker(r, settings: WorkerSettings, started_at: str) -> None:
     pipe.hsetnx(key, "gpu_memory_used", "")
     pipe.hsetnx(key, "gpu_memory_total", "")
     pipe.pexpire(key, int(3 * settings.heartbeat_seconds * 1000))
-    pipe.sadd(WORKERS_KEY, settings.worker_name)
+    pipe.sadd(keys.WORKERS, settings.worker_name)
     pipe.execute()
 
 
-def unregister_worker(r, settings: WorkerSettings) -> None:
+def unregister_worker(r: Any, settings: WorkerSettings) -> None:
     pipe = r.pipeline(transaction=True)
-    pipe.delete(worker_key(settings.worker_name))
-    pipe.srem(WORKERS_KEY, settings.worker_name)
+    pipe.delete(keys.worker(settings.worker_name))
+    pipe.srem(keys.WORKERS, settings.worker_name)
     pipe.execute()
 
 
 class Maintenance(threading.Thread):
     """Worker registration every heartbeat, lease sweep every lease/2."""
 
-    def __init__(self, r, settings: WorkerSettings, send: Send):
+    def __init__(self, r: Any, settings: WorkerSettings, send: Send) -> None:
         super().__init__(name="dnnq-maintenance", daemon=True)
         self.r, self.settings, self.send = r, settings, send
         self.started_at = jobs.now_iso()
@@ -165,12 +158,14 @@ class Maintenance(threading.Thread):
 
     def run(self) -> None:
         sweep_every = self.settings.lease_seconds / 2
+        # A job left unsent goes out with the first sweep past the grace (sooner with a short lease).
+        grace = min(SEND_GRACE_SECONDS, sweep_every)
         next_sweep = 0.0
         while True:
             try:
                 register_worker(self.r, self.settings, self.started_at)
                 if time.monotonic() >= next_sweep:
-                    sweep(self.r, self.send, self.settings.max_attempts)
+                    sweep(self.r, self.send, self.settings.max_attempts, grace)
                     next_sweep = time.monotonic() + sweep_every
             except Exception as exc:  # Redis down for a moment: log, keep the thread alive
                 event("worker.maintenance_error", logging.WARNING, error=str(exc))
@@ -180,7 +175,5 @@ class Maintenance(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
-        try:
+        with contextlib.suppress(Exception):  # Redis gone: the hash expires by itself
             unregister_worker(self.r, self.settings)
-        except Exception:
-            pass

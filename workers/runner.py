@@ -276,12 +276,12 @@ def _release(r, settings: WorkerSettings, job_id: str, token: str, queue: str, e
     """Hand the job back (its checkpoint is at `epoch`) and send its message again; "queued",
     "cancelling" (a cancel came in since the last epoch's write: the caller finishes it 'cancelled'),
     or None when the lease is gone."""
-    from dnnq.workers.celery_app import send_train
+    from dnnq.workers.celery_app import send_train, sender_app
 
     outcome = jobs.release(r, job_id, token, RELEASE_REASON)
     if outcome == jobs.Status.QUEUED.value:
         try:  # listed in the outbox by the release: a send that fails is the sweeper's to retry
-            send_train(job_id, queue, settings.redis_url)
+            send_train(job_id, queue, sender_app(settings.redis_url))
             jobs.mark_sent(r, job_id)
         except Exception as exc:
             event("job.send_failed", logging.WARNING, job_id=job_id, error=str(exc))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from celery.signals import task_postrun, task_prerun
-from dnnq.workers.celery_app import app
+from dnnq.workers.celery_app import TASK_NAME, app
 from dnnq.workers.logs import set_job
 
 __all__ = ["train"]
 
 
-@app.task(name="dnnq.train")
+@app.task(name=TASK_NAME)
 def train(job_id: str) -> None:
     # Imported here: models (and CuPy, when present) load only in the child process that trains.
     from dnnq.workers.runner import run_job
@@ -20,7 +20,7 @@ def train(job_id: str) -> None:
 @task_prerun.connect(weak=False)
 def _log_job_id(sender=None, args=None, **_):
     """Tag every log line of the task with its job_id, Celery's own 'succeeded' line included."""
-    if getattr(sender, "name", None) == "dnnq.train" and args:
+    if getattr(sender, "name", None) == TASK_NAME and args:
         set_job(str(args[0]))
 
 

@@ -20,6 +20,7 @@ import redis
 from dnnq.service.deps import tenant_for
 from dnnq.service.errors import Problem, problems
 from dnnq.workers import jobs as jobs_module
+from dnnq.workers import keys
 from dnnq.workers.recovery import live_workers
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
@@ -27,8 +28,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("dnnq.api")
-
-QUEUES = ("default", "gpu")
 
 
 class RedisCollector:
@@ -43,8 +42,8 @@ class RedisCollector:
     def collect(self):
         try:
             counts = jobs_module.count_by_status(self.r)
-            depths = {q: self.r.llen(q) for q in QUEUES}
-            stats = self.r.hgetall("dnnq:stats")
+            depths = {q: self.r.llen(keys.queue(q)) for q in keys.QUEUES}
+            stats = self.r.hgetall(keys.STATS)
             workers = live_workers(self.r)
         except (redis.ConnectionError, redis.TimeoutError):
             log.warning("metrics: redis unreachable; Redis-derived metrics omitted")

@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 from dnnq.service.app import create_app
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 from dnnq.workers.redis_server import free_port
 from fastapi.testclient import TestClient
 
@@ -255,7 +255,7 @@ def fake_worker(r, name: str, queues: str, **fields) -> None:
 
     register_worker(r, WorkerSettings(worker_name=name, queues=queues, heartbeat_seconds=30), "2026-01-01T00:00:00Z")
     if fields:
-        r.hset(f"dnnq:worker:{name}", mapping=fields)
+        r.hset(keys.worker(name), mapping=fields)
 
 
 def test_memory_estimate_checked_against_live_workers(api_settings, redis_client):
@@ -274,14 +274,12 @@ def test_memory_estimate_checked_against_live_workers(api_settings, redis_client
         assert submit(c, ds, model={"hidden_layers": [64, 64]}).status_code == 202
 
 
-def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_client, monkeypatch):
+def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_client):
     """Each API process reuses the live workers' memory for DNNQ_WORKER_CAPACITY_CACHE_SECONDS
     (one Redis round trip less per submit in a burst); a worker that joins counts after that."""
-    import dnnq.service.routes.jobs as job_routes
-
     clock = [1000.0]
-    monkeypatch.setattr(job_routes, "_clock", lambda: clock[0])
     with make_client(api_settings, worker_capacity_cache_seconds=5) as c:
+        c.app.state.job_desk.clock = lambda: clock[0]  # the cache's clock: a seam of JobDesk
         ds = upload(c, binary_npz(m=100)).json()["id"]
         fake_worker(redis_client, "small", "default", memory_bytes=30_000)
         big_net = {"hidden_layers": [64, 64]}
@@ -296,34 +294,33 @@ def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_cl
 def test_startup_loads_the_submit_routes_scripts_into_redis(app, redis_client):
     """On a fresh (or restarted) Redis the first submits would each meet NOSCRIPT and load the create and
     live-workers scripts themselves; the API loads them at start."""
-    import hashlib
-
-    from dnnq.workers import jobs, recovery
+    from dnnq.workers import scripts
     from fastapi.testclient import TestClient
 
-    shas = [hashlib.sha1(source.encode()).hexdigest() for source in (jobs._CREATE, recovery._LIVE_WORKERS)]
+    shas = [scripts.get(name).sha for name in ("create_job", "live_workers")]
     redis_client.script_flush()
     assert redis_client.script_exists(*shas) == [False, False]
     with TestClient(app):
         assert redis_client.script_exists(*shas) == [True, True]
 
 
-def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings, redis_client, monkeypatch):
+def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings, redis_client):
     """A fresh API process meets its first burst with empty caches: the concurrent submits wait on one
-    read of the dataset record and one of the live workers (service/routes/jobs.py _read_once), not
-    one each; all of them are answered, and a failed read fails every waiter alike."""
+    read of the dataset record and one of the live workers (service/jobdesk.py JobDesk), not one each;
+    all of them are answered, and a failed read fails every waiter alike."""
     import asyncio
 
-    import dnnq.service.routes.jobs as job_routes
     import httpx
     import redis.exceptions as redis_errors
+    from dnnq.service.jobdesk import JobDesk
     from dnnq.workers import datasets
+    from dnnq.workers.recovery import live_workers_async
 
     with make_client(api_settings) as c:
         ds = upload(c, binary_npz(m=100)).json()["id"]
     fake_worker(redis_client, "w", "default", memory_bytes=10**9)
     reads = {"dataset": 0, "workers": 0}
-    real_dataset, real_workers = datasets.get_dataset_async, job_routes.live_workers_async
+    real_dataset, real_workers = datasets.get_dataset_async, live_workers_async
 
     async def slow_dataset(ar, dataset_id):
         reads["dataset"] += 1
@@ -335,17 +332,20 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
         await asyncio.sleep(0.05)
         return await real_workers(ar)
 
-    monkeypatch.setattr(datasets, "get_dataset_async", slow_dataset)
-    monkeypatch.setattr(job_routes, "live_workers_async", slow_workers)
+    def app_reading(read_dataset) -> object:
+        app = create_app(api_settings)
+        desk: JobDesk = app.state.job_desk  # the desk's two Redis reads are its seams
+        desk.read_dataset, desk.read_workers = read_dataset, slow_workers
+        return app
 
     async def burst(app, n: int) -> list:
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dnnq") as ac:
-                return await asyncio.gather(
-                    *(ac.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}}) for s in range(n))
-                )
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as ac:
+            return await asyncio.gather(
+                *(ac.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}}) for s in range(n))
+            )
 
-    answers = asyncio.run(burst(create_app(api_settings), 8))
+    answers = asyncio.run(burst(app_reading(slow_dataset), 8))
     assert [a.status_code for a in answers] == [202] * 8
     assert reads == {"dataset": 1, "workers": 1}
     assert len({a.json()["id"] for a in answers}) == 8
@@ -355,8 +355,7 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
         await asyncio.sleep(0.05)
         raise redis_errors.ConnectionError("Redis went away")
 
-    monkeypatch.setattr(datasets, "get_dataset_async", failing_dataset)
-    answers = asyncio.run(burst(create_app(api_settings), 4))
+    answers = asyncio.run(burst(app_reading(failing_dataset), 4))
     assert [a.status_code for a in answers] == [503] * 4
     assert reads["dataset"] == 2
 
@@ -581,9 +580,10 @@ def test_openapi_documents_the_routes(client):
         assert path in spec["paths"]
 
 
-def test_submit_queues_the_job_and_its_celery_message_in_one_step(client, dataset_id, redis_client, live_worker):
-    """The create script pushes the dnnq.train message onto the job's queue (workers/celery_wire.py):
-    no job without its message, nothing left for the sweeper in dnnq:jobs:unsent."""
+def test_submit_sends_the_jobs_celery_message_and_marks_it_sent(client, dataset_id, redis_client, live_worker):
+    """The job is written into the outbox, then its dnnq.train message goes out through Celery's own
+    send_task onto the job's queue and the job is marked sent: by the 202, nothing is left for the
+    sweeper."""
     import base64
 
     from dnnq.workers import jobs
@@ -621,26 +621,33 @@ def test_startup_warms_the_hot_routes_without_counting_or_writing_anything(app, 
     assert redis_client.keys("dnnq:job:*") == []
 
 
-def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_metadata_read(
-    app, redis_client, monkeypatch
-):
+def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_metadata_read(app, redis_client):
     """A fresh API's pool grew one connection per concurrent request of its first burst, each paying a
-    connect and a handshake on the event loop (bench.load: the first 20 submits at 50-100 ms). The
-    start-up opens them (service/app.py _REDIS_CONNECTIONS_AT_START), and no connection constructor
-    parses redis-py's package metadata (workers.settings.redis_client_options), which redis-py 8.1
-    did for every new connection (~3 ms of CPU each)."""
-    import redis.utils
-    from dnnq.service.app import _REDIS_CONNECTIONS_AT_START
+    connect and a handshake on the event loop. The start-up opens them (service/app.py
+    REDIS_CONNECTIONS_AT_START), and no connection constructor parses an installed package's metadata
+    (workers.settings.redis_client_options), which redis-py 8.1 did for every new connection. Seen
+    through Python's audit events: opening a METADATA file is an 'open' event."""
+    import sys
+
+    from dnnq.service.app import REDIS_CONNECTIONS_AT_START
     from fastapi.testclient import TestClient
 
-    metadata_reads = []
-    real = redis.utils.get_lib_version
-    monkeypatch.setattr(redis.utils, "get_lib_version", lambda: metadata_reads.append(1) or real())
-    before = len(redis_client.client_list())
-    with TestClient(app) as c:
-        opened = len(redis_client.client_list()) - before
-        assert opened >= _REDIS_CONNECTIONS_AT_START, opened
-        for _ in range(3):  # served by the pool: no new connections
-            assert c.get("/v1/jobs/nosuchjob?history=none").status_code == 404  # the async hot path
-        assert len(redis_client.client_list()) - before == opened
+    metadata_reads: list[str] = []
+    watching = [True]
+
+    def watch(event: str, args: tuple) -> None:  # an audit hook stays for the process: inert after the test
+        if watching[0] and event == "open" and str(args[0]).endswith("METADATA"):
+            metadata_reads.append(str(args[0]))
+
+    sys.addaudithook(watch)
+    try:
+        before = len(redis_client.client_list())
+        with TestClient(app) as c:
+            opened = len(redis_client.client_list()) - before
+            assert opened >= REDIS_CONNECTIONS_AT_START, opened
+            for _ in range(3):  # served by the pool: no new connections
+                assert c.get("/v1/jobs/nosuchjob?history=none").status_code == 404  # the async hot path
+            assert len(redis_client.client_list()) - before == opened
+    finally:
+        watching[0] = False
     assert metadata_reads == []

@@ -14,6 +14,7 @@ import re
 
 import pytest
 from dnnq.service.app import create_app
+from dnnq.workers import keys
 from dnnq.workers.redis_server import free_port
 from fastapi.testclient import TestClient
 
@@ -101,7 +102,7 @@ def test_submits_answer_as_the_route_does(pair, dataset, redis_client):
     spec = {"dataset_id": dataset, "model": {"hidden_layers": [4]}, "training": {"epochs": 2}}
     created = pair.same("POST", "/v1/jobs", json=spec, by_lane=True)
     assert created.status_code == 202 and created.headers["location"] == f"/v1/jobs/{created.json()['id']}"
-    stored = redis_client.hgetall(f"dnnq:job:{created.json()['id']}")  # the record written in one argument
+    stored = redis_client.hgetall(keys.job(created.json()["id"]))  # the record written in one argument
     assert stored["status"] == "queued" and json.loads(stored["spec"])["training"]["epochs"] == 2
     assert stored["attempts"] == "0" and stored["error"] == "" and stored["tenant"] == "public"
     charset = {"content-type": "application/json; charset=utf-8"}
@@ -262,8 +263,8 @@ def test_submit_time_refusals_are_the_same(pair, dataset, redis_client):
 def test_a_poisoned_record_is_polled_as_the_route_answers_it(pair, dataset, redis_client):
     job_id = pair.lane.post("/v1/jobs", json={"dataset_id": dataset, "training": {"epochs": 2}}).json()["id"]
     drive(redis_client, job_id, 2)
-    redis_client.hset(f"dnnq:job:{job_id}", "metrics", json.dumps({"final_loss": float("inf")}))
-    redis_client.rpush(f"dnnq:job:{job_id}:history", json.dumps({"epoch": 3, "loss": float("nan")}))
+    redis_client.hset(keys.job(job_id), "metrics", json.dumps({"final_loss": float("inf")}))
+    redis_client.rpush(keys.job_history(job_id), json.dumps({"epoch": 3, "loss": float("nan")}))
     for query in ("", "?history=none", "?history=full"):
         resp = pair.same("GET", f"/v1/jobs/{job_id}{query}", by_lane=True)
         assert resp.status_code == 200 and resp.json()["metrics"] == {"final_loss": None}

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import pytest
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 
 from tests.service.test_api import assert_problem, binary_npz, drive, fake_worker, make_client, npz_bytes, upload
 
@@ -124,7 +124,7 @@ def plant_poisoned(redis_client, job_id: str, status: str) -> None:
     record = jobs.get_job(redis_client, job_id)
     spec = {**record["spec"], "preprocess": {"scale": inf}}
     redis_client.hset(
-        jobs.job_key(job_id),
+        keys.job(job_id),
         mapping={
             "spec": json.dumps(spec),
             "progress": json.dumps({"epoch": 2, "epochs": 2, "loss": float("nan")}),
@@ -136,7 +136,7 @@ def plant_poisoned(redis_client, job_id: str, status: str) -> None:
     redis_client.rpush(
         history, json.dumps({"epoch": 3, "loss": inf, "accuracy": 0.5, "val_loss": float("nan"), "val_accuracy": None})
     )
-    assert "Infinity" in redis_client.hget(jobs.job_key(job_id), "metrics")
+    assert "Infinity" in redis_client.hget(keys.job(job_id), "metrics")
     assert record["status"] == status
 
 
@@ -455,18 +455,17 @@ def test_a_worker_whose_heartbeat_expired_is_not_live(api_settings, redis_client
         assert_problem(c.post("/v1/jobs", json={"dataset_id": ds}), 422, "no live worker")
 
 
-def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, redis_client, live_worker, monkeypatch):
-    import dnnq.service.routes.jobs as job_routes
+def test_live_workers_are_read_once_per_cache_period_when_served(api_settings, redis_client, live_worker):
+    from dnnq.workers.recovery import live_workers_async
 
     reads = []
-    real = job_routes.live_workers_async
 
     async def counted(ar):
         reads.append(1)
-        return await real(ar)
+        return await live_workers_async(ar)
 
-    monkeypatch.setattr(job_routes, "live_workers_async", counted)
     with make_client(api_settings, worker_capacity_cache_seconds=60) as c:
+        c.app.state.job_desk.read_workers = counted  # the desk's live-workers read: its seam
         ds = upload(c, binary_npz()).json()["id"]
         assert [c.post("/v1/jobs", json={"dataset_id": ds, "training": {"seed": s}}).status_code for s in range(5)] == [
             202

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 from dnnq.workers.jobs import JobConflict, JobNotFound, Status
 
 DATASET = "ab" * 12
@@ -91,7 +91,7 @@ def test_status_lists_follow_every_transition_and_page_newest_first(redis_client
     jobs.request_cancel(r, ids[2])  # running -> cancelling
     jobs.request_cancel(r, ids[4])  # running -> cancelling, then its worker dies: cancelled
     jobs.request_cancel(r, ids[6])  # queued -> cancelled
-    r.delete(f"dnnq:job:{ids[3]}:lease", f"dnnq:job:{ids[4]}:lease")
+    r.delete(keys.job_lease(ids[3]), keys.job_lease(ids[4]))
     assert sorted(jobs.requeue_expired(r)) == [ids[3]]  # running -> queued
     expected = {s.value: [j for j in reversed(ids) if status(r, j) == s.value] for s in Status}
     assert expected["cancelled"] == [ids[6], ids[4]] and expected["queued"] == [ids[3]]
@@ -114,7 +114,7 @@ def test_a_tenant_from_before_the_status_index_gets_it_built_on_first_list(redis
     r.delete(*r.keys("dnnq:tenant:old:status*"))  # as an older dnnq left them
     page, total = jobs.list_jobs(r, "old", status="queued")
     assert [j["id"] for j in page] == [ids[2], ids[1]] and total == 2
-    assert r.exists(jobs.status_index_marker("old"))
+    assert r.exists(keys.status_index_marker("old"))
     jobs.finish(r, ids[0], "w", "succeeded")
     assert [j["id"] for j in jobs.list_jobs(r, "old", status="succeeded")[0]] == [ids[0]]
     assert jobs.list_jobs(r, "old", status="running") == ([], 0)
@@ -127,16 +127,16 @@ def test_claim_sets_running_lease_attempts_and_active(redis_client):
     assert job["status"] == "running"
     assert job["attempts"] == 1
     assert job["started_at"] is not None
-    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "w1"
-    assert 0 < redis_client.pttl(f"dnnq:job:{job_id}:lease") <= LEASE_MS
-    assert redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+    assert redis_client.get(keys.job_lease(job_id)) == "w1"
+    assert 0 < redis_client.pttl(keys.job_lease(job_id)) <= LEASE_MS
+    assert redis_client.sismember(keys.ACTIVE, job_id)
 
 
 def test_claim_twice_second_refused(redis_client):
     job_id = new_job(redis_client)["id"]
     assert jobs.claim(redis_client, job_id, "w1", LEASE_MS) is True
     assert jobs.claim(redis_client, job_id, "w2", LEASE_MS) is False
-    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "w1"
+    assert redis_client.get(keys.job_lease(job_id)) == "w1"
     assert jobs.get_job(redis_client, job_id)["attempts"] == 1
 
 
@@ -151,9 +151,9 @@ def test_claim_refused_on_missing_and_terminal(redis_client):
 def test_renew_lease_only_with_token(redis_client):
     job_id = running(redis_client)
     assert jobs.renew_lease(redis_client, job_id, "w1", 60_000) is True
-    assert redis_client.pttl(f"dnnq:job:{job_id}:lease") > LEASE_MS
+    assert redis_client.pttl(keys.job_lease(job_id)) > LEASE_MS
     assert jobs.renew_lease(redis_client, job_id, "stale", 60_000) is False
-    redis_client.delete(f"dnnq:job:{job_id}:lease")  # expired
+    redis_client.delete(keys.job_lease(job_id))  # expired
     assert jobs.renew_lease(redis_client, job_id, "w1", 60_000) is False
 
 
@@ -163,7 +163,7 @@ def test_record_epoch_appends_and_returns_status(redis_client):
     assert jobs.record_epochs(redis_client, job_id, "w1", [entry], {"epoch": 1, "epochs": 3, "loss": 0.5}) == "running"
     assert jobs.get_history(redis_client, job_id) == [entry]
     assert jobs.get_job(redis_client, job_id)["progress"] == {"epoch": 1, "epochs": 3, "loss": 0.5}
-    assert redis_client.hget(jobs.STATS_KEY, "epochs_total") == "1"
+    assert redis_client.hget(keys.STATS, "epochs_total") == "1"
     assert jobs.get_job(redis_client, job_id)["device"] is None
     jobs.record_epochs(redis_client, job_id, "w1", [{"epoch": 2}], {"epoch": 2}, device="gpu:0")
     assert jobs.get_job(redis_client, job_id)["device"] == "gpu:0"
@@ -201,9 +201,9 @@ def test_finish_from_running(redis_client, final):
     assert job["metrics"] == {"final_loss": 0.1} and job["artifacts"] == {"npz": "aa"}
     assert job["device"] == "cpu" and job["timings"] == {"fit": 1.0}
     assert job["error"] == ("boom" if final == "failed" else None)
-    assert not redis_client.exists(f"dnnq:job:{job_id}:lease")
-    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
-    assert redis_client.hget(jobs.STATS_KEY, f"jobs_{final}_total") == "1"
+    assert not redis_client.exists(keys.job_lease(job_id))
+    assert not redis_client.sismember(keys.ACTIVE, job_id)
+    assert redis_client.hget(keys.STATS, f"jobs_{final}_total") == "1"
 
 
 def test_finish_running_to_cancelled_refused(redis_client):
@@ -217,7 +217,7 @@ def test_finish_with_stale_token_refused(redis_client):
     assert jobs.finish(redis_client, job_id, "stale", "succeeded", metrics={"final_loss": 1.0}) is False
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "running" and job["metrics"] is None
-    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "w1"
+    assert redis_client.get(keys.job_lease(job_id)) == "w1"
 
 
 def test_finish_non_terminal_status_is_a_programming_error(redis_client):
@@ -239,7 +239,7 @@ def test_finish_twice_refused(redis_client):
     assert jobs.finish(redis_client, job_id, "w1", "succeeded") is True
     assert jobs.finish(redis_client, job_id, "w1", "failed") is False
     assert status(redis_client, job_id) == "succeeded"
-    assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") is None
+    assert redis_client.hget(keys.STATS, "jobs_failed_total") is None
 
 
 def test_cancel_queued(redis_client):
@@ -282,12 +282,12 @@ def test_requeue_expired(redis_client):
     done = running(redis_client, "done")
     jobs.finish(redis_client, done, "done", "succeeded")
     for job_id in (dead, dead_cancelling):
-        redis_client.delete(f"dnnq:job:{job_id}:lease")  # the worker died; its lease expired
+        redis_client.delete(keys.job_lease(job_id))  # the worker died; its lease expired
     assert jobs.requeue_expired(redis_client) == [dead]
     assert status(redis_client, dead) == "queued"
     assert status(redis_client, dead_cancelling) == "cancelled"
     assert status(redis_client, alive) == "running"
-    assert redis_client.smembers(jobs.ACTIVE_KEY) == {alive}
+    assert redis_client.smembers(keys.ACTIVE) == {alive}
     assert jobs.requeue_expired(redis_client) == []
     # the requeued job can be claimed again; attempts counts both starts, started_at is kept
     first_start = jobs.get_job(redis_client, dead)["started_at"]
@@ -305,7 +305,7 @@ def test_requeue_expired_by_real_ttl(redis_client):
 
 def test_the_dead_worker_cannot_write_after_requeue(redis_client):
     job_id = running(redis_client, "old")
-    redis_client.delete(f"dnnq:job:{job_id}:lease")
+    redis_client.delete(keys.job_lease(job_id))
     jobs.requeue_expired(redis_client)
     assert jobs.claim(redis_client, job_id, "new", LEASE_MS)
     assert jobs.record_epochs(redis_client, job_id, "old", [{"epoch": 9}], {}) == jobs.LEASE_LOST
@@ -330,30 +330,23 @@ def test_record_resume_trims_history(redis_client):
 
 
 def test_release_requeues_at_once_and_keeps_the_attempt(redis_client):
-    """A worker shutting down hands its job back: queued with its message on the pop end of its queue,
-    no lease to wait for, the attempt not spent; the releasing worker can write nothing more."""
+    """A worker shutting down hands its job back: queued and listed in the outbox (the releasing worker
+    sends its message, then marks it sent), no lease to wait for, the attempt not spent; the releasing
+    worker can write nothing more."""
     r = redis_client
-    job_id = running(r, "w1")  # listed as unsent (created without a message): the release's message ends that
-    r.lpush("default", "an older message")
+    job_id = running(r, "w1")
+    jobs.mark_sent(r, job_id)  # its first message went out when it was created
     first_start = jobs.get_job(r, job_id)["started_at"]
     assert jobs.release(r, job_id, "stale", "released: worker shutting down") == jobs.LEASE_LOST
-    assert status(r, job_id) == "running" and r.llen("default") == 1
+    assert status(r, job_id) == "running" and jobs.unsent(r) == []
 
-    outcome = jobs.release(
-        r,
-        job_id,
-        "w1",
-        "released: worker shutting down",
-        queue="default",
-        message_for=lambda jid, queue: f"message for {jid} on {queue}",
-    )
-    assert outcome == "queued"
+    assert jobs.release(r, job_id, "w1", "released: worker shutting down") == "queued"
     job = jobs.get_job(r, job_id)
     assert job["status"] == "queued" and job["attempts"] == 1
     assert job["release_reason"] == "released: worker shutting down" and job["released_at"] is not None
-    assert not r.exists(f"dnnq:job:{job_id}:lease") and not r.sismember(jobs.ACTIVE_KEY, job_id)
-    assert r.rpop("default") == f"message for {job_id} on default"  # the next one a worker takes
-    assert jobs.unsent(r) == []
+    assert not r.exists(keys.job_lease(job_id)) and not r.sismember(keys.ACTIVE, job_id)
+    assert jobs.unsent(r) == [job_id]  # the releasing worker (or, failing that, the sweeper) sends it
+    assert r.llen("default") == 0  # the state machine sends nothing itself
     assert jobs.count_by_status(r)["queued"] == 1 and jobs.count_by_status(r)["running"] == 0
     assert [j["id"] for j in jobs.list_jobs(r, "public", status="queued")[0]] == [job_id]
     assert jobs.count_unfinished(r, "public") == 1
@@ -366,39 +359,47 @@ def test_release_requeues_at_once_and_keeps_the_attempt(redis_client):
     assert jobs.claim(r, job_id, "w2", LEASE_MS) is True
     job = jobs.get_job(r, job_id)
     assert job["attempts"] == 1 and job["started_at"] == first_start and job["released"] is None
-    r.delete(f"dnnq:job:{job_id}:lease")
+    r.delete(keys.job_lease(job_id))
     assert jobs.requeue_expired(r) == [job_id]
     assert jobs.claim(r, job_id, "w3", LEASE_MS) is True
     assert jobs.get_job(r, job_id)["attempts"] == 2
 
 
-def test_release_without_a_message_lists_the_job_as_unsent(redis_client):
-    job_id = running(redis_client)
-    jobs.mark_sent(redis_client, job_id)
-    assert jobs.release(redis_client, job_id, "w1", "released: worker shutting down") == "queued"
-    assert jobs.unsent(redis_client) == [job_id]  # the next sweep sends it
-    assert redis_client.llen("default") == 0
+def test_the_outbox_lists_queued_jobs_until_marked_sent_oldest_first(redis_client):
+    """create, release and requeue_expired list a job (by Redis's clock); mark_sent takes it off;
+    unsent(min_age_seconds) gives only those listed at least that long ago."""
+    r = redis_client
+    first, second = new_job(r)["id"], new_job(r)["id"]
+    assert sorted(jobs.unsent(r)) == sorted([first, second])
+    assert jobs.unsent(r, min_age_seconds=60) == []  # just listed: their sender is sending them now
+    time.sleep(0.25)
+    third = new_job(r)["id"]
+    assert jobs.unsent(r)[-1] == third  # oldest first
+    assert sorted(jobs.unsent(r, min_age_seconds=0.2)) == sorted([first, second])
+    jobs.mark_sent(r, first, third)
+    assert jobs.unsent(r) == [second]
+    jobs.mark_sent(r)  # nothing to mark: no call
+    assert jobs.claim(r, second, "dead", LEASE_MS) and jobs.unsent(r) == [second]  # a claim does not unlist
+    jobs.mark_sent(r, second)
+    r.delete(keys.job_lease(second))
+    assert jobs.requeue_expired(r) == [second] and jobs.unsent(r) == [second]
 
 
 def test_release_refused_while_cancelling_or_finished(redis_client):
     r = redis_client
     job_id = running(r)
+    jobs.mark_sent(r, job_id)
     jobs.request_cancel(r, job_id)
-    assert (
-        jobs.release(
-            r, job_id, "w1", "released: worker shutting down", queue="default", message_for=lambda jid, queue: "m"
-        )
-        == "cancelling"
-    )
+    assert jobs.release(r, job_id, "w1", "released: worker shutting down") == "cancelling"
     job = jobs.get_job(r, job_id)
-    assert job["status"] == "cancelling" and job.get("release_reason") is None and r.llen("default") == 0
-    assert r.get(f"dnnq:job:{job_id}:lease") == "w1"  # still held: the worker finishes it 'cancelled'
+    assert job["status"] == "cancelling" and job.get("release_reason") is None and jobs.unsent(r) == []
+    assert r.get(keys.job_lease(job_id)) == "w1"  # still held: the worker finishes it 'cancelled'
     assert jobs.finish(r, job_id, "w1", "cancelled") is True
     done = running(r, "w2")
     assert jobs.finish(r, done, "w2", "succeeded")
     assert jobs.release(r, done, "w2", "x") == jobs.LEASE_LOST  # the lease went with the finish
     with pytest.raises(ValueError, match="Malformed queue name"):
-        jobs.release(r, job_id, "w1", "x", queue="dnnq:job:x", message_for=lambda jid, queue: "m")
+        jobs.create_job(r, tenant="public", spec={}, queue="dnnq:job:x", dataset_id=DATASET)
 
 
 def test_status_enum_and_terminal():
@@ -410,18 +411,18 @@ def test_requeue_expired_fails_a_job_that_keeps_killing_workers(redis_client):
     job_id = new_job(redis_client)["id"]
     for attempt in (1, 2):
         assert jobs.claim(redis_client, job_id, f"w{attempt}", LEASE_MS)
-        redis_client.delete(f"dnnq:job:{job_id}:lease")  # worker died
+        redis_client.delete(keys.job_lease(job_id))  # worker died
         assert jobs.requeue_expired(redis_client, max_attempts=3) == [job_id]
     assert jobs.claim(redis_client, job_id, "w3", LEASE_MS)
-    redis_client.delete(f"dnnq:job:{job_id}:lease")
+    redis_client.delete(keys.job_lease(job_id))
     assert jobs.requeue_expired(redis_client, max_attempts=3) == []
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "failed" and job["attempts"] == 3 and job["finished_at"] is not None
     assert (
         "renewing its lease 3 times" in job["error"] and "lost Redis" in job["error"] and "batch_size" in job["error"]
     )
-    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
-    assert redis_client.hget(jobs.STATS_KEY, "jobs_failed_total") == "1"
+    assert not redis_client.sismember(keys.ACTIVE, job_id)
+    assert redis_client.hget(keys.STATS, "jobs_failed_total") == "1"
 
 
 def test_counts_by_status_follow_every_transition(redis_client):
@@ -438,7 +439,7 @@ def test_counts_by_status_follow_every_transition(redis_client):
     jobs.request_cancel(r, ids[2])  # running -> cancelling
     jobs.request_cancel(r, ids[2])  # cancelling stays
     jobs.request_cancel(r, ids[6])  # queued -> cancelled
-    r.delete(f"dnnq:job:{ids[2]}:lease", f"dnnq:job:{ids[3]}:lease")  # two workers die
+    r.delete(keys.job_lease(ids[2]), keys.job_lease(ids[3]))  # two workers die
     assert sorted(jobs.requeue_expired(r)) == [ids[3]]  # cancelling -> cancelled, running -> queued
     actual = {s.value: 0 for s in Status}
     for job_id in ids:
@@ -484,4 +485,4 @@ def test_create_job_async_writes_the_same_record(redis_client, redis_url):
     stored = jobs.get_job(redis_client, created["id"], "t")
     assert stored == created and stored["status"] == "queued" and stored["spec"] == {"a": 1}
     assert jobs.unsent(redis_client) == [created["id"]] and jobs.count_unfinished(redis_client, "t") == 1
-    assert redis_client.zscore("dnnq:tenant:t:jobs", created["id"]) > 0
+    assert redis_client.zscore(keys.tenant_jobs("t"), created["id"]) > 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 from dnnq.workers.recovery import (
-    WORKERS_KEY,
+    SEND_GRACE_SECONDS,
     Maintenance,
     host_memory_bytes,
     live_workers,
@@ -21,18 +21,31 @@ DS = "ab" * 12
 
 
 def test_a_job_created_but_never_sent_is_sent_by_the_sweeper(redis_client):
-    """The API died between create_job and send_task: the job is in the unsent set, and the next
-    sweep (any worker) sends it once; a job claimed meanwhile is just dropped from the set."""
+    """The API died between create_job and its send: the job stays in the outbox, and the first sweep
+    (any worker) past the grace sends it once; a job claimed meanwhile is just taken off the outbox."""
     lost = jobs.create_job(redis_client, tenant="t", spec={}, queue="gpu", dataset_id=DS)["id"]
     started = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
     assert jobs.claim(redis_client, started, "w", 60_000)  # a duplicate message already delivered it
-    assert jobs.unsent(redis_client) == sorted([lost, started])
+    assert sorted(jobs.unsent(redis_client)) == sorted([lost, started])
     sent = []
-    assert sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue))) == []
+    assert sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)), grace_seconds=0.0) == []
     assert sent == [(lost, "gpu")]
     assert jobs.unsent(redis_client) == []
-    sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)))
+    sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)), grace_seconds=0.0)
     assert sent == [(lost, "gpu")]  # nothing sent twice by the sweeper
+
+
+def test_a_sweep_leaves_a_job_its_sender_is_still_sending_until_the_grace_is_over(redis_client):
+    """A job just created is its creator's to send (the API marks it sent within milliseconds): a sweep
+    sends it only once it has been in the outbox for grace_seconds, by Redis's clock."""
+    job_id = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
+    sent = []
+    assert sweep(redis_client, lambda j, q: sent.append(j), grace_seconds=0.3) == [] and sent == []
+    assert jobs.unsent(redis_client) == [job_id]
+    time.sleep(0.35)
+    sweep(redis_client, lambda j, q: sent.append(j), grace_seconds=0.3)
+    assert sent == [job_id] and jobs.unsent(redis_client) == []
+    assert SEND_GRACE_SECONDS > 1  # the default leaves the API time to send its own
 
 
 def test_sweep_requeues_and_resends_to_the_jobs_queue(redis_client):
@@ -54,15 +67,15 @@ def test_sweep_requeues_and_resends_to_the_jobs_queue(redis_client):
 def test_register_worker_hash_and_ttl(redis_client):
     s = WorkerSettings(worker_name="w-1", queues="gpu", cuda_visible_devices="1", lease_seconds=4, heartbeat_seconds=1)
     register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")
-    info = redis_client.hgetall("dnnq:worker:w-1")
+    info = redis_client.hgetall(keys.worker("w-1"))
     assert info["name"] == "w-1" and info["queues"] == "gpu" and info["device"] == "gpu:1"
     assert info["current_job"] == "" and info["started_at"] == "2026-01-01T00:00:00.000Z"
     assert int(info["memory_bytes"]) == host_memory_bytes() > 2**30  # this host's RAM: the API's capacity check
     assert [w["name"] for w in live_workers(redis_client)] == ["w-1"]
-    assert 2000 < redis_client.pttl("dnnq:worker:w-1") <= 3000
-    redis_client.hset("dnnq:worker:w-1", "current_job", "c" * 32)
+    assert 2000 < redis_client.pttl(keys.worker("w-1")) <= 3000
+    redis_client.hset(keys.worker("w-1"), "current_job", "c" * 32)
     register_worker(redis_client, s, "2026-01-01T00:00:00.000Z")  # a refresh keeps the child's field
-    assert redis_client.hget("dnnq:worker:w-1", "current_job") == "c" * 32
+    assert redis_client.hget(keys.worker("w-1"), "current_job") == "c" * 32
     assert worker_device(WorkerSettings(queues="default")) == "cpu"
 
 
@@ -71,13 +84,13 @@ def test_live_workers_reads_the_index_and_prunes_dead_names(redis_client):
     for name in ("a", "b"):
         register_worker(redis_client, WorkerSettings(worker_name=name, heartbeat_seconds=5), "2026-01-01T00:00:00Z")
     for i in range(300):  # job keys do not slow it down: no keyspace SCAN
-        redis_client.set(f"dnnq:job:{i:032x}", "x")
+        redis_client.set(keys.job(f"{i:032x}"), "x")
     assert sorted(w["name"] for w in live_workers(redis_client)) == ["a", "b"]
-    redis_client.delete("dnnq:worker:a")  # its TTL ran out
+    redis_client.delete(keys.worker("a"))  # its TTL ran out
     assert [w["name"] for w in live_workers(redis_client)] == ["b"]
-    assert redis_client.smembers(WORKERS_KEY) == {"b"}
+    assert redis_client.smembers(keys.WORKERS) == {"b"}
     unregister_worker(redis_client, WorkerSettings(worker_name="b"))
-    assert live_workers(redis_client) == [] and redis_client.smembers(WORKERS_KEY) == set()
+    assert live_workers(redis_client) == [] and redis_client.smembers(keys.WORKERS) == set()
 
 
 def test_maintenance_thread_registers_sweeps_and_unregisters(redis_client):
@@ -92,8 +105,8 @@ def test_maintenance_thread_registers_sweeps_and_unregisters(redis_client):
         while not sent and time.monotonic() < deadline:
             time.sleep(0.02)
         assert sent == [job_id]
-        assert redis_client.exists("dnnq:worker:maint")
+        assert redis_client.exists(keys.worker("maint"))
     finally:
         thread.stop()
     assert not thread.is_alive()
-    assert not redis_client.exists("dnnq:worker:maint")
+    assert not redis_client.exists(keys.worker("maint"))

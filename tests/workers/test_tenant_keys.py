@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from dnnq.service.app import create_app
 from dnnq.service.settings import ApiSettings
-from dnnq.workers import datasets, jobs
+from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.recovery import register_worker
 from dnnq.workers.settings import WorkerSettings
 from fastapi.testclient import TestClient
@@ -32,8 +32,8 @@ def test_a_tenant_named_like_a_state_machine_key_trains_normally(tenant, redis_c
         assert [j["id"] for j in listed["items"]] == [job_id]
         assert c.get("/v1/jobs", headers={"Authorization": "Bearer k2"}).json()["items"] == []
     assert jobs.claim(redis_client, job_id, "token", 1000)  # claims still work for everyone
-    assert redis_client.type(jobs.ACTIVE_KEY) == "set"
-    assert redis_client.type(jobs.BY_STATUS_KEY) == "hash"
-    assert redis_client.type(jobs.tenant_jobs_key(tenant)) == "zset"
+    assert redis_client.type(keys.ACTIVE) == "set"
+    assert redis_client.type(keys.BY_STATUS) == "hash"
+    assert redis_client.type(keys.tenant_jobs(tenant)) == "zset"
     assert redis_client.type(datasets.tenant_datasets_key(tenant)) == "zset"
     assert jobs.count_unfinished(redis_client, tenant) == 1

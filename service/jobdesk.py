@@ -1,0 +1,300 @@
+"""The job desk: what POST /v1/jobs and GET /v1/jobs/{id} do once the request is parsed.
+
+The routes (service/routes/jobs.py) and the fast lane (service/fastlane.py) both call a JobDesk, so
+they cannot drift apart. It owns what the submit path keeps between requests: the dataset records it
+has read, the live workers' capacity per queue, the Redis reads that concurrent requests share, and the
+thread that sends the jobs' Celery messages.
+
+A submit writes the job into the outbox (jobs.create_job_async), then sends its message with Celery's
+own send_task and marks it sent (TaskSender). If the process dies in between, the workers' sweeper
+sends it (workers/recovery.py); a job sent twice is claimed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from dnnq.service.errors import Problem, field_error
+from dnnq.service.idempotency import reserve
+from dnnq.service.schemas import FiniteJSONResponse, job_view, thin_history
+from dnnq.service.settings import ApiSettings
+from dnnq.workers import datasets, jobs
+from dnnq.workers.celery_app import send_train, sender_app
+from dnnq.workers.recovery import live_workers_async
+from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
+from starlette.concurrency import run_in_threadpool
+
+__all__ = ["DATASET_CACHE_SIZE", "HistoryChoice", "JobDesk", "TaskSender", "job_not_found"]
+
+log = logging.getLogger("dnnq.api")
+
+# Dataset records a desk keeps (see JobDesk.dataset); a few hundred bytes each.
+DATASET_CACHE_SIZE = 4096
+HistoryChoice = Literal["thin", "full", "none"]
+
+
+def job_not_found(job_id: str) -> Problem:
+    return Problem(404, f"No job with id '{job_id}'.")
+
+
+class TaskSender:
+    """Sends a new job's dnnq.train message and marks it sent, in a thread of its own: Celery's send_task
+    is a blocking kombu publish, and the event loop must not wait on it. One thread: a publish is mostly
+    CPU under the GIL, and one thread keeps the broker connection's use simple."""
+
+    def __init__(self, r: Any, redis_url: str | None) -> None:
+        self.r, self.redis_url = r, redis_url
+        self._executor: ThreadPoolExecutor | None = None
+
+    def send_now(self, job_id: str, queue: str) -> bool:
+        """Send and mark sent (blocking); False when the send failed: the job stays in the outbox and
+        the sweeper sends it."""
+        try:
+            send_train(job_id, queue, sender_app(self.redis_url))
+        except Exception:
+            log.warning("sending job %s failed; the sweeper will send it", job_id, exc_info=True)
+            return False
+        jobs.mark_sent(self.r, job_id)
+        return True
+
+    async def send(self, job_id: str, queue: str) -> bool:
+        """send_now on the sender's thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dnnq-send")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.send_now, job_id, queue)
+
+    def close(self) -> None:
+        """Wait for the messages being sent; the thread goes (a later send starts another)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+class JobDesk:
+    """Submit and read jobs for one API process. `clock`, `read_dataset` and `read_workers` are the
+    seams tests replace (the worker-capacity cache's clock, and the two Redis reads it caches)."""
+
+    def __init__(self, settings: ApiSettings, r: Any, async_redis: Any, *, sender: TaskSender | None = None) -> None:
+        self.settings, self.r, self.async_redis = settings, r, async_redis
+        self.sender = sender or TaskSender(r, settings.redis_url)
+        self.clock: Callable[[], float] = time.monotonic
+        self.read_dataset: Callable[[Any, str], Awaitable[dict | None]] = datasets.get_dataset_async
+        self.read_workers: Callable[[Any], Awaitable[list[dict]]] = live_workers_async
+        self.dataset_records: dict[str, dict] = {}  # id -> record
+        self.worker_capacity: dict[str, tuple] = {}  # queue -> (read at, served, capacity)
+        self.reads_in_flight: dict[tuple, asyncio.Future] = {}  # key -> the read requests share
+
+    def close(self) -> None:
+        self.sender.close()
+
+    # --- reads the submit path shares and keeps -----------------------------------------------
+
+    async def _read_once(self, key: tuple, read: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``read()``, one call per key at a time in this process: requests that miss a cache
+        together share one Redis read instead of each making its own. Shielded, so a waiter whose client
+        goes away does not cancel the read the others wait on."""
+        in_flight = self.reads_in_flight
+        task = in_flight.get(key)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():  # (a test client's loop per request)
+            task = in_flight[key] = asyncio.ensure_future(read())
+
+            def done(finished: asyncio.Future) -> None:
+                if in_flight.get(key) is finished:
+                    del in_flight[key]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved here too, for when every waiter has gone
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def dataset(self, ar: Any, dataset_id: str, tenant: str) -> dict | None:
+        """The dataset's record, from this desk's cache once read: a record never changes after it is
+        written (its id is the hash of its tenant and content, and nothing deletes one), so only the
+        tenant check is repeated. Absent ids are not cached: the dataset may be uploaded a moment later."""
+        cache = self.dataset_records
+        meta = cache.get(dataset_id)
+        if meta is None:
+            meta = await self._read_once(("dataset", dataset_id), lambda: self.read_dataset(ar, dataset_id))
+            if meta is None:
+                return None
+            if len(cache) >= DATASET_CACHE_SIZE:
+                cache.pop(next(iter(cache)))  # the oldest entry
+            cache[dataset_id] = meta
+        return meta if meta.get("tenant") == tenant else None
+
+    async def queue_workers(self, ar: Any, queue: str) -> tuple[bool, tuple[int, str] | None]:
+        """(whether a live worker serves `queue`, the memory one job may use there): the largest such
+        worker's GPU memory for the gpu queue, its host memory otherwise; None when none says.
+
+        Read from Redis at most once per DNNQ_WORKER_CAPACITY_CACHE_SECONDS: workers come and go on a
+        scale of seconds, not milliseconds. "No worker" is never taken from the cache: it refuses the
+        submit, and a worker that started a moment ago must count."""
+        cache = self.worker_capacity
+        now = self.clock()
+        cached = cache.get(queue)
+        if cached is not None and cached[1] and now - cached[0] < self.settings.worker_capacity_cache_seconds:
+            return cached[1], cached[2]
+        field = "gpu_memory_total" if queue == "gpu" else "memory_bytes"
+
+        async def read() -> tuple[bool, tuple[int, str] | None]:
+            serving = [w for w in await self.read_workers(ar) if queue in (w.get("queues") or "").split(",")]
+            sizes = [int(w[field]) for w in serving if (w.get(field) or "").isdigit()]
+            capacity = (max(sizes), f"the largest live '{queue}' worker's memory") if sizes else None
+            cache[queue] = (now, bool(serving), capacity)
+            return bool(serving), capacity
+
+        return await self._read_once(("worker capacity", queue), read)
+
+    # --- POST /v1/jobs ----------------------------------------------------------------------------
+
+    async def _check_limits(self, ar: Any, spec: JobSpec, cfg: Any, meta: dict) -> None:
+        """Epochs, parameters, a live worker for the job's queue, memory; the per-tenant job limit is
+        checked by create_job itself."""
+        settings = self.settings
+        if spec.training.epochs > settings.max_epochs:
+            raise field_error(
+                "training.epochs",
+                f"{spec.training.epochs} epochs is over the limit of "
+                f"{settings.max_epochs} (DNNQ_MAX_EPOCHS); train fewer epochs.",
+            )
+        n_params = cfg.parameter_count()
+        if n_params > settings.max_parameters:
+            raise field_error(
+                "model.hidden_layers",
+                f"this network has {n_params} parameters; the limit is "
+                f"{settings.max_parameters} (DNNQ_MAX_PARAMETERS). Use fewer or smaller hidden layers.",
+            )
+        capacity = None
+        if not (spec.wait_for_worker and settings.worker_memory_bytes):  # else nothing below needs the workers
+            queue = queue_for(spec)
+            served, capacity = await self.queue_workers(ar, queue)
+            if not served and not spec.wait_for_worker:
+                raise _no_worker(queue)
+        if settings.worker_memory_bytes:
+            capacity = settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
+        if capacity is not None:
+            need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
+            if need > capacity[0]:
+                raise field_error(
+                    "training.batch_size",
+                    f"training needs about {need} bytes, more than {capacity[0]} ({capacity[1]}). "
+                    "Set a smaller training.batch_size, use float32, or shrink the network.",
+                )
+
+    async def _create(self, ar: Any, spec: JobSpec, body: dict, tenant: str) -> dict:
+        """Check the spec against its datasets and the limits, then write the job (into the outbox)."""
+        meta = await self.dataset(ar, spec.dataset_id, tenant)
+        if meta is None:
+            raise field_error(
+                "dataset_id", f"no dataset with id '{spec.dataset_id}'; upload one with POST /v1/datasets."
+            )
+        val_meta = None
+        if spec.validation_dataset_id is not None:
+            val_meta = await self.dataset(ar, spec.validation_dataset_id, tenant)
+            if val_meta is None:
+                raise field_error("validation_dataset_id", f"no dataset with id '{spec.validation_dataset_id}'.")
+        try:
+            cfg = to_train_config(spec, meta, val_meta)
+        except SpecError as exc:
+            raise field_error(exc.field, exc.message) from None
+        await self._check_limits(ar, spec, cfg, meta)
+        try:
+            return await jobs.create_job_async(
+                ar,
+                tenant=tenant,
+                spec=body,
+                queue=queue_for(spec),
+                dataset_id=spec.dataset_id,
+                validation_dataset_id=spec.validation_dataset_id,
+                max_unfinished=self.settings.max_queued_jobs_per_tenant,
+            )
+        except jobs.TooManyUnfinished as exc:
+            raise _too_many(self.settings, exc.unfinished) from None
+
+    async def submit(self, spec: JobSpec, tenant: str, idempotency_key: str | None) -> FiniteJSONResponse:
+        """POST /v1/jobs's work once the body is a valid JobSpec: the 202 with the new (or, for a replayed
+        Idempotency-Key, the original) job, or a Problem.
+
+        On the asyncio Redis client: a submit makes one or two round trips on the event loop (the create
+        script; the live workers at most once a second), then the send on the sender's thread. The
+        Idempotency-Key path is rarer and stays on the sync client in the thread pool."""
+        ar = self.async_redis.get()
+        body = spec.model_dump(mode="json")
+        reservation = None
+        if idempotency_key is not None:
+            # Idempotency first: a replay returns the original job even if the limits would now refuse a new one.
+            body_sha = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            reservation, replay_id = await run_in_threadpool(
+                reserve,
+                self.r,
+                tenant=tenant,
+                route="jobs",
+                key=idempotency_key,
+                body_sha256=body_sha,
+                ttl=self.settings.idempotency_ttl_seconds,
+            )
+            if replay_id is not None and (job := await jobs.get_job_async(ar, replay_id, tenant)) is not None:
+                return _accepted(job, None)
+        try:
+            job = await self._create(ar, spec, body, tenant)
+        except BaseException:  # a refused or failed submit frees its key: the client may fix the body and retry
+            if reservation:
+                await run_in_threadpool(reservation.release)
+            raise
+        await self.sender.send(job["id"], job["queue"])
+        if reservation:
+            await run_in_threadpool(reservation.complete, job["id"])
+        return _accepted(job, [])
+
+    # --- GET /v1/jobs/{id} ------------------------------------------------------------------------
+
+    async def view(self, job_id: str, tenant: str, history: HistoryChoice) -> dict | None:
+        """GET /v1/jobs/{id}'s body, None when the caller may not see such a job."""
+        ar = self.async_redis.get()
+        job = await jobs.get_job_async(ar, job_id, tenant)
+        if job is None:
+            return None
+        hist = None
+        if history != "none":
+            hist = await jobs.get_history_async(ar, job_id)
+            if history == "thin":
+                hist = thin_history(hist, self.settings.history_full_max)
+        return job_view(job, hist)
+
+
+def _no_worker(queue: str) -> Problem:
+    if queue == "gpu":
+        return field_error(
+            "device",
+            "no live worker serves the 'gpu' queue, so this job would wait with nothing to run it. "
+            "Start one with `dnnq worker --queues gpu --gpu 0` (or `dnnq up --queues default,gpu`), use device "
+            "'auto' to train on a CPU worker, or send \"wait_for_worker\": true to queue the job until a GPU "
+            "worker starts.",
+        )
+    return field_error(
+        "wait_for_worker",
+        f"no live worker serves the '{queue}' queue, so this job would wait with nothing to "
+        f'run it. Start one with `dnnq worker --queues {queue}` (or `dnnq up`), or send "wait_for_worker": '
+        "true to queue the job until one starts.",
+    )
+
+
+def _too_many(settings: ApiSettings, active: int) -> Problem:
+    return Problem(
+        429,
+        f"This tenant already has {active} queued or running jobs, the limit "
+        f"(DNNQ_MAX_QUEUED_JOBS_PER_TENANT = {settings.max_queued_jobs_per_tenant}); "
+        "wait for some to finish or cancel them.",
+        headers={"Retry-After": "10"},
+    )
+
+
+def _accepted(job: dict, history: list | None) -> FiniteJSONResponse:
+    return FiniteJSONResponse(job_view(job, history), status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})

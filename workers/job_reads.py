@@ -1,0 +1,116 @@
+"""Reading job records: a record, its history, a tenant's page of jobs, counts.
+
+Each sync/async pair shares everything but the Redis call. Only workers/jobs.py writes what these read
+(it re-exports them, so callers say ``jobs.get_job``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dnnq.workers import keys
+from dnnq.workers.keys import ID_RE
+from dnnq.workers.scripts import get as script
+from dnnq.workers.status import STATUSES, Status
+
+__all__ = [
+    "count_by_status",
+    "count_unfinished",
+    "decode",
+    "get_history",
+    "get_history_async",
+    "get_job",
+    "get_job_async",
+    "list_jobs",
+    "record_key",
+]
+
+_JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "timings")
+_INT_FIELDS = ("attempts", "resumed_from_epoch")
+
+
+def decode(raw: dict[str, str]) -> dict[str, Any]:
+    """Hash strings -> Python values: "" -> None, JSON fields parsed, counters as int."""
+    job: dict[str, Any] = {}
+    for k, v in raw.items():
+        if v == "":
+            job[k] = None
+        elif k in _JSON_FIELDS:
+            job[k] = json.loads(v)
+        elif k in _INT_FIELDS:
+            job[k] = int(v)
+        else:
+            job[k] = v
+    return job
+
+
+def record_key(job_id: str) -> str | None:
+    """The record's key, None for an id no record can have."""
+    return keys.job(job_id) if isinstance(job_id, str) and ID_RE.match(job_id) else None
+
+
+def _visible(raw: dict, tenant: str | None) -> dict | None:
+    if not raw or (tenant is not None and raw.get("tenant") != tenant):
+        return None
+    return decode(raw)
+
+
+def get_job(r: Any, job_id: str, tenant: str | None = None) -> dict | None:
+    """The decoded record, or None when absent, the id is malformed, or it belongs to another tenant."""
+    key = record_key(job_id)
+    return None if key is None else _visible(r.hgetall(key), tenant)
+
+
+async def get_job_async(ar: Any, job_id: str, tenant: str | None = None) -> dict | None:
+    """get_job on a redis.asyncio client (the API's status-poll path: no thread hop per request)."""
+    key = record_key(job_id)
+    return None if key is None else _visible(await ar.hgetall(key), tenant)
+
+
+def _entries(raw: list[str]) -> list[dict]:
+    return [json.loads(item) for item in raw]
+
+
+def get_history(r: Any, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
+    """Completed epochs (list indices, inclusive end, as LRANGE)."""
+    return _entries(r.lrange(keys.job_history(job_id), start, end))
+
+
+async def get_history_async(ar: Any, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
+    """get_history on a redis.asyncio client."""
+    return _entries(await ar.lrange(keys.job_history(job_id), start, end))
+
+
+def list_jobs(
+    r: Any, tenant: str, status: str | None = None, offset: int = 0, limit: int = 50
+) -> tuple[list[dict], int]:
+    """A tenant's jobs, newest first, optionally filtered by status; returns (page, total).
+
+    Reads the page's records and the total only (a sorted set per tenant and per status), however
+    many jobs the tenant has."""
+    listed = keys.tenant_jobs(tenant) if status is None else keys.status_index(tenant, Status(status).value)
+    total, page_ids = script("list_jobs")(
+        r,
+        [keys.tenant_jobs(tenant), keys.status_index_marker(tenant), listed],
+        [keys.PREFIX, tenant, offset, offset + limit - 1],
+    )
+    pipe = r.pipeline(transaction=False)
+    for job_id in page_ids:
+        pipe.hgetall(keys.job(job_id))
+    return [decode(raw) for raw in pipe.execute() if raw], int(total)
+
+
+def count_unfinished(r: Any, tenant: str) -> int:
+    """How many of the tenant's jobs are queued, running or cancelling: one SCARD, however long the
+    tenant's history."""
+    return int(r.scard(keys.unfinished(tenant)))
+
+
+def count_by_status(r: Any) -> dict[str, int]:
+    """Jobs of every tenant per status (one HGETALL; kept by the transition scripts)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, n in r.hgetall(keys.BY_STATUS).items():
+        if status in counts:
+            counts[status] = int(n)
+    return counts

@@ -1,0 +1,133 @@
+"""Every Redis key dnnq reads or writes, named in one place.
+
+Everything of ours lives under ``dnnq:``. A tenant's own keys live under ``dnnq:tenant:{tenant}:...``,
+a namespace no other key shares, so no tenant name can collide with the state machine's keys (tenant
+names never contain ':'). Ids are checked against ID_RE before a key is built from them.
+
+The one exception is a Celery queue: kombu's Redis transport keeps a queue's messages in a list named
+after the queue, so ``default`` and ``gpu`` are keys too (QUEUE_RE keeps them apart from ours).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ACTIVE",
+    "BY_STATUS",
+    "ID_RE",
+    "OUTBOX",
+    "PREFIX",
+    "QUEUES",
+    "QUEUE_RE",
+    "STATS",
+    "TENANT_PREFIX",
+    "WORKERS",
+    "InvalidId",
+    "dataset",
+    "idempotency",
+    "job",
+    "job_history",
+    "job_lease",
+    "queue",
+    "status_index",
+    "status_index_marker",
+    "tenant_datasets",
+    "tenant_jobs",
+    "unfinished",
+    "validate_id",
+    "worker",
+]
+
+PREFIX = "dnnq:"
+TENANT_PREFIX = f"{PREFIX}tenant:"
+# A job or dataset id: uuid4().hex for jobs, a sha256 prefix for datasets.
+ID_RE = re.compile(r"^[0-9a-f]{24,32}$")
+# A Celery queue name, which is also its Redis list key: never one of our dnnq:* keys.
+QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+QUEUES = ("default", "gpu")  # the queues /metrics reports
+
+# Jobs whose worker holds a lease (running or cancelling): what the sweeper checks.
+ACTIVE = f"{PREFIX}jobs:active"
+# Jobs per status, kept by the same scripts that change a status, so /metrics reads one hash
+# instead of every job record.
+BY_STATUS = f"{PREFIX}jobs:by_status"
+# The outbox: queued jobs whose Celery message may not have been sent, scored by when (Redis's clock,
+# ms) they were listed. See workers/jobs.py (who lists them) and workers/recovery.py (who sends late ones).
+OUTBOX = f"{PREFIX}jobs:outbox"
+# Counters the workers keep (epochs_total, jobs_succeeded_total, training_seconds_total, ...).
+STATS = f"{PREFIX}stats"
+# Names of registered workers; a worker is alive while its hash (worker(name)) exists.
+WORKERS = f"{PREFIX}workers"
+
+
+class InvalidId(ValueError):
+    """An id that does not match ID_RE; no Redis key is ever built from it."""
+
+
+def validate_id(value: str, what: str = "job") -> str:
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise InvalidId(f"The {what} id must be 24 to 32 lowercase hex characters. Got {value!r} instead.")
+    return value
+
+
+def job(job_id: str) -> str:
+    """The job's record (a hash)."""
+    return f"{PREFIX}job:{validate_id(job_id)}"
+
+
+def job_history(job_id: str) -> str:
+    """The job's completed epochs, one JSON entry each (a list)."""
+    return f"{job(job_id)}:history"
+
+
+def job_lease(job_id: str) -> str:
+    """The token of the worker holding the job, with a TTL (a string)."""
+    return f"{job(job_id)}:lease"
+
+
+def queue(name: str) -> str:
+    """The list kombu's Redis transport keeps a Celery queue's messages in (its name)."""
+    if not QUEUE_RE.match(name):
+        raise ValueError(f"Malformed queue name {name!r}.")
+    return name
+
+
+def tenant_jobs(tenant: str) -> str:
+    """The tenant's jobs, scored by creation time (a sorted set)."""
+    return f"{TENANT_PREFIX}{tenant}:jobs"
+
+
+def status_index(tenant: str, status: str) -> str:
+    """The tenant's jobs in one status, scored by creation time (kept by the status-changing scripts)."""
+    return f"{TENANT_PREFIX}{tenant}:status:{status}"
+
+
+def status_index_marker(tenant: str) -> str:
+    """Present once the tenant's per-status indexes are complete (see workers/lua/list_jobs.lua)."""
+    return f"{TENANT_PREFIX}{tenant}:status_index"
+
+
+def unfinished(tenant: str) -> str:
+    """Ids of the tenant's queued, running or cancelling jobs (a set)."""
+    return f"{TENANT_PREFIX}{tenant}:unfinished"
+
+
+def tenant_datasets(tenant: str) -> str:
+    """The tenant's datasets, scored by creation time (a sorted set)."""
+    return f"{TENANT_PREFIX}{tenant}:datasets"
+
+
+def dataset(dataset_id: str) -> str:
+    """A dataset's record (a hash)."""
+    return f"{PREFIX}dataset:{validate_id(dataset_id, 'dataset')}"
+
+
+def worker(name: str) -> str:
+    """A live worker's heartbeat hash (TTL 3 x heartbeat)."""
+    return f"{PREFIX}worker:{name}"
+
+
+def idempotency(tenant: str, route: str, key: str) -> str:
+    """An Idempotency-Key's reservation for one tenant and route (a string with a TTL)."""
+    return f"{PREFIX}idem:{tenant}:{route}:{key}"

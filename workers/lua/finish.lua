@@ -1,0 +1,16 @@
+-- KEYS: job, lease, active, stats ; ARGV: token, new_status, now, job_id, then field/value pairs
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local st = redis.call('HGET', KEYS[1], 'status')
+local new = ARGV[2]
+local ok = false
+if st == 'running' then ok = (new == 'succeeded' or new == 'failed')
+elseif st == 'cancelling' then ok = (new == 'cancelled' or new == 'succeeded' or new == 'failed') end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
+MOVE(KEYS[1], ARGV[4], st, new)
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('SREM', UNFINISHED(redis.call('HGET', KEYS[1], 'tenant')), ARGV[4])
+redis.call('DEL', KEYS[2])
+redis.call('HINCRBY', KEYS[4], 'jobs_' .. new .. '_total', 1)
+return 1
