@@ -270,3 +270,29 @@ def test_validation_labels_must_fit_the_output(output, train, val, fragment):
 def test_validation_sets_that_fit_are_accepted(output, train, val):
     spec = JobSpec(dataset_id=DS, validation_dataset_id=VAL, model={"output": output})
     assert to_train_config(spec, train, val).layer_dims[0] == 4
+
+
+def test_the_accepted_names_are_the_public_contract_and_come_from_models():
+    """JobSpec's enums are the API's contract (written out here) and dnnq.models' name types: a name
+    added to models reaches the API, and this test says so before a client notices."""
+    from dnnq import models
+
+    schema = JobSpec.model_json_schema()
+    defs = schema["$defs"]
+
+    def enum(section: str | None, field: str) -> list:
+        props = (defs[section] if section else schema)["properties"][field]
+        options = props.get("anyOf", [props])  # lr_decay: a name or null
+        return next(o["enum"] for o in options if "enum" in o)
+
+    cases = [
+        ("ModelSpec", "hidden_activation", ["relu", "leaky_relu", "tanh", "sigmoid"], models.HIDDEN_ACTIVATIONS),
+        ("ModelSpec", "output", ["sigmoid", "softmax", "linear"], models.OUTPUTS),
+        ("TrainingSpec", "optimizer", ["gd", "momentum", "rmsprop", "adam"], models.OPTIMIZER_NAMES),
+        ("TrainingSpec", "init", ["small", "xavier", "he"], models.INIT_NAMES),
+        ("TrainingSpec", "lr_decay", ["inverse_time", "exponential", "step"], models.LR_DECAYS[1:]),
+        ("TrainingSpec", "dtype", ["float32", "float64"], models.DTYPES),
+        (None, "device", ["auto", "cpu", "gpu"], models.DEVICES),
+    ]
+    for section, field, public, from_models in cases:
+        assert enum(section, field) == public == list(from_models), field
