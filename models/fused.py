@@ -3,9 +3,8 @@ elementwise work around the matrix products (bias + relu, relu's backward mask, 
 output and its gradient, the mini-batch row gather).
 
 NumPy runs Adam's ``p -= lr * v_hat / (sqrt(s_hat) + eps)`` as a dozen passes over memory, each
-allocating nothing but streaming four arrays through the cache again; on workload A (235k
-parameters, 235 steps an epoch) that was 0.127 s an epoch, against 0.030 s for the one-pass
-kernel here (measured with the parameters in one flat array, Optimizer.bind_flat).
+streaming the arrays through the cache again; a kernel makes one pass (figures and the command
+that reproduces them: docs/perf.md, "Engine kernels").
 
 Bit-identical by construction: each kernel performs the same IEEE operations, in the same order,
 on the same dtype as the optimizer's NumPy/CuPy sequence (``_step`` in models/optimizers.py).
@@ -16,8 +15,8 @@ whether a kernel or the NumPy sequence runs never changes a result.
 
 Serial kernels (``parallel=False``), on purpose: Numba's threading layers either abort a process
 that forks after using them (OpenMP; Celery's prefork pool forks) or cost more per call than a
-second core saves on 235k elements (workqueue: 0.041 s an epoch, serial 0.030 s). ``nogil``
-makes them safe to call from any thread. Used only where it pays: arrays of at least
+second core saves on a network of workload A's size (docs/perf.md). ``nogil`` makes them safe to
+call from any thread. Used only where it pays: arrays of at least
 ``MIN_ELEMENTS`` elements (a call costs microseconds; tiny jobs never import Numba), and only
 when Numba imports and compiles; otherwise the NumPy sequence runs.
 """
@@ -66,7 +65,7 @@ def _compile() -> dict[str, Any]:
     except ImportError:
         return {}
     # error_model="numpy": x / 0 is IEEE inf/nan as in NumPy, and no per-element zero check
-    # (the "python" model raises instead, and its branch stops the loop from vectorising: 8x slower)
+    # (the "python" model raises instead, and its branch stops the loop from vectorising)
     jit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 
     @jit
@@ -109,8 +108,7 @@ def _compile() -> dict[str, Any]:
     def relu_backward_(dA, H):
         # dA *= (H > 0) as NumPy does it: the mask cast to 1.0 / 0.0 and multiplied in, so times 1
         # leaves dA as it is and times 0 gives the same signed zero, or NaN for inf and NaN. A select
-        # and a multiply on every element, branch-free, so the loop vectorises (the branch that
-        # skipped the multiply where H > 0 did not: 41 -> 9 us for 256x256 float32, measured)
+        # and a multiply on every element, branch-free, so the loop vectorises (a branch would not)
         one, zero = dA.dtype.type(1), dA.dtype.type(0)
         for i in range(dA.shape[0]):
             for j in range(dA.shape[1]):
@@ -157,8 +155,7 @@ def _compile() -> dict[str, Any]:
     @jit
     def take_rows_(src, idx, out):
         # out[r] = src[idx[r]], eight rows at a time: eight streams from memory in flight instead
-        # of one (np.take copies row by row; workload A's X, an epoch: one row 0.030 s, four 0.024,
-        # eight 0.022, measured); a copy, so exact
+        # of one (np.take copies row by row); a copy, so exact
         n, cols = idx.shape[0], src.shape[1]
         r = 0
         while r + 8 <= n:

@@ -1,6 +1,6 @@
 """fit's training step on a GPU, replayed from a CUDA graph instead of launched kernel by kernel.
 
-A step of a small network is dozens of short kernels (workload A: ~45 per batch), and on a GPU
+A step of a small network is dozens of short kernels, and on a GPU
 the time goes into launching them from Python, not into running them. So fit captures the step's
 forward pass, output, loss and backward pass once (models.backend.DeviceGraph) and replays it for
 every full batch: one launch. The row gather before it and the optimizer update after it stay
