@@ -229,7 +229,7 @@ def test_softmax_kernels_are_the_engine_sequence(dtype):
     labels = rng.integers(0, 10, 41)
     labels[3], labels[5], labels[6] = 2, 4, 1
     Y = np.eye(10, dtype=dtype)[labels]
-    # the NumPy sequence of _Engine.output and backward
+    # the NumPy sequence of Engine.output and backward
     mx = np.max(Z, axis=1, keepdims=True)
     Zs = Z - mx
     correct = np.count_nonzero(np.argmax(Z, axis=1) == labels)
