@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -74,6 +75,18 @@ def process_redis(settings: WorkerSettings) -> redis.Redis:
     return client
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """A job this process has claimed, and what working on it needs: the lease `token` fences every write."""
+
+    r: redis.Redis
+    store: ArtifactStore
+    settings: WorkerSettings
+    job_id: str
+    token: str
+    heartbeat: Heartbeat
+
+
 def run_job(
     job_id: str,
     *,
@@ -92,23 +105,22 @@ def run_job(
         job = jobs.get_job(r, job_id)
         event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
         return None
-    heartbeat = Heartbeat(r, job_id, token, settings)
-    heartbeat.start()
+    claim = _Claim(r, store, settings, job_id, token, Heartbeat(r, job_id, token, settings))
+    claim.heartbeat.start()
     _set_current_job(r, settings, job_id)
     try:
         with cooperative_sigterm():
-            return _train_to_the_end(r, store, settings, job_id, token, heartbeat)
+            return _train_to_the_end(claim)
     finally:
-        heartbeat.stop()
+        claim.heartbeat.stop()
         _set_current_job(r, settings, "")
 
 
-def _train_to_the_end(
-    r: redis.Redis, store: ArtifactStore, settings: WorkerSettings, job_id: str, token: str, heartbeat: Heartbeat
-) -> str | None:
+def _train_to_the_end(claim: _Claim) -> str | None:
     """_train, with every failure of the job (not of the worker or Redis) recorded as 'failed'."""
+    job_id = claim.job_id
     try:
-        return _train(r, store, settings, job_id, token, heartbeat)
+        return _train(claim)
     except (KeyboardInterrupt, SystemExit):
         # The worker is shutting down, the job did nothing wrong: leave the lease to expire so the
         # sweeper requeues it and it resumes from its last checkpoint.
@@ -124,24 +136,23 @@ def _train_to_the_end(
         message = _readable(exc, expected)
         # Known errors (bad spec, divergence, no GPU) need no traceback; anything else logs one.
         event("job.failed", logging.ERROR, exc_info=not isinstance(exc, expected), job_id=job_id, error=message)
-        if heartbeat.lost.is_set() or not jobs.finish(r, job_id, token, "failed", error=message):
+        if claim.heartbeat.lost.is_set() or not jobs.finish(claim.r, job_id, claim.token, "failed", error=message):
             event("job.finish_refused", logging.WARNING, job_id=job_id, status="failed")
             return None
         return "failed"
 
 
-def _train(
-    r: redis.Redis, store: ArtifactStore, settings: WorkerSettings, job_id: str, token: str, heartbeat: Heartbeat
-) -> str | None:
+def _train(claim: _Claim) -> str | None:
     """Load the claimed job, train it with an EpochReporter, store what it made, record the outcome."""
     from dnnq.models import fit
 
+    r, store, settings, job_id, token = claim.r, claim.store, claim.settings, claim.job_id, claim.token
     t0 = time.perf_counter()
     inputs = load_inputs(r, store, job_id)
     t_loaded = time.perf_counter()
     ckpt = artifacts.load_checkpoint(store, job_id)
     resume_epoch = ckpt.epoch if ckpt is not None else 0
-    if not _record_start(r, job_id, token, inputs, resume_epoch, resumed=ckpt is not None):
+    if not _record_start(claim, inputs, resume_epoch, resumed=ckpt is not None):
         return None
     reporter = EpochReporter(
         r,
@@ -151,7 +162,7 @@ def _train(
         token,
         resume_epoch=resume_epoch,
         checkpoint_every=inputs.spec.training.checkpoint_every or settings.checkpoint_every,
-        lease_lost=heartbeat.lost,
+        lease_lost=claim.heartbeat.lost,
         release_requested=release_requested,
         report_gpu=lambda: report_gpu_memory(r, settings),
     )
@@ -179,16 +190,14 @@ def _train(
         if outcome != jobs.Status.CANCELLING.value:  # a cancel that came in meanwhile ends it below
             return outcome
     timings = {"load_s": round(t_loaded - t0, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
-    return _record_outcome(r, store, settings, job_id, token, inputs, result, timings, t0)
+    return _record_outcome(claim, inputs, result, timings, t0)
 
 
-def _record_start(
-    r: redis.Redis, job_id: str, token: str, inputs: JobInputs, resume_epoch: int, *, resumed: bool
-) -> bool:
+def _record_start(claim: _Claim, inputs: JobInputs, resume_epoch: int, *, resumed: bool) -> bool:
     """Log the start (and a resume: from a checkpoint, or a later attempt); False when the lease is gone."""
-    attempt = inputs.record["attempts"]
+    job_id, attempt = claim.job_id, inputs.record["attempts"]
     if resumed or attempt > 1:
-        if not jobs.record_resume(r, job_id, token, resume_epoch):
+        if not jobs.record_resume(claim.r, job_id, claim.token, resume_epoch):
             event("job.lease_lost", logging.WARNING, job_id=job_id, at="resume")
             return False
         event("job.resumed", job_id=job_id, from_epoch=resume_epoch, attempt=attempt)
@@ -205,18 +214,11 @@ def _record_start(
 
 
 def _record_outcome(
-    r: redis.Redis,
-    store: ArtifactStore,
-    settings: WorkerSettings,
-    job_id: str,
-    token: str,
-    inputs: JobInputs,
-    result: FitResult,
-    timings: dict[str, float],
-    t0: float,
+    claim: _Claim, inputs: JobInputs, result: FitResult, timings: dict[str, float], t0: float
 ) -> str | None:
     """A finished or cancelled fit: 'cancelled', or the artifacts stored and 'succeeded'; None when
     the lease or the finish is refused."""
+    r, store, job_id, token = claim.r, claim.store, claim.job_id, claim.token
     spec, meta = inputs.spec, inputs.meta
     last = result.history[-1] if result.history else None
     # Accuracies of the parameters we ship (an epoch's running accuracy is measured while the
@@ -231,7 +233,7 @@ def _record_outcome(
         event("job.cancelled", job_id=job_id, epochs=result.epochs_completed, recorded=ok)
         artifacts.delete_checkpoint(store, job_id)
         return "cancelled" if ok else None
-    if not jobs.renew_lease(r, job_id, token, settings.lease_ms):  # do not write weights for a job we lost
+    if not jobs.renew_lease(r, job_id, token, claim.settings.lease_ms):  # do not write weights for a job we lost
         event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost before artifacts")
         return None
     shas = artifacts.save_trained(
