@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from dnnq.models import predict
-from dnnq.workers import artifacts, datasets, jobs
+from dnnq.workers import artifacts, datasets, jobs, keys
 from dnnq.workers.runner import run_job
 from dnnq.workers.settings import WorkerSettings
 from dnnq.workers.spec import JobSpec
@@ -120,7 +120,7 @@ def test_spec_that_does_not_fit_the_dataset_fails_readably(redis_client, store, 
         "model.output: output 'sigmoid' needs binary labels (0/1); dataset 'integer-set' has 3 classes: "
         "use output 'softmax'."
     )
-    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+    assert not redis_client.sismember(keys.ACTIVE, job_id)
     assert redis_client.hget("dnnq:stats", "jobs_failed_total") == "1"
 
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from dnnq.workers import datasets, jobs
+from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.spec import JobSpec
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +67,7 @@ def test_worker_trains_a_job_end_to_end(redis_client, store, celery_client, work
         assert job["artifacts"][kind] == __import__("hashlib").sha256(store.get(f"jobs/{job_id}/{name}")).hexdigest()
     with np.load(io.BytesIO(store.get(f"jobs/{job_id}/weights.npz")), allow_pickle=False) as npz:
         assert npz["W1"].shape == (16, 2) and npz["W3"].shape == (1, 8)
-    assert not redis_client.sismember(jobs.ACTIVE_KEY, job_id)
+    assert not redis_client.sismember(keys.ACTIVE, job_id)
     assert int(redis_client.hget("dnnq:stats", "epochs_total")) == 40
     time.sleep(0.3)  # Celery logs its own 'succeeded' line just after the record is final
     lines = [json.loads(line) for line in w.log().splitlines() if line.startswith("{")]
