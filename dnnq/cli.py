@@ -16,14 +16,16 @@ from typing import NoReturn
 from dnnq import commands
 from dnnq.client import CliError
 from dnnq.server_commands import cmd_api, cmd_up, cmd_worker
+from dnnq.workers.status import STATUSES
 
 __all__ = ["build_parser", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-# The names the API accepts, as declared once in dnnq.models.names, dnnq.workers.jobs and dnnq.service.
-# Copied, not imported: importing those imports NumPy, which `dnnq --help` and the client commands do
-# not need. tests/cli/test_cli_unit.py checks each copy against its declaration.
+# The names the API accepts, as declared once in dnnq.models.names and dnnq.service. Copied, not
+# imported: importing those imports NumPy, which `dnnq --help` and the client commands do not need.
+# tests/cli/test_cli_unit.py checks each copy against its declaration. (The job statuses import
+# cheaply: dnnq.workers.status.)
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
 OUTPUTS = ("sigmoid", "softmax", "linear")
 OPTIMIZERS = ("gd", "momentum", "rmsprop", "adam")
@@ -31,7 +33,6 @@ LR_DECAYS = ("inverse_time", "exponential", "step")
 INITS = ("small", "xavier", "he")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "gpu")
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 SYNTHETIC_NAMES = ("moons", "circles", "spiral", "blobs")
 LAYOUTS = ("examples_first", "features_first")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dnnq.client import Client, CliError, decode
+from dnnq.workers.status import TERMINAL as TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,7 +35,7 @@ __all__ = [
     "load_inputs",
 ]
 
-TERMINAL = ("succeeded", "failed", "cancelled")  # job statuses that do not change any more
+TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)  # job statuses that do not change any more
 SSE_RECONNECTS = 5  # a dropped event stream is resumed this many times before `watch` polls once
 
 

@@ -125,6 +125,7 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
     from dnnq.service.synthetic import GENERATORS, PARAMETERS, SyntheticName
     from dnnq.service.uploads import Layout
     from dnnq.workers import jobs
+    from dnnq.workers.status import Status
 
     from dnnq.commands import TERMINAL
 
@@ -137,11 +138,11 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
         "dtype": get_args(names.DtypeName),
         "device": get_args(names.DeviceName),
     }
-    assert _choices(["list"]) == {"status": tuple(status.value for status in jobs.Status)}
+    assert _choices(["list"]) == {"status": tuple(status.value for status in Status)}
     assert _choices(["datasets", "synthetic"]) == {"name": get_args(SyntheticName)}
     assert set(GENERATORS) == set(PARAMETERS) == set(get_args(SyntheticName))
     assert _choices(["datasets", "upload"]) == {"layout": get_args(Layout)}
-    assert set(TERMINAL) == {status.value for status in jobs.TERMINAL}
+    assert TERMINAL == {"succeeded", "failed", "cancelled"} == {status.value for status in jobs.TERMINAL}
 
 
 def test_the_cli_does_not_import_numpy_until_a_command_needs_it():
