@@ -65,8 +65,8 @@ class EpochReporter:
         self.cancelled = False  # the record says 'cancelling'
         # Decided in on_epoch, not in should_stop: the epoch training stops after is the one checkpointed.
         self.releasing = False
-        self.pending: list[dict[str, Any]] = []  # finished epochs not yet in Redis
-        self.progress: dict[str, Any] = {}  # the progress they end on
+        self._pending: list[dict[str, Any]] = []  # finished epochs not yet in Redis
+        self._progress: dict[str, Any] = {}  # the progress they end on
         self._flushed_at = self._checkpointed_at = time.monotonic()
         self._gpu_reported_at = 0.0
 
@@ -77,13 +77,13 @@ class EpochReporter:
     @property
     def last_epoch(self) -> int:
         """The last finished epoch (the one resumed from before the first)."""
-        return int(self.progress.get("epoch", self._resume_epoch))
+        return int(self._progress.get("epoch", self._resume_epoch))
 
     def on_epoch(self, state: EpochState) -> None:
         """fit's callback after each completed epoch."""
         entry = state.record.to_dict()
-        self.pending.append(entry)
-        self.progress.update(epoch=state.epoch, epochs=state.epochs, loss=entry["loss"])
+        self._pending.append(entry)
+        self._progress.update(epoch=state.epoch, epochs=state.epochs, loss=entry["loss"])
         first, last = state.epoch == self._resume_epoch + 1, state.epoch >= state.epochs
         self.releasing = self.releasing or (self._release_requested() and not last)
         checkpoint_due = (self._checkpoint_due(state.epoch) or self.releasing) and not last
@@ -104,8 +104,8 @@ class EpochReporter:
 
     def flush(self, device: str | None = None) -> None:
         """Write the pending epochs and progress in one round trip; note a lost lease or a cancel."""
-        status = jobs.record_epochs(self._r, self._job_id, self._token, self.pending, self.progress, device=device)
-        self.pending.clear()
+        status = jobs.record_epochs(self._r, self._job_id, self._token, self._pending, self._progress, device=device)
+        self._pending.clear()
         self._flushed_at = time.monotonic()
         if status == jobs.LEASE_LOST:
             self._lease_lost.set()
@@ -114,12 +114,12 @@ class EpochReporter:
 
     def flush_remaining(self) -> None:
         """After fit: write the epochs still pending (fit raised, e.g. diverged: keep the epochs it did)."""
-        if not self.pending or self.lease_is_lost:
+        if not self._pending or self.lease_is_lost:
             return
         try:
             self.flush()
         except Exception as exc:
-            event("job.progress_lost", logging.WARNING, job_id=self._job_id, epochs=len(self.pending), error=str(exc))
+            event("job.progress_lost", logging.WARNING, job_id=self._job_id, epochs=len(self._pending), error=str(exc))
 
     def _checkpoint_due(self, epoch: int) -> bool:
         if self._checkpoint_every:

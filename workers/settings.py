@@ -110,7 +110,7 @@ class WorkerSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> WorkerSettings:
     """The process's settings, read once. Tests call reset_settings() after changing the env."""
-    return _OVERRIDE[0] or WorkerSettings()
+    return _override or WorkerSettings()
 
 
 def reset_settings() -> None:
@@ -149,8 +149,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 def set_settings(settings: WorkerSettings) -> None:
     """Make `settings` what get_settings() returns in this process (and in children it forks)."""
-    _OVERRIDE[0] = settings
+    global _override
+    _override = settings
     reset_settings()
 
 
-_OVERRIDE: list[WorkerSettings | None] = [None]
+_override: WorkerSettings | None = None  # set_settings(): what get_settings() returns instead of the env
