@@ -13,12 +13,13 @@ sends it (workers/recovery.py); a job sent twice is claimed once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from dnnq.service.errors import Problem, field_error
@@ -45,36 +46,92 @@ def job_not_found(job_id: str) -> Problem:
 
 
 class TaskSender:
-    """Sends a new job's dnnq.train message and marks it sent, in a thread of its own: Celery's send_task
-    is a blocking kombu publish, and the event loop must not wait on it. One thread: a publish is mostly
-    CPU under the GIL, and one thread keeps the broker connection's use simple."""
+    """Sends new jobs' dnnq.train messages and marks them sent, on a thread of its own: Celery's send_task
+    is a blocking kombu publish, and the event loop must not wait on it.
+
+    Requests queue their job here and await it; the thread takes every job queued meanwhile in one go,
+    publishes them on one producer in one round trip, marks them all sent with one ZREM and wakes each
+    waiting loop once. A send that fails leaves its jobs in the outbox, for the sweeper
+    (workers/recovery.py); the request still answers 202."""
 
     def __init__(self, r: Any, redis_url: str | None) -> None:
         self.r, self.redis_url = r, redis_url
-        self._executor: ThreadPoolExecutor | None = None
-
-    def send_now(self, job_id: str, queue: str) -> bool:
-        """Send and mark sent (blocking); False when the send failed: the job stays in the outbox and
-        the sweeper sends it."""
-        try:
-            send_train(job_id, queue, sender_app(self.redis_url))
-        except Exception:
-            log.warning("sending job %s failed; the sweeper will send it", job_id, exc_info=True)
-            return False
-        jobs.mark_sent(self.r, job_id)
-        return True
+        self._lock = threading.Lock()
+        self._queued: list[tuple[str, str, asyncio.Future]] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closing = False
 
     async def send(self, job_id: str, queue: str) -> bool:
-        """send_now on the sender's thread."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dnnq-send")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.send_now, job_id, queue)
+        """Queue the job for the sender's thread and wait until it is sent (True) or left to the
+        sweeper (False)."""
+        done = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._queued.append((job_id, queue, done))
+            if self._thread is None:
+                self._closing = False
+                self._thread = threading.Thread(target=self._run, name="dnnq-send", daemon=True)
+                self._thread.start()
+        self._wake.set()
+        return await done
 
     def close(self) -> None:
-        """Wait for the messages being sent; the thread goes (a later send starts another)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        """Send what is queued, then stop the thread (a later send starts another)."""
+        with self._lock:
+            thread, self._closing = self._thread, True
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+
+    def _publish(self, batch: list[tuple[str, str, asyncio.Future]]) -> bool:
+        """Send the batch's messages on one producer, in one round trip where kombu can (its
+        Producer.batch, kombu >= 5.7); False when any failed: the whole batch stays in the outbox."""
+        celery = sender_app(self.redis_url)
+        try:
+            with celery.producer_or_acquire() as producer:
+                batching = getattr(producer, "batch", None)
+                with batching() if batching is not None else contextlib.nullcontext():
+                    for job_id, queue, _ in batch:
+                        send_train(job_id, queue, celery, producer)
+        except Exception:
+            log.warning("sending %d jobs failed; the sweeper will send them", len(batch), exc_info=True)
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                self._wake.clear()  # under the lock: a job queued after this sets it again
+                batch, self._queued = self._queued, []
+                if not batch:
+                    if self._closing:
+                        self._thread = None
+                        return
+                    continue
+            sent = self._publish(batch)
+            if sent:
+                try:
+                    jobs.mark_sent(self.r, *(job_id for job_id, _, _ in batch))
+                except Exception:  # sent but still listed: the sweeper sends them again, a harmless duplicate
+                    log.warning("marking %d jobs sent failed", len(batch), exc_info=True)
+            self._resolve(batch, sent)
+
+    @staticmethod
+    def _resolve(batch: list[tuple[str, str, asyncio.Future]], sent: bool) -> None:
+        """Wake each waiting event loop once."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+        for _, _, done in batch:
+            by_loop.setdefault(done.get_loop(), []).append(done)
+        for loop, waiting in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(_set_results, waiting, sent)
+
+
+def _set_results(waiting: list[asyncio.Future], sent: bool) -> None:
+    for done in waiting:
+        if not done.done():  # (a waiter whose request was cancelled)
+            done.set_result(sent)
 
 
 class JobDesk:

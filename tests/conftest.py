@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from dnnq.workers import keys
 from dnnq.workers.artifact_store import LocalArtifactStore
 from dnnq.workers.redis_server import start_redis
 
@@ -151,7 +152,7 @@ def worker(redis_client, redis_url, data_dir, tmp_path):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"worker {name} exited with {proc.returncode}:\n{w.log()[-4000:]}")
-            if redis_client.exists(f"dnnq:worker:{name}"):
+            if redis_client.exists(keys.worker(name)):
                 return w
             time.sleep(0.1)
         w.stop()

@@ -8,6 +8,8 @@ job is listed in the outbox (workers/jobs.py), and whoever sent it then marks it
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from dnnq.workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
 
@@ -77,10 +79,11 @@ def sender_app(redis_url: str | None) -> Celery:
     return sender
 
 
-def send_train(job_id: str, queue: str, celery: Celery | None = None) -> None:
+def send_train(job_id: str, queue: str, celery: Celery | None = None, producer: Any = None) -> None:
     """Send dnnq.train(job_id) to `queue` through `celery` (default: this process's configured app;
-    sender_app(url) for another broker).
+    sender_app(url) for another broker), on `producer` when given (one of celery.producer_or_acquire(),
+    e.g. inside its batch(), which publishes a run of messages in one round trip).
 
     A blocking kombu publish: an event loop calls it from a thread. The job must already be listed in
     the outbox (create_job, release, requeue_expired); the caller calls jobs.mark_sent after it."""
-    (celery or app).send_task(TASK_NAME, args=[job_id], queue=queue)
+    (celery or app).send_task(TASK_NAME, args=[job_id], queue=queue, producer=producer)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
+from dnnq.workers import keys
 from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.jobs import ID_RE, now_iso, validate_id
 
@@ -72,12 +73,12 @@ class ParsedInfo:
 
 
 def tenant_datasets_key(tenant: str) -> str:
-    """The tenant's dataset listing, in the dnnq:tenant:{tenant}:... namespace (see workers.jobs)."""
-    return f"dnnq:tenant:{tenant}:datasets"
+    """The tenant's dataset listing, in the dnnq:tenant:{tenant}:... namespace (see workers.keys)."""
+    return keys.tenant_datasets(tenant)
 
 
 def _key(dataset_id: str) -> str:
-    return f"dnnq:dataset:{validate_id(dataset_id, 'dataset')}"
+    return keys.dataset(dataset_id)
 
 
 def _array_key(dataset_id: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dnnq.workers import keys
 from dnnq.workers.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def test_api_and_worker_commands_serve_a_job(redis_client, redis_url, data_dir, 
             time.sleep(0.3)
         else:
             pytest.fail("not ready:\n" + (tmp_path / "api.log").read_text() + (tmp_path / "worker.log").read_text())
-        record = redis_client.hgetall("dnnq:worker:cli-worker")
+        record = redis_client.hgetall(keys.worker("cli-worker"))
         assert record["queues"] == "default"
         assert int(record["pid"]) == worker.pid  # `dnnq worker` became the Celery worker (exec)
         assert "no API keys set" in (tmp_path / "api.log").read_text()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from dnnq.workers import datasets, jobs
+from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.redis_server import free_port, start_redis
 from dnnq.workers.spec import JobSpec
 
@@ -110,7 +110,7 @@ def start_worker(
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{w.log()[-4000:]}")
-            if r.exists(f"dnnq:worker:{name}"):
+            if r.exists(keys.worker(name)):
                 return w
             time.sleep(0.1)
     finally:

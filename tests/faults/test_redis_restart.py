@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 
 from tests.faults.conftest import TERMINAL, _signal_group, log_events, start_api, start_worker, wait_for
 
@@ -107,7 +107,7 @@ def test_redis_restart_loses_no_job(own_redis, own_workers, tmp_path):
                 assert long_job["resumed_from_epoch"] >= 5
             for job_id in every_id[1:]:
                 assert jobs.get_job(r, job_id)["attempts"] == 1
-            stats = r.hgetall("dnnq:stats")
+            stats = r.hgetall(keys.STATS)
             assert int(stats["jobs_succeeded_total"]) == len(every_id)  # each ended succeeded exactly once
             assert int(stats.get("jobs_failed_total", 0)) == 0
         assert w.proc.poll() is None

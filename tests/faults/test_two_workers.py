@@ -11,7 +11,7 @@ import itertools
 import time
 
 import pytest
-from dnnq.workers import jobs
+from dnnq.workers import jobs, keys
 
 from tests.faults.conftest import create_and_send, epochs_of, log_events, make_dataset, wait_for
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 def _holder(r, job_id: str) -> str:
     """Name of the worker holding the lease (tokens are worker_name:pid:uuid)."""
-    token = r.get(f"dnnq:job:{job_id}:lease")
+    token = r.get(keys.job_lease(job_id))
     assert token, f"job {job_id} has no lease"
     return token.split(":")[0]
 
@@ -58,8 +58,8 @@ def test_second_worker_receiving_the_same_job_does_nothing(redis_client, store, 
     assert job["attempts"] == 1
     assert job["resumed_from_epoch"] in (None, 0)
     assert epochs_of(redis_client, job_id) == list(range(1, epochs + 1))
-    assert int(redis_client.hget("dnnq:stats", "epochs_total")) == epochs  # no epoch trained twice
-    assert int(redis_client.hget("dnnq:stats", "jobs_succeeded_total")) == 1
+    assert int(redis_client.hget(keys.STATS, "epochs_total")) == epochs  # no epoch trained twice
+    assert int(redis_client.hget(keys.STATS, "jobs_succeeded_total")) == 1
     started = [
         e
         for w in (first, second)

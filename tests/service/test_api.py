@@ -349,6 +349,8 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
     assert [a.status_code for a in answers] == [202] * 8
     assert reads == {"dataset": 1, "workers": 1}
     assert len({a.json()["id"] for a in answers}) == 8
+    # sent by the desk's sender thread, in as few batches as arrived together, and all marked sent
+    assert redis_client.llen("default") == 8 and jobs.unsent(redis_client) == []
 
     async def failing_dataset(ar, dataset_id):
         reads["dataset"] += 1
@@ -578,6 +580,20 @@ def test_openapi_documents_the_routes(client):
     assert spec["info"]["title"] == "dnnq"
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/datasets", "/readyz"):
         assert path in spec["paths"]
+
+
+def test_a_send_that_fails_leaves_the_job_to_the_sweeper_and_still_answers_202(api_settings, redis_client, live_worker):
+    """The job is written; its message cannot go out (here: a broker nobody listens on). The submit
+    still answers 202 and the job stays in the outbox, where the workers' sweeper finds it."""
+    from dnnq.service.jobdesk import TaskSender
+
+    app = create_app(api_settings)
+    app.state.job_desk.sender = TaskSender(app.state.redis, f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(app) as c:
+        resp = submit(c, upload(c, binary_npz()).json()["id"])
+        assert resp.status_code == 202, resp.text
+    assert jobs.unsent(redis_client) == [resp.json()["id"]] and redis_client.llen("default") == 0
+    assert jobs.get_job(redis_client, resp.json()["id"])["status"] == "queued"
 
 
 def test_submit_sends_the_jobs_celery_message_and_marks_it_sent(client, dataset_id, redis_client, live_worker):

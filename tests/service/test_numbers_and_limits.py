@@ -132,7 +132,7 @@ def plant_poisoned(redis_client, job_id: str, status: str) -> None:
             "timings": json.dumps({"total_s": inf}),
         },
     )
-    history = f"dnnq:job:{job_id}:history"
+    history = keys.job_history(job_id)
     redis_client.rpush(
         history, json.dumps({"epoch": 3, "loss": inf, "accuracy": 0.5, "val_loss": float("nan"), "val_accuracy": None})
     )
@@ -451,7 +451,7 @@ def test_a_worker_whose_heartbeat_expired_is_not_live(api_settings, redis_client
     with make_client(api_settings, worker_capacity_cache_seconds=0) as c:
         ds = upload(c, binary_npz()).json()["id"]
         fake_worker(redis_client, "gone", "default")
-        redis_client.delete("dnnq:worker:gone")  # its TTL ran out: the index still names it
+        redis_client.delete(keys.worker("gone"))  # its TTL ran out: the index still names it
         assert_problem(c.post("/v1/jobs", json={"dataset_id": ds}), 422, "no live worker")
 
 

@@ -67,7 +67,7 @@ def test_success_with_validation_set(redis_client, store, settings):
     assert model["layer_sizes"] == [3, 6, 1] and model["activations"] == ["relu", "sigmoid"]
     assert model["metrics"] == job["metrics"]
     assert not store.exists(f"jobs/{job_id}/checkpoint.npz")  # removed once the weights are written
-    assert float(redis_client.hget("dnnq:stats", "training_seconds_total")) > 0
+    assert float(redis_client.hget(keys.STATS, "training_seconds_total")) > 0
 
 
 def weights_of(store, job_id):
@@ -121,7 +121,7 @@ def test_spec_that_does_not_fit_the_dataset_fails_readably(redis_client, store, 
         "use output 'softmax'."
     )
     assert not redis_client.sismember(keys.ACTIVE, job_id)
-    assert redis_client.hget("dnnq:stats", "jobs_failed_total") == "1"
+    assert redis_client.hget(keys.STATS, "jobs_failed_total") == "1"
 
 
 def test_divergence_fails_with_the_models_advice(redis_client, store, settings):
@@ -149,13 +149,13 @@ def test_lost_lease_stops_and_writes_nothing(redis_client, store, settings):
     deadline = time.monotonic() + 30
     while len(jobs.get_history(redis_client, job_id)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    redis_client.set(f"dnnq:job:{job_id}:lease", "another-worker", px=60_000)  # someone else owns it now
+    redis_client.set(keys.job_lease(job_id), "another-worker", px=60_000)  # someone else owns it now
     thread.join(30)
     assert not thread.is_alive()
     assert outcome["result"] is None
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "running" and job["finished_at"] is None and job["artifacts"] is None
-    assert redis_client.get(f"dnnq:job:{job_id}:lease") == "another-worker"
+    assert redis_client.get(keys.job_lease(job_id)) == "another-worker"
     n = len(jobs.get_history(redis_client, job_id))
     time.sleep(0.3)
     assert len(jobs.get_history(redis_client, job_id)) == n
@@ -249,7 +249,7 @@ def test_interrupted_worker_leaves_the_job_to_the_sweeper(redis_client, store, s
         run_job(job_id, settings=settings, r=redis_client, store=store)
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "running" and job["error"] is None  # not failed: resumable
-    redis_client.delete(f"dnnq:job:{job_id}:lease")  # as when the lease expires
+    redis_client.delete(keys.job_lease(job_id))  # as when the lease expires
     assert jobs.requeue_expired(redis_client) == [job_id]
 
 
@@ -259,11 +259,11 @@ def test_cpu_worker_reports_no_gpu_memory_and_never_loads_cupy(redis_client, sto
 
     from dnnq.models.backend import gpu_memory
 
-    redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc", "gpu_memory_used": "", "gpu_memory_total": ""})
+    redis_client.hset(keys.worker("inproc"), mapping={"name": "inproc", "gpu_memory_used": "", "gpu_memory_total": ""})
     job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3}, device="cpu")
     assert run_job(job_id, settings=settings, r=redis_client, store=store) == "succeeded"
     assert "cupy" not in sys.modules and gpu_memory() is None
-    assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_used") == ""
+    assert redis_client.hget(keys.worker("inproc"), "gpu_memory_used") == ""
 
 
 def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, settings, monkeypatch):
@@ -277,10 +277,10 @@ def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, setting
     monkeypatch.setitem(sys.modules, "cupy", fake)
     from dnnq.workers.runner import report_gpu_memory
 
-    redis_client.hset("dnnq:worker:inproc", mapping={"name": "inproc"})
+    redis_client.hset(keys.worker("inproc"), mapping={"name": "inproc"})
     report_gpu_memory(redis_client, settings)
-    assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_used") == str(3 << 30)
-    assert redis_client.hget("dnnq:worker:inproc", "gpu_memory_total") == str(4 << 30)
+    assert redis_client.hget(keys.worker("inproc"), "gpu_memory_used") == str(3 << 30)
+    assert redis_client.hget(keys.worker("inproc"), "gpu_memory_total") == str(4 << 30)
 
 
 def test_one_redis_client_per_training_process_across_jobs(redis_client, store, settings):
@@ -333,7 +333,7 @@ def test_epochs_go_to_redis_in_batches_first_last_and_before_each_checkpoint(
     assert calls[0][2] == "cpu" and all(c[2] is None for c in calls[1:])
     assert calls[1][3] is False  # epochs 1-4 were in Redis before the epoch-4 checkpoint was written
     assert [h["epoch"] for h in jobs.get_history(redis_client, job_id)] == list(range(1, 11))
-    assert redis_client.hget("dnnq:stats", "epochs_total") == "10"
+    assert redis_client.hget(keys.STATS, "epochs_total") == "10"
 
 
 def test_a_diverging_job_keeps_the_epochs_it_trained(redis_client, store, settings):
@@ -434,7 +434,7 @@ def test_a_shutdown_signal_releases_the_job_at_its_epochs_end_and_it_resumes_lik
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "queued" and job["attempts"] == 1 and job["error"] is None
     assert job["release_reason"] == shutdown.RELEASE_REASON
-    assert not redis_client.exists(f"dnnq:job:{job_id}:lease")
+    assert not redis_client.exists(keys.job_lease(job_id))
     released_at = artifacts.load_checkpoint(store, job_id).epoch
     assert released_at == 5  # the signal came during epoch 4's write: epoch 5 was the one under way
     assert [h["epoch"] for h in jobs.get_history(redis_client, job_id)] == list(range(1, released_at + 1))

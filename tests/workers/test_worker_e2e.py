@@ -50,9 +50,9 @@ def wait_status(r, job_id, statuses, timeout=60):
 
 def test_worker_trains_a_job_end_to_end(redis_client, store, celery_client, worker):
     w = worker()
-    info = redis_client.hgetall(f"dnnq:worker:{w.name}")
+    info = redis_client.hgetall(keys.worker(w.name))
     assert info["queues"] == "default" and info["device"] == "cpu" and int(info["pid"]) == w.pid
-    assert 0 < redis_client.pttl(f"dnnq:worker:{w.name}") <= 1500  # 3 x heartbeat
+    assert 0 < redis_client.pttl(keys.worker(w.name)) <= 1500  # 3 x heartbeat
     ds = make_dataset(redis_client, store)
     job_id = submit(redis_client, celery_client, ds["id"], epochs=40, seed=3)
     job = wait_status(redis_client, job_id, {"succeeded", "failed"})
@@ -68,7 +68,7 @@ def test_worker_trains_a_job_end_to_end(redis_client, store, celery_client, work
     with np.load(io.BytesIO(store.get(f"jobs/{job_id}/weights.npz")), allow_pickle=False) as npz:
         assert npz["W1"].shape == (16, 2) and npz["W3"].shape == (1, 8)
     assert not redis_client.sismember(keys.ACTIVE, job_id)
-    assert int(redis_client.hget("dnnq:stats", "epochs_total")) == 40
+    assert int(redis_client.hget(keys.STATS, "epochs_total")) == 40
     time.sleep(0.3)  # Celery logs its own 'succeeded' line just after the record is final
     lines = [json.loads(line) for line in w.log().splitlines() if line.startswith("{")]
     assert {d["event"] for d in lines if d.get("job_id") == job_id} >= {"job.started", "job.succeeded"}
@@ -89,7 +89,7 @@ def test_duplicate_send_trains_once(redis_client, store, celery_client, worker):
     assert job["status"] == "succeeded"
     assert job["attempts"] == 1
     assert len(jobs.get_history(redis_client, job_id)) == 20
-    assert int(redis_client.hget("dnnq:stats", "epochs_total")) == 20
+    assert int(redis_client.hget(keys.STATS, "epochs_total")) == 20
 
 
 def test_cancel_running_job(redis_client, store, celery_client, worker):
@@ -175,7 +175,7 @@ def test_training_child_killed_the_same_worker_resumes(redis_client, store, cele
     ds = make_dataset(redis_client, store, m=20_000, seed=2)
     job_id = submit(redis_client, celery_client, ds["id"], epochs=60, seed=1, checkpoint_every=2, batch_size=64)
     wait_for(lambda: store.exists(f"jobs/{job_id}/checkpoint.npz"), 60, "a checkpoint")
-    token = redis_client.get(f"dnnq:job:{job_id}:lease")
+    token = redis_client.get(keys.job_lease(job_id))
     child_pid = int(token.split(":")[1])  # the token is worker_name:pid:uuid
     assert child_pid != w.pid
     os.kill(child_pid, signal.SIGKILL)
