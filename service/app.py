@@ -240,6 +240,8 @@ async def _lifespan(app: FastAPI):
         await asyncio.gather(jobs.load_scripts_async(ar), recovery.load_scripts_async(ar))
     except Exception:
         log.warning("Redis not reachable at API start; requests will answer 503 until it is")
+    # the sender's thread connects to the broker and loads what Celery loads on a first send
+    await asyncio.to_thread(app.state.job_desk.sender.start().wait, 10.0)
     # Everything imported and built so far lives as long as the process: move it out of the cyclic
     # garbage collector's sight (gc.freeze), so a full collection walks only what requests allocate
     # instead of the whole import graph mid-request (docs/perf.md).

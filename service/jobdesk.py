@@ -26,7 +26,7 @@ from dnnq.service.errors import Problem, field_error
 from dnnq.service.idempotency import reserve
 from dnnq.service.schemas import FiniteJSONResponse, job_view, thin_history
 from dnnq.service.settings import ApiSettings
-from dnnq.workers import datasets, jobs
+from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.celery_app import send_train, sender_app
 from dnnq.workers.recovery import live_workers_async
 from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
@@ -61,6 +61,7 @@ class TaskSender:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._warmed = threading.Event()
 
     async def send(self, job_id: str, queue: str) -> bool:
         """Queue the job for the sender's thread and wait until it is sent (True) or left to the
@@ -68,12 +69,23 @@ class TaskSender:
         done = asyncio.get_running_loop().create_future()
         with self._lock:
             self._queued.append((job_id, queue, done))
-            if self._thread is None:
-                self._closing = False
-                self._thread = threading.Thread(target=self._run, name="dnnq-send", daemon=True)
-                self._thread.start()
+            self._start(warm=False)
         self._wake.set()
         return await done
+
+    def start(self) -> threading.Event:
+        """Start the thread now (the API's start-up): it first connects to the broker and loads what
+        Celery loads on a first send (its result backend, the queues' declarations), so a process's
+        first submits do not wait for that. Returns an event set once it has (or has given up)."""
+        with self._lock:
+            self._start(warm=True)
+        return self._warmed
+
+    def _start(self, warm: bool) -> None:
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, args=(warm,), name="dnnq-send", daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         """Send what is queued, then stop the thread (a later send starts another)."""
@@ -98,7 +110,21 @@ class TaskSender:
             return False
         return True
 
-    def _run(self) -> None:
+    def _warm(self) -> None:
+        celery = sender_app(self.redis_url)
+        with celery.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=0)  # no broker: no waiting here
+            celery.backend  # noqa: B018  (loads the result backend: Celery does it on a first send)
+            for queue in keys.QUEUES:
+                producer.maybe_declare(celery.amqp.queues[queue])
+
+    def _run(self, warm: bool) -> None:
+        if warm:
+            try:
+                self._warm()
+            except Exception:  # the broker is not there yet: the first send connects
+                log.debug("sender warm-up failed", exc_info=True)
+            self._warmed.set()
         while True:
             self._wake.wait()
             with self._lock:

@@ -8,6 +8,7 @@ sweeper sends whatever stays unsent. Each job trains exactly once: one start, on
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -89,6 +90,11 @@ class _DiesBeforeSending:
 
     async def send(self, job_id: str, queue: str) -> bool:
         return False
+
+    def start(self) -> threading.Event:
+        started = threading.Event()
+        started.set()
+        return started
 
     def close(self) -> None:
         pass
