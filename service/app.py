@@ -8,7 +8,9 @@ import importlib
 import importlib.util
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from dnnq.service import sandbox
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
@@ -16,9 +18,11 @@ from dnnq.service.errors import Problem, document_problems, install_error_handle
 from dnnq.service.jobdesk import JobDesk
 from dnnq.service.settings import ApiSettings, get_api_settings
 from dnnq.workers import jobs, recovery
+from dnnq.workers.artifact_store import ArtifactStore
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["create_app"]
 
@@ -35,17 +39,17 @@ class BodyLimitMiddleware:
     Uploads (multipart) may be up to max_upload_bytes; every other body up to max_json_body_bytes.
     """
 
-    def __init__(self, app, settings: ApiSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
         self.app = app
         self.settings = settings
 
-    def _limit(self, scope) -> tuple[int, str]:
+    def _limit(self, scope: Scope) -> tuple[int, str]:
         ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
         if ctype.startswith(b"multipart/"):
             return self.settings.max_upload_bytes + _MULTIPART_SLACK, "DNNQ_MAX_UPLOAD_BYTES"
         return self.settings.max_json_body_bytes, "DNNQ_MAX_JSON_BODY_BYTES"
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         limit, setting = self._limit(scope)
@@ -59,7 +63,7 @@ class BodyLimitMiddleware:
             return await response(scope, receive, send)
         seen, exceeded = 0, False
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             nonlocal seen, exceeded
             if exceeded:
                 return {"type": "http.disconnect"}
@@ -72,7 +76,7 @@ class BodyLimitMiddleware:
                     return {"type": "http.disconnect"}
             return message
 
-        async def guarded_send(message):
+        async def guarded_send(message: Message) -> None:
             if not exceeded:
                 await send(message)
 
@@ -99,18 +103,18 @@ class AuthGateMiddleware:
     same Problem (service.deps.require_tenant).
     """
 
-    def __init__(self, app, fastapi_app: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
         self.state = fastapi_app.state
 
-    def _guarded(self, scope) -> bool:
+    def _guarded(self, scope: Scope) -> bool:
         path = scope["path"]
         root = scope.get("root_path") or ""
         if root and path.startswith(root):
             path = path[len(root) :]
         return path == AUTHENTICATED_PREFIX or path.startswith(AUTHENTICATED_PREFIX + "/")
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         keys = self.state.api_keys
         # The start-up warm-up's own requests (_warm_routes, fixed bodies, no key) go on to the routes.
         if scope["type"] != "http" or not keys or not self._guarded(scope) or scope.get(WARMUP_SCOPE_KEY):
@@ -130,17 +134,17 @@ class AuthGateMiddleware:
 class RequestMetricsMiddleware:
     """dnnq_http_request_duration_seconds by route template, method and status."""
 
-    def __init__(self, app, histogram: Histogram) -> None:
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
         self.app = app
         self.histogram = histogram
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = {"code": 500}
 
-        async def recording_send(message):
+        async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -156,7 +160,7 @@ class RequestMetricsMiddleware:
                 )
 
 
-def _make_store(settings: ApiSettings):
+def _make_store(settings: ApiSettings) -> ArtifactStore:
     from dnnq.workers.artifact_store import open_store
 
     return open_store(settings)  # the same DNNQ_DATA_DIR/artifacts the workers write
@@ -199,14 +203,14 @@ async def _warm_routes(app: FastAPI) -> None:
         }
         sent = False
 
-        async def receive(body=body):
+        async def receive(body: bytes = body) -> Message:
             nonlocal sent
             if sent:
                 return {"type": "http.disconnect"}
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(_message):
+        async def send(_message: Message) -> None:
             return None
 
         try:
@@ -220,14 +224,14 @@ async def _warm_routes(app: FastAPI) -> None:
 REDIS_CONNECTIONS_AT_START = 16
 
 
-async def _open_redis_connections(client, count: int) -> None:
+async def _open_redis_connections(client: Any, count: int) -> None:
     """Grow the client's pool to `count` connections: concurrent PINGs each take a connection of their
     own, and give it back to the pool, open, when they are answered."""
     await asyncio.gather(*(client.ping() for _ in range(count)))
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI):
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await _warm_routes(app)
     try:  # the upload parser's fork server imports numpy and h5py now, not in the first upload's time
         await asyncio.to_thread(sandbox.warm)

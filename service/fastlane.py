@@ -38,6 +38,8 @@ from dnnq.workers.spec import JobSpec
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["FastLane"]
 
@@ -60,7 +62,7 @@ def _route(method: str, path: str) -> APIRoute:
     return next(r for r in routes if method in (r.methods or ()))
 
 
-def _header(scope, name: bytes) -> bytes | None:
+def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
             return value
@@ -70,7 +72,7 @@ def _header(scope, name: bytes) -> bytes | None:
 class FastLane:
     """ASGI middleware; `answered` counts the requests it answered itself (tests read it)."""
 
-    def __init__(self, app, fastapi_app: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
         self.state = fastapi_app.state
         self.poll_route = _route("GET", _POLL_TEMPLATE)
@@ -82,14 +84,14 @@ class FastLane:
     def desk(self) -> JobDesk:
         return self.state.job_desk
 
-    def _tenant(self, scope) -> str | None:
+    def _tenant(self, scope: Scope) -> str | None:
         keys = self.state.api_keys
         if not keys:
             return PUBLIC_TENANT
         authorization = _header(scope, b"authorization")
         return None if authorization is None else tenant_for(keys, authorization.decode("latin-1"))
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
             if scope["method"] == "GET":
                 return await self._poll(scope, receive, send)
@@ -97,17 +99,18 @@ class FastLane:
                 return await self._submit(scope, receive, send)
         return await self.app(scope, receive, send)
 
-    async def _poll(self, scope, receive, send):
+    async def _poll(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _JOB_PATH.fullmatch(scope["path"])
         job_id = match.group(1) if match is not None else ""
         history = _HISTORY_BY_QUERY.get(scope["query_string"])
         tenant = self._tenant(scope) if ID_RE.match(job_id) and history is not None else None
-        if tenant is None:
+        if tenant is None or history is None:
             return await self.app(scope, receive, send)
         scope["route"], scope["path_params"] = (
             self.poll_route,
             {"job_id": job_id},
         )  # set first: an error is labelled too
+        response: Response
         try:
             view = await self.desk.view(job_id, tenant, history)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # as the app's handlers answer them
@@ -116,7 +119,7 @@ class FastLane:
             response = FiniteJSONResponse(view) if view is not None else response_for(job_not_found(job_id))
         await self._answer(response, scope, receive, send)
 
-    async def _submit(self, scope, receive, send):
+    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = _header(scope, b"content-type") or b""
         tenant = None
         if (
@@ -143,6 +146,7 @@ class FastLane:
             # FastAPI parses it again and answers what it always does (a 422 or 400 that says what is wrong).
             return await self.app(scope, _replay(body, receive), send)
         scope["route"] = self.submit_route
+        response: Response
         try:
             response = await self.desk.submit(spec, tenant, None)
         except Problem as problem:
@@ -151,16 +155,16 @@ class FastLane:
             response = redis_unreachable_response(exc)
         await self._answer(response, scope, receive, send)
 
-    async def _answer(self, response, scope, receive, send) -> None:
+    async def _answer(self, response: Response, scope: Scope, receive: Receive, send: Send) -> None:
         self.answered += 1
         await response(scope, receive, send)
 
 
-def _replay(body: bytes, receive):
+def _replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` that gives the body already read, then whatever the client sends next."""
     replayed = False
 
-    async def replay():
+    async def replay() -> Message:
         nonlocal replayed
         if replayed:
             return await receive()

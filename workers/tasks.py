@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery.signals import task_postrun, task_prerun
 from dnnq.workers.celery_app import TASK_NAME, app
 from dnnq.workers.logs import set_job
@@ -18,12 +20,12 @@ def train(job_id: str) -> None:
 
 
 @task_prerun.connect(weak=False)
-def _log_job_id(sender=None, args=None, **_):
+def _log_job_id(sender: Any = None, args: Any = None, **_: Any) -> None:
     """Tag every log line of the task with its job_id, Celery's own 'succeeded' line included."""
     if getattr(sender, "name", None) == TASK_NAME and args:
         set_job(str(args[0]))
 
 
 @task_postrun.connect(weak=False)
-def _clear_job_id(**_):
+def _clear_job_id(**_: Any) -> None:
     set_job(None)

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -82,7 +83,7 @@ async def get_job(
     # The status-poll path. Most polls never get here: service/fastlane.py answers the well-formed ones
     # below FastAPI; this route answers the rest (bad query, no key, ...) and documents the endpoint.
     # `async def` on the asyncio Redis client: a plain `def` route runs in the thread pool, a thread hop
-    # per request. A JSONResponse skips FastAPI's jsonable_encoder pass (~80 us a call).
+    # per request. A JSONResponse skips FastAPI's jsonable_encoder pass (docs/perf.md).
     view = await desk.view(job_id, tenant, history)
     if view is None:
         raise job_not_found(job_id)
@@ -132,7 +133,7 @@ async def job_events(
     # anything else is ignored, as an SSE client expects: the stream starts from the beginning
     next_index = int(last_event_id) if last_event_id and _EVENT_ID.fullmatch(last_event_id) else 0
 
-    async def stream():
+    async def stream() -> AsyncIterator[str]:
         nonlocal next_index
         status, last_sent = None, time.monotonic()
         yield ": stream open\n\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import redis
 from dnnq.service.deps import tenant_for
@@ -24,7 +25,7 @@ from dnnq.workers import keys
 from dnnq.workers.recovery import live_workers
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("dnnq.api")
@@ -36,10 +37,10 @@ class RedisCollector:
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
 
-    def describe(self):
+    def describe(self) -> list:
         return []  # nothing to describe up front: registering must not touch Redis
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         try:
             counts = jobs_module.count_by_status(self.r)
             depths = {q: self.r.llen(keys.queue(q)) for q in keys.QUEUES}

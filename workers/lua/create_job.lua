@@ -1,7 +1,7 @@
 -- KEYS: job, tenant jobs, tenant unfinished, by_status, tenant's queued index, tenant's index marker ;
 -- ARGV: job_id, created (epoch seconds), max_unfinished (0 = no limit), the record's field/value pairs
 -- as one JSON array of strings. One argument, not 36: redis-py packs each argument in Python
--- (isinstance checks, encode), which was a tenth of the API's CPU per submit; cjson decodes it at once.
+-- (isinstance checks, encode) on the API's CPU; cjson decodes it at once (docs/perf.md).
 -- The limit is checked in the same step that counts the new job, so concurrent submits cannot overshoot it.
 -- The job goes into the outbox: the caller sends its Celery message, then marks it sent.
 local max_unfinished = tonumber(ARGV[3])
