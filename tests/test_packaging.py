@@ -33,6 +33,8 @@ def test_the_wheel_has_one_top_level_name(tmp_path):
         "dnnq/service/routes/jobs.py",
         "dnnq/service/formats/hdf5.py",
         "dnnq/service/static/index.html",
+        "dnnq/workers/lua/lib.lua",  # the job state machine's scripts (package data)
+        "dnnq/workers/lua/create_job.lua",
         "dnnq/cli.py",
     ):
         assert expected in names, expected
