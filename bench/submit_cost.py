@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis
     from dnnq.service.app import create_app
     from dnnq.service.settings import ApiSettings
+    from dnnq.workers import jobs
     from dnnq.workers.recovery import register_worker
     from dnnq.workers.redis_server import start_redis
     from dnnq.workers.settings import WorkerSettings
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_us_per_submit": [round(cpu * 1e6) for cpu, _ in per_round],
             "wall_us_per_submit": [round(wall * 1e6) for _, wall in per_round],
             "median_cpu_us": round(statistics.median(cpu for cpu, _ in per_round) * 1e6),
-            "messages_queued": r.llen("default"),
+            "messages_queued": jobs.queue_depth(r, "default"),
         }
     print(json.dumps(report, indent=2))
     return 0

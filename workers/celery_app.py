@@ -11,11 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from dnnq.workers import keys
 from dnnq.workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
 
-__all__ = ["TASK_NAME", "app", "configure", "sender_app", "send_train"]
+__all__ = ["NEW_JOB_PRIORITY", "RESUMED_JOB_PRIORITY", "TASK_NAME", "app", "configure", "sender_app", "send_train"]
 
 TASK_NAME = "dnnq.train"
+# A job that has trained before (released by a worker shutting down, or requeued after its worker died)
+# goes ahead of jobs that never started: it holds a checkpoint and its client has waited longest.
+# kombu's Redis transport serves priority 0 first (keys.BROKER_PRIORITY_STEPS).
+RESUMED_JOB_PRIORITY = 0
+NEW_JOB_PRIORITY = 3
 
 app = Celery("dnnq")
 
@@ -36,7 +42,12 @@ def configure(celery: Celery, settings: WorkerSettings) -> None:
         worker_prefetch_multiplier=1,
         # The Redis transport redelivers unacked messages after the visibility timeout; it must be longer
         # than the longest allowed job, or a running job would be delivered again (claim makes that harmless).
-        broker_transport_options={"visibility_timeout": settings.max_job_seconds + 3600},
+        # Priorities as kombu's Redis transport keeps them (one list per step; keys.queue_lists names them).
+        broker_transport_options={
+            "visibility_timeout": settings.max_job_seconds + 3600,
+            "priority_steps": list(keys.BROKER_PRIORITY_STEPS),
+            "sep": keys.BROKER_PRIORITY_SEP,
+        },
         # Hard limit kills the child; the soft limit raises inside the task first so it can finish 'failed'.
         task_time_limit=settings.max_job_seconds + 60,
         task_soft_time_limit=settings.max_job_seconds,
@@ -79,11 +90,15 @@ def sender_app(redis_url: str | None) -> Celery:
     return sender
 
 
-def send_train(job_id: str, queue: str, celery: Celery | None = None, producer: Any = None) -> None:
+def send_train(
+    job_id: str, queue: str, celery: Celery | None = None, producer: Any = None, *, resumed: bool = False
+) -> None:
     """Send dnnq.train(job_id) to `queue` through `celery` (default: this process's configured app;
     sender_app(url) for another broker), on `producer` when given (one of celery.producer_or_acquire(),
     e.g. inside its batch(), which publishes a run of messages in one round trip).
 
     A blocking kombu publish: an event loop calls it from a thread. The job must already be listed in
-    the outbox (create_job, release, requeue_expired); the caller calls jobs.mark_sent after it."""
-    (celery or app).send_task(TASK_NAME, args=[job_id], queue=queue, producer=producer)
+    the outbox (create_job, release, requeue_expired); the caller calls jobs.mark_sent after it.
+    `resumed`: the job trained before; it goes ahead of new ones (RESUMED_JOB_PRIORITY)."""
+    priority = RESUMED_JOB_PRIORITY if resumed else NEW_JOB_PRIORITY
+    (celery or app).send_task(TASK_NAME, args=[job_id], queue=queue, producer=producer, priority=priority)

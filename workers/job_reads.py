@@ -23,6 +23,7 @@ __all__ = [
     "get_job",
     "get_job_async",
     "list_jobs",
+    "queue_depth",
     "record_key",
 ]
 
@@ -114,3 +115,11 @@ def count_by_status(r: Any) -> dict[str, int]:
         if status in counts:
             counts[status] = int(n)
     return counts
+
+
+def queue_depth(r: Any, queue: str) -> int:
+    """Messages waiting in a Celery queue, over all its priority lists (keys.queue_lists)."""
+    pipe = r.pipeline(transaction=False)
+    for name in keys.queue_lists(queue):
+        pipe.llen(name)
+    return sum(pipe.execute())

@@ -39,6 +39,7 @@ from dnnq.workers.job_reads import (
     get_job,
     get_job_async,
     list_jobs,
+    queue_depth,
     record_key,
 )
 from dnnq.workers.keys import ID_RE, InvalidId, validate_id
@@ -66,6 +67,7 @@ __all__ = [
     "get_job",
     "get_job_async",
     "list_jobs",
+    "queue_depth",
     "load_scripts_async",
     "mark_sent",
     "now_iso",

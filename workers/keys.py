@@ -4,8 +4,9 @@ Everything of ours lives under ``dnnq:``. A tenant's own keys live under ``dnnq:
 a namespace no other key shares, so no tenant name can collide with the state machine's keys (tenant
 names never contain ':'). Ids are checked against ID_RE before a key is built from them.
 
-The one exception is a Celery queue: kombu's Redis transport keeps a queue's messages in a list named
-after the queue, so ``default`` and ``gpu`` are keys too (QUEUE_RE keeps them apart from ours).
+The one exception is a Celery queue: kombu's Redis transport keeps a queue's messages in lists named
+after the queue, one per priority step (``default``, ``default:3``, ...), so those are keys too
+(QUEUE_RE keeps them apart from ours).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 
 __all__ = [
     "ACTIVE",
+    "BROKER_PRIORITY_SEP",
+    "BROKER_PRIORITY_STEPS",
     "BY_STATUS",
     "ID_RE",
     "OUTBOX",
@@ -30,6 +33,7 @@ __all__ = [
     "job_history",
     "job_lease",
     "queue",
+    "queue_lists",
     "status_index",
     "status_index_marker",
     "tenant_datasets",
@@ -46,6 +50,11 @@ ID_RE = re.compile(r"^[0-9a-f]{24,32}$")
 # A Celery queue name, which is also its Redis list key: never one of our dnnq:* keys.
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 QUEUES = ("default", "gpu")  # the queues /metrics reports
+# kombu's Redis priorities (Celery's broker_transport_options, set in workers/celery_app.py): a message
+# of priority p goes to the list for the step at or below p, named queue + SEP + step (step 0: the
+# queue's own name); a worker's BRPOP takes from the steps in this order, so 0 is served first.
+BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
+BROKER_PRIORITY_SEP = ":"
 
 # Jobs whose worker holds a lease (running or cancelling): what the sweeper checks.
 ACTIVE = f"{PREFIX}jobs:active"
@@ -91,6 +100,12 @@ def queue(name: str) -> str:
     if not QUEUE_RE.match(name):
         raise ValueError(f"Malformed queue name {name!r}.")
     return name
+
+
+def queue_lists(name: str) -> list[str]:
+    """Every list holding the queue's messages, in the order workers take from them."""
+    base = queue(name)
+    return [base if step == 0 else f"{base}{BROKER_PRIORITY_SEP}{step}" for step in BROKER_PRIORITY_STEPS]
 
 
 def tenant_jobs(tenant: str) -> str:

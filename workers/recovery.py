@@ -37,7 +37,7 @@ __all__ = [
     "unregister_worker",
 ]
 
-Send = Callable[[str, str], None]  # send(job_id, queue)
+Send = Callable[[str, str, bool], None]  # send(job_id, queue, resumed: the job trained before)
 
 # How long a job may stay in the outbox before a sweep sends it: its sender normally marks it sent
 # within milliseconds, and a sweep sending it as well would only put a second message in the queue.
@@ -54,7 +54,7 @@ def sweep(r: Any, send: Send, max_attempts: int | None = None, grace_seconds: fl
     for job_id in dict.fromkeys([*requeued, *jobs.unsent(r, grace_seconds)]):
         job = jobs.get_job(r, job_id)
         if job is not None and job["status"] == jobs.Status.QUEUED.value:
-            send(job_id, job.get("queue") or "default")
+            send(job_id, job.get("queue") or "default", bool(job.get("attempts")))
             event("job.sent", job_id=job_id, queue=job.get("queue"), by="sweeper")
         jobs.mark_sent(r, job_id)  # after send: a crash in between only means one more (harmless) message
     return requeued
@@ -64,8 +64,8 @@ def celery_sender(celery: Any) -> Send:
     """send(job_id, queue) through the Celery app `celery` (the worker's)."""
     from dnnq.workers.celery_app import send_train
 
-    def send(job_id: str, queue: str) -> None:
-        send_train(job_id, queue, celery)
+    def send(job_id: str, queue: str, resumed: bool) -> None:
+        send_train(job_id, queue, celery, resumed=resumed)
 
     return send
 

@@ -283,7 +283,7 @@ def _release(r, settings: WorkerSettings, job_id: str, token: str, queue: str, e
     outcome = jobs.release(r, job_id, token, RELEASE_REASON)
     if outcome == jobs.Status.QUEUED.value:
         try:  # listed in the outbox by the release: a send that fails is the sweeper's to retry
-            send_train(job_id, queue, sender_app(settings.redis_url))
+            send_train(job_id, queue, sender_app(settings.redis_url), resumed=True)
             jobs.mark_sent(r, job_id)
         except Exception as exc:
             event("job.send_failed", logging.WARNING, job_id=job_id, error=str(exc))

@@ -43,7 +43,7 @@ class RedisCollector:
     def collect(self) -> Iterator[Metric]:
         try:
             counts = jobs_module.count_by_status(self.r)
-            depths = {q: self.r.llen(keys.queue(q)) for q in keys.QUEUES}
+            depths = {q: jobs_module.queue_depth(self.r, q) for q in keys.QUEUES}
             stats = self.r.hgetall(keys.STATS)
             workers = live_workers(self.r)
         except (redis.ConnectionError, redis.TimeoutError):

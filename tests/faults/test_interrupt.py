@@ -183,7 +183,8 @@ def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_wor
     )
     saved = artifacts.load_checkpoint(store, job_id).epoch
     assert epochs_of(redis_client, job_id) == list(range(1, saved + 1))  # history up to the checkpoint, none lost
-    assert redis_client.llen("default") == 1  # its message, and only that one
+    assert jobs.queue_depth(redis_client, "default") == 1  # its message, and only that one
+    assert redis_client.llen("default") == 1  # at the resumed-job priority: ahead of new jobs
 
     second = start_worker(redis_url, data_dir, tmp_path)
     own_workers.append(second)

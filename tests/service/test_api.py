@@ -350,7 +350,7 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
     assert reads == {"dataset": 1, "workers": 1}
     assert len({a.json()["id"] for a in answers}) == 8
     # sent by the desk's sender thread, in as few batches as arrived together, and all marked sent
-    assert redis_client.llen("default") == 8 and jobs.unsent(redis_client) == []
+    assert jobs.queue_depth(redis_client, "default") == 8 and jobs.unsent(redis_client) == []
 
     async def failing_dataset(ar, dataset_id):
         reads["dataset"] += 1
@@ -393,7 +393,7 @@ def test_submit_returns_202_with_location_and_queues_the_task(client, dataset_id
     assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["progress"]["epochs"] == 3 and job["history"] == []
     assert job["spec"]["training"]["epochs"] == 3 and job["dataset_id"] == dataset_id
-    messages = [json.loads(m) for m in redis_client.lrange("default", 0, -1)]
+    messages = [json.loads(m) for name in keys.queue_lists("default") for m in redis_client.lrange(name, 0, -1)]
     assert [m["headers"]["task"] for m in messages] == ["dnnq.train"]
     assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])
     assert jobs.unsent(redis_client) == []  # the API marked its message sent: no sweeper re-send
@@ -592,7 +592,7 @@ def test_a_send_that_fails_leaves_the_job_to_the_sweeper_and_still_answers_202(a
     with TestClient(app) as c:
         resp = submit(c, upload(c, binary_npz()).json()["id"])
         assert resp.status_code == 202, resp.text
-    assert jobs.unsent(redis_client) == [resp.json()["id"]] and redis_client.llen("default") == 0
+    assert jobs.unsent(redis_client) == [resp.json()["id"]] and jobs.queue_depth(redis_client, "default") == 0
     assert jobs.get_job(redis_client, resp.json()["id"])["status"] == "queued"
 
 
@@ -603,11 +603,15 @@ def test_submit_sends_the_jobs_celery_message_and_marks_it_sent(client, dataset_
     import base64
 
     from dnnq.workers import jobs
+    from dnnq.workers.celery_app import NEW_JOB_PRIORITY
 
     job = submit(client, dataset_id).json()
-    (raw,) = redis_client.lrange(job["queue"], 0, -1)
+    new_jobs_list = keys.queue_lists(job["queue"])[1]  # a job that never trained waits behind resumed ones
+    assert redis_client.llen(job["queue"]) == 0
+    (raw,) = redis_client.lrange(new_jobs_list, 0, -1)
     message = json.loads(raw)
     assert message["headers"]["task"] == "dnnq.train"
+    assert message["properties"]["priority"] == NEW_JOB_PRIORITY
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
     assert args == [job["id"]] and kwargs == {}
     assert message["properties"]["delivery_info"]["routing_key"] == job["queue"]

@@ -421,11 +421,11 @@ def test_a_gpu_job_with_no_gpu_worker_is_422_saying_which_worker_to_start(
             '"wait_for_worker": true',
         )
         assert body["errors"][0]["field"] == "device"
-        assert c.get("/v1/jobs").json()["total"] == 0 and redis_client.llen("gpu") == 0
+        assert c.get("/v1/jobs").json()["total"] == 0 and jobs.queue_depth(redis_client, "gpu") == 0
         waiting = c.post("/v1/jobs", json={"dataset_id": ds, "device": "gpu", "wait_for_worker": True})
         assert waiting.status_code == 202, waiting.text
         assert waiting.json()["queue"] == "gpu" and waiting.json()["spec"]["wait_for_worker"] is True
-        assert redis_client.llen("gpu") == 1
+        assert jobs.queue_depth(redis_client, "gpu") == 1
         assert c.post("/v1/jobs", json={"dataset_id": ds, "device": "cpu"}).status_code == 202  # 'default' is served
 
 

@@ -66,7 +66,7 @@ def assert_trained_once(r, job_id: str, epochs: int, *workers) -> dict:
     assert job["status"] == "succeeded", job.get("error") or log[-3000:]
     assert job["attempts"] == 1
     assert [e["epoch"] for e in jobs.get_history(r, job_id)] == list(range(1, epochs + 1))
-    wait_for(lambda: r.llen(keys.queue("default")) == 0, 20, "the queue to drain")
+    wait_for(lambda: jobs.queue_depth(r, "default") == 0, 20, "the queue to drain")
     time.sleep(0.5)  # a second message, had there been one, would have been taken by now
     mine = events("".join(w.log() for w in workers), job_id)
     assert len(named(mine, "job.succeeded")) == 1 and not named(mine, "job.not_claimed"), mine
@@ -132,7 +132,8 @@ def test_a_released_job_is_sent_again_by_its_worker_and_trained_once(api_setting
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "queued" and job["release_reason"] == "released: worker shutting down"
     assert jobs.unsent(redis_client) == []  # sent again, and marked sent, by the releasing worker
-    assert redis_client.llen(keys.queue("default")) == 1  # its message, and only that one
+    assert jobs.queue_depth(redis_client, "default") == 1  # its message, and only that one
+    assert redis_client.llen(keys.queue("default")) == 1  # at the resumed-job priority: ahead of new jobs
 
     second = worker(name="second")
     done = assert_trained_once(redis_client, job_id, 3000, first, second)

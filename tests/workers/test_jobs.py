@@ -346,7 +346,7 @@ def test_release_requeues_at_once_and_keeps_the_attempt(redis_client):
     assert job["release_reason"] == "released: worker shutting down" and job["released_at"] is not None
     assert not r.exists(keys.job_lease(job_id)) and not r.sismember(keys.ACTIVE, job_id)
     assert jobs.unsent(r) == [job_id]  # the releasing worker (or, failing that, the sweeper) sends it
-    assert r.llen("default") == 0  # the state machine sends nothing itself
+    assert jobs.queue_depth(r, "default") == 0  # the state machine sends nothing itself
     assert jobs.count_by_status(r)["queued"] == 1 and jobs.count_by_status(r)["running"] == 0
     assert [j["id"] for j in jobs.list_jobs(r, "public", status="queued")[0]] == [job_id]
     assert jobs.count_unfinished(r, "public") == 1

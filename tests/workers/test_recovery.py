@@ -28,11 +28,14 @@ def test_a_job_created_but_never_sent_is_sent_by_the_sweeper(redis_client):
     assert jobs.claim(redis_client, started, "w", 60_000)  # a duplicate message already delivered it
     assert sorted(jobs.unsent(redis_client)) == sorted([lost, started])
     sent = []
-    assert sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)), grace_seconds=0.0) == []
-    assert sent == [(lost, "gpu")]
+    assert (
+        sweep(redis_client, lambda job_id, queue, resumed: sent.append((job_id, queue, resumed)), grace_seconds=0.0)
+        == []
+    )
+    assert sent == [(lost, "gpu", False)]  # never started: sent as a new job
     assert jobs.unsent(redis_client) == []
-    sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)), grace_seconds=0.0)
-    assert sent == [(lost, "gpu")]  # nothing sent twice by the sweeper
+    sweep(redis_client, lambda job_id, queue, resumed: sent.append((job_id, queue, resumed)), grace_seconds=0.0)
+    assert sent == [(lost, "gpu", False)]  # nothing sent twice by the sweeper
 
 
 def test_a_sweep_leaves_a_job_its_sender_is_still_sending_until_the_grace_is_over(redis_client):
@@ -40,10 +43,10 @@ def test_a_sweep_leaves_a_job_its_sender_is_still_sending_until_the_grace_is_ove
     sends it only once it has been in the outbox for grace_seconds, by Redis's clock."""
     job_id = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
     sent = []
-    assert sweep(redis_client, lambda j, q: sent.append(j), grace_seconds=0.3) == [] and sent == []
+    assert sweep(redis_client, lambda j, q, resumed: sent.append(j), grace_seconds=0.3) == [] and sent == []
     assert jobs.unsent(redis_client) == [job_id]
     time.sleep(0.35)
-    sweep(redis_client, lambda j, q: sent.append(j), grace_seconds=0.3)
+    sweep(redis_client, lambda j, q, resumed: sent.append(j), grace_seconds=0.3)
     assert sent == [job_id] and jobs.unsent(redis_client) == []
     assert SEND_GRACE_SECONDS > 1  # the default leaves the API time to send its own
 
@@ -57,9 +60,10 @@ def test_sweep_requeues_and_resends_to_the_jobs_queue(redis_client):
     jobs.claim(redis_client, alive, "alive", 60_000)
     time.sleep(0.05)
     sent = []
-    requeued = sweep(redis_client, lambda job_id, queue: sent.append((job_id, queue)))
+    requeued = sweep(redis_client, lambda job_id, queue, resumed: sent.append((job_id, queue, resumed)))
     assert sorted(requeued) == sorted([gpu_job, cpu_job])
-    assert sorted(sent) == sorted([(gpu_job, "gpu"), (cpu_job, "default")])
+    # they trained before: sent ahead of jobs that never started
+    assert sorted(sent) == sorted([(gpu_job, "gpu", True), (cpu_job, "default", True)])
     assert jobs.get_job(redis_client, alive)["status"] == "running"
     assert sweep(redis_client, lambda *a: sent.append(a)) == [] and len(sent) == 2
 
@@ -98,7 +102,7 @@ def test_maintenance_thread_registers_sweeps_and_unregisters(redis_client):
     job_id = jobs.create_job(redis_client, tenant="t", spec={}, queue="default", dataset_id=DS)["id"]
     jobs.claim(redis_client, job_id, "dead", 100)
     sent = []
-    thread = Maintenance(redis_client, s, lambda j, q: sent.append(j))
+    thread = Maintenance(redis_client, s, lambda j, q, resumed: sent.append(j))
     thread.start()
     try:
         deadline = time.monotonic() + 5

@@ -464,4 +464,4 @@ def test_a_cancel_wins_over_a_release(redis_client, store, settings, monkeypatch
     assert run_job(job_id, settings=every_epoch, r=redis_client, store=store) == "cancelled"
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "cancelled" and job.get("release_reason") is None
-    assert redis_client.llen("default") == 0
+    assert jobs.queue_depth(redis_client, "default") == 0

@@ -83,7 +83,7 @@ def test_duplicate_send_trains_once(redis_client, store, celery_client, worker):
     celery_client.send_task("dnnq.train", args=[job_id], queue="default")  # duplicate delivery
     wait_status(redis_client, job_id, {"succeeded", "failed"})
     # let the duplicate message be consumed too
-    wait_for(lambda: redis_client.llen("default") == 0, 20, "the queue to drain")
+    wait_for(lambda: jobs.queue_depth(redis_client, "default") == 0, 20, "the queue to drain")
     time.sleep(1.0)
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "succeeded"
