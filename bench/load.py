@@ -308,6 +308,7 @@ def verify_once(redis_url: str, ids: list[str], epochs: int, stats_before: dict)
     """Every job succeeded exactly once: status, attempts == 1, a full history, and the workers'
     counters moved by exactly N jobs and N x epochs epochs (an epoch trained twice would show)."""
     import redis
+
     from dnnq.workers import jobs
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)

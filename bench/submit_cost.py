@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import redis
+
     from dnnq.service.app import create_app
     from dnnq.service.settings import ApiSettings
     from dnnq.workers import jobs

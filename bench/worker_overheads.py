@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import redis
+
     from dnnq.workers import datasets, jobs
     from dnnq.workers.artifact_store import LocalArtifactStore
     from dnnq.workers.redis_server import start_redis

@@ -12,6 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from dnnq.service import sandbox
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
@@ -19,10 +24,6 @@ from dnnq.service.jobdesk import JobDesk
 from dnnq.service.settings import ApiSettings, get_api_settings
 from dnnq.workers import jobs, recovery
 from dnnq.workers.artifact_store import ArtifactStore
-from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CollectorRegistry, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["create_app"]
 

@@ -17,10 +17,11 @@ from typing import Annotated
 
 import redis
 import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
 from dnnq.service.errors import Problem
 from dnnq.service.settings import ApiSettings
 from dnnq.workers.artifact_store import ArtifactStore
-from fastapi import Depends, Request
 
 __all__ = [
     "PUBLIC_TENANT",

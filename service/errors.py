@@ -13,12 +13,13 @@ from http import HTTPStatus
 from typing import Any, TypeVar, cast
 
 import redis
-from dnnq.service.schemas import FiniteJSONResponse
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dnnq.service.schemas import FiniteJSONResponse
 
 __all__ = [
     "PROBLEM_JSON",

@@ -28,6 +28,12 @@ import json
 import re
 
 import redis
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from dnnq.service.deps import PUBLIC_TENANT, tenant_for
 from dnnq.service.errors import Problem, redis_unreachable_response, response_for
 from dnnq.service.jobdesk import HistoryChoice, JobDesk, job_not_found
@@ -35,11 +41,6 @@ from dnnq.service.routes.jobs import router as jobs_router
 from dnnq.service.schemas import FiniteJSONResponse
 from dnnq.workers.keys import ID_RE
 from dnnq.workers.spec import JobSpec
-from fastapi import FastAPI
-from fastapi.routing import APIRoute
-from pydantic import ValidationError
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["FastLane"]
 

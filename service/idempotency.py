@@ -12,6 +12,7 @@ import json
 import re
 
 import redis
+
 from dnnq.service.errors import Problem
 from dnnq.workers import keys
 

@@ -22,6 +22,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from starlette.concurrency import run_in_threadpool
+
 from dnnq.service.errors import Problem, field_error
 from dnnq.service.idempotency import reserve
 from dnnq.service.schemas import FiniteJSONResponse, job_view, thin_history
@@ -30,7 +32,6 @@ from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.celery_app import send_train, sender_app
 from dnnq.workers.recovery import live_workers_async
 from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
-from starlette.concurrency import run_in_threadpool
 
 __all__ = ["DATASET_CACHE_SIZE", "HistoryChoice", "JobDesk", "TaskSender", "job_not_found"]
 

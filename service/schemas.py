@@ -7,9 +7,10 @@ import math
 from typing import Any
 
 import numpy as np
-from dnnq.service.synthetic import SyntheticName
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from dnnq.service.synthetic import SyntheticName
 
 __all__ = [
     "FiniteJSONResponse",

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from dnnq.workers.settings import WorkerSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from dnnq.workers.settings import WorkerSettings
 
 __all__ = ["ApiSettings", "get_api_settings"]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from dnnq.workers import keys
 from dnnq.workers.artifact_store import LocalArtifactStore
 from dnnq.workers.redis_server import start_redis
@@ -60,6 +61,7 @@ def store(data_dir) -> LocalArtifactStore:
 def celery_client(redis_client, redis_url):
     """A Celery app configured like the API's, pointing at the test Redis: .send_task("dnnq.train", ...)."""
     from celery import Celery
+
     from dnnq.workers.celery_app import configure
     from dnnq.workers.settings import WorkerSettings
 

@@ -32,10 +32,11 @@ def preload_training_modules() -> None:
     API then lacked (docs/perf.md, "Worker"). Never CuPy: importing models does not import it (only a
     child asking for a GPU does), so CUDA is still initialised only after the fork.
     """
-    import dnnq.models
-    import dnnq.workers.runner
     import h5py  # noqa: F401
     import safetensors.numpy  # noqa: F401
+
+    import dnnq.models
+    import dnnq.workers.runner
 
     with contextlib.suppress(ImportError):  # onnx missing: artifacts.py skips the ONNX file the same way
         import dnnq.workers.onnx_export  # noqa: F401
@@ -50,6 +51,7 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
 
     from celery.signals import setup_logging as celery_setup_logging
     from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+
     from dnnq.workers.celery_app import app, configure
     from dnnq.workers.logs import event, setup_logging
     from dnnq.workers.recovery import Maintenance, celery_sender

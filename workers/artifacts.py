@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from dnnq.workers.artifact_store import ArtifactStore
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+
 from dnnq.workers import keys
 from dnnq.workers.settings import DEFAULT_REDIS_URL, WorkerSettings, get_settings
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
+
 from dnnq.workers import keys
 from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.jobs import ID_RE, now_iso, validate_id

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
+
 from dnnq.workers import jobs
 from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.datasets import get_dataset, load_arrays

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
+
 from dnnq.models import ACTIVATION_NAMES, HIDDEN_ACTIVATIONS, LEAKY_SLOPE, OUTPUTS
 from dnnq.models.names import check_table
-from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["onnx_bytes", "OPSET"]
 

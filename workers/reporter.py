@@ -26,6 +26,7 @@ from dnnq.workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     import redis
+
     from dnnq.models import EpochState
 
 __all__ = ["GPU_REPORT_SECONDS", "EpochReporter"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
+
 from dnnq.workers import artifacts, jobs, keys
 from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.inputs import JobInputs, accuracy, load_inputs

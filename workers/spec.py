@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from dnnq.models import (
     ConfigError,
     DeviceName,
@@ -21,7 +23,6 @@ from dnnq.models import (
     TrainConfig,
 )
 from dnnq.workers.jobs import ID_RE
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["JobSpec", "ModelSpec", "PreprocessSpec", "SpecError", "TrainingSpec", "queue_for", "to_train_config"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.signals import task_postrun, task_prerun
+
 from dnnq.workers.celery_app import TASK_NAME, app
 from dnnq.workers.logs import set_job
 

@@ -83,17 +83,17 @@ def test_bad_repeats_is_rejected():
     assert p.returncode == 2 and "--repeats must be >= 1. Got 0 instead." in p.stderr
 
 
-def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, capsys):
+def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, capsys, request):
     """On the CuPy stand-in (tests/models/fake_cupy.py): ours.train says whether fit replayed its
     steps from graphs, step_graphs=False trains kernel by kernel (same loss) and leaves the switch as
     it was, and the case report prints both times and the step-graph line."""
-    from dnnq.models import backend, stepgraph
-
     from bench import ours, report
+    from dnnq.models import backend, stepgraph
     from tests.models import fake_cupy
 
     fake_cupy.installed(monkeypatch)
-    monkeypatch.setattr(backend, "_GPU_CHECK", {})
+    backend.forget_gpu_check()  # the smoke test runs again, on the stand-in, and after the test on what is there
+    request.addfinalizer(backend.forget_gpu_check)
     rng = np.random.default_rng(0)
     X = rng.random((300, 12)).astype(np.float32)
     y = (X[:, 0] * 3).astype(np.int64)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
+
 from dnnq.service.formats.common import (
     ParsedDataset,
     UploadError,

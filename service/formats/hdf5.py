@@ -16,6 +16,7 @@ import math
 import os
 
 import numpy as np
+
 from dnnq.service.formats.common import UploadError, UploadLimits, check_declared, declared_bytes, short
 
 __all__ = ["read_h5"]

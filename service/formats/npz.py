@@ -12,6 +12,7 @@ import zlib
 from typing import BinaryIO, cast
 
 import numpy as np
+
 from dnnq.service.formats.common import (
     UploadError,
     UploadLimits,

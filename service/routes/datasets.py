@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import redis
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi.responses import JSONResponse
+
 from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, problems
 from dnnq.service.idempotency import reserve
@@ -24,8 +27,6 @@ from dnnq.service.settings import ApiSettings
 from dnnq.service.synthetic import PARAMETERS, class_count, generate
 from dnnq.service.uploads import UploadError, UploadLimits
 from dnnq.workers import datasets
-from fastapi import APIRouter, File, Form, Header, Query, UploadFile
-from fastapi.responses import JSONResponse
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20

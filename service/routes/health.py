@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import redis
-from dnnq.service.deps import Rds
-from dnnq.workers.recovery import live_workers
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+
+from dnnq.service.deps import Rds
+from dnnq.workers.recovery import live_workers
 
 router = APIRouter(tags=["health"])
 

@@ -12,6 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
 from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.jobdesk import HistoryChoice, JobDesk, job_not_found
@@ -19,9 +23,6 @@ from dnnq.service.schemas import FiniteJSONResponse, PredictRequest, finite_json
 from dnnq.workers import datasets, jobs
 from dnnq.workers.spec import JobSpec, PreprocessSpec
 from dnnq.workers.status import Status
-from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
-from pydantic import ValidationError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -18,14 +18,15 @@ import os
 from collections.abc import Iterator
 
 import redis
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from dnnq.service.deps import tenant_for
 from dnnq.service.errors import Problem, problems
 from dnnq.workers import jobs as jobs_module
 from dnnq.workers import keys
 from dnnq.workers.recovery import live_workers
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("dnnq.api")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dnnq.service.routes.dashboard import STATIC_DIR, router
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from dnnq.service.routes.dashboard import STATIC_DIR, router
 
 
 def client() -> TestClient:

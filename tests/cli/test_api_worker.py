@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from dnnq.workers import keys
 from dnnq.workers.redis_server import free_port
 

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from dnnq.models import predict
 from safetensors.numpy import load_file
 
 from dnnq.cli import main
+from dnnq.models import predict
 
 pytestmark = pytest.mark.e2e
 

@@ -121,13 +121,12 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
     every `dnnq` command); each copy must be its declaration, in the same order."""
     from typing import get_args
 
+    from dnnq.commands import TERMINAL
     from dnnq.models import names
     from dnnq.service.synthetic import GENERATORS, PARAMETERS, SyntheticName
     from dnnq.service.uploads import Layout
     from dnnq.workers import jobs
     from dnnq.workers.status import Status
-
-    from dnnq.commands import TERMINAL
 
     assert _choices(["submit"]) == {
         "activation": get_args(names.HiddenActivationName),

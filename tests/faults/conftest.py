@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+
 from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.redis_server import free_port, start_redis
 from dnnq.workers.spec import JobSpec
-
 from tests.conftest import ROOT, WorkerProcess
 from tests.service.conftest import (  # noqa: F401  (fixtures re-exported for this directory)
     LiveStack,

@@ -8,8 +8,8 @@ import signal
 
 import httpx
 import pytest
-from dnnq.workers import jobs
 
+from dnnq.workers import jobs
 from tests.faults.conftest import TERMINAL, _signal_group, start_api, wait_for
 
 pytestmark = pytest.mark.e2e

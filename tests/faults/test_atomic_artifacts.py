@@ -14,8 +14,8 @@ import sys
 import httpx
 import numpy as np
 import pytest
-from dnnq.workers import jobs
 
+from dnnq.workers import jobs
 from tests.conftest import ROOT
 from tests.faults.conftest import _signal_group, start_api, wait_for
 

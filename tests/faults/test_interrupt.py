@@ -162,7 +162,6 @@ def test_ctrl_c_to_a_plain_worker_in_a_terminal_releases_its_job_to_the_next_wor
     child (which ignores SIGINT, as Celery sets it). The job is released at its epoch's end, the
     worker exits 0 without a traceback, and another worker takes the job at once from its checkpoint."""
     from dnnq.workers import artifacts, jobs
-
     from tests.faults.conftest import create_and_send, epochs_of, make_dataset, start_worker, wait_for
 
     first = start_worker(redis_url, data_dir, tmp_path)

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 import redis
-from dnnq.workers import jobs
 
 from bench.load import make_dataset, poll_status, start_stack, submit_all, verify_once, wait_all
+from dnnq.workers import jobs
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from dnnq.workers import jobs, keys
 
+from dnnq.workers import jobs, keys
 from tests.faults.conftest import TERMINAL, _signal_group, log_events, start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ import itertools
 import time
 
 import pytest
-from dnnq.workers import jobs, keys
 
+from dnnq.workers import jobs, keys
 from tests.faults.conftest import create_and_send, epochs_of, log_events, make_dataset, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -6,8 +6,8 @@ below the API, with jobs created in Redis directly.)"""
 from __future__ import annotations
 
 import pytest
-from dnnq.workers import jobs
 
+from dnnq.workers import jobs
 from tests.faults.conftest import TERMINAL, npz_arrays, wait_for
 
 pytestmark = pytest.mark.e2e

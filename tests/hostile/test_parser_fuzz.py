@@ -15,9 +15,10 @@ import resource
 import h5py
 import numpy as np
 import pytest
-from dnnq.service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from dnnq.service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
 
 LIMITS = UploadLimits(max_examples=10_000, max_features=1_000, max_array_bytes=8_000_000, max_classes=50)
 FUZZ = settings(

@@ -12,8 +12,8 @@ import tempfile
 import h5py
 import numpy as np
 import pytest
-from dnnq.service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
 
+from dnnq.service.uploads import ParsedDataset, UploadError, UploadLimits, parse_upload
 from tests.hostile.corpus import build_cases
 
 SECRET = "dnnq-canary-7f3e9a1c-do-not-disclose"

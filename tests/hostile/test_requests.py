@@ -19,9 +19,9 @@ import typing
 
 import numpy as np
 import pytest
-from dnnq.workers.spec import JobSpec
 from pydantic import BaseModel
 
+from dnnq.workers.spec import JobSpec
 from tests.hostile.conftest import reset_peak, status_bytes
 
 pytestmark = [pytest.mark.e2e]

@@ -5,6 +5,7 @@ import importlib
 
 import numpy as np
 import pytest
+
 from dnnq.models.backend import gpu_available, to_host
 
 # Evaluated once at collection; importing models.backend never imports CuPy by itself.

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from dnnq.models import ConfigError, TrainConfig
 
 

@@ -7,6 +7,7 @@ printed expected outputs, to the 8 digits the course shows. No data files needed
 
 import numpy as np
 import pytest
+
 from dnnq.models import (
     compute_cost,
     initialize_parameters_deep,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dnnq.models import TrainConfig, fit
 
 CAT_TRAIN = Path(os.environ.get("DNNQ_CAT_TRAIN_H5", "/work/shared/data/catvnoncat/train_catvnoncat.h5"))

@@ -3,6 +3,7 @@ step, and plain gd taking lr-scaled gradients (GD.update_prescaled_flat)."""
 
 import numpy as np
 import pytest
+
 from dnnq.models import GD, TrainConfig, fit
 from dnnq.models.flat import flat_views, flatten_params
 from dnnq.models.network import (

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import dnnq.models.backend as backend
 import numpy as np
 import pytest
-from dnnq.models import TrainConfig, fit
 
+import dnnq.models.backend as backend
+from dnnq.models import TrainConfig, fit
 from tests.models import fake_cupy
 from tests.models.conftest import stop_and_resume
 

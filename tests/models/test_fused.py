@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from dnnq.models import TrainConfig, fit, fused
 from dnnq.models.flat import flat_layout, flat_views, flatten_params
 from dnnq.models.optimizers import make_optimizer

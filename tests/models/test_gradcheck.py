@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from dnnq.models import HIDDEN_ACTIVATIONS, gradient_check
 
 from .conftest import on

@@ -3,10 +3,10 @@
 from typing import get_args
 
 import pytest
-from dnnq.models import names
-from dnnq.models.network import INITS
 
 from dnnq import models
+from dnnq.models import names
+from dnnq.models.network import INITS
 
 
 @pytest.mark.parametrize(

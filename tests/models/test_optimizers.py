@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+
 from dnnq.models import GD, OPTIMIZERS, Adam, Momentum, RMSProp
 from dnnq.models.optimizers import make_optimizer
 

@@ -14,10 +14,11 @@ import uuid
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+
 from dnnq.service.app import create_app
 from dnnq.workers import jobs, keys
 from dnnq.workers.redis_server import free_port
-from fastapi.testclient import TestClient
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -294,8 +295,9 @@ def test_worker_capacity_is_reread_once_its_cache_expires(api_settings, redis_cl
 def test_startup_loads_the_submit_routes_scripts_into_redis(app, redis_client):
     """On a fresh (or restarted) Redis the first submits would each meet NOSCRIPT and load the create and
     live-workers scripts themselves; the API loads them at start."""
-    from dnnq.workers import scripts
     from fastapi.testclient import TestClient
+
+    from dnnq.workers import scripts
 
     shas = [scripts.get(name).sha for name in ("create_job", "live_workers")]
     redis_client.script_flush()
@@ -312,6 +314,7 @@ def test_submits_that_miss_the_caches_together_share_one_redis_read(api_settings
 
     import httpx
     import redis.exceptions as redis_errors
+
     from dnnq.service.jobdesk import JobDesk
     from dnnq.workers import datasets
     from dnnq.workers.recovery import live_workers_async
@@ -649,8 +652,9 @@ def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_
     through Python's audit events: opening a METADATA file is an 'open' event."""
     import sys
 
-    from dnnq.service.app import REDIS_CONNECTIONS_AT_START
     from fastapi.testclient import TestClient
+
+    from dnnq.service.app import REDIS_CONNECTIONS_AT_START
 
     metadata_reads: list[str] = []
     watching = [True]

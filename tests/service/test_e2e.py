@@ -9,8 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from dnnq.models import predict
 from safetensors.numpy import load as load_safetensors
+
+from dnnq.models import predict
 
 pytestmark = pytest.mark.e2e
 

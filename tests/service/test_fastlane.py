@@ -13,11 +13,11 @@ import json
 import re
 
 import pytest
+from fastapi.testclient import TestClient
+
 from dnnq.service.app import create_app
 from dnnq.workers import keys
 from dnnq.workers.redis_server import free_port
-from fastapi.testclient import TestClient
-
 from tests.service.test_api import binary_npz, drive, fake_worker, upload
 
 

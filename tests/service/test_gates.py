@@ -11,10 +11,10 @@ import socket
 import time
 
 import pytest
-from dnnq.service.app import AUTHENTICATED_PREFIX, create_app
-from dnnq.service.deps import require_tenant
 from fastapi.testclient import TestClient
 
+from dnnq.service.app import AUTHENTICATED_PREFIX, create_app
+from dnnq.service.deps import require_tenant
 from tests.service.conftest import start_api
 
 KEYS = "alice:key-a,bob:key-b"

@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 import pytest
-from dnnq.workers import jobs, keys
 
+from dnnq.workers import jobs, keys
 from tests.service.test_api import assert_problem, binary_npz, drive, fake_worker, make_client, npz_bytes, upload
 
 NON_FINITE_LITERALS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999")

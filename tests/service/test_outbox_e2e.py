@@ -12,9 +12,10 @@ import threading
 import time
 
 import pytest
+from fastapi.testclient import TestClient
+
 from dnnq.service.app import create_app
 from dnnq.workers import jobs, keys
-from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.e2e
 

@@ -21,6 +21,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from dnnq.service import sandbox
 from dnnq.service.uploads import UploadError, UploadLimits
 from dnnq.workers import datasets

@@ -10,9 +10,6 @@ import builtins
 import numpy as np
 import pytest
 import schemathesis
-from dnnq.workers import datasets, jobs
-from dnnq.workers.recovery import register_worker
-from dnnq.workers.settings import WorkerSettings
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -23,6 +20,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from dnnq.workers import datasets, jobs
+from dnnq.workers.recovery import register_worker
+from dnnq.workers.settings import WorkerSettings
 
 
 def _exception_groups() -> tuple[type[BaseException], ...]:

@@ -7,6 +7,7 @@ import io
 import h5py
 import numpy as np
 import pytest
+
 from dnnq.service.synthetic import generate
 from dnnq.service.uploads import UploadError, UploadLimits, parse_upload
 

@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+
 from dnnq.workers.artifact_store import STALE_STAGING_SECONDS, ArtifactStore, InvalidKey, LocalArtifactStore
 
 

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 from celery import Celery
+from pydantic import ValidationError
+
 from dnnq.workers.celery_app import configure
 from dnnq.workers.settings import WorkerSettings
-from pydantic import ValidationError
 
 
 def test_settings_that_make_delivery_safe():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from dnnq.workers import datasets
 from dnnq.workers.datasets import DatasetError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from dnnq.workers import jobs, keys
 from dnnq.workers.jobs import JobConflict, JobNotFound, Status
 

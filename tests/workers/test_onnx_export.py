@@ -12,10 +12,11 @@ import itertools
 import numpy as np
 import onnx
 import pytest
+from onnx.reference import ReferenceEvaluator
+
 from dnnq.models import HIDDEN_ACTIVATIONS as HIDDEN
 from dnnq.models import OUTPUTS
 from dnnq.workers.onnx_export import onnx_bytes
-from onnx.reference import ReferenceEvaluator
 
 
 def _act(name: str, Z: np.ndarray) -> np.ndarray:

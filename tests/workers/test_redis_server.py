@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from dnnq.workers import redis_server
 from dnnq.workers.redis_server import RedisNotFound, find_redis_server, start_redis
 

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from dnnq.models import predict
 from dnnq.workers import artifacts, datasets, jobs, keys
 from dnnq.workers.runner import run_job
@@ -195,7 +196,7 @@ def test_gpu_job_trains_on_the_gpu_like_the_cpu(redis_client, store, settings):
 
 
 def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(
-    redis_client, store, settings, monkeypatch, caplog
+    redis_client, store, settings, monkeypatch, caplog, request
 ):
     """The runner's GPU path where no GPU is: on the CuPy stand-in (tests/models/fake_cupy.py: device
     arrays that refuse host arrays and implicit conversion) a device='gpu' job trains, checkpoints
@@ -205,11 +206,11 @@ def test_gpu_job_on_the_cupy_stand_in_trains_and_exports_like_the_cpu(
     import logging
 
     import dnnq.models.backend as backend
-
     from tests.models import fake_cupy
 
     fake_cupy.installed(monkeypatch)
-    monkeypatch.setattr(backend, "_GPU_CHECK", {})
+    backend.forget_gpu_check()  # the smoke test runs again, on the stand-in, and after the test on what is there
+    request.addfinalizer(backend.forget_gpu_check)
     ds = dataset(redis_client, store, kind="integer", m=300)
     runs, graphs = {}, {}
     for device in ("cpu", "gpu"):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
 from pydantic import ValidationError
+
+from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
 
 DS = "ab" * 12
 

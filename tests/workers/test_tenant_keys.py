@@ -8,12 +8,13 @@ sorted set and from then on every claim of every tenant failed (WRONGTYPE).
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
+
 from dnnq.service.app import create_app
 from dnnq.service.settings import ApiSettings
 from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.recovery import register_worker
 from dnnq.workers.settings import WorkerSettings
-from fastapi.testclient import TestClient
 
 
 @pytest.mark.parametrize("tenant", ["active", "by_status", "stats", "public"])

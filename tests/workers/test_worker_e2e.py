@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from dnnq.workers import datasets, jobs, keys
 from dnnq.workers.spec import JobSpec
 
