@@ -9,10 +9,14 @@ array module (``xp``) from its arguments with :func:`get_namespace`; nothing kee
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 __all__ = [
     "Array",
@@ -39,7 +43,7 @@ class DeviceUnavailable(RuntimeError):
     """``device="gpu"`` was asked for but no working CuPy/CUDA device is present."""
 
 
-def get_namespace(*arrays: Any):
+def get_namespace(*arrays: Any) -> Any:
     """The array module of ``arrays``: numpy, cupy, or ``x.__array_namespace__()``.
 
     Python scalars and None are skipped; with no arrays at all the answer is numpy.
@@ -60,11 +64,11 @@ def get_namespace(*arrays: Any):
     return np
 
 
-def is_numpy(xp) -> bool:
+def is_numpy(xp: Any) -> bool:
     return xp is np
 
 
-def to_host(x) -> np.ndarray:
+def to_host(x: Array) -> np.ndarray:
     """A NumPy copy (or view, for NumPy input) of any supported array."""
     if isinstance(x, np.ndarray):
         return x
@@ -80,7 +84,7 @@ class Device:
     xp: Any
     name: str
 
-    def asarray(self, x, dtype=None):
+    def asarray(self, x: Any, dtype: DTypeLike | None = None) -> Array:
         return self.xp.asarray(x, dtype=dtype)
 
 
@@ -134,7 +138,7 @@ def select_device(device: str) -> Device:
     return Device(found[0], found[1])
 
 
-def release_memory(xp) -> None:
+def release_memory(xp: Any) -> None:
     """Give CuPy's pooled device memory back to the driver (no-op on NumPy)."""
     if xp is np or getattr(xp, "__name__", "") != "cupy":
         return
@@ -155,7 +159,7 @@ class DeviceGraph:
     Capture is on a stream of its own (CUDA cannot capture the legacy default stream).
     """
 
-    def __init__(self, xp, fn):
+    def __init__(self, xp: Any, fn: Callable[[], object]) -> None:
         cuda = xp.cuda
         self._cuda = cuda
         self._pool = cuda.MemoryPool()
@@ -198,7 +202,7 @@ def gpu_memory() -> tuple[int, int] | None:
     return int(total - free), int(total)
 
 
-def device_rng(xp, seed: int, epoch: int):
+def device_rng(xp: Any, seed: int, epoch: int) -> _EpochRng:
     """The random generator of one epoch, derived from (seed, epoch) alone.
 
     Resuming from a checkpoint therefore needs only the epoch number. The object has
@@ -208,7 +212,7 @@ def device_rng(xp, seed: int, epoch: int):
 
 
 class _EpochRng:
-    def __init__(self, xp, seed: int, epoch: int):
+    def __init__(self, xp: Any, seed: int, epoch: int) -> None:
         self._host = np.random.default_rng([seed, epoch])
         self._xp = xp
         if xp is not np:
@@ -218,7 +222,7 @@ class _EpochRng:
     def permutation(self, n: int) -> np.ndarray:
         return self._host.permutation(n)
 
-    def random(self, shape, dtype):
+    def random(self, shape: int | tuple[int, ...], dtype: np.dtype) -> Array:
         if self._xp is np:
             return self._host.random(shape, dtype=dtype)
         return self._dev.random(shape, dtype=dtype)

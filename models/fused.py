@@ -24,9 +24,18 @@ when Numba imports and compiles; otherwise the NumPy sequence runs.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: Numba compiles from the values it is called with, not from these
+    from numpy.typing import DTypeLike, NDArray
+
+    from .backend import Array
+
+    Floats = NDArray[np.floating[Any]]
+    Ints = NDArray[np.integer[Any]]
+    Scalar = np.floating[Any]  # a constant already cast to the arrays' dtype
 
 __all__ = [
     "MIN_ELEMENTS",
@@ -69,14 +78,16 @@ def _compile() -> dict[str, Any]:
     jit = numba.njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
 
     @jit
-    def momentum_(p, g, v, beta, one_minus_beta, lr):
+    def momentum_(p: Floats, g: Floats, v: Floats, beta: Scalar, one_minus_beta: Scalar, lr: Scalar) -> None:
         for i in range(p.shape[0]):
             vi = v[i] * beta + g[i] * one_minus_beta
             v[i] = vi
             p[i] = p[i] - vi * lr
 
     @jit
-    def rmsprop_(p, g, s, beta2, one_minus_beta2, eps, lr):
+    def rmsprop_(
+        p: Floats, g: Floats, s: Floats, beta2: Scalar, one_minus_beta2: Scalar, eps: Scalar, lr: Scalar
+    ) -> None:
         for i in range(p.shape[0]):
             gi = g[i]
             si = s[i] * beta2 + (gi * gi) * one_minus_beta2
@@ -84,7 +95,19 @@ def _compile() -> dict[str, Any]:
             p[i] = p[i] - (gi / (np.sqrt(si) + eps)) * lr
 
     @jit
-    def adam_(p, g, v, s, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_c2, eps, lr_over_c1):
+    def adam_(
+        p: Floats,
+        g: Floats,
+        v: Floats,
+        s: Floats,
+        beta1: Scalar,
+        one_minus_beta1: Scalar,
+        beta2: Scalar,
+        one_minus_beta2: Scalar,
+        sqrt_c2: Scalar,
+        eps: Scalar,
+        lr_over_c1: Scalar,
+    ) -> None:
         for i in range(p.shape[0]):
             gi = g[i]
             vi = v[i] * beta1 + gi * one_minus_beta1
@@ -96,7 +119,7 @@ def _compile() -> dict[str, Any]:
     # --- the engine's elementwise steps (models/engine.py), each one pass instead of two to five ---
 
     @jit
-    def bias_relu_(Z, b):
+    def bias_relu_(Z: Floats, b: Floats) -> None:
         # Z += b (a row vector); Z = maximum(Z, 0) as NumPy's vector loop does it: NaN stays NaN,
         # and -0.0 becomes +0.0 (vmaxps hands back the second operand, the zero, when both are zero)
         for i in range(Z.shape[0]):
@@ -105,7 +128,7 @@ def _compile() -> dict[str, Any]:
                 Z[i, j] = z if (z > 0 or z != z) else 0
 
     @jit
-    def relu_backward_(dA, H):
+    def relu_backward_(dA: Floats, H: Floats) -> None:
         # dA *= (H > 0) as NumPy does it: the mask cast to 1.0 / 0.0 and multiplied in, so times 1
         # leaves dA as it is and times 0 gives the same signed zero, or NaN for inf and NaN. A select
         # and a multiply on every element, branch-free, so the loop vectorises (a branch would not)
@@ -115,7 +138,7 @@ def _compile() -> dict[str, Any]:
                 dA[i, j] = dA[i, j] * (one if H[i, j] > 0 else zero)
 
     @jit
-    def softmax_head_(Z, labels, Zs):
+    def softmax_head_(Z: Floats, labels: Ints, Zs: Floats) -> int:
         # per row: m = max (NaN if any), Zs = Z - m, and whether argmax (the first maximum, or the
         # first NaN, as NumPy's) is the label; returns how many rows were right
         correct = 0
@@ -137,7 +160,7 @@ def _compile() -> dict[str, Any]:
         return correct
 
     @jit
-    def softmax_tail_(AL, S, logS, Zs):
+    def softmax_tail_(AL: Floats, S: Floats, logS: Floats, Zs: Floats) -> None:
         # AL /= S (softmax); Zs -= log S (log-softmax); S, logS: (B,) row sums and their logs
         for i in range(AL.shape[0]):
             s, ls = S[i], logS[i]
@@ -146,14 +169,14 @@ def _compile() -> dict[str, Any]:
                 Zs[i, j] = Zs[i, j] - ls
 
     @jit
-    def output_grad_(AL, Y, c, dZ):
+    def output_grad_(AL: Floats, Y: Floats, c: Scalar, dZ: Floats) -> None:
         # dZ = AL - Y; dZ *= c
         for i in range(AL.shape[0]):
             for j in range(AL.shape[1]):
                 dZ[i, j] = (AL[i, j] - Y[i, j]) * c
 
     @jit
-    def take_rows_(src, idx, out):
+    def take_rows_(src: Floats, idx: Ints, out: Floats) -> None:
         # out[r] = src[idx[r]], eight rows at a time: eight streams from memory in flight instead
         # of one (np.take copies row by row); a copy, so exact
         n, cols = idx.shape[0], src.shape[1]
@@ -207,7 +230,7 @@ def available() -> bool:
     return bool(_kernels)
 
 
-def wanted(*arrays) -> bool:
+def wanted(*arrays: Array) -> bool:
     """True when every array is a C-contiguous 1-D NumPy float array, the first has at least
     MIN_ELEMENTS elements, and the kernels are enabled and available."""
     if not _enabled or not arrays:
@@ -218,7 +241,7 @@ def wanted(*arrays) -> bool:
     return arrays[0].size >= MIN_ELEMENTS and available()
 
 
-def engine_wanted(xp, dtype, n_params: int) -> bool:
+def engine_wanted(xp: Any, dtype: DTypeLike, n_params: int) -> bool:
     """Whether fit's engine should use the elementwise kernels below for a whole run: NumPy arrays
     of a float dtype, a network of at least MIN_ELEMENTS parameters (smaller jobs never import
     Numba), and the kernels enabled and available. The engine's buffers are C-contiguous, and the
@@ -230,19 +253,29 @@ def engine_wanted(xp, dtype, n_params: int) -> bool:
 # otherwise the NumPy/CuPy sequence runs.
 
 
-def momentum_(p, g, v, beta: float, lr: float) -> None:
+def momentum_(p: Floats, g: Floats, v: Floats, beta: float, lr: float) -> None:
     """v = beta v + (1 - beta) g; p -= lr v."""
     t = p.dtype.type
     _kernels["momentum_"](p, g, v, t(beta), t(1.0 - beta), t(lr))
 
 
-def rmsprop_(p, g, s, beta2: float, eps: float, lr: float) -> None:
+def rmsprop_(p: Floats, g: Floats, s: Floats, beta2: float, eps: float, lr: float) -> None:
     """s = beta2 s + (1 - beta2) g^2; p -= lr g / (sqrt(s) + eps)."""
     t = p.dtype.type
     _kernels["rmsprop_"](p, g, s, t(beta2), t(1.0 - beta2), t(eps), t(lr))
 
 
-def adam_(p, g, v, s, beta1: float, beta2: float, eps: float, sqrt_c2: float, lr_over_c1: float) -> None:
+def adam_(
+    p: Floats,
+    g: Floats,
+    v: Floats,
+    s: Floats,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    sqrt_c2: float,
+    lr_over_c1: float,
+) -> None:
     """v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2;
     p -= lr_over_c1 v / (sqrt(s) / sqrt_c2 + eps), with sqrt_c2 = sqrt(1 - beta2^t) and
     lr_over_c1 = lr / (1 - beta1^t): lr v_corrected / (sqrt(s_corrected) + eps)."""
@@ -253,31 +286,31 @@ def adam_(p, g, v, s, beta1: float, beta2: float, eps: float, sqrt_c2: float, lr
 # The engine's kernels: arguments are C-contiguous NumPy arrays of one float dtype (labels, idx: integers).
 
 
-def bias_relu_(Z, b) -> None:
+def bias_relu_(Z: Floats, b: Floats) -> None:
     """Z += b (b: (n,), one value per column); Z = maximum(Z, 0). Z: (B, n), in place."""
     _kernels["bias_relu_"](Z, b)
 
 
-def relu_backward_(dA, H) -> None:
+def relu_backward_(dA: Floats, H: Floats) -> None:
     """dA *= (H > 0), in place; H = relu(Z), so H > 0 exactly where Z > 0."""
     _kernels["relu_backward_"](dA, H)
 
 
-def softmax_head_(Z, labels, Zs) -> int:
+def softmax_head_(Z: Floats, labels: Ints, Zs: Floats) -> int:
     """Zs = Z - max(Z, axis=1); returns count_nonzero(argmax(Z, axis=1) == labels)."""
     return int(_kernels["softmax_head_"](Z, labels, Zs))
 
 
-def softmax_tail_(AL, S, logS, Zs) -> None:
+def softmax_tail_(AL: Floats, S: Floats, logS: Floats, Zs: Floats) -> None:
     """AL /= S[:, None]; Zs -= logS[:, None] (S: row sums of AL = exp(Zs), logS = log(S))."""
     _kernels["softmax_tail_"](AL, S, logS, Zs)
 
 
-def output_grad_(AL, Y, c: float, dZ) -> None:
+def output_grad_(AL: Floats, Y: Floats, c: float, dZ: Floats) -> None:
     """dZ = AL - Y; dZ *= c (c cast to the arrays' dtype first, as NumPy casts a Python float)."""
     _kernels["output_grad_"](AL, Y, AL.dtype.type(c), dZ)
 
 
-def take_rows_(src, idx, out) -> None:
+def take_rows_(src: Floats, idx: Ints, out: Floats) -> None:
     """out[:] = src[idx] for a 2-D src and 1-D integer idx in range."""
     _kernels["take_rows_"](src, idx, out)

@@ -39,7 +39,7 @@ class Optimizer:
         self._flat: dict[str, Array] | None = None  # slot -> one flat array (see bind_flat)
         self._flat_tmp: Array = None
 
-    def _buffers(self, key, p):
+    def _buffers(self, key: str, p: Array) -> Array:
         if key not in self._scratch:
             xp = get_namespace(p)
             self._scratch[key] = xp.empty_like(p)
@@ -54,11 +54,12 @@ class Optimizer:
             tmp = self._buffers(key, p)
             self._step(p, grads["d" + key], tmp, *(self.state[f"{slot}_{key}"] for slot in self.slots))
 
-    def _step(self, p, g, tmp, *slot_arrays) -> None:
+    # *slot_arrays: each subclass names its own state arrays (v, s) in its override
+    def _step(self, p: Array, g: Array, tmp: Array, *slot_arrays: Array) -> None:
         """One update of p (any shape) from g, with the scratch array tmp and the state arrays."""
         raise NotImplementedError
 
-    def _fused_step(self, p, g, *slot_arrays) -> None:
+    def _fused_step(self, p: np.ndarray, g: np.ndarray, *slot_arrays: Array) -> None:
         """The same update as _step by one compiled CPU kernel (models.fused), bit for bit."""
         raise NotImplementedError
 
@@ -124,7 +125,7 @@ class Optimizer:
 
 
 class GD(Optimizer):
-    def _step(self, p, g, tmp):
+    def _step(self, p: Array, g: Array, tmp: Array) -> None:
         xp = get_namespace(p)
         xp.multiply(g, self.learning_rate, out=tmp)
         p -= tmp
@@ -148,7 +149,7 @@ class Momentum(Optimizer):
         super().__init__(learning_rate)
         self.beta = float(beta)
 
-    def _step(self, p, g, tmp, v):
+    def _step(self, p: Array, g: Array, tmp: Array, v: Array) -> None:
         xp = get_namespace(p)
         v *= self.beta
         xp.multiply(g, 1.0 - self.beta, out=tmp)
@@ -156,7 +157,7 @@ class Momentum(Optimizer):
         xp.multiply(v, self.learning_rate, out=tmp)
         p -= tmp
 
-    def _fused_step(self, p, g, v):
+    def _fused_step(self, p: np.ndarray, g: np.ndarray, v: np.ndarray) -> None:
         fused.momentum_(p, g, v, self.beta, self.learning_rate)
 
 
@@ -168,7 +169,7 @@ class RMSProp(Optimizer):
         super().__init__(learning_rate)
         self.beta2, self.epsilon = float(beta2), float(epsilon)
 
-    def _step(self, p, g, tmp, s):
+    def _step(self, p: Array, g: Array, tmp: Array, s: Array) -> None:
         xp = get_namespace(p)
         s *= self.beta2
         xp.multiply(g, g, out=tmp)
@@ -180,7 +181,7 @@ class RMSProp(Optimizer):
         tmp *= self.learning_rate
         p -= tmp
 
-    def _fused_step(self, p, g, s):
+    def _fused_step(self, p: np.ndarray, g: np.ndarray, s: np.ndarray) -> None:
         fused.rmsprop_(p, g, s, self.beta2, self.epsilon, self.learning_rate)
 
 
@@ -192,7 +193,7 @@ class Adam(Optimizer):
         super().__init__(learning_rate)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
 
-    def _step(self, p, g, tmp, v, s):
+    def _step(self, p: Array, g: Array, tmp: Array, v: Array, s: Array) -> None:
         xp = get_namespace(p)
         v *= self.beta1
         xp.multiply(g, 1.0 - self.beta1, out=tmp)
@@ -208,7 +209,7 @@ class Adam(Optimizer):
         tmp *= self.learning_rate / (1.0 - self.beta1**self.t)  # v_corrected / (...)
         p -= tmp
 
-    def _fused_step(self, p, g, v, s):
+    def _fused_step(self, p: np.ndarray, g: np.ndarray, v: np.ndarray, s: np.ndarray) -> None:
         fused.adam_(
             p,
             g,

@@ -101,7 +101,7 @@ class GraphedStep:
         try:
             graph = DeviceGraph(xp, lambda: self.run_step(grad_factor, self.loss_acc, self.correct_acc))
         except Exception as exc:
-            graph, reason = None, f"capture failed: {type(exc).__name__}: {exc}"
+            reason = f"capture failed: {type(exc).__name__}: {exc}"
         else:
             reason = self._first_replay(graph, before, grads_ref, want)
         if reason is not None:  # this step's results are the kernel-by-kernel ones; the graph goes
@@ -114,7 +114,9 @@ class GraphedStep:
         self.captures += 1
         self.replays += 1
 
-    def _first_replay(self, graph, before, grads_ref, want) -> str | None:
+    def _first_replay(
+        self, graph: DeviceGraph, before: tuple[Array, Array], grads_ref: Array, want: tuple[Array, Array]
+    ) -> str | None:
         """Replay the new graph on the batch just computed kernel by kernel; None if it gave the
         same bits, else what went wrong."""
         xp = self.xp
@@ -152,7 +154,7 @@ class GraphedStep:
         return f"on: {self.replays} steps replayed from {self.captures} capture{'s' if self.captures != 1 else ''}"
 
 
-def _same_bits(xp, a, b) -> bool:
+def _same_bits(xp: Any, a: Array, b: Array) -> bool:
     """Bitwise equality of two float arrays (NaN equals NaN of the same payload, -0.0 differs from 0.0)."""
     as_uint = {2: xp.uint16, 4: xp.uint32, 8: xp.uint64}[a.dtype.itemsize]
     return bool(xp.all(a.view(as_uint) == b.view(as_uint)))

@@ -46,6 +46,6 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
 
 
-def event(name: str, level: int = logging.INFO, exc_info: bool = False, **fields) -> None:
+def event(name: str, level: int = logging.INFO, exc_info: bool = False, **fields: object) -> None:
     """Log one event with fields, e.g. event("job.claimed", job_id=..., attempt=2)."""
     logger.log(level, name, extra=fields, exc_info=exc_info)

@@ -275,7 +275,7 @@ def _record_outcome(
     return "succeeded"
 
 
-def _release(r, settings: WorkerSettings, job_id: str, token: str, queue: str, epoch: int) -> str | None:
+def _release(r: redis.Redis, settings: WorkerSettings, job_id: str, token: str, queue: str, epoch: int) -> str | None:
     """Hand the job back (its checkpoint is at `epoch`) and send its message again; "queued",
     "cancelling" (a cancel came in since the last epoch's write: the caller finishes it 'cancelled'),
     or None when the lease is gone."""
