@@ -32,6 +32,7 @@ __all__ = [
     "device_rng",
     "gpu_memory",
     "DeviceGraph",
+    "optimizer_kernel",
 ]
 
 
@@ -226,3 +227,50 @@ class _EpochRng:
         if self._xp is np:
             return self._host.random(shape, dtype=dtype)
         return self._dev.random(shape, dtype=dtype)
+
+
+# --- optimizer steps on CuPy: one ElementwiseKernel launch per step (models/optimizers.py) ---------
+# Each body is written once, as statements that are C and Python alike (``T name = expr;`` and
+# ``out = expr;`` over + - * / and sqrt), so the CuPy stand-in in the tests runs the same text with
+# NumPy. Same operations in the same order as the optimizer's NumPy sequence and models.fused.
+_OPTIMIZER_KERNELS: dict[str, tuple[str, str, str]] = {  # name -> (in_params, out_params, body)
+    "dnnq_momentum_step": (
+        "T g, T beta, T one_minus_beta, T lr",
+        "T p, T v",
+        "T vi = v * beta + g * one_minus_beta; v = vi; p = p - vi * lr;",
+    ),
+    "dnnq_rmsprop_step": (
+        "T g, T beta2, T one_minus_beta2, T eps, T lr",
+        "T p, T s",
+        "T si = s * beta2 + (g * g) * one_minus_beta2; s = si; p = p - (g / (sqrt(si) + eps)) * lr;",
+    ),
+    "dnnq_adam_step": (
+        "T g, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T sqrt_c2, T eps, T lr_over_c1",
+        "T p, T v, T s",
+        "T vi = v * beta1 + g * one_minus_beta1; T si = s * beta2 + (g * g) * one_minus_beta2; "
+        "v = vi; s = si; p = p - (vi / (sqrt(si) / sqrt_c2 + eps)) * lr_over_c1;",
+    ),
+}
+_compiled_kernels: dict[tuple[Any, str], Any] = {}  # (xp, name) -> its ElementwiseKernel
+
+
+def optimizer_kernel(xp: Any, name: str) -> Callable[..., object] | None:
+    """The fused step ``name`` of _OPTIMIZER_KERNELS as one kernel on ``xp``'s device, called
+    ``kernel(*inputs, *outputs)`` with the outputs updated in place; None on NumPy (models.fused's
+    kernels serve the CPU).
+
+    CuPy 13's ElementwiseKernel (cupy/_core/_kernel.pyx): output arrays passed explicitly are
+    written in place and readable in the body (Chainer's optimizers are written this way), a scalar
+    for a ``T`` parameter takes the arrays' dtype, and ``options`` go to NVRTC: ``--fmad=false``
+    keeps ``a * b + c`` two roundings, as NumPy's passes round (no fused multiply-add), while NVRTC's
+    defaults keep division and sqrt IEEE-exact (``-prec-div``, ``-prec-sqrt``).
+    """
+    if xp is np or getattr(xp, "__name__", "") != "cupy":
+        return None
+    key = (xp, name)
+    if key not in _compiled_kernels:
+        in_params, out_params, body = _OPTIMIZER_KERNELS[name]
+        _compiled_kernels[key] = xp.ElementwiseKernel(
+            in_params, out_params, body, name=name, options=("--fmad=false",), no_return=True
+        )
+    return _compiled_kernels[key]

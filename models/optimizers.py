@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import fused
-from .backend import Array, get_namespace, to_host
+from .backend import Array, get_namespace, optimizer_kernel, to_host
 from .flat import Layout, flat_views
 from .names import OPTIMIZER_NAMES, OptimizerName, check_table
 
@@ -63,12 +63,18 @@ class Optimizer:
         """The same update as _step by one compiled CPU kernel (models.fused), bit for bit."""
         raise NotImplementedError
 
+    _kernel_name = ""  # the step's GPU kernel in models.backend's _OPTIMIZER_KERNELS
+
+    def _kernel_constants(self) -> tuple[float, ...]:
+        """The scalar inputs of the GPU kernel after the gradient, in its order (this step's t)."""
+        raise NotImplementedError
+
     # --- flat mode: every parameter in one array ----------------------------------------------
     def bind_flat(self, flat_params: Array, layout: Layout) -> None:
         """Keep each state slot in one flat array shaped like ``flat_params`` (the parameters laid
         end to end, ``layout`` = [(key, offset, shape), ...]), with ``state[f"{slot}_{key}"]`` a view
         of it, so that update_flat steps every parameter with one pass per operation: one kernel
-        call per step on the CPU (models.fused), a few launches instead of a few per layer on a GPU.
+        call per step on the CPU (models.fused), one launch on a GPU (models.backend.optimizer_kernel).
         State loaded earlier (a resumed checkpoint) is copied in."""
         xp = get_namespace(flat_params)
         self._flat = {slot: xp.zeros_like(flat_params) for slot in self.slots}
@@ -89,6 +95,10 @@ class Optimizer:
         slot_arrays = [self._flat[slot] for slot in self.slots]
         if self.slots and fused.wanted(flat_params, flat_grads, *slot_arrays):
             self._fused_step(flat_params, flat_grads, *slot_arrays)
+        elif self.slots and (kernel := optimizer_kernel(get_namespace(flat_params), self._kernel_name)) is not None:
+            # a GPU: the same step as one launch instead of one per operation (models.backend)
+            t = flat_params.dtype.type  # constants cast to the arrays' dtype, as NumPy casts a Python float
+            kernel(flat_grads, *(t(c) for c in self._kernel_constants()), flat_params, *slot_arrays)
         else:
             self._step(flat_params, flat_grads, self._flat_tmp, *slot_arrays)
 
@@ -160,6 +170,11 @@ class Momentum(Optimizer):
     def _fused_step(self, p: np.ndarray, g: np.ndarray, v: np.ndarray) -> None:
         fused.momentum_(p, g, v, self.beta, self.learning_rate)
 
+    _kernel_name = "dnnq_momentum_step"
+
+    def _kernel_constants(self) -> tuple[float, ...]:
+        return self.beta, 1.0 - self.beta, self.learning_rate
+
 
 class RMSProp(Optimizer):
     slots = ("s",)
@@ -183,6 +198,11 @@ class RMSProp(Optimizer):
 
     def _fused_step(self, p: np.ndarray, g: np.ndarray, s: np.ndarray) -> None:
         fused.rmsprop_(p, g, s, self.beta2, self.epsilon, self.learning_rate)
+
+    _kernel_name = "dnnq_rmsprop_step"
+
+    def _kernel_constants(self) -> tuple[float, ...]:
+        return self.beta2, 1.0 - self.beta2, self.epsilon, self.learning_rate
 
 
 class Adam(Optimizer):
@@ -221,6 +241,13 @@ class Adam(Optimizer):
             math.sqrt(1.0 - self.beta2**self.t),
             self.learning_rate / (1.0 - self.beta1**self.t),
         )
+
+    _kernel_name = "dnnq_adam_step"
+
+    def _kernel_constants(self) -> tuple[float, ...]:
+        # the bias corrections change every step: kernel arguments, so nothing caches them
+        sqrt_c2, lr_over_c1 = math.sqrt(1.0 - self.beta2**self.t), self.learning_rate / (1.0 - self.beta1**self.t)
+        return self.beta1, 1.0 - self.beta1, self.beta2, 1.0 - self.beta2, sqrt_c2, self.epsilon, lr_over_c1
 
 
 OPTIMIZERS: dict[OptimizerName, type[Optimizer]] = {"gd": GD, "momentum": Momentum, "rmsprop": RMSProp, "adam": Adam}

@@ -22,6 +22,8 @@ contract between host and device, so that is what this module enforces, as CuPy 
   (``float(x)``, ``.get()``, host copies in, random draws) raises, as CuPy does. Unlike a GPU,
   the stand-in also runs what it records (it needs the results to go on); models/stepgraph.py
   undoes that before it checks a replay.
+- ``ElementwiseKernel`` for bodies that are C and Python alike (models.backend's optimizer steps),
+  run with NumPy and counted per launch.
 The arithmetic is NumPy's, so results equal a NumPy run wherever the randomness is the same.
 It does not model CuPy's numerics (its own kernels round like NumPy's in practice, not provably),
 stream ordering or memory reuse: scripts/gpu-check on a real GPU is still the test of those.
@@ -259,6 +261,57 @@ def get_default_memory_pool():
 
 def get_default_pinned_memory_pool():
     return _pinned_pool
+
+
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel for bodies that are C and Python alike, as models.backend writes its
+    optimizer steps: ``T name = expr;`` and ``out = expr;`` over + - * / and sqrt. The stand-in runs
+    that same text with NumPy on whole arrays: each operation rounds as the per-element C does
+    without fused multiply-adds (backend compiles with --fmad=false). Outputs are passed explicitly
+    and updated in place; a scalar takes the arrays' dtype, as for a ``T`` parameter on CuPy. Each
+    call is one launch (counted in ``launches``) and, while a stream captures, one recorded operation."""
+
+    launches = 0  # calls of every such kernel in this process, for tests
+
+    def __init__(self, in_params, out_params, operation, name="kernel", options=(), no_return=False, **kwargs):
+        self.inputs = [p.split()[-1] for p in in_params.split(",")]
+        self.outputs = [p.split()[-1] for p in out_params.split(",")]
+        self.name, self.options, self.no_return = name, tuple(options), no_return
+        self.statements = []  # (target, declares a local, compiled expression)
+        for statement in filter(None, (s.strip() for s in operation.split(";"))):
+            target, expr = (part.strip() for part in statement.split("=", 1))
+            local = target.startswith("T ")
+            target = target[2:].strip() if local else target
+            if not (local or target in self.outputs) or not target.isidentifier():
+                raise NotImplementedError(f"the stand-in cannot run the statement {statement!r} of {name}")
+            self.statements.append((target, local, compile(expr, name, "eval")))
+
+    def __call__(self, *args):
+        if len(args) != len(self.inputs) + len(self.outputs):
+            raise TypeError(f"{self.name} takes {len(self.inputs)} inputs and {len(self.outputs)} outputs")
+        if not all(isinstance(a, DeviceArray) for a in args[len(self.inputs) :]):
+            raise TypeError(f"{self.name}: the stand-in needs the output arrays passed, on the device")
+        uargs = _unwrap(args, self.name)  # a host array among them raises, as on CuPy
+        outs = uargs[len(self.inputs) :]
+        scalar = outs[0].dtype.type
+
+        def run():
+            env = {
+                n: (v if isinstance(v, np.ndarray) else scalar(v))
+                for n, v in zip(self.inputs, uargs[: len(self.inputs)], strict=True)
+            }
+            env.update(zip(self.outputs, outs, strict=True))
+            for target, local, code in self.statements:
+                value = eval(code, {"__builtins__": {}, "sqrt": np.sqrt}, env)
+                if local:
+                    env[target] = value
+                else:
+                    env[target][...] = value
+
+        run()
+        _record(run)
+        ElementwiseKernel.launches += 1
+        return None if self.no_return else (args[len(self.inputs)] if len(outs) == 1 else args[len(self.inputs) :])
 
 
 class Graph:

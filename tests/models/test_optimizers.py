@@ -8,6 +8,7 @@ import pytest
 
 from dnnq.models import GD, OPTIMIZERS, Adam, Momentum, RMSProp
 from dnnq.models.optimizers import make_optimizer
+from tests.models.conftest import NO_GPU
 
 P0 = [1.0, -2.0]
 G1 = [0.5, -0.25]
@@ -94,3 +95,55 @@ def test_make_optimizer_names_the_valid_choices():
         ValueError, match=r"Unknown optimizer 'sgd'. Use one of \['adam', 'gd', 'momentum', 'rmsprop'\]"
     ):
         make_optimizer("sgd", 0.1)
+
+
+@pytest.fixture(
+    params=["device_stand_in", pytest.param("cupy", marks=pytest.mark.skipif(NO_GPU, reason="CuPy/GPU not available"))]
+)
+def device_xp(request, monkeypatch):
+    from dnnq.models import backend
+
+    if request.param == "cupy":
+        import cupy
+
+        return cupy
+    from tests.models import fake_cupy
+
+    module = fake_cupy.installed(monkeypatch)
+    backend.forget_gpu_check()
+    yield module
+    backend.forget_gpu_check()
+
+
+@pytest.mark.parametrize("name", ["momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_device_step_is_one_kernel_with_the_numpy_bits(device_xp, name, dtype):
+    """On a GPU each update_flat is one ElementwiseKernel launch (models.backend), not 5 / 8 / 12,
+    and gives the NumPy sequence's results bit for bit (same operations, same order, no FMA)."""
+    from dnnq.models.backend import to_host
+
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(1000).astype(dtype)
+    steps = [rng.standard_normal(1000).astype(dtype) for _ in range(3)]
+    layout = [("W1", 0, (10, 99)), ("b1", 990, (10, 1))]
+    host, dev = make_optimizer(name, 0.01), make_optimizer(name, 0.01)
+    p_host, p_dev = p0.copy(), device_xp.asarray(p0)
+    host.bind_flat(p_host, layout)
+    dev.bind_flat(p_dev, layout)
+    stand_in = device_xp.__name__ == "cupy" and hasattr(device_xp, "DeviceArray")
+    for g in steps:
+        host.learning_rate = dev.learning_rate = host.learning_rate * 0.5  # a decaying rate
+        host.update_flat(p_host, g)
+        g_dev = device_xp.asarray(g)
+        if stand_in:  # every device operation of the step, recorded as a capture records it
+            launches = device_xp.ElementwiseKernel.launches
+            stream = device_xp.cuda.Stream(non_blocking=True)
+            stream.begin_capture()
+            dev.update_flat(p_dev, g_dev)
+            assert len(stream.end_capture()._operations) == 1
+            assert device_xp.ElementwiseKernel.launches - launches == 1
+        else:
+            dev.update_flat(p_dev, g_dev)
+    np.testing.assert_array_equal(to_host(p_dev), p_host)
+    for slot in host.slots:
+        np.testing.assert_array_equal(to_host(dev.state[f"{slot}_W1"]), host.state[f"{slot}_W1"])
