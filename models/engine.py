@@ -167,12 +167,15 @@ class Engine:
         xp = self.xp
         return sum(xp.vdot(self.params[f"W{l}"].ravel(), self.params[f"W{l}"].ravel()) for l in range(1, self.L + 1))
 
-    def backward(self, acts: list[Array], AL: Array, Ye: Array, grad_factor: float = 1.0) -> None:
+    def backward(self, acts: list[Array], AL: Array, Ye: Array, grad_factor: float | Array = 1.0) -> None:
         """Gradients of the batch cost into self.grads, each multiplied by ``grad_factor``.
 
         Backprop is linear in dZ_L (every later step multiplies by W, A or g'(Z) and sums), so
         folding ``grad_factor`` into dZ_L scales every dW and db; the l2 term gets it explicitly.
-        fit passes plain gradient descent's learning rate (the update is then p -= grad).
+        fit passes plain gradient descent's learning rate (the update is then p -= grad). A
+        captured step (models/stepgraph.py) passes it as a float64 0-d device array, which the
+        kernels read when they run, so a new rate needs no new capture; the same bits either way
+        (the float64 arithmetic, then one rounding to the arrays' dtype where it meets them).
         """
         xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
         # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
@@ -181,18 +184,18 @@ class Engine:
         # TrainConfig ties the loss to the output, so fit only ever meets these pairings.
         # The 1/B of the batch mean is applied here once instead of on every dW and db.
         dZ = self.G[self.L][:B]
-        if self.fast:
+        if self.fast:  # NumPy only, where the factor is a Python float
             fused.output_grad_(AL, Ye, grad_factor / B, dZ)
         else:
             xp.subtract(AL, Ye, out=dZ)
-            dZ *= grad_factor / B  # (B, n_L)
+            dZ *= _in_dtype(grad_factor / B, dZ.dtype)  # (B, n_L)
         ones = self.ones[:B]
         for l in range(self.L, 0, -1):
             W, dW = self.W[l], self.dW[l]
             xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
             xp.matmul(ones, dZ, out=self.db[l])  # (n_l,) = sum of dZ's rows
             if l2:
-                dW += (grad_factor * l2 / B) * W
+                dW += _in_dtype(grad_factor * l2 / B, W.dtype) * W
             if l == 1:
                 break  # dA0, the gradient w.r.t. the input, is not needed for training
             dA = self.G[l - 1][:B]
@@ -225,6 +228,12 @@ _OUTPUT_STEPS: dict[OutputName, Callable[[Engine, Array, Array, Array | None], O
     "linear": Engine._linear_output,
 }
 check_table("_OUTPUT_STEPS", OUTPUTS, _OUTPUT_STEPS)
+
+
+def _in_dtype(c: float | Array, dtype: Any) -> float | Array:
+    """A factor as it meets arrays of ``dtype``: a Python float as it is (NumPy and CuPy cast it to
+    the arrays' dtype), a 0-d device array cast to it (as an array it would promote float32 to float64)."""
+    return c if isinstance(c, (int, float)) else c.astype(dtype)
 
 
 def take_rows(xp: Any, src: Array, idx: Array, out: Array, fast: bool = False) -> None:

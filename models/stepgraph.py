@@ -8,9 +8,12 @@ ordinary launches, so the graph holds no per-step number (Adam's bias correction
 step) and reads its batch from fit's fixed batch buffers.
 
 What is frozen in a graph: the buffers (fit allocates them once) and the Python numbers the step
-uses, here the factor folded into the gradients (gd's learning rate), so a new factor (a
-decaying learning rate, once an epoch) means a new capture. Dropout draws its masks from the device generator per
-step and is not captured: those runs stay kernel by kernel.
+uses. So the one number that changes during a run, the factor folded into the gradients (gd's
+learning rate, which decays once an epoch), is not a Python number in the graph: the step reads
+it from a 0-d device array that the captured kernels read when they run, written before each
+replay where it changed (outside the graph). One capture serves a whole decaying-lr run. Dropout
+draws its masks from the device generator per step and is not captured: those runs stay kernel by
+kernel.
 
 Trust, then verify: each capture is checked once on its first batch. The same step runs
 kernel by kernel first; the replay must then give the same gradients, loss and count bit for bit
@@ -55,7 +58,9 @@ def switched(flag: bool) -> Iterator[None]:
 class GraphedStep:
     """``run_step(grad_factor, loss_acc, correct_acc)`` (the step on fixed inputs, its gradients
     times ``grad_factor``, adding its loss and count into the two 0-d device accumulators) replayed
-    from a graph per grad_factor.
+    from one graph. ``grad_factor`` is None or a Python float kernel by kernel, and in the graph
+    ``self.factor``, a float64 0-d device array holding it (models.engine.Engine.backward takes
+    either, with the same bits).
 
     ``grads``: the flat gradient array the step writes; ``loss_acc`` / ``correct_acc``: fit's
     epoch accumulators (float64, int64), updated in place by every step.
@@ -67,7 +72,8 @@ class GraphedStep:
         self.xp, self.run_step, self.grads = xp, run_step, grads
         self.loss_acc, self.correct_acc = loss_acc, correct_acc
         self.graph: DeviceGraph | None = None
-        self.grad_factor: float | None = None  # the factor the current graph was captured with
+        self.factor: Array = xp.zeros((), dtype=xp.float64)  # grad_factor, read by the graph's kernels
+        self.factor_value: float | None = None  # what self.factor holds (None: the graph reads no factor)
         self.off_reason: str | None = None
         self.captures = 0
         self.replays = 0
@@ -76,7 +82,9 @@ class GraphedStep:
         """One full-batch step: a replay, or a capture and its check, or kernel by kernel."""
         if self.off_reason is not None:
             self.run_step(grad_factor, self.loss_acc, self.correct_acc)
-        elif self.graph is not None and grad_factor == self.grad_factor:
+        elif self.graph is not None and (grad_factor is None) == (self.factor_value is None):
+            if grad_factor is not None and grad_factor != self.factor_value:
+                self._set_factor(grad_factor)  # a new rate: a write the replay reads, not a new capture
             try:
                 self.graph.launch()
             except Exception as exc:
@@ -98,8 +106,11 @@ class GraphedStep:
         before = (self.loss_acc.copy(), self.correct_acc.copy())
         want = (before[0] + loss_ref, before[1] + correct_ref)
         reason: str | None
+        if grad_factor is not None:
+            self._set_factor(grad_factor)
+        factor = None if grad_factor is None else self.factor
         try:
-            graph = DeviceGraph(xp, lambda: self.run_step(grad_factor, self.loss_acc, self.correct_acc))
+            graph = DeviceGraph(xp, lambda: self.run_step(factor, self.loss_acc, self.correct_acc))
         except Exception as exc:
             reason = f"capture failed: {type(exc).__name__}: {exc}"
         else:
@@ -110,9 +121,13 @@ class GraphedStep:
             self.loss_acc[...] = want[0]
             self.correct_acc[...] = want[1]
             return
-        self.graph, self.grad_factor = graph, grad_factor
+        self.graph, self.factor_value = graph, grad_factor
         self.captures += 1
         self.replays += 1
+
+    def _set_factor(self, grad_factor: float) -> None:
+        self.factor[...] = grad_factor  # a host scalar into device memory, queued on the stream: no sync
+        self.factor_value = grad_factor
 
     def _first_replay(
         self, graph: DeviceGraph, before: tuple[Array, Array], grads_ref: Array, want: tuple[Array, Array]

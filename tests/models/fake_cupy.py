@@ -318,9 +318,11 @@ class Graph:
     """A captured graph: the recorded operations, replayed in order by each launch."""
 
     launches = 0  # launches of every graph in this process, for tests
+    captures = 0  # graphs made (end_capture) in this process, for tests
 
     def __init__(self, operations):
         self._operations = operations
+        Graph.captures += 1
 
     def launch(self, stream=None):
         if _recording is not None:
