@@ -3,10 +3,11 @@
 1. functional: model_forward / model_backward of one float64 network on both backends, gradients
    compared. 2. fit: a small net trained 20 epochs (mini-batches, shuffling, Adam; then full-batch gd)
    on device="cpu" and device="gpu", float64; history and final parameters must agree to ~1e-9
-   relative. Dropout is left off: its masks come from each device's own generator. The GPU runs
-   replay their steps from CUDA graphs (models/stepgraph.py); each is run again kernel by kernel,
-   which must give the same history and parameters bit for bit, and the line says whether the
-   graphs were used (or why not).
+   relative; then gd on shuffled mini-batches with a learning rate that decays every epoch.
+   Dropout is left off: its masks come from each device's own generator. The GPU runs replay their
+   steps from CUDA graphs (models/stepgraph.py), each from one capture (the decaying rate too: it is
+   read from device memory); each is run again kernel by kernel, which must give the same history
+   and parameters bit for bit, and the line says how many captures (or why no graphs).
 This module never imports CuPy itself: it reaches the GPU through models.backend.
 """
 
@@ -81,6 +82,19 @@ def fit_check() -> tuple[bool, str]:
             },
             y3,
         ),
+        (
+            "gd, batch 64, shuffle, lr decay every epoch",
+            {
+                "layer_dims": [5, 16, 3],
+                "output": "softmax",
+                "optimizer": "gd",
+                "learning_rate": 0.2,
+                "lr_decay": "inverse_time",
+                "decay_rate": 0.5,
+                "batch_size": 64,
+            },
+            y3,
+        ),
     ]
     for label, kw, Y in setups:
         res = {}
@@ -94,7 +108,9 @@ def fit_check() -> tuple[bool, str]:
         same = [h.to_dict() for h in gpu.history] == [h.to_dict() for h in eager.history] and all(
             np.array_equal(gpu.parameters[k], eager.parameters[k]) for k in eager.parameters
         )
-        good = hist <= RTOL and par <= RTOL and same and gpu.device.startswith("gpu") and len(gpu.history) == 20
+        one_capture = (gpu.step_graph or "").endswith(" from 1 capture")  # one graph for the run, lr decay too
+        good = hist <= RTOL and par <= RTOL and same and one_capture and gpu.device.startswith("gpu")
+        good &= len(gpu.history) == 20
         ok &= good
         lines.append(
             f"fit {label} on {gpu.device}: history rel diff {hist:.2e}, parameters {par:.2e}, "
