@@ -29,7 +29,11 @@ __all__ = [
     "gpu_available",
     "forget_gpu_check",
     "release_memory",
+    "release_gpu_memory",
+    "synchronize",
     "device_rng",
+    "DEVICE_RNG",
+    "GpuMemory",
     "gpu_memory",
     "DeviceGraph",
     "optimizer_kernel",
@@ -140,11 +144,29 @@ def select_device(device: str) -> Device:
 
 
 def release_memory(xp: Any) -> None:
-    """Give CuPy's pooled device memory back to the driver (no-op on NumPy)."""
+    """Give CuPy's pooled device memory back to the driver (no-op on NumPy).
+
+    Only blocks no array holds go back: drop the arrays first (fit does, on success and failure).
+    """
     if xp is np or getattr(xp, "__name__", "") != "cupy":
         return
     xp.get_default_memory_pool().free_all_blocks()
     xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+def release_gpu_memory() -> None:
+    """release_memory for this process's CuPy, if it ever loaded CuPy (a CPU worker: nothing)."""
+    import sys
+
+    release_memory(sys.modules.get("cupy"))
+
+
+def synchronize(xp: Any) -> None:
+    """Wait for the device work queued so far on the current stream (no-op on NumPy): a clock read
+    right after ``cupy.asarray`` of host data may not include the copy, which CuPy 13 queues on the
+    stream (issue 18's reading of cupy/_core/core.pyx; scripts/gpu-check's setup_s shows it)."""
+    if xp is not np and getattr(xp, "__name__", "") == "cupy":
+        xp.cuda.get_current_stream().synchronize()
 
 
 class DeviceGraph:
@@ -185,8 +207,20 @@ class DeviceGraph:
         self._graph = self._pool = self._stream = None
 
 
-def gpu_memory() -> tuple[int, int] | None:
-    """(bytes in use, bytes in all) on this process's current GPU, or None.
+@dataclass(frozen=True)
+class GpuMemory:
+    """This process's GPU memory, in bytes, as CuPy's default pool accounts for it, and the device's size.
+
+    memGetInfo's "used" would be the whole device's (every process and context), so it is not used.
+    """
+
+    pool_used: int  # in arrays alive now (MemoryPool.used_bytes)
+    pool_held: int  # taken from the device by this process's pool, free blocks included (total_bytes)
+    device_total: int  # the device's memory (memGetInfo's total)
+
+
+def gpu_memory() -> GpuMemory | None:
+    """This process's GPU memory on its current device, or None.
 
     It never imports CuPy itself: a process that never trained on a GPU answers None, so a CPU
     worker asking costs nothing and initialises no CUDA context.
@@ -197,17 +231,28 @@ def gpu_memory() -> tuple[int, int] | None:
     if cupy is None:
         return None
     try:
-        free, total = cupy.cuda.runtime.memGetInfo()
+        pool = cupy.get_default_memory_pool()  # CuPy 13 MemoryPool.used_bytes/total_bytes: this pool, current device
+        _, total = cupy.cuda.runtime.memGetInfo()
+        return GpuMemory(int(pool.used_bytes()), int(pool.total_bytes()), int(total))
     except Exception:  # no context yet, or a driver error: nothing to report
         return None
-    return int(total - free), int(total)
+
+
+# The device generator: cuRAND's counter-based Philox with a fixed number of states. CuPy 13's
+# default_rng is XORWOW sized by the GPU (8 x 256 x SM count states, each set up with a skip-ahead),
+# and its sampling kernels stride by the state count (cupy/random/_bit_generator.pyx,
+# cupy_distributions.cu), so masks would change with the GPU model; Philox's set-up is O(1) a state.
+_DEVICE_RNG_STATES = 1 << 16  # 4 MiB of states; a larger draw strides over them, the same on every GPU
+DEVICE_RNG = f"Philox4x3210 ({_DEVICE_RNG_STATES} states)"
 
 
 def device_rng(xp: Any, seed: int, epoch: int) -> _EpochRng:
     """The random generator of one epoch, derived from (seed, epoch) alone.
 
-    Resuming from a checkpoint therefore needs only the epoch number. The object has
-    ``permutation(n)`` (host, NumPy int64) and ``random(shape, dtype)`` (on ``xp``'s device).
+    Resuming from a checkpoint therefore needs only the epoch number, on any GPU model. The object
+    has ``permutation(n)`` (host, NumPy int64) and ``random(shape, dtype)`` (on ``xp``'s device); a
+    device generator (DEVICE_RNG) is made on the first ``random`` only, so a run without dropout
+    never makes one. ``device_made`` says whether this one did.
     """
     return _EpochRng(xp, seed, epoch)
 
@@ -216,9 +261,12 @@ class _EpochRng:
     def __init__(self, xp: Any, seed: int, epoch: int) -> None:
         self._host = np.random.default_rng([seed, epoch])
         self._xp = xp
-        if xp is not np:
-            derived = int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
-            self._dev = xp.random.default_rng(derived)
+        self._seed_epoch = (seed, epoch)
+        self._dev: Any = None
+
+    @property
+    def device_made(self) -> bool:
+        return self._dev is not None
 
     def permutation(self, n: int) -> np.ndarray:
         return self._host.permutation(n)
@@ -226,6 +274,10 @@ class _EpochRng:
     def random(self, shape: int | tuple[int, ...], dtype: np.dtype) -> Array:
         if self._xp is np:
             return self._host.random(shape, dtype=dtype)
+        if self._dev is None:
+            derived = int(np.random.SeedSequence([*self._seed_epoch, 1]).generate_state(1)[0])
+            random = self._xp.random
+            self._dev = random.Generator(random.Philox4x3210(derived, size=_DEVICE_RNG_STATES))
         return self._dev.random(shape, dtype=dtype)
 
 

@@ -143,3 +143,6 @@ class FitResult:
     # GPU only: "on: N steps replayed from K captures", or "off: why" (models/stepgraph.py);
     # None where steps are never graphed (CPU, dropout, unshuffled mini-batches)
     step_graph: str | None = None
+    # GPU only: the device generator of the dropout masks and how many the run made, one per epoch
+    # with dropout ("Philox4x3210 (65536 states): 3 made"), "...: 0 made" without; None on the CPU
+    device_rng: str | None = None

@@ -21,9 +21,11 @@ Definitions used throughout (and by the tests):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,17 @@ from typing import Any
 import numpy as np
 
 from . import stepgraph
-from .backend import Array, Device, device_rng, is_numpy, release_memory, select_device, to_host
+from .backend import (
+    DEVICE_RNG,
+    Array,
+    Device,
+    device_rng,
+    is_numpy,
+    release_memory,
+    select_device,
+    synchronize,
+    to_host,
+)
 from .config import TrainConfig
 from .data import examples_first
 from .engine import Engine, take_rows
@@ -67,6 +79,7 @@ def fit(
     if (X_val is None) != (Y_val is None):
         raise ValueError("Pass both X_val and Y_val, or neither.")
     val = None if X_val is None else examples_first(X_val, Y_val, cfg, dtype, "validation")
+    loop: _TrainingLoop | None = None
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             loop = _TrainingLoop.start(cfg, device, train=train, val=val, checkpoint=checkpoint, t_start=t_start)
@@ -81,8 +94,16 @@ def fit(
                     stopped = True
                     break
             return loop.result(stopped)
+    except BaseException as exc:
+        # The traceback keeps every frame below this one alive, with the device arrays in its locals
+        # (a batch, activations, a half-built loop): clear them, or the pool cannot free their blocks.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
-        release_memory(device.xp)  # give CuPy's pooled blocks back when fit returns
+        if loop is not None:
+            loop.drop()  # the data, buffers, parameters, optimizer state and graph pool
+        loop = None
+        release_memory(device.xp)  # then give CuPy's pooled blocks back, when fit returns or raises
 
 
 @dataclass
@@ -152,6 +173,7 @@ class _TrainingLoop:
     correct_total: Array = None
     graphed: stepgraph.GraphedStep | None = None
     epoch_rng: Any = None  # the epoch's generator, for the steps' dropout masks
+    device_rngs_made: int = 0  # device generators the epochs made (dropout on a GPU only)
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -225,8 +247,19 @@ class _TrainingLoop:
                 loop.loss_total,
                 loop.correct_total,
             )
+        synchronize(xp)  # the data's copies to the device are queued, not done: setup_s includes them
         loop.timings = {"setup_s": time.perf_counter() - t_start, "train_s": 0.0, "validation_s": 0.0}
         return loop
+
+    def drop(self) -> None:
+        """Let go of everything this loop holds, device arrays first (after result(), or on failure).
+
+        The step graph's partial refers back to the loop (a cycle only the garbage collector would
+        break), so the references are cleared here instead, and the graph closed with its pool."""
+        if self.graphed is not None:
+            with contextlib.suppress(Exception):  # failing already (a broken device): the references still go
+                self.graphed.close()
+        vars(self).clear()
 
     def train_step(
         self, xb: Array, yb: Array, lb: Array | None, grad_factor: float | None, loss_acc: Array, correct_acc: Array
@@ -264,6 +297,7 @@ class _TrainingLoop:
                 optimizer.update_prescaled_flat(self.flat_params, self.engine.flat_grads)
             else:
                 optimizer.update_flat(self.flat_params, self.engine.flat_grads)
+        self.device_rngs_made += self.epoch_rng.device_made  # made on the first dropout mask only
         loss = float(self.loss_total) / m  # float(loss) syncs the GPU: once per epoch, on purpose
         if not math.isfinite(loss):
             raise TrainingDiverged(epoch + 1, loss, lr)
@@ -321,6 +355,7 @@ class _TrainingLoop:
             stopped=stopped,
             epochs_completed=done,
             step_graph=step_graph,
+            device_rng=None if is_numpy(self.device.xp) else f"{DEVICE_RNG}: {self.device_rngs_made} made",
         )
 
 

@@ -141,6 +141,10 @@ def _train_to_the_end(claim: _Claim) -> str | None:
             event("job.finish_refused", logging.WARNING, job_id=job_id, status="failed")
             return None
         return "failed"
+    finally:
+        # after a failure too, once the error is handled: the prefork child keeps running jobs, so
+        # what the job left in CuPy's pool goes back, and what the next job starts with is published
+        _release_gpu_memory(claim)
 
 
 def _train(claim: _Claim) -> str | None:
@@ -181,7 +185,6 @@ def _train(claim: _Claim) -> str | None:
     finally:
         reporter.flush_remaining()
         r.hincrbyfloat(keys.STATS, "training_seconds_total", time.perf_counter() - t_loaded)
-        report_gpu_memory(r, settings)  # after fit released CuPy's pool: what the next job starts with
 
     if reporter.lease_is_lost:
         event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
@@ -296,16 +299,36 @@ def _release(r: redis.Redis, settings: WorkerSettings, job_id: str, token: str, 
     return None
 
 
+def _release_gpu_memory(claim: _Claim) -> None:
+    """Give this process's pooled GPU memory back and publish what is left (a no-op without CuPy)."""
+    from dnnq.models.backend import release_gpu_memory
+
+    with contextlib.suppress(Exception):  # a broken device must not hide the job's outcome
+        release_gpu_memory()
+    report_gpu_memory(claim.r, claim.settings)
+
+
 def report_gpu_memory(r: redis.Redis, settings: WorkerSettings) -> None:
     """Publish this training process's GPU memory (nothing on a CPU-only worker: models never
-    loaded CuPy there)."""
+    loaded CuPy there): its CuPy pool's bytes in live arrays and held from the device, and the
+    device's size. gpu_memory_used is the pool's held bytes, this process's share of the device
+    (other processes' memory is not this worker's); gpu_memory_total, the device's size, is what
+    the API sizes GPU jobs against."""
     from dnnq.models.backend import gpu_memory
 
     mem = gpu_memory()
     if mem is None:
         return
     with contextlib.suppress(Exception):  # the worker hash is informational; never fail a job over it
-        r.hset(keys.worker(settings.worker_name), mapping={"gpu_memory_used": mem[0], "gpu_memory_total": mem[1]})
+        r.hset(
+            keys.worker(settings.worker_name),
+            mapping={
+                "gpu_memory_used": mem.pool_held,
+                "gpu_memory_total": mem.device_total,
+                "gpu_pool_used_bytes": mem.pool_used,
+                "gpu_pool_total_bytes": mem.pool_held,
+            },
+        )
 
 
 def _set_current_job(r: redis.Redis, settings: WorkerSettings, job_id: str) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+import weakref
 
 import numpy as np
 
@@ -64,6 +65,7 @@ class DeviceArray:
 
     def __init__(self, host: np.ndarray):
         self._a = host
+        _memory_pool.track(host)
 
     # -- what CuPy arrays have ---------------------------------------------------------------
     shape = property(lambda self: self._a.shape)
@@ -241,15 +243,97 @@ class _Generator:
         return DeviceArray(np.asarray(self._g.random(size, dtype=dtype)))
 
 
-random = types.SimpleNamespace(default_rng=_Generator)
+sm_count = 132  # the device's SM count, as a GPU model would have it (tests change it)
+
+
+class _BitGenerator:
+    """cuRAND bit generators as CuPy 13 drives them (cupy/random/_bit_generator.pyx and
+    cupy_distributions.cu): ``size`` states (by default 8 * 256 * SM count), and a draw of n values
+    takes value i from state ``i % size``, so a draw larger than the state count depends on it.
+    Each state's stream is a counter-based hash (not cuRAND's numbers); ``made`` counts instances."""
+
+    made = 0
+
+    def __init__(self, seed=None, *, size=-1):
+        self.seed = int(np.random.SeedSequence(seed).generate_state(1, np.uint32)[0])
+        self.size = 8 * 256 * sm_count if size < 0 else size
+        self._drawn = np.zeros(self.size, dtype=np.uint64)  # per state: values drawn so far
+        type(self).made += 1
+
+    def _uniform(self, n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.uint64)
+        state, k = i % np.uint64(self.size), i // np.uint64(self.size)
+        key = np.uint64(self.seed * 0x9E3779B97F4A7C15 % (1 << 64))
+        x = key + state * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ ((self._drawn[state] + k) * np.uint64(0x94D049BB133111EB))
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64's finaliser
+            x = (x ^ (x >> np.uint64(shift))) * np.uint64(mult)
+        x = x ^ (x >> np.uint64(31))
+        np.add.at(self._drawn, state, np.uint64(1))
+        return x
+
+
+class XORWOW(_BitGenerator):
+    made = 0
+
+
+class Philox4x3210(_BitGenerator):
+    made = 0
+
+
+class _BitGenerated:
+    """cupy.random.Generator over one of the bit generators above."""
+
+    def __init__(self, bit_generator):
+        self.bit_generator = bit_generator
+
+    def random(self, size=None, dtype=np.float64):
+        if _recording is not None:
+            raise NotImplementedError("the stand-in does not capture random draws (fit never graphs dropout)")
+        shape = () if size is None else size
+        n = int(np.prod(shape))
+        bits = self.bit_generator._uniform(n)
+        if np.dtype(dtype) == np.float32:
+            values = (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+        else:
+            values = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        return DeviceArray(values.reshape(shape))
+
+
+random = types.SimpleNamespace(
+    default_rng=_Generator, Generator=_BitGenerated, XORWOW=XORWOW, Philox4x3210=Philox4x3210
+)
 
 
 class _Pool:
+    """A memory pool's accounts: ``used_bytes`` counts the device arrays alive now (the NumPy
+    arrays that own their memory, followed with weak references); ``total_bytes`` what the pool
+    holds, the most used since the last ``free_all_blocks``, as CuPy's pool keeps freed blocks."""
+
     def __init__(self):
         self.freed = 0
+        self._used = self._held = 0
+
+    def track(self, host: np.ndarray) -> None:
+        if host.base is not None or self is not _memory_pool:  # a view: its owner is counted
+            return
+        nbytes = host.nbytes
+        self._used += nbytes
+        self._held = max(self._held, self._used)
+        weakref.finalize(host, self._release, nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        self._used -= nbytes
+
+    def used_bytes(self) -> int:
+        return self._used
+
+    def total_bytes(self) -> int:
+        return self._held
 
     def free_all_blocks(self):
         self.freed += 1
+        self._held = self._used
 
 
 _memory_pool, _pinned_pool = _Pool(), _Pool()
@@ -347,8 +431,11 @@ class _Stream:
         _Stream._current.pop()
         return False
 
+    syncs = 0  # synchronize() calls on any stream, for tests
+
     def synchronize(self):
         _no_sync("Stream.synchronize()")
+        _Stream.syncs += 1
 
     def begin_capture(self, mode=None):
         global _recording

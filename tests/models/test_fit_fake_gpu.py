@@ -224,7 +224,73 @@ def test_auto_picks_the_working_gpu_and_releases_its_memory(fake_gpu):
     result = fit(X, Y, TrainConfig(layer_dims=[10, 4, 1], epochs=2, batch_size=64, device="auto"))
     assert result.device == "gpu:0"
     assert fake_gpu.get_default_memory_pool().freed == freed + 1  # released when fit returned
-    assert backend.gpu_memory() == (4 << 30, 16 << 30)  # used, total: what the device says
+    # this process's pool (nothing alive, nothing kept), and the device's size from memGetInfo
+    assert backend.gpu_memory() == backend.GpuMemory(pool_used=0, pool_held=0, device_total=16 << 30)
+
+
+def test_a_fit_that_fails_mid_training_leaves_the_pool_empty(fake_gpu):
+    """fit raising in epoch 2 (here from on_epoch) still lets go of the data, buffers, parameters,
+    optimizer state and step graph before it releases the pool: nothing stays in this process."""
+    import gc
+
+    gc.collect()  # earlier tests' cycles, so the count below is this fit's alone
+    pool = fake_gpu.get_default_memory_pool()
+    before = pool.used_bytes()
+    X, labels = data("softmax", m=300, n_x=20)
+    cfg = TrainConfig(layer_dims=[20, 16, 3], output="softmax", optimizer="adam", epochs=4, batch_size=64, seed=3)
+
+    def fail_in_epoch_2(state):
+        assert pool.used_bytes() > before  # training holds device memory
+        if state.epoch == 2:
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here") as failure:
+        fit(X, labels, dataclasses.replace(cfg, device="gpu"), on_epoch=fail_in_epoch_2)
+    assert failure.value.__traceback__ is not None  # the traceback is still there to read
+    assert pool.used_bytes() == before  # no frame of the traceback holds a device array
+    assert pool.total_bytes() == before  # and the pool gave the freed blocks back
+    with pytest.raises(ValueError):  # a failure inside the step (a mismatched batch): the same
+        fit(X, labels[:10], dataclasses.replace(cfg, device="gpu"))
+    assert pool.used_bytes() == before
+
+
+def test_setup_time_waits_for_the_copies_to_the_device(fake_gpu, monkeypatch):
+    """setup_s is read after the device has finished the data's copies (a synchronize), not when
+    they were queued."""
+    import time as time_module
+
+    from dnnq.models import training
+
+    events: list[str] = []  # inside _TrainingLoop.start: each synchronize and each clock read
+    inside = [False]
+    stream = fake_gpu._Stream
+    synchronize, perf_counter = stream.synchronize, time_module.perf_counter
+
+    def noting_sync(self):
+        if inside[0]:
+            events.append("sync")
+        synchronize(self)
+
+    def noting_clock():
+        if inside[0]:
+            events.append("clock")
+        return perf_counter()
+
+    start = training._TrainingLoop.start
+
+    def start_and_note(*args, **kwargs):
+        inside[0] = True
+        try:
+            return start(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(stream, "synchronize", noting_sync)
+    monkeypatch.setattr(training.time, "perf_counter", noting_clock)
+    monkeypatch.setattr(training._TrainingLoop, "start", start_and_note)
+    result = small_run("gpu", dropout_keep_prob=0.9)  # no step graph: its checks would sync too
+    assert events == ["sync", "clock"]  # the setup clock is read once, after the device is done
+    assert result.timings["setup_s"] > 0
 
 
 def test_dropout_on_the_device_resumes_exactly(fake_gpu):

@@ -268,20 +268,60 @@ def test_cpu_worker_reports_no_gpu_memory_and_never_loads_cupy(redis_client, sto
 
 
 def test_gpu_memory_is_published_to_the_worker_hash(redis_client, store, settings, monkeypatch):
-    """Unit test of the reporting path: a stand-in `cupy` module answers memGetInfo (free, total)."""
-    import sys
-    import types
+    """Unit test of the reporting path on the CuPy stand-in: this process's pool (bytes in live arrays,
+    bytes held) and the device's size apart; gpu_memory_used is the pool's, not the whole device's
+    (memGetInfo's used counts every process)."""
+    import gc
 
-    fake = types.SimpleNamespace(
-        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 30, 4 << 30)))
-    )
-    monkeypatch.setitem(sys.modules, "cupy", fake)
     from dnnq.workers.runner import report_gpu_memory
+    from tests.models import fake_cupy
 
+    cupy = fake_cupy.installed(monkeypatch)
+    gc.collect()
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.used_bytes()
+    x = cupy.zeros((1024,), dtype=cupy.float64)  # 8 KiB alive
     redis_client.hset(keys.worker("inproc"), mapping={"name": "inproc"})
     report_gpu_memory(redis_client, settings)
-    assert redis_client.hget(keys.worker("inproc"), "gpu_memory_used") == str(3 << 30)
-    assert redis_client.hget(keys.worker("inproc"), "gpu_memory_total") == str(4 << 30)
+    worker = redis_client.hgetall(keys.worker("inproc"))
+    assert worker["gpu_pool_used_bytes"] == str(base + 8192)
+    assert worker["gpu_pool_total_bytes"] == worker["gpu_memory_used"] == str(pool.total_bytes())
+    assert int(worker["gpu_memory_used"]) >= base + 8192
+    assert worker["gpu_memory_total"] == str(16 << 30)  # the device's size, from memGetInfo
+    del x
+
+
+def test_a_failed_gpu_job_gives_the_pool_back(redis_client, store, settings, monkeypatch, request):
+    """A GPU job that diverges mid-training fails readably, and the process keeps none of its device
+    memory: the pool's blocks are given back after the failure and the hash says so."""
+    import gc
+
+    import dnnq.models.backend as backend
+    from tests.models import fake_cupy
+
+    cupy = fake_cupy.installed(monkeypatch)
+    backend.forget_gpu_check()
+    request.addfinalizer(backend.forget_gpu_check)
+    gc.collect()
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.used_bytes()
+    ds = dataset(redis_client, store, kind="continuous")
+    job_id = job_for(
+        redis_client,
+        ds,
+        model={"hidden_layers": [4], "output": "linear"},
+        training={"epochs": 50, "learning_rate": 10.0, "optimizer": "gd"},
+        device="gpu",
+    )
+    redis_client.hset(keys.worker("inproc"), mapping={"name": "inproc"})
+    freed = pool.freed
+    assert run_job(job_id, settings=settings, r=redis_client, store=store) == "failed"
+    assert "epoch" in jobs.get_job(redis_client, job_id)["error"].lower()
+    assert pool.freed >= freed + 2  # fit's own release, and the runner's once the error was handled
+    assert pool.used_bytes() == base and pool.total_bytes() == base
+    assert redis_client.hget(keys.worker("inproc"), "gpu_pool_used_bytes") == str(base)
 
 
 def test_one_redis_client_per_training_process_across_jobs(redis_client, store, settings):
