@@ -13,7 +13,9 @@ contract between host and device, so that is what this module enforces, as CuPy 
   NEP 13/18), and a device array is never a np.ndarray, so NumPy-only code paths (models.fused's
   Numba kernels, ``xp is np`` branches) are never taken;
 - ``random.default_rng``, the memory pools, ``cuda.Stream.null.synchronize()``, ``cuda.Device().id``
-  and ``cuda.runtime.memGetInfo()``: what models.backend calls;
+  and ``cuda.runtime.memGetInfo()``: what models.backend calls; ``random.Generator`` over
+  ``XORWOW``/``Philox4x3210`` states sized as CuPy sizes them (``sm_count``), counted as made; the
+  default pool's ``used_bytes``/``total_bytes`` from the device arrays alive; synchronize() counted;
 - CUDA graphs as stream capture makes them (``Stream.begin_capture`` / ``end_capture``,
   ``Graph.launch``): while a stream captures, every operation that makes or writes device data is
   recorded with the very arrays it touched, and a launch replays those operations on whatever
