@@ -44,7 +44,7 @@ import re
 import resource
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -113,10 +113,34 @@ class _ForkServerState(Protocol):
     _forkserver_address: str | bytes | None
 
 
+# Names of environment variables a parser child must not see: the fork server is exec'd with the API's
+# environment (multiprocessing passes none of its own), which holds the API keys and the Redis URL.
+_SECRET_ENV = re.compile(r"^DNNQ_|KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|REDIS", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _secrets_hidden() -> Iterator[None]:
+    """The process environment less its secrets (_SECRET_ENV), for as long as a fork server may be
+    exec'd; the API reads its settings once at start, so nothing misses them meanwhile."""
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if _SECRET_ENV.search(name)}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+def _ensure_server() -> None:
+    """Start the fork server if it is not running (or died), exec'd without the API's secrets: the
+    children it forks inherit its environment, so a parser cannot read a key from /proc/self/environ."""
+    with _secrets_hidden():
+        multiprocessing.forkserver.ensure_running()
+
+
 def warm() -> None:
     """Start the fork server now (it imports numpy and h5py once), not in the first upload's time."""
     _ctx()
-    multiprocessing.forkserver.ensure_running()
+    with _lock:
+        _ensure_server()
 
 
 def _forget_forkserver() -> None:
@@ -147,6 +171,7 @@ def _start(target: Callable[..., None], args: tuple[Any, ...]) -> _Process:
         proc = _Process(target=target, args=args, name="dnnq-upload-parser", daemon=True)
         try:
             with _lock:
+                _ensure_server()  # before start(), which would otherwise start a missing server itself
                 proc.start()
                 # Each request thread joins its own child; left in multiprocessing's list, another
                 # thread's start() would poll it too and could read its exit status first.

@@ -246,3 +246,31 @@ def test_a_malformed_answer_from_the_child_is_a_422(tmp_path, payload):
     with pytest.raises(UploadError) as exc_info:
         sandbox._read_answer(payload, tmp_path / "absent.npz", LIMITS, MiB, 1, 1.0)
     assert exc_info.value.status == 422 and "no usable answer" in exc_info.value.detail
+
+
+def _report_environment(filename, source, limits, **kw):
+    """Raise what the child can read of its environment: os.environ and the block it was exec'd with."""
+    with open("/proc/self/environ", "rb") as f:
+        block = f.read().decode(errors="replace")
+    raise UploadError(418, json.dumps({"environ": dict(os.environ), "block": block}))
+
+
+def test_the_child_sees_none_of_the_apis_secrets(tmp_path, monkeypatch):
+    """The fork server is exec'd with the API's environment less its secrets (API keys, the metrics key,
+    the Redis URL): a parser that could run code still finds none of them."""
+    canary = "canary-secret-8d2f"
+    for name in ("DNNQ_API_KEYS", "DNNQ_METRICS_KEY", "DNNQ_REDIS_URL", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, f"{name}={canary}")
+    monkeypatch.setenv("DNNQ_TEST_HARMLESS_LOOKING", canary)
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_pid is not None:  # a server started before the secrets were set: start anew
+        os.kill(server._forkserver_pid, signal.SIGKILL)
+    src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, _parse=_report_environment)
+    assert exc_info.value.status == 418
+    seen = json.loads(exc_info.value.detail)
+    assert canary not in json.dumps(seen["environ"]) and canary not in seen["block"]
+    assert "PATH" in seen["environ"]  # the rest of the environment is there
+    assert os.environ["DNNQ_API_KEYS"].endswith(canary)  # and the API's own is as it was
+    assert run(tmp_path, src).n_examples == 2  # the next upload is parsed as usual
