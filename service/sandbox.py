@@ -129,9 +129,24 @@ def _secrets_hidden() -> Iterator[None]:
         os.environ.update(hidden)
 
 
+def _server_running() -> bool:
+    """Whether the fork server is up, asked without reaping it (WNOWAIT): a dead one is left for
+    ensure_running to collect and replace, as it expects."""
+    pid = cast(_ForkServerState, multiprocessing.forkserver._forkserver)._forkserver_pid
+    if pid is None:
+        return False
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # reaped elsewhere: _start's retry forgets it
+        return False
+
+
 def _ensure_server() -> None:
     """Start the fork server if it is not running (or died), exec'd without the API's secrets: the
-    children it forks inherit its environment, so a parser cannot read a key from /proc/self/environ."""
+    children it forks inherit its environment, so a parser cannot read a key from /proc/self/environ.
+    The environment is changed only then, not per upload: another thread's getenv must not race it."""
+    if _server_running():
+        return
     with _secrets_hidden():
         multiprocessing.forkserver.ensure_running()
 
