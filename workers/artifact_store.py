@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -67,6 +68,22 @@ def validate_key(key: str) -> str:
     return key
 
 
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` fills a temporary file beside `path`, which is fsync'ed and renamed over it: a reader
+    sees the old file or the whole new one, never part of it (the caller fsyncs the directory)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -105,17 +122,7 @@ class LocalArtifactStore:
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        _write_atomically(path, lambda f: f.write(data))
         _fsync_dir(path.parent)
         return hashlib.sha256(data).hexdigest()
 
@@ -167,23 +174,11 @@ class LocalArtifactStore:
         except OSError as exc:
             if exc.errno != errno.EXDEV:  # another filesystem: copy below
                 raise
-            self._copy_in(src, target)
+            with open(src, "rb") as f:
+                _write_atomically(target, lambda out: shutil.copyfileobj(f, out, _CHUNK))
             src.unlink()
         _fsync_dir(target.parent)
         return h.hexdigest()
-
-    def _copy_in(self, src: Path, target: Path) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-                shutil.copyfileobj(f, out, _CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     def open_read(self, key: str) -> BinaryIO:
         """The stored file, open for reading (seek and read what you need). An object-store backend
