@@ -280,11 +280,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     install_error_handlers(app)
 
-    from dnnq.service.routes import datasets, health, jobs, metrics
+    from dnnq.service.routes import datasets, health, jobs, metrics, predict
 
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    app.include_router(predict.router)
     app.include_router(metrics.router)
     if importlib.util.find_spec("dnnq.service.routes.dashboard") is not None:
         dashboard = importlib.import_module("dnnq.service.routes.dashboard")
