@@ -2,7 +2,10 @@
 
 weights.npz and weights.safetensors hold the same arrays (W1, b1, ..., WL, bL; `b` of shape
 (n_l, 1)); model.json says how to use them; weights.onnx is added when workers/onnx_export.py is
-present. Checkpoints are flat np.savez files loaded with allow_pickle=False.
+present. The safetensors and ONNX files describe themselves too: export_metadata's string fields
+(layer sizes, activations, output, input scale, classes, dnnq version, dtype) are the safetensors
+`__metadata__` and the ONNX `metadata_props`, so either file is usable without model.json.
+Checkpoints are flat np.savez files loaded with allow_pickle=False.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "checkpoint_key",
     "delete_checkpoint",
+    "export_metadata",
     "load_checkpoint",
     "model_json",
     "save_checkpoint",
@@ -56,6 +60,32 @@ def weights_safetensors_bytes(params: dict[str, np.ndarray], metadata: dict[str,
     return save(dict(_ordered(params)), metadata=metadata)
 
 
+def _layer_sizes(params: dict[str, np.ndarray]) -> list[int]:
+    n_layers = sum(1 for k in params if k.startswith("W"))
+    return [int(params["W1"].shape[1])] + [int(params[f"W{l}"].shape[0]) for l in range(1, n_layers + 1)]
+
+
+def export_metadata(params: dict[str, np.ndarray], model_info: dict[str, Any]) -> dict[str, str]:
+    """The string fields a weights file carries about its network (safetensors `__metadata__`, ONNX
+    `metadata_props`): lists, numbers and null as JSON text, names as they are. `dtype` is the
+    arrays' as trained (the ONNX graph's are float32: it says so itself)."""
+    sizes = _layer_sizes(params)
+    hidden, output = model_info["hidden_activation"], model_info["output"]
+    return {
+        "format": "dnnq-model/1",
+        "layer_sizes": json.dumps(sizes),
+        "activations": json.dumps([hidden] * (len(sizes) - 2) + [output]),
+        "hidden_activation": hidden,
+        "output": output,
+        "input_scale": json.dumps(model_info.get("input_scale")),
+        "preprocessing": "X * input_scale before the first layer (input_scale null: X as it is)",
+        "classes": json.dumps(model_info.get("classes")),
+        "label_kind": json.dumps(model_info.get("label_kind")),
+        "dnnq_version": _dist_version(),
+        "dtype": str(params["W1"].dtype),
+    }
+
+
 def model_json(
     *,
     params: dict[str, np.ndarray],
@@ -71,8 +101,8 @@ def model_json(
     """How to use the weights: a = act(W @ a + b) per layer on (n_features, m) inputs multiplied by
     input_scale (the spec's preprocess.scale, written as model.json's preprocessing.scale)."""
 
-    n_layers = sum(1 for k in params if k.startswith("W"))
-    layer_sizes = [int(params["W1"].shape[1])] + [int(params[f"W{l}"].shape[0]) for l in range(1, n_layers + 1)]
+    layer_sizes = _layer_sizes(params)
+    n_layers = len(layer_sizes) - 1
     doc: dict[str, Any] = {
         "format": "dnnq-model/1",
         "job_id": job_id,
@@ -114,18 +144,21 @@ def save_trained(
     """
     params = {k: np.asarray(v) for k, v in params.items()}
     base = f"jobs/{job_id}"
+    metadata = export_metadata(params, model_info)
     shas = {
         "npz": store.put(f"{base}/weights.npz", weights_npz_bytes(params)),
-        "safetensors": store.put(
-            f"{base}/weights.safetensors",
-            weights_safetensors_bytes(
-                params, {"hidden_activation": model_info["hidden_activation"], "output": model_info["output"]}
-            ),
-        ),
+        "safetensors": store.put(f"{base}/weights.safetensors", weights_safetensors_bytes(params, metadata)),
     }
     onnx = _onnx_exporter()
     if onnx is not None:
-        data = onnx(params, model_info["hidden_activation"], model_info["output"], model_info.get("input_scale"))
+        data = onnx(
+            params,
+            model_info["hidden_activation"],
+            model_info["output"],
+            model_info.get("input_scale"),
+            classes=_class_names_for_graph(params, model_info),
+            metadata={**metadata, "dtype": "float32"},
+        )
         shas["onnx"] = store.put(f"{base}/weights.onnx", data)
     shas["model_json"] = store.put(
         f"{base}/model.json",
@@ -142,6 +175,15 @@ def save_trained(
         ),
     )
     return shas
+
+
+def _class_names_for_graph(params: dict[str, np.ndarray], model_info: dict[str, Any]) -> list[Any] | None:
+    """The classes when they name the output's labels one for one (softmax: one per unit; one sigmoid
+    unit: two), else None: the graph then outputs indices only (the metadata still lists them)."""
+    classes = model_info.get("classes")
+    n_out = _layer_sizes(params)[-1]
+    fits = {"softmax": n_out, "sigmoid": 2 if n_out == 1 else -1}.get(model_info["output"], -1)
+    return list(classes) if classes and len(classes) == fits else None
 
 
 def _onnx_exporter() -> Callable[..., bytes] | None:

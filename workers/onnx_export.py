@@ -13,9 +13,15 @@ so W is stored as trained (no copy transposed by hand) and b flattened to
 (n_l,), which Gemm broadcasts over the rows.
 
     X (N, n_x) --[Mul scale]--> Gemm -> act -> ... -> Gemm -> output act --> probabilities (N, n_out)
+                                                                                 +--> label (N,)
 
 `input_scale` is the job spec's `preprocess.scale` (docs/DESIGN.md): raw inputs are multiplied
 by it before the first layer, exactly as the worker trained them.
+
+A classifier also outputs what `models.predict` returns: "label", int64, the class index (softmax:
+ArgMax over each row; one sigmoid unit: 1 where the probability is > 0.5; several sigmoid units:
+(N, n_out) of 0/1), and, given the dataset's class names, "class_name" (N,) strings picked from them
+by a Gather. `metadata` (artifacts.export_metadata) goes into the model's metadata_props.
 """
 
 from __future__ import annotations
@@ -71,17 +77,46 @@ def _layer_count(parameters: dict[str, np.ndarray]) -> int:
     return L
 
 
+def _label_nodes(output: str, n_out: int, classes: list[Any] | None) -> tuple[list[onnx.NodeProto], list[Any]]:
+    """Nodes computing "label" (and "class_name") from "probabilities", with their initializers; none
+    for a linear output (its values are the prediction)."""
+    if output == "linear":
+        return [], []
+    nodes: list[onnx.NodeProto] = []
+    inits: list[Any] = []
+    if output == "softmax":
+        nodes.append(helper.make_node("ArgMax", ["probabilities"], ["label"], name="label", axis=1, keepdims=0))
+    else:  # sigmoid: 1 where p > 0.5, as models.labels_from_output
+        inits.append(numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"))
+        nodes.append(helper.make_node("Greater", ["probabilities", "half"], ["positive"], name="positive"))
+        cast_to = "label" if n_out > 1 else "label_column"
+        nodes.append(helper.make_node("Cast", ["positive"], [cast_to], name=cast_to, to=TensorProto.INT64))
+        if n_out == 1:  # one unit: (N, 1) -> (N,), the shape predict returns
+            inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "column_axis"))
+            nodes.append(helper.make_node("Squeeze", ["label_column", "column_axis"], ["label"], name="label"))
+    if classes and (output == "softmax" or n_out == 1):
+        names = np.array([str(c) for c in classes], dtype=object)
+        inits.append(numpy_helper.from_array(names, "class_names"))
+        nodes.append(helper.make_node("Gather", ["class_names", "label"], ["class_name"], name="class_name", axis=0))
+    return nodes, inits
+
+
 def onnx_bytes(
     parameters: dict[str, np.ndarray],
     hidden_activation: str,
     output: str,
     input_scale: float | None = None,
+    *,
+    classes: list[Any] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> bytes:
     """Serialise the network `parameters` (W1, b1, ... WL, bL) as an ONNX model.
 
-    Input "X" float32 (N, n_x), raw inputs (multiplied by `input_scale` first when
-    set, as the worker did in training); output "probabilities" float32 (N, n_out): what
-    `models.predict(..., proba=True)` returns, transposed.
+    Input "X" float32 (N, n_x), raw inputs (multiplied by `input_scale` first when set, as the
+    worker did in training); output "probabilities" float32 (N, n_out): what
+    `models.predict(..., proba=True)` returns, transposed; for a sigmoid or softmax output also
+    "label" int64 (what `models.predict` returns, transposed) and, with `classes` (one name per
+    class index), "class_name" strings. `metadata` becomes the model's metadata_props.
     """
     if hidden_activation not in HIDDEN_ACTIVATIONS:
         raise ValueError(
@@ -126,12 +161,23 @@ def onnx_bytes(
         nodes.append(node)
         A_prev = A
 
+    if classes is not None and output == "softmax" and len(classes) != n_l:
+        raise ValueError(f"The 'classes' argument must name the {n_l} outputs. Got {len(classes)} names instead.")
+    if classes is not None and output == "sigmoid" and n_l == 1 and len(classes) != 2:
+        raise ValueError(f"The 'classes' argument of one sigmoid output must hold 2 names. Got {len(classes)} instead.")
+    label_nodes, label_inits = _label_nodes(output, n_l, classes)
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_l])]
+    if any(n.output[0] == "label" for n in label_nodes):
+        shape: list[Any] = ["N", n_l] if output == "sigmoid" and n_l > 1 else ["N"]
+        outputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, shape))
+    if any(n.output[0] == "class_name" for n in label_nodes):
+        outputs.append(helper.make_tensor_value_info("class_name", TensorProto.STRING, ["N"]))
     graph = helper.make_graph(
-        nodes,
+        nodes + label_nodes,
         "dnnq_network",
         inputs=[helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", n_x])],
-        outputs=[helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_l])],
-        initializer=initializers,
+        outputs=outputs,
+        initializer=initializers + label_inits,
     )
     model = helper.make_model(
         graph,
@@ -139,5 +185,6 @@ def onnx_bytes(
         opset_imports=[helper.make_opsetid("", OPSET)],
     )
     model.ir_version = IR_VERSION
+    helper.set_model_props(model, dict(metadata or {}))
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()

@@ -154,7 +154,7 @@ def test_dashboard_trains_a_job_through_the_forms(live_stack, tmp_path):
     with live_stack.client() as http:
         res = http.post(f"/v1/jobs/{seen['job_id']}/predict", json={"inputs": X.tolist()})
     assert res.status_code == 200, res.text
-    (probabilities,) = ReferenceEvaluator(onnx.load_from_string(seen["onnx"])).run(None, {"X": X})
+    (probabilities,) = ReferenceEvaluator(onnx.load_from_string(seen["onnx"])).run(["probabilities"], {"X": X})
     assert probabilities.shape == (25, 1)
     np.testing.assert_allclose(probabilities[:, 0], res.json()["probabilities"], rtol=1e-4, atol=1e-5)
 

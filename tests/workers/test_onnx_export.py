@@ -58,7 +58,7 @@ def random_parameters(rng, layer_dims):
 
 def run_onnx(blob: bytes, X_rows: np.ndarray) -> np.ndarray:
     model = onnx.load_from_string(blob)
-    (out,) = ReferenceEvaluator(model).run(None, {"X": X_rows.astype(np.float32)})
+    (out,) = ReferenceEvaluator(model).run(["probabilities"], {"X": X_rows.astype(np.float32)})
     return out
 
 
@@ -74,8 +74,9 @@ def test_onnx_matches_numpy_forward(hidden, output):
     model = onnx.load_from_string(blob)
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["X"]
-    assert [o.name for o in model.graph.output] == ["probabilities"]
-    assert sorted(t.name for t in model.graph.initializer) == sorted(params)
+    assert [o.name for o in model.graph.output] == ["probabilities"] + ([] if output == "linear" else ["label"])
+    layers = sorted(t.name for t in model.graph.initializer if t.name[:1] in "Wb" and t.name[1:].isdigit())
+    assert layers == sorted(params)
 
     got = run_onnx(blob, X_rows)
     expected = numpy_forward({k: v.astype(np.float64) for k, v in params.items()}, X_rows, hidden, output)
@@ -95,7 +96,7 @@ def test_scale_is_applied_to_raw_inputs():
     got = run_onnx(onnx_bytes(params, "relu", "sigmoid", input_scale=scale), X_raw)
     expected = numpy_forward({k: v.astype(np.float64) for k, v in params.items()}, X_raw, "relu", "sigmoid", scale)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    # The Div is really there: without it the same raw inputs give other outputs
+    # The Mul is really there: without it the same raw inputs give other outputs
     # (compared with a linear output, which cannot saturate).
     linear_scaled = run_onnx(onnx_bytes(params, "relu", "linear", input_scale=scale), X_raw)
     linear_raw = run_onnx(onnx_bytes(params, "relu", "linear"), X_raw)
