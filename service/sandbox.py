@@ -251,6 +251,7 @@ def parse_in_sandbox(
     x_key: str = "X",
     y_key: str = "Y",
     layout: str = "examples_first",
+    header: str = "auto",
     memory_bytes: int,
     cpu_seconds: int,
     wall_seconds: float,
@@ -272,6 +273,7 @@ def parse_in_sandbox(
         "x_key": x_key,
         "y_key": y_key,
         "layout": layout,
+        "header": header,
         "memory_bytes": int(memory_bytes),
         "cpu_seconds": int(cpu_seconds),
     }
@@ -384,6 +386,7 @@ def _parse_and_write(request: dict, parse: Callable | None) -> dict:
         x_key=request["x_key"],
         y_key=request["y_key"],
         layout=request["layout"],
+        header=request["header"],
     )
     fd = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:

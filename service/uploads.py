@@ -45,8 +45,10 @@ def parse_upload(
     x_key: str = "X",
     y_key: str = "Y",
     layout: str = "examples_first",
+    header: str = "auto",
 ) -> ParsedDataset:
-    """Dispatch on the file extension; `layout="features_first"` accepts X as (n_x, m).
+    """Dispatch on the file extension; `layout="features_first"` accepts X as (n_x, m); `header`
+    (auto, yes, no): whether a CSV's first line names its columns (service/formats/csvtext.py).
 
     `source` is the upload's bytes or a path to them; a path is read by the parser as it goes,
     never whole into memory first.
@@ -64,7 +66,7 @@ def parse_upload(
     if size == 0:
         raise UploadError(422, "The uploaded file is empty.")
     try:
-        return _parse(kind, source, size, limits, target, x_key, y_key, layout)
+        return _parse(kind, source, size, limits, target, x_key, y_key, layout, header)
     except UploadError:
         raise
     except MemoryError:
@@ -88,11 +90,12 @@ def _parse(
     x_key: str,
     y_key: str,
     layout: str,
+    header: str = "auto",
 ) -> ParsedDataset:
     if kind == "csv":
         from dnnq.service.formats.csvtext import read_csv
 
-        return read_csv(source, limits, target)
+        return read_csv(source, limits, target, header)
     if kind == "npz":
         from dnnq.service.formats.npz import read_npz
 

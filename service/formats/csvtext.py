@@ -1,17 +1,23 @@
-"""CSV with a header row: streamed row by row, features straight into a growing float64 array and
+"""CSV, with or without a header row: streamed row by row, features straight into a growing float64 array and
 labels kept as numbers or as small integer codes, so memory stays a small multiple of the body.
 
 Line endings LF, CRLF and CR-only all work (the text is read with newline=""); a line or a field
 too long for a table of numbers is refused with the line it is on.
+
+`header`: "yes" (line 1 names the columns), "no" (line 1 is data; columns are named by their
+numbers "0", "1", ...) or "auto": line 1 is data when every field is a number, a header when its
+features are not all numbers, and refused (naming the option) when only its label is not a number,
+since that line is as likely one of the classes as the columns' names.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn, get_args
 
 import numpy as np
 
@@ -27,7 +33,10 @@ from dnnq.service.formats.common import (
     short,
 )
 
-__all__ = ["read_csv"]
+__all__ = ["HEADER_MODES", "Header", "read_csv"]
+
+Header = Literal["auto", "yes", "no"]  # does line 1 name the columns?
+HEADER_MODES: tuple[Header, ...] = get_args(Header)
 
 if TYPE_CHECKING:
     from _csv import Reader as _Reader  # what csv.reader returns (the csv module names no type for it)
@@ -63,11 +72,15 @@ def _lines(text: io.TextIOBase, limits: UploadLimits) -> Iterator[str]:
         yield line
 
 
-def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | None) -> ParsedDataset:
+def read_csv(
+    source: bytes | os.PathLike, limits: UploadLimits, target: str | None, header: str = "auto"
+) -> ParsedDataset:
+    if header not in HEADER_MODES:
+        raise UploadError(422, f"header must be 'auto', 'yes' or 'no'; got {header!r}.")
     with io.TextIOWrapper(open_source(source), encoding="utf-8-sig", newline="") as text:
         reader = csv.reader(_lines(text, limits))
         try:
-            return _parse(reader, limits, target)
+            return _parse(reader, limits, target, header)
         except csv.Error as exc:  # a field over the csv module's limit, a quote never closed
             raise UploadError(
                 422,
@@ -77,34 +90,77 @@ def read_csv(source: bytes | os.PathLike, limits: UploadLimits, target: str | No
             ) from None
 
 
-def _parse(reader: _Reader, limits: UploadLimits, target: str | None) -> ParsedDataset:
-    header = None
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _names_columns(first: list[str], mode: str, target: str | None, line: int) -> bool:
+    """Whether the first non-blank line (`first`, stripped) is a header, under header=`mode`."""
+    if mode != "auto":
+        return mode == "yes"
+    if target is not None and target in first:
+        return True
+    t = len(first) - 1 if target is None or not target.isdigit() else int(target)
+    numbers = [_is_number(c) for c in first]
+    if all(numbers):
+        return False
+    if all(ok for k, ok in enumerate(numbers) if k != t):
+        raise UploadError(
+            422,
+            f"CSV line {line} may be a header or an example: its features are numbers but its label "
+            f"{first[t][:100]!r} is not. Send header=yes if line {line} names the columns, or header=no "
+            "if it is an example.",
+        )
+    return True
+
+
+def _parse(reader: _Reader, limits: UploadLimits, target: str | None, mode: str) -> ParsedDataset:
+    first = None
     for row in reader:
         if any(c.strip() for c in row):
-            header = [h.strip() for h in row]
+            first = row
             break
-    if header is None:
+    if first is None:
         raise UploadError(422, "This CSV needs a header row and at least one data row.")
-    if len(header) < 2:
+    if len(first) < 2:
         raise UploadError(422, "This CSV needs at least one feature column and a label column.")
-    n = len(header)
+    n = len(first)
     if n - 1 > limits.max_features:
         raise UploadError(
             413, f"This dataset has {n - 1} features; the limit is {limits.max_features} (DNNQ_MAX_FEATURES)."
         )
+    names = [c.strip() for c in first]
+    rows: Iterator[tuple[int, list[str]]] = ((reader.line_num, row) for row in reader)
+    if _names_columns(names, mode, target, reader.line_num):
+        header = names
+    else:  # line 1 is an example: columns are named by their numbers
+        header = [str(k) for k in range(n)]
+        rows = itertools.chain([(reader.line_num, first)], rows)
     t = n - 1 if target is None else (header.index(target) if target in header else None)
     if t is None:
-        raise UploadError(422, f"target column {target!r} is not in the header {header[:50]}.")
+        if header is names:
+            raise UploadError(422, f"target column {target!r} is not in the header {header[:50]}.")
+        raise UploadError(
+            422,
+            f"target column {target!r} is not a column number from 0 to {n - 1}: this CSV is read without a "
+            "header row (header=no, or header=auto and its first line is all numbers). Send header=yes if "
+            "its first line names the columns.",
+        )
     max_rows = min(limits.max_examples, limits.max_array_bytes // (8 * (n - 1)))
     capacity = min(1024, max_rows)
     X = np.empty((capacity, n - 1), dtype=np.float64)
     labels = _Labels(capacity, limits)
     m = 0
-    for row in reader:
+    for line, row in rows:
         if len(row) != n:
             if not any(c.strip() for c in row):
                 continue
-            raise UploadError(422, f"CSV line {reader.line_num} has {len(row)} fields; the header has {n}.")
+            first_row = "the header" if header is names else "the first row"
+            raise UploadError(422, f"CSV line {line} has {len(row)} fields; {first_row} has {n}.")
         if m == capacity:
             if m == max_rows:
                 _too_many_rows(m, n, limits)
@@ -117,11 +173,13 @@ def _parse(reader: _Reader, limits: UploadLimits, target: str | None) -> ParsedD
         except ValueError:
             if not label and not any(c.strip() for c in row):
                 continue
-            _not_a_number(row, header, t, reader.line_num)
+            _not_a_number(row, header, t, line)
         labels.add(m, label)
         m += 1
     if m == 0:
-        raise UploadError(422, "This CSV needs a header row and at least one data row.")
+        raise UploadError(
+            422, "This CSV needs a header row and at least one data row (header=no: line 1 is a data row)."
+        )
     X.resize((m, n - 1), refcheck=False)
     return labels.finish(X, m)
 

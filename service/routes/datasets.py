@@ -22,7 +22,7 @@ from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, problems
 from dnnq.service.idempotency import reserve
 from dnnq.service.sandbox import parse_in_sandbox
-from dnnq.service.schemas import SyntheticRequest, dataset_view
+from dnnq.service.schemas import DatasetDetail, DatasetList, DatasetView, SyntheticRequest, dataset_view
 from dnnq.service.settings import ApiSettings
 from dnnq.service.synthetic import PARAMETERS, class_count, generate
 from dnnq.service.uploads import UploadError, UploadLimits
@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 PREVIEW_ROWS, PREVIEW_FEATURES = 5, 20
 _COPY_CHUNK = 1024 * 1024
 _SAME: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The same content was stored before: the existing dataset."}
+    200: {"description": "The same content was stored before: the existing dataset.", "model": DatasetView}
 }
 
 
@@ -99,7 +99,9 @@ def _created(rec: dict[str, Any], status: int) -> JSONResponse:
     return JSONResponse(dataset_view(rec), status_code=status, headers={"Location": f"/v1/datasets/{rec['id']}"})
 
 
-@router.post("", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)", responses=_SAME)
+@router.post(
+    "", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)", response_model=DatasetView, responses=_SAME
+)
 def upload_dataset(
     r: Rds,
     store: Store,
@@ -111,12 +113,16 @@ def upload_dataset(
     x_key: Annotated[str, Form(max_length=200)] = "X",
     y_key: Annotated[str, Form(max_length=200)] = "Y",
     layout: Annotated[str, Form(description="examples_first (m, ...) or features_first (n_x, m)")] = "examples_first",
+    header: Annotated[
+        Literal["auto", "yes", "no"],
+        Form(description="CSV: does line 1 name the columns? auto: data when it is all numbers"),
+    ] = "auto",
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     """Examples are rows. Returns 201 for a new dataset; an identical upload returns 200 with the same id."""
     upload_path, stored_path = store.new_staging_path(".upload"), store.new_staging_path(".npz")
     try:
-        form = json.dumps([file.filename, name, target, x_key, y_key, layout])
+        form = json.dumps([file.filename, name, target, x_key, y_key, layout, header])
         body_sha = hashlib.sha256(bytes.fromhex(_stream_to(file, upload_path)) + form.encode()).hexdigest()
 
         def store_it() -> dict[str, Any]:
@@ -129,6 +135,7 @@ def upload_dataset(
                 x_key=x_key,
                 y_key=y_key,
                 layout=layout,
+                header=header,
                 memory_bytes=settings.parse_memory_limit,
                 cpu_seconds=settings.parse_cpu_seconds,
                 wall_seconds=settings.parse_wall_seconds,
@@ -149,7 +156,14 @@ def upload_dataset(
         stored_path.unlink(missing_ok=True)
 
 
-@router.post("/synthetic", status_code=201, summary="Generate moons, circles, spiral or blobs", responses=_SAME)
+@router.post(
+    "/synthetic",
+    status_code=201,
+    name="create_synthetic_dataset",
+    summary="Generate moons, circles, spiral or blobs",
+    response_model=DatasetView,
+    responses=_SAME,
+)
 def synthetic_dataset(
     body: SyntheticRequest,
     r: Rds,
@@ -212,7 +226,7 @@ def _check_synthetic_size(body: SyntheticRequest, settings: ApiSettings) -> None
         )
 
 
-@router.get("/{dataset_id}", responses=problems(404))
+@router.get("/{dataset_id}", response_model=DatasetDetail, responses=problems(404))
 def get_dataset(
     dataset_id: str,
     r: Rds,
@@ -236,7 +250,7 @@ def get_dataset(
     return view
 
 
-@router.get("")
+@router.get("", response_model=DatasetList)
 def list_datasets(
     r: Rds,
     tenant: Tenant,

@@ -374,3 +374,82 @@ def test_classes_up_to_the_limit_are_accepted():
     assert parsed.classes == ["c0", "c1", "c2", "c3", "c4"]
     parsed = parse_upload("d.npz", npz_bytes(X=np.ones((2, 1)), Y=np.array([0, 4])), limits)
     assert parsed.classes == [0, 1, 2, 3, 4]
+
+
+# --- CSV header: read as data, or refused naming the option; never one row lost --------------------
+
+
+def test_csv_without_header_auto_reads_the_first_line_as_data():
+    parsed = parse_upload("d.csv", b"0.5,1,0\n2,3,1\n4,5,0\n", LIMITS)
+    np.testing.assert_array_equal(parsed.X, [[0.5, 1], [2, 3], [4, 5]])
+    np.testing.assert_array_equal(parsed.Y[:, 0], [0, 1, 0])
+
+
+def test_csv_without_header_target_is_a_column_number():
+    parsed = parse_upload("d.csv", b"1,0.5,2\n0,3,4\n", LIMITS, target="0", header="no")
+    np.testing.assert_array_equal(parsed.X, [[0.5, 2], [3, 4]])
+    np.testing.assert_array_equal(parsed.Y[:, 0], [1, 0])
+    err = rejected("d.csv", b"1,0.5,2\n0,3,4\n", LIMITS, target="label")
+    assert err.status == 422
+    assert "not a column number from 0 to 2" in err.detail and "header=yes" in err.detail
+
+
+def test_csv_header_auto_keeps_a_named_header():
+    parsed = parse_upload("d.csv", b"x1,x2,y\n0.5,1,0\n2,3,1\n", LIMITS, header="auto")
+    np.testing.assert_array_equal(parsed.X, [[0.5, 1], [2, 3]])
+
+
+def test_csv_header_auto_refuses_a_line_that_may_be_either_naming_the_option():
+    # "0,1,label" may be the columns' names or an example of class "label": auto does not guess.
+    err = rejected("d.csv", b"0,1,label\n2,3,cat\n4,5,dog\n", LIMITS)
+    assert err.status == 422
+    assert "line 1 may be a header or an example" in err.detail
+    assert "header=yes" in err.detail and "header=no" in err.detail
+
+
+def test_csv_header_yes_and_no_settle_the_ambiguous_line():
+    data = b"0,1,label\n2,3,cat\n4,5,dog\n"
+    named = parse_upload("d.csv", data, LIMITS, header="yes")
+    np.testing.assert_array_equal(named.X, [[2, 3], [4, 5]])
+    assert named.classes == ["cat", "dog"]
+    rows = parse_upload("d.csv", data, LIMITS, header="no")
+    np.testing.assert_array_equal(rows.X, [[0, 1], [2, 3], [4, 5]])
+    assert rows.classes == ["cat", "dog", "label"]
+
+
+def test_csv_header_yes_takes_a_numeric_first_line_as_names():
+    parsed = parse_upload("d.csv", b"1,2,3\n4,5,1\n6,7,0\n", LIMITS, header="yes")
+    np.testing.assert_array_equal(parsed.X, [[4, 5], [6, 7]])
+    parsed = parse_upload("d.csv", b"1,2,3\n4,5,1\n6,7,0\n", LIMITS, header="yes", target="2")  # the column named "2"
+    np.testing.assert_array_equal(parsed.X, [[4, 1], [6, 0]])
+    np.testing.assert_array_equal(parsed.Y[:, 0], [5, 7])
+
+
+def test_csv_header_no_reads_a_lone_line_and_reports_line_numbers_of_data():
+    parsed = parse_upload("d.csv", b"\n7,8,1\n", LIMITS, header="no")
+    np.testing.assert_array_equal(parsed.X, [[7, 8]])
+    err = rejected("d.csv", b"1,2,0\n3,x,1\n", LIMITS, header="no")
+    assert err.status == 422 and "line 2, column '1': 'x' is not a number" in err.detail
+    err = rejected("d.csv", b"1,2,0\n3,1\n", LIMITS)
+    assert err.status == 422 and "line 2 has 2 fields; the first row has 3" in err.detail
+
+
+def test_csv_header_option_is_checked():
+    err = rejected("d.csv", b"1,2,0\n", LIMITS, header="maybe")
+    assert err.status == 422 and "header must be 'auto', 'yes' or 'no'" in err.detail
+
+
+def test_the_upload_route_passes_the_header_option_through_the_sandbox(client):
+    data = b"0,1,label\n2,3,cat\n4,5,dog\n"
+    files = {"file": ("d.csv", data, "text/csv")}
+    refused = client.post("/v1/datasets", files=files)
+    assert refused.status_code == 422, refused.text
+    assert "header=yes" in refused.json()["detail"]
+    as_rows = client.post("/v1/datasets", files=files, data={"header": "no"})
+    assert as_rows.status_code == 201, as_rows.text
+    assert as_rows.json()["n_examples"] == 3 and as_rows.json()["classes"] == ["cat", "dog", "label"]
+    named = client.post("/v1/datasets", files=files, data={"header": "yes"})
+    assert named.status_code == 201, named.text
+    assert named.json()["n_examples"] == 2
+    bad = client.post("/v1/datasets", files=files, data={"header": "maybe"})
+    assert bad.status_code == 422, bad.text
