@@ -17,10 +17,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dnnq.service import sandbox
+from dnnq.service import docs, sandbox
+from dnnq.service.contract import operation_id, readable_forms
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
 from dnnq.service.jobdesk import JobDesk
+from dnnq.service.routes.predict import BINARY_PREDICT_TYPES
 from dnnq.service.settings import ApiSettings, get_api_settings
 from dnnq.workers import jobs, recovery
 from dnnq.workers.artifact_store import ArtifactStore
@@ -48,6 +50,8 @@ class BodyLimitMiddleware:
         ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
         if ctype.startswith(b"multipart/"):
             return self.settings.max_upload_bytes + _MULTIPART_SLACK, "DNNQ_MAX_UPLOAD_BYTES"
+        if ctype.split(b";")[0].strip().lower() in BINARY_PREDICT_TYPES and scope["path"].endswith("/predict"):
+            return self.settings.max_predict_body_bytes, "DNNQ_MAX_PREDICT_BODY_BYTES"
         return self.settings.max_json_body_bytes, "DNNQ_MAX_JSON_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -164,7 +168,11 @@ class RequestMetricsMiddleware:
 def _make_store(settings: ApiSettings) -> ArtifactStore:
     from dnnq.workers.artifact_store import open_store
 
-    return open_store(settings)  # the same DNNQ_DATA_DIR/artifacts the workers write
+    # the store the workers write: DNNQ_ARTIFACTS_URL's object store, or DNNQ_DATA_DIR/artifacts;
+    # StoreConfigError (one line: what to fix) stops the start-up
+    store = open_store(settings)
+    store.check()
+    return store
 
 
 def _preload() -> None:
@@ -265,8 +273,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version=API_VERSION,
         description="Train L-layer neural networks over HTTP: upload a dataset, submit a job, "
         "watch it train, download the weights.",
-        docs_url="/docs",
         openapi_url="/openapi.json",
+        docs_url=None,  # /docs and /redoc come from service/docs.py: offline, no CDN
+        redoc_url=None,
+        # operationIds are the routes' names (submit_job, get_job, ...), not FastAPI's path-derived ones
+        generate_unique_id_function=operation_id,
+        # One schema per model, used for bodies and answers alike (JobSpec, not JobSpec-Input/-Output)
+        separate_input_output_schemas=False,
         lifespan=_lifespan,
     )
     app.state.settings = settings
@@ -283,9 +296,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from dnnq.service.routes import datasets, health, jobs, metrics, predict
 
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
     app.include_router(predict.router)
+    app.include_router(importlib.import_module("dnnq.service.routes.retention").router)  # issue 15: DELETE
+    app.include_router(importlib.import_module("dnnq.service.routes.sweeps").router)  # issue 17
     app.include_router(metrics.router)
     if importlib.util.find_spec("dnnq.service.routes.dashboard") is not None:
         dashboard = importlib.import_module("dnnq.service.routes.dashboard")
@@ -312,7 +328,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # built once, then served from the cache
-            app.openapi_schema = document_problems(FastAPI.openapi(app))
+            app.openapi_schema = readable_forms(document_problems(FastAPI.openapi(app)))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema

@@ -1,20 +1,47 @@
-"""Request bodies and response views of the HTTP API (JobSpec itself comes from workers.spec)."""
+"""Request bodies and response views of the HTTP API (JobSpec itself comes from workers.spec).
+
+The response models below are the API's typed contract: each route names one as its `response_model`,
+so the OpenAPI schema (and a client generated from it) types every answer. Most routes build their
+body with a view function here (job_view, dataset_view) and return it as a FiniteJSONResponse, which
+FastAPI does not validate (the hot paths, and the fast lane below FastAPI, skip that cost); the models
+document exactly what those views hold (extra keys are refused), and tests/service/test_openapi.py
+validates live answers, the fast lane's included, against the schema so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from dnnq.service.synthetic import SyntheticName
+from dnnq.workers.spec import JobSpec
+from dnnq.workers.status import Status
 
 __all__ = [
+    "CancelAccepted",
+    "DatasetDetail",
+    "DatasetList",
+    "DatasetPreview",
+    "DatasetView",
     "FiniteJSONResponse",
+    "Health",
+    "HistoryEntry",
+    "JobAccepted",
+    "JobLinks",
+    "JobList",
+    "JobMetrics",
+    "JobProgress",
+    "JobTimings",
+    "JobView",
+    "ModelDescription",
     "PredictRequest",
+    "Readiness",
+    "StoreCheck",
     "SyntheticRequest",
     "dataset_view",
     "finite",
@@ -89,6 +116,218 @@ class PredictRequest(BaseModel):
     inputs: list[list[float]] = Field(min_length=1, description="Examples as rows, raw (before preprocess.scale).")
 
 
+# --- response models: what the routes answer ---------------------------------------------------------
+# A number a record holds may be null: the finite views answer null for NaN and infinities (finite()).
+
+
+class _View(BaseModel):
+    """A response body. Keys the views do not send are refused (additionalProperties: false), so a key
+    added to a view without its field here fails the schema test instead of going undocumented."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobProgress(_View):
+    epoch: int = Field(description="Epochs completed so far (0 before training starts).")
+    epochs: int | None = Field(description="Epochs the job trains for.")
+    loss: float | None = Field(description="The last completed epoch's loss; null before the first.")
+
+
+class JobMetrics(_View):
+    """Scores of the weights the job ships (or stopped with), computed as a client predicting would."""
+
+    final_loss: float | None
+    train_accuracy: float | None = Field(description="null for regression (output 'linear').")
+    validation_accuracy: float | None = Field(description="null without a validation set, or for regression.")
+
+
+class JobTimings(_View):
+    """Seconds the worker spent, by phase (fit's own timings, plus loading and the total)."""
+
+    # Named fields for the phases a worker records today; a worker may add phases (each a number of seconds).
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "number"}})
+
+    load_s: float | None = Field(default=None, description="Reading the job's datasets.")
+    setup_s: float | None = Field(default=None, description="Building the network and its buffers.")
+    train_s: float | None = Field(default=None, description="The training epochs.")
+    validation_s: float | None = Field(default=None, description="Scoring the validation set after each epoch.")
+    epoch_mean_s: float | None = Field(default=None, description="train_s / epochs trained.")
+    total_s: float | None = Field(default=None, description="From claim to stored weights.")
+
+
+class JobLinks(_View):
+    """Where to go next; weights_*, model and predict once the job has succeeded."""
+
+    self: str
+    events: str = Field(description="Server-Sent Events: epochs and status changes.")
+    cancel: str
+    weights_npz: str | None = None
+    weights_safetensors: str | None = None
+    weights_onnx: str | None = None
+    model: str | None = None
+    predict: str | None = None
+
+
+class HistoryEntry(_View):
+    """One completed epoch."""
+
+    epoch: int = Field(description="1-based.")
+    loss: float | None
+    accuracy: float | None = Field(description="null for regression.")
+    val_loss: float | None = Field(description="null without a validation set.")
+    val_accuracy: float | None
+
+
+class JobView(_View):
+    """A job: its status, progress, outcome and links (GET /v1/jobs/{job_id})."""
+
+    id: str = Field(description="32 hex characters.")
+    status: Status
+    queue: str = Field(description="The Celery queue it was sent to: 'default' or 'gpu'.")
+    progress: JobProgress
+    metrics: JobMetrics | None = Field(description="Set when training ends (succeeded or cancelled).")
+    device: str | None = Field(description="Where it trains: 'cpu' or 'gpu:N'; null before it starts.")
+    error: str | None = Field(description="Why it failed; null unless failed.")
+    created_at: str = Field(description="ISO 8601 UTC.")
+    started_at: str | None
+    finished_at: str | None
+    dataset_id: str
+    validation_dataset_id: str | None
+    spec: JobSpec = Field(description="The job's spec as submitted, defaults filled in.")
+    attempts: int = Field(description="Times training started (a worker that died costs one).")
+    resumed_from_epoch: int | None = Field(description="The checkpoint's epoch the last attempt resumed from.")
+    released_at: str | None = Field(
+        description="The last time a worker shutting down handed it back (no attempt spent)."
+    )
+    release_reason: str | None
+    celery_task_id: str | None = Field(
+        default=None,
+        description="The Celery task that last delivered it to a worker (Flower, `celery events`); null "
+        "before a worker claims it.",
+    )
+    timings: JobTimings | None = Field(description="Set when training ends.")
+    links: JobLinks
+    history: list[HistoryEntry] | None = Field(
+        default=None,
+        description="Per-epoch history: absent with history=none (and in lists); thinned to at most "
+        "DNNQ_HISTORY_FULL_MAX entries, first and last kept, unless history=full.",
+    )
+
+
+class JobAccepted(JobView):
+    """The 202 of POST /v1/jobs: the new job, queued (history [] ); a replayed Idempotency-Key answers
+    the original job (without history)."""
+
+
+class CancelAccepted(JobView):
+    """The 202 of POST /v1/jobs/{job_id}/cancel: the job after the request (cancelled when it was still
+    queued; cancelling while a worker trains it, until the next epoch ends)."""
+
+
+class JobList(_View):
+    """A page of the tenant's jobs, newest first, without histories."""
+
+    items: list[JobView]
+    total: int = Field(description="Jobs matching the filter, all pages.")
+    offset: int
+    limit: int
+
+
+LabelKind = Literal["binary", "integer", "onehot", "continuous"]
+
+
+class DatasetView(_View):
+    """A stored dataset's record."""
+
+    id: str = Field(description="24 hex characters (derived from the tenant and the content).")
+    name: str
+    source: str = Field(description="'upload:<file name>' or 'synthetic:<generator>'.")
+    n_examples: int
+    n_features: int
+    n_outputs: int = Field(description="Columns of Y.")
+    n_classes: int = Field(description="0 for continuous targets.")
+    classes: list[str | int | float] | None = Field(description="Class labels (index i is class i), when known.")
+    label_kind: LabelKind
+    sha256: str = Field(description="Of the stored arrays.")
+    size_bytes: int
+    created_at: str = Field(description="ISO 8601 UTC.")
+
+
+class DatasetPreview(_View):
+    X: list[list[float]] = Field(
+        description="The first examples, as rows (truncated to 20 features unless preview=full)."
+    )
+    Y: list[list[float]] = Field(description="Their targets, as rows.")
+    features_truncated: bool
+
+
+class DatasetDetail(DatasetView):
+    """A dataset's record with a preview of its first examples (GET /v1/datasets/{dataset_id})."""
+
+    preview: DatasetPreview | None = Field(description="null when the stored arrays cannot be read.")
+    preview_error: str | None = Field(default=None, description="Why there is no preview (present only then).")
+
+
+class DatasetList(_View):
+    """A page of the tenant's datasets, newest first."""
+
+    items: list[DatasetView]
+    total: int
+    offset: int
+    limit: int
+
+
+class ModelPreprocessing(_View):
+    scale: float | None = Field(description="Multiply raw inputs by this before the first layer (null: none).")
+    note: str | None
+
+
+class ModelVersions(_View):
+    dnnq: str
+    numpy: str
+
+
+class ModelDescription(_View):
+    """How to use the trained weights (the job's model.json): A_l = g_l(W_l @ A_{l-1} + b_l) per layer,
+    on features x examples inputs multiplied by preprocessing.scale."""
+
+    format: str = Field(description="'dnnq-model/1'.")
+    job_id: str | None = None
+    dataset_id: str | None = None
+    layer_sizes: list[int] = Field(description="Units per layer, input first.")
+    activations: list[str] = Field(description="One per layer after the input; the last is the output's.")
+    hidden_activation: str
+    output: str
+    label_kind: LabelKind | None = None
+    layout: str | None = None
+    preprocessing: ModelPreprocessing | None = None
+    classes: list[str | int | float] | None = None
+    metrics: JobMetrics | None = None
+    dtype: str | None = Field(default=None, description="The weights' dtype as trained.")
+    versions: ModelVersions | None = None
+
+
+class Health(_View):
+    status: Literal["ok"]
+
+
+class StoreCheck(_View):
+    """The artifact store's part of /readyz."""
+
+    location: str = Field(description="Where the artifacts live (a folder, or an object store's bucket).")
+    ok: bool = Field(description="Whether it answered.")
+
+
+class Readiness(_View):
+    """/readyz: ready when Redis answers, a worker is alive and the artifact store answers; `missing`
+    names what is not."""
+
+    status: Literal["ready", "not ready"]
+    workers: int = Field(description="Live workers (heartbeats).")
+    missing: list[str] = Field(description="What is absent, each with how to fix it; empty when ready.")
+    store: StoreCheck | None = Field(default=None, description="The artifact store: where, and whether it answered.")
+
+
 def dataset_view(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rec.get(k) for k in DATASET_FIELDS}
 
@@ -135,6 +374,7 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
         # the last time a worker shutting down handed the job back (no attempt spent), and why
         "released_at": job.get("released_at"),
         "release_reason": job.get("release_reason"),
+        "celery_task_id": job.get("celery_task_id"),
         "timings": job.get("timings"),
         "links": links,
     }

@@ -16,7 +16,16 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.jobdesk import HistoryChoice, JobDesk, job_not_found
-from dnnq.service.schemas import FiniteJSONResponse, finite_json, job_view
+from dnnq.service.schemas import (
+    CancelAccepted,
+    FiniteJSONResponse,
+    JobAccepted,
+    JobList,
+    JobView,
+    ModelDescription,
+    finite_json,
+    job_view,
+)
 from dnnq.workers import jobs
 from dnnq.workers.spec import JobSpec
 from dnnq.workers.status import Status
@@ -24,6 +33,9 @@ from dnnq.workers.status import Status
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 WEIGHT_FORMATS = {"npz": "weights.npz", "safetensors": "weights.safetensors", "onnx": "weights.onnx"}
+# The non-JSON answers, documented as what they are (and only that): a file, an event stream.
+OCTET_STREAM, EVENT_STREAM = "application/octet-stream", "text/event-stream"
+BINARY, TEXT = {"type": "string", "format": "binary"}, {"type": "string"}
 
 
 async def get_job_desk(request: Request) -> JobDesk:
@@ -40,7 +52,7 @@ def _job_or_404(r: Any, job_id: str, tenant: str) -> dict:
     return job
 
 
-@router.post("", status_code=202, summary="Submit a training job", responses=problems(429))
+@router.post("", status_code=202, summary="Submit a training job", response_model=JobAccepted, responses=problems(429))
 async def submit_job(
     spec: JobSpec,
     desk: Desk,
@@ -52,7 +64,7 @@ async def submit_job(
     return await desk.submit(spec, tenant, idempotency_key)
 
 
-@router.get("", response_model=dict)
+@router.get("", response_model=JobList)
 def list_jobs(
     r: Rds,
     tenant: Tenant,
@@ -69,7 +81,7 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=dict, responses=problems(404))
+@router.get("/{job_id}", response_model=JobView, responses=problems(404))
 async def get_job(
     job_id: str,
     desk: Desk,
@@ -88,7 +100,7 @@ async def get_job(
     return FiniteJSONResponse(view)
 
 
-@router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
+@router.post("/{job_id}/cancel", status_code=202, response_model=CancelAccepted, responses=problems(404, 409))
 def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> FiniteJSONResponse:
     """queued -> cancelled at once; running -> cancelling (stops at the next epoch). 409 if finished."""
     _job_or_404(r, job_id, tenant)
@@ -113,14 +125,19 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 @router.get(
     "/{job_id}/events",
+    name="stream_job_events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **problems(404)},
+    responses={
+        200: {"description": "Server-Sent Events", "content": {EVENT_STREAM: {"schema": TEXT}}},
+        **problems(404),
+    },
 )
 async def job_events(
     job_id: str,
     request: Request,
     ar: AsyncRds,
     settings: Settings,
+    store: Store,
     tenant: Tenant,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
@@ -139,7 +156,7 @@ async def job_events(
             job = await jobs.get_job_async(ar, job_id, tenant)
             if job is None:
                 return
-            for entry in await jobs.get_history_async(ar, job_id, next_index, -1):
+            for entry in await jobs.get_history_async(ar, job_id, next_index, -1, store=store, job=job):
                 next_index += 1
                 epoch = entry.get("epoch")
                 yield _sse("epoch", entry, epoch if isinstance(epoch, int) else next_index)
@@ -170,8 +187,10 @@ def _succeeded_or_409(job: dict) -> None:
 
 @router.get(
     "/{job_id}/weights",
+    name="get_weights",
+    response_class=Response,  # media type None: FastAPI adds no application/json beside the binary below
     responses={
-        200: {"content": {"application/octet-stream": {}}},
+        200: {"description": "The weights file", "content": {OCTET_STREAM: {"schema": BINARY}}},
         304: {"description": "Not Modified (If-None-Match)"},
         **problems(404, 409),
     },
@@ -180,6 +199,7 @@ def download_weights(
     job_id: str,
     r: Rds,
     store: Store,
+    settings: Settings,
     tenant: Tenant,
     format: Annotated[str, Query(description="npz | safetensors | onnx")] = "npz",
     if_none_match: Annotated[str | None, Header()] = None,
@@ -208,10 +228,18 @@ def download_weights(
     if path is not None:
         return FileResponse(path, media_type="application/octet-stream", filename=filename, headers=headers)
     headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return Response(store.get(key), media_type="application/octet-stream", headers=headers)
+    url = store.presigned_url(key, settings.artifacts_redirect_seconds) if settings.artifacts_redirect_seconds else None
+    if url:  # DNNQ_ARTIFACTS_REDIRECT_SECONDS: the client fetches from the object store itself
+        return Response(status_code=307, headers={**headers, "Location": url})
+    try:
+        size, chunks = store.stream(key)  # from the object store through this process, never whole in memory
+    except KeyError:
+        raise Problem(404, f"Job '{job_id}' has no {format} weights in the artifact store.") from None
+    headers["Content-Length"] = str(size)
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/{job_id}/model", responses=problems(404, 409))
+@router.get("/{job_id}/model", response_model=ModelDescription, responses=problems(404, 409))
 def get_model(job_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJSONResponse:
     """The trained model's description (layer sizes, activations, preprocessing, classes, metrics)."""
     job = _job_or_404(r, job_id, tenant)
