@@ -44,10 +44,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(options)
 
 
+def _require_store(settings: object) -> None:
+    """Refuse to start, in one line, when the artifact store cannot be used (DNNQ_ARTIFACTS_URL)."""
+    from dnnq.workers.artifact_store import StoreConfigError, open_store
+
+    try:
+        open_store(settings).check()  # type: ignore[arg-type]
+    except StoreConfigError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+
 def cmd_api(args: argparse.Namespace) -> int:
+    from dnnq.service.settings import ApiSettings
     from dnnq.up import check_bind_allowed
 
     _require_redis_url()
+    _require_store(ApiSettings())
     note = check_bind_allowed(args.host, args.allow_remote_without_keys)
     if note:
         print(f"dnnq: {note}", file=sys.stderr, flush=True)

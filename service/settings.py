@@ -43,6 +43,11 @@ class ApiSettings(WorkerSettings):
         description="Largest declared size of an upload's arrays (default 4 x max_upload_bytes).",
     )
     max_predict_examples: int = Field(default=10_000, ge=1)
+    max_predict_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest binary predict body (.npy/.npz); its values, as float64, may take as much again.",
+    )
     max_predict_values: int = Field(
         default=1_000_000,
         ge=1,
@@ -66,6 +71,16 @@ class ApiSettings(WorkerSettings):
         "and chunk bombs); uploads whose arrays declare under 64 MiB are not held to it.",
     )
     max_synthetic_samples: int = Field(default=1_000_000, ge=1)
+    max_sweep_trials: int = Field(
+        default=64, ge=1, le=4096, description="Most trials one POST /v1/sweeps may ask for (service/routes/sweeps.py)."
+    )
+    artifacts_redirect_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="With an object store (DNNQ_ARTIFACTS_URL): answer a weights download with a 307 to a "
+        "presigned URL valid this long, so the bytes skip the API. 0: stream them through the API.",
+    )
 
     # Job views and streams.
     history_full_max: int = Field(

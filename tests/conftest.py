@@ -163,3 +163,19 @@ def worker(redis_client, redis_url, data_dir, tmp_path):
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One moto S3 server (`python -m moto.server`) on loopback for the session (tests/s3.py)."""
+    from tests.s3 import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server) -> dict[str, str]:
+    """DNNQ_ARTIFACTS_URL and AWS_* for a fresh bucket of this test on the session's S3 server."""
+    return s3_server.env(s3_server.create_bucket())

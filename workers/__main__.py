@@ -17,9 +17,10 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
 from typing import Any
 
-from dnnq.workers.settings import WorkerSettings, get_settings, set_settings
+from dnnq.workers.settings import WorkerSettings, get_settings, set_settings, settings_error_line
 
 __all__ = ["main", "preload_training_modules", "run_worker"]
 
@@ -45,6 +46,13 @@ def preload_training_modules() -> None:
 def run_worker(settings: WorkerSettings | None = None) -> int:
     """Run a Celery worker with these settings (default: from the environment) until it shuts down."""
     settings = settings or get_settings()
+    from dnnq.workers.artifact_store import StoreConfigError, open_store
+
+    try:  # a malformed DNNQ_ARTIFACTS_URL, a missing bucket, refused credentials: one line, no worker
+        open_store(settings).check()
+    except StoreConfigError as exc:
+        print(f"dnnq worker: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     set_settings(settings)  # the prefork children inherit these exact settings
     if settings.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = settings.cuda_visible_devices
@@ -83,6 +91,9 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
     @worker_process_init.connect(weak=False)
     def _child_releases_on_signal(**_: Any) -> None:  # in each pool child, before it takes a task
         install_release_handler()
+        # fit's one-time costs (Numba's kernels, the BLAS pool) paid while the child waits for a job;
+        # a thread: Celery kills a child whose start takes longer than worker_proc_alive_timeout
+        threading.Thread(target=_warm_up, name="dnnq-warm-up", daemon=True).start()
 
     @worker_shutting_down.connect(weak=False)
     def _release_running_jobs(
@@ -107,15 +118,26 @@ def run_worker(settings: WorkerSettings | None = None) -> int:
         f"--queues={','.join(settings.queue_list)}",
         f"--hostname={settings.worker_name}@%h",
         f"--loglevel={settings.log_level}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",  # liveness is our own dnnq:worker:{name} key and job leases
+        "--without-gossip",  # no worker listens to the others: it would read every event of every worker
+        "--without-mingle",  # nothing to sync at start: revokes are never used, and job state is in Redis
     ]
+    if not settings.celery_events:  # Flower's "online" needs Celery's worker heartbeat (DNNQ_CELERY_EVENTS)
+        argv.append("--without-heartbeat")  # liveness is our own dnnq:worker:{name} key and job leases
     try:
         app.worker_main(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _warm_up() -> None:
+    from dnnq.models import warm_up
+    from dnnq.workers.logs import event
+
+    try:
+        event("worker.warmed_up", seconds=round(warm_up(), 3))
+    except Exception as exc:  # a cold first job is slower, never wrong
+        event("worker.warm_up_failed", error=repr(exc))
 
 
 def _pool_pids(worker: Any) -> list[int]:
@@ -148,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         }.items()
         if v is not None
     }
-    settings = get_settings().model_copy(update=overrides) if overrides else get_settings()
-    return run_worker(settings)
+    try:
+        base = get_settings()
+    except ValueError as exc:  # pydantic's ValidationError: a bad DNNQ_* value refuses to start, in one line
+        print(f"dnnq worker: {settings_error_line(exc)}", file=sys.stderr)
+        return 2
+    return run_worker(base.model_copy(update=overrides) if overrides else base)
 
 
 if __name__ == "__main__":

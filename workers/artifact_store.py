@@ -8,6 +8,11 @@ crash.
 Large files (uploaded datasets) never pass through memory: they are written to a staging path
 (`new_staging_path`, on the store's filesystem) and moved in with `put_file`; readers take what
 they need through `open_read`, a seekable file an object-store backend can serve with range GETs.
+
+Two backends: LocalArtifactStore (a directory, DNNQ_DATA_DIR/artifacts) and ObjectArtifactStore
+(workers/object_store.py: S3-compatible storage, GCS, Azure), chosen by DNNQ_ARTIFACTS_URL in
+open_store. Code outside this module uses only the ArtifactStore protocol: `local_path` is None
+on an object store, so a caller that uses it keeps a path that works without it.
 """
 
 from __future__ import annotations
@@ -21,14 +26,22 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from dnnq.workers.settings import WorkerSettings
 
-__all__ = ["ArtifactStore", "InvalidKey", "LocalArtifactStore", "open_store", "validate_key"]
+__all__ = [
+    "ArtifactStore",
+    "InvalidKey",
+    "LocalArtifactStore",
+    "StoreConfigError",
+    "StoreUnavailable",
+    "open_store",
+    "validate_key",
+]
 
 _CHUNK = 1024 * 1024
 STAGING_DIR = ".staging"  # under the root; no key can name it (key parts never start with '.')
@@ -42,16 +55,33 @@ class InvalidKey(ValueError):
     pass
 
 
+class StoreConfigError(RuntimeError):
+    """The artifact store cannot be used as configured (a malformed DNNQ_ARTIFACTS_URL, a missing
+    bucket, refused credentials, no answer): the message is one line saying what to fix."""
+
+
+class StoreUnavailable(OSError):
+    """An object-store request failed after its retries; the message is one line naming the store,
+    the request and the key."""
+
+
 @runtime_checkable
 class ArtifactStore(Protocol):
     def put(self, key: str, data: bytes) -> str: ...  # atomic; returns sha256 hex
     def get(self, key: str) -> bytes: ...  # KeyError if absent
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int: ...  # every key under "jobs/{id}/"; returns how many
     def local_path(self, key: str) -> Path | None: ...
     def put_file(self, key: str, path: Path | str) -> str: ...  # atomic; consumes `path`; returns sha256 hex
     def open_read(self, key: str) -> BinaryIO: ...  # seekable, read-only; KeyError if absent
     def new_staging_path(self, suffix: str = "") -> Path: ...  # a fresh local path for an in-flight file
+    def stream(self, key: str) -> tuple[int, Iterator[bytes]]: ...  # (size, chunks); KeyError if absent
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None: ...  # None: no direct URL
+    def open_cached(self, key: str, sha256: str | None = None) -> BinaryIO: ...  # whole object, local copy
+    def check(self) -> None: ...  # StoreConfigError saying what to fix when the store is unusable
+    @property
+    def location(self) -> str: ...  # where the artifacts are, for /readyz and errors
 
 
 def validate_key(key: str) -> str:
@@ -144,6 +174,29 @@ class LocalArtifactStore:
             return
         _fsync_dir(path.parent)
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under `prefix` (a folder: "jobs/{id}/"), the folder too; the number of
+        files removed. A prefix that names nothing removes nothing."""
+        if not prefix.endswith("/"):
+            raise InvalidKey(f"A prefix to delete must end with '/'. Got {prefix!r} instead.")
+        folder = self._path(prefix[:-1])
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        removed = 0
+        for entry in entries:  # keys are plain files; a leftover temporary file of a put goes too
+            if entry.is_dir(follow_symlinks=False):
+                removed += self.delete_prefix(f"{prefix}{entry.name}/")
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+        with contextlib.suppress(FileNotFoundError, OSError):
+            folder.rmdir()  # OSError: a put made a new file meanwhile (its job was deleted: the mover removes it)
+        _fsync_dir(folder.parent)
+        return removed
+
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
         return path if path.is_file() else None
@@ -189,10 +242,47 @@ class LocalArtifactStore:
         except FileNotFoundError:
             raise KeyError(key) from None
 
+    def stream(self, key: str) -> tuple[int, Iterator[bytes]]:
+        """(size, chunks) of the stored file; KeyError if absent (raised here, not mid-stream)."""
+        f = self.open_read(key)
+        size = os.fstat(f.fileno()).st_size
 
-def open_store(settings: WorkerSettings | None = None) -> LocalArtifactStore:
-    """The artifact store of this process: DNNQ_DATA_DIR/artifacts."""
+        def chunks() -> Iterator[bytes]:
+            with f:
+                while chunk := f.read(_CHUNK):
+                    yield chunk
+
+        return size, chunks()
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None:
+        return None  # a directory has no URL of its own: the API streams it
+
+    def open_cached(self, key: str, sha256: str | None = None) -> BinaryIO:
+        return self.open_read(key)  # already local
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise StoreConfigError(f"The artifact directory {self.root} is not writable: fix DNNQ_DATA_DIR.")
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+
+def open_store(settings: WorkerSettings | None = None) -> ArtifactStore:
+    """The artifact store of this process: DNNQ_ARTIFACTS_URL's object store when set (local scratch
+    files under DNNQ_DATA_DIR), else the directory DNNQ_DATA_DIR/artifacts.
+    StoreConfigError when the URL is malformed."""
     from dnnq.workers.settings import get_settings
 
     settings = settings or get_settings()
+    if settings.artifacts_url:
+        from dnnq.workers.object_store import ObjectArtifactStore
+
+        return ObjectArtifactStore(
+            settings.artifacts_url,
+            Path(settings.data_dir),
+            retry_seconds=settings.artifacts_retry_seconds,
+            cache_bytes=settings.dataset_cache_bytes,
+        )
     return LocalArtifactStore(Path(settings.data_dir) / "artifacts")

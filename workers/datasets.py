@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
-from dnnq.workers import keys
+from dnnq.workers import keys, trash
 from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.jobs import ID_RE, now_iso, validate_id
+from dnnq.workers.scripts import get as script
 
 if TYPE_CHECKING:
     import redis
@@ -36,9 +37,12 @@ if TYPE_CHECKING:
 __all__ = [
     "LABEL_KINDS",
     "DatasetError",
+    "DatasetInUse",
+    "DatasetNotFound",
     "ParsedInfo",
     "dataset_id_for",
     "dataset_id_from_digest",
+    "delete_dataset",
     "get_dataset",
     "get_dataset_async",
     "list_datasets",
@@ -57,6 +61,23 @@ _INT_FIELDS = ("n_examples", "n_features", "n_outputs", "n_classes", "size_bytes
 
 class DatasetError(ValueError):
     """Arrays that cannot be a dataset; the message says what is wrong and how to fix it."""
+
+
+class DatasetNotFound(LookupError):
+    def __init__(self, dataset_id: str) -> None:
+        super().__init__(f"No dataset with id '{dataset_id}'.")
+        self.dataset_id = dataset_id
+
+
+class DatasetInUse(Exception):
+    """delete_dataset refused: a queued, running or cancelling job uses the dataset."""
+
+    def __init__(self, dataset_id: str, job_id: str) -> None:
+        super().__init__(
+            f"Dataset '{dataset_id}' is used by job '{job_id}', which has not finished: wait for it to "
+            f"finish or cancel it (POST /v1/jobs/{job_id}/cancel), then delete the dataset."
+        )
+        self.dataset_id, self.job_id = dataset_id, job_id
 
 
 @dataclass(frozen=True)
@@ -292,10 +313,30 @@ def list_datasets(r: redis.Redis, tenant: str, offset: int = 0, limit: int = 50)
     return [_decode(raw) for raw in pipe.execute() if raw], total
 
 
-def load_arrays(store: ArtifactStore, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, Y) examples-first, as stored. Never unpickles."""
+def delete_dataset(r: redis.Redis, store: ArtifactStore, dataset_id: str, tenant: str) -> None:
+    """Delete the tenant's dataset: its record and listing (one script, refused while an unfinished job
+    of the tenant uses it, and atomic with create_job's check that a submitted job's datasets exist),
+    then its file. Raises DatasetNotFound (absent, malformed id, another tenant's) or DatasetInUse."""
+    if not isinstance(dataset_id, str) or not ID_RE.match(dataset_id):
+        raise DatasetNotFound(str(dataset_id))
+    array_key = _array_key(dataset_id)
+    outcome, detail = script("delete_dataset")(
+        r,
+        [_key(dataset_id), tenant_datasets_key(tenant), keys.unfinished(tenant), keys.TRASH],
+        [dataset_id, tenant, f"{keys.PREFIX}job:", array_key],
+    )
+    if outcome == "missing":
+        raise DatasetNotFound(dataset_id)
+    if outcome == "in_use":
+        raise DatasetInUse(dataset_id, detail)
+    trash.remove(r, store, array_key)
+
+
+def load_arrays(store: ArtifactStore, dataset_id: str, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y) examples-first, as stored. Never unpickles. Read whole, from a local copy: on an object
+    store the worker's dataset cache keeps it by id and `sha256` (the record's), downloaded once."""
     try:
-        f = store.open_read(_array_key(dataset_id))
+        f = store.open_cached(_array_key(dataset_id), sha256)
     except KeyError:
         raise LookupError(f"The arrays of dataset '{dataset_id}' are missing from the artifact store.") from None
     with f, np.load(f, allow_pickle=False) as npz:

@@ -60,7 +60,7 @@ def _arrays(
     store: ArtifactStore, spec: JobSpec, meta: dict[str, Any], cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stored examples-first arrays -> features-first (n_x, m) / (n_y, m) views, scaled as the spec says."""
-    X, Y = load_arrays(store, meta["id"])
+    X, Y = load_arrays(store, meta["id"], meta.get("sha256"))
     X = X.astype(cfg.dtype, copy=False)
     X = spec.preprocess.apply(X)
     if spec.model.output != "softmax" or meta["label_kind"] in ("onehot",):
@@ -79,7 +79,7 @@ def accuracy(
         return None
     # Read again rather than kept from before training: holding the raw arrays beside fit's compute-dtype
     # copy would cost up to 1.5x the data's memory for the whole run, to save one read at the end.
-    X, Y = load_arrays(store, meta["id"])
+    X, Y = load_arrays(store, meta["id"], meta.get("sha256"))
     truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
     correct = 0
     for s in range(0, X.shape[0], chunk):

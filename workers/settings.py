@@ -6,7 +6,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,7 @@ __all__ = [
     "redis_client_options",
     "reset_settings",
     "set_settings",
+    "settings_error_line",
 ]
 
 
@@ -34,6 +35,22 @@ class WorkerSettings(BaseSettings):
         default=None, description="Redis URL; unset means the embedded server started by `dnnq up`."
     )
     data_dir: Path = Field(default=Path("./dnnq-data"), description="Artifact store root.")
+    artifacts_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix (gs://, az://): artifacts in that object store, endpoint and credentials "
+        "from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; data_dir then holds only "
+        "upload staging files and a worker's dataset cache. Unset: data_dir/artifacts.",
+    )
+    artifacts_retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long an object-store request is retried (back-off) before the job fails: an outage "
+        "shorter than this only delays a checkpoint.",
+    )
+    dataset_cache_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Most bytes of datasets a worker keeps from the object store."
+    )
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a dead worker's job waits.")
     heartbeat_seconds: float | None = Field(default=None, gt=0, description="Lease renewal period (default lease/4).")
     checkpoint_every: int | None = Field(
@@ -59,6 +76,14 @@ class WorkerSettings(BaseSettings):
         description="Starts of one job before the sweeper fails it instead of requeueing (0 = no limit).",
     )
     max_job_seconds: int = Field(default=6 * 3600, ge=1, description="Hard time limit of one job.")
+    retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Finished jobs (succeeded, failed, cancelled) are deleted this many days after they ended, "
+        "record, history and artifacts, by the workers' sweeper, as DELETE /v1/jobs/{id} does; 0 = kept for ever. "
+        "A fraction is allowed (0.5 = 12 hours).",
+    )
 
     # Limits (the API enforces them at submit time; workers read them too).
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
@@ -74,6 +99,11 @@ class WorkerSettings(BaseSettings):
     )
     max_queued_jobs_per_tenant: int = Field(default=100, ge=1)
     worker_memory_bytes: int | None = Field(default=None, ge=1)
+    fit_path: Literal["auto", "textbook"] = Field(
+        default="auto",
+        description="'textbook' keeps every fit on the textbook path; 'auto' lets fit train layer 1 on the "
+        "Gram path where that is exact and cheaper (models/gram.py).",
+    )
 
     # Worker process.
     queues: str = Field(default="default", description="Comma-separated queues; a GPU worker uses 'gpu'.")
@@ -86,6 +116,11 @@ class WorkerSettings(BaseSettings):
         default=None, description="Set CUDA_VISIBLE_DEVICES for a gpu worker before anything forks."
     )
     log_level: str = Field(default="INFO")
+    celery_events: bool = Field(
+        default=False,
+        description="Send Celery's monitoring events (task received/started/succeeded, worker online and a "
+        "heartbeat every 2 s) so that Flower or `celery events` see the workers and their tasks.",
+    )
 
     @model_validator(mode="after")
     def _default_heartbeat(self) -> WorkerSettings:
@@ -105,6 +140,19 @@ class WorkerSettings(BaseSettings):
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
+
+
+def settings_error_line(exc: Exception) -> str:
+    """A settings ValidationError in one line, naming each variable: for a process that refuses to start."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc).splitlines()[0]
+    parts = []
+    for err in errors():
+        loc = "_".join(str(p) for p in err.get("loc", ()))
+        given = f"={err['input']!r}" if loc and "input" in err else ""
+        parts.append(f"DNNQ_{loc.upper()}{given}: {err['msg']}" if loc else str(err["msg"]))
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)
