@@ -1,10 +1,18 @@
 """/metrics: Prometheus text from a per-app registry.
 
-Job, queue and worker gauges are read from Redis at scrape time by a custom collector, so every
-API replica reports the same numbers. The request histogram is this process's own, except under
-`dnnq up --api-workers N`: the N processes then share one port, a scrape reaches any one of them,
-and each must answer for all. `dnnq up` sets prometheus_client's PROMETHEUS_MULTIPROC_DIR for them
-(each process keeps its samples in a file there) and a scrape sums every process's files.
+Job, queue and worker gauges, and the job outcome counters (dnnq_jobs_finished_total{outcome}: the
+counters workers/lua/finish.lua, cancel.lua and requeue_expired.lua keep in keys.STATS), are read from
+Redis at scrape time by a custom collector, so every API replica reports the same numbers.
+
+The request histogram is this process's own, except under `dnnq up --api-workers N`: the N processes
+then share one port, a scrape reaches any one of them, and each must answer for all. `dnnq up` sets
+prometheus_client's PROMETHEUS_MULTIPROC_DIR for them (each process keeps its samples in a file there)
+and a scrape sums every process's files.
+
+The process_* metrics (resident memory, CPU seconds, open fds, start time: prometheus_client's
+ProcessCollector, from /proc) and python_info describe the API process; with several API processes each
+one's process_* samples carry a `pid` label, read from /proc for every process with a file in
+PROMETHEUS_MULTIPROC_DIR (multiprocess mode has no process metrics of its own).
 
 The figures span every tenant, so with API keys on /metrics answers only the operator's scraper:
 `Authorization: Bearer <DNNQ_METRICS_KEY>`. A tenant's key gets a 403, and with no metrics key set
@@ -13,13 +21,23 @@ The figures span every tenant, so with API keys on /metrics answers only the ope
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dnnq.service.deps import tenant_for
@@ -29,6 +47,8 @@ from dnnq.workers import keys
 from dnnq.workers.recovery import live_workers
 
 router = APIRouter(tags=["metrics"])
+# How a job ends, each counted in keys.STATS as jobs_{outcome}_total by the script that ends it.
+OUTCOMES = ("succeeded", "failed", "cancelled")
 log = logging.getLogger("dnnq.api")
 
 
@@ -58,6 +78,12 @@ class RedisCollector:
         for queue, n in depths.items():
             depth.add_metric([queue], n)
         yield depth
+        finished = CounterMetricFamily(
+            "dnnq_jobs_finished", "Jobs that ended, by outcome (since the Redis data began).", labels=["outcome"]
+        )
+        for outcome in OUTCOMES:
+            finished.add_metric([outcome], float(stats.get(f"jobs_{outcome}_total", 0) or 0))
+        yield finished
         yield CounterMetricFamily(
             "dnnq_epochs", "Epochs trained by all workers.", value=float(stats.get("epochs_total", 0) or 0)
         )
@@ -74,6 +100,32 @@ class RedisCollector:
         yield gpu
 
 
+class ApiProcessesCollector:
+    """process_* of every API process sharing a PROMETHEUS_MULTIPROC_DIR, one `pid` label each: a scrape
+    reaches any one of them, and prometheus_client's multiprocess mode has no process metrics."""
+
+    _PID_FILE = re.compile(r"_(\d+)\.db$")  # prometheus_client names each process's file <kind>_<pid>.db
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        pids = {os.getpid()}
+        for name in os.listdir(self.directory):
+            if match := self._PID_FILE.search(name):
+                pids.add(int(match.group(1)))
+        families: dict[str, Metric] = {}
+        for pid in sorted(pids):  # a process gone since leaves its file: /proc has nothing, nothing is reported
+            for metric in ProcessCollector(pid=functools.partial(str, pid), registry=None).collect():
+                family = families.setdefault(metric.name, Metric(metric.name, metric.documentation, metric.type))
+                for sample in metric.samples:
+                    family.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from families.values()
+
+
 def install(app: FastAPI) -> Histogram:
     """Register the collector and the request histogram; app.state.scrape_registry is what /metrics
     reports: the app's registry, or with several API processes (PROMETHEUS_MULTIPROC_DIR set) the
@@ -81,12 +133,18 @@ def install(app: FastAPI) -> Histogram:
     registry = app.state.registry
     redis_collector = RedisCollector(app.state.redis)
     registry.register(redis_collector)
+    platform = PlatformCollector(registry=registry)  # python_info
     app.state.scrape_registry = registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         shared = CollectorRegistry()
         multiprocess.MultiProcessCollector(shared)
         shared.register(redis_collector)
+        shared.register(ApiProcessesCollector(directory))
+        shared.register(platform)
         app.state.scrape_registry = shared
+    else:
+        ProcessCollector(registry=registry)  # process_*: RSS, CPU seconds, open fds, start time (Linux /proc)
     return Histogram(
         "dnnq_http_request_duration_seconds",
         "HTTP request latency by route template.",
