@@ -6,10 +6,13 @@ Each sync/async pair shares everything but the Redis call. Only workers/jobs.py 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from dnnq.workers import keys
+from dnnq.workers.artifact_store import ArtifactStore
+from dnnq.workers.history_store import lrange, read_history
 from dnnq.workers.keys import ID_RE
 from dnnq.workers.scripts import get as script
 from dnnq.workers.status import STATUSES, Status
@@ -27,8 +30,8 @@ __all__ = [
     "record_key",
 ]
 
-_JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "timings")
-_INT_FIELDS = ("attempts", "resumed_from_epoch")
+_JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "timings", "sweep_overrides")
+_INT_FIELDS = ("attempts", "resumed_from_epoch", "sweep_trial", "history_stored")  # sweep_*: a sweep's trial (workers/sweeps.py)
 
 
 def decode(raw: dict[str, str]) -> dict[str, Any]:
@@ -73,14 +76,62 @@ def _entries(raw: list[str]) -> list[dict]:
     return [json.loads(item) for item in raw]
 
 
-def get_history(r: Any, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
-    """Completed epochs (list indices, inclusive end, as LRANGE)."""
-    return _entries(r.lrange(keys.job_history(job_id), start, end))
+# A finished job's long history is in the artifact store (workers/history_store.py), the record's
+# history_stored field saying how many epochs; one atomic script moved it, so a reader finds the
+# entries in the list or the field set, never neither. The list and the field are read in one MULTI.
 
 
-async def get_history_async(ar: Any, job_id: str, start: int = 0, end: int = -1) -> list[dict]:
-    """get_history on a redis.asyncio client."""
-    return _entries(await ar.lrange(keys.job_history(job_id), start, end))
+def _stored(store: ArtifactStore | None, job_id: str, start: int, end: int) -> list[dict]:
+    if store is None:
+        from dnnq.workers.artifact_store import open_store  # this process's store (DNNQ_DATA_DIR)
+
+        store = open_store()
+    return lrange(read_history(store, job_id), start, end)
+
+
+def _moved(job: dict | None) -> bool:
+    return job is not None and bool(job.get("history_stored"))
+
+
+def get_history(
+    r: Any,
+    job_id: str,
+    start: int = 0,
+    end: int = -1,
+    *,
+    store: ArtifactStore | None = None,
+    job: dict | None = None,
+) -> list[dict]:
+    """Completed epochs (list indices, inclusive end, as LRANGE), from Redis or, once the job's history
+    moved, from `store` (default: this process's). `job`: its record when the caller has it (a moved
+    history then needs no Redis read)."""
+    if _moved(job):
+        return _stored(store, job_id, start, end)
+    pipe = r.pipeline(transaction=True)
+    pipe.lrange(keys.job_history(job_id), start, end)
+    pipe.hget(keys.job(job_id), "history_stored")
+    raw, stored = pipe.execute()
+    return _stored(store, job_id, start, end) if not raw and stored else _entries(raw)
+
+
+async def get_history_async(
+    ar: Any,
+    job_id: str,
+    start: int = 0,
+    end: int = -1,
+    *,
+    store: ArtifactStore | None = None,
+    job: dict | None = None,
+) -> list[dict]:
+    """get_history on a redis.asyncio client (the store's read on a thread: an object store's GET)."""
+    if not _moved(job):
+        pipe = ar.pipeline(transaction=True)
+        pipe.lrange(keys.job_history(job_id), start, end)
+        pipe.hget(keys.job(job_id), "history_stored")
+        raw, stored = await pipe.execute()
+        if raw or not stored:
+            return _entries(raw)
+    return await asyncio.to_thread(_stored, store, job_id, start, end)
 
 
 def list_jobs(

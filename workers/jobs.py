@@ -24,12 +24,15 @@ message is harmless: claim is atomic.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from dnnq.workers import keys
+from dnnq.workers import keys, trash
+from dnnq.workers.artifact_store import ArtifactStore
+from dnnq.workers.history_store import HISTORY_INLINE_MAX, forget, history_key, write_history
 from dnnq.workers.job_reads import (
     count_by_status,
     count_unfinished,
@@ -43,14 +46,17 @@ from dnnq.workers.job_reads import (
     record_key,
 )
 from dnnq.workers.keys import ID_RE, InvalidId, validate_id
+from dnnq.workers.logs import event
 from dnnq.workers.scripts import get as script
 from dnnq.workers.status import STATUSES, TERMINAL, Status
 
 __all__ = [
+    "HISTORY_INLINE_MAX",
     "ID_RE",
     "LEASE_LOST",
     "STATUSES",
     "TERMINAL",
+    "DatasetMissing",
     "InvalidId",
     "JobConflict",
     "JobNotFound",
@@ -61,7 +67,10 @@ __all__ = [
     "count_unfinished",
     "create_job",
     "create_job_async",
+    "delete_job",
+    "empty_trash",
     "finish",
+    "finished_before",
     "get_history",
     "get_history_async",
     "get_job",
@@ -70,6 +79,8 @@ __all__ = [
     "queue_depth",
     "load_scripts_async",
     "mark_sent",
+    "move_history",
+    "pending_history_moves",
     "now_iso",
     "record_epochs",
     "record_resume",
@@ -98,6 +109,14 @@ class TooManyUnfinished(Exception):
         super().__init__(f"Tenant '{tenant}' already has {unfinished} unfinished jobs.")
         self.tenant = tenant
         self.unfinished = unfinished
+
+
+class DatasetMissing(LookupError):
+    """create_job refused (require_datasets): a dataset it names does not exist (or was just deleted)."""
+
+    def __init__(self, dataset_ids: list[str]):
+        super().__init__(f"No dataset with id {' or '.join(repr(d) for d in dataset_ids)}.")
+        self.dataset_ids = dataset_ids
 
 
 class JobConflict(Exception):
@@ -132,8 +151,13 @@ def _new_job(
     dataset_id: str,
     validation_dataset_id: str | None,
     max_unfinished: int | None,
+    extra: dict[str, str] | None = None,
+    *,
+    require_datasets: bool = False,
+    idempotency_key: str | None = None,
 ) -> tuple[dict, list, list]:
-    """The record of a new queued job, and create_job.lua's keys and args that write it."""
+    """The record of a new queued job, and create_job.lua's keys and args that write it. `extra`: more
+    fields of the record (a sweep's trial names its sweep: workers/sweeps.py runs these in one script)."""
     validate_id(dataset_id, "dataset")
     if validation_dataset_id is not None:
         validate_id(validation_dataset_id, "dataset")
@@ -158,7 +182,10 @@ def _new_job(
         "resumed_from_epoch": "",
         "artifacts": "",
         "timings": "",
+        **(extra or {}),
     }
+    if idempotency_key is not None:  # the reservation naming this job: delete_job removes it too
+        record["idempotency_key"] = idempotency_key
     script_keys = [
         keys.job(job_id),
         keys.tenant_jobs(tenant),
@@ -167,11 +194,15 @@ def _new_job(
         keys.status_index(tenant, Status.QUEUED.value),
         keys.status_index_marker(tenant),
     ]
+    if require_datasets:  # checked in the same script: a dataset deleted meanwhile cannot be used
+        script_keys += [keys.dataset(d) for d in (dataset_id, validation_dataset_id) if d is not None]
     args = [job_id, time.time(), int(max_unfinished or 0), json.dumps([x for pair in record.items() for x in pair])]
     return record, script_keys, args
 
 
 def _created(record: dict, outcome: int) -> dict:
+    if outcome == -2:
+        raise DatasetMissing([d for d in (record["dataset_id"], record["validation_dataset_id"]) if d])
     if outcome >= 0:
         raise TooManyUnfinished(record["tenant"], int(outcome))
     return decode(record)
@@ -186,6 +217,8 @@ def create_job(
     dataset_id: str,
     validation_dataset_id: str | None = None,
     max_unfinished: int | None = None,
+    require_datasets: bool = False,
+    idempotency_key: str | None = None,
 ) -> dict:
     """Write a new queued job in one atomic step; returns the decoded record.
 
@@ -194,8 +227,22 @@ def create_job(
 
     With max_unfinished, raises TooManyUnfinished instead when the tenant already has that many
     queued, running or cancelling jobs (checked and counted atomically: no overshoot under concurrency).
+
+    With require_datasets (the submit route), raises DatasetMissing instead when a dataset it names does
+    not exist, checked in the same step, so a dataset deleted at the same moment (datasets.delete_dataset)
+    is never used. idempotency_key: the Redis key of the Idempotency-Key reservation that names this job
+    (delete_job removes it with the job).
     """
-    record, script_keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished)
+    record, script_keys, args = _new_job(
+        tenant,
+        spec,
+        queue,
+        dataset_id,
+        validation_dataset_id,
+        max_unfinished,
+        require_datasets=require_datasets,
+        idempotency_key=idempotency_key,
+    )
     return _created(record, script("create_job")(r, script_keys, args))
 
 
@@ -208,9 +255,20 @@ async def create_job_async(
     dataset_id: str,
     validation_dataset_id: str | None = None,
     max_unfinished: int | None = None,
+    require_datasets: bool = False,
+    idempotency_key: str | None = None,
 ) -> dict:
     """create_job on a redis.asyncio client (the submit route: no thread hop per request)."""
-    record, script_keys, args = _new_job(tenant, spec, queue, dataset_id, validation_dataset_id, max_unfinished)
+    record, script_keys, args = _new_job(
+        tenant,
+        spec,
+        queue,
+        dataset_id,
+        validation_dataset_id,
+        max_unfinished,
+        require_datasets=require_datasets,
+        idempotency_key=idempotency_key,
+    )
     return _created(record, await script("create_job").run_async(ar, script_keys, args))
 
 
@@ -234,11 +292,14 @@ def mark_sent(r: Any, *job_ids: str) -> None:
 # Transitions made by workers (fenced by the lease token)
 
 
-def claim(r: Any, job_id: str, token: str, lease_ms: int) -> bool:
-    """queued -> running; False when the job is not queued (someone else has it, or it is done)."""
+def claim(r: Any, job_id: str, token: str, lease_ms: int, celery_task_id: str | None = None) -> bool:
+    """queued -> running; False when the job is not queued (someone else has it, or it is done).
+    celery_task_id: the delivering task's id, kept in the record (what Flower and `celery events` show)."""
     return bool(
         script("claim")(
-            r, [keys.job(job_id), keys.job_lease(job_id), keys.ACTIVE], [token, int(lease_ms), now_iso(), job_id]
+            r,
+            [keys.job(job_id), keys.job_lease(job_id), keys.ACTIVE],
+            [token, int(lease_ms), now_iso(), job_id, celery_task_id or ""],
         )
     )
 
@@ -287,9 +348,14 @@ def finish(
     artifacts: dict | None = None,
     device: str | None = None,
     timings: dict | None = None,
+    store: ArtifactStore | None = None,
 ) -> bool:
     """running|cancelling -> a terminal status. False (nothing written) when the token lost the lease
-    or the transition is not allowed (running -> cancelled is not: cancel goes through cancelling)."""
+    or the transition is not allowed (running -> cancelled is not: cancel goes through cancelling).
+
+    With the artifact store (the worker's finish), a history longer than HISTORY_INLINE_MAX epochs is
+    written to it first and leaves Redis in the finish's own step; without one, or when that write
+    fails, the job is listed for the sweeper to move (move_history)."""
     status = Status(status).value
     if Status(status) not in TERMINAL:
         raise ValueError(f"finish() needs a terminal status ({', '.join(sorted(TERMINAL))}). Got {status!r} instead.")
@@ -300,13 +366,109 @@ def finish(
     for name, record in (("metrics", metrics), ("artifacts", artifacts), ("timings", timings)):
         if record is not None:
             fields += [name, json.dumps(record, sort_keys=True)]
-    return bool(
+    moved = _store_history(r, store, job_id) if store is not None else 0
+    done = bool(
         script("finish")(
             r,
-            [keys.job(job_id), keys.job_lease(job_id), keys.ACTIVE, keys.STATS],
-            [token, status, now_iso(), job_id, *fields],
+            [keys.job(job_id), keys.job_lease(job_id), keys.ACTIVE, keys.STATS, keys.job_history(job_id)],
+            [token, status, now_iso(), job_id, moved, *fields],
         )
     )
+    if moved and store is not None and not done and not r.exists(keys.job(job_id)):
+        store.delete(history_key(job_id))  # the job was deleted meanwhile: its file must not outlive it
+    return done
+
+
+def _store_history(r: Any, store: ArtifactStore, job_id: str) -> int:
+    """Write a long history to the store before the finish that drops it from Redis: the number of
+    entries written (0: short enough to stay, or the write failed and the sweeper moves it later)."""
+    raw = r.lrange(keys.job_history(job_id), 0, -1)
+    if len(raw) <= HISTORY_INLINE_MAX:
+        return 0
+    try:
+        write_history(store, job_id, raw)
+    except Exception as exc:  # the store is down: the job still finishes, its history stays in Redis
+        event("job.history_store_failed", logging.WARNING, job_id=job_id, error=str(exc))
+        return 0
+    return len(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ended jobs: their histories move to the artifact store; deleting them
+
+
+def pending_history_moves(r: Any, limit: int = 100) -> list[str]:
+    """Ended jobs whose long history is still in Redis, oldest first (what the sweeper moves)."""
+    return list(r.zrange(keys.HISTORY_MOVES, 0, limit - 1))
+
+
+def move_history(r: Any, store: ArtifactStore, job_id: str) -> str:
+    """Move an ended job's history to the artifact store: the file is written whole, then one script
+    drops the list from Redis only if it still holds exactly what was written. Safe to run twice, by
+    several sweepers at once, and after a crash at any point (the list stays until the file holds it).
+    Returns "moved", "kept" (short enough to stay), "missing" (deleted: the file written is removed), or
+    the status or "changed" that left the list where it is."""
+    raw = r.lrange(keys.job_history(job_id), 0, -1)
+    if len(raw) <= HISTORY_INLINE_MAX:
+        r.zrem(keys.HISTORY_MOVES, job_id)
+        return "kept"
+    write_history(store, job_id, raw)
+    outcome = str(
+        script("move_history")(
+            r, [keys.job(job_id), keys.job_history(job_id), keys.HISTORY_MOVES], [job_id, len(raw)]
+        )
+    )
+    if outcome == "missing":
+        store.delete(history_key(job_id))
+    return outcome
+
+
+def delete_job(r: Any, store: ArtifactStore, job_id: str, tenant: str | None = None) -> None:
+    """Delete a finished job (succeeded, failed or cancelled): its record, history, lease, its place
+    in every index and count, the Idempotency-Key entry naming it (one script, so a worker finishing or
+    claiming it at the same moment sees it whole or not at all), then its artifacts (jobs/{id}/).
+
+    Raises JobNotFound (absent, malformed id, or another tenant's when `tenant` is given) or
+    JobConflict (queued, running or cancelling: cancel it first)."""
+    key = record_key(job_id)
+    if key is None:
+        raise JobNotFound(str(job_id))
+    prefix = f"jobs/{job_id}/"
+    outcome, detail = script("delete_job")(
+        r,
+        [
+            key,
+            keys.job_history(job_id),
+            keys.job_lease(job_id),
+            keys.ACTIVE,
+            keys.OUTBOX,
+            keys.FINISHED,
+            keys.HISTORY_MOVES,
+            keys.TRASH,
+            keys.BY_STATUS,
+        ],
+        [job_id, tenant or "", prefix, int(trash.TRASH_GRACE_SECONDS * 1000)],
+    )
+    if outcome == "missing":
+        raise JobNotFound(job_id)
+    if outcome == "conflict":
+        raise JobConflict(
+            job_id,
+            detail,
+            f"Job '{job_id}' is {detail}; only a finished job can be deleted. Cancel it first "
+            f"(POST /v1/jobs/{job_id}/cancel), then delete it once it has stopped.",
+        )
+    forget(job_id)
+    if detail == "0":  # no history move in flight: nothing can write under the prefix any more
+        trash.remove(r, store, prefix)
+    else:
+        store.delete_prefix(prefix)  # and again after the grace, by the sweeper
+
+
+def finished_before(r: Any, max_age_seconds: float, limit: int = 1000) -> list[str]:
+    """Jobs that ended at least max_age_seconds ago (by Redis's clock), oldest first: what retention
+    deletes."""
+    return list(script("outbox_due")(r, [keys.FINISHED], [int(max_age_seconds * 1000)]))[:limit]
 
 
 def release(r: Any, job_id: str, token: str, reason: str) -> str:

@@ -18,6 +18,8 @@ __all__ = [
     "BROKER_PRIORITY_SEP",
     "BROKER_PRIORITY_STEPS",
     "BY_STATUS",
+    "FINISHED",
+    "HISTORY_MOVES",
     "ID_RE",
     "OUTBOX",
     "PREFIX",
@@ -25,6 +27,7 @@ __all__ = [
     "QUEUE_RE",
     "STATS",
     "TENANT_PREFIX",
+    "TRASH",
     "WORKERS",
     "InvalidId",
     "dataset",
@@ -36,8 +39,10 @@ __all__ = [
     "queue_lists",
     "status_index",
     "status_index_marker",
+    "sweep",
     "tenant_datasets",
     "tenant_jobs",
+    "tenant_sweeps",
     "unfinished",
     "validate_id",
     "worker",
@@ -68,6 +73,16 @@ OUTBOX = f"{PREFIX}jobs:outbox"
 STATS = f"{PREFIX}stats"
 # Names of registered workers; a worker is alive while its hash (worker(name)) exists.
 WORKERS = f"{PREFIX}workers"
+# Finished jobs (succeeded, failed, cancelled), scored by when they ended (Redis's clock, ms): what
+# the retention sweep reads (workers/recovery.py). Kept by lib.lua's MOVE, removed by delete_job.
+FINISHED = f"{PREFIX}jobs:finished"
+# Ended jobs whose long history is still in Redis (ended by the sweeper or a cancel, or a finish that
+# could not move it), scored like FINISHED: the sweeper moves them to the artifact store.
+HISTORY_MOVES = f"{PREFIX}jobs:history_moves"
+# Artifact keys and prefixes ("jobs/{id}/", "datasets/{id}.npz") of deleted jobs and datasets whose files
+# may still be there, scored by when they may be removed (ms): whoever deletes removes them at once;
+# the sweeper removes what a crash left.
+TRASH = f"{PREFIX}artifacts:trash"
 
 
 class InvalidId(ValueError):
@@ -126,6 +141,16 @@ def status_index_marker(tenant: str) -> str:
 def unfinished(tenant: str) -> str:
     """Ids of the tenant's queued, running or cancelling jobs (a set)."""
     return f"{TENANT_PREFIX}{tenant}:unfinished"
+
+
+def sweep(sweep_id: str) -> str:
+    """A sweep's record (a hash; workers/sweeps.py is its only writer)."""
+    return f"{PREFIX}sweep:{validate_id(sweep_id, 'sweep')}"
+
+
+def tenant_sweeps(tenant: str) -> str:
+    """The tenant's sweeps, scored by creation time (a sorted set)."""
+    return f"{TENANT_PREFIX}{tenant}:sweeps"
 
 
 def tenant_datasets(tenant: str) -> str:

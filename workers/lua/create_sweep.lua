@@ -1,0 +1,21 @@
+-- Appended after `local function CREATE_JOB(KEYS, ARGV) <lib.lua + create_job.lua> end` (workers/sweeps.py):
+-- every trial is written by create_job's own body, so a trial is the same job a submit makes.
+-- KEYS: sweep, tenant sweeps, tenant unfinished, then create_job's keys of each trial (ARGV[3] each) ;
+-- ARGV: max_unfinished (0 = no limit), created (epoch seconds), keys per trial, the sweep id, the sweep
+-- record's field/value pairs (one JSON array), then create_job's ARGV of each trial (one JSON array each).
+-- All or nothing: the tenant's limit is checked for every trial at once, before anything is written.
+local per = tonumber(ARGV[3])
+local n = #ARGV - 5
+local max_unfinished = tonumber(ARGV[1])
+if max_unfinished > 0 then
+  local unfinished = redis.call('SCARD', KEYS[3])
+  if unfinished + n > max_unfinished then return unfinished end
+end
+for i = 0, n - 1 do
+  local job_keys = {}
+  for j = 1, per do job_keys[j] = KEYS[3 + i * per + j] end
+  CREATE_JOB(job_keys, cjson.decode(ARGV[6 + i]))
+end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[5])))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return -1

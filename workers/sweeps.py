@@ -1,0 +1,524 @@
+"""Sweeps: one request, many trials; each trial an ordinary job that also names its sweep.
+
+This module is the only writer of sweep records (``dnnq:sweep:{id}``, ``dnnq:tenant:{t}:sweeps``). A
+sweep's trials are written, with the sweep, in ONE Lua step (lua/create_sweep.lua) that runs create_job's
+own script body once per trial: each trial is the same queued job a submit makes (same record, indexes
+and outbox entry), plus ``sweep_id``, ``sweep_trial`` (its index), ``sweep_overrides`` (JSON) and
+``sweep_pack``. Once written, a trial's state changes only through workers/jobs.py, like any job.
+
+Packs: trials that could train as one stacked computation (same dataset, layer sizes, activations,
+output, batch size, shuffle order, dtype, device, input scale) share a pack id (pack_key). The sweep
+record lists its packs (``packs``: pack id -> trial indexes), so a pack runner that receives any
+trial's message can find its siblings and claim the queued ones (each claim atomic: a trial already
+taken by another worker is simply not in the pack); every trial keeps its own message, which then
+finds its job claimed and does nothing.
+
+Expanding a request (expand, trial_specs) is pure: it raises SweepError naming the trial and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from dnnq.workers import jobs, keys
+from dnnq.workers.job_reads import decode
+from dnnq.workers.scripts import Script
+from dnnq.workers.scripts import get as script
+from dnnq.workers.spec import JobSpec, queue_for
+
+__all__ = [
+    "ALIASES",
+    "METRICS",
+    "SweepError",
+    "TooManyUnfinished",
+    "Trial",
+    "best_trial",
+    "cancel_sweep",
+    "create_sweep",
+    "create_sweep_async",
+    "default_metric",
+    "expand",
+    "field_paths",
+    "get_sweep",
+    "list_sweeps",
+    "metric_value",
+    "pack_key",
+    "get_sweep_async",
+    "trial_histories_async",
+    "trial_jobs",
+    "trial_jobs_async",
+    "trial_specs",
+    "trial_states",
+    "trial_states_async",
+]
+
+TooManyUnfinished = jobs.TooManyUnfinished
+
+# Short names a client may use for a field (besides the field's own name and its dotted path).
+ALIASES = {"lr": "training.learning_rate", "keep_prob": "training.dropout_keep_prob"}
+
+# Metrics a sweep ranks its trials by, each read from a trial's last completed epoch: True = lower is better.
+METRICS = {"val_loss": True, "loss": True, "val_accuracy": False, "accuracy": False}
+
+MAX_REPORTED_ERRORS = 20  # a sweep of bad trials gets the first errors, not one per trial
+
+
+class SweepError(ValueError):
+    """A sweep request that cannot be expanded: `errors` lists {"field", "message"} (the field names the
+    trial, e.g. 'trials[3].training.learning_rate', or the grid entry)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors[:MAX_REPORTED_ERRORS]
+        if len(errors) > MAX_REPORTED_ERRORS:
+            self.errors.append({"field": "trials", "message": f"and {len(errors) - MAX_REPORTED_ERRORS} more."})
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in self.errors))
+
+
+def _one(field: str, message: str) -> SweepError:
+    return SweepError([{"field": field, "message": message}])
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """Every settable field of a spec model: dotted path -> itself, nested models walked."""
+    out: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(_leaf_paths(ann, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = f"{prefix}{name}"
+    return out
+
+
+def field_paths() -> dict[str, str]:
+    """Every name a sweep accepts for a JobSpec field -> its dotted path: the path itself, the bare
+    field name where only one section has it (learning_rate, hidden_layers, scale), and ALIASES."""
+    paths = _leaf_paths(JobSpec)
+    names: dict[str, list[str]] = {}
+    for path in paths:
+        names.setdefault(path.rsplit(".", 1)[-1], []).append(path)
+    out = {name: found[0] for name, found in names.items() if len(found) == 1}
+    out.update(paths)
+    out.update(ALIASES)
+    return out
+
+
+_PATHS = field_paths()
+_SECTIONS = {path.rsplit(".", 1)[0] for path in _PATHS.values() if "." in path}  # model, training, preprocess
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, allow_nan=True, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _path_of(name: Any, where: str) -> str:
+    path = _PATHS.get(name) if isinstance(name, str) else None
+    if path is None:
+        raise _one(
+            where,
+            f"unknown field {_shown(name)}; sweep a JobSpec field by its path (training.learning_rate, "
+            "model.hidden_layers, ...), its name where unique (learning_rate, l2, seed, epochs, hidden_layers) "
+            f"or an alias ({', '.join(sorted(ALIASES))}).",
+        )
+    return path
+
+
+def _flatten(overrides: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """{"training": {"l2": 0.1}, "lr": 0.01} -> {"training.l2": 0.1, "training.learning_rate": 0.01}."""
+    out: dict[str, Any] = {}
+    for name, value in overrides.items():
+        full = f"{prefix}{name}" if isinstance(name, str) else name
+        if isinstance(value, Mapping) and full in _SECTIONS:
+            out.update(_flatten(value, where, f"{full}."))
+            continue
+        named = full if isinstance(full, str) and len(full) <= 60 else _shown(full)
+        path = _path_of(full, f"{where}.{named}")
+        if path in out:
+            raise _one(f"{where}.{path}", f"{path} is given twice ({_shown(full)} is another name for it).")
+        out[path] = value
+    return out
+
+
+def expand(grid: Mapping[str, Any] | None, trials: Sequence[Any] | None, max_trials: int) -> list[dict[str, Any]]:
+    """The trials' overrides ({dotted path: value}), in order: the grid's cartesian product (its first
+    field varying slowest) or the list as given. Raises SweepError; too many trials names the limit."""
+    if (grid is None) == (trials is None):
+        raise _one("grid", "send exactly one of 'grid' (field -> list of values) or 'trials' (a list of overrides).")
+    if grid is not None:
+        if not isinstance(grid, Mapping) or not grid:
+            raise _one("grid", "grid must be an object of at least one field -> list of values.")
+        flat = _flatten(grid, "grid")
+        count = 1
+        for path, values in flat.items():
+            if not isinstance(values, list) or not values:
+                raise _one(f"grid.{path}", f"needs a non-empty list of values. Got {_shown(values)} instead.")
+            count *= len(values)
+            if count > max_trials:  # checked as it grows: never a product of huge lists
+                raise _too_many(f"more than {max_trials}", max_trials, "grid")
+        names = list(flat)
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*flat.values())]
+    if not isinstance(trials, list) or not trials:
+        raise _one("trials", "trials must be a non-empty list of objects (each a trial's overrides).")
+    if len(trials) > max_trials:
+        raise _too_many(str(len(trials)), max_trials, "trials")
+    out = []
+    for i, overrides in enumerate(trials):
+        if not isinstance(overrides, Mapping):
+            raise _one(f"trials[{i}]", f"each trial is an object of field -> value. Got {_shown(overrides)} instead.")
+        out.append(_flatten(overrides, f"trials[{i}]"))
+    return out
+
+
+def _too_many(count: str, max_trials: int, field: str) -> SweepError:
+    return _one(
+        field,
+        f"{count} trials is over the limit of {max_trials} per sweep (DNNQ_MAX_SWEEP_TRIALS); "
+        "sweep fewer values, or split the sweep in several.",
+    )
+
+
+def _set(body: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = body
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[leaf] = value
+
+
+def trial_specs(base: Mapping[str, Any], overrides: Sequence[Mapping[str, Any]]) -> list[JobSpec]:
+    """Each trial's JobSpec: the base body (a JobSpec's JSON) with the trial's overrides, validated as a
+    whole spec. Raises SweepError naming each bad trial's index, field and overrides."""
+    specs, errors = [], []
+    base_json = json.dumps(base)
+    for i, trial in enumerate(overrides):
+        body = json.loads(base_json)  # a deep copy
+        for path, value in trial.items():
+            _set(body, path, value)
+        try:
+            specs.append(JobSpec.model_validate(body))
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+                errors.append(
+                    {
+                        "field": f"trials[{i}].{field}",
+                        "message": f"{err.get('msg', 'invalid')} (trial {i}: {_shown(dict(trial), 200)})",
+                    }
+                )
+    if errors:
+        raise SweepError(errors)
+    return specs
+
+
+def pack_key(spec: JobSpec) -> str:
+    """Trials with the same key can train as one stacked computation: what they must share (the data
+    and its order, the network's shape and activations, batch size, dtype, device, input scale). The
+    shuffle order comes from the seed when mini-batches are shuffled, so the seed counts then."""
+    t = spec.training
+    shared = {
+        "dataset_id": spec.dataset_id,
+        "validation_dataset_id": spec.validation_dataset_id,
+        "model": spec.model.model_dump(mode="json"),
+        "batch_size": t.batch_size,
+        "shuffle": t.shuffle,
+        "dtype": t.dtype,
+        "device": spec.device,
+        "scale": spec.preprocess.scale,
+        "order_seed": t.seed if (t.batch_size is not None and t.shuffle) else None,
+    }
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial to write: its overrides and its validated spec."""
+
+    overrides: dict[str, Any]
+    spec: JobSpec
+
+
+def default_metric(specs: Sequence[JobSpec]) -> str:
+    """val_loss when every trial has a validation set, else loss."""
+    return "val_loss" if specs and all(s.validation_dataset_id for s in specs) else "loss"
+
+
+# create_job.lua's whole text (lib.lua's helpers included) becomes a function the sweep script calls once
+# per trial: one place says how a job is created.
+_CREATE_SWEEP = Script(
+    "create_sweep",
+    "local function CREATE_JOB(KEYS, ARGV)\n"
+    + script("create_job").source
+    + "\nend\n"
+    + (files("dnnq.workers") / "lua" / "create_sweep.lua").read_text(encoding="utf-8"),
+)
+
+
+def _plan(
+    tenant: str, base: dict[str, Any], trials: Sequence[Trial], grid: Any, max_unfinished: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list, list]:
+    """The sweep's record, its trials' records, and create_sweep's keys and args."""
+    sweep_id = uuid.uuid4().hex
+    created = time.time()
+    packs: dict[str, list[int]] = {}
+    records, script_keys, trial_args = [], [], []
+    per = 0
+    for i, trial in enumerate(trials):
+        spec = trial.spec
+        pack = pack_key(spec)
+        packs.setdefault(pack, []).append(i)
+        record, job_keys, args = jobs._new_job(
+            tenant,
+            spec.model_dump(mode="json"),
+            queue_for(spec),
+            spec.dataset_id,
+            spec.validation_dataset_id,
+            None,
+            extra={
+                "sweep_id": sweep_id,
+                "sweep_trial": str(i),
+                "sweep_overrides": json.dumps(trial.overrides, sort_keys=True),
+                "sweep_pack": pack,
+            },
+        )
+        per = len(job_keys)
+        records.append(record)
+        script_keys += job_keys
+        trial_args.append(json.dumps([str(a) for a in args]))
+    sweep = {
+        "id": sweep_id,
+        "tenant": tenant,
+        "created_at": jobs.now_iso(),
+        "base": json.dumps(base, sort_keys=True),
+        "grid": json.dumps(grid, sort_keys=True) if grid is not None else "",
+        "n_trials": str(len(trials)),
+        "job_ids": json.dumps([r["id"] for r in records]),
+        "overrides": json.dumps([t.overrides for t in trials], sort_keys=True),
+        "packs": json.dumps(packs, sort_keys=True),
+        "metric": default_metric([t.spec for t in trials]),
+    }
+    all_keys = [keys.sweep(sweep_id), keys.tenant_sweeps(tenant), keys.unfinished(tenant), *script_keys]
+    args = [
+        int(max_unfinished or 0),
+        created,
+        per,
+        sweep_id,
+        json.dumps([x for pair in sweep.items() for x in pair]),
+        *trial_args,
+    ]
+    return sweep, records, all_keys, args
+
+
+def _created(tenant: str, sweep: dict[str, Any], outcome: int) -> dict[str, Any]:
+    if outcome >= 0:
+        raise TooManyUnfinished(tenant, int(outcome))
+    return decode_sweep(sweep)
+
+
+def create_sweep(
+    r: Any,
+    *,
+    tenant: str,
+    base: dict[str, Any],
+    trials: Sequence[Trial],
+    grid: Any = None,
+    max_unfinished: int | None = None,
+) -> dict[str, Any]:
+    """Write the sweep and every trial (queued, in the outbox) in one atomic step; the decoded sweep.
+    The caller sends each trial's message, then marks them sent (as after jobs.create_job). Raises
+    TooManyUnfinished, writing nothing, when the trials would take the tenant past max_unfinished."""
+    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished)
+    return _created(tenant, sweep, _CREATE_SWEEP(r, all_keys, args))
+
+
+async def create_sweep_async(
+    ar: Any,
+    *,
+    tenant: str,
+    base: dict[str, Any],
+    trials: Sequence[Trial],
+    grid: Any = None,
+    max_unfinished: int | None = None,
+) -> dict[str, Any]:
+    """create_sweep on a redis.asyncio client (the POST /v1/sweeps route)."""
+    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished)
+    return _created(tenant, sweep, await _CREATE_SWEEP.run_async(ar, all_keys, args))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+_SWEEP_JSON = ("base", "grid", "job_ids", "overrides", "packs")
+
+
+def decode_sweep(raw: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if v == "":
+            out[k] = None
+        elif k in _SWEEP_JSON:
+            out[k] = json.loads(v)
+        elif k == "n_trials":
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _visible(raw: Mapping[str, str], tenant: str | None) -> dict[str, Any] | None:
+    if not raw or (tenant is not None and raw.get("tenant") != tenant):
+        return None
+    return decode_sweep(raw)
+
+
+def _sweep_key(sweep_id: Any) -> str | None:
+    return keys.sweep(sweep_id) if isinstance(sweep_id, str) and keys.ID_RE.match(sweep_id) else None
+
+
+def get_sweep(r: Any, sweep_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+    """The decoded sweep, or None when absent, malformed, or another tenant's."""
+    key = _sweep_key(sweep_id)
+    return None if key is None else _visible(r.hgetall(key), tenant)
+
+
+async def get_sweep_async(ar: Any, sweep_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+    key = _sweep_key(sweep_id)
+    return None if key is None else _visible(await ar.hgetall(key), tenant)
+
+
+def _queue_trial_reads(pipe: Any, job_ids: Sequence[str], last_epoch: bool) -> None:
+    for job_id in job_ids:
+        pipe.hgetall(keys.job(job_id))
+        if last_epoch:
+            pipe.lindex(keys.job_history(job_id), -1)
+
+
+def _trial_results(found: list, job_ids: Sequence[str], last_epoch: bool) -> list[dict[str, Any] | None]:
+    """Each trial's decoded record (None once deleted), with `last_epoch` (its last history entry)."""
+    step = 2 if last_epoch else 1
+    out: list[dict[str, Any] | None] = []
+    for i in range(len(job_ids)):
+        raw = found[i * step]
+        if not raw:
+            out.append(None)
+            continue
+        job = decode(raw)
+        if last_epoch:
+            entry = found[i * step + 1]
+            job["last_epoch"] = json.loads(entry) if entry else None
+        out.append(job)
+    return out
+
+
+def trial_jobs(r: Any, sweep: Mapping[str, Any], last_epoch: bool = True) -> list[dict[str, Any] | None]:
+    """The sweep's trials' job records in trial order (one pipelined round trip)."""
+    job_ids = sweep["job_ids"]
+    pipe = r.pipeline(transaction=False)
+    _queue_trial_reads(pipe, job_ids, last_epoch)
+    return _trial_results(pipe.execute(), job_ids, last_epoch)
+
+
+async def trial_jobs_async(ar: Any, sweep: Mapping[str, Any], last_epoch: bool = True) -> list[dict[str, Any] | None]:
+    job_ids = sweep["job_ids"]
+    pipe = ar.pipeline(transaction=False)
+    _queue_trial_reads(pipe, job_ids, last_epoch)
+    return _trial_results(await pipe.execute(), job_ids, last_epoch)
+
+
+def list_sweeps(r: Any, tenant: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """The tenant's sweeps, newest first, and how many it has."""
+    index = keys.tenant_sweeps(tenant)
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(index)
+    pipe.zrevrange(index, offset, offset + limit - 1)
+    total, ids = pipe.execute()
+    pipe = r.pipeline(transaction=False)
+    for sweep_id in ids:
+        pipe.hgetall(keys.sweep(sweep_id))
+    return [decode_sweep(raw) for raw in pipe.execute() if raw], int(total)
+
+
+def metric_value(job: Mapping[str, Any] | None, metric: str) -> float | None:
+    """The metric at the trial's last completed epoch; None when it has none (or a non-finite one)."""
+    entry = (job or {}).get("last_epoch") or {}
+    value = entry.get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def best_trial(trial_records: Sequence[Mapping[str, Any] | None], metric: str) -> int | None:
+    """The index of the best succeeded trial by `metric` (METRICS says which way is better); None until
+    a trial has succeeded with a value. Ties go to the lower index."""
+    lower = METRICS[metric]
+    best: tuple[float, int] | None = None
+    for i, job in enumerate(trial_records):
+        if job is None or job.get("status") != jobs.Status.SUCCEEDED.value:
+            continue
+        value = metric_value(job, metric)
+        if value is None:
+            continue
+        score = (value if lower else -value, i)
+        if best is None or score < best:
+            best = score
+    return None if best is None else best[1]
+
+
+def cancel_sweep(r: Any, sweep: Mapping[str, Any]) -> list[str]:
+    """Ask every unfinished trial to stop (jobs.request_cancel: queued -> cancelled, running ->
+    cancelling); returns the ids it changed. Finished and deleted trials are left as they are."""
+    changed = []
+    for job_id in sweep["job_ids"]:
+        try:
+            jobs.request_cancel(r, job_id)
+        except (jobs.JobConflict, jobs.JobNotFound):
+            continue
+        changed.append(job_id)
+    return changed
+
+
+_STATE_FIELDS = ("status", "progress", "error", "metrics")
+
+
+def _states(found: list) -> list[dict[str, Any] | None]:
+    out: list[dict[str, Any] | None] = []
+    for values in found:
+        if values[0] is None:  # the record is gone (deleted)
+            out.append(None)
+        else:
+            out.append(decode({k: v for k, v in zip(_STATE_FIELDS, values, strict=True) if v is not None}))
+    return out
+
+
+def trial_states(r: Any, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Each trial's status, progress, error and metrics (None once deleted): one pipelined HMGET each,
+    what a sweep listing or stream needs, without the specs and histories."""
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), _STATE_FIELDS)
+    return _states(pipe.execute())
+
+
+async def trial_states_async(ar: Any, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    pipe = ar.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), _STATE_FIELDS)
+    return _states(await pipe.execute())
+
+
+async def trial_histories_async(ar: Any, job_ids: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """Each trial's completed epochs (one pipelined LRANGE each)."""
+    pipe = ar.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.lrange(keys.job_history(job_id), 0, -1)
+    return [[json.loads(e) for e in found] for found in await pipe.execute()]
