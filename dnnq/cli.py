@@ -1,9 +1,10 @@
 """The `dnnq` console script: the argument parser and dispatch.
 
 Server side (dnnq/server_commands.py): `up` (everything, supervised: dnnq/up.py), `api`, `worker`.
-Client side (dnnq/commands.py, over HTTP with dnnq/client.py): datasets, submit, status, watch,
-list, cancel, download, predict. Every error is one line on stderr, `dnnq: error: ...`, and a
-non-zero exit code.
+Client side (dnnq/commands.py, on the Python SDK dnnq/client.py): datasets, submit, status, watch,
+list, cancel, download, predict. The client options (--url, --api-key, --timeout, --json) go before
+or after the command. Every error is one line on stderr, `dnnq: error: ...`, and a non-zero exit
+code; a closed stdout (`dnnq predict ... | head`) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import os
 import sys
 from typing import NoReturn
 
-from dnnq import commands
-from dnnq.client import CliError
+from dnnq import commands, sweep_commands
+from dnnq.errors import CliError, DnnqError, Unauthorized
 from dnnq.server_commands import cmd_api, cmd_up, cmd_worker
 from dnnq.workers.status import STATUSES
 
@@ -65,29 +66,36 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dnnq", description="Train L-layer neural networks over HTTP.")
+    _add_client_options(parser, with_defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_server_commands(sub)
-    client_opts = _client_options()
+    client_opts = _Parser(add_help=False)  # the same options after a client command (a parent parser)
+    _add_client_options(client_opts, with_defaults=False)
     _add_dataset_commands(sub, client_opts)
     _add_submit(sub, client_opts)
     _add_job_commands(sub, client_opts)
+    sweep_commands.add_parsers(sub, client_opts)  # dnnq sweep, dnnq sweep-status (issue 17)
     return parser
 
 
-def _client_options() -> argparse.ArgumentParser:
-    """The options every client command takes (a parent parser)."""
-    client_opts = _Parser(add_help=False)
-    client_opts.add_argument(
+def _add_client_options(parser: argparse.ArgumentParser, with_defaults: bool) -> None:
+    """The options every client command takes: on the top-level parser with their defaults, and on
+    each client command without (SUPPRESS: the command's parse sets them only when they are given
+    there, so `dnnq --url X list` and `dnnq list --url X` both work)."""
+
+    def default(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
+    parser.add_argument(
         "--url",
-        default=os.environ.get("DNNQ_URL") or DEFAULT_URL,
-        help="API base URL (default $DNNQ_URL or %(default)s)",
+        default=default(os.environ.get("DNNQ_URL") or DEFAULT_URL),
+        help=f"API base URL (default $DNNQ_URL or {DEFAULT_URL})",
     )
-    client_opts.add_argument(
-        "--api-key", default=os.environ.get("DNNQ_API_KEY"), help="API key (default $DNNQ_API_KEY)"
+    parser.add_argument(
+        "--api-key", default=default(os.environ.get("DNNQ_API_KEY")), help="API key (default $DNNQ_API_KEY)"
     )
-    client_opts.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
-    client_opts.add_argument("--json", action="store_true", help="machine-readable output")
-    return client_opts
+    parser.add_argument("--timeout", type=float, default=default(60.0), help="HTTP timeout in seconds (default 60)")
+    parser.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
 
 
 def _add_server_commands(sub: _Commands) -> None:
@@ -236,7 +244,12 @@ def _add_job_commands(sub: _Commands, client_opts: argparse.ArgumentParser) -> N
     p = sub.add_parser("predict", parents=[client_opts], help="predict with a trained job")
     p.add_argument("id")
     p.add_argument("input", metavar="INPUT", help=".npz with X, .csv or .npy; examples as rows")
-    p.add_argument("--chunk", type=_positive_int, default=5000, help="examples per request (default %(default)s)")
+    p.add_argument(
+        "--chunk",
+        type=_positive_int,
+        default=None,
+        help="examples per request (default: as many as the server's limits allow, GET /v1/limits)",
+    )
     p.set_defaults(func=commands.cmd_predict)
 
 
@@ -244,10 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except CliError as exc:
         print(f"dnnq: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Unauthorized as exc:
+        print(f"dnnq: error: {exc}: pass --api-key or set DNNQ_API_KEY", file=sys.stderr)
+        return 1
+    except DnnqError as exc:
+        print(f"dnnq: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `dnnq predict ... | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's own flush at exit does not fail
+        return 141  # 128 + SIGPIPE, what a shell reports for a command ended by a closed pipe
     except KeyboardInterrupt:
         print("dnnq: interrupted", file=sys.stderr)
         return 130

@@ -46,6 +46,8 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
 # Epochs per trial in a sweep view with history=thin: 64 trials' curves on one chart need no more.
 THIN_TRIAL_HISTORY = 200
+# The sweeps' batches of sends in flight (the event loop keeps only weak references to tasks).
+_SENDING: set[asyncio.Future] = set()
 
 
 async def get_desk(request: Request) -> JobDesk:
@@ -150,9 +152,13 @@ async def create_sweep(
         if reservation:
             await run_in_threadpool(reservation.release)
         raise
-    # every trial's message in one batch on the sender's thread (a failed send leaves them to the sweeper)
-    sends = (desk.sender.send(job_id, queue_for(t.spec)) for job_id, t in zip(sweep["job_ids"], trials, strict=True))
-    await asyncio.gather(*sends)
+    # Every trial's message goes to the sender's thread at once (one batch, marked sent with one ZREM). The
+    # 202 does not wait for them: the trials are already queued in the outbox, so a send that fails, or an
+    # API that dies first, leaves them to the sweeper, exactly as a single submit's failed send does.
+    sends = [desk.sender.send(job_id, queue_for(t.spec)) for job_id, t in zip(sweep["job_ids"], trials, strict=True)]
+    sending = asyncio.ensure_future(asyncio.gather(*sends))
+    _SENDING.add(sending)
+    sending.add_done_callback(_SENDING.discard)
     if reservation:
         await run_in_threadpool(reservation.complete, sweep["id"])
     queued = [{"status": "queued", "spec": t.spec.model_dump(mode="json")} for t in trials]

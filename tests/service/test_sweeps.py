@@ -181,7 +181,11 @@ def test_64_trials_are_accepted_in_one_request_quickly_and_idempotently(live_sta
         import redis
 
         r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while r.zcard("dnnq:jobs:outbox") and time.monotonic() < deadline:  # sent just after the 202
+            time.sleep(0.05)
         assert r.zcard("dnnq:jobs:outbox") == 0
+        assert sum(r.llen(name) for name in ("default", "default:3")) == 6 * 64
         # Idempotency-Key: the same body replays the sweep; another body with it is refused
         first = http.post("/v1/sweeps", json=body, headers={"Idempotency-Key": "sweep-1"})
         again = http.post("/v1/sweeps", json=body, headers={"Idempotency-Key": "sweep-1"})

@@ -1,0 +1,203 @@
+"""`dnnq sweep` and `dnnq sweep-status`: many trials of one spec in one request (POST /v1/sweeps).
+
+    dnnq sweep DATASET --lr 0.001,0.01,0.1 --seed 1,2 [--epochs 50] [--spec base.json] [--grid grid.json] [--wait]
+
+Each list flag is one field of the grid (its cartesian product is the trials); --grid adds a JSON
+object of field -> list of values; --spec is the base JobSpec (the flags' values override it). With
+--wait, a progress table (one line per trial: status, epoch, loss; the best marked *) until every
+trial has finished. Plain httpx, no NumPy: the CLI's client commands stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dnnq.client import CliError
+
+__all__ = ["add_parsers", "cmd_sweep", "cmd_sweep_status", "progress_table"]
+
+# flag -> (the field it sweeps, how one value is read)
+_FLOAT, _INT, _TEXT = float, int, str
+LIST_FLAGS: dict[str, tuple[str, Any]] = {
+    "lr": ("training.learning_rate", _FLOAT),
+    "l2": ("training.l2", _FLOAT),
+    "keep_prob": ("training.dropout_keep_prob", _FLOAT),
+    "seed": ("training.seed", _INT),
+    "epochs": ("training.epochs", _INT),
+    "batch_size": ("training.batch_size", _INT),
+    "init": ("training.init", _TEXT),
+    "optimizer": ("training.optimizer", _TEXT),
+    "beta": ("training.beta", _FLOAT),
+    "beta1": ("training.beta1", _FLOAT),
+    "beta2": ("training.beta2", _FLOAT),
+    "decay_rate": ("training.decay_rate", _FLOAT),
+}
+
+
+def add_parsers(sub: Any, client_opts: argparse.ArgumentParser) -> None:
+    """Register `sweep` and `sweep-status` on the CLI's subcommands (dnnq/cli.py)."""
+    p = sub.add_parser("sweep", parents=[client_opts], help="submit a sweep: one job per combination of values")
+    p.add_argument("dataset", metavar="DATASET", help="the training dataset's id")
+    for flag, (field, kind) in LIST_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", metavar="V1,V2,...", help=f"values of {field} ({kind.__name__})")
+    p.add_argument("--hidden", metavar="20,7,5;10,5", help="hidden layer lists to sweep, separated by ';'")
+    p.add_argument("--spec", metavar="BASE.json", help="the base job spec (as for `dnnq submit`)")
+    p.add_argument("--grid", metavar="GRID.json", help="a JSON object: field -> list of values")
+    p.add_argument("--validation-dataset")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--wait-for-worker", action="store_true", help="queue even if no worker serves the queue yet")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--metric", choices=("val_loss", "loss", "val_accuracy", "accuracy"), help="rank trials by this")
+    p.add_argument("--wait", action="store_true", help="then show a progress table until every trial has finished")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --wait")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sweep-status", parents=[client_opts], help="a sweep's trials and its best")
+    p.add_argument("id")
+    p.add_argument("--metric", choices=("val_loss", "loss", "val_accuracy", "accuracy"))
+    p.set_defaults(func=cmd_sweep_status)
+
+
+def _values(text: str, kind: Any, flag: str) -> list[Any]:
+    try:
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--{flag} takes comma-separated {kind.__name__} values; got {text!r}", exit_code=2) from None
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CliError(f"{what} {path} is not JSON: {exc}") from None
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /v1/sweeps body from the command line."""
+    base = _read_json(args.spec, "spec file") if args.spec else {}
+    if not isinstance(base, dict):
+        raise CliError("the spec file must hold a JSON object (a job spec)")
+    base["dataset_id"] = args.dataset
+    if args.validation_dataset:
+        base["validation_dataset_id"] = args.validation_dataset
+    if args.device:
+        base["device"] = args.device
+    if args.wait_for_worker:
+        base["wait_for_worker"] = True
+    grid = _read_json(args.grid, "grid file") if args.grid else {}
+    if not isinstance(grid, dict):
+        raise CliError("the grid file must hold a JSON object: field -> list of values")
+    for flag, (field, kind) in LIST_FLAGS.items():
+        text = getattr(args, flag, None)
+        if text is not None:
+            grid[field] = _values(text, kind, flag.replace("_", "-"))
+    if args.hidden is not None:
+        grid["model.hidden_layers"] = [_values(part, int, "hidden") for part in args.hidden.split(";")]
+    if not grid:
+        raise CliError("nothing to sweep: give values such as --lr 0.001,0.01,0.1 or a --grid file", exit_code=2)
+    return {"base": base, "grid": grid}
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout)
+
+
+def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise CliError(f"cannot reach the API at {http.base_url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail") or response.text
+        except ValueError:
+            detail = response.text
+        raise CliError(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "-"
+
+
+def _short(overrides: dict[str, Any]) -> str:
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={json.dumps(v)}" for k, v in overrides.items())
+
+
+def progress_table(view: dict[str, Any]) -> str:
+    """One line per trial (status, epoch, loss, the ranking metric; the best marked *), then the best."""
+    metric = view["metric"]
+    lines = [f"  {'#':>3}  {'status':<10} {'epoch':>13}  {'loss':>10}  {metric:>12}  overrides"]
+    for t in view["trials"]:
+        progress = t.get("progress") or {}
+        epoch = f"{progress.get('epoch', 0)}/{progress.get('epochs') or '?'}"
+        mark = "*" if t.get("best") else " "
+        lines.append(
+            f"{mark} {t['index']:>3}  {t['status']:<10} {epoch:>13}  {_fmt(progress.get('loss')):>10}  "
+            f"{_fmt(t.get('value')):>12}  {_short(t['overrides'])}"
+        )
+    best = view.get("best")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(view["counts"].items()))
+    lines.append(f"sweep {view['id']}: {view['status']} ({counts})")
+    if best:
+        lower = "lower" if view["lower_is_better"] else "higher"
+        lines.append(
+            f"best: trial {best['index']} ({best['job_id']}), {metric} {_fmt(best['value'])} ({lower} is better)"
+        )
+    return "\n".join(lines)
+
+
+def _params(args: argparse.Namespace) -> dict[str, str]:
+    return {"metric": args.metric} if getattr(args, "metric", None) else {}
+
+
+def _watch(http: httpx.Client, args: argparse.Namespace, sweep_id: str) -> dict[str, Any]:
+    shown = None
+    while True:
+        view = _call(http, "GET", f"/v1/sweeps/{sweep_id}", params=_params(args))
+        table = progress_table(view)
+        if table != shown and not args.json:
+            if shown is not None and sys.stdout.isatty():
+                print(f"\x1b[{shown.count(chr(10)) + 1}F\x1b[J", end="")  # redraw in place
+            print(table, flush=True)
+            shown = table
+        if view["status"] == "finished":
+            return view
+        time.sleep(max(0.1, args.interval))
+
+
+def _exit_code(view: dict[str, Any]) -> int:
+    return 0 if view["counts"].get("succeeded") else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    body = build_request(args)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    with _client(args) as http:
+        view = _call(http, "POST", "/v1/sweeps", json=body, headers=headers)
+        if not args.wait:
+            print(json.dumps(view, indent=2) if args.json else f"{view['id']} ({view['n_trials']} trials queued)")
+            return 0
+        if not args.json:
+            print(f"sweep {view['id']}: {view['n_trials']} trials queued", flush=True)
+        view = _watch(http, args, view["id"])
+        if args.json:
+            print(json.dumps(view, indent=2))
+        return _exit_code(view)
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        view = _call(http, "GET", f"/v1/sweeps/{args.id}", params=_params(args))
+    print(json.dumps(view, indent=2) if args.json else progress_table(view))
+    return 0
