@@ -1,26 +1,127 @@
-"""POST /v1/jobs/{id}/predict: the trained weights applied on the CPU to rows the client sends."""
+"""POST /v1/jobs/{id}/predict: the trained weights applied on the CPU to rows the client sends, as
+JSON or as one binary array (.npy, or an .npz holding X); GET /v1/limits: the sizes a client splits by.
+
+A binary body is parsed here without numpy.load: the header is read and checked (numeric dtype, no
+pickles, a declared size within the limits and equal to the bytes sent) before any array is made.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import math
+import zipfile
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter
-from pydantic import ValidationError
+from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
+from dnnq.service.formats.common import UploadError, declared_bytes, short
+from dnnq.service.formats.npz import _check_directory_size, _check_member, _read_data, _read_header
 from dnnq.service.jobdesk import job_not_found
-from dnnq.service.schemas import PredictRequest
+from dnnq.service.schemas import FiniteJSONResponse, PredictRequest
+from dnnq.service.settings import ApiSettings
 from dnnq.workers import datasets, jobs
 from dnnq.workers.spec import PreprocessSpec
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+__all__ = ["BINARY_PREDICT_TYPES", "Limits", "PredictResponse", "router"]
+
+router = APIRouter()
+
+NPY_TYPE = "application/x-npy"
+NPZ_TYPES = ("application/x-npz", "application/zip")
+# app.py's body limit gives these (on a predict path) max_predict_body_bytes instead of the JSON limit
+BINARY_PREDICT_TYPES = frozenset(t.encode() for t in (NPY_TYPE, *NPZ_TYPES))
 
 
-@router.post("/{job_id}/predict", responses=problems(404, 409))
-def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: Settings, tenant: Tenant) -> dict:
+class PredictResponse(BaseModel):
+    """One entry per input row, in order."""
+
+    predictions: list[int] | list[list[float]] = Field(
+        description="The class index (sigmoid: 0 or 1; softmax: the argmax), or the outputs (linear)."
+    )
+    probabilities: list[list[float]] | None = Field(
+        description="rows x outputs: sigmoid's P(class 1) in one column, softmax's one per class; null for linear."
+    )
+    labels: list[str | int | float] | None = Field(
+        default=None, description="The predicted class as the training set's label (e.g. 'cat'); null for linear."
+    )
+
+
+class Limits(BaseModel):
+    """What one request may carry; clients split their rows by these."""
+
+    max_json_body_bytes: int = Field(description="Largest JSON body (DNNQ_MAX_JSON_BODY_BYTES).")
+    max_upload_bytes: int = Field(description="Largest dataset upload (DNNQ_MAX_UPLOAD_BYTES).")
+    max_predict_body_bytes: int = Field(description="Largest binary predict body (DNNQ_MAX_PREDICT_BODY_BYTES).")
+    max_predict_input_values: int = Field(description="Rows x features in one predict request.")
+    max_predict_examples: int = Field(description="Rows in one predict request (DNNQ_MAX_PREDICT_EXAMPLES).")
+    max_predict_values: int = Field(description="Rows x outputs in one predict answer (DNNQ_MAX_PREDICT_VALUES).")
+    predict_content_types: list[str] = Field(description="The body types predict accepts.")
+
+
+def _input_values_limit(settings: ApiSettings) -> int:
+    return settings.max_predict_body_bytes // 8  # the inputs as float64 take at most the body limit again
+
+
+@router.get("/v1/limits", response_model=Limits, operation_id="get_limits", tags=["limits"])
+def get_limits(settings: Settings, tenant: Tenant) -> Limits:
+    return Limits(
+        max_json_body_bytes=settings.max_json_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_predict_body_bytes=settings.max_predict_body_bytes,
+        max_predict_input_values=_input_values_limit(settings),
+        max_predict_examples=settings.max_predict_examples,
+        max_predict_values=settings.max_predict_values,
+        predict_content_types=["application/json", NPY_TYPE, *NPZ_TYPES],
+    )
+
+
+_BINARY_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": PredictRequest.model_json_schema()},
+        NPY_TYPE: _BINARY_SCHEMA,
+        **dict.fromkeys(NPZ_TYPES, _BINARY_SCHEMA),
+    },
+    "description": "JSON {'inputs': rows}, or examples as rows in one .npy array or in an .npz's array 'X' "
+    "(numeric dtypes; more dimensions are flattened per row).",
+}
+
+
+@router.post(
+    "/v1/jobs/{job_id}/predict",
+    response_model=PredictResponse,
+    operation_id="predict",
+    tags=["jobs"],
+    responses=problems(404, 409, 413, 415),
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def predict(
+    job_id: str,
+    request: Request,
+    r: Rds,
+    store: Store,
+    settings: Settings,
+    tenant: Tenant,
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> FiniteJSONResponse:
     """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
+    body = await request.body()  # bounded by app.py's body limit for this content type
+    kind = (content_type or "application/json").split(";")[0].strip().lower()
+    out = await run_in_threadpool(_predict, job_id, kind, body, r, store, settings, tenant)
+    return FiniteJSONResponse(out)
+
+
+def _predict(
+    job_id: str, kind: str, body: bytes, r: Any, store: Any, settings: ApiSettings, tenant: str
+) -> dict[str, Any]:
     from dnnq.models import labels_from_output
     from dnnq.models import predict as model_predict
 
@@ -29,19 +130,19 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
         raise job_not_found(job_id)
     if job["status"] != "succeeded":
         raise Problem(409, f"Job '{job_id}' is {job['status']}; its model exists once it has succeeded.")
-    rows = len(body.inputs)
+    meta = datasets.get_dataset(r, job["dataset_id"]) or {}
+    n_x = int(meta.get("n_features") or 0)
+    X = _inputs(kind, body, settings, n_x)
+    rows = X.shape[0]
     if rows > settings.max_predict_examples:
         raise field_error(
             "inputs",
             f"{rows} examples is over the limit of {settings.max_predict_examples} "
             "(DNNQ_MAX_PREDICT_EXAMPLES); send them in smaller requests.",
         )
-    meta = datasets.get_dataset(r, job["dataset_id"]) or {}
-    n_x = int(meta.get("n_features") or 0)
-    widths = {len(row) for row in body.inputs}
-    if widths != {n_x}:
+    if X.shape[1] != n_x:
         raise field_error(
-            "inputs", f"each example needs {n_x} features (the training set's); got rows of {sorted(widths)}."
+            "inputs", f"each example needs {n_x} features (the training set's); got rows of {X.shape[1]}."
         )
     spec = job["spec"]
     try:
@@ -69,7 +170,7 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
             f"{rows} rows x {n_y} outputs is {rows * n_y} values, over the response limit "
             f"of {settings.max_predict_values} (DNNQ_MAX_PREDICT_VALUES); {hint}.",
         )
-    X = np.asarray(body.inputs, dtype=np.float64)
+    X = X.astype(np.float64, copy=False)
     _finite_rows_or_422(
         X,
         "NaN or an infinite value (JSON's NaN, Infinity, or a number past float64's range "
@@ -92,15 +193,135 @@ def predict(job_id: str, body: PredictRequest, r: Rds, store: Store, settings: S
         "scaled targets.",
     )
     labels = labels_from_output(AL, output)
+    if output == "linear":
+        return {"predictions": np.asarray(labels).T.tolist(), "probabilities": None, "labels": None}
+    predictions = np.asarray(labels).tolist()
     classes = meta.get("classes")
-    out: dict = {"predictions": np.asarray(labels).tolist(), "probabilities": None}
-    if output != "linear":
-        out["probabilities"] = (AL[0] if output == "sigmoid" else AL.T).tolist()
-        if classes and any(isinstance(c, str) for c in classes):
-            out["labels"] = [classes[int(k)] for k in out["predictions"]]
+    names = classes if classes and len(classes) == max(n_y, 2) else None  # sigmoid: 2 classes, 1 output
+    return {
+        "predictions": predictions,
+        "probabilities": AL.T.tolist(),  # (m, n_y) for sigmoid too
+        "labels": [names[k] for k in predictions] if names else predictions,
+    }
+
+
+def _inputs(kind: str, body: bytes, settings: ApiSettings, n_x: int) -> np.ndarray:
+    """The request's examples as a 2-D numeric array (rows = examples), from JSON or a binary body."""
+    if kind == NPY_TYPE:
+        X = _read_npy(body, _input_values_limit(settings))
+    elif kind in NPZ_TYPES:
+        X = _read_npz_x(body, settings)
+    elif kind == "application/json" or kind.endswith("+json"):
+        inputs = _json_inputs(body).inputs
+        widths = {len(row) for row in inputs}
+        if len(widths) > 1:
+            raise field_error(
+                "inputs", f"each example needs {n_x} features (the training set's); got rows of {sorted(widths)}."
+            )
+        return np.asarray(inputs, dtype=np.float64)
     else:
-        out["predictions"] = np.asarray(labels).T.tolist()
-    return out
+        raise Problem(
+            415,
+            f"Content-Type {kind!r} is not accepted here; send application/json ({{'inputs': rows}}), "
+            f"{NPY_TYPE} (numpy.save) or application/x-npz (numpy.savez with an array X).",
+        )
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise field_error("inputs", f"the array has shape {X.shape}; send examples as rows (at least one).")
+    return X.reshape(1, X.size) if X.ndim == 1 else X.reshape(X.shape[0], math.prod(X.shape[1:]))
+
+
+def _json_inputs(body: bytes) -> PredictRequest:
+    """What FastAPI does with a JSON body, with its 422s: the route reads the body itself for binary types."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", 0),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": short(exc)},
+                }
+            ]
+        ) from None
+    try:
+        return PredictRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _check_header(shape: tuple[int, ...], dtype: np.dtype, limit_values: int) -> None:
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.subdtype is not None:
+        raise field_error(
+            "inputs", f"the array's dtype is {dtype}; send numbers (bool, int, uint or float), never pickled objects."
+        )
+    if any(d < 0 for d in shape):
+        raise field_error("inputs", f"the array declares a negative shape {tuple(shape)}.")
+    values = declared_bytes(shape, 1)
+    if values > limit_values:
+        raise Problem(
+            413,
+            f"The array declares {values} values (shape {tuple(shape)}); one request takes at most "
+            f"{limit_values} (GET /v1/limits): send fewer rows per request.",
+        )
+
+
+def _read_npy(body: bytes, limit_values: int) -> np.ndarray:
+    fh = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unknown .npy format version {version}")
+    except Exception as exc:  # numpy parses the header's dict literal: SyntaxError, ValueError, EOFError...
+        raise field_error(
+            "inputs", f"the body is not a valid .npy array ({short(exc)}); write it with numpy.save."
+        ) from None
+    _check_header(shape, dtype, limit_values)
+    data = memoryview(body)[fh.tell() :]
+    expected = declared_bytes(shape, dtype.itemsize)
+    if len(data) != expected:
+        raise field_error(
+            "inputs",
+            f"the .npy header declares shape {tuple(shape)} of {dtype} ({expected} bytes) but {len(data)} bytes "
+            "follow it: the body is truncated or padded. Send the whole numpy.save output.",
+        )
+    X = np.frombuffer(data, dtype=dtype)
+    return X.reshape(shape[::-1]).T if fortran else X.reshape(shape)
+
+
+def _read_npz_x(body: bytes, settings: ApiSettings) -> np.ndarray:
+    """Array X of an .npz, through service/formats/npz.py's checks (directory, member, header, CRC)."""
+    fileobj = io.BytesIO(body)
+    try:
+        _check_directory_size(fileobj)
+        try:
+            zf = zipfile.ZipFile(fileobj)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise UploadError(422, f"The body is not a valid .npz ({short(exc)}): write it with numpy.savez.") from None
+        with zf:
+            member = next((m for m in zf.infolist() if m.filename == "X.npy"), None)
+            if member is None:
+                raise UploadError(422, "The .npz has no array 'X': write it as numpy.savez(f, X=rows).")
+            if member.file_size > settings.max_predict_body_bytes:
+                raise UploadError(
+                    413,
+                    f"Array 'X' declares {member.file_size} bytes uncompressed; the limit is "
+                    f"{settings.max_predict_body_bytes} (GET /v1/limits): send fewer rows per request.",
+                )
+            _check_member(member, "X")
+            shape, fortran, dtype, header_bytes = _read_header(zf, member, "X")
+            _check_header(shape, dtype, _input_values_limit(settings))
+            return _read_data(zf, member, "X", shape, fortran, dtype, header_bytes)
+    except UploadError as exc:
+        raise Problem(exc.status, exc.detail) from None
 
 
 def _finite_rows_or_422(rows: np.ndarray, what: str) -> None:
