@@ -2,11 +2,58 @@
 
 One import name for the whole project: dnnq.models (the numerical engine), dnnq.workers (training
 jobs fed through Redis), dnnq.service (the HTTP front end; folders models/, workers/ and service/
-in the repository) and the console script here (dnnq.cli: `dnnq up | api | worker` and the client
-commands). Importing this package imports none of them.
+in the repository), the console script (dnnq.cli: `dnnq up | api | worker` and the client
+commands) and the Python SDK (`from dnnq import Client`: dnnq/client.py). Importing this package
+imports none of them: the SDK's names load on first use (module __getattr__), so the server
+processes do not pay for the client's imports.
 """
 
-__all__ = ["main"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dnnq.client import Client
+    from dnnq.errors import (
+        Conflict,
+        ConnectionFailed,
+        DnnqError,
+        InvalidRequest,
+        NotFound,
+        RateLimited,
+        ServerError,
+        Unauthorized,
+        WaitTimeout,
+    )
+    from dnnq.job import Dataset, Job, Prediction
+
+__all__ = [
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "Dataset",
+    "DnnqError",
+    "InvalidRequest",
+    "Job",
+    "NotFound",
+    "Prediction",
+    "RateLimited",
+    "ServerError",
+    "Unauthorized",
+    "WaitTimeout",
+    "main",
+]
+
+_LAZY = {"Client": "dnnq.client", "Dataset": "dnnq.job", "Job": "dnnq.job", "Prediction": "dnnq.job"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__ and name != "main":
+        import importlib
+
+        module = importlib.import_module(_LAZY.get(name, "dnnq.errors"))
+        return getattr(module, name)
+    raise AttributeError(f"module 'dnnq' has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,60 +1,80 @@
-"""A small HTTP client for the dnnq API (httpx): every failure becomes one CliError line."""
+"""The Python SDK: `Client` talks to a dnnq API over HTTP (httpx) and hands back `Dataset` and `Job`
+objects (dnnq/job.py); every failure is a typed DnnqError (dnnq/errors.py).
+
+    from dnnq import Client
+    client = Client("http://127.0.0.1:8000")          # or $DNNQ_URL, and api_key= or $DNNQ_API_KEY
+    data = client.upload("train.npz")                  # or client.upload(X=X, Y=Y, name="moons")
+    job = client.submit(dataset=data, hidden_layers=[7], epochs=2500, learning_rate=0.0075)
+    job.wait(on_epoch=print)
+    job.predict(X_test).labels
+
+NumPy is imported by the calls that need it, so that `dnnq --help` and the CLI's parser stay quick.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-__all__ = ["Client", "CliError", "decode", "iter_sse"]
+from dnnq.errors import CliError, ConnectionFailed, DnnqError, error_for
+from dnnq.job import Dataset, Job, Page
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["DEFAULT_URL", "SPEC_SECTIONS", "CliError", "Client", "Dataset", "Job"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+# submit(**fields): which section of the job spec each flat keyword belongs to (workers/spec.py declares
+# them; copied so that the SDK does not import the server's modules: tests/sdk checks the copy).
+SPEC_SECTIONS: dict[str, tuple[str, ...]] = {
+    "model": ("hidden_layers", "hidden_activation", "output"),
+    "training": (
+        "optimizer",
+        "learning_rate",
+        "beta",
+        "beta1",
+        "beta2",
+        "epsilon",
+        "lr_decay",
+        "decay_rate",
+        "decay_every",
+        "epochs",
+        "batch_size",
+        "init",
+        "seed",
+        "dtype",
+        "l2",
+        "dropout_keep_prob",
+        "shuffle",
+        "checkpoint_every",
+    ),
+    "preprocess": ("scale",),
+}
 
 
-class CliError(Exception):
-    """A failure the user can act on; the CLI prints it as one line and exits non-zero."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _problem_detail(response: httpx.Response) -> str:
-    """The problem+json `detail` (with field errors for 422), or the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:200] or response.reason_phrase
-    if not isinstance(body, dict):
-        return str(body)[:200]
-    detail = body.get("detail") or body.get("title") or response.reason_phrase
-    if isinstance(detail, list):  # FastAPI's default validation body, in case
-        detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
-    errors = body.get("errors")
-    if isinstance(errors, list) and errors:
-        parts = []
-        for err in errors:
-            if isinstance(err, dict):
-                field = err.get("field") or ".".join(str(p) for p in err.get("loc", []))
-                msg = err.get("message") or err.get("msg") or ""
-                parts.append(f"{field}: {msg}" if field else str(msg))
-        if parts and not all(p in str(detail) for p in parts):
-            detail = f"{detail}: " + "; ".join(parts) if detail else "; ".join(parts)
-    return str(detail)
+def _id(value: Any) -> str:
+    return value.id if isinstance(value, (Dataset, Job)) else str(value)
 
 
 class Client:
-    """The API's endpoints as methods returning decoded JSON; errors raise CliError."""
+    """A dnnq API. Use it as a context manager, or call close(), to release its connections."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        headers = {"Accept": "application/json", "User-Agent": "dnnq-cli"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0) -> None:
+        self.url = (url or os.environ.get("DNNQ_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("DNNQ_API_KEY")
+        headers = {"Accept": "application/json", "User-Agent": "dnnq-python"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._limits: dict[str, Any] | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -65,153 +85,141 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- plumbing -----------------------------------------------------------------------------
-    def _unreachable(self, exc: Exception) -> CliError:
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    # -- plumbing (Job and Dataset call these too) ---------------------------------------------------
+    def _unreachable(self, exc: Exception) -> ConnectionFailed:
         if isinstance(exc, httpx.TimeoutException):
-            return CliError(f"{self.url} did not answer in time ({type(exc).__name__}); is the server overloaded?")
-        return CliError(f"cannot reach {self.url}: is `dnnq up` running?")
+            return ConnectionFailed(
+                f"{self.url} did not answer in time ({type(exc).__name__}); is the server overloaded?"
+            )
+        return ConnectionFailed(f"cannot reach {self.url}: is `dnnq up` running?")
 
-    def _check(self, response: httpx.Response, what: str | None = None) -> httpx.Response:
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
         if response.status_code < 400:
-            return response
-        status = response.status_code
-        if status == 404 and what:
-            raise CliError(f"{what} not found (404)")
-        detail = _problem_detail(response)
-        if status == 401:
-            raise CliError(f"{detail} (401): pass --api-key or set DNNQ_API_KEY")
-        raise CliError(f"{detail} ({status})")
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        raise error_for(response.status_code, body, response.text, response.reason_phrase, dict(response.headers))
 
-    def request(self, method: str, path: str, *, what: str | None = None, **kwargs: Any) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP request; a 4xx/5xx answer raises its DnnqError, no answer ConnectionFailed."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
-        return self._check(response, what)
+        self._raise_for(response)
+        return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError:
-            raise CliError(f"{self.url}{path} answered {response.status_code} with non-JSON content") from None
+            raise DnnqError(f"{self.url}{path} answered {response.status_code} with non-JSON content") from None
 
-    # -- datasets -----------------------------------------------------------------------------
-    def upload_dataset(self, path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A streamed response whose status was checked (the body of an error is read for its detail)."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def limits(self) -> dict[str, Any]:
+        """The server's request limits (GET /v1/limits), read once per Client."""
+        if self._limits is None:
+            self._limits = self.request_json("GET", "/v1/limits")
+        return self._limits
+
+    # -- datasets ------------------------------------------------------------------------------------
+    def upload(
+        self,
+        file: str | os.PathLike[str] | None = None,
+        *,
+        X: np.ndarray | None = None,
+        Y: np.ndarray | None = None,
+        name: str | None = None,
+        target: str | None = None,
+        x_key: str | None = None,
+        y_key: str | None = None,
+        layout: str | None = None,
+    ) -> Dataset:
+        """A dataset from a file (.npz with X and Y, .csv, .h5) or from arrays X (examples x features)
+        and Y (examples, or examples x outputs), sent as an .npz."""
+        fields = {"name": name, "target": target, "x_key": x_key, "y_key": y_key, "layout": layout}
+        if file is not None:
+            if X is not None or Y is not None:
+                raise ValueError("pass a file or arrays X and Y, not both")
+            path = Path(file)
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            with open(path, "rb") as fh:
+                return self._upload((path.name, fh), fields)
+        if X is None or Y is None:
+            raise ValueError("pass a file, or both X and Y")
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez(buffer, X=np.asarray(X), Y=np.asarray(Y))
+        fields["layout"] = layout or "examples_first"
+        return self._upload((f"{name or 'arrays'}.npz", buffer.getvalue()), fields)
+
+    def _upload(self, file: tuple[str, Any], fields: Mapping[str, Any]) -> Dataset:
         data = {k: str(v) for k, v in fields.items() if v is not None}
-        with open(path, "rb") as fh:
-            return self._json("POST", "/v1/datasets", files={"file": (path.name, fh)}, data=data)
+        return Dataset(self, self.request_json("POST", "/v1/datasets", files={"file": file}, data=data))
 
-    def synthetic_dataset(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v1/datasets/synthetic", json=body)
+    def synthetic(self, name: str, **params: Any) -> Dataset:
+        """A generated dataset: moons, circles, spiral or blobs (n_samples=, noise=, seed=, ...)."""
+        body = {"name": name, **{k: v for k, v in params.items() if v is not None}}
+        return Dataset(self, self.request_json("POST", "/v1/datasets/synthetic", json=body))
 
-    def list_datasets(self, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        return self._json("GET", "/v1/datasets", params={"offset": offset, "limit": limit})
+    def dataset(self, dataset_id: str) -> Dataset:
+        return Dataset(self, self.request_json("GET", f"/v1/datasets/{dataset_id}"))
 
-    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/datasets/{dataset_id}", what=f"dataset '{dataset_id}'")
+    def datasets(self, offset: int = 0, limit: int = 50) -> Page[Dataset]:
+        page = self.request_json("GET", "/v1/datasets", params={"offset": offset, "limit": limit})
+        return Page.of(page, lambda d: Dataset(self, d))
 
-    # -- jobs ---------------------------------------------------------------------------------
-    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+    # -- jobs ----------------------------------------------------------------------------------------
+    def submit(
+        self, spec: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> Job:
+        """Submit a training job: a spec dict (as POST /v1/jobs takes) and/or keywords, flat or by
+        section: dataset=, validation_dataset=, hidden_layers=, epochs=, learning_rate=, scale=, device=,
+        model={...}, training={...}. Keywords override the spec."""
+        body: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (spec or {}).items()}
+        for key, value in fields.items():
+            if key in ("dataset", "validation_dataset"):
+                body[f"{key}_id"] = _id(value)
+                continue
+            section = next((s for s, names in SPEC_SECTIONS.items() if key in names), None)
+            if section is not None:
+                body.setdefault(section, {})[key] = value
+            elif key in SPEC_SECTIONS and isinstance(value, Mapping):
+                body.setdefault(key, {}).update(value)
+            else:
+                body[key] = value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._json("POST", "/v1/jobs", json=spec, headers=headers)
+        accepted = self.request_json("POST", "/v1/jobs", json=body, headers=headers)
+        return Job(self, accepted)
 
-    def job(self, job_id: str, history: str = "none") -> dict[str, Any]:
-        return self._json("GET", f"/v1/jobs/{job_id}", params={"history": history}, what=f"job '{job_id}'")
+    def job(self, job_id: str) -> Job:
+        return Job(self, self.request_json("GET", f"/v1/jobs/{job_id}", params={"history": "none"}))
 
-    def list_jobs(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    def jobs(self, status: str | None = None, offset: int = 0, limit: int = 50) -> Page[Job]:
+        """This API key's jobs, newest first."""
         params: dict[str, str | int] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status
-        return self._json("GET", "/v1/jobs", params=params)
-
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._json("POST", f"/v1/jobs/{job_id}/cancel", what=f"job '{job_id}'")
-
-    def predict(self, job_id: str, inputs: list[list[float]]) -> dict[str, Any]:
-        return self._json("POST", f"/v1/jobs/{job_id}/predict", json={"inputs": inputs}, what=f"job '{job_id}'")
-
-    def download(self, job_id: str, fmt: str, out: Path) -> tuple[str, int]:
-        """Stream the weights to `out` (via a temporary file) and check sha256 against the ETag.
-
-        Returns (sha256, size). A mismatch removes the partial file and raises CliError.
-        """
-        self.job(job_id)  # an unknown job is "job 'x' not found (404)"; a 404 below means a missing format
-        tmp = out.with_name(f".{out.name}.part")
-        sha = hashlib.sha256()
-        size = 0
-        try:
-            with self._http.stream("GET", f"/v1/jobs/{job_id}/weights", params={"format": fmt}) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._check(response)
-                etag = response.headers.get("etag", "")
-                with open(tmp, "wb") as fh:
-                    for chunk in response.iter_bytes():
-                        sha.update(chunk)
-                        size += len(chunk)
-                        fh.write(chunk)
-        except httpx.TransportError as exc:
-            tmp.unlink(missing_ok=True)
-            raise self._unreachable(exc) from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        expected = etag.removeprefix("W/").strip('"').lower()
-        digest = sha.hexdigest()
-        if not expected:
-            tmp.unlink(missing_ok=True)
-            raise CliError("the server sent no ETag for the weights: cannot verify the download")
-        if digest != expected:
-            tmp.unlink(missing_ok=True)
-            raise CliError(f"download corrupted: sha256 {digest} does not match the ETag {expected}; retry")
-        os.replace(tmp, out)
-        return digest, size
-
-    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, str, str | None]]:
-        """The job's Server-Sent Events as (event, data, id); ends when the server closes the stream."""
-        headers = {"Accept": "text/event-stream"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        timeout = httpx.Timeout(10.0, read=120.0)  # keepalive comments arrive well within the read timeout
-        try:
-            with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._check(response, f"job '{job_id}'")
-                yield from iter_sse(response.iter_lines())
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-
-
-def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
-    """Parse text/event-stream lines into (event, data, id) tuples (comments are skipped)."""
-    event, event_id = "message", None
-    data: list[str] = []
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                yield event, "\n".join(data), event_id
-            event, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-        elif field == "id":
-            event_id = value
-    if data:
-        yield event, "\n".join(data), event_id
-
-
-def decode(data: str) -> Any:
-    """JSON data of an SSE event, or the raw text."""
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data
+        return Page.of(self.request_json("GET", "/v1/jobs", params=params), lambda j: Job(self, j))

@@ -1,22 +1,25 @@
-"""The client commands of `dnnq` (HTTP, through dnnq/client.py): datasets, submit, status, watch,
-list, cancel, download and predict. Each takes the parsed arguments (dnnq/cli.py) and returns the
-exit code; a failure the user can act on is a CliError, printed by cli.main as one line.
+"""The client commands of `dnnq`, on the Python SDK (dnnq/client.py): datasets, submit, status,
+watch, list, cancel, download and predict. Each takes the parsed arguments (dnnq/cli.py) and returns
+the exit code; a failure the user can act on is a CliError or an SDK DnnqError, printed by cli.main
+as one line (`_missing` names what a 404 did not find).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dnnq.client import Client, CliError, decode
-from dnnq.workers.status import TERMINAL as TERMINAL_STATUSES
+from dnnq.client import Client
+from dnnq.errors import CliError, NotFound
+from dnnq.job import TERMINAL
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from dnnq.progress import ProgressBar
 
 __all__ = [
     "TERMINAL",
@@ -34,9 +37,6 @@ __all__ = [
     "cmd_watch",
     "load_inputs",
 ]
-
-TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)  # job statuses that do not change any more
-SSE_RECONNECTS = 5  # a dropped event stream is resumed this many times before `watch` polls once
 
 
 def _print_json(obj: Any) -> None:
@@ -76,12 +76,21 @@ def _job_line(job: dict[str, Any]) -> str:
     return line
 
 
-def _items(page: Any) -> list[Any]:
-    return page.get("items", []) if isinstance(page, dict) else list(page)
-
-
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, args.api_key, timeout=args.timeout)
+    return Client(args.url, args.api_key or "", timeout=args.timeout)  # "": no key, not $DNNQ_API_KEY again
+
+
+@contextlib.contextmanager
+def _missing(what: str) -> Iterator[None]:
+    """A 404 from the calls inside as the one line "job 'x' not found (404)"."""
+    try:
+        yield
+    except NotFound:
+        raise CliError(f"{what} not found (404)") from None
+
+
+def _page_json(page: Any) -> dict[str, Any]:
+    return {"items": [item.data for item in page], "total": page.total, "offset": page.offset, "limit": page.limit}
 
 
 def cmd_datasets_upload(args: argparse.Namespace) -> int:
@@ -90,14 +99,13 @@ def cmd_datasets_upload(args: argparse.Namespace) -> int:
         raise CliError(f"no such file: {path}")
     fields = {"target": args.target, "x_key": args.x_key, "y_key": args.y_key, "layout": args.layout, "name": args.name}
     with _client(args) as client:
-        dataset = client.upload_dataset(path, fields)
+        dataset = client.upload(path, **fields).data
     _print_json(dataset) if args.json else print(_dataset_line(dataset))
     return 0
 
 
 def cmd_datasets_synthetic(args: argparse.Namespace) -> int:
-    body = {
-        "name": args.name,
+    params = {
         "n_samples": args.n_samples,
         "noise": args.noise,
         "seed": args.seed,
@@ -105,28 +113,27 @@ def cmd_datasets_synthetic(args: argparse.Namespace) -> int:
         "n_features": args.n_features,
     }
     with _client(args) as client:
-        dataset = client.synthetic_dataset({k: v for k, v in body.items() if v is not None})
+        dataset = client.synthetic(args.name, **params).data
     _print_json(dataset) if args.json else print(_dataset_line(dataset))
     return 0
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        page = client.list_datasets(offset=args.offset, limit=args.limit)
+        page = client.datasets(offset=args.offset, limit=args.limit)
     if args.json:
-        _print_json(page)
+        _print_json(_page_json(page))
         return 0
-    items = _items(page)
-    if not items:
+    if not page:
         print("no datasets: add one with `dnnq datasets upload FILE` or `dnnq datasets synthetic moons`")
-    for d in items:
-        print(_dataset_line(d))
+    for d in page:
+        print(_dataset_line(d.data))
     return 0
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        dataset = client.get_dataset(args.id)
+    with _client(args) as client, _missing(f"dataset '{args.id}'"):
+        dataset = client.dataset(args.id).data
     _print_json(dataset) if args.json else print(_dataset_line(dataset))
     return 0
 
@@ -210,7 +217,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     with _client(args) as client:
-        job = client.submit(spec, idempotency_key=args.idempotency_key)
+        job = client.submit(spec, idempotency_key=args.idempotency_key).data
     if args.quiet:
         print(job["id"])
     elif args.json:
@@ -224,8 +231,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.job(args.id, history="full" if args.history else "none")
+    with _client(args) as client, _missing(f"job '{args.id}'"):
+        job = client.request_json("GET", f"/v1/jobs/{args.id}", params={"history": "full" if args.history else "none"})
     if args.json:
         _print_json(job)
         return 0
@@ -250,62 +257,42 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from dnnq.progress import ProgressBar
 
-    with _client(args) as client:
+    with _client(args) as client, _missing(f"job '{args.id}'"):
         job = client.job(args.id)
-        progress = job.get("progress") or {}
-        epochs = progress.get("epochs") or ((job.get("spec") or {}).get("training") or {}).get("epochs")
+        progress = job.data.get("progress") or {}
+        epochs = progress.get("epochs") or ((job.data.get("spec") or {}).get("training") or {}).get("epochs")
         bar = ProgressBar(epochs)
-        final = job if job.get("status") in TERMINAL else _follow(client, args.id, bar, progress)
-        if final is None or "status" not in final:
-            final = client.job(args.id)
-    bar.finish(_job_line(final))
-    return 0 if final.get("status") == "succeeded" else 1
+        if progress.get("epoch"):
+            bar.update(progress["epoch"], progress.get("loss"))
 
+        def on_epoch(entry: dict[str, Any]) -> None:
+            bar.update(
+                int(entry.get("epoch") or 0), entry.get("loss"), entry.get("accuracy"), epochs=entry.get("epochs")
+            )
 
-def _follow(client: Client, job_id: str, bar: ProgressBar, progress: dict[str, Any]) -> dict[str, Any] | None:
-    """Draw the job's epochs from its event stream; the job as its `end` event or a poll shows it
-    finished, or None. The stream starts after the epochs already done (Last-Event-ID = epoch: no
-    replay of a long history), and a dropped stream resumes where it stopped."""
-    done = progress.get("epoch") or 0
-    last_id = str(done) if done else None
-    if done:
-        bar.update(done, progress.get("loss"))
-    for _attempt in range(SSE_RECONNECTS):
-        for event, data, event_id in client.events(job_id, last_event_id=last_id):
-            last_id = event_id if event_id is not None else last_id
-            payload = decode(data)
-            if event == "end":
-                if isinstance(payload, dict):
-                    return payload
-                break
-            if event == "epoch" and isinstance(payload, dict):
-                epoch = int(payload.get("epoch") or 0)
-                bar.update(epoch, payload.get("loss"), payload.get("accuracy"), epochs=payload.get("epochs"))
-        job = client.job(job_id)
-        if job.get("status") in TERMINAL:
-            return job
-    return None
+        job.wait(on_epoch=on_epoch)
+    bar.finish(_job_line(job.data))
+    return 0 if job.status == "succeeded" else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        page = client.list_jobs(status=args.status, offset=args.offset, limit=args.limit)
+        page = client.jobs(status=args.status, offset=args.offset, limit=args.limit)
     if args.json:
-        _print_json(page)
+        _print_json(_page_json(page))
         return 0
-    items = _items(page)
-    if not items:
+    if not page:
         print("no jobs" + (f" with status {args.status}" if args.status else ""))
-    for job in items:
-        print(f"{_job_line(job)}  (created {job.get('created_at', '-')})")
-    if isinstance(page, dict) and page.get("total", 0) > len(items) + args.offset:
-        print(f"... {page['total']} in all: use --offset/--limit")
+    for job in page:
+        print(f"{_job_line(job.data)}  (created {job.data.get('created_at', '-')})")
+    if page.total > len(page) + args.offset:
+        print(f"... {page.total} in all: use --offset/--limit")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = client.cancel(args.id)
+    with _client(args) as client, _missing(f"job '{args.id}'"):
+        job = client.job(args.id).cancel().data
     _print_json(job) if args.json else print(_job_line(job))
     return 0
 
@@ -313,8 +300,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{args.id}.{args.format}")
     with _client(args) as client:
-        digest, size = client.download(args.id, args.format, out)
-    print(f"{out}: {size} bytes, sha256 {digest} (matches the server's ETag)")
+        with _missing(f"job '{args.id}'"):
+            job = client.job(args.id)  # an unknown job is "not found (404)"; a 404 below: a missing format
+        job.download(out, format=args.format)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    print(f"{out}: {out.stat().st_size} bytes, sha256 {digest} (matches the server's ETag)")
     return 0
 
 
@@ -357,16 +347,19 @@ def load_inputs(path: Path) -> np.ndarray:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     X = load_inputs(Path(args.input))
-    result: dict[str, Any] = {"predictions": [], "probabilities": []}
     with _client(args) as client:
-        for start in range(0, max(len(X), 1), args.chunk):  # the API caps examples per request
-            part = client.predict(args.id, X[start : start + args.chunk].tolist())
-            result["predictions"] += part.get("predictions") or []
-            result["probabilities"] += part.get("probabilities") or []
-    result["probabilities"] = result["probabilities"] or None
+        with _missing(f"job '{args.id}'"):
+            job = client.job(args.id)
+        if args.chunk:
+            parts = [job.predict(X[start : start + args.chunk]) for start in range(0, max(len(X), 1), args.chunk)]
+        else:  # split by the server's stated limits (GET /v1/limits)
+            parts = [job.predict(X)]
+    predictions = [v for p in parts for v in p.predictions.tolist()]
+    probabilities = [r for p in parts if p.probabilities is not None for r in p.probabilities.tolist()] or None
+    labels = [v for p in parts if p.labels is not None for v in p.labels] or None
     if args.json:
-        _print_json(result)
-    else:
-        for value in result.get("predictions", []):
+        _print_json({"predictions": predictions, "probabilities": probabilities, "labels": labels})
+    else:  # the training set's class labels (e.g. cat/dog from a CSV); the outputs for a linear model
+        for value in labels if labels is not None else predictions:
             print(value)
     return 0

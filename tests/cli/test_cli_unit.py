@@ -1,5 +1,5 @@
-"""The dnnq CLI without a dnnq server: parsing, spec building, SSE parsing, progress bar, input
-files, the bind rule, and the one-line errors (against real sockets: a closed port, and a small
+"""The dnnq CLI without a dnnq server: parsing, spec building, the progress bar, input files, the
+bind rule, and the one-line errors (against real sockets: a closed port, and a small
 local HTTP server standing in for the API's error and download responses)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from dnnq.cli import build_parser, main
-from dnnq.client import CliError, iter_sse
 from dnnq.commands import build_spec, load_inputs
+from dnnq.errors import CliError
 from dnnq.progress import ProgressBar, format_duration, render
 from dnnq.server_commands import worker_env
 from dnnq.up import check_bind_allowed, is_loopback
@@ -219,29 +219,27 @@ def test_up_refuses_a_port_in_use(capsys, tmp_path):
 
 
 # -- SSE and the progress bar -------------------------------------------------------------------
-def test_iter_sse():
-    stream = [
-        ": keepalive",
-        "",
-        "id: 1",
-        "event: epoch",
-        'data: {"epoch": 1, "loss": 0.5}',
-        "",
-        "event: status",
-        "data: running",
-        "",
-        "event: end",
-        'data: {"status":',
-        'data:  "succeeded"}',
-        "",
-    ]
-    events = list(iter_sse(stream))
-    assert events == [
-        ("epoch", '{"epoch": 1, "loss": 0.5}', "1"),
-        ("status", "running", "1"),
-        ("end", '{"status":\n "succeeded"}', "1"),
-    ]
-    assert json.loads(events[2][1]) == {"status": "succeeded"}
+def test_client_options_go_before_or_after_the_command(monkeypatch):
+    monkeypatch.delenv("DNNQ_URL", raising=False)
+    monkeypatch.delenv("DNNQ_API_KEY", raising=False)
+    parse = build_parser().parse_args
+    for argv in (
+        ["--url", "http://h:1", "--api-key", "k", "--json", "list"],
+        ["list", "--url", "http://h:1", "--api-key", "k", "--json"],
+        ["--url", "http://h:1", "list", "--api-key", "k", "--json"],
+    ):
+        args = parse(argv)
+        assert (args.url, args.api_key, args.json, args.timeout) == ("http://h:1", "k", True, 60.0), argv
+    args = parse(["datasets", "list"])
+    assert (args.url, args.api_key, args.json) == ("http://127.0.0.1:8000", None, False)
+    # given in both places, the one after the command wins (it is parsed last)
+    assert parse(["--url", "http://a:1", "status", "x", "--url", "http://b:2"]).url == "http://b:2"
+
+
+def test_unreachable_url_before_the_command_is_one_line(capsys):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["--url", url, "list"]) == 1
+    assert capsys.readouterr().err == f"dnnq: error: cannot reach {url}: is `dnnq up` running?\n"
 
 
 def test_render_and_durations():
@@ -303,7 +301,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         good = hashlib.sha256(self.payload).hexdigest()
-        if self.path.startswith("/v1/jobs/" + "a" * 32 + "/weights"):
+        if self.headers.get("Authorization") == "Bearer many" and self.path.startswith("/v1/jobs?"):
+            items = [{"id": f"{i:032x}", "status": "queued"} for i in range(20_000)]
+            body = {"items": items, "total": len(items), "offset": 0, "limit": len(items)}
+            self._send(200, json.dumps(body).encode(), [("Content-Type", "application/json")])
+        elif self.path.startswith("/v1/jobs/" + "a" * 32 + "/weights"):
             self._send(200, self.payload, [("ETag", f'"{good}"')])
         elif self.path.startswith("/v1/jobs/" + "b" * 32 + "/weights"):
             self._send(200, self.payload, [("ETag", f'"{"0" * 64}"')])
@@ -362,6 +364,21 @@ def test_http_errors_are_one_line(http_server, capsys):
     )
     assert main(["submit", "--dataset", "ab" * 12, "--lr", "-1", "--url", http_server]) == 1
     assert capsys.readouterr().err == ("dnnq: error: invalid job spec: training.learning_rate: must be > 0 (422)\n")
+
+
+def test_a_closed_stdout_ends_the_command_quietly(http_server):
+    """`dnnq list | head -1`: the reader leaves after one line; no BrokenPipe traceback, exit 141."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnnq", "list", "--url", http_server, "--api-key", "many"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(60) == 141
+    assert first.startswith(b"job 00000000000000000000000000000000: queued")
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
 
 
 def test_up_with_an_unreachable_redis_url(monkeypatch, capsys, tmp_path):
