@@ -29,6 +29,7 @@ from dnnq.service.idempotency import reserve
 from dnnq.service.schemas import FiniteJSONResponse, job_view, thin_history
 from dnnq.service.settings import ApiSettings
 from dnnq.workers import datasets, jobs, keys
+from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.celery_app import send_train, sender_app
 from dnnq.workers.recovery import live_workers_async
 from dnnq.workers.spec import JobSpec, SpecError, queue_for, to_train_config
@@ -174,6 +175,14 @@ class JobDesk:
         self.dataset_records: dict[str, dict] = {}  # id -> record
         self.worker_capacity: dict[str, tuple] = {}  # queue -> (read at, served, capacity)
         self.reads_in_flight: dict[tuple, asyncio.Future] = {}  # key -> the read requests share
+        self._store: ArtifactStore | None = None
+
+    @property
+    def store(self) -> ArtifactStore:
+        """The artifact store finished jobs' histories are read from (opened on first use)."""
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
 
     def close(self) -> None:
         self.sender.close()
@@ -200,8 +209,10 @@ class JobDesk:
 
     async def dataset(self, ar: Any, dataset_id: str, tenant: str) -> dict | None:
         """The dataset's record, from this desk's cache once read: a record never changes after it is
-        written (its id is the hash of its tenant and content, and nothing deletes one), so only the
-        tenant check is repeated. Absent ids are not cached: the dataset may be uploaded a moment later."""
+        written (its id is the hash of its tenant and content), so only the tenant check is repeated. A
+        deleted one may still be cached here: create_job checks that it exists in its own script
+        (require_datasets), and the desk then forgets it. Absent ids are not cached: the dataset may be
+        uploaded a moment later."""
         cache = self.dataset_records
         meta = cache.get(dataset_id)
         if meta is None:
@@ -272,7 +283,9 @@ class JobDesk:
                     "Set a smaller training.batch_size, use float32, or shrink the network.",
                 )
 
-    async def _create(self, ar: Any, spec: JobSpec, body: dict, tenant: str) -> dict:
+    async def _create(
+        self, ar: Any, spec: JobSpec, body: dict, tenant: str, idempotency_key: str | None = None
+    ) -> dict:
         """Check the spec against its datasets and the limits, then write the job (into the outbox)."""
         meta = await self.dataset(ar, spec.dataset_id, tenant)
         if meta is None:
@@ -298,9 +311,15 @@ class JobDesk:
                 dataset_id=spec.dataset_id,
                 validation_dataset_id=spec.validation_dataset_id,
                 max_unfinished=self.settings.max_queued_jobs_per_tenant,
+                require_datasets=True,
+                idempotency_key=idempotency_key,
             )
         except jobs.TooManyUnfinished as exc:
             raise _too_many(self.settings, exc.unfinished) from None
+        except jobs.DatasetMissing as exc:  # deleted since this desk cached its record
+            for dataset_id in exc.dataset_ids:
+                self.dataset_records.pop(dataset_id, None)
+            raise field_error("dataset_id", f"{exc} It was deleted; upload it again with POST /v1/datasets.") from None
 
     async def submit(self, spec: JobSpec, tenant: str, idempotency_key: str | None) -> FiniteJSONResponse:
         """POST /v1/jobs's work once the body is a valid JobSpec: the 202 with the new (or, for a replayed
@@ -327,7 +346,7 @@ class JobDesk:
             if replay_id is not None and (job := await jobs.get_job_async(ar, replay_id, tenant)) is not None:
                 return _accepted(job, None)
         try:
-            job = await self._create(ar, spec, body, tenant)
+            job = await self._create(ar, spec, body, tenant, reservation.redis_key if reservation else None)
         except BaseException:  # a refused or failed submit frees its key: the client may fix the body and retry
             if reservation:
                 await run_in_threadpool(reservation.release)
@@ -347,7 +366,7 @@ class JobDesk:
             return None
         hist = None
         if history != "none":
-            hist = await jobs.get_history_async(ar, job_id)
+            hist = await jobs.get_history_async(ar, job_id, store=self.store, job=job)
             if history == "thin":
                 hist = thin_history(hist, self.settings.history_full_max)
         return job_view(job, hist)

@@ -31,7 +31,12 @@ __all__ = [
 ]
 
 _JSON_FIELDS = ("spec", "progress", "metrics", "artifacts", "timings", "sweep_overrides")
-_INT_FIELDS = ("attempts", "resumed_from_epoch", "sweep_trial", "history_stored")  # sweep_*: a sweep's trial (workers/sweeps.py)
+_INT_FIELDS = (
+    "attempts",
+    "resumed_from_epoch",
+    "sweep_trial",
+    "history_stored",
+)  # sweep_*: a sweep's trial (workers/sweeps.py)
 
 
 def decode(raw: dict[str, str]) -> dict[str, Any]:

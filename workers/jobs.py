@@ -32,7 +32,7 @@ from typing import Any
 
 from dnnq.workers import keys, trash
 from dnnq.workers.artifact_store import ArtifactStore
-from dnnq.workers.history_store import HISTORY_INLINE_MAX, forget, history_key, write_history
+from dnnq.workers.history_store import HISTORY_INLINE_MAX, forget, write_history
 from dnnq.workers.job_reads import (
     count_by_status,
     count_unfinished,
@@ -68,7 +68,6 @@ __all__ = [
     "create_job",
     "create_job_async",
     "delete_job",
-    "empty_trash",
     "finish",
     "finished_before",
     "get_history",
@@ -375,7 +374,7 @@ def finish(
         )
     )
     if moved and store is not None and not done and not r.exists(keys.job(job_id)):
-        store.delete(history_key(job_id))  # the job was deleted meanwhile: its file must not outlive it
+        store.delete_prefix(f"jobs/{job_id}/")  # the job was deleted meanwhile: no file may outlive it
     return done
 
 
@@ -414,12 +413,10 @@ def move_history(r: Any, store: ArtifactStore, job_id: str) -> str:
         return "kept"
     write_history(store, job_id, raw)
     outcome = str(
-        script("move_history")(
-            r, [keys.job(job_id), keys.job_history(job_id), keys.HISTORY_MOVES], [job_id, len(raw)]
-        )
+        script("move_history")(r, [keys.job(job_id), keys.job_history(job_id), keys.HISTORY_MOVES], [job_id, len(raw)])
     )
-    if outcome == "missing":
-        store.delete(history_key(job_id))
+    if outcome == "missing":  # deleted meanwhile: what was just written goes too
+        store.delete_prefix(f"jobs/{job_id}/")
     return outcome
 
 

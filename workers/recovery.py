@@ -6,6 +6,10 @@ Every heartbeat the thread refreshes dnnq:worker:{name} (TTL 3 x heartbeat, read
 it) did not mark it sent within SEND_GRACE_SECONDS. Any number of workers may sweep at once:
 requeue_expired is one atomic script, so each expired job is requeued by exactly one of them, and a
 job sent twice is claimed once.
+
+Each sweep also looks after ended jobs (housekeeping): long histories that are still in Redis move to
+the artifact store, files of deleted jobs and datasets that a crash left are removed, and with
+DNNQ_RETENTION_DAYS, jobs that ended longer ago than that are deleted as DELETE /v1/jobs/{id} does.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dnnq.workers import jobs, keys
+from dnnq.workers import jobs, keys, trash
+from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.logs import event
 from dnnq.workers.scripts import get as script
 from dnnq.workers.settings import WorkerSettings
@@ -29,6 +34,7 @@ __all__ = [
     "Send",
     "celery_sender",
     "host_memory_bytes",
+    "housekeeping",
     "live_workers",
     "live_workers_async",
     "load_scripts_async",
@@ -58,6 +64,27 @@ def sweep(r: Any, send: Send, max_attempts: int | None = None, grace_seconds: fl
             event("job.sent", job_id=job_id, queue=job.get("queue"), by="sweeper")
         jobs.mark_sent(r, job_id)  # after send: a crash in between only means one more (harmless) message
     return requeued
+
+
+def housekeeping(r: Any, store: ArtifactStore, retention_seconds: float = 0.0, limit: int = 100) -> dict[str, int]:
+    """Ended jobs' care, a bounded amount per sweep: move up to `limit` long histories still in Redis to
+    the store, remove deleted jobs' and datasets' leftover files, and delete up to `limit` jobs that ended
+    at least retention_seconds ago (0: none). Returns how many of each."""
+    moved = expired = 0
+    for job_id in jobs.pending_history_moves(r, limit):
+        try:
+            if jobs.move_history(r, store, job_id) == "moved":
+                moved += 1
+        except Exception as exc:  # the store is down: the history stays in Redis, the next sweep retries
+            event("job.history_move_failed", logging.WARNING, job_id=job_id, error=str(exc))
+    removed = trash.empty(r, store, limit)
+    if retention_seconds > 0:
+        for job_id in jobs.finished_before(r, retention_seconds, limit):
+            with contextlib.suppress(jobs.JobNotFound):  # deleted meanwhile (by a client, another sweeper)
+                jobs.delete_job(r, store, job_id)
+                expired += 1
+                event("job.expired", job_id=job_id, retention_seconds=retention_seconds)
+    return {"histories_moved": moved, "trash_removed": removed, "jobs_expired": expired}
 
 
 def celery_sender(celery: Any) -> Send:
@@ -155,6 +182,7 @@ class Maintenance(threading.Thread):
         self.r, self.settings, self.send = r, settings, send
         self.started_at = jobs.now_iso()
         self._halt = threading.Event()
+        self._store: ArtifactStore | None = None
 
     def run(self) -> None:
         sweep_every = self.settings.lease_seconds / 2
@@ -167,6 +195,9 @@ class Maintenance(threading.Thread):
                 if time.monotonic() >= next_sweep:
                     sweep(self.r, self.send, self.settings.max_attempts, grace)
                     next_sweep = time.monotonic() + sweep_every
+                    if self._store is None:
+                        self._store = open_store(self.settings)
+                    housekeeping(self.r, self._store, self.settings.retention_days * 86400)
             except Exception as exc:  # Redis down for a moment: log, keep the thread alive
                 event("worker.maintenance_error", logging.WARNING, error=str(exc))
             if self._halt.wait(self.settings.heartbeat_seconds):

@@ -94,15 +94,16 @@ def run_job(
     settings: WorkerSettings | None = None,
     r: redis.Redis | None = None,
     store: ArtifactStore | None = None,
+    celery_task_id: str | None = None,
 ) -> str | None:
     """Train job_id to a terminal status. Returns that status ("queued" when released because the
     worker is shutting down), or None when this call did not own the job to the end (not claimed,
-    or the lease was lost)."""
+    or the lease was lost). celery_task_id: the delivering task's, recorded by the claim."""
     settings = settings or get_settings()
     r = r if r is not None else process_redis(settings)
     store = store if store is not None else open_store(settings)
     token = f"{settings.worker_name}:{os.getpid()}:{uuid.uuid4().hex}"
-    if not jobs.claim(r, job_id, token, settings.lease_ms):
+    if not jobs.claim(r, job_id, token, settings.lease_ms, celery_task_id):
         job = jobs.get_job(r, job_id)
         event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
         return None
@@ -137,7 +138,9 @@ def _train_to_the_end(claim: _Claim) -> str | None:
         message = _readable(exc, expected)
         # Known errors (bad spec, divergence, no GPU) need no traceback; anything else logs one.
         event("job.failed", logging.ERROR, exc_info=not isinstance(exc, expected), job_id=job_id, error=message)
-        if claim.heartbeat.lost.is_set() or not jobs.finish(claim.r, job_id, claim.token, "failed", error=message):
+        if claim.heartbeat.lost.is_set() or not jobs.finish(
+            claim.r, job_id, claim.token, "failed", error=message, store=claim.store
+        ):
             event("job.finish_refused", logging.WARNING, job_id=job_id, status="failed")
             return None
         return "failed"
@@ -181,6 +184,7 @@ def _train(claim: _Claim) -> str | None:
             on_epoch=reporter.on_epoch,
             should_stop=reporter.should_stop,
             checkpoint=ckpt,
+            path=settings.fit_path,
         )
     finally:
         reporter.flush_remaining()
@@ -233,7 +237,9 @@ def _record_outcome(
         "validation_accuracy": accuracy(result.parameters, store, spec, inputs.val_meta) if inputs.val_meta else None,
     }
     if result.stopped:
-        ok = jobs.finish(r, job_id, token, "cancelled", metrics=metrics, device=result.device, timings=timings)
+        ok = jobs.finish(
+            r, job_id, token, "cancelled", metrics=metrics, device=result.device, timings=timings, store=store
+        )
         event("job.cancelled", job_id=job_id, epochs=result.epochs_completed, recorded=ok)
         artifacts.delete_checkpoint(store, job_id)
         return "cancelled" if ok else None
@@ -256,7 +262,15 @@ def _record_outcome(
     )
     timings["total_s"] = round(time.perf_counter() - t0, 4)
     ok = jobs.finish(
-        r, job_id, token, "succeeded", metrics=metrics, artifacts=shas, device=result.device, timings=timings
+        r,
+        job_id,
+        token,
+        "succeeded",
+        metrics=metrics,
+        artifacts=shas,
+        device=result.device,
+        timings=timings,
+        store=store,  # a long history moves to the store in the finish's own step
     )
     if not ok:
         event("job.finish_refused", logging.WARNING, job_id=job_id, status="succeeded")

@@ -1,7 +1,7 @@
 """The Lua scripts of workers/lua/, read once at import, and how to run them on either kind of client.
 
 Each script is one atomic step in Redis. Those that change a job's status are preceded by lib.lua (the
-helpers UNFINISHED, LIST_UNSENT and MOVE), whose ``$NAMES`` (string.Template) are filled in with
+helpers UNFINISHED, LIST_UNSENT, ENDED and MOVE), whose ``$NAMES`` (string.Template) are filled in with
 workers/keys.py's key names. Scripts run by SHA; redis-py loads one on NOSCRIPT (a fresh or restarted
 Redis).
 """
@@ -14,6 +14,7 @@ from string import Template
 from typing import Any
 
 from dnnq.workers import keys
+from dnnq.workers.history_store import HISTORY_INLINE_MAX
 
 __all__ = ["Script", "get"]
 
@@ -21,10 +22,22 @@ _LIB_NAMES = {
     "TENANT_PREFIX": keys.TENANT_PREFIX,
     "OUTBOX": keys.OUTBOX,
     "BY_STATUS": keys.BY_STATUS,
+    "FINISHED": keys.FINISHED,
+    "HISTORY_MOVES": keys.HISTORY_MOVES,
+    "HISTORY_INLINE_MAX": str(HISTORY_INLINE_MAX),
 }
 # The scripts that change a status: they call lib.lua's helpers.
-_WITH_LIB = ("create_job", "claim", "finish", "release", "cancel", "requeue_expired")
-_PLAIN = ("renew_lease", "record_epochs", "record_resume", "list_jobs", "outbox_due", "live_workers")
+_WITH_LIB = ("create_job", "claim", "finish", "release", "cancel", "requeue_expired", "delete_job")
+_PLAIN = (
+    "renew_lease",
+    "record_epochs",
+    "record_resume",
+    "list_jobs",
+    "outbox_due",
+    "live_workers",
+    "move_history",
+    "delete_dataset",
+)
 
 
 class Script:

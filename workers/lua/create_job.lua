@@ -4,6 +4,10 @@
 -- (isinstance checks, encode) on the API's CPU; cjson decodes it at once (docs/perf.md).
 -- The limit is checked in the same step that counts the new job, so concurrent submits cannot overshoot it.
 -- The job goes into the outbox: the caller sends its Celery message, then marks it sent.
+-- KEYS[7..]: datasets that must exist (the submit route's; see delete_dataset.lua): -2 when one does not.
+for i = 7, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return -2 end
+end
 local max_unfinished = tonumber(ARGV[3])
 if max_unfinished > 0 then
   local unfinished = redis.call('SCARD', KEYS[3])

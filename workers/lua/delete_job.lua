@@ -1,0 +1,36 @@
+-- KEYS: job, history, lease, active, outbox, finished, history moves, trash, by_status ;
+-- ARGV: job_id, tenant ('' = any), the job's artifact prefix, grace_ms.
+-- A finished job leaves Redis in one step: its record, history and lease, its place in every index and
+-- count, and the Idempotency-Key entry that names it; its artifact prefix goes into the trash, which the
+-- caller empties next (a crash in between leaves it to the sweeper). A history move that was pending
+-- may be writing its file right now: that trash entry waits grace_ms, so the sweeper removes the file
+-- after the mover is done. An unfinished job is refused: cancel it first. Another tenant's: 'missing'.
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then  -- gone already: drop what still lists it (a retention sweep must not retry it forever)
+  redis.call('ZREM', KEYS[6], ARGV[1])
+  redis.call('ZREM', KEYS[7], ARGV[1])
+  return {'missing', ''}
+end
+local owner = redis.call('HGET', KEYS[1], 'tenant') or ''
+if ARGV[2] ~= '' and owner ~= ARGV[2] then return {'missing', ''} end
+if st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' then return {'conflict', st} end
+local idem = redis.call('HGET', KEYS[1], 'idempotency_key')
+if idem and idem ~= '' then
+  local held = redis.call('GET', idem)
+  if held then
+    local ok, value = pcall(cjson.decode, held)
+    if ok and type(value) == 'table' and value['id'] == ARGV[1] then redis.call('DEL', idem) end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', TENANT_KEY(owner, 'jobs'), ARGV[1])
+redis.call('ZREM', TENANT_KEY(owner, 'status:' .. st), ARGV[1])
+redis.call('SREM', UNFINISHED(owner), ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+local moving = redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('HINCRBY', KEYS[9], st, -1)
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[8], now[1] * 1000 + math.floor(now[2] / 1000) + moving * tonumber(ARGV[4]), ARGV[3])
+return {'deleted', tostring(moving)}
