@@ -40,6 +40,7 @@ from .network import (
 )
 from .optimizers import GD, OPTIMIZERS, Adam, Momentum, RMSProp
 from .training import Checkpoint, EpochRecord, EpochState, FitResult, TrainingDiverged, fit
+from .warmup import warm_up
 
 __all__ = [
     # textbook functional API
@@ -84,6 +85,7 @@ __all__ = [
     # training API (docs/DESIGN.md)
     "TrainConfig",
     "fit",
+    "warm_up",
     "FitResult",
     "EpochRecord",
     "EpochState",

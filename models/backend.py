@@ -37,6 +37,8 @@ __all__ = [
     "gpu_memory",
     "DeviceGraph",
     "optimizer_kernel",
+    "concat",
+    "scatter_columns",
 ]
 
 
@@ -124,6 +126,24 @@ def forget_gpu_check() -> None:
 
 def gpu_available() -> bool:
     return not isinstance(_gpu_smoke_test(), str)
+
+
+def concat(xp: Any, arrays: list[Array], axis: int = 0) -> Array:
+    """Arrays joined along ``axis``: the array API's ``concat``, or ``concatenate`` (CuPy 13)."""
+    join = getattr(xp, "concat", None) or xp.concatenate
+    return join(arrays, axis=axis)
+
+
+def scatter_columns(xp: Any, out: Array, idx: Array, values: Array) -> None:
+    """``out[:, idx] = values`` for distinct indices ``idx`` (n,) and ``values`` (rows, n).
+
+    NumPy and CuPy assign through an index array; the array API has no such assignment, so there
+    the columns are placed by a product with the one-hot matrix of ``idx`` (exact: one term each)."""
+    if xp is np or getattr(xp, "__name__", "") == "cupy":
+        out[:, idx] = values
+        return
+    one_hot = xp.astype(idx[:, None] == xp.arange(out.shape[1])[None, :], out.dtype)  # (n, cols)
+    out[...] = out * (1 - xp.sum(one_hot, axis=0)) + xp.matmul(values, one_hot)  # other columns kept
 
 
 def select_device(device: str) -> Device:

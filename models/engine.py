@@ -22,6 +22,7 @@ from .activations import INPLACE_ACTIVATIONS, INPLACE_DERIVATIVES
 from .backend import Array, Device
 from .config import TrainConfig
 from .flat import flat_layout, flat_size, flat_views
+from .gram import GramLayer
 from .names import OUTPUTS, OutputName, check_table
 
 __all__ = ["Engine", "take_rows"]
@@ -31,12 +32,21 @@ OutputStep = tuple[Array, Array, Any]
 
 
 class Engine:
-    """Buffers for batches of up to ``batch_max`` examples; ``training=False`` only evaluates."""
+    """Buffers for batches of up to ``batch_max`` examples; ``training=False`` only evaluates.
+
+    ``gram``: layer 1 in coefficient space (models/gram.py): its input is U = D R^T, W1 is W_eff,
+    and dW1 is taken in coefficient space; the rest of the engine does not know."""
 
     def __init__(
-        self, cfg: TrainConfig, device: Device, params: dict[str, Array], batch_max: int, training: bool = True
+        self,
+        cfg: TrainConfig,
+        device: Device,
+        params: dict[str, Array],
+        batch_max: int,
+        training: bool = True,
+        gram: GramLayer | None = None,
     ) -> None:
-        self.cfg, self.xp = cfg, device.xp
+        self.cfg, self.xp, self.gram = cfg, device.xp, gram
         xp = self.xp
         self.L = len(cfg.layer_dims) - 1
         self.params = params  # W{l} (n_l, n_{l-1}), b{l} (n_l, 1), on the device
@@ -163,11 +173,19 @@ class Engine:
         return ZL, 0.5 * self.xp.sum(D * D), None
 
     def l2_sum(self) -> Array:
-        """sum_l ||W_l||^2 as a 0-d device array."""
-        xp = self.xp
-        return sum(xp.vdot(self.params[f"W{l}"].ravel(), self.params[f"W{l}"].ravel()) for l in range(1, self.L + 1))
+        """sum_l ||W_l||^2 as a 0-d device array (layer 1's formed from W_eff on the Gram path)."""
+        xp, W = self.xp, self.W
+        first = xp.vdot(W[1].ravel(), W[1].ravel()) if self.gram is None else self.gram.sq_norm(W[1])
+        return sum((xp.vdot(W[l].ravel(), W[l].ravel()) for l in range(2, self.L + 1)), first)
 
-    def backward(self, acts: list[Array], AL: Array, Ye: Array, grad_factor: float | Array = 1.0) -> None:
+    def backward(
+        self,
+        acts: list[Array],
+        AL: Array,
+        Ye: Array,
+        grad_factor: float | Array = 1.0,
+        rows: slice | Array | None = None,
+    ) -> None:
         """Gradients of the batch cost into self.grads, each multiplied by ``grad_factor``.
 
         Backprop is linear in dZ_L (every later step multiplies by W, A or g'(Z) and sums), so
@@ -176,6 +194,7 @@ class Engine:
         captured step (models/stepgraph.py) passes it as a float64 0-d device array, which the
         kernels read when they run, so a new rate needs no new capture; the same bits either way
         (the float64 arithmetic, then one rounding to the arrays' dtype where it meets them).
+        ``rows``: the batch's example indices (a slice or an index array), for the Gram path's dW1.
         """
         xp, B, l2 = self.xp, AL.shape[0], self.cfg.l2
         # Fused output gradient dZ_L = AL - Y. It equals dAL * g'(Z_L) for exactly these pairings:
@@ -192,7 +211,10 @@ class Engine:
         ones = self.ones[:B]
         for l in range(self.L, 0, -1):
             W, dW = self.W[l], self.dW[l]
-            xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
+            if l == 1 and self.gram is not None:
+                self.gram.grad(dW, dZ, slice(0, B) if rows is None else rows)  # (n_1, p): dZ^T in the batch's columns
+            else:
+                xp.matmul(dZ.T, acts[l - 1], out=dW)  # (n_l, n_{l-1}) = (n_l, B) @ (B, n_{l-1})
             xp.matmul(ones, dZ, out=self.db[l])  # (n_l,) = sum of dZ's rows
             if l2:
                 dW += _in_dtype(grad_factor * l2 / B, W.dtype) * W

@@ -146,3 +146,7 @@ class FitResult:
     # GPU only: the device generator of the dropout masks and how many the run made, one per epoch
     # with dropout ("Philox4x3210 (65536 states): 3 made"), "...: 0 made" without; None on the CPU
     device_rng: str | None = None
+    # which path trained layer 1: "gram" (models/gram.py, W1 in the span of the examples) or
+    # "textbook"; path_reason says why fit chose it
+    path: str = "textbook"
+    path_reason: str | None = None

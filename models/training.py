@@ -48,6 +48,7 @@ from .config import TrainConfig
 from .data import examples_first
 from .engine import Engine, take_rows
 from .flat import flatten_params
+from .gram import FitPath, GramLayer, GramPlan, plan
 from .network import initialize_parameters_deep
 from .optimizers import Optimizer, make_optimizer
 from .records import Checkpoint, EpochRecord, EpochState, FitResult, TrainingDiverged, ValidationLossNotFinite
@@ -67,8 +68,13 @@ def fit(
     on_epoch: Callable[[EpochState], object] | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint: Checkpoint | None = None,
+    path: FitPath = "auto",
 ) -> FitResult:
-    """Train an L-layer network on X (n_x, m) and Y (n_y, m); see docs/DESIGN.md."""
+    """Train an L-layer network on X (n_x, m) and Y (n_y, m); see docs/DESIGN.md.
+
+    ``path``: "auto" trains layer 1 on the Gram path (models/gram.py) where that is exact in exact
+    arithmetic, cheaper and within the memory estimate; "textbook" never; "gram" wherever it is
+    exact. ``result.path`` says which ran."""
     t_start = time.perf_counter()
     cfg = config
     if not isinstance(cfg, TrainConfig):
@@ -82,7 +88,9 @@ def fit(
     loop: _TrainingLoop | None = None
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            loop = _TrainingLoop.start(cfg, device, train=train, val=val, checkpoint=checkpoint, t_start=t_start)
+            loop = _TrainingLoop.start(
+                cfg, device, train=train, val=val, checkpoint=checkpoint, t_start=t_start, path=path
+            )
             stopped = False
             for epoch in range(loop.start_epoch, cfg.epochs):
                 record = loop.run_epoch(epoch)
@@ -128,15 +136,16 @@ class _DeviceSet:
 
 def batches(
     xp: Any, data: _DeviceSet, batch_size: int, perm: Array | None, buffers: _DeviceSet | None, fast: bool
-) -> Iterator[tuple[Array, Array, Array | None]]:
-    """(X, Y, labels) of each mini-batch in order: slices of ``data``, or with ``perm`` its rows
+) -> Iterator[tuple[Array, Array, Array | None, slice | Array]]:
+    """(X, Y, labels, rows) of each mini-batch in order: slices of ``data``, or with ``perm`` its rows
     ``perm[s:e]`` gathered into ``buffers`` (a row gather is cheap on examples-first data; X[:, perm]
-    on features-first data is not). ``fast``: the engine's compiled gather (Engine.fast)."""
+    on features-first data is not). ``rows`` says which examples (the Gram path's dW1 needs them).
+    ``fast``: the engine's compiled gather (Engine.fast)."""
     m = data.m
     for s in range(0, m, batch_size):
         e = min(s + batch_size, m)
         if perm is None or buffers is None:
-            yield data.X[s:e], data.Y[s:e], None if data.labels is None else data.labels[s:e]
+            yield data.X[s:e], data.Y[s:e], None if data.labels is None else data.labels[s:e], slice(s, e)
             continue
         xb, yb, lb = buffers.X[: e - s], buffers.Y[: e - s], None
         idx = perm[s:e]
@@ -145,7 +154,7 @@ def batches(
         if data.labels is not None and buffers.labels is not None:
             lb = buffers.labels[: e - s]
             take_rows(xp, data.labels, idx, lb)
-        yield xb, yb, lb
+        yield xb, yb, lb, idx
 
 
 @dataclass
@@ -172,6 +181,8 @@ class _TrainingLoop:
     loss_total: Array = None
     correct_total: Array = None
     graphed: stepgraph.GraphedStep | None = None
+    gram: GramLayer | None = None  # layer 1 in coefficient space (models/gram.py), or None: the textbook path
+    plan: GramPlan | None = None
     epoch_rng: Any = None  # the epoch's generator, for the steps' dropout masks
     device_rngs_made: int = 0  # device generators the epochs made (dropout on a GPU only)
     timings: dict[str, float] = field(default_factory=dict)
@@ -186,11 +197,15 @@ class _TrainingLoop:
         val: tuple[np.ndarray, np.ndarray] | None,
         checkpoint: Checkpoint | None,
         t_start: float,
+        path: FitPath = "auto",
     ) -> _TrainingLoop:
         xp, dtype = device.xp, np.dtype(cfg.dtype)
         train_set = _DeviceSet.on_device(xp, train, cfg.output)
         val_set = None if val is None else _DeviceSet.on_device(xp, val, cfg.output)
-        m, n_x, n_y = train_set.m, cfg.layer_dims[0], cfg.layer_dims[-1]
+        m, n_y = train_set.m, cfg.layer_dims[-1]
+        m_val, resuming = 0 if val_set is None else val_set.m, checkpoint is not None
+        epochs_left = cfg.epochs - (checkpoint.epoch if checkpoint is not None else 0)
+        gram_plan = plan(cfg, m, m_val, path, resuming, epochs_left)
         batch_size = m if cfg.batch_size is None else min(cfg.batch_size, m)
         optimizer = make_optimizer(
             cfg.optimizer, cfg.learning_rate, beta=cfg.beta, beta1=cfg.beta1, beta2=cfg.beta2, epsilon=cfg.epsilon
@@ -203,12 +218,19 @@ class _TrainingLoop:
             params = _restore(checkpoint, cfg, xp, dtype, optimizer)
             start_epoch = checkpoint.epoch
             history = list(checkpoint.history[:start_epoch])
+        gram = None
+        if gram_plan.use:  # layer 1 in coefficient space: its inputs become U = D R^T (models/gram.py)
+            gram = _to_gram(xp, train_set, params, optimizer, gram_plan.bases)
+            train_set = _DeviceSet(gram.U, train_set.Y, train_set.labels)
+            if val_set is not None:
+                val_set = _DeviceSet(gram.inputs(val_set.X), val_set.Y, val_set.labels)
+        n_x = int(train_set.X.shape[1])  # layer 1's input width (p on the Gram path)
         flat_params, layout = flatten_params(xp, params)
         optimizer.bind_flat(flat_params, layout)
-        engine = Engine(cfg, device, params, batch_size)
+        engine = Engine(cfg, device, params, batch_size, gram=gram)
         evaluator = None
         if val_set is not None:
-            evaluator = Engine(cfg, device, params, min(_VAL_CHUNK, val_set.m), training=False)
+            evaluator = Engine(cfg, device, params, min(_VAL_CHUNK, val_set.m), training=False, gram=gram)
         buffers = None
         if cfg.shuffle and batch_size < m:  # full batch: the order changes nothing
             labels = train_set.labels
@@ -234,11 +256,15 @@ class _TrainingLoop:
             t_start=t_start,
             loss_total=xp.zeros((), dtype=xp.float64),
             correct_total=xp.zeros((), dtype=xp.int64),
+            gram=gram,
+            plan=gram_plan,
         )
         # On a GPU, full batches replay one captured step (models/stepgraph.py) when the step has no
         # per-step randomness and reads fixed buffers: the shuffled batch buffers, or the whole set.
         full_batch = batch_size == m
-        if not is_numpy(xp) and stepgraph.enabled() and cfg.dropout_keep_prob == 1 and (buffers or full_batch):
+        # (the Gram path's shuffled batches scatter into columns the batch's indices name: not graphed)
+        graphable = buffers is not None and gram is None or full_batch
+        if not is_numpy(xp) and stepgraph.enabled() and cfg.dropout_keep_prob == 1 and graphable:
             fixed = buffers or train_set
             loop.graphed = stepgraph.GraphedStep(
                 xp,
@@ -262,16 +288,24 @@ class _TrainingLoop:
         vars(self).clear()
 
     def train_step(
-        self, xb: Array, yb: Array, lb: Array | None, grad_factor: float | None, loss_acc: Array, correct_acc: Array
+        self,
+        xb: Array,
+        yb: Array,
+        lb: Array | None,
+        grad_factor: float | None,
+        loss_acc: Array,
+        correct_acc: Array,
+        rows: slice | Array | None = None,
     ) -> None:
         """Forward, output, backward on one batch: gradients (times ``grad_factor``) into
-        engine.flat_grads; the batch's loss and right answers added into the two accumulators."""
+        engine.flat_grads; the batch's loss and right answers added into the two accumulators.
+        ``rows``: the batch's examples (None: the first B)."""
         engine, cfg = self.engine, self.cfg
         acts, ZL = engine.forward(xb, self.epoch_rng)
         AL, loss_sum, correct = engine.output(ZL, yb, lb)
         if cfg.l2:
             loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2
-        engine.backward(acts, AL, yb, grad_factor=1.0 if grad_factor is None else grad_factor)
+        engine.backward(acts, AL, yb, grad_factor=1.0 if grad_factor is None else grad_factor, rows=rows)
         loss_acc += loss_sum.astype(self.device.xp.float64)  # float64 sum over the epoch
         if correct is not None:
             correct_acc += correct
@@ -288,11 +322,11 @@ class _TrainingLoop:
         perm = None if self.buffers is None else xp.asarray(self.epoch_rng.permutation(m))
         self.loss_total[...] = 0
         self.correct_total[...] = 0
-        for xb, yb, lb in batches(xp, self.train, self.batch_size, perm, self.buffers, self.engine.fast):
+        for xb, yb, lb, rows in batches(xp, self.train, self.batch_size, perm, self.buffers, self.engine.fast):
             if self.graphed is not None and xb.shape[0] == self.batch_size:
                 self.graphed.step(grad_factor)
             else:
-                self.train_step(xb, yb, lb, grad_factor, self.loss_total, self.correct_total)
+                self.train_step(xb, yb, lb, grad_factor, self.loss_total, self.correct_total, rows)
             if grad_factor is not None:
                 optimizer.update_prescaled_flat(self.flat_params, self.engine.flat_grads)
             else:
@@ -331,8 +365,8 @@ class _TrainingLoop:
         """A host copy of the state after ``epochs_done`` epochs (EpochState.checkpoint calls it)."""
         return Checkpoint(
             epoch=epochs_done,
-            parameters=_params_to_host(self.params),
-            optimizer_state=self.optimizer.state_arrays(),
+            parameters=self._textbook_params(),
+            optimizer_state=self._textbook_optimizer_state(),
             history=self.history[:epochs_done],
             seed=self.cfg.seed,
         )
@@ -348,7 +382,7 @@ class _TrainingLoop:
             self.graphed.close()
             step_graph = self.graphed.describe()
         return FitResult(
-            parameters=_params_to_host(self.params),
+            parameters=self._textbook_params(),
             history=self.history,
             device=self.device.name,
             timings=timings,
@@ -356,11 +390,38 @@ class _TrainingLoop:
             epochs_completed=done,
             step_graph=step_graph,
             device_rng=None if is_numpy(self.device.xp) else f"{DEVICE_RNG}: {self.device_rngs_made} made",
+            path="textbook" if self.gram is None else "gram",
+            path_reason=None if self.plan is None else self.plan.reason,
         )
+
+    def _textbook_params(self) -> dict[str, np.ndarray]:
+        """Host copies of the parameters, W1 formed as W_eff R on the Gram path (read only here)."""
+        params = dict(self.params)
+        if self.gram is not None:
+            params["W1"] = self.gram.form(params["W1"])
+        return _params_to_host(params)
+
+    def _textbook_optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state arrays, momentum's v_W1 formed on the Gram path (a linear state)."""
+        state = self.optimizer.state_arrays()
+        if self.gram is not None and "v_W1" in state:
+            state["v_W1"] = np.array(to_host(self.gram.form(self.optimizer.state["v_W1"])))
+        return state
 
 
 def _params_to_host(params: dict[str, Array]) -> dict[str, np.ndarray]:
     return {k: np.array(to_host(v)) for k, v in params.items()}
+
+
+def _to_gram(xp: Any, train: _DeviceSet, params: dict[str, Array], optimizer: Optimizer, k: int) -> GramLayer:
+    """The Gram layer of ``train`` (X examples first) started from params' W1 (and a resumed
+    momentum's v_W1 when k == 2); W1 and v_W1 are replaced in place by their W_eff."""
+    bases = [params["W1"]] + ([optimizer.state["v_W1"]] if k == 2 else [])
+    gram = GramLayer(xp, train.X, bases)
+    params["W1"] = gram.start(0, params["W1"].dtype)
+    if k == 2:
+        optimizer.state["v_W1"] = gram.start(1, params["W1"].dtype)
+    return gram
 
 
 def _restore(ckpt: Checkpoint, cfg: TrainConfig, xp: Any, dtype: np.dtype, optimizer: Optimizer) -> dict[str, Array]:
