@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 
-__all__ = ["ASSETS", "ASSETS_PATH", "asset_dir", "router"]
+__all__ = ["ASSETS", "ASSETS_PATH", "PAGE_CSP", "asset_dir", "router"]
 
 ASSETS_PATH = "/docs/assets"
 # The only files served: name -> media type.
@@ -25,6 +25,13 @@ ASSETS = {
 _OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 # The bundles change only with the installed package: a browser may keep them a day.
 _ASSET_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
+# The pages may load nothing from another host, even online: ReDoc's bundle links Redocly's logo from
+# its CDN (hidden below, and refused here); both pages start from an inline script or style.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:"
+)
+_HIDE_REDOCLY_LINK = "a[href^='https://redocly.com'] { display: none; }\n    </style>"
 
 router = APIRouter(include_in_schema=False)
 
@@ -42,7 +49,7 @@ def _base(request: Request) -> str:
 @router.get("/docs")
 def swagger_ui(request: Request) -> HTMLResponse:
     base = _base(request)
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=f"{base}{request.app.openapi_url}",
         title=f"{request.app.title} - Swagger UI",
         oauth2_redirect_url=f"{base}{_OAUTH2_REDIRECT}",
@@ -52,6 +59,8 @@ def swagger_ui(request: Request) -> HTMLResponse:
         # validatorUrl null: Swagger UI would otherwise send the schema to validator.swagger.io for a badge.
         swagger_ui_parameters={"validatorUrl": None, "displayOperationId": True},
     )
+    page.headers["Content-Security-Policy"] = PAGE_CSP
+    return page
 
 
 @router.get(_OAUTH2_REDIRECT)
@@ -62,13 +71,15 @@ def swagger_ui_redirect() -> HTMLResponse:
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
     base = _base(request)
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url=f"{base}{request.app.openapi_url}",
         title=f"{request.app.title} - ReDoc",
         redoc_js_url=f"{base}{ASSETS_PATH}/redoc.standalone.js",
         redoc_favicon_url=f"{base}{ASSETS_PATH}/favicon.png",
         with_google_fonts=False,  # the page's fonts from the system: no request leaves the machine
     )
+    html = bytes(page.body).decode().replace("</style>", _HIDE_REDOCLY_LINK, 1)
+    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 @router.get(ASSETS_PATH + "/{name}")
