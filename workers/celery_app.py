@@ -64,8 +64,11 @@ def configure(celery: Celery, settings: WorkerSettings) -> None:
         worker_max_tasks_per_child=50,
         # Celery must not hijack the root logger: our runner writes JSON lines.
         worker_hijack_root_logger=False,
-        # Keep the events/gossip chatter off: /readyz reads dnnq:worker:* instead.
-        worker_send_task_events=False,
+        # Task events for Flower / `celery events` only when asked (DNNQ_CELERY_EVENTS): our own liveness
+        # is dnnq:worker:* (what /readyz reads); python -m dnnq.workers turns Celery's heartbeat on with them.
+        # No task-sent events: the API's submit path would publish one per job, and Flower lists a task
+        # from its task-received event on.
+        worker_send_task_events=settings.celery_events,
         enable_utc=True,
     )
 

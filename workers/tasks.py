@@ -12,12 +12,12 @@ from dnnq.workers.logs import set_job
 __all__ = ["train"]
 
 
-@app.task(name=TASK_NAME)
-def train(job_id: str) -> None:
+@app.task(name=TASK_NAME, bind=True)
+def train(self: Any, job_id: str) -> None:
     # Imported here: models (and CuPy, when present) load only in the child process that trains.
     from dnnq.workers.runner import run_job
 
-    run_job(job_id)
+    run_job(job_id, celery_task_id=self.request.id)  # the job record keeps it (Flower, `celery events`)
 
 
 @task_prerun.connect(weak=False)
