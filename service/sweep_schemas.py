@@ -31,6 +31,8 @@ __all__ = [
     "trial_view",
 ]
 
+# A value a trial sets: a number, a name, a flag, or a list of layer sizes (model.hidden_layers).
+OverrideValue = int | float | str | bool | list[int] | None
 MetricName = Literal["val_loss", "loss", "val_accuracy", "accuracy"]
 TrialStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled", "deleted"]
 SweepStatus = Literal["queued", "running", "finished"]
@@ -94,7 +96,7 @@ class SweepTrial(_View):
 
     index: int
     job_id: str
-    overrides: dict[str, Any] = Field(description="What this trial changes in the base (dotted paths).")
+    overrides: dict[str, OverrideValue] = Field(description="What this trial changes in the base (dotted paths).")
     status: TrialStatus = Field(description="The job's status; 'deleted' once its job was deleted.")
     progress: TrialProgress | None
     metrics: TrialMetrics | None
@@ -133,7 +135,7 @@ class SweepView(_View):
     lower_is_better: bool
     best: SweepBest | None = Field(description="The best succeeded trial by `metric`; null until one has a value.")
     base: JobSpec
-    grid: dict[str, Any] | None
+    grid: dict[str, list[OverrideValue]] | None = Field(description="The grid asked for, by dotted path.")
     packs: dict[str, list[int]] = Field(description="Pack id -> trial indexes that could train together.")
     trials: list[SweepTrial]
     links: SweepLinks
@@ -251,7 +253,7 @@ def sweep_view(
             if best is None
             else {"index": best, "job_id": sweep["job_ids"][best], "value": trials[best]["value"]},
             "base": sweep["base"],
-            "grid": sweep.get("grid"),
+            "grid": sweeps.expand_names(sweep["grid"]) if sweep.get("grid") else None,
             "packs": sweep.get("packs") or {},
             "trials": trials,
             "links": _links(sweep["id"]),

@@ -49,6 +49,7 @@ __all__ = [
     "create_sweep_async",
     "default_metric",
     "expand",
+    "expand_names",
     "field_paths",
     "get_sweep",
     "list_sweeps",
@@ -149,6 +150,11 @@ def _flatten(overrides: Mapping[str, Any], where: str, prefix: str = "") -> dict
             raise _one(f"{where}.{path}", f"{path} is given twice ({_shown(full)} is another name for it).")
         out[path] = value
     return out
+
+
+def expand_names(grid: Mapping[str, Any]) -> dict[str, Any]:
+    """A grid as asked (names, aliases, nested sections) by dotted path."""
+    return _flatten(grid, "grid")
 
 
 def expand(grid: Mapping[str, Any] | None, trials: Sequence[Any] | None, max_trials: int) -> list[dict[str, Any]]:
