@@ -209,3 +209,23 @@ def test_a_submit_racing_a_dataset_delete_never_leaves_a_job_on_a_deleted_datase
             if "id" in job:
                 http.post(f"/v1/jobs/{job['id']}/cancel", headers=ALICE)
                 wait_for(http, job["id"])
+
+
+def test_the_workers_sweeper_deletes_jobs_past_the_retention_period(live_stack_factory, redis_client):
+    """DNNQ_RETENTION_DAYS=0.00002 (1.7 s) and a sweep every second: a finished job goes by itself."""
+    stack = live_stack_factory(
+        env={"DNNQ_API_KEYS": "alice:key-a"},
+        worker_env={"DNNQ_RETENTION_DAYS": "0.00002", "DNNQ_LEASE_SECONDS": "2"},
+    )
+    with stack.client() as http:
+        job_id = submit(http, upload(http), 300)
+        assert wait_for(http, job_id)["status"] == "succeeded"
+        assert files_naming(stack.data_dir, job_id) != []
+        deadline = time.monotonic() + 30
+        while http.get(f"/v1/jobs/{job_id}", headers=ALICE).status_code != 404:
+            assert time.monotonic() < deadline, "the sweeper did not delete the expired job"
+            time.sleep(0.2)
+        # the record goes first, then the files and the trash entry, in the same sweep
+        while mentions(redis_client, job_id) or files_naming(stack.data_dir, job_id):
+            assert time.monotonic() < deadline, (mentions(redis_client, job_id), files_naming(stack.data_dir, job_id))
+            time.sleep(0.1)
