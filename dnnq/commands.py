@@ -246,6 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "resumed_from_epoch",
         "released_at",
         "release_reason",
+        "celery_task_id",
     ):
         if job.get(key) not in (None, ""):
             print(f"  {key}: {job[key]}")

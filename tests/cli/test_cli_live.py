@@ -83,6 +83,9 @@ def test_upload_submit_watch_status_download_predict(live_stack, tmp_path, capsy
     job = json.loads(out)
     assert job["status"] == "succeeded" and job["progress"]["epoch"] == 30
     accuracy = job["metrics"]["train_accuracy"]
+    assert len(job["celery_task_id"]) == 36  # the Celery task (a UUID) that delivered it
+    code, out, err = run(capsys, "status", job_id, url=url)
+    assert code == 0 and f"  celery_task_id: {job['celery_task_id']}" in out, out + err
 
     code, out, err = run(capsys, "list", "--status", "succeeded", url=url)
     assert code == 0 and f"job {job_id}: succeeded" in out
