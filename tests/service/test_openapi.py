@@ -247,6 +247,7 @@ def generate_client(spec: dict, tmp_path) -> Any:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a live stack, a generated client (about 7 s to generate) and a short training
 def test_generated_client_trains_and_downloads(live_stack, tmp_path):
     """From the live schema: generate a client, upload a tiny dataset, submit, poll until it succeeds,
     read the model and download the weights, all with attribute access on typed models."""
