@@ -47,8 +47,9 @@ def config(case: Case, device: str):
     )
 
 
-def train(case: Case, device: str = "cpu", step_graphs: bool = True) -> dict:
-    """``step_graphs=False``: every GPU step kernel by kernel (models/stepgraph.py), for comparison."""
+def train(case: Case, device: str = "cpu", step_graphs: bool = True, path: str = "auto") -> dict:
+    """``step_graphs=False``: every GPU step kernel by kernel (models/stepgraph.py), for comparison;
+    ``path``: fit's layer-1 path ("auto", "textbook", "gram"; models/gram.py)."""
     from dnnq.models import fit, stepgraph
 
     cfg = config(case, device)
@@ -57,7 +58,7 @@ def train(case: Case, device: str = "cpu", step_graphs: bool = True) -> dict:
     stamps: list[float] = []
     with stepgraph.switched(step_graphs):
         t0 = time.perf_counter()
-        result = fit(X, Y, cfg, on_epoch=lambda state: stamps.append(time.perf_counter()))
+        result = fit(X, Y, cfg, on_epoch=lambda state: stamps.append(time.perf_counter()), path=path)
         total = time.perf_counter() - t0
     epoch_s = list(np.diff([t0, *stamps]))
     return {
@@ -68,4 +69,6 @@ def train(case: Case, device: str = "cpu", step_graphs: bool = True) -> dict:
         "device": result.device,
         "fit_timings": dict(result.timings or {}),
         "step_graph": result.step_graph,
+        "path": result.path,
+        "history": [r.loss for r in result.history],
     }

@@ -55,6 +55,11 @@ def summarise(
     }
     fig["times"]["torch"] = median_epoch(torch, case.warmup)
     fig["loss"]["torch"] = torch[-1]["loss"]
+    if "forms" in torch[-1]:  # every PyTorch form's median (bench/torch_ref.py); the faster is the reference
+        fig["torch_forms"] = {
+            form: statistics.median(run["forms"][form] for run in torch if form in run.get("forms", {}))
+            for form in torch[-1]["forms"]
+        }
     if sk:
         fig["times"]["sklearn"] = statistics.median(r["epoch_s"] for r in sk)
         fig["loss"]["sklearn"] = sk[-1]["loss"]
@@ -119,6 +124,9 @@ def print_case(fig: dict) -> None:
             frac_s = f", {100 * frac:.0f}% of GEMM rate" if frac is not None else ""
             loss = fig["loss"].get(who)
             print(f"  {who:8} {t[who]:.4f} s/{unit} (median)  {g[who]:7.1f} GFLOP/s{frac_s}  final loss {loss:.6g}")
+    if len(fig.get("torch_forms", {})) > 1:
+        forms = ", ".join(f"{form} {s:.4f} s" for form, s in fig["torch_forms"].items())
+        print(f"  torch forms (median s/{unit}): {forms}; the reference is each run's faster form")
     if "step_graph" in fig:
         print(
             f"  ours: step graphs {fig['step_graph']}"

@@ -39,6 +39,7 @@ __all__ = [
     "optimizer_kernel",
     "concat",
     "scatter_columns",
+    "matmul_transposed_into",
 ]
 
 
@@ -144,6 +145,15 @@ def scatter_columns(xp: Any, out: Array, idx: Array, values: Array) -> None:
         return
     one_hot = xp.astype(idx[:, None] == xp.arange(out.shape[1])[None, :], out.dtype)  # (n, cols)
     out[...] = out * (1 - xp.sum(one_hot, axis=0)) + xp.matmul(values, one_hot)  # other columns kept
+
+
+def matmul_transposed_into(xp: Any, a: Array, b: Array, out: Array) -> None:
+    """``out[...] = (a @ b).T``: NumPy writes the product straight into ``out.T`` (BLAS takes a
+    column-major output); elsewhere the product is made, then copied in."""
+    if xp is np:
+        np.matmul(a, b, out=out.T)
+    else:
+        out[...] = xp.matmul(a, b).T
 
 
 def select_device(device: str) -> Device:
@@ -279,10 +289,17 @@ def device_rng(xp: Any, seed: int, epoch: int) -> _EpochRng:
 
 class _EpochRng:
     def __init__(self, xp: Any, seed: int, epoch: int) -> None:
-        self._host = np.random.default_rng([seed, epoch])
+        # made on first use: an epoch that draws nothing (full batch, no dropout) never builds one
+        self._host_rng: np.random.Generator | None = None
         self._xp = xp
         self._seed_epoch = (seed, epoch)
         self._dev: Any = None
+
+    @property
+    def _host(self) -> np.random.Generator:
+        if self._host_rng is None:
+            self._host_rng = np.random.default_rng(list(self._seed_epoch))
+        return self._host_rng
 
     @property
     def device_made(self) -> bool:

@@ -45,8 +45,10 @@ class Engine:
         batch_max: int,
         training: bool = True,
         gram: GramLayer | None = None,
+        gram_inputs: Array = None,
     ) -> None:
         self.cfg, self.xp, self.gram = cfg, device.xp, gram
+        self.gram_inputs = gram_inputs  # the Gram path: this engine's set's layer-1 inputs, transposed (p, m)
         xp = self.xp
         self.L = len(cfg.layer_dims) - 1
         self.params = params  # W{l} (n_l, n_{l-1}), b{l} (n_l, 1), on the device
@@ -100,14 +102,15 @@ class Engine:
                     for l in hidden
                 }
 
-    def forward(self, A0: Array, rng: Any = None) -> tuple[list[Array], Array]:
-        """Hidden layers; returns the activations list [A0, A1, ..., A_{L-1}] and Z_L (batch, n_L)."""
+    def forward(self, A0: Array, rng: Any = None, rows: slice | Array | None = None) -> tuple[list[Array], Array]:
+        """Hidden layers; returns the activations list [A0, A1, ..., A_{L-1}] and Z_L (batch, n_L).
+        ``rows``: which examples of the set A0 holds (the Gram path reads their inputs transposed)."""
         xp, B = self.xp, A0.shape[0]
         acts = [A0]
         A = A0
         for l in range(1, self.L):
             Z = self.H[l][:B]
-            xp.matmul(A, self.WT[l], out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
+            self._linear(l, A, Z, rows)
             if self.fast_relu:
                 fused.bias_relu_(Z, self.bvec[l])  # Z + b, then relu, in one pass
             else:
@@ -122,9 +125,16 @@ class Engine:
                 A = Ad
             acts.append(A)
         ZL = self.H[self.L][:B]
-        xp.matmul(A, self.WT[self.L], out=ZL)  # (B, n_L) = (B, n_{L-1}) @ (n_{L-1}, n_L)
+        self._linear(self.L, A, ZL, rows)
         ZL += self.bT[self.L]  # + (1, n_L)
         return acts, ZL
+
+    def _linear(self, l: int, A: Array, Z: Array, rows: slice | Array | None) -> None:
+        """Z = A W_l^T (no bias), into Z (B, n_l)."""
+        if l == 1 and self.gram is not None:
+            self.gram.product(self.W[1], self.gram_inputs, slice(0, Z.shape[0]) if rows is None else rows, Z)
+        else:
+            self.xp.matmul(A, self.WT[l], out=Z)  # (B, n_l) = (B, n_{l-1}) @ (n_{l-1}, n_l)
 
     def output(self, ZL: Array, Ye: Array, labels: Array | None = None) -> OutputStep:
         """(AL, loss_sum over the batch as a 0-d device array, correct count or None).
@@ -236,7 +246,7 @@ class Engine:
         loss: Any = 0.0
         correct: Any = 0
         for s in range(0, Xe.shape[0], chunk):
-            _, ZL = self.forward(Xe[s : s + chunk])
+            _, ZL = self.forward(Xe[s : s + chunk], rows=slice(s, s + chunk))
             batch_labels = None if labels is None else labels[s : s + chunk]
             _, batch_loss, batch_correct = self.output(ZL, Ye[s : s + chunk], batch_labels)
             loss = loss + batch_loss.astype(self.xp.float64)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .backend import Array, concat, scatter_columns
+from .backend import Array, concat, matmul_transposed_into, scatter_columns
 from .config import TrainConfig
 
 __all__ = ["FitPath", "FIT_PATHS", "GramPlan", "GramLayer", "plan"]
@@ -131,15 +131,25 @@ class GramLayer:
         BB = xp.matmul(self.B, self.B.T)  # (k n_1, k n_1)
         self.M = concat(xp, [concat(xp, [XX, XB], axis=1), concat(xp, [XB.T, BB], axis=1)], axis=0)  # (p, p) = R R^T
         self.U = self.M[: self.m]  # (m, p): the training set's layer-1 inputs X R^T
+        self.UT = self.M[:, : self.m]  # (p, m): the same, transposed (M is symmetric: X X^T and B B^T are)
 
     @property
     def p(self) -> int:
         return self.m + self.k * self.n_1
 
-    def inputs(self, D: Array) -> Array:
-        """U = D R^T (m_D, p): another set's layer-1 inputs (validation)."""
+    def inputs_transposed(self, D: Array) -> Array:
+        """U^T = R D^T (p, m_D): another set's layer-1 inputs (validation), transposed."""
         xp = self.xp
-        return concat(xp, [xp.matmul(D, self.X.T), xp.matmul(D, self.B.T)], axis=1)
+        return concat(xp, [xp.matmul(self.X, D.T), xp.matmul(self.B, D.T)], axis=0)
+
+    def product(self, W_eff: Array, UT: Array, rows: slice | Array, Z: Array) -> None:
+        """Z1 = U[rows] W_eff^T into Z (B, n_1), from the transposed inputs UT (p, m) of the set.
+
+        Taken as Z^T = W_eff UT[:, rows]: OpenBLAS threads a (B, p) x (p, n_1) product with few
+        columns badly on busy cores, and this orientation well (docs/perf.md, "Gram path")."""
+        xp = self.xp
+        cols = UT[:, rows] if isinstance(rows, slice) else xp.take(UT, rows, axis=1)  # (p, B)
+        matmul_transposed_into(xp, W_eff, cols, Z)
 
     def start(self, j: int, dtype: Any) -> Array:
         """The W_eff of B_j: [0 | ... | I (block j) | ...] (n_1, p)."""

@@ -223,14 +223,18 @@ class _TrainingLoop:
             gram = _to_gram(xp, train_set, params, optimizer, gram_plan.bases)
             train_set = _DeviceSet(gram.U, train_set.Y, train_set.labels)
             if val_set is not None:
-                val_set = _DeviceSet(gram.inputs(val_set.X), val_set.Y, val_set.labels)
+                val_inputs = gram.inputs_transposed(val_set.X)  # (p, m_val)
+                val_set = _DeviceSet(val_inputs.T, val_set.Y, val_set.labels)
         n_x = int(train_set.X.shape[1])  # layer 1's input width (p on the Gram path)
         flat_params, layout = flatten_params(xp, params)
         optimizer.bind_flat(flat_params, layout)
-        engine = Engine(cfg, device, params, batch_size, gram=gram)
+        engine = Engine(cfg, device, params, batch_size, gram=gram, gram_inputs=None if gram is None else gram.UT)
         evaluator = None
         if val_set is not None:
-            evaluator = Engine(cfg, device, params, min(_VAL_CHUNK, val_set.m), training=False, gram=gram)
+            val_inputs = None if gram is None else val_set.X.T  # (p, m_val)
+            evaluator = Engine(
+                cfg, device, params, min(_VAL_CHUNK, val_set.m), training=False, gram=gram, gram_inputs=val_inputs
+            )
         buffers = None
         if cfg.shuffle and batch_size < m:  # full batch: the order changes nothing
             labels = train_set.labels
@@ -301,7 +305,7 @@ class _TrainingLoop:
         engine.flat_grads; the batch's loss and right answers added into the two accumulators.
         ``rows``: the batch's examples (None: the first B)."""
         engine, cfg = self.engine, self.cfg
-        acts, ZL = engine.forward(xb, self.epoch_rng)
+        acts, ZL = engine.forward(xb, self.epoch_rng, rows)
         AL, loss_sum, correct = engine.output(ZL, yb, lb)
         if cfg.l2:
             loss_sum = loss_sum + 0.5 * cfg.l2 * engine.l2_sum()  # B * l2/(2B) sum ||W||^2

@@ -150,10 +150,11 @@ def test_the_gram_path_on_the_cupy_stand_in(monkeypatch, extra):
     finally:
         backend.forget_gpu_check()
     assert gpu.device.startswith("gpu") and gpu.path == "gram"
-    assert [r.loss for r in gpu.history] == [r.loss for r in cpu.history]
-    for key, value in cpu.parameters.items():
-        assert type(gpu.parameters[key]) is np.ndarray
-        np.testing.assert_array_equal(gpu.parameters[key], value)
+    assert all(type(p) is np.ndarray for p in gpu.parameters.values())  # handed back on the host
+    # NumPy writes layer 1's product straight into a transposed buffer, a device copies it in: the
+    # same sums, not always the same bits
+    gpu.path, cpu.path = "gram", "textbook"
+    assert_close_runs(gpu, cpu)
 
 
 def test_float32_stays_close():
