@@ -51,9 +51,39 @@ def data_dir(tmp_path) -> Path:
     return path
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "both_stores: run the test on the local and the S3 artifact store (the artifact_backend fixture)"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    """Tests (or modules) marked both_stores run twice: artifact_backend 'local' and 's3'."""
+    if "artifact_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("artifact_backend", ["local", "s3"], indirect=True)
+
+
 @pytest.fixture
-def store(data_dir) -> LocalArtifactStore:
-    """The artifact store a worker with DNNQ_DATA_DIR=data_dir uses (data_dir/artifacts)."""
+def artifact_backend(request) -> str:
+    """'local' (DNNQ_DATA_DIR/artifacts) unless the test is marked both_stores."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def artifact_env(request, artifact_backend) -> dict[str, str]:
+    """The variables every process of this test gets for its artifact store: none for the local one,
+    DNNQ_ARTIFACTS_URL and AWS_* of a fresh bucket on the session's S3 server for 's3'."""
+    return request.getfixturevalue("s3_env") if artifact_backend == "s3" else {}
+
+
+@pytest.fixture
+def store(data_dir, artifact_env, tmp_path):
+    """The artifact store a worker with DNNQ_DATA_DIR=data_dir uses (data_dir/artifacts), or the test's
+    bucket when artifact_backend is 's3' (scratch files of this process in tmp_path, not data_dir)."""
+    if artifact_env:
+        from dnnq.workers.object_store import ObjectArtifactStore
+
+        return ObjectArtifactStore(artifact_env["DNNQ_ARTIFACTS_URL"], tmp_path / "test-scratch", environ=artifact_env)
     return LocalArtifactStore(data_dir / "artifacts")
 
 
@@ -107,7 +137,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker(redis_client, redis_url, data_dir, tmp_path):
+def worker(redis_client, redis_url, data_dir, tmp_path, artifact_env):
     """Factory: worker(env={...}, queues="default", name=None, wait=30.0) -> WorkerProcess.
 
     Starts `python -m dnnq.workers` against the test Redis and data_dir with a short lease (3 s) and
@@ -134,6 +164,7 @@ def worker(redis_client, redis_url, data_dir, tmp_path):
                 "OMP_NUM_THREADS": "1",
                 "OPENBLAS_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1",
+                **artifact_env,
             }
         )
         full_env.update(env or {})

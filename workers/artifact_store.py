@@ -10,7 +10,7 @@ Large files (uploaded datasets) never pass through memory: they are written to a
 they need through `open_read`, a seekable file an object-store backend can serve with range GETs.
 
 Two backends: LocalArtifactStore (a directory, DNNQ_DATA_DIR/artifacts) and ObjectArtifactStore
-(workers/object_store.py: S3-compatible storage, GCS, Azure), chosen by DNNQ_ARTIFACTS_URL in
+(workers/object_store.py: S3-compatible storage), chosen by DNNQ_ARTIFACTS_URL in
 open_store. Code outside this module uses only the ArtifactStore protocol: `local_path` is None
 on an object store, so a caller that uses it keeps a path that works without it.
 """

@@ -1,16 +1,19 @@
-"""ObjectArtifactStore: the artifact store on S3-compatible object storage (or GCS, Azure Blob).
+"""ObjectArtifactStore: the artifact store on S3-compatible object storage.
 
-Chosen by `DNNQ_ARTIFACTS_URL=s3://bucket/prefix` (`gs://bucket/prefix`, `az://container/prefix`);
-the endpoint and credentials come from the standard variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_REGION; GOOGLE_* / AZURE_* for the others), so AWS S3, MinIO, Cloudflare
-R2 and Ceph RGW all work. The client is obstore (Rust's object_store crate): one API for the three
-clouds, built-in retries with back-off, multipart uploads streamed from a file, no boto3 at run time.
+Chosen by `DNNQ_ARTIFACTS_URL=s3://bucket/prefix`; the endpoint and credentials come from the
+standard variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
+the rest of boto3's chain: profiles, instance roles), so AWS S3, MinIO, Cloudflare R2 and Ceph RGW
+all work. The client is boto3: the S3 standard, and safe in Celery's prefork pool, which forks
+children from a parent that has used the store (obstore was tried first: a child forked after its
+parent's first request hangs on the parent's Rust runtime). Each process makes its own client.
 
 The local store's guarantees hold: a PUT is atomic (a reader sees the old object or the new one;
 a large file goes up as a multipart upload that becomes visible only when completed), `put` and
 `put_file` return the sha256 of what they wrote, `open_read` reads ranges of ONE version of the
 object (If-Match on its ETag: a replacement mid-read is an error, never a mix of two versions).
-Nothing is written under the local data directory but the API's upload staging files and a
+A request that fails for want of an answer (connection refused, timeout, 5xx, throttling) is
+retried with back-off for `retry_seconds`, then raises StoreUnavailable naming store, request and
+key. Nothing is written under the local data directory but the API's upload staging files and a
 worker's dataset cache (workers/dataset_cache.py).
 """
 
@@ -19,43 +22,47 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import re
+import threading
+import time
 import uuid
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
-import obstore
-from obstore.exceptions import BaseError as ObstoreError
-from obstore.exceptions import NotFoundError, PreconditionError
-
-from dnnq.workers.artifact_store import (
-    StoreConfigError,
-    StoreUnavailable,
-    validate_key,
-)
+from dnnq.workers.artifact_store import StoreConfigError, StoreUnavailable, validate_key
 from dnnq.workers.dataset_cache import DatasetCache
 
-if TYPE_CHECKING:
-    from obstore.store import ClientConfig, RetryConfig
+__all__ = ["MULTIPART_CHUNK", "ObjectArtifactStore", "parse_artifacts_url"]
 
-__all__ = ["ObjectArtifactStore", "parse_artifacts_url"]
+T = TypeVar("T")
 
-_SCHEMES = ("s3", "gs", "az")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket-name rule; GCS and Azure are stricter
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket-name rule
 _PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _READ_BUFFER = 256 * 1024  # open_read: one range GET fills this much (a preview reads a few hundred bytes at a time)
 _STREAM_CHUNK = 1024 * 1024
-MULTIPART_CHUNK = 8 * 1024 * 1024  # put_file: larger files go up as multipart uploads of parts this size
+MULTIPART_CHUNK = 8 * 1024 * 1024  # put_file: larger files go up as multipart parts this size (S3's least is 5 MiB)
+_PUT_CONCURRENCY = 4  # parts in flight: s3transfer reads each from the file as it sends it
+_MISSING = ("NoSuchKey", "404", "NotFound")
+_RETRIED = ("500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout")
+_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken")
+
+# The standard variables, passed explicitly when the store is given its own environment (tests, tools).
+_S3_VARIABLES = {
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "AWS_SESSION_TOKEN": "aws_session_token",
+    "AWS_REGION": "region_name",
+}
 
 
-def parse_artifacts_url(url: str) -> tuple[str, str, str]:
-    """(scheme, bucket, prefix) of DNNQ_ARTIFACTS_URL, or StoreConfigError saying what to fix."""
-    how = "use s3://bucket/prefix (or gs://bucket/prefix, az://container/prefix)"
+def parse_artifacts_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of DNNQ_ARTIFACTS_URL, or StoreConfigError saying what to fix."""
+    how = "use s3://bucket/prefix"
     parts = urlsplit(url.strip())
-    if parts.scheme not in _SCHEMES:
+    if parts.scheme != "s3":
         raise StoreConfigError(f"DNNQ_ARTIFACTS_URL={url!r} is not an object-store URL: {how}.")
     if parts.query or parts.fragment or parts.username or parts.password or parts.port:
         raise StoreConfigError(
@@ -74,25 +81,22 @@ def parse_artifacts_url(url: str) -> tuple[str, str, str]:
             f"DNNQ_ARTIFACTS_URL={url!r} has a prefix with empty or odd parts ({prefix!r}): use plain "
             "names separated by '/' (letters, digits, '_', '-', '.')."
         )
-    return parts.scheme, bucket, prefix
+    return bucket, prefix
 
 
-def _endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+def _code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ('NoSuchKey', '404', ...), '' for anything else."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def _one_line(exc: BaseException) -> str:
-    """obstore's message without its multi-line debug dump: the S3 error code when there is one."""
-    text = str(exc)
-    code = re.search(r"<Code>([^<]+)</Code>", text)
-    first = text.split("\n", 1)[0].strip()
-    first = re.sub(r":\s*<\?xml.*$", "", first)
-    return f"{code.group(1)}: {first}" if code else first
+    return " ".join(str(exc).split())[:300]
 
 
 class ObjectArtifactStore:
-    """ArtifactStore on an object store. `scratch` is a local directory for in-flight files (the API's
-    upload staging; a worker's dataset cache under scratch/cache), never for artifacts."""
+    """ArtifactStore on an S3-compatible object store. `scratch` is a local directory for in-flight
+    files (the API's upload staging; a worker's dataset cache under scratch/cache), never artifacts."""
 
     def __init__(
         self,
@@ -101,50 +105,64 @@ class ObjectArtifactStore:
         *,
         retry_seconds: float = 60.0,
         cache_bytes: int = 2 * 1024**3,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """`environ`: where AWS_* come from (default: this process's environment, read by boto3)."""
         self.url = url.strip()
-        self.scheme, self.bucket, self.prefix = parse_artifacts_url(self.url)
+        self.bucket, self.prefix = parse_artifacts_url(self.url)
         self.scratch = Path(scratch)
         self.retry_seconds = retry_seconds
-        self.endpoint = _endpoint() if self.scheme == "s3" else None
-        self._store = self._make(retry_seconds)
-        self._probe: Any = None
+        env = os.environ if environ is None else environ
+        self.endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        self._environ = environ
+        self._clients: dict[int, Any] = {}  # by pid: a forked child never uses its parent's connections
+        self._lock = threading.Lock()
         self._cache = DatasetCache(self.scratch / "cache" / "datasets", cache_bytes)
 
-    def _make(self, retry_seconds: float) -> Any:
-        retry: RetryConfig = {
-            "max_retries": 10 if retry_seconds > 0 else 0,
-            "retry_timeout": timedelta(seconds=retry_seconds),
-            "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5)},
-        }
-        client: ClientConfig = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(seconds=300)}
-        try:
-            if self.scheme == "s3":
-                from obstore.store import S3Store
+    # --- the client ----------------------------------------------------------------------------
 
-                if self.endpoint and self.endpoint.startswith("http://"):
-                    client["allow_http"] = True  # MinIO and moto on a private network speak plain HTTP
-                kwargs: dict[str, Any] = {"endpoint": self.endpoint} if self.endpoint else {}
-                return S3Store(
-                    self.bucket,
-                    prefix=self.prefix or None,
-                    client_options=client,
-                    retry_config=retry,
-                    **kwargs,
-                )
-            from obstore.store import from_url
+    @property
+    def _client(self) -> Any:
+        pid = os.getpid()
+        client = self._clients.get(pid)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(pid) or self._make_client()
+                self._clients = {pid: client}
+        return client
 
-            # gs:// and az://: the URL picks the store; cast: from_url's overloads are per config type
-            return cast(Any, from_url)(self.url, client_options=client, retry_config=retry)
-        except (ObstoreError, ValueError) as exc:
-            raise StoreConfigError(f"DNNQ_ARTIFACTS_URL={self.url!r}: {_one_line(exc)}") from None
+    def _make_client(self) -> Any:
+        import boto3  # type: ignore[import-untyped]  # no stubs shipped
+        from botocore.config import Config  # type: ignore[import-untyped]
+
+        kwargs: dict[str, Any] = {}
+        if self._environ is not None:
+            kwargs = {name: self._environ[var] for var, name in _S3_VARIABLES.items() if self._environ.get(var)}
+        region = kwargs.pop("region_name", None) or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        config = Config(
+            retries={"max_attempts": 1, "mode": "standard"},  # our own loop retries, by time (_retrying)
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=16,
+            signature_version="s3v4",
+            s3={"addressing_style": "path"} if self.endpoint else {},  # MinIO, moto, Ceph: path-style
+            # botocore >= 1.36 adds CRC checksums by default; some S3-compatible servers refuse them
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = boto3.session.Session(region_name=region or "us-east-1", **kwargs)
+        return session.client("s3", endpoint_url=self.endpoint, config=config)
+
+    def _key(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
 
     @property
     def location(self) -> str:
         where = f" at {self.endpoint}" if self.endpoint else ""
         return f"{self.url}{where}"
 
-    # --- errors ---------------------------------------------------------------------------------
+    # --- errors and retries --------------------------------------------------------------------
 
     def _unavailable(self, op: str, key: str, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
@@ -152,59 +170,66 @@ class ObjectArtifactStore:
             f"{_one_line(exc)}"
         )
 
-    # --- the ArtifactStore protocol ---------------------------------------------------------------
+    def _retrying(self, op: str, key: str, call: Callable[[], T], retry_seconds: float | None = None) -> T:
+        """call(), again with back-off while the store does not answer; KeyError when the key is absent."""
+        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+        budget = self.retry_seconds if retry_seconds is None else retry_seconds
+        deadline, delay = time.monotonic() + budget, 0.1
+        while True:
+            try:
+                return call()
+            except ClientError as exc:
+                code = _code(exc)
+                if code in _MISSING:
+                    raise KeyError(key) from None
+                if code not in _RETRIED or time.monotonic() + delay > deadline:
+                    raise self._unavailable(op, key, exc) from None
+            except (BotoCoreError, OSError) as exc:  # connection refused or reset, timeouts
+                if isinstance(exc, KeyError) or time.monotonic() + delay > deadline:
+                    raise self._unavailable(op, key, exc) from None
+            time.sleep(delay * (0.5 + random.random()))  # jitter: workers do not retry in step
+            delay = min(delay * 2, 5.0)
+
+    # --- the ArtifactStore protocol ------------------------------------------------------------
 
     def put(self, key: str, data: bytes) -> str:
-        validate_key(key)
-        try:
-            obstore.put(self._store, key, data, use_multipart=False)  # one PUT: atomic
-        except ObstoreError as exc:
-            raise self._unavailable("PUT", key, exc) from None
-        return hashlib.sha256(data).hexdigest()
+        full = self._key(key)
+        self._retrying("PUT", key, lambda: self._client.put_object(Bucket=self.bucket, Key=full, Body=data))
+        return hashlib.sha256(data).hexdigest()  # one PUT: atomic
 
     def get(self, key: str) -> bytes:
-        validate_key(key)
-        try:
-            return bytes(obstore.get(self._store, key).bytes())
-        except (FileNotFoundError, NotFoundError):
-            raise KeyError(key) from None
-        except ObstoreError as exc:
-            raise self._unavailable("GET", key, exc) from None
+        full = self._key(key)
+        return self._retrying("GET", key, lambda: self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
     def _head(self, key: str) -> dict[str, Any] | None:
-        validate_key(key)
+        full = self._key(key)
         try:
-            return dict(obstore.head(self._store, key))
-        except (FileNotFoundError, NotFoundError):
+            return dict(self._retrying("HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full)))
+        except KeyError:
             return None
-        except ObstoreError as exc:
-            raise self._unavailable("HEAD", key, exc) from None
 
     def delete(self, key: str) -> None:
-        validate_key(key)
-        try:
-            obstore.delete(self._store, key)  # absent: S3 answers 204 too
-        except (FileNotFoundError, NotFoundError):
-            return
-        except ObstoreError as exc:
-            raise self._unavailable("DELETE", key, exc) from None
+        full = self._key(key)
+        self._retrying("DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (a key's leading parts, e.g. 'jobs/<id>'); returns how many."""
-        validate_key(prefix.rstrip("/"))
-        count = 0
-        try:
-            for batch in obstore.list(self._store, prefix.rstrip("/") + "/", chunk_size=1000):
-                paths = [m["path"] for m in batch]
-                if paths:
-                    obstore.delete(self._store, paths)
-                    count += len(paths)
-        except ObstoreError as exc:
-            raise self._unavailable("DELETE", prefix, exc) from None
-        return count
+        full = self._key(prefix.rstrip("/")) + "/"
+
+        def run() -> int:
+            count = 0
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if objects:
+                    self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+                    count += len(objects)
+            return count
+
+        return self._retrying("DELETE", prefix, run)
 
     def local_path(self, key: str) -> Path | None:
         return None  # nothing here is a local file
@@ -216,19 +241,23 @@ class ObjectArtifactStore:
         return staging / f"{uuid.uuid4().hex}{suffix}"
 
     def put_file(self, key: str, path: Path | str) -> str:
-        """Upload the file at `path` (multipart above MULTIPART_CHUNK, streamed from the file: never
-        whole in memory) and return its sha256; `path` is consumed once the object is complete."""
-        validate_key(key)
-        src = Path(path)
+        """Upload the file at `path` (multipart above MULTIPART_CHUNK, each part read from the file as it
+        is sent: never whole in memory) and return its sha256; `path` is consumed once the object is complete."""
+        from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+
+        full, src = self._key(key), Path(path)
         h = hashlib.sha256()
         with open(src, "rb") as f:
             while chunk := f.read(_STREAM_CHUNK):
                 h.update(chunk)
-        try:
-            with open(src, "rb") as f:
-                obstore.put(self._store, key, f, chunk_size=MULTIPART_CHUNK, max_concurrency=4)
-        except ObstoreError as exc:
-            raise self._unavailable("PUT", key, exc) from None
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_CHUNK,
+            multipart_chunksize=MULTIPART_CHUNK,
+            max_concurrency=_PUT_CONCURRENCY,
+        )
+        self._retrying(
+            "PUT", key, lambda: self._client.upload_file(str(src), self.bucket, full, Config=config)
+        )  # a failed multipart upload is aborted by s3transfer: nothing becomes visible
         src.unlink()
         return h.hexdigest()
 
@@ -237,35 +266,27 @@ class ObjectArtifactStore:
         meta = self._head(key)
         if meta is None:
             raise KeyError(key)
-        raw = _RangeReader(self, key, int(meta["size"]), meta.get("e_tag"))
+        raw = _RangeReader(self, key, int(meta["ContentLength"]), meta.get("ETag"))
         return io.BufferedReader(raw, buffer_size=_READ_BUFFER)
 
     def stream(self, key: str) -> tuple[int, Iterator[bytes]]:
         """(size, chunks) of the object from one GET; KeyError if absent (raised here, not mid-stream)."""
-        validate_key(key)
-        try:
-            result = obstore.get(self._store, key)
-        except (FileNotFoundError, NotFoundError):
-            raise KeyError(key) from None
-        except ObstoreError as exc:
-            raise self._unavailable("GET", key, exc) from None
+        full = self._key(key)
+        response = self._retrying("GET", key, lambda: self._client.get_object(Bucket=self.bucket, Key=full))
+        body = response["Body"]
 
         def chunks() -> Iterator[bytes]:
             try:
-                for chunk in result.stream(min_chunk_size=_STREAM_CHUNK):
-                    yield bytes(chunk)
-            except ObstoreError as exc:
-                raise self._unavailable("GET", key, exc) from None
+                yield from body.iter_chunks(_STREAM_CHUNK)
+            finally:
+                body.close()
 
-        return int(result.meta["size"]), chunks()
+        return int(response["ContentLength"]), chunks()
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         """A URL a client can GET the object from directly for `expires_seconds`."""
-        validate_key(key)
-        try:
-            return str(obstore.sign(self._store, "GET", key, timedelta(seconds=expires_seconds)))
-        except (ObstoreError, NotImplementedError):
-            return None
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        return str(self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds))
 
     def open_cached(self, key: str, sha256: str | None = None) -> BinaryIO:
         """The whole object from this host's dataset cache, downloaded once per (key, sha256)."""
@@ -278,29 +299,36 @@ class ObjectArtifactStore:
 
     def check(self) -> None:
         """One LIST of the prefix: StoreConfigError naming what to fix when the store refuses or is absent."""
-        if self._probe is None:
-            self._probe = self._make(retry_seconds=3.0)  # a check answers in seconds, not after a minute of retries
+        prefix = f"{self.prefix}/" if self.prefix else ""
         try:
-            next(iter(obstore.list(self._probe, None, chunk_size=1)), None)
-        except ObstoreError as exc:
+            self._retrying(
+                "LIST",
+                prefix or "/",
+                lambda: self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1),
+                retry_seconds=2.0,  # a check answers in seconds, not after a minute of retries
+            )
+        except StoreUnavailable as exc:
             raise StoreConfigError(self._explain(exc)) from None
+        except Exception as exc:  # no credentials at all, a malformed endpoint: botocore's own errors
+            raise StoreConfigError(f"The artifact store {self.location} cannot be used: {_one_line(exc)}") from None
 
     def _explain(self, exc: BaseException) -> str:
-        text = str(exc)
-        where = self.location
-        if "NoSuchBucket" in text or "404 Not Found" in text:
+        text, where = str(exc), self.location
+        if "NoSuchBucket" in text:
             return (
                 f"The bucket {self.bucket!r} does not exist in the artifact store {where}: "
                 "create it or fix DNNQ_ARTIFACTS_URL."
             )
-        if any(c in text for c in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "401")):
+        if any(c in text for c in _CREDENTIALS):
             return (
-                f"The artifact store {where} refused the credentials ({_one_line(exc)}): check AWS_ACCESS_KEY_ID "
+                f"The artifact store {where} refused the credentials: check AWS_ACCESS_KEY_ID "
                 "and AWS_SECRET_ACCESS_KEY (and the bucket's policy)."
             )
-        if "error sending request" in text or "connect" in text.lower() or "timed out" in text.lower():
+        if "Unable to locate credentials" in text:
+            return f"No credentials for the artifact store {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        if any(c in text for c in ("Could not connect", "Connect timeout", "Read timeout", "Connection")):
             return f"The artifact store {where} does not answer: check AWS_ENDPOINT_URL and that the server is up."
-        return f"The artifact store {where} failed a LIST: {_one_line(exc)}."
+        return f"The artifact store {where} failed a LIST: {_one_line(exc)}"
 
 
 class _RangeReader(io.RawIOBase):
@@ -330,19 +358,22 @@ class _RangeReader(io.RawIOBase):
         n = min(len(b), self._size - self._pos)
         if n <= 0:
             return 0
-        options: dict[str, Any] = {"range": (self._pos, self._pos + n)}
-        if self._etag:
-            options["if_match"] = self._etag
+        owner, full = self._owner, self._owner._key(self._key)
+        extra = {"IfMatch": self._etag} if self._etag else {}
+        rng = f"bytes={self._pos}-{self._pos + n - 1}"
         try:
-            data = obstore.get(self._owner._store, self._key, options=options).bytes()  # type: ignore[arg-type]
-        except PreconditionError:
-            raise OSError(f"{self._key!r} was replaced while being read; read it again") from None
-        except (FileNotFoundError, NotFoundError):
+            data = owner._retrying(
+                "GET",
+                self._key,
+                lambda: owner._client.get_object(Bucket=owner.bucket, Key=full, Range=rng, **extra)["Body"].read(),
+            )
+        except KeyError:
             raise OSError(f"{self._key!r} was deleted while being read") from None
-        except ObstoreError as exc:
-            raise self._owner._unavailable("GET", self._key, exc) from None
-        view = memoryview(data)
-        got = len(view)
-        b[:got] = view
+        except StoreUnavailable as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                raise OSError(f"{self._key!r} was replaced while being read; read it again") from None
+            raise
+        got = len(data)
+        b[:got] = data
         self._pos += got
         return got

@@ -129,10 +129,12 @@ def start_api(
 
 
 @pytest.fixture
-def live_stack_factory(redis_client, redis_url, data_dir, worker, tmp_path):
+def live_stack_factory(redis_client, redis_url, data_dir, worker, tmp_path, artifact_env):
     """Factory: live_stack_factory(env=None, workers=1, worker_env=None) -> LiveStack.
 
-    `env` goes to the API and the workers (limits, keys); `worker_env` to the workers only.
+    `env` goes to the API and the workers (limits, keys); `worker_env` to the workers only. The
+    artifact store is the test's (`artifact_env`: the local directory, or a bucket on the test S3
+    server when the test is marked both_stores).
     Everything started is stopped at teardown (workers by the `worker` fixture).
     """
     stacks: list[LiveStack] = []
@@ -141,11 +143,12 @@ def live_stack_factory(redis_client, redis_url, data_dir, worker, tmp_path):
         env: dict[str, str] | None = None, workers: int = 1, worker_env: dict[str, str] | None = None
     ) -> LiveStack:
         log_path = tmp_path / f"api-{len(stacks)}.log"
+        env = {**artifact_env, **(env or {})}
         proc, base_url, dnnq_env = start_api(redis_url, data_dir, log_path, env)
         stack = LiveStack(base_url, dnnq_env, redis_url, data_dir, proc, log_path)
         stacks.append(stack)
         for _ in range(workers):
-            stack.workers.append(worker(env={**(env or {}), **(worker_env or {})}))
+            stack.workers.append(worker(env={**env, **(worker_env or {})}))
         return stack
 
     yield start

@@ -177,6 +177,7 @@ def test_cache_is_bounded_lru_and_shared_by_threads(s3, tmp_path):
     "url, message",
     [
         ("http://bucket/x", "not an object-store URL"),
+        ("gs://bucket/x", "not an object-store URL"),
         ("s3://", "names no valid bucket"),
         ("s3://Bad_Bucket/x", "names no valid bucket"),
         ("s3://bucket/a//b", "odd parts"),
@@ -200,7 +201,7 @@ def test_missing_bucket_and_dead_endpoint(s3_server, monkeypatch, tmp_path):
     with pytest.raises(StoreConfigError, match="does not answer: check AWS_ENDPOINT_URL"):
         ObjectArtifactStore(env["DNNQ_ARTIFACTS_URL"], tmp_path).check()
     store = ObjectArtifactStore(env["DNNQ_ARTIFACTS_URL"], tmp_path, retry_seconds=0.5)
-    with pytest.raises(StoreUnavailable, match=r"failed PUT 'jobs/x/checkpoint.npz'") as info:
+    with pytest.raises(StoreUnavailable, match=r"failed PUT 'jobs/x/checkpoint.npz' \(retried for 0.5 s\)") as info:
         store.put("jobs/x/checkpoint.npz", b"x")
     assert "\n" not in str(info.value)
 
