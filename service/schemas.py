@@ -215,8 +215,8 @@ class JobView(_View):
 
 
 class JobAccepted(JobView):
-    """The 202 of POST /v1/jobs: the new job, queued (history [] ); a replayed Idempotency-Key answers
-    the original job (without history)."""
+    """The 202 of POST /v1/jobs: the new job, queued, with an empty history; a replayed Idempotency-Key
+    answers the original job, without history."""
 
 
 class CancelAccepted(JobView):

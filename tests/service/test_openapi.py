@@ -262,7 +262,7 @@ def test_generated_client_trains_and_downloads(live_stack, tmp_path):
         models = importlib.import_module("dnnq_openapi_client.models")
         types = importlib.import_module("dnnq_openapi_client.types")
         importlib.import_module("dnnq_openapi_client.api.datasets.upload_dataset")
-        for name in ("submit_job", "get_job", "get_model", "get_weights"):
+        for name in ("submit_job", "get_job", "list_jobs", "cancel_job", "get_model", "get_weights"):
             importlib.import_module(f"dnnq_openapi_client.api.jobs.{name}")
 
         client = generated.Client(base_url=live_stack.base_url, raise_on_unexpected_status=True)
@@ -301,6 +301,14 @@ def test_generated_client_trains_and_downloads(live_stack, tmp_path):
         assert isinstance(weights, types.File), weights
         with np.load(io.BytesIO(weights.payload.read()), allow_pickle=False) as npz:
             assert npz["W1"].shape == (4, 3) and npz["b2"].shape == (1, 1)
+
+        listed = api_jobs.list_jobs.sync(client=client)
+        assert isinstance(listed, models.JobList) and listed.total == 1 and listed.items[0].id == job.id
+        # errors are typed too: problem+json parsed as ProblemDetails
+        refused = api_jobs.cancel_job.sync(job.id, client=client)
+        assert isinstance(refused, models.ProblemDetails) and refused.status == 409, refused
+        missing = api_jobs.get_job.sync("0" * 32, client=client)
+        assert isinstance(missing, models.ProblemDetails) and missing.status == 404 and "0" * 32 in missing.detail
     finally:
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m.split(".")[0] == "dnnq_openapi_client"]:
