@@ -3,6 +3,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const CANCELLABLE = new Set(["queued", "running"]);  // the only states POST /cancel accepts
 const KEY_STORAGE = "dnnq.apiKey";
 let stopView = () => {};  // tears down the current view's timers / event stream
 let routeCount = 0;       // a view that finishes loading after the user moved on stops itself
@@ -88,9 +89,29 @@ function svgEl(tag, attrs) {
   return n;
 }
 
+// Axis ticks at round numbers: a step of 1, 2, 2.5 or 5 x 10^k giving about `count` intervals;
+// the ticks cover [lo, hi] (the first <= lo, the last >= hi).
+function niceTicks(lo, hi, count = 4) {
+  const raw = (hi - lo) / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => Number((m * power).toPrecision(12))).find((s) => s >= raw * (1 - 1e-9));
+  const first = Math.floor(lo / step + 1e-9), last = Math.ceil(hi / step - 1e-9);
+  const ticks = [];
+  for (let k = first; k <= last; k++) ticks.push(Number((k * step).toPrecision(12)));  // 0.30000000000000004 -> 0.3
+  return { ticks, step };
+}
+
+// A tick label with as many decimals as the step needs, and no more.
+function tickLabel(v, step) {
+  const power = Math.floor(Math.log10(step) + 1e-9);
+  const mantissa = Math.round((step / 10 ** power) * 10) / 10;  // 1, 2, 2.5 or 5
+  const decimals = Math.max(0, -power + (Number.isInteger(mantissa) ? 0 : 1));
+  return v.toFixed(Math.min(decimals, 12));
+}
+
 // series: [{label, color, points: [[epoch, value], ...]}]; draws axes, ticks, lines and a legend.
 function drawChart(svg, series, { yMin, yMax } = {}) {
-  const W = 520, H = 270, L = 56, R = 12, T = 26, B = 36;  // T leaves room for the legend
+  const W = 520, H = 270, L = 56, R = 24, T = 26, B = 36;  // T leaves room for the legend, R for the last x label
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const all = series.flatMap((s) => s.points).filter((p) => Number.isFinite(p[1]));
@@ -103,16 +124,22 @@ function drawChart(svg, series, { yMin, yMax } = {}) {
   let lo = yMin ?? Math.min(...all.map((p) => p[1]));
   let hi = yMax ?? Math.max(...all.map((p) => p[1]));
   if (hi - lo < 1e-12) { lo -= 0.5; hi += 0.5; }
+  const yTicks = niceTicks(lo, hi);
+  lo = yTicks.ticks[0]; hi = yTicks.ticks[yTicks.ticks.length - 1];  // the axis spans whole ticks
   const x = (e) => L + ((e - 1) / (xMax - 1)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
 
-  for (let i = 0; i <= 4; i++) {  // horizontal grid + y labels
-    const v = lo + ((hi - lo) * i) / 4;
+  for (const v of yTicks.ticks) {  // horizontal grid + y labels
     svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }));
-    svg.append(Object.assign(svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }), { textContent: fmt(v, 3) }));
+    svg.append(Object.assign(svgEl("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "y-tick" }), { textContent: tickLabel(v, yTicks.step) }));
   }
-  for (const e of [1, Math.round((xMax + 1) / 2), xMax]) {  // x labels
-    svg.append(Object.assign(svgEl("text", { x: x(e), y: H - B + 16, "text-anchor": "middle" }), { textContent: e }));
+  const xStep = Math.max(1, niceTicks(1, xMax, 5).step);  // epochs: whole numbers
+  const xs = [];
+  for (let e = Math.ceil(1 / xStep) * xStep; e <= xMax; e += xStep) xs.push(e);
+  if (xs[0] !== 1 && (xs[0] - 1) / (xMax - 1) > 0.08) xs.unshift(1);  // the first epoch, unless a tick is next to it
+  for (const e of xs) {  // x labels; the rightmost ends at its tick, so it stays inside the chart
+    const anchor = x(e) > W - R - 20 ? "end" : "middle";
+    svg.append(Object.assign(svgEl("text", { x: x(e), y: H - B + 16, "text-anchor": anchor, class: "x-tick" }), { textContent: e }));
   }
   svg.append(Object.assign(svgEl("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", class: "muted" }), { textContent: "epoch" }));
   svg.append(svgEl("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "frame" }));
@@ -139,12 +166,30 @@ function drawCurves(history) {
   ], { yMin: 0, yMax: 1 });
 }
 
+// ---- dataset names -----------------------------------------------------------------------
+const datasetNames = new Map();  // id -> name (null: asked, not found)
+
+// Learn the names of these dataset ids (one list request when any is new).
+async function learnDatasetNames(ids) {
+  if (!ids.some((id) => id && !datasetNames.has(id))) return;
+  const page = await api("/v1/datasets?limit=500");
+  for (const d of page.items) datasetNames.set(d.id, d.name);
+  for (const id of ids) if (id && !datasetNames.has(id)) datasetNames.set(id, null);
+}
+
+// A link to the dataset, labelled with its name (its short id while the name is unknown).
+function datasetLink(id) {
+  if (!id) return "–";
+  return el("a", { href: "#/datasets/" + id, title: id }, datasetNames.get(id) || id.slice(0, 8));
+}
+
 // ---- views -------------------------------------------------------------------------------
 async function jobsView() {
   const refresh = async () => {
     const status = $("#status-filter").value;
     try {
       const page = await api("/v1/jobs?limit=100" + (status ? "&status=" + status : ""));
+      try { await learnDatasetNames(page.items.map((j) => j.dataset_id)); } catch (_) { /* short ids then */ }
       $("#jobs-total").textContent = `${page.total} job${page.total === 1 ? "" : "s"}`;
       $("#jobs-empty").hidden = page.items.length > 0;
       $("#jobs-table tbody").replaceChildren(...page.items.map((j) => {
@@ -152,7 +197,7 @@ async function jobsView() {
         return el("tr", {},
           el("td", {}, el("a", { href: "#/jobs/" + j.id }, j.id.slice(0, 8))),
           el("td", {}, el("span", { class: "badge " + j.status }, j.status)),
-          el("td", {}, el("a", { href: "#/datasets/" + j.dataset_id }, (j.dataset_id || "").slice(0, 8))),
+          el("td", {}, datasetLink(j.dataset_id)),
           el("td", {}, layersOf(j.spec)), el("td", {}, j.device || "–"), el("td", {}, age(j.created_at)),
           el("td", {}, p.epoch ? `${p.epoch}/${p.epochs}` : "–"),
           el("td", {}, fmt(m.final_loss ?? p.loss)), el("td", {}, pct(m.train_accuracy)), el("td", {}, pct(m.validation_accuracy)));
@@ -172,13 +217,15 @@ async function jobView(id) {
   let source = null;
   let timer = null;
 
+  let drawTimer = null;
   const addEpochs = (entries) => {  // the stream may replay from epoch 1: keep each epoch once
     const last = history.length ? history[history.length - 1].epoch : 0;
     const fresh = entries.filter((h) => h.epoch > last);
     if (!fresh.length) return;
-    history = history.concat(fresh);
+    for (const h of fresh) history.push(h);
     $("#epoch-count").textContent = history[history.length - 1].epoch;
-    drawCurves(history);
+    // One redraw per 100 ms, not per event: a redraw per epoch is quadratic in a long job's epochs.
+    if (drawTimer === null) drawTimer = setTimeout(() => { drawTimer = null; drawCurves(history); }, 100);
   };
 
   const render = (j) => {
@@ -190,21 +237,22 @@ async function jobView(id) {
     const p = j.progress || {}, m = j.metrics || {};
     $("#epoch-total").textContent = p.epochs ?? (j.spec && j.spec.training && j.spec.training.epochs) ?? "?";
     if (p.epoch && !history.length) $("#epoch-count").textContent = p.epoch;
-    $("#cancel-job").disabled = TERMINAL.has(j.status) || j.status === "cancelling";
+    $("#cancel-job").hidden = $("#cancel-job").disabled = !CANCELLABLE.has(j.status);
     for (const b of document.querySelectorAll(".downloads button")) {  // only the formats the worker wrote
       b.disabled = j.status !== "succeeded" || (j.links && !j.links["weights_" + b.dataset.format]);
     }
     $("#job-error").hidden = !j.error;
     $("#job-error").textContent = j.error || "";
     facts($("#job-facts"), [
-      ["Job id", j.id], ["Dataset", el("a", { href: "#/datasets/" + j.dataset_id }, j.dataset_id)],
+      ["Job id", j.id], ["Dataset", datasetLink(j.dataset_id)],
+      ...(j.validation_dataset_id ? [["Validation set", datasetLink(j.validation_dataset_id)]] : []),
       ["Model", layersOf(j.spec)], ["Device", j.device || "not started"],
       ["Created", j.created_at || "–"], ["Started", j.started_at || "–"], ["Finished", j.finished_at || "–"],
       ["Attempts", j.attempts ?? "–"], ["Resumed from epoch", j.resumed_from_epoch || "–"],
       ["Final loss", fmt(m.final_loss)], ["Train accuracy", pct(m.train_accuracy)],
       ["Validation accuracy", pct(m.validation_accuracy)],
       ["Waited in queue", seconds(j.created_at, j.started_at)], ["Ran for", seconds(j.started_at, j.finished_at)],
-      ...(j.timings ? [["Timings", Object.entries(j.timings).map(([k, v]) => `${k} ${fmt(v, 3)} s`).join(", ")]] : []),
+      ...Object.entries(j.timings || {}).map(([k, v]) => [timingLabel(k), fmt(v, 3) + " s"]),
     ]);
     $("#job-config").textContent = JSON.stringify(j.spec, null, 2);
     if (Array.isArray(j.history)) addEpochs(j.history);
@@ -214,6 +262,7 @@ async function jobView(id) {
     closed = true;
     if (source) source.close();
     clearInterval(timer);
+    clearTimeout(drawTimer);
   };
 
   // With API keys on, EventSource cannot send the Authorization header: poll instead.
@@ -246,12 +295,25 @@ async function jobView(id) {
   for (const b of document.querySelectorAll(".downloads button")) b.onclick = () => download(id, b.dataset.format);
 
   try {
-    render(await api(`/v1/jobs/${id}?history=full`));
+    const first = await api(`/v1/jobs/${id}?history=full`);
+    try { await learnDatasetNames([first.dataset_id, first.validation_dataset_id]); } catch (_) { /* short ids then */ }
+    render(first);
   } catch (err) { report(err); return stop; }
   if (!TERMINAL.has(job.status)) {
     if (apiKey()) timer = setInterval(poll, 1000); else stream();
   }
   return stop;
+}
+
+// The worker's timings (seconds), by their keys in the job record.
+const TIMING_LABELS = {
+  load_s: "Loading the data", setup_s: "Setting up", train_s: "Training", validation_s: "Validating",
+  epoch_mean_s: "Mean epoch", total_s: "Total in the worker",
+};
+function timingLabel(key) {
+  if (TIMING_LABELS[key]) return TIMING_LABELS[key];
+  const words = key.replace(/_s$/, "").replace(/_/g, " ");  // a key added later still reads as words
+  return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
 // Fetch (so the API key travels in a header), then hand the bytes to the browser as a file.
@@ -268,13 +330,18 @@ async function download(id, format) {
 const OUTPUT_FOR_LABELS = { binary: "sigmoid", integer: "softmax", onehot: "softmax", continuous: "linear" };
 
 async function loadDatasetOptions(selectId) {
-  const page = await api("/v1/datasets?limit=100");
-  const select = $("#dataset-select");
-  select.replaceChildren(...page.items.map((d) => {
+  const page = await api("/v1/datasets?limit=500");
+  const select = $("#dataset-select"), validation = $("#validation-dataset-select");
+  const option = (d) => {
+    datasetNames.set(d.id, d.name);
     const o = el("option", { value: d.id }, `${d.name} — ${d.n_examples}×${d.n_features} (${d.label_kind})`);
     o.dataset.labelKind = d.label_kind;
     return o;
-  }));
+  };
+  const chosenValidation = validation.value;
+  select.replaceChildren(...page.items.map(option));
+  validation.replaceChildren(el("option", { value: "" }, "none"), ...page.items.map(option));
+  validation.value = page.items.some((d) => d.id === chosenValidation) ? chosenValidation : "";
   if (selectId) select.value = selectId;
   select.onchange = () => {
     const kind = select.selectedOptions[0] && select.selectedOptions[0].dataset.labelKind;
@@ -301,9 +368,12 @@ async function submitJob(event) {
     training: {
       optimizer: $("#optimizer").value, learning_rate: Number($("#learning-rate").value),
       epochs: Number($("#epochs").value), batch_size: optionalNumber($("#batch-size")),
+      init: $("#init").value, seed: Number($("#seed").value || 0), dtype: $("#dtype").value,
+      l2: Number($("#l2").value || 0), dropout_keep_prob: Number($("#dropout-keep-prob").value || 1),
     },
     device: $("#device").value,
   };
+  if ($("#validation-dataset-select").value) spec.validation_dataset_id = $("#validation-dataset-select").value;
   const scale = optionalNumber($("#scale"));
   if (scale !== null) spec.preprocess = { scale };
   if (!spec.dataset_id) return showMessage("Choose a dataset first (or create a synthetic one on the right).");

@@ -191,3 +191,120 @@ def test_dashboard_with_api_keys_polls_with_the_saved_key(live_stack_factory, tm
     with stack.client(headers={"Authorization": "Bearer key-a"}) as http:
         job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["spec"]["model"]["output"] == "softmax"
+
+
+def npz_upload(http, name: str, X: np.ndarray, y: np.ndarray) -> str:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, X=X, Y=y)
+    res = http.post("/v1/datasets", files={"file": (f"{name}.npz", buf.getvalue())}, data={"name": name})
+    assert res.status_code == 201, res.text
+    return res.json()["id"]
+
+
+# The course's 4-layer job ("Deep Neural Network - Application"), as the form must express it.
+COURSE_TRAINING = {"optimizer": "gd", "learning_rate": 0.0075, "epochs": 2500, "init": "xavier", "seed": 1}
+COURSE_FORM = {
+    "hidden-layers": "20,7,5",
+    "hidden-activation": "relu",
+    "output": "sigmoid",
+    "optimizer": "gd",
+    "learning-rate": "0.0075",
+    "epochs": "2500",
+    "batch-size": "",
+    "init": "xavier",
+    "seed": "1",
+    "dtype": "float64",
+    "scale": "0.00392156862745098",
+    "device": "auto",
+}
+
+TICKS = """(() => [...document.querySelectorAll('#loss-chart text, #accuracy-chart text')].map(t => {
+  const b = t.getBBox(); return {cls: t.getAttribute('class'), text: t.textContent, left: b.x, right: b.x + b.width,
+  width: t.ownerSVGElement.viewBox.baseVal.width}; }))()"""
+
+
+def visible(selector: str) -> str:
+    found = f"document.querySelector({json.dumps(selector)})"
+    return f"(() => {{ const e = {found}; return !!e && !e.hidden && e.offsetParent !== null; }})()"
+
+
+def assert_nice(labels: list[str]) -> None:
+    """y tick labels: evenly spaced by 1, 2, 2.5 or 5 x 10^k, each a whole multiple of that step."""
+    values = [float(v) for v in labels]
+    steps = {round(b - a, 12) for a, b in zip(values[:-1], values[1:], strict=True)}
+    assert len(values) >= 3 and len(steps) == 1, labels
+    (step,) = steps
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert any(abs(mantissa - m) < 1e-9 for m in (1, 2, 2.5, 5)), (labels, step)
+    for v in values:
+        assert abs(v / step - round(v / step)) < 1e-6, (labels, v)
+    assert all(len(t.replace("-", "").replace(".", "").lstrip("0")) <= 4 for t in labels), labels
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
+@needs_chromium
+def test_dashboard_course_job_cancel_timings_ticks_and_names(live_stack, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (24, 12)).astype(np.float64)
+    y = (X[:, 0] > 127).astype(np.int64)
+    with live_stack.client() as http:
+        train = npz_upload(http, "cats-train", X, y)
+        test = npz_upload(http, "cats-test", X[:10], y[:10])
+    with Browser(tmp_path / "profile") as browser:
+        # 1. The New-job form expresses the course's job: validation set, init, seed, dtype, scale.
+        browser.navigate(live_stack.base_url + "/#/new")
+        browser.wait_for("document.querySelectorAll('#validation-dataset-select option').length === 3")
+        set_fields(browser, {"dataset-select": train, "validation-dataset-select": test, **COURSE_FORM})
+        click(browser, "#submit-job")
+        job_id = browser.wait_for("location.hash.startsWith('#/jobs/') && location.hash.slice(7)")
+        with live_stack.client() as http:
+            spec = http.get(f"/v1/jobs/{job_id}").json()["spec"]
+        assert spec["dataset_id"] == train and spec["validation_dataset_id"] == test
+        assert spec["model"] == {"hidden_layers": [20, 7, 5], "hidden_activation": "relu", "output": "sigmoid"}
+        assert {k: spec["training"][k] for k in COURSE_TRAINING} == COURSE_TRAINING
+        assert spec["training"]["dtype"] == "float64" and spec["training"]["batch_size"] is None
+        assert spec["preprocess"]["scale"] == 0.00392156862745098 and spec["device"] == "auto"
+
+        # 2. Finished: no Cancel; timings under readable labels; the datasets by name.
+        browser.wait_for(f"{text('#job-status')} === 'succeeded'", timeout=180)
+        browser.wait_for("document.getElementById('loss-chart').dataset.points === '2500'", timeout=10)
+        assert browser.eval(visible("#cancel-job")) is False
+        facts = browser.eval(text("#job-facts"))
+        assert "Training" in facts and "Total in the worker" in facts, facts
+        assert "_s" not in facts and "train_s" not in facts, facts
+        assert "cats-train" in facts and "cats-test" in facts and train not in facts, facts
+
+        # 3. Ticks: every label inside the chart (the last x tick too), y labels at round numbers.
+        ticks = browser.eval(TICKS)
+        x_ticks = [t for t in ticks if t["cls"] == "x-tick"]
+        y_ticks = [t for t in ticks if t["cls"] == "y-tick"]
+        assert len(x_ticks) >= 6 and len(y_ticks) >= 6, ticks  # both charts
+        assert x_ticks[-1]["text"] == "2500", x_ticks
+        for t in ticks:
+            assert t["left"] >= 0 and t["right"] <= t["width"], t
+        n_loss = browser.eval("document.querySelectorAll('#loss-chart .y-tick').length")
+        assert_nice([t["text"] for t in y_ticks[:n_loss]])
+        assert_nice([t["text"] for t in y_ticks[n_loss:]])
+
+        # 4. A running job shows Cancel; cancelling hides it.
+        with live_stack.client() as http:
+            res = http.post("/v1/jobs", json={"dataset_id": train, "training": {"epochs": 100000}})
+            assert res.status_code == 202, res.text
+            long_id = res.json()["id"]
+        browser.navigate(f"{live_stack.base_url}/#/jobs/{long_id}")
+        browser.wait_for(f"['queued', 'running'].includes({text('#job-status')}) && {visible('#cancel-job')}")
+        click(browser, "#cancel-job")
+        browser.wait_for(f"['cancelling', 'cancelled'].includes({text('#job-status')})", timeout=30)
+        assert browser.eval(visible("#cancel-job")) is False
+
+        # 5. The job list names the dataset instead of its id.
+        browser.navigate(f"{live_stack.base_url}/#/jobs")
+        row = browser.wait_for(
+            f"[...document.querySelectorAll('#jobs-table tbody tr')].map(r => r.textContent)"
+            f".find(t => t.includes({json.dumps(job_id[:8])}))"
+        )
+        assert "cats-train" in row and train[:8] not in row, row
+        assert browser.console == [], browser.console
