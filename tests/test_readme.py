@@ -6,15 +6,19 @@ curl path is a route, and the settings table lists exactly the settings the serv
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dnnq.cli import build_parser
+from tests.service.conftest import live_stack, live_stack_env, live_stack_factory  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -194,3 +198,66 @@ def test_the_settings_table_lists_every_setting_and_only_real_ones():
     )
     unread = [name for name in table if name not in fields and name not in source]
     assert not unread, f"the README's table lists variables nothing reads: {unread}"
+
+
+# --- the walk-through and the CLI block, run as written against a live stack ----------------------
+
+
+def section_block(heading: str, index: int = 0) -> str:
+    """The index-th bash block of the README section under `heading`."""
+    section = README.split(heading, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```bash\n(.*?)^```", section, re.M | re.S)[index]
+
+
+def course_like_files(folder: Path) -> None:
+    """Stand-ins for the course's files: the same names, keys, shapes per example and dtypes, fewer examples."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    for part, m in (("train", 16), ("test", 6)):
+        X = rng.integers(0, 256, (m, 64, 64, 3), dtype=np.uint8)
+        y = (X[:, :32].mean(axis=(1, 2, 3)) > X[:, 32:].mean(axis=(1, 2, 3))).astype(np.int64)
+        with h5py.File(folder / f"{part}_catvnoncat.h5", "w") as f:
+            f[f"{part}_set_x"], f[f"{part}_set_y"] = X, y
+            f["list_classes"] = np.array([b"non-cat", b"cat"])
+
+
+def substitute(block: str, line_start: str, replacement: str) -> str:
+    lines = block.splitlines()
+    hits = [k for k, line in enumerate(lines) if line.startswith(line_start)]
+    assert len(hits) == 1, (line_start, hits)
+    lines[hits[0]] = replacement
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_walk_through_and_the_cli_block_run_as_written(live_stack, tmp_path):  # noqa: F811
+    if shutil.which("curl") is None or shutil.which("bash") is None:
+        pytest.skip("the walk-through needs curl and bash on PATH")
+    course = tmp_path / "datasets"
+    course_like_files(course)
+    walk = section_block("## A walk-through with curl")
+    walk = substitute(walk, ". .venv/bin/activate", ":  # the test's interpreter is first on PATH")
+    walk = substitute(walk, "COURSE=", f"COURSE={shlex.quote(str(course))}")
+    walk = substitute(walk, "API=", f"API={shlex.quote(live_stack.base_url)}")
+    walk = substitute(walk, 'cd "$(mktemp -d)"', ":  # the test's own folder")
+    cli = section_block("## The CLI")
+    cli = substitute(cli, "export DNNQ_URL=", f"export DNNQ_URL={shlex.quote(live_stack.base_url)}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    ran = subprocess.run(
+        ["bash", "-c", "set -eu\n" + walk + cli],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-3000:])
+    assert "\nsucceeded\n" in ran.stdout, ran.stdout[-3000:]
+    assert "test accuracy" in ran.stdout, ran.stdout[-3000:]
+    for name in ("weights.npz", "weights.safetensors", "model.onnx", "model.safetensors", "test_x.npy"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert len(json.loads((tmp_path / "predictions.json").read_text())["predictions"]) == 6
