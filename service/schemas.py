@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from dnnq.service.synthetic import SyntheticName
 from dnnq.workers.spec import JobSpec
@@ -120,6 +121,10 @@ class PredictRequest(BaseModel):
 # A number a record holds may be null: the finite views answer null for NaN and infinities (finite()).
 
 
+# A key a view leaves out rather than sending null: optional, and not null in the schema.
+Absent = SkipJsonSchema[None]
+
+
 class _View(BaseModel):
     """A response body. Keys the views do not send are refused (additionalProperties: false), so a key
     added to a view without its field here fails the schema test instead of going undocumented."""
@@ -147,12 +152,12 @@ class JobTimings(_View):
     # Named fields for the phases a worker records today; a worker may add phases (each a number of seconds).
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": "number"}})
 
-    load_s: float | None = Field(default=None, description="Reading the job's datasets.")
-    setup_s: float | None = Field(default=None, description="Building the network and its buffers.")
-    train_s: float | None = Field(default=None, description="The training epochs.")
-    validation_s: float | None = Field(default=None, description="Scoring the validation set after each epoch.")
-    epoch_mean_s: float | None = Field(default=None, description="train_s / epochs trained.")
-    total_s: float | None = Field(default=None, description="From claim to stored weights.")
+    load_s: float | Absent = Field(default=None, description="Reading the job's datasets.")
+    setup_s: float | Absent = Field(default=None, description="Building the network and its buffers.")
+    train_s: float | Absent = Field(default=None, description="The training epochs.")
+    validation_s: float | Absent = Field(default=None, description="Scoring the validation set after each epoch.")
+    epoch_mean_s: float | Absent = Field(default=None, description="train_s / epochs trained.")
+    total_s: float | Absent = Field(default=None, description="From claim to stored weights.")
 
 
 class JobLinks(_View):
@@ -161,11 +166,11 @@ class JobLinks(_View):
     self: str
     events: str = Field(description="Server-Sent Events: epochs and status changes.")
     cancel: str
-    weights_npz: str | None = None
-    weights_safetensors: str | None = None
-    weights_onnx: str | None = None
-    model: str | None = None
-    predict: str | None = None
+    weights_npz: str | Absent = None
+    weights_safetensors: str | Absent = None
+    weights_onnx: str | Absent = None
+    model: str | Absent = None
+    predict: str | Absent = None
 
 
 class HistoryEntry(_View):
@@ -201,13 +206,12 @@ class JobView(_View):
     )
     release_reason: str | None
     celery_task_id: str | None = Field(
-        default=None,
         description="The Celery task that last delivered it to a worker (Flower, `celery events`); null "
         "before a worker claims it.",
     )
     timings: JobTimings | None = Field(description="Set when training ends.")
     links: JobLinks
-    history: list[HistoryEntry] | None = Field(
+    history: list[HistoryEntry] | Absent = Field(
         default=None,
         description="Per-epoch history: absent with history=none (and in lists); thinned to at most "
         "DNNQ_HISTORY_FULL_MAX entries, first and last kept, unless history=full.",
@@ -265,7 +269,7 @@ class DatasetDetail(DatasetView):
     """A dataset's record with a preview of its first examples (GET /v1/datasets/{dataset_id})."""
 
     preview: DatasetPreview | None = Field(description="null when the stored arrays cannot be read.")
-    preview_error: str | None = Field(default=None, description="Why there is no preview (present only then).")
+    preview_error: str | Absent = Field(default=None, description="Why there is no preview (present only then).")
 
 
 class DatasetList(_View):
@@ -325,7 +329,7 @@ class Readiness(_View):
     status: Literal["ready", "not ready"]
     workers: int = Field(description="Live workers (heartbeats).")
     missing: list[str] = Field(description="What is absent, each with how to fix it; empty when ready.")
-    store: StoreCheck | None = Field(default=None, description="The artifact store: where, and whether it answered.")
+    store: StoreCheck = Field(description="The artifact store: where, and whether it answered.")
 
 
 def dataset_view(rec: dict[str, Any]) -> dict[str, Any]:

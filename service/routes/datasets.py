@@ -226,7 +226,8 @@ def _check_synthetic_size(body: SyntheticRequest, settings: ApiSettings) -> None
         )
 
 
-@router.get("/{dataset_id}", response_model=DatasetDetail, responses=problems(404))
+# exclude_unset: preview_error is sent only when there is one, as the view leaves it out
+@router.get("/{dataset_id}", response_model=DatasetDetail, response_model_exclude_unset=True, responses=problems(404))
 def get_dataset(
     dataset_id: str,
     r: Rds,

@@ -167,6 +167,12 @@ def test_answers_match_the_schema_fast_lane_included(app, client, redis_client):
         detail = client.get(f"/v1/datasets/{dataset['id']}{query}")
         assert check_answer(spec, "get", "/v1/datasets/{dataset_id}", detail)["preview"]["X"]
     assert check_answer(spec, "get", "/v1/datasets", client.get("/v1/datasets"))["total"] == 2
+    # a record whose arrays are gone: no preview, and preview_error (present only then) says why
+    gone = synthetic.json()["id"]
+    app.state.store.delete(f"datasets/{gone}.npz")
+    detail = check_answer(spec, "get", "/v1/datasets/{dataset_id}", client.get(f"/v1/datasets/{gone}"))
+    assert detail["preview"] is None and detail["preview_error"]
+    assert "preview_error" not in client.get(f"/v1/datasets/{dataset['id']}").json()
 
     before = lane.answered
     submitted = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "training": {"epochs": 3}})
