@@ -30,11 +30,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _config(*args, api_keys="alice:secret"):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_"))}
+def _config(*args, api_keys="alice:secret", s3_secret="minio-secret"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "DNNQ_S3_"))}
     env.pop("DNNQ_API_KEYS", None)
     if api_keys is not None:
         env["DNNQ_API_KEYS"] = api_keys
+    if s3_secret is not None:
+        env["DNNQ_S3_SECRET_KEY"] = s3_secret
     return subprocess.run(
         [BINARY, "-f", str(COMPOSE_FILE), "--project-name", "dnnqtest", "config", *args],
         capture_output=True,
@@ -63,6 +65,12 @@ def test_api_keys_are_required(tmp_path):
     assert "DNNQ_API_KEYS" in proc.stderr
 
 
+def test_the_object_store_password_is_required():
+    proc = _config("-q", s3_secret=None)
+    assert proc.returncode != 0
+    assert "DNNQ_S3_SECRET_KEY" in proc.stderr
+
+
 def test_the_validator_rejects_a_broken_file(tmp_path):
     broken = tmp_path / "docker-compose.yml"
     broken.write_text("services:\n  api:\n    image: x\n    helthcheck: {}\n")
@@ -72,7 +80,7 @@ def test_the_validator_rejects_a_broken_file(tmp_path):
 
 
 def test_services(compose):
-    assert set(compose["services"]) == {"redis", "api", "worker-cpu", "worker-gpu"}
+    assert set(compose["services"]) == {"redis", "minio", "minio-bucket", "api", "worker-cpu", "worker-gpu"}
 
 
 def test_redis_is_persistent_and_healthchecked(compose):
@@ -93,6 +101,7 @@ def test_api(compose):
     assert api["environment"]["DNNQ_DATA_DIR"] == "/data"
     assert api["environment"]["DNNQ_API_KEYS"] == "alice:secret"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert api["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
 
@@ -106,23 +115,35 @@ def test_workers(compose):
     for worker in (cpu, gpu):
         assert worker["environment"]["DNNQ_REDIS_URL"] == "redis://redis:6379/0"
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert worker["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia"
     assert device["count"] == 1
     assert device["capabilities"] == ["gpu"]
 
 
-def test_one_artifact_volume_is_shared_at_data(compose):
-    mounts = {}
+def test_artifacts_go_to_minio_and_no_filesystem_is_shared(compose):
+    """docs/deploy.md: the API and the workers share only Redis and the object store."""
+    services = compose["services"]
+    minio, bucket = services["minio"], services["minio-bucket"]
+    assert minio["command"][:2] == ["server", "/data"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert [v["source"] for v in minio["volumes"]] == ["minio-data"] and "minio-data" in compose["volumes"]
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert bucket["restart"] == "no"
+    script = " ".join(bucket["command"])
+    assert "mc alias set store http://minio:9000" in script and "mc mb --ignore-existing store/dnnq" in script
+    root = (minio["environment"]["MINIO_ROOT_USER"], minio["environment"]["MINIO_ROOT_PASSWORD"])
+    assert root == ("dnnq", "minio-secret")
+    assert (bucket["environment"]["AWS_ACCESS_KEY_ID"], bucket["environment"]["AWS_SECRET_ACCESS_KEY"]) == root
     for name in ("api", "worker-cpu", "worker-gpu"):
-        service = compose["services"][name]
-        assert service["environment"]["DNNQ_DATA_DIR"] == "/data"
-        (mount,) = [v for v in service["volumes"] if v["target"] == "/data"]
-        assert mount["type"] == "volume"
-        mounts[name] = mount["source"]
-    assert set(mounts.values()) == {"artifacts"}
-    assert "artifacts" in compose["volumes"]
-    assert compose["services"]["redis"]["volumes"][0]["source"] != "artifacts"
+        env = services[name]["environment"]
+        assert env["DNNQ_ARTIFACTS_URL"] == "s3://dnnq/artifacts"  # the bucket minio-bucket creates
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == root
+        assert env["DNNQ_DATA_DIR"] == "/data"  # the container's own scratch (the image's volume)
+        assert not services[name].get("volumes"), f"{name} mounts a volume: nothing is shared but Redis and MinIO"
+    assert "artifacts" not in compose.get("volumes", {})
 
 
 def test_dockerfiles_install_the_package_as_a_non_root_user():
