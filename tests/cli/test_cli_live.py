@@ -20,8 +20,8 @@ pytestmark = pytest.mark.e2e
 
 
 def run(capsys, *argv, url):
-    """main(argv) -> (exit code, stdout, stderr)."""
-    code = main([*argv, "--url", url])
+    """main(argv) -> (exit code, stdout, stderr); --url before the command (the unit tests put it after)."""
+    code = main(["--url", url, *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
