@@ -80,6 +80,9 @@ def test_upload_submit_wait_history_weights_download_predict_delete(live_stack, 
         job.delete()
         with pytest.raises(NotFound):
             job.refresh()
+        data.delete()
+        with pytest.raises(NotFound):
+            client.dataset(data.id)
 
 
 def test_wait_times_out_and_a_running_job_cannot_be_deleted(live_stack):
