@@ -1,0 +1,116 @@
+"""fit_packed(): each trial of a pack trains as its solo fit does (history and weights to ~1e-12 in
+float64), with its own learning rate and schedule, l2, dropout, seed and optimizer settings; a
+diverging trial leaves the pack alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dnnq.models import TrainConfig, TrainingDiverged, fit
+from dnnq.models.packed import fit_packed, pack_key
+
+
+def data(m: int = 90, n_x: int = 6, classes: int = 0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_x, m))
+    if classes:
+        return X, (X[0] > 0).astype(np.int64) + (X[1] > 0.5)
+    return X, (X[:1] - 0.5 * X[1:2] > 0).astype(np.float64)
+
+
+def assert_same_as_solo(packed, X, Y, cfg, rtol=1e-12, **kw) -> None:
+    solo = fit(X, Y, cfg, path="textbook", **kw)
+    assert packed.epochs_completed == solo.epochs_completed
+    for field in ("loss", "val_loss"):
+        a = [getattr(r, field) for r in packed.history]
+        b = [getattr(r, field) for r in solo.history]
+        if b[0] is None:
+            assert a == b
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=0)
+    assert [r.accuracy for r in packed.history] == [r.accuracy for r in solo.history]
+    for key, value in solo.parameters.items():
+        scale = max(float(np.max(np.abs(value))), 1e-300)
+        assert float(np.max(np.abs(packed.parameters[key] - value))) <= rtol * scale, key
+
+
+BASE = {"layer_dims": [6, 8, 5, 1], "dtype": "float64", "device": "cpu", "epochs": 25}
+
+
+def test_full_batch_gd_trials_with_their_own_rate_l2_seed_and_schedule():
+    X, Y = data()
+    configs = [
+        TrainConfig(**BASE, learning_rate=0.05, seed=1),
+        TrainConfig(**BASE, learning_rate=0.2, l2=0.3, seed=2, init="xavier"),
+        TrainConfig(**{**BASE, "epochs": 12}, learning_rate=0.1, seed=3, lr_decay="inverse_time", decay_rate=0.5),
+    ]
+    results = fit_packed(X, Y, configs)
+    assert [r.path for r in results] == ["packed"] * 3
+    for result, cfg in zip(results, configs, strict=True):
+        assert_same_as_solo(result, X, Y, cfg)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "rmsprop", "adam"])
+def test_shuffled_mini_batches_with_dropout_and_validation(optimizer):
+    X, Y = data(classes=3)
+    Xv, Yv = data(m=30, classes=3, seed=1)
+    common = {**BASE, "layer_dims": [6, 8, 5, 3], "output": "softmax", "optimizer": optimizer, "batch_size": 16}
+    configs = [
+        TrainConfig(**common, learning_rate=0.01, beta=0.8, beta1=0.85, dropout_keep_prob=0.8),
+        TrainConfig(**common, learning_rate=0.003, beta2=0.99, l2=0.1, lr_decay="step", decay_rate=0.5, decay_every=5),
+    ]
+    results = fit_packed(X, Y, configs, X_val=Xv, Y_val=Yv)
+    for result, cfg in zip(results, configs, strict=True):
+        assert_same_as_solo(result, X, Y, cfg, X_val=Xv, Y_val=Yv)
+
+
+def test_a_diverging_trial_leaves_the_pack_alone():
+    X, _ = data()
+    Y = 3 * X[:1] - X[1:2]  # squared error: a too-large rate overflows it
+    common = {**BASE, "output": "linear", "hidden_activation": "leaky_relu", "seed": 1}
+    configs = [TrainConfig(**common, learning_rate=0.01), TrainConfig(**common, learning_rate=10.0)]
+    seen: list[tuple[int, int]] = []
+    ok, diverged = fit_packed(X, Y, configs, on_epoch=lambda trial, record: seen.append((trial, record.epoch)))
+    assert isinstance(diverged, TrainingDiverged) and "Training diverged at epoch" in str(diverged)
+    with pytest.raises(TrainingDiverged) as solo:
+        fit(X, Y, configs[1], path="textbook")
+    assert diverged.epoch == solo.value.epoch
+    assert_same_as_solo(ok, X, Y, configs[0])
+    assert (0, 25) in seen and all(epoch < diverged.epoch for trial, epoch in seen if trial == 1)
+
+
+def test_trials_that_cannot_share_a_pack_are_refused():
+    a = TrainConfig(**BASE, batch_size=16, seed=1)
+    assert pack_key(a) == pack_key(dataclasses.replace(a, learning_rate=0.5, l2=0.2))
+    assert pack_key(a) != pack_key(dataclasses.replace(a, seed=2))  # the shuffle order comes from the seed
+    assert pack_key(dataclasses.replace(a, batch_size=None)) == pack_key(
+        dataclasses.replace(a, batch_size=None, seed=2)
+    )
+    X, Y = data()
+    with pytest.raises(ValueError, match="cannot share a pack"):
+        fit_packed(X, Y, [a, dataclasses.replace(a, layer_dims=[6, 4, 1])])
+
+
+def test_a_pack_on_the_cupy_stand_in(monkeypatch):
+    import dnnq.models.backend as backend
+    from tests.models import fake_cupy
+
+    X, Y = data(classes=3)
+    common = {**BASE, "layer_dims": [6, 8, 3], "output": "softmax", "optimizer": "adam", "batch_size": 16}
+    configs = [TrainConfig(**common, learning_rate=0.01), TrainConfig(**common, learning_rate=0.003, l2=0.1)]
+    cpu = fit_packed(X, Y, configs)
+    fake_cupy.installed(monkeypatch)
+    backend.forget_gpu_check()
+    try:
+        gpu = fit_packed(X, Y, [dataclasses.replace(c, device="gpu") for c in configs])
+    finally:
+        backend.forget_gpu_check()
+    for a, b in zip(gpu, cpu, strict=True):
+        assert a.device.startswith("gpu")
+        assert [r.to_dict() for r in a.history] == [r.to_dict() for r in b.history]
+        for key, value in b.parameters.items():
+            assert type(a.parameters[key]) is np.ndarray
+            np.testing.assert_array_equal(a.parameters[key], value)
