@@ -16,8 +16,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
@@ -76,6 +77,15 @@ def process_redis(settings: WorkerSettings) -> redis.Redis:
     return client
 
 
+class LeaseWatch(Protocol):
+    """What training reads of a lease's keeper (a Heartbeat, or workers/pack_runner.py's one per trial)."""
+
+    lost: threading.Event
+
+
+Loader = Callable[[redis.Redis, ArtifactStore, str], JobInputs]
+
+
 @dataclass(frozen=True)
 class _Claim:
     """A job this process has claimed, and what working on it needs: the lease `token` fences every write."""
@@ -85,7 +95,8 @@ class _Claim:
     settings: WorkerSettings
     job_id: str
     token: str
-    heartbeat: Heartbeat
+    heartbeat: LeaseWatch
+    pack: dict[str, float] | None = None  # a sweep pack's trial: its size and wait, kept in the timings
 
 
 def run_job(
@@ -107,22 +118,24 @@ def run_job(
         job = jobs.get_job(r, job_id)
         event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
         return None
-    claim = _Claim(r, store, settings, job_id, token, Heartbeat(r, job_id, token, settings))
-    claim.heartbeat.start()
+    heartbeat = Heartbeat(r, job_id, token, settings)
+    claim = _Claim(r, store, settings, job_id, token, heartbeat)
+    heartbeat.start()
     _set_current_job(r, settings, job_id)
     try:
         with cooperative_sigterm():
             return _train_to_the_end(claim)
     finally:
-        claim.heartbeat.stop()
+        heartbeat.stop()
         _set_current_job(r, settings, "")
 
 
-def _train_to_the_end(claim: _Claim) -> str | None:
-    """_train, with every failure of the job (not of the worker or Redis) recorded as 'failed'."""
+def _train_to_the_end(claim: _Claim, load: Loader = load_inputs) -> str | None:
+    """_train, with every failure of the job (not of the worker or Redis) recorded as 'failed'.
+    ``load``: how the job's inputs are read (a pack's trials share one dataset: workers/pack_runner.py)."""
     job_id = claim.job_id
     try:
-        return _train(claim)
+        return _train(claim, load)
     except (KeyboardInterrupt, SystemExit):
         # The worker is shutting down, the job did nothing wrong: leave the lease to expire so the
         # sweeper requeues it and it resumes from its last checkpoint.
@@ -150,13 +163,13 @@ def _train_to_the_end(claim: _Claim) -> str | None:
         _release_gpu_memory(claim)
 
 
-def _train(claim: _Claim) -> str | None:
+def _train(claim: _Claim, load: Loader = load_inputs) -> str | None:
     """Load the claimed job, train it with an EpochReporter, store what it made, record the outcome."""
     from dnnq.models import fit
 
     r, store, settings, job_id, token = claim.r, claim.store, claim.settings, claim.job_id, claim.token
     t0 = time.perf_counter()
-    inputs = load_inputs(r, store, job_id)
+    inputs = load(r, store, job_id)
     t_loaded = time.perf_counter()
     ckpt = artifacts.load_checkpoint(store, job_id)
     resume_epoch = ckpt.epoch if ckpt is not None else 0
@@ -198,6 +211,7 @@ def _train(claim: _Claim) -> str | None:
         if outcome != jobs.Status.CANCELLING.value:  # a cancel that came in meanwhile ends it below
             return outcome
     timings = {"load_s": round(t_loaded - t0, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
+    timings.update(claim.pack or {})
     return _record_outcome(claim, inputs, result, timings, t0)
 
 

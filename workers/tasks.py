@@ -15,9 +15,10 @@ __all__ = ["train"]
 @app.task(name=TASK_NAME, bind=True)
 def train(self: Any, job_id: str) -> None:
     # Imported here: models (and CuPy, when present) load only in the child process that trains.
-    from dnnq.workers.runner import run_job
+    from dnnq.workers.pack_runner import run_trial
 
-    run_job(job_id, celery_task_id=self.request.id)  # the job record keeps it (Flower, `celery events`)
+    # a sweep trial trains with its pack's queued siblings (workers/pack_runner.py), any other job alone
+    run_trial(job_id, celery_task_id=self.request.id)  # the job record keeps it (Flower, `celery events`)
 
 
 @task_prerun.connect(weak=False)

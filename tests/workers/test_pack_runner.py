@@ -1,0 +1,156 @@
+"""workers/pack_runner.py in-process against a real Redis: a sweep's pack claimed and trained by one
+trial's message, each trial equal to its solo run, cancel and divergence ending one trial alone, the
+memory check, and non-sweep jobs left to runner.run_job."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dnnq.workers import datasets, jobs, sweeps
+from dnnq.workers.pack_runner import pack_memory_bytes, run_pack, run_trial
+from dnnq.workers.settings import WorkerSettings
+from dnnq.workers.spec import JobSpec
+
+
+@pytest.fixture
+def settings(redis_url, data_dir):
+    # a 10 s lease: a process's first fit imports Numba holding the GIL for seconds on a busy machine
+    return WorkerSettings(
+        redis_url=redis_url, data_dir=data_dir, lease_seconds=10, heartbeat_seconds=0.2, worker_name="packer"
+    )
+
+
+def dataset(r, store, kind="binary", m=120, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, 3))
+    Y = {"binary": (X[:, 0] > 0).astype(float), "continuous": X @ np.array([1.0, -2.0, 0.5]) * 1e6}[kind]
+    return datasets.save_dataset(
+        r, store, tenant="public", name=f"{kind}-set", source="test", X=X, Y=Y, label_kind=kind
+    )
+
+
+def make_sweep(r, base: dict, trials: list[dict]) -> list[str]:
+    overrides = sweeps.expand(None, trials, 64)
+    specs = sweeps.trial_specs(base, overrides)
+    sweep = sweeps.create_sweep(
+        r, tenant="public", base=base, trials=[sweeps.Trial(o, s) for o, s in zip(overrides, specs, strict=True)]
+    )
+    return sweep["job_ids"]
+
+
+def solo_job(r, spec: dict) -> str:
+    spec = JobSpec.model_validate(spec).model_dump(mode="json")
+    return jobs.create_job(r, tenant="public", spec=spec, queue="default", dataset_id=spec["dataset_id"])["id"]
+
+
+def weights_of(store, job_id):
+    with np.load(io.BytesIO(store.get(f"jobs/{job_id}/weights.npz")), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def base_spec(ds, **training):
+    return {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [6, 4]},
+        "training": {"epochs": 40, "optimizer": "momentum", "batch_size": 32, "dtype": "float64", **training},
+        "device": "cpu",
+    }
+
+
+def test_four_trials_train_as_one_pack_each_equal_to_its_solo_run(redis_client, store, settings):
+    ds = dataset(redis_client, store)
+    base = base_spec(ds, seed=3)
+    trials = [{"lr": lr, "l2": l2} for lr, l2 in ((0.05, 0.0), (0.1, 0.01), (0.02, 0.1), (0.2, 0.0))]
+    ids = make_sweep(redis_client, base, trials)
+
+    outcomes = run_pack(ids[1], settings=settings, r=redis_client, store=store)  # any trial's message
+    assert outcomes == dict.fromkeys([ids[1], ids[0], ids[2], ids[3]], "succeeded")
+    assert list(outcomes) == [ids[1], ids[0], ids[2], ids[3]]  # its own trial first, then trial order
+    for other in ids:  # each sibling's own message later finds its job taken and does nothing
+        assert run_trial(other, settings=settings, r=redis_client, store=store) is None
+
+    for job_id, trial in zip(ids, trials, strict=True):
+        job = jobs.get_job(redis_client, job_id)
+        assert job["status"] == "succeeded" and job["attempts"] == 1
+        assert job["timings"]["pack_size"] == 4 and job["timings"]["pack_wait_s"] >= 0
+        spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"], "l2": trial["l2"]}}
+        solo = solo_job(redis_client, spec)
+        assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"  # not a sweep: run_job
+        solo_job_rec = jobs.get_job(redis_client, solo)
+        assert "pack_size" not in solo_job_rec["timings"]
+        packed_h, solo_h = jobs.get_history(redis_client, job_id), jobs.get_history(redis_client, solo)
+        assert len(packed_h) == len(solo_h) == 40
+        for a, b in zip(packed_h, solo_h, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
+        packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
+        assert packed_w.keys() == solo_w.keys()
+        for name in packed_w:
+            np.testing.assert_allclose(packed_w[name], solo_w[name], rtol=1e-12, atol=0)
+        assert job["metrics"] == solo_job_rec["metrics"]
+
+
+def test_a_diverging_trial_fails_alone_and_the_pack_goes_on(redis_client, store, settings):
+    ds = dataset(redis_client, store, kind="continuous")
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [4], "output": "linear"},
+        "training": {"epochs": 30, "optimizer": "gd", "learning_rate": 1e-3},
+    }
+    ids = make_sweep(redis_client, base, [{"lr": 1e-14}, {"lr": 10.0}, {"lr": 2e-14}])
+    outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "failed", ids[2]: "succeeded"}
+    failed = jobs.get_job(redis_client, ids[1])
+    assert "epoch" in failed["error"].lower() and "Traceback" not in failed["error"]
+    assert not store.exists(f"jobs/{ids[1]}/weights.npz")
+    assert store.exists(f"jobs/{ids[2]}/weights.npz")
+
+
+def test_cancelling_one_trial_mid_pack_leaves_the_others_to_finish(redis_client, store, settings):
+    ds = dataset(redis_client, store)
+    base = base_spec(ds, epochs=30)
+    # trial 1 is long enough that it is certainly cancelled while it trains; trial 2 while it waits
+    ids = make_sweep(redis_client, base, [{"lr": 0.05}, {"lr": 0.1, "epochs": 100_000}, {"lr": 0.2}, {"lr": 0.3}])
+    outcomes: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcomes.update(run_pack(ids[0], settings=settings, r=redis_client, store=store))
+    )
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not jobs.get_history(redis_client, ids[1]):  # trial 1 has started training
+        assert time.monotonic() < deadline, "trial 1 never started"
+        time.sleep(0.01)
+    assert jobs.get_job(redis_client, ids[2])["status"] == "running"  # claimed by the pack, waiting
+    assert jobs.request_cancel(redis_client, ids[1]) == "cancelling"
+    assert jobs.request_cancel(redis_client, ids[2]) == "cancelling"
+    runner.join(60)
+    assert not runner.is_alive()
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "cancelled", ids[2]: "cancelled", ids[3]: "succeeded"}
+    trained = len(jobs.get_history(redis_client, ids[1]))
+    assert 1 <= trained < 100_000
+    assert jobs.get_history(redis_client, ids[2]) == []  # cancelled before its turn: never trained
+    assert len(jobs.get_history(redis_client, ids[3])) == 30
+
+
+def test_siblings_over_the_workers_memory_stay_queued(redis_client, store, redis_url, data_dir):
+    ds = dataset(redis_client, store)
+    ids = make_sweep(redis_client, base_spec(ds, epochs=3), [{"lr": 0.1}, {"lr": 0.2}, {"hidden_layers": [6, 4]}])
+    # a budget no pack fits: the trial whose message came trains (the API admitted it), alone
+    tight = WorkerSettings(
+        redis_url=redis_url, data_dir=data_dir, lease_seconds=10, heartbeat_seconds=0.2, worker_memory_bytes=1
+    )
+    assert run_pack(ids[0], settings=tight, r=redis_client, store=store) == {ids[0]: "succeeded"}
+    assert [jobs.get_job(redis_client, i)["status"] for i in ids[1:]] == ["queued", "queued"]
+    # with room, the next message takes the rest as a pack
+    roomy = WorkerSettings(redis_url=redis_url, data_dir=data_dir, lease_seconds=10, heartbeat_seconds=0.2)
+    assert run_pack(ids[2], settings=roomy, r=redis_client, store=store) == {ids[2]: "succeeded", ids[1]: "succeeded"}
+
+
+def test_pack_memory_counts_the_data_once():
+    assert pack_memory_bytes([100, 120, 110], 80) == 80 + 40
+    assert pack_memory_bytes([100, 120, 110], 80, stacked=True) == 80 + 20 + 40 + 30
+    assert pack_memory_bytes([], 80) == 80

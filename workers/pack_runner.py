@@ -1,0 +1,290 @@
+"""run_trial(job_id): a sweep trial's message trains the trial's whole pack in this process.
+
+A sweep's trials that share a pack id (workers/sweeps.py `pack_key`: same datasets, network, batch
+size, order, dtype, device, input scale) need the same data. The first trial message a worker takes
+claims its own trial, then every sibling still queued, each through jobs.claim (atomic per trial: a
+sibling another worker already took is not in the pack) and within the worker's memory (the pack's
+estimate is checked as the API checks a job's). The dataset is loaded once and each trial trains
+after the other in this process on the same arrays, through runner.py's own path: each trial keeps
+its lease (one thread renews them all), EpochReporter (history, progress, cancel), checkpoints and
+finish, so a trial that diverges or is cancelled ends alone and the next one starts. Each sibling's
+own message later finds its job taken and does nothing.
+
+The engine has no stacked fit yet (a leading trial axis), so the trials run one after another; what
+they share is the loaded arrays and the process (warm caches, no dispatch). fit builds the Gram
+matrix itself, so each trial computes its own.
+
+After kill -9 every unfinished trial's lease expires, the sweeper requeues it and sends its message;
+the first to arrive claims the queued siblings again, each resumes from its own checkpoint. A
+shutdown (SIGTERM) releases the trial training and every trial still waiting in the pack.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import redis
+
+from dnnq.workers import jobs, keys
+from dnnq.workers.artifact_store import ArtifactStore, open_store
+from dnnq.workers.inputs import JobInputs, load_inputs
+from dnnq.workers.job_reads import record_key
+from dnnq.workers.logs import event
+from dnnq.workers.recovery import host_memory_bytes
+from dnnq.workers.runner import _Claim, _release, _set_current_job, _train_to_the_end, process_redis, run_job
+from dnnq.workers.settings import WorkerSettings, get_settings
+from dnnq.workers.shutdown import cooperative_sigterm, release_requested
+from dnnq.workers.spec import JobSpec, SpecError, to_train_config
+from dnnq.workers.sweeps import get_sweep
+
+__all__ = ["PackHeartbeat", "pack_memory_bytes", "run_pack", "run_trial"]
+
+
+class _TrialLease:
+    """One trial's lease as training sees it (runner.LeaseWatch): `lost` once renewal fails."""
+
+    def __init__(self, job_id: str, token: str) -> None:
+        self.job_id, self.token = job_id, token
+        self.lost = threading.Event()
+
+
+class PackHeartbeat(threading.Thread):
+    """Renews every unfinished trial's lease each heartbeat_seconds, together; a trial whose renewal
+    fails gets `lost` set (another worker may have it) and is renewed no more."""
+
+    def __init__(self, r: redis.Redis, leases: list[_TrialLease], settings: WorkerSettings) -> None:
+        super().__init__(name=f"pack-lease-{leases[0].job_id[:8]}", daemon=True)
+        self.r, self.period, self.lease_ms = r, settings.heartbeat_seconds, settings.lease_ms
+        self._leases = {lease.job_id: lease for lease in leases}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+
+    def done(self, job_id: str) -> None:
+        """The trial has ended (its finish dropped the lease): stop renewing it."""
+        with self._lock:
+            self._leases.pop(job_id, None)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            with self._lock:
+                held = list(self._leases.values())
+            for lease in held:
+                try:
+                    if jobs.renew_lease(self.r, lease.job_id, lease.token, self.lease_ms):
+                        continue
+                    with self._lock:
+                        if lease.job_id not in self._leases:  # finished meanwhile: its lease went with it
+                            continue
+                        self._leases.pop(lease.job_id)
+                    lease.lost.set()
+                    event("job.lease_lost", logging.WARNING, job_id=lease.job_id)
+                except Exception as exc:  # Redis blip: keep trying until the lease itself runs out
+                    event("job.lease_renew_error", logging.WARNING, job_id=lease.job_id, error=str(exc))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def pack_memory_bytes(estimates: list[int], data_bytes: int, *, stacked: bool = False) -> int:
+    """A pack's working memory from its trials' own estimates (each TrainConfig.estimate_memory_bytes,
+    its data included): one copy of the data, plus the trials' other memory summed when they train as one
+    stacked computation, else the largest (one trial at a time)."""
+    rest = [max(0, e - data_bytes) for e in estimates]
+    return data_bytes + (sum(rest) if stacked else max(rest, default=0))
+
+
+def run_trial(
+    job_id: str,
+    *,
+    settings: WorkerSettings | None = None,
+    r: redis.Redis | None = None,
+    store: ArtifactStore | None = None,
+    celery_task_id: str | None = None,
+) -> str | None:
+    """The dnnq.train task's entry: a sweep trial trains with its pack (run_pack), any other job alone
+    (runner.run_job). Returns job_id's outcome as run_job does."""
+    settings = settings or get_settings()
+    r = r if r is not None else process_redis(settings)
+    key = record_key(job_id)
+    fields = r.hmget(key, ["sweep_id", "sweep_pack"]) if key is not None else [None, None]
+    if not fields[0] or not fields[1]:
+        return run_job(job_id, settings=settings, r=r, store=store, celery_task_id=celery_task_id)
+    outcomes = run_pack(job_id, settings=settings, r=r, store=store, celery_task_id=celery_task_id)
+    return outcomes.get(job_id)
+
+
+def run_pack(
+    job_id: str,
+    *,
+    settings: WorkerSettings | None = None,
+    r: redis.Redis | None = None,
+    store: ArtifactStore | None = None,
+    celery_task_id: str | None = None,
+) -> dict[str, str | None]:
+    """Claim sweep trial job_id and its pack's queued siblings, train them, return each claimed trial's
+    outcome (as run_job's). Empty when job_id itself could not be claimed."""
+    settings = settings or get_settings()
+    r = r if r is not None else process_redis(settings)
+    store = store if store is not None else open_store(settings)
+    leases = [_TrialLease(job_id, _token(settings))]
+    if not jobs.claim(r, job_id, leases[0].token, settings.lease_ms, celery_task_id):
+        job = jobs.get_job(r, job_id)
+        event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
+        return {}
+    t_claimed = time.perf_counter()
+    try:
+        for sibling in _siblings_that_fit(r, job_id, settings):
+            lease = _TrialLease(sibling, _token(settings))
+            if jobs.claim(r, sibling, lease.token, settings.lease_ms):
+                leases.append(lease)
+    except Exception as exc:  # the pack is an optimisation: the claimed trial trains whatever went wrong here
+        event("pack.siblings_unread", logging.WARNING, job_id=job_id, error=str(exc))
+    heartbeat = PackHeartbeat(r, leases, settings)
+    heartbeat.start()
+    ids = [lease.job_id for lease in leases]
+    event("pack.claimed", job_id=job_id, pack_size=len(ids), trials=ids)
+    _set_current_job(r, settings, job_id)
+    try:
+        with cooperative_sigterm():
+            return _train_pack(r, store, settings, leases, heartbeat, t_claimed)
+    finally:
+        heartbeat.stop()
+        _set_current_job(r, settings, "")
+
+
+def _token(settings: WorkerSettings) -> str:
+    return f"{settings.worker_name}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def _siblings_that_fit(r: redis.Redis, job_id: str, settings: WorkerSettings) -> list[str]:
+    """job_id's pack's other trials still queued, in trial order, as many as the worker's memory holds
+    beside job_id (the pack's estimate checked as the API checks one job's)."""
+    job = jobs.get_job(r, job_id)
+    sweep = get_sweep(r, job["sweep_id"]) if job and job.get("sweep_id") else None
+    if job is None or sweep is None:
+        return []
+    indexes = (sweep.get("packs") or {}).get(job.get("sweep_pack") or "", [])
+    candidates = [sweep["job_ids"][i] for i in indexes if sweep["job_ids"][i] != job_id]
+    records = {c: jobs.get_job(r, c) for c in candidates}
+    queued = [c for c in candidates if (records[c] or {}).get("status") == jobs.Status.QUEUED.value]
+    if not queued:
+        return []
+    capacity = settings.worker_memory_bytes or host_memory_bytes()
+    if capacity is None:
+        return queued
+    n_examples, data = _data_bytes(r, job)
+    estimates = [_estimate(r, job, n_examples)]
+    chosen = []
+    for c in queued:
+        est = _estimate(r, records[c] or {}, n_examples)
+        if pack_memory_bytes([*estimates, est], data) > capacity:
+            event("pack.memory_full", job_id=job_id, left_out=c, capacity=capacity)
+            continue
+        estimates.append(est)
+        chosen.append(c)
+    return chosen
+
+
+def _data_bytes(r: redis.Redis, job: dict[str, Any]) -> tuple[int, int]:
+    from dnnq.workers.datasets import get_dataset
+
+    spec = JobSpec.model_validate(job["spec"])
+    meta = get_dataset(r, spec.dataset_id) or {}
+    n, n_x = int(meta.get("n_examples") or 0), int(meta.get("n_features") or 0)
+    item = 4 if spec.training.dtype == "float32" else 8
+    return n, n * (n_x + 1) * item
+
+
+def _estimate(r: redis.Redis, job: dict[str, Any], n_examples: int) -> int:
+    """The trial's TrainConfig.estimate_memory_bytes (0 when its spec no longer reads: it fails alone later)."""
+    from dnnq.workers.datasets import get_dataset
+
+    try:
+        spec = JobSpec.model_validate(job["spec"])
+        meta = get_dataset(r, spec.dataset_id)
+        if meta is None:
+            return 0
+        val = get_dataset(r, spec.validation_dataset_id) if spec.validation_dataset_id else None
+        return to_train_config(spec, meta, val).estimate_memory_bytes(n_examples)
+    except (SpecError, ValueError, KeyError):
+        return 0
+
+
+class _SharedInputs:
+    """Loads the pack's data once: the first trial through load_inputs, each other trial as its own
+    record, spec and config over the same (read-only) arrays. A trial whose inputs fail (a dataset
+    deleted meanwhile) fails alone; the next one tries again."""
+
+    def __init__(self) -> None:
+        self.first: JobInputs | None = None
+
+    def __call__(self, r: redis.Redis, store: ArtifactStore, job_id: str) -> JobInputs:
+        if self.first is None:
+            inputs = load_inputs(r, store, job_id)
+            for a in (inputs.X, inputs.Y, inputs.X_val, inputs.Y_val):
+                if a is not None:
+                    a.flags.writeable = False  # shared by every trial: nothing may change them
+            self.first = inputs
+            return inputs
+        job = jobs.get_job(r, job_id)
+        if job is None:
+            raise SpecError("id", f"job '{job_id}' no longer exists.")
+        spec = JobSpec.model_validate(job["spec"])
+        first = self.first
+        if (spec.dataset_id, spec.validation_dataset_id) != (first.spec.dataset_id, first.spec.validation_dataset_id):
+            return load_inputs(r, store, job_id)  # not the same data after all (pack ids say it is)
+        cfg = to_train_config(spec, first.meta, first.val_meta)
+        return replace(first, record=job, spec=spec, cfg=cfg)
+
+
+def _train_pack(
+    r: redis.Redis,
+    store: ArtifactStore,
+    settings: WorkerSettings,
+    leases: list[_TrialLease],
+    heartbeat: PackHeartbeat,
+    t_claimed: float,
+) -> dict[str, str | None]:
+    """Each claimed trial in turn through runner's path, on the shared inputs; the trials still waiting
+    are released when the worker is asked to shut down."""
+    load = _SharedInputs()
+    outcomes: dict[str, str | None] = {}
+    size = len(leases)
+    for i, lease in enumerate(leases):
+        if release_requested():
+            for waiting in leases[i:]:
+                outcomes[waiting.job_id] = _release_waiting(r, settings, waiting)
+                heartbeat.done(waiting.job_id)
+            break
+        pack = {"pack_size": float(size), "pack_wait_s": round(time.perf_counter() - t_claimed, 4)}
+        claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack)
+        if lease.lost.is_set():
+            outcomes[lease.job_id] = None
+            continue
+        if r.hget(keys.job(lease.job_id), "status") == jobs.Status.CANCELLING.value:  # cancelled while waiting
+            outcome: str | None = "cancelled" if jobs.finish(r, lease.job_id, lease.token, "cancelled") else None
+        else:
+            outcome = _train_to_the_end(claim, load)
+        outcomes[lease.job_id] = outcome
+        heartbeat.done(lease.job_id)
+        event("pack.trial_done", job_id=lease.job_id, outcome=outcome, position=i + 1, pack_size=size)
+    load.first = None  # the arrays go with the pack
+    return outcomes
+
+
+def _release_waiting(r: redis.Redis, settings: WorkerSettings, lease: _TrialLease) -> str | None:
+    """A trial the pack has not started: back to queued (its attempt kept) with its message sent again,
+    or, cancelled meanwhile, finished 'cancelled'."""
+    queue = r.hget(keys.job(lease.job_id), "queue") or "default"
+    outcome = _release(r, settings, lease.job_id, lease.token, str(queue), 0)
+    if outcome == jobs.Status.CANCELLING.value:
+        done = jobs.finish(r, lease.job_id, lease.token, "cancelled")
+        return "cancelled" if done else None
+    return outcome
