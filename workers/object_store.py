@@ -58,6 +58,11 @@ _S3_VARIABLES = {
 }
 
 
+_CLIENTS: dict[tuple[Any, ...], Any] = {}  # (pid, endpoint, environ) -> client
+_SESSIONS: dict[tuple[Any, ...], Any] = {}  # (endpoint, environ) -> boto3 Session
+_CLIENTS_LOCK = threading.Lock()
+
+
 def parse_artifacts_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of DNNQ_ARTIFACTS_URL, or StoreConfigError saying what to fix."""
     how = "use s3://bucket/prefix"
@@ -115,23 +120,25 @@ class ObjectArtifactStore:
         env = os.environ if environ is None else environ
         self.endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         self._environ = environ
-        self._clients: dict[int, Any] = {}  # by pid: a forked child never uses its parent's connections
-        self._lock = threading.Lock()
         self._cache = DatasetCache(self.scratch / "cache" / "datasets", cache_bytes)
 
     # --- the client ----------------------------------------------------------------------------
 
     @property
     def _client(self) -> Any:
-        pid = os.getpid()
-        client = self._clients.get(pid)
+        """This process's client for this endpoint and credentials: made once per process (a forked
+        child never uses its parent's connections), not per store (a job opens a store; a client
+        costs ~0.1 s of loading botocore's service model)."""
+        where = (self.endpoint, tuple(sorted((self._environ or {}).items())))
+        key = (os.getpid(), *where)
+        client = _CLIENTS.get(key)
         if client is None:
-            with self._lock:
-                client = self._clients.get(pid) or self._make_client()
-                self._clients = {pid: client}
+            with _CLIENTS_LOCK:
+                client = _CLIENTS.get(key) or self._make_client(where)
+                _CLIENTS[key] = client
         return client
 
-    def _make_client(self) -> Any:
+    def _make_client(self, where: tuple[Any, ...]) -> Any:
         import boto3  # type: ignore[import-untyped]  # no stubs shipped
         from botocore.config import Config  # type: ignore[import-untyped]
 
@@ -150,7 +157,11 @@ class ObjectArtifactStore:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        session = boto3.session.Session(region_name=region or "us-east-1", **kwargs)
+        # The session (credentials, botocore's loaded service model) is kept across forks: a child's
+        # client is built from its parent's session without reading the model again; sockets are the client's.
+        session = _SESSIONS.get(where)
+        if session is None:
+            session = _SESSIONS[where] = boto3.session.Session(region_name=region or "us-east-1", **kwargs)
         return session.client("s3", endpoint_url=self.endpoint, config=config)
 
     def _key(self, key: str) -> str:
