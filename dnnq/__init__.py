@@ -3,9 +3,9 @@
 One import name for the whole project: dnnq.models (the numerical engine), dnnq.workers (training
 jobs fed through Redis), dnnq.service (the HTTP front end; folders models/, workers/ and service/
 in the repository), the console script (dnnq.cli: `dnnq up | api | worker` and the client
-commands) and the Python SDK (`from dnnq import Client`: dnnq/client.py). Importing this package
-imports none of them: the SDK's names load on first use (module __getattr__), so the server
-processes do not pay for the client's imports.
+commands) and the Python SDK (`from dnnq import Client`: dnnq/client.py; AsyncClient: dnnq/aio.py).
+Importing this package imports none of them: the SDK's names load on first use (module
+__getattr__), so the server processes do not pay for the client's imports.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dnnq.aio import AsyncClient, AsyncJob
     from dnnq.client import Client
     from dnnq.errors import (
         Conflict,
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from dnnq.job import Dataset, Job, Prediction
 
 __all__ = [
+    "AsyncClient",
+    "AsyncJob",
     "Client",
     "Conflict",
     "ConnectionFailed",
@@ -44,7 +47,14 @@ __all__ = [
     "main",
 ]
 
-_LAZY = {"Client": "dnnq.client", "Dataset": "dnnq.job", "Job": "dnnq.job", "Prediction": "dnnq.job"}
+_LAZY = {
+    "AsyncClient": "dnnq.aio",
+    "AsyncJob": "dnnq.aio",
+    "Client": "dnnq.client",
+    "Dataset": "dnnq.job",
+    "Job": "dnnq.job",
+    "Prediction": "dnnq.job",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,11 +17,10 @@ from typing import NoReturn
 from dnnq import commands, sweep_commands
 from dnnq.errors import CliError, DnnqError, Unauthorized
 from dnnq.server_commands import cmd_api, cmd_up, cmd_worker
+from dnnq.wire import DEFAULT_URL
 from dnnq.workers.status import STATUSES
 
 __all__ = ["build_parser", "main"]
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 # The names the API accepts, as declared once in dnnq.models.names and dnnq.service. Copied, not
 # imported: importing those imports NumPy, which `dnnq --help` and the client commands do not need.

@@ -14,7 +14,6 @@ NumPy is imported by the calls that need it, so that `dnnq --help` and the CLI's
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,57 +21,22 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from dnnq.errors import CliError, ConnectionFailed, DnnqError, error_for
+from dnnq import wire
+from dnnq.errors import CliError
 from dnnq.job import Dataset, Job, Page
+from dnnq.wire import DEFAULT_URL
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_URL", "SPEC_SECTIONS", "CliError", "Client", "Dataset", "Job"]
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-# submit(**fields): which section of the job spec each flat keyword belongs to (workers/spec.py declares
-# them; copied so that the SDK does not import the server's modules: tests/sdk checks the copy).
-SPEC_SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("hidden_layers", "hidden_activation", "output"),
-    "training": (
-        "optimizer",
-        "learning_rate",
-        "beta",
-        "beta1",
-        "beta2",
-        "epsilon",
-        "lr_decay",
-        "decay_rate",
-        "decay_every",
-        "epochs",
-        "batch_size",
-        "init",
-        "seed",
-        "dtype",
-        "l2",
-        "dropout_keep_prob",
-        "shuffle",
-        "checkpoint_every",
-    ),
-    "preprocess": ("scale",),
-}
-
-
-def _id(value: Any) -> str:
-    return value.id if isinstance(value, (Dataset, Job)) else str(value)
+__all__ = ["DEFAULT_URL", "CliError", "Client", "Dataset", "Job"]
 
 
 class Client:
     """A dnnq API. Use it as a context manager, or call close(), to release its connections."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0) -> None:
-        self.url = (url or os.environ.get("DNNQ_URL") or DEFAULT_URL).rstrip("/")
-        key = api_key if api_key is not None else os.environ.get("DNNQ_API_KEY")
-        headers = {"Accept": "application/json", "User-Agent": "dnnq-python"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        self.url, headers = wire.connection(url, api_key)
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._limits: dict[str, Any] | None = None
 
@@ -89,40 +53,17 @@ class Client:
         return f"Client({self.url!r})"
 
     # -- plumbing (Job and Dataset call these too) ---------------------------------------------------
-    def _unreachable(self, exc: Exception) -> ConnectionFailed:
-        if isinstance(exc, httpx.TimeoutException):
-            return ConnectionFailed(
-                f"{self.url} did not answer in time ({type(exc).__name__}); is the server overloaded?"
-            )
-        return ConnectionFailed(f"cannot reach {self.url}: is `dnnq up` running?")
-
-    @staticmethod
-    def _raise_for(response: httpx.Response) -> None:
-        if response.status_code < 400:
-            return
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        raise error_for(response.status_code, body, response.text, response.reason_phrase, dict(response.headers))
-
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One HTTP request; a 4xx/5xx answer raises its DnnqError, no answer ConnectionFailed."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-        self._raise_for(response)
+            raise wire.unreachable(self.url, exc) from None
+        wire.raise_for(response)
         return response
 
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.request(method, path, **kwargs)
-        if response.status_code == 204:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise DnnqError(f"{self.url}{path} answered {response.status_code} with non-JSON content") from None
+        return wire.json_of(self.request(method, path, **kwargs))
 
     @contextlib.contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -131,10 +72,10 @@ class Client:
             with self._http.stream(method, path, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
-                    self._raise_for(response)
+                    wire.raise_for(response)
                 yield response
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+            raise wire.unreachable(self.url, exc) from None
 
     def limits(self) -> dict[str, Any]:
         """The server's request limits (GET /v1/limits), read once per Client."""
@@ -168,12 +109,8 @@ class Client:
                 return self._upload((path.name, fh), fields)
         if X is None or Y is None:
             raise ValueError("pass a file, or both X and Y")
-        import numpy as np
-
-        buffer = io.BytesIO()
-        np.savez(buffer, X=np.asarray(X), Y=np.asarray(Y))
         fields["layout"] = layout or "examples_first"
-        return self._upload((f"{name or 'arrays'}.npz", buffer.getvalue()), fields)
+        return self._upload((f"{name or 'arrays'}.npz", wire.npz_bytes(X, Y)), fields)
 
     def _upload(self, file: tuple[str, Any], fields: Mapping[str, Any]) -> Dataset:
         data = {k: str(v) for k, v in fields.items() if v is not None}
@@ -198,18 +135,7 @@ class Client:
         """Submit a training job: a spec dict (as POST /v1/jobs takes) and/or keywords, flat or by
         section: dataset=, validation_dataset=, hidden_layers=, epochs=, learning_rate=, scale=, device=,
         model={...}, training={...}. Keywords override the spec."""
-        body: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (spec or {}).items()}
-        for key, value in fields.items():
-            if key in ("dataset", "validation_dataset"):
-                body[f"{key}_id"] = _id(value)
-                continue
-            section = next((s for s, names in SPEC_SECTIONS.items() if key in names), None)
-            if section is not None:
-                body.setdefault(section, {})[key] = value
-            elif key in SPEC_SECTIONS and isinstance(value, Mapping):
-                body.setdefault(key, {}).update(value)
-            else:
-                body[key] = value
+        body = wire.spec_body(spec, fields)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         accepted = self.request_json("POST", "/v1/jobs", json=body, headers=headers)
         return Job(self, accepted)

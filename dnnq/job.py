@@ -8,14 +8,15 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 
-from dnnq.errors import ConnectionFailed, DnnqError, IntegrityError, WaitTimeout
+from dnnq import wire
+from dnnq.errors import ConnectionFailed, WaitTimeout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +27,6 @@ __all__ = ["TERMINAL", "Dataset", "History", "Job", "Page", "Prediction"]
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})  # job statuses that do not change any more
 STREAM_RETRIES = 3  # a dropped event stream is resumed (Last-Event-ID) this often before wait() polls
-NPY_HEADER_BYTES = 4096  # room left in a predict body for the .npy header (numpy pads it to 64 bytes)
 
 T = TypeVar("T")
 
@@ -216,21 +216,14 @@ class Job(_View):
         """The trained model's description: layer sizes, activations, preprocessing, classes, metrics."""
         return self._client.request_json("GET", f"/v1/jobs/{self.id}/model")
 
-    def _weights_stream(self, format: str, sink: Callable[[bytes], object]) -> tuple[str, int]:
-        """Stream the weights into `sink`; (sha256, size), checked against the server's ETag."""
-        sha, size = hashlib.sha256(), 0
+    def _weights_stream(self, format: str, sink: Callable[[bytes], object]) -> None:
+        """Stream the weights into `sink`, sha256-checked against the server's ETag."""
+        sha = hashlib.sha256()
         with self._client.stream("GET", f"/v1/jobs/{self.id}/weights", params={"format": format}) as response:
-            expected = response.headers.get("etag", "").removeprefix("W/").strip('"').lower()
             for chunk in response.iter_bytes():
                 sha.update(chunk)
-                size += len(chunk)
                 sink(chunk)
-        digest = sha.hexdigest()
-        if not expected:
-            raise IntegrityError("the server sent no ETag for the weights: cannot verify the download")
-        if digest != expected:
-            raise IntegrityError(f"download corrupted: sha256 {digest} does not match the ETag {expected}; retry")
-        return digest, size
+        wire.check_digest(sha.hexdigest(), wire.etag(response))
 
     def download(self, path: str | os.PathLike[str], format: str = "npz") -> Path:
         """Save the weights (npz, safetensors or onnx) to `path`, sha256-checked against the ETag; a
@@ -247,58 +240,24 @@ class Job(_View):
 
     def weights(self) -> dict[str, np.ndarray]:
         """The trained parameters W1, b1, ... as NumPy arrays (from the npz, sha256-checked)."""
-        import numpy as np
-
         buffer = io.BytesIO()
         self._weights_stream("npz", buffer.write)
-        buffer.seek(0)
-        with np.load(buffer, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return wire.load_weights(buffer.getvalue())
 
     def predict(self, X: Any) -> Prediction:
         """Predict rows X (examples x features, raw: the job's preprocess.scale is applied by the server;
         more dimensions are flattened per row). Sent as .npy bodies split by bytes under the server's
         limits (GET /v1/limits), in order."""
-        import numpy as np
-
-        X = np.asarray(X)
-        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
-            raise TypeError(f"inputs must be numeric, got dtype {X.dtype}")
-        X = X.reshape(1, -1) if X.ndim == 1 else X.reshape(X.shape[0], -1) if X.ndim > 2 else X
-        parts = [self._predict_part(part) for part in _row_chunks(X, self._rows_per_request(X))]
-        predictions = np.concatenate([np.asarray(p["predictions"]) for p in parts])
-        probabilities = None
-        if parts[0].get("probabilities") is not None:
-            probabilities = np.concatenate([np.asarray(p["probabilities"], dtype=np.float64) for p in parts])
-        labels = None if parts[0].get("labels") is None else [x for p in parts for x in p["labels"]]
-        return Prediction(predictions, probabilities, labels)
-
-    def _rows_per_request(self, X: np.ndarray) -> int:
-        limits = self._client.limits()
-        row_bytes = max(1, X.shape[1] * X.itemsize)
-        rows = min(
-            limits["max_predict_examples"],
-            (limits["max_predict_body_bytes"] - NPY_HEADER_BYTES) // row_bytes,
-            limits["max_predict_input_values"] // max(1, X.shape[1]),
-        )
+        X = wire.rows_matrix(X)
         dataset_id = self.data.get("dataset_id") or self.refresh().data["dataset_id"]
-        n_out = int(self._client.dataset(dataset_id).data.get("n_outputs") or 1)
-        rows = min(rows, limits["max_predict_values"] // n_out)
-        if rows < 1:
-            raise DnnqError(f"one row of {X.shape[1]} features is over the server's predict limits {limits}")
-        return rows
-
-    def _predict_part(self, X: np.ndarray) -> dict[str, Any]:
-        import numpy as np
-
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(X), allow_pickle=False)
-        return self._client.request_json(
-            "POST",
-            f"/v1/jobs/{self.id}/predict",
-            content=buffer.getvalue(),
-            headers={"Content-Type": "application/x-npy"},
-        )
+        n_outputs = int(self._client.dataset(dataset_id).data.get("n_outputs") or 1)
+        rows = wire.rows_per_request(self._client.limits(), X, n_outputs)
+        path, headers = f"/v1/jobs/{self.id}/predict", {"Content-Type": "application/x-npy"}
+        parts = [
+            self._client.request_json("POST", path, content=wire.npy_bytes(part), headers=headers)
+            for part in wire.row_chunks(X, rows)
+        ]
+        return wire.join_predictions(parts)
 
     # -- ending --------------------------------------------------------------------------------------
     def cancel(self) -> Job:
@@ -309,11 +268,6 @@ class Job(_View):
     def delete(self) -> None:
         """Delete the job: its record, history and weights (Conflict while it runs: cancel it first)."""
         self._client.request("DELETE", f"/v1/jobs/{self.id}")
-
-
-def _row_chunks(X: np.ndarray, rows: int) -> Iterator[np.ndarray]:
-    for start in range(0, max(len(X), 1), rows):
-        yield X[start : start + rows]
 
 
 def _check_deadline(deadline: float | None, job: Job) -> None:

@@ -57,7 +57,7 @@ def test_field_errors_join_the_detail_and_non_json_bodies_are_kept_short():
 def test_the_spec_sections_are_the_specs_own_fields():
     """dnnq/client.py copies which section each submit keyword goes to (importing workers.spec would
     import the job store); the copy must be the declaration."""
-    from dnnq.client import SPEC_SECTIONS
+    from dnnq.wire import SPEC_SECTIONS
     from dnnq.workers.spec import ModelSpec, PreprocessSpec, TrainingSpec
 
     assert {

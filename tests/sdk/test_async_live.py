@@ -1,0 +1,45 @@
+"""AsyncClient, the SDK's asyncio twin, against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from dnnq import AsyncClient, Conflict, NotFound
+from dnnq.models import predict
+
+pytestmark = pytest.mark.e2e
+
+
+def test_async_upload_submit_wait_predict_delete(live_stack, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    Y = (X[:, 0] * X[:, 1] > 0).astype(np.float64)
+
+    async def scenario():
+        async with AsyncClient(live_stack.base_url) as client:
+            data = await client.upload(X=X, Y=Y, name="quadrants")
+            job = await client.submit(dataset=data, hidden_layers=[8], epochs=50, learning_rate=0.05, device="cpu")
+            seen = []
+            await job.wait(timeout=120, on_epoch=seen.append)
+            assert job.status == "succeeded" and job.progress["epoch"] == 50
+            assert [e["epoch"] for e in seen] == sorted({e["epoch"] for e in seen})
+            history = await job.history()
+            weights = await job.weights()
+            saved = await job.download(tmp_path / "w.npz")
+            result = await job.predict(X)
+            with pytest.raises(Conflict):
+                await job.cancel()
+            await job.delete()
+            with pytest.raises(NotFound):
+                await client.job(job.id)
+            return history, weights, saved, result
+
+    history, weights, saved, result = asyncio.run(scenario())
+    np.testing.assert_array_equal(history.epoch, np.arange(1, 51))
+    with np.load(saved) as npz:
+        assert sorted(npz.files) == sorted(weights)
+    np.testing.assert_array_equal(result.predictions, predict(weights, X.T, hidden_activation="relu"))
+    assert result.probabilities.shape == (200, 1)
