@@ -263,7 +263,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         progress = job.data.get("progress") or {}
         epochs = progress.get("epochs") or ((job.data.get("spec") or {}).get("training") or {}).get("epochs")
         bar = ProgressBar(epochs)
-        if progress.get("epoch"):
+        if progress.get("epoch") and job.status not in TERMINAL:  # an ended job gets its final line only
             bar.update(progress["epoch"], progress.get("loss"))
 
         def on_epoch(entry: dict[str, Any]) -> None:
