@@ -82,8 +82,12 @@ def _entries(raw: list[str]) -> list[dict]:
 
 
 # A finished job's long history is in the artifact store (workers/history_store.py), the record's
-# history_stored field saying how many epochs; one atomic script moved it, so a reader finds the
-# entries in the list or the field set, never neither. The list and the field are read in one MULTI.
+# history_stored field saying how many epochs; one atomic script set the field and dropped the list, so
+# a list read empty and the field read after it never miss both. A caller with the record (`job`) reads
+# the list alone (one round trip, as before the move existed) unless the record says the history moved,
+# and asks for the field only when the list was empty where it could have moved since the record was
+# read: a whole-history read of a job not queued. (An SSE stream reading from an index catches up on its
+# next poll, whose record says where the history is.)
 
 
 def _stored(store: ArtifactStore | None, job_id: str, start: int, end: int) -> list[dict]:
@@ -96,6 +100,10 @@ def _stored(store: ArtifactStore | None, job_id: str, start: int, end: int) -> l
 
 def _moved(job: dict | None) -> bool:
     return job is not None and bool(job.get("history_stored"))
+
+
+def _ask_field(raw: list, start: int, job: dict | None) -> bool:
+    return not raw and (job is None or (start == 0 and job.get("status") != "queued"))
 
 
 def get_history(
@@ -112,11 +120,10 @@ def get_history(
     history then needs no Redis read)."""
     if _moved(job):
         return _stored(store, job_id, start, end)
-    pipe = r.pipeline(transaction=True)
-    pipe.lrange(keys.job_history(job_id), start, end)
-    pipe.hget(keys.job(job_id), "history_stored")
-    raw, stored = pipe.execute()
-    return _stored(store, job_id, start, end) if not raw and stored else _entries(raw)
+    raw = r.lrange(keys.job_history(job_id), start, end)
+    if _ask_field(raw, start, job) and r.hget(keys.job(job_id), "history_stored"):
+        return _stored(store, job_id, start, end)
+    return _entries(raw)
 
 
 async def get_history_async(
@@ -130,11 +137,8 @@ async def get_history_async(
 ) -> list[dict]:
     """get_history on a redis.asyncio client (the store's read on a thread: an object store's GET)."""
     if not _moved(job):
-        pipe = ar.pipeline(transaction=True)
-        pipe.lrange(keys.job_history(job_id), start, end)
-        pipe.hget(keys.job(job_id), "history_stored")
-        raw, stored = await pipe.execute()
-        if raw or not stored:
+        raw = await ar.lrange(keys.job_history(job_id), start, end)
+        if not (_ask_field(raw, start, job) and await ar.hget(keys.job(job_id), "history_stored")):
             return _entries(raw)
     return await asyncio.to_thread(_stored, store, job_id, start, end)
 

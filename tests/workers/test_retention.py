@@ -121,6 +121,17 @@ def test_the_async_reader_answers_the_same_moved_history(redis_client, redis_url
     assert whole == before and part == before[10:20]
 
 
+def test_a_reader_holding_a_record_read_before_the_move_still_finds_the_history(redis_client, store):
+    r = redis_client
+    job_id, token = trained(r, LONG)
+    stale = jobs.get_job(r, job_id)  # read while running: it says nothing of a move
+    before = jobs.get_history(r, job_id, job=stale)
+    assert jobs.finish(r, job_id, token, "succeeded", store=store)
+    assert jobs.get_history(r, job_id, store=store, job=stale) == before
+    fresh = jobs.get_job(r, job_id)
+    assert jobs.get_history(r, job_id, 100, 199, store=store, job=fresh) == before[100:200]
+
+
 def test_a_short_history_stays_in_redis_and_writes_no_file(redis_client, store):
     r = redis_client
     job_id, token = trained(r, HISTORY_INLINE_MAX)
