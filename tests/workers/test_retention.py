@@ -433,3 +433,17 @@ def test_store_delete_prefix(store):
     assert not (store.root / "jobs" / ("a" * 32)).exists()
     assert store.exists("jobs/" + "b" * 32 + "/weights.npz")
     assert store.delete_prefix("jobs/" + "c" * 32 + "/") == 0
+
+
+def test_the_trash_keeps_the_file_of_a_dataset_stored_again(redis_client, store):
+    """A crash left a deleted dataset's file in the trash, and the same content was uploaded again (the
+    same id): the sweeper unlists the entry and keeps the file the new record points at."""
+    r = redis_client
+    ds = _dataset(r, store, seed=7)
+    datasets.delete_dataset(r, store, ds, "acme")
+    r.zadd(keys.TRASH, {f"datasets/{ds}.npz": 0})  # as if the deleter died before removing it
+    assert _dataset(r, store, seed=7) == ds
+    assert trash.empty(r, store) == 1
+    assert store.exists(f"datasets/{ds}.npz") and r.zcard(keys.TRASH) == 0
+    X, _ = datasets.load_arrays(store, ds)
+    assert X.shape == (20, 3)
