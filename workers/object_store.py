@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
@@ -87,6 +88,14 @@ def parse_artifacts_url(url: str) -> tuple[str, str]:
             "names separated by '/' (letters, digits, '_', '-', '.')."
         )
     return bucket, prefix
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_STREAM_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _code(exc: BaseException) -> str:
@@ -257,20 +266,19 @@ class ObjectArtifactStore:
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 
         full, src = self._key(key), Path(path)
-        h = hashlib.sha256()
-        with open(src, "rb") as f:
-            while chunk := f.read(_STREAM_CHUNK):
-                h.update(chunk)
         config = TransferConfig(
             multipart_threshold=MULTIPART_CHUNK,
             multipart_chunksize=MULTIPART_CHUNK,
             max_concurrency=_PUT_CONCURRENCY,
         )
-        self._retrying(
-            "PUT", key, lambda: self._client.upload_file(str(src), self.bucket, full, Config=config)
-        )  # a failed multipart upload is aborted by s3transfer: nothing becomes visible
+        with ThreadPoolExecutor(1) as pool:  # the sha256 pass runs while the parts go up (hashlib frees the GIL)
+            digest = pool.submit(_sha256_of, src)
+            self._retrying(
+                "PUT", key, lambda: self._client.upload_file(str(src), self.bucket, full, Config=config)
+            )  # a failed multipart upload is aborted by s3transfer: nothing becomes visible
+            sha = digest.result()
         src.unlink()
-        return h.hexdigest()
+        return sha
 
     def open_read(self, key: str) -> BinaryIO:
         """A seekable reader of one version of the object: each buffer fill is one range GET."""
