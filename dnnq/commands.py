@@ -76,6 +76,13 @@ def _job_line(job: dict[str, Any]) -> str:
     return line
 
 
+def _sweep_line(job: dict[str, Any]) -> str:
+    overrides = job.get("sweep_overrides") or {}
+    changes = " ".join(f"{k.rsplit('.', 1)[-1]}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+    trial = f"trial {job.get('sweep_trial')} ({changes or 'the base spec'})"
+    return f"sweep: {job['sweep_id']} {trial}, pack {job.get('sweep_pack')}"
+
+
 def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, args.api_key or "", timeout=args.timeout)  # "": no key, not $DNNQ_API_KEY again
 
@@ -250,6 +257,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     ):
         if job.get(key) not in (None, ""):
             print(f"  {key}: {job[key]}")
+    if job.get("sweep_id"):  # a sweep's trial: `dnnq sweep-status ID` shows the others
+        print(f"  {_sweep_line(job)}")
     for entry in job.get("history") or []:
         print(f"  epoch {entry.get('epoch')}: loss {_fmt(entry.get('loss'))} accuracy {_fmt(entry.get('accuracy'))}")
     return 0

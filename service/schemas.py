@@ -40,6 +40,7 @@ __all__ = [
     "JobTimings",
     "JobView",
     "ModelDescription",
+    "OverrideValue",
     "PredictRequest",
     "Readiness",
     "StoreCheck",
@@ -124,6 +125,12 @@ class PredictRequest(BaseModel):
 # A key a view leaves out rather than sending null: optional, and not null in the schema.
 Absent = SkipJsonSchema[None]
 
+# A value a sweep's trial sets: a number, a name, a flag, or a list of layer sizes (model.hidden_layers).
+OverrideValue = int | float | str | bool | list[int] | None
+
+# The job record's fields that name a trial's sweep (workers/sweeps.py writes them), shown as they are.
+SWEEP_FIELDS = ("sweep_id", "sweep_trial", "sweep_overrides", "sweep_pack")
+
 
 class _View(BaseModel):
     """A response body. Keys the views do not send are refused (additionalProperties: false), so a key
@@ -171,6 +178,7 @@ class JobLinks(_View):
     weights_onnx: str | Absent = None
     model: str | Absent = None
     predict: str | Absent = None
+    sweep: str | Absent = Field(default=None, description="The sweep this job is a trial of (sweep trials only).")
 
 
 class HistoryEntry(_View):
@@ -210,6 +218,14 @@ class JobView(_View):
         "before a worker claims it.",
     )
     timings: JobTimings | None = Field(description="Set when training ends.")
+    sweep_id: str | Absent = Field(default=None, description="The sweep this job is a trial of (sweep trials only).")
+    sweep_trial: int | Absent = Field(default=None, description="Its index among the sweep's trials.")
+    sweep_overrides: dict[str, OverrideValue] | Absent = Field(
+        default=None, description="What this trial changes in the sweep's base spec (dotted paths)."
+    )
+    sweep_pack: str | Absent = Field(
+        default=None, description="Trials with the same pack can train together as one computation."
+    )
     links: JobLinks
     history: list[HistoryEntry] | Absent = Field(
         default=None,
@@ -358,6 +374,8 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
                 links[f"weights_{fmt}"] = f"{base}/{jid}/weights?format={fmt}"
         links["model"] = f"{base}/{jid}/model"
         links["predict"] = f"{base}/{jid}/predict"
+    if job.get("sweep_id"):
+        links["sweep"] = f"/v1/sweeps/{job['sweep_id']}"
     view = {
         "id": jid,
         "status": job.get("status"),
@@ -382,6 +400,8 @@ def job_view(job: dict[str, Any], history: list[dict] | None, *, base: str = "/v
         "timings": job.get("timings"),
         "links": links,
     }
+    if job.get("sweep_id"):  # a sweep's trial: which sweep, which trial, what it changes
+        view.update({k: job.get(k) for k in SWEEP_FIELDS})
     if history is not None:
         view["history"] = history
     return view

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dnnq.service.schemas import finite
+from dnnq.service.schemas import OverrideValue, finite
 from dnnq.workers import sweeps
 from dnnq.workers.spec import JobSpec
 from dnnq.workers.status import TERMINAL
@@ -31,8 +31,6 @@ __all__ = [
     "trial_view",
 ]
 
-# A value a trial sets: a number, a name, a flag, or a list of layer sizes (model.hidden_layers).
-OverrideValue = int | float | str | bool | list[int] | None
 MetricName = Literal["val_loss", "loss", "val_accuracy", "accuracy"]
 TrialStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled", "deleted"]
 SweepStatus = Literal["queued", "running", "finished"]

@@ -161,7 +161,11 @@ async def create_sweep(
     sending.add_done_callback(_SENDING.discard)
     if reservation:
         await run_in_threadpool(reservation.complete, sweep["id"])
-    queued = [{"status": "queued", "spec": t.spec.model_dump(mode="json")} for t in trials]
+    pack_of = {i: pack for pack, indexes in (sweep.get("packs") or {}).items() for i in indexes}
+    queued = [
+        {"status": "queued", "spec": t.spec.model_dump(mode="json"), "sweep_pack": pack_of.get(i)}
+        for i, t in enumerate(trials)
+    ]
     return _accepted(sweep_view(sweep, queued, sweep["metric"]))
 
 

@@ -87,5 +87,9 @@ def test_sweep_wait_and_status_on_the_live_stack(live_stack, capsys):
     assert code == 0 and view["counts"] == {"succeeded": 2} and view["best"] is not None
     table = [line for line in out.splitlines() if line.startswith("*")]
     assert table and table[-1].split()[1] == str(view["best"]["index"])
+    trial = view["trials"][1]
+    assert main(["status", trial["job_id"], "--url", url]) == 0
+    line = f'  sweep: {sweep_id} trial 1 (epochs=4 learning_rate=0.05 optimizer="gd"), pack {trial["pack"]}'
+    assert line in capsys.readouterr().out.splitlines()
     code = main(["sweep-status", "f" * 32, "--url", url])
     assert code == 1 and "404" in capsys.readouterr().err

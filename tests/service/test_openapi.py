@@ -203,6 +203,24 @@ def test_answers_match_the_schema_fast_lane_included(app, client, redis_client):
     cancelled = check_answer(spec, "post", "/v1/jobs/{job_id}/cancel", client.post(f"/v1/jobs/{first['id']}/cancel"))
     assert cancelled["status"] == "cancelled"
 
+    # a sweep's trial is an ordinary job whose view names its sweep: the lane's, the route's and the list's
+    sweep_body = {"base": {"dataset_id": dataset["id"]}, "grid": {"lr": [0.1, 0.2], "hidden_layers": [[3], [2, 2]]}}
+    sweep = check_answer(spec, "post", "/v1/sweeps", client.post("/v1/sweeps", json=sweep_body))
+    trial = sweep["trials"][3]
+    before = lane.answered
+    for query in ("", "?history=none&x=1"):
+        view = check_answer(spec, "get", "/v1/jobs/{job_id}", client.get(f"/v1/jobs/{trial['job_id']}{query}"))
+        assert (view["sweep_id"], view["sweep_trial"], view["sweep_pack"]) == (sweep["id"], 3, trial["pack"])
+        assert view["sweep_overrides"] == {"model.hidden_layers": [2, 2], "training.learning_rate": 0.2}
+        assert view["links"]["sweep"] == f"/v1/sweeps/{sweep['id']}"
+    assert lane.answered == before + 1
+    listed = check_answer(spec, "get", "/v1/jobs", client.get("/v1/jobs?limit=10"))
+    assert sum("sweep_id" in item for item in listed["items"]) == 4
+    assert not any(
+        k.startswith("sweep")
+        for k in check_answer(spec, "get", "/v1/jobs/{job_id}", client.get(f"/v1/jobs/{job['id']}"))
+    )
+
     # problem+json answers, from the lane and from the routes
     missing = "0" * 32
     for resp, method, path in (
