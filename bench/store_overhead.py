@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 return out
 
             big_jobs: dict[str, str] = {}
-            wide = 5000
-            n_params_mb = args.mb  # [wide, wide, 1]: wide*wide float32 = 100 MB at 5000
-            wide = int((n_params_mb * 1e6 / 4) ** 0.5)
+            wide = int((args.mb * 1e6 / 4) ** 0.5)  # [wide, wide, 1]: wide * wide float32, 100 MB at 5000
             for stack in stacks:  # not timed: the 100 MB network the download rounds fetch
                 rng = np.random.default_rng(1)
                 X = rng.normal(size=(16, wide)).astype(np.float32)

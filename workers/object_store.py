@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
-from dnnq.workers.artifact_store import StoreConfigError, StoreUnavailable, validate_key
+from dnnq.workers.artifact_store import InvalidKey, StoreConfigError, StoreUnavailable, validate_key
 from dnnq.workers.dataset_cache import DatasetCache
 
 __all__ = ["MULTIPART_CHUNK", "ObjectArtifactStore", "parse_artifacts_url"]
@@ -237,8 +237,10 @@ class ObjectArtifactStore:
         self._retrying("DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under `prefix` (a key's leading parts, e.g. 'jobs/<id>'); returns how many."""
-        full = self._key(prefix.rstrip("/")) + "/"
+        """Delete every object under `prefix` (a folder: 'jobs/{id}/'); returns how many."""
+        if not prefix.endswith("/"):
+            raise InvalidKey(f"A prefix to delete must end with '/'. Got {prefix!r} instead.")
+        full = self._key(prefix[:-1]) + "/"
 
         def run() -> int:
             count = 0

@@ -6,6 +6,9 @@
   subprocess serving `service.app:create_app` on a free 127.0.0.1 port. Yields a `LiveStack`
   (base_url, env, client()). Other suites reuse it: override the `live_stack_env` fixture (e.g.
   {"DNNQ_API_KEYS": "alice:k1,bob:k2"}) or call `live_stack_factory(env={...}, workers=0)`.
+- The artifact store is the local directory unless a test is marked `both_stores` (tests/conftest.py):
+  it then runs twice, the second time with the API, its workers and the `store` fixture on one fresh
+  bucket of the session's S3 server (moto, tests/s3.py).
 """
 
 from __future__ import annotations

@@ -98,7 +98,9 @@ def test_delete_prefix(s3):
     for name in ("weights.npz", "model.json", "checkpoint.npz"):
         s3.put(f"jobs/j1/{name}", b"x")
     s3.put("jobs/j10/weights.npz", b"y")  # shares the characters, not the prefix
-    assert s3.delete_prefix("jobs/j1") == 3
+    with pytest.raises(InvalidKey, match="must end with '/'"):
+        s3.delete_prefix("jobs/j1")
+    assert s3.delete_prefix("jobs/j1/") == 3
     assert not s3.exists("jobs/j1/model.json")
     assert s3.exists("jobs/j10/weights.npz")
 
