@@ -268,6 +268,7 @@ def _train_pack(
         if lease.lost.is_set():
             outcomes[lease.job_id] = None
             continue
+        _set_current_job(r, settings, lease.job_id)
         if r.hget(keys.job(lease.job_id), "status") == jobs.Status.CANCELLING.value:  # cancelled while waiting
             outcome: str | None = "cancelled" if jobs.finish(r, lease.job_id, lease.token, "cancelled") else None
         else:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from dnnq.workers import datasets, jobs, sweeps
+from dnnq.workers import datasets, jobs, shutdown, sweeps
 from dnnq.workers.pack_runner import pack_memory_bytes, run_pack, run_trial
 from dnnq.workers.settings import WorkerSettings
 from dnnq.workers.spec import JobSpec
@@ -134,6 +134,36 @@ def test_cancelling_one_trial_mid_pack_leaves_the_others_to_finish(redis_client,
     assert 1 <= trained < 100_000
     assert jobs.get_history(redis_client, ids[2]) == []  # cancelled before its turn: never trained
     assert len(jobs.get_history(redis_client, ids[3])) == 30
+
+
+def test_a_shutdown_mid_pack_releases_the_trial_training_and_those_waiting(redis_client, store, settings):
+    ds = dataset(redis_client, store)
+    ids = make_sweep(
+        redis_client, base_spec(ds, epochs=20), [{"lr": 0.05}, {"lr": 0.1, "epochs": 100_000}, {"lr": 0.2}]
+    )
+    outcomes: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcomes.update(run_pack(ids[0], settings=settings, r=redis_client, store=store))
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not jobs.get_history(redis_client, ids[1]):
+            assert time.monotonic() < deadline, "trial 1 never started"
+            time.sleep(0.01)
+        shutdown.request_release()  # what SIGTERM does in a training process
+        runner.join(60)
+    finally:
+        shutdown.clear_release_request()
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "queued", ids[2]: "queued"}
+    records = [jobs.get_job(redis_client, i) for i in ids]
+    assert [j["status"] for j in records] == ["succeeded", "queued", "queued"]
+    assert store.exists(f"jobs/{ids[1]}/checkpoint.npz")  # trial 1 resumes from where it stopped
+    # released, the attempt kept: the next worker's claim does not count a new one (trial 1, far too
+    # long to finish here, is cancelled while queued)
+    assert jobs.request_cancel(redis_client, ids[1]) == "cancelled"
+    assert run_pack(ids[2], settings=settings, r=redis_client, store=store) == {ids[2]: "succeeded"}
+    assert jobs.get_job(redis_client, ids[2])["attempts"] == 1
 
 
 def test_siblings_over_the_workers_memory_stay_queued(redis_client, store, redis_url, data_dir):
