@@ -124,3 +124,45 @@ def test_gpu_runs_report_step_graphs_and_the_kernel_by_kernel_time(monkeypatch, 
     assert set(fig["goals"]) == {"torch"} and "sanity" in fig
     plain = report.summarise(case, "cpu", [graphed], [torch_like], [], None)  # no kernel-by-kernel runs
     assert set(plain["ratios"]) == {"torch"} and set(plain["goals"]) == {"torch"} and "ours_eager" not in plain["times"]
+
+
+def test_torch_reference_times_both_forms_and_keeps_the_faster():
+    pytest.importorskip("torch", reason="PyTorch not installed")
+    from bench import torch_ref
+
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 12)).astype(np.float32)
+    case = workloads.Case(
+        name="tiny-shuffled",
+        workload="A",
+        layer_dims=[12, 8, 3],
+        output="softmax",
+        optimizer="gd",
+        learning_rate=0.1,
+        batch_size=32,
+        epochs=4,
+        dtype="float32",
+        init="he",
+        seed=1,
+        X=X,
+        y=(X[:, 0] * 3).astype(np.int64),
+    )
+    run = torch_ref.train(case)
+    assert set(run["forms"]) == {"indexed", "gather"}
+    assert run["form"] == min(run["forms"], key=run["forms"].get)
+    # same permutations from the same generator: the two forms train the same batches
+    a, b = (torch_ref.train_form(case, form=form) for form in ("indexed", "gather"))
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
+def test_cat_model_bench_runs_short():
+    pytest.importorskip("torch", reason="PyTorch not installed")
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.cat_model", "--iterations", "3", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "fit (gram) / PyTorch" in p.stdout and "fit (textbook) / PyTorch" in p.stdout
