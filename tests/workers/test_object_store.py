@@ -219,3 +219,26 @@ def test_wrong_credentials(tmp_path, monkeypatch):
             ObjectArtifactStore("s3://somebucket/p", tmp_path).check()
     finally:
         server.stop()
+
+
+def _child_reads(store, queue):
+    queue.put(store.get("jobs/fork/weights.npz"))
+
+
+def test_a_child_forked_after_the_parent_used_the_store_can_use_it(s3):
+    """Celery's prefork pool forks new children from a parent that has used the store (its start-up
+    check, the sweeper's housekeeping): the child must not hang on the parent's client."""
+    import multiprocessing
+
+    s3.put("jobs/fork/weights.npz", b"from the parent")
+    assert s3.get("jobs/fork/weights.npz") == b"from the parent"
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(s3, queue))
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the store")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == b"from the parent"
