@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from dnnq.service.deps import AsyncRds, Rds, Settings, Tenant
+from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.idempotency import reserve
 from dnnq.service.jobdesk import JobDesk
@@ -37,7 +37,8 @@ from dnnq.service.sweep_schemas import (
     sweep_view,
     trial_view,
 )
-from dnnq.workers import sweeps
+from dnnq.workers import jobs, sweeps
+from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.spec import SpecError, queue_for, to_train_config
 
 __all__ = ["router"]
@@ -100,6 +101,42 @@ async def _checked_trials(desk: JobDesk, ar: Any, body: SweepRequest, tenant: st
     return trials
 
 
+# A trial whose history passed HISTORY_INLINE_MAX epochs had it moved to the artifact store when it
+# ended: Redis holds no last entry to rank it by, nor a curve. These read it from the store (parsed
+# once per process: workers/history_store.py's cache).
+_STORE_ERRORS = (KeyError, OSError, ValueError)
+
+
+def _moved(job: dict[str, Any] | None) -> bool:
+    return job is not None and bool(job.get("history_stored"))
+
+
+async def _moved_histories(
+    ar: Any, store: ArtifactStore, sweep: dict[str, Any], records: list, histories: list | None = None
+) -> None:
+    """Fill in moved trials' `last_epoch` (and their whole history in `histories`), in place."""
+    for i, (job_id, job) in enumerate(zip(sweep["job_ids"], records, strict=True)):
+        if not _moved(job) or (job.get("last_epoch") is not None and (histories is None or histories[i])):
+            continue
+        try:
+            entries = await jobs.get_history_async(ar, job_id, store=store, job=job)
+        except _STORE_ERRORS:  # the file is gone or unreadable: the trial stays unranked
+            continue
+        job["last_epoch"] = entries[-1] if entries else None
+        if histories is not None:
+            histories[i] = entries
+
+
+def _moved_last_epochs(r: Any, store: ArtifactStore, sweep: dict[str, Any], records: list) -> None:
+    for job_id, job in zip(sweep["job_ids"], records, strict=True):
+        if _moved(job) and job.get("last_epoch") is None:
+            try:
+                entries = jobs.get_history(r, job_id, -1, -1, store=store, job=job)
+            except _STORE_ERRORS:
+                continue
+            job["last_epoch"] = entries[-1] if entries else None
+
+
 def _too_many(settings: Any, unfinished: int, n_trials: int) -> Problem:
     return Problem(
         429,
@@ -134,6 +171,7 @@ async def create_sweep(
         )
         if replay_id is not None and (sweep := await sweeps.get_sweep_async(ar, replay_id, tenant)) is not None:
             records = await sweeps.trial_jobs_async(ar, sweep)
+            await _moved_histories(ar, desk.store, sweep, records)
             return _accepted(sweep_view(sweep, records, sweep["metric"]))
     try:
         trials = await _checked_trials(desk, ar, body, tenant, settings.max_sweep_trials)
@@ -204,6 +242,7 @@ def _metric(sweep: dict[str, Any], metric: str | None) -> str:
 async def get_sweep(
     sweep_id: str,
     ar: AsyncRds,
+    store: Store,
     tenant: Tenant,
     metric: Annotated[
         MetricName | None,
@@ -223,19 +262,22 @@ async def get_sweep(
     histories = None
     if history != "none":
         histories = await sweeps.trial_histories_async(ar, sweep["job_ids"])
-        if history == "thin":
-            histories = [thin_history(h, THIN_TRIAL_HISTORY) for h in histories]
+    await _moved_histories(ar, store, sweep, records, histories)
+    if histories is not None and history == "thin":
+        histories = [thin_history(h, THIN_TRIAL_HISTORY) for h in histories]
     return FiniteJSONResponse(sweep_view(sweep, records, chosen, histories))
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, response_model=SweepView, responses=problems(404))
-def cancel_sweep(sweep_id: str, r: Rds, tenant: Tenant) -> FiniteJSONResponse:
+def cancel_sweep(sweep_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJSONResponse:
     """Cancel every unfinished trial: queued ones at once, running ones at their next epoch's end."""
     sweep = sweeps.get_sweep(r, sweep_id, tenant)
     if sweep is None:
         raise sweep_not_found(sweep_id)
     sweeps.cancel_sweep(r, sweep)
-    return FiniteJSONResponse(sweep_view(sweep, sweeps.trial_jobs(r, sweep), str(sweep["metric"])), status_code=202)
+    records = sweeps.trial_jobs(r, sweep)
+    _moved_last_epochs(r, store, sweep, records)
+    return FiniteJSONResponse(sweep_view(sweep, records, str(sweep["metric"])), status_code=202)
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

@@ -94,6 +94,28 @@ def test_a_grid_of_four_trials_runs_and_the_best_is_the_lowest_val_loss(live_sta
         assert text.count("event: trial") == 4 and text.rstrip().splitlines()[-2] == "event: end"
 
 
+def test_trials_whose_long_history_moved_to_the_store_are_still_ranked_and_drawn(live_stack, redis_client):
+    """Past HISTORY_INLINE_MAX epochs a trial's history leaves Redis when it ends: the sweep view reads
+    its last epoch (the ranking) and its curve (history=full) from the artifact store."""
+    from dnnq.workers.history_store import HISTORY_INLINE_MAX
+
+    epochs = HISTORY_INLINE_MAX + 20
+    with live_stack.client(headers=ALICE) as http:
+        base = base_spec(upload(http, 5), epochs=epochs)
+        got = http.post("/v1/sweeps", json={"base": base, "grid": {"lr": [0.5, 0.05]}})
+        assert got.status_code == 202, got.text
+        view = wait_finished(http, got.json()["id"], history="full")
+        assert view["counts"] == {"succeeded": 2}, view
+        for trial in view["trials"]:
+            assert redis_client.hget(f"dnnq:job:{trial['job_id']}", "history_stored") == str(epochs)
+            assert len(trial["history"]) == epochs and trial["value"] == trial["history"][-1]["loss"]
+        finals = [t["value"] for t in view["trials"]]
+        best = int(np.argmin(finals))
+        assert view["best"] == {"index": best, "job_id": view["trials"][best]["job_id"], "value": finals[best]}
+        assert http.get(f"/v1/sweeps/{view['id']}").json()["best"] == view["best"]
+        assert http.post(f"/v1/sweeps/{view['id']}/cancel").json()["best"] == view["best"]
+
+
 def test_cancel_stops_every_unfinished_trial_and_tenants_do_not_see_each_other(live_stack):
     with live_stack.client(headers=ALICE) as http:
         data = upload(http, 0)
