@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         WaitTimeout,
     )
     from dnnq.job import Dataset, Job, Prediction
+    from dnnq.sweep import Sweep
 
 __all__ = [
     "AsyncClient",
@@ -42,6 +43,7 @@ __all__ = [
     "Prediction",
     "RateLimited",
     "ServerError",
+    "Sweep",
     "Unauthorized",
     "WaitTimeout",
     "main",
@@ -54,6 +56,7 @@ _LAZY = {
     "Dataset": "dnnq.job",
     "Job": "dnnq.job",
     "Prediction": "dnnq.job",
+    "Sweep": "dnnq.sweep",
 }
 
 

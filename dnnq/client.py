@@ -7,6 +7,8 @@ objects (dnnq/job.py); every failure is a typed DnnqError (dnnq/errors.py).
     job = client.submit(dataset=data, hidden_layers=[7], epochs=2500, learning_rate=0.0075)
     job.wait(on_epoch=print)
     job.predict(X_test).labels
+    sweep = client.sweep(data, base={"training": {"epochs": 300}}, grid={"lr": [0.01, 0.1]})
+    sweep.wait().best
 
 NumPy is imported by the calls that need it, so that `dnnq --help` and the CLI's parser stay quick.
 """
@@ -24,12 +26,13 @@ import httpx
 from dnnq import wire
 from dnnq.errors import CliError
 from dnnq.job import Dataset, Job, Page
+from dnnq.sweep import Sweep
 from dnnq.wire import DEFAULT_URL
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_URL", "CliError", "Client", "Dataset", "Job"]
+__all__ = ["DEFAULT_URL", "CliError", "Client", "Dataset", "Job", "Sweep"]
 
 
 class Client:
@@ -149,3 +152,39 @@ class Client:
         if status:
             params["status"] = status
         return Page.of(self.request_json("GET", "/v1/jobs", params=params), lambda j: Job(self, j))
+
+    # -- sweeps --------------------------------------------------------------------------------------
+    def sweep(
+        self,
+        dataset: Dataset | str | None = None,
+        *,
+        base: Mapping[str, Any] | None = None,
+        grid: Mapping[str, Any] | None = None,
+        trials: list[Mapping[str, Any]] | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> Sweep:
+        """Submit a sweep: one job per trial of the `base` spec (a dict as POST /v1/jobs takes, plus
+        keywords as for submit()), from a `grid` (field -> list of values: every combination) or a list
+        of `trials` (each field -> value). Fields by path (`training.learning_rate`), by name
+        (`learning_rate`, `l2`, `seed`, `hidden_layers`, ...) or `lr`."""
+        if (grid is None) == (trials is None):
+            raise ValueError("pass grid= (field -> list of values) or trials= (a list of overrides), not both")
+        if dataset is not None:
+            fields["dataset"] = dataset
+        body: dict[str, Any] = {"base": wire.spec_body(base, fields)}
+        if grid is not None:
+            body["grid"] = dict(grid)
+        else:
+            body["trials"] = [dict(t) for t in trials or []]
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Sweep(self, self.request_json("POST", "/v1/sweeps", json=body, headers=headers))
+
+    def get_sweep(self, sweep_id: str, metric: str | None = None) -> Sweep:
+        """A sweep by id; `metric` ranks its trials (val_loss, loss, val_accuracy, accuracy)."""
+        return Sweep(self, {"id": sweep_id}, metric).refresh()
+
+    def sweeps(self, offset: int = 0, limit: int = 20) -> Page[Sweep]:
+        """This API key's sweeps, newest first (summaries: `trials` and `best` read the whole sweep)."""
+        page = self.request_json("GET", "/v1/sweeps", params={"offset": offset, "limit": limit})
+        return Page.of(page, lambda s: Sweep(self, s))

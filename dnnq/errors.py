@@ -95,13 +95,14 @@ def _detail(problem: dict[str, Any], fallback: str) -> str:
     detail = str(detail)
     errors = problem.get("errors")
     if isinstance(errors, list) and errors:
-        parts = []
+        parts, said = [], []
         for err in errors:
             if isinstance(err, dict):
                 field = err.get("field") or ".".join(str(p) for p in err.get("loc", []))
                 msg = err.get("message") or err.get("msg") or ""
                 parts.append(f"{field}: {msg}" if field else str(msg))
-        if parts and not all(p in detail for p in parts):
+                said.append(bool(msg) and str(msg) in detail)  # e.g. "trials[0]: training.epochs: <msg>"
+        if parts and not all(p in detail for p in parts) and not all(said):
             detail = f"{detail}: " + "; ".join(parts) if detail else "; ".join(parts)
     return detail
 

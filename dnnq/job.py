@@ -121,7 +121,21 @@ class Prediction:
 
 
 class Job(_View):
-    """A training job: status, progress, metrics, spec, error, ... as attributes of its last view."""
+    """A training job: status, progress, metrics, spec, error, ... as attributes of its last view; a
+    sweep's trial also has sweep_id, sweep_trial, sweep_overrides and sweep_pack."""
+
+    def __init__(self, client: Client, data: dict[str, Any], *, partial: bool = False) -> None:
+        super().__init__(client, data)
+        self._partial = partial  # `data` is part of the view (a sweep's trial): other fields need a refresh
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or not self.__dict__.get("_partial"):
+                raise
+        self.refresh()
+        return super().__getattr__(name)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.data.get('status')}>"
@@ -132,6 +146,7 @@ class Job(_View):
 
     def refresh(self) -> Job:
         self.data = self._client.request_json("GET", f"/v1/jobs/{self.id}", params={"history": "none"})
+        self._partial = False
         return self
 
     @property

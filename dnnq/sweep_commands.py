@@ -5,7 +5,7 @@
 Each list flag is one field of the grid (its cartesian product is the trials); --grid adds a JSON
 object of field -> list of values; --spec is the base JobSpec (the flags' values override it). With
 --wait, a progress table (one line per trial: status, epoch, loss; the best marked *) until every
-trial has finished. Plain httpx, no NumPy: the CLI's client commands stay light.
+trial has finished, following the sweep's event stream. On the SDK (dnnq/client.py, dnnq/sweep.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from dnnq.client import CliError
+from dnnq.client import Client, CliError
+from dnnq.sweep import Sweep
 
 __all__ = ["add_parsers", "cmd_sweep", "cmd_sweep_status", "progress_table"]
 
@@ -107,25 +106,6 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     return {"base": base, "grid": grid}
 
 
-def _client(args: argparse.Namespace) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    return httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout)
-
-
-def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = http.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        raise CliError(f"cannot reach the API at {http.base_url}: {exc}") from None
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail") or response.text
-        except ValueError:
-            detail = response.text
-        raise CliError(f"{response.status_code}: {detail}")
-    return response.json()
-
-
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, (int, float)) else "-"
 
@@ -157,23 +137,43 @@ def progress_table(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _params(args: argparse.Namespace) -> dict[str, str]:
-    return {"metric": args.metric} if getattr(args, "metric", None) else {}
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.api_key or "", timeout=args.timeout)  # "": no key, not $DNNQ_API_KEY again
 
 
-def _watch(http: httpx.Client, args: argparse.Namespace, sweep_id: str) -> dict[str, Any]:
-    shown = None
-    while True:
-        view = _call(http, "GET", f"/v1/sweeps/{sweep_id}", params=_params(args))
+class _Table:
+    """The progress table, redrawn in place on a terminal (appended on a pipe) when it changes."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.shown: str | None = None
+
+    def show(self, view: dict[str, Any]) -> None:
         table = progress_table(view)
-        if table != shown and not args.json:
-            if shown is not None and sys.stdout.isatty():
-                print(f"\x1b[{shown.count(chr(10)) + 1}F\x1b[J", end="")  # redraw in place
-            print(table, flush=True)
-            shown = table
-        if view["status"] == "finished":
-            return view
-        time.sleep(max(0.1, args.interval))
+        if table == self.shown or self.quiet:
+            return
+        if self.shown is not None and sys.stdout.isatty():
+            print(f"\x1b[{self.shown.count(chr(10)) + 1}F\x1b[J", end="")  # redraw in place
+        print(table, flush=True)
+        self.shown = table
+
+
+def _watch(sweep: Sweep, args: argparse.Namespace) -> Sweep:
+    """Follow the sweep's event stream; the table is read again at most every --interval seconds."""
+    table = _Table(quiet=args.json)
+    interval = max(0.1, args.interval)
+    drawn = time.monotonic()
+    table.show(sweep.refresh(args.metric).data)
+
+    def on_update(_trial: dict[str, Any]) -> None:
+        nonlocal drawn
+        if time.monotonic() - drawn >= interval:
+            table.show(sweep.refresh().data)
+            drawn = time.monotonic()
+
+    sweep.wait(on_update=on_update, poll_interval=interval)
+    table.show(sweep.data)
+    return sweep
 
 
 def _exit_code(view: dict[str, Any]) -> int:
@@ -182,22 +182,22 @@ def _exit_code(view: dict[str, Any]) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     body = build_request(args)
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-    with _client(args) as http:
-        view = _call(http, "POST", "/v1/sweeps", json=body, headers=headers)
+    with _client(args) as client:
+        sweep = client.sweep(base=body["base"], grid=body["grid"], idempotency_key=args.idempotency_key)
         if not args.wait:
+            view = sweep.data
             print(json.dumps(view, indent=2) if args.json else f"{view['id']} ({view['n_trials']} trials queued)")
             return 0
         if not args.json:
-            print(f"sweep {view['id']}: {view['n_trials']} trials queued", flush=True)
-        view = _watch(http, args, view["id"])
+            print(f"sweep {sweep.id}: {sweep.n_trials} trials queued", flush=True)
+        view = _watch(sweep, args).data
         if args.json:
             print(json.dumps(view, indent=2))
         return _exit_code(view)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    with _client(args) as http:
-        view = _call(http, "GET", f"/v1/sweeps/{args.id}", params=_params(args))
+    with _client(args) as client:
+        view = client.get_sweep(args.id, metric=args.metric).data
     print(json.dumps(view, indent=2) if args.json else progress_table(view))
     return 0

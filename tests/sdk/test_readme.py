@@ -31,4 +31,6 @@ def test_the_readme_sdk_example_runs(live_stack, tmp_path):
     assert re.fullmatch(r"<Dataset [0-9a-f]+ 'quadrants': 500 x 2>", lines[0]), lines
     assert any(re.fullmatch(r"succeeded (1\.0|0\.9\d*)", line) for line in lines), lines
     assert "{'W1': (8, 2), 'b1': (8, 1), 'W2': (4, 8), 'b2': (4, 1), 'W3': (1, 4), 'b3': (1, 1)}" in lines
+    sweep = r"\{'succeeded': 3\} \{'training.learning_rate': 0\.(01|05|1)\} \d\.\d+(e-\d+)?"
+    assert any(re.fullmatch(sweep, line) for line in lines), lines
     assert lines[-1].startswith("404 No job with id ") and (tmp_path / "quadrants.onnx").stat().st_size > 0
