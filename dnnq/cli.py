@@ -154,6 +154,11 @@ def _add_dataset_commands(sub: _Commands, client_opts: argparse.ArgumentParser) 
     p.add_argument("--y-key", help="HDF5: the dataset holding Y")
     p.add_argument("--layout", choices=LAYOUTS, default=None)
     p.add_argument("--name", help="a name for the dataset (default: the file name)")
+    p.add_argument(
+        "--header",
+        choices=("auto", "yes", "no"),
+        help="CSV: does line 1 name the columns? (default auto: it is data when it is all numbers)",
+    )
     p.set_defaults(func=commands.cmd_datasets_upload)
     p = ds_sub.add_parser("list", parents=[client_opts])
     p.add_argument("--offset", type=int, default=0)

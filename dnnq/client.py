@@ -98,10 +98,12 @@ class Client:
         x_key: str | None = None,
         y_key: str | None = None,
         layout: str | None = None,
+        header: str | None = None,
     ) -> Dataset:
         """A dataset from a file (.npz with X and Y, .csv, .h5) or from arrays X (examples x features)
-        and Y (examples, or examples x outputs), sent as an .npz."""
-        fields = {"name": name, "target": target, "x_key": x_key, "y_key": y_key, "layout": layout}
+        and Y (examples, or examples x outputs), sent as an .npz. A CSV's `header`: "yes" (line 1 names
+        the columns), "no" (line 1 is an example) or "auto" (the server's default: data when all numbers)."""
+        fields = {"name": name, "target": target, "x_key": x_key, "y_key": y_key, "layout": layout, "header": header}
         if file is not None:
             if X is not None or Y is not None:
                 raise ValueError("pass a file or arrays X and Y, not both")

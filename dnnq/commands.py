@@ -104,7 +104,14 @@ def cmd_datasets_upload(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no such file: {path}")
-    fields = {"target": args.target, "x_key": args.x_key, "y_key": args.y_key, "layout": args.layout, "name": args.name}
+    fields = {
+        "target": args.target,
+        "x_key": args.x_key,
+        "y_key": args.y_key,
+        "layout": args.layout,
+        "name": args.name,
+        "header": args.header,
+    }
     with _client(args) as client:
         dataset = client.upload(path, **fields).data
     _print_json(dataset) if args.json else print(_dataset_line(dataset))

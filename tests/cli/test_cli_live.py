@@ -217,3 +217,36 @@ def test_api_keys(live_stack_factory, capsys):
     dataset_id = json.loads(out)["id"]
     code, out, err = run(capsys, "datasets", "show", dataset_id, "--api-key", "k-bob", url=url)
     assert code == 1 and err == f"dnnq: error: dataset '{dataset_id}' not found (404)\n"
+
+
+def test_csv_header_option_in_the_cli_and_the_sdk(live_stack, tmp_path, capsys):
+    """--header auto|yes|no (and the SDK's header=) reach the upload route: a header-less numeric CSV is
+    data under auto, an ambiguous first line (numbers, then a label word) is refused naming the option."""
+    from dnnq import Client, InvalidRequest
+
+    url = live_stack.base_url
+    numeric, labelled = tmp_path / "numeric.csv", tmp_path / "pets.csv"
+    numeric.write_text("0.5,1.5,1\n2,3,0\n4,5,1\n")
+    labelled.write_text("1.0,2.0,cat\n3,4,dog\n5,6,cat\n")
+
+    def upload(path, *flags):
+        code, out, err = run(capsys, "datasets", "upload", str(path), "--json", *flags, url=url)
+        return code, (json.loads(out) if code == 0 else err)
+
+    assert upload(numeric)[1]["n_examples"] == 3  # auto: line 1 is numbers, so it is an example
+    assert upload(numeric, "--header", "no")[1]["n_examples"] == 3
+    assert upload(numeric, "--header", "yes")[1]["n_examples"] == 2
+    code, err = upload(labelled)
+    assert code == 1 and "header" in err and err.count("\n") == 1
+    as_data = upload(labelled, "--header", "no")[1]
+    assert (as_data["n_examples"], as_data["classes"]) == (3, ["cat", "dog"])
+    assert upload(labelled, "--header", "yes")[1]["n_examples"] == 2
+    with pytest.raises(SystemExit):
+        main(["datasets", "upload", str(numeric), "--header", "maybe", "--url", url])
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err
+
+    with Client(url) as client:
+        assert client.upload(labelled, header="no", name="pets").n_examples == 3
+        assert client.upload(str(labelled), header="yes").n_examples == 2
+        with pytest.raises(InvalidRequest, match="header"):
+            client.upload(labelled)
