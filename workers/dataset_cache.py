@@ -110,6 +110,29 @@ class DatasetCache:
                     out.append((st.st_mtime, st.st_size, Path(entry.path)))
         return sorted(out)
 
+    def cached_keys(self) -> list[str]:
+        """The keys of the complete entries (one per key even when it has several sha256s)."""
+        names = {path.name[: -len(_SUFFIX)].rsplit(".", 1)[0] for _, _, path in self.entries()}  # less ".{sha}"
+        return sorted(name.replace("__", "/") for name in names)
+
+    def drop(self, key: str) -> int:
+        """Remove every entry of `key` and its lock file (its dataset was deleted); how many entries went.
+        An entry being filled or opened right now is left for the next call."""
+        prefix = key.replace("/", "__") + "."
+        dropped = 0
+        for _, _, path in self.entries():
+            if not path.name.startswith(prefix):
+                continue
+            lock = self.root / f".{path.name}.lock"
+            with _locked(lock, blocking=False) as got:
+                if got:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        dropped += 1
+                    with contextlib.suppress(FileNotFoundError):
+                        lock.unlink()
+        return dropped
+
     def _evict(self, keep: str) -> None:
         """Remove least recently used entries until the cache fits max_bytes (never `keep`)."""
         entries = self.entries()

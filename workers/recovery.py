@@ -20,10 +20,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dnnq.workers import jobs, keys, trash
 from dnnq.workers.artifact_store import ArtifactStore, open_store
+from dnnq.workers.dataset_cache import DatasetCache
 from dnnq.workers.logs import event
 from dnnq.workers.scripts import get as script
 from dnnq.workers.settings import WorkerSettings
@@ -33,6 +35,7 @@ __all__ = [
     "Maintenance",
     "Send",
     "celery_sender",
+    "forget_deleted_datasets",
     "host_memory_bytes",
     "housekeeping",
     "live_workers",
@@ -85,6 +88,23 @@ def housekeeping(r: Any, store: ArtifactStore, retention_seconds: float = 0.0, l
                 expired += 1
                 event("job.expired", job_id=job_id, retention_seconds=retention_seconds)
     return {"histories_moved": moved, "trash_removed": removed, "jobs_expired": expired}
+
+
+def forget_deleted_datasets(r: Any, cache: DatasetCache) -> int:
+    """Drop this host's cached copies of datasets that were deleted (an object store's local cache: the
+    API that deleted them cannot reach it); how many entries went."""
+    if not cache.root.is_dir():
+        return 0
+    cached = [
+        key
+        for key in cache.cached_keys()
+        if key.startswith("datasets/") and key.endswith(".npz") and keys.ID_RE.match(key[len("datasets/") : -4])
+    ]
+    ids = [key[len("datasets/") : -len(".npz")] for key in cached]
+    pipe = r.pipeline(transaction=False)
+    for dataset_id in ids:
+        pipe.exists(keys.dataset(dataset_id))
+    return sum(cache.drop(key) for key, alive in zip(cached, pipe.execute(), strict=True) if not alive)
 
 
 def celery_sender(celery: Any) -> Send:
@@ -183,6 +203,12 @@ class Maintenance(threading.Thread):
         self.started_at = jobs.now_iso()
         self._halt = threading.Event()
         self._store: ArtifactStore | None = None
+        # an object store's dataset cache on this host (ObjectArtifactStore's scratch is DNNQ_DATA_DIR)
+        self._dataset_cache = (
+            DatasetCache(Path(settings.data_dir) / "cache" / "datasets", settings.dataset_cache_bytes)
+            if settings.artifacts_url
+            else None
+        )
 
     def run(self) -> None:
         sweep_every = self.settings.lease_seconds / 2
@@ -198,6 +224,8 @@ class Maintenance(threading.Thread):
                     if self._store is None:
                         self._store = open_store(self.settings)
                     housekeeping(self.r, self._store, self.settings.retention_days * 86400)
+                    if self._dataset_cache is not None:
+                        forget_deleted_datasets(self.r, self._dataset_cache)
             except Exception as exc:  # Redis down for a moment: log, keep the thread alive
                 event("worker.maintenance_error", logging.WARNING, error=str(exc))
             if self._halt.wait(self.settings.heartbeat_seconds):

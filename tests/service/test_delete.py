@@ -24,7 +24,8 @@ THIN = 50  # DNNQ_HISTORY_FULL_MAX: the thin view of a 400-epoch job thins it
 
 @pytest.fixture
 def live_stack_env() -> dict[str, str]:
-    return {"DNNQ_API_KEYS": "alice:key-a,bob:key-b", "DNNQ_HISTORY_FULL_MAX": str(THIN)}
+    # a sweep every 2 s: on the S3 store, a worker's cached copy of a deleted dataset goes at its next sweep
+    return {"DNNQ_API_KEYS": "alice:key-a,bob:key-b", "DNNQ_HISTORY_FULL_MAX": str(THIN), "DNNQ_LEASE_SECONDS": "4"}
 
 
 def npz_bytes(seed: int = 0, m: int = 60) -> bytes:
@@ -93,8 +94,19 @@ def mentions(r, text: str) -> list[str]:
     return found
 
 
-def files_naming(data_dir, text: str) -> list[str]:
-    return [str(p) for p in data_dir.rglob("*") if text in p.name]
+@pytest.fixture
+def files_naming(data_dir, artifact_backend, artifact_env, request):
+    """files_naming(text): files in the data directory whose name holds text, and, on the S3 store, the
+    keys of the test's bucket that do."""
+
+    def local(text: str) -> list[str]:
+        return [str(p) for p in data_dir.rglob("*") if text in p.name]
+
+    if artifact_backend != "s3":
+        return local
+    server = request.getfixturevalue("s3_server")
+    bucket = artifact_env["DNNQ_ARTIFACTS_URL"].split("/")[2]
+    return lambda text: local(text) + [k for k in server.keys(bucket) if text in k]
 
 
 def problem(response, status: int) -> dict:
@@ -103,6 +115,7 @@ def problem(response, status: int) -> dict:
     return response.json()
 
 
+@pytest.mark.both_stores
 def test_a_finished_jobs_history_moves_and_every_view_answers_the_same(live_stack, redis_client):
     r = redis_client
     with live_stack.client() as http:
@@ -124,7 +137,8 @@ def test_a_finished_jobs_history_moves_and_every_view_answers_the_same(live_stac
         assert "history" not in http.get(f"/v1/jobs/{job_id}", params={"history": "none"}, headers=ALICE).json()
 
 
-def test_delete_a_job_409_while_running_then_204_leaving_no_key_and_no_file(live_stack, redis_client):
+@pytest.mark.both_stores
+def test_delete_a_job_409_while_running_then_204_leaving_no_key_and_no_file(live_stack, redis_client, files_naming):
     r = redis_client
     with live_stack.client() as http:
         dataset_id = upload(http)
@@ -141,14 +155,14 @@ def test_delete_a_job_409_while_running_then_204_leaving_no_key_and_no_file(live
 
         done_id = submit(http, dataset_id, 300)
         assert wait_for(http, done_id)["status"] == "succeeded"
-        assert files_naming(live_stack.data_dir, done_id) != []  # its weights and history are there
+        assert files_naming(done_id) != []  # its weights and history are there
         for job_id in (long_id, done_id):
             deleted = http.delete(f"/v1/jobs/{job_id}", headers=ALICE)
             assert deleted.status_code == 204 and deleted.content == b""
             problem(http.get(f"/v1/jobs/{job_id}", headers=ALICE), 404)
             problem(http.delete(f"/v1/jobs/{job_id}", headers=ALICE), 404)
             assert mentions(r, job_id) == []
-            assert files_naming(live_stack.data_dir, job_id) == []
+            assert files_naming(job_id) == []
         listed = http.get("/v1/jobs", headers=ALICE).json()
         assert listed["total"] == 0 and listed["items"] == []
         assert r.hget(keys.BY_STATUS, "cancelled") == "0" and r.hget(keys.BY_STATUS, "succeeded") == "0"
@@ -158,7 +172,8 @@ def test_delete_a_job_409_while_running_then_204_leaving_no_key_and_no_file(live
         http.post(f"/v1/jobs/{again}/cancel", headers=ALICE)
 
 
-def test_delete_a_dataset_409_while_a_job_uses_it_then_204(live_stack, redis_client):
+@pytest.mark.both_stores
+def test_delete_a_dataset_409_while_a_job_uses_it_then_204(live_stack, redis_client, files_naming):
     r = redis_client
     with live_stack.client() as http:
         dataset_id = upload(http, seed=5)
@@ -173,7 +188,10 @@ def test_delete_a_dataset_409_while_a_job_uses_it_then_204(live_stack, redis_cli
 
         assert http.delete(f"/v1/datasets/{dataset_id}", headers=ALICE).status_code == 204
         problem(http.get(f"/v1/datasets/{dataset_id}", headers=ALICE), 404)
-        assert files_naming(live_stack.data_dir, dataset_id) == []
+        deadline = time.monotonic() + 20
+        while files_naming(dataset_id):  # the store's file at once; a worker's cached copy at its next sweep
+            assert time.monotonic() < deadline, files_naming(dataset_id)
+            time.sleep(0.2)
         assert [k for k in mentions(r, dataset_id) if k != keys.job(job_id)] == []  # the finished job names it
         refused = problem(http.post("/v1/jobs", json=_spec(dataset_id), headers=ALICE), 422)
         assert dataset_id in json.dumps(refused)
@@ -211,7 +229,7 @@ def test_a_submit_racing_a_dataset_delete_never_leaves_a_job_on_a_deleted_datase
                 wait_for(http, job["id"])
 
 
-def test_the_workers_sweeper_deletes_jobs_past_the_retention_period(live_stack_factory, redis_client):
+def test_the_workers_sweeper_deletes_jobs_past_the_retention_period(live_stack_factory, redis_client, files_naming):
     """DNNQ_RETENTION_DAYS=0.00002 (1.7 s) and a sweep every second: a finished job goes by itself."""
     stack = live_stack_factory(
         env={"DNNQ_API_KEYS": "alice:key-a"},
@@ -220,12 +238,12 @@ def test_the_workers_sweeper_deletes_jobs_past_the_retention_period(live_stack_f
     with stack.client() as http:
         job_id = submit(http, upload(http), 300)
         assert wait_for(http, job_id)["status"] == "succeeded"
-        assert files_naming(stack.data_dir, job_id) != []
+        assert files_naming(job_id) != []
         deadline = time.monotonic() + 30
         while http.get(f"/v1/jobs/{job_id}", headers=ALICE).status_code != 404:
             assert time.monotonic() < deadline, "the sweeper did not delete the expired job"
             time.sleep(0.2)
         # the record goes first, then the files and the trash entry, in the same sweep
-        while mentions(redis_client, job_id) or files_naming(stack.data_dir, job_id):
-            assert time.monotonic() < deadline, (mentions(redis_client, job_id), files_naming(stack.data_dir, job_id))
+        while mentions(redis_client, job_id) or files_naming(job_id):
+            assert time.monotonic() < deadline, (mentions(redis_client, job_id), files_naming(job_id))
             time.sleep(0.1)

@@ -3,6 +3,7 @@ datasets.delete_dataset), the trash and retention, against a real Redis and a re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -68,13 +69,20 @@ def keys_naming(r, text: str) -> list[str]:
     return found
 
 
-def files_under(store, text: str) -> list[str]:
-    return [str(p) for p in store.root.rglob("*") if text in str(p)]
+@pytest.fixture
+def files_under(store, artifact_backend, request):
+    """files_under(text): the names in the artifact store that contain text (files under its root, or the
+    keys of the test's bucket when the test runs on the S3 store too)."""
+    if artifact_backend == "s3":
+        server = request.getfixturevalue("s3_server")
+        return lambda text: [k for k in server.keys(store.bucket) if text in k]
+    return lambda text: [str(p) for p in store.root.rglob("*") if text in str(p)]
 
 
 # --- a finished job's history ----------------------------------------------------------------
 
 
+@pytest.mark.both_stores
 def test_finish_with_the_store_moves_a_long_history_in_its_own_step(redis_client, store):
     r = redis_client
     job_id, token = trained(r, LONG)
@@ -194,7 +202,8 @@ def test_jobs_the_sweeper_ends_have_their_histories_moved(redis_client, store):
 # --- deleting a job ---------------------------------------------------------------------------
 
 
-def test_delete_leaves_no_key_and_no_file(redis_client, store):
+@pytest.mark.both_stores
+def test_delete_leaves_no_key_and_no_file(redis_client, store, files_under):
     r = redis_client
     idem = keys.idempotency("acme", "jobs", "k1")
     job_id, token = trained(r, LONG, tenant="acme", idempotency_key=idem)
@@ -211,7 +220,7 @@ def test_delete_leaves_no_key_and_no_file(redis_client, store):
     jobs.delete_job(r, store, job_id, "acme")
 
     assert keys_naming(r, job_id) == []
-    assert files_under(store, job_id) == []
+    assert files_under(job_id) == []
     assert jobs.count_by_status(r)["succeeded"] == 1
     assert jobs.list_jobs(r, "acme")[1] == 1 and jobs.list_jobs(r, "acme", status="succeeded")[1] == 1
     assert jobs.get_job(r, other)["status"] == "succeeded"  # the other job untouched
@@ -245,7 +254,7 @@ def test_delete_refuses_unfinished_jobs_and_other_tenants(redis_client, store):
     assert keys_naming(r, running) == [] and keys_naming(r, queued) == []
 
 
-def test_a_finish_racing_a_delete_is_one_or_the_other(redis_client, store):
+def test_a_finish_racing_a_delete_is_one_or_the_other(redis_client, store, files_under):
     """A delete while the worker finishes: before the finish it is refused (running), after it the job
     and everything the finish wrote go; and a worker that claims a deleted job finds nothing to claim."""
     r = redis_client
@@ -266,15 +275,16 @@ def test_a_finish_racing_a_delete_is_one_or_the_other(redis_client, store):
         t.join()
         assert finished
         if outcome["deleted"]:
-            assert keys_naming(r, job_id) == [] and files_under(store, job_id) == []
+            assert keys_naming(r, job_id) == [] and files_under(job_id) == []
         else:
             assert jobs.get_job(r, job_id)["history_stored"] == LONG
             jobs.delete_job(r, store, job_id)
         assert not jobs.claim(r, job_id, "late", LEASE_MS)
-        assert keys_naming(r, job_id) == [] and files_under(store, job_id) == []
+        assert keys_naming(r, job_id) == [] and files_under(job_id) == []
 
 
-def test_a_delete_during_a_pending_move_leaves_the_file_to_the_sweeper(redis_client, store, monkeypatch):
+@pytest.mark.both_stores
+def test_a_delete_during_a_pending_move_leaves_the_file_to_the_sweeper(redis_client, store, files_under):
     r = redis_client
     job_id, token = trained(r, LONG)
     assert jobs.finish(r, job_id, token, "succeeded")  # listed for the sweeper's move
@@ -285,10 +295,10 @@ def test_a_delete_during_a_pending_move_leaves_the_file_to_the_sweeper(redis_cli
     assert trash.empty(r, store) == 0  # not due yet
     r.zadd(keys.TRASH, {f"jobs/{job_id}/": 0})  # the grace has passed
     assert recovery.housekeeping(r, store)["trash_removed"] == 1
-    assert keys_naming(r, job_id) == [] and files_under(store, job_id) == []
+    assert keys_naming(r, job_id) == [] and files_under(job_id) == []
 
 
-def test_the_mover_removes_its_file_when_the_job_was_deleted(redis_client, store):
+def test_the_mover_removes_its_file_when_the_job_was_deleted(redis_client, store, files_under):
     r = redis_client
     job_id, token = trained(r, LONG)
     assert jobs.finish(r, job_id, token, "succeeded")
@@ -298,13 +308,13 @@ def test_the_mover_removes_its_file_when_the_job_was_deleted(redis_client, store
     assert jobs.move_history(r, store, job_id) == "missing"
     r.delete(keys.job_history(job_id))
     r.zrem(keys.TRASH, f"jobs/{job_id}/")
-    assert keys_naming(r, job_id) == [] and files_under(store, job_id) == []
+    assert keys_naming(r, job_id) == [] and files_under(job_id) == []
 
 
 # --- retention --------------------------------------------------------------------------------
 
 
-def test_retention_deletes_jobs_that_ended_long_enough_ago(redis_client, store):
+def test_retention_deletes_jobs_that_ended_long_enough_ago(redis_client, store, files_under):
     r = redis_client
     old, token = trained(r, LONG)
     assert jobs.finish(r, old, token, "succeeded", store=store)
@@ -315,7 +325,7 @@ def test_retention_deletes_jobs_that_ended_long_enough_ago(redis_client, store):
 
     assert recovery.housekeeping(r, store, retention_seconds=0)["jobs_expired"] == 0  # 0: kept for ever
     assert recovery.housekeeping(r, store, retention_seconds=3600)["jobs_expired"] == 1
-    assert keys_naming(r, old) == [] and files_under(store, old) == []
+    assert keys_naming(r, old) == [] and files_under(old) == []
     assert jobs.get_job(r, recent)["status"] == "failed"
     assert recovery.housekeeping(r, store, retention_seconds=1e-3)["jobs_expired"] == 1
     assert jobs.get_job(r, recent) is None
@@ -363,7 +373,8 @@ def _dataset(r, store, tenant="acme", seed=0) -> str:
     return rec["id"]
 
 
-def test_delete_dataset_refused_while_a_job_uses_it(redis_client, store):
+@pytest.mark.both_stores
+def test_delete_dataset_refused_while_a_job_uses_it(redis_client, store, files_under):
     r = redis_client
     ds = _dataset(r, store)
     val = _dataset(r, store, seed=1)
@@ -381,7 +392,7 @@ def test_delete_dataset_refused_while_a_job_uses_it(redis_client, store):
     datasets.delete_dataset(r, store, ds, "acme")
     assert datasets.get_dataset(r, ds) is None
     assert keys_naming(r, ds) == [keys.job(job["id"])]  # only the finished job names it
-    assert files_under(store, ds) == []
+    assert files_under(ds) == []
     with pytest.raises(datasets.DatasetNotFound):
         datasets.delete_dataset(r, store, ds, "acme")
     with pytest.raises(jobs.DatasetMissing):
@@ -447,3 +458,25 @@ def test_the_trash_keeps_the_file_of_a_dataset_stored_again(redis_client, store)
     assert store.exists(f"datasets/{ds}.npz") and r.zcard(keys.TRASH) == 0
     X, _ = datasets.load_arrays(store, ds)
     assert X.shape == (20, 3)
+
+
+def test_the_sweeper_drops_a_hosts_cached_copies_of_deleted_datasets(redis_client, store, tmp_path):
+    """On an object store each worker host keeps copies of datasets (workers/dataset_cache.py), which the
+    API that deletes a dataset cannot reach: the host's sweeper drops those whose record is gone."""
+    from dnnq.workers.dataset_cache import DatasetCache
+
+    r = redis_client
+    kept, gone = _dataset(r, store, seed=11), _dataset(r, store, seed=12)
+    cache = DatasetCache(tmp_path / "cache" / "datasets", 1 << 30)
+    for dataset_id in (kept, gone):
+        key = f"datasets/{dataset_id}.npz"
+        data = store.get(key)
+        sha = hashlib.sha256(data).hexdigest()
+        cache.open(key, sha, lambda out, data=data: out.write(data)).close()
+    datasets.delete_dataset(r, store, gone, "acme")
+
+    assert recovery.forget_deleted_datasets(r, cache) == 1
+    assert cache.cached_keys() == [f"datasets/{kept}.npz"]
+    assert [p.name for p in cache.root.iterdir() if gone in p.name] == []
+    assert recovery.forget_deleted_datasets(r, cache) == 0
+    assert recovery.forget_deleted_datasets(r, DatasetCache(tmp_path / "absent", 1)) == 0
