@@ -22,7 +22,7 @@ from dnnq.service.contract import operation_id, readable_forms
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
 from dnnq.service.jobdesk import JobDesk
-from dnnq.service.routes.predict import BINARY_PREDICT_TYPES
+from dnnq.service.routes.predict import BINARY_PREDICT_TYPES, LIMIT_HEADERS, limit_headers
 from dnnq.service.settings import ApiSettings, get_api_settings
 from dnnq.workers import jobs, recovery
 from dnnq.workers.artifact_store import ArtifactStore
@@ -62,9 +62,11 @@ class BodyLimitMiddleware:
             f"Request body is larger than the limit of {limit} bytes ({setting}); "
             "send a smaller file or ask the operator to raise the limit."
         )
+        # a predict's 413 states predict's limits too, as the route's own answers do
+        headers = limit_headers(self.settings) if scope["path"].endswith("/predict") else None
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = problem_response(413, detail)
+            response = problem_response(413, detail, headers=headers)
             return await response(scope, receive, send)
         seen, exceeded = 0, False
 
@@ -91,7 +93,7 @@ class BodyLimitMiddleware:
             if not exceeded:
                 raise
         if exceeded:
-            await problem_response(413, detail)(scope, receive, send)
+            await problem_response(413, detail, headers=headers)(scope, receive, send)
 
 
 # Every route under this prefix takes the caller's tenant (service.deps.Tenant); the rest (/healthz,
@@ -323,6 +325,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=list(LIMIT_HEADERS),  # a browser client reads predict's limits too
         )
     app.add_middleware(RequestMetricsMiddleware, histogram=histogram)
 

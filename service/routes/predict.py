@@ -14,7 +14,7 @@ import zipfile
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +29,7 @@ from dnnq.service.settings import ApiSettings
 from dnnq.workers import datasets, jobs
 from dnnq.workers.spec import PreprocessSpec
 
-__all__ = ["BINARY_PREDICT_TYPES", "Limits", "PredictResponse", "router"]
+__all__ = ["BINARY_PREDICT_TYPES", "LIMIT_HEADERS", "Limits", "PredictResponse", "limit_headers", "router"]
 
 router = APIRouter()
 
@@ -69,8 +69,7 @@ def _input_values_limit(settings: ApiSettings) -> int:
     return settings.max_predict_body_bytes // 8  # the inputs as float64 take at most the body limit again
 
 
-@router.get("/v1/limits", response_model=Limits, operation_id="get_limits", tags=["limits"])
-def get_limits(settings: Settings, tenant: Tenant) -> Limits:
+def _limits(settings: ApiSettings) -> Limits:
     return Limits(
         max_json_body_bytes=settings.max_json_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
@@ -80,6 +79,50 @@ def get_limits(settings: Settings, tenant: Tenant) -> Limits:
         max_predict_values=settings.max_predict_values,
         predict_content_types=["application/json", NPY_TYPE, *NPZ_TYPES],
     )
+
+
+# Predict's limits, also sent as headers on every predict answer (errors too) and on GET /v1/limits, so a
+# client that got a 413 or a 200 knows how to split without another request: header -> Limits field.
+LIMIT_HEADERS = {
+    "X-Dnnq-Max-Json-Body-Bytes": "max_json_body_bytes",
+    "X-Dnnq-Max-Predict-Body-Bytes": "max_predict_body_bytes",
+    "X-Dnnq-Max-Predict-Examples": "max_predict_examples",
+    "X-Dnnq-Max-Predict-Input-Values": "max_predict_input_values",
+    "X-Dnnq-Max-Predict-Values": "max_predict_values",
+}
+
+
+def limit_headers(settings: ApiSettings) -> dict[str, str]:
+    limits = _limits(settings)
+    return {header: str(getattr(limits, field)) for header, field in LIMIT_HEADERS.items()}
+
+
+def _headers_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries that document the limit headers on these statuses."""
+    described = {
+        header: {
+            "description": Limits.model_fields[field].description or field,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+        for header, field in LIMIT_HEADERS.items()
+    }
+    return {status: {"headers": described} for status in statuses}
+
+
+@router.get(
+    "/v1/limits", response_model=Limits, operation_id="get_limits", tags=["limits"], responses=_headers_doc(200)
+)
+def get_limits(settings: Settings, tenant: Tenant, response: Response) -> Limits:
+    response.headers.update(limit_headers(settings))
+    return _limits(settings)
+
+
+def _merged(*docs: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for doc in docs:
+        for status, entry in doc.items():
+            out[status] = {**out.get(status, {}), **entry}
+    return out
 
 
 _BINARY_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
@@ -100,7 +143,7 @@ _REQUEST_BODY = {
     response_model=PredictResponse,
     operation_id="predict",
     tags=["jobs"],
-    responses=problems(404, 409, 413, 415),
+    responses=_merged(problems(404, 409, 413, 415, 422), _headers_doc(200, 404, 409, 413, 415, 422)),
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def predict(
@@ -111,12 +154,20 @@ async def predict(
     settings: Settings,
     tenant: Tenant,
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> FiniteJSONResponse:
+) -> Response:
     """Predict with the trained weights on the CPU; inputs are raw rows (preprocess.scale is applied here)."""
     body = await request.body()  # bounded by app.py's body limit for this content type
     kind = (content_type or "application/json").split(";")[0].strip().lower()
-    out = await run_in_threadpool(_predict, job_id, kind, body, r, store, settings, tenant)
-    return FiniteJSONResponse(out)
+    try:
+        out = await run_in_threadpool(_predict, job_id, kind, body, r, store, settings, tenant)
+    except (Problem, RequestValidationError) as exc:  # answered by the app's own handler, plus the limits
+        handler = next(
+            request.app.exception_handlers[t] for t in type(exc).__mro__ if t in request.app.exception_handlers
+        )
+        response: Response = await handler(request, exc)
+        response.headers.update(limit_headers(settings))
+        return response
+    return FiniteJSONResponse(out, headers=limit_headers(settings))
 
 
 def _predict(

@@ -82,7 +82,24 @@ def test_binary_bodies_predict_what_json_does(trained, live_stack):
             assert res.json()["predictions"] == expected["predictions"]
             np.testing.assert_allclose(res.json()["probabilities"], expected["probabilities"], rtol=1e-6)
 
-        limits = http.get("/v1/limits").json()
+        limits_answer = http.get("/v1/limits")
+        limits = limits_answer.json()
+        # the limits also as headers, on GET /v1/limits and on every predict answer (200s and problems)
+        stated = {
+            "x-dnnq-max-json-body-bytes": limits["max_json_body_bytes"],
+            "x-dnnq-max-predict-body-bytes": BODY_LIMIT,
+            "x-dnnq-max-predict-examples": limits["max_predict_examples"],
+            "x-dnnq-max-predict-input-values": BODY_LIMIT // 8,
+            "x-dnnq-max-predict-values": limits["max_predict_values"],
+        }
+        for answer in (
+            limits_answer,
+            res,
+            as_json,
+            http.post(path, json={"inputs": "rows"}),  # FastAPI's validation of the JSON body: 422
+            http.post(f"/v1/jobs/{'0' * 32}/predict", json={"inputs": [[1.0, 2.0]]}),  # 404
+        ):
+            assert {k: int(answer.headers[k]) for k in stated} == stated, (answer.status_code, dict(answer.headers))
     assert limits["max_predict_body_bytes"] == BODY_LIMIT
     assert limits["max_predict_input_values"] == BODY_LIMIT // 8
     assert {"application/json", "application/x-npy", "application/x-npz"} <= set(limits["predict_content_types"])
@@ -124,4 +141,6 @@ def test_hostile_bodies_are_4xx_problems(trained, live_stack):
             res = http.post(f"/v1/jobs/{job.id}/predict", content=body, headers=headers)
             assert (res.status_code, fragment in res.json()["detail"]) == (status, True), (fragment, res.text)
             assert res.headers["content-type"] == "application/problem+json"
+            # the body limit's 413 (app.py's middleware) and the route's own problems state the limits too
+            assert res.headers["x-dnnq-max-predict-body-bytes"] == str(BODY_LIMIT), (fragment, dict(res.headers))
         assert http.get("/healthz").status_code == 200

@@ -132,6 +132,17 @@ def test_schema_is_valid_typed_and_readable(client):
     assert weights == {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     events = spec["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
     assert list(events) == ["text/event-stream"]
+    # predict's limits as response headers, documented where they are sent
+    from dnnq.service.routes.predict import LIMIT_HEADERS
+
+    predict_answers = spec["paths"]["/v1/jobs/{job_id}/predict"]["post"]["responses"]
+    for responses, status in [(spec["paths"]["/v1/limits"]["get"]["responses"], "200")] + [
+        (predict_answers, status) for status in ("200", "404", "409", "413", "415", "422")
+    ]:
+        headers = responses[status]["headers"]
+        assert set(headers) == set(LIMIT_HEADERS) and all(h["schema"]["type"] == "integer" for h in headers.values())
+    assert predict_answers["200"]["content"][JSON]["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
+    assert predict_answers["413"]["content"] == {PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
     form = spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form == {"$ref": "#/components/schemas/UploadDatasetForm"}
     assert spec["components"]["schemas"]["UploadDatasetForm"]["properties"]["file"]["format"] == "binary"
@@ -372,3 +383,19 @@ def test_docs_pages_load_only_local_assets(client):
     for bad in ("/docs/assets/core.py", "/docs/assets/..%2F__init__.py", "/docs/assets/"):
         assert client.get(bad).status_code == 404, bad
     assert client.get("/docs/oauth2-redirect").status_code == 200
+
+
+def test_limits_headers_are_exposed_to_browsers(api_settings):
+    """Cross-origin (DNNQ_CORS_ORIGINS), a browser may read the limit headers (Access-Control-Expose-Headers)."""
+    from fastapi.testclient import TestClient
+
+    from dnnq.service.app import create_app
+    from dnnq.service.routes.predict import LIMIT_HEADERS
+
+    app = create_app(api_settings.model_copy(update={"cors_origins": "http://notebook.example"}))
+    with TestClient(app) as client:
+        answer = client.get("/v1/limits", headers={"Origin": "http://notebook.example"})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://notebook.example"
+    exposed = {h.strip().lower() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert exposed == {h.lower() for h in LIMIT_HEADERS}
+    assert answer.headers["x-dnnq-max-predict-body-bytes"] == str(answer.json()["max_predict_body_bytes"])
