@@ -145,6 +145,7 @@ class _Pack:
             for l in range(1, self.L + 1)
         }
         self.t = 0
+        self._hyper: dict[str, Array] = {}
         self._activate = INPLACE_ACTIVATIONS[cfg0.hidden_activation]
         self._derivative = INPLACE_DERIVATIVES[cfg0.hidden_activation]
 
@@ -178,6 +179,7 @@ class _Pack:
             perms = [rng.permutation(m) for rng in rngs]  # each generator draws it, as its solo fit does
             perm = xp.asarray(perms[0])
         lr, l2, keep = self.hyper("learning_rate", epoch), self.hyper("l2"), self.hyper("dropout_keep_prob")
+        self._hyper = {name: self.hyper(name) for name in ("beta", "beta1", "beta2", "epsilon")}
         K = len(self.trials)
         loss_total = xp.zeros((K,), dtype=xp.float64)
         correct_total = None if cfg0.output == "linear" else xp.zeros((K,), dtype=xp.int64)
@@ -204,7 +206,7 @@ class _Pack:
         hidden: list[Any] = [None]
         A = A0
         for l in range(1, self.L):
-            Z = xp.matmul(A, xp.swapaxes(self.W[l], 1, 2)) + self.b[l]  # (K, B, n_l)
+            Z = self._product(l, A) + self.b[l]  # (K, B, n_l)
             self._activate(xp, Z, xp.zeros_like(Z))  # now g(Z)
             mask = None
             if rngs is not None and any(self.configs[t].dropout_keep_prob < 1 for t in self.trials):
@@ -223,8 +225,18 @@ class _Pack:
                 A = Z
             hidden.append((mask, Z))
             acts.append(A)
-        ZL = xp.matmul(A, xp.swapaxes(self.W[self.L], 1, 2)) + self.b[self.L]  # (K, B, n_L)
+        ZL = self._product(self.L, A) + self.b[self.L]  # (K, B, n_L)
         return acts, hidden, ZL
+
+    def _product(self, l: int, A: Array) -> Array:
+        """A W_l^T for every trial, (K, B, n_l). The shared input (B, n_x) meets all K weight matrices
+        in one product, (B, n_x) @ (n_x, K n_1), instead of K of them."""
+        xp, W = self.xp, self.W[l]
+        K, n_l, n_prev = W.shape
+        if A.ndim == 2:
+            Z = xp.matmul(A, xp.reshape(W, (K * n_l, n_prev)).T)  # (B, K n_l)
+            return xp.swapaxes(xp.reshape(Z, (A.shape[0], K, n_l)), 0, 1)
+        return xp.matmul(A, xp.swapaxes(W, 1, 2))
 
     def output(self, ZL: Array, Ye: Array) -> tuple[Array, Array, Array | None]:
         """(AL, each trial's loss summed over the batch (K,), right answers (K,) or None)."""
@@ -253,8 +265,14 @@ class _Pack:
         dZ = (AL - Ye) / B
         grads = {}
         for l in range(self.L, 0, -1):
-            A_prev = acts[l - 1]
-            grads[("W", l)] = xp.matmul(xp.swapaxes(dZ, 1, 2), A_prev) + (l2 / B) * self.W[l]  # (K, n_l, n_{l-1})
+            A_prev, W = acts[l - 1], self.W[l]
+            if A_prev.ndim == 2:  # the shared input: all K gradients in one product, (K n_1, B) @ (B, n_x)
+                K, n_l, _ = W.shape
+                dZ_all = xp.reshape(xp.swapaxes(dZ, 0, 1), (B, K * n_l))
+                dW = xp.reshape(xp.matmul(dZ_all.T, A_prev), W.shape)
+            else:
+                dW = xp.matmul(xp.swapaxes(dZ, 1, 2), A_prev)
+            grads[("W", l)] = dW + (l2 / B) * W  # (K, n_l, n_{l-1})
             grads[("b", l)] = xp.sum(dZ, axis=1, keepdims=True)  # (K, 1, n_l)
             if l == 1:
                 break
@@ -275,19 +293,19 @@ class _Pack:
                 p -= lr * g
                 continue
             if cfg0.optimizer == "momentum":
-                beta = self.hyper("beta")
+                beta = self._hyper["beta"]
                 v = self.state[("v", kind, l)]
                 v *= beta
                 v += (1.0 - beta) * g
                 p -= lr * v
             elif cfg0.optimizer == "rmsprop":
-                beta2, eps = self.hyper("beta2"), self.hyper("epsilon")
+                beta2, eps = self._hyper["beta2"], self._hyper["epsilon"]
                 s = self.state[("s", kind, l)]
                 s *= beta2
                 s += (1.0 - beta2) * (g * g)
                 p -= lr * (g / (xp.sqrt(s) + eps))
             else:  # adam
-                beta1, beta2, eps = self.hyper("beta1"), self.hyper("beta2"), self.hyper("epsilon")
+                beta1, beta2, eps = self._hyper["beta1"], self._hyper["beta2"], self._hyper["epsilon"]
                 v, s = self.state[("v", kind, l)], self.state[("s", kind, l)]
                 v *= beta1
                 v += (1.0 - beta1) * g

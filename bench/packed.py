@@ -1,0 +1,71 @@
+"""``python -m bench.packed``: K trials trained as one pack (models.packed.fit_packed) against the
+same K trials fit one after another, in one process, alternating, medians of the whole times.
+
+The trials differ in learning rate only (a sweep's first question); the network, data and batch
+size are given on the command line (default: 784-64-10 softmax, 4,096 synthetic examples float32,
+batch 256, Adam, 5 epochs, K = 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from bench.workloads import teacher_classification
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dnnq.models import TrainConfig, fit
+    from dnnq.models.packed import fit_packed
+
+    p = argparse.ArgumentParser(prog="python -m bench.packed", description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--examples", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--optimizer", default="adam", choices=["gd", "momentum", "rmsprop", "adam"])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    X, y = teacher_classification(args.examples, 784, 10, "float32", seed=0)
+    base = TrainConfig(
+        layer_dims=[784, args.hidden, 10],
+        output="softmax",
+        optimizer=args.optimizer,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        dtype="float32",
+        device="cpu",
+    )
+    configs = [dataclasses.replace(base, learning_rate=1e-3 * 1.5**k) for k in range(args.trials)]
+    times: dict[str, list[float]] = {"packed": [], "one by one": []}
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        packed = fit_packed(X.T, y, configs)
+        times["packed"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        solo = [fit(X.T, y, c, path="textbook") for c in configs]
+        times["one by one"].append(time.perf_counter() - t0)
+        print({k: round(v[-1], 3) for k, v in times.items()}, flush=True)
+    diff = max(
+        abs(a.history[-1].loss - b.history[-1].loss) / abs(b.history[-1].loss)
+        for a, b in zip(packed, solo, strict=True)
+        if hasattr(a, "history")
+    )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"{args.trials} trials, medians: packed {med['packed']:.3f} s, one by one {med['one by one']:.3f} s, "
+        f"one by one / packed {med['one by one'] / med['packed']:.2f}x; final losses within {diff:.1e} relative"
+    )
+    print(f"command: python -m bench.packed {' '.join(argv if argv is not None else sys.argv[1:])}")
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
