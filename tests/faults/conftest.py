@@ -154,8 +154,9 @@ def create_and_send(r, celery_app, dataset_id: str, hidden=(16, 8), **training) 
     return job["id"]
 
 
-def epochs_of(r, job_id: str) -> list[int]:
-    return [e["epoch"] for e in jobs.get_history(r, job_id)]
+def epochs_of(r, job_id: str, store=None) -> list[int]:
+    """`store`: the workers' artifact store, where a finished job's long history moves (issue 15)."""
+    return [e["epoch"] for e in jobs.get_history(r, job_id, store=store)]
 
 
 def npz_arrays(raw: bytes) -> dict[str, np.ndarray]:

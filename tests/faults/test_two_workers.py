@@ -57,7 +57,7 @@ def test_second_worker_receiving_the_same_job_does_nothing(redis_client, store, 
     assert job["status"] == "succeeded", job.get("error") or busy.log()[-3000:]
     assert job["attempts"] == 1
     assert job["resumed_from_epoch"] in (None, 0)
-    assert epochs_of(redis_client, job_id) == list(range(1, epochs + 1))
+    assert epochs_of(redis_client, job_id, store) == list(range(1, epochs + 1))
     assert int(redis_client.hget(keys.STATS, "epochs_total")) == epochs  # no epoch trained twice
     assert int(redis_client.hget(keys.STATS, "jobs_succeeded_total")) == 1
     started = [

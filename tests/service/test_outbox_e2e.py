@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from dnnq.service.app import create_app
 from dnnq.workers import jobs, keys
+from dnnq.workers.artifact_store import open_store
 
 pytestmark = pytest.mark.e2e
 
@@ -60,13 +61,14 @@ def submit(client: TestClient, epochs: int, **training) -> str:
     return resp.json()["id"]
 
 
-def assert_trained_once(r, job_id: str, epochs: int, *workers) -> dict:
+def assert_trained_once(r, job_id: str, epochs: int, *workers, store=None) -> dict:
     """Succeeded with one attempt and every epoch once; one start and no second message in the logs."""
     job = finished(r, job_id)
     log = "".join(w.log() for w in workers)
     assert job["status"] == "succeeded", job.get("error") or log[-3000:]
     assert job["attempts"] == 1
-    assert [e["epoch"] for e in jobs.get_history(r, job_id)] == list(range(1, epochs + 1))
+    # `store`: where a finished job's long history moves (issue 15)
+    assert [e["epoch"] for e in jobs.get_history(r, job_id, store=store)] == list(range(1, epochs + 1))
     wait_for(lambda: jobs.queue_depth(r, "default") == 0, 20, "the queue to drain")
     time.sleep(0.5)  # a second message, had there been one, would have been taken by now
     mine = events("".join(w.log() for w in workers), job_id)
@@ -137,6 +139,6 @@ def test_a_released_job_is_sent_again_by_its_worker_and_trained_once(api_setting
     assert redis_client.llen(keys.queue("default")) == 1  # at the resumed-job priority: ahead of new jobs
 
     second = worker(name="second")
-    done = assert_trained_once(redis_client, job_id, 3000, first, second)
+    done = assert_trained_once(redis_client, job_id, 3000, first, second, store=open_store(api_settings))
     assert done["resumed_from_epoch"] >= 20
     assert not named(events(first_log + second.log(), job_id), "job.sent")  # no sweeper send
