@@ -37,6 +37,7 @@ __all__ = [
     "JobList",
     "JobMetrics",
     "JobProgress",
+    "JobStatusEvent",
     "JobTimings",
     "JobView",
     "ModelDescription",
@@ -49,6 +50,7 @@ __all__ = [
     "finite",
     "finite_json",
     "job_view",
+    "sse_response",
     "thin_history",
 ]
 
@@ -346,6 +348,35 @@ class Readiness(_View):
     workers: int = Field(description="Live workers (heartbeats).")
     missing: list[str] = Field(description="What is absent, each with how to fix it; empty when ready.")
     store: StoreCheck = Field(description="The artifact store: where, and whether it answered.")
+
+
+# --- Server-Sent Events: each event's data, documented beside the stream ---------------------------------
+# OpenAPI 3.1 has no way to type an event stream's items, so the 200 of a stream says text/event-stream
+# and lists each event's data schema under the extension `x-events` (event name -> schema, whose $refs
+# name this API's components); tests/service/test_openapi.py validates real events against them.
+
+
+class JobStatusEvent(_View):
+    """The data of a job stream's `status` event."""
+
+    status: Status
+    progress: JobProgress | None
+
+
+def sse_response(events: dict[str, type[BaseModel] | str]) -> dict[str, Any]:
+    """A `responses=` entry for a 200 event stream: event name -> its data's model (inlined; the models
+    it nests are components already) or the name of a component (a route's answer model)."""
+    described: dict[str, Any] = {}
+    for name, model in events.items():
+        if isinstance(model, str):
+            described[name] = {"$ref": f"#/components/schemas/{model}"}
+        else:
+            described[name] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            described[name].pop("$defs", None)
+    return {
+        "description": "Server-Sent Events: " + ", ".join(f"`{name}`" for name in events),
+        "content": {"text/event-stream": {"schema": {"type": "string"}, "x-events": described}},
+    }
 
 
 def dataset_view(rec: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ __all__ = [
     "SweepRequest",
     "SweepSummary",
     "SweepTrial",
+    "SweepTrialEvent",
     "SweepView",
     "counts_of",
     "summary_view",
@@ -106,6 +107,17 @@ class SweepTrial(_View):
     pack: str | None = Field(default=None, description="Trials with the same pack could train as one computation.")
     history: list[TrialEpoch] | None = Field(default=None, description="With history=thin or full.")
     links: TrialLinks
+
+
+class SweepTrialEvent(_View):
+    """The data of a sweep stream's `trial` event: one trial's state when the stream opens or changes."""
+
+    index: int
+    job_id: str
+    status: TrialStatus
+    progress: TrialProgress | None
+    metrics: TrialMetrics | None
+    error: str | None
 
 
 class SweepLinks(_View):

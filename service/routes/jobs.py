@@ -21,10 +21,12 @@ from dnnq.service.schemas import (
     FiniteJSONResponse,
     JobAccepted,
     JobList,
+    JobStatusEvent,
     JobView,
     ModelDescription,
     finite_json,
     job_view,
+    sse_response,
 )
 from dnnq.workers import jobs
 from dnnq.workers.spec import JobSpec
@@ -35,7 +37,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 WEIGHT_FORMATS = {"npz": "weights.npz", "safetensors": "weights.safetensors", "onnx": "weights.onnx"}
 # The non-JSON answers, documented as what they are (and only that): a file, an event stream.
 OCTET_STREAM, EVENT_STREAM = "application/octet-stream", "text/event-stream"
-BINARY, TEXT = {"type": "string", "format": "binary"}, {"type": "string"}
+BINARY = {"type": "string", "format": "binary"}
 
 
 async def get_job_desk(request: Request) -> JobDesk:
@@ -128,7 +130,7 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")
     name="stream_job_events",
     response_class=StreamingResponse,
     responses={
-        200: {"description": "Server-Sent Events", "content": {EVENT_STREAM: {"schema": TEXT}}},
+        200: sse_response({"epoch": "HistoryEntry", "status": JobStatusEvent, "end": "JobView"}),
         **problems(404),
     },
 )

@@ -24,12 +24,13 @@ from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.idempotency import reserve
 from dnnq.service.jobdesk import JobDesk
-from dnnq.service.schemas import FiniteJSONResponse, finite_json, thin_history
+from dnnq.service.schemas import FiniteJSONResponse, finite_json, sse_response, thin_history
 from dnnq.service.sweep_schemas import (
     MetricName,
     SweepAccepted,
     SweepList,
     SweepRequest,
+    SweepTrialEvent,
     SweepView,
     counts_of,
     summary_view,
@@ -288,10 +289,7 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     "/{sweep_id}/events",
     name="stream_sweep_events",
     response_class=StreamingResponse,
-    responses={
-        200: {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        **problems(404),
-    },
+    responses={200: sse_response({"trial": SweepTrialEvent, "end": "SweepSummary"}), **problems(404)},
 )
 async def stream_sweep_events(
     sweep_id: str, request: Request, ar: AsyncRds, settings: Settings, tenant: Tenant

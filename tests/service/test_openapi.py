@@ -99,6 +99,27 @@ def check_answer(spec: dict, method: str, path: str, resp: Any) -> Any:
     return body
 
 
+def check_events(spec: dict, path: str, text: str) -> list[str]:
+    """Each event of an SSE body validated against the data schema its stream documents (x-events);
+    returns the event names in order."""
+    documented = spec["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]["x-events"]
+    names = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if "event" not in fields:
+            continue
+        name = fields["event"]
+        assert name in documented, f"{path}: event {name!r} not documented"
+        validator = OAS31Validator({**documented[name], "components": spec["components"]})
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(json.loads(fields["data"]))
+        ]
+        assert not errors, f"{path} event {name}: {errors[:5]}"
+        names.append(name)
+    return names
+
+
 # --- the schema itself --------------------------------------------------------------------------------
 
 
@@ -211,6 +232,9 @@ def test_answers_match_the_schema_fast_lane_included(app, client, redis_client):
 
     listed = check_answer(spec, "get", "/v1/jobs", client.get("/v1/jobs?limit=10"))
     assert listed["total"] == 2 and all("history" not in item for item in listed["items"])
+    # the job's event stream: every event's data as documented (x-events)
+    names = check_events(spec, "/v1/jobs/{job_id}/events", client.get(f"/v1/jobs/{job['id']}/events").text)
+    assert names == ["epoch"] * 3 + ["status", "end"]
     cancelled = check_answer(spec, "post", "/v1/jobs/{job_id}/cancel", client.post(f"/v1/jobs/{first['id']}/cancel"))
     assert cancelled["status"] == "cancelled"
 
@@ -227,6 +251,10 @@ def test_answers_match_the_schema_fast_lane_included(app, client, redis_client):
     assert lane.answered == before + 1
     listed = check_answer(spec, "get", "/v1/jobs", client.get("/v1/jobs?limit=10"))
     assert sum("sweep_id" in item for item in listed["items"]) == 4
+    # the sweep's event stream, once cancelled (its trials were queued: cancelled at once) it ends
+    check_answer(spec, "post", "/v1/sweeps/{sweep_id}/cancel", client.post(f"/v1/sweeps/{sweep['id']}/cancel"))
+    names = check_events(spec, "/v1/sweeps/{sweep_id}/events", client.get(f"/v1/sweeps/{sweep['id']}/events").text)
+    assert names == ["trial"] * 4 + ["end"]
     assert not any(
         k.startswith("sweep")
         for k in check_answer(spec, "get", "/v1/jobs/{job_id}", client.get(f"/v1/jobs/{job['id']}"))
