@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dnnq.aio import AsyncClient, AsyncJob
+    from dnnq.aio import AsyncClient, AsyncJob, AsyncSweep
     from dnnq.client import Client
     from dnnq.errors import (
         Conflict,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "AsyncSweep",
     "Client",
     "Conflict",
     "ConnectionFailed",
@@ -52,6 +53,7 @@ __all__ = [
 _LAZY = {
     "AsyncClient": "dnnq.aio",
     "AsyncJob": "dnnq.aio",
+    "AsyncSweep": "dnnq.aio",
     "Client": "dnnq.client",
     "Dataset": "dnnq.job",
     "Job": "dnnq.job",

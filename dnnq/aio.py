@@ -27,7 +27,7 @@ from dnnq.job import TERMINAL, History, Prediction
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["AsyncClient", "AsyncJob"]
+__all__ = ["AsyncClient", "AsyncJob", "AsyncSweep"]
 
 
 class AsyncClient:
@@ -104,6 +104,26 @@ class AsyncClient:
 
     async def job(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, await self.request_json("GET", f"/v1/jobs/{job_id}", params={"history": "none"}))
+
+    async def sweep(
+        self,
+        dataset: Mapping[str, Any] | str | None = None,
+        *,
+        base: Mapping[str, Any] | None = None,
+        grid: Mapping[str, Any] | None = None,
+        trials: list[Mapping[str, Any]] | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> AsyncSweep:
+        """As Client.sweep; dataset= takes a dataset's id or its JSON view."""
+        if dataset is not None:
+            fields["dataset"] = dataset if isinstance(dataset, str) else dataset["id"]
+        body = wire.sweep_body(base, grid, trials, fields)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return AsyncSweep(self, await self.request_json("POST", "/v1/sweeps", json=body, headers=headers))
+
+    async def get_sweep(self, sweep_id: str) -> AsyncSweep:
+        return await AsyncSweep(self, {"id": sweep_id}).refresh()
 
 
 class AsyncJob:
@@ -205,3 +225,73 @@ class AsyncJob:
 
     async def delete(self) -> None:
         await self._client.request("DELETE", f"/v1/jobs/{self.id}")
+
+
+class AsyncSweep:
+    """A sweep's last JSON view (`data`; status, counts, best ... as attributes): Sweep's calls, awaited.
+    Its trials are AsyncJobs holding the trial view's fields (refresh() one for its whole view)."""
+
+    def __init__(self, client: AsyncClient, data: dict[str, Any]) -> None:
+        self._client = client
+        self.data = data
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "data":
+            raise AttributeError(name)
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(f"AsyncSweep has no field {name!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<AsyncSweep {self.data.get('id')} {self.data.get('status')}>"
+
+    @property
+    def done(self) -> bool:
+        return self.data.get("status") == "finished"
+
+    @property
+    def trials(self) -> list[AsyncJob]:
+        return [AsyncJob(self._client, wire.trial_job_view(self.data["id"], t)) for t in self.data["trials"]]
+
+    @property
+    def best(self) -> AsyncJob | None:
+        best = self.data.get("best")
+        return None if best is None else self.trials[best["index"]]
+
+    async def refresh(self) -> AsyncSweep:
+        self.data = await self._client.request_json("GET", f"/v1/sweeps/{self.data['id']}")
+        return self
+
+    async def wait(
+        self, timeout: float | None = None, on_update: Callable[[dict[str, Any]], object] | None = None
+    ) -> AsyncSweep:
+        """As Sweep.wait: the sweep's event stream (reopened when it drops, then polled), then a refresh."""
+        try:
+            return await asyncio.wait_for(self._wait(on_update), timeout)
+        except asyncio.TimeoutError:
+            raise WaitTimeout(f"sweep {self.data['id']} is still {self.data.get('status')} after the timeout") from None
+
+    async def _wait(self, on_update: Callable[[dict[str, Any]], object] | None) -> AsyncSweep:
+        from httpx_sse import EventSource
+
+        if (await self.refresh()).done:
+            return self
+        for _attempt in range(3):
+            with contextlib.suppress(ConnectionFailed, httpx.HTTPError):
+                path, timeout = f"/v1/sweeps/{self.data['id']}/events", httpx.Timeout(10.0, read=120.0)
+                async with self._client.stream("GET", path, timeout=timeout) as response:
+                    async for sse in EventSource(response).aiter_sse():
+                        if sse.event == "end":
+                            return await self.refresh()
+                        if sse.event == "trial" and on_update is not None:
+                            on_update(json.loads(sse.data))
+            if (await self.refresh()).done:
+                return self
+        while not (await self.refresh()).done:
+            await asyncio.sleep(1.0)
+        return self
+
+    async def cancel(self) -> AsyncSweep:
+        self.data = await self._client.request_json("POST", f"/v1/sweeps/{self.data['id']}/cancel")
+        return self

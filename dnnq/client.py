@@ -170,15 +170,9 @@ class Client:
         keywords as for submit()), from a `grid` (field -> list of values: every combination) or a list
         of `trials` (each field -> value). Fields by path (`training.learning_rate`), by name
         (`learning_rate`, `l2`, `seed`, `hidden_layers`, ...) or `lr`."""
-        if (grid is None) == (trials is None):
-            raise ValueError("pass grid= (field -> list of values) or trials= (a list of overrides), not both")
         if dataset is not None:
             fields["dataset"] = dataset
-        body: dict[str, Any] = {"base": wire.spec_body(base, fields)}
-        if grid is not None:
-            body["grid"] = dict(grid)
-        else:
-            body["trials"] = [dict(t) for t in trials or []]
+        body = wire.sweep_body(base, grid, trials, fields)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return Sweep(self, self.request_json("POST", "/v1/sweeps", json=body, headers=headers))
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from dnnq import wire
 from dnnq.errors import ConnectionFailed, WaitTimeout
 from dnnq.job import STREAM_RETRIES, Job, _View
 
@@ -26,17 +27,9 @@ __all__ = ["Sweep", "trial_job"]
 
 
 def trial_job(client: Client, sweep_id: str, trial: dict[str, Any]) -> Job:
-    """A Job from a sweep view's trial: what the trial view holds, in the job view's names; any other
-    field (spec, timings, ...) is read from the server on first use."""
-    data = {k: trial.get(k) for k in ("status", "progress", "metrics", "error")}
-    data.update(
-        id=trial["job_id"],
-        sweep_id=sweep_id,
-        sweep_trial=trial["index"],
-        sweep_overrides=trial.get("overrides"),
-        sweep_pack=trial.get("pack"),
-    )
-    return Job(client, data, partial=True)
+    """A Job from a sweep view's trial; any field the trial view lacks (spec, timings, ...) is read from
+    the server on first use."""
+    return Job(client, wire.trial_job_view(sweep_id, trial), partial=True)
 
 
 class Sweep(_View):

@@ -33,6 +33,8 @@ __all__ = [
     "rows_matrix",
     "rows_per_request",
     "spec_body",
+    "sweep_body",
+    "trial_job_view",
 ]
 
 NPY_HEADER_BYTES = 4096  # room left in a predict body for the .npy header (numpy pads it to 64 bytes)
@@ -81,6 +83,36 @@ def spec_body(spec: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict
         else:
             body[key] = value
     return body
+
+
+def sweep_body(
+    base: Mapping[str, Any] | None,
+    grid: Mapping[str, Any] | None,
+    trials: list[Mapping[str, Any]] | None,
+    fields: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The POST /v1/sweeps body: the base spec (as spec_body builds it) and a grid or a trials list."""
+    if (grid is None) == (trials is None):
+        raise ValueError("pass grid= (field -> list of values) or trials= (a list of overrides), not both")
+    body: dict[str, Any] = {"base": spec_body(base, fields)}
+    if grid is not None:
+        body["grid"] = dict(grid)
+    else:
+        body["trials"] = [dict(t) for t in trials or []]
+    return body
+
+
+def trial_job_view(sweep_id: str, trial: Mapping[str, Any]) -> dict[str, Any]:
+    """A sweep view's trial in the job view's names (the part of a job view it holds)."""
+    view = {k: trial.get(k) for k in ("status", "progress", "metrics", "error")}
+    view.update(
+        id=trial["job_id"],
+        sweep_id=sweep_id,
+        sweep_trial=trial["index"],
+        sweep_overrides=trial.get("overrides"),
+        sweep_pack=trial.get("pack"),
+    )
+    return view
 
 
 DEFAULT_URL = "http://127.0.0.1:8000"
