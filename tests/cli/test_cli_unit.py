@@ -123,6 +123,7 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
 
     from dnnq.commands import TERMINAL
     from dnnq.models import names
+    from dnnq.service.formats.csvtext import Header
     from dnnq.service.synthetic import GENERATORS, PARAMETERS, SyntheticName
     from dnnq.service.uploads import Layout
     from dnnq.workers import jobs
@@ -140,7 +141,7 @@ def test_the_parser_offers_exactly_the_names_the_engine_and_the_job_store_declar
     assert _choices(["list"]) == {"status": tuple(status.value for status in Status)}
     assert _choices(["datasets", "synthetic"]) == {"name": get_args(SyntheticName)}
     assert set(GENERATORS) == set(PARAMETERS) == set(get_args(SyntheticName))
-    assert _choices(["datasets", "upload"]) == {"layout": get_args(Layout)}
+    assert _choices(["datasets", "upload"]) == {"layout": get_args(Layout), "header": get_args(Header)}
     assert TERMINAL == {"succeeded", "failed", "cancelled"} == {status.value for status in jobs.TERMINAL}
 
 
