@@ -27,9 +27,22 @@ def _require_redis_url() -> str:
     return url
 
 
+def _settings() -> object:
+    """The API's settings (a superset of the workers'), read from DNNQ_*; a bad value refuses to start in
+    one line naming the variable and what it allows (as `dnnq worker` does), not pydantic's traceback."""
+    from dnnq.service.settings import ApiSettings
+    from dnnq.workers.settings import settings_error_line
+
+    try:
+        return ApiSettings()
+    except ValueError as exc:  # pydantic's ValidationError
+        raise CliError(settings_error_line(exc), exit_code=2) from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from dnnq.up import UpOptions, default_api_workers, run_up
 
+    _settings()  # before Redis, the workers and the API start: each would fail alone, in its own traceback
     options = UpOptions(
         host=args.host,
         port=args.port,
@@ -55,11 +68,11 @@ def _require_store(settings: object) -> None:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from dnnq.service.settings import ApiSettings
     from dnnq.up import check_bind_allowed
 
+    settings = _settings()
     _require_redis_url()
-    _require_store(ApiSettings())
+    _require_store(settings)
     note = check_bind_allowed(args.host, args.allow_remote_without_keys)
     if note:
         print(f"dnnq: {note}", file=sys.stderr, flush=True)
