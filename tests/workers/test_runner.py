@@ -16,6 +16,15 @@ from dnnq.workers.settings import WorkerSettings
 from dnnq.workers.spec import JobSpec
 
 
+@pytest.fixture(scope="module", autouse=True)
+def warmed_up():
+    # As a worker's pool child does before its first job (workers/__main__.py): a fresh process's first fit
+    # compiles the engine's kernels holding the GIL for seconds, longer than these tests' 2 s lease.
+    from dnnq.models.warmup import warm_up
+
+    warm_up()
+
+
 @pytest.fixture
 def settings(redis_url, data_dir):
     return WorkerSettings(
