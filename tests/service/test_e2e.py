@@ -13,7 +13,8 @@ from safetensors.numpy import load as load_safetensors
 
 from dnnq.models import predict
 
-pytestmark = pytest.mark.e2e
+# The e2e suite runs on both artifact stores: the local directory and an S3 server (tests/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.both_stores]
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -34,7 +35,6 @@ def wait_for(http, job_id: str, until=TERMINAL, timeout: float = 120.0) -> dict:
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
 
 
-@pytest.mark.both_stores  # the artifacts' whole path: upload, dataset load, weights, model.json, download
 def test_upload_train_download_and_predict_reproduce_the_reported_accuracy(live_stack):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4)).astype(np.float32)
