@@ -33,7 +33,7 @@ import numpy as np
 from .backend import Array, concat, matmul_transposed_into, scatter_columns
 from .config import TrainConfig
 
-__all__ = ["FitPath", "FIT_PATHS", "GramPlan", "GramLayer", "plan"]
+__all__ = ["FitPath", "FIT_PATHS", "GramPlan", "GramLayer", "SharedGram", "plan"]
 
 FitPath = Literal["auto", "textbook", "gram"]
 FIT_PATHS: tuple[FitPath, ...] = ("auto", "textbook", "gram")
@@ -113,20 +113,64 @@ def plan(
     return GramPlan(True, f"{textbook / gram:.0f}x fewer multiply-adds on layer 1", k)
 
 
+class SharedGram:
+    """The products of the data alone (X X^T, X D_val^T) kept across the fits of one sweep pack.
+
+    The trials of a pack train on the same X and differ only in their bases B_j, so R R^T's X X^T
+    block (the p^2 n_x part of the Gram path's setup) is the same for all of them: the first fit
+    computes it with the same call a solo fit makes, the others reuse it. A block is reused only
+    for host inputs equal to the ones it was made from (the same memory, else compared entry by
+    entry), on the same array module, so a fit given the wrong data computes its own."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[str, tuple[Any, tuple[np.ndarray, ...], Array]] = {}
+        self.hits = 0  # blocks reused rather than computed (tests, timings)
+
+    @staticmethod
+    def _same(a: np.ndarray, b: np.ndarray) -> bool:
+        if a is b:
+            return True
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.ctypes.data == b.ctypes.data and a.strides == b.strides:
+            return True
+        return bool(np.array_equal(a, b))
+
+    def block(self, xp: Any, name: str, hosts: tuple[np.ndarray, ...], make: Any) -> Array:
+        """The block ``name`` of the host arrays ``hosts``: kept from an earlier fit, else ``make()``."""
+        held = self._blocks.get(name)
+        if (
+            held is not None
+            and held[0] is xp
+            and len(held[1]) == len(hosts)
+            and all(self._same(a, b) for a, b in zip(held[1], hosts, strict=True))
+        ):
+            self.hits += 1
+            return held[2]
+        value = make()
+        self._blocks[name] = (xp, hosts, value)
+        return value
+
+    def clear(self) -> None:
+        self._blocks.clear()
+
+
 class GramLayer:
     """Layer 1 in coefficient space for one fit: R's Gram matrix, and W1 formed from W_eff on request.
 
     ``X`` is the training set on the device, examples first (m, n_x); ``bases`` the B_j (n_1, n_x).
+    ``XX``: X X^T when already known (a sweep pack's SharedGram), else computed here.
     """
 
-    def __init__(self, xp: Any, X: Array, bases: list[Array]) -> None:
+    def __init__(self, xp: Any, X: Array, bases: list[Array], XX: Array | None = None) -> None:
         self.xp = xp
         self.m = int(X.shape[0])
         self.n_1 = int(bases[0].shape[0])
         self.k = len(bases)
         self.X = X  # (m, n_x)
         self.B = concat(xp, bases, axis=0) if self.k > 1 else bases[0]  # (k n_1, n_x)
-        XX = xp.matmul(X, X.T)  # (m, m): the Gram matrix
+        if XX is None:
+            XX = xp.matmul(X, X.T)  # (m, m): the Gram matrix
         XB = xp.matmul(X, self.B.T)  # (m, k n_1)
         BB = xp.matmul(self.B, self.B.T)  # (k n_1, k n_1)
         self.M = concat(xp, [concat(xp, [XX, XB], axis=1), concat(xp, [XB.T, BB], axis=1)], axis=0)  # (p, p) = R R^T
@@ -137,10 +181,13 @@ class GramLayer:
     def p(self) -> int:
         return self.m + self.k * self.n_1
 
-    def inputs_transposed(self, D: Array) -> Array:
-        """U^T = R D^T (p, m_D): another set's layer-1 inputs (validation), transposed."""
+    def inputs_transposed(self, D: Array, XD: Array | None = None) -> Array:
+        """U^T = R D^T (p, m_D): another set's layer-1 inputs (validation), transposed; ``XD``:
+        its X D^T block when already known (a sweep pack's SharedGram)."""
         xp = self.xp
-        return concat(xp, [xp.matmul(self.X, D.T), xp.matmul(self.B, D.T)], axis=0)
+        if XD is None:
+            XD = xp.matmul(self.X, D.T)  # (m, m_D)
+        return concat(xp, [XD, xp.matmul(self.B, D.T)], axis=0)
 
     def product(self, W_eff: Array, UT: Array, rows: slice | Array, Z: Array) -> None:
         """Z1 = U[rows] W_eff^T into Z (B, n_1), from the transposed inputs UT (p, m) of the set.

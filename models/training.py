@@ -48,7 +48,7 @@ from .config import TrainConfig
 from .data import examples_first
 from .engine import Engine, take_rows
 from .flat import flatten_params
-from .gram import FitPath, GramLayer, GramPlan, plan
+from .gram import FitPath, GramLayer, GramPlan, SharedGram, plan
 from .network import initialize_parameters_deep
 from .optimizers import Optimizer, make_optimizer
 from .records import Checkpoint, EpochRecord, EpochState, FitResult, TrainingDiverged, ValidationLossNotFinite
@@ -69,12 +69,14 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     checkpoint: Checkpoint | None = None,
     path: FitPath = "auto",
+    gram_cache: SharedGram | None = None,
 ) -> FitResult:
     """Train an L-layer network on X (n_x, m) and Y (n_y, m); see docs/DESIGN.md.
 
     ``path``: "auto" trains layer 1 on the Gram path (models/gram.py) where that is exact in exact
     arithmetic, cheaper and within the memory estimate; "textbook" never; "gram" wherever it is
-    exact. ``result.path`` says which ran."""
+    exact. ``result.path`` says which ran. ``gram_cache``: the data's Gram blocks kept across the
+    fits of a sweep pack (models.gram.SharedGram): reused where this fit's data is the same."""
     t_start = time.perf_counter()
     cfg = config
     if not isinstance(cfg, TrainConfig):
@@ -89,7 +91,7 @@ def fit(
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             loop = _TrainingLoop.start(
-                cfg, device, train=train, val=val, checkpoint=checkpoint, t_start=t_start, path=path
+                cfg, device, train=train, val=val, checkpoint=checkpoint, t_start=t_start, path=path, shared=gram_cache
             )
             stopped = False
             for epoch in range(loop.start_epoch, cfg.epochs):
@@ -198,6 +200,7 @@ class _TrainingLoop:
         checkpoint: Checkpoint | None,
         t_start: float,
         path: FitPath = "auto",
+        shared: SharedGram | None = None,
     ) -> _TrainingLoop:
         xp, dtype = device.xp, np.dtype(cfg.dtype)
         train_set = _DeviceSet.on_device(xp, train, cfg.output)
@@ -220,10 +223,16 @@ class _TrainingLoop:
             history = list(checkpoint.history[:start_epoch])
         gram = None
         if gram_plan.use:  # layer 1 in coefficient space: its inputs become U = D R^T (models/gram.py)
-            gram = _to_gram(xp, train_set, params, optimizer, gram_plan.bases)
+            X_dev = train_set.X
+            XX = None if shared is None else shared.block(xp, "XX", (train[0],), lambda: xp.matmul(X_dev, X_dev.T))
+            gram = _to_gram(xp, train_set, params, optimizer, gram_plan.bases, XX)
             train_set = _DeviceSet(gram.U, train_set.Y, train_set.labels)
             if val_set is not None:
-                val_inputs = gram.inputs_transposed(val_set.X)  # (p, m_val)
+                D_dev = val_set.X
+                XD = None
+                if shared is not None and val is not None:
+                    XD = shared.block(xp, "XD", (train[0], val[0]), lambda: xp.matmul(X_dev, D_dev.T))
+                val_inputs = gram.inputs_transposed(val_set.X, XD)  # (p, m_val)
                 val_set = _DeviceSet(val_inputs.T, val_set.Y, val_set.labels)
         n_x = int(train_set.X.shape[1])  # layer 1's input width (p on the Gram path)
         flat_params, layout = flatten_params(xp, params)
@@ -417,11 +426,14 @@ def _params_to_host(params: dict[str, Array]) -> dict[str, np.ndarray]:
     return {k: np.array(to_host(v)) for k, v in params.items()}
 
 
-def _to_gram(xp: Any, train: _DeviceSet, params: dict[str, Array], optimizer: Optimizer, k: int) -> GramLayer:
+def _to_gram(
+    xp: Any, train: _DeviceSet, params: dict[str, Array], optimizer: Optimizer, k: int, XX: Array | None = None
+) -> GramLayer:
     """The Gram layer of ``train`` (X examples first) started from params' W1 (and a resumed
-    momentum's v_W1 when k == 2); W1 and v_W1 are replaced in place by their W_eff."""
+    momentum's v_W1 when k == 2); W1 and v_W1 are replaced in place by their W_eff. ``XX``: X X^T
+    when a sweep pack already has it."""
     bases = [params["W1"]] + ([optimizer.state["v_W1"]] if k == 2 else [])
-    gram = GramLayer(xp, train.X, bases)
+    gram = GramLayer(xp, train.X, bases, XX)
     params["W1"] = gram.start(0, params["W1"].dtype)
     if k == 2:
         optimizer.state["v_W1"] = gram.start(1, params["W1"].dtype)

@@ -11,8 +11,10 @@ finish, so a trial that diverges or is cancelled ends alone and the next one sta
 own message later finds its job taken and does nothing.
 
 The engine has no stacked fit yet (a leading trial axis), so the trials run one after another; what
-they share is the loaded arrays and the process (warm caches, no dispatch). fit builds the Gram
-matrix itself, so each trial computes its own.
+they share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the
+data's Gram matrix X X^T (models.gram.SharedGram: the first trial's fit computes it, the others
+reuse it; each trial adds only its own W1 start's cross blocks), so every trial's numbers are its
+solo job's.
 
 After kill -9 every unfinished trial's lease expires, the sweeper requeues it and sends its message;
 the first to arrive claims the queued siblings again, each resumes from its own checkpoint. A
@@ -254,7 +256,10 @@ def _train_pack(
 ) -> dict[str, str | None]:
     """Each claimed trial in turn through runner's path, on the shared inputs; the trials still waiting
     are released when the worker is asked to shut down."""
+    from dnnq.models.gram import SharedGram
+
     load = _SharedInputs()
+    gram_cache = SharedGram()  # X X^T (and X X_val^T) computed by the first trial's fit, reused by the others
     outcomes: dict[str, str | None] = {}
     size = len(leases)
     for i, lease in enumerate(leases):
@@ -264,7 +269,7 @@ def _train_pack(
                 heartbeat.done(waiting.job_id)
             break
         pack = {"pack_size": float(size), "pack_wait_s": round(time.perf_counter() - t_claimed, 4)}
-        claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack)
+        claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack, gram_cache)
         if lease.lost.is_set():
             outcomes[lease.job_id] = None
             continue
@@ -277,6 +282,7 @@ def _train_pack(
         heartbeat.done(lease.job_id)
         event("pack.trial_done", job_id=lease.job_id, outcome=outcome, position=i + 1, pack_size=size)
     load.first = None  # the arrays go with the pack
+    gram_cache.clear()
     return outcomes
 
 

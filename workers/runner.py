@@ -97,6 +97,7 @@ class _Claim:
     token: str
     heartbeat: LeaseWatch
     pack: dict[str, float] | None = None  # a sweep pack's trial: its size and wait, kept in the timings
+    gram_cache: Any = None  # a sweep pack's models.gram.SharedGram: the data's Gram blocks, made once per pack
 
 
 def run_job(
@@ -198,6 +199,7 @@ def _train(claim: _Claim, load: Loader = load_inputs) -> str | None:
             should_stop=reporter.should_stop,
             checkpoint=ckpt,
             path=settings.fit_path,
+            gram_cache=claim.gram_cache,
         )
     finally:
         reporter.flush_remaining()

@@ -114,3 +114,44 @@ def test_a_pack_on_the_cupy_stand_in(monkeypatch):
         for key, value in b.parameters.items():
             assert type(a.parameters[key]) is np.ndarray
             np.testing.assert_array_equal(a.parameters[key], value)
+
+
+def test_fits_sharing_a_gram_cache_equal_their_solo_fits_and_reuse_the_data_blocks():
+    """A sweep pack's trials, one after another, reuse the data's X X^T and X X_val^T (SharedGram):
+    each fit's history and weights equal its own solo fit's, and the blocks are computed once."""
+    from dnnq.models.gram import SharedGram
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((300, 50))  # wide input: the Gram path
+    Y = (X[:1] + X[1:2] > 0).astype(np.float64)
+    X_val = rng.standard_normal((300, 20))
+    Y_val = (X_val[:1] > 0).astype(np.float64)
+    cache = SharedGram()
+    base = TrainConfig(layer_dims=[300, 7, 3, 1], epochs=30, optimizer="momentum", dtype="float64", device="cpu")
+    for lr, seed, l2 in ((0.05, 1, 0.0), (0.1, 2, 0.01), (0.02, 3, 0.0)):
+        cfg = dataclasses.replace(base, learning_rate=lr, seed=seed, l2=l2)
+        shared = fit(X, Y, cfg, X_val=X_val, Y_val=Y_val, path="gram", gram_cache=cache)
+        solo = fit(X, Y, cfg, X_val=X_val, Y_val=Y_val, path="gram")
+        assert shared.path == solo.path == "gram"
+        for field in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            a, b = [getattr(r, field) for r in shared.history], [getattr(r, field) for r in solo.history]
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+        for key, value in solo.parameters.items():
+            np.testing.assert_allclose(shared.parameters[key], value, rtol=1e-12, atol=1e-300)
+    assert cache.hits == 4  # X X^T and X X_val^T made by the first fit, reused by the two others
+
+
+def test_a_gram_cache_given_other_data_computes_its_own():
+    from dnnq.models.gram import SharedGram
+
+    rng = np.random.default_rng(5)
+    X1, X2 = rng.standard_normal((200, 30)), rng.standard_normal((200, 30))
+    Y = (rng.random((1, 30)) > 0.5).astype(np.float64)
+    cfg = TrainConfig(layer_dims=[200, 4, 1], epochs=10, learning_rate=0.05, dtype="float64", device="cpu")
+    cache = SharedGram()
+    fit(X1, Y, cfg, path="gram", gram_cache=cache)
+    shared = fit(X2, Y, cfg, path="gram", gram_cache=cache)
+    solo = fit(X2, Y, cfg, path="gram")
+    assert cache.hits == 0
+    np.testing.assert_allclose([r.loss for r in shared.history], [r.loss for r in solo.history], rtol=1e-12)
+    np.testing.assert_allclose(shared.parameters["W1"], solo.parameters["W1"], rtol=1e-12, atol=1e-300)

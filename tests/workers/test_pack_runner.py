@@ -184,3 +184,48 @@ def test_pack_memory_counts_the_data_once():
     assert pack_memory_bytes([100, 120, 110], 80) == 80 + 40
     assert pack_memory_bytes([100, 120, 110], 80, stacked=True) == 80 + 20 + 40 + 30
     assert pack_memory_bytes([], 80) == 80
+
+
+def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_solo_run(
+    redis_client, store, settings, monkeypatch
+):
+    """On the Gram path the pack's trials share X X^T (models.gram.SharedGram): computed by the first
+    trial's fit only, and every trial's history, weights and metrics still equal its solo job's."""
+    from dnnq.models import gram
+
+    made: list[str] = []
+    block = gram.SharedGram.block
+
+    def counting(self, xp, name, hosts, make):
+        return block(self, xp, name, hosts, lambda: (made.append(name), make())[1])
+
+    monkeypatch.setattr(gram.SharedGram, "block", counting)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(40, 300))  # 300 features, 40 examples: fit(path="auto") takes the Gram path
+    ds = datasets.save_dataset(
+        redis_client, store, tenant="public", name="wide", source="test", X=X, Y=(X[:, 0] > 0).astype(float),
+        label_kind="binary",
+    )  # fmt: skip
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
+        "device": "cpu",
+    }
+    trials = [{"lr": lr, "seed": seed} for lr, seed in ((0.05, 1), (0.1, 2), (0.02, 3))]
+    ids = make_sweep(redis_client, base, trials)
+    assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
+    assert made == ["XX"]  # the first trial's fit made it; the two others reused it
+    for job_id, trial in zip(ids, trials, strict=True):
+        spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"], "seed": trial["seed"]}}
+        solo = solo_job(redis_client, spec)
+        assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
+        packed_h, solo_h = jobs.get_history(redis_client, job_id), jobs.get_history(redis_client, solo)
+        assert len(packed_h) == len(solo_h) == 30
+        for a, b in zip(packed_h, solo_h, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
+        packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
+        for name in packed_w:
+            np.testing.assert_allclose(packed_w[name], solo_w[name], rtol=1e-12, atol=0)
+        assert jobs.get_job(redis_client, job_id)["metrics"] == jobs.get_job(redis_client, solo)["metrics"]
+    assert made == ["XX"]  # a solo job (runner.run_job) has no cache: its fit computes its own
