@@ -68,6 +68,8 @@ __all__ = [
     "create_job",
     "create_job_async",
     "delete_job",
+    "delete_job_keys",
+    "deleted_files",
     "finish",
     "finished_before",
     "get_history",
@@ -432,19 +434,7 @@ def delete_job(r: Any, store: ArtifactStore, job_id: str, tenant: str | None = N
         raise JobNotFound(str(job_id))
     prefix = f"jobs/{job_id}/"
     outcome, detail = script("delete_job")(
-        r,
-        [
-            key,
-            keys.job_history(job_id),
-            keys.job_lease(job_id),
-            keys.ACTIVE,
-            keys.OUTBOX,
-            keys.FINISHED,
-            keys.HISTORY_MOVES,
-            keys.TRASH,
-            keys.BY_STATUS,
-        ],
-        [job_id, tenant or "", prefix, int(trash.TRASH_GRACE_SECONDS * 1000)],
+        r, delete_job_keys(job_id), [job_id, tenant or "", prefix, int(trash.TRASH_GRACE_SECONDS * 1000)]
     )
     if outcome == "missing":
         raise JobNotFound(job_id)
@@ -455,8 +445,30 @@ def delete_job(r: Any, store: ArtifactStore, job_id: str, tenant: str | None = N
             f"Job '{job_id}' is {detail}; only a finished job can be deleted. Cancel it first "
             f"(POST /v1/jobs/{job_id}/cancel), then delete it once it has stopped.",
         )
+    deleted_files(r, store, job_id, detail)
+
+
+def delete_job_keys(job_id: str) -> list[str]:
+    """delete_job.lua's KEYS for one job (workers/sweeps.py runs that script once per trial too)."""
+    return [
+        keys.job(job_id),
+        keys.job_history(job_id),
+        keys.job_lease(job_id),
+        keys.ACTIVE,
+        keys.OUTBOX,
+        keys.FINISHED,
+        keys.HISTORY_MOVES,
+        keys.TRASH,
+        keys.BY_STATUS,
+    ]
+
+
+def deleted_files(r: Any, store: ArtifactStore, job_id: str, moving: str) -> None:
+    """After delete_job.lua removed a job from Redis: its artifacts (jobs/{id}/) and cached history.
+    `moving` is the script's second answer ("0": no history move was in flight)."""
+    prefix = f"jobs/{job_id}/"
     forget(job_id)
-    if detail == "0":  # no history move in flight: nothing can write under the prefix any more
+    if moving == "0":  # no history move in flight: nothing can write under the prefix any more
         trash.remove(r, store, prefix)
     else:
         store.delete_prefix(prefix)  # and again after the grace, by the sweeper

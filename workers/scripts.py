@@ -19,6 +19,7 @@ from dnnq.workers.history_store import HISTORY_INLINE_MAX
 __all__ = ["Script", "get"]
 
 _LIB_NAMES = {
+    "PREFIX": keys.PREFIX,
     "TENANT_PREFIX": keys.TENANT_PREFIX,
     "OUTBOX": keys.OUTBOX,
     "BY_STATUS": keys.BY_STATUS,

@@ -31,7 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from dnnq.workers import jobs, keys
+from dnnq.workers import jobs, keys, trash
+from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.job_reads import decode
 from dnnq.workers.scripts import Script
 from dnnq.workers.scripts import get as script
@@ -40,7 +41,9 @@ from dnnq.workers.spec import JobSpec, queue_for
 __all__ = [
     "ALIASES",
     "METRICS",
+    "SweepConflict",
     "SweepError",
+    "SweepNotFound",
     "TooManyUnfinished",
     "Trial",
     "best_trial",
@@ -48,6 +51,7 @@ __all__ = [
     "create_sweep",
     "create_sweep_async",
     "default_metric",
+    "delete_sweep",
     "expand",
     "expand_names",
     "field_paths",
@@ -260,6 +264,26 @@ def default_metric(specs: Sequence[JobSpec]) -> str:
     return "val_loss" if specs and all(s.validation_dataset_id for s in specs) else "loss"
 
 
+class SweepNotFound(LookupError):
+    def __init__(self, sweep_id: str) -> None:
+        super().__init__(f"No sweep with id '{sweep_id}'.")
+        self.sweep_id = sweep_id
+
+
+class SweepConflict(Exception):
+    """delete_sweep refused: a trial (`job_id`) is still queued, running or cancelling."""
+
+    def __init__(self, sweep_id: str, job_id: str, status: str, trial: int) -> None:
+        super().__init__(
+            f"Sweep '{sweep_id}' still has trial {trial} (job '{job_id}') {status}; only a sweep whose trials "
+            f"have all finished can be deleted. Cancel it first (POST /v1/sweeps/{sweep_id}/cancel), then "
+            "delete it once its trials have stopped."
+        )
+        self.sweep_id = sweep_id
+        self.job_id = job_id
+        self.status = status
+
+
 # create_job.lua's whole text (lib.lua's helpers included) becomes a function the sweep script calls once
 # per trial: one place says how a job is created.
 _CREATE_SWEEP = Script(
@@ -271,10 +295,27 @@ _CREATE_SWEEP = Script(
 )
 
 
+# delete_job.lua likewise, run once per trial by delete_sweep.lua: a trial goes as DELETE /v1/jobs deletes it.
+_DELETE_SWEEP = Script(
+    "delete_sweep",
+    "local function DELETE_JOB(KEYS, ARGV)\n"
+    + script("delete_job").source
+    + "\nend\n"
+    + (files("dnnq.workers") / "lua" / "delete_sweep.lua").read_text(encoding="utf-8"),
+)
+
+
 def _plan(
-    tenant: str, base: dict[str, Any], trials: Sequence[Trial], grid: Any, max_unfinished: int | None
+    tenant: str,
+    base: dict[str, Any],
+    trials: Sequence[Trial],
+    grid: Any,
+    max_unfinished: int | None,
+    datasets: Sequence[str] = (),
+    idempotency_key: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list, list]:
-    """The sweep's record, its trials' records, and create_sweep's keys and args."""
+    """The sweep's record, its trials' records, and create_sweep's keys and args (`datasets`: ids that
+    must exist, checked in the script)."""
     sweep_id = uuid.uuid4().hex
     created = time.time()
     packs: dict[str, list[int]] = {}
@@ -314,7 +355,10 @@ def _plan(
         "packs": json.dumps(packs, sort_keys=True),
         "metric": default_metric([t.spec for t in trials]),
     }
+    if idempotency_key is not None:  # the reservation naming this sweep: deleting the sweep removes it too
+        sweep["idempotency_key"] = idempotency_key
     all_keys = [keys.sweep(sweep_id), keys.tenant_sweeps(tenant), keys.unfinished(tenant), *script_keys]
+    all_keys += [keys.dataset(d) for d in datasets]
     args = [
         int(max_unfinished or 0),
         created,
@@ -326,7 +370,17 @@ def _plan(
     return sweep, records, all_keys, args
 
 
-def _created(tenant: str, sweep: dict[str, Any], outcome: int) -> dict[str, Any]:
+def _datasets_of(trials: Sequence[Trial], require_datasets: bool) -> list[str]:
+    """Every dataset the trials name, once each, in trial order (what create_sweep.lua checks)."""
+    if not require_datasets:
+        return []
+    named = (d for t in trials for d in (t.spec.dataset_id, t.spec.validation_dataset_id) if d is not None)
+    return list(dict.fromkeys(named))
+
+
+def _created(tenant: str, sweep: dict[str, Any], outcome: int, datasets: Sequence[str] = ()) -> dict[str, Any]:
+    if outcome <= -2:  # the (-1 - outcome)-th dataset is gone: nothing was written
+        raise jobs.DatasetMissing([datasets[-2 - int(outcome)]])
     if outcome >= 0:
         raise TooManyUnfinished(tenant, int(outcome))
     return decode_sweep(sweep)
@@ -340,12 +394,18 @@ def create_sweep(
     trials: Sequence[Trial],
     grid: Any = None,
     max_unfinished: int | None = None,
+    require_datasets: bool = False,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """Write the sweep and every trial (queued, in the outbox) in one atomic step; the decoded sweep.
     The caller sends each trial's message, then marks them sent (as after jobs.create_job). Raises
-    TooManyUnfinished, writing nothing, when the trials would take the tenant past max_unfinished."""
-    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished)
-    return _created(tenant, sweep, _CREATE_SWEEP(r, all_keys, args))
+    TooManyUnfinished, writing nothing, when the trials would take the tenant past max_unfinished, and
+    with require_datasets (the route) DatasetMissing, writing nothing, when a dataset a trial names does
+    not exist, checked in the same step (a dataset deleted at the same moment is never used).
+    idempotency_key: the Redis key of the Idempotency-Key reservation naming the sweep (deleted with it)."""
+    datasets = _datasets_of(trials, require_datasets)
+    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished, datasets, idempotency_key)
+    return _created(tenant, sweep, _CREATE_SWEEP(r, all_keys, args), datasets)
 
 
 async def create_sweep_async(
@@ -356,10 +416,13 @@ async def create_sweep_async(
     trials: Sequence[Trial],
     grid: Any = None,
     max_unfinished: int | None = None,
+    require_datasets: bool = False,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """create_sweep on a redis.asyncio client (the POST /v1/sweeps route)."""
-    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished)
-    return _created(tenant, sweep, await _CREATE_SWEEP.run_async(ar, all_keys, args))
+    datasets = _datasets_of(trials, require_datasets)
+    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished, datasets, idempotency_key)
+    return _created(tenant, sweep, await _CREATE_SWEEP.run_async(ar, all_keys, args), datasets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,3 +591,34 @@ async def trial_histories_async(ar: Any, job_ids: Sequence[str]) -> list[list[di
     for job_id in job_ids:
         pipe.lrange(keys.job_history(job_id), 0, -1)
     return [[json.loads(e) for e in found] for found in await pipe.execute()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deleting
+
+
+def delete_sweep(r: Any, store: ArtifactStore, sweep_id: str, tenant: str | None = None) -> None:
+    """Delete a sweep whose trials have all finished: every trial exactly as jobs.delete_job deletes a
+    job (record, history, indexes, Idempotency-Key entry, then artifacts) and the sweep's record and
+    tenant index entry, in one script (all or nothing). A sweep's record also goes by itself with its
+    last trial (delete_job.lua), so retention leaves no empty sweep.
+
+    Raises SweepNotFound (absent, malformed id, or another tenant's when `tenant` is given) or
+    SweepConflict (a trial still queued, running or cancelling: cancel the sweep first)."""
+    sweep = get_sweep(r, sweep_id, tenant)
+    if sweep is None:
+        raise SweepNotFound(str(sweep_id))
+    job_ids: list[str] = sweep["job_ids"]
+    script_keys = [keys.sweep(sweep_id), keys.tenant_sweeps(sweep["tenant"])]
+    for job_id in job_ids:
+        script_keys += jobs.delete_job_keys(job_id)
+    per = len(jobs.delete_job_keys(job_ids[0])) if job_ids else 0
+    grace_ms = int(trash.TRASH_GRACE_SECONDS * 1000)
+    answer = _DELETE_SWEEP(r, script_keys, [sweep_id, tenant or "", per, grace_ms, *job_ids])
+    if answer[0] == "missing":
+        raise SweepNotFound(sweep_id)
+    if answer[0] == "conflict":
+        raise SweepConflict(sweep_id, answer[1], answer[2], job_ids.index(answer[1]))
+    for job_id, moving in zip(job_ids, answer[1:], strict=True):
+        if moving:  # '' = the trial was gone already
+            jobs.deleted_files(r, store, job_id, moving)

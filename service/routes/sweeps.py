@@ -148,6 +148,20 @@ def _too_many(settings: Any, unfinished: int, n_trials: int) -> Problem:
     )
 
 
+def _dataset_gone(desk: JobDesk, trials: list, exc: jobs.DatasetMissing) -> Problem:
+    """The 422 for a dataset deleted between the checks and the write, naming the first trial that uses
+    it; the desk forgets its cached record (as JobDesk._create does for a submit)."""
+    for dataset_id in exc.dataset_ids:
+        desk.dataset_records.pop(dataset_id, None)
+    for i, trial in enumerate(trials):
+        for field in ("dataset_id", "validation_dataset_id"):
+            if getattr(trial.spec, field) in exc.dataset_ids:
+                return field_error(
+                    f"trials[{i}].{field}", f"{exc} It was deleted; upload it again with POST /v1/datasets."
+                )
+    return field_error("base.dataset_id", f"{exc} It was deleted; upload it again with POST /v1/datasets.")
+
+
 @router.post("", status_code=202, response_model=SweepAccepted, responses=problems(429))
 async def create_sweep(
     body: SweepRequest,
@@ -184,9 +198,13 @@ async def create_sweep(
                 trials=trials,
                 grid=body.grid,
                 max_unfinished=settings.max_queued_jobs_per_tenant,
+                require_datasets=True,
+                idempotency_key=reservation.redis_key if reservation else None,
             )
         except sweeps.TooManyUnfinished as exc:
             raise _too_many(settings, exc.unfinished, len(trials)) from None
+        except jobs.DatasetMissing as exc:  # deleted since the desk cached its record: as a submit answers
+            raise _dataset_gone(desk, trials, exc) from None
     except BaseException:  # a refused sweep frees its key: the client may fix the body and retry
         if reservation:
             await run_in_threadpool(reservation.release)

@@ -3,9 +3,17 @@
 -- KEYS: sweep, tenant sweeps, tenant unfinished, then create_job's keys of each trial (ARGV[3] each) ;
 -- ARGV: max_unfinished (0 = no limit), created (epoch seconds), keys per trial, the sweep id, the sweep
 -- record's field/value pairs (one JSON array), then create_job's ARGV of each trial (one JSON array each).
--- All or nothing: the tenant's limit is checked for every trial at once, before anything is written.
+-- KEYS after the trials' (KEYS[4 + n * per ..]): the datasets every trial names, when the route asks
+-- (require_datasets): the j-th one absent (deleted a moment ago) -> -1 - j, nothing written, as
+-- create_job.lua's check does for one job (see delete_dataset.lua).
+-- All or nothing: the datasets and the tenant's limit are checked for every trial at once, before
+-- anything is written.
 local per = tonumber(ARGV[3])
 local n = #ARGV - 5
+local first_dataset = 4 + n * per
+for i = first_dataset, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return -1 - (i - first_dataset + 1) end
+end
 local max_unfinished = tonumber(ARGV[1])
 if max_unfinished > 0 then
   local unfinished = redis.call('SCARD', KEYS[3])

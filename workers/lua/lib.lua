@@ -5,6 +5,9 @@
 local function UNFINISHED(tenant) return '$TENANT_PREFIX' .. tenant .. ':unfinished' end
 -- Any other key of a tenant's (delete_job.lua: its listing and status indexes).
 local function TENANT_KEY(tenant, suffix) return '$TENANT_PREFIX' .. tenant .. ':' .. suffix end
+-- A job's and a sweep's record (delete_job.lua: a sweep goes with its last trial).
+local function JOB_KEY(id) return '$PREFIX' .. 'job:' .. id end
+local function SWEEP_KEY(id) return '$PREFIX' .. 'sweep:' .. id end
 
 -- A queued job whose Celery message is not out yet goes into the outbox, scored by Redis's own clock
 -- (ms), so whoever sends late messages compares no clocks across hosts.
