@@ -155,3 +155,73 @@ def test_a_gram_cache_given_other_data_computes_its_own():
     assert cache.hits == 0
     np.testing.assert_allclose([r.loss for r in shared.history], [r.loss for r in solo.history], rtol=1e-12)
     np.testing.assert_allclose(shared.parameters["W1"], solo.parameters["W1"], rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize(
+    "optimizer, batch_size, with_val",
+    [("gd", None, False), ("momentum", None, True), ("momentum", 16, True), ("gd", 16, False)],
+)
+def test_a_gram_path_pack_equals_each_trials_solo_gram_fit(optimizer, batch_size, with_val):
+    """path="gram": layer 1 in coefficient space for the whole pack (X X^T once); each trial's
+    history, weights and checkpoint equal its solo fit(path="gram") to 1e-12 in float64."""
+    from dnnq.models.records import EpochState
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((120, 40))
+    Y = (X[:1] - X[2:3] > 0).astype(np.float64)
+    kw = {"X_val": rng.standard_normal((120, 15))} if with_val else {}
+    if with_val:
+        kw["Y_val"] = (kw["X_val"][:1] > 0).astype(np.float64)
+    base = TrainConfig(
+        layer_dims=[120, 6, 3, 1], epochs=20, optimizer=optimizer, batch_size=batch_size, seed=4,
+        dtype="float64", device="cpu",
+    )  # fmt: skip
+    seed = (lambda s: 4) if batch_size else (lambda s: s)  # shuffled mini-batches share the seed
+    configs = [
+        dataclasses.replace(base, learning_rate=0.05, seed=seed(1)),
+        dataclasses.replace(base, learning_rate=0.1, l2=0.05, seed=seed(2), dropout_keep_prob=0.8),
+        dataclasses.replace(base, learning_rate=0.02, seed=seed(3), lr_decay="inverse_time", decay_rate=0.1),
+    ]
+    states: dict[int, list[EpochState]] = {0: [], 1: [], 2: []}
+    ckpts = {}
+
+    def on_state(trial: int, state: EpochState) -> None:
+        states[trial].append(state)
+        if state.epoch == 10:  # made inside the callback, as the pack runner's reporter does
+            ckpts[trial] = state.checkpoint()
+
+    results = fit_packed(X, Y, configs, path="gram", on_state=on_state, **kw)
+    for trial, (packed, cfg) in enumerate(zip(results, configs, strict=True)):
+        assert packed.path == "packed-gram" and len(states[trial]) == cfg.epochs
+        solo = fit(X, Y, cfg, path="gram", **kw)
+        for field in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            a, b = [getattr(r, field) for r in packed.history], [getattr(r, field) for r in solo.history]
+            if b[0] is None:
+                assert a == b
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+        for key, value in solo.parameters.items():
+            scale = float(np.max(np.abs(value)))
+            assert float(np.max(np.abs(packed.parameters[key] - value))) <= 1e-12 * scale, key
+        resumed = fit(X, Y, cfg, checkpoint=ckpts[trial], path="gram", **kw)  # the solo fit resumed ends the same
+        np.testing.assert_allclose(resumed.parameters["W1"], solo.parameters["W1"], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose([r.loss for r in resumed.history], [r.loss for r in solo.history], rtol=1e-10)
+
+
+def test_a_trial_that_should_stop_leaves_the_gram_pack_stopped_and_the_others_go_on():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((100, 30))
+    Y = (X[:1] > 0).astype(np.float64)
+    base = TrainConfig(layer_dims=[100, 5, 1 + 1, 1], epochs=12, learning_rate=0.05, dtype="float64", device="cpu")
+    configs = [dataclasses.replace(base, seed=s) for s in (1, 2, 3)]
+    seen: list[tuple[int, int]] = []
+    results = fit_packed(
+        X, Y, configs, path="gram", on_epoch=lambda t, r: seen.append((t, r.epoch)),
+        should_stop=lambda t: t == 1 and len([1 for s in seen if s[0] == 1]) >= 4,
+    )  # fmt: skip
+    assert [r.stopped for r in results] == [False, True, False]
+    assert [r.epochs_completed for r in results] == [12, 4, 12]
+    solo = fit(X, Y, configs[2], path="gram")
+    np.testing.assert_allclose(results[2].parameters["W1"], solo.parameters["W1"], rtol=1e-12, atol=1e-300)
+    stopped_solo = fit(X, Y, dataclasses.replace(configs[1], epochs=4), path="gram")
+    np.testing.assert_allclose(results[1].parameters["W2"], stopped_solo.parameters["W2"], rtol=1e-12)
