@@ -295,3 +295,6 @@ class AsyncSweep:
     async def cancel(self) -> AsyncSweep:
         self.data = await self._client.request_json("POST", f"/v1/sweeps/{self.data['id']}/cancel")
         return self
+
+    async def delete(self) -> None:
+        await self._client.request("DELETE", f"/v1/sweeps/{self.data['id']}")

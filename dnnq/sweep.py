@@ -151,3 +151,8 @@ class Sweep(_View):
         """Cancel every unfinished trial: queued ones at once, running ones at their next epoch's end."""
         self.data = self._client.request_json("POST", f"/v1/sweeps/{self.id}/cancel")
         return self
+
+    def delete(self) -> None:
+        """Delete the sweep, its trials' records, histories and files (204). Conflict while a trial is
+        queued or running (cancel first); NotFound for an unknown or another tenant's sweep."""
+        self._client.request("DELETE", f"/v1/sweeps/{self.id}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dnnq import Client, InvalidRequest, Job, NotFound, Sweep, WaitTimeout
+from dnnq import Client, Conflict, InvalidRequest, Job, NotFound, Sweep, WaitTimeout
 from dnnq.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -79,9 +79,19 @@ def test_trial_list_times_out_then_cancels(live_stack):
         ]
         with pytest.raises(WaitTimeout, match=f"sweep {sweep.id} is still"):
             sweep.wait(timeout=1.0)
+        with pytest.raises(Conflict) as unfinished:
+            sweep.delete()
+        assert unfinished.value.status == 409 and "cancel" in str(unfinished.value)
         assert sweep.cancel() is sweep
         sweep.wait(timeout=60)
         assert sweep.done and set(sweep.counts) == {"cancelled"} and sweep.best is None
+        trial_ids = [t.id for t in sweep.trials]
+        sweep.delete()
+        with pytest.raises(NotFound):
+            client.get_sweep(sweep.id)
+        for trial_id in trial_ids:
+            with pytest.raises(NotFound):
+                client.job(trial_id)
 
 
 def test_refused_sweeps_are_typed_errors(live_stack):
