@@ -246,14 +246,14 @@ class _PackGram:
         """Z1 (K, B, n_1) of the training rows ``rows``, or of the validation set (None)."""
         xp = self.xp
         if rows is None:
+            assert self.UT_val is not None, "no validation set"
             cols = self.UT_val
         else:
             cols = self.UT[:, :, rows] if isinstance(rows, slice) else xp.take(self.UT, rows, axis=2)
         K, n_1, B = W_eff.shape[0], W_eff.shape[1], cols.shape[2]
         Z = xp.empty((K, B, n_1), dtype=W_eff.dtype)
-        for k in range(
-            K
-        ):  # one 2-D product per trial (BLAS), the one its solo fit makes; a stacked matmul was 10x slower
+        # one 2-D product per trial (BLAS), the one its solo fit makes; NumPy's stacked matmul was far slower
+        for k in range(K):
             matmul_transposed_into(xp, W_eff[k], cols[k], Z[k])
         return Z
 

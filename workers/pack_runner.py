@@ -10,11 +10,14 @@ its lease (one thread renews them all), EpochReporter (history, progress, cancel
 finish, so a trial that diverges or is cancelled ends alone and the next one starts. Each sibling's
 own message later finds its job taken and does nothing.
 
-The engine has no stacked fit yet (a leading trial axis), so the trials run one after another; what
-they share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the
-data's Gram matrix X X^T (models.gram.SharedGram: the first trial's fit computes it, the others
-reuse it; each trial adds only its own W1 start's cross blocks), so every trial's numbers are its
-solo job's.
+When every trial is fresh (no checkpoint) and fit would take the Gram path for each (gd or momentum,
+wide inputs), the pack trains as one stacked computation (models.packed.fit_packed(path="gram"): X X^T
+once, layer 1 one product per trial per step, the deeper layers batched), each trial with its own
+EpochReporter (a cancelled trial leaves the stack, a diverging one fails alone) and runner's own
+outcome path; ``timings.pack_stacked`` says so. Otherwise the trials run one after another; what they
+share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the data's
+Gram matrix X X^T (models.gram.SharedGram: the first trial's fit computes it, the others reuse it).
+Either way every trial's numbers are its solo job's (to rounding, 1e-12 relative in float64).
 
 After kill -9 every unfinished trial's lease expires, the sweeper requeues it and sends its message;
 the first to arrive claims the queued siblings again, each resumes from its own checkpoint. A
@@ -33,13 +36,27 @@ from typing import Any
 
 import redis
 
-from dnnq.workers import jobs, keys
+from dnnq.workers import artifacts, jobs, keys
 from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.inputs import JobInputs, load_inputs
 from dnnq.workers.job_reads import record_key
 from dnnq.workers.logs import event
 from dnnq.workers.recovery import host_memory_bytes
-from dnnq.workers.runner import _Claim, _release, _set_current_job, _train_to_the_end, process_redis, run_job
+from dnnq.workers.reporter import EpochReporter
+from dnnq.workers.runner import (
+    _Claim,
+    _expected_errors,
+    _readable,
+    _record_outcome,
+    _record_start,
+    _release,
+    _release_gpu_memory,
+    _set_current_job,
+    _train_to_the_end,
+    process_redis,
+    report_gpu_memory,
+    run_job,
+)
 from dnnq.workers.settings import WorkerSettings, get_settings
 from dnnq.workers.shutdown import cooperative_sigterm, release_requested
 from dnnq.workers.spec import JobSpec, SpecError, to_train_config
@@ -259,6 +276,9 @@ def _train_pack(
     from dnnq.models.gram import SharedGram
 
     load = _SharedInputs()
+    stacked = _stackable(r, store, settings, leases, load)
+    if stacked is not None:
+        return _train_stacked(r, store, settings, stacked, heartbeat)
     gram_cache = SharedGram()  # X X^T (and X X_val^T) computed by the first trial's fit, reused by the others
     outcomes: dict[str, str | None] = {}
     size = len(leases)
@@ -295,3 +315,135 @@ def _release_waiting(r: redis.Redis, settings: WorkerSettings, lease: _TrialLeas
         done = jobs.finish(r, lease.job_id, lease.token, "cancelled")
         return "cancelled" if done else None
     return outcome
+
+
+def _stackable(
+    r: redis.Redis, store: ArtifactStore, settings: WorkerSettings, leases: list[_TrialLease], load: _SharedInputs
+) -> list[tuple[_TrialLease, JobInputs]] | None:
+    """The pack's trials with their inputs when they can train as one stacked Gram-path computation
+    (models.packed.fit_packed(path="gram")): two or more, every one fresh (no checkpoint, not
+    cancelled, lease held), on the same arrays, one pack key, and fit would take the Gram path for
+    each. None: train them one after another (resumed trials, Adam, narrow inputs, ...)."""
+    from dnnq.models.gram import plan
+    from dnnq.models.packed import pack_key
+
+    if len(leases) < 2 or release_requested():
+        return None
+    try:
+        chosen = []
+        for lease in leases:
+            if lease.lost.is_set() or r.hget(keys.job(lease.job_id), "status") != jobs.Status.RUNNING.value:
+                return None
+            if artifacts.load_checkpoint(store, lease.job_id) is not None:
+                return None
+            chosen.append((lease, load(r, store, lease.job_id)))
+    except Exception as exc:  # a trial whose inputs fail fails alone on the sequential path
+        event("pack.not_stacked", job_id=leases[0].job_id, reason=str(exc))
+        return None
+    first = chosen[0][1]
+    m, m_val = int(first.X.shape[1]), 0 if first.X_val is None else int(first.X_val.shape[1])
+    for _, inputs in chosen:
+        if inputs.X is not first.X or inputs.X_val is not first.X_val or pack_key(inputs.cfg) != pack_key(first.cfg):
+            return None
+        if not plan(inputs.cfg, m, m_val, settings.fit_path, resuming=False).use or len(inputs.cfg.layer_dims) < 3:
+            return None
+    return chosen
+
+
+def _train_stacked(
+    r: redis.Redis,
+    store: ArtifactStore,
+    settings: WorkerSettings,
+    trials: list[tuple[_TrialLease, JobInputs]],
+    heartbeat: PackHeartbeat,
+) -> dict[str, str | None]:
+    """The pack's fresh trials as one stacked computation: each keeps its own EpochReporter (history,
+    progress, checkpoints, cancel: a trial that stops leaves the stack), and ends through runner's own
+    outcome path (scoring, weights, finish) or fails alone when it diverges."""
+    from dnnq.models.packed import fit_packed
+
+    t0 = time.perf_counter()
+    size = float(len(trials))
+    outcomes: dict[str, str | None] = {}
+    live: list[tuple[_Claim, JobInputs, EpochReporter]] = []
+    for lease, inputs in trials:
+        pack = {"pack_size": size, "pack_wait_s": 0.0, "pack_stacked": 1.0}
+        claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack)
+        if not _record_start(claim, inputs, 0, resumed=False):
+            outcomes[lease.job_id] = None
+            heartbeat.done(lease.job_id)
+            continue
+        reporter = EpochReporter(
+            r,
+            store,
+            settings,
+            lease.job_id,
+            lease.token,
+            resume_epoch=0,
+            checkpoint_every=inputs.spec.training.checkpoint_every or settings.checkpoint_every,
+            lease_lost=lease.lost,
+            release_requested=release_requested,
+            report_gpu=lambda: report_gpu_memory(r, settings),
+        )
+        live.append((claim, inputs, reporter))
+    if not live:
+        return outcomes
+    first = live[0][1]
+    t_loaded = time.perf_counter()
+    results: list[Any]
+    try:
+        results = fit_packed(
+            first.X,
+            first.Y,
+            [inputs.cfg for _, inputs, _ in live],
+            X_val=first.X_val,
+            Y_val=first.Y_val,
+            on_state=lambda i, state: live[i][2].on_epoch(state),
+            should_stop=lambda i: live[i][2].should_stop(),
+            path="gram",
+        )
+    except (KeyboardInterrupt, SystemExit):
+        event("pack.interrupted", logging.WARNING, job_id=live[0][0].job_id)  # leases expire, checkpoints resume
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        event("job.redis_unreachable", logging.WARNING, job_id=live[0][0].job_id, error=str(exc))
+        return {**outcomes, **{claim.job_id: None for claim, _, _ in live}}
+    except Exception as exc:  # the whole pack failed (memory, a device): each trial fails with the reason
+        results = [exc for _ in live]
+    finally:
+        for _, _, reporter in live:
+            reporter.flush_remaining()
+        r.hincrbyfloat(keys.STATS, "training_seconds_total", time.perf_counter() - t_loaded)
+    for (claim, inputs, reporter), result in zip(live, results, strict=True):
+        _set_current_job(r, settings, claim.job_id)
+        outcomes[claim.job_id] = _stacked_outcome(claim, inputs, reporter, result, t0)
+        heartbeat.done(claim.job_id)
+        event("pack.trial_done", job_id=claim.job_id, outcome=outcomes[claim.job_id], stacked=True, pack_size=size)
+    if live:
+        _release_gpu_memory(live[0][0])
+    return outcomes
+
+
+def _stacked_outcome(claim: _Claim, inputs: JobInputs, reporter: EpochReporter, result: Any, t0: float) -> str | None:
+    """One stacked trial's end, as runner._train and _train_to_the_end record a solo job's."""
+    r, job_id = claim.r, claim.job_id
+    if isinstance(result, BaseException):
+        expected = _expected_errors()
+        message = _readable(result, expected)
+        event("job.failed", logging.ERROR, job_id=job_id, error=message, stacked=True)
+        if reporter.lease_is_lost or not jobs.finish(
+            r, job_id, claim.token, "failed", error=message, store=claim.store
+        ):
+            return None
+        return "failed"
+    if reporter.lease_is_lost:
+        event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
+        return None
+    if result.stopped and reporter.releasing and not reporter.cancelled:
+        queue = inputs.record.get("queue") or "default"
+        outcome = _release(r, claim.settings, job_id, claim.token, queue, reporter.last_epoch)
+        if outcome != jobs.Status.CANCELLING.value:
+            return outcome
+    timings = {"load_s": 0.0, **{k: round(v, 4) for k, v in result.timings.items()}}
+    timings.update(claim.pack or {})
+    return _record_outcome(claim, inputs, result, timings, t0)

@@ -186,12 +186,18 @@ def test_pack_memory_counts_the_data_once():
     assert pack_memory_bytes([], 80) == 80
 
 
+@pytest.mark.parametrize("stacked", [True, False])
 def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_solo_run(
-    redis_client, store, settings, monkeypatch
+    redis_client, store, settings, monkeypatch, stacked
 ):
-    """On the Gram path the pack's trials share X X^T (models.gram.SharedGram): computed by the first
-    trial's fit only, and every trial's history, weights and metrics still equal its solo job's."""
+    """On the Gram path the pack's trials share X X^T: stacked (models.packed.fit_packed(path="gram"),
+    fresh trials) or one after another (models.gram.SharedGram: the first trial's fit makes it), and
+    every trial's history, weights and metrics still equal its solo job's."""
     from dnnq.models import gram
+    from dnnq.workers import pack_runner
+
+    if not stacked:
+        monkeypatch.setattr(pack_runner, "_stackable", lambda *a: None)
 
     made: list[str] = []
     block = gram.SharedGram.block
@@ -215,8 +221,9 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
     trials = [{"lr": lr, "seed": seed} for lr, seed in ((0.05, 1), (0.1, 2), (0.02, 3))]
     ids = make_sweep(redis_client, base, trials)
     assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
-    assert made == ["XX"]  # the first trial's fit made it; the two others reused it
+    assert made == ([] if stacked else ["XX"])  # sequential: the first trial's fit made it, the others reused it
     for job_id, trial in zip(ids, trials, strict=True):
+        assert jobs.get_job(redis_client, job_id)["timings"].get("pack_stacked") == (1.0 if stacked else None)
         spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"], "seed": trial["seed"]}}
         solo = solo_job(redis_client, spec)
         assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
@@ -227,5 +234,47 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
         packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
         for name in packed_w:
             np.testing.assert_allclose(packed_w[name], solo_w[name], rtol=1e-12, atol=0)
-        assert jobs.get_job(redis_client, job_id)["metrics"] == jobs.get_job(redis_client, solo)["metrics"]
-    assert made == ["XX"]  # a solo job (runner.run_job) has no cache: its fit computes its own
+        got, want = jobs.get_job(redis_client, job_id)["metrics"], jobs.get_job(redis_client, solo)["metrics"]
+        assert got["final_loss"] == pytest.approx(want["final_loss"], rel=1e-12, abs=0)  # stacked: to rounding
+        assert {k: v for k, v in got.items() if k != "final_loss"} == {
+            k: v for k, v in want.items() if k != "final_loss"
+        }
+    assert made == ([] if stacked else ["XX"])  # a solo job (runner.run_job) has no cache: its fit computes its own
+
+
+def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(redis_client, store, settings):
+    """The stacked Gram-path pack keeps each trial's own end: one diverges (failed, no weights), one is
+    cancelled mid-training (leaves the stack), the third trains to its last epoch."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 300))
+    ds = datasets.save_dataset(
+        redis_client, store, tenant="public", name="wide-cont", source="test", X=X, Y=X[:, 0] * 1e6,
+        label_kind="continuous",
+    )  # fmt: skip
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3], "output": "linear"},
+        "training": {"epochs": 200, "optimizer": "gd", "learning_rate": 1e-12, "dtype": "float64", "seed": 1},
+        "device": "cpu",
+    }
+    ids = make_sweep(redis_client, base, [{"lr": 1e-12}, {"lr": 10.0}, {"lr": 2e-12, "epochs": 1_000_000}])
+    outcomes: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcomes.update(run_pack(ids[0], settings=settings, r=redis_client, store=store))
+    )
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not jobs.get_history(redis_client, ids[2]):  # the stack has started training
+        assert time.monotonic() < deadline, "the pack never started"
+        time.sleep(0.01)
+    assert jobs.request_cancel(redis_client, ids[2]) == "cancelling"
+    runner.join(60)
+    assert not runner.is_alive()
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "failed", ids[2]: "cancelled"}
+    done = jobs.get_job(redis_client, ids[0])
+    assert done["timings"]["pack_stacked"] == 1.0 and done["timings"]["pack_size"] == 3
+    assert len(jobs.get_history(redis_client, ids[0])) == 200
+    failed = jobs.get_job(redis_client, ids[1])
+    assert "epoch" in failed["error"].lower() and "Traceback" not in failed["error"]
+    assert not store.exists(f"jobs/{ids[1]}/weights.npz")
+    assert 1 <= len(jobs.get_history(redis_client, ids[2])) < 1_000_000
