@@ -243,30 +243,19 @@ class _PackGram:
         return xp.matmul(W_eff[:, :m], self.X) + xp.matmul(W_eff[:, m:], self.B[trial])
 
     def product(self, W_eff: Array, rows: slice | Array | None) -> Array:
-        """Z1 (K, B, n_1) of the training rows ``rows``, or of the validation set (None).
-
-        Training rows: W_eff_k = [C_k | E_k] against U_k = [X X^T | X B_k^T], so every trial's C_k
-        meets the shared X X^T in ONE product, (B, m) @ (m, K n_1), and only the small E_k (n_1, n_1)
-        per trial; a solo fit sums the same terms in one product (equal to rounding, tested)."""
-        xp, m = self.xp, self.m
+        """Z1 (K, B, n_1) of the training rows ``rows``, or of the validation set (None)."""
+        xp = self.xp
         K, n_1 = W_eff.shape[0], W_eff.shape[1]
         if rows is None:
             assert self.UT_val is not None, "no validation set"
             cols = self.UT_val
-            Z = xp.empty((K, cols.shape[2], n_1), dtype=W_eff.dtype)
-            for k in range(K):  # once an epoch: one 2-D product per trial
-                matmul_transposed_into(xp, W_eff[k], cols[k], Z[k])
-            return Z
-        XX, XB = self.M[0, :m, :m], self.M[:, :m, m:]  # (m, m) shared (symmetric), (K, m, n_1) per trial
-        if not isinstance(rows, slice):
-            XX, XB = xp.take(XX, rows, axis=0), xp.take(XB, rows, axis=1)
         else:
-            XX, XB = XX[rows], XB[:, rows]
-        C = xp.reshape(W_eff[:, :, :m], (K * n_1, m))
-        # (B, m) @ (m, K n_1): OpenBLAS threads this orientation well on busy cores (gram.py's product)
-        Z = xp.swapaxes(xp.reshape(xp.matmul(XX, C.T), (-1, K, n_1)), 0, 1)  # (K, B, n_1)
+            cols = self.UT[:, :, rows] if isinstance(rows, slice) else xp.take(self.UT, rows, axis=2)
+        Z = xp.empty((K, cols.shape[2], n_1), dtype=W_eff.dtype)
+        # one 2-D product per trial, the one its solo fit makes: NumPy's stacked matmul of these shapes, and
+        # one (B, m) @ (m, K n_1) product over the shared X X^T, were slower on 2 busy cores (docs/perf.md)
         for k in range(K):
-            Z[k] += xp.matmul(XB[k], W_eff[k, :, m:].T)  # (B, n_1) @ (n_1, n_1): the trial's own start
+            matmul_transposed_into(xp, W_eff[k], cols[k], Z[k])
         return Z
 
     def grad(self, dZ: Array, rows: slice | Array, dtype: np.dtype) -> Array:

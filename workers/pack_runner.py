@@ -10,9 +10,9 @@ its lease (one thread renews them all), EpochReporter (history, progress, cancel
 finish, so a trial that diverges or is cancelled ends alone and the next one starts. Each sibling's
 own message later finds its job taken and does nothing.
 
-When every trial is fresh (no checkpoint) and fit would take the Gram path for each (gd or momentum,
-wide inputs), the pack trains as one stacked computation (models.packed.fit_packed(path="gram"): X X^T
-once, layer 1 one product per trial per step, the deeper layers batched), each trial with its own
+With STACK_PACKS on, when every trial is fresh (no checkpoint) and fit would take the Gram path for
+each (gd or momentum, wide inputs), the pack trains as one stacked computation
+(models.packed.fit_packed(path="gram"): X X^T once, the deeper layers batched), each trial with its own
 EpochReporter (a cancelled trial leaves the stack, a diverging one fails alone) and runner's own
 outcome path; ``timings.pack_stacked`` says so. Otherwise the trials run one after another; what they
 share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the data's
@@ -63,6 +63,10 @@ from dnnq.workers.spec import JobSpec, SpecError, to_train_config
 from dnnq.workers.sweeps import get_sweep
 
 __all__ = ["PackHeartbeat", "pack_memory_bytes", "run_pack", "run_trial"]
+
+# Whether fresh Gram-path packs train stacked (_train_stacked). Off: on 2 busy cores the stacked pack
+# measured no faster than its trials one after another (docs/perf.md, "Sweeps packed, end to end").
+STACK_PACKS = False
 
 
 class _TrialLease:
@@ -327,7 +331,7 @@ def _stackable(
     from dnnq.models.gram import plan
     from dnnq.models.packed import pack_key
 
-    if len(leases) < 2 or release_requested():
+    if not STACK_PACKS or len(leases) < 2 or release_requested():
         return None
     try:
         chosen = []

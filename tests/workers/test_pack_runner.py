@@ -196,8 +196,7 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
     from dnnq.models import gram
     from dnnq.workers import pack_runner
 
-    if not stacked:
-        monkeypatch.setattr(pack_runner, "_stackable", lambda *a: None)
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", stacked)
 
     made: list[str] = []
     block = gram.SharedGram.block
@@ -242,9 +241,14 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
     assert made == ([] if stacked else ["XX"])  # a solo job (runner.run_job) has no cache: its fit computes its own
 
 
-def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(redis_client, store, settings):
+def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(
+    redis_client, store, settings, monkeypatch
+):
     """The stacked Gram-path pack keeps each trial's own end: one diverges (failed, no weights), one is
     cancelled mid-training (leaves the stack), the third trains to its last epoch."""
+    from dnnq.workers import pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(40, 300))
     ds = datasets.save_dataset(
