@@ -3,7 +3,9 @@ same K trials fit one after another, in one process, alternating, medians of the
 
 The trials differ in learning rate only (a sweep's first question); the network, data and batch
 size are given on the command line (default: 784-64-10 softmax, 4,096 synthetic examples float32,
-batch 256, Adam, 5 epochs, K = 8).
+batch 256, Adam, 5 epochs, K = 8). ``--cat``: the course's cat model instead ([12288, 20, 7, 5, 1],
+209 images, full-batch gd, float64, 8 learning rates), where ``--path gram`` stacks the trials on the
+Gram path (fit_packed(path="gram")) against fit's own Gram path one trial after another.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 import numpy as np
 
-from bench.workloads import teacher_classification
+from bench.workloads import cat_images, teacher_classification
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,25 +33,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--optimizer", default="adam", choices=["gd", "momentum", "rmsprop", "adam"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cat", action="store_true", help="the course's cat model, full-batch gd, float64")
+    p.add_argument("--path", default="textbook", choices=["textbook", "gram"], help="the pack's and the solos' path")
     args = p.parse_args(argv)
-    X, y = teacher_classification(args.examples, 784, 10, "float32", seed=0)
-    base = TrainConfig(
-        layer_dims=[784, args.hidden, 10],
-        output="softmax",
-        optimizer=args.optimizer,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        dtype="float32",
-        device="cpu",
-    )
-    configs = [dataclasses.replace(base, learning_rate=1e-3 * 1.5**k) for k in range(args.trials)]
+    if args.cat:
+        Xe, labels, _ = cat_images("float64", 0)
+        X, y = Xe, labels.reshape(-1, 1).astype(np.float64).T
+        base = TrainConfig(
+            layer_dims=[12288, 20, 7, 5, 1], optimizer="gd", epochs=args.epochs, dtype="float64", device="cpu", seed=1
+        )
+        configs = [dataclasses.replace(base, learning_rate=0.0025 * (k + 1)) for k in range(args.trials)]
+    else:
+        X, y = teacher_classification(args.examples, 784, 10, "float32", seed=0)
+        base = TrainConfig(
+            layer_dims=[784, args.hidden, 10],
+            output="softmax",
+            optimizer=args.optimizer,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            dtype="float32",
+            device="cpu",
+        )
+        configs = [dataclasses.replace(base, learning_rate=1e-3 * 1.5**k) for k in range(args.trials)]
     times: dict[str, list[float]] = {"packed": [], "one by one": []}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        packed = fit_packed(X.T, y, configs)
+        packed = fit_packed(X.T, y, configs, path=args.path)
         times["packed"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        solo = [fit(X.T, y, c, path="textbook") for c in configs]
+        solo = [fit(X.T, y, c, path=args.path) for c in configs]
         times["one by one"].append(time.perf_counter() - t0)
         print({k: round(v[-1], 3) for k, v in times.items()}, flush=True)
     diff = max(
