@@ -347,7 +347,11 @@ class ObjectArtifactStore:
             )
         if "Unable to locate credentials" in text:
             return f"No credentials for the artifact store {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
-        if any(c in text for c in ("Could not connect", "Connect timeout", "Read timeout", "Connection")):
+        # The transport's own failure (refused, reset, closed, timed out), whatever botocore's wording: the
+        # store was not reached. _retrying raises `from None`, which keeps the failure as __context__.
+        from botocore.exceptions import BotoCoreError
+
+        if isinstance(exc.__context__, (BotoCoreError, OSError)):
             return f"The artifact store {where} does not answer: check AWS_ENDPOINT_URL and that the server is up."
         return f"The artifact store {where} failed a LIST: {_one_line(exc)}"
 
