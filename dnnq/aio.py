@@ -126,8 +126,9 @@ class AsyncClient:
         return await AsyncSweep(self, {"id": sweep_id}).refresh()
 
 
-class AsyncJob:
-    """A job's last JSON view (`data`; status, progress, metrics ... as attributes) and its awaitable calls."""
+class _AsyncView:
+    """Attribute access to the server's JSON view (`data`) for the awaitable twins; unknown names raise
+    AttributeError."""
 
     def __init__(self, client: AsyncClient, data: dict[str, Any]) -> None:
         self._client = client
@@ -139,10 +140,14 @@ class AsyncJob:
         try:
             return self.data[name]
         except KeyError:
-            raise AttributeError(f"AsyncJob has no field {name!r}") from None
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
 
     def __repr__(self) -> str:
-        return f"<AsyncJob {self.data.get('id')} {self.data.get('status')}>"
+        return f"<{type(self).__name__} {self.data.get('id')} {self.data.get('status')}>"
+
+
+class AsyncJob(_AsyncView):
+    """A job's last JSON view (`data`; status, progress, metrics ... as attributes) and its awaitable calls."""
 
     @property
     def done(self) -> bool:
@@ -227,24 +232,9 @@ class AsyncJob:
         await self._client.request("DELETE", f"/v1/jobs/{self.id}")
 
 
-class AsyncSweep:
+class AsyncSweep(_AsyncView):
     """A sweep's last JSON view (`data`; status, counts, best ... as attributes): Sweep's calls, awaited.
     Its trials are AsyncJobs holding the trial view's fields (refresh() one for its whole view)."""
-
-    def __init__(self, client: AsyncClient, data: dict[str, Any]) -> None:
-        self._client = client
-        self.data = data
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name == "data":
-            raise AttributeError(name)
-        try:
-            return self.data[name]
-        except KeyError:
-            raise AttributeError(f"AsyncSweep has no field {name!r}") from None
-
-    def __repr__(self) -> str:
-        return f"<AsyncSweep {self.data.get('id')} {self.data.get('status')}>"
 
     @property
     def done(self) -> bool:
