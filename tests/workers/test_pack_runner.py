@@ -83,7 +83,10 @@ def test_four_trials_train_as_one_pack_each_equal_to_its_solo_run(redis_client, 
         assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"  # not a sweep: run_job
         solo_job_rec = jobs.get_job(redis_client, solo)
         assert "pack_size" not in solo_job_rec["timings"]
-        packed_h, solo_h = jobs.get_history(redis_client, job_id), jobs.get_history(redis_client, solo)
+        packed_h, solo_h = (
+            jobs.get_history(redis_client, job_id, store=store),
+            jobs.get_history(redis_client, solo, store=store),
+        )
         assert len(packed_h) == len(solo_h) == 40
         for a, b in zip(packed_h, solo_h, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
@@ -121,7 +124,7 @@ def test_cancelling_one_trial_mid_pack_leaves_the_others_to_finish(redis_client,
     )
     runner.start()
     deadline = time.monotonic() + 60
-    while not jobs.get_history(redis_client, ids[1]):  # trial 1 has started training
+    while not jobs.get_history(redis_client, ids[1], store=store):  # trial 1 has started training
         assert time.monotonic() < deadline, "trial 1 never started"
         time.sleep(0.01)
     assert jobs.get_job(redis_client, ids[2])["status"] == "running"  # claimed by the pack, waiting
@@ -130,10 +133,10 @@ def test_cancelling_one_trial_mid_pack_leaves_the_others_to_finish(redis_client,
     runner.join(60)
     assert not runner.is_alive()
     assert outcomes == {ids[0]: "succeeded", ids[1]: "cancelled", ids[2]: "cancelled", ids[3]: "succeeded"}
-    trained = len(jobs.get_history(redis_client, ids[1]))
+    trained = len(jobs.get_history(redis_client, ids[1], store=store))
     assert 1 <= trained < 100_000
-    assert jobs.get_history(redis_client, ids[2]) == []  # cancelled before its turn: never trained
-    assert len(jobs.get_history(redis_client, ids[3])) == 30
+    assert jobs.get_history(redis_client, ids[2], store=store) == []  # cancelled before its turn: never trained
+    assert len(jobs.get_history(redis_client, ids[3], store=store)) == 30
 
 
 def test_a_shutdown_mid_pack_releases_the_trial_training_and_those_waiting(redis_client, store, settings):
@@ -148,7 +151,7 @@ def test_a_shutdown_mid_pack_releases_the_trial_training_and_those_waiting(redis
     runner.start()
     try:
         deadline = time.monotonic() + 60
-        while not jobs.get_history(redis_client, ids[1]):
+        while not jobs.get_history(redis_client, ids[1], store=store):
             assert time.monotonic() < deadline, "trial 1 never started"
             time.sleep(0.01)
         shutdown.request_release()  # what SIGTERM does in a training process
@@ -226,7 +229,10 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
         spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"], "seed": trial["seed"]}}
         solo = solo_job(redis_client, spec)
         assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
-        packed_h, solo_h = jobs.get_history(redis_client, job_id), jobs.get_history(redis_client, solo)
+        packed_h, solo_h = (
+            jobs.get_history(redis_client, job_id, store=store),
+            jobs.get_history(redis_client, solo, store=store),
+        )
         assert len(packed_h) == len(solo_h) == 30
         for a, b in zip(packed_h, solo_h, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
@@ -268,7 +274,7 @@ def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(
     )
     runner.start()
     deadline = time.monotonic() + 60
-    while not jobs.get_history(redis_client, ids[2]):  # the stack has started training
+    while not jobs.get_history(redis_client, ids[2], store=store):  # the stack has started training
         assert time.monotonic() < deadline, "the pack never started"
         time.sleep(0.01)
     assert jobs.request_cancel(redis_client, ids[2]) == "cancelling"
@@ -277,8 +283,8 @@ def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(
     assert outcomes == {ids[0]: "succeeded", ids[1]: "failed", ids[2]: "cancelled"}
     done = jobs.get_job(redis_client, ids[0])
     assert done["timings"]["pack_stacked"] == 1.0 and done["timings"]["pack_size"] == 3
-    assert len(jobs.get_history(redis_client, ids[0])) == 200
+    assert len(jobs.get_history(redis_client, ids[0], store=store)) == 200
     failed = jobs.get_job(redis_client, ids[1])
     assert "epoch" in failed["error"].lower() and "Traceback" not in failed["error"]
     assert not store.exists(f"jobs/{ids[1]}/weights.npz")
-    assert 1 <= len(jobs.get_history(redis_client, ids[2])) < 1_000_000
+    assert 1 <= len(jobs.get_history(redis_client, ids[2], store=store)) < 1_000_000
