@@ -31,9 +31,6 @@ def test_teacher_labels_are_fixed_and_balanced():
 
 def test_torch_full_batch_reference_matches_models_fit():
     pytest.importorskip("torch", reason="PyTorch not installed")
-    models = pytest.importorskip("dnnq.models")
-    if not hasattr(models, "fit"):
-        pytest.skip("models.fit not available yet")
     from bench import ours, torch_ref
 
     rng = np.random.default_rng(0)
