@@ -79,6 +79,7 @@ class WorkerSettings(BaseSettings):
     retention_days: float = Field(
         default=0.0,
         ge=0,
+        le=36_500,  # a century; 1e308 days would overflow the sweeper's milliseconds
         allow_inf_nan=False,
         description="Finished jobs (succeeded, failed, cancelled) are deleted this many days after they ended, "
         "record, history and artifacts, by the workers' sweeper, as DELETE /v1/jobs/{id} does; 0 = kept for ever. "

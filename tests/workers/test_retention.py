@@ -335,7 +335,7 @@ def test_retention_deletes_jobs_that_ended_long_enough_ago(redis_client, store, 
     assert r.zscore(keys.FINISHED, "f" * 32) is None
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf"])
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf", "1e308"])
 def test_a_bad_retention_period_refuses_to_start_in_one_line(value, monkeypatch):
     monkeypatch.setenv("DNNQ_RETENTION_DAYS", value)
     with pytest.raises(ValueError):
@@ -355,6 +355,7 @@ def test_a_bad_retention_period_refuses_to_start_in_one_line(value, monkeypatch)
 def test_retention_days_accepts_fractions_and_zero():
     assert WorkerSettings(retention_days=0).retention_days == 0
     assert WorkerSettings(retention_days=0.5).retention_days == 0.5
+    assert WorkerSettings(retention_days=36_500).retention_days == 36_500
 
 
 def _plain_env() -> dict[str, str]:
