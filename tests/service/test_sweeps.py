@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
 import time
 
 import httpx
@@ -179,8 +178,9 @@ def test_limits_and_hostile_values_are_4xx_naming_the_trial(live_stack_factory):
         assert http.get("/v1/jobs").json()["total"] == 0
 
 
-def test_64_trials_are_accepted_in_one_request_quickly_and_idempotently(live_stack_factory):
-    """The issue's goal: a sweep of 64 trials is accepted in under 200 ms. Printed: run with -s."""
+def test_64_trials_are_accepted_in_one_request_and_idempotently(live_stack_factory):
+    """64 trials in one request, six times over: every trial's message reaches the broker. How fast the
+    202 comes is a benchmark's question, not a test's: `python -m bench.sweep_submit --http`."""
     stack = live_stack_factory(env=KEYS, workers=0)
     with stack.client(headers=ALICE) as http:
         data = upload(http, 0)
@@ -188,17 +188,11 @@ def test_64_trials_are_accepted_in_one_request_quickly_and_idempotently(live_sta
             "base": {**base_spec(data), "wait_for_worker": True},
             "grid": {"lr": [0.1 * (i + 1) for i in range(8)], "seed": list(range(8))},
         }
-        took = []
         for _ in range(6):
-            start = time.perf_counter()
             got = http.post("/v1/sweeps", json=body)
-            took.append(time.perf_counter() - start)
             assert got.status_code == 202, got.text
             assert len(got.json()["trials"]) == 64
             assert http.post(f"/v1/sweeps/{got.json()['id']}/cancel").status_code == 202
-        median = statistics.median(took[1:])
-        print(f"\n64-trial sweep accepted: median {median * 1000:.1f} ms, all {[round(t * 1000) for t in took]} ms")
-        assert median < 0.5  # the goal is 0.2 s (docs/perf.md); a shared test machine gets slack
         # every trial's message went out (the outbox is empty): none left for the sweeper
         import redis
 
