@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .activations import INPLACE_ACTIVATIONS, INPLACE_DERIVATIVES
-from .backend import Array, device_rng, matmul_transposed_into, select_device, to_host
+from .backend import Array, device_rng, select_device, to_host
 from .config import TrainConfig
 from .data import examples_first
 from .gram import SharedGram
@@ -100,12 +100,12 @@ def fit_packed(
     if X_val is not None:
         Xv, Yv = examples_first(X_val, Y_val, cfg0, dtype, "validation")
         val = (xp.asarray(Xv), xp.asarray(Yv))
-    pack = _Pack(xp, list(configs), dtype)
+    pack: _Pack | _StackedGram
     if path == "gram":
-        pack.gram = _PackGram(xp, data[0], pack.W[1], val, gram_cache, Xh, None if X_val is None else Xv)
-        pack.W[1] = pack.gram.start(dtype)
-        for slot in pack.slots:  # momentum's v_W1 lives in coefficient space too, zero at the start
-            pack.state[(slot, "W", 1)] = xp.zeros_like(pack.W[1])
+        Xv_host = None if X_val is None else Xv
+        pack = _StackedGram(xp, list(configs), dtype, data[0], data[1], val, gram_cache, Xh, Xv_host)
+    else:
+        pack = _Pack(xp, list(configs), dtype)
     results: list[FitResult | TrainingDiverged | None] = [None] * len(configs)
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     m = int(data[0].shape[0])
@@ -115,13 +115,15 @@ def fit_packed(
             if not pack.trials:
                 break
             losses, correct = pack.run_epoch(data, epoch, batch)
+            loss_list = to_host(losses).tolist()  # one transfer per epoch, not one per trial
+            correct_list = None if correct is None else to_host(correct).tolist()
             for j, trial in enumerate(list(pack.trials)):
                 cfg = configs[trial]
-                loss = float(losses[j]) / m
+                loss = loss_list[j] / m
                 if not math.isfinite(loss):
                     results[trial] = TrainingDiverged(epoch + 1, loss, cfg.learning_rate_at(epoch))
                     continue
-                accuracy = None if correct is None else int(correct[j]) / pack.answers(m)
+                accuracy = None if correct_list is None else correct_list[j] / pack.answers(m)
                 histories[trial].append(EpochRecord(epoch + 1, loss, accuracy))
             if val is not None:
                 v_loss, v_correct = pack.evaluate(val)
@@ -151,129 +153,34 @@ def fit_packed(
     return [r for r in results if r is not None]
 
 
-def _host_params(pack: _Pack, j: int, kind: str = "") -> dict[str, np.ndarray]:
-    """Trial j's parameters (``kind`` ""), or its optimizer slot ``kind`` ("v", "s"), as fit's host
-    arrays: W{l} (n_l, n_{l-1}), b{l} (n_l, 1); on the Gram path W1 formed as W_eff R."""
-    out = {}
-    for l in range(1, pack.L + 1):
-        W = pack.W[l][j] if not kind else pack.state[(kind, "W", l)][j]
-        b = pack.b[l][j] if not kind else pack.state[(kind, "b", l)][j]
-        if l == 1 and pack.gram is not None:
-            W = pack.gram.form(W, pack.trials[j])
-        prefix = f"{kind}_" if kind else ""
-        out[f"{prefix}W{l}"] = np.array(to_host(W))
-        out[f"{prefix}b{l}"] = np.array(to_host(b)).reshape(-1, 1)
-    return out
-
-
-def _checkpoint(pack: _Pack, j: int, history: list[EpochRecord], epochs_done: int) -> Checkpoint:
+def _checkpoint(pack: _Pack | _StackedGram, j: int, history: list[EpochRecord], epochs_done: int) -> Checkpoint:
     """Trial j's state after ``epochs_done`` epochs, as its solo fit's checkpoint holds it."""
     state = {}
     for slot in pack.slots:
-        state.update(_host_params(pack, j, slot))
+        state.update(pack.host_params(j, slot))
     state["t"] = np.array(pack.t, dtype=np.int64)
     cfg = pack.configs[pack.trials[j]]
-    return Checkpoint(epochs_done, _host_params(pack, j), state, history[:epochs_done], cfg.seed)
+    return Checkpoint(epochs_done, pack.host_params(j), state, history[:epochs_done], cfg.seed)
 
 
 def _result(
-    pack: _Pack, j: int, history: list[EpochRecord], device: str, t_start: float, stopped: bool = False
+    pack: _Pack | _StackedGram,
+    j: int,
+    history: list[EpochRecord],
+    device: str,
+    t_start: float,
+    stopped: bool = False,
 ) -> FitResult:
     total = time.perf_counter() - t_start
     timings = {"total_s": total, "train_s": total}
-    path = "packed" if pack.gram is None else "packed-gram"
-    return FitResult(_host_params(pack, j), history, device, timings, stopped, len(history), path=path)
-
-
-class _PackGram:
-    """The pack's layer 1 in coefficient space: per trial k, M_k = R_k R_k^T with R_k = [X; B_k]
-    (p = m + n_1), the data's block X X^T shared; U_k^T = M_k[:, :m] the training set's layer-1 inputs
-    transposed, and the validation set's likewise. Each per-trial product is the one fit's GramLayer
-    makes (models/gram.py), so a trial's numbers are its solo Gram fit's."""
-
-    def __init__(
-        self,
-        xp: Any,
-        X: Array,
-        B: Array,
-        val: tuple[Array, Array] | None,
-        cache: SharedGram | None,
-        X_host: np.ndarray,
-        Xv_host: np.ndarray | None,
-    ) -> None:
-        self.xp, self.X, self.B = xp, X, B  # X (m, n_x), B (K, n_1, n_x): each trial's W1 start
-        K, n_1, _ = B.shape
-        self.m, self.n_1 = int(X.shape[0]), int(n_1)
-        make_xx = lambda: xp.matmul(X, X.T)  # noqa: E731
-        XX = make_xx() if cache is None else cache.block(xp, "XX", (X_host,), make_xx)  # (m, m), once
-        blocks = []
-        for k in range(K):
-            XB = xp.matmul(X, B[k].T)  # (m, n_1)
-            BB = xp.matmul(B[k], B[k].T)  # (n_1, n_1)
-            blocks.append(xp.concatenate([xp.concatenate([XX, XB], axis=1), xp.concatenate([XB.T, BB], axis=1)]))
-        self.M = xp.stack(blocks)  # (K, p, p)
-        self.UT = self.M[:, :, : self.m]  # (K, p, m)
-        self.UT_val = None
-        if val is not None:
-            D = val[0]
-            make_xd = lambda: xp.matmul(X, D.T)  # noqa: E731
-            XD = make_xd() if cache is None or Xv_host is None else cache.block(xp, "XD", (X_host, Xv_host), make_xd)
-            self.UT_val = xp.stack([xp.concatenate([XD, xp.matmul(B[k], D.T)]) for k in range(K)])  # (K, p, m_val)
-        self.kept = list(range(K))  # the original trial of each leading index
-
-    @property
-    def p(self) -> int:
-        return self.m + self.n_1
-
-    def start(self, dtype: np.dtype) -> Array:
-        """Every trial's W_eff at the start: [0 | I] (K, n_1, p)."""
-        W = self.xp.zeros((len(self.kept), self.n_1, self.p), dtype=dtype)
-        W[:, :, self.m :] = self.xp.eye(self.n_1, dtype=dtype)
-        return W
-
-    def keep(self, idx: Array, kept: list[int]) -> None:
-        self.M, self.UT = self.M[idx], self.UT[idx]
-        if self.UT_val is not None:
-            self.UT_val = self.UT_val[idx]
-        self.kept = kept
-
-    def form(self, W_eff: Array, trial: int) -> Array:
-        """Trial ``trial``'s textbook W1 = W_eff R (n_1, n_x)."""
-        xp, m = self.xp, self.m
-        return xp.matmul(W_eff[:, :m], self.X) + xp.matmul(W_eff[:, m:], self.B[trial])
-
-    def product(self, W_eff: Array, rows: slice | Array | None) -> Array:
-        """Z1 (K, B, n_1) of the training rows ``rows``, or of the validation set (None)."""
-        xp = self.xp
-        K, n_1 = W_eff.shape[0], W_eff.shape[1]
-        if rows is None:
-            assert self.UT_val is not None, "no validation set"
-            cols = self.UT_val
-        else:
-            cols = self.UT[:, :, rows] if isinstance(rows, slice) else xp.take(self.UT, rows, axis=2)
-        Z = xp.empty((K, cols.shape[2], n_1), dtype=W_eff.dtype)
-        # one 2-D product per trial, the one its solo fit makes: NumPy's stacked matmul of these shapes, and
-        # one (B, m) @ (m, K n_1) product over the shared X X^T, were slower on 2 busy cores (docs/perf.md)
-        for k in range(K):
-            matmul_transposed_into(xp, W_eff[k], cols[k], Z[k])
-        return Z
-
-    def grad(self, dZ: Array, rows: slice | Array, dtype: np.dtype) -> Array:
-        """dW_eff (K, n_1, p): each trial's dZ1^T in its batch's example columns, zero elsewhere."""
-        K, B, n_1 = dZ.shape
-        dW = self.xp.zeros((K, n_1, self.p), dtype=dtype)
-        dW[:, :, rows] = self.xp.swapaxes(dZ, 1, 2)
-        return dW
-
-    def sq_norm(self, W_eff: Array) -> Array:
-        """||W_eff R_k||^2 per trial (K,)."""
-        xp = self.xp
-        return xp.stack([xp.sum(xp.matmul(W_eff[k], self.M[k]) * W_eff[k]) for k in range(W_eff.shape[0])])
+    return FitResult(pack.host_params(j), history, device, timings, stopped, len(history), path=pack.path)
 
 
 class _Pack:
     """The stacked state: W[l] (K, n_l, n_{l-1}), b[l] (K, 1, n_l), optimizer slots alike, and the
     per-trial hyperparameters as (K, 1, 1) arrays; ``trials`` maps the leading index to configs."""
+
+    path = "packed"
 
     def __init__(self, xp: Any, configs: list[TrainConfig], dtype: np.dtype) -> None:
         self.xp, self.configs, self.dtype = xp, configs, dtype
@@ -293,7 +200,6 @@ class _Pack:
         }
         self.t = 0
         self._hyper: dict[str, Array] = {}
-        self.gram: _PackGram | None = None  # path="gram": layer 1 in coefficient space
         self._activate = INPLACE_ACTIVATIONS[cfg0.hidden_activation]
         self._derivative = INPLACE_DERIVATIVES[cfg0.hidden_activation]
 
@@ -315,8 +221,18 @@ class _Pack:
             self.W[l], self.b[l] = self.W[l][keep], self.b[l][keep]
         self.state = {key: value[keep] for key, value in self.state.items()}
         del self.trials[j]
-        if self.gram is not None:
-            self.gram.keep(keep, list(self.trials))
+
+    def host_params(self, j: int, kind: str = "") -> dict[str, np.ndarray]:
+        """Trial j's parameters (``kind`` ""), or its optimizer slot ``kind`` ("v", "s"), as fit's host
+        arrays: W{l} (n_l, n_{l-1}), b{l} (n_l, 1)."""
+        out = {}
+        prefix = f"{kind}_" if kind else ""
+        for l in range(1, self.L + 1):
+            W = self.W[l][j] if not kind else self.state[(kind, "W", l)][j]
+            b = self.b[l][j] if not kind else self.state[(kind, "b", l)][j]
+            out[f"{prefix}W{l}"] = np.array(to_host(W))
+            out[f"{prefix}b{l}"] = np.array(to_host(b)).reshape(-1, 1)
+        return out
 
     # --- one epoch -----------------------------------------------------------------------------
     def run_epoch(self, data: tuple[Array, Array], epoch: int, batch: int) -> tuple[Array, Array | None]:
@@ -338,33 +254,26 @@ class _Pack:
             xb, yb = (
                 (X[rows], Y[rows]) if perm is None else (xp.take(X, perm[rows], axis=0), xp.take(Y, perm[rows], axis=0))
             )
-            batch_rows = rows if perm is None else perm[rows]
-            acts, masks, ZL = self.forward(xb, rngs, keep, batch_rows)
-            AL, loss, correct = self.output(ZL, yb)
+            acts, masks, ZL = self.forward(xb, rngs, keep)
+            AL, loss, correct = _head(xp, cfg0.output, ZL, yb, 2)
             if any(self.configs[t].l2 for t in self.trials):  # as fit: the l2 term only where there is one
                 loss = loss + 0.5 * l2[:, 0, 0] * self.l2_sum()
             loss_total += loss.astype(xp.float64)
             if correct_total is not None:
                 correct_total += correct
-            grads = self.backward(acts, masks, AL, yb, l2, batch_rows)
+            grads = self.backward(acts, masks, AL, yb, l2)
             self.update(grads, lr)
         return loss_total, correct_total
 
-    def forward(
-        self, A0: Array, rngs: list[Any] | None, keep: Array, rows: slice | Array | None = None
-    ) -> tuple[list[Array], list[Any], Array]:
+    def forward(self, A0: Array, rngs: list[Any] | None, keep: Array) -> tuple[list[Array], list[Any], Array]:
         """[A0, A1 (dropped), ...], per hidden layer (its scaled mask or None, g(Z)), and Z_L (K, B, n_L).
-        A0 (B, n_x) is shared: layer 1 reads it once for every trial. ``rows``: the batch's training
-        examples (the Gram path's inputs; None: the validation set)."""
+        A0 (B, n_x) is shared: layer 1 reads it once for every trial."""
         xp, B = self.xp, A0.shape[0]
         acts: list[Array] = [A0]
         hidden: list[Any] = [None]
         A = A0
         for l in range(1, self.L):
-            if l == 1 and self.gram is not None:
-                Z = self.gram.product(self.W[1], rows) + self.b[1]  # (K, B, n_1)
-            else:
-                Z = self._product(l, A) + self.b[l]  # (K, B, n_l)
+            Z = self._product(l, A) + self.b[l]  # (K, B, n_l)
             self._activate(xp, Z, xp.zeros_like(Z))  # now g(Z)
             mask = None
             if rngs is not None and any(self.configs[t].dropout_keep_prob < 1 for t in self.trials):
@@ -396,40 +305,18 @@ class _Pack:
             return xp.swapaxes(xp.reshape(Z, (A.shape[0], K, n_l)), 0, 1)
         return xp.matmul(A, xp.swapaxes(W, 1, 2))
 
-    def output(self, ZL: Array, Ye: Array) -> tuple[Array, Array, Array | None]:
-        """(AL, each trial's loss summed over the batch (K,), right answers (K,) or None)."""
-        xp, out = self.xp, self.configs[0].output
-        if out == "sigmoid":
-            loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))), axis=(1, 2))
-            AL = 1.0 / (1.0 + xp.exp(-ZL))
-            return AL, loss, xp.count_nonzero((AL > 0.5) == (Ye > 0.5), axis=(1, 2))
-        if out == "softmax":
-            Zs = ZL - xp.max(ZL, axis=2, keepdims=True)
-            E = xp.exp(Zs)
-            S = xp.sum(E, axis=2, keepdims=True)
-            AL = E / S
-            loss = -xp.sum(Ye * (Zs - xp.log(S)), axis=(1, 2))
-            return AL, loss, xp.count_nonzero(xp.argmax(ZL, axis=2) == xp.argmax(Ye, axis=1), axis=1)
-        D = ZL - Ye
-        return ZL, 0.5 * xp.sum(D * D, axis=(1, 2)), None
-
     def l2_sum(self) -> Array:
         xp = self.xp
-        first = self.gram.sq_norm(self.W[1]) if self.gram is not None else xp.sum(self.W[1] * self.W[1], axis=(1, 2))
-        return first + sum(xp.sum(self.W[l] * self.W[l], axis=(1, 2)) for l in range(2, self.L + 1))
+        return sum(xp.sum(self.W[l] * self.W[l], axis=(1, 2)) for l in range(1, self.L + 1))
 
-    def backward(
-        self, acts: list[Array], masks: list[Any], AL: Array, Ye: Array, l2: Array, rows: slice | Array | None = None
-    ) -> dict[Any, Array]:
+    def backward(self, acts: list[Array], masks: list[Any], AL: Array, Ye: Array, l2: Array) -> dict[Any, Array]:
         """Each trial's gradients of its batch cost: dZ_L = AL - Y (the pairings of models/engine.py)."""
         xp, B = self.xp, AL.shape[1]
         dZ = (AL - Ye) / B
         grads = {}
         for l in range(self.L, 0, -1):
             A_prev, W = acts[l - 1], self.W[l]
-            if l == 1 and self.gram is not None and rows is not None:  # coefficient space: dZ1^T in the batch's columns
-                dW = self.gram.grad(dZ, rows, self.dtype)
-            elif A_prev.ndim == 2:  # the shared input: all K gradients in one product, (K n_1, B) @ (B, n_x)
+            if A_prev.ndim == 2:  # the shared input: all K gradients in one product, (K n_1, B) @ (B, n_x)
                 K, n_l, _ = W.shape
                 dZ_all = xp.reshape(xp.swapaxes(dZ, 0, 1), (B, K * n_l))
                 dW = xp.reshape(xp.matmul(dZ_all.T, A_prev), W.shape)
@@ -479,5 +366,374 @@ class _Pack:
 
     def evaluate(self, val: tuple[Array, Array]) -> tuple[Array, Array | None]:
         _, _, ZL = self.forward(val[0], None, self.hyper("dropout_keep_prob"))
-        _, loss, correct = self.output(ZL, val[1])
+        _, loss, correct = _head(self.xp, self.configs[0].output, ZL, val[1], 2)
         return (loss + 0.5 * self.hyper("l2")[:, 0, 0] * self.l2_sum()).astype(self.xp.float64), correct
+
+
+def _head(xp: Any, output: str, ZL: Array, Ye: Array, axis: int) -> tuple[Array, Array, Array | None]:
+    """(AL, each trial's loss summed over the batch (K,), right answers (K,) or None) of the output
+    layer's Z_L, whose classes lie on ``axis`` (2: examples first (K, B, n_L) with Ye (B, n_L); 1:
+    features first (K, n_L, B) with Ye (n_L, B)), the losses of models/engine.py's output steps."""
+    if output == "sigmoid":
+        loss = xp.sum(xp.maximum(ZL, 0) - ZL * Ye + xp.log1p(xp.exp(-xp.abs(ZL))), axis=(1, 2))
+        AL = 1.0 / (1.0 + xp.exp(-ZL))
+        return AL, loss, xp.count_nonzero((AL > 0.5) == (Ye > 0.5), axis=(1, 2))
+    if output == "softmax":
+        Zs = ZL - xp.max(ZL, axis=axis, keepdims=True)
+        E = xp.exp(Zs)
+        S = xp.sum(E, axis=axis, keepdims=True)
+        AL = E / S
+        loss = -xp.sum(Ye * (Zs - xp.log(S)), axis=(1, 2))
+        return AL, loss, xp.count_nonzero(xp.argmax(ZL, axis=axis) == xp.argmax(Ye, axis=axis - 1), axis=1)
+    D = ZL - Ye
+    return ZL, 0.5 * xp.sum(D * D, axis=(1, 2)), None
+
+
+class _StackedGram:
+    """The pack on the Gram path: every trial's step at once, features first, buffers made once.
+
+    Per trial k, W1_k = W_eff_k R_k with R_k = [X; B_k] ((p, n_x), p = m + n_1; B_k its W1 start) and
+    W_eff_k = [C_k | S_k] (n_1, p): C_k (n_1, m) the coefficients on the examples, S_k (n_1, n_1) the
+    start's, s_k I (a scalar times I: gd and momentum only ever scale it, by l2). A layer's values are
+    (K, n_l, B) (features first), so layer 1 of a batch b (its example columns) is
+
+        Z1 (K n_1, B) = W_eff (K n_1, p) @ U^T[:, b] (p, B)             U^T = [X X^T; B X^T], all B_k equal
+        Z1 (K n_1, B) = C (K n_1, m) @ XX[:, b] + S @ P[:, :, b]        XX = X X^T (m, m), P_k = B_k X^T
+
+    one GEMM over the data's Gram matrix for the whole pack (the start block batched when the starts
+    differ). In coefficient space dW_eff = [dZ1 in the batch's columns | 0] (+ the l2 term l2/B W_eff),
+    so gd without l2 steps W_eff[:, :, b] -= lr dZ1 and nothing else; with l2 or momentum the dense
+    (K, n_1, p) gradient feeds the same update as every other weight. ||W1_k||^2 = <W_eff_k M_k, W_eff_k>,
+    M_k = R_k R_k^T. Deeper layers: W_l (K, n_l, n_{l-1}) @ A (K, n_{l-1}, B) batched. Layers 2..L and
+    every bias live in one (K, T) array (``flat``) with their gradients alike, so an optimizer step is
+    one pass. The learning rate (gd) is folded into dZ_L as fit folds it, and each trial keeps fit's
+    maths (models/engine.py, models/gram.py), so its numbers are its solo Gram fit's to rounding."""
+
+    path = "packed-gram"
+
+    def __init__(
+        self,
+        xp: Any,
+        configs: list[TrainConfig],
+        dtype: np.dtype,
+        X: Array,
+        Y: Array,
+        val: tuple[Array, Array] | None,
+        cache: SharedGram | None,
+        X_host: np.ndarray,
+        Xv_host: np.ndarray | None,
+    ) -> None:
+        self.xp, self.configs, self.dtype = xp, configs, dtype
+        cfg0 = configs[0]
+        dims = list(cfg0.layer_dims)
+        self.L, self.dims = len(dims) - 1, dims
+        self.trials = list(range(len(configs)))
+        self.slots: tuple[str, ...] = ("v",) if cfg0.optimizer == "momentum" else ()
+        self.t = 0
+        self.m, self.n_1 = int(X.shape[0]), dims[1]
+        m, n_1, p = self.m, self.n_1, self.m + dims[1]
+        self.X, self.Yf = X, xp.ascontiguousarray(Y.T)  # X (m, n_x); Y features first (n_L, m)
+        inits = [initialize_parameters_deep(dims, seed=c.seed, init=c.init) for c in configs]
+        starts = np.stack([q["W1"] for q in inits])  # (K, n_1, n_x)
+        self.shared = all(np.array_equal(starts[0], s) for s in starts[1:])
+        self.B = xp.asarray(starts[:1] if self.shared else starts, dtype=dtype)  # (1 or K, n_1, n_x)
+        make_xx = lambda: xp.matmul(X, X.T)  # noqa: E731
+        XX = make_xx() if cache is None else cache.block(xp, "XX", (X_host,), make_xx)  # (m, m), once
+        PT = xp.matmul(self.B, X.T)  # (1 or K, n_1, m): B_k X^T
+        BB = xp.matmul(self.B, xp.swapaxes(self.B, 1, 2))  # (1 or K, n_1, n_1)
+        if self.shared:  # R R^T (p, p), and U^T its first m columns: one GEMM for layer 1
+            self.M = xp.concatenate([xp.concatenate([XX, PT[0].T], 1), xp.concatenate([PT[0], BB[0]], 1)])
+            self.inputs = (xp.ascontiguousarray(self.M[:, :m]),)  # ((p, m),)
+        else:
+            self.XX, self.P, self.BB = XX, PT, BB
+            self.inputs = (XX, PT)  # ((m, m), (K, n_1, m))
+        self.val_inputs: tuple[Array, ...] | None = None
+        if val is not None:
+            D = val[0]
+            make_xd = lambda: xp.matmul(X, D.T)  # noqa: E731
+            XD = make_xd() if cache is None or Xv_host is None else cache.block(xp, "XD", (X_host, Xv_host), make_xd)
+            PD = xp.matmul(self.B, D.T)  # (1 or K, n_1, m_val)
+            self.val_inputs = (xp.concatenate([XD, PD[0]]),) if self.shared else (XD, PD)
+            self.Yv = xp.ascontiguousarray(val[1].T)
+        # parameters: W_eff (K, n_1, p) starting at [0 | I]; layers 2..L and all biases in flat (K, T)
+        K = len(configs)
+        self.W1 = xp.zeros((K, n_1, p), dtype=dtype)
+        self.W1[:, :, m:] = xp.eye(n_1, dtype=dtype)
+        self.layout = [("b", 1, (n_1, 1))] + [
+            item for l in range(2, self.L + 1) for item in (("W", l, (dims[l], dims[l - 1])), ("b", l, (dims[l], 1)))
+        ]
+        self.T = sum(math.prod(shape) for _, _, shape in self.layout)
+        flat = np.empty((K, self.T))
+        for k, q in enumerate(inits):
+            flat[k] = np.concatenate([q[f"{kind}{l}"].ravel() for kind, l, _ in self.layout])
+        self.flat = xp.asarray(flat, dtype=dtype)
+        self.state = {"v": (xp.zeros_like(self.W1), xp.zeros_like(self.flat))} if self.slots else {}
+        self.G1 = xp.zeros_like(self.W1)  # layer 1's dense gradient (l2 or momentum only)
+        self.flat_g = xp.zeros_like(self.flat)
+        self._activate = INPLACE_ACTIVATIONS[cfg0.hidden_activation]
+        self._derivative = INPLACE_DERIVATIVES[cfg0.hidden_activation]
+        self._views()
+
+    # --- views and buffers -----------------------------------------------------------------------
+    def _views(self) -> None:
+        """W[l], b[l] (K, n_l, n_{l-1}), (K, n_l, 1) as views of flat, dW[l], db[l] of flat_g; drops buffers."""
+        K = self.flat.shape[0]
+        self.W: dict[int, Array] = {}
+        self.b: dict[int, Array] = {}
+        self.dW: dict[int, Array] = {}
+        self.db: dict[int, Array] = {}
+        at = 0
+        for kind, l, shape in self.layout:
+            size = math.prod(shape)
+            for src, dst in (
+                (self.flat, self.W if kind == "W" else self.b),
+                (self.flat_g, self.dW if kind == "W" else self.db),
+            ):
+                dst[l] = src[:, at : at + size].reshape((K, *shape))
+            at += size
+        self.W1_2d = self.W1.reshape(K * self.n_1, self.W1.shape[2])  # (K n_1, p)
+        self.C_2d = self.W1_2d[:, : self.m]  # (K n_1, m), row stride p: BLAS reads it in place
+        self._buffers: dict[int, dict[str, Any]] = {}
+
+    def _buf(self, B: int) -> dict[str, Any]:
+        """Buffers for batches of B examples, made on first use (at most two sizes per fit)."""
+        held = self._buffers.get(B)
+        if held is None:
+            xp, dt, K, dims = self.xp, self.dtype, self.flat.shape[0], self.dims
+            held = {
+                "Z1": xp.empty((K * dims[1], B), dtype=dt),  # layer 1's GEMM output, (K n_1, B)
+                "H": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # Z, then g(Z)
+                "G": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # dA, then dZ
+                "zeros": {l: xp.zeros((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
+                "mask": {l: xp.empty((K, dims[l], B), dtype=bool) for l in range(1, self.L)},
+                "drop": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # scaled masks
+                "dropped": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
+                "start": None if self.shared else xp.empty((K, dims[1], B), dtype=dt),
+            }
+            held["H"][1] = held["Z1"].reshape(K, dims[1], B)
+            self._buffers[B] = held
+        return held
+
+    # --- per-trial values -----------------------------------------------------------------------
+    def hyper(self, name: str, epoch: int | None = None) -> np.ndarray:
+        """A per-trial value as a float64 host vector (K,) (``learning_rate`` at ``epoch``)."""
+        cfgs = [self.configs[t] for t in self.trials]
+        if name == "learning_rate":
+            return np.array([c.learning_rate_at(epoch if epoch is not None else 0) for c in cfgs], dtype=np.float64)
+        return np.array([getattr(c, name) for c in cfgs], dtype=np.float64)
+
+    def _dev(self, values: np.ndarray, ndim: int = 3) -> Array:
+        """Host per-trial values on the device as (K, 1, ...) in the pack's dtype."""
+        return self.xp.asarray(values.reshape((-1,) + (1,) * (ndim - 1)), dtype=self.dtype)
+
+    def answers(self, m: int) -> int:
+        cfg = self.configs[0]
+        return m * cfg.layer_dims[-1] if cfg.output == "sigmoid" else m
+
+    def drop(self, j: int) -> None:
+        keep = [i for i in range(len(self.trials)) if i != j]
+        idx = self.xp.asarray(np.array(keep, dtype=np.int64))
+        self.W1, self.flat = self.W1[idx], self.flat[idx]
+        self.G1, self.flat_g = self.G1[idx], self.flat_g[idx]
+        self.state = {key: (v1[idx], v[idx]) for key, (v1, v) in self.state.items()}
+        if not self.shared:
+            self.B, self.P, self.BB = self.B[idx], self.P[idx], self.BB[idx]
+            self.inputs = (self.XX, self.P)
+            if self.val_inputs is not None:
+                self.val_inputs = (self.val_inputs[0], self.val_inputs[1][idx])
+        del self.trials[j]
+        self._views()
+
+    # --- one epoch -------------------------------------------------------------------------------
+    def run_epoch(self, data: tuple[Array, Array], epoch: int, batch: int) -> tuple[Array, Array | None]:
+        """Train every trial one epoch: (losses summed over the examples (K,) float64, right answers or None)."""
+        xp, cfg0, m = self.xp, self.configs[0], self.m
+        rngs = [device_rng(xp, self.configs[t].seed, epoch) for t in self.trials]
+        perm = None
+        if cfg0.shuffle and batch < m:
+            perms = [rng.permutation(m) for rng in rngs]  # each generator draws it, as its solo fit does
+            perm = xp.asarray(perms[0])
+        lr, l2 = self.hyper("learning_rate", epoch), self.hyper("l2")
+        keep = self.hyper("dropout_keep_prob")
+        gd = cfg0.optimizer == "gd"
+        beta = self.hyper("beta")
+        factor = lr if gd else np.ones_like(lr)  # folded into dZ_L: gd's update is then p -= grad
+        step = {
+            "gd": gd,
+            "l2": bool(l2.any()),
+            "keep": keep,
+            "dropout": bool((keep < 1).any()),
+            "rngs": rngs,
+            "lr": (self._dev(lr), self._dev(lr, 2)),
+            "beta": None
+            if gd
+            else (self._dev(beta), self._dev(beta, 2), self._dev(1.0 - beta), self._dev(1.0 - beta, 2)),
+            "l2_half": self._dev(0.5 * l2, 1),
+            "factor": factor,
+            "l2_raw": l2,
+        }
+        K = len(self.trials)
+        loss_total = xp.zeros((K,), dtype=xp.float64)
+        correct_total = None if cfg0.output == "linear" else xp.zeros((K,), dtype=xp.int64)
+        for s in range(0, m, batch):
+            cols = slice(s, min(s + batch, m)) if perm is None else perm[s : s + batch]
+            loss, correct = self.step(cols, step)
+            loss_total += loss
+            if correct_total is not None:
+                correct_total += correct
+        return loss_total, correct_total
+
+    def _columns(self, inputs: tuple[Array, ...], cols: slice | Array) -> tuple[Array, ...]:
+        """The batch's columns of layer 1's inputs: views for a slice, one gather for all trials otherwise."""
+        if isinstance(cols, slice):
+            return tuple(a[..., cols] for a in inputs)
+        return tuple(self.xp.take(a, cols, axis=a.ndim - 1) for a in inputs)
+
+    def _layer1(self, ins: tuple[Array, ...], Z1: Array, start: Array | None) -> None:
+        """Z1 (K n_1, B) = layer 1 without its bias, from the columns ``ins`` of its inputs."""
+        xp, K, n_1 = self.xp, self.W1.shape[0], self.n_1
+        if self.shared:
+            xp.matmul(self.W1_2d, ins[0], out=Z1)  # (K n_1, p) @ (p, B)
+            return
+        xp.matmul(self.C_2d, ins[0], out=Z1)  # (K n_1, m) @ (m, B), the data's Gram matrix shared
+        S = self.W1[:, :, self.m :]  # (K, n_1, n_1): s_k I
+        if start is None:
+            start = xp.empty((K, n_1, Z1.shape[1]), dtype=self.dtype)
+        xp.matmul(S, ins[1], out=start)  # (K, n_1, n_1) @ (K, n_1, B)
+        Z1 += start.reshape(K * n_1, -1)
+
+    def forward(
+        self, ins: tuple[Array, ...], buf: dict[str, Any], step: dict[str, Any] | None
+    ) -> tuple[list[Array], Array]:
+        """[A1, ..., A_{L-1}] (K, n_l, B) (dropped when training with dropout) and Z_L (K, n_L, B)."""
+        xp = self.xp
+        self._layer1(ins, buf["Z1"], buf["start"])
+        acts = []
+        Z = A = buf["H"][1]
+        for l in range(1, self.L):
+            if l > 1:
+                Z = buf["H"][l]
+                xp.matmul(self.W[l], A, out=Z)
+            Z += self.b[l]
+            self._activate(xp, Z, buf["zeros"][l])  # now g(Z)
+            A = Z
+            if step is not None and step["dropout"]:
+                A = self._dropout(l, Z, buf, step)
+            acts.append(A)
+        ZL = xp.matmul(self.W[self.L], A) + self.b[self.L]
+        return acts, ZL
+
+    def _dropout(self, l: int, H: Array, buf: dict[str, Any], step: dict[str, Any]) -> Array:
+        """Each trial's scaled mask from its own generator (drawn (B, n_l) as its solo fit draws it)."""
+        xp, keep, B = self.xp, step["keep"], H.shape[2]
+        Mk = buf["drop"][l]
+        for k, rng in enumerate(step["rngs"]):
+            if keep[k] < 1:  # a Python float against the draws, as fit compares them
+                Mk[k] = (rng.random((B, H.shape[1]), dtype=self.dtype) < float(keep[k])).T
+            else:
+                Mk[k] = 1
+        Mk *= self._dev(1.0 / keep)
+        return xp.multiply(H, Mk, out=buf["dropped"][l])
+
+    def step(self, cols: slice | Array, step: dict[str, Any]) -> tuple[Array, Any]:
+        """One batch for every trial: forward, loss, backward, update. (loss sums (K,) float64, right answers)."""
+        xp = self.xp
+        ins = self._columns(self.inputs, cols)
+        B = ins[0].shape[-1]
+        buf = self._buf(B)
+        Yb = self.Yf[:, cols]
+        acts, ZL = self.forward(ins, buf, step)
+        AL, loss, correct = _head(xp, self.configs[0].output, ZL, Yb, 1)
+        if step["l2"]:
+            loss = loss + step["l2_half"] * self.sq_norms()
+        # dZ_L = (AL - Y) * factor / B (gd: factor = lr, so the update is p -= grad)
+        dZ = AL - Yb
+        dZ *= self._dev(step["factor"] / B)
+        l2c = self._dev(step["factor"] * step["l2_raw"] / B) if step["l2"] else None
+        for l in range(self.L, 1, -1):
+            A_prev, W = acts[l - 2], self.W[l]
+            xp.matmul(dZ, xp.swapaxes(A_prev, 1, 2), out=self.dW[l])  # (K, n_l, n_{l-1})
+            xp.sum(dZ, axis=2, keepdims=True, out=self.db[l])  # (K, n_l, 1)
+            if l2c is not None:
+                self.dW[l] += l2c * W
+            dA = buf["G"][l - 1]
+            xp.matmul(xp.swapaxes(W, 1, 2), dZ, out=dA)  # (K, n_{l-1}, B)
+            if step["dropout"]:
+                dA *= buf["drop"][l - 1]
+            self._derivative(xp, dA, buf["H"][l - 1], buf["mask"][l - 1])
+            dZ = dA
+        xp.sum(dZ, axis=2, keepdims=True, out=self.db[1])
+        self._update(dZ, cols, l2c, step)
+        return loss.astype(xp.float64), correct
+
+    def _update(self, dZ1: Array, cols: slice | Array, l2c: Array | None, step: dict[str, Any]) -> None:
+        """The optimizer's step; layer 1's gradient in coefficient space is dZ1 in the batch's columns."""
+        xp = self.xp
+        self.t += 1
+        if step["gd"] and l2c is None:  # W_eff's gradient is zero outside the batch's columns
+            self.W1[:, :, cols] -= dZ1
+            self.flat -= self.flat_g
+            return
+        G1 = self.G1
+        if l2c is None:
+            G1[...] = 0
+        else:
+            xp.multiply(self.W1, l2c, out=G1)
+        G1[:, :, cols] += dZ1
+        if step["gd"]:
+            self.W1 -= G1
+            self.flat -= self.flat_g
+            return
+        beta = step["beta"]
+        for p, g, v, b, one_minus_b, lr in (
+            (self.W1, G1, self.state["v"][0], beta[0], beta[2], step["lr"][0]),
+            (self.flat, self.flat_g, self.state["v"][1], beta[1], beta[3], step["lr"][1]),
+        ):
+            v *= b  # v = beta v + (1 - beta) g; p -= lr v, as models/optimizers.py's Momentum
+            v += one_minus_b * g
+            p -= lr * v
+
+    def sq_norms(self) -> Array:
+        """sum_l ||W_l||^2 per trial (K,), layer 1's as <W_eff_k M_k, W_eff_k>."""
+        xp, K = self.xp, self.W1.shape[0]
+        if self.shared:
+            first = xp.sum(xp.reshape(xp.matmul(self.W1_2d, self.M) * self.W1_2d, (K, -1)), axis=1)
+        else:
+            first = xp.sum(xp.matmul(self.W1, self._stacked_M()) * self.W1, axis=(1, 2))
+        return first + sum(xp.sum(self.W[l] * self.W[l], axis=(1, 2)) for l in range(2, self.L + 1))
+
+    def _stacked_M(self) -> Array:
+        """M_k = R_k R_k^T (K, p, p), made on first use (l2 with differing starts)."""
+        xp = self.xp
+        held = getattr(self, "_M", None)
+        if held is None or held.shape[0] != self.W1.shape[0]:
+            K = self.W1.shape[0]
+            XX = xp.broadcast_to(self.XX, (K, self.m, self.m))
+            top = xp.concatenate([XX, xp.swapaxes(self.P, 1, 2)], axis=2)
+            self._M = held = xp.concatenate([top, xp.concatenate([self.P, self.BB], axis=2)], axis=1)
+        return held
+
+    def evaluate(self, val: tuple[Array, Array]) -> tuple[Array, Array | None]:
+        """The validation set's (loss sums with the l2 term (K,) float64, right answers), no dropout."""
+        assert self.val_inputs is not None, "no validation set"
+        buf = self._buf(int(self.val_inputs[0].shape[-1]))
+        _, ZL = self.forward(self.val_inputs, buf, None)
+        _, loss, correct = _head(self.xp, self.configs[0].output, ZL, self.Yv, 1)
+        l2 = self._dev(0.5 * self.hyper("l2"), 1)
+        return (loss + l2 * self.sq_norms()).astype(self.xp.float64), correct
+
+    # --- one trial's arrays ----------------------------------------------------------------------
+    def host_params(self, j: int, kind: str = "") -> dict[str, np.ndarray]:
+        """Trial j's parameters (``kind`` "") or optimizer slot (``kind`` "v") as fit's host arrays,
+        W1 formed as W_eff R = C X + S B (n_1, n_x)."""
+        xp, m = self.xp, self.m
+        W1, flat = (self.W1, self.flat) if not kind else self.state[kind]
+        Bk = self.B[0 if self.shared else j]
+        out = {"W1": xp.matmul(W1[j][:, :m], self.X) + xp.matmul(W1[j][:, m:], Bk)}
+        at = 0
+        for name, l, shape in self.layout:
+            size = math.prod(shape)
+            out[f"{name}{l}"] = flat[j, at : at + size].reshape(shape)
+            at += size
+        prefix = f"{kind}_" if kind else ""
+        return {f"{prefix}{key}": np.array(to_host(value)) for key, value in out.items()}  # W1, b1, W2, b2, ...
