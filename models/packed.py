@@ -491,8 +491,6 @@ class _StackedGram:
             ):
                 dst[l] = src[:, at : at + size].reshape((K, *shape))
             at += size
-        self.W1_2d = self.W1.reshape(K * self.n_1, self.W1.shape[2])  # (K n_1, p)
-        self.C_2d = self.W1_2d[:, : self.m]  # (K n_1, m), row stride p: BLAS reads it in place
         self._buffers: dict[int, dict[str, Any]] = {}
 
     def _buf(self, B: int) -> dict[str, Any]:
@@ -501,7 +499,6 @@ class _StackedGram:
         if held is None:
             xp, dt, K, dims = self.xp, self.dtype, self.flat.shape[0], self.dims
             held = {
-                "Z1": xp.empty((K * dims[1], B), dtype=dt),  # layer 1's GEMM output, (K n_1, B)
                 "H": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # Z, then g(Z)
                 "G": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # dA, then dZ
                 "zeros": {l: xp.zeros((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
@@ -510,7 +507,6 @@ class _StackedGram:
                 "dropped": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
                 "start": None if self.shared else xp.empty((K, dims[1], B), dtype=dt),
             }
-            held["H"][1] = held["Z1"].reshape(K, dims[1], B)
             self._buffers[B] = held
         return held
 
@@ -590,24 +586,27 @@ class _StackedGram:
         return tuple(self.xp.take(a, cols, axis=a.ndim - 1) for a in inputs)
 
     def _layer1(self, ins: tuple[Array, ...], Z1: Array, start: Array | None) -> None:
-        """Z1 (K n_1, B) = layer 1 without its bias, from the columns ``ins`` of its inputs."""
-        xp, K, n_1 = self.xp, self.W1.shape[0], self.n_1
+        """Z1 (K, n_1, B) = layer 1 without its bias, from the columns ``ins`` of its inputs.
+
+        One call, one (n_1, p) @ (p, B) GEMM per trial as the solo fit makes: a single (K n_1, p) GEMM
+        does the same work, but OpenBLAS threads it, and threaded GEMMs this small lose many times
+        over on busy cores (docs/perf.md, "Stacked Gram pack")."""
+        xp = self.xp
         if self.shared:
-            xp.matmul(self.W1_2d, ins[0], out=Z1)  # (K n_1, p) @ (p, B)
+            xp.matmul(self.W1, ins[0], out=Z1)  # (K, n_1, p) @ (p, B)
             return
-        xp.matmul(self.C_2d, ins[0], out=Z1)  # (K n_1, m) @ (m, B), the data's Gram matrix shared
-        S = self.W1[:, :, self.m :]  # (K, n_1, n_1): s_k I
+        xp.matmul(self.W1[:, :, : self.m], ins[0], out=Z1)  # (K, n_1, m) @ (m, B): the data's Gram matrix shared
         if start is None:
-            start = xp.empty((K, n_1, Z1.shape[1]), dtype=self.dtype)
-        xp.matmul(S, ins[1], out=start)  # (K, n_1, n_1) @ (K, n_1, B)
-        Z1 += start.reshape(K * n_1, -1)
+            start = xp.empty_like(Z1)
+        xp.matmul(self.W1[:, :, self.m :], ins[1], out=start)  # (K, n_1, n_1) (s_k I) @ (K, n_1, B)
+        Z1 += start
 
     def forward(
         self, ins: tuple[Array, ...], buf: dict[str, Any], step: dict[str, Any] | None
     ) -> tuple[list[Array], Array]:
         """[A1, ..., A_{L-1}] (K, n_l, B) (dropped when training with dropout) and Z_L (K, n_L, B)."""
         xp = self.xp
-        self._layer1(ins, buf["Z1"], buf["start"])
+        self._layer1(ins, buf["H"][1], buf["start"])
         acts = []
         Z = A = buf["H"][1]
         for l in range(1, self.L):
@@ -695,11 +694,9 @@ class _StackedGram:
 
     def sq_norms(self) -> Array:
         """sum_l ||W_l||^2 per trial (K,), layer 1's as <W_eff_k M_k, W_eff_k>."""
-        xp, K = self.xp, self.W1.shape[0]
-        if self.shared:
-            first = xp.sum(xp.reshape(xp.matmul(self.W1_2d, self.M) * self.W1_2d, (K, -1)), axis=1)
-        else:
-            first = xp.sum(xp.matmul(self.W1, self._stacked_M()) * self.W1, axis=(1, 2))
+        xp = self.xp
+        M = self.M if self.shared else self._stacked_M()  # (p, p) or (K, p, p)
+        first = xp.sum(xp.matmul(self.W1, M) * self.W1, axis=(1, 2))
         return first + sum(xp.sum(self.W[l] * self.W[l], axis=(1, 2)) for l in range(2, self.L + 1))
 
     def _stacked_M(self) -> Array:
