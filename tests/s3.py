@@ -66,6 +66,14 @@ class MotoServer:
         text = httpx.get(f"{self.endpoint}/{bucket}?list-type=2&max-keys=1000", timeout=10.0).text
         return re.findall(r"<Key>([^<]+)</Key>", text)
 
+    def multipart_uploads(self, bucket: str) -> list[str]:
+        """The keys of the bucket's multipart uploads in progress (moto's unsigned ListMultipartUploads)."""
+        import re
+
+        resp = httpx.get(f"{self.endpoint}/{bucket}?uploads", timeout=10.0)
+        resp.raise_for_status()
+        return re.findall(r"<Key>([^<]+)</Key>", resp.text)
+
     def env(self, bucket: str, prefix: str = "dnnq", endpoint: str | None = None) -> dict[str, str]:
         """What a dnnq process needs to use s3://bucket/prefix on this server."""
         return {

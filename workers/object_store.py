@@ -8,8 +8,9 @@ children from a parent that has used the store (obstore was tried first: a child
 parent's first request hangs on the parent's Rust runtime). Each process makes its own client.
 
 The local store's guarantees hold: a PUT is atomic (a reader sees the old object or the new one;
-a large file goes up as a multipart upload that becomes visible only when completed), `put` and
-`put_file` return the sha256 of what they wrote, `open_read` reads ranges of ONE version of the
+a file over SINGLE_PUT_MAX goes up as a multipart upload that becomes visible only when completed),
+`put` and `put_file` return the sha256 of what they wrote (sent as the upload's checksum, which the
+store verifies), `open_read` reads ranges of ONE version of the
 object (If-Match on its ETag: a replacement mid-read is an error, never a mix of two versions).
 A request that fails for want of an answer (connection refused, timeout, 5xx, throttling) is
 retried with back-off for `retry_seconds`, then raises StoreUnavailable naming store, request and
@@ -19,6 +20,7 @@ worker's dataset cache (workers/dataset_cache.py).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -36,7 +38,7 @@ from urllib.parse import urlsplit
 from dnnq.workers.artifact_store import InvalidKey, StoreConfigError, StoreUnavailable, validate_key
 from dnnq.workers.dataset_cache import DatasetCache
 
-__all__ = ["MULTIPART_CHUNK", "ObjectArtifactStore", "parse_artifacts_url"]
+__all__ = ["MULTIPART_CHUNK", "SINGLE_PUT_MAX", "ObjectArtifactStore", "parse_artifacts_url"]
 
 T = TypeVar("T")
 
@@ -44,6 +46,7 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket-na
 _PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _READ_BUFFER = 256 * 1024  # open_read: one range GET fills this much (a preview reads a few hundred bytes at a time)
 _STREAM_CHUNK = 1024 * 1024
+SINGLE_PUT_MAX = 256 * 1024 * 1024  # put_file: one PUT up to this size (a retry re-sends it all), multipart above
 MULTIPART_CHUNK = 16 * 1024 * 1024  # put_file: larger files go up as multipart parts this size (S3 allows 5 MiB-5 GiB)
 _PUT_CONCURRENCY = 4  # parts in flight: s3transfer reads each from the file as it sends it
 _MISSING = ("NoSuchKey", "404", "NotFound")
@@ -161,7 +164,9 @@ class ObjectArtifactStore:
             read_timeout=60,
             max_pool_connections=16,
             signature_version="s3v4",
-            s3={"addressing_style": "path"} if self.endpoint else {},  # MinIO, moto, Ceph: path-style
+            # MinIO, moto, Ceph: path-style. Every upload carries a SHA-256 checksum header, which the
+            # signature covers and the store verifies: botocore need not hash each body again to sign it.
+            s3={"payload_signing_enabled": False, **({"addressing_style": "path"} if self.endpoint else {})},
             # botocore >= 1.36 adds CRC checksums by default; some S3-compatible servers refuse them
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -214,9 +219,14 @@ class ObjectArtifactStore:
     # --- the ArtifactStore protocol ------------------------------------------------------------
 
     def put(self, key: str, data: bytes) -> str:
-        full = self._key(key)
-        self._retrying("PUT", key, lambda: self._client.put_object(Bucket=self.bucket, Key=full, Body=data))
-        return hashlib.sha256(data).hexdigest()  # one PUT: atomic
+        full, digest = self._key(key), hashlib.sha256(data).digest()
+        checksum = base64.b64encode(digest).decode()  # the store refuses a body that does not match it
+        self._retrying(
+            "PUT",
+            key,
+            lambda: self._client.put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumSHA256=checksum),
+        )
+        return digest.hex()  # one PUT: atomic
 
     def get(self, key: str) -> bytes:
         full = self._key(key)
@@ -263,24 +273,45 @@ class ObjectArtifactStore:
         return staging / f"{uuid.uuid4().hex}{suffix}"
 
     def put_file(self, key: str, path: Path | str) -> str:
-        """Upload the file at `path` (multipart above MULTIPART_CHUNK, each part read from the file as it
-        is sent: never whole in memory) and return its sha256; `path` is consumed once the object is complete."""
+        """Upload the file at `path` and return its sha256; `path` is consumed once the object is complete.
+
+        Up to SINGLE_PUT_MAX: one PUT streamed from the file, with the file's sha256 (one pass, the one
+        recorded) as its checksum header. Larger: a multipart upload of MULTIPART_CHUNK parts, each read
+        from the file as it is sent and carrying its own SHA-256 checksum; visible only once completed,
+        aborted on failure. Never the whole file in memory.
+        """
+        full, src = self._key(key), Path(path)
+        if src.stat().st_size > SINGLE_PUT_MAX:
+            sha = self._put_multipart(key, full, src)
+        else:
+            sha = _sha256_of(src)
+            checksum = base64.b64encode(bytes.fromhex(sha)).decode()
+
+            def send() -> None:
+                with open(src, "rb") as body:  # reopened per attempt: a retry sends the file from its start
+                    self._client.put_object(Bucket=self.bucket, Key=full, Body=body, ChecksumSHA256=checksum)
+
+            self._retrying("PUT", key, send)
+        src.unlink()
+        return sha
+
+    def _put_multipart(self, key: str, full: str, src: Path) -> str:
         from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 
-        full, src = self._key(key), Path(path)
         config = TransferConfig(
             multipart_threshold=MULTIPART_CHUNK,
             multipart_chunksize=MULTIPART_CHUNK,
             max_concurrency=_PUT_CONCURRENCY,
         )
+        extra = {"ChecksumAlgorithm": "SHA256"}  # per part: the signature does not cover the bodies
         with ThreadPoolExecutor(1) as pool:  # the sha256 pass runs while the parts go up (hashlib frees the GIL)
             digest = pool.submit(_sha256_of, src)
             self._retrying(
-                "PUT", key, lambda: self._client.upload_file(str(src), self.bucket, full, Config=config)
+                "PUT",
+                key,
+                lambda: self._client.upload_file(str(src), self.bucket, full, Config=config, ExtraArgs=extra),
             )  # a failed multipart upload is aborted by s3transfer: nothing becomes visible
-            sha = digest.result()
-        src.unlink()
-        return sha
+            return digest.result()
 
     def open_read(self, key: str) -> BinaryIO:
         """A seekable reader of one version of the object: each buffer fill is one range GET."""

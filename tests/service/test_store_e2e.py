@@ -113,3 +113,36 @@ def test_an_upload_goes_to_the_store_without_the_api_holding_it(live_stack_facto
     assert key in s3_server.keys(stack.env["DNNQ_ARTIFACTS_URL"].split("/")[2])
     # 48 MiB up as 16 MiB multipart parts, each read from the staged file as it is sent: far less than one copy
     assert grown_kib < 24 * 1024, f"API peak RSS grew {grown_kib} KiB for a 48 MiB upload"
+
+
+@pytest.mark.both_stores
+def test_a_refused_upload_leaves_no_object_and_no_upload_in_progress(
+    live_stack_factory, artifact_backend, artifact_env, data_dir, request
+):
+    stack = live_stack_factory(workers=0)
+    X = np.zeros((80_000, 64), dtype=np.float32)  # 20 MB: more than one multipart part
+    X[-1, -1] = np.nan  # found by validation after the whole file was parsed
+    refused = [
+        ("late-nan.npz", _npz(X=X, Y=np.ones(len(X))), "NaN"),
+        ("short.npz", _npz(X=np.ones((5, 2)), Y=np.ones(4)), "Y"),
+        ("d.npz", b"PK\x03\x04 not a zip", "not a valid zip archive"),
+    ]
+    with stack.client(timeout=120) as c:
+        for name, body, fragment in refused:
+            resp = c.post("/v1/datasets", files={"file": (name, body)})
+            assert resp.status_code == 422, resp.text
+            assert fragment in resp.json()["detail"]
+        assert c.get("/v1/datasets").json()["total"] == 0
+        ok = c.post("/v1/datasets", files={"file": ("ok.npz", _npz(X=np.ones((4, 2)), Y=np.ones(4)))})
+        assert ok.status_code == 201, ok.text
+    stored = [f"datasets/{ok.json()['id']}.npz"]  # the accepted upload only
+    if artifact_backend == "s3":
+        server, (bucket, prefix) = (
+            request.getfixturevalue("s3_server"),
+            artifact_env["DNNQ_ARTIFACTS_URL"].split("/")[2:4],
+        )
+        assert server.keys(bucket) == [f"{prefix}/{k}" for k in stored]
+        assert server.multipart_uploads(bucket) == []
+    else:
+        root = data_dir / "artifacts"
+        assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == stored

@@ -4,6 +4,7 @@ errors that say what to fix."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -11,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from dnnq.workers import datasets
+from dnnq.workers import datasets, object_store
 from dnnq.workers.artifact_store import ArtifactStore, InvalidKey, StoreConfigError, StoreUnavailable, open_store
 from dnnq.workers.object_store import MULTIPART_CHUNK, ObjectArtifactStore, parse_artifacts_url
 from dnnq.workers.settings import WorkerSettings
@@ -83,15 +84,84 @@ def test_open_read_never_mixes_two_versions(s3):
             f.read(10)
 
 
-def test_put_file_multipart_streams_and_consumes(s3, tmp_path):
+@pytest.fixture
+def sent(s3):
+    """sent(operation): the headers of each `operation` request the store's client sends during the test."""
+    events, handlers = s3._client.meta.events, []
+
+    def watch(operation: str, fail_part: int | None = None) -> list[dict[str, str]]:
+        seen: list[dict[str, str]] = []
+
+        def handler(request, **_):
+            headers = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+            seen.append(headers)
+            if fail_part is not None and f"partNumber={fail_part}&" in request.url + "&":
+                raise ConnectionResetError("the test cut this part's connection")
+
+        name = f"before-send.s3.{operation}"
+        events.register(name, handler)
+        handlers.append((name, handler))
+        return seen
+
+    yield watch
+    for name, handler in handlers:  # the client is this process's, shared with later tests
+        events.unregister(name, handler)
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_put_file_is_one_put_carrying_its_sha256(s3, sent):
+    puts, parts = sent("PutObject"), sent("UploadPart")
     path = s3.new_staging_path(".npz")
     data = os.urandom(2 * MULTIPART_CHUNK + 12345)
     path.write_bytes(data)
     assert s3.put_file("datasets/big.npz", path) == hashlib.sha256(data).hexdigest()
     assert not path.exists()
+    assert len(puts) == 1 and parts == []
+    # the store checks the body against the signed checksum header; the body itself is not hashed to sign it
+    assert puts[0]["x-amz-checksum-sha256"] == _b64_sha256(data)
+    assert puts[0]["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
     size, chunks = s3.stream("datasets/big.npz")
     assert size == len(data)
     assert b"".join(chunks) == data
+
+
+def test_put_carries_its_sha256(s3, sent):
+    puts = sent("PutObject")
+    assert s3.put("jobs/j/model.json", b"{}") == hashlib.sha256(b"{}").hexdigest()
+    assert [p["x-amz-checksum-sha256"] for p in puts] == [_b64_sha256(b"{}")]
+
+
+def test_put_file_above_single_put_max_is_multipart_with_checksummed_parts(s3, sent, monkeypatch):
+    monkeypatch.setattr(object_store, "SINGLE_PUT_MAX", MULTIPART_CHUNK)
+    parts = sent("UploadPart")
+    path = s3.new_staging_path(".npz")
+    data = os.urandom(2 * MULTIPART_CHUNK + 12345)
+    path.write_bytes(data)
+    assert s3.put_file("datasets/big.npz", path) == hashlib.sha256(data).hexdigest()
+    assert not path.exists()
+    chunks = [data[i : i + MULTIPART_CHUNK] for i in range(0, len(data), MULTIPART_CHUNK)]
+    assert sorted(p["x-amz-checksum-sha256"] for p in parts) == sorted(_b64_sha256(c) for c in chunks)
+    assert s3._head("datasets/big.npz")["ETag"].endswith('-3"')  # completed from 3 parts
+    size, body = s3.stream("datasets/big.npz")
+    assert size == len(data)
+    assert b"".join(body) == data
+
+
+def test_a_failed_multipart_upload_leaves_no_object_and_no_upload_in_progress(s3, s3_server, sent, monkeypatch):
+    monkeypatch.setattr(object_store, "SINGLE_PUT_MAX", MULTIPART_CHUNK)
+    s3.retry_seconds = 0.5
+    parts = sent("UploadPart", fail_part=2)
+    path = s3.new_staging_path(".npz")
+    path.write_bytes(os.urandom(2 * MULTIPART_CHUNK + 12345))
+    with pytest.raises(StoreUnavailable, match="failed PUT 'datasets/cut.npz'"):
+        s3.put_file("datasets/cut.npz", path)
+    assert len(parts) >= 2  # parts went up before the cut one failed
+    assert path.exists()  # not consumed: the caller's to remove
+    assert not s3.exists("datasets/cut.npz")
+    assert s3_server.multipart_uploads(s3.bucket) == []  # each attempt's upload was aborted
 
 
 def test_delete_prefix(s3):
