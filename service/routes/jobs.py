@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
-import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
+from dnnq.service import sse
 from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.jobdesk import HistoryChoice, JobDesk, job_not_found
@@ -24,7 +22,6 @@ from dnnq.service.schemas import (
     JobStatusEvent,
     JobView,
     ModelDescription,
-    finite_json,
     job_view,
     sse_response,
 )
@@ -115,11 +112,6 @@ def cancel_job(job_id: str, r: Rds, tenant: Tenant) -> FiniteJSONResponse:
     return FiniteJSONResponse(job_view(_job_or_404(r, job_id, tenant), None), status_code=202)
 
 
-def _sse(event: str, data: dict, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {finite_json(data)}\n\n"  # never `Infinity`: not JSON
-
-
 # A Last-Event-ID we resume after: ASCII digits (str.isdigit also takes '²' and other scripts' digits,
 # which int() refuses) and at most 18 of them, within Redis's int64 list indices.
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
@@ -150,36 +142,26 @@ async def job_events(
     # anything else is ignored, as an SSE client expects: the stream starts from the beginning
     next_index = int(last_event_id) if last_event_id and _EVENT_ID.fullmatch(last_event_id) else 0
 
-    async def stream() -> AsyncIterator[str]:
-        nonlocal next_index
-        status, last_sent = None, time.monotonic()
-        yield ": stream open\n\n"
-        while True:
-            job = await jobs.get_job_async(ar, job_id, tenant)
-            if job is None:
-                return
-            for entry in await jobs.get_history_async(ar, job_id, next_index, -1, store=store, job=job):
-                next_index += 1
-                epoch = entry.get("epoch")
-                yield _sse("epoch", entry, epoch if isinstance(epoch, int) else next_index)
-                last_sent = time.monotonic()
-            if job["status"] != status:
-                status = job["status"]
-                yield _sse("status", {"status": status, "progress": job.get("progress")})
-                last_sent = time.monotonic()
-            if status in {s.value for s in jobs.TERMINAL}:
-                yield _sse("end", job_view(job, None))
-                return
-            if time.monotonic() - last_sent >= settings.sse_keepalive_seconds:
-                yield ": keepalive\n\n"
-                last_sent = time.monotonic()
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(settings.sse_poll_seconds)
+    status: str | None = None
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    async def one_round() -> tuple[list[str], bool]:
+        nonlocal next_index, status
+        job = await jobs.get_job_async(ar, job_id, tenant)
+        if job is None:
+            return [], True
+        out = []
+        for entry in await jobs.get_history_async(ar, job_id, next_index, -1, store=store, job=job):
+            next_index += 1
+            epoch = entry.get("epoch")
+            out.append(sse.event("epoch", entry, epoch if isinstance(epoch, int) else next_index))
+        if job["status"] != status:
+            status = job["status"]
+            out.append(sse.event("status", {"status": status, "progress": job.get("progress")}))
+        if status in {s.value for s in jobs.TERMINAL}:
+            return [*out, sse.event("end", job_view(job, None))], True
+        return out, False
+
+    return sse.polled_stream(request, settings, one_round)
 
 
 def _succeeded_or_409(job: dict) -> None:

@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from dnnq.service import sse
 from dnnq.service.deps import AsyncRds, Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, field_error, problems
 from dnnq.service.idempotency import reserve
 from dnnq.service.jobdesk import JobDesk
-from dnnq.service.schemas import FiniteJSONResponse, finite_json, sse_response, thin_history
+from dnnq.service.schemas import FiniteJSONResponse, sse_response, thin_history
 from dnnq.service.sweep_schemas import (
     MetricName,
     SweepAccepted,
@@ -299,10 +298,6 @@ def cancel_sweep(sweep_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJ
     return FiniteJSONResponse(sweep_view(sweep, records, str(sweep["metric"])), status_code=202)
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {finite_json(data)}\n\n"
-
-
 @router.get(
     "/{sweep_id}/events",
     name="stream_sweep_events",
@@ -320,32 +315,23 @@ async def stream_sweep_events(
     if sweep is None:
         raise sweep_not_found(sweep_id)
 
-    async def stream() -> AsyncIterator[str]:
-        sent: dict[int, Any] = {}
-        last_sent = time.monotonic()
-        yield ": stream open\n\n"
-        while True:
-            states = await sweeps.trial_states_async(ar, sweep["job_ids"])
-            for i, job in enumerate(states):
-                view = trial_view(i, sweep["job_ids"][i], sweep["overrides"][i], job)
-                key = (view["status"], json.dumps(view["progress"], sort_keys=True))
-                if sent.get(i) != key:
-                    sent[i] = key
-                    yield _sse(
+    sent: dict[int, Any] = {}
+
+    async def one_round() -> tuple[list[str], bool]:
+        states = await sweeps.trial_states_async(ar, sweep["job_ids"])
+        out = []
+        for i, job in enumerate(states):
+            view = trial_view(i, sweep["job_ids"][i], sweep["overrides"][i], job)
+            key = (view["status"], json.dumps(view["progress"], sort_keys=True))
+            if sent.get(i) != key:
+                sent[i] = key
+                out.append(
+                    sse.event(
                         "trial", {k: view[k] for k in ("index", "job_id", "status", "progress", "metrics", "error")}
                     )
-                    last_sent = time.monotonic()
-            counts = counts_of(states)
-            if sweep_status(counts) == "finished":
-                yield _sse("end", summary_view(sweep, states))
-                return
-            if time.monotonic() - last_sent >= settings.sse_keepalive_seconds:
-                yield ": keepalive\n\n"
-                last_sent = time.monotonic()
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(settings.sse_poll_seconds)
+                )
+        if sweep_status(counts_of(states)) == "finished":
+            return [*out, sse.event("end", summary_view(sweep, states))], True
+        return out, False
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return sse.polled_stream(request, settings, one_round)
