@@ -137,6 +137,7 @@ def start_stack(
     *,
     api_processes: int = 1,
     access_log: bool = False,
+    queues: str = "default",
 ) -> Stack:
     """`python -m dnnq up --workers N --api-workers P` on 127.0.0.1 and a free port; returns once /readyz is 200.
 
@@ -171,6 +172,8 @@ def start_stack(
                 "--api-workers",
                 str(api_processes),
                 *(["--access-log"] if access_log else []),
+                "--queues",
+                queues,
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -7,7 +7,14 @@ course's 209 training images (bench/workloads.py `cat_images`: synthetic pixels 
 file or h5py is missing), trains one short job to warm the worker, then times each mode end to end
 (from the first request to the last trial seen finished by polling), the modes alternating, and prints
 the medians. The model: [12288, 20, 7, 5, 1], relu/sigmoid, full-batch gd, float64, 2,500 iterations.
-Goal (issue 17): packed at least 4x faster end to end. Figures: docs/perf.md, 'Sweeps packed, end to end'.
+Goal (issue 17): packed at least 4x faster end to end (10x on a GPU). Figures: docs/perf.md, 'Sweeps
+packed, end to end' and 'Sweep and seed benches (issue 17, third session)'.
+
+Beside them, the PyTorch reference: the same 8 learning rates as 8 plain PyTorch loops of the cat model
+(bench/cat_model.py's ``torch_plain``, same initial weights), one after another in this process, timed
+alone (no service around them). ``--device gpu``: the specs ask for device "gpu", the worker takes the
+gpu queue (``dnnq up --queues default,gpu``) and PyTorch runs on CUDA when torch has it; without a
+usable GPU the bench refuses in one line ("no GPU: ...") with exit status 2.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,19 +31,29 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench import devices
 from bench.load import TERMINAL, start_stack
-from bench.workloads import cat_images
+from bench.workloads import Case, cat_images, workload_b
 
 LRS = [0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02]
-GOAL = 4.0
+GOALS = {"cpu": 4.0, "gpu": 10.0}
+MODES = ("packed", "solo", "torch")
 
 
-def spec(dataset_id: str, epochs: int, lr: float = 0.0075) -> dict:
+def spec(dataset_id: str, epochs: int, lr: float = 0.0075, device: str = "cpu") -> dict:
     return {
         "dataset_id": dataset_id,
         "model": {"hidden_layers": [20, 7, 5], "hidden_activation": "relu", "output": "sigmoid"},
-        "training": {"epochs": epochs, "learning_rate": lr, "optimizer": "gd", "dtype": "float64", "seed": 1},
-        "device": "cpu",
+        "training": {
+            "epochs": epochs,
+            "learning_rate": lr,
+            "optimizer": "gd",
+            "dtype": "float64",
+            "seed": 1,
+            # the course's init (workload B's), so PyTorch's loops start from the same weights
+            "init": "xavier",
+        },
+        "device": device,
     }
 
 
@@ -56,19 +74,19 @@ def wait_job(http: httpx.Client, job_id: str, poll: float) -> dict:
         time.sleep(poll)
 
 
-def run_solo(http: httpx.Client, dataset_id: str, epochs: int, poll: float) -> tuple[float, list[dict]]:
+def run_solo(http: httpx.Client, dataset_id: str, epochs: int, poll: float, device: str) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
     done = []
     for lr in LRS:
-        got = http.post("/v1/jobs", json=spec(dataset_id, epochs, lr))
+        got = http.post("/v1/jobs", json=spec(dataset_id, epochs, lr, device))
         got.raise_for_status()
         done.append(wait_job(http, got.json()["id"], poll))
     return time.perf_counter() - t0, done
 
 
-def run_packed(http: httpx.Client, dataset_id: str, epochs: int, poll: float) -> tuple[float, list[dict]]:
+def run_packed(http: httpx.Client, dataset_id: str, epochs: int, poll: float, device: str) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
-    got = http.post("/v1/sweeps", json={"base": spec(dataset_id, epochs), "grid": {"lr": LRS}})
+    got = http.post("/v1/sweeps", json={"base": spec(dataset_id, epochs, device=device), "grid": {"lr": LRS}})
     got.raise_for_status()
     sweep_id = got.json()["id"]
     while http.get(f"/v1/sweeps/{sweep_id}", params={"history": "none"}).json()["status"] != "finished":
@@ -76,6 +94,19 @@ def run_packed(http: httpx.Client, dataset_id: str, epochs: int, poll: float) ->
     seconds = time.perf_counter() - t0
     view = http.get(f"/v1/sweeps/{sweep_id}", params={"history": "none"}).json()
     return seconds, [http.get(f"/v1/jobs/{t['job_id']}", params={"history": "none"}).json() for t in view["trials"]]
+
+
+def run_torch(case: Case, threads: int, torch_dev: str) -> tuple[float, list[float]]:
+    """The 8 learning rates as 8 plain PyTorch loops one after another: seconds, final losses."""
+    from bench.cat_model import torch_plain
+
+    t0 = time.perf_counter()
+    losses = [torch_plain(Case(**{**vars(case), "learning_rate": lr}), threads, torch_dev)["history"][-1] for lr in LRS]
+    return time.perf_counter() - t0, losses
+
+
+def max_rel(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
 
 
 def check(jobs: list[dict], mode: str) -> list[float]:
@@ -90,47 +121,69 @@ def _medians(timings: list[dict]) -> dict[str, float]:
     return {k: round(statistics.median(t[k] for t in timings if k in t), 4) for k in names}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep_e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=2500)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode (alternating); medians")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS threads of the worker")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each mode (rotating order); medians")
+    parser.add_argument("--threads", type=int, default=2, help="BLAS threads of the worker and of PyTorch")
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between a client's status polls")
+    parser.add_argument(
+        "--device", choices=["cpu", "gpu"], default="cpu", help="gpu: the jobs on CuPy, PyTorch on CUDA"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    for name in ("epochs", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1. Got {getattr(args, name)} instead.")
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Start the stack, time the modes (rotating order), and return the figures."""
+    torch_dev = devices.torch_device(args.device)
     threads = str(args.threads)
     env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    times: dict[str, list[float]] = {"solo": [], "packed": []}
+    [case] = workload_b(quick=False)
+    case.epochs = args.epochs
+    from bench.cat_model import torch_plain
+
+    torch_plain(Case(**{**vars(case), "epochs": 2}), args.threads, torch_dev)  # CUDA context and first calls, untimed
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
     losses: dict[str, list[float]] = {}
     timings: dict[str, list[dict]] = {}
+    queues = "default,gpu" if args.device == "gpu" else "default"
     with tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(1, Path(tmp), env)
+        stack = start_stack(1, Path(tmp), env, queues=queues)
         try:
             with httpx.Client(base_url=stack.base_url, timeout=60) as http:
                 dataset_id, source = upload_cat(http)
-                run_solo_warm = http.post("/v1/jobs", json=spec(dataset_id, 5))
-                wait_job(http, run_solo_warm.json()["id"], args.poll)  # the worker's first fit pays its imports
+                warm = http.post("/v1/jobs", json=spec(dataset_id, 5, device=args.device))
+                warm.raise_for_status()
+                check(
+                    [wait_job(http, warm.json()["id"], args.poll)], "warm-up"
+                )  # the worker's first fit pays its imports
                 for i in range(args.repeats):
-                    order = ("packed", "solo") if i % 2 == 0 else ("solo", "packed")
-                    for mode in order:
-                        run = run_packed if mode == "packed" else run_solo
-                        seconds, done = run(http, dataset_id, args.epochs, args.poll)
-                        losses[mode] = check(done, mode)
-                        if mode == "packed":
-                            sizes = {int(j["timings"].get("pack_size", 1)) for j in done}
-                            if sizes != {len(LRS)}:
-                                raise RuntimeError(f"packed: the trials' pack sizes were {sizes}, not {len(LRS)}")
+                    for mode in MODES[i % 3 :] + MODES[: i % 3]:
+                        if mode == "torch":
+                            seconds, losses["torch"] = run_torch(case, args.threads, torch_dev)
+                        else:
+                            run = run_packed if mode == "packed" else run_solo
+                            seconds, done = run(http, dataset_id, args.epochs, args.poll, args.device)
+                            losses[mode] = check(done, mode)
+                            if mode == "packed":
+                                sizes = {int(j["timings"].get("pack_size", 1)) for j in done}
+                                if sizes != {len(LRS)}:
+                                    raise RuntimeError(f"packed: the trials' pack sizes were {sizes}, not {len(LRS)}")
+                            timings.setdefault(mode, []).extend(j["timings"] for j in done)
                         times[mode].append(seconds)
-                        timings.setdefault(mode, []).extend(j["timings"] for j in done)
                         if not args.json:
                             print(f"  {mode:>6} run {i + 1}: {seconds:7.2f} s", flush=True)
         finally:
             stack.stop()
-    same = all(
-        abs(a - b) <= 1e-12 * abs(b) for a, b in zip(losses["packed"], losses["solo"], strict=True)
-    )  # fmt: skip
-    solo, packed = statistics.median(times["solo"]), statistics.median(times["packed"])
-    result = {
+    med = {mode: statistics.median(t) for mode, t in times.items()}
+    return {
+        "device": args.device,
+        "torch_device": torch_dev,
         "data": source,
         "epochs": args.epochs,
         "trials": len(LRS),
@@ -138,25 +191,52 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "solo_s": times["solo"],
         "packed_s": times["packed"],
-        "solo_median_s": round(solo, 3),
-        "packed_median_s": round(packed, 3),
-        "speedup": round(solo / packed, 3),
-        "goal": GOAL,
-        "final_losses_equal": same,
+        "torch_s": times["torch"],
+        "solo_median_s": round(med["solo"], 3),
+        "packed_median_s": round(med["packed"], 3),
+        "torch_median_s": round(med["torch"], 3),
+        "speedup": round(med["solo"] / med["packed"], 3),
+        "torch_over_packed": round(med["torch"] / med["packed"], 3),
+        "torch_over_solo": round(med["torch"] / med["solo"], 3),
+        "goal": GOALS[args.device],
+        "met": med["solo"] / med["packed"] >= GOALS[args.device],
+        "final_losses_equal": max_rel(losses["packed"], losses["solo"]) <= 1e-12,
+        "final_losses_max_rel_diff": {
+            "packed_vs_solo": max_rel(losses["packed"], losses["solo"]),
+            "torch_vs_solo": max_rel(losses["torch"], losses["solo"]),
+        },
         # the workers' own per-trial timings, medians by phase: where the end-to-end time goes
         "trial_timings": {m: _medians(t) for m, t in timings.items()},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (status := devices.refuse(args.device)) is not None:
+        return status
+    result = measure(args)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"data: {source}")
-        print(f"8 trials x {args.epochs} iterations, {args.repeats} runs each, {args.threads} BLAS threads")
-        print(f"solo one after another: median {solo:.2f} s; packed sweep: median {packed:.2f} s")
-        for mode, phases in result["trial_timings"].items():
-            print(f"  {mode} trial timings (medians): {phases}")
-        print(f"speedup {solo / packed:.2f}x (goal {GOAL:.0f}x); final losses equal to 1e-12: {same}")
-    return result
+        return 0
+    solo, packed, torch_s = result["solo_median_s"], result["packed_median_s"], result["torch_median_s"]
+    print(f"data: {result['data']}")
+    print(f"8 trials x {args.epochs} iterations, {args.repeats} runs each, {args.threads} BLAS threads")
+    print(f"device: the jobs on {args.device}, PyTorch on {result['torch_device']}")
+    print(f"solo one after another: median {solo:.2f} s; packed sweep: median {packed:.2f} s")
+    print(f"8 PyTorch runs one after another (in process, no service): median {torch_s:.2f} s")
+    for mode, phases in result["trial_timings"].items():
+        print(f"  {mode} trial timings (medians): {phases}")
+    diffs = result["final_losses_max_rel_diff"]
+    print(
+        f"speedup {result['speedup']:.2f}x (goal {result['goal']:.0f}x: {'MET' if result['met'] else 'MISSED'}); "
+        f"PyTorch / packed {result['torch_over_packed']:.2f}x, PyTorch / solo {result['torch_over_solo']:.2f}x"
+    )
+    print(
+        f"final losses: packed vs solo max rel diff {diffs['packed_vs_solo']:.1e} (equal to 1e-12: "
+        f"{result['final_losses_equal']}); PyTorch vs solo {diffs['torch_vs_solo']:.1e}"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
