@@ -90,7 +90,7 @@ class AsyncClient:
         return await self.request_json("POST", "/v1/datasets", files={"file": upload}, data=data)
 
     async def dataset(self, dataset_id: str) -> dict[str, Any]:
-        return await self.request_json("GET", f"/v1/datasets/{dataset_id}")
+        return await self.request_json("GET", f"/v1/datasets/{wire.resource_id('dataset', dataset_id)}")
 
     async def submit(
         self, spec: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None, **fields: Any
@@ -103,7 +103,8 @@ class AsyncClient:
         return AsyncJob(self, await self.request_json("POST", "/v1/jobs", json=body, headers=headers))
 
     async def job(self, job_id: str) -> AsyncJob:
-        return AsyncJob(self, await self.request_json("GET", f"/v1/jobs/{job_id}", params={"history": "none"}))
+        path = f"/v1/jobs/{wire.resource_id('job', job_id)}"
+        return AsyncJob(self, await self.request_json("GET", path, params={"history": "none"}))
 
     async def sweep(
         self,
@@ -123,7 +124,7 @@ class AsyncClient:
         return AsyncSweep(self, await self.request_json("POST", "/v1/sweeps", json=body, headers=headers))
 
     async def get_sweep(self, sweep_id: str) -> AsyncSweep:
-        return await AsyncSweep(self, {"id": sweep_id}).refresh()
+        return await AsyncSweep(self, {"id": wire.resource_id("sweep", sweep_id)}).refresh()
 
 
 class _AsyncView:

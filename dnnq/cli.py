@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_commands(sub, client_opts)
     _add_submit(sub, client_opts)
     _add_job_commands(sub, client_opts)
-    sweep_commands.add_parsers(sub, client_opts)  # dnnq sweep, dnnq sweep-status (issue 17)
+    sweep_commands.add_parsers(sub, client_opts)  # dnnq sweep, sweep-status, sweep-cancel, sweep-delete
     return parser
 
 
@@ -167,6 +167,9 @@ def _add_dataset_commands(sub: _Commands, client_opts: argparse.ArgumentParser) 
     p = ds_sub.add_parser("show", parents=[client_opts])
     p.add_argument("id")
     p.set_defaults(func=commands.cmd_datasets_show)
+    p = ds_sub.add_parser("delete", parents=[client_opts], help="delete a dataset no queued or running job uses")
+    p.add_argument("id")
+    p.set_defaults(func=commands.cmd_datasets_delete)
     p = ds_sub.add_parser("synthetic", parents=[client_opts], help="generate moons, circles, spiral or blobs")
     p.add_argument("name", choices=SYNTHETIC_NAMES)
     p.add_argument("--n-samples", type=_positive_int)
@@ -238,6 +241,10 @@ def _add_job_commands(sub: _Commands, client_opts: argparse.ArgumentParser) -> N
     p = sub.add_parser("cancel", parents=[client_opts], help="cancel a job")
     p.add_argument("id")
     p.set_defaults(func=commands.cmd_cancel)
+
+    p = sub.add_parser("delete", parents=[client_opts], help="delete a finished job: record, history and files")
+    p.add_argument("id")
+    p.set_defaults(func=commands.cmd_delete)
 
     p = sub.add_parser("download", parents=[client_opts], help="download trained weights (sha256-checked)")
     p.add_argument("id")

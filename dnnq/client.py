@@ -127,7 +127,7 @@ class Client:
         return Dataset(self, self.request_json("POST", "/v1/datasets/synthetic", json=body))
 
     def dataset(self, dataset_id: str) -> Dataset:
-        return Dataset(self, self.request_json("GET", f"/v1/datasets/{dataset_id}"))
+        return Dataset(self, self.request_json("GET", f"/v1/datasets/{wire.resource_id('dataset', dataset_id)}"))
 
     def datasets(self, offset: int = 0, limit: int = 50) -> Page[Dataset]:
         page = self.request_json("GET", "/v1/datasets", params={"offset": offset, "limit": limit})
@@ -146,7 +146,8 @@ class Client:
         return Job(self, accepted)
 
     def job(self, job_id: str) -> Job:
-        return Job(self, self.request_json("GET", f"/v1/jobs/{job_id}", params={"history": "none"}))
+        path = f"/v1/jobs/{wire.resource_id('job', job_id)}"
+        return Job(self, self.request_json("GET", path, params={"history": "none"}))
 
     def jobs(self, status: str | None = None, offset: int = 0, limit: int = 50) -> Page[Job]:
         """This API key's jobs, newest first."""
@@ -178,7 +179,7 @@ class Client:
 
     def get_sweep(self, sweep_id: str, metric: str | None = None) -> Sweep:
         """A sweep by id; `metric` ranks its trials (val_loss, loss, val_accuracy, accuracy)."""
-        return Sweep(self, {"id": sweep_id}, metric).refresh()
+        return Sweep(self, {"id": wire.resource_id("sweep", sweep_id)}, metric).refresh()
 
     def sweeps(self, offset: int = 0, limit: int = 20) -> Page[Sweep]:
         """This API key's sweeps, newest first (summaries: `trials` and `best` read the whole sweep)."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dnnq import wire
 from dnnq.client import Client
 from dnnq.errors import CliError, NotFound
 from dnnq.job import TERMINAL
@@ -25,10 +26,12 @@ __all__ = [
     "TERMINAL",
     "build_spec",
     "cmd_cancel",
+    "cmd_datasets_delete",
     "cmd_datasets_list",
     "cmd_datasets_show",
     "cmd_datasets_synthetic",
     "cmd_datasets_upload",
+    "cmd_delete",
     "cmd_download",
     "cmd_list",
     "cmd_predict",
@@ -152,6 +155,13 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client, _missing(f"dataset '{args.id}'"):
+        client.dataset(args.id).delete()
+    _print_json({"deleted": args.id}) if args.json else print(f"dataset {args.id} deleted")
+    return 0
+
+
 def _set(spec: dict[str, Any], dotted: str, value: Any) -> None:
     node = spec
     *parents, leaf = dotted.split(".")
@@ -246,7 +256,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client, _missing(f"job '{args.id}'"):
-        job = client.request_json("GET", f"/v1/jobs/{args.id}", params={"history": "full" if args.history else "none"})
+        path = f"/v1/jobs/{wire.resource_id('job', args.id)}"
+        job = client.request_json("GET", path, params={"history": "full" if args.history else "none"})
     if args.json:
         _print_json(job)
         return 0
@@ -311,6 +322,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client, _missing(f"job '{args.id}'"):
         job = client.job(args.id).cancel().data
     _print_json(job) if args.json else print(_job_line(job))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """409 while the job is queued or running: the server's message says to cancel first."""
+    with _client(args) as client, _missing(f"job '{args.id}'"):
+        client.job(args.id).delete()
+    _print_json({"deleted": args.id}) if args.json else print(f"job {args.id} deleted")
     return 0
 
 

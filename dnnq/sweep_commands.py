@@ -1,4 +1,5 @@
-"""`dnnq sweep` and `dnnq sweep-status`: many trials of one spec in one request (POST /v1/sweeps).
+"""`dnnq sweep`, `sweep-status`, `sweep-cancel`, `sweep-delete`: many trials of one spec in one request
+(POST /v1/sweeps), and their ends.
 
     dnnq sweep DATASET --lr 0.001,0.01,0.1 --seed 1,2 [--epochs 50] [--spec base.json] [--grid grid.json] [--wait]
 
@@ -20,7 +21,7 @@ from typing import Any
 from dnnq.client import Client, CliError
 from dnnq.sweep import Sweep
 
-__all__ = ["add_parsers", "cmd_sweep", "cmd_sweep_status", "progress_table"]
+__all__ = ["add_parsers", "cmd_sweep", "cmd_sweep_cancel", "cmd_sweep_delete", "cmd_sweep_status", "progress_table"]
 
 # flag -> (the field it sweeps, how one value is read)
 _FLOAT, _INT, _TEXT = float, int, str
@@ -41,7 +42,7 @@ LIST_FLAGS: dict[str, tuple[str, Any]] = {
 
 
 def add_parsers(sub: Any, client_opts: argparse.ArgumentParser) -> None:
-    """Register `sweep` and `sweep-status` on the CLI's subcommands (dnnq/cli.py)."""
+    """Register `sweep`, `sweep-status`, `sweep-cancel` and `sweep-delete` on the CLI's subcommands (dnnq/cli.py)."""
     p = sub.add_parser("sweep", parents=[client_opts], help="submit a sweep: one job per combination of values")
     p.add_argument("dataset", metavar="DATASET", help="the training dataset's id")
     for flag, (field, kind) in LIST_FLAGS.items():
@@ -62,6 +63,16 @@ def add_parsers(sub: Any, client_opts: argparse.ArgumentParser) -> None:
     p.add_argument("id")
     p.add_argument("--metric", choices=("val_loss", "loss", "val_accuracy", "accuracy"))
     p.set_defaults(func=cmd_sweep_status)
+
+    p = sub.add_parser("sweep-cancel", parents=[client_opts], help="cancel every unfinished trial of a sweep")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_sweep_cancel)
+
+    p = sub.add_parser(
+        "sweep-delete", parents=[client_opts], help="delete a finished sweep: its trials' records, histories and files"
+    )
+    p.add_argument("id")
+    p.set_defaults(func=cmd_sweep_delete)
 
 
 def _values(text: str, kind: Any, flag: str) -> list[Any]:
@@ -200,4 +211,19 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         view = client.get_sweep(args.id, metric=args.metric).data
     print(json.dumps(view, indent=2) if args.json else progress_table(view))
+    return 0
+
+
+def cmd_sweep_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        view = client.get_sweep(args.id).cancel().data
+    print(json.dumps(view, indent=2) if args.json else progress_table(view))
+    return 0
+
+
+def cmd_sweep_delete(args: argparse.Namespace) -> int:
+    """409 while a trial is queued or running: the server's message says to cancel first."""
+    with _client(args) as client:
+        client.get_sweep(args.id).delete()
+    print(json.dumps({"deleted": args.id}) if args.json else f"sweep {args.id} deleted")
     return 0

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from dnnq.errors import ConnectionFailed, DnnqError, IntegrityError, error_for
+from dnnq.errors import ConnectionFailed, DnnqError, IntegrityError, InvalidRequest, error_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "npy_bytes",
     "npz_bytes",
     "raise_for",
+    "resource_id",
     "row_chunks",
     "rows_matrix",
     "rows_per_request",
@@ -36,6 +38,20 @@ __all__ = [
     "sweep_body",
     "trial_job_view",
 ]
+
+# what the API's ids look like (hex today); anything else would become another path ("", "../datasets/x")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def resource_id(kind: str, value: Any) -> str:
+    """``value`` as a job's, dataset's or sweep's id in a URL path, or InvalidRequest saying what is wrong
+    before any request: an empty id would ask for the collection, one with '/' for another route."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidRequest(
+            f"{kind} id {value!r} is not an id: use the id the API returned (letters, digits, '-' or '_')"
+        )
+    return value
+
 
 NPY_HEADER_BYTES = 4096  # room left in a predict body for the .npy header (numpy pads it to 64 bytes)
 

@@ -167,6 +167,11 @@ def test_cancel_a_running_job_and_watch_exits_1(live_stack, tmp_path, capsys):
         first = watch.stderr.readline()
         assert first.startswith("[") and "/100000 loss " in first and " ETA " in first, first
 
+        code, out, err = run(capsys, "delete", job_id, url=url)  # still running: refused, nothing deleted
+        assert code == 1 and "409" in err and "cancel" in err, err
+        code, out, err = run(capsys, "datasets", "delete", dataset_id, url=url)  # in use by the running job
+        assert code == 1 and "409" in err, err
+
         code, out, err = run(capsys, "cancel", job_id, url=url)
         assert code == 0, err
         assert out.startswith(f"job {job_id}: cancel")
@@ -177,6 +182,17 @@ def test_cancel_a_running_job_and_watch_exits_1(live_stack, tmp_path, capsys):
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+
+    # ended: `dnnq delete` removes the job, then its dataset can go; both are gone afterwards
+    assert run(capsys, "delete", job_id, url=url)[:2] == (0, f"job {job_id} deleted\n")
+    code, out, err = run(capsys, "status", job_id, url=url)
+    assert code == 1 and f"job '{job_id}' not found (404)" in err, err
+    assert run(capsys, "datasets", "delete", dataset_id, "--json", url=url)[:2] == (
+        0,
+        json.dumps({"deleted": dataset_id}, indent=2) + "\n",
+    )
+    code, out, err = run(capsys, "datasets", "delete", dataset_id, url=url)
+    assert code == 1 and f"dataset '{dataset_id}' not found (404)" in err, err
 
 
 def test_one_line_errors_from_the_real_api(live_stack, tmp_path, capsys):

@@ -160,6 +160,28 @@ def test_unreachable_url_gives_one_line_and_nonzero_exit(capsys):
         assert err == f"dnnq: error: cannot reach {url}: is `dnnq up` running?\n"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", ""],
+        ["delete", "../datasets/abc"],
+        ["cancel", "a/b"],
+        ["datasets", "show", "x y"],
+        ["datasets", "delete", ""],
+        ["sweep-status", ""],
+        ["sweep-cancel", "../jobs"],
+        ["sweep-delete", "%2e%2e"],
+    ],
+)
+def test_an_id_that_is_not_one_is_refused_before_any_request(argv, capsys):
+    """An empty id would ask for the collection (a 307 to /v1/x/), one with '/' for another route: the SDK
+    says so in one line without calling the API (the URL is a closed port: a request would say so)."""
+    code = main([*argv, "--url", f"http://127.0.0.1:{_closed_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "is not an id" in err and "use the id the API returned" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_url_and_api_key_default_from_the_environment(monkeypatch):
     monkeypatch.setenv("DNNQ_URL", "http://10.0.0.5:9000")
     monkeypatch.setenv("DNNQ_API_KEY", "s3cret")

@@ -1,4 +1,5 @@
-"""`dnnq sweep` / `dnnq sweep-status`: the request they build, and a sweep run with --wait on the real stack."""
+"""`dnnq sweep` / `sweep-status` / `sweep-cancel` / `sweep-delete`: the request they build, and a sweep run with
+--wait, then ended, on the real stack."""
 
 from __future__ import annotations
 
@@ -93,3 +94,10 @@ def test_sweep_wait_and_status_on_the_live_stack(live_stack, capsys):
     assert line in capsys.readouterr().out.splitlines()
     code = main(["sweep-status", "f" * 32, "--url", url])
     assert code == 1 and "404" in capsys.readouterr().err
+    # ends: cancelling a finished sweep changes nothing; deleting it removes it and its trials
+    assert main(["sweep-cancel", sweep_id, "--url", url]) == 0
+    assert "finished (2 succeeded)" in capsys.readouterr().out
+    assert main(["sweep-delete", sweep_id, "--url", url]) == 0
+    assert capsys.readouterr().out == f"sweep {sweep_id} deleted\n"
+    assert main(["sweep-status", sweep_id, "--url", url]) == 1 and "404" in capsys.readouterr().err
+    assert main(["status", trial["job_id"], "--url", url]) == 1 and "404" in capsys.readouterr().err
