@@ -225,3 +225,75 @@ def test_a_trial_that_should_stop_leaves_the_gram_pack_stopped_and_the_others_go
     np.testing.assert_allclose(results[2].parameters["W1"], solo.parameters["W1"], rtol=1e-12, atol=1e-300)
     stopped_solo = fit(X, Y, dataclasses.replace(configs[1], epochs=4), path="gram")
     np.testing.assert_allclose(results[1].parameters["W2"], stopped_solo.parameters["W2"], rtol=1e-12)
+
+
+def _assert_gram_trial_equals_solo(packed, X, Y, cfg, rtol, **kw) -> None:
+    """History (every field) and weights of one packed trial against its solo fit(path="gram")."""
+    solo = fit(X, Y, cfg, path="gram", **kw)
+    assert packed.path == "packed-gram" and packed.epochs_completed == solo.epochs_completed
+    for field in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        a, b = [getattr(r, field) for r in packed.history], [getattr(r, field) for r in solo.history]
+        if b[0] is None:
+            assert a == b
+        elif field.endswith("accuracy"):
+            np.testing.assert_allclose(a, b, rtol=0, atol=rtol * 100)  # a rounding may flip one borderline answer
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=0)
+    for key, value in solo.parameters.items():
+        scale = float(np.max(np.abs(value)))
+        assert float(np.max(np.abs(packed.parameters[key] - value))) <= rtol * scale, key
+
+
+@pytest.mark.parametrize(
+    "optimizer, batch_size, shared_start, l2, dtype",
+    [
+        ("gd", None, True, 0.0, "float64"),  # the sweep of learning rates: one product, update in the batch's columns
+        ("gd", 16, True, 0.0, "float64"),  # shuffled mini-batches: gathered columns, scattered update
+        ("gd", 16, False, 0.0, "float64"),  # differing starts (init), shuffled: the start block per trial
+        ("gd", None, True, 0.1, "float64"),  # l2: the dense coefficient gradient, ||W1||^2 through the shared M
+        ("gd", 16, False, 0.1, "float64"),  # l2 with differing starts: M per trial
+        ("momentum", None, True, 0.1, "float64"),
+        ("momentum", 16, False, 0.0, "float64"),
+        ("gd", None, True, 0.0, "float32"),
+        ("momentum", 16, False, 0.1, "float32"),
+    ],
+)
+def test_each_branch_of_the_stacked_gram_step_equals_the_solo_gram_fits(optimizer, batch_size, shared_start, l2, dtype):
+    """Shared or per-trial start block, full batch or shuffled mini-batches, l2 or not, gd or momentum:
+    each trial's history and weights equal its solo fit(path="gram") to 1e-12 in float64, 1e-5 in float32."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((150, 50))
+    Y = (X[:1] - X[3:4] > 0).astype(np.float64)
+    kw = {"X_val": rng.standard_normal((150, 20))}
+    kw["Y_val"] = (kw["X_val"][:1] > 0).astype(np.float64)
+    base = TrainConfig(
+        layer_dims=[150, 6, 4, 1], epochs=15, optimizer=optimizer, batch_size=batch_size, seed=5, l2=l2,
+        dtype=dtype, device="cpu",
+    )  # fmt: skip
+    inits = ("he", "he", "he") if shared_start else ("he", "xavier", "small")
+    configs = [
+        dataclasses.replace(base, learning_rate=lr, init=init, beta=beta)
+        for lr, init, beta in zip((0.01, 0.03, 0.05), inits, (0.9, 0.8, 0.95), strict=True)
+    ]
+    results = fit_packed(X, Y, configs, path="gram", **kw)
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    for packed, cfg in zip(results, configs, strict=True):
+        _assert_gram_trial_equals_solo(packed, X, Y, cfg, rtol, **kw)
+
+
+def test_a_diverging_trial_leaves_the_gram_pack_and_the_others_train_on():
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((80, 40))
+    Y = X[:1] - 0.5 * X[1:2]
+    base = TrainConfig(
+        layer_dims=[80, 5, 3, 1], output="linear", hidden_activation="leaky_relu", epochs=20, dtype="float64",
+        device="cpu", seed=2,
+    )  # fmt: skip
+    configs = [dataclasses.replace(base, learning_rate=lr) for lr in (1e-3, 10.0, 3e-3)]
+    ok, diverged, other = fit_packed(X, Y, configs, path="gram")
+    assert isinstance(diverged, TrainingDiverged)
+    with pytest.raises(TrainingDiverged) as solo:
+        fit(X, Y, configs[1], path="gram")
+    assert diverged.epoch == solo.value.epoch < 20
+    for packed, cfg in ((ok, configs[0]), (other, configs[2])):
+        _assert_gram_trial_equals_solo(packed, X, Y, cfg, 1e-12)
