@@ -93,11 +93,20 @@ class RedisCollector:
             value=float(stats.get("training_seconds_total", 0) or 0),
         )
         yield GaugeMetricFamily("dnnq_workers", "Live workers (heartbeat present).", value=sum(1 for w in workers if w))
-        gpu = GaugeMetricFamily("dnnq_worker_gpu_memory_bytes", "GPU memory used per worker.", labels=["worker"])
-        for w in workers:
-            if w and w.get("gpu_memory_used") not in (None, ""):
-                gpu.add_metric([w.get("name", "?")], float(w["gpu_memory_used"]))
-        yield gpu
+        # the training process's own CuPy pool (in live arrays, held from the device) apart from the device's
+        # size: memGetInfo's "used" counts every process and context on the GPU, not this worker's
+        gauges = (
+            ("gpu_memory_used", "dnnq_worker_gpu_memory_bytes", "GPU memory the worker's training process holds."),
+            ("gpu_pool_used_bytes", "dnnq_worker_gpu_pool_used_bytes", "Bytes in live arrays of the worker's pool."),
+            ("gpu_pool_total_bytes", "dnnq_worker_gpu_pool_held_bytes", "Bytes the worker's pool holds."),
+            ("gpu_memory_total", "dnnq_worker_gpu_device_bytes", "Memory of the worker's GPU device."),
+        )
+        for field, name, text in gauges:
+            gauge = GaugeMetricFamily(name, text, labels=["worker"])
+            for w in workers:
+                if w and w.get(field) not in (None, ""):
+                    gauge.add_metric([w.get("name", "?")], float(w[field]))
+            yield gauge
 
 
 class ApiProcessesCollector:

@@ -578,6 +578,25 @@ def test_metrics_report_jobs_queue_and_request_latency(client, dataset_id, redis
     assert 'dnnq_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="202"} 2.0' in text
 
 
+def test_metrics_report_a_gpu_workers_pool_apart_from_its_device(client, redis_client, live_worker):
+    """What a GPU worker's training process publishes (runner.report_gpu_memory): its pool's bytes in
+    live arrays and held, and the device's size, each its own gauge; a CPU worker publishes none."""
+    from dnnq.workers import keys
+
+    fake_worker(redis_client, "w-gpu", "gpu")
+    redis_client.hset(
+        keys.worker("w-gpu"),
+        mapping={"gpu_memory_used": 4096, "gpu_pool_used_bytes": 1024, "gpu_pool_total_bytes": 4096,
+                 "gpu_memory_total": 150_000_000_000},
+    )  # fmt: skip
+    text = client.get("/metrics").text
+    assert 'dnnq_worker_gpu_memory_bytes{worker="w-gpu"} 4096.0' in text
+    assert 'dnnq_worker_gpu_pool_used_bytes{worker="w-gpu"} 1024.0' in text
+    assert 'dnnq_worker_gpu_pool_held_bytes{worker="w-gpu"} 4096.0' in text
+    assert 'dnnq_worker_gpu_device_bytes{worker="w-gpu"} 1.5e+11' in text
+    assert 'worker="w-default"' not in text  # the CPU worker has no GPU figures
+
+
 def test_openapi_documents_the_routes(client):
     spec = client.get("/openapi.json").json()
     assert spec["info"]["title"] == "dnnq"
