@@ -26,6 +26,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -389,6 +390,34 @@ def _head(xp: Any, output: str, ZL: Array, Ye: Array, axis: int) -> tuple[Array,
     return ZL, 0.5 * xp.sum(D * D, axis=(1, 2)), None
 
 
+@dataclass
+class _EpochConstants:
+    """One epoch's per-trial values for _StackedGram's steps: host vectors (K,) and device (K, 1, 1)
+    / (K, 1) arrays in the pack's dtype (``lr``, ``beta``: for W_eff and for the flat parameters)."""
+
+    gd: bool
+    factor: np.ndarray  # what fit folds into dZ_L: gd's learning rate, else 1
+    l2: np.ndarray
+    keep: np.ndarray
+    rngs: list[Any]
+    lr: tuple[Array, Array]
+    beta: tuple[Array, ...]  # momentum: beta and 1 - beta, each for W_eff and for flat
+    l2_half: Array
+    _by_batch: dict[int, tuple[Array, Array | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.any_l2 = bool(self.l2.any())
+        self.dropout = bool((self.keep < 1).any())
+
+    def factors(self, pack: _StackedGram, B: int) -> tuple[Array, Array | None]:
+        """(factor / B, factor l2 / B or None) for batches of B examples, as fit computes them."""
+        held = self._by_batch.get(B)
+        if held is None:
+            l2c = pack._dev(self.factor * self.l2 / B) if self.any_l2 else None
+            held = self._by_batch[B] = (pack._dev(self.factor / B), l2c)
+        return held
+
+
 class _StackedGram:
     """The pack on the Gram path: every trial's step at once, features first, buffers made once.
 
@@ -443,7 +472,7 @@ class _StackedGram:
         BB = xp.matmul(self.B, xp.swapaxes(self.B, 1, 2))  # (1 or K, n_1, n_1)
         if self.shared:  # R R^T (p, p), and U^T its first m columns: one GEMM for layer 1
             self.M = xp.concatenate([xp.concatenate([XX, PT[0].T], 1), xp.concatenate([PT[0], BB[0]], 1)])
-            self.inputs = (xp.ascontiguousarray(self.M[:, :m]),)  # ((p, m),)
+            self.inputs: tuple[Array, ...] = (xp.ascontiguousarray(self.M[:, :m]),)  # ((p, m),)
         else:
             self.XX, self.P, self.BB = XX, PT, BB
             self.inputs = (XX, PT)  # ((m, m), (K, n_1, m))
@@ -506,6 +535,8 @@ class _StackedGram:
                 "drop": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # scaled masks
                 "dropped": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
                 "start": None if self.shared else xp.empty((K, dims[1], B), dtype=dt),
+                "ZL": xp.empty((K, dims[-1], B), dtype=dt),
+                "dZL": xp.empty((K, dims[-1], B), dtype=dt),
             }
             self._buffers[B] = held
         return held
@@ -551,23 +582,17 @@ class _StackedGram:
             perm = xp.asarray(perms[0])
         lr, l2 = self.hyper("learning_rate", epoch), self.hyper("l2")
         keep = self.hyper("dropout_keep_prob")
-        gd = cfg0.optimizer == "gd"
-        beta = self.hyper("beta")
-        factor = lr if gd else np.ones_like(lr)  # folded into dZ_L: gd's update is then p -= grad
-        step = {
-            "gd": gd,
-            "l2": bool(l2.any()),
-            "keep": keep,
-            "dropout": bool((keep < 1).any()),
-            "rngs": rngs,
-            "lr": (self._dev(lr), self._dev(lr, 2)),
-            "beta": None
-            if gd
-            else (self._dev(beta), self._dev(beta, 2), self._dev(1.0 - beta), self._dev(1.0 - beta, 2)),
-            "l2_half": self._dev(0.5 * l2, 1),
-            "factor": factor,
-            "l2_raw": l2,
-        }
+        gd, beta = cfg0.optimizer == "gd", self.hyper("beta")
+        step = _EpochConstants(
+            gd=gd,
+            factor=lr if gd else np.ones_like(lr),  # folded into dZ_L: gd's update is then p -= grad
+            l2=l2,
+            keep=keep,
+            rngs=rngs,
+            lr=(self._dev(lr), self._dev(lr, 2)),
+            beta=() if gd else (self._dev(beta), self._dev(beta, 2), self._dev(1.0 - beta), self._dev(1.0 - beta, 2)),
+            l2_half=self._dev(0.5 * l2, 1),
+        )
         K = len(self.trials)
         loss_total = xp.zeros((K,), dtype=xp.float64)
         correct_total = None if cfg0.output == "linear" else xp.zeros((K,), dtype=xp.int64)
@@ -602,7 +627,7 @@ class _StackedGram:
         Z1 += start
 
     def forward(
-        self, ins: tuple[Array, ...], buf: dict[str, Any], step: dict[str, Any] | None
+        self, ins: tuple[Array, ...], buf: dict[str, Any], step: _EpochConstants | None
     ) -> tuple[list[Array], Array]:
         """[A1, ..., A_{L-1}] (K, n_l, B) (dropped when training with dropout) and Z_L (K, n_L, B)."""
         xp = self.xp
@@ -616,17 +641,18 @@ class _StackedGram:
             Z += self.b[l]
             self._activate(xp, Z, buf["zeros"][l])  # now g(Z)
             A = Z
-            if step is not None and step["dropout"]:
+            if step is not None and step.dropout:
                 A = self._dropout(l, Z, buf, step)
             acts.append(A)
-        ZL = xp.matmul(self.W[self.L], A) + self.b[self.L]
+        ZL = xp.matmul(self.W[self.L], A, out=buf["ZL"])
+        ZL += self.b[self.L]
         return acts, ZL
 
-    def _dropout(self, l: int, H: Array, buf: dict[str, Any], step: dict[str, Any]) -> Array:
+    def _dropout(self, l: int, H: Array, buf: dict[str, Any], step: _EpochConstants) -> Array:
         """Each trial's scaled mask from its own generator (drawn (B, n_l) as its solo fit draws it)."""
-        xp, keep, B = self.xp, step["keep"], H.shape[2]
+        xp, keep, B = self.xp, step.keep, H.shape[2]
         Mk = buf["drop"][l]
-        for k, rng in enumerate(step["rngs"]):
+        for k, rng in enumerate(step.rngs):
             if keep[k] < 1:  # a Python float against the draws, as fit compares them
                 Mk[k] = (rng.random((B, H.shape[1]), dtype=self.dtype) < float(keep[k])).T
             else:
@@ -634,7 +660,7 @@ class _StackedGram:
         Mk *= self._dev(1.0 / keep)
         return xp.multiply(H, Mk, out=buf["dropped"][l])
 
-    def step(self, cols: slice | Array, step: dict[str, Any]) -> tuple[Array, Any]:
+    def step(self, cols: slice | Array, step: _EpochConstants) -> tuple[Array, Any]:
         """One batch for every trial: forward, loss, backward, update. (loss sums (K,) float64, right answers)."""
         xp = self.xp
         ins = self._columns(self.inputs, cols)
@@ -643,21 +669,20 @@ class _StackedGram:
         Yb = self.Yf[:, cols]
         acts, ZL = self.forward(ins, buf, step)
         AL, loss, correct = _head(xp, self.configs[0].output, ZL, Yb, 1)
-        if step["l2"]:
-            loss = loss + step["l2_half"] * self.sq_norms()
-        # dZ_L = (AL - Y) * factor / B (gd: factor = lr, so the update is p -= grad)
-        dZ = AL - Yb
-        dZ *= self._dev(step["factor"] / B)
-        l2c = self._dev(step["factor"] * step["l2_raw"] / B) if step["l2"] else None
+        if step.any_l2:
+            loss = loss + step.l2_half * self.sq_norms()
+        factor, l2c = step.factors(self, B)
+        dZ = xp.subtract(AL, Yb, out=buf["dZL"])
+        dZ *= factor  # dZ_L = (AL - Y) factor / B (gd: factor = lr, so the update is p -= grad)
         for l in range(self.L, 1, -1):
             A_prev, W = acts[l - 2], self.W[l]
-            xp.matmul(dZ, xp.swapaxes(A_prev, 1, 2), out=self.dW[l])  # (K, n_l, n_{l-1})
+            xp.matmul(dZ, A_prev.transpose(0, 2, 1), out=self.dW[l])  # (K, n_l, n_{l-1})
             xp.sum(dZ, axis=2, keepdims=True, out=self.db[l])  # (K, n_l, 1)
             if l2c is not None:
                 self.dW[l] += l2c * W
             dA = buf["G"][l - 1]
-            xp.matmul(xp.swapaxes(W, 1, 2), dZ, out=dA)  # (K, n_{l-1}, B)
-            if step["dropout"]:
+            xp.matmul(W.transpose(0, 2, 1), dZ, out=dA)  # (K, n_{l-1}, B)
+            if step.dropout:
                 dA *= buf["drop"][l - 1]
             self._derivative(xp, dA, buf["H"][l - 1], buf["mask"][l - 1])
             dZ = dA
@@ -665,11 +690,11 @@ class _StackedGram:
         self._update(dZ, cols, l2c, step)
         return loss.astype(xp.float64), correct
 
-    def _update(self, dZ1: Array, cols: slice | Array, l2c: Array | None, step: dict[str, Any]) -> None:
+    def _update(self, dZ1: Array, cols: slice | Array, l2c: Array | None, step: _EpochConstants) -> None:
         """The optimizer's step; layer 1's gradient in coefficient space is dZ1 in the batch's columns."""
         xp = self.xp
         self.t += 1
-        if step["gd"] and l2c is None:  # W_eff's gradient is zero outside the batch's columns
+        if step.gd and l2c is None:  # W_eff's gradient is zero outside the batch's columns
             self.W1[:, :, cols] -= dZ1
             self.flat -= self.flat_g
             return
@@ -679,14 +704,14 @@ class _StackedGram:
         else:
             xp.multiply(self.W1, l2c, out=G1)
         G1[:, :, cols] += dZ1
-        if step["gd"]:
+        if step.gd:
             self.W1 -= G1
             self.flat -= self.flat_g
             return
-        beta = step["beta"]
+        beta, lr_ = step.beta, step.lr
         for p, g, v, b, one_minus_b, lr in (
-            (self.W1, G1, self.state["v"][0], beta[0], beta[2], step["lr"][0]),
-            (self.flat, self.flat_g, self.state["v"][1], beta[1], beta[3], step["lr"][1]),
+            (self.W1, G1, self.state["v"][0], beta[0], beta[2], lr_[0]),
+            (self.flat, self.flat_g, self.state["v"][1], beta[1], beta[3], lr_[1]),
         ):
             v *= b  # v = beta v + (1 - beta) g; p -= lr v, as models/optimizers.py's Momentum
             v += one_minus_b * g
