@@ -3,6 +3,7 @@ and the scoring of the trained weights on the same rows, as a client predicting 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from dnnq.workers.spec import JobSpec, SpecError, to_train_config
 if TYPE_CHECKING:
     from dnnq.models import TrainConfig
 
-__all__ = ["JobInputs", "accuracy", "load_inputs"]
+__all__ = ["JobInputs", "ScoringRows", "accuracy", "load_inputs", "scoring_rows"]
 
 
 @dataclass
@@ -68,25 +69,58 @@ def _arrays(
     return X.T, Y.T
 
 
+class ScoringRows:
+    """A dataset's rows as the predict route sees them (float64, scaled as the spec says), chunk by chunk,
+    with their true labels: read once, they score any number of weight sets (a sweep pack's). A dataset
+    of one chunk keeps its scaled float64 copy between scorings: no more than one scoring holds anyway."""
+
+    def __init__(self, X: np.ndarray, truth: np.ndarray, spec: JobSpec, chunk: int) -> None:
+        self._X, self.truth, self._spec, self._chunk = X, truth, spec, chunk  # X: (m, n_x) as stored
+        self._kept: np.ndarray | None = None
+
+    def _chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        X, n = self._X, self._X.shape[0]
+        if n <= self._chunk:
+            if self._kept is None:
+                self._kept = self._spec.preprocess.apply(X.astype(np.float64))
+            yield 0, self._kept
+            return
+        for s in range(0, n, self._chunk):
+            yield s, self._spec.preprocess.apply(X[s : s + self._chunk].astype(np.float64))
+
+    def accuracy(self, params: dict[str, np.ndarray], spec: JobSpec) -> float:
+        """Share of the rows models.predict labels correctly with params (spec: the activations)."""
+        from dnnq.models import predict
+
+        correct = 0
+        for s, xb in self._chunks():
+            with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
+                labels = np.asarray(
+                    predict(params, xb.T, hidden_activation=spec.model.hidden_activation, output=spec.model.output)
+                )
+            correct += int(np.count_nonzero(labels.reshape(-1) == self.truth[s : s + xb.shape[0]]))
+        return correct / self._X.shape[0]
+
+
+def scoring_rows(store: ArtifactStore, spec: JobSpec, meta: dict[str, Any], chunk: int = 65536) -> ScoringRows:
+    """Read dataset `meta`'s rows for scoring with spec's preprocessing (ScoringRows)."""
+    X, Y = load_arrays(store, meta["id"], meta.get("sha256"))
+    truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
+    return ScoringRows(X, truth, spec, chunk)
+
+
 def accuracy(
-    params: dict[str, np.ndarray], store: ArtifactStore, spec: JobSpec, meta: dict[str, Any], chunk: int = 65536
+    params: dict[str, np.ndarray],
+    store: ArtifactStore,
+    spec: JobSpec,
+    meta: dict[str, Any],
+    chunk: int = 65536,
+    rows: ScoringRows | None = None,
 ) -> float | None:
     """Share of examples models.predict labels correctly, on float64 inputs scaled as the API's predict
-    route scales them (None for regression)."""
-    from dnnq.models import predict
-
+    route scales them (None for regression). ``rows``: meta's ScoringRows when already read (a pack's)."""
     if spec.model.output == "linear":
         return None
     # Read again rather than kept from before training: holding the raw arrays beside fit's compute-dtype
     # copy would cost up to 1.5x the data's memory for the whole run, to save one read at the end.
-    X, Y = load_arrays(store, meta["id"], meta.get("sha256"))
-    truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
-    correct = 0
-    for s in range(0, X.shape[0], chunk):
-        xb = spec.preprocess.apply(X[s : s + chunk].astype(np.float64))
-        with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
-            labels = np.asarray(
-                predict(params, xb.T, hidden_activation=spec.model.hidden_activation, output=spec.model.output)
-            )
-        correct += int(np.count_nonzero(labels.reshape(-1) == truth[s : s + chunk]))
-    return correct / X.shape[0]
+    return (rows or scoring_rows(store, spec, meta, chunk)).accuracy(params, spec)

@@ -31,18 +31,20 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import redis
 
 from dnnq.workers import artifacts, jobs, keys
 from dnnq.workers.artifact_store import ArtifactStore, open_store
-from dnnq.workers.inputs import JobInputs, load_inputs
+from dnnq.workers.inputs import JobInputs, ScoringRows, load_inputs, scoring_rows
 from dnnq.workers.job_reads import record_key
 from dnnq.workers.logs import event
 from dnnq.workers.recovery import host_memory_bytes
-from dnnq.workers.reporter import EpochReporter
+from dnnq.workers.reporter import EpochReporter, FlushGroup
 from dnnq.workers.runner import (
     _Claim,
     _expected_errors,
@@ -370,6 +372,7 @@ def _train_stacked(
     size = float(len(trials))
     outcomes: dict[str, str | None] = {}
     live: list[tuple[_Claim, JobInputs, EpochReporter]] = []
+    group = FlushGroup(r, settings)  # the trials' progress writes due by time: one round trip for all
     for lease, inputs in trials:
         pack = {"pack_size": size, "pack_wait_s": 0.0, "pack_stacked": 1.0}
         claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack)
@@ -388,6 +391,7 @@ def _train_stacked(
             lease_lost=lease.lost,
             release_requested=release_requested,
             report_gpu=lambda: report_gpu_memory(r, settings),
+            group=group,
         )
         live.append((claim, inputs, reporter))
     if not live:
@@ -418,9 +422,10 @@ def _train_stacked(
         for _, _, reporter in live:
             reporter.flush_remaining()
         r.hincrbyfloat(keys.STATS, "training_seconds_total", time.perf_counter() - t_loaded)
+    rows = _pack_rows(store, first, results)
     for (claim, inputs, reporter), result in zip(live, results, strict=True):
         _set_current_job(r, settings, claim.job_id)
-        outcomes[claim.job_id] = _stacked_outcome(claim, inputs, reporter, result, t0)
+        outcomes[claim.job_id] = _end_alone(claim, partial(_stacked_outcome, claim, inputs, reporter, result, t0, rows))
         heartbeat.done(claim.job_id)
         event("pack.trial_done", job_id=claim.job_id, outcome=outcomes[claim.job_id], stacked=True, pack_size=size)
     if live:
@@ -428,8 +433,51 @@ def _train_stacked(
     return outcomes
 
 
-def _stacked_outcome(claim: _Claim, inputs: JobInputs, reporter: EpochReporter, result: Any, t0: float) -> str | None:
-    """One stacked trial's end, as runner._train and _train_to_the_end record a solo job's."""
+def _pack_rows(
+    store: ArtifactStore, first: JobInputs, results: list[Any]
+) -> tuple[ScoringRows | None, ScoringRows | None]:
+    """The pack's training and validation rows for scoring, read once for all its trials (None: not
+    needed, or the read failed: each trial then reads them itself, and fails alone if that fails)."""
+    if first.spec.model.output == "linear" or all(isinstance(result, BaseException) for result in results):
+        return None, None
+    try:
+        train = scoring_rows(store, first.spec, first.meta)
+        val = scoring_rows(store, first.spec, first.val_meta) if first.val_meta else None
+    except Exception as exc:
+        event("pack.scoring_rows_unread", logging.WARNING, job_id=first.record["id"], error=str(exc))
+        return None, None
+    return train, val
+
+
+def _end_alone(claim: _Claim, end: Callable[[], str | None]) -> str | None:
+    """One trial's end, a failure of it recorded 'failed' for that trial alone, as
+    runner._train_to_the_end records a job's (Redis unreachable: None, the lease expires)."""
+    try:
+        return end()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        event("job.redis_unreachable", logging.WARNING, job_id=claim.job_id, error=str(exc))
+        return None
+    except Exception as exc:
+        expected = _expected_errors()
+        message = _readable(exc, expected)
+        event("job.failed", logging.ERROR, exc_info=not isinstance(exc, expected), job_id=claim.job_id, error=message)
+        if claim.heartbeat.lost.is_set() or not jobs.finish(
+            claim.r, claim.job_id, claim.token, "failed", error=message, store=claim.store
+        ):
+            return None
+        return "failed"
+
+
+def _stacked_outcome(
+    claim: _Claim,
+    inputs: JobInputs,
+    reporter: EpochReporter,
+    result: Any,
+    t0: float,
+    rows: tuple[ScoringRows | None, ScoringRows | None] = (None, None),
+) -> str | None:
+    """One stacked trial's end, as runner._train and _train_to_the_end record a solo job's (``rows``:
+    the pack's rows for scoring, read once)."""
     r, job_id = claim.r, claim.job_id
     if isinstance(result, BaseException):
         expected = _expected_errors()
@@ -450,4 +498,4 @@ def _stacked_outcome(claim: _Claim, inputs: JobInputs, reporter: EpochReporter, 
             return outcome
     timings = {"load_s": 0.0, **{k: round(v, 4) for k, v in result.timings.items()}}
     timings.update(claim.pack or {})
-    return _record_outcome(claim, inputs, result, timings, t0)
+    return _record_outcome(claim, inputs, result, timings, t0, rows)

@@ -9,6 +9,11 @@ Writes are due: at the first epoch (the job then says where it runs), the last, 
 checkpoint is saved at (before the checkpoint, so that a resume from it never finds fewer history
 entries than the epochs it skips), and otherwise at most every `progress_flush_seconds`, because a
 round trip per epoch costs a job of short epochs much of its time (docs/perf.md, "Worker").
+Epochs wait as fit's own records and are serialised only when written.
+
+The trials of a stacked pack (workers/pack_runner.py) each have their reporter, joined in one
+FlushGroup: their writes due by time go together, every trial's pending epochs in one round trip on
+one clock, not one round trip per trial each `progress_flush_seconds`.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from dnnq.workers.settings import WorkerSettings
 if TYPE_CHECKING:
     import redis
 
-    from dnnq.models import EpochState
+    from dnnq.models import EpochRecord, EpochState
 
-__all__ = ["GPU_REPORT_SECONDS", "EpochReporter"]
+__all__ = ["GPU_REPORT_SECONDS", "EpochReporter", "FlushGroup"]
 
 GPU_REPORT_SECONDS = 5.0  # GPU memory goes to the worker's hash (for /metrics) at most this often
 
@@ -55,6 +60,7 @@ class EpochReporter:
         lease_lost: threading.Event,
         release_requested: Callable[[], bool],
         report_gpu: Callable[[], None],
+        group: FlushGroup | None = None,
     ) -> None:
         self._r, self._store, self._settings = r, store, settings
         self._job_id, self._token = job_id, token
@@ -66,10 +72,13 @@ class EpochReporter:
         self.cancelled = False  # the record says 'cancelling'
         # Decided in on_epoch, not in should_stop: the epoch training stops after is the one checkpointed.
         self.releasing = False
-        self._pending: list[dict[str, Any]] = []  # finished epochs not yet in Redis
-        self._progress: dict[str, Any] = {}  # the progress they end on
+        self._pending: list[EpochRecord] = []  # finished epochs not yet in Redis, as fit made them
+        self._progress: tuple[int, int, float] | None = None  # (epoch, epochs, loss) they end on
         self._flushed_at = self._checkpointed_at = time.monotonic()
         self._gpu_reported_at = 0.0
+        self._group = group
+        if group is not None:
+            group.join(self)
 
     @property
     def lease_is_lost(self) -> bool:
@@ -78,25 +87,31 @@ class EpochReporter:
     @property
     def last_epoch(self) -> int:
         """The last finished epoch (the one resumed from before the first)."""
-        return int(self._progress.get("epoch", self._resume_epoch))
+        return self._resume_epoch if self._progress is None else self._progress[0]
 
     def on_epoch(self, state: EpochState) -> None:
         """fit's callback after each completed epoch."""
-        entry = state.record.to_dict()
-        self._pending.append(entry)
-        self._progress.update(epoch=state.epoch, epochs=state.epochs, loss=entry["loss"])
-        first, last = state.epoch == self._resume_epoch + 1, state.epoch >= state.epochs
+        record, epoch = state.record, state.epoch
+        self._pending.append(record)
+        self._progress = (epoch, state.epochs, record.loss)
+        now = time.monotonic()
+        first, last = epoch == self._resume_epoch + 1, epoch >= state.epochs
         self.releasing = self.releasing or (self._release_requested() and not last)
-        checkpoint_due = (self._checkpoint_due(state.epoch) or self.releasing) and not last
-        if first or last or checkpoint_due or self._since(self._flushed_at) >= self._settings.progress_flush_seconds:
+        checkpoint_due = (self._checkpoint_due(epoch, now) or self.releasing) and not last
+        if first or last or checkpoint_due:
             self.flush(device=state.device if first else None)
+        elif self._group is not None:
+            if self._group.due(now):
+                self._group.flush()
+        elif now - self._flushed_at >= self._settings.progress_flush_seconds:
+            self.flush()
         if self.lease_is_lost:
             return
         if checkpoint_due and not self.cancelled:
             artifacts.save_checkpoint(self._store, self._job_id, state.checkpoint())
             self._checkpointed_at = time.monotonic()
-        if self._since(self._gpu_reported_at) >= GPU_REPORT_SECONDS:
-            self._gpu_reported_at = time.monotonic()
+        if now - self._gpu_reported_at >= GPU_REPORT_SECONDS:
+            self._gpu_reported_at = now
             self._report_gpu()
 
     def should_stop(self) -> bool:
@@ -105,7 +120,16 @@ class EpochReporter:
 
     def flush(self, device: str | None = None) -> None:
         """Write the pending epochs and progress in one round trip; note a lost lease or a cancel."""
-        status = jobs.record_epochs(self._r, self._job_id, self._token, self._pending, self._progress, device=device)
+        _, token, entries, progress = self._write()
+        self._written(jobs.record_epochs(self._r, self._job_id, token, entries, progress, device=device))
+
+    def _write(self) -> tuple[str, str, list[dict[str, Any]], dict[str, Any]]:
+        """What a flush sends: (job id, token, the pending history entries, the progress)."""
+        progress = dict(zip(("epoch", "epochs", "loss"), self._progress or (), strict=False))
+        return self._job_id, self._token, [record.to_dict() for record in self._pending], progress
+
+    def _written(self, status: str) -> None:
+        """The pending epochs were sent and Redis answered `status` (record_epochs's answer)."""
         self._pending.clear()
         self._flushed_at = time.monotonic()
         if status == jobs.LEASE_LOST:
@@ -122,11 +146,33 @@ class EpochReporter:
         except Exception as exc:
             event("job.progress_lost", logging.WARNING, job_id=self._job_id, epochs=len(self._pending), error=str(exc))
 
-    def _checkpoint_due(self, epoch: int) -> bool:
+    def _checkpoint_due(self, epoch: int, now: float) -> bool:
         if self._checkpoint_every:
             return epoch % self._checkpoint_every == 0
-        return self._since(self._checkpointed_at) >= self._settings.checkpoint_seconds
+        return now - self._checkpointed_at >= self._settings.checkpoint_seconds
 
-    @staticmethod
-    def _since(moment: float) -> float:
-        return time.monotonic() - moment
+
+class FlushGroup:
+    """The reporters of one stacked pack, whose writes due by time go together: when the group's clock
+    says a write is due, every member's pending epochs and progress in one round trip
+    (jobs.record_epochs_many). Writes due for one trial alone (its first and last epoch, a checkpoint)
+    stay that trial's own."""
+
+    def __init__(self, r: redis.Redis, settings: WorkerSettings) -> None:
+        self._r, self._settings = r, settings
+        self._members: list[EpochReporter] = []
+        self._flushed_at = time.monotonic()
+
+    def join(self, reporter: EpochReporter) -> None:
+        self._members.append(reporter)
+
+    def due(self, now: float) -> bool:
+        return now - self._flushed_at >= self._settings.progress_flush_seconds
+
+    def flush(self) -> None:
+        """Write every member's pending epochs (a member whose lease is lost writes nothing, as alone)."""
+        members = [m for m in self._members if m._pending and not m.lease_is_lost]
+        statuses = jobs.record_epochs_many(self._r, [m._write() for m in members])
+        for member, status in zip(members, statuses, strict=True):
+            member._written(status)
+        self._flushed_at = time.monotonic()

@@ -24,7 +24,7 @@ import redis
 
 from dnnq.workers import artifacts, jobs, keys
 from dnnq.workers.artifact_store import ArtifactStore, open_store
-from dnnq.workers.inputs import JobInputs, accuracy, load_inputs
+from dnnq.workers.inputs import JobInputs, ScoringRows, accuracy, load_inputs
 from dnnq.workers.logs import event
 from dnnq.workers.reporter import EpochReporter
 from dnnq.workers.settings import WorkerSettings, get_settings, redis_client
@@ -238,10 +238,16 @@ def _record_start(claim: _Claim, inputs: JobInputs, resume_epoch: int, *, resume
 
 
 def _record_outcome(
-    claim: _Claim, inputs: JobInputs, result: FitResult, timings: dict[str, float], t0: float
+    claim: _Claim,
+    inputs: JobInputs,
+    result: FitResult,
+    timings: dict[str, float],
+    t0: float,
+    rows: tuple[ScoringRows | None, ScoringRows | None] = (None, None),
 ) -> str | None:
     """A finished or cancelled fit: 'cancelled', or the artifacts stored and 'succeeded'; None when
-    the lease or the finish is refused."""
+    the lease or the finish is refused. ``rows``: the training and validation rows already read for
+    scoring (a sweep pack reads them once for all its trials), else each is read here."""
     r, store, job_id, token = claim.r, claim.store, claim.job_id, claim.token
     spec, meta = inputs.spec, inputs.meta
     last = result.history[-1] if result.history else None
@@ -249,8 +255,10 @@ def _record_outcome(
     # weights still change), computed as a client predicting on the same rows would get them.
     metrics = {
         "final_loss": last.loss if last else None,
-        "train_accuracy": accuracy(result.parameters, store, spec, meta),
-        "validation_accuracy": accuracy(result.parameters, store, spec, inputs.val_meta) if inputs.val_meta else None,
+        "train_accuracy": accuracy(result.parameters, store, spec, meta, rows=rows[0]),
+        "validation_accuracy": (
+            accuracy(result.parameters, store, spec, inputs.val_meta, rows=rows[1]) if inputs.val_meta else None
+        ),
     }
     if result.stopped:
         ok = jobs.finish(

@@ -5,6 +5,7 @@ memory check, and non-sweep jobs left to runner.run_job."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 
@@ -288,3 +289,84 @@ def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(
     assert "epoch" in failed["error"].lower() and "Traceback" not in failed["error"]
     assert not store.exists(f"jobs/{ids[1]}/weights.npz")
     assert 1 <= len(jobs.get_history(redis_client, ids[2], store=store)) < 1_000_000
+
+
+def wide_datasets(r, store, seed=4):
+    """40 training and 30 validation examples of 300 features: fit(path="auto") takes the Gram path."""
+    rng = np.random.default_rng(seed)
+    X, X_val = rng.normal(size=(40, 300)), rng.normal(size=(30, 300))
+    label = lambda A: (A[:, 0] + 0.5 * A[:, 1] > 0).astype(float)  # noqa: E731
+    ds = datasets.save_dataset(r, store, tenant="public", name="w", source="t", X=X, Y=label(X), label_kind="binary")
+    val = datasets.save_dataset(
+        r, store, tenant="public", name="wv", source="t", X=X_val, Y=label(X_val), label_kind="binary"
+    )
+    return ds, val
+
+
+def test_a_stacked_pack_scores_all_its_trials_from_one_read_of_each_dataset(redis_client, store, settings, monkeypatch):
+    """The pack's train and validation accuracies come from one read of each dataset for all its trials
+    (besides the read for training), and equal what each trial's solo job records."""
+    from dnnq.workers import inputs, pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+    ds, val = wide_datasets(redis_client, store)
+    base = {
+        "dataset_id": ds["id"],
+        "validation_dataset_id": val["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": 25, "optimizer": "gd", "dtype": "float64", "seed": 1},
+        "preprocess": {"scale": 0.5},
+        "device": "cpu",
+    }
+    trials = [{"lr": lr, "seed": seed} for lr, seed in ((0.05, 1), (0.2, 2), (0.5, 3), (1.0, 4))]
+    ids = make_sweep(redis_client, base, trials)
+    reads: list[str] = []
+    load_arrays = inputs.load_arrays
+    monkeypatch.setattr(inputs, "load_arrays", lambda s, i, sha=None: (reads.append(i), load_arrays(s, i, sha))[1])
+    assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
+    assert sorted(reads) == sorted([ds["id"], val["id"]] * 2)  # one read to train, one to score, each
+    seen = set()
+    for job_id, trial in zip(ids, trials, strict=True):
+        got = jobs.get_job(redis_client, job_id)
+        assert got["timings"]["pack_stacked"] == 1.0
+        spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"], "seed": trial["seed"]}}
+        solo = solo_job(redis_client, spec)
+        assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
+        want = jobs.get_job(redis_client, solo)["metrics"]
+        for name in ("train_accuracy", "validation_accuracy"):
+            assert got["metrics"][name] == want[name]
+            assert 0.0 <= got["metrics"][name] <= 1.0
+            seen.add((name, got["metrics"][name]))
+        model = json.loads(store.get(f"jobs/{job_id}/model.json"))
+        assert model["metrics"] == got["metrics"]
+    assert len(seen) > 2  # the trials' accuracies differ: each trial is scored with its own weights
+
+
+def test_a_stacked_trial_whose_end_fails_fails_alone(redis_client, store, settings, monkeypatch):
+    """A trial whose weights cannot be written ends 'failed' with the reason; the pack's other trials
+    end as they would have."""
+    from dnnq.workers import artifacts, pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+    ds, _ = wide_datasets(redis_client, store)
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
+        "device": "cpu",
+    }
+    ids = make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+    save_trained = artifacts.save_trained
+
+    def full_disk(store_, job_id, params, info):
+        if job_id == ids[1]:
+            raise OSError(28, "No space left on device")
+        return save_trained(store_, job_id, params, info)
+
+    monkeypatch.setattr(artifacts, "save_trained", full_disk)
+    outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "failed", ids[2]: "succeeded"}
+    failed = jobs.get_job(redis_client, ids[1])
+    assert failed["status"] == "failed" and "No space left on device" in failed["error"]
+    done = jobs.get_job(redis_client, ids[2])
+    assert done["timings"]["pack_stacked"] == 1.0 and done["metrics"]["train_accuracy"] is not None
