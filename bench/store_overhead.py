@@ -13,6 +13,11 @@ DNNQ_ARTIFACTS_URL=s3://...). Rounds alternate the backends, medians of `--repea
 
 Goal (issue 16): each S3 figure within 1.5x of local. moto keeps objects in its own Python process's
 memory, a stand-in for a real S3 a network hop away.
+
+``--phases``: where a 100 MB upload's time goes, in this process on each store (no API, no worker): the
+route's copy of the received bytes to staging with their sha256, the sandboxed parse that writes the
+stored file, and the store's put_file (a rename on the local store, a PUT on S3); then the same bytes
+into the S3 server by hand: a multipart upload's parts and its completion, against one PUT.
 """
 
 from __future__ import annotations
@@ -112,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2500, help="epochs of the cat job (the course's 2,500)")
     p.add_argument("--mb", type=int, default=100, help="size of the upload and of the weights, MB")
+    p.add_argument("--phases", action="store_true", help="time an upload's phases on each store instead")
     args = p.parse_args(argv)
+    if args.phases:
+        return _phases(args.repeats, args.mb)
 
     from dnnq.workers.redis_server import start_redis
     from tests.s3 import MotoServer
@@ -204,10 +212,95 @@ def main(argv: list[str] | None = None) -> int:
         a, b = statistics.median(results["local"][what]), statistics.median(results["s3"][what])
         worst = max(worst, b / a)
         print(f"{what:42} {a:9.3f} {b:9.3f} {b / a:9.2f}")
+        rounds = zip(results["local"][what], results["s3"][what], strict=True)
+        print(f"{'  rounds (local/s3)':42} " + "  ".join(f"{x:.2f}/{y:.2f}" for x, y in rounds))
     print(f"goal: every s3/local <= {GOAL}: {'met' if worst <= GOAL else 'NOT met'} (worst {worst:.2f})")
     command = ["python", "-m", "bench.store_overhead", *(argv if argv is not None else sys.argv[1:])]
     print(f"command: {shlex.join(command)}")
     return 0
+
+
+def _phases(repeats: int, mb: int) -> int:
+    """Time the upload route's phases (service/routes/datasets.py) on each store, medians of `repeats`."""
+    import hashlib
+
+    from dnnq.service.sandbox import parse_in_sandbox, warm
+    from dnnq.service.uploads import UploadLimits
+    from dnnq.workers.artifact_store import LocalArtifactStore
+    from dnnq.workers.object_store import ObjectArtifactStore
+    from tests.s3 import MotoServer
+
+    times: dict[str, dict[str, list[float]]] = {"local": {}, "s3": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        moto = MotoServer(root / "moto.log")
+        try:
+            env = moto.env(moto.create_bucket())
+            stores = {
+                "local": LocalArtifactStore(root / "artifacts"),
+                "s3": ObjectArtifactStore(env["DNNQ_ARTIFACTS_URL"], root / "scratch", environ=env),
+            }
+            stores["s3"].check()  # the client made, as an API's is at start-up
+            warm()
+            limits = UploadLimits(10**7, 10**6, 4 * mb * 10**6)
+            for r in range(repeats):
+                X = np.random.default_rng(100 + r).normal(size=(mb * 1_000_000 // 1000, 250)).astype(np.float32)
+                body = _npz(X, (X[:, 0] > 0).astype(np.int64))
+                del X
+                for name, store in stores.items() if r % 2 == 0 else reversed(stores.items()):
+                    upload, stored = store.new_staging_path(".upload"), store.new_staging_path(".npz")
+                    t0 = time.perf_counter()
+                    h = hashlib.sha256()
+                    with open(upload, "xb") as out:  # the route's _stream_to, from memory
+                        for i in range(0, len(body), 1 << 20):
+                            h.update(body[i : i + (1 << 20)])
+                            out.write(body[i : i + (1 << 20)])
+                    t1 = time.perf_counter()
+                    parse_in_sandbox(
+                        "d.npz", upload, stored, limits, memory_bytes=8 * mb * 10**6, cpu_seconds=120, wall_seconds=300
+                    )
+                    t2 = time.perf_counter()
+                    store.put_file(f"datasets/phase{r}.npz", stored)
+                    t3 = time.perf_counter()
+                    upload.unlink()
+                    for what, dt in (("copy to staging + sha256", t1 - t0), ("sandboxed parse + write", t2 - t1)):
+                        times[name].setdefault(what, []).append(dt)
+                    times[name].setdefault("store put_file", []).append(t3 - t2)
+                _raw_puts(stores["s3"], body, times["s3"])
+        finally:
+            moto.stop()
+    print(f"\nphases of a {mb} MB .npz upload, medians of {repeats} (alternating order)")
+    print(f"{'':36} {'local s':>9} {'s3 s':>9}")
+    for what in times["s3"]:
+        a = statistics.median(times["local"][what]) if what in times["local"] else float("nan")
+        print(f"{what:36} {a:9.3f} {statistics.median(times['s3'][what]):9.3f}")
+    return 0
+
+
+def _raw_puts(store: Any, body: bytes, times: dict[str, list[float]]) -> None:
+    """`body` into the S3 server with the store's client: 16 MiB multipart (parts, then the completion
+    that makes it visible) against one PUT."""
+    from dnnq.workers.object_store import MULTIPART_CHUNK
+
+    client, bucket, key = store._client, store.bucket, f"{store.prefix}/bench/raw"
+    t0 = time.perf_counter()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts = []
+    for n, at in enumerate(range(0, len(body), MULTIPART_CHUNK), 1):
+        chunk = body[at : at + MULTIPART_CHUNK]
+        etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=n, Body=chunk)["ETag"]
+        parts.append({"PartNumber": n, "ETag": etag})
+    t1 = time.perf_counter()
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+    t2 = time.perf_counter()
+    client.put_object(Bucket=bucket, Key=key, Body=body)
+    t3 = time.perf_counter()
+    for what, dt in (
+        ("raw: multipart parts (16 MiB)", t1 - t0),
+        ("raw: multipart complete", t2 - t1),
+        ("raw: one PUT", t3 - t2),
+    ):
+        times.setdefault(what, []).append(dt)
 
 
 if __name__ == "__main__":
