@@ -422,21 +422,21 @@ class _StackedGram:
     """The pack on the Gram path: every trial's step at once, features first, buffers made once.
 
     Per trial k, W1_k = W_eff_k R_k with R_k = [X; B_k] ((p, n_x), p = m + n_1; B_k its W1 start) and
-    W_eff_k = [C_k | S_k] (n_1, p): C_k (n_1, m) the coefficients on the examples, S_k (n_1, n_1) the
-    start's, s_k I (a scalar times I: gd and momentum only ever scale it, by l2). A layer's values are
-    (K, n_l, B) (features first), so layer 1 of a batch b (its example columns) is
+    W_eff_k = [C_k | s_k I]: C_k (n_1, m) the coefficients on the examples, and the start's block a
+    scalar times I (it starts at I, and gd and momentum only ever scale it, by the l2 term), so
 
-        Z1 (K n_1, B) = W_eff (K n_1, p) @ U^T[:, b] (p, B)             U^T = [X X^T; B X^T], all B_k equal
-        Z1 (K n_1, B) = C (K n_1, m) @ XX[:, b] + S @ P[:, :, b]        XX = X X^T (m, m), P_k = B_k X^T
+        W1_k = C_k X + s_k B_k                                        (n_1, n_x), formed only when read
+        Z1[:, :, b] = C @ XX[:, b] + s * P[:, :, b] + b1               (K, n_1, B), b: the batch's examples
 
-    one GEMM over the data's Gram matrix for the whole pack (the start block batched when the starts
-    differ). In coefficient space dW_eff = [dZ1 in the batch's columns | 0] (+ the l2 term l2/B W_eff),
-    so gd without l2 steps W_eff[:, :, b] -= lr dZ1 and nothing else; with l2 or momentum the dense
-    (K, n_1, p) gradient feeds the same update as every other weight. ||W1_k||^2 = <W_eff_k M_k, W_eff_k>,
-    M_k = R_k R_k^T. Deeper layers: W_l (K, n_l, n_{l-1}) @ A (K, n_{l-1}, B) batched. Layers 2..L and
-    every bias live in one (K, T) array (``flat``) with their gradients alike, so an optimizer step is
-    one pass. The learning rate (gd) is folded into dZ_L as fit folds it, and each trial keeps fit's
-    maths (models/engine.py, models/gram.py), so its numbers are its solo Gram fit's to rounding."""
+    with XX = X X^T (m, m) the data's Gram matrix, shared by the pack, and P_k = B_k X^T (n_1, m), one
+    for the pack when the starts are equal (a sweep over learning rates). In coefficient space the
+    gradient of C is dZ1 in the batch's columns (+ l2/B C) and s's is l2/B s, so gd without l2 steps
+    C[:, :, b] -= lr dZ1 and nothing else. ||W1_k||^2 = <C_k XX, C_k> + 2 s_k <C_k, P_k> + s_k^2 ||B_k||^2.
+    Deeper layers: W_l (K, n_l, n_{l-1}) @ A (K, n_{l-1}, B), batched. s, every bias and layers 2..L
+    live in one (K, T) array (``flat``) with their gradients alike, so an optimizer step is one pass
+    for them and one for C. The learning rate (gd) is folded into dZ_L as fit folds it, and each
+    trial keeps fit's maths (models/engine.py, models/gram.py): its numbers are its solo Gram fit's
+    to rounding (tests/models/test_packed.py)."""
 
     path = "packed-gram"
 
@@ -460,81 +460,69 @@ class _StackedGram:
         self.slots: tuple[str, ...] = ("v",) if cfg0.optimizer == "momentum" else ()
         self.t = 0
         self.m, self.n_1 = int(X.shape[0]), dims[1]
-        m, n_1, p = self.m, self.n_1, self.m + dims[1]
         self.X, self.Yf = X, xp.ascontiguousarray(Y.T)  # X (m, n_x); Y features first (n_L, m)
         inits = [initialize_parameters_deep(dims, seed=c.seed, init=c.init) for c in configs]
         starts = np.stack([q["W1"] for q in inits])  # (K, n_1, n_x)
-        self.shared = all(np.array_equal(starts[0], s) for s in starts[1:])
-        self.B = xp.asarray(starts[:1] if self.shared else starts, dtype=dtype)  # (1 or K, n_1, n_x)
+        shared = all(np.array_equal(starts[0], s) for s in starts[1:])
+        self.B = xp.asarray(starts[:1] if shared else starts, dtype=dtype)  # (1 or K, n_1, n_x)
         make_xx = lambda: xp.matmul(X, X.T)  # noqa: E731
-        XX = make_xx() if cache is None else cache.block(xp, "XX", (X_host,), make_xx)  # (m, m), once
-        PT = xp.matmul(self.B, X.T)  # (1 or K, n_1, m): B_k X^T
-        BB = xp.matmul(self.B, xp.swapaxes(self.B, 1, 2))  # (1 or K, n_1, n_1)
-        if self.shared:  # R R^T (p, p), and U^T its first m columns: one GEMM for layer 1
-            self.M = xp.concatenate([xp.concatenate([XX, PT[0].T], 1), xp.concatenate([PT[0], BB[0]], 1)])
-            self.inputs: tuple[Array, ...] = (xp.ascontiguousarray(self.M[:, :m]),)  # ((p, m),)
-        else:
-            self.XX, self.P, self.BB = XX, PT, BB
-            self.inputs = (XX, PT)  # ((m, m), (K, n_1, m))
-        self.val_inputs: tuple[Array, ...] | None = None
+        self.XX = make_xx() if cache is None else cache.block(xp, "XX", (X_host,), make_xx)  # (m, m), once
+        self.P = xp.matmul(self.B, X.T)  # (1 or K, n_1, m): B_k X^T
+        self.BB = xp.sum(self.B * self.B, axis=(1, 2))  # (1 or K,): ||B_k||^2
+        self.val_inputs: tuple[Array, Array] | None = None
         if val is not None:
             D = val[0]
             make_xd = lambda: xp.matmul(X, D.T)  # noqa: E731
             XD = make_xd() if cache is None or Xv_host is None else cache.block(xp, "XD", (X_host, Xv_host), make_xd)
-            PD = xp.matmul(self.B, D.T)  # (1 or K, n_1, m_val)
-            self.val_inputs = (xp.concatenate([XD, PD[0]]),) if self.shared else (XD, PD)
+            self.val_inputs = (XD, xp.matmul(self.B, D.T))  # (m, m_val), (1 or K, n_1, m_val)
             self.Yv = xp.ascontiguousarray(val[1].T)
-        # parameters: W_eff (K, n_1, p) starting at [0 | I]; layers 2..L and all biases in flat (K, T)
         K = len(configs)
-        self.W1 = xp.zeros((K, n_1, p), dtype=dtype)
-        self.W1[:, :, m:] = xp.eye(n_1, dtype=dtype)
-        self.layout = [("b", 1, (n_1, 1))] + [
+        self.C = xp.zeros((K, self.n_1, self.m), dtype=dtype)
+        self.layout = [("s", 1, (1, 1)), ("b", 1, (self.n_1, 1))] + [
             item for l in range(2, self.L + 1) for item in (("W", l, (dims[l], dims[l - 1])), ("b", l, (dims[l], 1)))
         ]
-        self.T = sum(math.prod(shape) for _, _, shape in self.layout)
-        flat = np.empty((K, self.T))
+        T = sum(math.prod(shape) for _, _, shape in self.layout)
+        flat = np.empty((K, T))
         for k, q in enumerate(inits):
-            flat[k] = np.concatenate([q[f"{kind}{l}"].ravel() for kind, l, _ in self.layout])
+            flat[k] = np.concatenate([np.ones(1)] + [q[f"{kind}{l}"].ravel() for kind, l, _ in self.layout[1:]])
         self.flat = xp.asarray(flat, dtype=dtype)
-        self.state = {"v": (xp.zeros_like(self.W1), xp.zeros_like(self.flat))} if self.slots else {}
-        self.G1 = xp.zeros_like(self.W1)  # layer 1's dense gradient (l2 or momentum only)
-        self.flat_g = xp.zeros_like(self.flat)
+        self.state = {"v": (xp.zeros_like(self.C), xp.zeros_like(self.flat))} if self.slots else {}
+        self.GC = xp.zeros_like(self.C)  # C's dense gradient (l2 or momentum only)
+        self.flat_g = xp.zeros_like(self.flat)  # s's entry stays 0 without l2
         self._activate = INPLACE_ACTIVATIONS[cfg0.hidden_activation]
         self._derivative = INPLACE_DERIVATIVES[cfg0.hidden_activation]
         self._views()
 
     # --- views and buffers -----------------------------------------------------------------------
     def _views(self) -> None:
-        """W[l], b[l] (K, n_l, n_{l-1}), (K, n_l, 1) as views of flat, dW[l], db[l] of flat_g; drops buffers."""
+        """s, W[l], b[l]: (K, 1, 1), (K, n_l, n_{l-1}), (K, n_l, 1) views of flat, ds, dW[l], db[l] of
+        flat_g; drops the batch buffers (made again for the pack's new size)."""
         K = self.flat.shape[0]
-        self.W: dict[int, Array] = {}
-        self.b: dict[int, Array] = {}
-        self.dW: dict[int, Array] = {}
-        self.db: dict[int, Array] = {}
+        views: dict[str, dict[int, Array]] = {name: {} for name in ("s", "W", "b", "ds", "dW", "db")}
         at = 0
         for kind, l, shape in self.layout:
             size = math.prod(shape)
-            for src, dst in (
-                (self.flat, self.W if kind == "W" else self.b),
-                (self.flat_g, self.dW if kind == "W" else self.db),
-            ):
-                dst[l] = src[:, at : at + size].reshape((K, *shape))
+            views[kind][l] = self.flat[:, at : at + size].reshape((K, *shape))
+            views["d" + kind][l] = self.flat_g[:, at : at + size].reshape((K, *shape))
             at += size
+        self.s, self.ds = views["s"][1], views["ds"][1]
+        self.W, self.b, self.dW, self.db = views["W"], views["b"], views["dW"], views["db"]
         self._buffers: dict[int, dict[str, Any]] = {}
 
     def _buf(self, B: int) -> dict[str, Any]:
-        """Buffers for batches of B examples, made on first use (at most two sizes per fit)."""
+        """Buffers for batches of B examples, made on first use (at most two sizes, and the validation set's)."""
         held = self._buffers.get(B)
         if held is None:
             xp, dt, K, dims = self.xp, self.dtype, self.flat.shape[0], self.dims
+            hidden = range(1, self.L)
             held = {
-                "H": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # Z, then g(Z)
-                "G": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # dA, then dZ
-                "zeros": {l: xp.zeros((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
-                "mask": {l: xp.empty((K, dims[l], B), dtype=bool) for l in range(1, self.L)},
-                "drop": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},  # scaled masks
-                "dropped": {l: xp.empty((K, dims[l], B), dtype=dt) for l in range(1, self.L)},
-                "start": None if self.shared else xp.empty((K, dims[1], B), dtype=dt),
+                "H": {l: xp.empty((K, dims[l], B), dtype=dt) for l in hidden},  # Z, then g(Z)
+                "G": {l: xp.empty((K, dims[l], B), dtype=dt) for l in hidden},  # dA, then dZ
+                "zeros": {l: xp.zeros((K, dims[l], B), dtype=dt) for l in hidden},
+                "mask": {l: xp.empty((K, dims[l], B), dtype=bool) for l in hidden},
+                "drop": {l: xp.empty((K, dims[l], B), dtype=dt) for l in hidden},  # scaled dropout masks
+                "dropped": {l: xp.empty((K, dims[l], B), dtype=dt) for l in hidden},
+                "start": xp.empty((K, dims[1], B), dtype=dt),  # s P[:, :, b]
                 "ZL": xp.empty((K, dims[-1], B), dtype=dt),
                 "dZL": xp.empty((K, dims[-1], B), dtype=dt),
             }
@@ -542,11 +530,11 @@ class _StackedGram:
         return held
 
     # --- per-trial values -----------------------------------------------------------------------
-    def hyper(self, name: str, epoch: int | None = None) -> np.ndarray:
+    def hyper(self, name: str, epoch: int = 0) -> np.ndarray:
         """A per-trial value as a float64 host vector (K,) (``learning_rate`` at ``epoch``)."""
         cfgs = [self.configs[t] for t in self.trials]
         if name == "learning_rate":
-            return np.array([c.learning_rate_at(epoch if epoch is not None else 0) for c in cfgs], dtype=np.float64)
+            return np.array([c.learning_rate_at(epoch) for c in cfgs], dtype=np.float64)
         return np.array([getattr(c, name) for c in cfgs], dtype=np.float64)
 
     def _dev(self, values: np.ndarray, ndim: int = 3) -> Array:
@@ -560,12 +548,10 @@ class _StackedGram:
     def drop(self, j: int) -> None:
         keep = [i for i in range(len(self.trials)) if i != j]
         idx = self.xp.asarray(np.array(keep, dtype=np.int64))
-        self.W1, self.flat = self.W1[idx], self.flat[idx]
-        self.G1, self.flat_g = self.G1[idx], self.flat_g[idx]
-        self.state = {key: (v1[idx], v[idx]) for key, (v1, v) in self.state.items()}
-        if not self.shared:
+        self.C, self.flat, self.GC, self.flat_g = self.C[idx], self.flat[idx], self.GC[idx], self.flat_g[idx]
+        self.state = {key: (vC[idx], v[idx]) for key, (vC, v) in self.state.items()}
+        if self.B.shape[0] > 1:  # per-trial starts
             self.B, self.P, self.BB = self.B[idx], self.P[idx], self.BB[idx]
-            self.inputs = (self.XX, self.P)
             if self.val_inputs is not None:
                 self.val_inputs = (self.val_inputs[0], self.val_inputs[1][idx])
         del self.trials[j]
@@ -580,8 +566,7 @@ class _StackedGram:
         if cfg0.shuffle and batch < m:
             perms = [rng.permutation(m) for rng in rngs]  # each generator draws it, as its solo fit does
             perm = xp.asarray(perms[0])
-        lr, l2 = self.hyper("learning_rate", epoch), self.hyper("l2")
-        keep = self.hyper("dropout_keep_prob")
+        lr, l2, keep = self.hyper("learning_rate", epoch), self.hyper("l2"), self.hyper("dropout_keep_prob")
         gd, beta = cfg0.optimizer == "gd", self.hyper("beta")
         step = _EpochConstants(
             gd=gd,
@@ -604,41 +589,34 @@ class _StackedGram:
                 correct_total += correct
         return loss_total, correct_total
 
-    def _columns(self, inputs: tuple[Array, ...], cols: slice | Array) -> tuple[Array, ...]:
-        """The batch's columns of layer 1's inputs: views for a slice, one gather for all trials otherwise."""
-        if isinstance(cols, slice):
-            return tuple(a[..., cols] for a in inputs)
-        return tuple(self.xp.take(a, cols, axis=a.ndim - 1) for a in inputs)
+    def _layer1(self, XXb: Array, Pb: Array, buf: dict[str, Any], scaled: bool) -> Array:
+        """Z1 = C @ XXb + s Pb + b1 (K, n_1, B) from the batch's columns XXb (m, B), Pb (1 or K, n_1, B).
 
-    def _layer1(self, ins: tuple[Array, ...], Z1: Array, start: Array | None) -> None:
-        """Z1 (K, n_1, B) = layer 1 without its bias, from the columns ``ins`` of its inputs.
-
-        One call, one (n_1, p) @ (p, B) GEMM per trial as the solo fit makes: a single (K n_1, p) GEMM
-        does the same work, but OpenBLAS threads it, and threaded GEMMs this small lose many times
-        over on busy cores (docs/perf.md, "Stacked Gram pack")."""
-        xp = self.xp
-        if self.shared:
-            xp.matmul(self.W1, ins[0], out=Z1)  # (K, n_1, p) @ (p, B)
-            return
-        xp.matmul(self.W1[:, :, : self.m], ins[0], out=Z1)  # (K, n_1, m) @ (m, B): the data's Gram matrix shared
-        if start is None:
-            start = xp.empty_like(Z1)
-        xp.matmul(self.W1[:, :, self.m :], ins[1], out=start)  # (K, n_1, n_1) (s_k I) @ (K, n_1, B)
-        Z1 += start
+        C @ XXb is one call making one (n_1, m) @ (m, B) GEMM per trial, as the solo fit does: a single
+        (K n_1, m) GEMM does the same work, but OpenBLAS threads it, and threaded GEMMs this small lose
+        many times over on busy cores (docs/perf.md, "Stacked Gram pack"). ``scaled``: s may differ
+        from 1 (some trial has l2); else s P is P itself."""
+        xp, Z1 = self.xp, buf["H"][1]
+        xp.matmul(self.C, XXb, out=Z1)  # (K, n_1, m) @ (m, B)
+        if scaled:
+            Z1 += xp.multiply(self.s, Pb, out=buf["start"])
+        else:
+            Z1 += Pb
+        Z1 += self.b[1]
+        return Z1
 
     def forward(
-        self, ins: tuple[Array, ...], buf: dict[str, Any], step: _EpochConstants | None
+        self, ins: tuple[Array, Array], buf: dict[str, Any], step: _EpochConstants | None, scaled: bool
     ) -> tuple[list[Array], Array]:
         """[A1, ..., A_{L-1}] (K, n_l, B) (dropped when training with dropout) and Z_L (K, n_L, B)."""
         xp = self.xp
-        self._layer1(ins, buf["H"][1], buf["start"])
+        A = self._layer1(*ins, buf, scaled)
         acts = []
-        Z = A = buf["H"][1]
         for l in range(1, self.L):
+            Z = buf["H"][l]
             if l > 1:
-                Z = buf["H"][l]
                 xp.matmul(self.W[l], A, out=Z)
-            Z += self.b[l]
+                Z += self.b[l]
             self._activate(xp, Z, buf["zeros"][l])  # now g(Z)
             A = Z
             if step is not None and step.dropout:
@@ -663,11 +641,14 @@ class _StackedGram:
     def step(self, cols: slice | Array, step: _EpochConstants) -> tuple[Array, Any]:
         """One batch for every trial: forward, loss, backward, update. (loss sums (K,) float64, right answers)."""
         xp = self.xp
-        ins = self._columns(self.inputs, cols)
-        B = ins[0].shape[-1]
+        if isinstance(cols, slice):
+            ins = (self.XX[:, cols], self.P[:, :, cols])  # views
+        else:  # one gather for the whole pack
+            ins = (xp.take(self.XX, cols, axis=1), xp.take(self.P, cols, axis=2))
+        B = ins[0].shape[1]
         buf = self._buf(B)
         Yb = self.Yf[:, cols]
-        acts, ZL = self.forward(ins, buf, step)
+        acts, ZL = self.forward(ins, buf, step, step.any_l2)
         AL, loss, correct = _head(xp, self.configs[0].output, ZL, Yb, 1)
         if step.any_l2:
             loss = loss + step.l2_half * self.sq_norms()
@@ -691,26 +672,27 @@ class _StackedGram:
         return loss.astype(xp.float64), correct
 
     def _update(self, dZ1: Array, cols: slice | Array, l2c: Array | None, step: _EpochConstants) -> None:
-        """The optimizer's step; layer 1's gradient in coefficient space is dZ1 in the batch's columns."""
+        """The optimizer's step. C's gradient is dZ1 in the batch's columns (+ l2c C), s's l2c s."""
         xp = self.xp
         self.t += 1
-        if step.gd and l2c is None:  # W_eff's gradient is zero outside the batch's columns
-            self.W1[:, :, cols] -= dZ1
+        if step.gd and l2c is None:  # C's gradient is zero outside the batch's columns, s's is zero
+            self.C[:, :, cols] -= dZ1
             self.flat -= self.flat_g
             return
-        G1 = self.G1
+        GC = self.GC
         if l2c is None:
-            G1[...] = 0
+            GC[...] = 0
         else:
-            xp.multiply(self.W1, l2c, out=G1)
-        G1[:, :, cols] += dZ1
+            xp.multiply(self.C, l2c, out=GC)
+            xp.multiply(self.s, l2c, out=self.ds)
+        GC[:, :, cols] += dZ1
         if step.gd:
-            self.W1 -= G1
+            self.C -= GC
             self.flat -= self.flat_g
             return
         beta, lr_ = step.beta, step.lr
         for p, g, v, b, one_minus_b, lr in (
-            (self.W1, G1, self.state["v"][0], beta[0], beta[2], lr_[0]),
+            (self.C, GC, self.state["v"][0], beta[0], beta[2], lr_[0]),
             (self.flat, self.flat_g, self.state["v"][1], beta[1], beta[3], lr_[1]),
         ):
             v *= b  # v = beta v + (1 - beta) g; p -= lr v, as models/optimizers.py's Momentum
@@ -718,28 +700,17 @@ class _StackedGram:
             p -= lr * v
 
     def sq_norms(self) -> Array:
-        """sum_l ||W_l||^2 per trial (K,), layer 1's as <W_eff_k M_k, W_eff_k>."""
-        xp = self.xp
-        M = self.M if self.shared else self._stacked_M()  # (p, p) or (K, p, p)
-        first = xp.sum(xp.matmul(self.W1, M) * self.W1, axis=(1, 2))
+        """sum_l ||W_l||^2 per trial (K,), layer 1's as <C XX, C> + 2 s <C, P> + s^2 ||B||^2."""
+        xp, C, s = self.xp, self.C, self.s[:, 0, 0]
+        first = xp.sum(xp.matmul(C, self.XX) * C, axis=(1, 2)) + 2 * s * xp.sum(C * self.P, axis=(1, 2))
+        first += s * s * self.BB
         return first + sum(xp.sum(self.W[l] * self.W[l], axis=(1, 2)) for l in range(2, self.L + 1))
-
-    def _stacked_M(self) -> Array:
-        """M_k = R_k R_k^T (K, p, p), made on first use (l2 with differing starts)."""
-        xp = self.xp
-        held = getattr(self, "_M", None)
-        if held is None or held.shape[0] != self.W1.shape[0]:
-            K = self.W1.shape[0]
-            XX = xp.broadcast_to(self.XX, (K, self.m, self.m))
-            top = xp.concatenate([XX, xp.swapaxes(self.P, 1, 2)], axis=2)
-            self._M = held = xp.concatenate([top, xp.concatenate([self.P, self.BB], axis=2)], axis=1)
-        return held
 
     def evaluate(self, val: tuple[Array, Array]) -> tuple[Array, Array | None]:
         """The validation set's (loss sums with the l2 term (K,) float64, right answers), no dropout."""
         assert self.val_inputs is not None, "no validation set"
-        buf = self._buf(int(self.val_inputs[0].shape[-1]))
-        _, ZL = self.forward(self.val_inputs, buf, None)
+        buf = self._buf(int(self.val_inputs[0].shape[1]))
+        _, ZL = self.forward(self.val_inputs, buf, None, scaled=True)
         _, loss, correct = _head(self.xp, self.configs[0].output, ZL, self.Yv, 1)
         l2 = self._dev(0.5 * self.hyper("l2"), 1)
         return (loss + l2 * self.sq_norms()).astype(self.xp.float64), correct
@@ -747,15 +718,16 @@ class _StackedGram:
     # --- one trial's arrays ----------------------------------------------------------------------
     def host_params(self, j: int, kind: str = "") -> dict[str, np.ndarray]:
         """Trial j's parameters (``kind`` "") or optimizer slot (``kind`` "v") as fit's host arrays,
-        W1 formed as W_eff R = C X + S B (n_1, n_x)."""
-        xp, m = self.xp, self.m
-        W1, flat = (self.W1, self.flat) if not kind else self.state[kind]
-        Bk = self.B[0 if self.shared else j]
-        out = {"W1": xp.matmul(W1[j][:, :m], self.X) + xp.matmul(W1[j][:, m:], Bk)}
-        at = 0
+        W1 formed as C X + s B (n_1, n_x)."""
+        xp = self.xp
+        C, flat = (self.C, self.flat) if not kind else self.state[kind]
+        parts, at = {}, 0
         for name, l, shape in self.layout:
             size = math.prod(shape)
-            out[f"{name}{l}"] = flat[j, at : at + size].reshape(shape)
+            parts[f"{name}{l}"] = flat[j, at : at + size].reshape(shape)
             at += size
+        s = parts.pop("s1")
+        W1 = xp.matmul(C[j], self.X) + s * self.B[0 if self.B.shape[0] == 1 else j]
+        out = {"W1": W1, **parts}  # W1, b1, W2, b2, ...
         prefix = f"{kind}_" if kind else ""
-        return {f"{prefix}{key}": np.array(to_host(value)) for key, value in out.items()}  # W1, b1, W2, b2, ...
+        return {f"{prefix}{key}": np.array(to_host(value)) for key, value in out.items()}
