@@ -297,3 +297,28 @@ def test_a_diverging_trial_leaves_the_gram_pack_and_the_others_train_on():
     assert diverged.epoch == solo.value.epoch < 20
     for packed, cfg in ((ok, configs[0]), (other, configs[2])):
         _assert_gram_trial_equals_solo(packed, X, Y, cfg, 1e-12)
+
+
+def test_a_gram_pack_on_the_cupy_stand_in_equals_the_numpy_pack(monkeypatch):
+    """The stacked Gram step through the array module it is given (xp), not NumPy by name."""
+    import dnnq.models.backend as backend
+    from tests.models import fake_cupy
+
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((60, 30))
+    Y = (X[:1] > 0).astype(np.float64)
+    base = TrainConfig(layer_dims=[60, 5, 3, 1], epochs=8, batch_size=8, dtype="float64", device="cpu", seed=3)
+    configs = [dataclasses.replace(base, learning_rate=0.05), dataclasses.replace(base, learning_rate=0.1, l2=0.1)]
+    cpu = fit_packed(X, Y, configs, path="gram")
+    fake_cupy.installed(monkeypatch)
+    backend.forget_gpu_check()
+    try:
+        gpu = fit_packed(X, Y, [dataclasses.replace(c, device="gpu") for c in configs], path="gram")
+    finally:
+        backend.forget_gpu_check()
+    for a, b in zip(gpu, cpu, strict=True):
+        assert a.device.startswith("gpu") and a.path == "packed-gram"
+        assert [r.to_dict() for r in a.history] == [r.to_dict() for r in b.history]
+        for key, value in b.parameters.items():
+            assert type(a.parameters[key]) is np.ndarray
+            np.testing.assert_array_equal(a.parameters[key], value)
