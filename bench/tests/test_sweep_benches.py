@@ -117,3 +117,42 @@ def test_sweep_e2e_short_packed_solo_and_pytorch():
     assert fig["speedup"] > 0 and fig["torch_over_packed"] > 0
     assert fig["final_losses_equal"] and fig["final_losses_max_rel_diff"]["packed_vs_solo"] <= 1e-12
     assert fig["final_losses_max_rel_diff"]["torch_vs_solo"] <= 1e-12  # same init, same data, same steps
+
+
+def test_gpu_forms_run_on_the_cupy_stand_in(monkeypatch, request):
+    """The --device gpu code of the cat and seed benches, in process on the CuPy stand-in
+    (tests/models/fake_cupy.py): the refusal lets a usable GPU through, fit's Gram and textbook paths and
+    fit_packed run on "gpu", and their losses equal the CPU's (the stand-in's arithmetic is NumPy's)."""
+    pytest.importorskip("torch", reason="PyTorch not installed")
+    import numpy as np
+
+    from bench import cat_model, devices, sweep_seeds, workloads
+    from dnnq.models import backend
+    from tests.models import fake_cupy
+
+    fake_cupy.installed(monkeypatch)
+    backend.forget_gpu_check()
+    request.addfinalizer(backend.forget_gpu_check)
+    assert devices.refusal("gpu") is None and devices.refusal("cpu") is None
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 12))
+    common = {"learning_rate": 0.1, "init": "xavier", "seed": 1, "X": X, "epochs": 4, "dtype": "float64"}
+    cat = workloads.Case(
+        name="tiny-cat", workload="B", layer_dims=[12, 6, 3, 1], output="sigmoid", optimizer="gd", batch_size=None,
+        y=(X[:, 0] > 0.5).astype(np.int64), **common,
+    )  # fmt: skip
+    for path in ("gram", "textbook"):
+        on_gpu, on_cpu = cat_model.fit_run(cat, path, "gpu"), cat_model.fit_run(cat, path, "cpu")
+        assert on_gpu["path"] == path
+        np.testing.assert_allclose(on_gpu["history"], on_cpu["history"], rtol=1e-12)
+    seeds = workloads.Case(
+        name="tiny-A", workload="A", layer_dims=[12, 8, 3], output="softmax", optimizer="adam", batch_size=16,
+        y=(X[:, 0] * 3).astype(np.int64), **common,
+    )  # fmt: skip
+    configs = sweep_seeds.fit_configs(seeds, "gpu")
+    assert {c.device for c in configs} == {"gpu"} and {c.shuffle for c in configs} == {False}
+    _, packed = sweep_seeds.run_packed(seeds, configs)
+    _, solo = sweep_seeds.run_solo(seeds, configs)
+    _, cpu = sweep_seeds.run_solo(seeds, sweep_seeds.fit_configs(seeds, "cpu"))
+    np.testing.assert_allclose(packed, solo, rtol=1e-12)
+    np.testing.assert_allclose(solo, cpu, rtol=1e-12)
