@@ -565,9 +565,12 @@ class _StackedGram:
     def run_epoch(self, data: tuple[Array, Array], epoch: int, batch: int) -> tuple[Array, Array | None]:
         """Train every trial one epoch: (losses summed over the examples (K,) float64, right answers or None)."""
         xp, cfg0, m = self.xp, self.configs[0], self.m
-        rngs = [device_rng(xp, self.configs[t].seed, epoch) for t in self.trials]
+        shuffled = cfg0.shuffle and batch < m
+        dropout = any(self.configs[t].dropout_keep_prob < 1 for t in self.trials)
+        # the epoch's generators, only where something is drawn (full batch without dropout: nothing)
+        rngs = [device_rng(xp, self.configs[t].seed, epoch) for t in self.trials] if shuffled or dropout else []
         perm = None
-        if cfg0.shuffle and batch < m:
+        if shuffled:
             perms = [rng.permutation(m) for rng in rngs]  # each generator draws it, as its solo fit does
             perm = xp.asarray(perms[0])
         lr = self.hyper("learning_rate", epoch)
