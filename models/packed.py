@@ -13,11 +13,10 @@ and weights equal its solo fit's to rounding (tests/models/test_packed.py). A tr
 being finite leaves the pack with its TrainingDiverged; the others go on.
 
 ``path="gram"`` (gd and momentum, fresh trials): layer 1 trains in coefficient space as fit's Gram
-path does (models/gram.py), each trial against R_k = [X; W1_k's start], so U_k = [X X^T | X B_k^T]:
-the data's Gram matrix X X^T is computed once for the pack, each trial adds its cross blocks, and a
-step's layer 1 is one batched product W_eff (K, n_1, p) @ U^T (K, p, B), the same per-trial product
-a solo Gram fit takes. ``on_state(trial, EpochState)`` and ``should_stop(trial)`` give each trial a
-solo fit's callbacks (progress, checkpoints, cancel: a trial that stops leaves the pack).
+path does (models/gram.py), the whole pack in one stacked step (``_StackedGram``, its docstring has
+the maths): the data's Gram matrix X X^T is computed once and shared, each trial adds only its start's
+block, and W1 is formed only when read. ``on_state(trial, EpochState)`` and ``should_stop(trial)``
+give each trial a solo fit's callbacks (progress, checkpoints, cancel: a trial that stops leaves the pack).
 """
 
 from __future__ import annotations
