@@ -15,6 +15,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cat", action="store_true", help="the course's cat model, full-batch gd, float64")
     p.add_argument("--path", default="textbook", choices=["textbook", "gram"], help="the pack's and the solos' path")
+    p.add_argument(
+        "--per-step",
+        action="store_true",
+        help="CPU time of one step: fits of --epochs and of --epochs/10 epochs, the difference per epoch "
+        "(full batch: per step), the pack against one solo fit",
+    )
     args = p.parse_args(argv)
     if args.cat:
         Xe, labels, _ = cat_images("float64", 0)
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             device="cpu",
         )
         configs = [dataclasses.replace(base, learning_rate=1e-3 * 1.5**k) for k in range(args.trials)]
+    if args.per_step:
+        return _per_step(fit_packed, fit, X.T, y, configs, args)
     times: dict[str, list[float]] = {"packed": [], "one by one": []}
     cpu: dict[str, list[float]] = {"packed": [], "one by one": []}  # process CPU time: the work, on a shared machine
     for _ in range(args.repeats):
@@ -84,6 +93,32 @@ def main(argv: list[str] | None = None) -> int:
         f"{cmed['one by one']:.3f} s, one by one / packed {cmed['one by one'] / cmed['packed']:.2f}x"
     )
     print(f"command: python -m bench.packed {' '.join(argv if argv is not None else sys.argv[1:])}")
+    return 0
+
+
+def _per_step(fit_packed: Any, fit: Any, X: Any, y: Any, configs: list[Any], args: argparse.Namespace) -> int:
+    """Per-epoch CPU time without the setup (initial weights, Gram matrix, forming W1): the pack's and
+    one solo fit's, from runs of E and E/10 epochs, alternating, medians."""
+    long, short = args.epochs, max(1, args.epochs // 10)
+
+    def cpu(run: Any, epochs: int) -> float:
+        c0 = time.process_time()
+        run(epochs)
+        return time.process_time() - c0
+
+    pack = lambda e: fit_packed(X, y, [dataclasses.replace(c, epochs=e) for c in configs], path=args.path)  # noqa: E731
+    solo = lambda e: fit(X, y, dataclasses.replace(configs[0], epochs=e), path=args.path)  # noqa: E731
+    pack(2), solo(2)  # warm: imports, Numba's kernels, the BLAS pool
+    per: dict[str, list[float]] = {"packed": [], "solo": []}
+    for _ in range(args.repeats):
+        for name, run in (("packed", pack), ("solo", solo)):
+            per[name].append((cpu(run, long) - cpu(run, short)) / (long - short))
+    med = {k: statistics.median(v) for k, v in per.items()}
+    print({k: [round(1e3 * t, 3) for t in v] for k, v in per.items()})
+    print(
+        f"CPU ms per epoch, medians: packed ({len(configs)} trials) {1e3 * med['packed']:.3f}, one solo fit "
+        f"{1e3 * med['solo']:.3f}; {len(configs)} solo / packed {len(configs) * med['solo'] / med['packed']:.2f}x"
+    )
     return 0
 
 
