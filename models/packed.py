@@ -507,7 +507,7 @@ class _StackedGram:
         self.s, self.ds = views["s"][1], views["ds"][1]
         self.W, self.b, self.dW, self.db = views["W"], views["b"], views["dW"], views["db"]
         self._buffers: dict[int, dict[str, Any]] = {}
-        self._constants: dict[bytes, _EpochConstants] = {}  # by the epoch's learning rates
+        self._constants: tuple[bytes, _EpochConstants] | None = None  # the last epoch's, by its learning rates
 
     def _buf(self, B: int) -> dict[str, Any]:
         """Buffers for batches of B examples, made on first use (at most two sizes, and the validation set's)."""
@@ -573,11 +573,13 @@ class _StackedGram:
             perms = [rng.permutation(m) for rng in rngs]  # each generator draws it, as its solo fit does
             perm = xp.asarray(perms[0])
         lr = self.hyper("learning_rate", epoch)
-        step = self._constants.get(lr.tobytes())  # the same unless a schedule changed a rate
-        if step is None:
+        held = self._constants  # the same unless a schedule changed a rate
+        if held is not None and held[0] == lr.tobytes():
+            step = held[1]
+        else:
             l2, keep = self.hyper("l2"), self.hyper("dropout_keep_prob")
             gd, beta = cfg0.optimizer == "gd", self.hyper("beta")
-            step = self._constants[lr.tobytes()] = _EpochConstants(
+            step = _EpochConstants(
                 gd=gd,
                 factor=lr if gd else np.ones_like(lr),  # folded into dZ_L: gd's update is then p -= grad
                 l2=l2,
@@ -587,6 +589,7 @@ class _StackedGram:
                 beta=() if gd else tuple(self._dev(b, n) for b in (beta, 1.0 - beta) for n in (3, 2)),
                 l2_half=self._dev(0.5 * l2, 1),
             )
+            self._constants = (lr.tobytes(), step)
         step.rngs = rngs
         K = len(self.trials)
         loss_total = xp.zeros((K,), dtype=xp.float64)
