@@ -111,7 +111,7 @@ def test_an_upload_goes_to_the_store_without_the_api_holding_it(live_stack_facto
         grown_kib = _vm_hwm_kib(stack.api.pid) - before
     key = f"{stack.env['DNNQ_ARTIFACTS_URL'].split('/', 3)[3]}/datasets/{resp.json()['id']}.npz"
     assert key in s3_server.keys(stack.env["DNNQ_ARTIFACTS_URL"].split("/")[2])
-    # 48 MiB up as 16 MiB multipart parts, each read from the staged file as it is sent: far less than one copy
+    # 48 MiB up in one PUT read from the staged file as it is sent (16 KiB blocks): far less than one copy
     assert grown_kib < 24 * 1024, f"API peak RSS grew {grown_kib} KiB for a 48 MiB upload"
 
 
