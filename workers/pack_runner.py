@@ -13,8 +13,11 @@ own message later finds its job taken and does nothing.
 With STACK_PACKS on, when every trial is fresh (no checkpoint) and fit would take the Gram path for
 each (gd or momentum, wide inputs), the pack trains as one stacked computation
 (models.packed.fit_packed(path="gram"): X X^T once, the deeper layers batched), each trial with its own
-EpochReporter (a cancelled trial leaves the stack, a diverging one fails alone) and runner's own
-outcome path; ``timings.pack_stacked`` says so. Otherwise the trials run one after another; what they
+EpochReporter (a cancelled trial leaves the stack, a diverging one fails alone), their progress writes
+due by time together in one round trip (reporter.FlushGroup), the training and validation rows read once
+to score every trial (inputs.ScoringRows), and runner's own outcome path per trial (a trial whose end
+fails fails alone); ``timings.pack_stacked`` says so. Such a pack is sized by its trials' summed memory.
+Otherwise the trials run one after another; what they
 share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the data's
 Gram matrix X X^T (models.gram.SharedGram: the first trial's fit computes it, the others reuse it).
 Either way every trial's numbers are its solo job's (to rounding, 1e-12 relative in float64).
@@ -34,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -64,11 +67,14 @@ from dnnq.workers.shutdown import cooperative_sigterm, release_requested
 from dnnq.workers.spec import JobSpec, SpecError, to_train_config
 from dnnq.workers.sweeps import get_sweep
 
+if TYPE_CHECKING:
+    from dnnq.models import TrainConfig
+
 __all__ = ["PackHeartbeat", "pack_memory_bytes", "run_pack", "run_trial"]
 
-# Whether fresh Gram-path packs train stacked (_train_stacked). Off: on 2 busy cores the stacked pack
-# measured no faster than its trials one after another (docs/perf.md, "Sweeps packed, end to end").
-STACK_PACKS = False
+# Whether fresh Gram-path packs train stacked (_train_stacked): on since the stacked step and the
+# per-trial writes and scoring shrank (docs/perf.md, "Sweep pack overhead in the worker").
+STACK_PACKS = True
 
 
 class _TrialLease:
@@ -190,7 +196,8 @@ def _token(settings: WorkerSettings) -> str:
 
 def _siblings_that_fit(r: redis.Redis, job_id: str, settings: WorkerSettings) -> list[str]:
     """job_id's pack's other trials still queued, in trial order, as many as the worker's memory holds
-    beside job_id (the pack's estimate checked as the API checks one job's)."""
+    beside job_id (the pack's estimate checked as the API checks one job's: the trials' memory summed
+    when the pack may train stacked, see _may_stack)."""
     job = jobs.get_job(r, job_id)
     sweep = get_sweep(r, job["sweep_id"]) if job and job.get("sweep_id") else None
     if job is None or sweep is None:
@@ -205,12 +212,14 @@ def _siblings_that_fit(r: redis.Redis, job_id: str, settings: WorkerSettings) ->
     if capacity is None:
         return queued
     n_examples, data = _data_bytes(r, job)
-    estimates = [_estimate(r, job, n_examples)]
+    config = _config(r, job)
+    stacked = config is not None and _may_stack(config, settings)
+    estimates = [_estimate(config, n_examples)]
     chosen = []
     for c in queued:
-        est = _estimate(r, records[c] or {}, n_examples)
-        if pack_memory_bytes([*estimates, est], data) > capacity:
-            event("pack.memory_full", job_id=job_id, left_out=c, capacity=capacity)
+        est = _estimate(_config(r, records[c] or {}), n_examples)
+        if pack_memory_bytes([*estimates, est], data, stacked=stacked) > capacity:
+            event("pack.memory_full", job_id=job_id, left_out=c, capacity=capacity, stacked=stacked)
             continue
         estimates.append(est)
         chosen.append(c)
@@ -227,19 +236,40 @@ def _data_bytes(r: redis.Redis, job: dict[str, Any]) -> tuple[int, int]:
     return n, n * (n_x + 1) * item
 
 
-def _estimate(r: redis.Redis, job: dict[str, Any], n_examples: int) -> int:
-    """The trial's TrainConfig.estimate_memory_bytes (0 when its spec no longer reads: it fails alone later)."""
+def _config(r: redis.Redis, job: dict[str, Any]) -> tuple[TrainConfig, int, int] | None:
+    """The trial's TrainConfig with its training and validation example counts (None when its spec no
+    longer reads: it fails alone later)."""
     from dnnq.workers.datasets import get_dataset
 
     try:
         spec = JobSpec.model_validate(job["spec"])
         meta = get_dataset(r, spec.dataset_id)
         if meta is None:
-            return 0
+            return None
         val = get_dataset(r, spec.validation_dataset_id) if spec.validation_dataset_id else None
-        return to_train_config(spec, meta, val).estimate_memory_bytes(n_examples)
+        m_val = int(val.get("n_examples") or 0) if val else 0
+        return to_train_config(spec, meta, val), int(meta.get("n_examples") or 0), m_val
     except (SpecError, ValueError, KeyError):
-        return 0
+        return None
+
+
+def _estimate(config: tuple[TrainConfig, int, int] | None, n_examples: int) -> int:
+    """The trial's TrainConfig.estimate_memory_bytes (0 when its spec no longer reads)."""
+    return 0 if config is None else config[0].estimate_memory_bytes(n_examples)
+
+
+def _may_stack(config: tuple[TrainConfig, int, int], settings: WorkerSettings) -> bool:
+    """Whether a pack of this trial's config may train stacked (_stackable decides once claimed: STACK_PACKS
+    on, fit's Gram path for it, two or more layers): then its memory is the trials' summed."""
+    from dnnq.models.gram import plan
+
+    cfg, m, m_val = config
+    if not STACK_PACKS or len(cfg.layer_dims) < 3:
+        return False
+    try:
+        return plan(cfg, m, m_val, settings.fit_path, resuming=False).use
+    except ValueError:
+        return False
 
 
 class _SharedInputs:

@@ -370,3 +370,85 @@ def test_a_stacked_trial_whose_end_fails_fails_alone(redis_client, store, settin
     assert failed["status"] == "failed" and "No space left on device" in failed["error"]
     done = jobs.get_job(redis_client, ids[2])
     assert done["timings"]["pack_stacked"] == 1.0 and done["metrics"]["train_accuracy"] is not None
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_a_pack_that_may_stack_claims_siblings_by_their_summed_memory(
+    redis_client, store, redis_url, data_dir, monkeypatch, stacked
+):
+    """A stacked pack holds every trial's memory at once: with STACK_PACKS on, the siblings it claims fit
+    pack_memory_bytes(stacked=True); trained one after another, the largest trial's."""
+    from dnnq.workers import pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", stacked)
+    ds, _ = wide_datasets(redis_client, store)
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
+        "device": "cpu",
+    }
+    ids = make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+    job = jobs.get_job(redis_client, ids[0])
+    n, data = pack_runner._data_bytes(redis_client, job)
+    est = pack_runner._estimate(pack_runner._config(redis_client, job), n)
+    capacity = pack_memory_bytes([est] * 2, data, stacked=True)  # two trials stacked fit, three do not
+    assert pack_memory_bytes([est] * 3, data, stacked=True) > capacity >= pack_memory_bytes([est] * 3, data)
+    tight = WorkerSettings(
+        redis_url=redis_url, data_dir=data_dir, lease_seconds=10, heartbeat_seconds=0.2, worker_memory_bytes=capacity
+    )
+    outcomes = run_pack(ids[0], settings=tight, r=redis_client, store=store)
+    if stacked:
+        assert outcomes == {ids[0]: "succeeded", ids[1]: "succeeded"}
+        assert jobs.get_job(redis_client, ids[2])["status"] == "queued"
+        assert jobs.get_job(redis_client, ids[0])["timings"]["pack_stacked"] == 1.0
+    else:
+        assert outcomes == dict.fromkeys(ids, "succeeded")
+
+
+def test_a_stacked_pack_killed_mid_training_resumes_each_trial_to_its_solo_weights(
+    redis_client, store, settings, monkeypatch
+):
+    """The process dies mid-stack (as kill -9 leaves it: leases unrenewed, checkpoints on disk); once the
+    leases expire and the trials are requeued, the next message's pack resumes each trial from its own
+    checkpoint (one after another: a resumed pack is not stacked) to its solo job's weights."""
+    from dnnq.workers import artifacts, keys, pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+    ds, _ = wide_datasets(redis_client, store)
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1, "checkpoint_every": 10},
+        "device": "cpu",
+    }
+    trials = [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}]
+    ids = make_sweep(redis_client, base, trials)
+    save_checkpoint = artifacts.save_checkpoint
+
+    def dies_after_epoch_20(store_, job_id, ckpt):
+        digest = save_checkpoint(store_, job_id, ckpt)
+        if job_id == ids[-1] and ckpt.epoch == 20:
+            raise SystemExit("killed")  # every trial has its epoch-20 checkpoint
+        return digest
+
+    monkeypatch.setattr(artifacts, "save_checkpoint", dies_after_epoch_20)
+    with pytest.raises(SystemExit):
+        run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    monkeypatch.setattr(artifacts, "save_checkpoint", save_checkpoint)
+    assert [jobs.get_job(redis_client, i)["status"] for i in ids] == ["running"] * 3
+    for job_id in ids:
+        redis_client.delete(keys.job_lease(job_id))  # as when the dead worker's leases expire
+    assert sorted(jobs.requeue_expired(redis_client)) == sorted(ids)
+
+    assert run_pack(ids[1], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
+    for job_id, trial in zip(ids, trials, strict=True):
+        job = jobs.get_job(redis_client, job_id)
+        assert job["attempts"] == 2 and job["resumed_from_epoch"] == 20 and "pack_stacked" not in job["timings"]
+        spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"]}}
+        solo = solo_job(redis_client, spec)
+        assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
+        assert [h["epoch"] for h in jobs.get_history(redis_client, job_id, store=store)] == list(range(1, 31))
+        packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
+        for name in packed_w:
+            np.testing.assert_allclose(packed_w[name], solo_w[name], rtol=1e-12, atol=0)
