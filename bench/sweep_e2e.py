@@ -130,6 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--device", choices=["cpu", "gpu"], default="cpu", help="gpu: the jobs on CuPy, PyTorch on CUDA"
     )
+    parser.add_argument(
+        "--no-torch", action="store_true", help="leave out the 8 PyTorch runs (solo against packed only)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     for name in ("epochs", "repeats", "threads"):
@@ -147,8 +150,10 @@ def measure(args: argparse.Namespace) -> dict:
     case.epochs = args.epochs
     from bench.cat_model import torch_plain
 
-    torch_plain(Case(**{**vars(case), "epochs": 2}), args.threads, torch_dev)  # CUDA context and first calls, untimed
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    modes = tuple(m for m in MODES if m != "torch" or not args.no_torch)
+    if not args.no_torch:
+        torch_plain(Case(**{**vars(case), "epochs": 2}), args.threads, torch_dev)  # CUDA context, first calls, untimed
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     losses: dict[str, list[float]] = {}
     timings: dict[str, list[dict]] = {}
     queues = "default,gpu" if args.device == "gpu" else "default"
@@ -163,7 +168,7 @@ def measure(args: argparse.Namespace) -> dict:
                     [wait_job(http, warm.json()["id"], args.poll)], "warm-up"
                 )  # the worker's first fit pays its imports
                 for i in range(args.repeats):
-                    for mode in MODES[i % 3 :] + MODES[: i % 3]:
+                    for mode in modes[i % len(modes) :] + modes[: i % len(modes)]:
                         if mode == "torch":
                             seconds, losses["torch"] = run_torch(case, args.threads, torch_dev)
                         else:
@@ -181,6 +186,7 @@ def measure(args: argparse.Namespace) -> dict:
         finally:
             stack.stop()
     med = {mode: statistics.median(t) for mode, t in times.items()}
+    torch_med = med.get("torch")
     return {
         "device": args.device,
         "torch_device": torch_dev,
@@ -191,19 +197,19 @@ def measure(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "solo_s": times["solo"],
         "packed_s": times["packed"],
-        "torch_s": times["torch"],
+        "torch_s": times.get("torch", []),
         "solo_median_s": round(med["solo"], 3),
         "packed_median_s": round(med["packed"], 3),
-        "torch_median_s": round(med["torch"], 3),
+        "torch_median_s": None if torch_med is None else round(torch_med, 3),
         "speedup": round(med["solo"] / med["packed"], 3),
-        "torch_over_packed": round(med["torch"] / med["packed"], 3),
-        "torch_over_solo": round(med["torch"] / med["solo"], 3),
+        "torch_over_packed": None if torch_med is None else round(torch_med / med["packed"], 3),
+        "torch_over_solo": None if torch_med is None else round(torch_med / med["solo"], 3),
         "goal": GOALS[args.device],
         "met": med["solo"] / med["packed"] >= GOALS[args.device],
         "final_losses_equal": max_rel(losses["packed"], losses["solo"]) <= 1e-12,
         "final_losses_max_rel_diff": {
             "packed_vs_solo": max_rel(losses["packed"], losses["solo"]),
-            "torch_vs_solo": max_rel(losses["torch"], losses["solo"]),
+            "torch_vs_solo": max_rel(losses["torch"], losses["solo"]) if "torch" in losses else None,
         },
         # the workers' own per-trial timings, medians by phase: where the end-to-end time goes
         "trial_timings": {m: _medians(t) for m, t in timings.items()},
@@ -223,17 +229,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"8 trials x {args.epochs} iterations, {args.repeats} runs each, {args.threads} BLAS threads")
     print(f"device: the jobs on {args.device}, PyTorch on {result['torch_device']}")
     print(f"solo one after another: median {solo:.2f} s; packed sweep: median {packed:.2f} s")
-    print(f"8 PyTorch runs one after another (in process, no service): median {torch_s:.2f} s")
+    if torch_s is not None:
+        print(f"8 PyTorch runs one after another (in process, no service): median {torch_s:.2f} s")
     for mode, phases in result["trial_timings"].items():
         print(f"  {mode} trial timings (medians): {phases}")
     diffs = result["final_losses_max_rel_diff"]
-    print(
-        f"speedup {result['speedup']:.2f}x (goal {result['goal']:.0f}x: {'MET' if result['met'] else 'MISSED'}); "
-        f"PyTorch / packed {result['torch_over_packed']:.2f}x, PyTorch / solo {result['torch_over_solo']:.2f}x"
+    against_torch = (
+        ""
+        if torch_s is None
+        else f"; PyTorch / packed {result['torch_over_packed']:.2f}x, PyTorch / solo {result['torch_over_solo']:.2f}x"
     )
     print(
+        f"speedup {result['speedup']:.2f}x (goal {result['goal']:.0f}x: {'MET' if result['met'] else 'MISSED'})"
+        + against_torch
+    )
+    torch_diff = "" if torch_s is None else f"; PyTorch vs solo {diffs['torch_vs_solo']:.1e}"
+    print(
         f"final losses: packed vs solo max rel diff {diffs['packed_vs_solo']:.1e} (equal to 1e-12: "
-        f"{result['final_losses_equal']}); PyTorch vs solo {diffs['torch_vs_solo']:.1e}"
+        f"{result['final_losses_equal']}){torch_diff}"
     )
     return 0
 
