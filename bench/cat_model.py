@@ -99,13 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if (status := devices.refuse(args.device)) is not None:
+    if (status := devices.refuse_unless_ready(args.device)) is not None:
         return status
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("error: the bench needs PyTorch (pip install torch==2.13.0).", file=sys.stderr)
-        return 2
     if args.threads:
         from threadpoolctl import threadpool_limits
 

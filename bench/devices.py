@@ -34,6 +34,19 @@ def refuse(device: str) -> int | None:
     return EXIT_REFUSED
 
 
+def refuse_unless_ready(device: str) -> int | None:
+    """refuse(device), then PyTorch's presence (the benches compare against it): the exit status to
+    return, or None when both are there."""
+    if (status := refuse(device)) is not None:
+        return status
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("error: the bench needs PyTorch (pip install torch==2.13.0).", file=sys.stderr)
+        return EXIT_REFUSED
+    return None
+
+
 def torch_device(device: str) -> str:
     """PyTorch's device for a bench on ``device``: "cuda" for gpu when torch sees one, else "cpu"."""
     import torch

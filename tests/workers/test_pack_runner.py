@@ -342,12 +342,8 @@ def test_a_stacked_pack_scores_all_its_trials_from_one_read_of_each_dataset(redi
     assert len(seen) > 2  # the trials' accuracies differ: each trial is scored with its own weights
 
 
-def test_a_stacked_trial_whose_end_fails_fails_alone(redis_client, store, settings, monkeypatch):
-    """A trial whose weights cannot be written ends 'failed' with the reason; the pack's other trials
-    end as they would have."""
-    from dnnq.workers import artifacts, pack_runner
-
-    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+def three_wide_gd_trials(redis_client, store) -> list[str]:
+    """A sweep of three learning rates on wide data (the Gram path: packs that may stack), its job ids."""
     ds, _ = wide_datasets(redis_client, store)
     base = {
         "dataset_id": ds["id"],
@@ -355,7 +351,16 @@ def test_a_stacked_trial_whose_end_fails_fails_alone(redis_client, store, settin
         "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
         "device": "cpu",
     }
-    ids = make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+    return make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+
+
+def test_a_stacked_trial_whose_end_fails_fails_alone(redis_client, store, settings, monkeypatch):
+    """A trial whose weights cannot be written ends 'failed' with the reason; the pack's other trials
+    end as they would have."""
+    from dnnq.workers import artifacts, pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+    ids = three_wide_gd_trials(redis_client, store)
     save_trained = artifacts.save_trained
 
     def full_disk(store_, job_id, params, info):
@@ -381,14 +386,7 @@ def test_a_pack_that_may_stack_claims_siblings_by_their_summed_memory(
     from dnnq.workers import pack_runner
 
     monkeypatch.setattr(pack_runner, "STACK_PACKS", stacked)
-    ds, _ = wide_datasets(redis_client, store)
-    base = {
-        "dataset_id": ds["id"],
-        "model": {"hidden_layers": [5, 3]},
-        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
-        "device": "cpu",
-    }
-    ids = make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+    ids = three_wide_gd_trials(redis_client, store)
     job = jobs.get_job(redis_client, ids[0])
     n, data = pack_runner._data_bytes(redis_client, job)
     est = pack_runner._estimate(pack_runner._config(redis_client, job), n)
