@@ -10,8 +10,8 @@ its lease (one thread renews them all), EpochReporter (history, progress, cancel
 finish, so a trial that diverges or is cancelled ends alone and the next one starts. Each sibling's
 own message later finds its job taken and does nothing.
 
-With STACK_PACKS on, when every trial is fresh (no checkpoint) and fit would take the Gram path for
-each (gd or momentum, wide inputs), the pack trains as one stacked computation
+With STACK_PACKS on, when every trial is fresh (no checkpoint), float64, and fit would take the Gram
+path for each (gd or momentum, wide inputs), the pack trains as one stacked computation
 (models.packed.fit_packed(path="gram"): X X^T once, the deeper layers batched), each trial with its own
 EpochReporter (a cancelled trial leaves the stack, a diverging one fails alone), their progress writes
 due by time together in one round trip (reporter.FlushGroup), the training and validation rows read once
@@ -20,7 +20,8 @@ fails fails alone); ``timings.pack_stacked`` says so. Such a pack is sized by it
 Otherwise the trials run one after another; what they
 share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the data's
 Gram matrix X X^T (models.gram.SharedGram: the first trial's fit computes it, the others reuse it).
-Either way every trial's numbers are its solo job's (to rounding, 1e-12 relative in float64).
+Either way every trial's numbers are its solo job's: one after another bit for bit, stacked to rounding
+(1e-12 relative in float64; float32 packs are never stacked, STACKED_DTYPES).
 
 After kill -9 every unfinished trial's lease expires, the sweeper requeues it and sends its message;
 the first to arrive claims the queued siblings again, each resumes from its own checkpoint. A
@@ -75,6 +76,11 @@ __all__ = ["PackHeartbeat", "pack_memory_bytes", "run_pack", "run_trial"]
 # Whether fresh Gram-path packs train stacked (_train_stacked): on since the stacked step and the
 # per-trial writes and scoring shrank (docs/perf.md, "Sweep pack overhead in the worker").
 STACK_PACKS = True
+# Stacking changes the order of some roundings: in float64 a trial stays within 1e-12 of its solo job
+# over the course's 2,500 steps; in float32 the same reorderings grow past 1e-5 within a few hundred
+# (as fit's own two paths do: docs/perf.md, "float32 packs"), so float32 packs run one trial after
+# another, each bit for bit its solo job.
+STACKED_DTYPES = ("float64",)
 
 
 class _TrialLease:
@@ -258,13 +264,18 @@ def _estimate(config: tuple[TrainConfig, int, int] | None, n_examples: int) -> i
     return 0 if config is None else config[0].estimate_memory_bytes(n_examples)
 
 
+def _stack_allowed(cfg: TrainConfig) -> bool:
+    """What stacking needs beyond the Gram path: STACK_PACKS on, a hidden layer, a stacked dtype."""
+    return STACK_PACKS and len(cfg.layer_dims) >= 3 and cfg.dtype in STACKED_DTYPES
+
+
 def _may_stack(config: tuple[TrainConfig, int, int], settings: WorkerSettings) -> bool:
     """Whether a pack of this trial's config may train stacked (_stackable decides once claimed: STACK_PACKS
     on, fit's Gram path for it, two or more layers): then its memory is the trials' summed."""
     from dnnq.models.gram import plan
 
     cfg, m, m_val = config
-    if not STACK_PACKS or len(cfg.layer_dims) < 3:
+    if not _stack_allowed(cfg):
         return False
     try:
         return plan(cfg, m, m_val, settings.fit_path, resuming=False).use
@@ -359,7 +370,7 @@ def _stackable(
     """The pack's trials with their inputs when they can train as one stacked Gram-path computation
     (models.packed.fit_packed(path="gram")): two or more, every one fresh (no checkpoint, not
     cancelled, lease held), on the same arrays, one pack key, and fit would take the Gram path for
-    each. None: train them one after another (resumed trials, Adam, narrow inputs, ...)."""
+    each. None: train them one after another (resumed trials, Adam, narrow inputs, float32, ...)."""
     from dnnq.models.gram import plan
     from dnnq.models.packed import pack_key
 
@@ -381,7 +392,7 @@ def _stackable(
     for _, inputs in chosen:
         if inputs.X is not first.X or inputs.X_val is not first.X_val or pack_key(inputs.cfg) != pack_key(first.cfg):
             return None
-        if not plan(inputs.cfg, m, m_val, settings.fit_path, resuming=False).use or len(inputs.cfg.layer_dims) < 3:
+        if not _stack_allowed(inputs.cfg) or not plan(inputs.cfg, m, m_val, settings.fit_path, resuming=False).use:
             return None
     return chosen
 

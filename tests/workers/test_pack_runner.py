@@ -248,6 +248,35 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
     assert made == ([] if stacked else ["XX"])  # a solo job (runner.run_job) has no cache: its fit computes its own
 
 
+def test_a_float32_pack_trains_one_trial_after_another_each_bit_for_bit_its_solo_job(
+    redis_client, store, settings, monkeypatch
+):
+    """Stacking reorders roundings, which float32 grows past 1e-5 over long runs: a float32 pack that could
+    stack (wide data, gd) trains its trials one after another instead, each exactly its solo job."""
+    from dnnq.workers import pack_runner
+
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+    ds, _ = wide_datasets(redis_client, store)
+    base = {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": 20, "optimizer": "gd", "dtype": "float32", "seed": 1},
+        "device": "cpu",
+    }
+    ids = make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}])
+    assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
+    for job_id, lr in zip(ids, (0.1, 0.2), strict=True):
+        timings = jobs.get_job(redis_client, job_id)["timings"]
+        assert timings["pack_size"] == 2.0 and "pack_stacked" not in timings
+        solo = solo_job(redis_client, {**base, "training": {**base["training"], "learning_rate": lr}})
+        assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
+        assert [e["loss"] for e in jobs.get_history(redis_client, job_id, store=store)] == [
+            e["loss"] for e in jobs.get_history(redis_client, solo, store=store)
+        ]
+        packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
+        assert all(np.array_equal(packed_w[k], solo_w[k]) for k in solo_w)
+
+
 def test_a_stacked_pack_fails_a_diverging_trial_alone_and_drops_a_cancelled_one(
     redis_client, store, settings, monkeypatch
 ):
