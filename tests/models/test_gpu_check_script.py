@@ -19,8 +19,11 @@ def test_gpu_check_without_a_gpu_fails_every_step_and_says_why():
     assert p.returncode == 1, p.stdout[-3000:]
     summary = p.stdout[p.stdout.index("===== summary") :]
     steps = re.findall(r"^(PASS|FAIL)  (\d\w?) ", summary, flags=re.M)
-    assert steps == [("FAIL", "1"), ("FAIL", "2"), ("FAIL", "2b"), ("FAIL", "3")], summary
+    assert steps == [("FAIL", "1"), ("FAIL", "2"), ("FAIL", "2b"), ("FAIL", "3"), ("FAIL", "4")], summary
     assert "CuPy cases skipped: CuPy/GPU not available" in summary  # step 1: skips are not a pass
     assert "no GPU is usable" in summary  # step 2: the parity check names the missing device
     # step 3: the bench's refusal: no CUDA, or (without the bench extra, as in CI) no PyTorch at all
     assert "--device gpu needs a CUDA GPU" in summary or "the bench needs PyTorch" in summary
+    # step 4: each sweep bench's own one-line refusal
+    step4 = next(line for line in summary.splitlines() if line.startswith("FAIL  4 "))
+    assert all(f"{bench}: rc=2; no GPU: " in step4 for bench in ("cat", "e2e", "seeds")), step4
