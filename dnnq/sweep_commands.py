@@ -126,9 +126,10 @@ def _short(overrides: dict[str, Any]) -> str:
 
 
 def progress_table(view: dict[str, Any]) -> str:
-    """One line per trial (status, epoch, loss, the ranking metric; the best marked *), then the best."""
+    """One line per trial (status, epoch, the last epoch's loss, the value it is ranked by; the best marked
+    *), then the best."""
     metric = view["metric"]
-    lines = [f"  {'#':>3}  {'status':<10} {'epoch':>13}  {'loss':>10}  {metric:>12}  overrides"]
+    lines = [f"  {'#':>3}  {'status':<10} {'epoch':>13}  {'last loss':>10}  {'by ' + metric:>12}  overrides"]
     for t in view["trials"]:
         progress = t.get("progress") or {}
         epoch = f"{progress.get('epoch', 0)}/{progress.get('epochs') or '?'}"

@@ -60,6 +60,16 @@ def test_progress_table_marks_the_best():
         ],
     }  # fmt: skip
     lines = progress_table(view).splitlines()
+    assert lines[0].split() == [
+        "#",
+        "status",
+        "epoch",
+        "last",
+        "loss",
+        "by",
+        "loss",
+        "overrides",
+    ]  # which loss is which
     assert lines[1].startswith("    0  succeeded") and lines[2].startswith("*   1  succeeded")
     assert "learning_rate=0.5" in lines[2] and "5/5" in lines[2]
     assert lines[-1].startswith("best: trial 1") and "lower is better" in lines[-1]
