@@ -333,16 +333,10 @@ def record_epochs(
 def record_epochs_many(r: Any, writes: list[tuple[str, str, list[dict], dict]]) -> list[str]:
     """record_epochs for several jobs (job_id, token, entries, progress) in one round trip (a pipeline;
     each write is its own atomic step, as record_epochs's). Returns each job's record_epochs answer."""
-    if any(not entries for _, _, entries, _ in writes):
-        raise ValueError("record_epochs_many needs at least one history entry per job")
     pipe = r.pipeline(transaction=False)
     for job_id, token, entries, progress in writes:
-        script("record_epochs")(
-            pipe,
-            [keys.job(job_id), keys.job_lease(job_id), keys.job_history(job_id), keys.STATS],
-            [token, json.dumps(progress), LEASE_LOST, "", *(json.dumps(e) for e in entries)],
-        )
-    return list(pipe.execute()) if writes else []
+        record_epochs(pipe, job_id, token, entries, progress)  # queued on the pipeline; answers come at execute
+    return list(pipe.execute())
 
 
 def record_resume(r: Any, job_id: str, token: str, epoch: int) -> bool:
