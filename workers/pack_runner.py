@@ -35,7 +35,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ from dnnq.workers.reporter import EpochReporter, FlushGroup
 from dnnq.workers.runner import (
     _Claim,
     _expected_errors,
+    _failing_alone,
     _readable,
     _record_outcome,
     _record_start,
@@ -466,7 +466,9 @@ def _train_stacked(
     rows = _pack_rows(store, first, results)
     for (claim, inputs, reporter), result in zip(live, results, strict=True):
         _set_current_job(r, settings, claim.job_id)
-        outcomes[claim.job_id] = _end_alone(claim, partial(_stacked_outcome, claim, inputs, reporter, result, t0, rows))
+        outcomes[claim.job_id] = _failing_alone(
+            claim, partial(_stacked_outcome, claim, inputs, reporter, result, t0, rows)
+        )
         heartbeat.done(claim.job_id)
         event("pack.trial_done", job_id=claim.job_id, outcome=outcomes[claim.job_id], stacked=True, pack_size=size)
     if live:
@@ -488,25 +490,6 @@ def _pack_rows(
         event("pack.scoring_rows_unread", logging.WARNING, job_id=first.record["id"], error=str(exc))
         return None, None
     return train, val
-
-
-def _end_alone(claim: _Claim, end: Callable[[], str | None]) -> str | None:
-    """One trial's end, a failure of it recorded 'failed' for that trial alone, as
-    runner._train_to_the_end records a job's (Redis unreachable: None, the lease expires)."""
-    try:
-        return end()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        event("job.redis_unreachable", logging.WARNING, job_id=claim.job_id, error=str(exc))
-        return None
-    except Exception as exc:
-        expected = _expected_errors()
-        message = _readable(exc, expected)
-        event("job.failed", logging.ERROR, exc_info=not isinstance(exc, expected), job_id=claim.job_id, error=message)
-        if claim.heartbeat.lost.is_set() or not jobs.finish(
-            claim.r, claim.job_id, claim.token, "failed", error=message, store=claim.store
-        ):
-            return None
-        return "failed"
 
 
 def _stacked_outcome(

@@ -134,9 +134,19 @@ def run_job(
 def _train_to_the_end(claim: _Claim, load: Loader = load_inputs) -> str | None:
     """_train, with every failure of the job (not of the worker or Redis) recorded as 'failed'.
     ``load``: how the job's inputs are read (a pack's trials share one dataset: workers/pack_runner.py)."""
+    try:
+        return _failing_alone(claim, lambda: _train(claim, load))
+    finally:
+        # after a failure too, once the error is handled: the prefork child keeps running jobs, so
+        # what the job left in CuPy's pool goes back, and what the next job starts with is published
+        _release_gpu_memory(claim)
+
+
+def _failing_alone(claim: _Claim, run: Callable[[], str | None]) -> str | None:
+    """run() (a job's training, or a stacked trial's end), its failure recorded 'failed' for that job alone."""
     job_id = claim.job_id
     try:
-        return _train(claim, load)
+        return run()
     except (KeyboardInterrupt, SystemExit):
         # The worker is shutting down, the job did nothing wrong: leave the lease to expire so the
         # sweeper requeues it and it resumes from its last checkpoint.
@@ -158,10 +168,6 @@ def _train_to_the_end(claim: _Claim, load: Loader = load_inputs) -> str | None:
             event("job.finish_refused", logging.WARNING, job_id=job_id, status="failed")
             return None
         return "failed"
-    finally:
-        # after a failure too, once the error is handled: the prefork child keeps running jobs, so
-        # what the job left in CuPy's pool goes back, and what the next job starts with is published
-        _release_gpu_memory(claim)
 
 
 def _train(claim: _Claim, load: Loader = load_inputs) -> str | None:
