@@ -10,7 +10,15 @@ __getattr__), so the server processes do not pay for the client's imports.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# A checkout used without installing it (PYTHONPATH=<checkout>, as scripts/gpu-check runs on a GPU machine
+# with no package index): dnnq.models, dnnq.workers and dnnq.service are the folders beside this one, as
+# pyproject.toml's package-dir maps them. An installed dnnq has them inside and is left as it is.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if not (Path(__file__).parent / "models").is_dir() and (_CHECKOUT / "models" / "__init__.py").is_file():
+    __path__.append(str(_CHECKOUT))
 
 if TYPE_CHECKING:
     from dnnq.aio import AsyncClient, AsyncJob, AsyncSweep
