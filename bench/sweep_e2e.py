@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace) -> dict:
     """Start the stack, time the modes (rotating order), and return the figures."""
-    torch_dev = devices.torch_device(args.device)
+    torch_dev = "not run (--no-torch)" if args.no_torch else devices.torch_device(args.device)
     threads = str(args.threads)
     env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     [case] = workload_b(quick=False)
