@@ -17,21 +17,26 @@ path does (models/gram.py), the whole pack in one stacked step (``_StackedGram``
 the maths): the data's Gram matrix X X^T is computed once and shared, each trial adds only its start's
 block, and W1 is formed only when read. ``on_state(trial, EpochState)`` and ``should_stop(trial)``
 give each trial a solo fit's callbacks (progress, checkpoints, cancel: a trial that stops leaves the pack).
+On a GPU its full-batch steps without dropout replay one captured graph (models/stepgraph.py), as a solo
+fit's do: launched kernel by kernel, a pack's dozens of small kernels a step would cost more than the
+trials it packs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import stepgraph
 from .activations import INPLACE_ACTIVATIONS, INPLACE_DERIVATIVES
-from .backend import Array, device_rng, select_device, to_host
+from .backend import Array, device_rng, is_numpy, select_device, to_host
 from .config import TrainConfig
 from .data import examples_first
 from .gram import SharedGram
@@ -110,7 +115,7 @@ def fit_packed(
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     m = int(data[0].shape[0])
     batch = m if cfg0.batch_size is None else min(cfg0.batch_size, m)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"), _closing(pack):
         for epoch in range(max(c.epochs for c in configs)):
             if not pack.trials:
                 break
@@ -153,6 +158,15 @@ def fit_packed(
     return [r for r in results if r is not None]
 
 
+@contextlib.contextmanager
+def _closing(pack: _Pack | _StackedGram) -> Iterator[None]:
+    """The pack's step graph (and its memory pool) let go when training ends, normally or not."""
+    try:
+        yield
+    finally:
+        pack.close()
+
+
 def _checkpoint(pack: _Pack | _StackedGram, j: int, history: list[EpochRecord], epochs_done: int) -> Checkpoint:
     """Trial j's state after ``epochs_done`` epochs, as its solo fit's checkpoint holds it."""
     state = {}
@@ -173,7 +187,9 @@ def _result(
 ) -> FitResult:
     total = time.perf_counter() - t_start
     timings = {"total_s": total, "train_s": total}
-    return FitResult(pack.host_params(j), history, device, timings, stopped, len(history), path=pack.path)
+    return FitResult(
+        pack.host_params(j), history, device, timings, stopped, len(history), pack.step_graph(), path=pack.path
+    )
 
 
 class _Pack:
@@ -221,6 +237,12 @@ class _Pack:
             self.W[l], self.b[l] = self.W[l][keep], self.b[l][keep]
         self.state = {key: value[keep] for key, value in self.state.items()}
         del self.trials[j]
+
+    def step_graph(self) -> str | None:
+        return None  # kernel by kernel everywhere (the textbook pack is not captured)
+
+    def close(self) -> None:
+        pass
 
     def host_params(self, j: int, kind: str = "") -> dict[str, np.ndarray]:
         """Trial j's parameters (``kind`` ""), or its optimizer slot ``kind`` ("v", "s"), as fit's host
@@ -392,7 +414,8 @@ def _head(xp: Any, output: str, ZL: Array, Ye: Array, axis: int) -> tuple[Array,
 @dataclass
 class _EpochConstants:
     """One epoch's per-trial values for _StackedGram's steps: host vectors (K,) and device (K, 1, 1)
-    / (K, 1) arrays in the pack's dtype (``lr``, ``beta``: for W_eff and for the flat parameters)."""
+    / (K, 1) arrays in the pack's dtype (``lr``, ``beta``: for W_eff and for the flat parameters). The
+    device arrays are the pack's own (_StackedGram._const), written in place when the values change."""
 
     gd: bool
     factor: np.ndarray  # what fit folds into dZ_L: gd's learning rate, else 1
@@ -412,9 +435,14 @@ class _EpochConstants:
         """(factor / B, factor l2 / B or None) for batches of B examples, as fit computes them."""
         held = self._by_batch.get(B)
         if held is None:
-            l2c = pack._dev(self.factor * self.l2 / B) if self.any_l2 else None
-            held = self._by_batch[B] = (pack._dev(self.factor / B), l2c)
+            l2c = pack._const(f"l2c/{B}", self.factor * self.l2 / B) if self.any_l2 else None
+            held = self._by_batch[B] = (pack._const(f"factor/{B}", self.factor / B), l2c)
         return held
+
+
+def _momentum_constants(beta: np.ndarray) -> tuple[tuple[np.ndarray, int], ...]:
+    """Momentum's (values, ndim) per-trial constants: beta and 1 - beta, each for W_eff and for flat."""
+    return tuple((b, n) for b in (beta, 1.0 - beta) for n in (3, 2))
 
 
 class _StackedGram:
@@ -490,6 +518,10 @@ class _StackedGram:
         self.flat_g = xp.zeros_like(self.flat)  # s's entry stays 0 without l2
         self._activate = INPLACE_ACTIVATIONS[cfg0.hidden_activation]
         self._derivative = INPLACE_DERIVATIVES[cfg0.hidden_activation]
+        self._graphed: stepgraph.GraphedStep | None = None  # the full-batch step's graph (a GPU)
+        self._graph_counts = [0, 0]  # replays and captures of the graphs already let go (a trial left)
+        self._graph_off: str | None = None
+        self._step_now: _EpochConstants | None = None  # the epoch's values, for the graph's capture
         self._views()
 
     # --- views and buffers -----------------------------------------------------------------------
@@ -508,6 +540,10 @@ class _StackedGram:
         self.W, self.b, self.dW, self.db = views["W"], views["b"], views["dW"], views["db"]
         self._buffers: dict[int, dict[str, Any]] = {}
         self._constants: tuple[bytes, _EpochConstants] | None = None  # the last epoch's, by its learning rates
+        # Arrays a captured step reads by address: the new size's are made again, and so is the graph.
+        self._consts: dict[str, Array] = {}
+        self._acc: tuple[Array, Array] | None = None  # the epoch's loss sums (K,) float64 and right answers (K,)
+        self.close()
 
     def _buf(self, B: int) -> dict[str, Any]:
         """Buffers for batches of B examples, made on first use (at most two sizes, and the validation set's)."""
@@ -543,6 +579,17 @@ class _StackedGram:
     def _dev(self, values: np.ndarray, ndim: int = 3) -> Array:
         """Host per-trial values on the device as (K, 1, ...) in the pack's dtype."""
         return self.xp.asarray(values.reshape((-1,) + (1,) * (ndim - 1)), dtype=self.dtype)
+
+    def _const(self, name: str, values: np.ndarray, ndim: int = 3) -> Array:
+        """_dev(values) kept under ``name``: made once, afterwards written in place, so a captured step
+        reads the new values (a decayed rate) where it read the old, and no array it reads is freed."""
+        fresh = self._dev(values, ndim)
+        held = self._consts.get(name)
+        if held is None or held.shape != fresh.shape:
+            self._consts[name] = fresh
+            return fresh
+        held[...] = fresh
+        return held
 
     def answers(self, m: int) -> int:
         cfg = self.configs[0]
@@ -585,22 +632,79 @@ class _StackedGram:
                 l2=l2,
                 keep=keep,
                 rngs=[],
-                lr=(self._dev(lr), self._dev(lr, 2)),
-                beta=() if gd else tuple(self._dev(b, n) for b in (beta, 1.0 - beta) for n in (3, 2)),
-                l2_half=self._dev(0.5 * l2, 1),
+                lr=(self._const("lr", lr), self._const("lr2", lr, 2)),
+                beta=() if gd else tuple(self._const(f"b{i}", *bn) for i, bn in enumerate(_momentum_constants(beta))),
+                l2_half=self._const("l2_half", 0.5 * l2, 1),
             )
             self._constants = (lr.tobytes(), step)
         step.rngs = rngs
-        K = len(self.trials)
-        loss_total = xp.zeros((K,), dtype=xp.float64)
-        correct_total = None if cfg0.output == "linear" else xp.zeros((K,), dtype=xp.int64)
+        self._step_now = step
+        loss_total, correct_total = self._accumulators()
+        graphed = self._graph(step, batch)
         for s in range(0, m, batch):
             cols = slice(s, min(s + batch, m)) if perm is None else perm[s : s + batch]
-            loss, correct = self.step(cols, step)
-            loss_total += loss
-            if correct_total is not None:
-                correct_total += correct
-        return loss_total, correct_total
+            B = min(s + batch, m) - s
+            _, l2c = step.factors(self, B)  # written before the step: a replay runs no Python
+            if graphed is not None:
+                graphed.step(None)
+            else:
+                self._gradients(cols, step, loss_total, correct_total)
+            self._update(self._buf(B)["G"][1], cols, l2c, step)
+        return loss_total, None if cfg0.output == "linear" else correct_total
+
+    def _accumulators(self) -> tuple[Array, Array]:
+        """The epoch's loss sums (K,) float64 and right answers (K,) int64, zeroed: kept, so that a
+        captured step adds into the same memory every epoch."""
+        K, xp = len(self.trials), self.xp
+        if self._acc is None:
+            self._acc = (xp.zeros((K,), dtype=xp.float64), xp.zeros((K,), dtype=xp.int64))
+        else:
+            for acc in self._acc:
+                acc[...] = 0
+        return self._acc
+
+    def _graph(self, step: _EpochConstants, batch: int) -> stepgraph.GraphedStep | None:
+        """The full-batch step replayed from a captured graph: on a device, without dropout (each step
+        draws masks), one batch an epoch (fixed columns; a shuffled batch's gather is not captured)."""
+        if is_numpy(self.xp) or not stepgraph.enabled() or step.dropout or batch < self.m:
+            return None
+        if self._graphed is None:
+            full = slice(0, self.m)
+
+            def run_step(_factor: Any, loss_acc: Array, correct_acc: Array) -> None:
+                assert self._step_now is not None
+                self._gradients(full, self._step_now, loss_acc, correct_acc)
+
+            loss_acc, correct_acc = self._accumulators()
+            dZ1 = self._buf(self.m)["G"][1]  # the step writes the gradients of C (dZ1) and of flat
+            self._graphed = stepgraph.GraphedStep(self.xp, run_step, (self.flat_g, dZ1), loss_acc, correct_acc)
+        return self._graphed
+
+    def step_graph(self) -> str | None:
+        """FitResult.step_graph: "on: N steps replayed from K captures" (a capture for each pack size),
+        "off: why", or None where the steps were never graphed (CPU, dropout, mini-batches)."""
+        replays, captures = self._graph_counts
+        if self._graphed is not None:
+            replays, captures = replays + self._graphed.replays, captures + self._graphed.captures
+            off = self._graphed.off_reason or self._graph_off
+        else:
+            off = self._graph_off
+        if off is not None:
+            return f"off: {off}"
+        if captures == 0:
+            return None
+        return f"on: {replays} steps replayed from {captures} capture{'s' if captures != 1 else ''}"
+
+    def close(self) -> None:
+        """Let the step graph and its memory go (a trial left the pack, or training ended)."""
+        graphed = getattr(self, "_graphed", None)
+        if graphed is None:
+            return
+        self._graph_counts[0] += graphed.replays
+        self._graph_counts[1] += graphed.captures
+        self._graph_off = self._graph_off or graphed.off_reason
+        graphed.close()
+        self._graphed = None
 
     def _layer1(self, XXb: Array, Pb: Array, buf: dict[str, Any], scaled: bool) -> Array:
         """Z1 = C @ XXb + s Pb + b1 (K, n_1, B) from the batch's columns XXb (m, B), Pb (1 or K, n_1, B).
@@ -651,8 +755,10 @@ class _StackedGram:
         Mk *= self._dev(1.0 / keep)
         return xp.multiply(H, Mk, out=buf["dropped"][l])
 
-    def step(self, cols: slice | Array, step: _EpochConstants) -> tuple[Array, Any]:
-        """One batch for every trial: forward, loss, backward, update. (loss sums (K,) float64, right answers)."""
+    def _gradients(self, cols: slice | Array, step: _EpochConstants, loss_acc: Array, correct_acc: Array) -> None:
+        """One batch for every trial up to its update: forward, loss, backward. The gradients go to
+        flat_g and the batch buffers' G[1] (dZ1, C's), the batch's loss sums and right answers are
+        added to the accumulators: all of it device work on fixed arrays, so that it can be captured."""
         xp = self.xp
         if isinstance(cols, slice):
             ins = (self.XX[:, cols], self.P[:, :, cols])  # views
@@ -681,8 +787,9 @@ class _StackedGram:
             self._derivative(xp, dA, buf["H"][l - 1], buf["mask"][l - 1])
             dZ = dA
         xp.matmul(dZ, buf["ones"], out=self.db[1])
-        self._update(dZ, cols, l2c, step)
-        return loss.astype(xp.float64), correct
+        loss_acc += loss.astype(xp.float64)
+        if correct is not None:
+            correct_acc += correct
 
     def _output(self, ZL: Array, Yb: Array, buf: dict[str, Any]) -> tuple[Array, Array, Array | None]:
         """_head's (AL, loss sums, right answers); the sigmoid output's same operations into buffers."""

@@ -62,14 +62,21 @@ class GraphedStep:
     ``self.factor``, a float64 0-d device array holding it (models.engine.Engine.backward takes
     either, with the same bits).
 
-    ``grads``: the flat gradient array the step writes; ``loss_acc`` / ``correct_acc``: fit's
-    epoch accumulators (float64, int64), updated in place by every step.
+    ``grads``: the flat gradient array the step writes (or a tuple of them: a sweep pack's, models/packed.py);
+    ``loss_acc`` / ``correct_acc``: the epoch accumulators (float64, int64; 0-d for fit, one per trial for
+    a pack), updated in place by every step.
     """
 
     def __init__(
-        self, xp: Any, run_step: Callable[..., None], grads: Array, loss_acc: Array, correct_acc: Array
+        self,
+        xp: Any,
+        run_step: Callable[..., None],
+        grads: Array | tuple[Array, ...],
+        loss_acc: Array,
+        correct_acc: Array,
     ) -> None:
-        self.xp, self.run_step, self.grads = xp, run_step, grads
+        self.xp, self.run_step = xp, run_step
+        self.grads: tuple[Array, ...] = grads if isinstance(grads, tuple) else (grads,)
         self.loss_acc, self.correct_acc = loss_acc, correct_acc
         self.graph: DeviceGraph | None = None
         self.factor: Array = xp.zeros((), dtype=xp.float64)  # grad_factor, read by the graph's kernels
@@ -100,9 +107,9 @@ class GraphedStep:
         xp = self.xp
         self.close()
         # the step kernel by kernel, into scratch accumulators: the reference the replay must equal
-        loss_ref, correct_ref = xp.zeros((), dtype=xp.float64), xp.zeros((), dtype=xp.int64)
+        loss_ref, correct_ref = xp.zeros_like(self.loss_acc), xp.zeros_like(self.correct_acc)
         self.run_step(grad_factor, loss_ref, correct_ref)
-        grads_ref = self.grads.copy()
+        grads_ref = tuple(g.copy() for g in self.grads)
         before = (self.loss_acc.copy(), self.correct_acc.copy())
         want = (before[0] + loss_ref, before[1] + correct_ref)
         reason: str | None
@@ -117,7 +124,8 @@ class GraphedStep:
             reason = self._first_replay(graph, before, grads_ref, want)
         if reason is not None:  # this step's results are the kernel-by-kernel ones; the graph goes
             self.off_reason = reason
-            self.grads[...] = grads_ref
+            for g, ref in zip(self.grads, grads_ref, strict=True):
+                g[...] = ref
             self.loss_acc[...] = want[0]
             self.correct_acc[...] = want[1]
             return
@@ -130,7 +138,11 @@ class GraphedStep:
         self.factor_value = grad_factor
 
     def _first_replay(
-        self, graph: DeviceGraph, before: tuple[Array, Array], grads_ref: Array, want: tuple[Array, Array]
+        self,
+        graph: DeviceGraph,
+        before: tuple[Array, Array],
+        grads_ref: tuple[Array, ...],
+        want: tuple[Array, Array],
     ) -> str | None:
         """Replay the new graph on the batch just computed kernel by kernel; None if it gave the
         same bits, else what went wrong."""
@@ -139,22 +151,25 @@ class GraphedStep:
         # either. Clear the gradients, so the check sees the replay write every one.
         self.loss_acc[...] = before[0]
         self.correct_acc[...] = before[1]
-        self.grads[...] = 0
+        for g in self.grads:
+            g[...] = 0
         try:
             graph.launch()
         except Exception as exc:
             return f"the first replay failed: {type(exc).__name__}: {exc}"
         if (
-            _same_bits(xp, self.grads, grads_ref)
+            all(_same_bits(xp, g, ref) for g, ref in zip(self.grads, grads_ref, strict=True))
             and _same_bits(xp, self.loss_acc, want[0])
             and bool(xp.all(self.correct_acc == want[1]))
         ):  # syncs: once per capture
             return None
-        worst = float(xp.max(xp.abs(self.grads - grads_ref)))  # how far off: a broken graph, or rounding?
+        # how far off: a broken graph, or rounding?
+        worst = max(float(xp.max(xp.abs(g - ref))) for g, ref in zip(self.grads, grads_ref, strict=True))
+        loss_off = float(xp.max(xp.abs(self.loss_acc - want[0])))
+        wrong = int(xp.sum(self.correct_acc != want[1]))
         return (
             f"the replay differed from the kernel-by-kernel step (gradients: max |difference| {worst:.3g}; "
-            f"loss {float(self.loss_acc):.17g} vs {float(want[0]):.17g}; right answers "
-            f"{int(self.correct_acc)} vs {int(want[1])}); not used"
+            f"loss: max |difference| {loss_off:.3g}; right answers differing: {wrong}); not used"
         )
 
     def close(self) -> None:

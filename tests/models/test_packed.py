@@ -322,3 +322,88 @@ def test_a_gram_pack_on_the_cupy_stand_in_equals_the_numpy_pack(monkeypatch):
         for key, value in b.parameters.items():
             assert type(a.parameters[key]) is np.ndarray
             np.testing.assert_array_equal(a.parameters[key], value)
+
+
+def _stacked_on_the_stand_in(monkeypatch, configs, X, Y, graphs=True, **kw):
+    """fit_packed(path="gram") on the CuPy stand-in (device "gpu"), step graphs on or off; the captures made."""
+    import dnnq.models.backend as backend
+    from dnnq.models import stepgraph
+    from tests.models import fake_cupy
+
+    module = fake_cupy.installed(monkeypatch)
+    backend.forget_gpu_check()
+    before = module.Graph.captures
+    try:
+        with stepgraph.switched(graphs):
+            results = fit_packed(X, Y, [dataclasses.replace(c, device="gpu") for c in configs], path="gram", **kw)
+    finally:
+        backend.forget_gpu_check()
+    return results, module.Graph.captures - before
+
+
+def _assert_same_bits(a, b) -> None:
+    assert [r.to_dict() for r in a.history] == [r.to_dict() for r in b.history]
+    for key, value in b.parameters.items():
+        np.testing.assert_array_equal(a.parameters[key], value)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "momentum"])
+def test_a_full_batch_gram_pack_on_a_gpu_replays_one_captured_step(monkeypatch, optimizer):
+    """On a GPU the stacked full-batch step (forward, loss, backward) replays one graph, as a solo fit's
+    does; per-trial rates that decay every epoch are written where the graph reads them, not captured
+    again; the update stays outside. Every trial's numbers are the kernel-by-kernel pack's, bit for bit."""
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((60, 40))
+    Y = (X[:1] - X[2:3] > 0).astype(np.float64)
+    val = {"X_val": rng.standard_normal((60, 15))}
+    val["Y_val"] = (val["X_val"][:1] > 0).astype(np.float64)
+    base = TrainConfig(
+        layer_dims=[60, 5, 3, 1], epochs=6, optimizer=optimizer, dtype="float64", device="cpu", seed=4,
+        lr_decay="inverse_time", decay_rate=0.5,
+    )  # fmt: skip
+    configs = [
+        dataclasses.replace(base, learning_rate=0.05),
+        dataclasses.replace(base, learning_rate=0.1, l2=0.2, beta=0.8),
+        dataclasses.replace(base, learning_rate=0.02, init="xavier"),
+    ]
+    graphed, captures = _stacked_on_the_stand_in(monkeypatch, configs, X, Y, **val)
+    eager, none = _stacked_on_the_stand_in(monkeypatch, configs, X, Y, graphs=False, **val)
+    assert (captures, none) == (1, 0)
+    cpu = fit_packed(X, Y, configs, path="gram", **val)
+    for g, e, c in zip(graphed, eager, cpu, strict=True):
+        assert g.step_graph == "on: 6 steps replayed from 1 capture"
+        assert e.step_graph is None and c.step_graph is None
+        _assert_same_bits(g, e)
+        _assert_same_bits(g, c)
+
+
+def test_a_trial_leaving_a_graphed_pack_makes_one_new_capture_for_the_others(monkeypatch):
+    """A trial that ends (here after 3 of 6 epochs) shrinks every stacked array: the graph of the old
+    size goes and one capture of the new size serves the rest of the run."""
+    rng = np.random.default_rng(22)
+    X = rng.standard_normal((50, 30))
+    Y = (X[:1] > 0).astype(np.float64)
+    base = TrainConfig(layer_dims=[50, 4, 1], epochs=6, dtype="float64", device="cpu", seed=1)
+    configs = [
+        dataclasses.replace(base, learning_rate=0.05, epochs=3),
+        dataclasses.replace(base, learning_rate=0.1),
+        dataclasses.replace(base, learning_rate=0.2),
+    ]
+    (short, *rest), captures = _stacked_on_the_stand_in(monkeypatch, configs, X, Y)
+    assert captures == 2
+    assert short.step_graph == "on: 3 steps replayed from 1 capture"
+    assert [r.step_graph for r in rest] == ["on: 6 steps replayed from 2 captures"] * 2
+    for packed, cfg in zip([short, *rest], configs, strict=True):
+        _assert_same_bits(packed, fit_packed(X, Y, [cfg], path="gram")[0])
+
+
+@pytest.mark.parametrize("extra", [{"dropout_keep_prob": 0.8}, {"batch_size": 16}])
+def test_a_gram_pack_with_dropout_or_mini_batches_runs_kernel_by_kernel(monkeypatch, extra):
+    """Dropout draws masks every step and a shuffled batch gathers its columns: neither is captured."""
+    rng = np.random.default_rng(23)
+    X = rng.standard_normal((40, 48))
+    Y = (X[:1] > 0).astype(np.float64)
+    base = TrainConfig(layer_dims=[40, 4, 1], epochs=3, dtype="float64", device="cpu", seed=1, **extra)
+    configs = [dataclasses.replace(base, learning_rate=lr) for lr in (0.05, 0.1)]
+    results, captures = _stacked_on_the_stand_in(monkeypatch, configs, X, Y)
+    assert captures == 0 and [r.step_graph for r in results] == [None, None]
