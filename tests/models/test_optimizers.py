@@ -106,7 +106,8 @@ def device_xp(request, monkeypatch):
     if request.param == "cupy":
         import cupy
 
-        return cupy
+        yield cupy  # a generator fixture: `return cupy` here would end it without a value (pytest errors)
+        return
     from tests.models import fake_cupy
 
     module = fake_cupy.installed(monkeypatch)
