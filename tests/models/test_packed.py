@@ -21,6 +21,15 @@ def data(m: int = 90, n_x: int = 6, classes: int = 0, seed: int = 0):
     return X, (X[:1] - 0.5 * X[1:2] > 0).astype(np.float64)
 
 
+def wide_data_with_validation(seed: int, n_x: int, m: int, m_val: int):
+    """(X, Y, {"X_val", "Y_val"}): more features than examples (the Gram path's case), 0/1 targets."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_x, m))
+    Y = (X[:1] - X[3:4] > 0).astype(np.float64)
+    X_val = rng.standard_normal((n_x, m_val))
+    return X, Y, {"X_val": X_val, "Y_val": (X_val[:1] > 0).astype(np.float64)}
+
+
 def assert_same_as_solo(packed, X, Y, cfg, rtol=1e-12, **kw) -> None:
     solo = fit(X, Y, cfg, path="textbook", **kw)
     assert packed.epochs_completed == solo.epochs_completed
@@ -261,11 +270,7 @@ def _assert_gram_trial_equals_solo(packed, X, Y, cfg, rtol, **kw) -> None:
 def test_each_branch_of_the_stacked_gram_step_equals_the_solo_gram_fits(optimizer, batch_size, shared_start, l2, dtype):
     """Shared or per-trial start block, full batch or shuffled mini-batches, l2 or not, gd or momentum:
     each trial's history and weights equal its solo fit(path="gram") to 1e-12 in float64, 1e-5 in float32."""
-    rng = np.random.default_rng(11)
-    X = rng.standard_normal((150, 50))
-    Y = (X[:1] - X[3:4] > 0).astype(np.float64)
-    kw = {"X_val": rng.standard_normal((150, 20))}
-    kw["Y_val"] = (kw["X_val"][:1] > 0).astype(np.float64)
+    X, Y, kw = wide_data_with_validation(seed=11, n_x=150, m=50, m_val=20)
     base = TrainConfig(
         layer_dims=[150, 6, 4, 1], epochs=15, optimizer=optimizer, batch_size=batch_size, seed=5, l2=l2,
         dtype=dtype, device="cpu",
@@ -352,11 +357,7 @@ def test_a_full_batch_gram_pack_on_a_gpu_replays_one_captured_step(monkeypatch, 
     """On a GPU the stacked full-batch step (forward, loss, backward) replays one graph, as a solo fit's
     does; per-trial rates that decay every epoch are written where the graph reads them, not captured
     again; the update stays outside. Every trial's numbers are the kernel-by-kernel pack's, bit for bit."""
-    rng = np.random.default_rng(21)
-    X = rng.standard_normal((60, 40))
-    Y = (X[:1] - X[2:3] > 0).astype(np.float64)
-    val = {"X_val": rng.standard_normal((60, 15))}
-    val["Y_val"] = (val["X_val"][:1] > 0).astype(np.float64)
+    X, Y, val = wide_data_with_validation(seed=21, n_x=60, m=40, m_val=15)
     base = TrainConfig(
         layer_dims=[60, 5, 3, 1], epochs=6, optimizer=optimizer, dtype="float64", device="cpu", seed=4,
         lr_decay="inverse_time", decay_rate=0.5,
