@@ -787,6 +787,8 @@ class _StackedGram:
             self._derivative(xp, dA, buf["H"][l - 1], buf["mask"][l - 1])
             dZ = dA
         xp.matmul(dZ, buf["ones"], out=self.db[1])
+        if l2c is not None:
+            xp.multiply(self.s, l2c, out=self.ds)  # s's gradient: every entry of flat_g is this step's
         loss_acc += loss.astype(xp.float64)
         if correct is not None:
             correct_acc += correct
@@ -810,7 +812,7 @@ class _StackedGram:
         return AL, loss, xp.count_nonzero(right, axis=(1, 2))
 
     def _update(self, dZ1: Array, cols: slice | Array, l2c: Array | None, step: _EpochConstants) -> None:
-        """The optimizer's step. C's gradient is dZ1 in the batch's columns (+ l2c C), s's l2c s."""
+        """The optimizer's step. C's gradient is dZ1 in the batch's columns (+ l2c C); s's (l2c s) is in flat_g."""
         xp = self.xp
         self.t += 1
         if step.gd and l2c is None:  # C's gradient is zero outside the batch's columns, s's is zero
@@ -822,7 +824,6 @@ class _StackedGram:
             GC[...] = 0
         else:
             xp.multiply(self.C, l2c, out=GC)
-            xp.multiply(self.s, l2c, out=self.ds)
         GC[:, :, cols] += dZ1
         if step.gd:
             self.C -= GC

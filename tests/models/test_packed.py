@@ -380,14 +380,15 @@ def test_a_full_batch_gram_pack_on_a_gpu_replays_one_captured_step(monkeypatch, 
 
 def test_a_trial_leaving_a_graphed_pack_makes_one_new_capture_for_the_others(monkeypatch):
     """A trial that ends (here after 3 of 6 epochs) shrinks every stacked array: the graph of the old
-    size goes and one capture of the new size serves the rest of the run."""
+    size goes and one capture of the new size serves the rest of the run (its first replay checked
+    against the same step kernel by kernel, with l2: every gradient the graph holds is its own)."""
     rng = np.random.default_rng(22)
     X = rng.standard_normal((50, 30))
     Y = (X[:1] > 0).astype(np.float64)
     base = TrainConfig(layer_dims=[50, 4, 1], epochs=6, dtype="float64", device="cpu", seed=1)
     configs = [
         dataclasses.replace(base, learning_rate=0.05, epochs=3),
-        dataclasses.replace(base, learning_rate=0.1),
+        dataclasses.replace(base, learning_rate=0.1, l2=0.3),
         dataclasses.replace(base, learning_rate=0.2),
     ]
     (short, *rest), captures = _stacked_on_the_stand_in(monkeypatch, configs, X, Y)
