@@ -215,12 +215,7 @@ def test_a_wide_pack_computes_the_data_gram_matrix_once_each_trial_equal_to_its_
         redis_client, store, tenant="public", name="wide", source="test", X=X, Y=(X[:, 0] > 0).astype(float),
         label_kind="binary",
     )  # fmt: skip
-    base = {
-        "dataset_id": ds["id"],
-        "model": {"hidden_layers": [5, 3]},
-        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
-        "device": "cpu",
-    }
+    base = wide_gd_spec(ds, epochs=30)
     trials = [{"lr": lr, "seed": seed} for lr, seed in ((0.05, 1), (0.1, 2), (0.02, 3))]
     ids = make_sweep(redis_client, base, trials)
     assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
@@ -257,12 +252,7 @@ def test_a_float32_pack_trains_one_trial_after_another_each_bit_for_bit_its_solo
 
     monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
     ds, _ = wide_datasets(redis_client, store)
-    base = {
-        "dataset_id": ds["id"],
-        "model": {"hidden_layers": [5, 3]},
-        "training": {"epochs": 20, "optimizer": "gd", "dtype": "float32", "seed": 1},
-        "device": "cpu",
-    }
+    base = wide_gd_spec(ds, epochs=20, dtype="float32")
     ids = make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}])
     assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
     for job_id, lr in zip(ids, (0.1, 0.2), strict=True):
@@ -332,6 +322,16 @@ def wide_datasets(r, store, seed=4):
     return ds, val
 
 
+def wide_gd_spec(ds: dict, *, epochs: int, dtype: str = "float64", **training) -> dict:
+    """A gd job spec on ``ds`` (wide data: fit's Gram path, so a pack of them may stack), seed 1, two hidden layers."""
+    return {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [5, 3]},
+        "training": {"epochs": epochs, "optimizer": "gd", "dtype": dtype, "seed": 1, **training},
+        "device": "cpu",
+    }
+
+
 def test_a_stacked_pack_scores_all_its_trials_from_one_read_of_each_dataset(redis_client, store, settings, monkeypatch):
     """The pack's train and validation accuracies come from one read of each dataset for all its trials
     (besides the read for training), and equal what each trial's solo job records."""
@@ -339,14 +339,7 @@ def test_a_stacked_pack_scores_all_its_trials_from_one_read_of_each_dataset(redi
 
     monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
     ds, val = wide_datasets(redis_client, store)
-    base = {
-        "dataset_id": ds["id"],
-        "validation_dataset_id": val["id"],
-        "model": {"hidden_layers": [5, 3]},
-        "training": {"epochs": 25, "optimizer": "gd", "dtype": "float64", "seed": 1},
-        "preprocess": {"scale": 0.5},
-        "device": "cpu",
-    }
+    base = {**wide_gd_spec(ds, epochs=25), "validation_dataset_id": val["id"], "preprocess": {"scale": 0.5}}
     trials = [{"lr": lr, "seed": seed} for lr, seed in ((0.05, 1), (0.2, 2), (0.5, 3), (1.0, 4))]
     ids = make_sweep(redis_client, base, trials)
     reads: list[str] = []
@@ -374,12 +367,7 @@ def test_a_stacked_pack_scores_all_its_trials_from_one_read_of_each_dataset(redi
 def three_wide_gd_trials(redis_client, store) -> list[str]:
     """A sweep of three learning rates on wide data (the Gram path: packs that may stack), its job ids."""
     ds, _ = wide_datasets(redis_client, store)
-    base = {
-        "dataset_id": ds["id"],
-        "model": {"hidden_layers": [5, 3]},
-        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1},
-        "device": "cpu",
-    }
+    base = wide_gd_spec(ds, epochs=30)
     return make_sweep(redis_client, base, [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
 
 
@@ -443,12 +431,7 @@ def test_a_stacked_pack_killed_mid_training_resumes_each_trial_to_its_solo_weigh
 
     monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
     ds, _ = wide_datasets(redis_client, store)
-    base = {
-        "dataset_id": ds["id"],
-        "model": {"hidden_layers": [5, 3]},
-        "training": {"epochs": 30, "optimizer": "gd", "dtype": "float64", "seed": 1, "checkpoint_every": 10},
-        "device": "cpu",
-    }
+    base = wide_gd_spec(ds, epochs=30, checkpoint_every=10)
     trials = [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}]
     ids = make_sweep(redis_client, base, trials)
     save_checkpoint = artifacts.save_checkpoint
