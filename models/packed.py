@@ -697,7 +697,7 @@ class _StackedGram:
 
     def close(self) -> None:
         """Let the step graph and its memory go (a trial left the pack, or training ended)."""
-        graphed = getattr(self, "_graphed", None)
+        graphed = self._graphed
         if graphed is None:
             return
         self._graph_counts[0] += graphed.replays
