@@ -31,12 +31,12 @@ def _run(command: str, env: dict[str, str], redis_url: str, tmp_path) -> subproc
         ("dead_endpoint", "does not answer: check AWS_ENDPOINT_URL"),
     ],
 )
-def test_refuses_to_start_with_one_line(command, case, fix, s3_server, redis_url, tmp_path):
+def test_refuses_to_start_with_one_line(command, case, fix, s3_server, redis_url, tmp_path, dead_port):
     env = s3_server.env("absent-bucket")
     if case == "malformed":
         env["DNNQ_ARTIFACTS_URL"] = "http://absent-bucket/dnnq"
     elif case == "dead_endpoint":
-        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{dead_port}"
     proc = _run(command, env, redis_url, tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 
 from dnnq.service.app import create_app
 from dnnq.workers import jobs, keys
-from dnnq.workers.redis_server import free_port
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -66,8 +65,8 @@ def test_healthz_is_ok_and_readyz_names_the_missing_worker(client):
     assert any("worker" in m for m in resp.json()["missing"])
 
 
-def test_redis_down_is_503_not_500(api_settings):
-    dead = f"redis://127.0.0.1:{free_port()}/0"
+def test_redis_down_is_503_not_500(api_settings, dead_port):
+    dead = f"redis://127.0.0.1:{dead_port}/0"
     with make_client(api_settings, redis_url=dead, redis_socket_timeout=0.5) as c:
         assert_problem(c.get("/v1/jobs"), 503, "Redis is unreachable")
         assert c.get("/healthz").status_code == 200
@@ -604,13 +603,15 @@ def test_openapi_documents_the_routes(client):
         assert path in spec["paths"]
 
 
-def test_a_send_that_fails_leaves_the_job_to_the_sweeper_and_still_answers_202(api_settings, redis_client, live_worker):
+def test_a_send_that_fails_leaves_the_job_to_the_sweeper_and_still_answers_202(
+    api_settings, redis_client, live_worker, dead_port
+):
     """The job is written; its message cannot go out (here: a broker nobody listens on). The submit
     still answers 202 and the job stays in the outbox, where the workers' sweeper finds it."""
     from dnnq.service.jobdesk import TaskSender
 
     app = create_app(api_settings)
-    app.state.job_desk.sender = TaskSender(app.state.redis, f"redis://127.0.0.1:{free_port()}/0")
+    app.state.job_desk.sender = TaskSender(app.state.redis, f"redis://127.0.0.1:{dead_port}/0")
     with TestClient(app) as c:
         resp = submit(c, upload(c, binary_npz()).json()["id"])
         assert resp.status_code == 202, resp.text

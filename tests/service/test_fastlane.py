@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 
 from dnnq.service.app import create_app
 from dnnq.workers import keys
-from dnnq.workers.redis_server import free_port
 from tests.service.test_api import binary_npz, drive, fake_worker, upload
 
 
@@ -166,8 +165,8 @@ def test_api_keys_are_checked_the_same_and_failures_are_the_routes(api_settings,
             )
 
 
-def test_redis_unreachable_is_the_same_503(api_settings):
-    dead = f"redis://127.0.0.1:{free_port()}/0"
+def test_redis_unreachable_is_the_same_503(api_settings, dead_port):
+    dead = f"redis://127.0.0.1:{dead_port}/0"
     with Pair(api_settings, redis_url=dead, redis_socket_timeout=0.5) as pair:
         poll = pair.same("GET", f"/v1/jobs/{'ab' * 16}", by_lane=True)
         submit = pair.same("POST", "/v1/jobs", json={"dataset_id": "ab" * 12}, by_lane=True)

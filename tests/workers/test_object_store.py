@@ -261,15 +261,13 @@ def test_malformed_urls(url, message):
         parse_artifacts_url(url)
 
 
-def test_missing_bucket_and_dead_endpoint(s3_server, monkeypatch, tmp_path):
+def test_missing_bucket_and_dead_endpoint(s3_server, monkeypatch, tmp_path, dead_port):
     env = s3_server.env("no-such-bucket")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(StoreConfigError, match="bucket 'no-such-bucket' does not exist"):
         ObjectArtifactStore(env["DNNQ_ARTIFACTS_URL"], tmp_path).check()
-    from dnnq.workers.redis_server import free_port
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead_port}")
     with pytest.raises(StoreConfigError, match="does not answer: check AWS_ENDPOINT_URL"):
         ObjectArtifactStore(env["DNNQ_ARTIFACTS_URL"], tmp_path).check()
     store = ObjectArtifactStore(env["DNNQ_ARTIFACTS_URL"], tmp_path, retry_seconds=0.5)
