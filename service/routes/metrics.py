@@ -12,7 +12,8 @@ and a scrape sums every process's files.
 The process_* metrics (resident memory, CPU seconds, open fds, start time: prometheus_client's
 ProcessCollector, from /proc) and python_info describe the API process; with several API processes each
 one's process_* samples carry a `pid` label, read from /proc for every process with a file in
-PROMETHEUS_MULTIPROC_DIR (multiprocess mode has no process metrics of its own).
+PROMETHEUS_MULTIPROC_DIR (multiprocess mode has no process metrics of its own) that had started by its
+file's last write: a dead process's file stays, and its pid may since name an unrelated process.
 
 The figures span every tenant, so with API keys on /metrics answers only the operator's scraper:
 `Authorization: Bearer <DNNQ_METRICS_KEY>`. A tenant's key gets a 403, and with no metrics key set
@@ -21,6 +22,7 @@ The figures span every tenant, so with API keys on /metrics answers only the ope
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -122,17 +124,36 @@ class ApiProcessesCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        pids = {os.getpid()}
-        for name in os.listdir(self.directory):
-            if match := self._PID_FILE.search(name):
-                pids.add(int(match.group(1)))
+        last_write: dict[int, float] = {}  # pid -> the newest mtime of its files
+        for entry in os.scandir(self.directory):
+            if match := self._PID_FILE.search(entry.name):
+                pid = int(match.group(1))
+                with contextlib.suppress(FileNotFoundError):
+                    last_write[pid] = max(last_write.get(pid, 0.0), entry.stat().st_mtime)
         families: dict[str, Metric] = {}
-        for pid in sorted(pids):  # a process gone since leaves its file: /proc has nothing, nothing is reported
-            for metric in ProcessCollector(pid=functools.partial(str, pid), registry=None).collect():
+        for pid in sorted(last_write.keys() | {os.getpid()}):
+            collected = list(ProcessCollector(pid=functools.partial(str, pid), registry=None).collect())
+            if pid != os.getpid() and not _started_by(collected, last_write[pid]):
+                continue  # the file's process is gone (/proc has nothing), or its pid now names another process
+            for metric in collected:
                 family = families.setdefault(metric.name, Metric(metric.name, metric.documentation, metric.type))
                 for sample in metric.samples:
                     family.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
         yield from families.values()
+
+
+def _started_by(process_metrics: list[Metric], last_write: float) -> bool:
+    """Whether the process these metrics describe had started by ``last_write``, when its pid's file was
+    last written: a process started later has only inherited the pid of the file's dead writer."""
+    for metric in process_metrics:
+        for sample in metric.samples:
+            if sample.name == "process_start_time_seconds":
+                return sample.value <= last_write + _START_TIME_SLACK_S
+    return False
+
+
+# process_start_time_seconds counts from /proc/stat's boot time, which /proc gives in whole seconds.
+_START_TIME_SLACK_S = 1.0
 
 
 def install(app: FastAPI) -> Histogram:

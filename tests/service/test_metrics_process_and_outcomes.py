@@ -114,3 +114,26 @@ def test_several_api_processes_report_each_ones_process_metrics_by_pid(api_setti
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_dead_api_process_s_file_does_not_lend_its_pid_to_a_newer_process(api_settings, tmp_path, monkeypatch):
+    """An API process that died leaves its file; when its pid is reused by a process started after that
+    file's last write, the newcomer's memory and CPU are not reported as an API process's."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = directory / f"counter_{newcomer.pid}.db"  # as if the pid's earlier owner had written it
+        MmapedDict(str(stale)).close()
+        an_hour_ago = time.time() - 3600
+        os.utime(stale, (an_hour_ago, an_hour_ago))
+        with TestClient(create_app(api_settings)) as c:
+            page = samples(c.get("/metrics").text)
+        assert ("process_resident_memory_bytes", (("pid", str(newcomer.pid)),)) not in page
+        assert page[("process_resident_memory_bytes", (("pid", str(os.getpid())),))] > 0
+    finally:
+        newcomer.kill()
+        newcomer.wait()
