@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from dnnq.service import confinement
 from dnnq.service.uploads import UploadError, UploadLimits, parse_upload
 from dnnq.workers.datasets import LABEL_KINDS, DatasetError, ParsedInfo, read_layout, write_dataset_file
 
@@ -152,8 +153,14 @@ def _ensure_server() -> None:
 
 
 def warm() -> None:
-    """Start the fork server now (it imports numpy and h5py once), not in the first upload's time."""
+    """Start the fork server now (it imports numpy and h5py once), not in the first upload's time;
+    say what confinement this kernel cannot give the parsers."""
     _ctx()
+    offered = confinement.support()
+    if not offered["landlock"]:
+        log.warning("upload parsers run without Landlock (kernel < 5.13 or not enabled): they can open any file")
+    if not offered["seccomp"]:
+        log.warning("upload parsers run without a seccomp filter (not Linux x86_64/aarch64): they can open sockets")
     with _lock:
         _ensure_server()
 
@@ -317,6 +324,13 @@ def _read_answer(
     if not isinstance(answer, dict):
         raise malformed
     if answer.get("ok") is not True:
+        if "unconfined" in answer:
+            log.error("upload parser could not confine itself: %s", str(answer["unconfined"])[:500])
+            raise UploadError(
+                503,
+                "The upload could not be read: the server's parser could not confine itself, so it did not "
+                "open the file. Try again later; the operator will find the reason in the API's log.",
+            )
         if answer.get("limit") in _LIMIT_REASONS:
             raise _limits_error(_LIMIT_REASONS[answer["limit"]], memory_bytes, cpu_seconds, wall_seconds)
         status, detail = answer.get("status"), answer.get("detail")
@@ -358,8 +372,10 @@ def _read_answer(
 # --- the child ---------------------------------------------------------------------------------
 
 
-def _confine(keep_fd: int, memory_bytes: int, cpu_seconds: int) -> None:
-    """Hard limits on this process, set before any of the upload is read."""
+def _confine(keep_fd: int, request: dict[str, Any]) -> int:
+    """Hard limits on this process, set before any of the upload is read; the output file's descriptor
+    (opened first: afterwards this process may open only the upload, read-only: service/confinement.py)."""
+    memory_bytes, cpu_seconds = request["memory_bytes"], request["cpu_seconds"]
     os.nice(10)  # the API's requests come first on a busy machine
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
@@ -369,14 +385,17 @@ def _confine(keep_fd: int, memory_bytes: int, cpu_seconds: int) -> None:
         if fd > 2 and fd != keep_fd:
             with contextlib.suppress(OSError):  # the listing's own descriptor, already closed
                 os.close(fd)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_CHILD_NOFILE, _CHILD_NOFILE))
+    out_fd = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open("/proc/self/status") as f:
         vm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmSize:"))
+    confinement.confine([Path(request["src"])], keep_out=Path(request["out"]).parent)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_CHILD_NOFILE, _CHILD_NOFILE))
     address_space = vm_kb * 1024 + memory_bytes
     resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    return out_fd
 
 
-def _parse_and_write(request: dict, parse: Callable | None) -> dict:
+def _parse_and_write(request: dict, parse: Callable | None, out_fd: int) -> dict:
     parse = parse or parse_upload
     parsed = parse(
         request["filename"],
@@ -388,8 +407,7 @@ def _parse_and_write(request: dict, parse: Callable | None) -> dict:
         layout=request["layout"],
         header=request["header"],
     )
-    fd = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
+    with os.fdopen(out_fd, "wb") as out:
         info = write_dataset_file(parsed.X, parsed.Y, parsed.classes, parsed.label_kind, out)
     return {"ok": True, "info": dataclasses.asdict(info)}
 
@@ -398,8 +416,10 @@ def _child_main(conn: multiprocessing.connection.Connection, request: dict[str, 
     """Runs in the forked child: confine, parse, write, answer in JSON, exit without cleanup."""
     code = 0
     try:
-        _confine(conn.fileno(), request["memory_bytes"], request["cpu_seconds"])
-        answer = _parse_and_write(request, parse)
+        out_fd = _confine(conn.fileno(), request)
+        answer = _parse_and_write(request, parse, out_fd)
+    except confinement.ConfinementError as exc:
+        answer = {"ok": False, "unconfined": str(exc)}
     except MemoryError:
         answer = {"ok": False, "limit": "memory"}
     except UploadError as exc:

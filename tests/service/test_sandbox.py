@@ -67,7 +67,6 @@ def _allocate_forever(filename, source, limits, **kw):
 
 
 def _sleep(filename, source, limits, **kw):
-    source.with_suffix(".pid").write_text(str(os.getpid()))
     time.sleep(60)
 
 
@@ -83,9 +82,10 @@ def _segfault(filename, source, limits, **kw):
 def _report(filename, source, limits, **kw):
     """Raise the child's view of itself as the parser's 'error': rlimits and open descriptors."""
     fds = {}
-    for name in os.listdir("/proc/self/fd"):
+    for fd in range(resource.getrlimit(resource.RLIMIT_NOFILE)[0]):  # no listing: the child may not open /proc
         with contextlib.suppress(OSError):
-            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+            os.fstat(fd)
+            fds[str(fd)] = os.readlink(f"/proc/self/fd/{fd}")
     limits_now = {
         n: resource.getrlimit(getattr(resource, n))
         for n in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_CORE", "RLIMIT_FSIZE", "RLIMIT_NOFILE")
@@ -143,21 +143,30 @@ def test_a_child_allocating_without_end_stops_at_the_limit(tmp_path):
 
 def test_a_child_past_its_wall_time_is_killed(tmp_path):
     src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    sandbox.warm()
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
     start = time.monotonic()
     with pytest.raises(UploadError) as exc_info:
         run(tmp_path, src, wall=1.0, _parse=_sleep)
     assert time.monotonic() - start < 5
     expect_limits(exc_info, "time 1 s", "took longer than 1 s")
-    pid = int(src.with_suffix(".pid").read_text())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _children_of(server):
         time.sleep(0.05)
-    else:
-        pytest.fail(f"the timed-out child {pid} is still alive")
+    assert not _children_of(server), "the timed-out child is still alive"
+
+
+def _children_of(pid):
+    """The live (not zombie) children of `pid`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as f:
+                    state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+                if int(ppid) == pid and state != "Z":
+                    found.append(int(entry))
+    return found
 
 
 def test_a_child_past_its_cpu_seconds_is_stopped(tmp_path):
@@ -172,7 +181,7 @@ def test_a_child_that_segfaults_is_a_422(tmp_path):
     with pytest.raises(UploadError) as exc_info:
         run(tmp_path, src, _parse=_segfault)
     expect_limits(exc_info, "crashed (SIGSEGV)")
-    assert run(tmp_path, src).n_examples == 2  # and the next upload is parsed as usual
+    assert run(tmp_path, src, out_name="next.npz").n_examples == 2  # and the next upload is parsed as usual
 
 
 def test_the_child_sets_its_limits_and_holds_no_inherited_descriptors(tmp_path):
@@ -190,7 +199,7 @@ def test_the_child_sets_its_limits_and_holds_no_inherited_descriptors(tmp_path):
     assert limits["RLIMIT_FSIZE"] == [256 * MiB, 256 * MiB] and limits["RLIMIT_NOFILE"][1] <= 64
     assert 256 * MiB < limits["RLIMIT_AS"][0] < 64 * 1024 * MiB and limits["RLIMIT_AS"][0] == limits["RLIMIT_AS"][1]
     extra = {fd: target for fd, target in seen["fds"].items() if int(fd) > 2}
-    # the result pipe and the directory listing /proc/self/fd itself; no socket, no file of the API's
+    # the result pipe and the output file; no socket, no file of the API's
     assert len(extra) <= 2, extra
     assert not any(t.startswith("socket:") for t in seen["fds"].values()), seen["fds"]
     assert seen["nice"] >= 10
@@ -249,10 +258,9 @@ def test_a_malformed_answer_from_the_child_is_a_422(tmp_path, payload):
 
 
 def _report_environment(filename, source, limits, **kw):
-    """Raise what the child can read of its environment: os.environ and the block it was exec'd with."""
-    with open("/proc/self/environ", "rb") as f:
-        block = f.read().decode(errors="replace")
-    raise UploadError(418, json.dumps({"environ": dict(os.environ), "block": block}))
+    """Raise the child's os.environ (the block it inherited is its fork server's: the test reads that
+    one from outside, since the child may not open /proc)."""
+    raise UploadError(418, json.dumps({"environ": dict(os.environ)}))
 
 
 def test_the_child_sees_none_of_the_apis_secrets(tmp_path, monkeypatch):
@@ -270,7 +278,115 @@ def test_the_child_sees_none_of_the_apis_secrets(tmp_path, monkeypatch):
         run(tmp_path, src, _parse=_report_environment)
     assert exc_info.value.status == 418
     seen = json.loads(exc_info.value.detail)
-    assert canary not in json.dumps(seen["environ"]) and canary not in seen["block"]
+    with open(f"/proc/{server._forkserver_pid}/environ", "rb") as f:  # the block every child inherits
+        block = f.read().decode(errors="replace")
+    assert canary not in json.dumps(seen["environ"]) and canary not in block
     assert "PATH" in seen["environ"]  # the rest of the environment is there
     assert os.environ["DNNQ_API_KEYS"].endswith(canary)  # and the API's own is as it was
-    assert run(tmp_path, src).n_examples == 2  # the next upload is parsed as usual
+    assert run(tmp_path, src, out_name="next.npz").n_examples == 2  # the next upload is parsed as usual
+
+
+# --- kernel confinement (service/confinement.py) ---------------------------------------------------
+
+
+def _try_escapes(filename, source, limits, **kw):
+    """What a parser running an attacker's code could do: each attempt's outcome, raised as the 'error'."""
+    import socket
+
+    def attempt(action):
+        try:
+            action()
+            return "allowed"
+        except PermissionError:
+            return "denied"
+        except OSError as exc:
+            return f"failed: {exc.strerror}"
+
+    secret = source.parent / "secret.txt"
+    outcomes = {
+        "read the upload": attempt(lambda: source.read_bytes()),
+        "read a file beside it": attempt(lambda: secret.read_bytes()),
+        "read /etc/passwd": attempt(lambda: open("/etc/passwd", "rb").close()),
+        "list the upload's folder": attempt(lambda: os.listdir(source.parent)),
+        "create a file": attempt(lambda: (source.parent / "planted").write_bytes(b"x")),
+        "open a TCP socket": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()),
+        "open a Unix socket": attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()),
+        "signal the parent": attempt(lambda: os.kill(os.getppid(), 0)),
+        "signal itself": attempt(lambda: os.kill(os.getpid(), 0)),
+        "exec a program": attempt(lambda: os.execv("/bin/true", ["true"])),
+    }
+    raise UploadError(418, json.dumps(outcomes))
+
+
+def _escapes(tmp_path):
+    from dnnq.service import confinement
+
+    (tmp_path / "secret.txt").write_text("another tenant's data")
+    src = npz_file(tmp_path / "d.npz", X=np.ones((2, 2)), Y=np.ones(2))
+    with pytest.raises(UploadError) as exc_info:
+        run(tmp_path, src, _parse=_try_escapes)
+    assert exc_info.value.status == 418, exc_info.value.detail
+    assert not (tmp_path / "planted").exists()
+    return json.loads(exc_info.value.detail), confinement.support()
+
+
+def test_a_parser_opens_nothing_but_its_upload(tmp_path):
+    """Landlock: an exploited parser cannot read another file (another tenant's dataset, the keys file,
+    Redis's AOF), list a folder or plant a file; it still reads the upload and writes its output."""
+    outcomes, offered = _escapes(tmp_path)
+    if not offered["landlock"]:
+        pytest.skip("this kernel has no Landlock (Linux >= 5.13 with it enabled): files are not confined here")
+    assert outcomes["read the upload"] == "allowed"
+    for name in ("read a file beside it", "read /etc/passwd", "list the upload's folder", "create a file"):
+        assert outcomes[name] == "denied", (name, outcomes)
+    assert run(tmp_path, npz_file(tmp_path / "e.npz", X=np.ones((3, 2)), Y=np.ones(3)), out_name="e-out.npz")
+
+
+def test_a_parser_cannot_open_sockets_exec_or_signal_other_processes(tmp_path):
+    """seccomp: no socket (Redis holds every job), no exec, no signal to the API or the fork server."""
+    outcomes, offered = _escapes(tmp_path)
+    if not offered["seccomp"]:
+        pytest.skip("no seccomp filter on this platform (Linux x86_64 or aarch64 only): system calls are not filtered")
+    for name in ("open a TCP socket", "open a Unix socket", "signal the parent", "exec a program"):
+        assert outcomes[name] == "denied", (name, outcomes)
+    assert outcomes["signal itself"] == "allowed"
+
+
+def _run_filter(program, arch_id, nr, arg0=0):
+    """Classic BPF, the four instructions the filter uses, on one system call: the filter's verdict."""
+    import struct
+
+    code = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    data = struct.pack("=iIQ6Q", nr, arch_id, 0, arg0, 0, 0, 0, 0, 0)
+    acc, pc = 0, 0
+    while True:
+        op, jt, jf, k = code[pc]
+        if op == 0x20:  # ld [k]
+            acc, pc = struct.unpack_from("=I", data, k)[0], pc + 1
+        elif op in (0x15, 0x35):  # jeq / jge #k
+            taken = acc == k if op == 0x15 else acc >= k
+            pc = pc + 1 + (jt if taken else jf)
+        elif op == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected instruction {op:#x}")
+
+
+def test_the_seccomp_program_allows_denies_and_kills_as_listed():
+    from dnnq.service import confinement
+
+    allow, eperm, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000
+    for arch, (arch_id, denied, signals) in confinement._ARCHES.items():
+        program = confinement._filter_program(arch, 4242)
+        for name, nr in denied.items():
+            assert _run_filter(program, arch_id, nr) == eperm, (arch, name)
+        for nr in signals.values():
+            assert _run_filter(program, arch_id, nr, arg0=4242) == allow
+            assert _run_filter(program, arch_id, nr, arg0=1) == eperm
+            assert _run_filter(program, arch_id, nr, arg0=0) == eperm  # kill(0, ...): the whole process group
+        for nr in (0, 1, 3, 9, 60, 231):  # read, write, close, mmap, exit, exit_group (x86_64 numbering)
+            if nr not in denied.values() and nr not in signals.values():
+                assert _run_filter(program, arch_id, nr) == allow
+        assert _run_filter(program, 0x40000003, 1) == kill  # i386's int 0x80 / another ABI
+    x86 = confinement._filter_program("x86_64", 4242)
+    assert _run_filter(x86, 0xC000003E, 0x40000000 | 41) == eperm  # x32's socket
