@@ -7,7 +7,8 @@ memory-safety bugs) cannot reach past the upload it was given.
   not another tenant's dataset, the API keys file, or Redis's append-only file. Descriptors it already
   holds (the result pipe, the output file) stay usable.
 - **System calls (seccomp)**: no sockets (it cannot reach Redis, which holds every job and key), no
-  exec, no signals to other processes (the API, the fork server), no ptrace or cross-process memory
+  exec, no signals to other processes (the API, the fork server), no keystrokes pushed into a terminal
+  (TIOCSTI: its stdio may be `dnnq up`'s terminal), no ptrace or cross-process memory
   access, no io_uring (its operations bypass seccomp), no bpf, userfaultfd or new namespaces. A denied
   call fails with EPERM; a system call of another ABI (i386's int 0x80 on x86_64) kills the process.
 
@@ -55,8 +56,9 @@ _RET_ALLOW, _RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
 _RET_EPERM = 0x00050000 | errno.EPERM
 _DATA_NR, _DATA_ARCH, _DATA_ARG0 = 0, 4, 16  # struct seccomp_data offsets (arg0's low word: little-endian)
 
-# Denied outright, and the signal senders allowed only towards the process itself (arg 0 = its pid).
-_ARCHES: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {
+# Per architecture: its audit id, the calls denied outright, the signal senders allowed only towards the
+# process itself (arg 0 = its pid), and ioctl's number (denied for the terminal requests below).
+_ARCHES: dict[str, tuple[int, dict[str, int], dict[str, int], int]] = {
     "x86_64": (
         0xC000003E,
         {
@@ -68,6 +70,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {
             "perf_event_open": 298, "unshare": 272, "setns": 308,
         },
         {"kill": 62, "tgkill": 234},
+        16,
     ),
     "aarch64": (
         0xC00000B7,
@@ -80,9 +83,13 @@ _ARCHES: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {
             "perf_event_open": 241, "unshare": 97, "setns": 268,
         },
         {"kill": 129, "tgkill": 131},
+        29,
     ),
 }  # fmt: skip
 _X32_SYSCALL_BIT = 0x40000000  # x86_64's x32 ABI: the same calls under other numbers
+# TIOCSTI and TIOCLINUX push keystrokes into a terminal: the child's stdio may be `dnnq up`'s terminal.
+_TERMINAL_INJECTION = (0x5412, 0x541C)
+_DATA_ARG1 = 24
 
 
 class ConfinementError(OSError):
@@ -148,7 +155,7 @@ def _restrict_files(libc: ctypes.CDLL, abi: int, read_files: Iterable[Path], rea
 
 
 def _filter_program(arch: str, own_pid: int) -> bytes:
-    audit_arch, denied, signals = _ARCHES[arch]
+    audit_arch, denied, signals, ioctl = _ARCHES[arch]
     code: list[tuple[int, int, int, int]] = []  # (code, jt, jf, k); jumps count instructions skipped
 
     def jump_to(label: str, *, cond: int, k: int) -> None:
@@ -167,6 +174,12 @@ def _filter_program(arch: str, own_pid: int) -> bytes:
         jump_to("deny", cond=_BPF_JEQ_K, k=nr)
     for nr in sorted(signals.values()):
         jump_to("own_pid", cond=_BPF_JEQ_K, k=nr)
+    jump_to("ioctl", cond=_BPF_JEQ_K, k=ioctl)
+    code.append((_BPF_RET_K, 0, 0, _RET_ALLOW))
+    labels["ioctl"] = len(code)
+    code.append((_BPF_LD_W_ABS, 0, 0, _DATA_ARG1))  # the request: an unsigned int, its low word
+    for request in _TERMINAL_INJECTION:
+        jump_to("deny", cond=_BPF_JEQ_K, k=request)
     code.append((_BPF_RET_K, 0, 0, _RET_ALLOW))
     labels["own_pid"] = len(code)
     code.append((_BPF_LD_W_ABS, 0, 0, _DATA_ARG0))

@@ -291,7 +291,9 @@ def test_the_child_sees_none_of_the_apis_secrets(tmp_path, monkeypatch):
 
 def _try_escapes(filename, source, limits, **kw):
     """What a parser running an attacker's code could do: each attempt's outcome, raised as the 'error'."""
+    import fcntl
     import socket
+    import termios
 
     def attempt(action):
         try:
@@ -314,6 +316,7 @@ def _try_escapes(filename, source, limits, **kw):
         "signal the parent": attempt(lambda: os.kill(os.getppid(), 0)),
         "signal itself": attempt(lambda: os.kill(os.getpid(), 0)),
         "exec a program": attempt(lambda: os.execv("/bin/true", ["true"])),
+        "push a keystroke into a terminal": attempt(lambda: fcntl.ioctl(2, termios.TIOCSTI, b"x")),
     }
     raise UploadError(418, json.dumps(outcomes))
 
@@ -347,17 +350,23 @@ def test_a_parser_cannot_open_sockets_exec_or_signal_other_processes(tmp_path):
     outcomes, offered = _escapes(tmp_path)
     if not offered["seccomp"]:
         pytest.skip("no seccomp filter on this platform (Linux x86_64 or aarch64 only): system calls are not filtered")
-    for name in ("open a TCP socket", "open a Unix socket", "signal the parent", "exec a program"):
+    for name in (
+        "open a TCP socket",
+        "open a Unix socket",
+        "signal the parent",
+        "exec a program",
+        "push a keystroke into a terminal",  # without the filter: ENOTTY here, the keystroke in a real one
+    ):
         assert outcomes[name] == "denied", (name, outcomes)
     assert outcomes["signal itself"] == "allowed"
 
 
-def _run_filter(program, arch_id, nr, arg0=0):
+def _run_filter(program, arch_id, nr, arg0=0, arg1=0):
     """Classic BPF, the four instructions the filter uses, on one system call: the filter's verdict."""
     import struct
 
     code = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
-    data = struct.pack("=iIQ6Q", nr, arch_id, 0, arg0, 0, 0, 0, 0, 0)
+    data = struct.pack("=iIQ6Q", nr, arch_id, 0, arg0, arg1, 0, 0, 0, 0)
     acc, pc = 0, 0
     while True:
         op, jt, jf, k = code[pc]
@@ -376,7 +385,7 @@ def test_the_seccomp_program_allows_denies_and_kills_as_listed():
     from dnnq.service import confinement
 
     allow, eperm, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000
-    for arch, (arch_id, denied, signals) in confinement._ARCHES.items():
+    for arch, (arch_id, denied, signals, ioctl) in confinement._ARCHES.items():
         program = confinement._filter_program(arch, 4242)
         for name, nr in denied.items():
             assert _run_filter(program, arch_id, nr) == eperm, (arch, name)
@@ -385,8 +394,11 @@ def test_the_seccomp_program_allows_denies_and_kills_as_listed():
             assert _run_filter(program, arch_id, nr, arg0=1) == eperm
             assert _run_filter(program, arch_id, nr, arg0=0) == eperm  # kill(0, ...): the whole process group
         for nr in (0, 1, 3, 9, 60, 231):  # read, write, close, mmap, exit, exit_group (x86_64 numbering)
-            if nr not in denied.values() and nr not in signals.values():
+            if nr not in denied.values() and nr not in signals.values() and nr != ioctl:
                 assert _run_filter(program, arch_id, nr) == allow
+        assert _run_filter(program, arch_id, ioctl, arg1=0x5412) == eperm  # TIOCSTI: keystrokes into a terminal
+        assert _run_filter(program, arch_id, ioctl, arg1=0x541C) == eperm  # TIOCLINUX
+        assert _run_filter(program, arch_id, ioctl, arg1=0x5401) == allow  # TCGETS (isatty)
         assert _run_filter(program, 0x40000003, 1) == kill  # i386's int 0x80 / another ABI
     x86 = confinement._filter_program("x86_64", 4242)
     assert _run_filter(x86, 0xC000003E, 0x40000000 | 41) == eperm  # x32's socket
