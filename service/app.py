@@ -32,6 +32,8 @@ __all__ = ["create_app"]
 API_VERSION = "0.1.0"
 log = logging.getLogger("dnnq.api")
 
+# The routes that take a multipart upload (DNNQ_MAX_UPLOAD_BYTES); every other body has a smaller limit.
+UPLOAD_PATHS = frozenset({"/v1/datasets"})
 # Multipart framing around an uploaded file (boundaries, part headers, small form fields).
 _MULTIPART_SLACK = 64 * 1024
 
@@ -46,18 +48,30 @@ class BodyLimitMiddleware:
         self.app = app
         self.settings = settings
 
-    def _limit(self, scope: Scope) -> tuple[int, str]:
-        ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
-        if ctype.startswith(b"multipart/"):
+    def _limit(self, scope: Scope, ctype: bytes) -> tuple[int, str]:
+        # The larger limits go to the one route that takes each kind of body, never by Content-Type alone:
+        # a multipart body sent to a JSON route would otherwise be read whole into memory.
+        path = scope["path"]
+        root = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        kind = ctype.split(b";")[0].strip().lower()
+        if kind.startswith(b"multipart/") and path.rstrip("/") in UPLOAD_PATHS:
             return self.settings.max_upload_bytes + _MULTIPART_SLACK, "DNNQ_MAX_UPLOAD_BYTES"
-        if ctype.split(b";")[0].strip().lower() in BINARY_PREDICT_TYPES and scope["path"].endswith("/predict"):
+        if kind in BINARY_PREDICT_TYPES and path.endswith("/predict"):
             return self.settings.max_predict_body_bytes, "DNNQ_MAX_PREDICT_BODY_BYTES"
         return self.settings.max_json_body_bytes, "DNNQ_MAX_JSON_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        limit, setting = self._limit(scope)
+        ctypes = [value for name, value in scope.get("headers") or [] if name.lower() == b"content-type"]
+        if len(ctypes) > 1:
+            # This middleware and the routes must judge the same Content-Type; with two, they would not
+            # (FastAPI reads the first, a dict of the headers keeps the last).
+            response = problem_response(400, "More than one Content-Type header; send exactly one.")
+            return await response(scope, receive, send)
+        limit, setting = self._limit(scope, ctypes[0] if ctypes else b"")
         detail = (
             f"Request body is larger than the limit of {limit} bytes ({setting}); "
             "send a smaller file or ask the operator to raise the limit."

@@ -181,8 +181,22 @@ def _predict(
         raise job_not_found(job_id)
     if job["status"] != "succeeded":
         raise Problem(409, f"Job '{job_id}' is {job['status']}; its model exists once it has succeeded.")
-    meta = datasets.get_dataset(r, job["dataset_id"]) or {}
-    n_x = int(meta.get("n_features") or 0)
+    spec = job["spec"]
+    try:
+        preprocess = PreprocessSpec.model_validate(spec.get("preprocess") or {})
+    except ValidationError:  # a record written before the spec's bounds: its model cannot be trusted
+        raise Problem(
+            409, f"Job '{job_id}' was trained with a preprocess.scale this version refuses; train it again."
+        ) from None
+    # The model is what the weights say, not what the training set's record says: that record goes when
+    # its dataset is deleted (allowed once no unfinished job uses it), and the model must outlive it.
+    try:
+        raw = store.get(f"jobs/{job_id}/weights.npz")
+    except KeyError:
+        raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
+    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+        params = {k: npz[k] for k in npz.files}  # the dtype the job trained in
+    n_x = int(params["W1"].shape[1])
     X = _inputs(kind, body, settings, n_x)
     rows = X.shape[0]
     if rows > settings.max_predict_examples:
@@ -195,19 +209,6 @@ def _predict(
         raise field_error(
             "inputs", f"each example needs {n_x} features (the training set's); got rows of {X.shape[1]}."
         )
-    spec = job["spec"]
-    try:
-        preprocess = PreprocessSpec.model_validate(spec.get("preprocess") or {})
-    except ValidationError:  # a record written before the spec's bounds: its model cannot be trusted
-        raise Problem(
-            409, f"Job '{job_id}' was trained with a preprocess.scale this version refuses; train it again."
-        ) from None
-    try:
-        raw = store.get(f"jobs/{job_id}/weights.npz")
-    except KeyError:
-        raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
-    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        params = {k: npz[k] for k in npz.files}  # the dtype the job trained in
     n_y = int(params[f"b{len(params) // 2}"].shape[0])
     if rows * n_y > settings.max_predict_values:
         fit = settings.max_predict_values // n_y
@@ -235,7 +236,7 @@ def _predict(
             f"({preprocess.scale}); send raw values on the training data's scale.",
         )
         hidden, output = spec["model"]["hidden_activation"], spec["model"]["output"]
-        AL = np.asarray(model_predict(params, X.T, hidden_activation=hidden, output=output, proba=True))  # one pass
+        AL = _forward_in_chunks(model_predict, params, X, hidden, output)
     _finite_rows_or_422(
         AL.T,
         "the model's outputs are not finite numbers (the network's values overflow): "
@@ -247,13 +248,45 @@ def _predict(
     if output == "linear":
         return {"predictions": np.asarray(labels).T.tolist(), "probabilities": None, "labels": None}
     predictions = np.asarray(labels).tolist()
-    classes = meta.get("classes")
+    classes = _class_names(r, store, job)
     names = classes if classes and len(classes) == max(n_y, 2) else None  # sigmoid: 2 classes, 1 output
     return {
         "predictions": predictions,
         "probabilities": AL.T.tolist(),  # (m, n_y) for sigmoid too
         "labels": [names[k] for k in predictions] if names else predictions,
     }
+
+
+# What one forward pass may hold in activations: every layer's Z and A (the forward keeps its caches)
+# for the rows of one chunk. Without it a 50 KB request to a model with one 65,536-unit layer held 6 GB.
+FORWARD_BUDGET_BYTES = 64 * 1024 * 1024
+
+
+def _forward_in_chunks(model_predict: Any, params: dict[str, np.ndarray], X: np.ndarray, hidden: str, output: str):
+    """The output activations (n_y, m) for the rows of X, computed a chunk of rows at a time so that the
+    hidden layers' activations never take more than FORWARD_BUDGET_BYTES, however wide the model."""
+    n_layers = len(params) // 2
+    widths = sum(int(params[f"b{l}"].shape[0]) for l in range(1, n_layers + 1))
+    itemsize = max(np.dtype(params["W1"].dtype).itemsize, X.dtype.itemsize)
+    per_row = 2 * widths * itemsize + X.shape[1] * itemsize  # Z and A per layer, and the row itself
+    step = max(1, FORWARD_BUDGET_BYTES // per_row)
+    parts = [
+        np.asarray(model_predict(params, X[s : s + step].T, hidden_activation=hidden, output=output, proba=True))
+        for s in range(0, X.shape[0], step)
+    ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _class_names(r: Any, store: Any, job: dict[str, Any]) -> list | None:
+    """The training set's class names: from its record, or, once it was deleted, from the job's model.json
+    (written with the weights)."""
+    meta = datasets.get_dataset(r, job["dataset_id"])
+    if meta is not None:
+        return meta.get("classes")
+    try:
+        return json.loads(store.get(f"jobs/{job['id']}/model.json")).get("classes")
+    except (KeyError, ValueError, AttributeError):
+        return None
 
 
 def _inputs(kind: str, body: bytes, settings: ApiSettings, n_x: int) -> np.ndarray:
@@ -305,6 +338,9 @@ def _json_inputs(body: bytes) -> PredictRequest:
         ) from None
 
 
+_MAX_NDIM = 32  # numpy's own limit is 64; an example flattened from more than 31 axes is not a request
+
+
 def _check_header(shape: tuple[int, ...], dtype: np.dtype, limit_values: int) -> None:
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.subdtype is not None:
         raise field_error(
@@ -312,6 +348,15 @@ def _check_header(shape: tuple[int, ...], dtype: np.dtype, limit_values: int) ->
         )
     if any(d < 0 for d in shape):
         raise field_error("inputs", f"the array declares a negative shape {tuple(shape)}.")
+    # numpy builds no array of more than 64 dimensions, nor one whose dimensions (zeros aside) overflow
+    # its index type: (2**62, 0) holds no value yet is refused by reshape and numpy.empty (a 500 here).
+    # Rows x features needs two; no dimension of a request within the limit can exceed it.
+    if len(shape) > _MAX_NDIM or any(d > limit_values for d in shape):
+        raise field_error(
+            "inputs",
+            f"the array declares shape {tuple(shape)[:8]}{'...' if len(shape) > 8 else ''}; "
+            f"send examples as rows: at most {_MAX_NDIM} dimensions, none over {limit_values}.",
+        )
     values = declared_bytes(shape, 1)
     if values > limit_values:
         raise Problem(
