@@ -53,6 +53,11 @@ class ApiSettings(WorkerSettings):
         ge=1,
         description="Largest predict response, in rows x outputs (each output value is ~20 bytes of JSON).",
     )
+    max_predict_model_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest weights file the API loads to predict (per request, in the API process).",
+    )
 
     # The sandboxed child that parses an upload (service/sandbox.py): hard limits of that process.
     parse_memory_bytes: int | None = Field(

@@ -190,12 +190,7 @@ def _predict(
         ) from None
     # The model is what the weights say, not what the training set's record says: that record goes when
     # its dataset is deleted (allowed once no unfinished job uses it), and the model must outlive it.
-    try:
-        raw = store.get(f"jobs/{job_id}/weights.npz")
-    except KeyError:
-        raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
-    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-        params = {k: npz[k] for k in npz.files}  # the dtype the job trained in
+    params = _weights(store, job_id, settings)
     n_x = int(params["W1"].shape[1])
     X = _inputs(kind, body, settings, n_x)
     rows = X.shape[0]
@@ -275,6 +270,28 @@ def _forward_in_chunks(model_predict: Any, params: dict[str, np.ndarray], X: np.
         for s in range(0, X.shape[0], step)
     ]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _weights(store: Any, job_id: str, settings: ApiSettings) -> dict[str, np.ndarray]:
+    """The job's weights, in the dtype it trained in; a 409 before any is read when the file is over
+    max_predict_model_bytes (a model as large as a worker may train is not the API's to load per request)."""
+    try:
+        f = store.open_read(f"jobs/{job_id}/weights.npz")
+    except KeyError:
+        raise Problem(404, f"Job '{job_id}' has no npz weights.") from None
+    with f:
+        size = f.seek(0, io.SEEK_END)
+        if size > settings.max_predict_model_bytes:
+            raise Problem(
+                409,
+                f"Job '{job_id}''s weights are {size} bytes, over the {settings.max_predict_model_bytes} bytes "
+                "the API loads to predict (DNNQ_MAX_PREDICT_MODEL_BYTES): download them "
+                f"(GET /v1/jobs/{job_id}/weights?format=onnx or npz) and predict where they fit, or ask the "
+                "operator to raise the limit.",
+            )
+        f.seek(0)
+        with np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
 
 
 def _class_names(r: Any, store: Any, job: dict[str, Any]) -> list | None:

@@ -1,5 +1,6 @@
 """Predict's memory is bounded by the request, not by the model's width. A model
-with one wide hidden layer used to hold rows x width activations (twice: Z and A) at once."""
+with one wide hidden layer used to hold rows x width activations (twice: Z and A) at once; a model
+whose weights are over DNNQ_MAX_PREDICT_MODEL_BYTES is a 409 before they are read."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tests.service.test_api import live_worker  # noqa: F401  (fixture)
+from tests.service.test_api import assert_problem, live_worker, make_client  # noqa: F401  (fixture)
 from tests.service.test_numbers_and_limits import succeeded_job
 
 WIDTH, ROWS = 16384, 2000  # unchunked: 2000 x 16384 x 8 bytes x 2 = 500 MiB of activations
@@ -68,3 +69,14 @@ def test_chunked_forward_equals_one_pass():
     finally:
         route.FORWARD_BUDGET_BYTES = saved
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12)
+
+
+def test_weights_over_the_model_limit_are_a_409_that_says_what_to_do(api_settings, store, wide_job):
+    weights_bytes = store.get(f"jobs/{wide_job}/weights.npz")
+    assert len(weights_bytes) > 2**18
+    inputs = {"inputs": [[0.0, 1.0]]}
+    with make_client(api_settings, max_predict_model_bytes=len(weights_bytes) - 1) as small:
+        resp = small.post(f"/v1/jobs/{wide_job}/predict", json=inputs)
+    assert_problem(resp, 409, "DNNQ_MAX_PREDICT_MODEL_BYTES", f"/v1/jobs/{wide_job}/weights")
+    with make_client(api_settings, max_predict_model_bytes=len(weights_bytes)) as enough:
+        assert enough.post(f"/v1/jobs/{wide_job}/predict", json=inputs).status_code == 200
