@@ -96,9 +96,18 @@ class AsyncRedisByLoop:
         loop = asyncio.get_running_loop()
         client = self.clients.get(loop)
         if client is None:
-            client = self.clients[loop] = aioredis.Redis.from_url(
-                self.settings.redis_url or DEFAULT_REDIS_URL, **_redis_options(self.settings)
+            # A blocking pool: past max_connections a call waits for a free connection (up to the socket
+            # timeout) instead of raising MaxConnectionsError at once, which a burst of requests or of
+            # open event streams turned into 503s for every tenant.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.settings.redis_url or DEFAULT_REDIS_URL,
+                max_connections=self.settings.redis_max_connections,
+                timeout=self.settings.redis_socket_timeout,
+                **_redis_options(self.settings),
             )
+            client = aioredis.Redis(connection_pool=pool)
+            client.auto_close_connection_pool = True  # aclose() closes the pool too (Redis.from_pool's way)
+            self.clients[loop] = client
         return client
 
     async def aclose(self) -> None:

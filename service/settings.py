@@ -99,6 +99,13 @@ class ApiSettings(WorkerSettings):
     sse_poll_seconds: float = Field(default=0.2, gt=0, description="How often /events polls Redis.")
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
 
+    redis_max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Connections the API process's asyncio Redis client may open. A request that finds them all "
+        "in use waits (up to redis_socket_timeout) for one instead of failing: redis-py's default pool (100) "
+        "raised MaxConnectionsError, answered as a 503 'Redis is unreachable', past 100 requests in flight.",
+    )
     redis_socket_timeout: float = Field(
         default=5.0, gt=0, description="Redis socket timeout: a dead Redis gives a 503, not a hang."
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import redis
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
@@ -34,7 +35,13 @@ def polled_stream(request: Request, settings: Any, one_round: Round) -> Streamin
         last_sent = time.monotonic()
         yield ": stream open\n\n"
         while True:
-            events, last = await one_round()
+            try:
+                events, last = await one_round()
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The response has started: no 503 can follow. End the stream as a stream ends; the client
+                # reconnects (with Last-Event-ID) instead of getting a cut chunked body and a traceback.
+                yield ": redis unreachable; reconnect shortly\n\n"
+                return
             for item in events:
                 yield item
             if events:
