@@ -44,7 +44,8 @@ HistoryChoice = Literal["thin", "full", "none"]
 
 
 def job_not_found(job_id: str) -> Problem:
-    return Problem(404, f"No job with id '{job_id}'.")
+    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."  # a client's 10,000-character id is not echoed
+    return Problem(404, f"No job with id '{shown}'.")
 
 
 class TaskSender:

@@ -695,3 +695,9 @@ def test_startup_opens_the_redis_connections_a_burst_needs_and_new_ones_cost_no_
     finally:
         watching[0] = False
     assert metadata_reads == []
+
+
+def test_a_long_job_id_is_not_echoed_whole(client):
+    resp = client.get("/v1/jobs/" + "a" * 10_000)
+    body = assert_problem(resp, 404)
+    assert len(body["detail"]) < 200 and "a" * 64 + "..." in body["detail"]
