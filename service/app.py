@@ -24,6 +24,7 @@ from dnnq.service.errors import Problem, document_problems, install_error_handle
 from dnnq.service.jobdesk import JobDesk
 from dnnq.service.routes.predict import BINARY_PREDICT_TYPES, LIMIT_HEADERS, limit_headers
 from dnnq.service.settings import ApiSettings, get_api_settings
+from dnnq.service.sse import StreamSlots
 from dnnq.workers import jobs, recovery
 from dnnq.workers.artifact_store import ArtifactStore
 
@@ -303,6 +304,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.redis = make_redis(settings)
     app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_tenant)  # open event streams per tenant
     app.state.job_desk = JobDesk(settings, app.state.redis, app.state.async_redis)  # submits and status reads
     _preload()
     app.state.registry = CollectorRegistry()

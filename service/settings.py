@@ -98,6 +98,12 @@ class ApiSettings(WorkerSettings):
     )
     sse_poll_seconds: float = Field(default=0.2, gt=0, description="How often /events polls Redis.")
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    sse_max_stream_seconds: float = Field(
+        default=3600.0, gt=0, description="An event stream ends after this long; the client reconnects."
+    )
+    max_streams_per_tenant: int = Field(
+        default=64, ge=1, description="Event streams one API key may hold open in one API process (429 past it)."
+    )
 
     redis_max_connections: int = Field(
         default=1024,

@@ -161,7 +161,7 @@ async def job_events(
             return [*out, sse.event("end", job_view(job, None))], True
         return out, False
 
-    return sse.polled_stream(request, settings, one_round)
+    return sse.polled_stream(request, settings, one_round, tenant)
 
 
 def _succeeded_or_409(job: dict) -> None:

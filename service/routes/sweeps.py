@@ -334,4 +334,4 @@ async def stream_sweep_events(
             return [*out, sse.event("end", summary_view(sweep, states))], True
         return out, False
 
-    return sse.polled_stream(request, settings, one_round)
+    return sse.polled_stream(request, settings, one_round, tenant)

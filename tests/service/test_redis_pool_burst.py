@@ -5,6 +5,7 @@ the API answered as 503 "Redis is unreachable" for every tenant, and which cut o
 from __future__ import annotations
 
 import asyncio
+import types
 
 import pytest
 import redis
@@ -43,6 +44,9 @@ def test_default_pool_takes_a_burst_past_redis_pys_100(redis_client, redis_url, 
 
 
 class _Request:
+    def __init__(self) -> None:
+        self.app = types.SimpleNamespace(state=types.SimpleNamespace(stream_slots=sse.StreamSlots(4)))
+
     async def is_disconnected(self) -> bool:
         return False
 
@@ -50,6 +54,7 @@ class _Request:
 class _Settings:
     sse_poll_seconds = 0.01
     sse_keepalive_seconds = 15.0
+    sse_max_stream_seconds = 3600.0
 
 
 @pytest.mark.parametrize("error", [redis.ConnectionError("gone"), redis.TimeoutError("slow")])
@@ -64,7 +69,7 @@ def test_a_redis_error_mid_stream_ends_the_stream_cleanly(error):
         return [sse.event("status", {"status": "running"})], False
 
     async def read() -> list[str]:
-        response = sse.polled_stream(_Request(), _Settings(), one_round)
+        response = sse.polled_stream(_Request(), _Settings(), one_round, "alice")
         return [chunk async for chunk in response.body_iterator]
 
     chunks = asyncio.run(read())  # before the fix: the error escaped the started response (a cut stream)
