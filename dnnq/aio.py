@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from dnnq import wire
-from dnnq.errors import ConnectionFailed, WaitTimeout
+from dnnq.errors import ConnectionFailed, RateLimited, WaitTimeout
 from dnnq.job import TERMINAL, History, Prediction
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class AsyncJob(_AsyncView):
         last_id = str(progress["epoch"]) if progress.get("epoch") else None
         for _attempt in range(3):
             headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
-            with contextlib.suppress(ConnectionFailed, httpx.HTTPError):
+            with contextlib.suppress(ConnectionFailed, RateLimited, httpx.HTTPError):
                 path, timeout = f"/v1/jobs/{self.id}/events", httpx.Timeout(10.0, read=120.0)
                 async with self._client.stream("GET", path, headers=headers, timeout=timeout) as response:
                     async for sse in EventSource(response).aiter_sse():
@@ -269,7 +269,7 @@ class AsyncSweep(_AsyncView):
         if (await self.refresh()).done:
             return self
         for _attempt in range(3):
-            with contextlib.suppress(ConnectionFailed, httpx.HTTPError):
+            with contextlib.suppress(ConnectionFailed, RateLimited, httpx.HTTPError):
                 path, timeout = f"/v1/sweeps/{self.data['id']}/events", httpx.Timeout(10.0, read=120.0)
                 async with self._client.stream("GET", path, timeout=timeout) as response:
                     async for sse in EventSource(response).aiter_sse():

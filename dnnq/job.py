@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import httpx
 
 from dnnq import wire
-from dnnq.errors import ConnectionFailed, WaitTimeout
+from dnnq.errors import ConnectionFailed, RateLimited, WaitTimeout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -176,7 +176,7 @@ class Job(_View):
         for _attempt in range(STREAM_RETRIES):
             try:
                 ended, last_id = self._follow_stream(last_id, deadline, on_epoch)
-            except (ConnectionFailed, httpx.HTTPError):
+            except (ConnectionFailed, RateLimited, httpx.HTTPError):  # 429: the key's streams are all open
                 ended = False
             if ended:
                 return self

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from dnnq import wire
-from dnnq.errors import ConnectionFailed, WaitTimeout
+from dnnq.errors import ConnectionFailed, RateLimited, WaitTimeout
 from dnnq.job import STREAM_RETRIES, Job, _View
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class Sweep(_View):
             try:
                 if self._follow_stream(deadline, on_update):
                     return self.refresh()
-            except (ConnectionFailed, httpx.HTTPError):
+            except (ConnectionFailed, RateLimited, httpx.HTTPError):  # 429: the key's streams are all open
                 pass
             if self.refresh().done:
                 return self

@@ -155,3 +155,22 @@ def test_the_course_test_set_predicts_in_one_call(live_stack, tmp_path, capsys, 
     out = json.loads(capsys.readouterr().out)
     assert len(predicts) == 1
     assert out["predictions"] == expected.tolist() and np.asarray(out["probabilities"]).shape == (50, 1)
+
+
+def test_wait_polls_when_the_keys_event_streams_are_all_open(live_stack_factory, live_stack_env):
+    """A 429 on the event stream (DNNQ_MAX_STREAMS_PER_TENANT reached, here 1, held by another stream)
+    makes wait() poll instead of raising."""
+    stack = live_stack_factory(env={**live_stack_env, "DNNQ_MAX_STREAMS_PER_TENANT": "1"})
+    X, Y = _moons()
+    with Client(stack.base_url) as client:
+        data = client.upload(X=X, Y=Y, name="moons")
+        held = client.submit(dataset=data, hidden_layers=[4], device="gpu", wait_for_worker=True)  # never runs here
+        job = client.submit(dataset=data, hidden_layers=[4], epochs=200, device="cpu")
+        with (
+            httpx.Client(base_url=stack.base_url, timeout=30) as raw,
+            raw.stream("GET", f"/v1/jobs/{held.id}/events") as stream,
+        ):
+            assert stream.status_code == 200
+            assert raw.get(f"/v1/jobs/{job.id}/events").status_code == 429
+            assert job.wait(timeout=120, poll_interval=0.1) is job
+        assert job.status == "succeeded"
