@@ -1,14 +1,17 @@
 """Idempotency-Key for POST /v1/jobs and POST /v1/datasets.
 
-The first request with a key reserves `dnnq:idem:{tenant}:{route}:{key}` with SET NX (24 h TTL)
-before it creates anything, and records the created id afterwards. A repeat with the same body
+The first request with a key reserves `dnnq:idem:{tenant}:{route}:{key}` with SET NX before it
+creates anything, and records the created id afterwards (kept 24 h). A repeat with the same body
 gets the original resource back; a repeat with a different body is a 422; a repeat that arrives
-while the first is still working is a 409 (retry shortly).
+while the first is still working is a 409 (retry shortly). The reservation itself lives only
+`pending_ttl` seconds (longer than any creation takes): an API process that died between reserving
+and recording frees the key then, not a day later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import redis
@@ -16,7 +19,9 @@ import redis
 from dnnq.service.errors import Problem
 from dnnq.workers import keys
 
-__all__ = ["IdempotencyKey", "reserve"]
+__all__ = ["PENDING_TTL_SECONDS", "IdempotencyKey", "reserve"]
+
+log = logging.getLogger("dnnq.api")
 
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 
@@ -29,16 +34,30 @@ class IdempotencyKey:
 
     def complete(self, resource_id: str) -> None:
         value = json.dumps({"body_sha256": self.body_sha256, "id": resource_id})
-        self.r.set(self.redis_key, value, ex=self.ttl, xx=True)
+        if not self.r.set(self.redis_key, value, ex=self.ttl, xx=True):
+            log.warning("Idempotency-Key %s expired before its resource %s was recorded", self.redis_key, resource_id)
 
     def release(self) -> None:
         self.r.delete(self.redis_key)
 
 
+# A reservation not completed by then is forgotten (its API process died): creating a job or a sweep
+# takes milliseconds; a dataset's upload is reserved after its body arrived, before it is parsed.
+PENDING_TTL_SECONDS = 120
+
+
 def reserve(
-    r: redis.Redis, *, tenant: str, route: str, key: str | None, body_sha256: str, ttl: int
+    r: redis.Redis,
+    *,
+    tenant: str,
+    route: str,
+    key: str | None,
+    body_sha256: str,
+    ttl: int,
+    pending_ttl: float = PENDING_TTL_SECONDS,
 ) -> tuple[IdempotencyKey | None, str | None]:
-    """(reservation, None) for a new key; (None, id) to replay; (None, None) without a key."""
+    """(reservation, None) for a new key; (None, id) to replay; (None, None) without a key. The
+    reservation expires after ``pending_ttl`` seconds unless completed (then it is kept ``ttl``)."""
     if key is None:
         return None, None
     if not _KEY_RE.match(key):
@@ -49,11 +68,13 @@ def reserve(
         )
     redis_key = keys.idempotency(tenant, route, key)
     pending = json.dumps({"body_sha256": body_sha256, "id": None})
-    if r.set(redis_key, pending, nx=True, ex=ttl):
+    if r.set(redis_key, pending, nx=True, px=max(1, int(min(pending_ttl, ttl) * 1000))):
         return IdempotencyKey(r, redis_key, body_sha256, ttl), None
     raw = r.get(redis_key)
     if raw is None:  # expired between SET NX and GET: treat as new
-        return reserve(r, tenant=tenant, route=route, key=key, body_sha256=body_sha256, ttl=ttl)
+        return reserve(
+            r, tenant=tenant, route=route, key=key, body_sha256=body_sha256, ttl=ttl, pending_ttl=pending_ttl
+        )
     stored = json.loads(raw)
     if stored.get("body_sha256") != body_sha256:
         raise Problem(

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from dnnq.service.deps import Rds, Settings, Store, Tenant
 from dnnq.service.errors import Problem, problems
-from dnnq.service.idempotency import reserve
+from dnnq.service.idempotency import PENDING_TTL_SECONDS, reserve
 from dnnq.service.sandbox import parse_in_sandbox
 from dnnq.service.schemas import DatasetDetail, DatasetList, DatasetView, SyntheticRequest, dataset_view
 from dnnq.service.settings import ApiSettings
@@ -63,7 +63,13 @@ def _save(
     content already exists. An Idempotency-Key replay answers 201 with the original id, without
     calling `store_it`. UploadError and DatasetError are 4xx problems."""
     reservation, replay_id = reserve(
-        r, tenant=tenant, route="datasets", key=idem_key, body_sha256=body_sha, ttl=settings.idempotency_ttl_seconds
+        r,
+        tenant=tenant,
+        route="datasets",
+        key=idem_key,
+        body_sha256=body_sha,
+        ttl=settings.idempotency_ttl_seconds,
+        pending_ttl=settings.parse_wall_seconds + PENDING_TTL_SECONDS,  # the parse may take its whole limit
     )
     if replay_id is not None:
         rec = datasets.get_dataset(r, replay_id, tenant)

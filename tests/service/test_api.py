@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dnnq.service.app import create_app
+from dnnq.service.errors import Problem
 from dnnq.workers import jobs, keys
 
 
@@ -551,6 +553,25 @@ def test_idempotent_job_submission(client, dataset_id, live_worker):
     body = assert_problem(other, 422, "different request body")
     assert body["errors"][0]["field"] == "Idempotency-Key"
     assert client.get("/v1/jobs").json()["total"] == 1
+
+
+def test_an_idempotency_key_whose_request_died_is_free_again_after_the_pending_ttl(redis_client):
+    """An API process that died between reserving a key and recording its job left the key 'in progress':
+    every retry was a 409 for the key's whole 24 h. The reservation now lives only its pending TTL."""
+    from dnnq.service.idempotency import reserve
+
+    args = {"tenant": "t", "route": "jobs", "key": "k-1", "body_sha256": "ab", "ttl": 86_400}
+    reservation, _ = reserve(redis_client, **args, pending_ttl=0.3)  # and then the process dies
+    assert reservation is not None and 0 < redis_client.pttl(reservation.redis_key) <= 300
+    with pytest.raises(Problem) as in_progress:
+        reserve(redis_client, **args, pending_ttl=0.3)
+    assert in_progress.value.status == 409
+    time.sleep(0.4)
+    again, replay = reserve(redis_client, **args)  # the retry may create it now
+    assert again is not None and replay is None
+    again.complete("job-1")
+    assert redis_client.ttl(again.redis_key) > 86_000  # a recorded id is kept the whole TTL
+    assert reserve(redis_client, **args) == (None, "job-1")
 
 
 def test_idempotent_dataset_upload(client):
