@@ -7,6 +7,7 @@ In-process (ASGI and TestClient) on the real test Redis, plus one raw-socket tes
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -113,6 +114,18 @@ def test_public_routes_stay_open_with_keys(api_settings):
         assert c.get("/static/dashboard.js").status_code == 200
         assert c.get("/docs").status_code == 200
         assert c.get("/openapi.json").status_code == 200
+
+
+def test_readyz_tells_where_the_store_is_only_to_a_key_holder(api_settings):
+    """A probe without a key gets the verdict; where the artifacts live (a path, a bucket and endpoint) and
+    what the store answered are for API-key holders."""
+    with make_client(api_settings, api_keys=KEYS) as c:
+        anonymous = c.get("/readyz").json()
+        assert anonymous["store"] == {"location": "(hidden: send an API key)", "ok": True}
+        assert str(api_settings.data_dir) not in json.dumps(anonymous)
+        mine = c.get("/readyz", headers=ALICE).json()
+        assert str(api_settings.data_dir) in mine["store"]["location"] and mine["store"]["ok"] is True
+        assert mine["status"] == anonymous["status"] and mine["workers"] == anonymous["workers"]
 
 
 def test_every_tenant_route_is_behind_the_gate_and_only_those():
