@@ -79,6 +79,12 @@ class ApiSettings(WorkerSettings):
     max_sweep_trials: int = Field(
         default=64, ge=1, le=4096, description="Most trials one POST /v1/sweeps may ask for (service/routes/sweeps.py)."
     )
+    sweep_history_full_max_entries: int = Field(
+        default=200_000,
+        ge=1,
+        description="Most epochs, over all its trials, GET /v1/sweeps/{id}?history=full answers (422 past it: "
+        "each trial's /v1/jobs/{id}?history=full instead); the API holds them all at once.",
+    )
     artifacts_redirect_seconds: int = Field(
         default=0,
         ge=0,

@@ -8,14 +8,18 @@ needs no file.
 
 Readers keep the histories they parsed in a bounded in-process cache: a moved history never changes
 (its job has ended), and a status poll must not read and parse the file every time.
+
+The move keeps the last entry in the job's record (`history_last`): a sweep ranks its trials by it
+and reads no file. Records moved before that field existed have last_entry, which parses one line.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from dnnq.workers.artifact_store import ArtifactStore
@@ -26,6 +30,7 @@ __all__ = [
     "HISTORY_INLINE_MAX",
     "forget",
     "history_key",
+    "last_entry",
     "lrange",
     "read_history",
     "write_history",
@@ -36,8 +41,12 @@ HISTORY_INLINE_MAX = 256
 # Epoch entries a process keeps parsed (a few hundred bytes each as Python objects).
 HISTORY_CACHE_ENTRIES = 100_000
 
+# Last entries last_entry found (one small dict per job: a sweep of older records asks every GET).
+LAST_ENTRY_CACHE_JOBS = 10_000
+
 _cache: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 _cached_entries = 0
+_last: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -75,10 +84,31 @@ def read_history(store: ArtifactStore, job_id: str) -> list[dict[str, Any]]:
     return entries
 
 
+def last_entry(store: ArtifactStore, job_id: str) -> dict[str, Any] | None:
+    """The last entry of a moved history (None when it has none; KeyError when the file is missing),
+    for a record moved before the move kept it (`history_last`). The file is decompressed line by line
+    and only its last line parsed: memory of one line, not of the whole history."""
+    with _lock:
+        if job_id in _last:
+            return _last[job_id]
+        cached = _cache.get(job_id)
+    if cached is not None:
+        return cached[-1] if cached else None
+    with gzip.GzipFile(fileobj=io.BytesIO(store.get(history_key(job_id)))) as lines:
+        last = deque(lines, maxlen=1)  # every line read, the last one kept
+    entry = json.loads(last[0]) if last and last[0].strip() else None
+    with _lock:
+        _last[job_id] = entry
+        if len(_last) > LAST_ENTRY_CACHE_JOBS:
+            _last.popitem(last=False)
+    return entry
+
+
 def forget(job_id: str) -> None:
     """Drop a job's parsed history from this process's cache (its job was deleted)."""
     global _cached_entries
     with _lock:
+        _last.pop(job_id, None)
         dropped = _cache.pop(job_id, None)
         if dropped is not None:
             _cached_entries -= len(dropped)

@@ -365,8 +365,9 @@ def finish(
     or the transition is not allowed (running -> cancelled is not: cancel goes through cancelling).
 
     With the artifact store (the worker's finish), a history longer than HISTORY_INLINE_MAX epochs is
-    written to it first and leaves Redis in the finish's own step; without one, or when that write
-    fails, the job is listed for the sweeper to move (move_history)."""
+    written to it first and leaves Redis in the finish's own step, its last entry kept in the record
+    (`history_last`: what a sweep ranks its trials by); without one, or when that write fails, the job
+    is listed for the sweeper to move (move_history, which keeps it the same way)."""
     status = Status(status).value
     if Status(status) not in TERMINAL:
         raise ValueError(f"finish() needs a terminal status ({', '.join(sorted(TERMINAL))}). Got {status!r} instead.")

@@ -18,20 +18,21 @@ Expanding a request (expand, trial_specs) is pure: it raises SweepError naming t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from dnnq.workers import jobs, keys, trash
+from dnnq.workers import history_store, jobs, keys, trash
 from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.job_reads import decode
 from dnnq.workers.scripts import Script
@@ -61,6 +62,7 @@ __all__ = [
     "pack_key",
     "get_sweep_async",
     "trial_histories_async",
+    "trial_history_lengths",
     "trial_jobs",
     "trial_jobs_async",
     "trial_specs",
@@ -475,7 +477,9 @@ def _queue_trial_reads(pipe: Any, job_ids: Sequence[str], last_epoch: bool) -> N
 
 
 def _trial_results(found: list, job_ids: Sequence[str], last_epoch: bool) -> list[dict[str, Any] | None]:
-    """Each trial's decoded record (None once deleted), with `last_epoch` (its last history entry)."""
+    """Each trial's decoded record (None once deleted), with `last_epoch`: its history's last entry,
+    from Redis's list or, once the history moved to the artifact store, the copy the move kept in the
+    record (`history_last`: finish.lua, move_history.lua)."""
     step = 2 if last_epoch else 1
     out: list[dict[str, Any] | None] = []
     for i in range(len(job_ids)):
@@ -484,26 +488,56 @@ def _trial_results(found: list, job_ids: Sequence[str], last_epoch: bool) -> lis
             out.append(None)
             continue
         job = decode(raw)
+        kept = job.pop("history_last", None)
         if last_epoch:
-            entry = found[i * step + 1]
+            entry = found[i * step + 1] or kept
             job["last_epoch"] = json.loads(entry) if entry else None
         out.append(job)
     return out
 
 
-def trial_jobs(r: Any, sweep: Mapping[str, Any], last_epoch: bool = True) -> list[dict[str, Any] | None]:
-    """The sweep's trials' job records in trial order (one pipelined round trip)."""
+# Reading a moved history's file can fail like this: the trial then stays unranked, its curve empty.
+_STORE_ERRORS = (KeyError, OSError, EOFError, ValueError)
+
+
+def _unkept(job: Mapping[str, Any] | None) -> bool:
+    """A trial whose history moved before the move kept its last entry in the record."""
+    return job is not None and bool(job.get("history_stored")) and job.get("last_epoch") is None
+
+
+def _stored_last_epochs(store: ArtifactStore, job_ids: Sequence[str], records: list) -> None:
+    for job_id, job in zip(job_ids, records, strict=True):
+        if _unkept(job):
+            try:
+                job["last_epoch"] = history_store.last_entry(store, job_id)
+            except _STORE_ERRORS:
+                continue
+
+
+def trial_jobs(
+    r: Any, sweep: Mapping[str, Any], last_epoch: bool = True, store: ArtifactStore | None = None
+) -> list[dict[str, Any] | None]:
+    """The sweep's trials' job records in trial order (one pipelined round trip). With `store`, a trial
+    whose history moved before the record kept its last entry has it read from the file's last line."""
     job_ids = sweep["job_ids"]
     pipe = r.pipeline(transaction=False)
     _queue_trial_reads(pipe, job_ids, last_epoch)
-    return _trial_results(pipe.execute(), job_ids, last_epoch)
+    records = _trial_results(pipe.execute(), job_ids, last_epoch)
+    if last_epoch and store is not None:
+        _stored_last_epochs(store, job_ids, records)
+    return records
 
 
-async def trial_jobs_async(ar: Any, sweep: Mapping[str, Any], last_epoch: bool = True) -> list[dict[str, Any] | None]:
+async def trial_jobs_async(
+    ar: Any, sweep: Mapping[str, Any], last_epoch: bool = True, store: ArtifactStore | None = None
+) -> list[dict[str, Any] | None]:
     job_ids = sweep["job_ids"]
     pipe = ar.pipeline(transaction=False)
     _queue_trial_reads(pipe, job_ids, last_epoch)
-    return _trial_results(await pipe.execute(), job_ids, last_epoch)
+    records = _trial_results(await pipe.execute(), job_ids, last_epoch)
+    if last_epoch and store is not None and any(_unkept(job) for job in records):
+        await asyncio.to_thread(_stored_last_epochs, store, job_ids, records)  # an object store's GETs
+    return records
 
 
 def list_sweeps(r: Any, tenant: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
@@ -585,12 +619,37 @@ async def trial_states_async(ar: Any, job_ids: Sequence[str]) -> list[dict[str, 
     return _states(await pipe.execute())
 
 
-async def trial_histories_async(ar: Any, job_ids: Sequence[str]) -> list[list[dict[str, Any]]]:
-    """Each trial's completed epochs (one pipelined LRANGE each)."""
+async def trial_history_lengths(
+    ar: Any, job_ids: Sequence[str], records: Sequence[Mapping[str, Any] | None]
+) -> list[int]:
+    """Each trial's number of completed epochs, reading none of them: the record's count for a moved
+    history, else the list's length (one pipelined LLEN each)."""
     pipe = ar.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.lrange(keys.job_history(job_id), 0, -1)
-    return [[json.loads(e) for e in found] for found in await pipe.execute()]
+        pipe.llen(keys.job_history(job_id))
+    lengths = await pipe.execute()
+    return [int((job or {}).get("history_stored") or n) for job, n in zip(records, lengths, strict=True)]
+
+
+async def trial_histories_async(
+    ar: Any,
+    store: ArtifactStore,
+    job_ids: Sequence[str],
+    records: Sequence[dict[str, Any] | None],
+    shrink: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Each trial's completed epochs, from Redis or the artifact store, read one trial at a time and
+    passed through `shrink` (a thinning) at once: at most one trial's whole history is held at a time,
+    however many trials the sweep has. A moved history whose file is gone reads as empty."""
+    out = []
+    for job_id, job in zip(job_ids, records, strict=True):
+        try:
+            entries = await jobs.get_history_async(ar, job_id, store=store, job=job)
+        except _STORE_ERRORS:
+            entries = []
+        out.append(shrink(entries) if shrink is not None else entries)
+        del entries  # the whole history goes before the next trial's is read
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from dnnq.service.sweep_schemas import (
     trial_view,
 )
 from dnnq.workers import jobs, sweeps
-from dnnq.workers.artifact_store import ArtifactStore
 from dnnq.workers.spec import SpecError, queue_for, to_train_config
 
 __all__ = ["router"]
@@ -92,49 +91,13 @@ async def _checked_trials(desk: JobDesk, ar: Any, body: SweepRequest, tenant: st
                 )
         try:
             cfg = to_train_config(spec, meta, val_meta)
-            await desk._check_limits(ar, spec, cfg, meta)  # the job desk's limits: one place for them
+            await desk._check_limits(ar, spec, cfg, meta, val_meta)  # the job desk's limits: one place for them
         except SpecError as exc:
             raise field_error(f"trials[{i}].{exc.field}", exc.message) from None
         except Problem as problem:
             raise _in_trial(problem, i) from None
         trials.append(sweeps.Trial(overrides[i], spec))
     return trials
-
-
-# A trial whose history passed HISTORY_INLINE_MAX epochs had it moved to the artifact store when it
-# ended: Redis holds no last entry to rank it by, nor a curve. These read it from the store (parsed
-# once per process: workers/history_store.py's cache).
-_STORE_ERRORS = (KeyError, OSError, ValueError)
-
-
-def _moved(job: dict[str, Any] | None) -> bool:
-    return job is not None and bool(job.get("history_stored"))
-
-
-async def _moved_histories(
-    ar: Any, store: ArtifactStore, sweep: dict[str, Any], records: list, histories: list | None = None
-) -> None:
-    """Fill in moved trials' `last_epoch` (and their whole history in `histories`), in place."""
-    for i, (job_id, job) in enumerate(zip(sweep["job_ids"], records, strict=True)):
-        if not _moved(job) or (job.get("last_epoch") is not None and (histories is None or histories[i])):
-            continue
-        try:
-            entries = await jobs.get_history_async(ar, job_id, store=store, job=job)
-        except _STORE_ERRORS:  # the file is gone or unreadable: the trial stays unranked
-            continue
-        job["last_epoch"] = entries[-1] if entries else None
-        if histories is not None:
-            histories[i] = entries
-
-
-def _moved_last_epochs(r: Any, store: ArtifactStore, sweep: dict[str, Any], records: list) -> None:
-    for job_id, job in zip(sweep["job_ids"], records, strict=True):
-        if _moved(job) and job.get("last_epoch") is None:
-            try:
-                entries = jobs.get_history(r, job_id, -1, -1, store=store, job=job)
-            except _STORE_ERRORS:
-                continue
-            job["last_epoch"] = entries[-1] if entries else None
 
 
 def _too_many(settings: Any, unfinished: int, n_trials: int) -> Problem:
@@ -184,8 +147,7 @@ async def create_sweep(
             ttl=settings.idempotency_ttl_seconds,
         )
         if replay_id is not None and (sweep := await sweeps.get_sweep_async(ar, replay_id, tenant)) is not None:
-            records = await sweeps.trial_jobs_async(ar, sweep)
-            await _moved_histories(ar, desk.store, sweep, records)
+            records = await sweeps.trial_jobs_async(ar, sweep, store=desk.store)
             return _accepted(sweep_view(sweep, records, sweep["metric"]))
     try:
         trials = await _checked_trials(desk, ar, body, tenant, settings.max_sweep_trials)
@@ -261,6 +223,7 @@ async def get_sweep(
     sweep_id: str,
     ar: AsyncRds,
     store: Store,
+    settings: Settings,
     tenant: Tenant,
     metric: Annotated[
         MetricName | None,
@@ -276,14 +239,30 @@ async def get_sweep(
     if sweep is None:
         raise sweep_not_found(sweep_id)
     chosen = _metric(sweep, metric)
-    records = await sweeps.trial_jobs_async(ar, sweep)
+    # Ranking reads each trial's last epoch from Redis (a moved history's is kept in its record): no file.
+    records = await sweeps.trial_jobs_async(ar, sweep, store=store)
     histories = None
+    if history == "full":
+        await _check_full_size(ar, settings, sweep, records)
     if history != "none":
-        histories = await sweeps.trial_histories_async(ar, sweep["job_ids"])
-    await _moved_histories(ar, store, sweep, records, histories)
-    if histories is not None and history == "thin":
-        histories = [thin_history(h, THIN_TRIAL_HISTORY) for h in histories]
+        # one trial at a time, each thinned as soon as it is read: one whole history in memory, not all
+        thin = (lambda h: thin_history(h, THIN_TRIAL_HISTORY)) if history == "thin" else None
+        histories = await sweeps.trial_histories_async(ar, store, sweep["job_ids"], records, thin)
     return FiniteJSONResponse(sweep_view(sweep, records, chosen, histories))
+
+
+async def _check_full_size(ar: Any, settings: Any, sweep: dict[str, Any], records: list) -> None:
+    """history=full holds every trial's every epoch in this process at once (the API serves every
+    tenant): past DNNQ_SWEEP_HISTORY_FULL_MAX_ENTRIES epochs in all, a 422 says where to read them."""
+    total = sum(await sweeps.trial_history_lengths(ar, sweep["job_ids"], records))
+    cap = settings.sweep_history_full_max_entries
+    if total > cap:
+        raise field_error(
+            "history",
+            f"history=full would answer {total} epochs over this sweep's {len(sweep['job_ids'])} trials, over the "
+            f"limit of {cap} (DNNQ_SWEEP_HISTORY_FULL_MAX_ENTRIES); use history=thin, or fetch each trial's "
+            "/v1/jobs/{id}?history=full (its links.job).",
+        )
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, response_model=SweepView, responses=problems(404))
@@ -293,8 +272,7 @@ def cancel_sweep(sweep_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJ
     if sweep is None:
         raise sweep_not_found(sweep_id)
     sweeps.cancel_sweep(r, sweep)
-    records = sweeps.trial_jobs(r, sweep)
-    _moved_last_epochs(r, store, sweep, records)
+    records = sweeps.trial_jobs(r, sweep, store=store)
     return FiniteJSONResponse(sweep_view(sweep, records, str(sweep["metric"])), status_code=202)
 
 

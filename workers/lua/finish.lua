@@ -12,8 +12,9 @@ if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', new, 'finished_at', ARGV[3])
 local moved = tonumber(ARGV[5])
 if moved > 0 and redis.call('LLEN', KEYS[5]) == moved then
+  -- the last entry stays in the record (history_last): a sweep ranks its trials by it, reading no file
+  redis.call('HSET', KEYS[1], 'history_stored', moved, 'history_last', redis.call('LINDEX', KEYS[5], -1))
   redis.call('DEL', KEYS[5])
-  redis.call('HSET', KEYS[1], 'history_stored', moved)
 end
 MOVE(KEYS[1], ARGV[4], st, new)
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
