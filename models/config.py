@@ -40,7 +40,45 @@ from .names import (
 )
 from .optimizers import OPTIMIZERS
 
-__all__ = ["TrainConfig", "ConfigError"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "EVAL_BUDGET_BYTES",
+    "chunk_rows",
+    "scoring_row_bytes",
+    "validation_row_bytes",
+]
+
+# The working memory one chunk of a scoring pass (workers/inputs.py) or of fit's validation pass may take.
+# Both size their chunks from it (chunk_rows), so estimate_memory_bytes can count it: a chunk of a fixed
+# row count would grow with the layers' width, past anything the submit-time check compared. 64 MiB keeps
+# fit's 8,192-row validation chunks for layers up to ~1,000 units wide in float32 (~500 in float64).
+EVAL_BUDGET_BYTES = 64 * 2**20
+
+
+def scoring_row_bytes(layer_dims: list[int], item: int) -> int:
+    """Bytes one example takes while the trained weights score it (models.predict on float64 rows, weights
+    of ``item`` bytes): its float64 copy, scaled copy and cast to the weights' dtype; every layer's Z and A
+    (predict's caches keep them all); the widest layer's temporaries (W A before + b, relu's mask and
+    zeros); the output's temporaries and labels."""
+    d = layer_dims
+    inputs = d[0] * (8 + 8 + item)
+    layers = 2 * sum(d[1:]) * item + max(d[1:]) * (2 * item + 1)
+    return inputs + layers + d[-1] * (2 * item + 16) + 8
+
+
+def validation_row_bytes(layer_dims: list[int], item: int) -> int:
+    """Bytes one example takes in fit's validation pass (models/engine.py, training=False): every layer's
+    buffer, the hidden layers' zeros, the output's buffers and temporaries (the set itself is data)."""
+    d = layer_dims
+    return item * (sum(d[1:]) + sum(d[1:-1]) + 8 * d[-1] + 3) + 3 * d[-1] + 16
+
+
+def chunk_rows(row_bytes: int, most: int, budget: int | None = None) -> int:
+    """Rows per chunk: as many as keep the chunk within ``budget`` (EVAL_BUDGET_BYTES, read at the call
+    so a test can lower it) at ``row_bytes`` each, at most ``most``, at least one."""
+    budget = EVAL_BUDGET_BYTES if budget is None else budget
+    return max(1, min(most, budget // max(1, row_bytes)))
 
 
 class ConfigError(ValueError):
@@ -158,20 +196,28 @@ class TrainConfig:
         d = self.layer_dims
         return sum(d[l] * d[l - 1] + d[l] for l in range(1, len(d)))
 
-    def estimate_memory_bytes(self, n_examples: int) -> int:
-        """A rough upper estimate of fit's working memory for ``n_examples`` training examples.
+    def estimate_memory_bytes(self, n_examples: int, n_val: int = 0) -> int:
+        """A rough upper estimate of a job's working memory for ``n_examples`` training and ``n_val``
+        validation examples.
 
-        Data (one compute-dtype copy of X and Y), parameters x (1 + gradients + scratch +
-        optimizer slots), and per-layer activation buffers for one batch (Z/A, dA, dropout masks).
+        Data (one compute-dtype copy of each set's X and Y), parameters x (1 + gradients + scratch +
+        optimizer slots), and the larger of two phases' buffers: fit's per-layer activation buffers for
+        one batch (Z/A, dA, dropout masks) with its validation chunk's beside them, and after fit the
+        scoring of the trained weights on each set (none for linear). Those chunks are sized from
+        EVAL_BUDGET_BYTES (chunk_rows), so they hold no more rows than counted here whatever the width.
         """
         item = 4 if self.dtype == "float32" else 8
         slots = len(OPTIMIZERS[self.optimizer].slots)
         d = self.layer_dims
         batch = n_examples if self.batch_size is None else min(self.batch_size, n_examples)
-        data = n_examples * (d[0] + d[-1]) * item
+        data = (n_examples + n_val) * (d[0] + d[-1]) * item
         params = self.parameter_count() * (3 + slots) * item
         activations = batch * (d[0] + d[-1] + 4 * sum(d[1:])) * item
-        return int(data + params + activations)
+        validation = _chunk_bytes(n_val, validation_row_bytes(d, item))
+        scoring = 0
+        if self.output != "linear":  # regression is not scored (workers/inputs.py)
+            scoring = _chunk_bytes(max(n_examples, n_val), scoring_row_bytes(d, item))
+        return int(data + params + max(activations + validation, scoring))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,3 +229,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(unknown[0], f"Unknown TrainConfig parameter(s) {unknown}. Known: {sorted(known)}.")
         return cls(**d)
+
+
+def _chunk_bytes(n_rows: int, row_bytes: int) -> int:
+    """The most one chunk of a pass over ``n_rows`` rows takes (chunk_rows's rows, none for no rows)."""
+    return chunk_rows(row_bytes, n_rows) * row_bytes if n_rows > 0 else 0

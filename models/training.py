@@ -44,7 +44,7 @@ from .backend import (
     synchronize,
     to_host,
 )
-from .config import TrainConfig
+from .config import TrainConfig, chunk_rows, validation_row_bytes
 from .data import examples_first
 from .engine import Engine, take_rows
 from .flat import flatten_params
@@ -55,7 +55,7 @@ from .records import Checkpoint, EpochRecord, EpochState, FitResult, TrainingDiv
 
 __all__ = ["fit", "FitResult", "EpochRecord", "EpochState", "Checkpoint", "TrainingDiverged", "ValidationLossNotFinite"]
 
-_VAL_CHUNK = 8192  # validation examples per forward pass (bounds memory)
+_VAL_CHUNK = 8192  # validation examples per forward pass at most (fewer for wide layers: _validation_chunk)
 
 
 def fit(
@@ -241,9 +241,8 @@ class _TrainingLoop:
         evaluator = None
         if val_set is not None:
             val_inputs = None if gram is None else val_set.X.T  # (p, m_val)
-            evaluator = Engine(
-                cfg, device, params, min(_VAL_CHUNK, val_set.m), training=False, gram=gram, gram_inputs=val_inputs
-            )
+            chunk = _validation_chunk(cfg, val_set.m)
+            evaluator = Engine(cfg, device, params, chunk, training=False, gram=gram, gram_inputs=val_inputs)
         buffers = None
         if cfg.shuffle and batch_size < m:  # full batch: the order changes nothing
             labels = train_set.labels
@@ -420,6 +419,13 @@ class _TrainingLoop:
         if self.gram is not None and "v_W1" in state:
             state["v_W1"] = np.array(to_host(self.gram.form(self.optimizer.state["v_W1"])))
         return state
+
+
+def _validation_chunk(cfg: TrainConfig, m_val: int) -> int:
+    """Validation examples per forward pass: _VAL_CHUNK, or fewer where the layers are so wide that its
+    buffers would pass EVAL_BUDGET_BYTES (what TrainConfig.estimate_memory_bytes counts for them).
+    val_accuracy does not depend on it; val_loss sums the chunks' float sums, so its last bits do."""
+    return chunk_rows(validation_row_bytes(cfg.layer_dims, np.dtype(cfg.dtype).itemsize), min(_VAL_CHUNK, m_val))
 
 
 def _params_to_host(params: dict[str, Array]) -> dict[str, np.ndarray]:

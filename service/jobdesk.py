@@ -250,9 +250,10 @@ class JobDesk:
 
     # --- POST /v1/jobs ----------------------------------------------------------------------------
 
-    async def _check_limits(self, ar: Any, spec: JobSpec, cfg: Any, meta: dict) -> None:
-        """Epochs, parameters, a live worker for the job's queue, memory; the per-tenant job limit is
-        checked by create_job itself."""
+    async def _check_limits(self, ar: Any, spec: JobSpec, cfg: Any, meta: dict, val_meta: dict | None = None) -> None:
+        """Epochs, parameters, a live worker for the job's queue, memory (``val_meta``: the validation
+        set's record, whose rows the job holds and scores too); the per-tenant job limit is checked by
+        create_job itself."""
         settings = self.settings
         if spec.training.epochs > settings.max_epochs:
             raise field_error(
@@ -276,7 +277,8 @@ class JobDesk:
         if settings.worker_memory_bytes:
             capacity = settings.worker_memory_bytes, "DNNQ_WORKER_MEMORY_BYTES"
         if capacity is not None:
-            need = cfg.estimate_memory_bytes(int(meta["n_examples"]))
+            n_val = int(val_meta["n_examples"]) if val_meta else 0
+            need = cfg.estimate_memory_bytes(int(meta["n_examples"]), n_val)
             if need > capacity[0]:
                 raise field_error(
                     "training.batch_size",
@@ -302,7 +304,7 @@ class JobDesk:
             cfg = to_train_config(spec, meta, val_meta)
         except SpecError as exc:
             raise field_error(exc.field, exc.message) from None
-        await self._check_limits(ar, spec, cfg, meta)
+        await self._check_limits(ar, spec, cfg, meta, val_meta)
         try:
             return await jobs.create_job_async(
                 ar,

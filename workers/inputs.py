@@ -72,28 +72,40 @@ def _arrays(
 class ScoringRows:
     """A dataset's rows as the predict route sees them (float64, scaled as the spec says), chunk by chunk,
     with their true labels: read once, they score any number of weight sets (a sweep pack's). A dataset
-    of one chunk keeps its scaled float64 copy between scorings: no more than one scoring holds anyway."""
+    of one chunk keeps its scaled float64 copy between scorings: no more than one scoring holds anyway.
+    ``chunk``: rows per chunk at most; wide weights get fewer (rows_per_chunk)."""
 
     def __init__(self, X: np.ndarray, truth: np.ndarray, spec: JobSpec, chunk: int) -> None:
         self._X, self.truth, self._spec, self._chunk = X, truth, spec, chunk  # X: (m, n_x) as stored
         self._kept: np.ndarray | None = None
 
-    def _chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def rows_per_chunk(self, params: dict[str, np.ndarray]) -> int:
+        """The chunk for these weights: within EVAL_BUDGET_BYTES, which TrainConfig.estimate_memory_bytes
+        counts for scoring (a fixed row count would take memory in proportion to the layers' width)."""
+        from dnnq.models.config import chunk_rows, scoring_row_bytes
+
+        L = len(params) // 2
+        dims = [int(params["W1"].shape[1])] + [int(params[f"W{l}"].shape[0]) for l in range(1, L + 1)]
+        return chunk_rows(scoring_row_bytes(dims, params["W1"].dtype.itemsize), self._chunk)
+
+    def _chunks(self, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         X, n = self._X, self._X.shape[0]
-        if n <= self._chunk:
+        if n <= chunk:
             if self._kept is None:
                 self._kept = self._spec.preprocess.apply(X.astype(np.float64))
             yield 0, self._kept
             return
-        for s in range(0, n, self._chunk):
-            yield s, self._spec.preprocess.apply(X[s : s + self._chunk].astype(np.float64))
+        self._kept = None  # kept for narrower weights: beside these chunks it would pass the budget
+        for s in range(0, n, chunk):
+            yield s, self._spec.preprocess.apply(X[s : s + chunk].astype(np.float64))
 
     def accuracy(self, params: dict[str, np.ndarray], spec: JobSpec) -> float:
-        """Share of the rows models.predict labels correctly with params (spec: the activations)."""
+        """Share of the rows models.predict labels correctly with params (spec: the activations). Each
+        row's label depends on that row alone, so the chunk size does not change the result."""
         from dnnq.models import predict
 
         correct = 0
-        for s, xb in self._chunks():
+        for s, xb in self._chunks(self.rows_per_chunk(params)):
             with np.errstate(over="ignore"):  # exp overflow in sigmoid saturates to 0/1, which is right
                 labels = np.asarray(
                     predict(params, xb.T, hidden_activation=spec.model.hidden_activation, output=spec.model.output)

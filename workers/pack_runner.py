@@ -260,8 +260,9 @@ def _config(r: redis.Redis, job: dict[str, Any]) -> tuple[TrainConfig, int, int]
 
 
 def _estimate(config: tuple[TrainConfig, int, int] | None, n_examples: int) -> int:
-    """The trial's TrainConfig.estimate_memory_bytes (0 when its spec no longer reads)."""
-    return 0 if config is None else config[0].estimate_memory_bytes(n_examples)
+    """The trial's TrainConfig.estimate_memory_bytes, its validation set included (0 when its spec no
+    longer reads)."""
+    return 0 if config is None else config[0].estimate_memory_bytes(n_examples, config[2])
 
 
 def _stack_allowed(cfg: TrainConfig) -> bool:
