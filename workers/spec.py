@@ -38,8 +38,10 @@ class SpecError(ValueError):
 
 class _Strict(BaseModel):
     # allow_inf_nan=False: JSON's NaN, Infinity and overflowing literals (1e999 parses as inf) are a 422
-    # naming the field, never a number that poisons the record, the history or a response.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # naming the field, never a number that poisons the record, the history or a response. strict: a
+    # number is a JSON number, not `true` (which trained at learning rate 1.0) or a string ("5"), and a
+    # count is an integer (an int is still a float's value).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 _MAX_INT = 2**31 - 1  # counts and periods: far past any real job, so that no number here is unbounded

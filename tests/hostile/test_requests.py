@@ -149,6 +149,37 @@ def test_non_finite_number_in_a_spec_is_a_422_and_no_job(alice, dataset_id, path
     assert jobs_answer(alice) == before
 
 
+# A JSON number only: `true` trained at learning rate 1.0, and "5" was 5 epochs.
+NOT_NUMBERS = [
+    ("training.learning_rate", "true"),
+    ("training.l2", "false"),
+    ("training.epochs", '"5"'),
+    ("training.epochs", "5.0"),
+    ("training.seed", "true"),
+    ("model.hidden_layers", "[true]"),
+    ("preprocess.scale", '"0.5"'),
+    ("training.shuffle", "1"),
+]
+
+
+@pytest.mark.parametrize("path, value", NOT_NUMBERS)
+def test_a_boolean_or_a_string_for_a_number_is_a_422_and_no_job(alice, dataset_id, path, value):
+    before = jobs_answer(alice)
+    section, name = path.rsplit(".", 1)
+    spec: dict = {"dataset_id": dataset_id, "training": {"epochs": 1}, "device": "cpu"}
+    spec.setdefault(section, {})[name] = "__VALUE__"
+    body = json.dumps(spec).replace('"__VALUE__"', value)
+    resp = alice.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    problem = assert_problem(resp, 422)
+    assert name in problem["detail"], problem["detail"]
+    assert jobs_answer(alice) == before
+
+
+def test_an_integer_is_still_a_float_fields_value(alice, dataset_id):
+    spec = {"dataset_id": dataset_id, "training": {"epochs": 1, "learning_rate": 1, "l2": 0}, "device": "cpu"}
+    assert alice.post("/v1/jobs", json=spec).status_code == 202
+
+
 # --- predict --------------------------------------------------------------------------------------
 
 
