@@ -7,6 +7,7 @@ import gc
 import importlib
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -305,6 +306,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.async_redis = AsyncRedisByLoop(settings)
     app.state.store = _make_store(settings)
     app.state.stream_slots = StreamSlots(settings.max_streams_per_tenant)  # open event streams per tenant
+    app.state.parse_slots = threading.BoundedSemaphore(settings.max_concurrent_parses)  # routes/datasets.py
     app.state.job_desk = JobDesk(settings, app.state.redis, app.state.async_redis)  # submits and status reads
     _preload()
     app.state.registry = CollectorRegistry()

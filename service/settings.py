@@ -68,6 +68,12 @@ class ApiSettings(WorkerSettings):
     )
     parse_cpu_seconds: int = Field(default=120, ge=1, description="CPU seconds of the parser child (RLIMIT_CPU).")
     parse_wall_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of the parser child.")
+    max_concurrent_parses: int = Field(
+        default=4,
+        ge=1,
+        description="Uploads parsed and synthetic datasets generated at once by one API process (each may take "
+        "its memory limit); a request past them waits a few seconds, then gets a 503 with Retry-After.",
+    )
     max_expansion_ratio: float = Field(
         default=200.0,
         ge=1,

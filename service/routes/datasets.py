@@ -7,15 +7,17 @@ only the rows it shows (workers.datasets.read_preview).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import redis
-from fastapi import APIRouter, File, Form, Header, Query, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from dnnq.service.deps import Rds, Settings, Store, Tenant
@@ -91,6 +93,28 @@ def _save(
     return _created(rec, 201 if rec["created_at"] >= started else 200)
 
 
+# How long a parse or a generation waits for a slot (DNNQ_MAX_CONCURRENT_PARSES) before its 503.
+SLOT_WAIT_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def _parse_slot(request: Request, settings: ApiSettings) -> Iterator[None]:
+    """One of this process's slots for the heavy part of a dataset (a parser child, or generating one):
+    each may take its memory limit, so how many run at once is bounded, not left to the request count."""
+    slots: threading.BoundedSemaphore = request.app.state.parse_slots
+    if not slots.acquire(timeout=SLOT_WAIT_SECONDS):
+        raise Problem(
+            503,
+            f"This API process is already parsing or generating {settings.max_concurrent_parses} datasets, its "
+            "most at once (DNNQ_MAX_CONCURRENT_PARSES); send it again in a few seconds.",
+            headers={"Retry-After": "5"},
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def _stream_to(file: UploadFile, path: Path) -> str:
     """Copy the upload to `path` in chunks; the sha256 of its bytes."""
     h = hashlib.sha256()
@@ -109,6 +133,7 @@ def _created(rec: dict[str, Any], status: int) -> JSONResponse:
     "", status_code=201, summary="Upload a dataset (.npz, .csv or .h5)", response_model=DatasetView, responses=_SAME
 )
 def upload_dataset(
+    request: Request,
     r: Rds,
     store: Store,
     settings: Settings,
@@ -132,20 +157,21 @@ def upload_dataset(
         body_sha = hashlib.sha256(bytes.fromhex(_stream_to(file, upload_path)) + form.encode()).hexdigest()
 
         def store_it() -> dict[str, Any]:
-            info = parse_in_sandbox(
-                file.filename or "",
-                upload_path,
-                stored_path,
-                _limits(settings),
-                target=target,
-                x_key=x_key,
-                y_key=y_key,
-                layout=layout,
-                header=header,
-                memory_bytes=settings.parse_memory_limit,
-                cpu_seconds=settings.parse_cpu_seconds,
-                wall_seconds=settings.parse_wall_seconds,
-            )
+            with _parse_slot(request, settings):
+                info = parse_in_sandbox(
+                    file.filename or "",
+                    upload_path,
+                    stored_path,
+                    _limits(settings),
+                    target=target,
+                    x_key=x_key,
+                    y_key=y_key,
+                    layout=layout,
+                    header=header,
+                    memory_bytes=settings.parse_memory_limit,
+                    cpu_seconds=settings.parse_cpu_seconds,
+                    wall_seconds=settings.parse_wall_seconds,
+                )
             return datasets.save_dataset_file(
                 r,
                 store,
@@ -171,6 +197,7 @@ def upload_dataset(
     responses=_SAME,
 )
 def synthetic_dataset(
+    request: Request,
     body: SyntheticRequest,
     r: Rds,
     store: Store,
@@ -180,27 +207,25 @@ def synthetic_dataset(
 ) -> JSONResponse:
     _check_synthetic_size(body, settings)
     k = class_count(body.name, body.n_classes)
-    X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
     label = f"{body.name}(" + ", ".join(f"{a}={getattr(body, a)}" for a in PARAMETERS[body.name]) + ")"
     body_sha = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    return _save(
-        r,
-        settings,
-        tenant=tenant,
-        idem_key=idempotency_key,
-        body_sha=body_sha,
-        store_it=lambda: datasets.save_dataset(
-            r,
-            store,
-            tenant=tenant,
-            name=label,
-            source=f"synthetic:{body.name}",
-            X=X,
-            Y=y,
-            classes=list(range(k)),
-            label_kind="binary" if k == 2 else "integer",
-        ),
-    )
+
+    def store_it() -> dict[str, Any]:
+        with _parse_slot(request, settings):  # the arrays exist only inside the slot
+            X, y = generate(body.name, body.n_samples, body.noise, body.seed, n_classes=k, n_features=body.n_features)
+            return datasets.save_dataset(
+                r,
+                store,
+                tenant=tenant,
+                name=label,
+                source=f"synthetic:{body.name}",
+                X=X,
+                Y=y,
+                classes=list(range(k)),
+                label_kind="binary" if k == 2 else "integer",
+            )
+
+    return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha, store_it=store_it)
 
 
 def _check_synthetic_size(body: SyntheticRequest, settings: ApiSettings) -> None:

@@ -1,7 +1,7 @@
-"""The body limit and the route judge the same Content-Type. Two Content-Type
-headers (the middleware read the last, FastAPI the first) let a JSON body of up to
-DNNQ_MAX_UPLOAD_BYTES reach json.loads in the API process; a multipart Content-Type on a JSON route
-had it buffered whole in memory."""
+"""What one request may make the API process hold. The body limit and the route judge the same
+Content-Type: two Content-Type headers (the middleware read the last, FastAPI the first) let a JSON
+body of up to DNNQ_MAX_UPLOAD_BYTES reach json.loads in the API process; a multipart Content-Type on a
+JSON route had it buffered whole in memory. And datasets are parsed or generated a few at a time."""
 
 from __future__ import annotations
 
@@ -46,3 +46,33 @@ def test_an_upload_still_has_the_upload_limit(small_client):
     np.savez(buf, X=rng.normal(size=(20_000, 10)), Y=(rng.normal(size=20_000) > 0).astype(int))  # ~1.8 MiB
     resp = small_client.post("/v1/datasets", files={"file": ("d.npz", buf.getvalue())})
     assert resp.status_code == 201, resp.text
+
+
+def test_datasets_past_the_parse_slots_wait_then_get_a_503(api_settings, monkeypatch):
+    """Each parse (a child with its memory limit) or generation takes one of DNNQ_MAX_CONCURRENT_PARSES
+    slots; past them a request waits, then gets a 503 with Retry-After, and nothing is stored."""
+    import io
+
+    import numpy as np
+
+    from dnnq.service.routes import datasets as route
+
+    monkeypatch.setattr(route, "SLOT_WAIT_SECONDS", 0.2)
+    buf = io.BytesIO()
+    np.savez(buf, X=np.ones((4, 2)), Y=np.arange(4) % 2)
+    synthetic = {"name": "moons", "n_samples": 50}
+    with make_client(api_settings, max_concurrent_parses=1) as c:
+        slots = c.app.state.parse_slots
+        assert slots.acquire(timeout=1)  # another request is parsing
+        try:
+            for resp in (
+                c.post("/v1/datasets", files={"file": ("d.npz", buf.getvalue())}),
+                c.post("/v1/datasets/synthetic", json=synthetic),
+            ):
+                assert_problem(resp, 503, "DNNQ_MAX_CONCURRENT_PARSES")
+                assert resp.headers["retry-after"] == "5"
+            assert c.get("/v1/datasets").json()["total"] == 0
+        finally:
+            slots.release()
+        assert c.post("/v1/datasets", files={"file": ("d.npz", buf.getvalue())}).status_code == 201
+        assert c.post("/v1/datasets/synthetic", json=synthetic).status_code == 201
