@@ -68,6 +68,11 @@ class ApiSettings(WorkerSettings):
     )
     parse_cpu_seconds: int = Field(default=120, ge=1, description="CPU seconds of the parser child (RLIMIT_CPU).")
     parse_wall_seconds: float = Field(default=180.0, gt=0, description="Wall-clock limit of the parser child.")
+    max_dataset_bytes_per_tenant: int = Field(
+        default=10 * 1024**3,
+        ge=0,
+        description="Stored bytes of one API key's datasets, summed (413 for an upload past it); 0: no quota.",
+    )
     max_concurrent_parses: int = Field(
         default=4,
         ge=1,

@@ -21,7 +21,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = [
+    "QuotaExceeded",
     "LABEL_KINDS",
     "DatasetError",
     "DatasetInUse",
@@ -67,6 +68,18 @@ class DatasetNotFound(LookupError):
     def __init__(self, dataset_id: str) -> None:
         super().__init__(f"No dataset with id '{dataset_id}'.")
         self.dataset_id = dataset_id
+
+
+class QuotaExceeded(Exception):
+    """save_dataset_file refused: the tenant's datasets and this one would pass its quota."""
+
+    def __init__(self, size: int, used: int, quota: int) -> None:
+        super().__init__(
+            f"This dataset ({size} bytes stored) would take this API key's datasets to {used + size} bytes, over "
+            f"its quota of {quota} bytes (DNNQ_MAX_DATASET_BYTES_PER_TENANT; {used} bytes are in use): delete "
+            "datasets you no longer need (DELETE /v1/datasets/{id}), or ask the operator to raise the quota."
+        )
+        self.size, self.used, self.quota = size, used, quota
 
 
 class DatasetInUse(Exception):
@@ -219,6 +232,7 @@ def save_dataset(
     Y: Any,
     classes: list[Any] | None = None,
     label_kind: str,
+    quota_bytes: int = 0,
 ) -> dict[str, Any]:
     """Store arrays then the record, in this process (only for arrays we made: uploads go through the
     sandbox); an identical dataset returns the existing record untouched."""
@@ -226,18 +240,30 @@ def save_dataset(
     try:
         with open(path, "xb") as out:
             info = write_dataset_file(X, Y, classes, label_kind, out)
-        return save_dataset_file(r, store, tenant=tenant, name=name, source=source, path=path, info=info)
+        return save_dataset_file(
+            r, store, tenant=tenant, name=name, source=source, path=path, info=info, quota_bytes=quota_bytes
+        )
     finally:
         path.unlink(missing_ok=True)
 
 
 def save_dataset_file(
-    r: redis.Redis, store: ArtifactStore, *, tenant: str, name: str, source: str, path: Path | str, info: ParsedInfo
+    r: redis.Redis,
+    store: ArtifactStore,
+    *,
+    tenant: str,
+    name: str,
+    source: str,
+    path: Path | str,
+    info: ParsedInfo,
+    quota_bytes: int = 0,
 ) -> dict[str, Any]:
     """Move a file written by write_dataset_file into the store, then write its record.
 
     Identical content (same tenant and digest) returns the existing record and leaves `path` where it
-    is (the caller removes it); otherwise `path` is consumed.
+    is (the caller removes it); otherwise `path` is consumed. ``quota_bytes`` (0: none): QuotaExceeded
+    when the tenant's stored datasets and this one would pass it (checked before the file is stored,
+    and again atomically with the record, which two uploads at once cannot both pass).
     """
     dataset_id = dataset_id_from_digest(tenant, info.content_digest)
     key, array_key = _key(dataset_id), _array_key(dataset_id)
@@ -245,6 +271,8 @@ def save_dataset_file(
     if existing is not None and store.exists(array_key):
         return existing
     size = os.path.getsize(path)
+    if quota_bytes and (used := _bytes_stored(r, tenant)) + size > quota_bytes:
+        raise QuotaExceeded(size, used, quota_bytes)  # before the store is written to
     sha = store.put_file(array_key, path)
     record: dict[str, str] = {
         "id": dataset_id,
@@ -262,11 +290,27 @@ def save_dataset_file(
         "created_at": now_iso(),
         "size_bytes": str(size),
     }
-    pipe = r.pipeline(transaction=True)
-    pipe.hset(key, mapping=cast("dict[Any, Any]", record))  # hset types its keys as bytes | str | ...
-    pipe.zadd(tenant_datasets_key(tenant), {dataset_id: time.time()})
-    pipe.execute()
+    pairs = [item for field_value in record.items() for item in field_value]
+    outcome, used = script("create_dataset")(
+        r,
+        [key, tenant_datasets_key(tenant), keys.TRASH],
+        [quota_bytes, size, time.time(), f"{keys.PREFIX}dataset:", array_key, *pairs],
+    )
+    if outcome == "over":  # another upload took the room meanwhile
+        trash.remove(r, store, array_key)
+        raise QuotaExceeded(size, int(used), quota_bytes)
+    if outcome == "exists":  # the same content, stored meanwhile by another request
+        return get_dataset(r, dataset_id) or _decode(record)
     return _decode(record)
+
+
+def _bytes_stored(r: redis.Redis, tenant: str) -> int:
+    """The sum of the tenant's datasets' stored sizes (what create_dataset.lua checks the quota against)."""
+    ids = r.zrange(tenant_datasets_key(tenant), 0, -1)
+    pipe = r.pipeline(transaction=False)
+    for dataset_id in ids:
+        pipe.hget(_key(str(dataset_id)), "size_bytes")
+    return sum(int(size or 0) for size in pipe.execute())
 
 
 def _decode(raw: dict[str, str]) -> dict[str, Any]:

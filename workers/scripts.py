@@ -38,6 +38,7 @@ _PLAIN = (
     "live_workers",
     "move_history",
     "delete_dataset",
+    "create_dataset",
 )
 
 

@@ -87,6 +87,8 @@ def _save(
             raise Problem(exc.status, exc.detail) from None
         if isinstance(exc, datasets.DatasetError):
             raise Problem(422, str(exc)) from None
+        if isinstance(exc, datasets.QuotaExceeded):
+            raise Problem(413, str(exc)) from None
         raise
     if reservation:
         reservation.complete(rec["id"])
@@ -180,6 +182,7 @@ def upload_dataset(
                 source=f"upload:{file.filename}",
                 path=stored_path,
                 info=info,
+                quota_bytes=settings.max_dataset_bytes_per_tenant,
             )
 
         return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha, store_it=store_it)
@@ -223,6 +226,7 @@ def synthetic_dataset(
                 Y=y,
                 classes=list(range(k)),
                 label_kind="binary" if k == 2 else "integer",
+                quota_bytes=settings.max_dataset_bytes_per_tenant,
             )
 
     return _save(r, settings, tenant=tenant, idem_key=idempotency_key, body_sha=body_sha, store_it=store_it)

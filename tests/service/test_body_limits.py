@@ -76,3 +76,33 @@ def test_datasets_past_the_parse_slots_wait_then_get_a_503(api_settings, monkeyp
             slots.release()
         assert c.post("/v1/datasets", files={"file": ("d.npz", buf.getvalue())}).status_code == 201
         assert c.post("/v1/datasets/synthetic", json=synthetic).status_code == 201
+
+
+def test_a_tenants_datasets_stop_at_its_quota_with_a_413_that_says_how_much_is_used(api_settings, store):
+    """DNNQ_MAX_DATASET_BYTES_PER_TENANT: the stored sizes of one key's datasets, summed. An upload past it
+    is a 413 and nothing of it is kept; deleting a dataset makes room; another key has its own quota."""
+    import io
+
+    import numpy as np
+
+    def npz(seed: int) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, X=np.random.default_rng(seed).normal(size=(200, 8)), Y=np.arange(200) % 2)
+        return buf.getvalue()
+
+    alice, bob = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+    with make_client(api_settings, api_keys="alice:key-a,bob:key-b", max_dataset_bytes_per_tenant=40_000) as c:
+        first = c.post("/v1/datasets", files={"file": ("a.npz", npz(0))}, headers=alice)
+        assert first.status_code == 201, first.text
+        size = first.json()["size_bytes"]
+        assert 13_334 < size <= 20_000  # two fit under the quota, three do not
+        assert c.post("/v1/datasets", files={"file": ("b.npz", npz(1))}, headers=alice).status_code == 201
+        over = c.post("/v1/datasets", files={"file": ("c.npz", npz(2))}, headers=alice)
+        assert_problem(over, 413, "DNNQ_MAX_DATASET_BYTES_PER_TENANT", f"{2 * size} bytes are in use")
+        assert c.get("/v1/datasets", headers=alice).json()["total"] == 2
+        assert c.post("/v1/datasets", files={"file": ("a.npz", npz(0))}, headers=alice).status_code == 200  # the same
+        synthetic = c.post("/v1/datasets/synthetic", json={"name": "blobs", "n_samples": 2000}, headers=alice)
+        assert_problem(synthetic, 413, "DNNQ_MAX_DATASET_BYTES_PER_TENANT")
+        assert c.post("/v1/datasets", files={"file": ("c.npz", npz(2))}, headers=bob).status_code == 201
+        assert c.delete(f"/v1/datasets/{first.json()['id']}", headers=alice).status_code == 204
+        assert c.post("/v1/datasets", files={"file": ("c.npz", npz(2))}, headers=alice).status_code == 201

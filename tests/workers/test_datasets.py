@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dnnq.workers import datasets
+from dnnq.workers import datasets, keys
 from dnnq.workers.datasets import DatasetError
 
 
@@ -226,3 +226,31 @@ def test_preview_of_a_file_not_in_the_stored_layout(store, case):
     expected = LookupError if case == "missing" else DatasetError
     with pytest.raises(expected):
         datasets.read_preview(store, "3" * 24, 5, 20)
+
+
+def test_the_quota_is_checked_again_with_the_record_so_two_uploads_cannot_share_the_room(
+    redis_client, store, monkeypatch
+):
+    """The check before the file is stored reads the sum without a lock; create_dataset.lua checks it again
+    with the record. Here the first check is blinded (as when another upload ran between the two): the
+    script refuses, and the file stored for it goes to the trash."""
+    rng = np.random.default_rng(0)
+    first = save(redis_client, store, rng.normal(size=(50, 4)), np.arange(50) % 2)
+    quota = first["size_bytes"] + 100
+    monkeypatch.setattr(datasets, "_bytes_stored", lambda r, tenant: 0)
+    with pytest.raises(datasets.QuotaExceeded) as over:
+        datasets.save_dataset(
+            redis_client,
+            store,
+            tenant="public",
+            name="e",
+            source="upload",
+            X=rng.normal(size=(50, 4)),
+            Y=np.arange(50) % 2,
+            label_kind="binary",
+            quota_bytes=quota,
+        )
+    assert over.value.used == first["size_bytes"] and over.value.quota == quota
+    assert datasets.list_datasets(redis_client, "public")[1] == 1
+    stored = sorted(p.name for p in (store.root / "datasets").iterdir())
+    assert stored == [f"{first['id']}.npz"] and not redis_client.zcard(keys.TRASH)
