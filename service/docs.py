@@ -26,11 +26,19 @@ _OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 # The bundles change only with the installed package: a browser may keep them a day.
 _ASSET_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
 # The pages may load nothing from another host, even online: ReDoc's bundle links Redocly's logo from
-# its CDN (hidden below, and refused here); both pages start from an inline script or style.
+# its CDN (hidden below, and refused here); both pages start from an inline script or style, so this is
+# looser than the dashboard's policy (service/routes/dashboard.py). Neither page embeds plugins, sets a
+# <base> or belongs in another site's frame.
 PAGE_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:"
+    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+_PAGE_HEADERS = {
+    "Content-Security-Policy": PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _HIDE_REDOCLY_LINK = "a[href^='https://redocly.com'] { display: none; }\n    </style>"
 
 router = APIRouter(include_in_schema=False)
@@ -59,13 +67,15 @@ def swagger_ui(request: Request) -> HTMLResponse:
         # validatorUrl null: Swagger UI would otherwise send the schema to validator.swagger.io for a badge.
         swagger_ui_parameters={"validatorUrl": None, "displayOperationId": True},
     )
-    page.headers["Content-Security-Policy"] = PAGE_CSP
+    page.headers.update(_PAGE_HEADERS)
     return page
 
 
 @router.get(_OAUTH2_REDIRECT)
 def swagger_ui_redirect() -> HTMLResponse:
-    return get_swagger_ui_oauth2_redirect_html()
+    page = get_swagger_ui_oauth2_redirect_html()
+    page.headers.update(_PAGE_HEADERS)
+    return page
 
 
 @router.get("/redoc")
@@ -79,7 +89,7 @@ def redoc(request: Request) -> HTMLResponse:
         with_google_fonts=False,  # the page's fonts from the system: no request leaves the machine
     )
     html = bytes(page.body).decode().replace("</style>", _HIDE_REDOCLY_LINK, 1)
-    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
+    return HTMLResponse(html, headers=_PAGE_HEADERS)
 
 
 @router.get(ASSETS_PATH + "/{name}")

@@ -11,12 +11,26 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
-__all__ = ["router", "STATIC_DIR"]
+__all__ = ["CSP", "router", "STATIC_DIR"]
 
 STATIC_DIR = (Path(__file__).resolve().parent.parent / "static").resolve()
 
+# Defence in depth behind the pages' own rule (data reaches the DOM only as text, never as HTML): the
+# pages hold the user's API key in localStorage, so a string that did run as script could read it. The
+# pages need nothing inline (scripts, styles and handlers all live in static/), and nothing from another
+# host; Trusted Types makes any HTML-string sink (innerHTML and kin) throw instead of parsing data.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
+    "require-trusted-types-for 'script'; trusted-types 'none'"
+)
 # The files change with each release and are tiny: revalidate rather than cache stale code.
-_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,5 +50,5 @@ def static_file(path: str) -> FileResponse:
         found = False
     if not found:
         shown = path if len(path) <= 80 else path[:80] + "..."
-        raise HTTPException(status_code=404, detail=f"No static file {shown!r}.")
+        raise HTTPException(status_code=404, detail=f"No static file {shown!r}.", headers=_HEADERS)
     return FileResponse(target, headers=_HEADERS)
