@@ -123,7 +123,7 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")
     response_class=StreamingResponse,
     responses={
         200: sse_response({"epoch": "HistoryEntry", "status": JobStatusEvent, "end": "JobView"}),
-        **problems(404),
+        **problems(404, 429),  # 429: the key's event streams are all open (DNNQ_MAX_STREAMS_PER_TENANT)
     },
 )
 async def job_events(

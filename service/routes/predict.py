@@ -358,28 +358,34 @@ def _json_inputs(body: bytes) -> PredictRequest:
 _MAX_NDIM = 32  # numpy's own limit is 64; an example flattened from more than 31 axes is not a request
 
 
+def _shown(shape: tuple[int, ...]) -> str:
+    """A declared shape as a message shows it: its first 8 dimensions (a header may declare thousands)."""
+    return str(tuple(shape)) if len(shape) <= 8 else str(tuple(shape[:8]))[:-1] + ", ...)"
+
+
 def _check_header(shape: tuple[int, ...], dtype: np.dtype, limit_values: int) -> None:
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.subdtype is not None:
         raise field_error(
             "inputs", f"the array's dtype is {dtype}; send numbers (bool, int, uint or float), never pickled objects."
         )
     if any(d < 0 for d in shape):
-        raise field_error("inputs", f"the array declares a negative shape {tuple(shape)}.")
-    # numpy builds no array of more than 64 dimensions, nor one whose dimensions (zeros aside) overflow
-    # its index type: (2**62, 0) holds no value yet is refused by reshape and numpy.empty (a 500 here).
-    # Rows x features needs two; no dimension of a request within the limit can exceed it.
-    if len(shape) > _MAX_NDIM or any(d > limit_values for d in shape):
-        raise field_error(
-            "inputs",
-            f"the array declares shape {tuple(shape)[:8]}{'...' if len(shape) > 8 else ''}; "
-            f"send examples as rows: at most {_MAX_NDIM} dimensions, none over {limit_values}.",
-        )
+        raise field_error("inputs", f"the array declares a negative shape {_shown(shape)}.")
     values = declared_bytes(shape, 1)
     if values > limit_values:
         raise Problem(
             413,
-            f"The array declares {values} values (shape {tuple(shape)}); one request takes at most "
+            f"The array declares {values} values (shape {_shown(shape)}); one request takes at most "
             f"{limit_values} (GET /v1/limits): send fewer rows per request.",
+        )
+    # Within the limit, numpy still builds no array of more than 64 dimensions, nor one whose dimensions
+    # (zeros aside) overflow its index type: (2**62, 0) holds no value yet is refused by reshape and
+    # numpy.empty (a 500 here). Rows x features needs two; no dimension of a request within the limit
+    # can exceed it.
+    if len(shape) > _MAX_NDIM or any(d > limit_values for d in shape):
+        raise field_error(
+            "inputs",
+            f"the array declares shape {_shown(shape)}; "
+            f"send examples as rows: at most {_MAX_NDIM} dimensions, none over {limit_values}.",
         )
 
 

@@ -280,7 +280,7 @@ def cancel_sweep(sweep_id: str, r: Rds, store: Store, tenant: Tenant) -> FiniteJ
     "/{sweep_id}/events",
     name="stream_sweep_events",
     response_class=StreamingResponse,
-    responses={200: sse_response({"trial": SweepTrialEvent, "end": "SweepSummary"}), **problems(404)},
+    responses={200: sse_response({"trial": SweepTrialEvent, "end": "SweepSummary"}), **problems(404, 429)},
 )
 async def stream_sweep_events(
     sweep_id: str, request: Request, ar: AsyncRds, settings: Settings, tenant: Tenant
