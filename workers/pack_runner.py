@@ -330,14 +330,28 @@ def _train_pack(
     gram_cache = SharedGram()  # X X^T (and X X_val^T) computed by the first trial's fit, reused by the others
     outcomes: dict[str, str | None] = {}
     size = len(leases)
+    # Celery's time limit (DNNQ_MAX_JOB_SECONDS) is the task's, and the task trains every trial of the pack:
+    # a later trial must not be failed "ran past DNNQ_MAX_JOB_SECONDS" (nor killed at the hard limit with the
+    # trials still waiting) for the time its siblings used. Near the limit it goes back to the queue at its
+    # epoch's end (checkpoint kept, attempt not spent) with those waiting, to resume in a task of its own.
+    deadline = t_claimed + settings.max_job_seconds - min(60.0, settings.max_job_seconds / 10)
+
+    def task_time_nearly_spent() -> bool:
+        return time.perf_counter() >= deadline
+
+    def hand_back() -> bool:
+        return release_requested() or task_time_nearly_spent()
+
     for i, lease in enumerate(leases):
-        if release_requested():
+        if release_requested() or (i > 0 and task_time_nearly_spent()):
             for waiting in leases[i:]:
                 outcomes[waiting.job_id] = _release_waiting(r, settings, waiting)
                 heartbeat.done(waiting.job_id)
             break
         pack = {"pack_size": float(size), "pack_wait_s": round(time.perf_counter() - t_claimed, 4)}
-        claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack, gram_cache)
+        # the first trial has the whole task's time: past it, it did run past the limit and fails
+        check = hand_back if i > 0 else None
+        claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack, gram_cache, check)
         if lease.lost.is_set():
             outcomes[lease.job_id] = None
             continue

@@ -98,6 +98,9 @@ class _Claim:
     heartbeat: LeaseWatch
     pack: dict[str, float] | None = None  # a sweep pack's trial: its size and wait, kept in the timings
     gram_cache: Any = None  # a sweep pack's models.gram.SharedGram: the data's Gram blocks, made once per pack
+    # whether to hand the job back at its epoch's end (None: only when the worker shuts down); a sweep
+    # pack's later trials also go back when the pack's Celery task nears its time limit (pack_runner.py)
+    release_check: Callable[[], bool] | None = None
 
 
 def run_job(
@@ -191,7 +194,7 @@ def _train(claim: _Claim, load: Loader = load_inputs) -> str | None:
         resume_epoch=resume_epoch,
         checkpoint_every=inputs.spec.training.checkpoint_every or settings.checkpoint_every,
         lease_lost=claim.heartbeat.lost,
-        release_requested=release_requested,
+        release_requested=claim.release_check or release_requested,
         report_gpu=lambda: report_gpu_memory(r, settings),
     )
     try:

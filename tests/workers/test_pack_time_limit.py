@@ -1,0 +1,112 @@
+"""A sweep pack trains its trials one after another inside ONE Celery task, whose soft/hard time limit
+(DNNQ_MAX_JOB_SECONDS, +60 s) is the task's, not each trial's. A trial that trained far less than the
+limit must not be failed "ran past DNNQ_MAX_JOB_SECONDS" because the trials before it used the task's
+time: it is handed back (checkpoint kept, attempt not spent) and resumes in a task of its own."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import numpy as np
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+
+from dnnq.workers import datasets, jobs, runner, sweeps
+from dnnq.workers.pack_runner import run_pack
+from dnnq.workers.settings import WorkerSettings
+
+
+def dataset(r, store, m=120, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, 3))
+    return datasets.save_dataset(
+        r,
+        store,
+        tenant="public",
+        name="binary-set",
+        source="test",
+        X=X,
+        Y=(X[:, 0] > 0).astype(float),
+        label_kind="binary",
+    )
+
+
+def make_sweep(r, base: dict, trials: list[dict]) -> list[str]:
+    overrides = sweeps.expand(None, trials, 64)
+    specs = sweeps.trial_specs(base, overrides)
+    sweep = sweeps.create_sweep(
+        r, tenant="public", base=base, trials=[sweeps.Trial(o, s) for o, s in zip(overrides, specs, strict=True)]
+    )
+    return sweep["job_ids"]
+
+
+def base_spec(ds, **training):
+    return {
+        "dataset_id": ds["id"],
+        "model": {"hidden_layers": [6, 4]},
+        "training": {"epochs": 40, "optimizer": "momentum", "batch_size": 32, "dtype": "float64", **training},
+        "device": "cpu",
+    }
+
+
+LIMIT = 10.0  # the task's soft time limit in this test (DNNQ_MAX_JOB_SECONDS): trials hand back from 9 s
+
+
+@pytest.fixture
+def soft_limit():
+    """Celery's soft time limit as billiard delivers it: a signal in the task's (main) thread at LIMIT."""
+
+    def raise_soft(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGUSR1, raise_soft)
+    timer = threading.Timer(LIMIT, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1))
+    yield timer
+    timer.cancel()
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_trial_is_not_failed_for_the_time_its_pack_siblings_used(
+    redis_client, store, redis_url, data_dir, soft_limit, monkeypatch
+):
+    settings = WorkerSettings(
+        redis_url=redis_url,
+        data_dir=data_dir,
+        lease_seconds=10,
+        heartbeat_seconds=0.2,
+        worker_name="packer",
+        max_job_seconds=int(LIMIT),
+        checkpoint_every=50,
+    )
+    ds = dataset(redis_client, store)
+    base = base_spec(ds, epochs=20)
+    # warm up this process first (Numba, ONNX imports: seconds on a busy machine), outside the time limit
+    warm = make_sweep(redis_client, base_spec(dataset(redis_client, store, seed=1), epochs=2), [{"lr": 0.1}])
+    assert run_pack(warm[0], settings=settings, r=redis_client, store=store) == {warm[0]: "succeeded"}
+    # trial 0 is short but its end is slow (it uses most of the task's time); trial 1 is long, trial 2 waits
+    ids = make_sweep(redis_client, base, [{"lr": 0.05}, {"lr": 0.1, "epochs": 100_000}, {"lr": 0.2}])
+    record_outcome = runner._record_outcome
+
+    def slow_first(claim, *args, **kwargs):
+        if claim.job_id == ids[0]:
+            threading.Event().wait(LIMIT / 2)  # trial 0 takes half the task's time
+        return record_outcome(claim, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_record_outcome", slow_first)
+    soft_limit.start()
+    try:
+        outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    except SoftTimeLimitExceeded:  # pragma: no cover - the limit landing outside a trial
+        pytest.fail("the soft time limit escaped the pack")
+    finally:
+        soft_limit.cancel()
+
+    assert outcomes[ids[0]] == "succeeded"
+    one = jobs.get_job(redis_client, ids[1])
+    # trial 1 trained about 4 s of its own: not "ran past DNNQ_MAX_JOB_SECONDS"
+    assert one["status"] != "failed", one["error"]
+    assert one["status"] == "queued" and one["attempts"] == 1  # handed back, attempt kept, resumes from a checkpoint
+    assert jobs.get_history(redis_client, ids[1], store=store)  # it did train, and keeps those epochs
+    two = jobs.get_job(redis_client, ids[2])
+    assert two["status"] == "queued" and two["attempts"] == 1  # never started: back in the queue, attempt kept
