@@ -93,14 +93,27 @@ class _TrialLease:
 
 class PackHeartbeat(threading.Thread):
     """Renews every unfinished trial's lease each heartbeat_seconds, together; a trial whose renewal
-    fails gets `lost` set (another worker may have it) and is renewed no more."""
+    fails gets `lost` set (another worker may have it) and is renewed no more. A trial cancelled while it
+    waits for its turn is finished 'cancelled' here at once (its outcome in `ended`): waiting for its turn
+    could take hours, while it counted against its tenant's job limit and kept its dataset undeletable."""
 
     def __init__(self, r: redis.Redis, leases: list[_TrialLease], settings: WorkerSettings) -> None:
         super().__init__(name=f"pack-lease-{leases[0].job_id[:8]}", daemon=True)
         self.r, self.period, self.lease_ms = r, settings.heartbeat_seconds, settings.lease_ms
         self._leases = {lease.job_id: lease for lease in leases}
+        self._waiting = set(self._leases)  # not yet begun by the pack
+        self.ended: dict[str, str | None] = {}  # waiting trials a cancel ended, with their outcome
         self._lock = threading.Lock()
         self._halt = threading.Event()
+
+    def begin(self, job_id: str) -> bool:
+        """The pack takes this trial up (to train or to release it): False when a cancel ended it while it
+        waited (its outcome is in `ended`)."""
+        with self._lock:
+            if job_id in self.ended:
+                return False
+            self._waiting.discard(job_id)
+            return True
 
     def done(self, job_id: str) -> None:
         """The trial has ended (its finish dropped the lease): stop renewing it."""
@@ -123,6 +136,30 @@ class PackHeartbeat(threading.Thread):
                     event("job.lease_lost", logging.WARNING, job_id=lease.job_id)
                 except Exception as exc:  # Redis blip: keep trying until the lease itself runs out
                     event("job.lease_renew_error", logging.WARNING, job_id=lease.job_id, error=str(exc))
+            try:
+                self._end_cancelled_waiting()
+            except Exception as exc:  # the next round, or the trial's turn, sees the cancel
+                event("pack.cancel_check_error", logging.WARNING, error=str(exc))
+
+    def _end_cancelled_waiting(self) -> None:
+        with self._lock:
+            waiting = [self._leases[job_id] for job_id in self._waiting if job_id in self._leases]
+        if not waiting:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for lease in waiting:
+            pipe.hget(keys.job(lease.job_id), "status")
+        for lease, status in zip(waiting, pipe.execute(), strict=True):
+            if status != jobs.Status.CANCELLING.value:
+                continue
+            with self._lock:  # begin() waits: the pack never starts a trial ended here
+                if lease.job_id not in self._waiting:
+                    continue  # begun meanwhile: its own reporter sees the cancel at its next epoch
+                self._waiting.discard(lease.job_id)
+                self._leases.pop(lease.job_id, None)
+                done = jobs.finish(self.r, lease.job_id, lease.token, "cancelled")
+                self.ended[lease.job_id] = "cancelled" if done else None
+            event("pack.trial_cancelled_waiting", job_id=lease.job_id, finished=done)
 
     def stop(self) -> None:
         self._halt.set()
@@ -345,9 +382,15 @@ def _train_pack(
     for i, lease in enumerate(leases):
         if release_requested() or (i > 0 and task_time_nearly_spent()):
             for waiting in leases[i:]:
+                if not heartbeat.begin(waiting.job_id):  # cancelled while it waited: ended already
+                    outcomes[waiting.job_id] = heartbeat.ended[waiting.job_id]
+                    continue
                 outcomes[waiting.job_id] = _release_waiting(r, settings, waiting)
                 heartbeat.done(waiting.job_id)
             break
+        if not heartbeat.begin(lease.job_id):  # cancelled while it waited: ended already
+            outcomes[lease.job_id] = heartbeat.ended[lease.job_id]
+            continue
         pack = {"pack_size": float(size), "pack_wait_s": round(time.perf_counter() - t_claimed, 4)}
         # the first trial has the whole task's time: past it, it did run past the limit and fails
         check = hand_back if i > 0 else None
@@ -430,6 +473,9 @@ def _train_stacked(
     live: list[tuple[_Claim, JobInputs, EpochReporter]] = []
     group = FlushGroup(r, settings)  # the trials' progress writes due by time: one round trip for all
     for lease, inputs in trials:
+        if not heartbeat.begin(lease.job_id):  # cancelled since the pack was formed: ended already
+            outcomes[lease.job_id] = heartbeat.ended[lease.job_id]
+            continue
         pack = {"pack_size": size, "pack_wait_s": 0.0, "pack_stacked": 1.0}
         claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack)
         if not _record_start(claim, inputs, 0, resumed=False):

@@ -1,7 +1,8 @@
-"""A sweep pack trains its trials one after another inside ONE Celery task, whose soft/hard time limit
-(DNNQ_MAX_JOB_SECONDS, +60 s) is the task's, not each trial's. A trial that trained far less than the
-limit must not be failed "ran past DNNQ_MAX_JOB_SECONDS" because the trials before it used the task's
-time: it is handed back (checkpoint kept, attempt not spent) and resumes in a task of its own."""
+"""Trials waiting for their turn in a sweep pack, which trains them one after another inside ONE Celery
+task. Its soft/hard time limit (DNNQ_MAX_JOB_SECONDS, +60 s) is the task's, not each trial's: a trial that
+trained far less than the limit must not be failed "ran past DNNQ_MAX_JOB_SECONDS" because the trials
+before it used the task's time; it is handed back (checkpoint kept, attempt not spent) and resumes in a
+task of its own. And a trial cancelled while it waits ends at once, not when its turn comes."""
 
 from __future__ import annotations
 
@@ -110,3 +111,29 @@ def test_a_trial_is_not_failed_for_the_time_its_pack_siblings_used(
     assert jobs.get_history(redis_client, ids[1], store=store)  # it did train, and keeps those epochs
     two = jobs.get_job(redis_client, ids[2])
     assert two["status"] == "queued" and two["attempts"] == 1  # never started: back in the queue, attempt kept
+
+
+def test_a_trial_cancelled_while_it_waits_ends_at_once(redis_client, store, redis_url, data_dir, monkeypatch):
+    settings = WorkerSettings(
+        redis_url=redis_url, data_dir=data_dir, lease_seconds=10, heartbeat_seconds=0.1, worker_name="packer"
+    )
+    ds = dataset(redis_client, store)
+    ids = make_sweep(redis_client, base_spec(ds, epochs=5, optimizer="adam"), [{"lr": 0.05}, {"lr": 0.1}])
+    record_outcome = runner._record_outcome
+    seen: dict[str, str] = {}
+
+    def cancel_the_waiting_one(claim, *args, **kwargs):
+        if claim.job_id == ids[0]:  # trial 0 is still in the pack's hands; trial 1 waits for its turn
+            assert jobs.request_cancel(redis_client, ids[1]) == "cancelling"
+            for _ in range(100):
+                seen["status"] = jobs.get_job(redis_client, ids[1])["status"]
+                if seen["status"] == "cancelled":
+                    break
+                threading.Event().wait(0.05)
+        return record_outcome(claim, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_record_outcome", cancel_the_waiting_one)
+    outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    assert seen["status"] == "cancelled"  # before trial 0 had ended, not at trial 1's turn
+    assert outcomes == {ids[0]: "succeeded", ids[1]: "cancelled"}
+    assert not jobs.get_history(redis_client, ids[1], store=store)  # it never trained
