@@ -4,7 +4,8 @@ rounds of Redis reads into a stream with keep-alives and a stop when the client 
 Each open stream polls Redis every `sse_poll_seconds` for as long as it lasts, so a tenant may hold at
 most `max_streams_per_tenant` of them in one API process (a 429 past it, before the stream starts), and
 a stream ends after `sse_max_stream_seconds` with a comment saying to reconnect (EventSource does, with
-Last-Event-ID): 300 idle streams of one tenant took a third of an API core."""
+Last-Event-ID): idle streams cost CPU in proportion to their number (docs/perf.md, 'Hostile requests:
+the second pass')."""
 
 from __future__ import annotations
 

@@ -253,7 +253,8 @@ def _predict(
 
 
 # What one forward pass may hold in activations: every layer's Z and A (the forward keeps its caches)
-# for the rows of one chunk. Without it a 50 KB request to a model with one 65,536-unit layer held 6 GB.
+# for the rows of one chunk: a small request to a model with one very wide layer must not hold rows x width
+# twice over (docs/perf.md, 'Hostile requests: the second pass').
 FORWARD_BUDGET_BYTES = 64 * 1024 * 1024
 
 

@@ -9,37 +9,13 @@ from __future__ import annotations
 import signal
 import threading
 
-import numpy as np
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from dnnq.workers import datasets, jobs, runner, sweeps
+from dnnq.workers import jobs, runner
 from dnnq.workers.pack_runner import run_pack
 from dnnq.workers.settings import WorkerSettings
-
-
-def dataset(r, store, m=120, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(m, 3))
-    return datasets.save_dataset(
-        r,
-        store,
-        tenant="public",
-        name="binary-set",
-        source="test",
-        X=X,
-        Y=(X[:, 0] > 0).astype(float),
-        label_kind="binary",
-    )
-
-
-def make_sweep(r, base: dict, trials: list[dict]) -> list[str]:
-    overrides = sweeps.expand(None, trials, 64)
-    specs = sweeps.trial_specs(base, overrides)
-    sweep = sweeps.create_sweep(
-        r, tenant="public", base=base, trials=[sweeps.Trial(o, s) for o, s in zip(overrides, specs, strict=True)]
-    )
-    return sweep["job_ids"]
+from tests.workers.test_pack_runner import dataset, make_sweep
 
 
 def base_spec(ds, **training):
