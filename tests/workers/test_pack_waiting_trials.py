@@ -15,17 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from dnnq.workers import jobs, runner
 from dnnq.workers.pack_runner import run_pack
 from dnnq.workers.settings import WorkerSettings
-from tests.workers.test_pack_runner import dataset, make_sweep
-
-
-def base_spec(ds, **training):
-    return {
-        "dataset_id": ds["id"],
-        "model": {"hidden_layers": [6, 4]},
-        "training": {"epochs": 40, "optimizer": "momentum", "batch_size": 32, "dtype": "float64", **training},
-        "device": "cpu",
-    }
-
+from tests.workers.test_pack_runner import base_spec, dataset, make_sweep
 
 LIMIT = 10.0  # the task's soft time limit in this test (DNNQ_MAX_JOB_SECONDS): trials hand back from 9 s
 
