@@ -27,9 +27,10 @@ def examples_first(X: Any, Y: Any, cfg: TrainConfig, dtype: np.dtype, role: str)
     m = X.shape[1]
     if m == 0:
         raise ValueError(f"{role} X has no examples.")
-    Xe = np.ascontiguousarray(X.T, dtype=dtype)  # (m, n_x); no copy for a transposed examples-first array
+    with np.errstate(over="ignore"):  # a value past dtype's range becomes inf: told apart just below
+        Xe = np.ascontiguousarray(X.T, dtype=dtype)  # (m, n_x); no copy for a transposed examples-first array
     if not np.isfinite(Xe).all():
-        raise ValueError(f"{role} X contains NaN or infinite values; clean or impute them first.")
+        _raise_not_finite(f"{role} X", X, dtype)
     Y = to_host(Y)
     if cfg.output == "softmax" and (Y.ndim == 1 or Y.shape[0] == 1):
         labels = Y.reshape(-1)
@@ -52,9 +53,10 @@ def examples_first(X: Any, Y: Any, cfg: TrainConfig, dtype: np.dtype, role: str)
         Y = Y.reshape(1, -1)
     if Y.ndim != 2 or Y.shape != (n_y, m):
         raise ValueError(f"{role} Y must have shape (n_y={n_y}, m={m}) (outputs x examples). Got {Y.shape}.")
-    Ye = np.ascontiguousarray(Y.T, dtype=dtype)  # (m, n_y)
+    with np.errstate(over="ignore"):
+        Ye = np.ascontiguousarray(Y.T, dtype=dtype)  # (m, n_y)
     if not np.isfinite(Ye).all():
-        raise ValueError(f"{role} Y contains NaN or infinite values.")
+        _raise_not_finite(f"{role} Y", Y, dtype)
     if cfg.output == "sigmoid" and (Ye.min() < 0 or Ye.max() > 1):
         raise ValueError(
             f"{role} Y must be in [0, 1] for output='sigmoid' (binary labels). "
@@ -66,3 +68,14 @@ def examples_first(X: Any, Y: Any, cfg: TrainConfig, dtype: np.dtype, role: str)
             "or integer labels of shape (m,)."
         )
     return Xe, Ye
+
+
+def _raise_not_finite(what: str, source: np.ndarray, dtype: np.dtype) -> None:
+    """Say whether the values were not finite, or became infinite only in ``dtype`` (float64 data trained
+    in float32)."""
+    if np.isfinite(source).all():
+        raise ValueError(
+            f"{what} has values past {dtype.name}'s largest ({np.finfo(dtype).max:.6g}); train in float64 "
+            "or rescale the data."
+        )
+    raise ValueError(f"{what} contains NaN or infinite values; clean or impute them first.")

@@ -30,6 +30,7 @@ import functools
 import io
 import json
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
@@ -352,6 +353,7 @@ def _read_answer(
         or not isinstance(info["content_digest"], str)
         or not _DIGEST_RE.match(info["content_digest"])
         or not (classes is None or (isinstance(classes, list) and all(type(c) in (int, str) for c in classes)))
+        or any(type(info[k]) is not float or not 0 <= info[k] < math.inf for k in ("x_abs_max", "y_abs_max"))
     ):
         raise malformed
     result = ParsedInfo(**info)

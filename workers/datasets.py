@@ -105,6 +105,10 @@ class ParsedInfo:
     label_kind: str
     dtype: str  # X's dtype name: float32 or float64
     content_digest: str  # hex of _canonical(): the id is sha256(tenant + this)
+    # The largest |value| of X and of Y: a job whose dtype cannot hold them (after preprocess.scale) is
+    # refused at submission (workers.spec.to_train_config) rather than failed in the worker.
+    x_abs_max: float = 0.0
+    y_abs_max: float = 0.0
 
 
 def tenant_datasets_key(tenant: str) -> str:
@@ -218,7 +222,14 @@ def write_dataset_file(X: Any, Y: Any, classes: list[Any] | None, label_kind: st
         label_kind=label_kind,
         dtype=X.dtype.name,
         content_digest=_canonical(X, Y, classes, label_kind).hex(),
+        x_abs_max=_abs_max(X),
+        y_abs_max=_abs_max(Y),
     )
+
+
+def _abs_max(a: np.ndarray) -> float:
+    """max |a| as a Python float (a is finite and not empty: _normalise checked)."""
+    return float(max(-float(a.min()), float(a.max())))
 
 
 def save_dataset(
@@ -287,6 +298,8 @@ def save_dataset_file(
         "label_kind": info.label_kind,
         "classes": json.dumps(info.classes) if info.classes is not None else "",
         "dtype": info.dtype,
+        "x_abs_max": repr(info.x_abs_max),
+        "y_abs_max": repr(info.y_abs_max),
         "created_at": now_iso(),
         "size_bytes": str(size),
     }
@@ -318,6 +331,9 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
     for k in _INT_FIELDS:
         if k in d:
             d[k] = int(d[k])
+    for k in ("x_abs_max", "y_abs_max"):  # absent from records stored before they were kept
+        if k in d:
+            d[k] = float(d[k])
     d["classes"] = json.loads(raw["classes"]) if raw.get("classes") else None
     return d
 

@@ -167,6 +167,9 @@ def to_train_config(
         _check_validation(spec, dataset_meta, validation_meta, n_y)
 
     t = spec.training
+    for meta in (dataset_meta, validation_meta):
+        if meta is not None:
+            _check_range(spec, meta)
     try:
         return TrainConfig(
             layer_dims=[n_x, *spec.model.hidden_layers, n_y],
@@ -238,6 +241,31 @@ def _check_validation(spec: JobSpec, train: dict[str, Any], val: dict[str, Any],
             f"validation dataset '{vid}' has classes {_short(val_classes)}; the training set has "
             f"{_short(train_classes)}, so its label indices would mean other classes. Upload a validation set "
             "with the training set's class names in the same order.",
+        )
+
+
+def _check_range(spec: JobSpec, meta: dict[str, Any]) -> None:
+    """The job's dtype must hold the dataset's values as the network sees them (X after preprocess.scale;
+    Y where it is cast): a float32 job on values past 3.4e38 would otherwise reach fit as infinities.
+    Records stored before x_abs_max was kept skip this (fit's own finiteness check still stops them)."""
+    dtype = spec.training.dtype
+    largest = float(np.finfo(dtype).max)
+    scale = spec.preprocess.scale or 1.0
+    x_max, y_max = meta.get("x_abs_max"), meta.get("y_abs_max")
+    fixes = "set training.dtype to 'float64'" if dtype != "float64" else "rescale the data before uploading it"
+    if x_max is not None and float(x_max) * scale > largest:
+        scaled = f" x preprocess.scale {scale:.6g}" if spec.preprocess.scale is not None else ""
+        raise SpecError(
+            "training.dtype",
+            f"dataset '{meta['id']}' has inputs up to {float(x_max):.6g}{scaled}, past {dtype}'s largest value "
+            f"({largest:.6g}): {fixes}, or use a smaller preprocess.scale.",
+        )
+    cast_y = spec.model.output != "softmax" or meta.get("label_kind") == "onehot"
+    if cast_y and y_max is not None and float(y_max) > largest:
+        raise SpecError(
+            "training.dtype",
+            f"dataset '{meta['id']}' has targets up to {float(y_max):.6g}, past {dtype}'s largest value "
+            f"({largest:.6g}): {fixes}.",
         )
 
 

@@ -299,6 +299,19 @@ def test_bad_data_is_explained(X_shape, Y, match):
         fit(np.zeros(X_shape), Y, TrainConfig(layer_dims=[4, 3, 1], epochs=1, device="cpu"))
 
 
+def test_data_past_float32s_range_is_told_apart_from_nan():
+    cfg = TrainConfig(layer_dims=[2, 3, 1], epochs=1, device="cpu", dtype="float32")
+    X, Y = np.array([[1.0, 1e300], [0.5, 2.0]]), np.array([[0.0, 1.0]])
+    with pytest.raises(ValueError, match="training X has values past float32's largest"):
+        fit(X, Y, cfg)
+    with pytest.raises(ValueError, match="training X contains NaN"):
+        fit(np.array([[1.0, np.nan], [0.5, 2.0]]), Y, cfg)
+    linear = TrainConfig(layer_dims=[2, 3, 1], epochs=1, device="cpu", dtype="float32", output="linear")
+    with pytest.raises(ValueError, match="training Y has values past float32's largest"):
+        fit(np.ones((2, 2)), np.array([[1e300, 0.0]]), linear)
+    assert fit(X, Y, TrainConfig(layer_dims=[2, 3, 1], epochs=1, device="cpu", dtype="float64")).epochs_completed == 1
+
+
 def test_softmax_labels_out_of_range():
     with pytest.raises(ValueError, match=r"integer class labels in \[0, 3\)"):
         fit(np.zeros((4, 5)), np.array([0, 1, 2, 3, 1]), TrainConfig(layer_dims=[4, 3], output="softmax", device="cpu"))

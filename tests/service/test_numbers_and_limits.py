@@ -512,3 +512,53 @@ def test_a_validation_loss_that_overflows_fails_the_job_naming_the_epoch(
     assert job["history"] == []  # the epoch whose validation loss overflowed is not recorded
     assert not store.exists(f"jobs/{job_id}/weights.npz")
     assert sse_events(client.get(f"/v1/jobs/{job_id}/events").text)[-1][2]["status"] == "failed"
+
+
+# --- a dataset's values against the job's dtype -------------------------------------------------
+
+
+def huge_npz(x_max: float = 1e300, y=None) -> bytes:
+    """A float64 dataset whose largest input is ``x_max`` (binary labels unless ``y``)."""
+    X = np.array([[1.0, -x_max], [2.0, 0.5], [-3.0, 1.0], [0.25, 2.0]])
+    return npz_bytes(X=X, Y=np.array([0, 1, 0, 1]) if y is None else y)
+
+
+def test_a_float32_job_on_inputs_past_float32s_range_is_a_422_and_float64_trains(client, live_worker, redis_client):
+    ds = upload(client, huge_npz()).json()["id"]
+    refused = client.post("/v1/jobs", json={"dataset_id": ds, "training": {"dtype": "float32"}})
+    body = assert_problem(refused, 422, "inputs up to 1e+300", "float32's largest", "set training.dtype to 'float64'")
+    assert body["errors"][0]["field"] == "training.dtype"
+    assert client.get("/v1/jobs").json()["total"] == 0 and redis_client.keys("dnnq:job:*") == []
+    accepted = client.post("/v1/jobs", json={"dataset_id": ds, "training": {"dtype": "float64"}})
+    assert accepted.status_code == 202, accepted.text
+
+
+def test_the_scale_counts_and_targets_are_checked_where_they_are_cast(client, live_worker):
+    ds = upload(client, huge_npz(x_max=1e34)).json()["id"]
+    fits = client.post("/v1/jobs", json={"dataset_id": ds, "training": {"dtype": "float32"}})
+    assert fits.status_code == 202, fits.text  # 1e34 is within float32's 3.4e38
+    scaled = client.post(
+        "/v1/jobs", json={"dataset_id": ds, "training": {"dtype": "float32"}, "preprocess": {"scale": 1e5}}
+    )
+    assert_problem(scaled, 422, "x preprocess.scale 100000", "a smaller preprocess.scale")
+    targets = upload(client, huge_npz(x_max=1.0, y=np.array([1e300, 0.0, 1.0, 2.0])), label_kind="continuous")
+    linear = {"dataset_id": targets.json()["id"], "model": {"output": "linear"}}
+    float32 = client.post("/v1/jobs", json={**linear, "training": {"dtype": "float32"}})
+    assert_problem(float32, 422, "targets up to 1e+300")
+    assert client.post("/v1/jobs", json={**linear, "training": {"dtype": "float64"}}).status_code == 202
+
+
+def test_a_sweep_on_inputs_past_its_dtype_is_a_422_creating_no_trial(client, live_worker, redis_client):
+    ds = upload(client, huge_npz()).json()["id"]
+    base = {"dataset_id": ds, "training": {"dtype": "float32"}}
+    resp = client.post("/v1/sweeps", json={"base": base, "grid": {"lr": [0.1, 0.01]}})
+    assert_problem(resp, 422, "float32's largest value")
+    assert redis_client.keys("dnnq:job:*") == [] and redis_client.keys("dnnq:sweep:*") == []
+
+
+def test_a_dataset_record_without_the_range_fields_is_not_refused(client, live_worker, redis_client):
+    ds = upload(client, huge_npz(x_max=5.0)).json()["id"]
+    assert float(redis_client.hget(keys.dataset(ds), "x_abs_max")) == 5.0
+    redis_client.hdel(keys.dataset(ds), "x_abs_max", "y_abs_max")  # as a record stored before they were kept
+    resp = client.post("/v1/jobs", json={"dataset_id": ds, "training": {"dtype": "float32"}})
+    assert resp.status_code == 202, resp.text

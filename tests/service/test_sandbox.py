@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import io
 import json
 import multiprocessing.forkserver
@@ -108,6 +109,20 @@ def test_parses_in_the_child_and_writes_the_stored_file(tmp_path):
         assert info.content_digest == datasets._canonical(npz["X"], npz["Y"], [0, 1], "binary").hex()
     with zipfile.ZipFile(tmp_path / "out.npz") as zf:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def test_the_childs_value_range_is_kept_and_checked(tmp_path):
+    X = np.array([[1.0, -7.5], [2.0, 3.0]])
+    info = run(tmp_path, npz_file(tmp_path / "d.npz", X=X, Y=np.array([0, 1])))
+    assert (info.x_abs_max, info.y_abs_max) == (7.5, 1.0)
+    answer = {"ok": True, "info": dataclasses.asdict(info)}
+    assert sandbox._read_answer(json.dumps(answer).encode(), tmp_path / "out.npz", LIMITS, MiB, 1, 1.0) == info
+    for lie in ("NaN", "Infinity", "-1.0", '"7.5"', "7"):  # 7: an int, where the child sends a float
+        payload = json.dumps(answer).replace('"x_abs_max": 7.5', f'"x_abs_max": {lie}').encode()
+        assert lie.encode() in payload
+        with pytest.raises(UploadError) as exc_info:
+            sandbox._read_answer(payload, tmp_path / "out.npz", LIMITS, MiB, 1, 1.0)
+        assert exc_info.value.status == 422 and "no usable answer" in exc_info.value.detail
 
 
 def test_the_parsers_own_refusal_keeps_its_status_and_detail(tmp_path):
