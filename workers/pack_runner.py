@@ -25,7 +25,9 @@ Either way every trial's numbers are its solo job's: one after another bit for b
 
 After kill -9 every unfinished trial's lease expires, the sweeper requeues it and sends its message;
 the first to arrive claims the queued siblings again, each resumes from its own checkpoint. A
-shutdown (SIGTERM) releases the trial training and every trial still waiting in the pack.
+shutdown (SIGTERM) releases the trial training and every trial still waiting in the pack; so does the
+task's time limit (DNNQ_MAX_JOB_SECONDS, the whole pack's) drawing near, for every trial but the first,
+which keeps the whole limit as a solo job would.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -360,17 +363,11 @@ def _train_pack(
     are released when the worker is asked to shut down."""
     from dnnq.models.gram import SharedGram
 
-    load = _SharedInputs()
-    stacked = _stackable(r, store, settings, leases, load)
-    if stacked is not None:
-        return _train_stacked(r, store, settings, stacked, heartbeat)
-    gram_cache = SharedGram()  # X X^T (and X X_val^T) computed by the first trial's fit, reused by the others
-    outcomes: dict[str, str | None] = {}
-    size = len(leases)
     # Celery's time limit (DNNQ_MAX_JOB_SECONDS) is the task's, and the task trains every trial of the pack:
     # a later trial must not be failed "ran past DNNQ_MAX_JOB_SECONDS" (nor killed at the hard limit with the
     # trials still waiting) for the time its siblings used. Near the limit it goes back to the queue at its
     # epoch's end (checkpoint kept, attempt not spent) with those waiting, to resume in a task of its own.
+    # In a stacked pack every trial but the first does so; the first keeps the whole limit, as a solo job.
     deadline = t_claimed + settings.max_job_seconds - min(60.0, settings.max_job_seconds / 10)
 
     def task_time_nearly_spent() -> bool:
@@ -378,6 +375,14 @@ def _train_pack(
 
     def hand_back() -> bool:
         return release_requested() or task_time_nearly_spent()
+
+    load = _SharedInputs()
+    stacked = _stackable(r, store, settings, leases, load)
+    if stacked is not None:
+        return _train_stacked(r, store, settings, stacked, heartbeat, hand_back)
+    gram_cache = SharedGram()  # X X^T (and X X_val^T) computed by the first trial's fit, reused by the others
+    outcomes: dict[str, str | None] = {}
+    size = len(leases)
 
     for i, lease in enumerate(leases):
         if release_requested() or (i > 0 and task_time_nearly_spent()):
@@ -461,10 +466,12 @@ def _train_stacked(
     settings: WorkerSettings,
     trials: list[tuple[_TrialLease, JobInputs]],
     heartbeat: PackHeartbeat,
+    hand_back: Callable[[], bool],
 ) -> dict[str, str | None]:
     """The pack's fresh trials as one stacked computation: each keeps its own EpochReporter (history,
     progress, checkpoints, cancel: a trial that stops leaves the stack), and ends through runner's own
-    outcome path (scoring, weights, finish) or fails alone when it diverges."""
+    outcome path (scoring, weights, finish) or fails alone when it diverges. ``hand_back``: whether the
+    trials after the first go back to the queue (shutdown, or the task's time nearly spent)."""
     from dnnq.models.packed import fit_packed
 
     t0 = time.perf_counter()
@@ -491,7 +498,7 @@ def _train_stacked(
             resume_epoch=0,
             checkpoint_every=inputs.spec.training.checkpoint_every or settings.checkpoint_every,
             lease_lost=lease.lost,
-            release_requested=release_requested,
+            release_requested=hand_back if live else release_requested,
             report_gpu=lambda: report_gpu_memory(r, settings),
             group=group,
         )
@@ -564,7 +571,7 @@ def _stacked_outcome(
     """One stacked trial's end, as runner._train and _train_to_the_end record a solo job's (``rows``:
     the pack's rows for scoring, read once)."""
     r, job_id = claim.r, claim.job_id
-    if isinstance(result, BaseException):
+    if isinstance(result, BaseException) and not (reporter.releasing and not reporter.cancelled):
         expected = _expected_errors()
         message = _readable(result, expected)
         event("job.failed", logging.ERROR, job_id=job_id, error=message, stacked=True)
@@ -574,13 +581,16 @@ def _stacked_outcome(
             return None
         return "failed"
     if reporter.lease_is_lost:
-        event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=result.epochs_completed)
+        event("job.abandoned", logging.WARNING, job_id=job_id, reason="lease lost", epochs=reporter.last_epoch)
         return None
-    if result.stopped and reporter.releasing and not reporter.cancelled:
+    # handed back, its checkpoint written, before the stack ended (the exception a sibling's, later)
+    if (isinstance(result, BaseException) or result.stopped) and reporter.releasing and not reporter.cancelled:
         queue = inputs.record.get("queue") or "default"
         outcome = _release(r, claim.settings, job_id, claim.token, queue, reporter.last_epoch)
         if outcome != jobs.Status.CANCELLING.value:
             return outcome
+        if isinstance(result, BaseException):  # cancelled as it was handed back: no result to record
+            return "cancelled" if jobs.finish(r, job_id, claim.token, "cancelled") else None
     timings = {"load_s": 0.0, **{k: round(v, 4) for k, v in result.timings.items()}}
     timings.update(claim.pack or {})
     return _record_outcome(claim, inputs, result, timings, t0, rows)

@@ -12,10 +12,10 @@ import threading
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from dnnq.workers import jobs, runner
+from dnnq.workers import artifacts, jobs, pack_runner, runner
 from dnnq.workers.pack_runner import run_pack
 from dnnq.workers.settings import WorkerSettings
-from tests.workers.test_pack_runner import base_spec, dataset, make_sweep
+from tests.workers.test_pack_runner import base_spec, dataset, make_sweep, wide_datasets, wide_gd_spec
 
 LIMIT = 10.0  # the task's soft time limit in this test (DNNQ_MAX_JOB_SECONDS): trials hand back from 9 s
 
@@ -103,3 +103,43 @@ def test_a_trial_cancelled_while_it_waits_ends_at_once(redis_client, store, redi
     assert seen["status"] == "cancelled"  # before trial 0 had ended, not at trial 1's turn
     assert outcomes == {ids[0]: "succeeded", ids[1]: "cancelled"}
     assert not jobs.get_history(redis_client, ids[1], store=store)  # it never trained
+
+
+def test_a_stacked_packs_later_trials_are_handed_back_near_the_time_limit(
+    redis_client, store, redis_url, data_dir, soft_limit, monkeypatch
+):
+    """The stacked form of the first test: the trials train together, so near the task's limit every trial
+    but the first goes back to the queue with its checkpoint; the first keeps the whole limit (and, never
+    ending, runs past it and fails, as a solo job would)."""
+    monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
+    settings = WorkerSettings(
+        redis_url=redis_url,
+        data_dir=data_dir,
+        lease_seconds=10,
+        heartbeat_seconds=0.2,
+        worker_name="packer",
+        max_job_seconds=int(LIMIT),
+        checkpoint_every=1_000_000,  # the only checkpoints are the hand-backs'
+    )
+    ds, _ = wide_datasets(redis_client, store)
+    warm = make_sweep(redis_client, wide_gd_spec(ds, epochs=200), [{"lr": 0.1}, {"lr": 0.2}])
+    assert run_pack(warm[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(warm, "succeeded")
+    assert jobs.get_job(redis_client, warm[0])["timings"]["pack_stacked"] == 1.0
+    ids = make_sweep(redis_client, wide_gd_spec(ds, epochs=1_000_000), [{"lr": 1e-6}, {"lr": 2e-6}, {"lr": 3e-6}])
+    soft_limit.start()
+    try:
+        outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    except SoftTimeLimitExceeded:  # pragma: no cover - the limit landing outside the stack
+        pytest.fail("the soft time limit escaped the pack")
+    finally:
+        soft_limit.cancel()
+
+    first = jobs.get_job(redis_client, ids[0])
+    assert outcomes[ids[0]] == "failed" and "DNNQ_MAX_JOB_SECONDS" in first["error"]
+    for job_id in ids[1:]:
+        job = jobs.get_job(redis_client, job_id)
+        assert outcomes[job_id] == "queued" and job["status"] == "queued", job.get("error")
+        assert job["attempts"] == 1  # attempt kept: it resumes in a task of its own
+        checkpoint = artifacts.load_checkpoint(store, job_id)
+        assert checkpoint is not None  # written as it was handed back
+        assert len(jobs.get_history(redis_client, job_id, store=store)) >= 1
