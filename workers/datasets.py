@@ -403,6 +403,22 @@ def load_arrays(store: ArtifactStore, dataset_id: str, sha256: str | None = None
         return npz["X"], npz["Y"]
 
 
+def map_arrays(store: ArtifactStore, dataset_id: str, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y) examples-first, as stored, with X memory-mapped read-only: its pages are read as they are
+    used and belong to the file, so a pass over the rows in chunks (scoring) holds no copy of the data
+    beside the training arrays. Y (a column or a few) is read whole. Stored files are replaced by rename,
+    never rewritten in place, so the mapping stays whole while it is used."""
+    try:
+        f = store.open_cached(_array_key(dataset_id), sha256)
+    except KeyError:
+        raise LookupError(f"The arrays of dataset '{dataset_id}' are missing from the artifact store.") from None
+    with f:
+        layout = read_layout(f)
+        x, y = layout["X"], layout["Y"]
+        X = np.memmap(f, x.dtype, "r", x.data_offset, x.shape, "F" if x.fortran_order else "C")
+        return X, _read_block(f, y, y.shape[0], None)
+
+
 # --- reading a slice of a stored file ---------------------------------------------------------
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes

@@ -12,7 +12,7 @@ import redis
 
 from dnnq.workers import jobs
 from dnnq.workers.artifact_store import ArtifactStore
-from dnnq.workers.datasets import get_dataset, load_arrays
+from dnnq.workers.datasets import get_dataset, load_arrays, map_arrays
 from dnnq.workers.spec import JobSpec, SpecError, to_train_config
 
 if TYPE_CHECKING:
@@ -115,8 +115,10 @@ class ScoringRows:
 
 
 def scoring_rows(store: ArtifactStore, spec: JobSpec, meta: dict[str, Any], chunk: int = 65536) -> ScoringRows:
-    """Read dataset `meta`'s rows for scoring with spec's preprocessing (ScoringRows)."""
-    X, Y = load_arrays(store, meta["id"], meta.get("sha256"))
+    """Dataset `meta`'s rows for scoring with spec's preprocessing (ScoringRows), X mapped from the stored
+    file rather than read: the job's training arrays are still held, and a copy beside them would pass
+    the memory the job was admitted with (TrainConfig.estimate_memory_bytes counts scoring's chunks)."""
+    X, Y = map_arrays(store, meta["id"], meta.get("sha256"))
     truth = Y.argmax(axis=1) if meta["label_kind"] == "onehot" else Y[:, 0]
     return ScoringRows(X, truth, spec, chunk)
 

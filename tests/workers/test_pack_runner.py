@@ -342,11 +342,13 @@ def test_a_stacked_pack_scores_all_its_trials_from_one_read_of_each_dataset(redi
     base = {**wide_gd_spec(ds, epochs=25), "validation_dataset_id": val["id"], "preprocess": {"scale": 0.5}}
     trials = [{"lr": lr, "seed": seed} for lr, seed in ((0.05, 1), (0.2, 2), (0.5, 3), (1.0, 4))]
     ids = make_sweep(redis_client, base, trials)
-    reads: list[str] = []
-    load_arrays = inputs.load_arrays
-    monkeypatch.setattr(inputs, "load_arrays", lambda s, i, sha=None: (reads.append(i), load_arrays(s, i, sha))[1])
+    reads: list[tuple[str, str]] = []
+    for how in ("load_arrays", "map_arrays"):  # to train; to score (mapped: workers/datasets.py)
+        read = getattr(inputs, how)
+        monkeypatch.setattr(inputs, how, lambda s, i, sha=None, h=how, f=read: (reads.append((h, i)), f(s, i, sha))[1])
     assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
-    assert sorted(reads) == sorted([ds["id"], val["id"]] * 2)  # one read to train, one to score, each
+    want_reads = [(how, d) for how in ("load_arrays", "map_arrays") for d in (ds["id"], val["id"])]
+    assert sorted(reads) == sorted(want_reads)  # one read to train, one to score, each
     seen = set()
     for job_id, trial in zip(ids, trials, strict=True):
         got = jobs.get_job(redis_client, job_id)

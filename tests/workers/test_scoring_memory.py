@@ -118,3 +118,30 @@ def test_scoring_gives_the_same_accuracy_in_many_small_chunks(monkeypatch, dtype
     assert small.accuracy(params, spec) == whole
     labels = predict(params, spec.preprocess.apply(X.astype(np.float64)).T, output=output).reshape(-1)
     assert whole == np.count_nonzero(labels == truth) / 5000
+
+
+def test_scoring_a_stored_dataset_maps_its_rows_rather_than_copying_them(redis_client, store):
+    """Scoring runs while the job's training arrays are still held: reading the stored rows whole put a
+    second copy of the data beside them, which the estimate does not count. They are mapped from the
+    stored file now (workers/datasets.py map_arrays), and chunks of them are what the heap holds."""
+    from dnnq.workers import datasets
+    from dnnq.workers.inputs import accuracy, scoring_rows
+
+    X = np.random.default_rng(5).normal(size=(20_000, 500))  # 80 MB stored (float64)
+    meta = datasets.save_dataset(
+        redis_client, store, tenant="public", name="big", source="test", X=X, Y=(X[:, 0] > 0).astype(int),
+        label_kind="binary",
+    )  # fmt: skip
+    spec = _spec([3])
+    params = initialize_parameters_deep([500, 3, 1], seed=1, init="he", dtype="float64")
+    tracemalloc.start()
+    try:
+        got = accuracy(params, store, spec, meta, chunk=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes / 4, f"scoring took {peak / 2**20:.1f} MiB for {X.nbytes / 2**20:.0f} MiB of rows"
+    rows = scoring_rows(store, spec, meta)
+    assert isinstance(rows._X, np.memmap) and not rows._X.flags.writeable
+    labels = predict(params, spec.preprocess.apply(X).T, output="sigmoid").reshape(-1)
+    assert got == np.count_nonzero(labels == (X[:, 0] > 0)) / 20_000
