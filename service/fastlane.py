@@ -12,8 +12,8 @@ to FastAPI unchanged (a submit's body replayed as it came):
   validates as a JobSpec exactly as FastAPI would parse it (json.loads, then the model in Python mode);
 - in both, API keys off or a key that matches; without one FastAPI answers the 401.
 So every validation error, 401 and unusual request is FastAPI's, formatted in one place; the lane
-itself answers only 202, 200, the Problems the desk raises (404, 422 on limits, 429) and 503 when
-Redis is unreachable. The routes stay what the OpenAPI schema documents.
+itself answers only 202, 200, the Problems the desk raises (404, 413 on the artifact quota, 422 on limits,
+429) and 503 when Redis is unreachable. The routes stay what the OpenAPI schema documents.
 tests/service/test_fastlane.py checks both paths give byte-identical responses.
 
 It sits inside the metrics, CORS and body-limit middlewares (they see its answers as any other, and a

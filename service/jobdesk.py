@@ -29,6 +29,7 @@ from dnnq.service.idempotency import reserve
 from dnnq.service.schemas import FiniteJSONResponse, job_view, thin_history
 from dnnq.service.settings import ApiSettings
 from dnnq.workers import datasets, jobs, keys
+from dnnq.workers.artifact_quota import max_artifact_bytes
 from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.celery_app import send_train, sender_app
 from dnnq.workers.recovery import live_workers_async
@@ -252,8 +253,8 @@ class JobDesk:
 
     async def _check_limits(self, ar: Any, spec: JobSpec, cfg: Any, meta: dict, val_meta: dict | None = None) -> None:
         """Epochs, parameters, a live worker for the job's queue, memory (``val_meta``: the validation
-        set's record, whose rows the job holds and scores too); the per-tenant job limit is checked by
-        create_job itself."""
+        set's record, whose rows the job holds and scores too); the per-tenant job limit and artifact
+        quota are checked by create_job itself."""
         settings = self.settings
         if spec.training.epochs > settings.max_epochs:
             raise field_error(
@@ -316,9 +317,13 @@ class JobDesk:
                 max_unfinished=self.settings.max_queued_jobs_per_tenant,
                 require_datasets=True,
                 idempotency_key=idempotency_key,
+                artifact_bytes=max_artifact_bytes(cfg, meta.get("classes")),
+                max_artifact_bytes=self.settings.max_artifact_bytes_per_tenant,
             )
         except jobs.TooManyUnfinished as exc:
             raise _too_many(self.settings, exc.unfinished) from None
+        except jobs.ArtifactQuotaExceeded as exc:  # 413, as the dataset quota answers: the same kind of refusal
+            raise Problem(413, str(exc)) from None
         except jobs.DatasetMissing as exc:  # deleted since this desk cached its record
             for dataset_id in exc.dataset_ids:
                 self.dataset_records.pop(dataset_id, None)

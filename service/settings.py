@@ -73,6 +73,13 @@ class ApiSettings(WorkerSettings):
         ge=0,
         description="Stored bytes of one API key's datasets, summed (413 for an upload past it); 0: no quota.",
     )
+    max_artifact_bytes_per_tenant: int = Field(
+        default=32 * 1024**3,
+        ge=0,
+        description="Bytes one API key's jobs may keep in the artifact store, each job counted at the most its "
+        "artifacts may take (workers/artifact_quota.py), from its submit until it is deleted (413 for a job or "
+        "sweep past it); 0: no quota. The default has room for the largest job DNNQ_MAX_PARAMETERS allows.",
+    )
     max_concurrent_parses: int = Field(
         default=4,
         ge=1,

@@ -36,6 +36,7 @@ _INT_FIELDS = (
     "resumed_from_epoch",
     "sweep_trial",
     "history_stored",
+    "artifact_bytes",
 )  # sweep_*: a sweep's trial (workers/sweeps.py)
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "LEASE_LOST",
     "STATUSES",
     "TERMINAL",
+    "ArtifactQuotaExceeded",
     "DatasetMissing",
     "InvalidId",
     "JobConflict",
@@ -113,6 +114,24 @@ class TooManyUnfinished(Exception):
         self.unfinished = unfinished
 
 
+class ArtifactQuotaExceeded(Exception):
+    """create_job (or create_sweep) refused: the bytes reserved for the tenant's jobs' artifacts and the
+    `need` of the new job(s) would pass `quota` (workers/artifact_quota.py says what a job reserves)."""
+
+    def __init__(
+        self, need: int, used: int, quota: int, what: str = "This job", fewer: str = "a smaller network or fewer epochs"
+    ) -> None:
+        smaller = f" (more than the whole quota: use {fewer})" if need > quota else ""
+        super().__init__(
+            f"{what} may store up to {need} bytes of artifacts (weights in every format, a checkpoint, the "
+            f"history){smaller}, which would take this API key's jobs to {used + need} bytes, over its quota of "
+            f"{quota} bytes (DNNQ_MAX_ARTIFACT_BYTES_PER_TENANT; {used} bytes are in use): delete finished jobs "
+            "you no longer need (DELETE /v1/jobs/{id} or /v1/sweeps/{id}), or ask the operator to raise "
+            "DNNQ_MAX_ARTIFACT_BYTES_PER_TENANT."
+        )
+        self.need, self.used, self.quota = need, used, quota
+
+
 class DatasetMissing(LookupError):
     """create_job refused (require_datasets): a dataset it names does not exist (or was just deleted)."""
 
@@ -157,9 +176,13 @@ def _new_job(
     *,
     require_datasets: bool = False,
     idempotency_key: str | None = None,
+    artifact_bytes: int = 0,
+    max_artifact_bytes: int | None = None,
 ) -> tuple[dict, list, list]:
     """The record of a new queued job, and create_job.lua's keys and args that write it. `extra`: more
-    fields of the record (a sweep's trial names its sweep: workers/sweeps.py runs these in one script)."""
+    fields of the record (a sweep's trial names its sweep: workers/sweeps.py runs these in one script).
+    `artifact_bytes`: what the job reserves against its tenant's artifact quota (the record keeps it,
+    delete_job.lua gives it back)."""
     validate_id(dataset_id, "dataset")
     if validation_dataset_id is not None:
         validate_id(validation_dataset_id, "dataset")
@@ -184,6 +207,7 @@ def _new_job(
         "resumed_from_epoch": "",
         "artifacts": "",
         "timings": "",
+        "artifact_bytes": str(int(artifact_bytes)),
         **(extra or {}),
     }
     if idempotency_key is not None:  # the reservation naming this job: delete_job removes it too
@@ -195,14 +219,24 @@ def _new_job(
         keys.BY_STATUS,
         keys.status_index(tenant, Status.QUEUED.value),
         keys.status_index_marker(tenant),
+        keys.tenant_artifact_bytes(tenant),
     ]
     if require_datasets:  # checked in the same script: a dataset deleted meanwhile cannot be used
         script_keys += [keys.dataset(d) for d in (dataset_id, validation_dataset_id) if d is not None]
-    args = [job_id, time.time(), int(max_unfinished or 0), json.dumps([x for pair in record.items() for x in pair])]
+    args = [
+        job_id,
+        time.time(),
+        int(max_unfinished or 0),
+        json.dumps([x for pair in record.items() for x in pair]),
+        int(max_artifact_bytes or 0),
+        int(artifact_bytes),
+    ]
     return record, script_keys, args
 
 
-def _created(record: dict, outcome: int) -> dict:
+def _created(record: dict, outcome: Any, quota: int | None) -> dict:
+    if isinstance(outcome, list):  # ['over', bytes in use]: nothing was written
+        raise ArtifactQuotaExceeded(int(record["artifact_bytes"]), int(outcome[1]), int(quota or 0))
     if outcome == -2:
         raise DatasetMissing([d for d in (record["dataset_id"], record["validation_dataset_id"]) if d])
     if outcome >= 0:
@@ -221,6 +255,8 @@ def create_job(
     max_unfinished: int | None = None,
     require_datasets: bool = False,
     idempotency_key: str | None = None,
+    artifact_bytes: int = 0,
+    max_artifact_bytes: int | None = None,
 ) -> dict:
     """Write a new queued job in one atomic step; returns the decoded record.
 
@@ -234,6 +270,10 @@ def create_job(
     not exist, checked in the same step, so a dataset deleted at the same moment (datasets.delete_dataset)
     is never used. idempotency_key: the Redis key of the Idempotency-Key reservation that names this job
     (delete_job removes it with the job).
+
+    artifact_bytes (workers/artifact_quota.py) is added to the tenant's reserved artifact bytes with the
+    record; with max_artifact_bytes, raises ArtifactQuotaExceeded instead, writing nothing, when that would
+    take them past it (checked in the same step: two submits at once cannot both take the last room).
     """
     record, script_keys, args = _new_job(
         tenant,
@@ -244,8 +284,10 @@ def create_job(
         max_unfinished,
         require_datasets=require_datasets,
         idempotency_key=idempotency_key,
+        artifact_bytes=artifact_bytes,
+        max_artifact_bytes=max_artifact_bytes,
     )
-    return _created(record, script("create_job")(r, script_keys, args))
+    return _created(record, script("create_job")(r, script_keys, args), max_artifact_bytes)
 
 
 async def create_job_async(
@@ -259,6 +301,8 @@ async def create_job_async(
     max_unfinished: int | None = None,
     require_datasets: bool = False,
     idempotency_key: str | None = None,
+    artifact_bytes: int = 0,
+    max_artifact_bytes: int | None = None,
 ) -> dict:
     """create_job on a redis.asyncio client (the submit route: no thread hop per request)."""
     record, script_keys, args = _new_job(
@@ -270,8 +314,10 @@ async def create_job_async(
         max_unfinished,
         require_datasets=require_datasets,
         idempotency_key=idempotency_key,
+        artifact_bytes=artifact_bytes,
+        max_artifact_bytes=max_artifact_bytes,
     )
-    return _created(record, await script("create_job").run_async(ar, script_keys, args))
+    return _created(record, await script("create_job").run_async(ar, script_keys, args), max_artifact_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

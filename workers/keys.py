@@ -40,6 +40,7 @@ __all__ = [
     "status_index",
     "status_index_marker",
     "sweep",
+    "tenant_artifact_bytes",
     "tenant_datasets",
     "tenant_jobs",
     "tenant_sweeps",
@@ -151,6 +152,12 @@ def sweep(sweep_id: str) -> str:
 def tenant_sweeps(tenant: str) -> str:
     """The tenant's sweeps, scored by creation time (a sorted set)."""
     return f"{TENANT_PREFIX}{tenant}:sweeps"
+
+
+def tenant_artifact_bytes(tenant: str) -> str:
+    """The bytes reserved for the tenant's jobs' artifacts (a counter: create_job.lua adds a job's
+    reservation with its record, delete_job.lua takes it away with the record; absent: none)."""
+    return f"{TENANT_PREFIX}{tenant}:artifact_bytes"
 
 
 def tenant_datasets(tenant: str) -> str:

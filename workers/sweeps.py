@@ -255,10 +255,12 @@ def pack_key(spec: JobSpec) -> str:
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial to write: its overrides and its validated spec."""
+    """One trial to write: its overrides, its validated spec, and the bytes it reserves against its
+    tenant's artifact quota (workers/artifact_quota.py)."""
 
     overrides: dict[str, Any]
     spec: JobSpec
+    artifact_bytes: int = 0
 
 
 def default_metric(specs: Sequence[JobSpec]) -> str:
@@ -315,6 +317,7 @@ def _plan(
     max_unfinished: int | None,
     datasets: Sequence[str] = (),
     idempotency_key: str | None = None,
+    max_artifact_bytes: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list, list]:
     """The sweep's record, its trials' records, and create_sweep's keys and args (`datasets`: ids that
     must exist, checked in the script)."""
@@ -340,6 +343,7 @@ def _plan(
                 "sweep_overrides": json.dumps(trial.overrides, sort_keys=True),
                 "sweep_pack": pack,
             },
+            artifact_bytes=trial.artifact_bytes,
         )
         per = len(job_keys)
         records.append(record)
@@ -359,7 +363,13 @@ def _plan(
     }
     if idempotency_key is not None:  # the reservation naming this sweep: deleting the sweep removes it too
         sweep["idempotency_key"] = idempotency_key
-    all_keys = [keys.sweep(sweep_id), keys.tenant_sweeps(tenant), keys.unfinished(tenant), *script_keys]
+    all_keys = [
+        keys.sweep(sweep_id),
+        keys.tenant_sweeps(tenant),
+        keys.unfinished(tenant),
+        keys.tenant_artifact_bytes(tenant),
+        *script_keys,
+    ]
     all_keys += [keys.dataset(d) for d in datasets]
     args = [
         int(max_unfinished or 0),
@@ -367,6 +377,8 @@ def _plan(
         per,
         sweep_id,
         json.dumps([x for pair in sweep.items() for x in pair]),
+        int(max_artifact_bytes or 0),
+        sum(t.artifact_bytes for t in trials),
         *trial_args,
     ]
     return sweep, records, all_keys, args
@@ -380,7 +392,18 @@ def _datasets_of(trials: Sequence[Trial], require_datasets: bool) -> list[str]:
     return list(dict.fromkeys(named))
 
 
-def _created(tenant: str, sweep: dict[str, Any], outcome: int, datasets: Sequence[str] = ()) -> dict[str, Any]:
+def _created(
+    tenant: str,
+    sweep: dict[str, Any],
+    outcome: Any,
+    datasets: Sequence[str] = (),
+    trials: Sequence[Trial] = (),
+    quota: int | None = None,
+) -> dict[str, Any]:
+    if isinstance(outcome, list):  # ['over', bytes in use]: nothing was written
+        need, what = sum(t.artifact_bytes for t in trials), f"This sweep's {len(trials)} trials together"
+        fewer = "fewer trials, a smaller network or fewer epochs"
+        raise jobs.ArtifactQuotaExceeded(need, int(outcome[1]), int(quota or 0), what, fewer)
     if outcome <= -2:  # the (-1 - outcome)-th dataset is gone: nothing was written
         raise jobs.DatasetMissing([datasets[-2 - int(outcome)]])
     if outcome >= 0:
@@ -398,16 +421,21 @@ def create_sweep(
     max_unfinished: int | None = None,
     require_datasets: bool = False,
     idempotency_key: str | None = None,
+    max_artifact_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Write the sweep and every trial (queued, in the outbox) in one atomic step; the decoded sweep.
     The caller sends each trial's message, then marks them sent (as after jobs.create_job). Raises
     TooManyUnfinished, writing nothing, when the trials would take the tenant past max_unfinished, and
     with require_datasets (the route) DatasetMissing, writing nothing, when a dataset a trial names does
     not exist, checked in the same step (a dataset deleted at the same moment is never used).
-    idempotency_key: the Redis key of the Idempotency-Key reservation naming the sweep (deleted with it)."""
+    idempotency_key: the Redis key of the Idempotency-Key reservation naming the sweep (deleted with it).
+    With max_artifact_bytes, ArtifactQuotaExceeded, writing nothing, when the trials' artifact_bytes together
+    would take the tenant's reserved artifact bytes past it (as jobs.create_job checks one job)."""
     datasets = _datasets_of(trials, require_datasets)
-    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished, datasets, idempotency_key)
-    return _created(tenant, sweep, _CREATE_SWEEP(r, all_keys, args), datasets)
+    sweep, _, all_keys, args = _plan(
+        tenant, base, trials, grid, max_unfinished, datasets, idempotency_key, max_artifact_bytes
+    )
+    return _created(tenant, sweep, _CREATE_SWEEP(r, all_keys, args), datasets, trials, max_artifact_bytes)
 
 
 async def create_sweep_async(
@@ -420,11 +448,15 @@ async def create_sweep_async(
     max_unfinished: int | None = None,
     require_datasets: bool = False,
     idempotency_key: str | None = None,
+    max_artifact_bytes: int | None = None,
 ) -> dict[str, Any]:
     """create_sweep on a redis.asyncio client (the POST /v1/sweeps route)."""
     datasets = _datasets_of(trials, require_datasets)
-    sweep, _, all_keys, args = _plan(tenant, base, trials, grid, max_unfinished, datasets, idempotency_key)
-    return _created(tenant, sweep, await _CREATE_SWEEP.run_async(ar, all_keys, args), datasets)
+    sweep, _, all_keys, args = _plan(
+        tenant, base, trials, grid, max_unfinished, datasets, idempotency_key, max_artifact_bytes
+    )
+    outcome = await _CREATE_SWEEP.run_async(ar, all_keys, args)
+    return _created(tenant, sweep, outcome, datasets, trials, max_artifact_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

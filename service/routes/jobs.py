@@ -51,7 +51,9 @@ def _job_or_404(r: Any, job_id: str, tenant: str) -> dict:
     return job
 
 
-@router.post("", status_code=202, summary="Submit a training job", response_model=JobAccepted, responses=problems(429))
+@router.post(
+    "", status_code=202, summary="Submit a training job", response_model=JobAccepted, responses=problems(413, 429)
+)
 async def submit_job(
     spec: JobSpec,
     desk: Desk,

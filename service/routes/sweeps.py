@@ -38,6 +38,7 @@ from dnnq.service.sweep_schemas import (
     trial_view,
 )
 from dnnq.workers import jobs, sweeps
+from dnnq.workers.artifact_quota import max_artifact_bytes
 from dnnq.workers.spec import SpecError, queue_for, to_train_config
 
 __all__ = ["router"]
@@ -96,7 +97,7 @@ async def _checked_trials(desk: JobDesk, ar: Any, body: SweepRequest, tenant: st
             raise field_error(f"trials[{i}].{exc.field}", exc.message) from None
         except Problem as problem:
             raise _in_trial(problem, i) from None
-        trials.append(sweeps.Trial(overrides[i], spec))
+        trials.append(sweeps.Trial(overrides[i], spec, max_artifact_bytes(cfg, meta.get("classes"))))
     return trials
 
 
@@ -124,7 +125,7 @@ def _dataset_gone(desk: JobDesk, trials: list, exc: jobs.DatasetMissing) -> Prob
     return field_error("base.dataset_id", f"{exc} It was deleted; upload it again with POST /v1/datasets.")
 
 
-@router.post("", status_code=202, response_model=SweepAccepted, responses=problems(429))
+@router.post("", status_code=202, response_model=SweepAccepted, responses=problems(413, 429))
 async def create_sweep(
     body: SweepRequest,
     desk: Desk,
@@ -161,9 +162,12 @@ async def create_sweep(
                 max_unfinished=settings.max_queued_jobs_per_tenant,
                 require_datasets=True,
                 idempotency_key=reservation.redis_key if reservation else None,
+                max_artifact_bytes=settings.max_artifact_bytes_per_tenant,
             )
         except sweeps.TooManyUnfinished as exc:
             raise _too_many(settings, exc.unfinished, len(trials)) from None
+        except jobs.ArtifactQuotaExceeded as exc:  # no trial written: the quota holds all of them or none
+            raise Problem(413, str(exc)) from None
         except jobs.DatasetMissing as exc:  # deleted since the desk cached its record: as a submit answers
             raise _dataset_gone(desk, trials, exc) from None
     except BaseException:  # a refused sweep frees its key: the client may fix the body and retry
