@@ -80,6 +80,19 @@ class Client:
         except httpx.TransportError as exc:
             raise wire.unreachable(self.url, exc) from None
 
+    @contextlib.contextmanager
+    def stream_elsewhere(self, url: str) -> Iterator[httpx.Response]:
+        """A streamed GET of an absolute URL the API pointed at (wire.redirect_target), sent without this
+        client's headers (the API key) and following no further redirects."""
+        try:
+            with httpx.Client(timeout=self._http.timeout) as other, other.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    wire.raise_for(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise wire.unreachable(url.split("?")[0], exc) from None
+
     def limits(self) -> dict[str, Any]:
         """The server's request limits (GET /v1/limits), read once per Client."""
         if self._limits is None:

@@ -30,6 +30,7 @@ __all__ = [
     "npy_bytes",
     "npz_bytes",
     "raise_for",
+    "redirect_target",
     "resource_id",
     "row_chunks",
     "rows_matrix",
@@ -168,6 +169,23 @@ def json_of(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         raise DnnqError(f"{response.request.url} answered {response.status_code} with non-JSON content") from None
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def redirect_target(response: httpx.Response) -> str | None:
+    """Where a weights answer sends the download (the API's DNNQ_ARTIFACTS_REDIRECT_SECONDS: a 307 to a
+    presigned URL of its object store), or None when the answer is the file itself. The caller fetches
+    it with none of the client's headers: the URL carries its own signature, and the API key must not
+    reach another host (nor, on a compromised API, a host of its choosing)."""
+    if response.status_code not in _REDIRECTS:
+        return None
+    location = response.headers.get("location", "")
+    url = response.url.join(location) if location else None
+    if url is None or url.scheme not in ("http", "https"):
+        raise DnnqError(f"{response.request.url} answered {response.status_code} without an http(s) Location")
+    return str(url)
 
 
 def etag(response: httpx.Response) -> str:
