@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp) / "redis")
-        url = f"redis://127.0.0.1:{server.port}/0"
+        url = server.url
         data_dir = Path(tmp) / "data"
         r = redis_client(WorkerSettings(redis_url=url))
         store = LocalArtifactStore(data_dir / "artifacts")

@@ -194,9 +194,10 @@ def start_stack(
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"dnnq up exited with {proc.returncode}:\n{stack.log()[-3000:]}")
-            found = re.search(r"Redis embedded at (redis://\S+)", stack.log())
-            if found:
-                stack.redis_url = found.group(1)
+            found = re.search(r"Redis embedded at redis://(\S+)", stack.log())
+            if found:  # printed without its password, which dnnq up keeps in the data dir
+                password = (data_dir / "data" / "redis" / "password").read_text(encoding="utf-8").strip()
+                stack.redis_url = f"redis://:{password}@{found.group(1)}"
                 try:
                     ready = httpx.get(f"{stack.base_url}/readyz", timeout=2.0)
                     if ready.status_code == 200 and ready.json()["workers"] >= workers:

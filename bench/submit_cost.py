@@ -26,7 +26,7 @@ async def _rounds(app, n: int, clients: int, rounds: int, warmup: int) -> list[t
 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             created = await client.post("/v1/datasets/synthetic", json={"name": "moons", "n_samples": 200, "seed": 0})
             dataset_id = created.json()["id"]
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp) / "redis")
-        url = f"redis://127.0.0.1:{server.port}/0"
+        url = server.url
         settings = WorkerSettings(redis_url=url, data_dir=Path(tmp) / "data", worker_name="bench")
         r = redis_client(settings)
         store = LocalArtifactStore(Path(tmp) / "data" / "artifacts")

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--access-log", action="store_true")
     args = parser.parse_args(argv)
     listening = socket.socket(fileno=args.fd)  # family and type come from the descriptor
-    config = uvicorn.Config("dnnq.service.app:create_app", factory=True, access_log=args.access_log)
+    from dnnq.service.http_protocol import HTTP_PROTOCOL  # limits on each request head
+
+    config = uvicorn.Config("dnnq.service.app:create_app", factory=True, access_log=args.access_log, http=HTTP_PROTOCOL)
     uvicorn.Server(config).run(sockets=[listening])
 
 

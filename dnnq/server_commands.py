@@ -78,7 +78,9 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"dnnq: {note}", file=sys.stderr, flush=True)
     import uvicorn
 
-    uvicorn.run("dnnq.service.app:create_app", factory=True, host=args.host, port=args.port)
+    from dnnq.service.http_protocol import HTTP_PROTOCOL  # limits on each request head
+
+    uvicorn.run("dnnq.service.app:create_app", factory=True, host=args.host, port=args.port, http=HTTP_PROTOCOL)
     return 0
 
 

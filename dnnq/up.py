@@ -34,6 +34,7 @@ __all__ = [
     "default_api_workers",
     "is_loopback",
     "run_up",
+    "shown_url",
 ]
 
 WORKER_NICENESS = 10  # workers' CPU priority below the API's (see _worker_children)
@@ -75,8 +76,17 @@ def is_loopback(host: str) -> bool:
 
 
 def api_keys_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether DNNQ_API_KEYS / DNNQ_API_KEYS_FILE give the API at least one key, read as the API reads
+    them (service/deps.py): set but holding none (`DNNQ_API_KEYS=","`, an empty file) is an error, not
+    "keys on" (the API would run with none, open to anyone)."""
+    from dnnq.service.deps import parse_api_keys
+
     env = os.environ if env is None else env
-    return bool(env.get("DNNQ_API_KEYS", "").strip() or env.get("DNNQ_API_KEYS_FILE", "").strip())
+    try:
+        keys = parse_api_keys(env.get("DNNQ_API_KEYS"), env.get("DNNQ_API_KEYS_FILE", "").strip() or None)
+    except ValueError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+    return bool(keys)
 
 
 def check_bind_allowed(host: str, allow_remote_without_keys: bool, env: Mapping[str, str] | None = None) -> str | None:
@@ -112,6 +122,21 @@ def _check_port_free(host: str, port: int) -> None:
             raise _port_taken(host, port, exc) from None
 
 
+def shown_url(url: str) -> str:
+    """A Redis URL fit to print: its password (redis://:PASSWORD@host or user:PASSWORD@host) as '***'."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "(DNNQ_REDIS_URL, not shown)"
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _check_redis(url: str) -> None:
     import redis
 
@@ -119,7 +144,8 @@ def _check_redis(url: str) -> None:
         redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3).ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise CliError(
-            f"cannot reach Redis at {url} (DNNQ_REDIS_URL): {exc}; unset DNNQ_REDIS_URL to use an embedded Redis"
+            f"cannot reach Redis at {shown_url(url)} (DNNQ_REDIS_URL): {exc}; "
+            "unset DNNQ_REDIS_URL to use an embedded Redis"
         ) from None
 
 
@@ -193,12 +219,15 @@ def api_children(
             for i, sock in enumerate(sockets)
         ]
         return children, sockets
+    from dnnq.service.http_protocol import HTTP_PROTOCOL
+
     # One process (or a platform whose SO_REUSEPORT does not balance): uvicorn binds, and with
     # --workers N its processes share that one socket.
     argv = [
         *(sys.executable, "-m", "uvicorn", "--factory", "dnnq.service.app:create_app"),
         *("--host", host, "--port", str(port), "--workers", str(api_workers)),
         "--access-log" if access_log else "--no-access-log",
+        *("--http", HTTP_PROTOCOL),  # limits on each request head (service/http_protocol.py)
     ]
     return [Child("api", argv, env, restart_forever=True)], []
 
@@ -255,7 +284,8 @@ def run_up(options: UpOptions) -> int:
         raise CliError("--workers must be at least 1", exit_code=2)
     _check_port_free(options.host, options.port)
     data_dir = options.data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # new: this user's only (datasets, weights, the Redis AOF and its password); an existing one keeps its mode
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     options = dataclasses.replace(options, data_dir=data_dir)
 
     redis_url = os.environ.get("DNNQ_REDIS_URL", "").strip()
@@ -268,14 +298,17 @@ def run_up(options: UpOptions) -> int:
 def _start_redis(options: UpOptions, redis_url: str, signals: StopSignals) -> tuple[ProcessSet, str]:
     """The process set, with an embedded Redis unless `redis_url` names one; the line that says which."""
     if redis_url:
-        return ProcessSet(signals.event), f"Redis at {redis_url} (DNNQ_REDIS_URL)"
+        return ProcessSet(signals.event), f"Redis at {shown_url(redis_url)} (DNNQ_REDIS_URL)"
     from dnnq.workers.redis_server import RedisNotFound, start_redis
 
     try:
         redis = start_redis(options.data_dir / "redis", None)
     except (RedisNotFound, RuntimeError) as exc:
         raise CliError(f"cannot start the embedded Redis: {exc}") from None
-    return ProcessSet(signals.event, redis), f"Redis embedded at {redis.url} (AOF in {options.data_dir / 'redis'})"
+    where = options.data_dir / "redis"
+    return ProcessSet(signals.event, redis), (
+        f"Redis embedded at {redis.shown_url} (password in {where / 'password'}, AOF in {where})"
+    )
 
 
 def _run(options: UpOptions, note: str | None, redis_url: str, signals: StopSignals) -> int:

@@ -22,6 +22,7 @@ from dnnq.service import docs, sandbox
 from dnnq.service.contract import operation_id, readable_forms
 from dnnq.service.deps import AsyncRedisByLoop, load_api_keys, make_redis, require_tenant, tenant_for
 from dnnq.service.errors import Problem, document_problems, install_error_handlers, problem_response, response_for
+from dnnq.service.guards import KeylessGuardMiddleware, NoSniffMiddleware
 from dnnq.service.jobdesk import JobDesk
 from dnnq.service.routes.predict import BINARY_PREDICT_TYPES, LIMIT_HEADERS, limit_headers
 from dnnq.service.settings import ApiSettings, get_api_settings
@@ -345,7 +346,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=list(LIMIT_HEADERS),  # a browser client reads predict's limits too
         )
+    # With API keys off: no rebound Host names, no cross-site writes (service/guards.py)
+    app.add_middleware(KeylessGuardMiddleware, fastapi_app=app, settings=settings)
     app.add_middleware(RequestMetricsMiddleware, histogram=histogram)
+    # Outermost of ours: every answer (Starlette's ServerErrorMiddleware sits outside it; its 500 is a
+    # problem_response, which says nosniff itself)
+    app.add_middleware(NoSniffMiddleware)
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # built once, then served from the cache

@@ -32,6 +32,7 @@ __all__ = [
     "Store",
     "Tenant",
     "load_api_keys",
+    "parse_api_keys",
     "make_redis",
     "require_tenant",
     "tenant_for",
@@ -41,13 +42,21 @@ PUBLIC_TENANT = "public"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
-    """(key bytes, tenant) pairs from DNNQ_API_KEYS and DNNQ_API_KEYS_FILE; [] = auth off."""
+def parse_api_keys(api_keys: str | None, api_keys_file: str | None) -> list[tuple[bytes, str]]:
+    """(sha256 of the key, tenant) pairs from DNNQ_API_KEYS's and DNNQ_API_KEYS_FILE's values; [] = auth
+    off. The process keeps the keys' digests only.
+
+    Either one set but holding no key is a ValueError, not "auth off": `DNNQ_API_KEYS=","` or an empty
+    keys file would otherwise open the API to anyone, past `dnnq up`'s refusal to listen on a public
+    address without keys. The messages never show a key."""
     entries: list[str] = []
-    if settings.api_keys:
-        entries += settings.api_keys.split(",")
-    if settings.api_keys_file:
-        text = Path(settings.api_keys_file).read_text(encoding="utf-8")
+    if api_keys and api_keys.strip():
+        entries += api_keys.split(",")
+    if api_keys_file:
+        try:
+            text = Path(api_keys_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"DNNQ_API_KEYS_FILE={api_keys_file} cannot be read ({exc}); fix the path") from None
         entries += [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
     keys: list[tuple[bytes, str]] = []
     for raw in entries:
@@ -62,8 +71,18 @@ def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
                 "DNNQ_API_KEYS entries must be 'key' or 'tenant:key' with a tenant of letters, digits, "
                 "'_', '.', '-' (at most 64); one entry is malformed (not shown: it holds a key)."
             )
-        keys.append((key.encode(), tenant))
+        keys.append((hashlib.sha256(key.encode()).digest(), tenant))  # what tenant_for compares
+    if (entries or api_keys_file) and not keys:
+        raise ValueError(
+            "DNNQ_API_KEYS / DNNQ_API_KEYS_FILE is set but holds no key: give at least one 'tenant:key' "
+            "entry, or unset both to run without API keys (loopback only)."
+        )
     return keys
+
+
+def load_api_keys(settings: ApiSettings) -> list[tuple[bytes, str]]:
+    """(sha256 of the key, tenant) pairs from DNNQ_API_KEYS and DNNQ_API_KEYS_FILE; [] = auth off."""
+    return parse_api_keys(settings.api_keys, settings.api_keys_file)
 
 
 def _redis_options(settings: ApiSettings) -> dict:
@@ -149,10 +168,12 @@ def tenant_for(keys: list[tuple[bytes, str]], authorization: str) -> str | None:
     matches. Every key is compared, in constant time, with no early exit: timing reveals nothing.
     Shared by require_tenant and the fast lane (service/fastlane.py), so both admit the same callers."""
     scheme, _, given = authorization.partition(" ")
-    given_b = given.strip().encode()
+    # Digests, not the keys themselves: compare_digest returns at once on a length mismatch, which would
+    # tell a caller how long the keys are.
+    given_digest = hashlib.sha256(given.strip().encode()).digest()
     tenant = None
-    for key, key_tenant in keys:
-        if hmac.compare_digest(given_b, key) and scheme.lower() == "bearer":
+    for key_digest, key_tenant in keys:
+        if hmac.compare_digest(given_digest, key_digest) and scheme.lower() == "bearer":
             tenant = key_tenant
     return tenant
 

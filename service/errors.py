@@ -137,6 +137,9 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
+    # nosniff here as well as in service/guards.py: the 500 of an unexpected error is sent from outside
+    # every middleware of ours
+    headers = {"X-Content-Type-Options": "nosniff", **(headers or {})}
     return FiniteJSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 

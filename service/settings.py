@@ -24,6 +24,25 @@ class ApiSettings(WorkerSettings):
     host: str = Field(default="127.0.0.1", description="Address `dnnq api` binds to.")
     port: int = Field(default=8000, ge=0, le=65535)
     cors_origins: str = Field(default="", description="Comma-separated origins allowed by CORS; empty = CORS off.")
+    allowed_hosts: str = Field(
+        default="",
+        description="With API keys off: comma-separated Host names the API answers besides IP addresses and "
+        "localhost ('*': any). Other names are a 400: a web page could point them at the API (DNS rebinding). "
+        "With API keys on, any Host is answered.",
+    )
+
+    max_head_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request line + headers (431 past it; service/http_protocol.py).",
+    )
+    head_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A connection whose request head is not complete this long after its first byte (or after "
+        "the connection opened) is closed (service/http_protocol.py).",
+    )
 
     # Authentication: "key1,key2" or "tenant:key,..." (or a file with one entry per line).
     api_keys: str | None = Field(default=None, repr=False)

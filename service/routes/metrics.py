@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -195,7 +196,7 @@ async def require_operator(request: Request) -> None:
             "DNNQ_METRICS_KEY on the API and scrape with 'Authorization: Bearer <DNNQ_METRICS_KEY>'.",
         )
     authorization = request.headers.get("authorization", "")
-    if tenant_for([(metrics_key.encode(), "operator")], authorization) is not None:
+    if tenant_for([(hashlib.sha256(metrics_key.encode()).digest(), "operator")], authorization) is not None:
         return
     if tenant_for(request.app.state.api_keys, authorization) is not None:
         raise Problem(

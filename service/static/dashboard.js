@@ -9,7 +9,13 @@ let stopView = () => {};  // tears down the current view's timers / event stream
 let routeCount = 0;       // a view that finishes loading after the user moved on stops itself
 
 // ---- API ---------------------------------------------------------------------------------
-const apiKey = () => localStorage.getItem(KEY_STORAGE) || "";
+// The key lives in sessionStorage: this tab only, gone when it closes, never written to disk. A key an
+// older dashboard left in localStorage moves there once, so it does not stay on disk for good.
+if (localStorage.getItem(KEY_STORAGE) !== null) {
+  if (!sessionStorage.getItem(KEY_STORAGE)) sessionStorage.setItem(KEY_STORAGE, localStorage.getItem(KEY_STORAGE));
+  localStorage.removeItem(KEY_STORAGE);
+}
+const apiKey = () => sessionStorage.getItem(KEY_STORAGE) || "";
 
 class ApiError extends Error {}
 
@@ -495,8 +501,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").onsubmit = (e) => {
     e.preventDefault();
     const key = $("#api-key").value.trim();
-    if (key) localStorage.setItem(KEY_STORAGE, key); else localStorage.removeItem(KEY_STORAGE);
-    showMessage(key ? "API key saved in this browser." : "API key removed.", "info");
+    if (key) sessionStorage.setItem(KEY_STORAGE, key); else sessionStorage.removeItem(KEY_STORAGE);
+    showMessage(key ? "API key kept in this tab until it closes." : "API key removed.", "info");
     route();
   };
   $("#submit-form").onsubmit = submitJob;

@@ -2,13 +2,13 @@
 // /static/sweep.html#<sweep id>; without an id, the tenant's sweeps. The API key is the dashboard's.
 "use strict";
 
-const KEY_STORAGE = "dnnq.apiKey";  // the same key the dashboard saves (dashboard.js)
+const KEY_STORAGE = "dnnq.apiKey";  // the same key the dashboard keeps in this tab's sessionStorage (dashboard.js)
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 async function api(path) {
   const headers = {};
-  const key = localStorage.getItem(KEY_STORAGE);
+  const key = sessionStorage.getItem(KEY_STORAGE);
   if (key) headers.Authorization = "Bearer " + key;
   const res = await fetch(path, { headers });
   const body = await res.json().catch(() => ({}));

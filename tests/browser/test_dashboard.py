@@ -172,7 +172,9 @@ def test_dashboard_with_api_keys_polls_with_the_saved_key(live_stack_factory, tm
 
         set_fields(browser, {"api-key": "key-a"})
         browser.eval("document.querySelector('#key-form button').click()")
-        assert browser.wait_for("localStorage.getItem('dnnq.apiKey')") == "key-a"
+        # kept in this tab only (sessionStorage), never on disk (localStorage) where it would outlive the tab
+        assert browser.wait_for("sessionStorage.getItem('dnnq.apiKey')") == "key-a"
+        assert browser.eval("localStorage.getItem('dnnq.apiKey')") is None
         browser.navigate(stack.base_url + "/#/new")
         browser.wait_for("!document.getElementById('view-new').hidden")
         set_fields(browser, {"synthetic-name": "blobs", "synthetic-n-samples": "300", "synthetic-n-classes": "3"})

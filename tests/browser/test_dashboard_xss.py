@@ -3,7 +3,7 @@ written as HTML that runs script, shown on every dashboard view that renders the
 fragment whose 404 detail echoes them. No script may run, and each string must read back as typed.
 
 Without API keys every user sees every dataset, so a name that ran script would run in another user's
-browser; with keys on it would read the key the dashboard keeps in localStorage."""
+browser; with keys on it would read the key the dashboard keeps in sessionStorage."""
 
 from __future__ import annotations
 

@@ -222,7 +222,23 @@ def test_remote_without_keys_is_refused_unless_allowed():
     assert "--allow-remote-without-keys" in str(exc.value)
     assert "WITHOUT API keys" in check_bind_allowed("0.0.0.0", True, env={})
     assert check_bind_allowed("0.0.0.0", False, env={"DNNQ_API_KEYS": "alice:k"}) is None
-    assert check_bind_allowed("0.0.0.0", False, env={"DNNQ_API_KEYS_FILE": "/etc/keys"}) is None
+
+
+def test_keys_set_but_empty_are_refused_not_taken_for_keys_on(tmp_path):
+    """DNNQ_API_KEYS="," or an empty keys file used to count as "keys on" for the bind rule while the
+    API parsed them to no key at all: `dnnq up --host 0.0.0.0` then served everyone without a key."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# alice:k1\n\n")
+    for env in ({"DNNQ_API_KEYS": ","}, {"DNNQ_API_KEYS": " , "}, {"DNNQ_API_KEYS_FILE": str(keys_file)}):
+        for host in ("0.0.0.0", "127.0.0.1"):
+            with pytest.raises(CliError) as exc:
+                check_bind_allowed(host, False, env=env)
+            assert exc.value.exit_code == 2
+            assert "holds no key" in str(exc.value)
+    with pytest.raises(CliError, match="cannot be read"):
+        check_bind_allowed("0.0.0.0", False, env={"DNNQ_API_KEYS_FILE": str(tmp_path / "absent")})
+    keys_file.write_text("# a comment\nalice:k1\n")
+    assert check_bind_allowed("0.0.0.0", False, env={"DNNQ_API_KEYS_FILE": str(keys_file)}) is None
 
 
 def test_up_refuses_remote_without_keys(monkeypatch, capsys):

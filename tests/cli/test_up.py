@@ -163,6 +163,10 @@ def test_up_trains_restarts_workers_stops_cleanly_and_keeps_records(tmp_path):
         log = _wait_for(lambda: "dnnq is up" in up.log() and up.log(), 10, "no 'dnnq is up' line", up.log)
         assert f"dnnq is up: {up.url} (dashboard), API docs {up.url}/docs" in log
         assert "Redis embedded at redis://127.0.0.1:" in log
+        # the embedded Redis has a password: kept in a file of this user's only, never printed
+        password = (data_dir / "redis" / "password").read_text().strip()
+        assert password not in log and f"password in {data_dir / 'redis' / 'password'}" in log
+        assert data_dir.stat().st_mode & 0o777 == 0o700
         assert "listening on 127.0.0.1 only" in log
         assert "dnnq: 1 worker (queues default), 1 API process, data in" in log
 

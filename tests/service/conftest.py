@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def api_settings(redis_client, redis_url, data_dir):
     from dnnq.service.settings import ApiSettings
 
-    return ApiSettings(redis_url=redis_url, data_dir=data_dir)
+    # TestClient sends `Host: testserver`; with API keys off the API answers only IP addresses, localhost
+    # and the names listed here (service/guards.py: DNS rebinding)
+    return ApiSettings(redis_url=redis_url, data_dir=data_dir, allowed_hosts="testserver")
 
 
 @pytest.fixture

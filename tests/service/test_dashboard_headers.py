@@ -1,6 +1,6 @@
 """The dashboard's and the docs pages' security headers, and the pages' fitness for the dashboard's policy.
 
-The dashboard keeps the user's API key in localStorage: its pages get a strict Content-Security-Policy
+The dashboard keeps the user's API key in sessionStorage: its pages get a strict Content-Security-Policy
 (no inline script, no plugins, no <base>, no framing, Trusted Types), nosniff and no Referer. /docs and
 /redoc need inline script and style, so their policy is looser but still same-host only."""
 

@@ -26,7 +26,8 @@ def test_no_binary_is_a_readable_error(monkeypatch):
 
 def test_start_persist_restart(tmp_path):
     with start_redis(tmp_path) as server:
-        assert server.url.startswith("redis://127.0.0.1:")
+        assert server.url == f"redis://:{server.password}@127.0.0.1:{server.port}/0"
+        assert server.shown_url == f"redis://127.0.0.1:{server.port}/0"
         client = redis.Redis.from_url(server.url, decode_responses=True)
         client.set("dnnq:test", "kept")
         assert client.config_get("appendonly")["appendonly"] == "yes"
@@ -37,6 +38,29 @@ def test_start_persist_restart(tmp_path):
         client = redis.Redis.from_url(again.url, decode_responses=True)
         assert client.get("dnnq:test") == "kept"
         client.close()
+
+
+def test_another_local_user_cannot_use_it(tmp_path):
+    """Loopback is shared by every user of the machine: without the password (only in files of mode 0600
+    in a 0700 directory, never on the command line `ps` shows) a connection can run no command, so it can
+    neither read the records nor CONFIG SET dir + SAVE a file where our user may write."""
+    with start_redis(tmp_path / "redis") as server:
+        stranger = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2, protocol=2)
+        for command in (("KEYS", "*"), ("CONFIG", "GET", "dir"), ("SAVE",)):
+            with pytest.raises(redis.AuthenticationError):
+                stranger.execute_command(*command)
+        stranger.close()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port, password="guess", protocol=2).ping()
+        assert server.password not in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert (tmp_path / "redis").stat().st_mode & 0o777 == 0o700
+        for name in ("password", "redis-auth.conf"):
+            assert (tmp_path / "redis" / name).stat().st_mode & 0o777 == 0o600, name
+        assert (tmp_path / "redis" / "password").read_text().strip() == server.password
+        password = server.password
+    with start_redis(tmp_path / "redis") as again:  # same data dir, same password: clients' URLs stay valid
+        assert again.password == password
+        assert redis.Redis.from_url(again.url).ping()
 
 
 def test_port_in_use_is_reported(tmp_path, redis_server):
