@@ -38,7 +38,9 @@ class InvalidRequest(DnnqError):
 
 
 class PayloadTooLarge(InvalidRequest):
-    """413: send less per request (Client.limits() says how much)."""
+    """413: too large. A body or upload past the server's limits (send less per request: Client.limits()
+    says how much), or past the API key's storage quota for datasets or job artifacts (the message says
+    the use: delete datasets or finished jobs)."""
 
 
 class Unauthorized(DnnqError):

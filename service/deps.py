@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import weakref
 from pathlib import Path
@@ -40,6 +41,8 @@ __all__ = [
 
 PUBLIC_TENANT = "public"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Below this a key is warned about at start (still accepted: tests and private setups use short ones).
+MIN_KEY_LENGTH = 16
 
 
 def parse_api_keys(api_keys: str | None, api_keys_file: str | None) -> list[tuple[bytes, str]]:
@@ -59,6 +62,7 @@ def parse_api_keys(api_keys: str | None, api_keys_file: str | None) -> list[tupl
             raise ValueError(f"DNNQ_API_KEYS_FILE={api_keys_file} cannot be read ({exc}); fix the path") from None
         entries += [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
     keys: list[tuple[bytes, str]] = []
+    short: list[str] = []  # tenants of keys short enough to guess
     for raw in entries:
         raw = raw.strip()
         if not raw:
@@ -72,6 +76,15 @@ def parse_api_keys(api_keys: str | None, api_keys_file: str | None) -> list[tupl
                 "'_', '.', '-' (at most 64); one entry is malformed (not shown: it holds a key)."
             )
         keys.append((hashlib.sha256(key.encode()).digest(), tenant))  # what tenant_for compares
+        if len(key) < MIN_KEY_LENGTH:
+            short.append(tenant)
+    if short:
+        logging.getLogger("dnnq.api").warning(
+            "API keys shorter than %d characters (tenants %s) can be guessed one request at a time: give "
+            "them random keys, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            MIN_KEY_LENGTH,
+            ", ".join(sorted(set(short))[:10]),
+        )
     if (entries or api_keys_file) and not keys:
         raise ValueError(
             "DNNQ_API_KEYS / DNNQ_API_KEYS_FILE is set but holds no key: give at least one 'tenant:key' "

@@ -6,6 +6,8 @@ are the ones a browser would send, and the in-process app for the many header sh
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
@@ -133,3 +135,16 @@ def test_an_empty_keys_file_refuses_to_start(api_settings, tmp_path):
         create_app(api_settings.model_copy(update={"api_keys_file": str(empty)}))
     with pytest.raises(ValueError, match="cannot be read"):
         create_app(api_settings.model_copy(update={"api_keys_file": str(tmp_path / "absent")}))
+
+
+def test_short_keys_are_warned_about_at_start_never_shown(api_settings, caplog):
+    long_key = "x" * 43
+    with caplog.at_level(logging.WARNING, logger="dnnq.api"):
+        create_app(api_settings.model_copy(update={"api_keys": f"alice:s3cret,bob:{long_key}"}))
+    warned = [r.getMessage() for r in caplog.records if "shorter than 16" in r.getMessage()]
+    assert len(warned) == 1 and "alice" in warned[0] and "bob" not in warned[0]
+    assert "s3cret" not in caplog.text and long_key not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dnnq.api"):
+        create_app(api_settings.model_copy(update={"api_keys": f"bob:{long_key}"}))
+    assert "shorter than" not in caplog.text
