@@ -75,6 +75,11 @@ def _unrebindable(name: str) -> bool:
     return True
 
 
+def _shown(header_value: str) -> str:
+    """A client's header value as an error detail quotes it: at most 100 characters."""
+    return header_value if len(header_value) <= 100 else header_value[:100] + "..."
+
+
 class KeylessGuardMiddleware:
     """With API keys off: 400 for a Host that may be a rebound DNS name, 403 for a cross-site write."""
 
@@ -104,7 +109,7 @@ class KeylessGuardMiddleware:
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1")
         if host and not self._host_allowed(host):
-            shown = host if len(host) <= 100 else host[:100] + "..."
+            shown = _shown(host)
             response = problem_response(
                 400,
                 f"This API has no API keys and answers only requests addressed to an IP address or localhost, "
@@ -116,7 +121,7 @@ class KeylessGuardMiddleware:
         if scope["method"] in _UNSAFE_METHODS and origin is not None:
             origin_text = origin.decode("latin-1")
             if not self._origin_allowed(origin_text, host):
-                shown = origin_text if len(origin_text) <= 100 else origin_text[:100] + "..."
+                shown = _shown(origin_text)
                 response = problem_response(
                     403,
                     f"Cross-site request refused: this API has no API keys, so it takes {scope['method']} "

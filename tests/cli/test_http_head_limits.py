@@ -9,17 +9,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from dnnq.workers.redis_server import free_port
+from tests.cli.test_api_worker import _spawn
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
@@ -34,16 +31,7 @@ def api(redis_client, redis_url, data_dir, tmp_path):
         PYTHONUNBUFFERED="1",
     )
     port = free_port()
-    with open(tmp_path / "api.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dnnq", "api", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _spawn(["api", "--port", str(port)], env, tmp_path / "api.log")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

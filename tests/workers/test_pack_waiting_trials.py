@@ -34,18 +34,23 @@ def soft_limit():
     signal.signal(signal.SIGUSR1, previous)
 
 
-def test_a_trial_is_not_failed_for_the_time_its_pack_siblings_used(
-    redis_client, store, redis_url, data_dir, soft_limit, monkeypatch
-):
-    settings = WorkerSettings(
+def limited_settings(redis_url, data_dir, *, checkpoint_every: int) -> WorkerSettings:
+    """A packing worker's settings whose task time limit is LIMIT."""
+    return WorkerSettings(
         redis_url=redis_url,
         data_dir=data_dir,
         lease_seconds=10,
         heartbeat_seconds=0.2,
         worker_name="packer",
         max_job_seconds=int(LIMIT),
-        checkpoint_every=50,
+        checkpoint_every=checkpoint_every,
     )
+
+
+def test_a_trial_is_not_failed_for_the_time_its_pack_siblings_used(
+    redis_client, store, redis_url, data_dir, soft_limit, monkeypatch
+):
+    settings = limited_settings(redis_url, data_dir, checkpoint_every=50)
     ds = dataset(redis_client, store)
     base = base_spec(ds, epochs=20)
     # warm up this process first (Numba, ONNX imports: seconds on a busy machine), outside the time limit
@@ -112,15 +117,7 @@ def test_a_stacked_packs_later_trials_are_handed_back_near_the_time_limit(
     but the first goes back to the queue with its checkpoint; the first keeps the whole limit (and, never
     ending, runs past it and fails, as a solo job would)."""
     monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
-    settings = WorkerSettings(
-        redis_url=redis_url,
-        data_dir=data_dir,
-        lease_seconds=10,
-        heartbeat_seconds=0.2,
-        worker_name="packer",
-        max_job_seconds=int(LIMIT),
-        checkpoint_every=1_000_000,  # the only checkpoints are the hand-backs'
-    )
+    settings = limited_settings(redis_url, data_dir, checkpoint_every=1_000_000)  # checkpoints: the hand-backs' only
     ds, _ = wide_datasets(redis_client, store)
     warm = make_sweep(redis_client, wide_gd_spec(ds, epochs=200), [{"lr": 0.1}, {"lr": 0.2}])
     assert run_pack(warm[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(warm, "succeeded")
