@@ -12,14 +12,17 @@ default_rng([seed, e]), masks drawn after the permutation, layer 1 first), so ea
 and weights equal its solo fit's to rounding (tests/models/test_packed.py). A trial whose loss stops
 being finite leaves the pack with its TrainingDiverged; the others go on.
 
-``path="gram"`` (gd and momentum, fresh trials): layer 1 trains in coefficient space as fit's Gram
-path does (models/gram.py), the whole pack in one stacked step (``_StackedGram``, its docstring has
-the maths): the data's Gram matrix X X^T is computed once and shared, each trial adds only its start's
-block, and W1 is formed only when read. ``on_state(trial, EpochState)`` and ``should_stop(trial)``
-give each trial a solo fit's callbacks (progress, checkpoints, cancel: a trial that stops leaves the pack).
-On a GPU its full-batch steps without dropout replay one captured graph (models/stepgraph.py), as a solo
-fit's do: launched kernel by kernel, a pack's dozens of small kernels a step would cost more than the
-trials it packs.
+``path="gram"`` (gd and momentum): layer 1 trains in coefficient space as fit's Gram path does
+(models/gram.py), the whole pack in one stacked step (``_StackedGram``, its docstring has the maths):
+the data's Gram matrix X X^T is computed once and shared, each trial adds only its start's block, and
+W1 is formed only when read. gd trials may also resume, each from its own checkpoint, all at one epoch
+(``checkpoints``): each then starts from its checkpoint's W1 as a resumed Gram fit does, and its epoch
+numbers, learning rates, randomness and history go on from the checkpoint's epoch. A resumed momentum
+trial's velocity would be a second start block per trial, which the stacked step does not hold.
+``on_state(trial, EpochState)`` and ``should_stop(trial)`` give each trial a solo fit's callbacks
+(progress, checkpoints, cancel: a trial that stops leaves the pack). On a GPU its full-batch steps
+without dropout replay one captured graph (models/stepgraph.py), as a solo fit's do: launched kernel by
+kernel, a pack's dozens of small kernels a step would cost more than the trials it packs.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from .config import TrainConfig
 from .data import examples_first
 from .gram import SharedGram
 from .network import initialize_parameters_deep
+from .optimizers import make_optimizer
 from .records import Checkpoint, EpochRecord, EpochState, FitResult, TrainingDiverged
+from .training import _restore
 
 __all__ = ["fit_packed", "pack_key"]
 
@@ -74,12 +79,14 @@ def fit_packed(
     should_stop: Callable[[int], bool] | None = None,
     path: str = "textbook",
     gram_cache: SharedGram | None = None,
+    checkpoints: Sequence[Checkpoint] | None = None,
 ) -> list[FitResult | TrainingDiverged]:
     """Train every config on (X, Y) as one pack; per trial, its FitResult or the TrainingDiverged
     that ended it, in the configs' order. ``on_epoch(trial_index, record)`` after each trial's epoch;
     ``on_state(trial_index, state)`` likewise with fit's EpochState (its checkpoint on request);
     ``should_stop(trial_index)`` after that: True stops the trial (result ``stopped``), the others go
-    on. ``path``: "textbook", or "gram" (gd or momentum only)."""
+    on. ``path``: "textbook", or "gram" (gd or momentum only). ``checkpoints``: one per config, all at
+    the same epoch (path "gram", gd only): each trial resumes from its own as fit(checkpoint=...) does."""
     if not configs:
         raise ValueError("fit_packed needs at least one TrainConfig.")
     if path not in ("textbook", "gram"):
@@ -95,6 +102,8 @@ def fit_packed(
             "These trials cannot share a pack: they differ in layer_dims, activations, output, optimizer, "
             "batch_size, shuffle, dtype, device or (with shuffled mini-batches) seed. Group them by pack_key()."
         )
+    starts = None if checkpoints is None else _resumed_starts(configs, checkpoints, path)
+    start_epoch = 0 if checkpoints is None else checkpoints[0].epoch
     t_start = time.perf_counter()
     cfg0 = configs[0]
     device = select_device(cfg0.device)
@@ -108,15 +117,22 @@ def fit_packed(
     pack: _Pack | _StackedGram
     if path == "gram":
         Xv_host = None if X_val is None else Xv
-        pack = _StackedGram(xp, list(configs), dtype, data[0], data[1], val, gram_cache, Xh, Xv_host)
+        pack = _StackedGram(xp, list(configs), dtype, data[0], data[1], val, gram_cache, Xh, Xv_host, starts)
     else:
         pack = _Pack(xp, list(configs), dtype)
     results: list[FitResult | TrainingDiverged | None] = [None] * len(configs)
-    histories: list[list[EpochRecord]] = [[] for _ in configs]
+    # a resumed trial's history goes on from its checkpoint's, as a resumed fit's does
+    histories: list[list[EpochRecord]] = (
+        [[] for _ in configs] if checkpoints is None else [list(c.history[:start_epoch]) for c in checkpoints]
+    )
     m = int(data[0].shape[0])
     batch = m if cfg0.batch_size is None else min(cfg0.batch_size, m)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"), _closing(pack):
-        for epoch in range(max(c.epochs for c in configs)):
+        for j, trial in reversed(list(enumerate(pack.trials))):
+            if configs[trial].epochs == start_epoch:  # resumed at its last epoch: its fit trains none
+                results[trial] = _result(pack, j, histories[trial], device.name, t_start)
+                pack.drop(j)
+        for epoch in range(start_epoch, max(c.epochs for c in configs)):
             if not pack.trials:
                 break
             losses, correct = pack.run_epoch(data, epoch, batch)
@@ -156,6 +172,34 @@ def fit_packed(
                 if results[trial] is not None:
                     pack.drop(j)  # finished or diverged: it leaves the pack
     return [r for r in results if r is not None]
+
+
+def _resumed_starts(
+    configs: Sequence[TrainConfig], checkpoints: Sequence[Checkpoint], path: str
+) -> list[dict[str, np.ndarray]]:
+    """Each trial's parameters from its checkpoint (host arrays, checked against its config as fit
+    checks them), after checking that the pack can resume: the Gram path, gd, one epoch for all."""
+    if len(checkpoints) != len(configs):
+        raise ValueError(f"fit_packed needs one checkpoint per config. Got {len(checkpoints)} for {len(configs)}.")
+    if path != "gram" or configs[0].optimizer != "gd":
+        # momentum's resumed velocity is a second start block (models/gram.py bases_needed), which the
+        # stacked step does not hold; such trials resume one by one through fit
+        raise ValueError(
+            f"A pack resumes from checkpoints on the Gram path with optimizer 'gd' only. Got path={path!r} "
+            f"and optimizer={configs[0].optimizer!r}; resume each trial with fit(checkpoint=...)."
+        )
+    epochs = [c.epoch for c in checkpoints]
+    if len(set(epochs)) > 1:
+        raise ValueError(
+            f"The trials of a pack resume at one epoch, but their checkpoints are at epochs {epochs}; "
+            "resume each trial with fit(checkpoint=...)."
+        )
+    starts = []
+    for cfg, ckpt in zip(configs, checkpoints, strict=True):
+        optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate)
+        params = _restore(ckpt, cfg, np, np.dtype(cfg.dtype), optimizer)  # gd's state: its step count alone
+        starts.append({**params, "t": np.array(optimizer.t, dtype=np.int64)})
+    return starts
 
 
 @contextlib.contextmanager
@@ -478,17 +522,20 @@ class _StackedGram:
         cache: SharedGram | None,
         X_host: np.ndarray,
         Xv_host: np.ndarray | None,
+        resumed: list[dict[str, np.ndarray]] | None = None,
     ) -> None:
+        """``resumed``: each trial's checkpointed parameters (and gd's step count "t"), from which it
+        starts as a resumed Gram fit does (B_k its W1, C_k = 0, s_k = 1); None: fresh trials."""
         self.xp, self.configs, self.dtype = xp, configs, dtype
         cfg0 = configs[0]
         dims = list(cfg0.layer_dims)
         self.L, self.dims = len(dims) - 1, dims
         self.trials = list(range(len(configs)))
         self.slots: tuple[str, ...] = ("v",) if cfg0.optimizer == "momentum" else ()
-        self.t = 0
+        self.t = 0 if resumed is None else int(resumed[0]["t"])
         self.m, self.n_1 = int(X.shape[0]), dims[1]
         self.X, self.Yf = X, xp.ascontiguousarray(Y.T)  # X (m, n_x); Y features first (n_L, m)
-        inits = [initialize_parameters_deep(dims, seed=c.seed, init=c.init) for c in configs]
+        inits = resumed or [initialize_parameters_deep(dims, seed=c.seed, init=c.init) for c in configs]
         starts = np.stack([q["W1"] for q in inits])  # (K, n_1, n_x)
         shared = all(np.array_equal(starts[0], s) for s in starts[1:])
         self.B = xp.asarray(starts[:1] if shared else starts, dtype=dtype)  # (1 or K, n_1, n_x)

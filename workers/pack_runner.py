@@ -10,24 +10,26 @@ its lease (one thread renews them all), EpochReporter (history, progress, cancel
 finish, so a trial that diverges or is cancelled ends alone and the next one starts. Each sibling's
 own message later finds its job taken and does nothing.
 
-With STACK_PACKS on, when every trial is fresh (no checkpoint), float64, and fit would take the Gram
-path for each (gd or momentum, wide inputs), the pack trains as one stacked computation
-(models.packed.fit_packed(path="gram"): X X^T once, the deeper layers batched), each trial with its own
-EpochReporter (a cancelled trial leaves the stack, a diverging one fails alone), their progress writes
-due by time together in one round trip (reporter.FlushGroup), the training and validation rows read once
-to score every trial (inputs.ScoringRows), and runner's own outcome path per trial (a trial whose end
-fails fails alone); ``timings.pack_stacked`` says so. Such a pack is sized by its trials' summed memory.
-Otherwise the trials run one after another; what they
+With STACK_PACKS on, when every trial is float64, fit would take the Gram path for each (gd or
+momentum, wide inputs), and the trials are all fresh (no checkpoint) or all resumed from checkpoints
+at one epoch (gd only: fit_packed does not hold a resumed momentum's velocity), the pack trains as one
+stacked computation (models.packed.fit_packed(path="gram"): X X^T once, the deeper layers batched),
+each trial with its own EpochReporter (a cancelled trial leaves the stack, a diverging one fails
+alone), their progress writes due by time together in one round trip (reporter.FlushGroup), the
+training and validation rows read once to score every trial (inputs.ScoringRows), and runner's own
+outcome path per trial (a trial whose end fails fails alone); ``timings.pack_stacked`` says so. Such a
+pack is sized by its trials' summed memory. Otherwise the trials run one after another; what they
 share is the loaded arrays, the process (warm caches, no dispatch) and, on the Gram path, the data's
 Gram matrix X X^T (models.gram.SharedGram: the first trial's fit computes it, the others reuse it).
 Either way every trial's numbers are its solo job's: one after another bit for bit, stacked to rounding
 (1e-12 relative in float64; float32 packs are never stacked, STACKED_DTYPES).
 
 After kill -9 every unfinished trial's lease expires, the sweeper requeues it and sends its message;
-the first to arrive claims the queued siblings again, each resumes from its own checkpoint. A
-shutdown (SIGTERM) releases the trial training and every trial still waiting in the pack; so does the
-task's time limit (DNNQ_MAX_JOB_SECONDS, the whole pack's) drawing near, for every trial but the first,
-which keeps the whole limit as a solo job would.
+the first to arrive claims the queued siblings again, each resumes from its own checkpoint: stacked
+again when they were checkpointed at one epoch (gd), else one after another. A shutdown (SIGTERM)
+releases the trial training and every trial still waiting in the pack; so does the task's time limit
+(DNNQ_MAX_JOB_SECONDS, the whole pack's) drawing near, for every trial but the first, which keeps the
+whole limit as a solo job would.
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ from dnnq.workers.spec import JobSpec, SpecError, to_train_config
 from dnnq.workers.sweeps import get_sweep
 
 if TYPE_CHECKING:
-    from dnnq.models import TrainConfig
+    from dnnq.models import Checkpoint, TrainConfig
 
 __all__ = ["PackHeartbeat", "pack_memory_bytes", "run_pack", "run_trial"]
 
-# Whether fresh Gram-path packs train stacked (_train_stacked): on since the stacked step and the
-# per-trial writes and scoring shrank (docs/perf.md, "Sweep pack overhead in the worker").
+# Whether Gram-path packs (fresh, or resumed at one epoch) train stacked (_train_stacked): on since the
+# stacked step and the per-trial writes and scoring shrank (docs/perf.md, "Sweep pack overhead in the worker").
 STACK_PACKS = True
 # Stacking changes the order of some roundings: in float64 a trial stays within 1e-12 of its solo job
 # over the course's 2,500 steps; in float32 the same reorderings grow past 1e-5 within a few hundred
@@ -429,11 +431,13 @@ def _release_waiting(r: redis.Redis, settings: WorkerSettings, lease: _TrialLeas
 
 def _stackable(
     r: redis.Redis, store: ArtifactStore, settings: WorkerSettings, leases: list[_TrialLease], load: _SharedInputs
-) -> list[tuple[_TrialLease, JobInputs]] | None:
-    """The pack's trials with their inputs when they can train as one stacked Gram-path computation
-    (models.packed.fit_packed(path="gram")): two or more, every one fresh (no checkpoint, not
-    cancelled, lease held), on the same arrays, one pack key, and fit would take the Gram path for
-    each. None: train them one after another (resumed trials, Adam, narrow inputs, float32, ...)."""
+) -> list[tuple[_TrialLease, JobInputs, Checkpoint | None]] | None:
+    """The pack's trials with their inputs and checkpoints when they can train as one stacked Gram-path
+    computation (models.packed.fit_packed(path="gram")): two or more, not cancelled, lease held, on the
+    same arrays, one pack key, fit would take the Gram path for each (as it would resuming), and either
+    every one fresh, or every one resumed from a checkpoint at the same epoch with gd. None: train them
+    one after another (fresh and resumed mixed, checkpoints at different epochs, resumed momentum, Adam,
+    narrow inputs, float32, ...)."""
     from dnnq.models.gram import plan
     from dnnq.models.packed import pack_key
 
@@ -444,18 +448,23 @@ def _stackable(
         for lease in leases:
             if lease.lost.is_set() or r.hget(keys.job(lease.job_id), "status") != jobs.Status.RUNNING.value:
                 return None
-            if artifacts.load_checkpoint(store, lease.job_id) is not None:
-                return None
-            chosen.append((lease, load(r, store, lease.job_id)))
+            ckpt = artifacts.load_checkpoint(store, lease.job_id)
+            chosen.append((lease, load(r, store, lease.job_id), ckpt))
     except Exception as exc:  # a trial whose inputs fail fails alone on the sequential path
         event("pack.not_stacked", job_id=leases[0].job_id, reason=str(exc))
         return None
+    # fit_packed resumes gd trials at one epoch only: a resumed momentum's velocity is a start block of its own
+    epochs = {None if ckpt is None else ckpt.epoch for _, _, ckpt in chosen}
+    if len(epochs) > 1 or (None not in epochs and chosen[0][1].cfg.optimizer != "gd"):
+        return None
     first = chosen[0][1]
     m, m_val = int(first.X.shape[1]), 0 if first.X_val is None else int(first.X_val.shape[1])
-    for _, inputs in chosen:
+    for _, inputs, ckpt in chosen:
         if inputs.X is not first.X or inputs.X_val is not first.X_val or pack_key(inputs.cfg) != pack_key(first.cfg):
             return None
-        if not _stack_allowed(inputs.cfg) or not plan(inputs.cfg, m, m_val, settings.fit_path, resuming=False).use:
+        resuming, cfg = ckpt is not None, inputs.cfg
+        epochs_left = cfg.epochs - (ckpt.epoch if ckpt is not None else 0)  # as fit plans a resumed run
+        if not _stack_allowed(cfg) or not plan(cfg, m, m_val, settings.fit_path, resuming, epochs_left).use:
             return None
     return chosen
 
@@ -464,28 +473,41 @@ def _train_stacked(
     r: redis.Redis,
     store: ArtifactStore,
     settings: WorkerSettings,
-    trials: list[tuple[_TrialLease, JobInputs]],
+    trials: list[tuple[_TrialLease, JobInputs, Checkpoint | None]],
     heartbeat: PackHeartbeat,
     hand_back: Callable[[], bool],
 ) -> dict[str, str | None]:
-    """The pack's fresh trials as one stacked computation: each keeps its own EpochReporter (history,
-    progress, checkpoints, cancel: a trial that stops leaves the stack), and ends through runner's own
-    outcome path (scoring, weights, finish) or fails alone when it diverges. ``hand_back``: whether the
-    trials after the first go back to the queue (shutdown, or the task's time nearly spent)."""
+    """The pack's trials (all fresh, or all resumed at one epoch) as one stacked computation: each keeps
+    its own EpochReporter (history, progress, checkpoints, cancel: a trial that stops leaves the stack),
+    and ends through runner's own outcome path (scoring, weights, finish) or fails alone when it diverges.
+    ``hand_back``: whether the trials after the first go back to the queue (shutdown, or the task's time
+    nearly spent)."""
     from dnnq.models.packed import fit_packed
 
     t0 = time.perf_counter()
     size = float(len(trials))
     outcomes: dict[str, str | None] = {}
     live: list[tuple[_Claim, JobInputs, EpochReporter]] = []
+    ckpts: list[Checkpoint | None] = []
     group = FlushGroup(r, settings)  # the trials' progress writes due by time: one round trip for all
-    for lease, inputs in trials:
+    # A hand-back (shutdown, or the time limit near) is decided once an epoch for the whole stack, so that
+    # its trials stop at one epoch and resume stacked together (fit_packed resumes trials at one epoch only).
+    decided: dict[str, Any] = {"epoch": -1, "stop": False, "back": False}
+
+    def on_state(i: int, state: Any) -> None:
+        if state.epoch != decided["epoch"]:
+            stop = release_requested()
+            decided.update(epoch=state.epoch, stop=stop, back=stop or hand_back())
+        live[i][2].on_epoch(state)
+
+    for lease, inputs, ckpt in trials:
         if not heartbeat.begin(lease.job_id):  # cancelled since the pack was formed: ended already
             outcomes[lease.job_id] = heartbeat.ended[lease.job_id]
             continue
         pack = {"pack_size": size, "pack_wait_s": 0.0, "pack_stacked": 1.0}
         claim = _Claim(r, store, settings, lease.job_id, lease.token, lease, pack)
-        if not _record_start(claim, inputs, 0, resumed=False):
+        resume_epoch = ckpt.epoch if ckpt is not None else 0
+        if not _record_start(claim, inputs, resume_epoch, resumed=ckpt is not None):
             outcomes[lease.job_id] = None
             heartbeat.done(lease.job_id)
             continue
@@ -495,16 +517,18 @@ def _train_stacked(
             settings,
             lease.job_id,
             lease.token,
-            resume_epoch=0,
+            resume_epoch=resume_epoch,
             checkpoint_every=inputs.spec.training.checkpoint_every or settings.checkpoint_every,
             lease_lost=lease.lost,
-            release_requested=hand_back if live else release_requested,
+            release_requested=(lambda: decided["back"]) if live else (lambda: decided["stop"]),
             report_gpu=lambda: report_gpu_memory(r, settings),
             group=group,
         )
         live.append((claim, inputs, reporter))
+        ckpts.append(ckpt)
     if not live:
         return outcomes
+    resumed = None if ckpts[0] is None else [c for c in ckpts if c is not None]  # all or none (_stackable)
     first = live[0][1]
     t_loaded = time.perf_counter()
     results: list[Any]
@@ -515,9 +539,10 @@ def _train_stacked(
             [inputs.cfg for _, inputs, _ in live],
             X_val=first.X_val,
             Y_val=first.Y_val,
-            on_state=lambda i, state: live[i][2].on_epoch(state),
+            on_state=on_state,
             should_stop=lambda i: live[i][2].should_stop(),
             path="gram",
+            checkpoints=resumed,
         )
     except (KeyboardInterrupt, SystemExit):
         event("pack.interrupted", logging.WARNING, job_id=live[0][0].job_id)  # leases expire, checkpoints resume

@@ -149,6 +149,8 @@ class EpochReporter:
     def _checkpoint_due(self, epoch: int, now: float) -> bool:
         if self._checkpoint_every:
             return epoch % self._checkpoint_every == 0
+        if self._group is not None:
+            return self._group.checkpoint_due(epoch, now)
         return now - self._checkpointed_at >= self._settings.checkpoint_seconds
 
 
@@ -161,13 +163,25 @@ class FlushGroup:
     def __init__(self, r: redis.Redis, settings: WorkerSettings) -> None:
         self._r, self._settings = r, settings
         self._members: list[EpochReporter] = []
-        self._flushed_at = time.monotonic()
+        self._flushed_at = self._checkpointed_at = time.monotonic()
+        self._checkpoint_decided: tuple[int, bool] = (-1, False)  # (epoch, due)
 
     def join(self, reporter: EpochReporter) -> None:
         self._members.append(reporter)
 
     def due(self, now: float) -> bool:
         return now - self._flushed_at >= self._settings.progress_flush_seconds
+
+    def checkpoint_due(self, epoch: int, now: float) -> bool:
+        """Whether a checkpoint by time (DNNQ_CHECKPOINT_SECONDS) is due at ``epoch``, decided once an epoch
+        for every member: a stack's trials are then checkpointed at the same epoch and, after a kill,
+        resume stacked together (models.packed.fit_packed resumes trials at one epoch only)."""
+        if epoch != self._checkpoint_decided[0]:
+            due = now - self._checkpointed_at >= self._settings.checkpoint_seconds
+            self._checkpoint_decided = (epoch, due)
+            if due:
+                self._checkpointed_at = now
+        return self._checkpoint_decided[1]
 
     def flush(self) -> None:
         """Write every member's pending epochs (a member whose lease is lost writes nothing, as alone)."""

@@ -409,3 +409,72 @@ def test_a_gram_pack_with_dropout_or_mini_batches_runs_kernel_by_kernel(monkeypa
     configs = [dataclasses.replace(base, learning_rate=lr) for lr in (0.05, 0.1)]
     results, captures = _stacked_on_the_stand_in(monkeypatch, configs, X, Y)
     assert captures == 0 and [r.step_graph for r in results] == [None, None]
+
+
+def _solo_checkpoint(X, Y, cfg, epoch, **kw):
+    """cfg's solo fit(path="gram") checkpoint after ``epoch`` epochs, taken as the reporter takes it."""
+    held = {}
+
+    def on_epoch(state) -> None:
+        if state.epoch == epoch:
+            held["ckpt"] = state.checkpoint()
+
+    fit(X, Y, cfg, path="gram", on_epoch=on_epoch, should_stop=lambda: "ckpt" in held, **kw)
+    return held["ckpt"]
+
+
+def _assert_within(packed, solo, rtol) -> None:
+    """History (epoch numbers, accuracies, losses) and weights of one run against another, to rtol."""
+    assert [r.epoch for r in packed.history] == [r.epoch for r in solo.history]
+    assert [r.accuracy for r in packed.history] == [r.accuracy for r in solo.history]
+    for field in ("loss", "val_loss"):
+        a, b = [getattr(r, field) for r in packed.history], [getattr(r, field) for r in solo.history]
+        if b[0] is None:
+            assert a == b
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=0)
+    for key, value in solo.parameters.items():
+        scale = float(np.max(np.abs(value)))
+        assert float(np.max(np.abs(packed.parameters[key] - value))) <= rtol * scale, key
+
+
+@pytest.mark.parametrize("batch_size, with_val", [(None, True), (16, False)])
+def test_a_gd_gram_pack_resumed_from_checkpoints_equals_each_trials_solo_runs(batch_size, with_val):
+    """Trials checkpointed at epoch 7 by their solo fits resume as one stacked pack: epoch numbers, the
+    decaying learning rates, the shuffle order and each trial's own end go on from epoch 7, and each
+    trial's history and weights equal its uninterrupted solo fit's and its solo resumed fit's to 1e-12."""
+    X, Y, val = wide_data_with_validation(seed=31, n_x=150, m=50, m_val=20)
+    kw = val if with_val else {}
+    base = TrainConfig(
+        layer_dims=[150, 6, 4, 1], epochs=20, batch_size=batch_size, seed=5, dtype="float64", device="cpu",
+        lr_decay="inverse_time", decay_rate=0.2,
+    )  # fmt: skip
+    configs = [
+        dataclasses.replace(base, learning_rate=0.01),
+        dataclasses.replace(base, learning_rate=0.03, l2=0.1),
+        dataclasses.replace(base, learning_rate=0.05, epochs=12),  # stops at its own end
+        dataclasses.replace(base, learning_rate=0.02, init="xavier"),
+    ]
+    ckpts = [_solo_checkpoint(X, Y, cfg, 7, **kw) for cfg in configs]
+    seen: dict[int, list[int]] = {k: [] for k in range(len(configs))}
+    results = fit_packed(
+        X, Y, configs, path="gram", checkpoints=ckpts, on_state=lambda k, state: seen[k].append(state.epoch), **kw
+    )
+    for k, (packed, cfg, ckpt) in enumerate(zip(results, configs, ckpts, strict=True)):
+        assert packed.path == "packed-gram" and packed.epochs_completed == cfg.epochs
+        assert seen[k] == list(range(8, cfg.epochs + 1))
+        _assert_within(packed, fit(X, Y, cfg, path="gram", **kw), 1e-12)
+        _assert_within(packed, fit(X, Y, cfg, path="gram", checkpoint=ckpt, **kw), 1e-12)
+
+
+def test_a_pack_resumes_only_gd_trials_checkpointed_at_one_epoch():
+    X, Y, _ = wide_data_with_validation(seed=32, n_x=60, m=30, m_val=5)
+    base = TrainConfig(layer_dims=[60, 4, 3, 1], epochs=10, seed=2, dtype="float64", device="cpu")
+    configs = [dataclasses.replace(base, learning_rate=lr) for lr in (0.05, 0.1)]
+    ckpts = [_solo_checkpoint(X, Y, cfg, e) for cfg, e in zip(configs, (4, 6), strict=True)]
+    with pytest.raises(ValueError, match=r"checkpoints are at epochs \[4, 6\]"):
+        fit_packed(X, Y, configs, path="gram", checkpoints=ckpts)
+    momentum = [dataclasses.replace(c, optimizer="momentum") for c in configs]
+    same = [_solo_checkpoint(X, Y, cfg, 4) for cfg in momentum]
+    with pytest.raises(ValueError, match="optimizer 'gd' only"):
+        fit_packed(X, Y, momentum, path="gram", checkpoints=same)

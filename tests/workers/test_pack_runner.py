@@ -423,12 +423,15 @@ def test_a_pack_that_may_stack_claims_siblings_by_their_summed_memory(
         assert outcomes == dict.fromkeys(ids, "succeeded")
 
 
+@pytest.mark.parametrize("killed_at", [10, 20])
 def test_a_stacked_pack_killed_mid_training_resumes_each_trial_to_its_solo_weights(
-    redis_client, store, settings, monkeypatch
+    redis_client, store, settings, monkeypatch, killed_at
 ):
     """The process dies mid-stack (as kill -9 leaves it: leases unrenewed, checkpoints on disk); once the
-    leases expire and the trials are requeued, the next message's pack resumes each trial from its own
-    checkpoint (one after another: a resumed pack is not stacked) to its solo job's weights."""
+    leases expire and the trials are requeued, the next message's pack resumes every trial from its own
+    checkpoint, each to its solo job's history and weights: stacked again (all at one epoch, gd) where
+    each resumed solo fit would take the Gram path (20 epochs left), else one after another (10 left:
+    fit's plan finds the Gram path's setup not worth it, and so does _stackable)."""
     from dnnq.workers import artifacts, keys, pack_runner
 
     monkeypatch.setattr(pack_runner, "STACK_PACKS", True)
@@ -438,13 +441,13 @@ def test_a_stacked_pack_killed_mid_training_resumes_each_trial_to_its_solo_weigh
     ids = make_sweep(redis_client, base, trials)
     save_checkpoint = artifacts.save_checkpoint
 
-    def dies_after_epoch_20(store_, job_id, ckpt):
+    def dies_after_a_checkpoint(store_, job_id, ckpt):
         digest = save_checkpoint(store_, job_id, ckpt)
-        if job_id == ids[-1] and ckpt.epoch == 20:
-            raise SystemExit("killed")  # every trial has its epoch-20 checkpoint
+        if job_id == ids[-1] and ckpt.epoch == killed_at:
+            raise SystemExit("killed")  # every trial has its checkpoint of that epoch
         return digest
 
-    monkeypatch.setattr(artifacts, "save_checkpoint", dies_after_epoch_20)
+    monkeypatch.setattr(artifacts, "save_checkpoint", dies_after_a_checkpoint)
     with pytest.raises(SystemExit):
         run_pack(ids[0], settings=settings, r=redis_client, store=store)
     monkeypatch.setattr(artifacts, "save_checkpoint", save_checkpoint)
@@ -456,11 +459,16 @@ def test_a_stacked_pack_killed_mid_training_resumes_each_trial_to_its_solo_weigh
     assert run_pack(ids[1], settings=settings, r=redis_client, store=store) == dict.fromkeys(ids, "succeeded")
     for job_id, trial in zip(ids, trials, strict=True):
         job = jobs.get_job(redis_client, job_id)
-        assert job["attempts"] == 2 and job["resumed_from_epoch"] == 20 and "pack_stacked" not in job["timings"]
+        assert job["attempts"] == 2 and job["resumed_from_epoch"] == killed_at
+        assert job["timings"].get("pack_stacked") == (1.0 if killed_at == 10 else None)
         spec = {**base, "training": {**base["training"], "learning_rate": trial["lr"]}}
         solo = solo_job(redis_client, spec)
         assert run_trial(solo, settings=settings, r=redis_client, store=store) == "succeeded"
-        assert [h["epoch"] for h in jobs.get_history(redis_client, job_id, store=store)] == list(range(1, 31))
+        history = jobs.get_history(redis_client, job_id, store=store)
+        solo_history = jobs.get_history(redis_client, solo, store=store)
+        assert [h["epoch"] for h in history] == [h["epoch"] for h in solo_history] == list(range(1, 31))
+        assert [h["accuracy"] for h in history] == [h["accuracy"] for h in solo_history]
+        np.testing.assert_allclose([h["loss"] for h in history], [h["loss"] for h in solo_history], rtol=1e-12, atol=0)
         packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
         for name in packed_w:
             np.testing.assert_allclose(packed_w[name], solo_w[name], rtol=1e-12, atol=0)

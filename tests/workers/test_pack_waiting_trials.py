@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
@@ -140,3 +141,21 @@ def test_a_stacked_packs_later_trials_are_handed_back_near_the_time_limit(
         checkpoint = artifacts.load_checkpoint(store, job_id)
         assert checkpoint is not None  # written as it was handed back
         assert len(jobs.get_history(redis_client, job_id, store=store)) >= 1
+    # handed back at one epoch (decided once an epoch for the stack), so their next task stacks them again
+    (epoch,) = {artifacts.load_checkpoint(store, job_id).epoch for job_id in ids[1:]}
+    resumed: dict = {}
+    pack = threading.Thread(
+        target=lambda: resumed.update(run_pack(ids[1], settings=settings, r=redis_client, store=store))
+    )
+    pack.start()
+    deadline = time.monotonic() + 30
+    while len(jobs.get_history(redis_client, ids[2], store=store)) <= epoch:
+        assert time.monotonic() < deadline, "the resumed pack never trained"
+        time.sleep(0.01)
+    for job_id in ids[1:]:
+        assert jobs.request_cancel(redis_client, job_id) == "cancelling"
+    pack.join(60)
+    assert not pack.is_alive() and resumed == dict.fromkeys(ids[1:], "cancelled")
+    for job_id in ids[1:]:
+        job = jobs.get_job(redis_client, job_id)
+        assert job["timings"]["pack_stacked"] == 1.0 and job["resumed_from_epoch"] == epoch

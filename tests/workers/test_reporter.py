@@ -142,3 +142,33 @@ def test_flush_remaining_writes_what_fit_left_pending(redis_client, store, redis
     rep.flush_remaining()
     assert [h["epoch"] for h in jobs.get_history(redis_client, job_id, store=store)] == [1, 2, 3, 4]
     assert jobs.get_job(redis_client, job_id)["progress"] == {"epoch": 4, "epochs": 10, "loss": 0.25}
+
+
+def test_a_flush_group_checkpoints_its_trials_by_time_at_one_epoch(
+    redis_client, store, redis_url, data_dir, monkeypatch
+):
+    """By time, each trial's own clock would cross DNNQ_CHECKPOINT_SECONDS between two trials' calls of one
+    epoch, checkpointing them at different epochs, and a stack resumes only trials checkpointed at one
+    epoch: the group decides once an epoch for all."""
+    clock, saved = {"now": 0.0, "epoch": 0}, []
+    monkeypatch.setattr(reporter_module, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+    monkeypatch.setattr(
+        reporter_module.artifacts, "save_checkpoint", lambda s, job_id, c: saved.append((job_id, clock["epoch"]))
+    )
+    every_1s = WorkerSettings(redis_url=redis_url, data_dir=data_dir, progress_flush_seconds=60, checkpoint_seconds=1)
+    ids = [running_job(redis_client, store, t) for t in "abc"]
+    group = FlushGroup(redis_client, every_1s)
+    reps = [
+        EpochReporter(
+            redis_client, store, every_1s, job_id, token, resume_epoch=0, checkpoint_every=None,
+            lease_lost=threading.Event(), release_requested=lambda: False, report_gpu=lambda: None, group=group,
+        )
+        for job_id, token in zip(ids, "abc", strict=True)
+    ]  # fmt: skip
+    for e in range(1, 7):
+        clock["epoch"] = e
+        for k, rep in enumerate(reps):
+            clock["now"] = 0.45 * e + 0.2 * k  # epoch 2: trial 0 at 0.9 s, trials 1 and 2 at 1.1 and 1.3 s
+            rep.on_epoch(state(e, 10, 1.0 / e))
+    by_epoch = {e: sorted(j for j, at in saved if at == e) for e in {at for _, at in saved}}
+    assert by_epoch == {3: sorted(ids), 6: sorted(ids)}
