@@ -8,6 +8,8 @@ const KEY_STORAGE = "dnnq.apiKey";
 let stopView = () => {};  // tears down the current view's timers / event stream
 let routeCount = 0;       // a view that finishes loading after the user moved on stops itself
 
+const ID_RE = /^[0-9a-f]{24,32}$/;  // job, dataset and sweep ids (workers/keys.py ID_RE)
+
 // ---- API ---------------------------------------------------------------------------------
 // The key lives in sessionStorage: this tab only, gone when it closes, never written to disk. A key an
 // older dashboard left in localStorage moves there once, so it does not stay on disk for good.
@@ -484,10 +486,12 @@ async function route() {
   const parts = path.split("/").filter(Boolean);
   const query = new URLSearchParams(queryString || "");
   let view = "jobs", run = jobsView;
-  const id = parts[1] && encodeURIComponent(decodeURIComponent(parts[1]));  // goes into API paths
-  if (parts[0] === "jobs" && id) { view = "job"; run = () => jobView(id); }
+  const id = parts[1];
+  // an id goes into an API path: only an id's shape does ("..", "%2F" or a stray "%" never reach one)
+  const bad = (kind) => () => showMessage(`No ${kind} with id "${id.slice(0, 64)}": ids are 24 to 32 hex characters.`);
+  if (parts[0] === "jobs" && id) { view = "job"; run = ID_RE.test(id) ? () => jobView(id) : bad("job"); }
   else if (parts[0] === "new") { view = "new"; run = () => newJobView(query); }
-  else if (parts[0] === "datasets" && id) { view = "dataset"; run = () => datasetView(id); }
+  else if (parts[0] === "datasets" && id) { view = "dataset"; run = ID_RE.test(id) ? () => datasetView(id) : bad("dataset"); }
   else if (parts[0] === "datasets") { view = "datasets"; run = datasetsView; }
   for (const v of VIEWS) $("#view-" + v).hidden = v !== view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("current", a.id === "nav-" + (view === "job" ? "jobs" : view === "dataset" ? "datasets" : view));

@@ -135,7 +135,11 @@ function route() {
   document.getElementById("view-sweep").hidden = true;
   document.getElementById("view-sweeps").hidden = true;
   const id = location.hash.slice(1);
-  if (id) sweepPage(id); else listPage();
+  // an id goes into an API path: only an id's shape does ("..", "%2F" or a stray "%" never reach one)
+  if (id && !/^[0-9a-f]{24,32}$/.test(id)) {
+    document.getElementById("view-sweep").hidden = false;
+    show(`No sweep with id "${id.slice(0, 64)}": ids are 24 to 32 hex characters.`);
+  } else if (id) sweepPage(id); else listPage();
 }
 
 window.addEventListener("hashchange", route);
