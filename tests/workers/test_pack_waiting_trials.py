@@ -48,6 +48,17 @@ def limited_settings(redis_url, data_dir, *, checkpoint_every: int) -> WorkerSet
     )
 
 
+def pack_under_the_limit(soft_limit, first_id: str, settings: WorkerSettings, r, store) -> dict:
+    """run_pack(first_id) with the task's soft time limit armed: it must not escape the pack."""
+    soft_limit.start()
+    try:
+        return run_pack(first_id, settings=settings, r=r, store=store)
+    except SoftTimeLimitExceeded:  # pragma: no cover - the limit landing outside a trial
+        pytest.fail("the soft time limit escaped the pack")
+    finally:
+        soft_limit.cancel()
+
+
 def test_a_trial_is_not_failed_for_the_time_its_pack_siblings_used(
     redis_client, store, redis_url, data_dir, soft_limit, monkeypatch
 ):
@@ -67,13 +78,7 @@ def test_a_trial_is_not_failed_for_the_time_its_pack_siblings_used(
         return record_outcome(claim, *args, **kwargs)
 
     monkeypatch.setattr(runner, "_record_outcome", slow_first)
-    soft_limit.start()
-    try:
-        outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
-    except SoftTimeLimitExceeded:  # pragma: no cover - the limit landing outside a trial
-        pytest.fail("the soft time limit escaped the pack")
-    finally:
-        soft_limit.cancel()
+    outcomes = pack_under_the_limit(soft_limit, ids[0], settings, redis_client, store)
 
     assert outcomes[ids[0]] == "succeeded"
     one = jobs.get_job(redis_client, ids[1])
@@ -124,13 +129,7 @@ def test_a_stacked_packs_later_trials_are_handed_back_near_the_time_limit(
     assert run_pack(warm[0], settings=settings, r=redis_client, store=store) == dict.fromkeys(warm, "succeeded")
     assert jobs.get_job(redis_client, warm[0])["timings"]["pack_stacked"] == 1.0
     ids = make_sweep(redis_client, wide_gd_spec(ds, epochs=1_000_000), [{"lr": 1e-6}, {"lr": 2e-6}, {"lr": 3e-6}])
-    soft_limit.start()
-    try:
-        outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
-    except SoftTimeLimitExceeded:  # pragma: no cover - the limit landing outside the stack
-        pytest.fail("the soft time limit escaped the pack")
-    finally:
-        soft_limit.cancel()
+    outcomes = pack_under_the_limit(soft_limit, ids[0], settings, redis_client, store)
 
     first = jobs.get_job(redis_client, ids[0])
     assert outcomes[ids[0]] == "failed" and "DNNQ_MAX_JOB_SECONDS" in first["error"]
