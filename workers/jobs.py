@@ -3,6 +3,7 @@
 Every transition is one Lua script (workers/lua/), so it is atomic: a refused transition writes nothing.
 
     queued -> running            claim (sets lease; attempts += 1)
+    queued -> queued             claim_within_share: the tenant's worker cap is reached (listed in DEFERRED)
     queued -> cancelled          cancel before start
     running -> succeeded | failed
     running -> cancelling        cancel request; the worker stops at the next epoch boundary
@@ -18,7 +19,8 @@ are refused when the token no longer matches (fencing: a worker that lost its le
 The outbox (keys.OUTBOX): every step that makes a job queued (create, release, the sweeper's requeue)
 lists it there; whoever then sends its Celery message marks it sent (mark_sent), and the sweeper sends
 what stays listed too long (workers/recovery.py). A crash between the two loses no job, and a second
-message is harmless: claim is atomic.
+message is harmless: claim is atomic. A job a claim defers (DNNQ_MAX_WORKERS_PER_TENANT) is listed in
+keys.DEFERRED instead, which the sweeper sends the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from dnnq.workers import keys, trash
@@ -57,19 +61,23 @@ __all__ = [
     "STATUSES",
     "TERMINAL",
     "ArtifactQuotaExceeded",
+    "ClaimOutcome",
     "DatasetMissing",
     "InvalidId",
     "JobConflict",
     "JobNotFound",
+    "Share",
     "Status",
     "TooManyUnfinished",
     "claim",
+    "claim_within_share",
     "count_by_status",
     "count_unfinished",
     "create_job",
     "create_job_async",
     "delete_job",
     "delete_job_keys",
+    "deferred_due",
     "deleted_files",
     "finish",
     "finished_before",
@@ -88,9 +96,12 @@ __all__ = [
     "record_epochs_many",
     "record_resume",
     "release",
+    "release_share",
     "renew_lease",
+    "renew_share",
     "request_cancel",
     "requeue_expired",
+    "unlist_deferred",
     "unsent",
     "validate_id",
 ]
@@ -340,16 +351,72 @@ def mark_sent(r: Any, *job_ids: str) -> None:
 # Transitions made by workers (fenced by the lease token)
 
 
+class ClaimOutcome(str, Enum):
+    CLAIMED = "claimed"
+    NOT_QUEUED = "not_queued"  # someone else has it, or it is done
+    DEFERRED = "deferred"  # its tenant already has its share of worker processes: still queued
+
+
+@dataclass(frozen=True)
+class Share:
+    """A worker process's place among the processes training one tenant's jobs, of which there may be at
+    most `cap` (DNNQ_MAX_WORKERS_PER_TENANT) at once: `member` names the process, so the trials of a sweep
+    pack, which one process trains, count once."""
+
+    tenant: str
+    member: str
+    cap: int
+
+
 def claim(r: Any, job_id: str, token: str, lease_ms: int, celery_task_id: str | None = None) -> bool:
     """queued -> running; False when the job is not queued (someone else has it, or it is done).
     celery_task_id: the delivering task's id, kept in the record (what Flower and `celery events` show)."""
-    return bool(
-        script("claim")(
-            r,
-            [keys.job(job_id), keys.job_lease(job_id), keys.ACTIVE],
-            [token, int(lease_ms), now_iso(), job_id, celery_task_id or ""],
-        )
-    )
+    return claim_within_share(r, job_id, token, lease_ms, None, celery_task_id) is ClaimOutcome.CLAIMED
+
+
+def claim_within_share(
+    r: Any, job_id: str, token: str, lease_ms: int, share: Share | None, celery_task_id: str | None = None
+) -> ClaimOutcome:
+    """claim, within the tenant's cap of worker processes when `share` is given (None, or cap 0: claim's own
+    step, which writes no busy set). A process outside the busy set while `cap` others are in it claims
+    nothing: the job stays queued, attempts unchanged, and is listed in keys.DEFERRED for the sweeper to send
+    again (DEFERRED). A claim adds the process to the set, counting until lease_ms from now: renew_share
+    pushes that back while it trains, release_share takes it out when its task ends."""
+    script_keys = [keys.job(job_id), keys.job_lease(job_id), keys.ACTIVE]
+    args: list[Any] = [token, int(lease_ms), now_iso(), job_id, celery_task_id or ""]
+    if share is not None and share.cap > 0:
+        script_keys += [keys.tenant_busy(share.tenant), keys.DEFERRED]
+        args += [share.member, int(share.cap)]
+    outcome = int(script("claim")(r, script_keys, args))
+    if outcome == -1:
+        return ClaimOutcome.DEFERRED
+    return ClaimOutcome.CLAIMED if outcome == 1 else ClaimOutcome.NOT_QUEUED
+
+
+def renew_share(r: Any, share: Share, lease_ms: int) -> None:
+    """The process still trains the tenant's jobs: it counts until lease_ms from now (by Redis's clock),
+    while it is still in the busy set."""
+    if share.cap > 0:
+        script("renew_share")(r, [keys.tenant_busy(share.tenant)], [share.member, int(lease_ms)])
+
+
+def release_share(r: Any, share: Share) -> None:
+    """The process's task has ended: it no longer counts against its tenant's cap."""
+    if share.cap > 0:
+        r.zrem(keys.tenant_busy(share.tenant), share.member)
+
+
+def deferred_due(r: Any, min_age_seconds: float = 0.0) -> list[tuple[str, int]]:
+    """Jobs a claim deferred at least min_age_seconds ago (by Redis's clock), with the score they were
+    listed at (what unlist_deferred compares), oldest first."""
+    flat = script("outbox_due")(r, [keys.DEFERRED], [int(min_age_seconds * 1000), "1"])
+    return [(str(job_id), int(float(score))) for job_id, score in zip(flat[::2], flat[1::2], strict=True)]
+
+
+def unlist_deferred(r: Any, job_id: str, score: int) -> None:
+    """The sweeper sent a deferred job again (or it is no longer queued): unlist it, unless a claim
+    deferred it again since it was read at `score`."""
+    script("unlist_deferred")(r, [keys.DEFERRED], [job_id, int(score)])
 
 
 def renew_lease(r: Any, job_id: str, token: str, lease_ms: int) -> bool:

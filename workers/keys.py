@@ -18,6 +18,7 @@ __all__ = [
     "BROKER_PRIORITY_SEP",
     "BROKER_PRIORITY_STEPS",
     "BY_STATUS",
+    "DEFERRED",
     "FINISHED",
     "HISTORY_MOVES",
     "ID_RE",
@@ -41,6 +42,7 @@ __all__ = [
     "status_index_marker",
     "sweep",
     "tenant_artifact_bytes",
+    "tenant_busy",
     "tenant_datasets",
     "tenant_jobs",
     "tenant_sweeps",
@@ -70,6 +72,10 @@ BY_STATUS = f"{PREFIX}jobs:by_status"
 # The outbox: queued jobs whose Celery message may not have been sent, scored by when (Redis's clock,
 # ms) they were listed. See workers/jobs.py (who lists them) and workers/recovery.py (who sends late ones).
 OUTBOX = f"{PREFIX}jobs:outbox"
+# Queued jobs a claim left queued because their tenant already had DNNQ_MAX_WORKERS_PER_TENANT worker
+# processes, scored by when (Redis's clock, ms): the sweeper sends them again (workers/recovery.py). Not the
+# outbox: a sender's mark_sent right after its send would unlist a job deferred in between, for good.
+DEFERRED = f"{PREFIX}jobs:deferred"
 # Counters the workers keep (epochs_total, jobs_succeeded_total, training_seconds_total, ...).
 STATS = f"{PREFIX}stats"
 # Names of registered workers; a worker is alive while its hash (worker(name)) exists.
@@ -142,6 +148,12 @@ def status_index_marker(tenant: str) -> str:
 def unfinished(tenant: str) -> str:
     """Ids of the tenant's queued, running or cancelling jobs (a set)."""
     return f"{TENANT_PREFIX}{tenant}:unfinished"
+
+
+def tenant_busy(tenant: str) -> str:
+    """The worker processes training the tenant's jobs (ids "{worker name}:{pid}"), each scored by when it
+    stops counting (Redis's clock, ms): what DNNQ_MAX_WORKERS_PER_TENANT caps (a sorted set; claim.lua)."""
+    return f"{TENANT_PREFIX}{tenant}:busy"
 
 
 def sweep(sweep_id: str) -> str:

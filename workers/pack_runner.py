@@ -64,9 +64,12 @@ from dnnq.workers.runner import (
     _release_gpu_memory,
     _set_current_job,
     _train_to_the_end,
+    claimed,
+    leave_share,
     process_redis,
     report_gpu_memory,
     run_job,
+    worker_share,
 )
 from dnnq.workers.settings import WorkerSettings, get_settings
 from dnnq.workers.shutdown import cooperative_sigterm, release_requested
@@ -102,9 +105,12 @@ class PackHeartbeat(threading.Thread):
     waits for its turn is finished 'cancelled' here at once (its outcome in `ended`): waiting for its turn
     could take hours, while it counted against its tenant's job limit and kept its dataset undeletable."""
 
-    def __init__(self, r: redis.Redis, leases: list[_TrialLease], settings: WorkerSettings) -> None:
+    def __init__(
+        self, r: redis.Redis, leases: list[_TrialLease], settings: WorkerSettings, share: jobs.Share | None = None
+    ) -> None:
         super().__init__(name=f"pack-lease-{leases[0].job_id[:8]}", daemon=True)
         self.r, self.period, self.lease_ms = r, settings.heartbeat_seconds, settings.lease_ms
+        self.share = share  # the process's share of its tenant's workers, renewed with the leases
         self._leases = {lease.job_id: lease for lease in leases}
         self._waiting = set(self._leases)  # not yet begun by the pack
         self.ended: dict[str, str | None] = {}  # waiting trials a cancel ended, with their outcome
@@ -141,6 +147,11 @@ class PackHeartbeat(threading.Thread):
                     event("job.lease_lost", logging.WARNING, job_id=lease.job_id)
                 except Exception as exc:  # Redis blip: keep trying until the lease itself runs out
                     event("job.lease_renew_error", logging.WARNING, job_id=lease.job_id, error=str(exc))
+            if self.share is not None:
+                try:
+                    jobs.renew_share(self.r, self.share, self.lease_ms)
+                except Exception as exc:  # Redis blip: the next round renews it
+                    event("job.share_renew_error", logging.WARNING, tenant=self.share.tenant, error=str(exc))
             try:
                 self._end_cancelled_waiting()
             except Exception as exc:  # the next round, or the trial's turn, sees the cancel
@@ -213,19 +224,31 @@ def run_pack(
     r = r if r is not None else process_redis(settings)
     store = store if store is not None else open_store(settings)
     leases = [_TrialLease(job_id, _token(settings))]
-    if not jobs.claim(r, job_id, leases[0].token, settings.lease_ms, celery_task_id):
-        job = jobs.get_job(r, job_id)
-        event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
+    share = worker_share(r, settings, job_id)
+    if not claimed(r, job_id, leases[0].token, settings, share, celery_task_id):
         return {}
+    try:
+        return _claimed_pack(r, store, settings, leases, share)
+    finally:
+        leave_share(r, share)
+
+
+def _claimed_pack(
+    r: redis.Redis, store: ArtifactStore, settings: WorkerSettings, leases: list[_TrialLease], share: jobs.Share | None
+) -> dict[str, str | None]:
+    """run_pack once its first trial is claimed: claim the siblings, train them all."""
+    job_id = leases[0].job_id
     t_claimed = time.perf_counter()
     try:
         for sibling in _siblings_that_fit(r, job_id, settings):
             lease = _TrialLease(sibling, _token(settings))
-            if jobs.claim(r, sibling, lease.token, settings.lease_ms):
+            # the process already counts against its tenant's cap, so a sibling (same tenant) is never deferred
+            outcome = jobs.claim_within_share(r, sibling, lease.token, settings.lease_ms, share)
+            if outcome is jobs.ClaimOutcome.CLAIMED:
                 leases.append(lease)
     except Exception as exc:  # the pack is an optimisation: the claimed trial trains whatever went wrong here
         event("pack.siblings_unread", logging.WARNING, job_id=job_id, error=str(exc))
-    heartbeat = PackHeartbeat(r, leases, settings)
+    heartbeat = PackHeartbeat(r, leases, settings, share)
     heartbeat.start()
     ids = [lease.job_id for lease in leases]
     event("pack.claimed", job_id=job_id, pack_size=len(ids), trials=ids)

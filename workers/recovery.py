@@ -55,7 +55,8 @@ SEND_GRACE_SECONDS = 10.0
 
 def sweep(r: Any, send: Send, max_attempts: int | None = None, grace_seconds: float = SEND_GRACE_SECONDS) -> list[str]:
     """Requeue jobs whose lease expired and send them, then send every queued job left in the outbox
-    for grace_seconds (its sender died between writing the job and sending it); returns the requeued
+    for grace_seconds (its sender died between writing the job and sending it), and every job a claim
+    deferred that long ago (its tenant had DNNQ_MAX_WORKERS_PER_TENANT workers); returns the requeued
     ids. Jobs that already started max_attempts times are failed instead (see jobs.requeue_expired)."""
     requeued = jobs.requeue_expired(r, max_attempts)
     for job_id in requeued:
@@ -66,6 +67,12 @@ def sweep(r: Any, send: Send, max_attempts: int | None = None, grace_seconds: fl
             send(job_id, job.get("queue") or "default", bool(job.get("attempts")))
             event("job.sent", job_id=job_id, queue=job.get("queue"), by="sweeper")
         jobs.mark_sent(r, job_id)  # after send: a crash in between only means one more (harmless) message
+    for job_id, score in jobs.deferred_due(r, grace_seconds):
+        job = jobs.get_job(r, job_id)
+        if job is not None and job["status"] == jobs.Status.QUEUED.value:
+            send(job_id, job.get("queue") or "default", bool(job.get("attempts")))
+            event("job.sent", job_id=job_id, queue=job.get("queue"), by="sweeper", deferred=True)
+        jobs.unlist_deferred(r, job_id, score)
     return requeued
 
 

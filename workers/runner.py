@@ -25,6 +25,7 @@ import redis
 from dnnq.workers import artifacts, jobs, keys
 from dnnq.workers.artifact_store import ArtifactStore, open_store
 from dnnq.workers.inputs import JobInputs, ScoringRows, accuracy, load_inputs
+from dnnq.workers.job_reads import record_key
 from dnnq.workers.logs import event
 from dnnq.workers.reporter import EpochReporter
 from dnnq.workers.settings import WorkerSettings, get_settings, redis_client
@@ -34,15 +35,18 @@ from dnnq.workers.spec import SpecError
 if TYPE_CHECKING:
     from dnnq.models import FitResult
 
-__all__ = ["Heartbeat", "process_redis", "report_gpu_memory", "run_job"]
+__all__ = ["Heartbeat", "claimed", "leave_share", "process_redis", "report_gpu_memory", "run_job", "worker_share"]
 
 
 class Heartbeat(threading.Thread):
-    """Renews the job's lease every heartbeat_seconds; sets `lost` when the lease is gone."""
+    """Renews the job's lease (and the process's share of its tenant's workers) every heartbeat_seconds;
+    sets `lost` when the lease is gone."""
 
-    def __init__(self, r: redis.Redis, job_id: str, token: str, settings: WorkerSettings) -> None:
+    def __init__(
+        self, r: redis.Redis, job_id: str, token: str, settings: WorkerSettings, share: jobs.Share | None = None
+    ) -> None:
         super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
-        self.r, self.job_id, self.token = r, job_id, token
+        self.r, self.job_id, self.token, self.share = r, job_id, token, share
         self.period, self.lease_ms = settings.heartbeat_seconds, settings.lease_ms
         self.lost = threading.Event()
         self._halt = threading.Event()
@@ -54,6 +58,8 @@ class Heartbeat(threading.Thread):
                     self.lost.set()
                     event("job.lease_lost", logging.WARNING, job_id=self.job_id)
                     return
+                if self.share is not None:
+                    jobs.renew_share(self.r, self.share, self.lease_ms)
             except Exception as exc:  # Redis blip: keep trying until the lease itself runs out
                 event("job.lease_renew_error", logging.WARNING, job_id=self.job_id, error=str(exc))
 
@@ -118,20 +124,65 @@ def run_job(
     r = r if r is not None else process_redis(settings)
     store = store if store is not None else open_store(settings)
     token = f"{settings.worker_name}:{os.getpid()}:{uuid.uuid4().hex}"
-    if not jobs.claim(r, job_id, token, settings.lease_ms, celery_task_id):
-        job = jobs.get_job(r, job_id)
-        event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
+    share = worker_share(r, settings, job_id)
+    if not claimed(r, job_id, token, settings, share, celery_task_id):
         return None
-    heartbeat = Heartbeat(r, job_id, token, settings)
-    claim = _Claim(r, store, settings, job_id, token, heartbeat)
-    heartbeat.start()
-    _set_current_job(r, settings, job_id)
     try:
-        with cooperative_sigterm():
-            return _train_to_the_end(claim)
+        heartbeat = Heartbeat(r, job_id, token, settings, share)
+        claim = _Claim(r, store, settings, job_id, token, heartbeat)
+        heartbeat.start()
+        _set_current_job(r, settings, job_id)
+        try:
+            with cooperative_sigterm():
+                return _train_to_the_end(claim)
+        finally:
+            heartbeat.stop()
+            _set_current_job(r, settings, "")
     finally:
-        heartbeat.stop()
-        _set_current_job(r, settings, "")
+        leave_share(r, share)
+
+
+def worker_share(r: redis.Redis, settings: WorkerSettings, job_id: str) -> jobs.Share | None:
+    """This process's share of job_id's tenant's workers (None: no DNNQ_MAX_WORKERS_PER_TENANT, or no tenant
+    to count against; then nothing is read)."""
+    if settings.max_workers_per_tenant <= 0:
+        return None
+    key = record_key(job_id)
+    tenant = r.hget(key, "tenant") if key is not None else None
+    if not tenant:
+        return None
+    return jobs.Share(str(tenant), f"{settings.worker_name}:{os.getpid()}", settings.max_workers_per_tenant)
+
+
+def claimed(
+    r: redis.Redis,
+    job_id: str,
+    token: str,
+    settings: WorkerSettings,
+    share: jobs.Share | None,
+    celery_task_id: str | None = None,
+) -> bool:
+    """Claim the job delivered to this task (within `share`); a job not claimed is logged as not claimed,
+    or as deferred: its tenant's processes are at the cap, and it waits queued for the sweeper's next send."""
+    outcome = jobs.claim_within_share(r, job_id, token, settings.lease_ms, share, celery_task_id)
+    if outcome is jobs.ClaimOutcome.CLAIMED:
+        return True
+    if outcome is jobs.ClaimOutcome.DEFERRED and share is not None:
+        event("job.deferred", job_id=job_id, tenant=share.tenant, max_workers_per_tenant=share.cap)
+        return False
+    job = jobs.get_job(r, job_id)
+    event("job.not_claimed", job_id=job_id, status=job["status"] if job else None)
+    return False
+
+
+def leave_share(r: redis.Redis, share: jobs.Share | None) -> None:
+    """The task has ended, however: the process no longer counts against its tenant's cap."""
+    if share is None:
+        return
+    try:
+        jobs.release_share(r, share)
+    except Exception as exc:  # Redis gone: the entry drops out when it expires, a lease from its last renewal
+        event("job.share_release_error", logging.WARNING, tenant=share.tenant, error=str(exc))
 
 
 def _train_to_the_end(claim: _Claim, load: Loader = load_inputs) -> str | None:

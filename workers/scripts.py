@@ -39,6 +39,8 @@ _PLAIN = (
     "move_history",
     "delete_dataset",
     "create_dataset",
+    "renew_share",
+    "unlist_deferred",
 )
 
 

@@ -99,6 +99,12 @@ class WorkerSettings(BaseSettings):
         "and every predict response.",
     )
     max_queued_jobs_per_tenant: int = Field(default=100, ge=1)
+    max_workers_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="Most worker processes one tenant's jobs may occupy at once (a sweep pack is one process); "
+        "past it a job stays queued and the sweeper sends it again. 0: no cap.",
+    )
     worker_memory_bytes: int | None = Field(default=None, ge=1)
     fit_path: Literal["auto", "textbook"] = Field(
         default="auto",

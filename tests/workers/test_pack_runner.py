@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from dnnq.workers import datasets, jobs, shutdown, sweeps
+from dnnq.workers import datasets, jobs, keys, shutdown, sweeps
 from dnnq.workers.pack_runner import pack_memory_bytes, run_pack, run_trial
 from dnnq.workers.settings import WorkerSettings
 from dnnq.workers.spec import JobSpec
@@ -472,3 +472,40 @@ def test_a_stacked_pack_killed_mid_training_resumes_each_trial_to_its_solo_weigh
         packed_w, solo_w = weights_of(store, job_id), weights_of(store, solo)
         for name in packed_w:
             np.testing.assert_allclose(packed_w[name], solo_w[name], rtol=1e-12, atol=0)
+
+
+def test_a_pack_counts_once_against_its_tenants_worker_cap(redis_client, store, redis_url, data_dir):
+    settings = WorkerSettings(
+        redis_url=redis_url,
+        data_dir=data_dir,
+        lease_seconds=10,
+        heartbeat_seconds=0.2,
+        worker_name="packer",
+        max_workers_per_tenant=1,
+    )
+    ds = dataset(redis_client, store)
+    ids = make_sweep(redis_client, base_spec(ds, seed=3, epochs=10), [{"lr": lr} for lr in (0.05, 0.1, 0.2)])
+    busy = keys.tenant_busy("public")
+    redis_client.zadd(busy, {"elsewhere:1": time.time() * 1000 + 60_000})  # another process trains one of its jobs
+    assert run_pack(ids[0], settings=settings, r=redis_client, store=store) == {}
+    assert jobs.get_job(redis_client, ids[0])["status"] == "queued"
+    assert redis_client.zscore(keys.DEFERRED, ids[0]) is not None
+
+    redis_client.zrem(busy, "elsewhere:1")
+    seen: list[list[str]] = []
+    watching = threading.Event()
+
+    def watch():
+        while not watching.wait(0.05):
+            seen.append(redis_client.zrange(busy, 0, -1))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcomes = run_pack(ids[0], settings=settings, r=redis_client, store=store)
+    finally:
+        watching.set()
+        watcher.join()
+    assert outcomes == dict.fromkeys(ids, "succeeded")  # the siblings joined the pack: one process, one share
+    assert seen and all(len(members) == 1 and members[0].startswith("packer:") for members in seen if members)
+    assert redis_client.zcard(busy) == 0  # left when the pack ended

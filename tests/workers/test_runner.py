@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -515,3 +516,45 @@ def test_a_cancel_wins_over_a_release(redis_client, store, settings, monkeypatch
     job = jobs.get_job(redis_client, job_id)
     assert job["status"] == "cancelled" and job.get("release_reason") is None
     assert jobs.queue_depth(redis_client, "default") == 0
+
+
+def test_a_job_over_its_tenants_worker_cap_waits_queued(redis_client, store, settings):
+    capped = settings.model_copy(update={"max_workers_per_tenant": 1})
+    job_id = job_for(redis_client, dataset(redis_client, store), training={"epochs": 3})
+    busy = keys.tenant_busy("public")
+    redis_client.zadd(busy, {"other-worker:7": time.time() * 1000 + 60_000})
+    assert run_job(job_id, settings=capped, r=redis_client, store=store) is None
+    job = jobs.get_job(redis_client, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 0
+    assert redis_client.zscore(keys.DEFERRED, job_id) is not None
+    assert redis_client.zrange(busy, 0, -1) == ["other-worker:7"]
+
+    redis_client.zrem(busy, "other-worker:7")
+    assert run_job(job_id, settings=capped, r=redis_client, store=store) == "succeeded"
+    assert redis_client.zcard(busy) == 0  # the process left its share when the job ended
+
+
+def test_the_heartbeat_keeps_a_long_jobs_share(redis_client, store, settings):
+    capped = settings.model_copy(update={"max_workers_per_tenant": 1})
+    job_id = job_for(redis_client, dataset(redis_client, store, m=4000), training={"epochs": 100_000})
+    busy = keys.tenant_busy("public")
+    thread = threading.Thread(
+        target=run_job, args=(job_id,), kwargs={"settings": capped, "r": redis_client, "store": store}
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while redis_client.zcard(busy) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = redis_client.zscore(busy, f"inproc:{os.getpid()}")
+        assert first is not None
+        time.sleep(2.5)  # past the 2 s lease: renewed, not expired
+        assert redis_client.zscore(busy, f"inproc:{os.getpid()}") > first
+        other = job_for(redis_client, dataset(redis_client, store, seed=2), training={"epochs": 3})
+        deferred = jobs.claim_within_share(redis_client, other, "t", 2000, jobs.Share("public", "elsewhere:1", 1))
+        assert deferred is jobs.ClaimOutcome.DEFERRED
+    finally:
+        jobs.request_cancel(redis_client, job_id)
+        thread.join(30)
+    assert jobs.get_job(redis_client, job_id)["status"] == "cancelled"
+    assert redis_client.zcard(busy) == 0
