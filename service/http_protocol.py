@@ -4,8 +4,8 @@ request head that it lacks.
 uvicorn's h11 protocol refuses a request head over 16 KiB (h11_max_incomplete_event_size); its faster
 httptools protocol, which uvicorn picks whenever httptools is installed (uvicorn[standard]), keeps
 every byte of the request line and headers as they come, with no limit and no deadline. One
-connection sending an endless header made an API process grow by the bytes sent (150 MB sent: +340
-MB of RSS) until the kernel killed it, before any auth or middleware ran; a client that sent half a
+connection sending an endless header made an API process grow by the bytes sent (docs/perf.md, "Hostile
+requests: the third pass") until the kernel killed it, before any auth or middleware ran; a client that sent half a
 head and waited held its connection for ever. BoundedHttpToolsProtocol answers a head over
 DNNQ_MAX_HEAD_BYTES (64 KiB; nginx's default buffers hold 32 KiB) with a 431 and closes, and closes a
 connection whose head is not complete within DNNQ_HEAD_TIMEOUT_SECONDS (30; nginx's
